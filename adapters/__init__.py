@@ -1,0 +1,1 @@
+"""The built-in backends, each an adapter of the core's ports."""

@@ -1,0 +1,57 @@
+"""The local backend: every task and actor in the calling process, on threads.
+
+The reference implementation: the same scheduling rules as every backend,
+values copied through the serializer, and ``breakpoint()`` works in tasks.
+"""
+
+from __future__ import annotations
+
+from anyray.hookspecs import hookimpl
+from anyray.ports.backend import Backend, Capability
+from anyray.resources import node_resources
+
+from ..metadata import MemoryMetadataStore
+from .object_store import LocalObjectStore
+from .resources import ResourcePool
+from .scheduler import InfeasibleTaskWarning, LocalScheduler
+
+
+class LocalBackend(Backend):
+    name = "local"
+    description = "everything in the calling process, on threads: breakpoint() and print work in tasks"
+    capabilities = frozenset({
+        Capability.CONCURRENT, Capability.IN_PROCESS, Capability.ZERO_COPY, Capability.ACTOR_RESTART,
+        Capability.INTERRUPT_CANCEL, Capability.TIMELINE, Capability.ERROR_INFO,
+    })
+
+    def start(self) -> None:
+        cfg = self.config
+        if cfg.address is not None:
+            raise ValueError(f"The local backend runs in this process and connects to nothing; "
+                             f"drop address={cfg.address!r} or pick backend='cluster'.")
+        total, gpu_ids, capacity = node_resources(cfg.num_cpus, cfg.num_gpus, cfg.resources,
+                                                  cfg.object_store_memory)
+        self.object_store = LocalObjectStore(capacity)
+        self.metadata = MemoryMetadataStore()
+        self.pool = ResourcePool(total, gpu_ids)
+        self.scheduler = LocalScheduler(self.object_store, self.metadata, self.events, self.pool)
+
+    def shutdown(self) -> None:
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            scheduler.shutdown()
+            self.metadata.close()
+
+    def info(self) -> dict:
+        return {"address": None, "node_id": self.pool.node_id, "dashboard_url": None}
+
+
+Backend = LocalBackend
+
+
+@hookimpl
+def anyray_backends():
+    return [LocalBackend]
+
+
+__all__ = ["LocalBackend", "InfeasibleTaskWarning"]

@@ -1,0 +1,218 @@
+"""One actor of the local backend: its instance, its call queue and its threads.
+
+A sync actor with ``max_concurrency`` 1 runs calls one by one on its own
+thread; a threaded actor hands them, in order, to a pool of that size; an
+async actor runs them as tasks of its own event loop, at most
+``max_concurrency`` at once. Each starts calls in submission order.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from anyray.actor import ActorHandle
+from anyray.context import TaskContext
+from anyray.exceptions import ActorDiedError, TaskCancelledError
+from anyray.executor import Call
+from anyray.specs import RemoteFailure
+
+
+class LocalActor:
+    def __init__(self, spec, scheduler):
+        self.spec = spec
+        self._sched = scheduler
+        self._cond = threading.Condition()
+        self._queue: collections.deque = collections.deque()
+        self.state = "pending"   # pending -> alive -> dead; restarting in between
+        self.cause = ""
+        self.restarts = 0
+        self.instance = None
+        self.lease = None
+        self._loop = None        # the event loop of an async actor
+        self._semaphore = None   # bounds its concurrent calls
+        self._pool: ThreadPoolExecutor | None = None
+        self._running_async: dict[bytes, tuple] = {}  # task id -> (spec, asyncio.Task)
+
+    @property
+    def alive_or_pending(self) -> bool:
+        return self.state != "dead"
+
+    def handle(self) -> ActorHandle:
+        return ActorHandle(self.spec.actor_id, self.spec.cls.name, self.spec.method_options)
+
+    def start(self) -> None:
+        self._sched.enqueue(self.spec.resources, self._on_lease)
+
+    def _on_lease(self, lease) -> None:
+        if self.state == "dead":  # killed while waiting for resources
+            self._sched.release(lease)
+            return
+        self.lease = lease
+        threading.Thread(target=self._main, name=f"anyray-actor-{self.spec.cls.name}", daemon=True).start()
+
+    # -- construction -------------------------------------------------------
+    def _context(self, task_id, name: str) -> TaskContext:
+        return TaskContext(task_id=task_id, actor_id=self.spec.actor_id, name=name,
+                           resources=dict(self.spec.resources),
+                           gpu_ids=self.lease.gpu_ids if self.lease else [], restarted=self.restarts > 0)
+
+    def _construct(self) -> bool:
+        spec = self.spec
+        call = Call(spec.cls.target, spec.cls.name, "actor_creation", self._context(spec.actor_id, spec.cls.name),
+                    1, self._sched._events)
+        result = call.invoke(spec.args, spec.deps, self._sched.fetch)
+        if type(result) is RemoteFailure:
+            self._die(f"The actor {spec.cls.name} died because its constructor raised:\n{result.error}")
+            return False
+        with self._cond:
+            if self.state == "dead":
+                return False
+            self.instance = result[0]
+            self.state = "alive"
+            self._cond.notify_all()
+        return True
+
+    def _main(self) -> None:
+        if self.spec.is_async:
+            import asyncio  # only async actors pay for it
+
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            self._semaphore = asyncio.Semaphore(self.spec.max_concurrency)
+        elif self.spec.max_concurrency > 1:
+            self._pool = ThreadPoolExecutor(self.spec.max_concurrency,
+                                            thread_name_prefix=f"anyray-actor-{self.spec.cls.name}")
+        if not self._construct():
+            return
+        if self._loop is not None:
+            self._loop.call_soon(self._pump_async)
+            self._loop.run_forever()
+            self._loop.close()
+            return
+        while True:
+            with self._cond:
+                while not self._queue and self.state not in ("dead", "restarting"):
+                    self._cond.wait()
+                if self.state == "dead":
+                    return
+                restarting = self.state == "restarting"
+                spec = None if restarting else self._queue.popleft()
+            if restarting:
+                if not self._construct():
+                    return
+                continue
+            if self._pool is not None:
+                self._pool.submit(self._run_call, spec)
+            else:
+                self._run_call(spec)
+
+    # -- calls --------------------------------------------------------------
+    def submit(self, spec) -> None:
+        with self._cond:
+            if self.state == "dead":
+                dead = True
+            else:
+                dead = False
+                self._queue.append(spec)
+                self._cond.notify_all()
+        if dead:
+            self._sched.fail(spec.returns, ActorDiedError(self.cause))
+        elif self._loop is not None and self.state == "alive":
+            self._loop.call_soon_threadsafe(self._pump_async)
+
+    def _call_of(self, spec) -> Call:
+        method = getattr(self.instance, spec.method_name)
+        return Call(method, spec.name, "actor_task", self._context(spec.task_id, spec.name),
+                    len(spec.returns), self._sched._events, spec.options.get("retry_exceptions", False),
+                    spec.options.get("max_task_retries", 0))
+
+    def _run_call(self, spec) -> None:
+        if self.state == "dead":
+            self._sched.fail(spec.returns, ActorDiedError(self.cause))
+            return
+        outputs = self._call_of(spec).run(spec.args, spec.deps, self._sched.fetch)
+        self._sched.store_results(spec.returns, outputs)
+
+    def _pump_async(self) -> None:
+        while True:
+            with self._cond:
+                if not self._queue or self.state != "alive":
+                    return
+                spec = self._queue.popleft()
+            self._running_async[spec.task_id] = (spec, self._loop.create_task(self._run_async(spec)))
+
+    async def _run_async(self, spec) -> None:
+        import asyncio
+
+        try:
+            async with self._semaphore:
+                if self.state == "dead":
+                    self._sched.fail(spec.returns, ActorDiedError(self.cause))
+                    return
+                outputs = await self._call_of(spec).run_async(spec.args, spec.deps, self._sched.fetch)
+            self._sched.store_results(spec.returns, outputs)
+        except asyncio.CancelledError:
+            self._sched.fail(spec.returns, TaskCancelledError(f"{spec.name} was cancelled."))
+        finally:
+            self._running_async.pop(spec.task_id, None)
+
+    def cancel(self, ref) -> bool:
+        """Cancel a queued call (or a running async one) producing ``ref``; say whether it was ours."""
+        with self._cond:
+            for spec in self._queue:
+                if ref in spec.returns:
+                    self._queue.remove(spec)
+                    break
+            else:
+                spec = None
+        if spec is not None:
+            self._sched.fail(spec.returns, TaskCancelledError(f"{spec.name} was cancelled."))
+            return True
+        if self._loop is not None:
+            for running, task in list(self._running_async.values()):
+                if ref in running.returns:
+                    self._loop.call_soon_threadsafe(task.cancel)
+                    return True
+        return False
+
+    # -- death ----------------------------------------------------------------
+    def kill(self, no_restart: bool, reason: str = "it was killed with anyray.kill()") -> None:
+        max_restarts = self.spec.options["max_restarts"]
+        with self._cond:
+            if self.state == "dead":
+                return
+            if not no_restart and (max_restarts == -1 or self.restarts < max_restarts):
+                self.restarts += 1
+                if self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._restart_async)
+                else:
+                    self.state = "restarting"
+                    self._cond.notify_all()
+                return
+        self._die(f"The actor {self.spec.cls.name} is dead: {reason}.")
+
+    def _restart_async(self) -> None:
+        if self._construct():
+            self._pump_async()
+
+    def _die(self, cause: str) -> None:
+        with self._cond:
+            if self.state == "dead":
+                return
+            self.state = "dead"
+            self.cause = cause
+            pending = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        for spec in pending:
+            self._sched.fail(spec.returns, ActorDiedError(cause))
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+        if self.lease is not None:
+            self._sched.release(self.lease)
+            self.lease = None
+        self._sched.actor_died(self)

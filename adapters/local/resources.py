@@ -1,0 +1,94 @@
+"""Exact accounting of one node's resources, with GPU ids handed to the tasks that hold them."""
+
+from __future__ import annotations
+
+import threading
+
+from anyray import ids
+
+
+class Lease:
+    """What one running task or live actor holds."""
+
+    __slots__ = ("demand", "gpu_ids", "gpu_shares", "cpus_lent")
+
+    def __init__(self, demand: dict, gpu_shares: list[tuple[int, float]], gpu_ids: list):
+        self.demand = demand
+        self.gpu_shares = gpu_shares
+        self.gpu_ids = gpu_ids
+        self.cpus_lent = False
+
+
+class ResourcePool:
+    def __init__(self, total: dict[str, float], gpu_ids: list[int]):
+        self.node_id = ids.new_id().hex()
+        self._total = dict(total)
+        self._avail = dict(total)
+        self._gpu_ids = list(gpu_ids) or list(range(int(total.get("GPU", 0))))
+        self._gpu_free = [1.0] * len(self._gpu_ids)
+        self._lock = threading.Lock()
+
+    def infeasible(self, demand: dict) -> dict:
+        """The part of ``demand`` this node could never satisfy (empty if feasible)."""
+        return {k: v for k, v in demand.items() if v > self._total.get(k, 0.0) + 1e-9}
+
+    def describe_total(self, keys) -> dict:
+        return {k: self._total.get(k, 0.0) for k in keys}
+
+    def _gpu_shares(self, amount: float) -> list[tuple[int, float]] | None:
+        if amount >= 1:
+            whole = [i for i, free in enumerate(self._gpu_free) if free >= 1.0 - 1e-9]
+            need = int(round(amount))
+            return [(i, 1.0) for i in whole[:need]] if len(whole) >= need else None
+        partial = sorted((free, i) for i, free in enumerate(self._gpu_free) if free >= amount - 1e-9)
+        return [(partial[0][1], amount)] if partial else None  # best fit keeps whole GPUs free
+
+    def acquire(self, demand: dict) -> Lease | None:
+        with self._lock:
+            avail = self._avail
+            for k, v in demand.items():
+                if avail.get(k, 0.0) + 1e-9 < v:
+                    return None
+            shares = []
+            gpus = demand.get("GPU", 0)
+            if gpus:
+                shares = self._gpu_shares(gpus)
+                if shares is None:
+                    return None
+                for i, amount in shares:
+                    self._gpu_free[i] -= amount
+            for k, v in demand.items():
+                avail[k] -= v
+            return Lease(demand, shares, [self._gpu_ids[i] for i, _ in shares])
+
+    def release(self, lease: Lease) -> None:
+        with self._lock:
+            for k, v in lease.demand.items():
+                if k == "CPU" and lease.cpus_lent:
+                    continue
+                self._avail[k] += v
+            for i, amount in lease.gpu_shares:
+                self._gpu_free[i] += amount
+            lease.demand = {}
+            lease.gpu_shares = []
+
+    def lend_cpus(self, lease: Lease) -> None:
+        with self._lock:
+            cpus = lease.demand.get("CPU", 0)
+            if cpus and not lease.cpus_lent:
+                lease.cpus_lent = True
+                self._avail["CPU"] += cpus
+
+    def reclaim_cpus(self, lease: Lease) -> None:
+        with self._lock:
+            cpus = lease.demand.get("CPU", 0)
+            if lease.cpus_lent:
+                lease.cpus_lent = False
+                self._avail["CPU"] -= cpus  # may dip below zero for a moment, as in Ray
+
+    def total(self) -> dict[str, float]:
+        return {k: v for k, v in self._total.items() if v}
+
+    def available(self) -> dict[str, float]:
+        with self._lock:
+            return {k: v for k, v in self._avail.items() if v > 1e-9}

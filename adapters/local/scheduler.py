@@ -1,0 +1,268 @@
+"""The local Scheduler: tasks on a thread pool, each actor on threads of its own.
+
+Scheduling rules are the same as on every backend: a task starts when its
+dependencies are sealed and its resources are free; a task blocked in
+``get`` lends its CPUs; calls to an actor start in submission order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from anyray import serialization
+from anyray.context import TaskContext, current_task
+from anyray.exceptions import TaskCancelledError
+from anyray.executor import Call, serialize_failure
+from anyray.ports.scheduler import Scheduler
+from anyray.specs import RemoteFailure, TaskSpec
+
+from .actors import LocalActor
+from .resources import ResourcePool
+
+
+class InfeasibleTaskWarning(UserWarning):
+    """A task or actor asks for more resources than this machine has; it waits."""
+
+
+class _Task:
+    __slots__ = ("spec", "state", "thread_id", "lease")
+
+    def __init__(self, spec: TaskSpec):
+        self.spec = spec
+        self.state = "waiting"   # waiting -> queued -> running -> done
+        self.thread_id: int | None = None
+        self.lease = None
+
+
+class LocalScheduler(Scheduler):
+    def __init__(self, store, metadata, events, pool: ResourcePool):
+        self._store = store
+        self._metadata = metadata
+        self._events = events
+        self._resources = pool
+        self._lock = threading.RLock()
+        self._queue: list[tuple[dict, Callable]] = []  # (demand, start) waiting for resources
+        self._tasks: dict[bytes, _Task] = {}            # by return object id, until done
+        self._children: dict[bytes, list[_Task]] = {}
+        self._actors: dict[bytes, LocalActor] = {}
+        self._threads = ThreadPoolExecutor(max_workers=4096, thread_name_prefix="anyray-task")
+        self._warned: set[bytes] = set()
+        self._closed = False
+
+    # -- shared helpers -----------------------------------------------------
+    def fetch(self, refs):
+        """Deserialized values of sealed (or soon sealed) refs; failures stay values."""
+        return [serialization.deserialize(o) for o in self._store.get(refs, None)]
+
+    def store_results(self, refs, outputs) -> None:
+        for ref, obj in zip(refs, outputs):
+            self._store.put(ref, obj)
+
+    def fail(self, refs, error: BaseException) -> None:
+        self.store_results(refs, [serialize_failure(RemoteFailure(error))] * len(refs))
+
+    def _check_feasible(self, key: bytes, name: str, demand: dict) -> None:
+        missing = self._resources.infeasible(demand)
+        if missing and key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(
+                f"{name} needs {missing} but this machine has {self._resources.describe_total(missing)}; "
+                f"it will wait until those resources exist (pass them to init(num_gpus=..., resources=...)).",
+                InfeasibleTaskWarning, stacklevel=5)
+
+    def enqueue(self, demand: dict, start: Callable[[object], None]) -> None:
+        """Run ``start(lease)`` once ``demand`` fits; FIFO among those that fit."""
+        with self._lock:
+            self._queue.append((demand, start))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        to_start = []
+        with self._lock:
+            if not self._queue:
+                return
+            kept = []
+            for demand, start in self._queue:
+                lease = self._resources.acquire(demand)
+                if lease is None:
+                    kept.append((demand, start))
+                else:
+                    to_start.append((start, lease))
+            self._queue = kept
+        for start, lease in to_start:
+            start(lease)
+
+    def release(self, lease) -> None:
+        self._resources.release(lease)
+        self._dispatch()
+
+    # -- tasks --------------------------------------------------------------
+    def submit_task(self, spec: TaskSpec) -> None:
+        task = _Task(spec)
+        if spec.resources:
+            self._check_feasible(spec.function.function_id, spec.name, spec.resources)
+        with self._lock:
+            for ref in spec.returns:
+                self._tasks[ref._id] = task
+            if spec.parent_task_id is not None:
+                self._children.setdefault(spec.parent_task_id, []).append(task)
+        if spec.deps:
+            self._store.on_sealed(spec.deps, lambda: self._ready(task))
+        else:
+            self._ready(task)
+
+    def _ready(self, task: _Task) -> None:
+        with self._lock:
+            if task.state != "waiting":
+                return  # cancelled while waiting for its dependencies
+            task.state = "queued"
+        self.enqueue(task.spec.resources, lambda lease: self._start(task, lease))
+
+    def _start(self, task: _Task, lease) -> None:
+        with self._lock:
+            if task.state != "queued":
+                self._resources.release(lease)
+                return
+            task.state = "running"
+            task.lease = lease
+        self._threads.submit(self._run, task)
+
+    def _run(self, task: _Task) -> None:
+        spec = task.spec
+        task.thread_id = threading.get_ident()
+        ctx = TaskContext(task_id=spec.task_id, name=spec.name, resources=dict(spec.resources),
+                          gpu_ids=task.lease.gpu_ids, lease=task.lease)
+        call = Call(spec.function.target, spec.name, "task", ctx, len(spec.returns), self._events,
+                    spec.options["retry_exceptions"], spec.options["max_retries"])
+        try:
+            outputs = call.run(spec.args, spec.deps, self.fetch)
+        except BaseException as exc:  # noqa: BLE001 - a cancel can land outside the user's code
+            outputs = [serialize_failure(RemoteFailure(
+                exc if isinstance(exc, TaskCancelledError) else TaskCancelledError(str(exc))))] * len(spec.returns)
+        finally:
+            with self._lock:
+                task.state = "done"
+                task.thread_id = None
+                for ref in spec.returns:
+                    self._tasks.pop(ref._id, None)
+                siblings = self._children.get(spec.parent_task_id) if spec.parent_task_id else None
+                if siblings is not None:
+                    siblings.remove(task)
+                    if not siblings:
+                        del self._children[spec.parent_task_id]
+                self._children.pop(spec.task_id, None)
+        self.store_results(spec.returns, outputs)
+        self.release(task.lease)
+
+    def cancel(self, ref, force: bool, recursive: bool) -> None:
+        with self._lock:
+            task = self._tasks.get(ref._id)
+        if task is None:
+            for actor in list(self._actors.values()):
+                if actor.cancel(ref):
+                    return
+            return  # finished or unknown: nothing to do, as in Ray
+        self._cancel_task(task, force, recursive)
+
+    def _cancel_task(self, task: _Task, force: bool, recursive: bool) -> None:
+        error = TaskCancelledError(f"Task {task.spec.name} was cancelled.")
+        with self._lock:
+            state = task.state
+            if state in ("waiting", "queued"):
+                task.state = "done"
+                for r in task.spec.returns:
+                    self._tasks.pop(r._id, None)
+            thread_id = task.thread_id if state == "running" else None
+            children = list(self._children.get(task.spec.task_id, ())) if recursive else []
+        if state in ("waiting", "queued"):
+            self.fail(task.spec.returns, error)
+        elif thread_id is not None:
+            # Raise in the task's thread at its next bytecode; C calls (sleep) finish first.
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(TaskCancelledError))
+            if force:  # a thread cannot be killed: settle the refs now, drop its late results
+                self.fail(task.spec.returns, error)
+        for child in children:
+            self._cancel_task(child, force, recursive)
+
+    # -- resources while blocked ------------------------------------------------
+    def task_blocked(self) -> None:
+        ctx = current_task.get()
+        if ctx is None or ctx.lease is None or ctx.blocked:
+            return
+        ctx.blocked = True
+        self._resources.lend_cpus(ctx.lease)
+        self._dispatch()
+
+    def task_unblocked(self) -> None:
+        ctx = current_task.get()
+        if ctx is None or not ctx.blocked:
+            return
+        ctx.blocked = False
+        self._resources.reclaim_cpus(ctx.lease)
+
+    # -- actors -------------------------------------------------------------
+    def create_actor(self, spec) -> None:
+        name = spec.options["name"]
+        if name is not None:
+            key = f"actor/{spec.namespace}/{name}"
+            if not self._metadata.compare_and_set(key, None, spec.actor_id):
+                raise ValueError(f"An actor named {name!r} already exists in namespace {spec.namespace!r}. "
+                                 f"Pick another name, or pass get_if_exists=True to reuse it.")
+        if spec.resources:
+            self._check_feasible(spec.actor_id, spec.cls.name, spec.resources)
+        actor = LocalActor(spec, self)
+        with self._lock:
+            self._actors[spec.actor_id] = actor
+        actor.start()
+
+    def actor_died(self, actor: LocalActor) -> None:
+        name = actor.spec.options["name"]
+        if name is not None:
+            self._metadata.compare_and_set(f"actor/{actor.spec.namespace}/{name}", actor.spec.actor_id, None)
+
+    def submit_actor_task(self, spec) -> None:
+        actor = self._actors.get(spec.actor_id)
+        if actor is None:
+            from anyray.exceptions import ActorDiedError
+            self.fail(spec.returns, ActorDiedError(f"No actor with id {spec.actor_id.hex()} exists in this job."))
+            return
+        actor.submit(spec)
+
+    def get_named_actor(self, name: str, namespace: str):
+        actor_id = self._metadata.get(f"actor/{namespace}/{name}")
+        actor = self._actors.get(actor_id) if actor_id is not None else None
+        return actor.handle() if actor is not None and actor.alive_or_pending else None
+
+    def list_named_actors(self, namespace):
+        out = []
+        for key, _ in self._metadata.scan("actor/"):
+            _, ns, name = key.split("/", 2)
+            if namespace is None or ns == namespace:
+                out.append((ns, name))
+        return out
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        actor = self._actors.get(actor_id)
+        if actor is not None:
+            actor.kill(no_restart)
+
+    # -- cluster state ----------------------------------------------------------
+    def cluster_resources(self) -> dict[str, float]:
+        return self._resources.total()
+
+    def available_resources(self) -> dict[str, float]:
+        return self._resources.available()
+
+    def nodes(self) -> list[dict]:
+        return [{"NodeID": self._resources.node_id, "Alive": True, "NodeManagerAddress": "127.0.0.1",
+                 "NodeManagerHostname": "localhost", "Resources": self._resources.total(), "alive": True}]
+
+    def shutdown(self) -> None:
+        self._closed = True
+        for actor in list(self._actors.values()):
+            actor.kill(True, reason="the backend shut down")
+        self._threads.shutdown(wait=False, cancel_futures=True)

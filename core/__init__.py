@@ -1,0 +1,22 @@
+"""anyray: Ray's core API on pluggable backends. ``import anyray as ray`` runs a Ray program."""
+
+from . import exceptions
+from .actor import ActorClass, ActorHandle, method
+from .api import (
+    available_resources, cancel, cluster_resources, error_info, get, get_actor, get_gpu_ids,
+    get_runtime_context, init, is_initialized, kill, list_named_actors, nodes, put, remote,
+    shutdown, timeline, wait,
+)
+from .object_ref import ObjectRef
+from .remote_function import RemoteFunction
+
+__version__ = "0.1.0"
+
+ObjectID = ObjectRef  # Ray's pre-1.0 name
+
+__all__ = [
+    "ActorClass", "ActorHandle", "ObjectID", "ObjectRef", "RemoteFunction", "__version__",
+    "available_resources", "cancel", "cluster_resources", "error_info", "exceptions", "get", "get_actor",
+    "get_gpu_ids", "get_runtime_context", "init", "is_initialized", "kill", "list_named_actors", "method",
+    "nodes", "put", "remote", "shutdown", "timeline", "wait",
+]

@@ -1,0 +1,154 @@
+"""``@remote`` on a class: ActorClass, ActorHandle and ActorMethod."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from typing import Any
+
+from . import ids, options as opts
+from .remote_function import _Options, check_arguments, returns_of, signature_of
+from .specs import FunctionDescriptor
+
+_METHOD_OPTIONS_ATTR = "__anyray_method_options__"
+
+
+def method(*args, **kwargs):
+    """``@anyray.method(num_returns=2)``: options for one actor method."""
+    if args:
+        raise TypeError("@anyray.method takes keyword options only, e.g. @anyray.method(num_returns=2).")
+    given = opts.validate(kwargs, opts.METHOD_OPTIONS, "@method")
+
+    def mark(fn):
+        setattr(fn, _METHOD_OPTIONS_ATTR, given)
+        return fn
+    return mark
+
+
+def _methods_of(cls: type) -> dict[str, dict[str, Any]]:
+    """Options and signature of each public method, without ``self``."""
+    table = {}
+    for name, member in inspect.getmembers(cls, predicate=callable):
+        if name.startswith("__") and name != "__call__":
+            continue
+        raw = inspect.getattr_static(cls, name)
+        bound_sig = signature_of(member)
+        if bound_sig is not None and not isinstance(raw, (staticmethod, classmethod)):
+            params = list(bound_sig.parameters.values())[1:]
+            bound_sig = bound_sig.replace(parameters=params)
+        given = getattr(member, _METHOD_OPTIONS_ATTR, {})
+        table[name] = {"num_returns": given.get("num_returns", 1), "signature": bound_sig,
+                       "is_async": inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member),
+                       **{k: v for k, v in given.items() if k != "num_returns"}}
+    return table
+
+
+class ActorClass:
+    """A class made remote. ``Cls.remote(...)`` starts an actor and returns its handle."""
+
+    def __init__(self, cls: type, options: dict[str, Any]):
+        self._cls = cls
+        name = cls.__qualname__
+        self._given = opts.validate(options, opts.ACTOR_OPTIONS, f"@remote class {name}")
+        self._options = {**opts.ACTOR_DEFAULTS, **self._given}
+        self._methods = _methods_of(cls)
+        self._is_async = any(m["is_async"] for m in self._methods.values())
+        self._descriptor = FunctionDescriptor(ids.new_id(), name, cls)
+        self._init_signature = signature_of(cls)
+        self.__name__ = cls.__name__
+        self.__qualname__ = name
+        self.__doc__ = cls.__doc__
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"Actors cannot be instantiated directly. Instead of '{self.__name__}()', "
+                        f"use '{self.__name__}.remote()'.")
+
+    def remote(self, *args, **kwargs):
+        return self._submit(args, kwargs, self._options, None)
+
+    def options(self, **overrides):
+        return self._with_options(self._options, overrides)
+
+    def _with_options(self, base: dict, overrides: dict):
+        given = opts.validate(overrides, opts.ACTOR_OPTIONS, f"{self.__qualname__}.options()")
+        return _Options(self, {**base, **given}, None)
+
+    def _submit(self, args, kwargs, options, _resources):
+        from .api import _runtime
+
+        check_arguments(self._init_signature, args, kwargs, self.__qualname__)
+        return _runtime().create_actor(self._descriptor, args, kwargs, options, self._is_async, self._methods)
+
+    def __reduce__(self):
+        return ActorClass, (self._cls, self._given)
+
+    def __repr__(self) -> str:
+        return f"<anyray actor class {self.__qualname__}>"
+
+
+class ActorHandle:
+    """A reference to a live actor; pass it to tasks and other actors freely.
+
+    Each handle object is one caller: calls made through it start in the
+    order they were made. ``native`` is a backend's own handle, if it has one.
+    """
+
+    def __init__(self, actor_id: bytes, class_name: str, methods: dict, native=None):
+        self._actor_id = actor_id
+        self._class_name = class_name
+        self._methods = methods
+        self.native = native
+        self._caller_id = ids.new_id()
+        self._seq = itertools.count()
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        meta = self._methods.get(name)
+        if meta is None:
+            raise AttributeError(f"Actor {self._class_name} has no method {name!r}; "
+                                 f"its methods are: {', '.join(sorted(self._methods))}.")
+        return ActorMethod(self, name, meta)
+
+    def __reduce__(self):
+        return ActorHandle, (self._actor_id, self._class_name, self._methods, self.native)
+
+    def __eq__(self, other):
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self):
+        return hash(self._actor_id)
+
+    def __repr__(self) -> str:
+        return f"Actor({self._class_name}, {self._actor_id.hex()[-12:]})"
+
+
+class ActorMethod:
+    __slots__ = ("_handle", "_name", "_meta")
+
+    def __init__(self, handle: ActorHandle, name: str, meta: dict):
+        self._handle = handle
+        self._name = name
+        self._meta = meta
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"Actor methods cannot be called directly. Instead of running "
+                        f"'{self._name}()', try '{self._name}.remote()'.")
+
+    def remote(self, *args, **kwargs):
+        return self._submit(args, kwargs, self._meta, None)
+
+    def options(self, **overrides):
+        return self._with_options(self._meta, overrides)
+
+    def _with_options(self, base: dict, overrides: dict):
+        given = opts.validate(overrides, opts.METHOD_OPTIONS, f"{self._handle._class_name}.{self._name}.options()")
+        return _Options(self, {**base, **given}, None)
+
+    def _submit(self, args, kwargs, meta, _resources):
+        from .api import _runtime
+
+        h = self._handle
+        check_arguments(meta["signature"], args, kwargs, f"{h._class_name}.{self._name}")
+        refs = _runtime().submit_actor_task(h, self._name, args, kwargs, meta)
+        return returns_of(refs, meta["num_returns"])

@@ -1,0 +1,238 @@
+"""The public functions: ``init``, ``remote``, ``get``, ``put``, ``wait`` and the rest.
+
+Each is a thin call into the current :class:`~anyray.runtime.Runtime`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import inspect
+import os
+import threading
+import uuid
+from typing import Any
+
+from . import runtime as _rt
+from .actor import ActorClass, method
+from .context import RuntimeContext, current_task
+from .plugins import load_backend
+from .ports.backend import BackendConfig
+from .remote_function import RemoteFunction
+
+DEFAULT_BACKEND = "local"
+
+# Ray keywords that change nothing about what a program computes: accepted by every
+# backend, passed on to the backends that declare them (a Ray backend wants them).
+_COSMETIC_RAY_OPTIONS = frozenset({
+    "include_dashboard", "dashboard_host", "dashboard_port", "logging_level", "logging_format",
+    "log_to_driver", "configure_logging", "_temp_dir", "_system_config", "_metrics_export_port",
+})
+
+_init_lock = threading.RLock()
+_atexit_registered = False
+
+
+class InitContext:
+    """What ``init`` returns: the backend's name and addresses; a context manager that shuts down."""
+
+    def __init__(self, backend: str, info: dict):
+        self.backend = backend
+        self.address = info.get("address")
+        self.node_id = info.get("node_id")
+        self.dashboard_url = info.get("dashboard_url")
+        self.address_info = {"address": self.address, "node_id": self.node_id, "backend": backend}
+
+    def __getitem__(self, key):
+        return getattr(self, key) if key in ("backend", "address", "node_id", "dashboard_url") \
+            else self.address_info[key]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        shutdown()
+
+    def disconnect(self):
+        shutdown()
+
+    def __repr__(self) -> str:
+        return f"InitContext(backend={self.backend!r}, address={self.address!r})"
+
+
+def _normalize_address(address, redis_address, redis_password):
+    if redis_address is not None:
+        if address is not None:
+            raise ValueError("Pass either address= or the older redis_address=, not both.")
+        address = redis_address if "://" in redis_address else f"redis://{redis_address}"
+    if redis_password and address and address.startswith("redis://") and "@" not in address:
+        address = f"redis://:{redis_password}@{address[len('redis://'):]}"
+    return address
+
+
+def init(backend: str | None = None, *, address: str | None = None, num_cpus: float | None = None,
+         num_gpus: float | None = None, resources: dict | None = None, object_store_memory: int | None = None,
+         namespace: str | None = None, ignore_reinit_error: bool = False, local_mode: bool = False,
+         redis_address: str | None = None, _redis_password: str | None = None, **backend_options) -> InitContext:
+    """Start (or connect to) a backend for this process. See API.md for every option."""
+    global _atexit_registered
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"init(): backend must be a backend name (str), got {type(backend).__name__}. "
+                        f"Did you mean init(address=...)?")
+    with _init_lock:
+        current = _rt.current_runtime()
+        if current is not None:
+            if ignore_reinit_error:
+                return InitContext(current.backend.name, current.backend.info())
+            raise RuntimeError("anyray.init() was called twice: this process is already connected to the "
+                               f"{current.backend.name!r} backend. Pass ignore_reinit_error=True to reuse it, "
+                               "or call anyray.shutdown() first.")
+        if local_mode:
+            if backend not in (None, "local"):
+                raise ValueError(f"local_mode=True means backend='local'; it conflicts with backend={backend!r}.")
+            backend = "local"
+        name = backend or os.environ.get("ANYRAY_BACKEND") or DEFAULT_BACKEND
+        backend_cls = load_backend(name)
+        address = _normalize_address(address, redis_address, _redis_password)
+        if address is None:
+            address = os.environ.get("ANYRAY_ADDRESS") or None
+        accepted = backend_cls.accepted_options
+        unknown = sorted(set(backend_options) - accepted - _COSMETIC_RAY_OPTIONS)
+        if unknown:
+            raise TypeError(f"init() got unexpected keyword argument(s) {', '.join(map(repr, unknown))} for the "
+                            f"{name!r} backend; it accepts: {', '.join(sorted(accepted)) or 'no extra options'}.")
+        if resources is not None and (not isinstance(resources, dict) or
+                                      not all(isinstance(k, str) for k in resources)):
+            raise TypeError(f"init(): resources must be a dict of name to amount, got {resources!r}.")
+        for label, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus),
+                             *((f"resources[{k!r}]", v) for k, v in (resources or {}).items())):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"init(): {label} must be a number >= 0, got {value!r}.")
+        if resources and ({"CPU", "GPU"} & set(resources)):
+            raise ValueError("init(): use num_cpus / num_gpus instead of 'CPU' / 'GPU' in resources.")
+        config = BackendConfig(
+            address=address, num_cpus=num_cpus, num_gpus=num_gpus, resources=dict(resources or {}),
+            object_store_memory=object_store_memory,
+            namespace=namespace if namespace is not None else f"anonymous-{uuid.uuid4().hex[:12]}",
+            options={k: v for k, v in backend_options.items() if k in accepted})
+        runtime = _rt.Runtime(backend_cls, config)
+        _rt.set_current(runtime)
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+        return InitContext(name, runtime.backend.info())
+
+
+def shutdown() -> None:
+    """Stop the backend started by ``init``; a later ``init`` starts afresh."""
+    with _init_lock:
+        runtime = _rt.current_runtime()
+        if runtime is None:
+            return
+        _rt.set_current(None)
+        runtime.shutdown()
+
+
+def is_initialized() -> bool:
+    return _rt.current_runtime() is not None
+
+
+def _runtime() -> _rt.Runtime:
+    runtime = _rt.current_runtime()
+    if runtime is None:
+        with _init_lock:  # first remote call without init(): start the default backend, as Ray does
+            if _rt.current_runtime() is None:
+                init()
+            runtime = _rt.current_runtime()
+    return runtime
+
+
+def remote(*args, **options):
+    """``@remote`` or ``@remote(num_cpus=..., ...)`` on a function or a class."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("@remote takes either one function or class, or keyword options only: "
+                        "@remote or @remote(num_cpus=2).")
+    return lambda target: _make_remote(target, options)
+
+
+def _make_remote(target, options):
+    if inspect.isclass(target):
+        return ActorClass(target, options)
+    if inspect.isfunction(target) or inspect.ismethod(target) or callable(target):
+        return RemoteFunction(target, options)
+    raise TypeError(f"@remote expects a function or a class, got {type(target).__name__}.")
+
+
+def get(object_refs, *, timeout: float | None = None):
+    return _runtime().get(object_refs, timeout)
+
+
+def put(value: Any, **_ignored):
+    return _runtime().put(value)
+
+
+def wait(object_refs, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True):
+    return _runtime().wait(object_refs, num_returns, timeout, fetch_local)
+
+
+def cancel(object_ref, *, force: bool = False, recursive: bool = True) -> None:
+    _runtime().cancel(object_ref, force, recursive)
+
+
+def kill(actor, *, no_restart: bool = True) -> None:
+    _runtime().kill(actor, no_restart)
+
+
+def get_actor(name: str, namespace: str | None = None):
+    return _runtime().get_actor(name, namespace)
+
+
+def list_named_actors(all_namespaces: bool = False):
+    rt = _runtime()
+    found = rt.scheduler.list_named_actors(None if all_namespaces else rt.namespace)
+    if all_namespaces:
+        return [{"name": name, "namespace": ns} for ns, name in found]
+    return [name for _, name in found]
+
+
+def cluster_resources() -> dict[str, float]:
+    return _runtime().scheduler.cluster_resources()
+
+
+def available_resources() -> dict[str, float]:
+    return _runtime().scheduler.available_resources()
+
+
+def nodes() -> list[dict]:
+    return _runtime().scheduler.nodes()
+
+
+def get_runtime_context() -> RuntimeContext:
+    return RuntimeContext(_runtime())
+
+
+def get_gpu_ids() -> list:
+    ctx = current_task.get()
+    return list(ctx.gpu_ids) if ctx is not None else []
+
+
+def timeline(filename: str | None = None):
+    """Chrome trace events (load in chrome://tracing or Perfetto); written to ``filename`` if given."""
+    events = _runtime().events
+    if filename is not None:
+        events.dump(filename)
+        return None
+    return events.trace_events()
+
+
+def error_info() -> list[dict]:
+    """The failed tasks of this job: time, task_id, function, error_type, message."""
+    return _runtime().events.error_info()
+
+
+__all__ = [
+    "init", "shutdown", "is_initialized", "remote", "method", "get", "put", "wait", "cancel", "kill",
+    "get_actor", "list_named_actors", "cluster_resources", "available_resources", "nodes",
+    "get_runtime_context", "get_gpu_ids", "timeline", "error_info", "InitContext",
+]

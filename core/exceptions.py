@@ -1,0 +1,142 @@
+"""Exceptions raised by anyray, with Ray's names kept as aliases.
+
+Every error a backend meets is translated into one of these at the adapter
+boundary (chained with ``raise ... from``), so user code catches the same
+types whatever runs it.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+__all__ = [
+    "AnyrayError",
+    "TaskError",
+    "GetTimeoutError",
+    "ActorDiedError",
+    "ActorUnavailableError",
+    "WorkerCrashedError",
+    "ObjectLostError",
+    "TaskCancelledError",
+    "ObjectStoreFullError",
+    "NodeDiedError",
+    "BackendNotFoundError",
+    "RayError",
+    "RayTaskError",
+    "RayActorError",
+]
+
+
+class AnyrayError(Exception):
+    """Base of every error anyray raises on its own behalf."""
+
+
+class TaskError(AnyrayError):
+    """A remote task or actor method raised.
+
+    ``str()`` holds the remote traceback. The instance raised by ``get`` is
+    also an instance of the user's exception class (see :meth:`as_instanceof_cause`),
+    so ``except ValueError`` catches a remote ``ValueError``.
+    """
+
+    def __init__(self, function_name: str, traceback_str: str, cause: BaseException | None = None,
+                 pid: int | None = None):
+        self.function_name = function_name
+        self.traceback_str = traceback_str
+        self.cause = cause
+        self.pid = pid
+        super().__init__(function_name, traceback_str)
+
+    @classmethod
+    def from_exception(cls, function_name: str, exc: BaseException, pid: int | None = None) -> "TaskError":
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(function_name, text, exc, pid)
+
+    def __str__(self) -> str:
+        where = f" (pid={self.pid})" if self.pid is not None else ""
+        return f"{self.function_name}(){where} raised:\n{self.traceback_str.rstrip()}"
+
+    def as_instanceof_cause(self) -> "TaskError":
+        """Return an error that is both a TaskError and an instance of the cause's class."""
+        cause_cls = type(self.cause) if self.cause is not None else None
+        if cause_cls is None or issubclass(cause_cls, TaskError) or not _subclassable(cause_cls):
+            return self
+        dual = _dual_class(cause_cls)
+        err = dual.__new__(dual)
+        TaskError.__init__(err, self.function_name, self.traceback_str, self.cause, self.pid)
+        err.args = self.cause.args if self.cause is not None else err.args
+        return err
+
+    def __reduce__(self):
+        return (_rebuild_task_error, (self.function_name, self.traceback_str, self.cause, self.pid,
+                                      type(self) is not TaskError))
+
+
+_DUAL_CLASSES: dict[type, type] = {}
+
+
+def _subclassable(cls: type) -> bool:
+    try:
+        type("_Probe", (TaskError, cls), {})
+    except TypeError:
+        return False
+    return True
+
+
+def _dual_class(cause_cls: type) -> type:
+    dual = _DUAL_CLASSES.get(cause_cls)
+    if dual is None:
+        dual = type(
+            f"TaskError({cause_cls.__name__})",
+            (TaskError, cause_cls),
+            {"__str__": TaskError.__str__, "__reduce__": TaskError.__reduce__,
+             "__module__": __name__, "__init__": TaskError.__init__},
+        )
+        _DUAL_CLASSES[cause_cls] = dual
+    return dual
+
+
+def _rebuild_task_error(function_name, traceback_str, cause, pid, dual):
+    err = TaskError(function_name, traceback_str, cause, pid)
+    return err.as_instanceof_cause() if dual else err
+
+
+class GetTimeoutError(AnyrayError, TimeoutError):
+    """``get`` did not see its objects within the timeout."""
+
+
+class ActorDiedError(AnyrayError):
+    """The actor is dead (killed, crashed, or failed in its constructor)."""
+
+
+class ActorUnavailableError(AnyrayError):
+    """The actor is temporarily unreachable (restarting)."""
+
+
+class WorkerCrashedError(AnyrayError):
+    """The process running a task died before the task finished, and retries ran out."""
+
+
+class ObjectLostError(AnyrayError):
+    """Every copy of an object is gone (its node died or it was freed)."""
+
+
+class TaskCancelledError(AnyrayError):
+    """The task was cancelled with ``anyray.cancel``."""
+
+
+class ObjectStoreFullError(AnyrayError):
+    """The object store has no room for a new object."""
+
+
+class NodeDiedError(AnyrayError):
+    """The node a task or object lived on died."""
+
+
+class BackendNotFoundError(AnyrayError, LookupError):
+    """No installed backend has the requested name."""
+
+
+RayError = AnyrayError
+RayTaskError = TaskError
+RayActorError = ActorDiedError

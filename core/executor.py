@@ -1,0 +1,192 @@
+"""The code that runs one task or actor call inside any worker.
+
+Every backend calls this, whatever process or thread it runs in: it loads
+the arguments (resolving top-level ObjectRefs), calls the user's code,
+splits ``num_returns``, retries application errors as ``retry_exceptions``
+says, wraps errors into ``TaskError`` and serializes the results. A backend
+only moves the returned ``SerializedObject``s into its store.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+from . import serialization
+from .context import TaskContext, current_task
+from .events import JobEvents, TaskRecord
+from .exceptions import AnyrayError, TaskCancelledError, TaskError
+from .object_ref import ObjectRef
+from .specs import RemoteFailure
+
+Fetch = Callable[[Sequence[ObjectRef]], list]  # refs -> deserialized values (failures not raised)
+
+
+def load_arguments(args_blob: serialization.SerializedObject, deps: Sequence[ObjectRef], fetch: Fetch):
+    """Return ``(args, kwargs)``, or the ``RemoteFailure`` of the first dependency that failed."""
+    args, kwargs = serialization.deserialize(args_blob)
+    if not deps:
+        return args, kwargs
+    values = fetch(deps)
+    for value in values:
+        if type(value) is RemoteFailure:
+            return value
+    resolved = {ref: value for ref, value in zip(deps, values)}
+    args = tuple(resolved[a] if type(a) is ObjectRef else a for a in args)
+    kwargs = {k: resolved[v] if type(v) is ObjectRef else v for k, v in kwargs.items()}
+    return args, kwargs
+
+
+def split_returns(value: Any, num_returns: int, name: str) -> list:
+    if num_returns == 1:
+        return [value]
+    if num_returns == 0:
+        return []
+    try:
+        values = list(value)
+    except TypeError:
+        values = None
+    if values is None or len(values) != num_returns:
+        got = "a non-iterable" if values is None else f"{len(values)} values"
+        raise ValueError(f"{name} declares num_returns={num_returns} but returned {got}; "
+                         f"return a tuple of exactly {num_returns} values.")
+    return values
+
+
+def failure_for(exc: BaseException, name: str) -> RemoteFailure:
+    if isinstance(exc, AnyrayError) and not isinstance(exc, TaskError):
+        return RemoteFailure(exc)  # cancelled, actor died...: keep the system error's type
+    if isinstance(exc, TaskError):
+        return RemoteFailure(exc)  # a nested get raised: pass the original task's error on
+    return RemoteFailure(TaskError.from_exception(name, exc, os.getpid()).as_instanceof_cause())
+
+
+def serialize_outputs(values: list, name: str, num_returns: int) -> list[serialization.SerializedObject]:
+    out = []
+    for value in values:
+        try:
+            out.append(serialization.serialize(value, what=f"the return value of {name}"))
+        except serialization.SerializationError as exc:
+            failure = RemoteFailure(TaskError.from_exception(name, exc, os.getpid()).as_instanceof_cause())
+            return [serialize_failure(failure)] * num_returns
+    return out
+
+
+def serialize_failure(failure: RemoteFailure) -> serialization.SerializedObject:
+    try:
+        return serialization.serialize(failure)
+    except serialization.SerializationError:
+        err = failure.error
+        # The user's exception does not pickle: keep its text, drop the object.
+        if isinstance(err, TaskError):
+            return serialization.serialize(RemoteFailure(TaskError(err.function_name, err.traceback_str, None, err.pid)))
+        return serialization.serialize(RemoteFailure(AnyrayError(str(err))))
+
+
+def _should_retry(exc: BaseException, retry_exceptions, retries_left: int) -> bool:
+    if retries_left == 0 or isinstance(exc, AnyrayError):
+        return False
+    if retry_exceptions is True:
+        return True
+    if isinstance(retry_exceptions, tuple):
+        return isinstance(exc, retry_exceptions)
+    return False
+
+
+class Call:
+    """One invocation: what to call, how to name it, and where to report it."""
+
+    __slots__ = ("target", "name", "kind", "ctx", "num_returns", "retry_exceptions", "max_retries", "events")
+
+    def __init__(self, target: Callable, name: str, kind: str, ctx: TaskContext, num_returns: int,
+                 events: JobEvents, retry_exceptions=False, max_retries: int = 0):
+        self.target = target
+        self.name = name
+        self.kind = kind
+        self.ctx = ctx
+        self.num_returns = num_returns
+        self.retry_exceptions = retry_exceptions
+        self.max_retries = max_retries
+        self.events = events
+
+    def _record(self, start: float, failure: RemoteFailure | None) -> None:
+        error = failure.error if failure is not None else None
+        self.events.task_finished(TaskRecord(
+            task_id=self.ctx.task_id.hex() if self.ctx.task_id else "",
+            name=self.name, kind=self.kind, start=start, end=time.time(), pid=os.getpid(),
+            tid=threading.get_ident(),
+            error_type=type(error.cause if isinstance(error, TaskError) and error.cause is not None else error).__name__
+            if error is not None else None,
+            message=str(error) if error is not None else None))
+
+    def invoke(self, args_blob, deps, fetch: Fetch):
+        """Call the target in this thread; return the list of values or a ``RemoteFailure``."""
+        token = current_task.set(self.ctx)
+        start = time.time()
+        try:
+            loaded = load_arguments(args_blob, deps, fetch)
+            if type(loaded) is RemoteFailure:
+                return loaded
+            args, kwargs = loaded
+            retries_left = self.max_retries
+            while True:
+                try:
+                    value = self.target(*args, **kwargs)
+                    if inspect.iscoroutine(value):  # an ``async def`` task runs on a loop of its own
+                        import asyncio
+
+                        value = asyncio.run(value)
+                    values = split_returns(value, self.num_returns, self.name)
+                except BaseException as exc:  # noqa: BLE001 - everything the user raised is reported
+                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                        exc = TaskCancelledError(f"{self.name} was interrupted ({type(exc).__name__}).")
+                    if _should_retry(exc, self.retry_exceptions, retries_left):
+                        retries_left -= 1
+                        continue
+                    failure = failure_for(exc, self.name)
+                    self._record(start, failure)
+                    return failure
+                self._record(start, None)
+                return values
+        finally:
+            current_task.reset(token)
+
+    def run(self, args_blob, deps, fetch: Fetch) -> list[serialization.SerializedObject]:
+        """Call the target in this thread and serialize what it returned or raised."""
+        result = self.invoke(args_blob, deps, fetch)
+        if type(result) is RemoteFailure:
+            return [serialize_failure(result)] * self.num_returns
+        return serialize_outputs(result, self.name, self.num_returns)
+
+    async def run_async(self, args_blob, deps, fetch: Fetch, loop_executor=None) -> list[serialization.SerializedObject]:
+        """Run a coroutine method on the running event loop (async actors)."""
+        import asyncio
+
+        current_task.set(self.ctx)  # each asyncio task has its own context copy
+        start = time.time()
+        if deps:
+            loaded = await asyncio.get_running_loop().run_in_executor(
+                loop_executor, load_arguments, args_blob, deps, fetch)
+        else:
+            loaded = load_arguments(args_blob, deps, fetch)
+        if type(loaded) is RemoteFailure:
+            return [serialize_failure(loaded)] * self.num_returns
+        args, kwargs = loaded
+        try:
+            value = self.target(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+            values = split_returns(value, self.num_returns, self.name)
+        except asyncio.CancelledError:
+            failure = RemoteFailure(TaskCancelledError(f"{self.name} was cancelled."))
+            self._record(start, failure)
+            return [serialize_failure(failure)] * self.num_returns
+        except Exception as exc:
+            failure = failure_for(exc, self.name)
+            self._record(start, failure)
+            return [serialize_failure(failure)] * self.num_returns
+        self._record(start, None)
+        return serialize_outputs(values, self.name, self.num_returns)

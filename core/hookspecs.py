@@ -1,0 +1,11 @@
+"""pluggy hook specifications: what a backend plugin may implement."""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("anyray")
+hookimpl = pluggy.HookimplMarker("anyray")
+
+
+@hookspec
+def anyray_backends():
+    """Return a list of the ``anyray.ports.Backend`` subclasses this plugin provides."""

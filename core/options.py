@@ -1,0 +1,156 @@
+"""Validation of ``@remote`` and ``.options()`` keywords, written once for every backend.
+
+Each option has a checker that raises at the call site: ``TypeError`` for a
+value of the wrong type, ``ValueError`` for a wrong value or an unknown name,
+each saying what was wrong and what to write instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+from typing import Any, Callable, Mapping
+
+Checker = Callable[[str, Any, str], Any]
+
+
+def _number(minimum: float = 0) -> Checker:
+    def check(name, value, owner):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{owner}: option {name!r} must be a number, got {type(value).__name__} {value!r}.")
+        if value < minimum:
+            raise ValueError(f"{owner}: option {name!r} must be >= {minimum}, got {value!r}.")
+        return value
+    return check
+
+
+def _integer(minimum: int) -> Checker:
+    def check(name, value, owner):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{owner}: option {name!r} must be an int, got {type(value).__name__} {value!r}.")
+        if value < minimum:
+            hint = " (-1 means unlimited)" if minimum == -1 else ""
+            raise ValueError(f"{owner}: option {name!r} must be >= {minimum}{hint}, got {value!r}.")
+        return int(value)
+    return check
+
+
+def _boolean(name, value, owner):
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: option {name!r} must be True or False, got {value!r}.")
+    return value
+
+
+def _optional_str(name, value, owner):
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{owner}: option {name!r} must be a string or None, got {type(value).__name__}.")
+    return value
+
+
+def _num_returns(name, value, owner):
+    if isinstance(value, str):
+        raise ValueError(f"{owner}: num_returns={value!r} (generators) is not supported yet; "
+                         "use an int number of return values.")
+    return _integer(0)(name, value, owner)
+
+
+def _resources(name, value, owner):
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{owner}: option 'resources' must be a dict of name to amount, got {type(value).__name__}.")
+    out = {}
+    for key, amount in value.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{owner}: resource names must be strings, got {key!r}.")
+        if key in ("CPU", "GPU"):
+            raise ValueError(f"{owner}: use num_cpus / num_gpus instead of {key!r} in 'resources'.")
+        out[key] = _number()(f"resources[{key!r}]", amount, owner)
+    return out
+
+
+def _retry_exceptions(name, value, owner):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(t, type) and issubclass(t, BaseException) for t in value):
+        return tuple(value)
+    raise TypeError(f"{owner}: option 'retry_exceptions' must be a bool or a list of exception classes, got {value!r}.")
+
+
+def _lifetime(name, value, owner):
+    if value not in (None, "detached", "non_detached"):
+        raise ValueError(f"{owner}: option 'lifetime' must be None, 'detached' or 'non_detached', got {value!r}.")
+    return value
+
+
+def _strategy(name, value, owner):
+    if value not in (None, "DEFAULT", "SPREAD"):
+        raise ValueError(f"{owner}: scheduling_strategy {value!r} is not supported yet; use 'DEFAULT' or 'SPREAD'.")
+    return value
+
+
+_COMMON: dict[str, Checker] = {
+    "num_cpus": _number(),
+    "num_gpus": _number(),
+    "memory": _number(),
+    "resources": _resources,
+    "name": _optional_str,
+    "scheduling_strategy": _strategy,
+}
+
+TASK_OPTIONS: dict[str, Checker] = {
+    **_COMMON,
+    "num_returns": _num_returns,
+    "max_retries": _integer(-1),
+    "retry_exceptions": _retry_exceptions,
+    "max_calls": _integer(0),
+}
+
+ACTOR_OPTIONS: dict[str, Checker] = {
+    **_COMMON,
+    "namespace": _optional_str,
+    "lifetime": _lifetime,
+    "max_restarts": _integer(-1),
+    "max_task_retries": _integer(-1),
+    "max_concurrency": _integer(1),
+    "max_pending_calls": _integer(-1),
+    "get_if_exists": _boolean,
+}
+
+METHOD_OPTIONS: dict[str, Checker] = {
+    "num_returns": _num_returns,
+    "name": _optional_str,
+    "max_task_retries": _integer(-1),
+    "retry_exceptions": _retry_exceptions,
+}
+
+ALIASES = {"num_return_vals": "num_returns"}
+
+TASK_DEFAULTS = {"num_returns": 1, "num_cpus": 1, "num_gpus": 0, "memory": 0, "resources": {},
+                 "max_retries": 3, "retry_exceptions": False, "max_calls": 0, "name": None,
+                 "scheduling_strategy": None}
+ACTOR_DEFAULTS = {"num_cpus": 0, "num_gpus": 0, "memory": 0, "resources": {}, "name": None,
+                  "namespace": None, "lifetime": None, "max_restarts": 0, "max_task_retries": 0,
+                  "max_concurrency": None, "max_pending_calls": -1, "get_if_exists": False,
+                  "scheduling_strategy": None}
+
+
+def validate(options: Mapping[str, Any], allowed: Mapping[str, Checker], owner: str) -> dict[str, Any]:
+    """Check ``options`` against ``allowed``; return them normalized (aliases resolved)."""
+    out = {}
+    for name, value in options.items():
+        name = ALIASES.get(name, name)
+        checker = allowed.get(name)
+        if checker is None:
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{owner}: unknown option {name!r}.{hint} "
+                             f"Valid options are: {', '.join(sorted(allowed))}.")
+        out[name] = checker(name, value, owner)
+    return out
+
+
+def resource_demand(opts: Mapping[str, Any]) -> dict[str, float]:
+    """The resources a task or actor holds while it runs, without zero entries."""
+    demand = {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"], "memory": opts["memory"], **opts["resources"]}
+    return {k: float(v) for k, v in demand.items() if v}

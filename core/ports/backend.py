@@ -1,0 +1,85 @@
+"""The Backend port: one scheduler, one object store, one metadata store, and a lifecycle."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+from .metadata_store import MetadataStore
+from .object_store import ObjectStore
+from .scheduler import Scheduler
+
+
+class Capability:
+    """Names a backend may declare. The conformance suite skips what is not declared."""
+
+    CONCURRENT = "concurrent"          # tasks run at the same time
+    IN_PROCESS = "in_process"          # tasks run in the driver: breakpoint() and print work
+    PROCESSES = "processes"            # tasks run in worker processes (force cancel, crashes)
+    ZERO_COPY = "zero_copy"            # NumPy arrays read from the store are read-only views
+    MULTI_NODE = "multi_node"
+    WORKER_RESTART = "worker_restart"  # a crashed worker is replaced and its task retried
+    ACTOR_RESTART = "actor_restart"    # max_restarts brings a killed actor back
+    FORCE_CANCEL = "force_cancel"      # cancel(force=True) stops a running task at once
+    INTERRUPT_CANCEL = "interrupt_cancel"  # cancel() interrupts a running Python task
+    OBJECT_SPILLING = "object_spilling"
+    TIMELINE = "timeline"              # timeline() lists the tasks that ran
+    ERROR_INFO = "error_info"          # error_info() lists failed tasks
+
+
+@dataclass
+class BackendConfig:
+    """The options of ``init``, normalized by the core."""
+
+    address: str | None = None
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+    object_store_memory: int | None = None
+    namespace: str = ""
+    job_id: bytes = b""
+    options: dict[str, Any] = field(default_factory=dict)  # backend-specific ``init`` keywords
+
+
+class Backend(ABC):
+    """A way to run anyray programs, found through the ``anyray.backends`` entry points.
+
+    Subclasses set ``name`` and ``capabilities`` and build their three stores
+    in ``start``. ``known_gaps`` maps conformance test names to the reason a
+    declared capability is not yet fully honoured; those tests run as strict
+    expected failures, so a gap that closes is noticed.
+
+    Import heavy engines inside ``start``, not at module import: listing
+    backends loads every backend class.
+    """
+
+    name: ClassVar[str]
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    known_gaps: ClassVar[Mapping[str, str]] = {}
+    description: ClassVar[str] = ""
+    accepted_options: ClassVar[frozenset[str]] = frozenset()  # extra ``init`` keywords it takes
+
+    scheduler: Scheduler
+    object_store: ObjectStore
+    metadata: MetadataStore
+
+    def __init__(self, config: BackendConfig, events) -> None:
+        self.config = config
+        self.events = events  # core.events.JobEvents: where finished tasks are reported
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start or connect to the engine; afterwards the stores accept calls.
+
+        Raise ``ValueError`` for options this backend cannot take (naming them)."""
+
+    @abstractmethod
+    def shutdown(self) -> None:
+        """Stop what ``start`` started and release every resource; idempotent.
+
+        No process, thread or shared-memory segment of the backend outlives it."""
+
+    def info(self) -> dict:
+        """``address``, ``node_id`` and ``dashboard_url`` (or ``None``) for ``init``'s context."""
+        return {"address": self.config.address, "node_id": None, "dashboard_url": None}

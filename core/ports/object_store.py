@@ -1,0 +1,61 @@
+"""The ObjectStore port: immutable serialized objects, by ObjectRef."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Iterable, Sequence
+
+from ..object_ref import ObjectRef
+from ..serialization import SerializedObject
+
+
+class ObjectStore(ABC):
+    """Holds sealed, immutable objects until they are freed.
+
+    Concurrency: every method may be called from any thread at once. An
+    object is written once (``put`` creates and seals it in one step); a
+    second ``put`` of the same ref is ignored, so a retried task cannot
+    change a value a reader has already seen.
+    """
+
+    @abstractmethod
+    def put(self, ref: ObjectRef, obj: SerializedObject) -> None:
+        """Create and seal ``ref``'s object. The store owns ``obj`` afterwards.
+
+        The caller may reuse or mutate the source buffers once this returns:
+        a store either copies them or takes buffers nobody else writes.
+        Raises ``ObjectStoreFullError`` (saying what holds the memory and
+        what to do) rather than blocking when there is no room.
+        """
+
+    @abstractmethod
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[SerializedObject]:
+        """Return the objects in the order asked, waiting until all are sealed.
+
+        ``timeout`` is seconds (``None`` waits forever, ``0`` does not wait);
+        past it, raise ``GetTimeoutError``. Returned buffers are read-only
+        views where the store shares memory (zero-copy).
+        """
+
+    @abstractmethod
+    def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None) -> set[ObjectRef]:
+        """Block until at least ``num_returns`` of ``refs`` are sealed or the timeout passes.
+
+        Return the set of those sealed (possibly more than ``num_returns``,
+        fewer on timeout). Never raises on timeout.
+        """
+
+    @abstractmethod
+    def contains(self, ref: ObjectRef) -> bool:
+        """Whether ``ref``'s object is sealed here now."""
+
+    @abstractmethod
+    def free(self, refs: Iterable[ObjectRef | bytes]) -> None:
+        """Drop the objects (by ref or raw id); freeing an absent or pending object is not an error.
+
+        An object freed before it was sealed is dropped when it arrives.
+        """
+
+    @abstractmethod
+    def usage(self) -> dict:
+        """``{"objects": n, "bytes": used, "capacity": limit or None}`` for this store."""

@@ -1,0 +1,293 @@
+"""The runtime of one job: the backend it runs on and the policy every backend shares.
+
+``Runtime`` turns API calls into specs, validates them, counts references
+and raises stored failures; the backend only schedules and stores. The one
+process-wide global is the current runtime (``_current``).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any, Sequence
+
+from . import ids, options as opts, serialization
+from .context import TaskContext, current_task
+from .events import JobEvents
+from .exceptions import GetTimeoutError
+from .object_ref import ObjectRef
+from .ports.backend import Backend, BackendConfig
+from .specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
+
+
+class ReferenceCounter:
+    """Counts live ObjectRefs per object id in this process; frees an object at zero.
+
+    ``decref`` runs from ``ObjectRef.__del__``, which the garbage collector
+    may call in the middle of any code, including code holding our locks. So
+    a decref only appends to a queue (atomic, lock-free); the queue is
+    drained under the lock from ordinary calls (``drain``). Increments are
+    immediate, so a count can only be too high for a moment, never too low.
+    """
+
+    def __init__(self, free):
+        self._counts: dict[bytes, int] = {}
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._lock = threading.Lock()
+        self._free = free
+
+    def incref(self, object_id: bytes) -> None:
+        with self._lock:
+            self._counts[object_id] = self._counts.get(object_id, 0) + 1
+
+    def decref(self, object_id: bytes) -> None:
+        self._pending.append(object_id)
+
+    def drain(self) -> None:
+        while self._pending:
+            dead = []
+            with self._lock:
+                counts, pending = self._counts, self._pending
+                while pending:
+                    oid = pending.popleft()
+                    left = counts.get(oid, 0) - 1
+                    if left > 0:
+                        counts[oid] = left
+                    else:
+                        counts.pop(oid, None)
+                        dead.append(oid)
+            if dead:
+                self._free(dead)  # may drop refs held inside the freed objects: loop again
+
+    def count(self, object_id: bytes) -> int:
+        self.drain()
+        return self._counts.get(object_id, 0)
+
+    def live(self) -> int:
+        self.drain()
+        return len(self._counts)
+
+
+def _check_refs(refs, fn: str) -> tuple[list[ObjectRef], bool]:
+    if isinstance(refs, ObjectRef):
+        return [refs], True
+    if isinstance(refs, (list, tuple)):
+        for i, r in enumerate(refs):
+            if not isinstance(r, ObjectRef):
+                raise TypeError(f"{fn}() expects ObjectRefs, but item {i} is a {type(r).__name__} ({r!r:.60}). "
+                                f"Pass the refs returned by .remote() or put().")
+        return list(refs), False
+    raise TypeError(f"{fn}() expects an ObjectRef or a list of ObjectRefs, got {type(refs).__name__} ({refs!r:.60}).")
+
+
+def _check_timeout(timeout, fn: str) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{fn}(): timeout must be a number of seconds or None, got {timeout!r}.")
+    if timeout < 0:
+        raise ValueError(f"{fn}(): timeout must be >= 0 seconds or None, got {timeout!r}.")
+    return float(timeout)
+
+
+def top_level_refs(args: tuple, kwargs: dict) -> list[ObjectRef]:
+    deps = [a for a in args if type(a) is ObjectRef]
+    if kwargs:
+        deps.extend(v for v in kwargs.values() if type(v) is ObjectRef)
+    return deps
+
+
+class Runtime:
+    def __init__(self, backend_cls: type[Backend], config: BackendConfig):
+        self.config = config
+        self.job_id = config.job_id or ids.new_id()
+        self.namespace = config.namespace
+        self.events = JobEvents()
+        self.counter = ReferenceCounter(self._free)
+        self.driver_id = ids.new_id()
+        self.backend = backend_cls(config, self.events)
+        self.backend.start()
+        self.scheduler = self.backend.scheduler
+        self.store = self.backend.object_store
+        self._drainer_stop = threading.Event()
+        self._drainer = threading.Thread(target=self._drain_loop, name="anyray-refcount", daemon=True)
+        self._drainer.start()
+
+    # -- references -------------------------------------------------------
+    def _free(self, object_ids: list[bytes]) -> None:
+        self.store.free(object_ids)
+
+    def _drain_loop(self) -> None:
+        while not self._drainer_stop.wait(0.2):
+            try:
+                self.counter.drain()
+            except Exception:  # a store shutting down under us; the next loop retries
+                pass
+
+    def new_ref(self) -> ObjectRef:
+        return ObjectRef(ids.new_id(), None, self.counter)
+
+    # -- objects ----------------------------------------------------------
+    def put(self, value: Any) -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError("put() of an ObjectRef is not allowed: the object is already in the store. "
+                            "Pass the ref itself, or put([ref]) to store a list holding it.")
+        obj = serialization.serialize(value, what="the value passed to put()")
+        self.counter.drain()
+        ref = self.new_ref()
+        self.store.put(ref, obj)
+        return ref
+
+    def get_serialized(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
+        ctx = current_task.get()
+        if ctx is None or all(self.store.contains(r) for r in refs):
+            return self.store.get(refs, timeout)
+        self.scheduler.task_blocked()
+        try:
+            return self.store.get(refs, timeout)
+        finally:
+            self.scheduler.task_unblocked()
+
+    def fetch(self, refs: Sequence[ObjectRef]) -> list:
+        """Values of ``refs`` with failures left as ``RemoteFailure`` (for the executor)."""
+        return [serialization.deserialize(o) for o in self.get_serialized(refs, None)]
+
+    def get(self, refs, timeout=None):
+        ref_list, single = _check_refs(refs, "get")
+        timeout = _check_timeout(timeout, "get")
+        objs = self.get_serialized(ref_list, timeout)
+        values = [serialization.deserialize(o) for o in objs]
+        for value in values:
+            if type(value) is RemoteFailure:
+                raise value.error
+        return values[0] if single else values
+
+    def wait(self, refs, num_returns=1, timeout=None, fetch_local=True):
+        if isinstance(refs, ObjectRef):
+            raise TypeError("wait() expects a list of ObjectRefs, got a single ObjectRef; write wait([ref]).")
+        ref_list, _ = _check_refs(refs, "wait")
+        timeout = _check_timeout(timeout, "wait")
+        if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
+            raise ValueError(f"wait(): num_returns must be a positive int, got {num_returns!r}.")
+        if num_returns > len(ref_list):
+            raise ValueError(f"wait(): num_returns={num_returns} is more than the {len(ref_list)} refs given; "
+                             f"pass num_returns <= len(refs).")
+        if len(set(ref_list)) != len(ref_list):
+            raise ValueError("wait() got the same ObjectRef more than once; pass each ref once "
+                             "(e.g. list(dict.fromkeys(refs))).")
+        ctx = current_task.get()
+        if ctx is not None:
+            self.scheduler.task_blocked()
+        try:
+            done = self.store.wait(ref_list, num_returns, timeout)
+        finally:
+            if ctx is not None:
+                self.scheduler.task_unblocked()
+        ready = [r for r in ref_list if r in done][:num_returns]
+        chosen = set(ready)
+        return ready, [r for r in ref_list if r not in chosen]
+
+    def cancel(self, ref, force=False, recursive=True) -> None:
+        if not isinstance(ref, ObjectRef):
+            raise TypeError(f"cancel() expects an ObjectRef returned by .remote(), got {type(ref).__name__}.")
+        self.scheduler.cancel(ref, force, recursive)
+
+    # -- tasks ------------------------------------------------------------
+    def _returns(self, n: int) -> list[ObjectRef]:
+        counter = self.counter
+        return [ObjectRef(ids.new_id(), None, counter) for _ in range(n)]
+
+    def submit_task(self, descriptor: FunctionDescriptor, args: tuple, kwargs: dict,
+                    options: dict, resources: dict) -> list[ObjectRef]:
+        blob = serialization.serialize((args, kwargs), what=f"an argument of {descriptor.name}")
+        self.counter.drain()
+        parent = current_task.get()
+        spec = TaskSpec(
+            task_id=ids.new_id(), function=descriptor, args=blob, deps=top_level_refs(args, kwargs),
+            returns=self._returns(options["num_returns"]), resources=resources, options=options,
+            parent_task_id=parent.task_id if parent is not None else None,
+            name=options["name"] or descriptor.name)
+        self.scheduler.submit_task(spec)
+        return spec.returns
+
+    def create_actor(self, descriptor: FunctionDescriptor, args: tuple, kwargs: dict, options: dict,
+                     is_async: bool, method_options: dict):
+        from .actor import ActorHandle
+
+        namespace = options["namespace"] if options["namespace"] is not None else self.namespace
+        name = options["name"]
+        if name is not None:
+            if not name:
+                raise ValueError("Actor name must be a non-empty string; pass name=None for an unnamed actor.")
+            existing = self.scheduler.get_named_actor(name, namespace)
+            if existing is not None:
+                if options["get_if_exists"]:
+                    return existing
+                raise ValueError(f"An actor named {name!r} already exists in namespace {namespace!r}. "
+                                 f"Pick another name, or pass get_if_exists=True to reuse it.")
+        blob = serialization.serialize((args, kwargs), what=f"an argument of {descriptor.name}.__init__")
+        spec = ActorSpec(actor_id=ids.new_id(), cls=descriptor, args=blob, deps=top_level_refs(args, kwargs),
+                         resources=opts.resource_demand(options), options=options, namespace=namespace,
+                         is_async=is_async, method_options=method_options)
+        handle = ActorHandle(spec.actor_id, descriptor.name, method_options)
+        self.scheduler.create_actor(spec)
+        return handle
+
+    def submit_actor_task(self, handle, method_name: str, args: tuple, kwargs: dict, options: dict):
+        blob = serialization.serialize((args, kwargs), what=f"an argument of {handle._class_name}.{method_name}")
+        self.counter.drain()
+        spec = ActorTaskSpec(
+            task_id=ids.new_id(), actor_id=handle._actor_id, method_name=method_name, args=blob,
+            deps=top_level_refs(args, kwargs), returns=self._returns(options["num_returns"]),
+            caller_id=handle._caller_id, seq=next(handle._seq), options=options,
+            name=f"{handle._class_name}.{method_name}")
+        self.scheduler.submit_actor_task(spec)
+        return spec.returns
+
+    def get_actor(self, name: str, namespace: str | None):
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"get_actor() expects an actor name (a non-empty str), got {name!r}.")
+        ns = self.namespace if namespace is None else namespace
+        handle = self.scheduler.get_named_actor(name, ns)
+        if handle is None:
+            known = [n for space, n in self.scheduler.list_named_actors(ns)]
+            hint = f" Named actors in this namespace: {', '.join(sorted(known))}." if known else ""
+            raise ValueError(f"Failed to look up actor with name {name!r} in namespace {ns!r}: no live actor has "
+                             f"that name.{hint} Create it with .options(name={name!r}).remote() first.")
+        return handle
+
+    def kill(self, handle, no_restart=True) -> None:
+        from .actor import ActorHandle
+
+        if not isinstance(handle, ActorHandle):
+            raise TypeError(f"kill() expects an ActorHandle, got {type(handle).__name__}. "
+                            f"To stop a task, use cancel(ref, force=True).")
+        self.scheduler.kill_actor(handle._actor_id, no_restart)
+
+    def shutdown(self) -> None:
+        self._drainer_stop.set()
+        try:
+            self.backend.shutdown()
+        finally:
+            self.counter = ReferenceCounter(lambda ids_: None)
+
+
+_current: Runtime | None = None
+_lock = threading.RLock()
+
+
+def current_counter():
+    rt = _current
+    return rt.counter if rt is not None else None
+
+
+def current_runtime() -> Runtime | None:
+    return _current
+
+
+def set_current(runtime: Runtime | None) -> None:
+    global _current
+    _current = runtime
+
+
+__all__ = ["Runtime", "ReferenceCounter", "GetTimeoutError", "TaskContext", "current_runtime", "set_current"]

@@ -1,0 +1,50 @@
+"""Serialization: protocol-5 buffers stay out of band, refs inside values are tracked."""
+
+import pickle
+import threading
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from anyray import serialization
+from anyray.object_ref import ObjectRef
+
+
+def test_numpy_array_buffer_goes_out_of_band_without_a_copy():
+    arr = np.arange(1_000_000, dtype=np.int64)
+    obj = serialization.serialize({"a": arr})
+    assert len(obj.data) < 1000, "the array must not be flattened into the pickle stream"
+    assert len(obj.buffers) == 1
+    raw = obj.buffers[0].raw()
+    assert np.shares_memory(np.frombuffer(raw, dtype=np.int64), arr)
+    back = serialization.deserialize(obj.copy_buffers())
+    assert np.array_equal(back["a"], arr)
+    assert not back["a"].flags.writeable, "arrays rebuilt from store bytes are read-only"
+
+
+def test_arrow_buffers_go_out_of_band():
+    table = pa.table({"x": np.arange(200_000), "y": np.ones(200_000)})
+    obj = serialization.serialize(table)
+    assert len(obj.data) < 10_000
+    assert sum(pickle.PickleBuffer(b).raw().nbytes for b in obj.buffers) >= 200_000 * 16
+    assert serialization.deserialize(obj.copy_buffers()).equals(table)
+
+
+def test_small_buffers_stay_in_band():
+    obj = serialization.serialize(np.arange(10))
+    assert obj.buffers == []
+
+
+def test_refs_pickled_inside_a_value_are_collected():
+    a, b = ObjectRef(b"a" * 16), ObjectRef(b"b" * 16)
+    obj = serialization.serialize({"nested": [a, (b,)]})
+    assert obj.contained_refs == [a, b]
+    assert serialization.deserialize(obj) == {"nested": [a, (b,)]}
+
+
+def test_an_unpicklable_value_names_its_type_and_what_to_do():
+    with pytest.raises(serialization.SerializationError, match=r"argument of f of type lock.*picklable"):
+        serialization.serialize(threading.Lock(), what="an argument of f")
+    with pytest.raises(TypeError):  # SerializationError is a TypeError, as Ray raises
+        serialization.serialize({"k": threading.Lock()})
