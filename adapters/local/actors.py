@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import collections
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from anyray.actor import ActorHandle
 from anyray.context import TaskContext
 from anyray.exceptions import ActorDiedError, TaskCancelledError
 from anyray.executor import Call
 from anyray.specs import RemoteFailure
+
+from .threads import DaemonThreadPool
 
 
 class LocalActor:
@@ -32,7 +33,7 @@ class LocalActor:
         self.lease = None
         self._loop = None        # the event loop of an async actor
         self._semaphore = None   # bounds its concurrent calls
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: DaemonThreadPool | None = None
         self._running_async: dict[bytes, tuple] = {}  # task id -> (spec, asyncio.Task)
 
     @property
@@ -82,8 +83,7 @@ class LocalActor:
             asyncio.set_event_loop(self._loop)
             self._semaphore = asyncio.Semaphore(self.spec.max_concurrency)
         elif self.spec.max_concurrency > 1:
-            self._pool = ThreadPoolExecutor(self.spec.max_concurrency,
-                                            thread_name_prefix=f"anyray-actor-{self.spec.cls.name}")
+            self._pool = DaemonThreadPool(f"anyray-actor-{self.spec.cls.name}", self.spec.max_concurrency)
         if not self._construct():
             return
         if self._loop is not None:
@@ -211,7 +211,7 @@ class LocalActor:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._pool is not None:
-            self._pool.shutdown(wait=False)
+            self._pool.shutdown()
         if self.lease is not None:
             self._sched.release(self.lease)
             self.lease = None

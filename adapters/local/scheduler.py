@@ -7,10 +7,10 @@ dependencies are sealed and its resources are free; a task blocked in
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from anyray import serialization
@@ -22,6 +22,7 @@ from anyray.specs import RemoteFailure, TaskSpec
 
 from .actors import LocalActor
 from .resources import ResourcePool
+from .threads import DaemonThreadPool
 
 
 class InfeasibleTaskWarning(UserWarning):
@@ -38,6 +39,13 @@ class _Task:
         self.lease = None
 
 
+def _own_arguments(spec) -> None:
+    """Copy the out-of-band argument buffers: they are views of the caller's arrays, which the
+    caller may change after ``.remote()`` returns and which the task must not write through."""
+    if spec.args.buffers:
+        spec.args = spec.args.copy_buffers()
+
+
 class LocalScheduler(Scheduler):
     def __init__(self, store, metadata, events, pool: ResourcePool):
         self._store = store
@@ -45,11 +53,13 @@ class LocalScheduler(Scheduler):
         self._events = events
         self._resources = pool
         self._lock = threading.RLock()
-        self._queue: list[tuple[dict, Callable]] = []  # (demand, start) waiting for resources
+        # Work waiting for resources, one FIFO per demand shape: when the head of a
+        # queue does not fit, nothing behind it (same demand) can, so dispatch stays O(shapes).
+        self._queues: dict[tuple, collections.deque[Callable]] = {}
         self._tasks: dict[bytes, _Task] = {}            # by return object id, until done
         self._children: dict[bytes, list[_Task]] = {}
         self._actors: dict[bytes, LocalActor] = {}
-        self._threads = ThreadPoolExecutor(max_workers=4096, thread_name_prefix="anyray-task")
+        self._threads = DaemonThreadPool("anyray-task")
         self._warned: set[bytes] = set()
         self._closed = False
 
@@ -75,24 +85,26 @@ class LocalScheduler(Scheduler):
                 InfeasibleTaskWarning, stacklevel=5)
 
     def enqueue(self, demand: dict, start: Callable[[object], None]) -> None:
-        """Run ``start(lease)`` once ``demand`` fits; FIFO among those that fit."""
+        """Run ``start(lease)`` once ``demand`` fits; FIFO among work of the same demand."""
+        shape = tuple(sorted(demand.items()))
         with self._lock:
-            self._queue.append((demand, start))
+            queue = self._queues.get(shape)
+            if queue is None:
+                queue = self._queues[shape] = collections.deque()
+            queue.append(start)
         self._dispatch()
 
     def _dispatch(self) -> None:
         to_start = []
         with self._lock:
-            if not self._queue:
-                return
-            kept = []
-            for demand, start in self._queue:
-                lease = self._resources.acquire(demand)
-                if lease is None:
-                    kept.append((demand, start))
-                else:
-                    to_start.append((start, lease))
-            self._queue = kept
+            for shape, queue in self._queues.items():
+                demand = None
+                while queue:
+                    demand = demand if demand is not None else dict(shape)
+                    lease = self._resources.acquire(demand)
+                    if lease is None:
+                        break
+                    to_start.append((queue.popleft(), lease))
         for start, lease in to_start:
             start(lease)
 
@@ -102,6 +114,7 @@ class LocalScheduler(Scheduler):
 
     # -- tasks --------------------------------------------------------------
     def submit_task(self, spec: TaskSpec) -> None:
+        _own_arguments(spec)
         task = _Task(spec)
         if spec.resources:
             self._check_feasible(spec.function.function_id, spec.name, spec.resources)
@@ -214,6 +227,7 @@ class LocalScheduler(Scheduler):
                                  f"Pick another name, or pass get_if_exists=True to reuse it.")
         if spec.resources:
             self._check_feasible(spec.actor_id, spec.cls.name, spec.resources)
+        _own_arguments(spec)
         actor = LocalActor(spec, self)
         with self._lock:
             self._actors[spec.actor_id] = actor
@@ -230,6 +244,7 @@ class LocalScheduler(Scheduler):
             from anyray.exceptions import ActorDiedError
             self.fail(spec.returns, ActorDiedError(f"No actor with id {spec.actor_id.hex()} exists in this job."))
             return
+        _own_arguments(spec)
         actor.submit(spec)
 
     def get_named_actor(self, name: str, namespace: str):
@@ -265,4 +280,4 @@ class LocalScheduler(Scheduler):
         self._closed = True
         for actor in list(self._actors.values()):
             actor.kill(True, reason="the backend shut down")
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        self._threads.shutdown()
