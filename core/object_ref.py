@@ -84,3 +84,6 @@ def _rebuild_ref(object_id: bytes, native):
     from .runtime import current_counter
 
     return ObjectRef(object_id, native, current_counter())
+
+
+serialization._PLAIN_ARGS.add(ObjectRef)

@@ -199,7 +199,7 @@ class Runtime:
 
     def submit_task(self, descriptor: FunctionDescriptor, args: tuple, kwargs: dict,
                     options: dict, resources: dict) -> list[ObjectRef]:
-        blob = serialization.serialize((args, kwargs), what=f"an argument of {descriptor.name}")
+        blob = serialization.serialize_arguments(args, kwargs, descriptor.name)
         self.counter.drain()
         parent = current_task.get()
         spec = TaskSpec(
@@ -225,7 +225,7 @@ class Runtime:
                     return existing
                 raise ValueError(f"An actor named {name!r} already exists in namespace {namespace!r}. "
                                  f"Pick another name, or pass get_if_exists=True to reuse it.")
-        blob = serialization.serialize((args, kwargs), what=f"an argument of {descriptor.name}.__init__")
+        blob = serialization.serialize_arguments(args, kwargs, f"{descriptor.name}.__init__")
         spec = ActorSpec(actor_id=ids.new_id(), cls=descriptor, args=blob, deps=top_level_refs(args, kwargs),
                          resources=opts.resource_demand(options), options=options, namespace=namespace,
                          is_async=is_async, method_options=method_options)
@@ -234,7 +234,7 @@ class Runtime:
         return handle
 
     def submit_actor_task(self, handle, method_name: str, args: tuple, kwargs: dict, options: dict):
-        blob = serialization.serialize((args, kwargs), what=f"an argument of {handle._class_name}.{method_name}")
+        blob = serialization.serialize_arguments(args, kwargs, f"{handle._class_name}.{method_name}")
         self.counter.drain()
         spec = ActorTaskSpec(
             task_id=ids.new_id(), actor_id=handle._actor_id, method_name=method_name, args=blob,
