@@ -55,6 +55,7 @@ class RuntimeContext:
     def get_accelerator_ids(self) -> dict[str, list[str]]:
         return {"GPU": [str(g) for g in self._task.gpu_ids] if self._task else []}
 
+    @property
     def was_current_actor_reconstructed(self) -> bool:
         return bool(self._task and self._task.restarted)
 

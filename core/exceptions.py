@@ -45,7 +45,8 @@ class TaskError(AnyrayError):
         self.traceback_str = traceback_str
         self.cause = cause
         self.pid = pid
-        super().__init__(function_name, traceback_str)
+        # Not super(): in the dual class the next __init__ is the user's, with its own signature.
+        Exception.__init__(self, function_name, traceback_str)
 
     @classmethod
     def from_exception(cls, function_name: str, exc: BaseException, pid: int | None = None) -> "TaskError":

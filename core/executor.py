@@ -77,10 +77,12 @@ def serialize_outputs(values: list, name: str, num_returns: int) -> list[seriali
 
 def serialize_failure(failure: RemoteFailure) -> serialization.SerializedObject:
     try:
-        return serialization.serialize(failure)
-    except serialization.SerializationError:
+        obj = serialization.serialize(failure)
+        serialization.deserialize(obj)  # an exception whose __init__ differs from its args pickles but cannot load
+        return obj
+    except Exception:
         err = failure.error
-        # The user's exception does not pickle: keep its text, drop the object.
+        # The user's exception does not round-trip: keep its text, drop the object.
         if isinstance(err, TaskError):
             return serialization.serialize(RemoteFailure(TaskError(err.function_name, err.traceback_str, None, err.pid)))
         return serialization.serialize(RemoteFailure(AnyrayError(str(err))))

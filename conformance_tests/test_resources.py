@@ -1,0 +1,180 @@
+"""Resources and cluster state: totals, availability, custom resources, CPUs lent while blocked.
+
+Proves that the resources given to ``init`` are what the cluster reports;
+that a task needing a custom resource another task holds does not start
+until it is released (shown by the order events are recorded in); that a
+task blocked in ``get`` gives its CPU back so nested waits cannot deadlock;
+and that ``nodes``, ``get_gpu_ids`` and ``get_runtime_context`` describe the
+job, node, task and actor the code runs in.
+"""
+
+import os
+
+import anyray
+import pytest
+from anyray.conformance.helpers import DEADLINE, Barrier, Recorder, Signal, recorded, wait_until
+
+pytestmark = pytest.mark.usefixtures("anyray_session")
+
+
+def test_cluster_resources_show_the_cpus_and_custom_resources(init_kwargs):
+    total = anyray.cluster_resources()
+    if "num_cpus" in init_kwargs:
+        assert total["CPU"] == init_kwargs["num_cpus"]
+    for name, amount in init_kwargs.get("resources", {}).items():
+        assert total[name] == amount
+
+
+def test_available_resources_return_to_the_total_when_idle():
+    total = anyray.cluster_resources()
+    wait_until(lambda: anyray.available_resources().get("Custom", 0) == total["Custom"], what="Custom idle")
+    wait_until(lambda: anyray.available_resources().get("CPU", 0) == total["CPU"], what="CPUs idle")
+
+
+def test_a_running_task_holds_its_custom_resource():
+    signal = Signal.remote()
+    recorder = Recorder.remote()
+
+    @anyray.remote(resources={"Custom": 2})
+    def hold(signal, recorder):
+        anyray.get(recorder.record.remote("holding"))
+        return anyray.get(signal.wait.remote())
+
+    holder = hold.remote(signal, recorder)
+    try:
+        recorded(recorder, "holding")
+        wait_until(lambda: anyray.available_resources().get("Custom", 0) == 0, what="Custom taken")
+    finally:
+        signal.send.remote()
+    anyray.get(holder, timeout=DEADLINE)
+    wait_until(lambda: anyray.available_resources().get("Custom", 0) == 2, what="Custom given back")
+
+
+def test_a_task_waits_while_another_holds_the_custom_resource():
+    signal = Signal.remote()
+    recorder = Recorder.remote()
+
+    @anyray.remote(resources={"Custom": 2})
+    def hold(signal, recorder):
+        anyray.get(recorder.record.remote("holder started"))
+        anyray.get(signal.wait.remote())
+        anyray.get(recorder.record.remote("holder finished"))
+
+    @anyray.remote(resources={"Custom": 2})
+    def follow(recorder):
+        anyray.get(recorder.record.remote("follower started"))
+        return "followed"
+
+    holder = hold.remote(signal, recorder)
+    try:
+        recorded(recorder, "holder started")
+        follower = follow.remote(recorder)
+        ready, _ = anyray.wait([follower], timeout=0.5)
+        assert ready == []
+    finally:
+        signal.send.remote()
+    assert anyray.get(follower, timeout=DEADLINE) == "followed"
+    anyray.get(holder, timeout=DEADLINE)
+    assert anyray.get(recorder.entries.remote()) == ["holder started", "holder finished", "follower started"]
+
+
+def test_a_task_blocked_in_get_gives_its_cpu_back():
+    cpus = int(anyray.cluster_resources()["CPU"])
+    barrier = Barrier.remote(cpus)
+
+    @anyray.remote
+    def child(i):
+        return i * 10
+
+    @anyray.remote(num_cpus=1)
+    def parent(barrier, i):
+        anyray.get(barrier.arrive.remote())  # every CPU is now held by a parent
+        return anyray.get(child.remote(i))
+
+    refs = [parent.remote(barrier, i) for i in range(cpus)]
+    assert anyray.get(refs, timeout=60) == [i * 10 for i in range(cpus)]
+
+
+def test_a_task_blocked_in_wait_gives_its_cpu_back():
+    cpus = int(anyray.cluster_resources()["CPU"])
+    barrier = Barrier.remote(cpus)
+
+    @anyray.remote
+    def child(i):
+        return i
+
+    @anyray.remote(num_cpus=1)
+    def parent(barrier, i):
+        anyray.get(barrier.arrive.remote())
+        ready, _ = anyray.wait([child.remote(i)], timeout=DEADLINE)
+        return anyray.get(ready)
+
+    refs = [parent.remote(barrier, i) for i in range(cpus)]
+    assert anyray.get(refs, timeout=60) == [[i] for i in range(cpus)]
+
+
+def test_get_gpu_ids_is_empty_without_gpus():
+    @anyray.remote(num_gpus=0)
+    def gpu_ids():
+        return anyray.get_gpu_ids()
+
+    assert anyray.get(gpu_ids.remote()) == []
+    if anyray.cluster_resources().get("GPU", 0) == 0:
+        assert anyray.get_gpu_ids() == []
+
+
+def test_nodes_lists_this_node():
+    nodes = anyray.nodes()
+    assert len(nodes) >= 1
+    alive = [node for node in nodes if node["Alive"]]
+    assert alive
+    for node in alive:
+        assert isinstance(node["NodeID"], str) and node["NodeID"]
+        assert node["Resources"]["CPU"] > 0
+        assert "NodeManagerAddress" in node
+    assert sum(node["Resources"].get("CPU", 0) for node in alive) == anyray.cluster_resources()["CPU"]
+
+
+def test_runtime_context_in_the_driver():
+    context = anyray.get_runtime_context()
+    assert isinstance(context.get_job_id(), str) and context.get_job_id()
+    assert context.get_actor_id() is None
+    assert context.get_node_id() in {node["NodeID"] for node in anyray.nodes()}
+
+
+def test_runtime_context_in_tasks():
+    @anyray.remote
+    def ids():
+        context = anyray.get_runtime_context()
+        return context.get_job_id(), context.get_task_id(), context.get_actor_id(), context.get_node_id()
+
+    (job_a, task_a, actor_a, node_a), (job_b, task_b, _, _) = anyray.get([ids.remote(), ids.remote()])
+    assert job_a == job_b == anyray.get_runtime_context().get_job_id()
+    assert isinstance(task_a, str) and task_a and task_a != task_b
+    assert actor_a is None
+    assert node_a in {node["NodeID"] for node in anyray.nodes()}
+
+
+def test_runtime_context_in_actors():
+    @anyray.remote
+    class Who:
+        def ids(self):
+            context = anyray.get_runtime_context()
+            return context.get_actor_id(), context.get_task_id(), context.get_job_id()
+
+    first, second = Who.remote(), Who.remote()
+    (actor_1, task_1, job_1), (actor_1_again, task_2, _) = anyray.get([first.ids.remote(), first.ids.remote()])
+    actor_2, _, _ = anyray.get(second.ids.remote())
+    assert isinstance(actor_1, str) and actor_1
+    assert actor_1 == actor_1_again != actor_2
+    assert task_1 != task_2
+    assert job_1 == anyray.get_runtime_context().get_job_id()
+
+
+def test_runtime_context_worker_pid():
+    @anyray.remote
+    def pid():
+        return anyray.get_runtime_context().pid, os.getpid()
+
+    reported, actual = anyray.get(pid.remote())
+    assert reported == actual

@@ -1,0 +1,267 @@
+"""Remote functions: submission, return values, options, argument passing and nested tasks.
+
+Proves that ``.remote()`` returns ObjectRefs at once, that ``num_returns``
+splits results, that ``.options()`` overrides without changing the original,
+that top-level ObjectRef arguments arrive as values while nested ones stay
+refs, that tasks can submit and wait on tasks, and that large arguments
+arrive intact and unchanged for the caller.
+"""
+
+import os
+
+import anyray
+import numpy as np
+import pytest
+from anyray.conformance.helpers import Barrier, Signal, echo, wait_for_signal
+from anyray.object_ref import ObjectRef
+
+pytestmark = pytest.mark.usefixtures("anyray_session")
+
+
+def test_remote_returns_an_object_ref_at_once():
+    signal = Signal.remote()
+    ref = wait_for_signal.remote(signal, "done")
+    assert isinstance(ref, anyray.ObjectRef)
+    signal.send.remote()
+    assert anyray.get(ref) == "done"
+
+
+def test_a_remote_function_computes_its_value():
+    @anyray.remote
+    def add(a, b):
+        return a + b
+
+    assert anyray.get(add.remote(2, 3)) == 5
+    assert anyray.get([add.remote(i, i) for i in range(10)]) == [2 * i for i in range(10)]
+
+
+def test_keyword_arguments_and_defaults():
+    @anyray.remote
+    def describe(a, b=10, *rest, scale=1, **extra):
+        return (a + b) * scale, rest, extra
+
+    assert anyray.get(describe.remote(1)) == (11, (), {})
+    assert anyray.get(describe.remote(1, b=2, scale=3)) == (9, (), {})
+    assert anyray.get(describe.remote(1, 2, 3, 4, flag=True)) == (3, (3, 4), {"flag": True})
+
+
+def test_remote_with_options_in_the_decorator():
+    @anyray.remote(num_cpus=1, max_retries=0)
+    def one():
+        return 1
+
+    assert anyray.get(one.remote()) == 1
+
+
+def test_num_returns_splits_the_result():
+    @anyray.remote(num_returns=3)
+    def three():
+        return "a", "b", "c"
+
+    refs = three.remote()
+    assert isinstance(refs, list) and len(refs) == 3
+    assert all(isinstance(r, anyray.ObjectRef) for r in refs)
+    assert anyray.get(refs) == ["a", "b", "c"]
+
+
+def test_num_returns_one_gives_a_single_ref_even_for_a_tuple():
+    @anyray.remote(num_returns=1)
+    def pair():
+        return 1, 2
+
+    ref = pair.remote()
+    assert isinstance(ref, anyray.ObjectRef)
+    assert anyray.get(ref) == (1, 2)
+
+
+def test_num_return_vals_is_an_alias_of_num_returns():
+    @anyray.remote(num_return_vals=2)
+    def two():
+        return 1, 2
+
+    first, second = two.remote()
+    assert anyray.get([first, second]) == [1, 2]
+
+
+def test_options_override_without_changing_the_function():
+    @anyray.remote
+    def pair():
+        return 1, 2
+
+    first, second = pair.options(num_returns=2).remote()
+    assert anyray.get(second) == 2
+    assert anyray.get(pair.remote()) == (1, 2)
+    assert anyray.get(pair.options(num_cpus=2, name="renamed").remote()) == (1, 2)
+
+
+def test_options_can_be_chained():
+    @anyray.remote
+    def triple():
+        return 1, 2, 3
+
+    refs = triple.options(num_returns=2).options(num_returns=3).remote()
+    assert anyray.get(refs) == [1, 2, 3]
+
+
+def test_a_task_returning_none():
+    @anyray.remote
+    def nothing():
+        pass
+
+    assert anyray.get(nothing.remote()) is None
+
+
+def test_top_level_refs_arrive_as_values():
+    @anyray.remote
+    def kinds(a, b, *, c):
+        return [type(v).__name__ for v in (a, b, c)], a + b + c
+
+    a = anyray.put(1)
+    b = echo.remote(2)
+    c = anyray.put(3)
+    assert anyray.get(kinds.remote(a, b, c=c)) == (["int", "int", "int"], 6)
+
+
+def test_refs_nested_in_containers_are_passed_as_refs():
+    @anyray.remote
+    def unwrap(items, mapping):
+        assert isinstance(items[0], ObjectRef)
+        assert isinstance(mapping["key"], ObjectRef)
+        return anyray.get(items[0]) + anyray.get(mapping["key"])
+
+    inner = anyray.put(40)
+    produced = echo.remote(2)
+    assert anyray.get(unwrap.remote([inner], {"key": produced})) == 42
+
+
+def test_a_task_waits_for_its_ref_arguments():
+    signal = Signal.remote()
+    upstream = wait_for_signal.remote(signal, 10)
+
+    @anyray.remote
+    def plus_one(x):
+        return x + 1
+
+    downstream = plus_one.remote(upstream)
+    ready, _ = anyray.wait([downstream], timeout=0.2)
+    assert ready == []
+    signal.send.remote()
+    assert anyray.get(downstream) == 11
+
+
+def test_chained_tasks():
+    @anyray.remote
+    def inc(x):
+        return x + 1
+
+    ref = anyray.put(0)
+    for _ in range(20):
+        ref = inc.remote(ref)
+    assert anyray.get(ref) == 20
+
+
+def test_tasks_submit_and_get_tasks():
+    @anyray.remote
+    def leaf(x):
+        return x * 2
+
+    @anyray.remote
+    def node(depth):
+        if depth == 0:
+            return anyray.get(leaf.remote(1))
+        return sum(anyray.get([node.remote(depth - 1), node.remote(depth - 1)]))
+
+    assert anyray.get(node.remote(3)) == 16
+
+
+def test_tasks_put_and_wait_inside_tasks():
+    @anyray.remote
+    def inner():
+        ref = anyray.put({"made": "inside"})
+        ready, not_ready = anyray.wait([ref, echo.remote(1)], num_returns=2, timeout=30)
+        assert not_ready == []
+        return anyray.get(ready[0]), ref
+
+    value, ref = anyray.get(inner.remote())
+    assert value == {"made": "inside"}
+    assert anyray.get(ref) == {"made": "inside"}
+
+
+def test_large_numpy_arguments_arrive_intact():
+    @anyray.remote
+    def total(array, scale=1):
+        return float(array.sum()) * scale, array.shape, array.dtype.str
+
+    array = np.arange(2_000_000, dtype=np.float64)
+    expected = float(array.sum())
+    assert anyray.get(total.remote(array)) == (expected, (2_000_000,), array.dtype.str)
+    assert anyray.get(total.remote(array=array, scale=2)) == (2 * expected, (2_000_000,), array.dtype.str)
+    ref = anyray.put(array)
+    assert anyray.get([total.remote(ref) for _ in range(3)]) == [(expected, (2_000_000,), array.dtype.str)] * 3
+
+
+def test_large_numpy_results_arrive_intact():
+    @anyray.remote
+    def make(n):
+        return np.arange(n, dtype=np.int64)
+
+    out = anyray.get(make.remote(1_000_000))
+    assert out.shape == (1_000_000,)
+    assert out[0] == 0 and out[-1] == 999_999
+
+
+def test_a_task_cannot_change_the_callers_array():
+    @anyray.remote
+    def scribble(array):
+        try:
+            array[0] = 42.0
+        except ValueError:  # a read-only (zero-copy) argument
+            pass
+        return float(array[0])
+
+    array = np.zeros(1_000_000)
+    anyray.get(scribble.remote(array))
+    assert array[0] == 0.0
+
+
+def test_changing_an_array_after_remote_does_not_change_the_tasks_argument():
+    signal = Signal.remote()
+
+    @anyray.remote
+    def first(_, array):
+        return float(array[0])
+
+    array = np.zeros(1_000_000)
+    ref = first.remote(wait_for_signal.remote(signal), array)
+    array[0] = 7.0
+    signal.send.remote()
+    assert anyray.get(ref) == 0.0
+
+
+@pytest.mark.requires("concurrent")
+def test_tasks_run_at_the_same_time():
+    barrier = Barrier.remote(2)
+
+    @anyray.remote
+    def meet(barrier):
+        return anyray.get(barrier.arrive.remote())
+
+    assert sorted(anyray.get([meet.remote(barrier), meet.remote(barrier)], timeout=60)) == [2, 2]
+
+
+@pytest.mark.requires("in_process")
+def test_tasks_run_in_the_driver_process():
+    @anyray.remote
+    def pid():
+        return os.getpid()
+
+    assert anyray.get(pid.remote()) == os.getpid()
+
+
+@pytest.mark.requires("processes")
+def test_tasks_run_in_worker_processes():
+    @anyray.remote
+    def pid():
+        return os.getpid()
+
+    assert anyray.get(pid.remote()) != os.getpid()
