@@ -11,8 +11,9 @@ concurrently (shown by calls that can only finish together); and that
 
 import uuid
 
-import anyray
 import pytest
+
+import anyray
 from anyray.conformance.helpers import DEADLINE, Counter, Recorder, Signal, wait_until
 from anyray.exceptions import ActorDiedError, RayActorError, TaskError
 

@@ -6,8 +6,9 @@ a task to show the runtime still works.
 
 import threading
 
-import anyray
 import pytest
+
+import anyray
 from anyray.conformance.helpers import Counter, assert_runtime_works, echo
 from anyray.exceptions import TaskError
 

@@ -9,8 +9,9 @@ and a task stuck outside Python stopped with ``force=True`` (capability
 
 import time
 
-import anyray
 import pytest
+
+import anyray
 from anyray.conformance.helpers import DEADLINE, Recorder, Signal, assert_runtime_works, echo, recorded, wait_for_signal
 from anyray.exceptions import TaskCancelledError
 

@@ -10,8 +10,9 @@ application errors (all of them, or the listed classes only); and that
 
 import json
 
-import anyray
 import pytest
+
+import anyray
 from anyray import exceptions
 from anyray.conformance.helpers import Recorder, assert_runtime_works, echo
 

@@ -3,8 +3,9 @@
 Each test starts from no runtime (``isolated_runtime``) and leaves none behind.
 """
 
-import anyray
 import pytest
+
+import anyray
 from anyray.conformance.helpers import assert_runtime_works, echo
 from anyray.exceptions import BackendNotFoundError
 

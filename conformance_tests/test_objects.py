@@ -11,9 +11,10 @@ through a value read from it.
 import asyncio
 import concurrent.futures
 
-import anyray
 import numpy as np
 import pytest
+
+import anyray
 from anyray.conformance.helpers import Signal, echo, wait_for_signal
 from anyray.exceptions import GetTimeoutError, TaskError
 

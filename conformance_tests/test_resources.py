@@ -10,8 +10,9 @@ job, node, task and actor the code runs in.
 
 import os
 
-import anyray
 import pytest
+
+import anyray
 from anyray.conformance.helpers import DEADLINE, Barrier, Recorder, Signal, recorded, wait_until
 
 pytestmark = pytest.mark.usefixtures("anyray_session")

@@ -9,9 +9,10 @@ arrive intact and unchanged for the caller.
 
 import os
 
-import anyray
 import numpy as np
 import pytest
+
+import anyray
 from anyray.conformance.helpers import Barrier, Signal, echo, wait_for_signal
 from anyray.object_ref import ObjectRef
 

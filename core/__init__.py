@@ -3,9 +3,24 @@
 from . import exceptions
 from .actor import ActorClass, ActorHandle, method
 from .api import (
-    available_resources, cancel, cluster_resources, error_info, get, get_actor, get_gpu_ids,
-    get_runtime_context, init, is_initialized, kill, list_named_actors, nodes, put, remote,
-    shutdown, timeline, wait,
+    available_resources,
+    cancel,
+    cluster_resources,
+    error_info,
+    get,
+    get_actor,
+    get_gpu_ids,
+    get_runtime_context,
+    init,
+    is_initialized,
+    kill,
+    list_named_actors,
+    nodes,
+    put,
+    remote,
+    shutdown,
+    timeline,
+    wait,
 )
 from .object_ref import ObjectRef
 from .remote_function import RemoteFunction

@@ -6,7 +6,8 @@ import inspect
 import itertools
 from typing import Any
 
-from . import ids, options as opts
+from . import ids
+from . import options as opts
 from .remote_function import _Options, check_arguments, returns_of, signature_of
 from .specs import FunctionDescriptor
 

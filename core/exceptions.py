@@ -49,7 +49,7 @@ class TaskError(AnyrayError):
         Exception.__init__(self, function_name, traceback_str)
 
     @classmethod
-    def from_exception(cls, function_name: str, exc: BaseException, pid: int | None = None) -> "TaskError":
+    def from_exception(cls, function_name: str, exc: BaseException, pid: int | None = None) -> TaskError:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return cls(function_name, text, exc, pid)
 
@@ -57,7 +57,7 @@ class TaskError(AnyrayError):
         where = f" (pid={self.pid})" if self.pid is not None else ""
         return f"{self.function_name}(){where} raised:\n{self.traceback_str.rstrip()}"
 
-    def as_instanceof_cause(self) -> "TaskError":
+    def as_instanceof_cause(self) -> TaskError:
         """Return an error that is both a TaskError and an instance of the cause's class."""
         cause_cls = type(self.cause) if self.cause is not None else None
         if cause_cls is None or issubclass(cause_cls, TaskError) or not _subclassable(cause_cls):

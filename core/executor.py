@@ -13,7 +13,8 @@ import inspect
 import os
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import serialization
 from .context import TaskContext, current_task
@@ -84,7 +85,8 @@ def serialize_failure(failure: RemoteFailure) -> serialization.SerializedObject:
         err = failure.error
         # The user's exception does not round-trip: keep its text, drop the object.
         if isinstance(err, TaskError):
-            return serialization.serialize(RemoteFailure(TaskError(err.function_name, err.traceback_str, None, err.pid)))
+            text_only = TaskError(err.function_name, err.traceback_str, None, err.pid)
+            return serialization.serialize(RemoteFailure(text_only))
         return serialization.serialize(RemoteFailure(AnyrayError(str(err))))
 
 
@@ -163,7 +165,8 @@ class Call:
             return [serialize_failure(result)] * self.num_returns
         return serialize_outputs(result, self.name, self.num_returns)
 
-    async def run_async(self, args_blob, deps, fetch: Fetch, loop_executor=None) -> list[serialization.SerializedObject]:
+    async def run_async(self, args_blob, deps, fetch: Fetch,
+                        loop_executor=None) -> list[serialization.SerializedObject]:
         """Run a coroutine method on the running event loop (async actors)."""
         import asyncio
 

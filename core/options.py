@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import difflib
 import numbers
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 Checker = Callable[[str, Any, str], Any]
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from . import ids, options as opts
+from . import ids
+from . import options as opts
 from .specs import FunctionDescriptor
 
 

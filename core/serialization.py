@@ -44,7 +44,7 @@ class SerializedObject:
     def nbytes(self) -> int:
         return len(self.data) + sum(memoryview(b).nbytes for b in self.buffers)
 
-    def copy_buffers(self) -> "SerializedObject":
+    def copy_buffers(self) -> SerializedObject:
         """Return a copy whose buffers are immutable ``bytes`` owned by the copy."""
         return SerializedObject(self.data, [_freeze(b) for b in self.buffers], self.contained_refs)
 

@@ -8,8 +8,9 @@ arguments, only at ``args`` (the pickled ``(args, kwargs)``) and ``deps``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .object_ref import ObjectRef
 from .serialization import SerializedObject

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from anyray.exceptions import GetTimeoutError, ObjectStoreFullError
 from anyray.object_ref import ObjectRef

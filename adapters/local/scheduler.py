@@ -11,7 +11,7 @@ import collections
 import ctypes
 import threading
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 from anyray import serialization
 from anyray.context import TaskContext, current_task

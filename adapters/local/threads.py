@@ -11,7 +11,7 @@ import queue
 import sys
 import threading
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 
 class DaemonThreadPool:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from anyray.ports.metadata_store import MetadataStore, Watch
 
 
 class _MemoryWatch(Watch):
-    def __init__(self, store: "MemoryMetadataStore", prefix: str, callback):
+    def __init__(self, store: MemoryMetadataStore, prefix: str, callback):
         self._store, self.prefix, self.callback = store, prefix, callback
 
     def cancel(self) -> None:

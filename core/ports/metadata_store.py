@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 
 class Watch(ABC):
@@ -55,5 +55,5 @@ class MetadataStore(ABC):
         delays later events, it never loses them.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: stores without connections have nothing to do
         """Release connections and watch threads."""
