@@ -33,10 +33,7 @@ def _methods_of(cls: type) -> dict[str, dict[str, Any]]:
         if name.startswith("__") and name != "__call__":
             continue
         raw = inspect.getattr_static(cls, name)
-        bound_sig = signature_of(member)
-        if bound_sig is not None and not isinstance(raw, (staticmethod, classmethod)):
-            params = list(bound_sig.parameters.values())[1:]
-            bound_sig = bound_sig.replace(parameters=params)
+        bound_sig = signature_of(member, drop_first=not isinstance(raw, (staticmethod, classmethod)))
         given = getattr(member, _METHOD_OPTIONS_ATTR, {})
         table[name] = {"num_returns": given.get("num_returns", 1), "signature": bound_sig,
                        "is_async": inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member),

@@ -11,20 +11,47 @@ from . import options as opts
 from .specs import FunctionDescriptor
 
 
-def signature_of(fn: Callable) -> inspect.Signature | None:
+class ArgumentCheck:
+    """Checks a call's arguments against a signature at ``.remote()``.
+
+    Positional-only calls whose count fits are accepted without binding
+    (binding costs more than the rest of a submit); anything else is bound,
+    so errors carry Python's own message.
+    """
+
+    __slots__ = ("signature", "_min", "_max")
+
+    def __init__(self, signature: inspect.Signature):
+        P = inspect.Parameter
+        params = signature.parameters.values()
+        positional = [p for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
+        kw_required = any(p.kind is P.KEYWORD_ONLY and p.default is P.empty for p in params)
+        self.signature = signature
+        self._min = sum(p.default is P.empty for p in positional) if not kw_required else 1 << 30
+        self._max = (1 << 30) if any(p.kind is P.VAR_POSITIONAL for p in params) else len(positional)
+
+    def check(self, args: tuple, kwargs: dict, name: str) -> None:
+        if not kwargs and self._min <= len(args) <= self._max:
+            return
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{name}.remote(): {exc}; the signature is {name}{self.signature}.") from None
+
+
+def signature_of(fn: Callable, drop_first: bool = False) -> ArgumentCheck | None:
     try:
-        return inspect.signature(fn)
+        sig = inspect.signature(fn)
     except (TypeError, ValueError):  # builtins without a signature: let the call decide
         return None
+    if drop_first:
+        sig = sig.replace(parameters=list(sig.parameters.values())[1:])
+    return ArgumentCheck(sig)
 
 
-def check_arguments(signature: inspect.Signature | None, args: tuple, kwargs: dict, name: str) -> None:
-    if signature is None:
-        return
-    try:
-        signature.bind(*args, **kwargs)
-    except TypeError as exc:
-        raise TypeError(f"{name}.remote(): {exc}; the signature is {name}{signature}.") from None
+def check_arguments(check: ArgumentCheck | None, args: tuple, kwargs: dict, name: str) -> None:
+    if check is not None:
+        check.check(args, kwargs, name)
 
 
 class _Options:

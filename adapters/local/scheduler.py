@@ -30,10 +30,11 @@ class InfeasibleTaskWarning(UserWarning):
 
 
 class _Task:
-    __slots__ = ("spec", "state", "thread_id", "lease")
+    __slots__ = ("spec", "shape", "state", "thread_id", "lease")
 
     def __init__(self, spec: TaskSpec):
         self.spec = spec
+        self.shape = tuple(sorted(spec.resources.items()))
         self.state = "waiting"   # waiting -> queued -> running -> done
         self.thread_id: int | None = None
         self.lease = None
@@ -84,9 +85,11 @@ class LocalScheduler(Scheduler):
                 f"it will wait until those resources exist (pass them to init(num_gpus=..., resources=...)).",
                 InfeasibleTaskWarning, stacklevel=5)
 
-    def enqueue(self, demand: dict, start: Callable[[object], None]) -> None:
-        """Run ``start(lease)`` once ``demand`` fits; FIFO among work of the same demand."""
-        shape = tuple(sorted(demand.items()))
+    def enqueue(self, demand: dict, start: Callable[[object], None] | _Task, shape: tuple | None = None) -> None:
+        """Start ``start`` (a queued task, or a callable given the lease) once ``demand`` fits;
+        FIFO among work of the same demand."""
+        if shape is None:
+            shape = tuple(sorted(demand.items()))
         with self._lock:
             queue = self._queues.get(shape)
             if queue is None:
@@ -106,7 +109,25 @@ class LocalScheduler(Scheduler):
                         break
                     to_start.append((queue.popleft(), lease))
         for start, lease in to_start:
-            start(lease)
+            if type(start) is _Task:
+                self._start(start, lease)
+            else:
+                start(lease)
+
+    def _take_next(self, shape: tuple, lease):
+        """Hand a finished task's lease to the next queued task of the same demand, in this thread;
+        release it instead when other work waits (fairness) or nothing does."""
+        with self._lock:
+            queue = self._queues.get(shape)
+            while queue and type(queue[0]) is _Task and not lease.cpus_lent and \
+                    all(not q for s, q in self._queues.items() if s != shape):
+                task = queue.popleft()
+                if task.state == "queued":  # else cancelled while queued: drop it
+                    task.state = "running"
+                    task.lease = lease
+                    return task
+        self.release(lease)
+        return None
 
     def release(self, lease) -> None:
         self._resources.release(lease)
@@ -133,7 +154,7 @@ class LocalScheduler(Scheduler):
             if task.state != "waiting":
                 return  # cancelled while waiting for its dependencies
             task.state = "queued"
-        self.enqueue(task.spec.resources, lambda lease: self._start(task, lease))
+        self.enqueue(task.spec.resources, task, task.shape)
 
     def _start(self, task: _Task, lease) -> None:
         with self._lock:
@@ -145,6 +166,12 @@ class LocalScheduler(Scheduler):
         self._threads.submit(self._run, task)
 
     def _run(self, task: _Task) -> None:
+        while task is not None:  # reusing the lease saves a release, an acquire and a thread hand-off
+            lease = task.lease
+            self._execute(task)
+            task = self._take_next(task.shape, lease)
+
+    def _execute(self, task: _Task) -> None:
         spec = task.spec
         task.thread_id = threading.get_ident()
         ctx = TaskContext(task_id=spec.task_id, name=spec.name, resources=dict(spec.resources),
@@ -169,7 +196,6 @@ class LocalScheduler(Scheduler):
                         del self._children[spec.parent_task_id]
                 self._children.pop(spec.task_id, None)
         self.store_results(spec.returns, outputs)
-        self.release(task.lease)
 
     def cancel(self, ref, force: bool, recursive: bool) -> None:
         with self._lock:
