@@ -11,6 +11,7 @@ import json
 import sys
 import threading
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 
 @dataclass(slots=True)
@@ -36,14 +37,31 @@ class JobEvents:
         self._max = max_spans
         self._stream = stream
         self._echo = echo_errors
+        self._sources: list[Callable[[], Iterable[TaskRecord]]] = []
 
-    def task_finished(self, record: TaskRecord) -> None:
+    def add_source(self, pull: Callable[[], Iterable[TaskRecord]]) -> None:
+        """Also report records kept outside this log (where a backend's workers report them).
+
+        ``pull()`` is called before each read and returns the records that are
+        new since its previous call; they are not echoed again (the process
+        that ran the task printed its failure)."""
+        self._sources.append(pull)
+
+    def _pull(self) -> None:
+        for pull in self._sources:
+            for record in pull():
+                self._add(record)
+
+    def _add(self, record: TaskRecord) -> None:
         with self._lock:
             self._spans.append(record)
             if len(self._spans) > self._max:
                 del self._spans[: self._max // 10]
             if record.error_type is not None:
                 self._errors.append(record)
+
+    def task_finished(self, record: TaskRecord) -> None:
+        self._add(record)
         if record.error_type is not None and self._echo:
             stream = self._stream or sys.stderr
             first = (record.message or "").strip().splitlines()
@@ -51,12 +69,14 @@ class JobEvents:
                   f"(anyray.error_info() lists all)", file=stream, flush=True)
 
     def error_info(self) -> list[dict]:
+        self._pull()
         with self._lock:
             return [{"time": r.end, "task_id": r.task_id, "function": r.name,
                      "error_type": r.error_type, "message": r.message} for r in self._errors]
 
     def trace_events(self) -> list[dict]:
         """Chrome trace "complete" events (``ph: X``), microsecond timestamps."""
+        self._pull()
         with self._lock:
             spans = list(self._spans)
         return [{"cat": r.kind, "name": r.name, "ph": "X", "pid": r.pid, "tid": r.tid,

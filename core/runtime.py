@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from . import ids, options as opts, serialization
+from . import ids, serialization
+from . import options as opts
 from .context import TaskContext, current_task
 from .events import JobEvents
 from .exceptions import GetTimeoutError
@@ -100,7 +102,8 @@ def top_level_refs(args: tuple, kwargs: dict) -> list[ObjectRef]:
 class Runtime:
     def __init__(self, backend_cls: type[Backend], config: BackendConfig):
         self.config = config
-        self.job_id = config.job_id or ids.new_id()
+        # Filled in before the backend starts, so a backend can hand the job id to its workers.
+        self.job_id = config.job_id = config.job_id or ids.new_id()
         self.namespace = config.namespace
         self.events = JobEvents()
         self.counter = ReferenceCounter(self._free)
@@ -172,7 +175,7 @@ class Runtime:
         if num_returns > len(ref_list):
             raise ValueError(f"wait(): num_returns={num_returns} is more than the {len(ref_list)} refs given; "
                              f"pass num_returns <= len(refs).")
-        if len(set(ref_list)) != len(ref_list):
+        if len({ref._id for ref in ref_list}) != len(ref_list):  # raw ids: hashing bytes is C-fast
             raise ValueError("wait() got the same ObjectRef more than once; pass each ref once "
                              "(e.g. list(dict.fromkeys(refs))).")
         ctx = current_task.get()
@@ -183,9 +186,10 @@ class Runtime:
         finally:
             if ctx is not None:
                 self.scheduler.task_unblocked()
-        ready = [r for r in ref_list if r in done][:num_returns]
-        chosen = set(ready)
-        return ready, [r for r in ref_list if r not in chosen]
+        ready, not_ready = [], []
+        for ref in ref_list:  # input order kept in both lists
+            (ready if ref._id in done and len(ready) < num_returns else not_ready).append(ref)
+        return ready, not_ready
 
     def cancel(self, ref, force=False, recursive=True) -> None:
         if not isinstance(ref, ObjectRef):
@@ -229,9 +233,8 @@ class Runtime:
         spec = ActorSpec(actor_id=ids.new_id(), cls=descriptor, args=blob, deps=top_level_refs(args, kwargs),
                          resources=opts.resource_demand(options), options=options, namespace=namespace,
                          is_async=is_async, method_options=method_options)
-        handle = ActorHandle(spec.actor_id, descriptor.name, method_options)
-        self.scheduler.create_actor(spec)
-        return handle
+        native = self.scheduler.create_actor(spec)
+        return ActorHandle(spec.actor_id, descriptor.name, method_options, native)
 
     def submit_actor_task(self, handle, method_name: str, args: tuple, kwargs: dict, options: dict):
         blob = serialization.serialize_arguments(args, kwargs, f"{handle._class_name}.{method_name}")

@@ -1,9 +1,9 @@
-"""An in-process ObjectStore: a dict of sealed objects and per-object waiters."""
+"""An in-process ObjectStore: a dict of sealed objects and per-object countdown waiters."""
 
 from __future__ import annotations
 
+import _thread
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 
 from anyray.exceptions import GetTimeoutError, ObjectStoreFullError
@@ -12,16 +12,49 @@ from anyray.ports.object_store import ObjectStore
 from anyray.serialization import SerializedObject
 
 
+class _Waiter:
+    """Fires once ``remaining`` of the ids it is registered on are sealed.
+
+    ``sealed`` runs under the store's lock and only counts; ``fire`` runs
+    after the lock is released: it wakes a blocked reader (a bare lock, the
+    cheapest thing to block on) or calls a callback.
+    """
+
+    __slots__ = ("remaining", "_lock", "_callback")
+
+    def __init__(self, remaining: int, callback: Callable[[], None] | None = None):
+        self.remaining = remaining
+        self._callback = callback
+        self._lock = None
+        if callback is None:
+            self._lock = _thread.allocate_lock()
+            self._lock.acquire()
+
+    def sealed(self) -> bool:
+        self.remaining -= 1
+        return self.remaining == 0
+
+    def fire(self) -> None:
+        if self._callback is not None:
+            self._callback()
+        else:
+            self._lock.release()
+
+    def block(self, timeout: float | None) -> bool:
+        return self._lock.acquire(timeout=-1 if timeout is None else timeout)
+
+
 class LocalObjectStore(ObjectStore):
     """Objects are copies (``copy_buffers``) so a value stored cannot change.
 
-    Readers wait on one ``Event`` per call, registered on the ids they miss,
-    so a seal wakes only those waiting for it.
+    A reader that misses objects registers one countdown waiter on the ids
+    it misses; each seal decrements the waiters of that id only, so a seal
+    wakes exactly the readers it completes.
     """
 
     def __init__(self, capacity: int | None):
         self._objects: dict[bytes, SerializedObject] = {}
-        self._waiters: dict[bytes, list[Callable[[], None]]] = {}
+        self._waiters: dict[bytes, list[_Waiter]] = {}
         self._freed_early: set[bytes] = set()
         self._lock = threading.Lock()
         self._capacity = capacity
@@ -44,27 +77,38 @@ class LocalObjectStore(ObjectStore):
                     f"to them is alive: drop refs you no longer need, or pass a larger object_store_memory to init().")
             self._objects[oid] = obj
             self._used += size
-            wake = self._waiters.pop(oid, ())
-        for callback in wake:
-            callback()
+            waiters = self._waiters.pop(oid, None)
+            done = [w for w in waiters if w.sealed()] if waiters else ()
+        for waiter in done:
+            waiter.fire()
+
+    def _register(self, ids: set[bytes], needed: int, callback=None) -> _Waiter:
+        """Under the lock: a waiter on the missing ``ids`` that fires after ``needed`` of them are sealed."""
+        waiter = _Waiter(needed, callback)
+        table = self._waiters
+        for oid in ids:
+            waiters = table.get(oid)
+            if waiters is None:
+                table[oid] = [waiter]
+            else:
+                waiters.append(waiter)
+        return waiter
+
+    def _unregister(self, waiter: _Waiter, ids: set[bytes]) -> None:
+        with self._lock:
+            for oid in ids:
+                waiters = self._waiters.get(oid)
+                if waiters is not None and waiter in waiters:
+                    waiters.remove(waiter)
+                    if not waiters:
+                        del self._waiters[oid]
 
     def on_sealed(self, refs: Sequence[ObjectRef], callback: Callable[[], None]) -> None:
         """Call ``callback`` once (on the sealing thread, or now) when every ref is sealed."""
         with self._lock:
-            missing = [r._id for r in refs if r._id not in self._objects]
+            missing = {r._id for r in refs} - self._objects.keys()
             if missing:
-                remaining = [len(set(missing))]
-                guard = threading.Lock()
-
-                def one_sealed():
-                    with guard:
-                        remaining[0] -= 1
-                        done = remaining[0] == 0
-                    if done:
-                        callback()
-
-                for oid in set(missing):
-                    self._waiters.setdefault(oid, []).append(one_sealed)
+                self._register(missing, len(missing), callback)
                 return
         callback()
 
@@ -74,48 +118,31 @@ class LocalObjectStore(ObjectStore):
             return [objects[r._id] for r in refs]  # the common case: everything is there
         except KeyError:
             pass
-        ready = self._wait_for(refs, len(set(refs)), timeout)
-        if len(ready) < len(set(refs)):
-            raise GetTimeoutError(f"get() timed out after {timeout} s: {len(set(refs)) - len(ready)} of "
-                                  f"{len(refs)} objects are not ready. Raise the timeout, or use wait() to "
-                                  f"take what is ready.")
         with self._lock:
-            return [self._objects[r._id] for r in refs]
-
-    def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None) -> set[ObjectRef]:
-        return self._wait_for(refs, num_returns, timeout)
-
-    def _wait_for(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None) -> set[ObjectRef]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        event = threading.Event()
+            missing = {r._id for r in refs} - objects.keys()
+            waiter = self._register(missing, len(missing)) if missing and timeout != 0 else None
+        if missing and (waiter is None or not waiter.block(timeout)):
+            if waiter is not None:
+                self._unregister(waiter, missing)
+            with self._lock:
+                still = sum(oid not in objects for oid in missing)
+            if still:
+                raise GetTimeoutError(f"get() timed out after {timeout} s: {still} of {len(refs)} objects are "
+                                      f"not ready. Raise the timeout, or use wait() to take what is ready.")
         with self._lock:
-            ready = {r for r in refs if r._id in self._objects}
-            if len(ready) >= num_returns or timeout == 0:
-                return ready
-            for r in refs:
-                if r not in ready:
-                    self._waiters.setdefault(r._id, []).append(event.set)
-        try:
-            while True:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                event.wait(left)
-                event.clear()
-                with self._lock:
-                    ready = {r for r in refs if r._id in self._objects}
-                if len(ready) >= num_returns:
-                    return ready
-            with self._lock:
-                return {r for r in refs if r._id in self._objects}
-        finally:
-            with self._lock:
-                for r in refs:
-                    waiters = self._waiters.get(r._id)
-                    if waiters and event.set in waiters:
-                        waiters.remove(event.set)
-                        if not waiters:
-                            del self._waiters[r._id]
+            return [objects[r._id] for r in refs]
+
+    def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None) -> set[bytes]:
+        objects = self._objects
+        with self._lock:
+            ids = {r._id for r in refs}
+            missing = ids - objects.keys()
+            needed = num_returns - (len(ids) - len(missing))
+            waiter = self._register(missing, needed) if needed > 0 and timeout != 0 else None
+        if waiter is not None:
+            waiter.block(timeout)
+            self._unregister(waiter, missing)
+        return ids & objects.keys()
 
     def contains(self, ref: ObjectRef) -> bool:
         return ref._id in self._objects
@@ -127,9 +154,7 @@ class LocalObjectStore(ObjectStore):
                 obj = self._objects.pop(oid, None)
                 if obj is not None:
                     self._used -= obj.nbytes
-                elif oid not in self._waiters:
-                    continue  # unknown id: nothing is coming for it
-                else:
+                elif oid in self._waiters:
                     self._freed_early.add(oid)
 
     def usage(self) -> dict:

@@ -62,6 +62,7 @@ class LocalScheduler(Scheduler):
         self._actors: dict[bytes, LocalActor] = {}
         self._threads = DaemonThreadPool("anyray-task")
         self._warned: set[bytes] = set()
+        self._feasible: set[tuple] = set()  # demand shapes known to fit this node
         self._closed = False
 
     # -- shared helpers -----------------------------------------------------
@@ -76,8 +77,10 @@ class LocalScheduler(Scheduler):
     def fail(self, refs, error: BaseException) -> None:
         self.store_results(refs, [serialize_failure(RemoteFailure(error))] * len(refs))
 
-    def _check_feasible(self, key: bytes, name: str, demand: dict) -> None:
+    def _check_feasible(self, key: bytes, name: str, demand: dict, shape: tuple | None = None) -> None:
         missing = self._resources.infeasible(demand)
+        if not missing and shape is not None:
+            self._feasible.add(shape)
         if missing and key not in self._warned:
             self._warned.add(key)
             warnings.warn(
@@ -137,8 +140,8 @@ class LocalScheduler(Scheduler):
     def submit_task(self, spec: TaskSpec) -> None:
         _own_arguments(spec)
         task = _Task(spec)
-        if spec.resources:
-            self._check_feasible(spec.function.function_id, spec.name, spec.resources)
+        if task.shape not in self._feasible:
+            self._check_feasible(spec.function.function_id, spec.name, spec.resources, task.shape)
         with self._lock:
             for ref in spec.returns:
                 self._tasks[ref._id] = task

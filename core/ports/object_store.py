@@ -38,11 +38,11 @@ class ObjectStore(ABC):
         """
 
     @abstractmethod
-    def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None) -> set[ObjectRef]:
+    def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None) -> set[bytes]:
         """Block until at least ``num_returns`` of ``refs`` are sealed or the timeout passes.
 
-        Return the set of those sealed (possibly more than ``num_returns``,
-        fewer on timeout). Never raises on timeout.
+        Return the ids (``ref.binary()``) of those sealed: possibly more than
+        ``num_returns``, fewer on timeout. Never raises on timeout.
         """
 
     @abstractmethod

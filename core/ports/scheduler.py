@@ -25,11 +25,13 @@ class Scheduler(ABC):
         Worker crashes are retried up to ``spec.max_retries``."""
 
     @abstractmethod
-    def create_actor(self, spec: ActorSpec) -> None:
+    def create_actor(self, spec: ActorSpec):
         """Start an actor. Name clashes raise ``ValueError`` here, at the call site.
 
         The constructor's failure kills the actor: its calls then fail with
-        ``ActorDiedError`` carrying the cause."""
+        ``ActorDiedError`` carrying the cause. Return the backend's own handle
+        of the actor, or ``None``: the core keeps it in ``ActorHandle.native``,
+        which travels with the handle when it is pickled."""
 
     @abstractmethod
     def submit_actor_task(self, spec: ActorTaskSpec) -> None:

@@ -1,0 +1,145 @@
+"""Run every workload on anyray backends and on real Ray, side by side; print a markdown table.
+
+    python benchmarks/run.py --backend local --against ray [--num-cpus 2] [--quick]
+                             [--only sync_tasks,chain] [--json out.json] [--markdown out.md]
+
+Each (workload, engine) pair runs in a fresh child process (``workloads.py``), so startup and
+memory are measured cleanly and no engine's state leaks into another's. The ratio column is
+"> 1 means anyray is better": Ray/anyray for times and memory, anyray/Ray for rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from workloads import WORKLOADS  # noqa: E402
+
+
+def run_child(engine, backend, workload, args):
+    """Run one workload on one engine in a fresh process; its metrics, or {"_error": text}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        cmd = [sys.executable, os.path.join(HERE, "workloads.py"), engine, backend or "-", workload,
+               str(args.num_cpus), "1" if args.quick else "0", out]
+        # Its own process group, so a timeout also stops whatever it started (Ray's daemons).
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            _, stderr = proc.communicate(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return {"_error": f"timed out after {args.timeout}s"}
+        if proc.returncode != 0 or not os.path.exists(out):
+            return {"_error": f"exit {proc.returncode}: {stderr.strip()[-2000:]}"}
+        with open(out) as f:
+            return json.load(f)
+
+
+def fmt(value):
+    if isinstance(value, int) or value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:#.3g}" if value >= 0.01 else f"{value:#.2g}"
+
+
+def ratio(a, r):
+    """> 1 means anyray is better."""
+    if a is None or r is None or a["value"] <= 0 or r["value"] <= 0:
+        return ""
+    x = a["value"] / r["value"] if a["better"] == "higher" else r["value"] / a["value"]
+    return f"{x:.2f}x"
+
+
+def table(results, names, columns, against):
+    """results[column][metric name] -> metric; columns are anyray backends then the reference engine."""
+    head = ["workload", "unit"] + [f"anyray[{c}]" for c in columns if c != against]
+    if against:
+        head += ["Ray"] + [f"ratio {c}" for c in columns if c != against]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n in names:
+        m = next(results[c][n] for c in columns if n in results[c])
+        unit = f"{m['unit']} ({'higher' if m['better'] == 'higher' else 'lower'} is better)"
+        cells = [n, unit]
+        for c in columns:
+            cells.append(fmt(results[c][n]["value"]) if n in results[c] else "error")
+        if against:
+            ref = results[against].get(n)
+            cells += [ratio(results[c].get(n), ref) for c in columns if c != against]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", action="append", help="anyray backend to measure (repeatable; default: local)")
+    p.add_argument("--against", default="ray", choices=["ray", "none"],
+                   help="reference engine: real Ray imported directly (default), or none")
+    p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="small iteration counts, for a smoke run")
+    p.add_argument("--only", help="comma-separated workloads (default: all): " + ", ".join(WORKLOADS))
+    p.add_argument("--timeout", type=int, default=300, help="seconds per child process")
+    p.add_argument("--json", help="write the raw results here")
+    p.add_argument("--markdown", help="write the table here as markdown")
+    args = p.parse_args()
+
+    backends = args.backend or ["local"]
+    workloads = args.only.split(",") if args.only else list(WORKLOADS)
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        p.error(f"unknown workload(s) {unknown}; known: {', '.join(WORKLOADS)}")
+    against = "ray" if args.against == "ray" else None
+    engines = [("anyray", b, b) for b in backends] + ([("ray", None, "ray")] if against else [])
+
+    busy = psutil.cpu_percent(interval=1.0)  # before we start anything: others' load skews timings
+    if busy > 20:
+        print(f"warning: this machine is {busy:.0f}% busy before the run; timings will be noisy",
+              file=sys.stderr)
+    results = {col: {} for _, _, col in engines}
+    names = []  # metric names, in workload order
+    errors, notes = [], []
+    start = time.perf_counter()
+    for w in workloads:
+        for engine, backend, col in engines:
+            t = time.perf_counter()
+            res = run_child(engine, backend, w, args)
+            print(f"  {w:<14} {col:<12} {time.perf_counter() - t:6.1f}s"
+                  + ("  ERROR" if "_error" in res else ""), file=sys.stderr, flush=True)
+            if "_error" in res:
+                errors.append(f"{w} on {col}: {res['_error']}")
+            if res.get("_stray"):
+                notes.append(f"{col}: processes outside the driver's tree, not counted: {res['_stray']}")
+            results[col].update(res)
+            names += [n for n in res if n not in names and not n.startswith("_")]
+
+    columns = [col for _, _, col in engines]
+    md = table(results, names, columns, against)
+    print(md)
+    footer = (f"\n{args.num_cpus} CPUs given to init; {os.cpu_count()} cores on this machine; "
+              f"CPU busy before the run {busy:.0f}%; {'--quick; ' if args.quick else ''}"
+              f"total {time.perf_counter() - start:.0f}s, 1-min load average at the end {os.getloadavg()[0]:.1f}. "
+              "Ratio > 1 means anyray is better (Ray/anyray for times and memory, anyray/Ray for rates).")
+    print(footer)
+    for line in notes + errors:
+        print(line, file=sys.stderr)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(md + "\n" + footer + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": results, "errors": errors}, f, indent=1)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""The benchmark workloads, written once against a module ``ray_like`` (``anyray`` or ``ray``).
+
+Run as a script, this file is the child process of ``run.py``: it imports one engine,
+calls ``init``, runs ONE workload and writes its metrics as JSON::
+
+    python benchmarks/workloads.py ENGINE BACKEND WORKLOAD NUM_CPUS QUICK OUT_JSON
+
+ENGINE is ``anyray`` or ``ray``; BACKEND is the anyray backend name (ignored for ray).
+Each metric is ``{"value": float, "unit": str, "better": "higher" | "lower"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import psutil
+
+# Iteration counts: (normal, quick). Sized so a full run (local + Ray) stays under ~3 minutes
+# on 2 cores; Ray's start and stop (~5 s) per workload process is most of it.
+SIZES = {
+    "sync": (1000, 100), "async": (1000, 200), "chain": (200, 50), "nested": (50, 10),
+    "small_put": (2000, 200), "small_get": (5000, 500), "actor_sync": (500, 100),
+    "actor_async": (1000, 200), "actor_create": (10, 3), "wait": (1000, 200),
+    "reps": (5, 2), "large_reps": (5, 2), "large_mb": (100, 100),
+}
+
+
+def metric(value, unit, better):
+    return {"value": value, "unit": unit, "better": better}
+
+
+def median_time(fn, reps, warmup=1):
+    """Median wall time of ``fn()`` over ``reps`` calls, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+class Defs:
+    """The remote functions and actor class, defined against the chosen module."""
+
+    def __init__(self, ray_like):
+        @ray_like.remote
+        def noop(x=None):
+            return x
+
+        @ray_like.remote
+        def nested(k):
+            return len(ray_like.get([noop.remote(i) for i in range(k)]))
+
+        @ray_like.remote
+        class Actor:
+            def call(self, x=None):
+                return x
+
+        self.noop, self.nested, self.Actor = noop, nested, Actor
+
+
+def loop_rate(step, n, reps=3):
+    """Calls of ``step()`` per second: median over ``reps`` loops of ``n``, after a warm-up loop."""
+    for _ in range(min(n, 100)):
+        step()
+
+    def loop():
+        for _ in range(n):
+            step()
+
+    return n / median_time(loop, reps, warmup=0)
+
+
+# --- the workloads: each takes (ray_like, defs, size) and returns {metric name: metric} ---------
+
+def w_sync_tasks(ray, d, size):
+    rate = loop_rate(lambda: ray.get(d.noop.remote()), size["sync"])
+    return {"sync tasks (submit + get, one at a time)": metric(rate, "tasks/s", "higher")}
+
+
+def w_async_tasks(ray, d, size):
+    n = size["async"]
+    t = median_time(lambda: ray.get([d.noop.remote() for _ in range(n)]), size["reps"])
+    return {f"async tasks ({n} submitted, then get all)": metric(n / t, "tasks/s", "higher")}
+
+
+def w_chain(ray, d, size):
+    n = size["chain"]
+
+    def chain():
+        ref = d.noop.remote(0)
+        for _ in range(n - 1):
+            ref = d.noop.remote(ref)
+        ray.get(ref)
+
+    return {f"chain of {n} dependent tasks": metric(median_time(chain, 3) * 1e3, "ms", "lower")}
+
+
+def w_nested(ray, d, size):
+    rate = loop_rate(lambda: ray.get(d.nested.remote(10)), size["nested"])
+    return {"nested (task submits 10 tasks, gets them)": metric(rate, "outer tasks/s", "higher")}
+
+
+def w_small_objects(ray, d, size):
+    put_rate = loop_rate(lambda: ray.put(1), size["small_put"])
+    ref = ray.put(1)
+    get_rate = loop_rate(lambda: ray.get(ref), size["small_get"])
+    return {"small put (an int)": metric(put_rate, "puts/s", "higher"),
+            "small get (an int)": metric(get_rate, "gets/s", "higher")}
+
+
+def w_large_objects(ray, d, size):
+    mb = size["large_mb"]
+    arr = np.random.default_rng(0).random(mb * 2**20 // 8)
+    dst = np.empty_like(arr)
+    t_copy = median_time(lambda: np.copyto(dst, arr), 5)
+    puts, gets = [], []
+    for _ in range(1 + size["large_reps"]):  # first round is the warm-up
+        t = time.perf_counter()
+        ref = ray.put(arr)
+        puts.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        out = ray.get(ref)
+        gets.append(time.perf_counter() - t)
+        assert out.shape == arr.shape
+        del out, ref
+    t_put, t_get = statistics.median(puts[1:]), statistics.median(gets[1:])
+    return {f"large put ({mb} MB numpy)": metric(arr.nbytes / t_put / 1e9, "GB/s", "higher"),
+            f"large get ({mb} MB numpy)": metric(t_get * 1e3, "ms", "lower"),
+            "large get / one memcpy of it": metric(t_get / t_copy, "x memcpy", "lower")}
+
+
+def w_actor_calls(ray, d, size):
+    a = d.Actor.remote()
+    ray.get(a.call.remote())
+    sync_rate = loop_rate(lambda: ray.get(a.call.remote()), size["actor_sync"])
+    n_async = size["actor_async"]
+    t_async = median_time(lambda: ray.get([a.call.remote() for _ in range(n_async)]), size["reps"])
+    return {"actor calls sync (call + get, one at a time)": metric(sync_rate, "calls/s", "higher"),
+            f"actor calls async ({n_async} calls, then get all)": metric(n_async / t_async, "calls/s",
+                                                                         "higher")}
+
+
+def w_actor_create(ray, d, size):
+    n = size["actor_create"]
+    times = []
+    for _ in range(1 + n):  # first one is the warm-up
+        t = time.perf_counter()
+        a = d.Actor.remote()
+        ray.get(a.call.remote())
+        times.append(time.perf_counter() - t)
+        ray.kill(a)
+    return {"actor creation (create + first call answered)": metric(statistics.median(times[1:]) * 1e3,
+                                                                     "ms/actor", "lower")}
+
+
+def w_wait_loop(ray, d, size):
+    n = size["wait"]
+
+    def loop():
+        refs = [d.noop.remote() for _ in range(n)]
+        while refs:
+            _, refs = ray.wait(refs, num_returns=1)
+
+    return {f"wait loop (submit {n}, wait num_returns=1 until done)": metric(median_time(loop, 3) * 1e3, "ms",
+                                                                            "lower")}
+
+
+def pss_tree(pid):
+    """PSS summed over a process and all its descendants: (bytes, processes)."""
+    root = psutil.Process(pid)
+    procs = [root] + root.children(recursive=True)
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total, procs
+
+
+def session_processes(ray):
+    """Ray only: every process of this Ray session (daemons name the session dir; workers are their
+    children), to cross-check that the driver's tree holds them all. Empty for anyray."""
+    try:
+        session = ray._private.worker._global_node.get_session_dir_path()
+    except AttributeError:
+        return []
+    found = {}
+    for p in psutil.process_iter(["cmdline"]):
+        if session in " ".join(p.info["cmdline"] or []):
+            for q in [p] + p.children(recursive=True):
+                found[q.pid] = q
+    return list(found.values())
+
+
+def w_idle_memory(ray, d, size):
+    ray.get(d.noop.remote())
+    time.sleep(2.0)  # let daemons that start asynchronously (Ray's dashboard, agents) settle
+    pss, procs = pss_tree(os.getpid())
+    tree = {p.pid for p in procs}
+    stray = [f"{p.pid}:{p.name()}" for p in session_processes(ray) if p.pid not in tree]
+    return {"idle memory (PSS, driver + all its descendants)": metric(pss / 2**20, "MiB", "lower"),
+            "processes in the driver's tree": metric(len(procs), "procs", "lower"),
+            "_stray": stray}
+
+
+WORKLOADS = {
+    "startup": None,  # measured around import and init in main()
+    "idle_memory": w_idle_memory,
+    "sync_tasks": w_sync_tasks,
+    "async_tasks": w_async_tasks,
+    "chain": w_chain,
+    "nested": w_nested,
+    "small_objects": w_small_objects,
+    "large_objects": w_large_objects,
+    "actor_calls": w_actor_calls,
+    "actor_create": w_actor_create,
+    "wait_loop": w_wait_loop,
+}
+
+
+def main(engine, backend, workload, num_cpus, quick, out_path):
+    t0 = time.perf_counter()
+    if engine == "ray":
+        import ray as ray_like
+        init_kwargs = {}
+    else:
+        import anyray as ray_like
+        init_kwargs = {"backend": backend}
+    t1 = time.perf_counter()
+    ray_like.init(num_cpus=num_cpus, **init_kwargs)
+    t2 = time.perf_counter()
+    size = {k: v[1 if quick else 0] for k, v in SIZES.items()}
+    if workload == "startup":
+        result = {"import": metric((t1 - t0) * 1e3, "ms", "lower"),
+                  "init(num_cpus=...) (first call in a fresh process)": metric((t2 - t1) * 1e3, "ms", "lower")}
+    else:
+        result = WORKLOADS[workload](ray_like, Defs(ray_like), size)
+    children = psutil.Process().children(recursive=True)
+    ray_like.shutdown()
+    # Ray's daemons exit some time after shutdown(); wait, so none lingers into the next measurement.
+    _, alive = psutil.wait_procs(children, timeout=30)
+    for p in alive:
+        p.kill()
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    eng, be, wl, ncpu, q, out = sys.argv[1:7]
+    main(eng, be, wl, float(ncpu) if "." in ncpu else int(ncpu), q == "1", out)
