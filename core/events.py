@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 
 @dataclass(slots=True)
