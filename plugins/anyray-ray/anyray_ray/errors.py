@@ -1,0 +1,65 @@
+"""Ray's exceptions, translated into ``anyray.exceptions`` at the adapter boundary.
+
+Every Ray call the plugin makes on behalf of the user goes through
+:func:`translate` (``raise translate(exc) from exc``), so user code catches
+anyray's types whatever engine runs it, and the Ray error stays reachable as
+``__cause__``. Errors of the user's own code never take this path: the core's
+executor catches them inside the Ray worker and stores them as values.
+"""
+
+from __future__ import annotations
+
+from ray import exceptions as rx
+
+from anyray import exceptions as ae
+
+# Most specific first: several Ray errors subclass others.
+_TABLE: tuple[tuple[type, type], ...] = (
+    (rx.GetTimeoutError, ae.GetTimeoutError),
+    (rx.TaskCancelledError, ae.TaskCancelledError),
+    (rx.ActorUnavailableError, ae.ActorUnavailableError),
+    (rx.RayActorError, ae.ActorDiedError),
+    (rx.ActorUnschedulableError, ae.ActorDiedError),
+    (rx.WorkerCrashedError, ae.WorkerCrashedError),
+    (rx.OutOfMemoryError, ae.WorkerCrashedError),
+    (rx.LocalRayletDiedError, ae.NodeDiedError),
+    (rx.NodeDiedError, ae.NodeDiedError),
+    (rx.ObjectLostError, ae.ObjectLostError),
+    (rx.ObjectStoreFullError, ae.ObjectStoreFullError),
+    (rx.OutOfDiskError, ae.ObjectStoreFullError),
+)
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+def translate(exc: BaseException, what: str = "") -> BaseException:
+    """The anyray exception for Ray's ``exc`` (``exc`` itself if it is not Ray's).
+
+    ``what`` names the task or call, for the message of errors that do not
+    already say it.
+    """
+    if isinstance(exc, ae.AnyrayError) or not isinstance(exc, rx.RayError):
+        return exc
+    if isinstance(exc, rx.RayTaskError):
+        return _task_error(exc, what)
+    for ray_cls, ours in _TABLE:
+        if isinstance(exc, ray_cls):
+            return ours(_message(exc))
+    prefix = f"{what}: " if what else ""
+    return ae.AnyrayError(f"{prefix}Ray failed with {type(exc).__name__}: {_message(exc)}")
+
+
+def _task_error(exc, what: str) -> BaseException:
+    """A Ray task failed outside the user's code (or Ray wrapped an error of ours)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, ae.AnyrayError):
+        return cause  # raised on purpose by the plugin's worker side (an actor's constructor, say)
+    if isinstance(cause, rx.RayError):
+        return translate(cause, what)
+    name = getattr(exc, "function_name", None) or what or "task"
+    err = ae.TaskError(name, getattr(exc, "traceback_str", None) or _message(exc), cause,
+                       getattr(exc, "pid", None))
+    return err.as_instanceof_cause()

@@ -1,0 +1,211 @@
+"""The worker side: what runs inside a Ray worker process for anyray tasks and actors.
+
+Each anyray function becomes one Ray remote function (:func:`task_runner`)
+and each anyray actor class one Ray actor class (:func:`actor_host`), made
+once per process and exported by Ray once per job. They call the core's
+executor (``anyray.executor.Call``), so argument loading, ``num_returns``
+splitting, retries of application errors and error wrapping are the core's.
+
+Before running user code a worker attaches an anyray Runtime to the Ray it
+already runs in (:func:`ensure_runtime`), so tasks may call ``get``, ``put``,
+``wait``, submit tasks and use actor handles: anyray's API inside a Ray
+worker is the ray backend again, in "attached" mode.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import NamedTuple
+
+import ray
+
+from anyray import runtime as _rt
+from anyray.context import TaskContext
+from anyray.executor import Call
+from anyray.object_ref import ObjectRef
+from anyray.ports.backend import BackendConfig
+from anyray.serialization import deserialize, serialize
+from anyray.specs import RemoteFailure
+
+from .transport import pack, pack_returns, unpack
+
+
+class Session(NamedTuple):
+    """What a worker needs to join the driver's anyray job (sent once, inside each exported function)."""
+
+    job_id: bytes
+    namespace: str
+
+
+_attach_lock = threading.Lock()
+
+
+def ensure_runtime(session: Session) -> _rt.Runtime:
+    """The anyray Runtime of ``session``'s job in this process, attached to Ray on first use.
+
+    A worker may outlive an anyray job when the driver re-initializes anyray on
+    a Ray it did not start; a runtime of another job is then replaced.
+    """
+    runtime = _rt.current_runtime()
+    if runtime is not None and runtime.job_id == session.job_id:
+        return runtime
+    with _attach_lock:
+        runtime = _rt.current_runtime()
+        if runtime is None or runtime.job_id != session.job_id:
+            from . import WORKER_OPTION, RayBackend
+
+            old = runtime
+            config = BackendConfig(namespace=session.namespace, job_id=session.job_id, options={WORKER_OPTION: True})
+            runtime = _rt.Runtime(RayBackend, config)
+            _rt.set_current(runtime)
+            if old is not None:
+                old.shutdown()  # an attached backend never stops Ray
+    return runtime
+
+
+def _inputs(dep_ids, dep_payloads: tuple):
+    """The anyray refs of the top-level dependencies and a fetch over the values Ray resolved."""
+    values = dict(zip(dep_ids, dep_payloads))
+
+    def fetch(refs):
+        return [deserialize(unpack(values[r.binary()])) for r in refs]
+
+    return [ObjectRef(i) for i in dep_ids], fetch
+
+
+def _gpu_ids(resources: dict) -> list:
+    return list(ray.get_gpu_ids()) if resources.get("GPU") else []
+
+
+def _was_restarted() -> bool:
+    with warnings.catch_warnings():  # Ray's property warns about an API it uses itself
+        warnings.simplefilter("ignore")
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
+# One task invocation as the driver sends it: a plain list, which Ray encodes
+# with msgpack (a tuple, or any class of ours, it would pickle on every call).
+# The function itself travels once, inside the runner.
+#   [task_id, name, num_returns, retry_exceptions, max_retries, resources, dep_ids, args payload]
+TaskCall = list
+
+
+def task_call(spec) -> TaskCall:
+    o = spec.options
+    return [spec.task_id, spec.name, len(spec.returns), o["retry_exceptions"], o["max_retries"], spec.resources,
+            [d.binary() for d in spec.deps], pack(spec.args)]
+
+
+def export(target, what: str):
+    """``target`` pickled by anyray, to travel inside the Ray function or class made for it.
+
+    Ray would pickle the user's function with its own copy of cloudpickle;
+    pickling it with anyray's keeps one identity for classes defined inside
+    functions: an exception class raised in a worker unpickles on the driver
+    as the very class the driver defined, so ``except`` catches it.
+    """
+    return pack(serialize(target, what=what))
+
+
+class _Exported:
+    """A function or class exported by :func:`export`, loaded once per process on first use."""
+
+    __slots__ = ("payload", "target")
+
+    def __init__(self, payload):
+        self.payload = payload
+        self.target = None
+
+    def load(self):
+        target = self.target
+        if target is None:
+            target = self.target = deserialize(unpack(self.payload))
+        return target
+
+    def __reduce__(self):
+        return _Exported, (self.payload,)
+
+
+def task_runner(exported, name: str, session: Session):
+    """A function for ``ray.remote`` that runs the exported function through the core's executor."""
+    function = _Exported(exported)
+
+    def run(call: TaskCall, *dep_payloads):
+        task_id, task_name, num_returns, retry_exceptions, max_retries, resources, dep_ids, args = call
+        runtime = ensure_runtime(session)
+        deps, fetch = _inputs(dep_ids, dep_payloads)
+        ctx = TaskContext(task_id=task_id, name=task_name, resources=resources, gpu_ids=_gpu_ids(resources))
+        outputs = Call(function.load(), task_name, "task", ctx, num_returns, runtime.backend.task_events,
+                       retry_exceptions, max_retries).run(unpack(args), deps, fetch)
+        return pack_returns(outputs, num_returns)
+
+    run.__name__ = name.rsplit(".", 1)[-1]
+    run.__qualname__ = name
+    return run
+
+
+# One actor method invocation, as a plain list:
+#   [method, task_id, name, num_returns, retry_exceptions, max_task_retries, dep_ids, args payload]
+MethodCall = list
+
+
+def method_call(spec) -> MethodCall:
+    o = spec.options
+    return [spec.method_name, spec.task_id, spec.name, len(spec.returns), o.get("retry_exceptions", False),
+            o.get("max_task_retries", 0), [d.binary() for d in spec.deps], pack(spec.args)]
+
+
+class ActorHost:
+    """The Ray actor that holds one anyray actor instance and runs its calls via ``Call``.
+
+    A subclass per user class (:func:`actor_host`) sets ``anyray_class``. A
+    constructor failure raises from ``__init__``, so Ray marks the actor dead
+    and its calls fail with Ray's ActorDiedError, translated by the caller.
+    """
+
+    anyray_class: _Exported = None
+
+    def __init__(self, session: Session, actor_id: bytes, name: str, resources: dict, args,
+                 dep_ids: list, *dep_payloads):
+        self._runtime = ensure_runtime(session)
+        self._actor_id = actor_id
+        self._resources = resources
+        self._gpu_ids = _gpu_ids(resources)
+        self._restarted = _was_restarted()
+        deps, fetch = _inputs(dep_ids, dep_payloads)
+        result = Call(self.anyray_class.load(), name, "actor_creation", self._context(actor_id, name), 1,
+                      self._runtime.backend.task_events).invoke(unpack(args), deps, fetch)
+        if type(result) is RemoteFailure:
+            raise result.error
+        self._instance = result[0]
+
+    def _context(self, task_id: bytes, name: str) -> TaskContext:
+        return TaskContext(task_id=task_id, actor_id=self._actor_id, name=name, resources=self._resources,
+                           gpu_ids=self._gpu_ids, restarted=self._restarted)
+
+    def _call(self, call: MethodCall, dep_payloads: tuple):
+        method, task_id, name, num_returns, retry_exceptions, max_task_retries, dep_ids, args = call
+        deps, fetch = _inputs(dep_ids, dep_payloads)
+        runner = Call(getattr(self._instance, method), name, "actor_task", self._context(task_id, name),
+                      num_returns, self._runtime.backend.task_events, retry_exceptions, max_task_retries)
+        return runner, unpack(args), deps, fetch, num_returns
+
+    def anyray_call(self, call: MethodCall, *dep_payloads):
+        runner, args, deps, fetch, num_returns = self._call(call, dep_payloads)
+        return pack_returns(runner.run(args, deps, fetch), num_returns)
+
+
+class AsyncActorHost(ActorHost):
+    """Host of an actor with ``async def`` methods: Ray runs its calls on one event loop."""
+
+    async def anyray_call(self, call: MethodCall, *dep_payloads):
+        runner, args, deps, fetch, num_returns = self._call(call, dep_payloads)
+        return pack_returns(await runner.run_async(args, deps, fetch), num_returns)
+
+
+def actor_host(exported, name: str, is_async: bool) -> type:
+    """A host class for ``ray.remote``, named after the user's class so Ray's tools show that name."""
+    base = AsyncActorHost if is_async else ActorHost
+    short = name.rsplit(".", 1)[-1]
+    return type(short, (base,), {"anyray_class": _Exported(exported), "__qualname__": name, "__module__": __name__})

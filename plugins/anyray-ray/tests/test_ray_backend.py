@@ -1,0 +1,283 @@
+"""Tests of the ray plugin alone: what the conformance suite cannot see from the public API.
+
+Run with ``pytest plugins/anyray-ray/tests``; the conformance suite itself
+runs with ``pytest --pyargs anyray.conformance --backend ray``.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import anyray
+from anyray import exceptions
+
+ray = pytest.importorskip("ray")
+
+
+def run_script(code: str, timeout: float = 180) -> str:
+    """Run ``code`` in a fresh interpreter (its own Ray), return its stdout; fail on a non-zero exit."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, cwd=os.path.dirname(__file__))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def session():
+    if anyray.is_initialized():
+        anyray.shutdown()
+    anyray.init(backend="ray", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    anyray.shutdown()
+
+
+# -- discovery and lifecycle (fresh interpreters) ---------------------------------
+
+
+def test_listing_backends_does_not_import_ray():
+    out = run_script("""
+        import sys
+        from anyray.plugins import list_backends
+        found = {b.name: b for b in list_backends()}
+        assert found["ray"].backend is not None, found["ray"].error
+        print("ray" in sys.modules)
+    """)
+    assert out.strip() == "False"
+
+
+def test_attaches_to_a_ray_the_driver_started_and_leaves_it_running():
+    out = run_script("""
+        import ray, anyray
+        ray.init(num_cpus=1, include_dashboard=False)
+        try:
+            anyray.init(backend="ray", num_cpus=2)
+        except ValueError as exc:
+            print("refused:", "num_cpus" in str(exc))
+        anyray.init(backend="ray")
+        @anyray.remote
+        def square(x):
+            return x * x
+        print(anyray.get(square.remote(7)))
+        anyray.shutdown()
+        print(ray.is_initialized())
+        ray.shutdown()
+    """)
+    assert out.split() == ["refused:", "True", "49", "True"]
+
+
+def test_shutdown_stops_the_ray_it_started():
+    out = run_script("""
+        import ray, anyray
+        anyray.init(backend="ray", num_cpus=1, include_dashboard=False)
+        print(ray.is_initialized())
+        anyray.shutdown()
+        print(ray.is_initialized())
+    """)
+    assert out.split() == ["True", "False"]
+
+
+def test_connects_to_a_running_cluster_by_address():
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a CLI-started head would want its token otherwise
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    temp_dir = f"/tmp/anyray-ray-{os.getpid()}"  # short: Ray's socket paths must fit in 107 bytes
+    head = subprocess.Popen([ray_cli, "start", "--head", "--port=6391", "--num-cpus=1", "--include-dashboard=false",
+                             f"--temp-dir={temp_dir}", "--block"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        code = textwrap.dedent("""
+            import time, anyray
+            for attempt in range(60):
+                try:
+                    anyray.init(backend="ray", address="127.0.0.1:6391")
+                    break
+                except ConnectionError:
+                    time.sleep(1)
+            @anyray.remote
+            def plus_one(x):
+                return x + 1
+            print(anyray.get(plus_one.remote(1)), anyray.cluster_resources()["CPU"])
+            anyray.shutdown()
+        """)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["2", "1.0"]
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        # `ray start` leaves the cluster's address where a later ray.init() would find and join it.
+        for left in (os.path.join(temp_dir, "ray_current_cluster"), "/tmp/ray/ray_current_cluster"):
+            try:
+                with open(left) as fh:
+                    if fh.read().strip().endswith(":6391"):
+                        os.remove(left)
+            except OSError:
+                pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_objects_refs_and_actors_cross_nodes():
+    out = run_script("""
+        import numpy as np
+        from ray.cluster_utils import Cluster
+        import anyray
+
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"head": 1}})
+        cluster.add_node(num_cpus=1, resources={"second": 1})
+        cluster.wait_for_nodes()
+        anyray.init(backend="ray", address=cluster.address)
+
+        @anyray.remote(resources={"second": 1})
+        def make():
+            return [anyray.put(np.arange(100_000)), anyray.get_runtime_context().get_node_id()]
+
+        @anyray.remote(resources={"head": 1})
+        def consume(box):
+            return int(anyray.get(box[0]).sum()), anyray.get_runtime_context().get_node_id()
+
+        @anyray.remote(resources={"second": 1})
+        class Far:
+            def node(self):
+                return anyray.get_runtime_context().get_node_id()
+
+        box = anyray.get(make.remote())  # a ref owned by a worker on the second node, inside a list
+        total, node = anyray.get(consume.remote(box))
+        print(len([n for n in anyray.nodes() if n["Alive"]]), total == sum(range(100_000)), node != box[1],
+              anyray.get(Far.remote().node.remote()) == box[1])
+        anyray.shutdown()
+        cluster.shutdown()
+    """, timeout=300)
+    assert out.split() == ["2", "True", "True", "True"]
+
+
+# -- data path ----------------------------------------------------------------------
+
+
+def test_refs_map_to_ray_refs(session):
+    ref = anyray.put(1)
+    assert isinstance(ref.native, ray.ObjectRef)
+    assert ray.get(ref.native) is not None  # the Ray object holds anyray's payload
+
+
+def test_a_nested_ref_outlives_the_callers_ref(session):
+    @anyray.remote
+    class Holder:
+        def take(self, box):
+            self.box = box
+            return True
+
+        def read(self):
+            return anyray.get(self.box[0])
+
+    holder = Holder.remote()
+    inner = anyray.put("kept alive by the actor")
+    assert anyray.get(holder.take.remote([inner]))
+    del inner
+    gc.collect()
+    time.sleep(0.5)
+    assert anyray.get(holder.read.remote()) == "kept alive by the actor"
+
+
+def test_an_actor_handle_inside_a_stored_value_keeps_the_actor(session):
+    @anyray.remote
+    class Box:
+        def get(self):
+            return "boxed"
+
+    @anyray.remote
+    def make():
+        return [Box.remote()]
+
+    [handle] = anyray.get(make.remote())
+    assert anyray.get(handle.get.remote()) == "boxed"
+
+
+def test_arrays_reach_a_task_without_a_copy(session):
+    @anyray.remote
+    def inspect(array):
+        return array.flags.writeable, float(array.sum())
+
+    writeable, total = anyray.get(inspect.remote(np.ones(1 << 18)))
+    assert (writeable, total) == (False, float(1 << 18))
+
+
+# -- failures -----------------------------------------------------------------------
+
+
+def test_a_crashed_worker_is_retried(session, tmp_path):
+    marker = tmp_path / "crashed-once"
+
+    @anyray.remote(max_retries=1)
+    def crash_once(path):
+        if not os.path.exists(path):
+            open(path, "w").close()
+            os._exit(1)
+        return "second attempt"
+
+    assert anyray.get(crash_once.remote(str(marker)), timeout=60) == "second attempt"
+
+
+def test_a_crash_without_retries_raises_worker_crashed_error(session):
+    @anyray.remote(max_retries=0)
+    def crash():
+        os._exit(1)
+
+    # The error is stored as the task's value (the port's rule), so it keeps Ray's message, not its object.
+    with pytest.raises(exceptions.WorkerCrashedError, match="worker died"):
+        anyray.get(crash.remote(), timeout=60)
+
+
+def test_ray_errors_are_translated():
+    from anyray_ray.errors import translate
+
+    assert type(translate(ray.exceptions.GetTimeoutError("late"))) is exceptions.GetTimeoutError
+    assert type(translate(ray.exceptions.TaskCancelledError())) is exceptions.TaskCancelledError
+    assert type(translate(ray.exceptions.ObjectLostError("ab" * 14, "owner", "site"))) is exceptions.ObjectLostError
+    assert type(translate(ray.exceptions.ActorDiedError())) is exceptions.ActorDiedError
+    assert isinstance(translate(ray.exceptions.RaySystemError("boom")), exceptions.AnyrayError)
+    plain = ValueError("not Ray's")
+    assert translate(plain) is plain
+    task_error = translate(ray.exceptions.RayTaskError("f", "Traceback...", KeyError("k")))
+    assert isinstance(task_error, exceptions.TaskError) and isinstance(task_error, KeyError)
+
+
+# -- the metadata store on Ray's KV ---------------------------------------------------
+
+
+def test_metadata_store_contract(session):
+    store = anyray.api._runtime().backend.metadata
+    prefix = f"test/{os.getpid()}/{time.time_ns()}/"
+    seen = []
+    watch = store.watch(prefix, lambda key, value: seen.append((key, value)))
+    try:
+        store.put(prefix + "a", b"1")
+        assert store.get(prefix + "a") == b"1"
+        assert store.compare_and_set(prefix + "a", b"1", b"2")
+        assert not store.compare_and_set(prefix + "a", b"1", b"3")
+        assert store.compare_and_set(prefix + "b", None, b"x")
+        assert not store.compare_and_set(prefix + "b", None, b"y")
+        assert [k for k, _ in store.scan(prefix)] == [prefix + "a", prefix + "b"]
+        store.put(prefix + "ttl", b"soon gone", ttl=0.2)
+        assert store.get(prefix + "ttl") == b"soon gone"
+        time.sleep(0.3)
+        assert store.get(prefix + "ttl") is None
+        assert store.delete(prefix + "a") and not store.delete(prefix + "a")
+        deadline = time.monotonic() + 5
+        while (prefix + "a", None) not in seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (prefix + "b", b"x") in seen and (prefix + "a", None) in seen
+    finally:
+        watch.cancel()
+        store.delete_prefix(prefix)
