@@ -34,7 +34,11 @@ def _cmd_run(args) -> int:
     if not os.path.exists(args.script):
         print(f"anyray run: no such script: {args.script}", file=sys.stderr)
         return 2
-    install_ray_alias()
+    backend = args.backend or os.environ.get("ANYRAY_BACKEND")
+    if backend != "ray":
+        install_ray_alias()
+    # else: the script already speaks Ray's API and the ray backend is Ray itself,
+    # so `import ray` must stay the real Ray (anyray's Ray plugin imports it too).
     sys.argv = [args.script, *args.args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(args.script)))
     runpy.run_path(args.script, run_name="__main__")

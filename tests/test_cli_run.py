@@ -71,3 +71,4 @@ def test_a_ray_module_anyray_lacks_fails_to_import_as_usual(tmp_path):
     proc = subprocess.run(anyray_cmd("run", str(script)), capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "No module named 'ray.util_that_does_not_exist'" in proc.stderr
+

@@ -281,3 +281,13 @@ def test_metadata_store_contract(session):
     finally:
         watch.cancel()
         store.delete_prefix(prefix)
+
+
+def test_anyray_run_on_the_ray_backend_leaves_the_real_ray_in_place(tmp_path):
+    """`anyray run --backend ray` runs a Ray script on Ray itself: `import ray` stays the real Ray."""
+    script = tmp_path / "which_ray.py"
+    script.write_text("import ray\nprint('module', ray.__name__, ray.__file__.endswith('ray/__init__.py'))\n")
+    proc = subprocess.run([sys.executable, "-m", "anyray.cli", "run", "--backend", "ray", str(script)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "module ray True" in proc.stdout
