@@ -179,3 +179,17 @@ def test_runtime_context_worker_pid():
 
     reported, actual = anyray.get(pid.remote())
     assert reported == actual
+
+
+def test_a_task_no_node_can_ever_place_warns_naming_it_and_waits():
+    @anyray.remote(resources={"NoSuchResource": 1})
+    def unplaceable():
+        return "ran"
+
+    with pytest.warns(anyray.exceptions.InfeasibleTaskWarning, match=r"unplaceable.*NoSuchResource"):
+        ref = unplaceable.remote()
+    ready, not_ready = anyray.wait([ref], timeout=0.5)
+    assert ready == [] and not_ready == [ref]
+    anyray.cancel(ref)
+    with pytest.raises(anyray.exceptions.TaskCancelledError):
+        anyray.get(ref, timeout=DEADLINE)

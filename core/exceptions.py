@@ -21,6 +21,7 @@ __all__ = [
     "ObjectStoreFullError",
     "NodeDiedError",
     "BackendNotFoundError",
+    "InfeasibleTaskWarning",
     "RayError",
     "RayTaskError",
     "RayActorError",
@@ -136,6 +137,10 @@ class NodeDiedError(AnyrayError):
 
 class BackendNotFoundError(AnyrayError, LookupError):
     """No installed backend has the requested name."""
+
+
+class InfeasibleTaskWarning(UserWarning):
+    """A task or actor asks for resources no node has; it waits until one that has them joins."""
 
 
 RayError = AnyrayError

@@ -13,7 +13,7 @@ from anyray.resources import node_resources
 from ..metadata import MemoryMetadataStore
 from .object_store import LocalObjectStore
 from .resources import ResourcePool
-from .scheduler import InfeasibleTaskWarning, LocalScheduler
+from .scheduler import LocalScheduler
 
 
 class LocalBackend(Backend):
@@ -54,4 +54,4 @@ def anyray_backends():
     return [LocalBackend]
 
 
-__all__ = ["LocalBackend", "InfeasibleTaskWarning"]
+__all__ = ["LocalBackend"]

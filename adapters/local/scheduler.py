@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from anyray import serialization
 from anyray.context import TaskContext, current_task
-from anyray.exceptions import TaskCancelledError
+from anyray.exceptions import InfeasibleTaskWarning, TaskCancelledError
 from anyray.executor import Call, serialize_failure
 from anyray.ports.scheduler import Scheduler
 from anyray.specs import RemoteFailure, TaskSpec
@@ -23,10 +23,6 @@ from anyray.specs import RemoteFailure, TaskSpec
 from .actors import LocalActor
 from .resources import ResourcePool
 from .threads import DaemonThreadPool
-
-
-class InfeasibleTaskWarning(UserWarning):
-    """A task or actor asks for more resources than this machine has; it waits."""
 
 
 class _Task:

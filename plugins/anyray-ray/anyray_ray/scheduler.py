@@ -27,7 +27,7 @@ import warnings
 import ray
 from ray import exceptions as rx
 
-from anyray.exceptions import ActorDiedError
+from anyray.exceptions import ActorDiedError, InfeasibleTaskWarning
 from anyray.executor import serialize_failure
 from anyray.ports.scheduler import Scheduler
 from anyray.specs import ActorSpec, ActorTaskSpec, RemoteFailure, TaskSpec
@@ -36,10 +36,6 @@ from .actors import ActorDirectory, RayActor, lookup, register
 from .errors import translate
 from .transport import bind_returns, pack
 from .worker import Session, actor_host, export, method_call, task_call, task_runner
-
-
-class InfeasibleTaskWarning(UserWarning):
-    """A task or actor asks for more of a resource than any node of the Ray cluster has; it waits."""
 
 
 def _resource_options(options: dict) -> dict:
