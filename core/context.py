@@ -22,6 +22,7 @@ class TaskContext:
     restarted: bool = False
     blocked: bool = False  # inside get/wait with its CPUs lent out
     lease: object = None   # the scheduler's handle for what this task holds
+    inline: bool = False   # run by a caller that waits for it: Ctrl-C interrupts the caller, not just the task
 
 
 current_task: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("anyray_task", default=None)

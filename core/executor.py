@@ -145,6 +145,8 @@ class Call:
                         value = asyncio.run(value)
                     values = split_returns(value, self.num_returns, self.name)
                 except BaseException as exc:  # noqa: BLE001 - everything the user raised is reported
+                    if isinstance(exc, KeyboardInterrupt) and self.ctx.inline:
+                        raise
                     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                         exc = TaskCancelledError(f"{self.name} was interrupted ({type(exc).__name__}).")
                     if _should_retry(exc, self.retry_exceptions, retries_left):

@@ -142,12 +142,16 @@ class Runtime:
         return ref
 
     def get_serialized(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
-        ctx = current_task.get()
-        if ctx is None or all(self.store.contains(r) for r in refs):
-            return self.store.get(refs, timeout)
+        store = self.store
+        if all(store.contains(r) for r in refs):
+            return store.get(refs, timeout)
+        if timeout is None:  # with a timeout the caller must not take on work that may outlast it
+            self.scheduler.run_here(refs)
+        if current_task.get() is None:
+            return store.get(refs, timeout)
         self.scheduler.task_blocked()
         try:
-            return self.store.get(refs, timeout)
+            return store.get(refs, timeout)
         finally:
             self.scheduler.task_unblocked()
 

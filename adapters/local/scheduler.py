@@ -31,7 +31,7 @@ class _Task:
     def __init__(self, spec: TaskSpec):
         self.spec = spec
         self.shape = tuple(sorted(spec.resources.items()))
-        self.state = "waiting"   # waiting -> queued -> running -> done
+        self.state = "waiting"   # waiting -> queued -> dispatched (leased) -> running (claimed) -> done
         self.thread_id: int | None = None
         self.lease = None
 
@@ -123,6 +123,7 @@ class LocalScheduler(Scheduler):
                 task = queue.popleft()
                 if task.state == "queued":  # else cancelled while queued: drop it
                     task.state = "running"
+                    task.thread_id = threading.get_ident()
                     task.lease = lease
                     return task
         self.release(lease)
@@ -160,41 +161,77 @@ class LocalScheduler(Scheduler):
             if task.state != "queued":
                 self._resources.release(lease)
                 return
-            task.state = "running"
+            task.state = "dispatched"
             task.lease = lease
         self._threads.submit(self._run, task)
 
+    def _claim(self, task: _Task) -> bool:
+        """Under the lock: the calling thread takes a dispatched task (False if another thread did)."""
+        if task.state != "dispatched":
+            return False
+        task.state = "running"
+        task.thread_id = threading.get_ident()
+        return True
+
     def _run(self, task: _Task) -> None:
+        with self._lock:
+            if not self._claim(task):
+                return  # the thread waiting for it ran it (run_here), or it was cancelled
         while task is not None:  # reusing the lease saves a release, an acquire and a thread hand-off
             lease = task.lease
             self._execute(task)
             task = self._take_next(task.shape, lease)
 
-    def _execute(self, task: _Task) -> None:
+    def run_here(self, refs) -> None:
+        """Run dispatched producers of ``refs`` in the thread about to wait for them: the thread would
+        sit idle, and a waiting caller that runs the task saves two thread hand-offs."""
+        for ref in refs:
+            task = self._tasks.get(ref._id)
+            if task is None or task.state != "dispatched":
+                continue
+            with self._lock:
+                claimed = self._claim(task)
+            if claimed:
+                try:
+                    self._execute(task, inline=True)
+                finally:
+                    self.release(task.lease)
+
+    def _execute(self, task: _Task, inline: bool = False) -> None:
+        """Run a claimed task in this thread, store its results and settle its bookkeeping.
+
+        A Ctrl-C that interrupts a task run ``inline`` by the caller waiting for it cancels the
+        task and then reaches the caller, as it would have while the caller waited."""
         spec = task.spec
-        task.thread_id = threading.get_ident()
         ctx = TaskContext(task_id=spec.task_id, name=spec.name, resources=dict(spec.resources),
-                          gpu_ids=task.lease.gpu_ids, lease=task.lease)
+                          gpu_ids=task.lease.gpu_ids, lease=task.lease, inline=inline)
+        interrupted = None
         call = Call(spec.function.target, spec.name, "task", ctx, len(spec.returns), self._events,
                     spec.options["retry_exceptions"], spec.options["max_retries"])
         try:
             outputs = call.run(spec.args, spec.deps, self.fetch)
+            with self._lock:  # from here on no cancel interrupts this thread; a pending one lands here
+                task.thread_id = None
         except BaseException as exc:  # noqa: BLE001 - a cancel can land outside the user's code
+            with self._lock:
+                task.thread_id = None
+            if isinstance(exc, KeyboardInterrupt):
+                interrupted = exc
             outputs = [serialize_failure(RemoteFailure(
                 exc if isinstance(exc, TaskCancelledError) else TaskCancelledError(str(exc))))] * len(spec.returns)
-        finally:
-            with self._lock:
-                task.state = "done"
-                task.thread_id = None
-                for ref in spec.returns:
-                    self._tasks.pop(ref._id, None)
-                siblings = self._children.get(spec.parent_task_id) if spec.parent_task_id else None
-                if siblings is not None:
-                    siblings.remove(task)
-                    if not siblings:
-                        del self._children[spec.parent_task_id]
-                self._children.pop(spec.task_id, None)
+        with self._lock:
+            task.state = "done"
+            for ref in spec.returns:
+                self._tasks.pop(ref._id, None)
+            siblings = self._children.get(spec.parent_task_id) if spec.parent_task_id else None
+            if siblings is not None:
+                siblings.remove(task)
+                if not siblings:
+                    del self._children[spec.parent_task_id]
+            self._children.pop(spec.task_id, None)
         self.store_results(spec.returns, outputs)
+        if interrupted is not None:
+            raise interrupted
 
     def cancel(self, ref, force: bool, recursive: bool) -> None:
         with self._lock:
@@ -208,21 +245,27 @@ class LocalScheduler(Scheduler):
 
     def _cancel_task(self, task: _Task, force: bool, recursive: bool) -> None:
         error = TaskCancelledError(f"Task {task.spec.name} was cancelled.")
+        lease = None
         with self._lock:
             state = task.state
-            if state in ("waiting", "queued"):
+            if state in ("waiting", "queued", "dispatched"):
                 task.state = "done"
+                lease = task.lease if state == "dispatched" else None
                 for r in task.spec.returns:
                     self._tasks.pop(r._id, None)
-            thread_id = task.thread_id if state == "running" else None
+            elif state == "running" and task.thread_id is not None:
+                # Raise in the task's thread at its next bytecode (C calls such as sleep finish
+                # first). Once only: the thread clears thread_id, under this lock, when done.
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(task.thread_id),
+                                                           ctypes.py_object(TaskCancelledError))
+                task.thread_id = None
             children = list(self._children.get(task.spec.task_id, ())) if recursive else []
-        if state in ("waiting", "queued"):
+        if state in ("waiting", "queued", "dispatched"):
             self.fail(task.spec.returns, error)
-        elif thread_id is not None:
-            # Raise in the task's thread at its next bytecode; C calls (sleep) finish first.
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(TaskCancelledError))
-            if force:  # a thread cannot be killed: settle the refs now, drop its late results
-                self.fail(task.spec.returns, error)
+            if lease is not None:
+                self.release(lease)
+        elif state == "running" and force:  # a thread cannot be killed: settle the refs now
+            self.fail(task.spec.returns, error)
         for child in children:
             self._cancel_task(child, force, recursive)
 

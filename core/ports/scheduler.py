@@ -57,6 +57,10 @@ class Scheduler(ABC):
         one is interrupted (``force`` kills its worker where there are processes).
         Its returns then raise ``TaskCancelledError``. A finished task is left alone."""
 
+    def run_here(self, refs) -> None:  # noqa: B027 - optional: most backends cannot lend a thread
+        """The calling thread is about to wait for ``refs``: a backend may run their producers here,
+        if they are ready to run and not yet started. Returns once those it took are done."""
+
     @abstractmethod
     def task_blocked(self) -> None:
         """The calling task waits in ``get``/``wait``: lend its CPUs to others."""
