@@ -22,6 +22,8 @@ import cloudpickle
 
 PROTOCOL = 5
 
+_NUMPY_COPY_MIN = 1 << 20
+
 # Buffers smaller than this are left in band: one small bytes object is
 # cheaper to move than a list of views.
 _OUT_OF_BAND_MIN = 1 << 12
@@ -49,9 +51,22 @@ class SerializedObject:
         return SerializedObject(self.data, [_freeze(b) for b in self.buffers], self.contained_refs)
 
 
-def _freeze(buf) -> bytes:
+def _freeze(buf) -> bytes | memoryview:
+    """An immutable copy of ``buf``: ``bytes``, or a read-only view of a NumPy copy when large.
+
+    NumPy's allocator hands a freed large block straight back, so copying a
+    big buffer into it runs at memcpy speed, where a fresh ``bytes`` object
+    pays a page fault per page (about five times slower for 100 MB).
+    """
     raw = buf.raw() if isinstance(buf, pickle.PickleBuffer) else memoryview(buf)
-    return raw.tobytes()
+    if raw.nbytes < _NUMPY_COPY_MIN:
+        return raw.tobytes()
+    import numpy as np
+
+    copy = np.empty(raw.nbytes, dtype=np.uint8)
+    np.copyto(copy, np.frombuffer(raw, dtype=np.uint8))
+    copy.flags.writeable = False
+    return memoryview(copy)
 
 
 class SerializationError(TypeError):
