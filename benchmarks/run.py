@@ -63,9 +63,10 @@ def ratio(a, r):
 
 def table(results, names, columns, against):
     """results[column][metric name] -> metric; columns are anyray backends then the reference engine."""
-    head = ["workload", "unit"] + [f"anyray[{c}]" for c in columns if c != against]
+    ours = [c for c in columns if c != against]
+    head = ["workload", "unit"] + ours
     if against:
-        head += ["Ray"] + [f"ratio {c}" for c in columns if c != against]
+        head += [against] + [f"ratio {c}" if len(ours) > 1 else "ratio" for c in ours]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for n in names:
         m = next(results[c][n] for c in columns if n in results[c])
@@ -98,8 +99,8 @@ def main():
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         p.error(f"unknown workload(s) {unknown}; known: {', '.join(WORKLOADS)}")
-    against = "ray" if args.against == "ray" else None
-    engines = [("anyray", b, b) for b in backends] + ([("ray", None, "ray")] if against else [])
+    against = "Ray" if args.against == "ray" else None  # column names: anyray[BACKEND] and Ray
+    engines = [("anyray", b, f"anyray[{b}]") for b in backends] + ([("ray", None, against)] if against else [])
 
     busy = psutil.cpu_percent(interval=1.0)  # before we start anything: others' load skews timings
     if busy > 20:

@@ -84,11 +84,9 @@ class LocalScheduler(Scheduler):
                 f"it will wait until those resources exist (pass them to init(num_gpus=..., resources=...)).",
                 InfeasibleTaskWarning, stacklevel=5)
 
-    def enqueue(self, demand: dict, start: Callable[[object], None] | _Task, shape: tuple | None = None) -> None:
-        """Start ``start`` (a queued task, or a callable given the lease) once ``demand`` fits;
-        FIFO among work of the same demand."""
-        if shape is None:
-            shape = tuple(sorted(demand.items()))
+    def enqueue(self, demand: dict, start: Callable[[object], None]) -> None:
+        """Call ``start(lease)`` once ``demand`` fits; FIFO among work of the same demand."""
+        shape = tuple(sorted(demand.items()))
         with self._lock:
             queue = self._queues.get(shape)
             if queue is None:
@@ -119,7 +117,7 @@ class LocalScheduler(Scheduler):
         with self._lock:
             queue = self._queues.get(shape)
             while queue and type(queue[0]) is _Task and not lease.cpus_lent and \
-                    all(not q for s, q in self._queues.items() if s != shape):
+                    (len(self._queues) == 1 or all(not q for s, q in self._queues.items() if s != shape)):
                 task = queue.popleft()
                 if task.state == "queued":  # else cancelled while queued: drop it
                     task.state = "running"
@@ -154,7 +152,11 @@ class LocalScheduler(Scheduler):
             if task.state != "waiting":
                 return  # cancelled while waiting for its dependencies
             task.state = "queued"
-        self.enqueue(task.spec.resources, task, task.shape)
+            queue = self._queues.get(task.shape)
+            if queue is None:
+                queue = self._queues[task.shape] = collections.deque()
+            queue.append(task)
+        self._dispatch()
 
     def _start(self, task: _Task, lease) -> None:
         with self._lock:
