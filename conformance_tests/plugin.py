@@ -244,6 +244,16 @@ def isolated_runtime(_shared_runtime, init_kwargs):
         anyray.shutdown()
 
 
+@pytest.fixture
+def signal(anyray_session):
+    """A Signal actor that is sent when the test ends, so no task stays blocked on it."""
+    from anyray.conformance.helpers import Signal
+
+    sig = Signal.remote()
+    yield sig
+    sig.send.remote()
+
+
 # -- summary --------------------------------------------------------------------
 
 _RANK = {"passed": 0, "skipped": 1, "capability": 1, "xfailed": 1, "failed": 2}

@@ -12,17 +12,10 @@ import time
 import pytest
 
 import anyray
-from anyray.conformance.helpers import DEADLINE, Recorder, Signal, assert_runtime_works, echo, recorded, wait_for_signal
+from anyray.conformance.helpers import DEADLINE, Recorder, assert_runtime_works, echo, recorded, wait_for_signal
 from anyray.exceptions import TaskCancelledError
 
 pytestmark = pytest.mark.usefixtures("anyray_session")
-
-
-@pytest.fixture
-def signal():
-    sig = Signal.remote()
-    yield sig
-    sig.send.remote()
 
 
 def test_cancel_a_task_waiting_for_its_arguments(signal):

@@ -15,18 +15,10 @@ import numpy as np
 import pytest
 
 import anyray
-from anyray.conformance.helpers import Signal, echo, wait_for_signal
+from anyray.conformance.helpers import echo, wait_for_signal
 from anyray.exceptions import GetTimeoutError, TaskError
 
 pytestmark = pytest.mark.usefixtures("anyray_session")
-
-
-@pytest.fixture
-def signal():
-    """A Signal that is sent when the test ends, so no task stays blocked on it."""
-    sig = Signal.remote()
-    yield sig
-    sig.send.remote()
 
 
 @pytest.mark.parametrize("value", [
