@@ -9,6 +9,7 @@ concurrently (shown by calls that can only finish together); and that
 ``max_restarts`` brings a killed actor back with fresh state.
 """
 
+import time
 import uuid
 
 import pytest
@@ -397,3 +398,36 @@ def _answers(method) -> bool:
         return True
     except ActorDiedError:
         return False
+
+
+@anyray.remote(num_cpus=1)
+class CpuHolder:
+    """Holds one CPU while it lives, so its end shows in available_resources()."""
+
+    def echo(self, x):
+        return x
+
+
+def _free_cpus() -> float:
+    return anyray.available_resources().get("CPU", 0.0)
+
+
+def test_an_actor_ends_once_its_last_handle_is_gone_after_its_calls_ran():
+    idle = anyray.cluster_resources()["CPU"]
+    wait_until(lambda: _free_cpus() == idle, what="CPUs idle")
+    holder = CpuHolder.remote()
+    refs = [holder.echo.remote(i) for i in range(5)]
+    wait_until(lambda: _free_cpus() == idle - 1, what="the actor holding its CPU")
+    del holder
+    assert anyray.get(refs, timeout=DEADLINE) == [0, 1, 2, 3, 4]
+    wait_until(lambda: _free_cpus() == idle, what="the actor's CPU back once no handle is left")
+
+
+def test_a_handle_inside_a_stored_value_keeps_the_actor_alive():
+    holder = CpuHolder.remote()
+    assert anyray.get(holder.echo.remote("up"), timeout=DEADLINE) == "up"
+    box = anyray.put({"actor": holder})
+    del holder
+    time.sleep(1.0)  # time for a wrongly dropped actor to be collected
+    again = anyray.get(box, timeout=DEADLINE)["actor"]
+    assert anyray.get(again.echo.remote("still here"), timeout=DEADLINE) == "still here"

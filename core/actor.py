@@ -6,7 +6,7 @@ import inspect
 import itertools
 from typing import Any
 
-from . import ids
+from . import ids, serialization
 from . import options as opts
 from .remote_function import _Options, check_arguments, returns_of, signature_of
 from .specs import FunctionDescriptor
@@ -92,12 +92,25 @@ class ActorHandle:
     """
 
     def __init__(self, actor_id: bytes, class_name: str, methods: dict, native=None):
+        from .runtime import current_handle_counter
+
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
         self.native = native
         self._caller_id = ids.new_id()
         self._seq = itertools.count()
+        self._counter = current_handle_counter()
+        if self._counter is not None:
+            self._counter.incref(actor_id)
+
+    def __del__(self):
+        counter = self.__dict__.get("_counter")
+        if counter is not None:
+            try:
+                counter.decref(self._actor_id)
+            except Exception:  # interpreter shutdown: nothing left to stop
+                pass
 
     def __getattr__(self, name: str):
         if name.startswith("_"):
@@ -109,6 +122,7 @@ class ActorHandle:
         return ActorMethod(self, name, meta)
 
     def __reduce__(self):
+        serialization.note_ref_pickled(self)  # a stored value holding the handle keeps the actor
         return ActorHandle, (self._actor_id, self._class_name, self._methods, self.native)
 
     def __eq__(self, other):

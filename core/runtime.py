@@ -107,6 +107,7 @@ class Runtime:
         self.namespace = config.namespace
         self.events = JobEvents()
         self.counter = ReferenceCounter(self._free)
+        self.handles = ReferenceCounter(self._handles_gone)  # live ActorHandles per actor id
         self.driver_id = ids.new_id()
         self.backend = backend_cls(config, self.events)
         self.backend.start()
@@ -120,10 +121,15 @@ class Runtime:
     def _free(self, object_ids: list[bytes]) -> None:
         self.store.free(object_ids)
 
+    def _handles_gone(self, actor_ids: list[bytes]) -> None:
+        for actor_id in actor_ids:
+            self.scheduler.actor_handles_gone(actor_id)
+
     def _drain_loop(self) -> None:
         while not self._drainer_stop.wait(0.2):
             try:
                 self.counter.drain()
+                self.handles.drain()
             except Exception:  # a store shutting down under us; the next loop retries
                 pass
 
@@ -277,6 +283,7 @@ class Runtime:
             self.backend.shutdown()
         finally:
             self.counter = ReferenceCounter(lambda ids_: None)
+            self.handles = ReferenceCounter(lambda ids_: None)
 
 
 _current: Runtime | None = None
@@ -286,6 +293,11 @@ _lock = threading.RLock()
 def current_counter():
     rt = _current
     return rt.counter if rt is not None else None
+
+
+def current_handle_counter():
+    rt = _current
+    return rt.handles if rt is not None else None
 
 
 def current_runtime() -> Runtime | None:

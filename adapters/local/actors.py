@@ -20,6 +20,9 @@ from anyray.specs import RemoteFailure
 from .threads import DaemonThreadPool
 
 
+_TERMINATE = object()  # queue marker: end the actor once the calls queued before it have started
+
+
 class LocalActor:
     def __init__(self, spec, scheduler):
         self.spec = spec
@@ -103,6 +106,12 @@ class LocalActor:
                 if not self._construct():
                     return
                 continue
+            if spec is _TERMINATE:
+                if self._pool is not None:  # FIFO: every earlier call has started by then
+                    self._pool.submit(self._die, self._gone_cause())
+                else:
+                    self._die(self._gone_cause())
+                return
             if self._pool is not None:
                 self._pool.submit(self._run_call, spec)
             else:
@@ -141,6 +150,9 @@ class LocalActor:
                 if not self._queue or self.state != "alive":
                     return
                 spec = self._queue.popleft()
+            if spec is _TERMINATE:
+                self._loop.create_task(self._die_after_running())
+                return
             self._running_async[spec.task_id] = (spec, self._loop.create_task(self._run_async(spec)))
 
     async def _run_async(self, spec) -> None:
@@ -158,11 +170,32 @@ class LocalActor:
         finally:
             self._running_async.pop(spec.task_id, None)
 
+    async def _die_after_running(self) -> None:
+        import asyncio
+
+        running = [task for _, task in self._running_async.values()]
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        self._die(self._gone_cause())
+
+    def _gone_cause(self) -> str:
+        return f"The actor {self.spec.cls.name} ended: every handle to it was gone."
+
+    def terminate_after_pending(self) -> None:
+        """End the actor once the calls already submitted have run (its last handle is gone)."""
+        with self._cond:
+            if self.state == "dead":
+                return
+            self._queue.append(_TERMINATE)
+            self._cond.notify_all()
+        if self._loop is not None and self.state == "alive":
+            self._loop.call_soon_threadsafe(self._pump_async)
+
     def cancel(self, ref) -> bool:
         """Cancel a queued call (or a running async one) producing ``ref``; say whether it was ours."""
         with self._cond:
             for spec in self._queue:
-                if ref in spec.returns:
+                if spec is not _TERMINATE and ref in spec.returns:
                     self._queue.remove(spec)
                     break
             else:
@@ -207,7 +240,8 @@ class LocalActor:
             self._queue.clear()
             self._cond.notify_all()
         for spec in pending:
-            self._sched.fail(spec.returns, ActorDiedError(cause))
+            if spec is not _TERMINATE:
+                self._sched.fail(spec.returns, ActorDiedError(cause))
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._pool is not None:

@@ -330,6 +330,11 @@ class LocalScheduler(Scheduler):
                 out.append((ns, name))
         return out
 
+    def actor_handles_gone(self, actor_id: bytes) -> None:
+        actor = self._actors.get(actor_id)
+        if actor is not None and actor.spec.options["lifetime"] != "detached":
+            actor.terminate_after_pending()
+
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         actor = self._actors.get(actor_id)
         if actor is not None:

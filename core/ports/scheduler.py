@@ -57,6 +57,14 @@ class Scheduler(ABC):
         one is interrupted (``force`` kills its worker where there are processes).
         Its returns then raise ``TaskCancelledError``. A finished task is left alone."""
 
+    def actor_handles_gone(self, actor_id: bytes) -> None:  # noqa: B027 - engines that track handles skip it
+        """No handle to the actor is left in this process (nor in a value stored here).
+
+        Ray's rule: an actor, named or not, ends once its last handle is gone,
+        after the calls already submitted to it; a ``lifetime="detached"``
+        actor lives on. A backend whose engine tracks handles across processes
+        itself ignores this."""
+
     def run_here(self, refs) -> None:  # noqa: B027 - optional: most backends cannot lend a thread
         """The calling thread is about to wait for ``refs``: a backend may run their producers here,
         if they are ready to run and not yet started. Returns once those it took are done."""
