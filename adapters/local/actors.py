@@ -19,7 +19,6 @@ from anyray.specs import RemoteFailure
 
 from .threads import DaemonThreadPool
 
-
 _TERMINATE = object()  # queue marker: end the actor once the calls queued before it have started
 
 
