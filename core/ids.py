@@ -29,6 +29,3 @@ class _IdSource:
 _source = _IdSource()
 new_id = _source.new
 
-
-def short(id_bytes: bytes) -> str:
-    return id_bytes.hex()[-12:]

@@ -61,14 +61,6 @@ class ReferenceCounter:
             if dead:
                 self._free(dead)  # may drop refs held inside the freed objects: loop again
 
-    def count(self, object_id: bytes) -> int:
-        self.drain()
-        return self._counts.get(object_id, 0)
-
-    def live(self) -> int:
-        self.drain()
-        return len(self._counts)
-
 
 def _check_refs(refs, fn: str) -> tuple[list[ObjectRef], bool]:
     if isinstance(refs, ObjectRef):
