@@ -14,9 +14,8 @@ from typing import Any
 
 from . import ids, serialization
 from . import options as opts
-from .context import TaskContext, current_task
+from .context import current_task
 from .events import JobEvents
-from .exceptions import GetTimeoutError
 from .object_ref import ObjectRef
 from .ports.backend import Backend, BackendConfig
 from .specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
@@ -279,7 +278,6 @@ class Runtime:
 
 
 _current: Runtime | None = None
-_lock = threading.RLock()
 
 
 def current_counter():
@@ -301,4 +299,4 @@ def set_current(runtime: Runtime | None) -> None:
     _current = runtime
 
 
-__all__ = ["Runtime", "ReferenceCounter", "GetTimeoutError", "TaskContext", "current_runtime", "set_current"]
+__all__ = ["Runtime", "ReferenceCounter", "current_runtime", "set_current"]
