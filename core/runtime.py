@@ -91,14 +91,17 @@ def top_level_refs(args: tuple, kwargs: dict) -> list[ObjectRef]:
 
 
 class Runtime:
-    def __init__(self, backend_cls: type[Backend], config: BackendConfig):
+    def __init__(self, backend_cls: type[Backend], config: BackendConfig, counters=None):
+        """``counters``: factories ``(free) -> ReferenceCounter`` for object refs and actor handles,
+        for a process whose references are borrowed from another (a backend's worker)."""
         self.config = config
         # Filled in before the backend starts, so a backend can hand the job id to its workers.
         self.job_id = config.job_id = config.job_id or ids.new_id()
         self.namespace = config.namespace
         self.events = JobEvents()
-        self.counter = ReferenceCounter(self._free)
-        self.handles = ReferenceCounter(self._handles_gone)  # live ActorHandles per actor id
+        make_objects, make_handles = counters or (ReferenceCounter, ReferenceCounter)
+        self.counter = make_objects(self._free)
+        self.handles = make_handles(self._handles_gone)  # live ActorHandles per actor id
         self.driver_id = ids.new_id()
         self.backend = backend_cls(config, self.events)
         self.backend.start()

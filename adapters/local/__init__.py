@@ -10,9 +10,9 @@ from anyray.hookspecs import hookimpl
 from anyray.ports.backend import Backend, Capability
 from anyray.resources import node_resources
 
+from ..common.object_store import MemoryObjectStore
+from ..common.resources import ResourcePool
 from ..metadata import MemoryMetadataStore
-from .object_store import LocalObjectStore
-from .resources import ResourcePool
 from .scheduler import LocalScheduler
 
 
@@ -31,7 +31,7 @@ class LocalBackend(Backend):
                              f"drop address={cfg.address!r} or pick backend='cluster'.")
         total, gpu_ids, capacity = node_resources(cfg.num_cpus, cfg.num_gpus, cfg.resources,
                                                   cfg.object_store_memory)
-        self.object_store = LocalObjectStore(capacity)
+        self.object_store = MemoryObjectStore(capacity)
         self.metadata = MemoryMetadataStore()
         self.pool = ResourcePool(total, gpu_ids)
         self.scheduler = LocalScheduler(self.object_store, self.metadata, self.events, self.pool)

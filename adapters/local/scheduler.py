@@ -20,9 +20,9 @@ from anyray.executor import Call, serialize_failure
 from anyray.ports.scheduler import Scheduler
 from anyray.specs import RemoteFailure, TaskSpec
 
-from .actors import LocalActor
-from .resources import ResourcePool
-from .threads import DaemonThreadPool
+from ..common.actor_host import ActorHost
+from ..common.resources import ResourcePool
+from ..common.threads import DaemonThreadPool
 
 
 class _Task:
@@ -47,7 +47,7 @@ class LocalScheduler(Scheduler):
     def __init__(self, store, metadata, events, pool: ResourcePool):
         self._store = store
         self._metadata = metadata
-        self._events = events
+        self.events = events
         self._resources = pool
         self._lock = threading.RLock()
         # Work waiting for resources, one FIFO per demand shape: when the head of a
@@ -55,7 +55,7 @@ class LocalScheduler(Scheduler):
         self._queues: dict[tuple, collections.deque[Callable]] = {}
         self._tasks: dict[bytes, _Task] = {}            # by return object id, until done
         self._children: dict[bytes, list[_Task]] = {}
-        self._actors: dict[bytes, LocalActor] = {}
+        self._actors: dict[bytes, ActorHost] = {}
         self._threads = DaemonThreadPool("anyray-task")
         self._warned: set[bytes] = set()
         self._feasible: set[tuple] = set()  # demand shapes known to fit this node
@@ -72,6 +72,12 @@ class LocalScheduler(Scheduler):
 
     def fail(self, refs, error: BaseException) -> None:
         self.store_results(refs, [serialize_failure(RemoteFailure(error))] * len(refs))
+
+    def call_done(self, spec, outputs) -> None:
+        self.store_results(spec.returns, outputs)
+
+    def call_failed(self, spec, error: BaseException) -> None:
+        self.fail(spec.returns, error)
 
     def _check_feasible(self, key: bytes, name: str, demand: dict, shape: tuple | None = None) -> None:
         missing = self._resources.infeasible(demand)
@@ -208,7 +214,7 @@ class LocalScheduler(Scheduler):
         ctx = TaskContext(task_id=spec.task_id, name=spec.name, resources=dict(spec.resources),
                           gpu_ids=task.lease.gpu_ids, lease=task.lease, inline=inline)
         interrupted = None
-        call = Call(spec.function.target, spec.name, "task", ctx, len(spec.returns), self._events,
+        call = Call(spec.function.target, spec.name, "task", ctx, len(spec.returns), self.events,
                     spec.options["retry_exceptions"], spec.options["max_retries"])
         try:
             outputs = call.run(spec.args, spec.deps, self.fetch)
@@ -298,12 +304,12 @@ class LocalScheduler(Scheduler):
         if spec.resources:
             self._check_feasible(spec.actor_id, spec.cls.name, spec.resources)
         _own_arguments(spec)
-        actor = LocalActor(spec, self)
+        actor = ActorHost(spec, self)
         with self._lock:
             self._actors[spec.actor_id] = actor
         actor.start()
 
-    def actor_died(self, actor: LocalActor) -> None:
+    def actor_died(self, actor: ActorHost) -> None:
         name = actor.spec.options["name"]
         if name is not None:
             self._metadata.compare_and_set(f"actor/{actor.spec.namespace}/{name}", actor.spec.actor_id, None)

@@ -46,7 +46,8 @@ from anyray.exceptions import AnyrayError, WorkerCrashedError
 
 # driver <-> worker
 HELLO = 1  # worker -> driver, first message: pickle((worker_id, pid))
-CALL = 2  # driver -> worker: request id (u64 LE) + cloudpickle((fn, args, kwargs))
+CALL = 2  # driver -> worker: request id (u64 LE) + cloudpickle((fn, args, kwargs)); fn may receive the
+#          WorkerLoop through ``current_loop()`` and register more handlers (see adapters/node/protocol.py)
 REPLY = 3  # worker -> driver: request id (u64 LE) + status (0 value, 1 error) + pickled value or (exc, traceback)
 EXIT = 4  # driver -> worker: leave the main loop and exit 0
 # driver <-> fork server; payloads are pickled tuples
@@ -97,25 +98,37 @@ class WorkerLoop:
         self.conn = conn
         self.worker_id = worker_id
         self.handlers: dict[int, Callable[[memoryview], None]] = {CALL: self._call}
+        # Set by a handler that wants the main thread: serving moves to a thread of its own and the
+        # main thread runs ``takeover()``, which must return once ``on_close`` has been called.
+        self.takeover: Callable[[], None] | None = None
+        self.on_close: Callable[[], None] | None = None
 
     def send(self, tag: int, payload=b"") -> None:
         self.conn.send_bytes(frame(tag, payload))
 
     def serve(self) -> None:
+        """Serve until the driver goes or says EXIT, or a handler sets ``takeover`` (then return at once)."""
         recv, handlers = self.conn.recv_bytes, self.handlers
-        while True:
-            try:
-                msg = recv()
-            except (EOFError, OSError):
-                return  # the driver is gone
-            tag = msg[0]
-            if tag == EXIT:
-                return
-            handler = handlers.get(tag)
-            if handler is None:
-                print(f"anyray worker {self.worker_id}: no handler for message tag {tag}", file=sys.stderr)
-                continue
-            handler(memoryview(msg)[1:])
+        try:
+            while True:
+                try:
+                    msg = recv()
+                except (EOFError, OSError):
+                    break  # the driver is gone
+                tag = msg[0]
+                if tag == EXIT:
+                    break
+                handler = handlers.get(tag)
+                if handler is None:
+                    print(f"anyray worker {self.worker_id}: no handler for message tag {tag}", file=sys.stderr)
+                    continue
+                handler(memoryview(msg)[1:])
+                if self.takeover is not None:
+                    return
+        except BaseException:
+            traceback.print_exc()
+        if self.on_close is not None:
+            self.on_close()
 
     def _call(self, payload: memoryview) -> None:
         """The minimal protocol: run a pickled callable, reply with its pickled value or error."""
@@ -138,12 +151,27 @@ def _dump_error(exc: BaseException) -> bytes:
         return cloudpickle.dumps((RuntimeError(f"{type(exc).__name__}: {exc}"), text), 5)
 
 
+_loop: WorkerLoop | None = None
+
+
+def current_loop() -> WorkerLoop | None:
+    """This worker process's loop (None outside a worker): what a CALLed setup function extends."""
+    return _loop
+
+
 def worker_main(address: str, secret: bytes, worker_id: int) -> int:
     """Connect to the driver (authenticated), introduce this worker, serve until told to exit or the driver goes."""
     conn = Client(address, family="AF_UNIX", authkey=secret)
     conn.send_bytes(frame(HELLO, pickle.dumps((worker_id, os.getpid()))))
+    global _loop
+    loop = _loop = WorkerLoop(conn, worker_id)
     try:
-        WorkerLoop(conn, worker_id).serve()
+        loop.serve()
+        main = loop.takeover
+        if main is not None:
+            loop.takeover = None
+            threading.Thread(target=loop.serve, name="anyray-worker-reader", daemon=True).start()
+            main()
     finally:
         conn.close()
     return 0

@@ -1,4 +1,11 @@
-"""One actor of the local backend: its instance, its call queue and its threads.
+"""One actor instance hosted on threads of the current process: its call queue and its threads.
+
+The local backend hosts every actor this way in the driver; the multiprocess
+backend hosts each actor this way inside its own worker process. The host
+object it is given (``host``) provides: ``enqueue(demand, start)`` and
+``release(lease)`` for its resources, ``fetch(refs)`` for argument values,
+``call_done(spec, outputs)`` and ``call_failed(spec, error)`` for a call's results,
+``events`` for the timeline, and ``actor_died(actor)`` once it is dead.
 
 A sync actor with ``max_concurrency`` 1 runs calls one by one on its own
 thread; a threaded actor hands them, in order, to a pool of that size; an
@@ -22,7 +29,7 @@ from .threads import DaemonThreadPool
 _TERMINATE = object()  # queue marker: end the actor once the calls queued before it have started
 
 
-class LocalActor:
+class ActorHost:
     def __init__(self, spec, scheduler):
         self.spec = spec
         self._sched = scheduler
@@ -64,7 +71,7 @@ class LocalActor:
     def _construct(self) -> bool:
         spec = self.spec
         call = Call(spec.cls.target, spec.cls.name, "actor_creation", self._context(spec.actor_id, spec.cls.name),
-                    1, self._sched._events)
+                    1, self._sched.events)
         result = call.invoke(spec.args, spec.deps, self._sched.fetch)
         if type(result) is RemoteFailure:
             self._die(f"The actor {spec.cls.name} died because its constructor raised:\n{result.error}")
@@ -126,22 +133,22 @@ class LocalActor:
                 self._queue.append(spec)
                 self._cond.notify_all()
         if dead:
-            self._sched.fail(spec.returns, ActorDiedError(self.cause))
+            self._sched.call_failed(spec, ActorDiedError(self.cause))
         elif self._loop is not None and self.state == "alive":
             self._loop.call_soon_threadsafe(self._pump_async)
 
     def _call_of(self, spec) -> Call:
         method = getattr(self.instance, spec.method_name)
         return Call(method, spec.name, "actor_task", self._context(spec.task_id, spec.name),
-                    len(spec.returns), self._sched._events, spec.options.get("retry_exceptions", False),
+                    len(spec.returns), self._sched.events, spec.options.get("retry_exceptions", False),
                     spec.options.get("max_task_retries", 0))
 
     def _run_call(self, spec) -> None:
         if self.state == "dead":
-            self._sched.fail(spec.returns, ActorDiedError(self.cause))
+            self._sched.call_failed(spec, ActorDiedError(self.cause))
             return
         outputs = self._call_of(spec).run(spec.args, spec.deps, self._sched.fetch)
-        self._sched.store_results(spec.returns, outputs)
+        self._sched.call_done(spec, outputs)
 
     def _pump_async(self) -> None:
         while True:
@@ -160,12 +167,12 @@ class LocalActor:
         try:
             async with self._semaphore:
                 if self.state == "dead":
-                    self._sched.fail(spec.returns, ActorDiedError(self.cause))
+                    self._sched.call_failed(spec, ActorDiedError(self.cause))
                     return
                 outputs = await self._call_of(spec).run_async(spec.args, spec.deps, self._sched.fetch)
-            self._sched.store_results(spec.returns, outputs)
+            self._sched.call_done(spec, outputs)
         except asyncio.CancelledError:
-            self._sched.fail(spec.returns, TaskCancelledError(f"{spec.name} was cancelled."))
+            self._sched.call_failed(spec, TaskCancelledError(f"{spec.name} was cancelled."))
         finally:
             self._running_async.pop(spec.task_id, None)
 
@@ -200,7 +207,7 @@ class LocalActor:
             else:
                 spec = None
         if spec is not None:
-            self._sched.fail(spec.returns, TaskCancelledError(f"{spec.name} was cancelled."))
+            self._sched.call_failed(spec, TaskCancelledError(f"{spec.name} was cancelled."))
             return True
         if self._loop is not None:
             for running, task in list(self._running_async.values()):
@@ -240,7 +247,7 @@ class LocalActor:
             self._cond.notify_all()
         for spec in pending:
             if spec is not _TERMINATE:
-                self._sched.fail(spec.returns, ActorDiedError(cause))
+                self._sched.call_failed(spec, ActorDiedError(cause))
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._pool is not None:

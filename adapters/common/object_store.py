@@ -1,4 +1,9 @@
-"""An in-process ObjectStore: a dict of sealed objects and per-object countdown waiters."""
+"""An in-memory table of sealed objects with per-object countdown waiters.
+
+The local backend's whole store; the shared-memory store of the node
+backends extends it (large objects then live in the arena, and the table
+holds where).
+"""
 
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ class _Waiter:
         return self._lock.acquire(timeout=-1 if timeout is None else timeout)
 
 
-class LocalObjectStore(ObjectStore):
+class MemoryObjectStore(ObjectStore):
     """Objects are copies (``copy_buffers``) so a value stored cannot change.
 
     A reader that misses objects registers one countdown waiter on the ids
@@ -61,15 +66,21 @@ class LocalObjectStore(ObjectStore):
         self._used = 0
 
     def put(self, ref: ObjectRef, obj: SerializedObject) -> None:
-        oid = ref._id
-        obj = obj.copy_buffers() if obj.buffers else obj
+        self.seal(ref._id, obj.copy_buffers() if obj.buffers else obj)
+
+    def seal(self, oid: bytes, obj) -> bool:
+        """Store ``obj`` (which the store owns from now on) under ``oid`` and wake its readers.
+
+        Returns False, storing nothing, when ``oid`` is sealed already or was freed before it
+        arrived; a subclass that stores other forms than ``SerializedObject`` (anything with
+        ``nbytes``) releases what ``obj`` holds then."""
         size = obj.nbytes
         with self._lock:
             if oid in self._objects:
-                return
+                return False
             if oid in self._freed_early:
                 self._freed_early.discard(oid)
-                return
+                return False
             if self._capacity is not None and self._used + size > self._capacity:
                 raise ObjectStoreFullError(
                     f"Cannot store an object of {size:,} bytes: the object store holds {len(self._objects):,} "
@@ -81,6 +92,7 @@ class LocalObjectStore(ObjectStore):
             done = [w for w in waiters if w.sealed()] if waiters else ()
         for waiter in done:
             waiter.fire()
+        return True
 
     def _register(self, ids: set[bytes], needed: int, callback=None) -> _Waiter:
         """Under the lock: a waiter on the missing ``ids`` that fires after ``needed`` of them are sealed."""
@@ -105,12 +117,23 @@ class LocalObjectStore(ObjectStore):
 
     def on_sealed(self, refs: Sequence[ObjectRef], callback: Callable[[], None]) -> None:
         """Call ``callback`` once (on the sealing thread, or now) when every ref is sealed."""
+        self.when_sealed({r._id for r in refs}, None, callback)
+
+    def when_sealed(self, ids: set[bytes], needed: int | None, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once (on the sealing thread, or now) when ``needed`` of ``ids`` (all if None)
+        are sealed. It never fires for ids that are never sealed."""
         with self._lock:
-            missing = {r._id for r in refs} - self._objects.keys()
-            if missing:
-                self._register(missing, len(missing), callback)
+            missing = ids - self._objects.keys()
+            needed = len(missing) if needed is None else needed - (len(ids) - len(missing))
+            if needed > 0:
+                self._register(missing, needed, callback)
                 return
         callback()
+
+    def ready(self, ids) -> list[bytes]:
+        """Which of ``ids`` are sealed now."""
+        objects = self._objects
+        return [oid for oid in ids if oid in objects]
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[SerializedObject]:
         objects = self._objects
@@ -148,14 +171,21 @@ class LocalObjectStore(ObjectStore):
         return ref._id in self._objects
 
     def free(self, refs: Iterable[ObjectRef | bytes]) -> None:
+        dropped = []
         with self._lock:
             for r in refs:
                 oid = r if isinstance(r, bytes) else r._id
                 obj = self._objects.pop(oid, None)
                 if obj is not None:
                     self._used -= obj.nbytes
+                    dropped.append(obj)
                 elif oid in self._waiters:
                     self._freed_early.add(oid)
+        if dropped:
+            self._dropped(dropped)
+
+    def _dropped(self, objs: list) -> None:
+        """Objects just freed (outside the lock): a subclass releases what they hold."""
 
     def usage(self) -> dict:
         with self._lock:

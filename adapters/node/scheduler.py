@@ -1,0 +1,922 @@
+"""The scheduler of one node: resource accounting in the driver, tasks and actors in worker processes.
+
+A task whose dependencies are sealed waits in the FIFO of its demand shape
+until its resources are free, then goes to an idle worker (or a new one,
+forked in a few milliseconds). A worker runs one task at a time; when it
+finishes, the next task of the same shape goes to the same worker on the
+same lease. Each actor gets a process of its own, started once the actor's
+resources are free; its calls are sent as they are submitted, and the actor
+process starts them in order (``ActorHost``).
+
+Workers call back into this scheduler (``REQUEST``) for nested tasks,
+actors and ``get``/``put``/``wait``; a worker blocked in ``get`` or ``wait``
+lends its CPUs until the answer goes out. The references a worker holds are
+held here on its behalf (``_Worker.borrowed``), and so are the shared-memory
+ranges it reads (``_Worker.pins``); both go when the worker does.
+
+A worker that dies mid-task has its task retried up to ``max_retries``
+times; an actor whose process dies restarts while ``max_restarts`` allows.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import sys
+import threading
+import warnings
+
+import cloudpickle
+
+from anyray.actor import ActorHandle
+from anyray.exceptions import (
+    ActorDiedError,
+    InfeasibleTaskWarning,
+    ObjectLostError,
+    TaskCancelledError,
+    WorkerCrashedError,
+)
+from anyray.executor import serialize_failure
+from anyray.object_ref import ObjectRef
+from anyray.ports.scheduler import Scheduler
+from anyray.runtime import current_counter
+from anyray.serialization import SerializedObject
+from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
+
+from ..common.resources import ResourcePool
+from . import protocol as p
+from .arena import Location
+from .store import ArenaObject, SharedObjectStore, to_wire
+from .worker import install
+from .workers import EXIT, WorkerPool, describe
+
+_LATER = object()  # a request handler that answers by itself, later
+
+
+class _Task:
+    __slots__ = ("spec", "shape", "state", "lease", "worker", "attempts", "held", "cancelled")
+
+    def __init__(self, spec: TaskSpec, held: ArenaObject | None):
+        self.spec = spec
+        self.shape = tuple(sorted(spec.resources.items()))
+        self.state = "waiting"  # waiting -> queued -> running -> done
+        self.lease = None
+        self.worker: _Worker | None = None
+        self.attempts = 0
+        self.held = held  # the arguments, when large enough for shared memory
+        self.cancelled = False
+
+
+class _Worker:
+    """The scheduler's view of one worker process."""
+
+    __slots__ = ("handle", "functions", "task", "actor", "borrowed", "handles", "pins", "grants", "calls",
+                 "blocked", "retiring")
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.functions: set[bytes] = set()
+        self.task: _Task | None = None
+        self.actor: _Actor | None = None
+        self.borrowed: dict[bytes, ObjectRef] = {}      # refs the worker holds, kept alive here
+        self.handles: dict[bytes, ActorHandle] = {}     # actor handles it holds
+        self.pins: dict[bytes, list] = {}               # key -> [ArenaObject, count] it may read
+        self.grants: set[int] = set()                   # arena ranges granted, not yet sealed
+        self.calls: dict[bytes, int] = {}               # tasks run per function (max_calls)
+        self.blocked: set[int] = set()                  # its requests waiting with CPUs lent
+        self.retiring = False
+
+
+class _Actor:
+    __slots__ = ("spec", "state", "worker", "lease", "restarts", "cause", "inflight", "buffered", "held",
+                 "attempts", "terminate", "send_lock", "args_held")
+
+    def __init__(self, spec: ActorSpec, args_held: ArenaObject | None):
+        self.spec = spec
+        self.state = "pending"  # pending -> alive -> (restarting -> alive)* -> dead
+        self.worker: _Worker | None = None
+        self.lease = None
+        self.restarts = 0
+        self.cause = ""
+        self.inflight: dict[bytes, ActorTaskSpec] = {}  # submitted calls without a result, by task id
+        self.buffered: list[ActorTaskSpec] = []          # calls waiting for a process
+        self.held: dict[bytes, ArenaObject] = {}         # large call arguments, by task id
+        self.attempts: dict[bytes, int] = {}             # retries used per call (max_task_retries)
+        self.terminate = False
+        self.send_lock = threading.Lock()  # calls reach the process in submission order
+        self.args_held = args_held
+
+
+class NodeScheduler(Scheduler):
+    def __init__(self, session, store: SharedObjectStore, metadata, events, pool: ResourcePool, setup: dict):
+        self._store = store
+        self._metadata = metadata
+        self.events = events
+        self._resources = pool
+        self._setup = setup
+        self._lock = threading.RLock()
+        self._queues: dict[tuple, collections.deque] = {}
+        self._tasks: dict[bytes, _Task] = {}          # by return object id, until done
+        self._children: dict[bytes, list[_Task]] = {}
+        self._actors: dict[bytes, _Actor] = {}
+        self._workers: dict[int, _Worker] = {}
+        self._idle: list[_Worker] = []
+        self._functions: dict[bytes, bytes] = {}      # function id -> pickled code, exported once
+        self._warned: set[bytes] = set()
+        self._feasible: set[tuple] = set()
+        self._records: collections.deque = collections.deque()
+        self._closed = False
+        events.add_source(self._pull_records)
+        self.workers = WorkerPool(session, on_message=self._on_message, on_exit=self._on_exit)
+
+    # -- helpers ----------------------------------------------------------------
+    def _pull_records(self):
+        out = []
+        while self._records:
+            out.append(self._records.popleft())
+        return out
+
+    def fail(self, refs, error: BaseException) -> None:
+        failure = serialize_failure(RemoteFailure(error))
+        for ref in refs:
+            self._store.seal(ref._id, failure)
+
+    def _blob(self, descriptor: FunctionDescriptor) -> bytes:
+        blob = self._functions.get(descriptor.function_id)
+        if blob is None:
+            blob = self._functions[descriptor.function_id] = cloudpickle.dumps(descriptor.target, 5)
+        return blob
+
+    def _own(self, args: SerializedObject | None):
+        """Take a call's arguments: large ones into shared memory, small buffers copied (the caller may
+        change its arrays once ``.remote()`` returns)."""
+        if args.nbytes >= self._store.inline_max:
+            return None, self._store.hold(args)
+        return (args.copy_buffers() if args.buffers else args), None
+
+    def _check_feasible(self, key: bytes, name: str, demand: dict, shape: tuple | None = None) -> None:
+        missing = self._resources.infeasible(demand)
+        if not missing and shape is not None:
+            self._feasible.add(shape)
+        if missing and key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(
+                f"{name} needs {missing} but this machine has {self._resources.describe_total(missing)}; "
+                f"it will wait until those resources exist (pass them to init(num_gpus=..., resources=...)).",
+                InfeasibleTaskWarning, stacklevel=5)
+
+    # -- workers ------------------------------------------------------------------
+    def _spawn(self, env: dict | None = None) -> _Worker:
+        handle = self.workers.start_worker(env)
+        worker = _Worker(handle)
+        self._workers[handle.worker_id] = worker
+        handle.call_async(install, self._setup).add_done_callback(self._installed)
+        return worker
+
+    @staticmethod
+    def _installed(future) -> None:
+        exc = future.exception()
+        if exc is not None and not isinstance(exc, WorkerCrashedError):
+            print(f"(anyray) a worker failed to start: {exc!r}", file=sys.stderr)
+
+    def _send(self, worker: _Worker, tag: int, body) -> bool:
+        try:
+            worker.handle.send(tag, p.dumps(body))
+            return True
+        except WorkerCrashedError:
+            return False  # its exit is handled by _on_exit
+
+    @staticmethod
+    def _exit(worker: _Worker) -> None:
+        try:
+            worker.handle.send(EXIT)
+        except WorkerCrashedError:
+            pass
+
+    def _wire(self, worker: _Worker, key: bytes, entry):
+        """How ``entry`` travels to ``worker``: inline bytes, or its location, pinned for the worker under ``key``."""
+        if type(entry) is ArenaObject:
+            self._store.pin(entry)
+            with self._lock:
+                pin = worker.pins.get(key)
+                if pin is None:
+                    worker.pins[key] = [entry, 1]
+                else:
+                    pin[1] += 1
+            return entry.loc
+        if entry is None:
+            entry = serialize_failure(RemoteFailure(ObjectLostError(
+                f"Object {key.hex()} is no longer in the store: every reference to it was dropped.")))
+        return to_wire(entry)
+
+    def _unpin(self, worker: _Worker, key: bytes) -> None:
+        with self._lock:
+            pin = worker.pins.get(key)
+            if pin is None:
+                return
+            pin[1] -= 1
+            if not pin[1]:
+                del worker.pins[key]
+        self._store.unpin(pin[0])
+
+    def _apply_refs(self, worker: _Worker, changes) -> None:
+        objects, handles, unpins = changes
+        counter = current_counter()
+        borrowed = worker.borrowed
+        for oid, sign in objects:
+            if sign > 0:
+                if oid not in borrowed:
+                    borrowed[oid] = ObjectRef(oid, None, counter)
+            else:
+                borrowed.pop(oid, None)
+        for actor_id, sign in handles:
+            if sign > 0:
+                if actor_id not in worker.handles:
+                    handle = self._handle_of(actor_id)
+                    if handle is not None:
+                        worker.handles[actor_id] = handle
+            else:
+                worker.handles.pop(actor_id, None)
+        for key in unpins:
+            self._unpin(worker, key)
+
+    def _contained(self, worker: _Worker, contained) -> list:
+        """Driver-side references for the ids a value holds, so the stored value keeps them alive."""
+        if not contained:
+            return []
+        counter = current_counter()
+        out = []
+        for kind, ident in contained:
+            if kind == p.OBJECT:
+                out.append(ObjectRef(ident, None, counter))
+            else:
+                handle = self._handle_of(ident)
+                if handle is not None:
+                    out.append(handle)
+        return out
+
+    def _seal_wires(self, worker: _Worker, ids, wires, contained) -> None:
+        for oid, wire, inner in zip(ids, wires, contained):
+            if type(wire) is Location:
+                worker.grants.discard(wire.offset)
+            self._store.seal_wire(oid, wire, self._contained(worker, inner))
+
+    def _on_message(self, handle, tag: int, payload) -> None:
+        worker = self._workers.get(handle.worker_id)
+        if worker is None or self._closed:
+            return
+        changes, body = pickle.loads(payload)
+        if changes is not None:
+            self._apply_refs(worker, changes)
+        if tag == p.RESULT:
+            task_id, wires, contained, records = body
+            if records:
+                self._records.extend(records)
+            if worker.actor is not None:
+                self._call_result(worker.actor, worker, task_id, wires, contained)
+            else:
+                self._task_result(worker, task_id, wires, contained)
+        elif tag == p.REQUEST:
+            self._on_request(worker, body)
+        elif tag == p.ACTOR_DIED:
+            actor = worker.actor
+            if actor is not None and actor.worker is worker:
+                self._actor_dead(actor, body[1])
+                self._exit(worker)
+
+    def _on_exit(self, handle) -> None:
+        worker = self._workers.pop(handle.worker_id, None)
+        if worker is None or self._closed:
+            return
+        with self._lock:
+            if worker in self._idle:
+                self._idle.remove(worker)
+            task, worker.task = worker.task, None
+            pins, worker.pins = worker.pins, {}
+            grants, worker.grants = worker.grants, set()
+        worker.borrowed.clear()
+        worker.handles.clear()
+        for entry, count in pins.values():
+            for _ in range(count):
+                self._store.unpin(entry)
+        for offset in grants:
+            self._store.arena.free(offset)
+        if worker.actor is not None:
+            self._actor_exited(worker.actor, worker)
+            return
+        if task is None:
+            return
+        self._resources.release(task.lease)
+        spec = task.spec
+        retry = False
+        with self._lock:
+            if task.state == "running" and not task.cancelled:
+                retries = spec.options["max_retries"]
+                if retries == -1 or task.attempts < retries:
+                    task.attempts += 1
+                    task.state = "queued"
+                    task.lease = task.worker = None
+                    self._queues.setdefault(task.shape, collections.deque()).appendleft(task)
+                    retry = True
+        if not retry and task.state == "running" and not task.cancelled:
+            self._finish(task)
+            self.fail(spec.returns, WorkerCrashedError(
+                f"The worker running {spec.name} (pid {handle.pid}) died: {describe(handle.exit.returncode)}"
+                f"{'' if not task.attempts else f', on each of {task.attempts + 1} attempts'}. "
+                f"Raise max_retries to retry it more often."))
+        self._dispatch()
+
+    # -- queues ---------------------------------------------------------------------
+    def _enqueue(self, demand: dict, start) -> None:
+        with self._lock:
+            self._queues.setdefault(tuple(sorted(demand.items())), collections.deque()).append(start)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        to_start = []
+        with self._lock:
+            for shape, queue in self._queues.items():
+                demand = None
+                while queue:
+                    demand = demand if demand is not None else dict(shape)
+                    lease = self._resources.acquire(demand)
+                    if lease is None:
+                        break
+                    to_start.append((queue.popleft(), lease))
+        for start, lease in to_start:
+            if type(start) is _Task:
+                self._start(start, lease)
+            else:
+                start(lease)
+
+    def _release(self, lease) -> None:
+        self._resources.release(lease)
+        self._dispatch()
+
+    # -- tasks ------------------------------------------------------------------------
+    def submit_task(self, spec: TaskSpec, held: ArenaObject | None = None) -> None:
+        if held is None:
+            spec.args, held = self._own(spec.args)
+        task = _Task(spec, held)
+        if task.shape not in self._feasible:
+            self._check_feasible(spec.function.function_id, spec.name, spec.resources, task.shape)
+        with self._lock:
+            for ref in spec.returns:
+                self._tasks[ref._id] = task
+            if spec.parent_task_id is not None:
+                self._children.setdefault(spec.parent_task_id, []).append(task)
+        if spec.deps:
+            self._store.on_sealed(spec.deps, lambda: self._ready(task))
+        else:
+            self._ready(task)
+
+    def _ready(self, task: _Task) -> None:
+        with self._lock:
+            if task.state != "waiting":
+                return  # cancelled while it waited for its dependencies
+            task.state = "queued"
+            self._queues.setdefault(task.shape, collections.deque()).append(task)
+        self._dispatch()
+
+    def _start(self, task: _Task, lease) -> None:
+        with self._lock:
+            if task.state != "queued":
+                worker = None
+            else:
+                task.state = "running"
+                task.lease = lease
+                worker = self._idle.pop() if self._idle else None
+                if worker is None:
+                    worker = self._spawn()
+                worker.task = task
+                task.worker = worker
+        if worker is None:
+            self._release(lease)
+            return
+        self._send_task(worker, task)
+
+    def _send_task(self, worker: _Worker, task: _Task) -> None:
+        spec = task.spec
+        fn = spec.function
+        fn_id = fn.function_id
+        blob = None
+        if fn_id not in worker.functions:
+            blob = self._blob(fn)
+            worker.functions.add(fn_id)
+        store = self._store
+        deps = {ref._id: self._wire(worker, ref._id, store.entry(ref._id)) for ref in spec.deps}
+        args = self._wire(worker, spec.task_id, task.held) if task.held is not None else to_wire(spec.args)
+        options = spec.options
+        self._send(worker, p.TASK, (
+            spec.task_id, fn_id, blob, args, [r._id for r in spec.deps], deps, [r._id for r in spec.returns],
+            spec.name, spec.resources, task.lease.gpu_ids, options["retry_exceptions"], options["max_retries"]))
+
+    def _task_result(self, worker: _Worker, task_id: bytes, wires, contained) -> None:
+        task = worker.task
+        if task is None or task.spec.task_id != task_id:
+            return
+        spec = task.spec
+        self._seal_wires(worker, [r._id for r in spec.returns], wires, contained)
+        lease = task.lease
+        max_calls = spec.options.get("max_calls") or 0
+        nxt = None
+        with self._lock:
+            worker.task = None
+            self._finish(task)
+            if max_calls:
+                fn_id = spec.function.function_id
+                worker.calls[fn_id] = count = worker.calls.get(fn_id, 0) + 1
+                if count >= max_calls:
+                    worker.retiring = True
+            if not worker.retiring:
+                nxt = self._take_next(task.shape, lease)
+                if nxt is not None:
+                    nxt.state, nxt.lease, nxt.worker = "running", lease, worker
+                    worker.task = nxt
+                else:
+                    self._idle.append(worker)
+        if nxt is not None:
+            self._send_task(worker, nxt)
+            return
+        if worker.retiring:
+            self._exit(worker)
+        self._release(lease)
+
+    def _take_next(self, shape: tuple, lease):
+        """Under the lock: the next queued task of the same demand, to run on the lease just freed, when
+        no work of another demand waits (fairness) and the lease's CPUs are not lent out."""
+        queue = self._queues.get(shape)
+        while queue and type(queue[0]) is _Task and not lease.cpus_lent and \
+                (len(self._queues) == 1 or all(not q for s, q in self._queues.items() if s != shape)):
+            task = queue.popleft()
+            if task.state == "queued":
+                return task
+        return None
+
+    def _finish(self, task: _Task) -> None:
+        """Under the lock (re-entrant): the task is settled; forget it and drop its held arguments."""
+        spec = task.spec
+        task.state = "done"
+        for ref in spec.returns:
+            self._tasks.pop(ref._id, None)
+        siblings = self._children.get(spec.parent_task_id) if spec.parent_task_id else None
+        if siblings is not None:
+            if task in siblings:
+                siblings.remove(task)
+            if not siblings:
+                del self._children[spec.parent_task_id]
+        self._children.pop(spec.task_id, None)
+        if task.held is not None:
+            held, task.held = task.held, None
+            self._store.drop(held)
+
+    def cancel(self, ref, force: bool, recursive: bool) -> None:
+        with self._lock:
+            task = self._tasks.get(ref._id)
+        if task is not None:
+            self._cancel_task(task, force, recursive)
+            return
+        for actor in list(self._actors.values()):
+            if self._cancel_call(actor, ref):
+                return
+
+    def _cancel_task(self, task: _Task, force: bool, recursive: bool) -> None:
+        error = TaskCancelledError(f"Task {task.spec.name} was cancelled.")
+        with self._lock:
+            state, worker = task.state, task.worker
+            if state in ("waiting", "queued"):
+                self._finish(task)
+            elif state == "running" and force:
+                task.cancelled = True
+                worker.retiring = True
+            children = list(self._children.get(task.spec.task_id, ())) if recursive else []
+        if state in ("waiting", "queued"):
+            self.fail(task.spec.returns, error)
+        elif state == "running":
+            if force:
+                self.fail(task.spec.returns, error)
+                worker.handle.kill()
+            else:
+                self._send(worker, p.CANCEL, task.spec.task_id)
+        for child in children:
+            self._cancel_task(child, force, recursive)
+
+    # -- requests from workers ------------------------------------------------------------
+    def _on_request(self, worker: _Worker, body) -> None:
+        rid, op, args = body
+        try:
+            value = getattr(self, "_op_" + op)(worker, rid, args)
+        except Exception as exc:  # noqa: BLE001 - the error goes back to the worker's call site
+            if rid:
+                self._respond(worker, rid, False, exc)
+            return
+        if rid and value is not _LATER:
+            self._respond(worker, rid, True, value)
+
+    def _respond(self, worker: _Worker, rid: int, ok: bool, value) -> None:
+        try:
+            body = p.dumps((rid, ok, value))
+        except Exception as exc:  # noqa: BLE001 - an answer that cannot travel becomes an error
+            body = p.dumps((rid, False, RuntimeError(f"The answer could not be pickled: {exc!r}")))
+        try:
+            worker.handle.send(p.RESPONSE, body)
+        except WorkerCrashedError:
+            pass
+
+    def _lend(self, worker: _Worker, rid: int) -> None:
+        """The worker's request ``rid`` waits: lend the CPUs of what it runs until ``_reclaim(rid)``."""
+        lease = worker.task.lease if worker.task is not None else worker.actor.lease if worker.actor else None
+        with self._lock:
+            worker.blocked.add(rid)
+            if len(worker.blocked) > 1 or lease is None:
+                return
+        self._resources.lend_cpus(lease)
+        self._dispatch()
+
+    def _reclaim(self, worker: _Worker, rid: int) -> None:
+        lease = worker.task.lease if worker.task is not None else worker.actor.lease if worker.actor else None
+        with self._lock:
+            if rid not in worker.blocked:
+                return
+            worker.blocked.discard(rid)
+            if worker.blocked or lease is None:
+                return
+        self._resources.reclaim_cpus(lease)
+
+    def _op_abandon(self, worker: _Worker, rid: int, abandoned: int):
+        self._reclaim(worker, abandoned)  # its answer still goes out when ready; the worker drops it
+
+    def _op_get(self, worker: _Worker, rid: int, args):
+        ids, blocking = args
+        store = self._store
+
+        def answer():
+            out = []
+            for oid in ids:
+                entry = store.entry(oid)
+                out.append((oid, self._wire(worker, oid, entry)))
+                inner = getattr(entry, "contained_refs", None)
+                if inner:  # the worker will hold these once it unpickles the value
+                    for ref in inner:
+                        if type(ref) is ObjectRef and ref._id not in worker.borrowed:
+                            worker.borrowed[ref._id] = ref
+            return out
+
+        missing = set(ids).difference(store.ready(ids))
+        if not missing:
+            return answer()
+        if blocking:
+            self._lend(worker, rid)
+
+        def later():
+            self._reclaim(worker, rid)
+            self._respond(worker, rid, True, answer())
+        store.when_sealed(missing, None, later)
+        return _LATER
+
+    def _op_wait(self, worker: _Worker, rid: int, args):
+        ids, num_returns, may_wait, blocking = args
+        store = self._store
+        ready = store.ready(ids)
+        if len(ready) >= num_returns or not may_wait:
+            return ready
+        if blocking:
+            self._lend(worker, rid)
+
+        def later():
+            self._reclaim(worker, rid)
+            self._respond(worker, rid, True, store.ready(ids))
+        store.when_sealed(set(ids), num_returns, later)
+        return _LATER
+
+    def _op_put(self, worker: _Worker, rid: int, args):
+        oid, wire, contained = args
+        self._seal_wires(worker, [oid], [wire], [contained])
+
+    def _op_alloc(self, worker: _Worker, rid: int, nbytes: int):
+        grant = self._store.reserve(nbytes)
+        worker.grants.add(grant.offset)
+        return grant
+
+    def _args_from(self, worker: _Worker, wire, contained):
+        """A call's arguments sent by a worker: ``(SerializedObject, None)`` or ``(None, held ArenaObject)``."""
+        refs = self._contained(worker, contained)
+        if type(wire) is Location:
+            worker.grants.discard(wire.offset)
+            held = ArenaObject(wire, refs)
+            held.pins = 1
+            return None, held
+        data, buffers = wire
+        return SerializedObject(data, buffers, refs), None
+
+    def _descriptor(self, worker: _Worker, fn_id: bytes, name: str, blob: bytes | None) -> FunctionDescriptor:
+        if blob is not None:
+            self._functions.setdefault(fn_id, blob)
+        worker.functions.add(fn_id)
+        return FunctionDescriptor(fn_id, name, None)
+
+    def _op_submit(self, worker: _Worker, rid: int, args):
+        (task_id, fn_id, fn_name, blob, args_wire, dep_ids, return_ids, resources, options, parent, name,
+         contained) = args
+        counter = current_counter()
+        call_args, held = self._args_from(worker, args_wire, contained)
+        spec = TaskSpec(task_id=task_id, function=self._descriptor(worker, fn_id, fn_name, blob), args=call_args,
+                        deps=[ObjectRef(i, None, counter) for i in dep_ids],
+                        returns=[ObjectRef(i, None, counter) for i in return_ids], resources=resources,
+                        options=options, parent_task_id=parent, name=name)
+        self.submit_task(spec, held)
+
+    def _op_create_actor(self, worker: _Worker, rid: int, args):
+        (actor_id, cls_id, cls_name, blob, args_wire, dep_ids, resources, options, namespace, is_async,
+         method_options, contained) = args
+        call_args, held = self._args_from(worker, args_wire, contained)
+        counter = current_counter()
+        spec = ActorSpec(actor_id=actor_id, cls=self._descriptor(worker, cls_id, cls_name, blob), args=call_args,
+                         deps=[ObjectRef(i, None, counter) for i in dep_ids], resources=resources, options=options,
+                         namespace=namespace, is_async=is_async, method_options=method_options)
+        self.create_actor(spec, held)
+
+    def _op_actor_call(self, worker: _Worker, rid: int, args):
+        (task_id, actor_id, method, args_wire, dep_ids, return_ids, caller_id, seq, options, name,
+         contained) = args
+        call_args, held = self._args_from(worker, args_wire, contained)
+        counter = current_counter()
+        spec = ActorTaskSpec(task_id=task_id, actor_id=actor_id, method_name=method, args=call_args,
+                             deps=[ObjectRef(i, None, counter) for i in dep_ids],
+                             returns=[ObjectRef(i, None, counter) for i in return_ids], caller_id=caller_id,
+                             seq=seq, options=options, name=name)
+        self.submit_actor_task(spec, held)
+
+    def _op_named(self, worker: _Worker, rid: int, args):
+        handle = self.get_named_actor(*args)
+        if handle is not None:
+            worker.handles.setdefault(handle._actor_id, handle)
+        return cloudpickle.dumps(handle)
+
+    def _op_list_named(self, worker: _Worker, rid: int, namespace):
+        return self.list_named_actors(namespace)
+
+    def _op_kill(self, worker: _Worker, rid: int, args):
+        self.kill_actor(*args)
+
+    def _op_cancel(self, worker: _Worker, rid: int, args):
+        oid, force, recursive = args
+        self.cancel(ObjectRef(oid), force, recursive)
+
+    def _op_resources(self, worker: _Worker, rid: int, kind: str):
+        return {"total": self.cluster_resources, "available": self.available_resources,
+                "nodes": self.nodes}[kind]()
+
+    def _op_usage(self, worker: _Worker, rid: int, args):
+        return self._store.usage()
+
+    # -- resources while blocked (driver threads are not tasks) ------------------------------
+    def task_blocked(self) -> None:
+        pass
+
+    def task_unblocked(self) -> None:
+        pass
+
+    # -- actors -------------------------------------------------------------------------
+    def _handle_of(self, actor_id: bytes):
+        actor = self._actors.get(actor_id)
+        if actor is None:
+            return None
+        return ActorHandle(actor_id, actor.spec.cls.name, actor.spec.method_options)
+
+    def create_actor(self, spec: ActorSpec, held: ArenaObject | None = None):
+        name = spec.options["name"]
+        if name is not None:
+            key = f"actor/{spec.namespace}/{name}"
+            if not self._metadata.compare_and_set(key, None, spec.actor_id):
+                raise ValueError(f"An actor named {name!r} already exists in namespace {spec.namespace!r}. "
+                                 f"Pick another name, or pass get_if_exists=True to reuse it.")
+        if spec.resources:
+            self._check_feasible(spec.actor_id, spec.cls.name, spec.resources)
+        if held is None and spec.args is not None:
+            spec.args, held = self._own(spec.args)
+        actor = _Actor(spec, held)
+        with self._lock:
+            self._actors[spec.actor_id] = actor
+        self._enqueue(spec.resources, lambda lease: self._actor_lease(actor, lease))
+        return None
+
+    def _actor_lease(self, actor: _Actor, lease) -> None:
+        with self._lock:
+            if actor.state == "dead":
+                dead = True
+            else:
+                dead = False
+                actor.lease = lease
+        if dead:
+            self._release(lease)
+            return
+        self._start_actor_process(actor)
+
+    def _start_actor_process(self, actor: _Actor) -> None:
+        spec = actor.spec
+        gpu_ids = actor.lease.gpu_ids
+        worker = self._spawn({"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpu_ids)} if gpu_ids else None)
+        worker.actor = actor
+        cls = spec.cls
+        blob = self._blob(cls)
+        worker.functions.add(cls.function_id)
+        args = self._wire(worker, spec.actor_id, actor.args_held) if actor.args_held is not None \
+            else to_wire(spec.args)
+        with actor.send_lock:
+            with self._lock:
+                if actor.state == "dead":
+                    worker.handle.kill()
+                    return
+                actor.worker = worker
+                actor.state = "alive"
+                buffered, actor.buffered = actor.buffered, []
+            self._send(worker, p.ACTOR, ("create", (
+                spec.actor_id, cls.function_id, blob, cls.name, args, [r._id for r in spec.deps], spec.resources,
+                spec.options, spec.namespace, spec.is_async, gpu_ids, actor.restarts)))
+            for call in buffered:
+                self._send_call(actor, worker, call)
+            if actor.terminate:
+                self._send(worker, p.ACTOR, ("terminate", None))
+
+    def _send_call(self, actor: _Actor, worker: _Worker, spec: ActorTaskSpec) -> None:
+        held = actor.held.get(spec.task_id)
+        args = self._wire(worker, spec.task_id, held) if held is not None else to_wire(spec.args)
+        self._send(worker, p.ACTOR, ("call", (
+            spec.task_id, spec.method_name, args, [r._id for r in spec.deps], [r._id for r in spec.returns],
+            spec.options, spec.name, spec.caller_id, spec.seq)))
+
+    def submit_actor_task(self, spec: ActorTaskSpec, held: ArenaObject | None = None) -> None:
+        actor = self._actors.get(spec.actor_id)
+        if actor is None:
+            self.fail(spec.returns, ActorDiedError(f"No actor with id {spec.actor_id.hex()} exists in this job."))
+            return
+        if held is None:
+            spec.args, held = self._own(spec.args)
+        with actor.send_lock:
+            with self._lock:
+                dead = actor.state == "dead"
+                if not dead:
+                    actor.inflight[spec.task_id] = spec
+                    if held is not None:
+                        actor.held[spec.task_id] = held
+                    worker = actor.worker if actor.state == "alive" else None
+                    if worker is None:
+                        actor.buffered.append(spec)
+            if not dead and worker is not None:
+                self._send_call(actor, worker, spec)
+        if dead:
+            if held is not None:
+                self._store.drop(held)
+            self.fail(spec.returns, ActorDiedError(actor.cause))
+
+    def _call_result(self, actor: _Actor, worker: _Worker, task_id: bytes, wires, contained) -> None:
+        with self._lock:
+            spec = actor.inflight.pop(task_id, None)
+            held = actor.held.pop(task_id, None)
+            actor.attempts.pop(task_id, None)
+        if held is not None:
+            self._store.drop(held)
+        if spec is not None:
+            self._seal_wires(worker, [r._id for r in spec.returns], wires, contained)
+
+    def _cancel_call(self, actor: _Actor, ref) -> bool:
+        with self._lock:
+            spec = next((s for s in actor.inflight.values() if ref in s.returns), None)
+            if spec is None:
+                return False
+            queued = spec in actor.buffered
+            if queued:
+                actor.buffered.remove(spec)
+                actor.inflight.pop(spec.task_id, None)
+            worker = actor.worker
+        if queued:
+            self.fail(spec.returns, TaskCancelledError(f"{spec.name} was cancelled."))
+        elif worker is not None:
+            self._send(worker, p.ACTOR, ("cancel", ref._id))
+        return True
+
+    def _actor_exited(self, actor: _Actor, worker: _Worker) -> None:
+        how = describe(worker.handle.exit.returncode) if worker.handle.exit else "exit status unknown"
+        self._restart_or_die(actor, worker, f"The actor {actor.spec.cls.name} died: its process {how}")
+
+    def _restart_or_die(self, actor: _Actor, worker: _Worker, cause: str) -> None:
+        """The actor's process is gone (or going): restart it while ``max_restarts`` allows, else it is dead."""
+        spec = actor.spec
+        max_restarts = spec.options["max_restarts"]
+        retried, failed = [], []
+        with self._lock:
+            if actor.worker is not worker or actor.state == "dead":
+                return
+            actor.worker = None
+            if not (max_restarts == -1 or actor.restarts < max_restarts):
+                restart = False
+            else:
+                restart = True
+                actor.restarts += 1
+                actor.state = "restarting"
+                for call in list(actor.inflight.values()):
+                    if call in actor.buffered:
+                        continue
+                    allowed = call.options.get("max_task_retries", 0)
+                    used = actor.attempts.get(call.task_id, 0)
+                    if allowed == -1 or used < allowed:
+                        actor.attempts[call.task_id] = used + 1
+                        retried.append(call)
+                    else:
+                        actor.inflight.pop(call.task_id, None)
+                        failed.append((call, actor.held.pop(call.task_id, None)))
+                retried.sort(key=lambda c: c.seq)
+                actor.buffered[:0] = retried
+        if not restart:
+            self._actor_dead(actor, f"{cause}." if not actor.cause else actor.cause)
+            return
+        for call, held in failed:
+            if held is not None:
+                self._store.drop(held)
+            self.fail(call.returns, ActorDiedError(f"{cause} while running {call.name}; it is restarting "
+                                                   f"(pass max_task_retries to retry such calls)."))
+        self._start_actor_process(actor)
+
+    def _actor_dead(self, actor: _Actor, cause: str) -> None:
+        with self._lock:
+            if actor.state == "dead":
+                return
+            actor.state = "dead"
+            actor.cause = cause
+            calls = list(actor.inflight.values())
+            actor.inflight.clear()
+            actor.buffered.clear()
+            held = list(actor.held.values())
+            actor.held.clear()
+            lease, actor.lease = actor.lease, None
+            args_held, actor.args_held = actor.args_held, None
+        for entry in held + ([args_held] if args_held is not None else []):
+            self._store.drop(entry)
+        for call in calls:
+            self.fail(call.returns, ActorDiedError(cause))
+        name = actor.spec.options["name"]
+        if name is not None:
+            self._metadata.compare_and_set(f"actor/{actor.spec.namespace}/{name}", actor.spec.actor_id, None)
+        if lease is not None:
+            self._release(lease)
+
+    def get_named_actor(self, name: str, namespace: str):
+        actor_id = self._metadata.get(f"actor/{namespace}/{name}")
+        actor = self._actors.get(actor_id) if actor_id is not None else None
+        if actor is None or actor.state == "dead":
+            return None
+        return ActorHandle(actor.spec.actor_id, actor.spec.cls.name, actor.spec.method_options)
+
+    def list_named_actors(self, namespace):
+        out = []
+        for key, _ in self._metadata.scan("actor/"):
+            _, ns, name = key.split("/", 2)
+            if namespace is None or ns == namespace:
+                out.append((ns, name))
+        return out
+
+    def actor_handles_gone(self, actor_id: bytes) -> None:
+        actor = self._actors.get(actor_id)
+        if actor is None or actor.spec.options["lifetime"] == "detached":
+            return
+        with actor.send_lock:
+            with self._lock:
+                if actor.state == "dead" or actor.terminate:
+                    return
+                actor.terminate = True
+                worker = actor.worker if actor.state == "alive" else None
+            if worker is not None:
+                self._send(worker, p.ACTOR, ("terminate", None))
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        actor = self._actors.get(actor_id)
+        if actor is None:
+            return
+        max_restarts = actor.spec.options["max_restarts"]
+        with self._lock:
+            if actor.state == "dead":
+                return
+            worker = actor.worker
+            restart = not no_restart and (max_restarts == -1 or actor.restarts < max_restarts)
+        if not restart:
+            self._actor_dead(actor, f"The actor {actor.spec.cls.name} is dead: it was killed with anyray.kill().")
+        elif worker is not None:  # calls from now on go to the new process, as if the old one had died
+            self._restart_or_die(actor, worker, f"The actor {actor.spec.cls.name} was killed with anyray.kill()")
+        if worker is not None:
+            worker.handle.kill()
+
+    # -- cluster state -------------------------------------------------------------------------
+    def cluster_resources(self) -> dict[str, float]:
+        return self._resources.total()
+
+    def available_resources(self) -> dict[str, float]:
+        return self._resources.available()
+
+    def nodes(self) -> list[dict]:
+        return [{"NodeID": self._resources.node_id, "Alive": True, "NodeManagerAddress": "127.0.0.1",
+                 "NodeManagerHostname": "localhost", "Resources": self._resources.total(), "alive": True}]
+
+    def shutdown(self) -> None:
+        self._closed = True
+        self.workers.close()

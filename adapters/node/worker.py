@@ -1,0 +1,560 @@
+"""The worker side of a node: runs tasks and hosts actors, and gives user code a full anyray runtime.
+
+``install(setup)`` turns a bare worker (``workers.worker_main``) into a
+node worker: the reader moves to a thread of its own and the main thread
+runs tasks, so a task's ``cancel`` can interrupt it with SIGINT even in a
+blocking call. User code inside a task sees an ordinary ``Runtime`` whose
+backend forwards every port call to the driver (``WorkerScheduler``,
+``WorkerStore``): nested tasks, actors, ``get``/``put``/``wait`` all work.
+
+References held here are borrowed from the driver (see ``protocol``): this
+process's counters report each id's first reference and its last, and the
+views of shared memory report when they are gone, so the driver keeps what
+this worker can still read.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import time
+
+import cloudpickle
+
+from anyray import serialization
+from anyray.context import TaskContext, current_task
+from anyray.events import JobEvents
+from anyray.exceptions import AnyrayError, GetTimeoutError, TaskCancelledError
+from anyray.executor import Call, serialize_failure
+from anyray.object_ref import ObjectRef
+from anyray.ports.backend import Backend, BackendConfig
+from anyray.ports.object_store import ObjectStore
+from anyray.ports.scheduler import Scheduler
+from anyray.runtime import ReferenceCounter, Runtime, set_current
+from anyray.serialization import SerializedObject
+from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure
+
+from ..common.actor_host import ActorHost
+from . import protocol as p
+from . import workers
+from .arena import Arena, Location
+from .store import pinned_views, to_wire
+
+_SIGMASK = signal.pthread_sigmask
+_SIGINT = {signal.SIGINT}
+FLUSH_INTERVAL = 0.1  # seconds between sends of reference changes when nothing else goes out
+
+
+class _Pending:
+    """One request awaiting its RESPONSE: a bare lock to block on, and the answer."""
+
+    __slots__ = ("lock", "ok", "value", "abandoned", "op")
+
+    def __init__(self, op: str):
+        self.op = op
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.ok = True
+        self.value = None
+        self.abandoned = False
+
+
+class _Lease:
+    __slots__ = ("gpu_ids", "cpus_lent")
+
+    def __init__(self, gpu_ids):
+        self.gpu_ids = gpu_ids
+        self.cpus_lent = False
+
+
+class _ForwardedEvents(JobEvents):
+    """Task records of this worker: echoed here (stderr is the driver's) and sent with the next result."""
+
+    def __init__(self):
+        super().__init__(max_spans=1000)
+        self.outbox: list = []
+
+    def task_finished(self, record) -> None:
+        super().task_finished(record)
+        self.outbox.append(record)
+
+    def take(self) -> list:
+        out, self.outbox = self.outbox, []
+        return out
+
+
+class _BorrowCounter(ReferenceCounter):
+    """A ReferenceCounter that tells the node when an id gets its first reference in this process."""
+
+    def __init__(self, free, first):
+        super().__init__(free)
+        self._first = first
+
+    def incref(self, object_id: bytes) -> None:
+        with self._lock:
+            n = self._counts.get(object_id)
+            if n is None:
+                self._first(object_id)
+            self._counts[object_id] = (n or 0) + 1
+
+
+class WorkerNode:
+    """Everything of one worker process: its connection, its runtime, the task it runs or the actor it hosts."""
+
+    def __init__(self, loop: workers.WorkerLoop, setup: dict):
+        self.loop = loop
+        self.conn = loop.conn
+        self.setup = setup
+        self.inline_max = setup["inline_max"]
+        self._send_lock = threading.Lock()
+        self._refs: dict[bytes, int] = {}
+        self._handles: dict[bytes, int] = {}
+        self._unpins: collections.deque = collections.deque()
+        self._requests: dict[int, _Pending] = {}
+        self._request_ids = itertools.count(1)
+        self._functions: dict[bytes, object] = {}
+        self.exported: set[bytes] = set()  # function ids the driver has the code of
+        self._arena: Arena | None = None
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._task_lock = threading.Lock()
+        self._current: bytes | None = None
+        self._cancel = False
+        self._cancelled: bytes | None = None
+        self.main_thread = threading.get_ident()
+        self.events = _ForwardedEvents()
+        self.actor: ActorHost | None = None
+        self._last_send = time.monotonic()
+        config = BackendConfig(num_cpus=None, namespace=setup["namespace"], job_id=setup["job_id"],
+                               options={"node": self})
+        self.runtime = Runtime(WorkerBackend, config,
+                               counters=(lambda free: _BorrowCounter(free, self._borrowed),
+                                         lambda free: _BorrowCounter(free, self._handle_borrowed)))
+        set_current(self.runtime)
+
+    # -- sending --------------------------------------------------------------
+    def _take_refs(self):
+        if not (self._refs or self._handles or self._unpins):
+            return None
+        refs, self._refs = self._refs, {}
+        handles, self._handles = self._handles, {}
+        unpins = []
+        while self._unpins:
+            unpins.append(self._unpins.popleft())
+        return list(refs.items()), list(handles.items()), unpins
+
+    def send(self, tag: int, body) -> None:
+        with self._send_lock:  # reference changes and the message they precede stay in order
+            payload = p.frame(tag, p.dumps((self._take_refs(), body)))
+            self._last_send = time.monotonic()
+            self.conn.send_bytes(payload)
+
+    def _flush_loop(self) -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL)
+            try:
+                self.runtime.counter.drain()
+                self.runtime.handles.drain()
+                if (self._refs or self._handles or self._unpins) and \
+                        time.monotonic() - self._last_send >= FLUSH_INTERVAL:
+                    self.send(p.REFS, None)
+            except OSError:
+                return  # the driver is gone
+
+    # reference changes; the counters call these under their own locks, so they only record
+    def _borrowed(self, oid: bytes) -> None:
+        _note(self._refs, oid, 1)
+
+    def released(self, oid: bytes) -> None:
+        _note(self._refs, oid, -1)
+
+    def _handle_borrowed(self, actor_id: bytes) -> None:
+        _note(self._handles, actor_id, 1)
+
+    def handle_released(self, actor_id: bytes) -> None:
+        _note(self._handles, actor_id, -1)
+
+    # -- requests to the driver -------------------------------------------------
+    def request(self, op: str, args, timeout: float | None = None):
+        """Ask the driver and wait for its answer; raise GetTimeoutError past ``timeout``."""
+        pending = _Pending(op)
+        rid = next(self._request_ids)
+        self._requests[rid] = pending
+        self.send(p.REQUEST, (rid, op, args))
+        try:
+            answered = pending.lock.acquire(timeout=-1 if timeout is None else timeout)
+        except BaseException:
+            self._abandon(rid, pending)
+            raise
+        if not answered:
+            self._abandon(rid, pending)
+            raise GetTimeoutError(f"{op} timed out after {timeout} s")
+        if not pending.ok:
+            raise pending.value
+        return pending.value
+
+    def _abandon(self, rid: int, pending: _Pending) -> None:
+        """Nobody waits for this answer any more: the driver takes back the CPUs it lent for it, and
+        the answer, when it comes, is released unread."""
+        pending.abandoned = True
+        if rid not in self._requests and pending.value is not None:
+            self._release_answer(pending)  # answered just now: nobody will read it
+        try:
+            self.tell("abandon", rid)
+        except OSError:
+            pass
+
+    def tell(self, op: str, args) -> None:
+        """A request that wants no answer."""
+        self.send(p.REQUEST, (0, op, args))
+
+    def _on_response(self, payload) -> None:
+        rid, ok, value = pickle.loads(payload)
+        pending = self._requests.get(rid)
+        if pending is None:
+            return
+        pending.ok, pending.value = ok, value
+        del self._requests[rid]
+        if pending.abandoned:
+            self._release_answer(pending)
+        else:
+            pending.lock.release()
+
+    def _release_answer(self, pending: _Pending) -> None:
+        if pending.op == "get" and pending.ok:
+            for key, wire in pending.value:
+                if type(wire) is Location:
+                    self._unpins.append(key)
+
+    # -- objects ----------------------------------------------------------------
+    @property
+    def arena(self) -> Arena:
+        if self._arena is None:
+            self._arena = Arena.attach(self.setup["arena"], writable=True)
+        return self._arena
+
+    def from_wire(self, key: bytes, wire) -> SerializedObject:
+        if type(wire) is Location:
+            unpins = self._unpins
+            return pinned_views(self.arena, wire, lambda: unpins.append(key))
+        data, buffers = wire
+        return SerializedObject(data, buffers)
+
+    def to_driver(self, obj: SerializedObject):
+        """The wire form of an object going to the driver: large ones are written into a granted range."""
+        if obj.nbytes < self.inline_max:
+            return to_wire(obj)
+        grant = self.request("alloc", Location.of(obj).nbytes)
+        return self.arena.write(grant, obj)
+
+    def get(self, ids: list[bytes], timeout: float | None) -> list[SerializedObject]:
+        blocking = current_task.get() is not None
+        answer = self.request("get", (ids, blocking), timeout)
+        return [self.from_wire(key, wire) for key, wire in answer]
+
+    def function(self, fn_id: bytes, blob: bytes | None):
+        fn = self._functions.get(fn_id)
+        if fn is None:
+            fn = self._functions[fn_id] = cloudpickle.loads(blob)
+            self.exported.add(fn_id)
+        return fn
+
+    def export(self, descriptor: FunctionDescriptor) -> bytes | None:
+        """The pickled code of a function or class the driver does not have yet, else None."""
+        if descriptor.function_id in self.exported:
+            return None
+        self.exported.add(descriptor.function_id)
+        self._functions[descriptor.function_id] = descriptor.target  # the driver may send it back here
+        return cloudpickle.dumps(descriptor.target, 5)
+
+    # -- tasks ------------------------------------------------------------------
+    def main(self) -> None:
+        """The main thread: run tasks one at a time until the connection closes."""
+        threading.Thread(target=self._flush_loop, name="anyray-worker-flush", daemon=True).start()
+        work = self._work
+        while True:
+            try:
+                payload = work.get()
+                if payload is None:
+                    return
+                self._run_task(payload)
+                del payload
+            except TaskCancelledError:
+                pass  # a cancel that landed between tasks
+            except OSError:
+                return  # the driver is gone
+
+    def _run_task(self, payload) -> None:
+        (task_id, fn_id, blob, args_wire, dep_ids, dep_wires, return_ids, name, resources, gpu_ids,
+         retry_exceptions, max_retries) = pickle.loads(payload)
+        unread = {key for key, wire in dep_wires.items() if type(wire) is Location}
+        if type(args_wire) is Location:
+            unread.add(task_id)
+
+        def fetch(refs):
+            values = {}
+            for ref in refs:  # each dependency read once: one read, one pin
+                if ref._id not in values:
+                    unread.discard(ref._id)
+                    values[ref._id] = serialization.deserialize(self.from_wire(ref._id, dep_wires[ref._id]))
+            return [values[ref._id] for ref in refs]
+
+        # SIGINT (a cancel) is unblocked only while the task runs; the handler never sees a half-set state.
+        with self._task_lock:
+            self._current, self._cancel = task_id, False
+        _SIGMASK(signal.SIG_UNBLOCK, _SIGINT)
+        try:
+            fn = self.function(fn_id, blob)
+            unread.discard(task_id)
+            args = self.from_wire(task_id, args_wire)
+            if gpu_ids:
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+            ctx = TaskContext(task_id=task_id, name=name, resources=resources, gpu_ids=gpu_ids)
+            call = Call(fn, name, "task", ctx, len(return_ids), self.events, retry_exceptions, max_retries)
+            deps = [ObjectRef(oid) for oid in dep_ids]
+            outputs = call.run(args, deps, fetch)
+            _SIGMASK(signal.SIG_BLOCK, _SIGINT)
+            del args, deps, call
+        except BaseException as exc:  # noqa: BLE001 - a cancel can land outside the user's code
+            _SIGMASK(signal.SIG_BLOCK, _SIGINT)
+            error = exc if isinstance(exc, AnyrayError) else TaskCancelledError(f"{name} was interrupted: {exc!r}")
+            outputs = [serialize_failure(RemoteFailure(error))] * len(return_ids)
+        with self._task_lock:
+            self._current, self._cancel = None, False
+        self._unpins.extend(unread)
+        self.runtime.counter.drain()  # refs the task dropped cancel out before the result goes
+        self.send_result(task_id, outputs)
+
+    def send_result(self, task_id: bytes, outputs: list[SerializedObject]) -> None:
+        wires, contained = [], []
+        for obj in outputs:
+            try:
+                wires.append(self.to_driver(obj))
+            except Exception as exc:  # noqa: BLE001 - the store is full, say: the result is that error
+                wires.append(to_wire(serialize_failure(RemoteFailure(exc))))
+            contained.append(p.contained_ids(obj.contained_refs) if obj.contained_refs else None)
+        self.send(p.RESULT, (task_id, wires, contained, self.events.take()))
+
+    def _on_task(self, payload) -> None:
+        self._work.put(payload)
+
+    def _on_cancel(self, payload) -> None:
+        task_id = pickle.loads(payload)
+        with self._task_lock:
+            if self._current != task_id or self._cancel or self._cancelled == task_id:
+                return
+            self._cancel = True
+        signal.pthread_kill(self.main_thread, signal.SIGINT)  # wakes sleep() and lock waits too
+
+    def _on_sigint(self, signum, frame) -> None:
+        # Runs on the main thread, only while a task runs there (SIGINT is blocked otherwise).
+        if self._cancel and self._current is not None:
+            self._cancel = False
+            self._cancelled = self._current  # a second cancel of the same task is not a second raise
+            raise TaskCancelledError("The task was cancelled.")
+
+    # -- the hosted actor -----------------------------------------------------------
+    def _on_actor(self, payload) -> None:
+        kind, body = pickle.loads(payload)
+        if kind == "call":
+            self._actor_call(body)
+        elif kind == "create":
+            self._actor_create(body)
+        elif kind == "cancel":
+            if self.actor is not None:
+                self.actor.cancel(ObjectRef(body))
+        elif kind == "terminate":
+            if self.actor is not None:
+                self.actor.terminate_after_pending()
+
+    def _actor_create(self, body) -> None:
+        (actor_id, cls_id, blob, name, args_wire, dep_ids, resources, options, namespace, is_async,
+         gpu_ids, restarts) = body
+        cls = self.function(cls_id, blob)
+        if gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+        spec = ActorSpec(actor_id=actor_id, cls=FunctionDescriptor(cls_id, name, cls),
+                         args=self.from_wire(actor_id, args_wire), deps=[ObjectRef(i) for i in dep_ids],
+                         resources=resources, options=options, namespace=namespace, is_async=is_async)
+        host = _ActorHostShim(self, gpu_ids)
+        self.actor = ActorHost(spec, host)
+        self.actor.restarts = restarts
+        self.actor.start()
+
+    def _actor_call(self, body) -> None:
+        task_id, method, args_wire, dep_ids, return_ids, options, name, caller_id, seq = body
+        spec = ActorTaskSpec(task_id=task_id, actor_id=self.actor.spec.actor_id, method_name=method,
+                             args=self.from_wire(task_id, args_wire), deps=[ObjectRef(i) for i in dep_ids],
+                             returns=[ObjectRef(i) for i in return_ids], caller_id=caller_id, seq=seq,
+                             options=options, name=name)
+        self.actor.submit(spec)
+
+    def fetch(self, refs) -> list:
+        """Values of ``refs`` (failures left as values), asked from the driver."""
+        return [serialization.deserialize(o) for o in self.get([r._id for r in refs], None)]
+
+
+def _note(changes: dict, key: bytes, sign: int) -> None:
+    """Record a first reference (+1) or a last one going (-1); a pair within one batch cancels out."""
+    if changes.get(key) == -sign:
+        del changes[key]
+    else:
+        changes[key] = sign
+
+
+class _ActorHostShim:
+    """What ``ActorHost`` needs from its host, in a worker: results go to the driver."""
+
+    def __init__(self, node: WorkerNode, gpu_ids):
+        self.node = node
+        self.events = node.events
+        self._lease = _Lease(gpu_ids)
+
+    def enqueue(self, demand, start) -> None:
+        start(self._lease)  # the driver holds the actor's resources for the process
+
+    def release(self, lease) -> None:
+        pass
+
+    def fetch(self, refs):
+        return self.node.fetch(refs)
+
+    def call_done(self, spec, outputs) -> None:
+        self.node.runtime.counter.drain()
+        self.node.send_result(spec.task_id, outputs)
+
+    def call_failed(self, spec, error) -> None:
+        self.node.send_result(spec.task_id, [serialize_failure(RemoteFailure(error))] * len(spec.returns))
+
+    def actor_died(self, actor: ActorHost) -> None:
+        self.node.send(p.ACTOR_DIED, (actor.spec.actor_id, actor.cause))
+
+
+# --------------------------------------------------------------------------- the runtime's backend
+
+
+class WorkerStore(ObjectStore):
+    def __init__(self, node: WorkerNode):
+        self.node = node
+
+    def put(self, ref, obj) -> None:
+        node = self.node
+        wire = node.to_driver(obj)
+        node.tell("put", (ref._id, wire, p.contained_ids(obj.contained_refs)))
+
+    def get(self, refs, timeout):
+        return self.node.get([r._id for r in refs], timeout)
+
+    def wait(self, refs, num_returns, timeout):
+        ids = [r._id for r in refs]
+        blocking = current_task.get() is not None
+        try:
+            return set(self.node.request("wait", (ids, num_returns, timeout != 0, blocking), timeout))
+        except GetTimeoutError:
+            return set(self.node.request("wait", (ids, num_returns, False, False)))
+
+    def contains(self, ref) -> bool:
+        return False  # asking costs a round trip; get() asks once anyway
+
+    def free(self, refs) -> None:
+        node = self.node
+        for r in refs:
+            node.released(r if isinstance(r, bytes) else r._id)
+
+    def usage(self) -> dict:
+        return self.node.request("usage", None)
+
+
+class WorkerScheduler(Scheduler):
+    def __init__(self, node: WorkerNode):
+        self.node = node
+
+    def submit_task(self, spec) -> None:
+        node = self.node
+        fn = spec.function
+        node.tell("submit", (spec.task_id, fn.function_id, fn.name, node.export(fn), node.to_driver(spec.args),
+                             [r._id for r in spec.deps], [r._id for r in spec.returns], spec.resources,
+                             spec.options, spec.parent_task_id, spec.name,
+                             p.contained_ids(spec.args.contained_refs)))
+
+    def create_actor(self, spec):
+        node = self.node
+        cls = spec.cls
+        node.request("create_actor", (
+            spec.actor_id, cls.function_id, cls.name, node.export(cls), node.to_driver(spec.args),
+            [r._id for r in spec.deps], spec.resources, spec.options, spec.namespace, spec.is_async,
+            spec.method_options, p.contained_ids(spec.args.contained_refs)))
+        return None
+
+    def submit_actor_task(self, spec) -> None:
+        self.node.tell("actor_call", (
+            spec.task_id, spec.actor_id, spec.method_name, self.node.to_driver(spec.args),
+            [r._id for r in spec.deps], [r._id for r in spec.returns], spec.caller_id, spec.seq, spec.options,
+            spec.name, p.contained_ids(spec.args.contained_refs)))
+
+    def get_named_actor(self, name, namespace):
+        return cloudpickle.loads(self.node.request("named", (name, namespace)))
+
+    def list_named_actors(self, namespace):
+        return self.node.request("list_named", namespace)
+
+    def kill_actor(self, actor_id, no_restart) -> None:
+        self.node.tell("kill", (actor_id, no_restart))
+
+    def cancel(self, ref, force, recursive) -> None:
+        self.node.tell("cancel", (ref._id, force, recursive))
+
+    def actor_handles_gone(self, actor_id) -> None:
+        self.node.handle_released(actor_id)
+
+    def task_blocked(self) -> None:
+        pass  # a blocking get or wait says so itself; the driver lends the CPUs while it waits
+
+    def task_unblocked(self) -> None:
+        pass
+
+    def cluster_resources(self):
+        return self.node.request("resources", "total")
+
+    def available_resources(self):
+        return self.node.request("resources", "available")
+
+    def nodes(self):
+        return self.node.request("resources", "nodes")
+
+
+class WorkerBackend(Backend):
+    """The backend of the runtime inside a worker: every port call goes to the driver."""
+
+    name = "worker"
+
+    def start(self) -> None:
+        node = self.config.options["node"]
+        self.node_id = node.setup["node_id"]
+        self.scheduler = WorkerScheduler(node)
+        self.object_store = WorkerStore(node)
+        self.metadata = None
+
+    def shutdown(self) -> None:
+        pass
+
+    def info(self) -> dict:
+        return {"address": None, "node_id": self.node_id, "dashboard_url": None}
+
+
+def install(setup: dict) -> None:
+    """Run once in each new worker (a CALL from the driver): become a node worker."""
+    loop = workers.current_loop()
+    node = WorkerNode(loop, setup)
+    loop.handlers.update({p.TASK: node._on_task, p.RESPONSE: node._on_response, p.CANCEL: node._on_cancel,
+                          p.ACTOR: node._on_actor})
+    signal.signal(signal.SIGINT, node._on_sigint)
+    _SIGMASK(signal.SIG_BLOCK, _SIGINT)  # threads started from here on inherit the mask, too
+    loop.on_close = lambda: node._work.put(None)
+    loop.takeover = node.main
+    sys.stdout.flush()
