@@ -26,7 +26,7 @@ SIZES = {
     "sync": (1000, 100), "async": (1000, 200), "chain": (200, 50), "nested": (50, 10),
     "small_put": (2000, 200), "small_get": (5000, 500), "actor_sync": (500, 100),
     "actor_async": (1000, 200), "actor_create": (10, 3), "wait": (1000, 200),
-    "reps": (5, 2), "large_reps": (5, 2), "large_mb": (100, 100),
+    "reps": (5, 2), "large_reps": (5, 2), "large_mb": (100, 100), "huge_mb": (1024, 256), "huge_reps": (3, 2),
 }
 
 
@@ -137,6 +137,23 @@ def w_large_objects(ray, d, size):
             "large get / one memcpy of it": metric(t_get / t_copy, "x memcpy", "lower")}
 
 
+def w_huge_put(ray, d, size):
+    mb = size["huge_mb"]
+    arr = np.random.default_rng(0).random(mb * 2**20 // 8)
+    dst = np.empty_like(arr)
+    t_copy = median_time(lambda: np.copyto(dst, arr), 3)
+    dst = None  # noqa: F841 - the copy target goes before the puts need the memory
+    puts = []
+    for _ in range(1 + size["huge_reps"]):  # first round is the warm-up
+        t = time.perf_counter()
+        ref = ray.put(arr)
+        puts.append(time.perf_counter() - t)
+        del ref
+    t_put = statistics.median(puts[1:])
+    return {f"huge put ({mb} MB numpy)": metric(arr.nbytes / t_put / 1e9, "GB/s", "higher"),
+            "huge put / memcpy speed": metric(t_copy / t_put, "x memcpy", "higher")}
+
+
 def w_actor_calls(ray, d, size):
     a = d.Actor.remote()
     ray.get(a.call.remote())
@@ -221,6 +238,7 @@ WORKLOADS = {
     "nested": w_nested,
     "small_objects": w_small_objects,
     "large_objects": w_large_objects,
+    "huge_put": w_huge_put,
     "actor_calls": w_actor_calls,
     "actor_create": w_actor_create,
     "wait_loop": w_wait_loop,

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 SUITE_DIR = Path(__file__).resolve().parent
-DEFAULT_BACKEND = "local"
+DEFAULT_BACKEND = "multiprocess"
 SESSION_NUM_CPUS = 4
 SESSION_RESOURCES = {"Custom": 2}
 DEFAULT_TEST_TIMEOUT = 120
@@ -44,7 +44,7 @@ def pytest_addoption(parser):
     group.addoption("--backend", dest="anyray_backend", metavar="NAME",
                     default=os.environ.get("ANYRAY_TEST_BACKEND") or DEFAULT_BACKEND,
                     help="anyray backend the conformance suite runs against "
-                         "(default: $ANYRAY_TEST_BACKEND, else 'local').")
+                         "(default: $ANYRAY_TEST_BACKEND, else 'multiprocess', the default backend).")
     group.addoption("--backend-option", dest="anyray_backend_options", metavar="KEY=VALUE",
                     action="append", default=[],
                     help="keyword passed to anyray.init for the backend under test; VALUE is parsed as JSON "

@@ -19,7 +19,7 @@ from .plugins import load_backend
 from .ports.backend import BackendConfig
 from .remote_function import RemoteFunction
 
-DEFAULT_BACKEND = "local"
+DEFAULT_BACKEND = "multiprocess"
 
 # Ray keywords that change nothing about what a program computes: accepted by every
 # backend, passed on to the backends that declare them (a Ray backend wants them).

@@ -10,6 +10,9 @@ when the driver ends, however it ends (see ``anyray.adapters.node``).
 
 from __future__ import annotations
 
+import os
+import sys
+
 from anyray.hookspecs import hookimpl
 from anyray.ports.backend import Backend, Capability
 from anyray.resources import node_resources
@@ -45,7 +48,8 @@ class MultiprocessBackend(Backend):
             self.object_store = SharedObjectStore(self.arena, INLINE_MAX)
             self.metadata = MemoryMetadataStore()
             setup = {"job_id": cfg.job_id, "namespace": cfg.namespace, "node_id": self.pool.node_id,
-                     "arena": self.arena.path, "inline_max": INLINE_MAX}
+                     "arena": self.arena.path, "inline_max": INLINE_MAX, "sys_path": list(sys.path),
+                     "cwd": os.getcwd()}
             self.scheduler = NodeScheduler(self.session, self.object_store, self.metadata, self.events,
                                            self.pool, setup)
         except BaseException:

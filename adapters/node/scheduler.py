@@ -818,7 +818,9 @@ class NodeScheduler(Scheduler):
                 for call in list(actor.inflight.values()):
                     if call in actor.buffered:
                         continue
-                    allowed = call.options.get("max_task_retries", 0)
+                    allowed = call.options.get("max_task_retries")
+                    if allowed is None:
+                        allowed = spec.options.get("max_task_retries") or 0
                     used = actor.attempts.get(call.task_id, 0)
                     if allowed == -1 or used < allowed:
                         actor.attempts[call.task_id] = used + 1

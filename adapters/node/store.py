@@ -111,6 +111,7 @@ class SharedObjectStore(MemoryObjectStore):
 
     def place(self, obj: SerializedObject) -> Location:
         """Write ``obj`` into a new arena range; on a full arena, take back what unpinned views left first."""
+        self._apply_unpins()  # views dropped just now: their ranges can be reused (resident pages)
         try:
             return self.arena.put(obj)
         except ObjectStoreFullError:
@@ -193,6 +194,7 @@ class SharedObjectStore(MemoryObjectStore):
 
     # -- freeing --------------------------------------------------------------
     def _dropped(self, objs: list) -> None:
+        self._apply_unpins()
         for obj in objs:
             if type(obj) is ArenaObject:
                 with self._pin_lock:

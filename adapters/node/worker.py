@@ -30,8 +30,8 @@ import cloudpickle
 from anyray import serialization
 from anyray.context import TaskContext, current_task
 from anyray.events import JobEvents
-from anyray.exceptions import AnyrayError, GetTimeoutError, TaskCancelledError
-from anyray.executor import Call, serialize_failure
+from anyray.exceptions import GetTimeoutError, TaskCancelledError
+from anyray.executor import Call, failure_for, serialize_failure
 from anyray.object_ref import ObjectRef
 from anyray.ports.backend import Backend, BackendConfig
 from anyray.ports.object_store import ObjectStore
@@ -322,8 +322,9 @@ class WorkerNode:
             del args, deps, call
         except BaseException as exc:  # noqa: BLE001 - a cancel can land outside the user's code
             _SIGMASK(signal.SIG_BLOCK, _SIGINT)
-            error = exc if isinstance(exc, AnyrayError) else TaskCancelledError(f"{name} was interrupted: {exc!r}")
-            outputs = [serialize_failure(RemoteFailure(error))] * len(return_ids)
+            if isinstance(exc, KeyboardInterrupt):
+                exc = TaskCancelledError(f"{name} was interrupted.")
+            outputs = [serialize_failure(failure_for(exc, name))] * len(return_ids)  # e.g. its code failed to load
         with self._task_lock:
             self._current, self._cancel = None, False
         self._unpins.extend(unread)
@@ -550,6 +551,14 @@ class WorkerBackend(Backend):
 def install(setup: dict) -> None:
     """Run once in each new worker (a CALL from the driver): become a node worker."""
     loop = workers.current_loop()
+    for path in reversed(setup["sys_path"]):  # the driver's modules import here as they do there
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    if setup["cwd"] != os.getcwd():
+        try:
+            os.chdir(setup["cwd"])
+        except OSError:
+            pass
     node = WorkerNode(loop, setup)
     loop.handlers.update({p.TASK: node._on_task, p.RESPONSE: node._on_response, p.CANCEL: node._on_cancel,
                           p.ACTOR: node._on_actor})
