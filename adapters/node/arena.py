@@ -35,8 +35,6 @@ import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
-import numpy as np
-
 from anyray.exceptions import ObjectStoreFullError
 from anyray.serialization import SerializedObject
 
@@ -223,7 +221,7 @@ class Arena:
         self._read_map = mmap.mmap(fd, capacity, access=mmap.ACCESS_READ)
         self._write_map = mmap.mmap(fd, capacity) if writable else None
         self._read_view = memoryview(self._read_map)
-        self._write_array = np.frombuffer(self._write_map, np.uint8) if writable else None
+        self._write_array = None  # a NumPy view of the write mapping, made on the first copy through it
         self._populated = bytearray(-(-capacity // _CHUNK)) if writable else None
         self._can_populate = True
 
@@ -315,6 +313,10 @@ class Arena:
         split = min(max(fresh_from - start, 0), n)
         if split:
             self._populate(start, start + split)
+            import numpy as np  # here, not at import: a worker that never copies never loads NumPy
+
+            if self._write_array is None:
+                self._write_array = np.frombuffer(self._write_map, np.uint8)
             np.copyto(self._write_array[start:start + split], np.frombuffer(src[:split], np.uint8))
         while split < n:  # never-used pages: pwrite skips the fault per page a mapping would take
             split += os.pwrite(self._fd, src[split:split + _PWRITE_MAX], start + split)

@@ -33,7 +33,7 @@ import cloudpickle  # noqa: F401 - preloaded: every worker needs it
 import anyray  # noqa: F401
 import anyray.executor  # noqa: F401
 import anyray.serialization  # noqa: F401
-from anyray.adapters.node import workers
+from anyray.adapters.node import worker, workers  # noqa: F401 - worker: what every new process installs
 from anyray.adapters.node.session import PREFIX
 
 PR_SET_PDEATHSIG = 1

@@ -21,7 +21,10 @@ times; an actor whose process dies restarts while ``max_restarts`` allows.
 from __future__ import annotations
 
 import collections
+import functools
+import os
 import pickle
+import signal
 import sys
 import threading
 import warnings
@@ -119,6 +122,7 @@ class NodeScheduler(Scheduler):
         self._tasks: dict[bytes, _Task] = {}          # by return object id, until done
         self._children: dict[bytes, list[_Task]] = {}
         self._actors: dict[bytes, _Actor] = {}
+        self._call_owner: dict[bytes, _Actor] = {}     # first return id of each call in flight -> its actor
         self._workers: dict[int, _Worker] = {}
         self._idle: list[_Worker] = []
         self._functions: dict[bytes, bytes] = {}      # function id -> pickled code, exported once
@@ -496,10 +500,29 @@ class NodeScheduler(Scheduler):
             if force:
                 self.fail(task.spec.returns, error)
                 worker.handle.kill()
-            else:
-                self._send(worker, p.CANCEL, task.spec.task_id)
+            elif self._send(worker, p.CANCEL, task.spec.task_id) and worker.handle.pid and worker.handle.alive:
+                try:  # the message says which task; the signal interrupts it even in user code or sleep()
+                    os.kill(worker.handle.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
         for child in children:
             self._cancel_task(child, force, recursive)
+
+    def run_here(self, refs) -> None:
+        """The calling thread is about to wait for ``refs``: read their producers' results off their
+        workers' connections itself, which saves a hand-off from the reader threads."""
+        store = self._store
+        for ref in refs:
+            if store.contains(ref):
+                continue
+            task = self._tasks.get(ref._id)
+            worker = task.worker if task is not None else None
+            if worker is None:
+                actor = self._call_owner.get(ref._id)
+                worker = actor.worker if actor is not None else None
+            if worker is None:
+                return  # not running anywhere yet: wait for it the ordinary way
+            worker.handle.read_until(functools.partial(store.contains, ref))
 
     # -- requests from workers ------------------------------------------------------------
     def _on_request(self, worker: _Worker, body) -> None:
@@ -758,6 +781,8 @@ class NodeScheduler(Scheduler):
                 dead = actor.state == "dead"
                 if not dead:
                     actor.inflight[spec.task_id] = spec
+                    if spec.returns:
+                        self._call_owner[spec.returns[0]._id] = actor
                     if held is not None:
                         actor.held[spec.task_id] = held
                     worker = actor.worker if actor.state == "alive" else None
@@ -775,6 +800,8 @@ class NodeScheduler(Scheduler):
             spec = actor.inflight.pop(task_id, None)
             held = actor.held.pop(task_id, None)
             actor.attempts.pop(task_id, None)
+            if spec is not None and spec.returns:
+                self._call_owner.pop(spec.returns[0]._id, None)
         if held is not None:
             self._store.drop(held)
         if spec is not None:

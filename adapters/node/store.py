@@ -22,8 +22,6 @@ import collections
 import threading
 import weakref
 
-import numpy as np
-
 from anyray.exceptions import ObjectStoreFullError
 from anyray.serialization import SerializedObject
 
@@ -71,6 +69,8 @@ def pinned_views(arena: Arena, loc: Location, release) -> SerializedObject:
     if not obj.buffers:
         release()
         return obj
+    import numpy as np  # only values with out-of-band buffers get here, and they come from NumPy or Arrow
+
     group = _ViewGroup(len(obj.buffers), release)
     views = []
     for view in obj.buffers:

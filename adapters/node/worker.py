@@ -19,7 +19,6 @@ import collections
 import itertools
 import os
 import pickle
-import queue
 import signal
 import sys
 import threading
@@ -46,8 +45,6 @@ from . import workers
 from .arena import Arena, Location
 from .store import pinned_views, to_wire
 
-_SIGMASK = signal.pthread_sigmask
-_SIGINT = {signal.SIGINT}
 FLUSH_INTERVAL = 0.1  # seconds between sends of reference changes when nothing else goes out
 
 
@@ -121,11 +118,13 @@ class WorkerNode:
         self._functions: dict[bytes, object] = {}
         self.exported: set[bytes] = set()  # function ids the driver has the code of
         self._arena: Arena | None = None
-        self._work: queue.SimpleQueue = queue.SimpleQueue()
-        self._task_lock = threading.Lock()
-        self._current: bytes | None = None
-        self._cancel = False
-        self._cancelled: bytes | None = None
+        self._tasks: collections.deque = collections.deque()  # TASK payloads read by a thread other than main
+        self._read_lock = threading.Lock()  # held by the thread reading the connection
+        self._current: bytes | None = None  # the task the main thread runs
+        self._running = False               # the main thread is inside that task's call
+        self._pumping = False               # the main thread reads the connection for an answer
+        self._cancel = False                # a cancel of the current task was read
+        self._exit = False
         self.main_thread = threading.get_ident()
         self.events = _ForwardedEvents()
         self.actor: ActorHost | None = None
@@ -181,22 +180,67 @@ class WorkerNode:
 
     # -- requests to the driver -------------------------------------------------
     def request(self, op: str, args, timeout: float | None = None):
-        """Ask the driver and wait for its answer; raise GetTimeoutError past ``timeout``."""
+        """Ask the driver and wait for its answer; raise GetTimeoutError past ``timeout``.
+
+        The main thread reads the answer off the connection itself (handling whatever else arrives
+        first, a cancel of its task included); other threads wait for whoever reads."""
         pending = _Pending(op)
         rid = next(self._request_ids)
         self._requests[rid] = pending
-        self.send(p.REQUEST, (rid, op, args))
+        on_main = threading.get_ident() == self.main_thread
+        if on_main:
+            self._pumping = True
         try:
-            answered = pending.lock.acquire(timeout=-1 if timeout is None else timeout)
+            self.send(p.REQUEST, (rid, op, args))
+            answered = self._pump(pending, timeout) if on_main else self._wait(pending, timeout)
         except BaseException:
             self._abandon(rid, pending)
             raise
+        finally:
+            if on_main:
+                self._pumping = False
         if not answered:
             self._abandon(rid, pending)
             raise GetTimeoutError(f"{op} timed out after {timeout} s")
         if not pending.ok:
             raise pending.value
         return pending.value
+
+    def _pump(self, pending: _Pending, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        conn, lock = self.conn, pending.lock
+        with self._read_lock:  # a thread reading for its own answer lets go once it has it
+            while not lock.acquire(False):
+                if self._cancel and self._running:
+                    self._cancel = False
+                    raise TaskCancelledError("The task was cancelled.")
+                if deadline is not None and not conn.poll(max(deadline - time.monotonic(), 0)):
+                    return False
+                self._dispatch(conn.recv_bytes())
+        return True
+
+    def _wait(self, pending: _Pending, timeout: float | None) -> bool:
+        """A thread other than main: wait, reading for itself while the main thread runs user code."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        conn, lock = self.conn, pending.lock
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return lock.acquire(False)
+            if self.actor is not None:  # the main thread reads all the time
+                return lock.acquire(timeout=-1 if left is None else left)
+            if lock.acquire(timeout=0.005 if left is None else min(0.005, left)):
+                return True
+            if self._read_lock.acquire(False):
+                try:
+                    while not lock.acquire(False):
+                        if conn.poll(0.005):
+                            self._dispatch(conn.recv_bytes())
+                        elif deadline is not None and time.monotonic() > deadline:
+                            return False
+                    return True
+                finally:
+                    self._read_lock.release()
 
     def _abandon(self, rid: int, pending: _Pending) -> None:
         """Nobody waits for this answer any more: the driver takes back the CPUs it lent for it, and
@@ -274,20 +318,42 @@ class WorkerNode:
 
     # -- tasks ------------------------------------------------------------------
     def main(self) -> None:
-        """The main thread: run tasks one at a time until the connection closes."""
+        """The main thread: read the connection, run each task here as it comes, until the driver goes."""
         threading.Thread(target=self._flush_loop, name="anyray-worker-flush", daemon=True).start()
-        work = self._work
-        while True:
+        conn, tasks = self.conn, self._tasks
+        while not self._exit:
             try:
-                payload = work.get()
-                if payload is None:
-                    return
-                self._run_task(payload)
-                del payload
+                if tasks:
+                    self._run_task(tasks.popleft())
+                    continue
+                with self._read_lock:
+                    if tasks:
+                        continue
+                    msg = conn.recv_bytes()
+                self._dispatch(msg)
             except TaskCancelledError:
                 pass  # a cancel that landed between tasks
-            except OSError:
+            except (EOFError, OSError):
                 return  # the driver is gone
+
+    def _dispatch(self, msg: bytes) -> None:
+        """Handle one message, on whichever thread read it; a task is queued for the main thread."""
+        tag = msg[0]
+        body = memoryview(msg)[1:]
+        if tag == p.RESPONSE:
+            self._on_response(body)
+        elif tag == p.TASK:
+            self._tasks.append(body)
+        elif tag == p.ACTOR:
+            self._on_actor(body)
+        elif tag == p.CANCEL:
+            self._on_cancel(body)
+        elif tag == workers.EXIT:
+            self._exit = True
+        elif tag == workers.CALL:
+            self.loop._call(body)
+        else:
+            print(f"anyray worker: no handler for message tag {tag}", file=sys.stderr)
 
     def _run_task(self, payload) -> None:
         (task_id, fn_id, blob, args_wire, dep_ids, dep_wires, return_ids, name, resources, gpu_ids,
@@ -304,10 +370,8 @@ class WorkerNode:
                     values[ref._id] = serialization.deserialize(self.from_wire(ref._id, dep_wires[ref._id]))
             return [values[ref._id] for ref in refs]
 
-        # SIGINT (a cancel) is unblocked only while the task runs; the handler never sees a half-set state.
-        with self._task_lock:
-            self._current, self._cancel = task_id, False
-        _SIGMASK(signal.SIG_UNBLOCK, _SIGINT)
+        self._current, self._cancel = task_id, False
+        self._running = True
         try:
             fn = self.function(fn_id, blob)
             unread.discard(task_id)
@@ -318,15 +382,14 @@ class WorkerNode:
             call = Call(fn, name, "task", ctx, len(return_ids), self.events, retry_exceptions, max_retries)
             deps = [ObjectRef(oid) for oid in dep_ids]
             outputs = call.run(args, deps, fetch)
-            _SIGMASK(signal.SIG_BLOCK, _SIGINT)
+            self._running = False
             del args, deps, call
         except BaseException as exc:  # noqa: BLE001 - a cancel can land outside the user's code
-            _SIGMASK(signal.SIG_BLOCK, _SIGINT)
+            self._running = False
             if isinstance(exc, KeyboardInterrupt):
                 exc = TaskCancelledError(f"{name} was interrupted.")
             outputs = [serialize_failure(failure_for(exc, name))] * len(return_ids)  # e.g. its code failed to load
-        with self._task_lock:
-            self._current, self._cancel = None, False
+        self._current, self._cancel = None, False
         self._unpins.extend(unread)
         self.runtime.counter.drain()  # refs the task dropped cancel out before the result goes
         self.send_result(task_id, outputs)
@@ -341,22 +404,29 @@ class WorkerNode:
             contained.append(p.contained_ids(obj.contained_refs) if obj.contained_refs else None)
         self.send(p.RESULT, (task_id, wires, contained, self.events.take()))
 
-    def _on_task(self, payload) -> None:
-        self._work.put(payload)
-
     def _on_cancel(self, payload) -> None:
-        task_id = pickle.loads(payload)
-        with self._task_lock:
-            if self._current != task_id or self._cancel or self._cancelled == task_id:
-                return
-            self._cancel = True
-        signal.pthread_kill(self.main_thread, signal.SIGINT)  # wakes sleep() and lock waits too
+        if pickle.loads(payload) != self._current or not self._running:
+            return  # finished already
+        self._cancel = True
+        if threading.get_ident() != self.main_thread:
+            signal.pthread_kill(self.main_thread, signal.SIGINT)  # the main thread raises it
 
     def _on_sigint(self, signum, frame) -> None:
-        # Runs on the main thread, only while a task runs there (SIGINT is blocked otherwise).
-        if self._cancel and self._current is not None:
+        """A cancel while the main thread runs user code (the driver sends SIGINT after CANCEL).
+
+        Reads what has arrived, unless another thread reads now (that one passes a cancel on as
+        another SIGINT), and raises ``TaskCancelledError`` in the task if its cancel is there."""
+        if not self._running or self._pumping:
+            return  # between tasks, or reading already: the cancel is seen where it is read
+        if not self._cancel and self._read_lock.acquire(False):
+            try:
+                conn = self.conn
+                while conn.poll(0):
+                    self._dispatch(conn.recv_bytes())
+            finally:
+                self._read_lock.release()
+        if self._cancel and self._running:
             self._cancel = False
-            self._cancelled = self._current  # a second cancel of the same task is not a second raise
             raise TaskCancelledError("The task was cancelled.")
 
     # -- the hosted actor -----------------------------------------------------------
@@ -560,10 +630,6 @@ def install(setup: dict) -> None:
         except OSError:
             pass
     node = WorkerNode(loop, setup)
-    loop.handlers.update({p.TASK: node._on_task, p.RESPONSE: node._on_response, p.CANCEL: node._on_cancel,
-                          p.ACTOR: node._on_actor})
     signal.signal(signal.SIGINT, node._on_sigint)
-    _SIGMASK(signal.SIG_BLOCK, _SIGINT)  # threads started from here on inherit the mask, too
-    loop.on_close = lambda: node._work.put(None)
     loop.takeover = node.main
     sys.stdout.flush()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -98,10 +99,9 @@ class WorkerLoop:
         self.conn = conn
         self.worker_id = worker_id
         self.handlers: dict[int, Callable[[memoryview], None]] = {CALL: self._call}
-        # Set by a handler that wants the main thread: serving moves to a thread of its own and the
-        # main thread runs ``takeover()``, which must return once ``on_close`` has been called.
+        # Set by a handler that takes the connection over: ``serve`` returns and the main thread runs
+        # ``takeover()``, which reads the connection itself from then on.
         self.takeover: Callable[[], None] | None = None
-        self.on_close: Callable[[], None] | None = None
 
     def send(self, tag: int, payload=b"") -> None:
         self.conn.send_bytes(frame(tag, payload))
@@ -127,8 +127,6 @@ class WorkerLoop:
                     return
         except BaseException:
             traceback.print_exc()
-        if self.on_close is not None:
-            self.on_close()
 
     def _call(self, payload: memoryview) -> None:
         """The minimal protocol: run a pickled callable, reply with its pickled value or error."""
@@ -167,11 +165,8 @@ def worker_main(address: str, secret: bytes, worker_id: int) -> int:
     loop = _loop = WorkerLoop(conn, worker_id)
     try:
         loop.serve()
-        main = loop.takeover
-        if main is not None:
-            loop.takeover = None
-            threading.Thread(target=loop.serve, name="anyray-worker-reader", daemon=True).start()
-            main()
+        if loop.takeover is not None:
+            loop.takeover()
     finally:
         conn.close()
     return 0
@@ -222,6 +217,8 @@ class WorkerHandle:
         self._dead = threading.Event()
         self._calls: dict[int, Future] = {}
         self._ids = itertools.count(1)
+        self._read_lock = threading.Lock()  # held by whichever thread reads the connection
+        self._poller = None  # the reader thread's epoll, once connected
 
     def __repr__(self) -> str:
         state = "dead" if self.exit else "ready" if self._ready.is_set() else "starting"
@@ -276,6 +273,37 @@ class WorkerHandle:
                 conn.send_bytes(msg)
             except OSError as exc:
                 raise self._crashed() from exc
+
+    def read_until(self, done: Callable[[], bool]) -> bool:
+        """Read and handle this worker's messages on the calling thread until ``done()``.
+
+        A caller about to wait for something the worker will send saves the hand-off from the
+        reader thread. Returns False, leaving the rest to the reader, if the connection closes
+        or is not up yet.
+        """
+        conn, poller = self._conn, self._poller
+        if conn is None or poller is None:
+            return False
+        with self._read_lock:
+            try:
+                poller.modify(conn.fileno(), 0)  # the reader thread sleeps through what this thread reads
+            except (OSError, ValueError):
+                return False  # closed under us
+            try:
+                while not done():
+                    if self._conn is not conn:
+                        return False
+                    try:
+                        msg = conn.recv_bytes()
+                    except (EOFError, OSError):
+                        return False
+                    self._pool._handle_message(self, msg)
+            finally:
+                try:
+                    poller.modify(conn.fileno(), select.EPOLLIN)
+                except (OSError, ValueError):
+                    pass
+        return True
 
     def kill(self) -> None:
         """SIGKILL the worker (through the fork server, which knows whether the pid is still its child)."""
@@ -499,25 +527,42 @@ class WorkerPool:
         conn.close()
 
     def _serve_worker(self, handle: WorkerHandle, conn, pid: int) -> None:
+        """Read the worker's messages until its connection closes, except while a waiting caller
+        reads them itself (``WorkerHandle.read_until``): this thread then waits for it to finish."""
         handle._attach(conn, pid)
         if self._on_ready is not None:
             self._run_callback(self._on_ready, handle)
-        recv, on_message = conn.recv_bytes, self._on_message
+        poller = handle._poller = select.epoll()  # a caller that reads switches this thread's interest off
+        poller.register(conn.fileno(), select.EPOLLIN)
+        lock = handle._read_lock
         try:
             while True:
-                msg = recv()
-                if msg[0] == REPLY:
-                    _, request, status = _REPLY_HEAD.unpack_from(msg)
-                    future = handle._calls.pop(request, None)
-                    if future is not None:
-                        _resolve(future, status, memoryview(msg)[_REPLY_HEAD.size:])
-                elif on_message is not None:
-                    self._run_callback(on_message, handle, msg[0], memoryview(msg)[1:])
+                poller.poll()
+                if not lock.acquire(False):
+                    lock.acquire()  # a caller began reading just now: look again once it is done
+                    lock.release()
+                    continue
+                try:
+                    msg = conn.recv_bytes() if poller.poll(0) else None
+                finally:
+                    lock.release()
+                if msg is not None:
+                    self._handle_message(handle, msg)
         except (EOFError, OSError):
             pass
         finally:
             handle._detach(conn)
+            poller.close()
         handle._disconnected()
+
+    def _handle_message(self, handle: WorkerHandle, msg: bytes) -> None:
+        if msg[0] == REPLY:
+            _, request, status = _REPLY_HEAD.unpack_from(msg)
+            future = handle._calls.pop(request, None)
+            if future is not None:
+                _resolve(future, status, memoryview(msg)[_REPLY_HEAD.size:])
+        elif self._on_message is not None:
+            self._run_callback(self._on_message, handle, msg[0], memoryview(msg)[1:])
 
     def _serve_server(self, conn, pid: int) -> None:
         with self._lock:
