@@ -32,6 +32,7 @@ import warnings
 import cloudpickle
 
 from anyray.actor import ActorHandle
+from anyray.events import TaskRecord
 from anyray.exceptions import (
     ActorDiedError,
     InfeasibleTaskWarning,
@@ -137,7 +138,7 @@ class NodeScheduler(Scheduler):
     def _pull_records(self):
         out = []
         while self._records:
-            out.append(self._records.popleft())
+            out.append(TaskRecord(*self._records.popleft()))
         return out
 
     def fail(self, refs, error: BaseException) -> None:
@@ -379,7 +380,15 @@ class NodeScheduler(Scheduler):
             if task.state != "waiting":
                 return  # cancelled while it waited for its dependencies
             task.state = "queued"
-            self._queues.setdefault(task.shape, collections.deque()).append(task)
+            queue = self._queues.get(task.shape)
+            if not queue:  # nothing of its shape waits: take its resources now, if they are free
+                lease = self._resources.acquire(task.spec.resources)
+                if lease is not None:
+                    self._start(task, lease)
+                    return
+                if queue is None:
+                    queue = self._queues[task.shape] = collections.deque()
+            queue.append(task)
         self._dispatch()
 
     def _start(self, task: _Task, lease) -> None:

@@ -29,7 +29,7 @@ import cloudpickle
 from anyray import serialization
 from anyray.context import TaskContext, current_task
 from anyray.events import JobEvents
-from anyray.exceptions import GetTimeoutError, TaskCancelledError
+from anyray.exceptions import ActorDiedError, GetTimeoutError, TaskCancelledError
 from anyray.executor import Call, failure_for, serialize_failure
 from anyray.object_ref import ObjectRef
 from anyray.ports.backend import Backend, BackendConfig
@@ -79,7 +79,8 @@ class _ForwardedEvents(JobEvents):
 
     def task_finished(self, record) -> None:
         super().task_finished(record)
-        self.outbox.append(record)
+        self.outbox.append((record.task_id, record.name, record.kind, record.start, record.end, record.pid,
+                            record.tid, record.error_type, record.message))  # a tuple pickles faster
 
     def take(self) -> list:
         out, self.outbox = self.outbox, []
@@ -118,7 +119,7 @@ class WorkerNode:
         self._functions: dict[bytes, object] = {}
         self.exported: set[bytes] = set()  # function ids the driver has the code of
         self._arena: Arena | None = None
-        self._tasks: collections.deque = collections.deque()  # TASK payloads read by a thread other than main
+        self._tasks: collections.deque = collections.deque()  # (run, arg) for the main thread, in order
         self._read_lock = threading.Lock()  # held by the thread reading the connection
         self._current: bytes | None = None  # the task the main thread runs
         self._running = False               # the main thread is inside that task's call
@@ -127,7 +128,8 @@ class WorkerNode:
         self._exit = False
         self.main_thread = threading.get_ident()
         self.events = _ForwardedEvents()
-        self.actor: ActorHost | None = None
+        self.actor: ActorHost | None = None      # a threaded or async actor hosted here
+        self.inline: _InlineActor | None = None  # a sync actor whose calls run on the main thread
         self._last_send = time.monotonic()
         config = BackendConfig(num_cpus=None, namespace=setup["namespace"], job_id=setup["job_id"],
                                options={"node": self})
@@ -324,7 +326,12 @@ class WorkerNode:
         while not self._exit:
             try:
                 if tasks:
-                    self._run_task(tasks.popleft())
+                    if self.inline is not None:  # read what has arrived first: a cancel of a queued call
+                        while conn.poll(0):
+                            self._dispatch(conn.recv_bytes())
+                    run, arg = tasks.popleft()
+                    run(arg)
+                    del run, arg
                     continue
                 with self._read_lock:
                     if tasks:
@@ -343,7 +350,7 @@ class WorkerNode:
         if tag == p.RESPONSE:
             self._on_response(body)
         elif tag == p.TASK:
-            self._tasks.append(body)
+            self._tasks.append((self._run_task, body))
         elif tag == p.ACTOR:
             self._on_actor(body)
         elif tag == p.CANCEL:
@@ -430,17 +437,27 @@ class WorkerNode:
             raise TaskCancelledError("The task was cancelled.")
 
     # -- the hosted actor -----------------------------------------------------------
+    # A sync actor with max_concurrency 1 runs its calls here on the main thread, as tasks do; a
+    # threaded or async actor runs them on threads of an ActorHost, while the main thread reads.
     def _on_actor(self, payload) -> None:
         kind, body = pickle.loads(payload)
+        inline = self.inline
         if kind == "call":
-            self._actor_call(body)
+            if inline is not None:
+                self._tasks.append((inline.call, body))
+            else:
+                self._actor_call(body)
         elif kind == "create":
             self._actor_create(body)
         elif kind == "cancel":
-            if self.actor is not None:
+            if inline is not None:
+                inline.cancel(body)
+            elif self.actor is not None:
                 self.actor.cancel(ObjectRef(body))
         elif kind == "terminate":
-            if self.actor is not None:
+            if inline is not None:
+                self._tasks.append((inline.terminate, None))
+            elif self.actor is not None:
                 self.actor.terminate_after_pending()
 
     def _actor_create(self, body) -> None:
@@ -452,6 +469,10 @@ class WorkerNode:
         spec = ActorSpec(actor_id=actor_id, cls=FunctionDescriptor(cls_id, name, cls),
                          args=self.from_wire(actor_id, args_wire), deps=[ObjectRef(i) for i in dep_ids],
                          resources=resources, options=options, namespace=namespace, is_async=is_async)
+        if spec.max_concurrency == 1 and not is_async:
+            self.inline = _InlineActor(self, spec, gpu_ids, restarts)
+            self._tasks.append((self.inline.construct, None))
+            return
         host = _ActorHostShim(self, gpu_ids)
         self.actor = ActorHost(spec, host)
         self.actor.restarts = restarts
@@ -476,6 +497,68 @@ def _note(changes: dict, key: bytes, sign: int) -> None:
         del changes[key]
     else:
         changes[key] = sign
+
+
+class _InlineActor:
+    """A sync actor with ``max_concurrency`` 1, run by the main thread of its process: each call runs
+    where it is read, in order, with no thread hand-off."""
+
+    def __init__(self, node: WorkerNode, spec: ActorSpec, gpu_ids, restarts: int):
+        self.node = node
+        self.spec = spec
+        self.gpu_ids = gpu_ids
+        self.restarts = restarts
+        self.instance = None
+        self.cause = ""  # set once dead
+
+    def _context(self, task_id, name: str) -> TaskContext:
+        return TaskContext(task_id=task_id, actor_id=self.spec.actor_id, name=name,
+                           resources=dict(self.spec.resources), gpu_ids=self.gpu_ids, restarted=self.restarts > 0)
+
+    def construct(self, _) -> None:
+        spec, node = self.spec, self.node
+        call = Call(spec.cls.target, spec.cls.name, "actor_creation", self._context(spec.actor_id, spec.cls.name),
+                    1, node.events)
+        result = call.invoke(spec.args, spec.deps, node.fetch)
+        spec.args = None
+        if type(result) is RemoteFailure:
+            self._die(f"The actor {spec.cls.name} died because its constructor raised:\n{result.error}")
+        else:
+            self.instance = result[0]
+
+    def call(self, body) -> None:
+        task_id, method, args_wire, dep_ids, return_ids, options, name, caller_id, seq = body
+        node = self.node
+        if self.cause:
+            node.send_result(task_id, [serialize_failure(RemoteFailure(ActorDiedError(self.cause)))] * len(return_ids))
+            return
+        call = Call(getattr(self.instance, method), name, "actor_task", self._context(task_id, name),
+                    len(return_ids), node.events, options.get("retry_exceptions", False),
+                    options.get("max_task_retries", 0))
+        outputs = call.run(node.from_wire(task_id, args_wire), [ObjectRef(i) for i in dep_ids], node.fetch)
+        del call
+        node.runtime.counter.drain()
+        node.send_result(task_id, outputs)
+
+    def cancel(self, oid: bytes) -> None:
+        """Cancel a call still queued here (a running sync call finishes, as in Ray)."""
+        for item in self.node._tasks:
+            run, body = item
+            if run == self.call and oid in body[4]:
+                self.node._tasks.remove(item)
+                error = TaskCancelledError(f"{body[6]} was cancelled.")
+                self.node.send_result(body[0], [serialize_failure(RemoteFailure(error))] * len(body[4]))
+                return
+
+    def terminate(self, _) -> None:
+        self._die(f"The actor {self.spec.cls.name} ended: every handle to it was gone.")
+
+    def _die(self, cause: str) -> None:
+        if self.cause:
+            return
+        self.cause = cause
+        self.instance = None
+        self.node.send(p.ACTOR_DIED, (self.spec.actor_id, cause))
 
 
 class _ActorHostShim:
