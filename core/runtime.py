@@ -8,6 +8,7 @@ process-wide global is the current runtime (``_current``).
 from __future__ import annotations
 
 import collections
+import operator
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -61,10 +62,16 @@ class ReferenceCounter:
                 self._free(dead)  # may drop refs held inside the freed objects: loop again
 
 
+_REF_TYPES = {ObjectRef}
+_ids_of = operator.attrgetter("_id")
+
+
 def _check_refs(refs, fn: str) -> tuple[list[ObjectRef], bool]:
     if isinstance(refs, ObjectRef):
         return [refs], True
     if isinstance(refs, (list, tuple)):
+        if set(map(type, refs)) <= _REF_TYPES:  # the common case, checked without a Python-level loop
+            return list(refs), False
         for i, r in enumerate(refs):
             if not isinstance(r, ObjectRef):
                 raise TypeError(f"{fn}() expects ObjectRefs, but item {i} is a {type(r).__name__} ({r!r:.60}). "
@@ -179,7 +186,8 @@ class Runtime:
         if num_returns > len(ref_list):
             raise ValueError(f"wait(): num_returns={num_returns} is more than the {len(ref_list)} refs given; "
                              f"pass num_returns <= len(refs).")
-        if len({ref._id for ref in ref_list}) != len(ref_list):  # raw ids: hashing bytes is C-fast
+        ids = list(map(_ids_of, ref_list))  # raw ids: C-level loops over them from here on
+        if len(set(ids)) != len(ids):
             raise ValueError("wait() got the same ObjectRef more than once; pass each ref once "
                              "(e.g. list(dict.fromkeys(refs))).")
         ctx = current_task.get()
@@ -190,9 +198,20 @@ class Runtime:
         finally:
             if ctx is not None:
                 self.scheduler.task_unblocked()
-        ready, not_ready = [], []
-        for ref in ref_list:  # input order kept in both lists
-            (ready if ref._id in done and len(ready) < num_returns else not_ready).append(ref)
+        # The first num_returns ready refs in input order, and the rest in input order. In a loop of
+        # wait(num_returns=1) calls the first ready ref is near the front, so this scan stops early.
+        picked = []
+        for i, oid in enumerate(ids):
+            if oid in done:
+                picked.append(i)
+                if len(picked) == num_returns:
+                    break
+        ready = [ref_list[i] for i in picked]
+        not_ready, start = [], 0
+        for i in picked:
+            not_ready += ref_list[start:i]
+            start = i + 1
+        not_ready += ref_list[start:]
         return ready, not_ready
 
     def cancel(self, ref, force=False, recursive=True) -> None:

@@ -44,6 +44,8 @@ class SerializedObject:
 
     @property
     def nbytes(self) -> int:
+        if not self.buffers:
+            return len(self.data)
         return len(self.data) + sum(memoryview(b).nbytes for b in self.buffers)
 
     def copy_buffers(self) -> SerializedObject:

@@ -140,8 +140,8 @@ class ActorHost:
     def _call_of(self, spec) -> Call:
         method = getattr(self.instance, spec.method_name)
         return Call(method, spec.name, "actor_task", self._context(spec.task_id, spec.name),
-                    len(spec.returns), self._sched.events, spec.options.get("retry_exceptions", False),
-                    spec.options.get("max_task_retries", 0))
+                    len(spec.returns), self._sched.events, spec.options.get("retry_exceptions") or False,
+                    spec.options.get("max_task_retries") or 0)
 
     def _run_call(self, spec) -> None:
         if self.state == "dead":

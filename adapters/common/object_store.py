@@ -8,13 +8,17 @@ holds where).
 from __future__ import annotations
 
 import _thread
+import operator
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 from anyray.exceptions import GetTimeoutError, ObjectStoreFullError
 from anyray.object_ref import ObjectRef
 from anyray.ports.object_store import ObjectStore
 from anyray.serialization import SerializedObject
+
+_id_of = operator.attrgetter("_id")
 
 
 class _Waiter:
@@ -62,6 +66,8 @@ class MemoryObjectStore(ObjectStore):
         self._waiters: dict[bytes, list[_Waiter]] = {}
         self._freed_early: set[bytes] = set()
         self._lock = threading.Lock()
+        self._any_sealed = threading.Condition(self._lock)  # wait() re-checks on each seal
+        self._wait_calls = 0  # wait() calls blocked on it
         self._capacity = capacity
         self._used = 0
 
@@ -88,6 +94,8 @@ class MemoryObjectStore(ObjectStore):
                     f"to them is alive: drop refs you no longer need, or pass a larger object_store_memory to init().")
             self._objects[oid] = obj
             self._used += size
+            if self._wait_calls:
+                self._any_sealed.notify_all()
             waiters = self._waiters.pop(oid, None)
             done = [w for w in waiters if w.sealed()] if waiters else ()
         for waiter in done:
@@ -156,16 +164,24 @@ class MemoryObjectStore(ObjectStore):
             return [objects[r._id] for r in refs]
 
     def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None) -> set[bytes]:
+        """Re-checks on every seal instead of registering a waiter per id: a loop of
+        ``wait(num_returns=1)`` over many refs then costs one C-level set intersection per seal."""
+        ids = set(map(_id_of, refs))
         objects = self._objects
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            ids = {r._id for r in refs}
-            missing = ids - objects.keys()
-            needed = num_returns - (len(ids) - len(missing))
-            waiter = self._register(missing, needed) if needed > 0 and timeout != 0 else None
-        if waiter is not None:
-            waiter.block(timeout)
-            self._unregister(waiter, missing)
-        return ids & objects.keys()
+            while True:
+                done = ids & objects.keys()
+                if len(done) >= num_returns or timeout == 0:
+                    return done
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return done
+                self._wait_calls += 1
+                try:
+                    self._any_sealed.wait(left)
+                finally:
+                    self._wait_calls -= 1
 
     def contains(self, ref: ObjectRef) -> bool:
         return ref._id in self._objects

@@ -57,6 +57,12 @@ from .workers import EXIT, WorkerPool, describe
 _LATER = object()  # a request handler that answers by itself, later
 
 
+def call_options(options: dict) -> dict:
+    """What a worker needs of an actor method's options (not its signature, which is costly to pickle)."""
+    return {"retry_exceptions": options.get("retry_exceptions", False),
+            "max_task_retries": options.get("max_task_retries")}
+
+
 class _Task:
     __slots__ = ("spec", "shape", "state", "lease", "worker", "attempts", "held", "cancelled")
 
@@ -776,7 +782,7 @@ class NodeScheduler(Scheduler):
         args = self._wire(worker, spec.task_id, held) if held is not None else to_wire(spec.args)
         self._send(worker, p.ACTOR, ("call", (
             spec.task_id, spec.method_name, args, [r._id for r in spec.deps], [r._id for r in spec.returns],
-            spec.options, spec.name, spec.caller_id, spec.seq)))
+            call_options(spec.options), spec.name, spec.caller_id, spec.seq)))
 
     def submit_actor_task(self, spec: ActorTaskSpec, held: ArenaObject | None = None) -> None:
         actor = self._actors.get(spec.actor_id)

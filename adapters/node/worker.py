@@ -533,8 +533,8 @@ class _InlineActor:
             node.send_result(task_id, [serialize_failure(RemoteFailure(ActorDiedError(self.cause)))] * len(return_ids))
             return
         call = Call(getattr(self.instance, method), name, "actor_task", self._context(task_id, name),
-                    len(return_ids), node.events, options.get("retry_exceptions", False),
-                    options.get("max_task_retries", 0))
+                    len(return_ids), node.events, options.get("retry_exceptions") or False,
+                    options.get("max_task_retries") or 0)
         outputs = call.run(node.from_wire(task_id, args_wire), [ObjectRef(i) for i in dep_ids], node.fetch)
         del call
         node.runtime.counter.drain()
@@ -648,7 +648,9 @@ class WorkerScheduler(Scheduler):
     def submit_actor_task(self, spec) -> None:
         self.node.tell("actor_call", (
             spec.task_id, spec.actor_id, spec.method_name, self.node.to_driver(spec.args),
-            [r._id for r in spec.deps], [r._id for r in spec.returns], spec.caller_id, spec.seq, spec.options,
+            [r._id for r in spec.deps], [r._id for r in spec.returns], spec.caller_id, spec.seq,
+            {"retry_exceptions": spec.options.get("retry_exceptions", False),
+             "max_task_retries": spec.options.get("max_task_retries")},
             spec.name, p.contained_ids(spec.args.contained_refs)))
 
     def get_named_actor(self, name, namespace):
