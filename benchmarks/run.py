@@ -1,6 +1,6 @@
 """Run every workload on anyray backends and on real Ray, side by side; print a markdown table.
 
-    python benchmarks/run.py --backend local --against ray [--num-cpus 2] [--quick]
+    python benchmarks/run.py --backend multiprocess --against ray [--num-cpus 2] [--quick]
                              [--only sync_tasks,chain] [--json out.json] [--markdown out.md]
 
 Each (workload, engine) pair runs in a fresh child process (``workloads.py``), so startup and
@@ -83,7 +83,8 @@ def table(results, names, columns, against):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", action="append", help="anyray backend to measure (repeatable; default: local)")
+    p.add_argument("--backend", action="append",
+                   help="anyray backend to measure (repeatable; default: multiprocess, the default backend)")
     p.add_argument("--against", default="ray", choices=["ray", "none"],
                    help="reference engine: real Ray imported directly (default), or none")
     p.add_argument("--num-cpus", type=int, default=2)
@@ -94,7 +95,7 @@ def main():
     p.add_argument("--markdown", help="write the table here as markdown")
     args = p.parse_args()
 
-    backends = args.backend or ["local"]
+    backends = args.backend or ["multiprocess"]
     workloads = args.only.split(",") if args.only else list(WORKLOADS)
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
