@@ -160,3 +160,30 @@ def test_gpus_are_given_to_workers_through_cuda_visible_devices(runtime):
             return os.environ.get("CUDA_VISIBLE_DEVICES")
 
     assert anyray.get(Trainer.remote().devices.remote(), timeout=DEADLINE) == "0,1"
+
+
+def test_a_ref_held_by_an_actor_keeps_its_object_after_the_driver_drops_it(runtime):
+    base = shared_bytes(runtime)
+
+    @anyray.remote
+    class Keeper:
+        def keep(self, refs):
+            self.ref = refs[0]  # the ObjectRef itself, borrowed from the driver
+            return True
+
+        def total(self):
+            return int(anyray.get(self.ref).sum())
+
+        def forget(self):
+            del self.ref
+            return True
+
+    keeper = Keeper.remote()
+    ref = anyray.put(np.ones(4 * MB, dtype=np.uint8))
+    assert anyray.get(keeper.keep.remote([ref]), timeout=DEADLINE)
+    del ref
+    time.sleep(0.6)
+    gc.collect()
+    assert anyray.get(keeper.total.remote(), timeout=DEADLINE) == 4 * MB  # still there for the actor
+    assert anyray.get(keeper.forget.remote(), timeout=DEADLINE)
+    wait_for(lambda: shared_bytes(runtime) == base, "the object to be freed once the actor let go")
