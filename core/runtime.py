@@ -42,6 +42,13 @@ class ReferenceCounter:
         with self._lock:
             self._counts[object_id] = self._counts.get(object_id, 0) + 1
 
+    def if_unreferenced(self, object_id: bytes, fn) -> None:
+        """Call ``fn()`` under the counter's lock if ``object_id`` has no live reference here now
+        (so no ``incref`` can come in between)."""
+        with self._lock:
+            if object_id not in self._counts:
+                fn()
+
     def decref(self, object_id: bytes) -> None:
         self._pending.append(object_id)
 

@@ -270,3 +270,91 @@ def test_no_worker_outlives_the_driver(tmp_path, how):
     finally:
         proc.kill()
         proc.communicate()
+
+
+# --------------------------------------------------------------------------- races found in review
+
+
+def test_cancelling_a_task_while_it_sends_large_messages_never_loses_the_connection():
+    @anyray.remote
+    def spam():
+        refs = []
+        while True:  # each put is a 60 KB message to the driver: a cancel lands mid-send often
+            refs.append(anyray.put(b"x" * 60_000))
+            if len(refs) > 50:
+                refs.clear()
+
+    for _ in range(8):
+        ref = spam.remote()
+        time.sleep(0.2)
+        anyray.cancel(ref)
+        with pytest.raises(TaskCancelledError):
+            anyray.get(ref, timeout=DEADLINE)
+
+    @anyray.remote
+    def works():
+        return "fine"
+    assert anyray.get(works.remote(), timeout=DEADLINE) == "fine"
+
+
+def test_a_cancel_is_not_swallowed_by_except_exception():
+    @anyray.remote
+    def stubborn(recorder_path):
+        open(recorder_path, "w").close()
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            try:
+                time.sleep(0.05)
+            except Exception:  # noqa: BLE001 - what user code often does
+                pass
+        return "finished"
+
+    import tempfile
+    path = os.path.join(tempfile.mkdtemp(), "started")
+    ref = stubborn.remote(path)
+    wait_for(lambda: os.path.exists(path), "the task to start")
+    anyray.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        anyray.get(ref, timeout=DEADLINE)
+
+
+def test_two_driver_threads_waiting_on_one_actor_do_not_block_each_other():
+    import threading
+
+    @anyray.remote(max_concurrency=2)
+    class Gate:
+        def __init__(self):
+            self.event = threading.Event()
+
+        def wait(self):
+            return self.event.wait(DEADLINE)
+
+        def ping(self):
+            return "pong"
+
+        def open(self):
+            self.event.set()
+
+    gate = Gate.remote()
+    anyray.get(gate.ping.remote(), timeout=DEADLINE)
+    out = {}
+    waiter = threading.Thread(target=lambda: out.setdefault("wait", anyray.get(gate.wait.remote())), daemon=True)
+    waiter.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert anyray.get(gate.ping.remote(), timeout=DEADLINE) == "pong"
+    assert time.monotonic() - started < DEADLINE / 2
+    gate.open.remote()
+    waiter.join(DEADLINE)
+    assert out == {"wait": True}
+
+
+def test_get_with_timeout_zero_inside_a_task_returns_a_ready_object():
+    ready = anyray.put(41)
+    anyray.wait([ready])
+
+    @anyray.remote
+    def peek(refs):
+        return anyray.get(refs[0], timeout=0)
+
+    assert anyray.get(peek.remote([ready]), timeout=DEADLINE) == 41

@@ -187,3 +187,35 @@ def test_a_ref_held_by_an_actor_keeps_its_object_after_the_driver_drops_it(runti
     assert anyray.get(keeper.total.remote(), timeout=DEADLINE) == 4 * MB  # still there for the actor
     assert anyray.get(keeper.forget.remote(), timeout=DEADLINE)
     wait_for(lambda: shared_bytes(runtime) == base, "the object to be freed once the actor let go")
+
+
+def test_no_shared_memory_is_left_behind_by_duplicate_args_cancels_or_values_read_in_tasks(runtime):
+    base = shared_bytes(runtime)
+    big = anyray.put(np.ones(4 * MB, dtype=np.uint8))
+
+    @anyray.remote
+    def both(a, b):
+        return int(a[0] + b[0])
+
+    assert anyray.get(both.remote(big, big), timeout=DEADLINE) == 2  # the same large ref twice
+
+    @anyray.remote
+    def stuck(a):
+        time.sleep(DEADLINE)
+
+    ref = stuck.remote(np.ones(4 * MB, dtype=np.uint8))  # large arguments travel through shared memory
+    time.sleep(0.5)
+    anyray.cancel(ref, force=True)
+    with pytest.raises(anyray.exceptions.TaskCancelledError):
+        anyray.get(ref, timeout=DEADLINE)
+
+    outer = anyray.put([big])
+
+    @anyray.remote
+    def read_inner(refs):
+        inner = anyray.get(refs[0])[0]  # a ref found inside a value, used and dropped in the task
+        return int(anyray.get(inner)[-1])
+
+    assert anyray.get(read_inner.remote([outer]), timeout=DEADLINE) == 1
+    del big, ref, outer
+    wait_for(lambda: shared_bytes(runtime) == base, "every range to come back")

@@ -35,6 +35,7 @@ from anyray.actor import ActorHandle
 from anyray.events import TaskRecord
 from anyray.exceptions import (
     ActorDiedError,
+    GetTimeoutError,
     InfeasibleTaskWarning,
     ObjectLostError,
     TaskCancelledError,
@@ -81,7 +82,7 @@ class _Worker:
     """The scheduler's view of one worker process."""
 
     __slots__ = ("handle", "functions", "task", "actor", "borrowed", "handles", "pins", "grants", "calls",
-                 "blocked", "retiring")
+                 "blocked", "retiring", "dead")
 
     def __init__(self, handle):
         self.handle = handle
@@ -95,6 +96,7 @@ class _Worker:
         self.calls: dict[bytes, int] = {}               # tasks run per function (max_calls)
         self.blocked: set[int] = set()                  # its requests waiting with CPUs lent
         self.retiring = False
+        self.dead = False
 
 
 class _Actor:
@@ -207,8 +209,10 @@ class NodeScheduler(Scheduler):
     def _wire(self, worker: _Worker, key: bytes, entry):
         """How ``entry`` travels to ``worker``: inline bytes, or its location, pinned for the worker under ``key``."""
         if type(entry) is ArenaObject:
-            self._store.pin(entry)
             with self._lock:
+                if worker.dead:  # the message will not reach it; nothing would unpin
+                    return entry.loc
+                self._store.pin(entry)
                 pin = worker.pins.get(key)
                 if pin is None:
                     worker.pins[key] = [entry, 1]
@@ -300,6 +304,7 @@ class NodeScheduler(Scheduler):
         if worker is None or self._closed:
             return
         with self._lock:
+            worker.dead = True
             if worker in self._idle:
                 self._idle.remove(worker)
             task, worker.task = worker.task, None
@@ -317,6 +322,9 @@ class NodeScheduler(Scheduler):
             return
         if task is None:
             return
+        if task.cancelled:
+            with self._lock:
+                self._finish(task)
         self._resources.release(task.lease)
         spec = task.spec
         retry = False
@@ -423,7 +431,7 @@ class NodeScheduler(Scheduler):
             blob = self._blob(fn)
             worker.functions.add(fn_id)
         store = self._store
-        deps = {ref._id: self._wire(worker, ref._id, store.entry(ref._id)) for ref in spec.deps}
+        deps = {oid: self._wire(worker, oid, store.entry(oid)) for oid in dict.fromkeys(r._id for r in spec.deps)}
         args = self._wire(worker, spec.task_id, task.held) if task.held is not None else to_wire(spec.args)
         options = spec.options
         self._send(worker, p.TASK, (
@@ -585,7 +593,7 @@ class NodeScheduler(Scheduler):
         self._reclaim(worker, abandoned)  # its answer still goes out when ready; the worker drops it
 
     def _op_get(self, worker: _Worker, rid: int, args):
-        ids, blocking = args
+        ids, blocking, now = args
         store = self._store
 
         def answer():
@@ -603,6 +611,9 @@ class NodeScheduler(Scheduler):
         missing = set(ids).difference(store.ready(ids))
         if not missing:
             return answer()
+        if now:
+            raise GetTimeoutError(f"get() timed out after 0 s: {len(missing)} of {len(ids)} objects are not ready. "
+                                  f"Raise the timeout, or use wait() to take what is ready.")
         if blocking:
             self._lend(worker, rid)
 
@@ -813,6 +824,8 @@ class NodeScheduler(Scheduler):
     def _call_result(self, actor: _Actor, worker: _Worker, task_id: bytes, wires, contained) -> None:
         with self._lock:
             spec = actor.inflight.pop(task_id, None)
+            if spec is not None and spec in actor.buffered:  # done by the old process after all
+                actor.buffered.remove(spec)
             held = actor.held.pop(task_id, None)
             actor.attempts.pop(task_id, None)
             if spec is not None and spec.returns:
@@ -828,10 +841,16 @@ class NodeScheduler(Scheduler):
             if spec is None:
                 return False
             queued = spec in actor.buffered
+            held = None
             if queued:
                 actor.buffered.remove(spec)
                 actor.inflight.pop(spec.task_id, None)
+                actor.attempts.pop(spec.task_id, None)
+                held = actor.held.pop(spec.task_id, None)
+                self._call_owner.pop(ref._id, None)
             worker = actor.worker
+        if held is not None:
+            self._store.drop(held)
         if queued:
             self.fail(spec.returns, TaskCancelledError(f"{spec.name} was cancelled."))
         elif worker is not None:

@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 
 import cloudpickle
 
@@ -126,6 +127,12 @@ class WorkerNode:
         self._pumping = False               # the main thread reads the connection for an answer
         self._cancel = False                # a cancel of the current task was read
         self._exit = False
+        self._changes_lock = threading.Lock()
+        self._answer_lock = threading.Lock()
+        self._sending = False               # the main thread is sending a message
+        self._held_interrupt = False        # a SIGINT came meanwhile
+        self._helpers = 0                   # threads other than main waiting for an answer
+        self._helpers_lock = threading.Lock()
         self.main_thread = threading.get_ident()
         self.events = _ForwardedEvents()
         self.actor: ActorHost | None = None      # a threaded or async actor hosted here
@@ -142,18 +149,29 @@ class WorkerNode:
     def _take_refs(self):
         if not (self._refs or self._handles or self._unpins):
             return None
-        refs, self._refs = self._refs, {}
-        handles, self._handles = self._handles, {}
+        with self._changes_lock:
+            refs, self._refs = self._refs, {}
+            handles, self._handles = self._handles, {}
         unpins = []
         while self._unpins:
             unpins.append(self._unpins.popleft())
         return list(refs.items()), list(handles.items()), unpins
 
     def send(self, tag: int, body) -> None:
-        with self._send_lock:  # reference changes and the message they precede stay in order
-            payload = p.frame(tag, p.dumps((self._take_refs(), body)))
-            self._last_send = time.monotonic()
-            self.conn.send_bytes(payload)
+        on_main = threading.get_ident() == self.main_thread
+        if on_main:  # a cancel (SIGINT's handler runs here) must not cut a message in half
+            self._sending = True
+        try:
+            with self._send_lock:  # reference changes and the message they precede stay in order
+                payload = p.frame(tag, p.dumps((self._take_refs(), body)))
+                self._last_send = time.monotonic()
+                self.conn.send_bytes(payload)
+        finally:
+            if on_main:
+                self._sending = False
+                if self._held_interrupt:  # a cancel came during the send: it lands now
+                    self._held_interrupt = False
+                    self._on_sigint(signal.SIGINT, None)
 
     def _flush_loop(self) -> None:
         while True:
@@ -169,16 +187,22 @@ class WorkerNode:
 
     # reference changes; the counters call these under their own locks, so they only record
     def _borrowed(self, oid: bytes) -> None:
-        _note(self._refs, oid, 1)
+        self._note("_refs", oid, 1)
 
     def released(self, oid: bytes) -> None:
-        _note(self._refs, oid, -1)
+        # Only if not referenced again since its count reached zero: then the +1 stands.
+        self.runtime.counter.if_unreferenced(oid, lambda: self._note("_refs", oid, -1))
 
     def _handle_borrowed(self, actor_id: bytes) -> None:
-        _note(self._handles, actor_id, 1)
+        self._note("_handles", actor_id, 1)
 
     def handle_released(self, actor_id: bytes) -> None:
-        _note(self._handles, actor_id, -1)
+        self.runtime.handles.if_unreferenced(actor_id, lambda: self._note("_handles", actor_id, -1))
+
+    def _note(self, table: str, key: bytes, sign: int) -> None:
+        """Record a first reference (+1) or a last one going (-1); the last change of a batch counts."""
+        with self._changes_lock:  # the table is swapped for a fresh one when a message takes it
+            getattr(self, table)[key] = sign
 
     # -- requests to the driver -------------------------------------------------
     def request(self, op: str, args, timeout: float | None = None):
@@ -209,46 +233,59 @@ class WorkerNode:
         return pending.value
 
     def _pump(self, pending: _Pending, timeout: float | None) -> bool:
+        """The main thread waits for an answer by reading the connection itself; a helper thread of
+        the task may be reading just now, one message at a time, so the lock is taken per message."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        conn, lock = self.conn, pending.lock
-        with self._read_lock:  # a thread reading for its own answer lets go once it has it
-            while not lock.acquire(False):
-                if self._cancel and self._running:
-                    self._cancel = False
-                    raise TaskCancelledError("The task was cancelled.")
-                if deadline is not None and not conn.poll(max(deadline - time.monotonic(), 0)):
-                    return False
-                self._dispatch(conn.recv_bytes())
+        conn, answered = self.conn, pending.lock
+        while not answered.acquire(False):
+            if self._cancel and self._running:
+                self._cancel = False
+                raise KeyboardInterrupt("The task was cancelled.")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            if not self._read_lock.acquire(timeout=0.005):
+                continue
+            try:
+                if conn.poll(left if left is not None else None if self._helpers == 0 else 0.005):
+                    self._dispatch(conn.recv_bytes())
+            finally:
+                self._read_lock.release()
         return True
 
     def _wait(self, pending: _Pending, timeout: float | None) -> bool:
-        """A thread other than main: wait, reading for itself while the main thread runs user code."""
+        """A thread other than main waits for its answer; in a task's process, where the main thread
+        runs user code, it reads for itself, one message at a time."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        conn, lock = self.conn, pending.lock
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return lock.acquire(False)
-            if self.actor is not None:  # the main thread reads all the time
-                return lock.acquire(timeout=-1 if left is None else left)
-            if lock.acquire(timeout=0.005 if left is None else min(0.005, left)):
-                return True
-            if self._read_lock.acquire(False):
-                try:
-                    while not lock.acquire(False):
+        conn, answered = self.conn, pending.lock
+        if self.actor is not None:  # a threaded or async actor: the main thread reads all the time
+            return answered.acquire(timeout=-1 if deadline is None else max(deadline - time.monotonic(), 0))
+        with self._helpers_lock:
+            self._helpers += 1
+        try:
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if answered.acquire(timeout=0.005 if left is None else max(min(0.005, left), 0)):
+                    return True
+                if left is not None and left <= 0:
+                    return False
+                if self._read_lock.acquire(False):
+                    try:
                         if conn.poll(0.005):
                             self._dispatch(conn.recv_bytes())
-                        elif deadline is not None and time.monotonic() > deadline:
-                            return False
-                    return True
-                finally:
-                    self._read_lock.release()
+                    finally:
+                        self._read_lock.release()
+        finally:
+            with self._helpers_lock:
+                self._helpers -= 1
 
     def _abandon(self, rid: int, pending: _Pending) -> None:
         """Nobody waits for this answer any more: the driver takes back the CPUs it lent for it, and
         the answer, when it comes, is released unread."""
-        pending.abandoned = True
-        if rid not in self._requests and pending.value is not None:
+        with self._answer_lock:
+            pending.abandoned = True
+            answered = rid not in self._requests and pending.value is not None
+        if answered:
             self._release_answer(pending)  # answered just now: nobody will read it
         try:
             self.tell("abandon", rid)
@@ -261,12 +298,13 @@ class WorkerNode:
 
     def _on_response(self, payload) -> None:
         rid, ok, value = pickle.loads(payload)
-        pending = self._requests.get(rid)
-        if pending is None:
-            return
-        pending.ok, pending.value = ok, value
-        del self._requests[rid]
-        if pending.abandoned:
+        with self._answer_lock:
+            pending = self._requests.pop(rid, None)
+            if pending is None:
+                return
+            pending.ok, pending.value = ok, value
+            abandoned = pending.abandoned
+        if abandoned:
             self._release_answer(pending)
         else:
             pending.lock.release()
@@ -300,7 +338,10 @@ class WorkerNode:
 
     def get(self, ids: list[bytes], timeout: float | None) -> list[SerializedObject]:
         blocking = current_task.get() is not None
-        answer = self.request("get", (ids, blocking), timeout)
+        if timeout == 0:  # the driver answers at once, with the objects or a GetTimeoutError
+            answer = self.request("get", (ids, False, True))
+        else:
+            answer = self.request("get", (ids, blocking, False), timeout)
         return [self.from_wire(key, wire) for key, wire in answer]
 
     def function(self, fn_id: bytes, blob: bytes | None):
@@ -326,9 +367,14 @@ class WorkerNode:
         while not self._exit:
             try:
                 if tasks:
-                    if self.inline is not None:  # read what has arrived first: a cancel of a queued call
-                        while conn.poll(0):
-                            self._dispatch(conn.recv_bytes())
+                    if self.inline is not None and self._read_lock.acquire(False):
+                        try:  # read what has arrived first: a cancel of a queued call
+                            while conn.poll(0):
+                                self._dispatch(conn.recv_bytes())
+                        finally:
+                            self._read_lock.release()
+                        if not tasks:
+                            continue
                     run, arg = tasks.popleft()
                     run(arg)
                     del run, arg
@@ -338,10 +384,12 @@ class WorkerNode:
                         continue
                     msg = conn.recv_bytes()
                 self._dispatch(msg)
-            except TaskCancelledError:
+            except (KeyboardInterrupt, TaskCancelledError):
                 pass  # a cancel that landed between tasks
             except (EOFError, OSError):
                 return  # the driver is gone
+            except Exception:  # noqa: BLE001 - one bad message must not end the worker
+                traceback.print_exc()
 
     def _dispatch(self, msg: bytes) -> None:
         """Handle one message, on whichever thread read it; a task is queued for the main thread."""
@@ -422,11 +470,16 @@ class WorkerNode:
         """A cancel while the main thread runs user code (the driver sends SIGINT after CANCEL).
 
         Reads what has arrived, unless another thread reads now (that one passes a cancel on as
-        another SIGINT), and raises ``TaskCancelledError`` in the task if its cancel is there."""
+        another SIGINT), and raises ``KeyboardInterrupt`` in the task if its cancel is there (the task
+        then fails with ``TaskCancelledError``). A cancel that comes while the main thread sends a
+        message waits until the message is out."""
         if not self._running or self._pumping:
             return  # between tasks, or reading already: the cancel is seen where it is read
+        if self._sending:
+            self._held_interrupt = True  # handled once the message is out
+            return
         if not self._cancel and self._read_lock.acquire(False):
-            try:
+            try:  # nothing dispatched here sends, so an interrupted send is never re-entered
                 conn = self.conn
                 while conn.poll(0):
                     self._dispatch(conn.recv_bytes())
@@ -434,7 +487,7 @@ class WorkerNode:
                 self._read_lock.release()
         if self._cancel and self._running:
             self._cancel = False
-            raise TaskCancelledError("The task was cancelled.")
+            raise KeyboardInterrupt("The task was cancelled.")  # as Ray: `except Exception` does not catch it
 
     # -- the hosted actor -----------------------------------------------------------
     # A sync actor with max_concurrency 1 runs its calls here on the main thread, as tasks do; a
@@ -463,7 +516,12 @@ class WorkerNode:
     def _actor_create(self, body) -> None:
         (actor_id, cls_id, blob, name, args_wire, dep_ids, resources, options, namespace, is_async,
          gpu_ids, restarts) = body
-        cls = self.function(cls_id, blob)
+        try:
+            cls = self.function(cls_id, blob)
+        except Exception as exc:  # noqa: BLE001 - e.g. its module does not import here
+            self.send(p.ACTOR_DIED, (actor_id, f"The actor {name} died: its class could not be loaded in "
+                                               f"the actor's process: {type(exc).__name__}: {exc}"))
+            return
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
         spec = ActorSpec(actor_id=actor_id, cls=FunctionDescriptor(cls_id, name, cls),
@@ -489,14 +547,6 @@ class WorkerNode:
     def fetch(self, refs) -> list:
         """Values of ``refs`` (failures left as values), asked from the driver."""
         return [serialization.deserialize(o) for o in self.get([r._id for r in refs], None)]
-
-
-def _note(changes: dict, key: bytes, sign: int) -> None:
-    """Record a first reference (+1) or a last one going (-1); a pair within one batch cancels out."""
-    if changes.get(key) == -sign:
-        del changes[key]
-    else:
-        changes[key] = sign
 
 
 class _InlineActor:
@@ -530,6 +580,8 @@ class _InlineActor:
         task_id, method, args_wire, dep_ids, return_ids, options, name, caller_id, seq = body
         node = self.node
         if self.cause:
+            if type(args_wire) is Location:
+                node._unpins.append(task_id)
             node.send_result(task_id, [serialize_failure(RemoteFailure(ActorDiedError(self.cause)))] * len(return_ids))
             return
         call = Call(getattr(self.instance, method), name, "actor_task", self._context(task_id, name),
@@ -546,6 +598,8 @@ class _InlineActor:
             run, body = item
             if run == self.call and oid in body[4]:
                 self.node._tasks.remove(item)
+                if type(body[2]) is Location:
+                    self.node._unpins.append(body[0])  # its arguments were never read
                 error = TaskCancelledError(f"{body[6]} was cancelled.")
                 self.node.send_result(body[0], [serialize_failure(RemoteFailure(error))] * len(body[4]))
                 return

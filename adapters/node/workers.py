@@ -278,13 +278,14 @@ class WorkerHandle:
         """Read and handle this worker's messages on the calling thread until ``done()``.
 
         A caller about to wait for something the worker will send saves the hand-off from the
-        reader thread. Returns False, leaving the rest to the reader, if the connection closes
-        or is not up yet.
+        reader thread. Returns False at once, leaving the reading to whoever does it, when another
+        thread reads this connection now; also when the connection closes or is not up yet.
+        On the main thread a Ctrl-C arrives between messages, never in the middle of one.
         """
         conn, poller = self._conn, self._poller
-        if conn is None or poller is None:
+        if conn is None or poller is None or not self._read_lock.acquire(False):
             return False
-        with self._read_lock:
+        try:
             try:
                 poller.modify(conn.fileno(), 0)  # the reader thread sleeps through what this thread reads
             except (OSError, ValueError):
@@ -293,16 +294,21 @@ class WorkerHandle:
                 while not done():
                     if self._conn is not conn:
                         return False
-                    try:
-                        msg = conn.recv_bytes()
-                    except (EOFError, OSError):
-                        return False
-                    self._pool._handle_message(self, msg)
+                    if not _wait_readable(conn):
+                        continue
+                    with _DeferredInterrupt():
+                        try:
+                            msg = conn.recv_bytes()
+                        except (EOFError, OSError):
+                            return False
+                        self._pool._handle_message(self, msg)
             finally:
                 try:
                     poller.modify(conn.fileno(), select.EPOLLIN)
                 except (OSError, ValueError):
                     pass
+        finally:
+            self._read_lock.release()
         return True
 
     def kill(self) -> None:
@@ -608,6 +614,40 @@ class WorkerPool:
         for handle in self.workers:  # those that never connected; connected ones see their connection close
             if handle._conn is None:
                 handle._died(WorkerExit(handle.pid, None, "the fork server exited before it connected"))
+
+
+def _wait_readable(conn) -> bool:
+    """Block until ``conn`` has data (or is closed); a Ctrl-C raises here, before anything is read."""
+    try:
+        return bool(select.select([conn.fileno()], [], [])[0])
+    except (OSError, ValueError):
+        return True  # closed: the read that follows says so
+
+
+class _DeferredInterrupt:
+    """On the main thread, hold a Ctrl-C back while one message is read and handled, then raise it."""
+
+    __slots__ = ("_old", "_caught")
+
+    def __enter__(self):
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            old = signal.getsignal(signal.SIGINT)
+            if callable(old):
+                self._caught = None
+                self._old = old
+                signal.signal(signal.SIGINT, self._hold)
+        return self
+
+    def _hold(self, signum, frame):
+        self._caught = (signum, frame)
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            if self._caught is not None:
+                self._old(*self._caught)  # the handler that was there, Python's default raises KeyboardInterrupt
+        return False
 
 
 def _resolve(future: Future, status: int, body: memoryview) -> None:
