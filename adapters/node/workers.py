@@ -548,12 +548,11 @@ class WorkerPool:
                     lock.acquire()  # a caller began reading just now: look again once it is done
                     lock.release()
                     continue
-                try:
-                    msg = conn.recv_bytes() if poller.poll(0) else None
+                try:  # handled under the lock too: a caller that finds it free never waits for a message read here
+                    if poller.poll(0):
+                        self._handle_message(handle, conn.recv_bytes())
                 finally:
                     lock.release()
-                if msg is not None:
-                    self._handle_message(handle, msg)
         except (EOFError, OSError):
             pass
         finally:
@@ -617,9 +616,9 @@ class WorkerPool:
 
 
 def _wait_readable(conn) -> bool:
-    """Block until ``conn`` has data (or is closed); a Ctrl-C raises here, before anything is read."""
-    try:
-        return bool(select.select([conn.fileno()], [], [])[0])
+    """Whether ``conn`` has data (or is closed) within a second; a Ctrl-C raises here, before anything is read."""
+    try:  # a second at a time: whatever the caller waits for may also come another way (a retry, a kill)
+        return bool(select.select([conn.fileno()], [], [], 1.0)[0])
     except (OSError, ValueError):
         return True  # closed: the read that follows says so
 
