@@ -7,21 +7,18 @@ dependencies are sealed and its resources are free; a task blocked in
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import threading
-import warnings
-from collections.abc import Callable
 
 from anyray import serialization
 from anyray.context import TaskContext, current_task
-from anyray.exceptions import InfeasibleTaskWarning, TaskCancelledError
+from anyray.exceptions import TaskCancelledError
 from anyray.executor import Call, serialize_failure
-from anyray.ports.scheduler import Scheduler
 from anyray.specs import RemoteFailure, TaskSpec
 
 from ..common.actor_host import ActorHost
 from ..common.resources import ResourcePool
+from ..common.scheduling import QueueScheduler
 from ..common.threads import DaemonThreadPool
 
 
@@ -43,22 +40,14 @@ def _own_arguments(spec) -> None:
         spec.args = spec.args.copy_buffers()
 
 
-class LocalScheduler(Scheduler):
+class LocalScheduler(QueueScheduler):
     def __init__(self, store, metadata, events, pool: ResourcePool):
+        super().__init__(metadata, events, pool)
         self._store = store
-        self._metadata = metadata
-        self.events = events
-        self._resources = pool
-        self._lock = threading.RLock()
-        # Work waiting for resources, one FIFO per demand shape: when the head of a
-        # queue does not fit, nothing behind it (same demand) can, so dispatch stays O(shapes).
-        self._queues: dict[tuple, collections.deque[Callable]] = {}
         self._tasks: dict[bytes, _Task] = {}            # by return object id, until done
         self._children: dict[bytes, list[_Task]] = {}
         self._actors: dict[bytes, ActorHost] = {}
         self._threads = DaemonThreadPool("anyray-task")
-        self._warned: set[bytes] = set()
-        self._feasible: set[tuple] = set()  # demand shapes known to fit this node
         self._closed = False
 
     # -- shared helpers -----------------------------------------------------
@@ -79,63 +68,18 @@ class LocalScheduler(Scheduler):
     def call_failed(self, spec, error: BaseException) -> None:
         self.fail(spec.returns, error)
 
-    def _check_feasible(self, key: bytes, name: str, demand: dict, shape: tuple | None = None) -> None:
-        missing = self._resources.infeasible(demand)
-        if not missing and shape is not None:
-            self._feasible.add(shape)
-        if missing and key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(
-                f"{name} needs {missing} but this machine has {self._resources.describe_total(missing)}; "
-                f"it will wait until those resources exist (pass them to init(num_gpus=..., resources=...)).",
-                InfeasibleTaskWarning, stacklevel=5)
-
-    def enqueue(self, demand: dict, start: Callable[[object], None]) -> None:
-        """Call ``start(lease)`` once ``demand`` fits; FIFO among work of the same demand."""
-        shape = tuple(sorted(demand.items()))
-        with self._lock:
-            queue = self._queues.get(shape)
-            if queue is None:
-                queue = self._queues[shape] = collections.deque()
-            queue.append(start)
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        to_start = []
-        with self._lock:
-            for shape, queue in self._queues.items():
-                demand = None
-                while queue:
-                    demand = demand if demand is not None else dict(shape)
-                    lease = self._resources.acquire(demand)
-                    if lease is None:
-                        break
-                    to_start.append((queue.popleft(), lease))
-        for start, lease in to_start:
-            if type(start) is _Task:
-                self._start(start, lease)
-            else:
-                start(lease)
-
     def _take_next(self, shape: tuple, lease):
         """Hand a finished task's lease to the next queued task of the same demand, in this thread;
         release it instead when other work waits (fairness) or nothing does."""
         with self._lock:
-            queue = self._queues.get(shape)
-            while queue and type(queue[0]) is _Task and not lease.cpus_lent and \
-                    (len(self._queues) == 1 or all(not q for s, q in self._queues.items() if s != shape)):
-                task = queue.popleft()
-                if task.state == "queued":  # else cancelled while queued: drop it
-                    task.state = "running"
-                    task.thread_id = threading.get_ident()
-                    task.lease = lease
-                    return task
+            task = self._next_queued(shape, lease)
+            if task is not None:
+                task.state = "running"
+                task.thread_id = threading.get_ident()
+                task.lease = lease
+                return task
         self.release(lease)
         return None
-
-    def release(self, lease) -> None:
-        self._resources.release(lease)
-        self._dispatch()
 
     # -- tasks --------------------------------------------------------------
     def submit_task(self, spec: TaskSpec) -> None:
@@ -158,10 +102,7 @@ class LocalScheduler(Scheduler):
             if task.state != "waiting":
                 return  # cancelled while waiting for its dependencies
             task.state = "queued"
-            queue = self._queues.get(task.shape)
-            if queue is None:
-                queue = self._queues[task.shape] = collections.deque()
-            queue.append(task)
+            self._queue_of(task.shape, task)
         self._dispatch()
 
     def _start(self, task: _Task, lease) -> None:
@@ -295,12 +236,7 @@ class LocalScheduler(Scheduler):
 
     # -- actors -------------------------------------------------------------
     def create_actor(self, spec) -> None:
-        name = spec.options["name"]
-        if name is not None:
-            key = f"actor/{spec.namespace}/{name}"
-            if not self._metadata.compare_and_set(key, None, spec.actor_id):
-                raise ValueError(f"An actor named {name!r} already exists in namespace {spec.namespace!r}. "
-                                 f"Pick another name, or pass get_if_exists=True to reuse it.")
+        self._claim_name(spec)
         if spec.resources:
             self._check_feasible(spec.actor_id, spec.cls.name, spec.resources)
         _own_arguments(spec)
@@ -310,9 +246,7 @@ class LocalScheduler(Scheduler):
         actor.start()
 
     def actor_died(self, actor: ActorHost) -> None:
-        name = actor.spec.options["name"]
-        if name is not None:
-            self._metadata.compare_and_set(f"actor/{actor.spec.namespace}/{name}", actor.spec.actor_id, None)
+        self._release_name(actor.spec)
 
     def submit_actor_task(self, spec) -> None:
         actor = self._actors.get(spec.actor_id)
@@ -324,17 +258,9 @@ class LocalScheduler(Scheduler):
         actor.submit(spec)
 
     def get_named_actor(self, name: str, namespace: str):
-        actor_id = self._metadata.get(f"actor/{namespace}/{name}")
+        actor_id = self._named_actor_id(name, namespace)
         actor = self._actors.get(actor_id) if actor_id is not None else None
         return actor.handle() if actor is not None and actor.alive_or_pending else None
-
-    def list_named_actors(self, namespace):
-        out = []
-        for key, _ in self._metadata.scan("actor/"):
-            _, ns, name = key.split("/", 2)
-            if namespace is None or ns == namespace:
-                out.append((ns, name))
-        return out
 
     def actor_handles_gone(self, actor_id: bytes) -> None:
         actor = self._actors.get(actor_id)
@@ -345,17 +271,6 @@ class LocalScheduler(Scheduler):
         actor = self._actors.get(actor_id)
         if actor is not None:
             actor.kill(no_restart)
-
-    # -- cluster state ----------------------------------------------------------
-    def cluster_resources(self) -> dict[str, float]:
-        return self._resources.total()
-
-    def available_resources(self) -> dict[str, float]:
-        return self._resources.available()
-
-    def nodes(self) -> list[dict]:
-        return [{"NodeID": self._resources.node_id, "Alive": True, "NodeManagerAddress": "127.0.0.1",
-                 "NodeManagerHostname": "localhost", "Resources": self._resources.total(), "alive": True}]
 
     def shutdown(self) -> None:
         self._closed = True

@@ -27,7 +27,6 @@ import pickle
 import signal
 import sys
 import threading
-import warnings
 
 import cloudpickle
 
@@ -36,19 +35,18 @@ from anyray.events import TaskRecord
 from anyray.exceptions import (
     ActorDiedError,
     GetTimeoutError,
-    InfeasibleTaskWarning,
     ObjectLostError,
     TaskCancelledError,
     WorkerCrashedError,
 )
 from anyray.executor import serialize_failure
 from anyray.object_ref import ObjectRef
-from anyray.ports.scheduler import Scheduler
 from anyray.runtime import current_counter
 from anyray.serialization import SerializedObject
 from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
 
 from ..common.resources import ResourcePool
+from ..common.scheduling import QueueScheduler
 from . import protocol as p
 from .arena import Location
 from .store import ArenaObject, SharedObjectStore, to_wire
@@ -119,15 +117,11 @@ class _Actor:
         self.args_held = args_held
 
 
-class NodeScheduler(Scheduler):
+class NodeScheduler(QueueScheduler):
     def __init__(self, session, store: SharedObjectStore, metadata, events, pool: ResourcePool, setup: dict):
+        super().__init__(metadata, events, pool)
         self._store = store
-        self._metadata = metadata
-        self.events = events
-        self._resources = pool
         self._setup = setup
-        self._lock = threading.RLock()
-        self._queues: dict[tuple, collections.deque] = {}
         self._tasks: dict[bytes, _Task] = {}          # by return object id, until done
         self._children: dict[bytes, list[_Task]] = {}
         self._actors: dict[bytes, _Actor] = {}
@@ -135,8 +129,6 @@ class NodeScheduler(Scheduler):
         self._workers: dict[int, _Worker] = {}
         self._idle: list[_Worker] = []
         self._functions: dict[bytes, bytes] = {}      # function id -> pickled code, exported once
-        self._warned: set[bytes] = set()
-        self._feasible: set[tuple] = set()
         self._records: collections.deque = collections.deque()
         self._closed = False
         events.add_source(self._pull_records)
@@ -166,17 +158,6 @@ class NodeScheduler(Scheduler):
         if args.nbytes >= self._store.inline_max:
             return None, self._store.hold(args)
         return (args.copy_buffers() if args.buffers else args), None
-
-    def _check_feasible(self, key: bytes, name: str, demand: dict, shape: tuple | None = None) -> None:
-        missing = self._resources.infeasible(demand)
-        if not missing and shape is not None:
-            self._feasible.add(shape)
-        if missing and key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(
-                f"{name} needs {missing} but this machine has {self._resources.describe_total(missing)}; "
-                f"it will wait until those resources exist (pass them to init(num_gpus=..., resources=...)).",
-                InfeasibleTaskWarning, stacklevel=5)
 
     # -- workers ------------------------------------------------------------------
     def _spawn(self, env: dict | None = None) -> _Worker:
@@ -345,33 +326,6 @@ class NodeScheduler(Scheduler):
                 f"Raise max_retries to retry it more often."))
         self._dispatch()
 
-    # -- queues ---------------------------------------------------------------------
-    def _enqueue(self, demand: dict, start) -> None:
-        with self._lock:
-            self._queues.setdefault(tuple(sorted(demand.items())), collections.deque()).append(start)
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        to_start = []
-        with self._lock:
-            for shape, queue in self._queues.items():
-                demand = None
-                while queue:
-                    demand = demand if demand is not None else dict(shape)
-                    lease = self._resources.acquire(demand)
-                    if lease is None:
-                        break
-                    to_start.append((queue.popleft(), lease))
-        for start, lease in to_start:
-            if type(start) is _Task:
-                self._start(start, lease)
-            else:
-                start(lease)
-
-    def _release(self, lease) -> None:
-        self._resources.release(lease)
-        self._dispatch()
-
     # -- tasks ------------------------------------------------------------------------
     def submit_task(self, spec: TaskSpec, held: ArenaObject | None = None) -> None:
         if held is None:
@@ -394,15 +348,12 @@ class NodeScheduler(Scheduler):
             if task.state != "waiting":
                 return  # cancelled while it waited for its dependencies
             task.state = "queued"
-            queue = self._queues.get(task.shape)
-            if not queue:  # nothing of its shape waits: take its resources now, if they are free
+            if not self._queues.get(task.shape):  # nothing of its shape waits: take its resources now
                 lease = self._resources.acquire(task.spec.resources)
                 if lease is not None:
                     self._start(task, lease)
                     return
-                if queue is None:
-                    queue = self._queues[task.shape] = collections.deque()
-            queue.append(task)
+            self._queue_of(task.shape, task)
         self._dispatch()
 
     def _start(self, task: _Task, lease) -> None:
@@ -418,7 +369,7 @@ class NodeScheduler(Scheduler):
                 worker.task = task
                 task.worker = worker
         if worker is None:
-            self._release(lease)
+            self.release(lease)
             return
         self._send_task(worker, task)
 
@@ -456,7 +407,7 @@ class NodeScheduler(Scheduler):
                 if count >= max_calls:
                     worker.retiring = True
             if not worker.retiring:
-                nxt = self._take_next(task.shape, lease)
+                nxt = self._next_queued(task.shape, lease)
                 if nxt is not None:
                     nxt.state, nxt.lease, nxt.worker = "running", lease, worker
                     worker.task = nxt
@@ -467,18 +418,7 @@ class NodeScheduler(Scheduler):
             return
         if worker.retiring:
             self._exit(worker)
-        self._release(lease)
-
-    def _take_next(self, shape: tuple, lease):
-        """Under the lock: the next queued task of the same demand, to run on the lease just freed, when
-        no work of another demand waits (fairness) and the lease's CPUs are not lent out."""
-        queue = self._queues.get(shape)
-        while queue and type(queue[0]) is _Task and not lease.cpus_lent and \
-                (len(self._queues) == 1 or all(not q for s, q in self._queues.items() if s != shape)):
-            task = queue.popleft()
-            if task.state == "queued":
-                return task
-        return None
+        self.release(lease)
 
     def _finish(self, task: _Task) -> None:
         """Under the lock (re-entrant): the task is settled; forget it and drop its held arguments."""
@@ -734,12 +674,7 @@ class NodeScheduler(Scheduler):
         return ActorHandle(actor_id, actor.spec.cls.name, actor.spec.method_options)
 
     def create_actor(self, spec: ActorSpec, held: ArenaObject | None = None):
-        name = spec.options["name"]
-        if name is not None:
-            key = f"actor/{spec.namespace}/{name}"
-            if not self._metadata.compare_and_set(key, None, spec.actor_id):
-                raise ValueError(f"An actor named {name!r} already exists in namespace {spec.namespace!r}. "
-                                 f"Pick another name, or pass get_if_exists=True to reuse it.")
+        self._claim_name(spec)
         if spec.resources:
             self._check_feasible(spec.actor_id, spec.cls.name, spec.resources)
         if held is None and spec.args is not None:
@@ -747,7 +682,7 @@ class NodeScheduler(Scheduler):
         actor = _Actor(spec, held)
         with self._lock:
             self._actors[spec.actor_id] = actor
-        self._enqueue(spec.resources, lambda lease: self._actor_lease(actor, lease))
+        self.enqueue(spec.resources, lambda lease: self._actor_lease(actor, lease))
         return None
 
     def _actor_lease(self, actor: _Actor, lease) -> None:
@@ -758,7 +693,7 @@ class NodeScheduler(Scheduler):
                 dead = False
                 actor.lease = lease
         if dead:
-            self._release(lease)
+            self.release(lease)
             return
         self._start_actor_process(actor)
 
@@ -918,26 +853,16 @@ class NodeScheduler(Scheduler):
             self._store.drop(entry)
         for call in calls:
             self.fail(call.returns, ActorDiedError(cause))
-        name = actor.spec.options["name"]
-        if name is not None:
-            self._metadata.compare_and_set(f"actor/{actor.spec.namespace}/{name}", actor.spec.actor_id, None)
+        self._release_name(actor.spec)
         if lease is not None:
-            self._release(lease)
+            self.release(lease)
 
     def get_named_actor(self, name: str, namespace: str):
-        actor_id = self._metadata.get(f"actor/{namespace}/{name}")
+        actor_id = self._named_actor_id(name, namespace)
         actor = self._actors.get(actor_id) if actor_id is not None else None
         if actor is None or actor.state == "dead":
             return None
         return ActorHandle(actor.spec.actor_id, actor.spec.cls.name, actor.spec.method_options)
-
-    def list_named_actors(self, namespace):
-        out = []
-        for key, _ in self._metadata.scan("actor/"):
-            _, ns, name = key.split("/", 2)
-            if namespace is None or ns == namespace:
-                out.append((ns, name))
-        return out
 
     def actor_handles_gone(self, actor_id: bytes) -> None:
         actor = self._actors.get(actor_id)
@@ -968,17 +893,6 @@ class NodeScheduler(Scheduler):
             self._restart_or_die(actor, worker, f"The actor {actor.spec.cls.name} was killed with anyray.kill()")
         if worker is not None:
             worker.handle.kill()
-
-    # -- cluster state -------------------------------------------------------------------------
-    def cluster_resources(self) -> dict[str, float]:
-        return self._resources.total()
-
-    def available_resources(self) -> dict[str, float]:
-        return self._resources.available()
-
-    def nodes(self) -> list[dict]:
-        return [{"NodeID": self._resources.node_id, "Alive": True, "NodeManagerAddress": "127.0.0.1",
-                 "NodeManagerHostname": "localhost", "Resources": self._resources.total(), "alive": True}]
 
     def shutdown(self) -> None:
         self._closed = True

@@ -1,0 +1,128 @@
+"""The scheduling rules the built-in schedulers share: FIFO queues per demand shape, infeasible-demand
+warnings, named actors in the metadata store, and the resources of one node.
+
+Work waits in one FIFO per demand shape: when the head of a queue does not
+fit, nothing behind it (same demand) can, so dispatch stays O(shapes). A
+queue entry is a task object, started by the subclass's ``_start(task,
+lease)``, or a callable ``start(lease)`` (an actor waiting for its
+resources).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import warnings
+from collections.abc import Callable
+
+from anyray.exceptions import InfeasibleTaskWarning
+from anyray.ports.scheduler import Scheduler
+
+from .resources import ResourcePool
+
+
+class QueueScheduler(Scheduler):
+    def __init__(self, metadata, events, pool: ResourcePool):
+        self._metadata = metadata
+        self.events = events
+        self._resources = pool
+        self._lock = threading.RLock()
+        self._queues: dict[tuple, collections.deque] = {}
+        self._warned: set[bytes] = set()
+        self._feasible: set[tuple] = set()  # demand shapes known to fit this node
+
+    def _start(self, task, lease) -> None:
+        raise NotImplementedError
+
+    # -- queues ---------------------------------------------------------------
+    def _check_feasible(self, key: bytes, name: str, demand: dict, shape: tuple | None = None) -> None:
+        missing = self._resources.infeasible(demand)
+        if not missing and shape is not None:
+            self._feasible.add(shape)
+        if missing and key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(
+                f"{name} needs {missing} but this machine has {self._resources.describe_total(missing)}; "
+                f"it will wait until those resources exist (pass them to init(num_gpus=..., resources=...)).",
+                InfeasibleTaskWarning, stacklevel=5)
+
+    def enqueue(self, demand: dict, start: Callable[[object], None]) -> None:
+        """Call ``start(lease)`` once ``demand`` fits; FIFO among work of the same demand."""
+        self._queue_of(tuple(sorted(demand.items())), start)
+        self._dispatch()
+
+    def _queue_of(self, shape: tuple, item) -> None:
+        with self._lock:
+            queue = self._queues.get(shape)
+            if queue is None:
+                queue = self._queues[shape] = collections.deque()
+            queue.append(item)
+
+    def _dispatch(self) -> None:
+        to_start = []
+        with self._lock:
+            for shape, queue in self._queues.items():
+                demand = None
+                while queue:
+                    demand = demand if demand is not None else dict(shape)
+                    lease = self._resources.acquire(demand)
+                    if lease is None:
+                        break
+                    to_start.append((queue.popleft(), lease))
+        for start, lease in to_start:
+            if callable(start):
+                start(lease)
+            else:
+                self._start(start, lease)
+
+    def _next_queued(self, shape: tuple, lease):
+        """Under the lock: the next queued task of ``shape`` to run on ``lease``, just freed by a task of
+        that shape; None when work of another shape waits (fairness), the lease's CPUs are lent, or
+        nothing queued is a task."""
+        queue = self._queues.get(shape)
+        while queue and not callable(queue[0]) and not lease.cpus_lent and \
+                (len(self._queues) == 1 or all(not q for s, q in self._queues.items() if s != shape)):
+            task = queue.popleft()
+            if task.state == "queued":  # else cancelled while queued: drop it
+                return task
+        return None
+
+    def release(self, lease) -> None:
+        self._resources.release(lease)
+        self._dispatch()
+
+    # -- named actors ---------------------------------------------------------------
+    def _claim_name(self, spec) -> None:
+        """Register a named actor; a live actor with that name raises ``ValueError`` at the call site."""
+        name = spec.options["name"]
+        if name is not None and not self._metadata.compare_and_set(f"actor/{spec.namespace}/{name}", None,
+                                                                   spec.actor_id):
+            raise ValueError(f"An actor named {name!r} already exists in namespace {spec.namespace!r}. "
+                             f"Pick another name, or pass get_if_exists=True to reuse it.")
+
+    def _release_name(self, spec) -> None:
+        name = spec.options["name"]
+        if name is not None:
+            self._metadata.compare_and_set(f"actor/{spec.namespace}/{name}", spec.actor_id, None)
+
+    def _named_actor_id(self, name: str, namespace: str) -> bytes | None:
+        return self._metadata.get(f"actor/{namespace}/{name}")
+
+    def list_named_actors(self, namespace):
+        out = []
+        for key, _ in self._metadata.scan("actor/"):
+            _, ns, name = key.split("/", 2)
+            if namespace is None or ns == namespace:
+                out.append((ns, name))
+        return out
+
+    # -- cluster state -------------------------------------------------------------
+    def cluster_resources(self) -> dict[str, float]:
+        return self._resources.total()
+
+    def available_resources(self) -> dict[str, float]:
+        return self._resources.available()
+
+    def nodes(self) -> list[dict]:
+        return [{"NodeID": self._resources.node_id, "Alive": True, "NodeManagerAddress": "127.0.0.1",
+                 "NodeManagerHostname": "localhost", "Resources": self._resources.total(), "alive": True}]
