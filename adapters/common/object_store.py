@@ -19,6 +19,7 @@ from anyray.ports.object_store import ObjectStore
 from anyray.serialization import SerializedObject
 
 _id_of = operator.attrgetter("_id")
+SPIN_SECONDS = 100e-6  # how long wait() yields for a seal before it sleeps
 
 
 class _Waiter:
@@ -68,6 +69,7 @@ class MemoryObjectStore(ObjectStore):
         self._lock = threading.Lock()
         self._any_sealed = threading.Condition(self._lock)  # wait() re-checks on each seal
         self._wait_calls = 0  # wait() calls blocked on it
+        self._seals = 0  # objects sealed so far
         self._capacity = capacity
         self._used = 0
 
@@ -94,6 +96,7 @@ class MemoryObjectStore(ObjectStore):
                     f"to them is alive: drop refs you no longer need, or pass a larger object_store_memory to init().")
             self._objects[oid] = obj
             self._used += size
+            self._seals += 1
             if self._wait_calls:
                 self._any_sealed.notify_all()
             waiters = self._waiters.pop(oid, None)
@@ -177,11 +180,27 @@ class MemoryObjectStore(ObjectStore):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return done
+                if self._spin_for_seal():
+                    continue
                 self._wait_calls += 1
                 try:
                     self._any_sealed.wait(left)
                 finally:
                     self._wait_calls -= 1
+
+    def _spin_for_seal(self) -> bool:
+        """Under the lock: let it go and yield for up to ``SPIN_SECONDS`` while no object is sealed. When
+        results stream in (a ``wait`` loop), the next seal usually comes sooner than a sleeping thread
+        would wake; returns whether one came (the lock is held again either way)."""
+        seals = self._seals
+        deadline = time.perf_counter() + SPIN_SECONDS
+        self._lock.release()
+        try:
+            while self._seals == seals and time.perf_counter() < deadline:
+                time.sleep(0)  # lets the sealing threads of this process run
+        finally:
+            self._lock.acquire()
+        return self._seals != seals
 
     def contains(self, ref: ObjectRef) -> bool:
         return ref._id in self._objects

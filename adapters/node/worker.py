@@ -109,6 +109,7 @@ class WorkerNode:
     def __init__(self, loop: workers.WorkerLoop, setup: dict):
         self.loop = loop
         self.conn = loop.conn
+        self._fd = loop.conn.fileno()
         self.setup = setup
         self.inline_max = setup["inline_max"]
         self._send_lock = threading.Lock()
@@ -247,7 +248,8 @@ class WorkerNode:
             if not self._read_lock.acquire(timeout=0.005):
                 continue
             try:
-                if conn.poll(left if left is not None else None if self._helpers == 0 else 0.005):
+                if workers.spin_until_readable(self._fd) or \
+                        conn.poll(left if left is not None else None if self._helpers == 0 else 0.005):
                     self._dispatch(conn.recv_bytes())
             finally:
                 self._read_lock.release()
@@ -363,7 +365,7 @@ class WorkerNode:
     def main(self) -> None:
         """The main thread: read the connection, run each task here as it comes, until the driver goes."""
         threading.Thread(target=self._flush_loop, name="anyray-worker-flush", daemon=True).start()
-        conn, tasks = self.conn, self._tasks
+        conn, tasks, fd = self.conn, self._tasks, self._fd
         while not self._exit:
             try:
                 if tasks:
@@ -382,6 +384,7 @@ class WorkerNode:
                 with self._read_lock:
                     if tasks:
                         continue
+                    workers.spin_until_readable(fd)  # the next task often follows the last result closely
                     msg = conn.recv_bytes()
                 self._dispatch(msg)
             except (KeyboardInterrupt, TaskCancelledError):
