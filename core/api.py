@@ -15,7 +15,6 @@ from typing import Any
 from . import runtime as _rt
 from .actor import ActorClass, method
 from .context import RuntimeContext, current_task
-from .plugins import load_backend
 from .ports.backend import BackendConfig
 from .remote_function import RemoteFunction
 
@@ -91,6 +90,8 @@ def init(backend: str | None = None, *, address: str | None = None, num_cpus: fl
                 raise ValueError(f"local_mode=True means backend='local'; it conflicts with backend={backend!r}.")
             backend = "local"
         name = backend or os.environ.get("ANYRAY_BACKEND") or DEFAULT_BACKEND
+        from .plugins import load_backend  # here: worker processes never load backends (nor pluggy)
+
         backend_cls = load_backend(name)
         address = _normalize_address(address, redis_address, _redis_password)
         if address is None:

@@ -7,7 +7,6 @@ their workers); the core turns the records into ``timeline()`` and
 
 from __future__ import annotations
 
-import json
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -86,5 +85,7 @@ class JobEvents:
 
     def dump(self, filename: str) -> None:
         with open(filename, "w") as fh:
+            import json
+
             json.dump(self.trace_events(), fh)
 

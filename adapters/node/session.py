@@ -15,14 +15,17 @@ import fcntl
 import os
 import secrets
 import shutil
-import tempfile
 
 PREFIX = "anyray-"
 
 
 def shm_root() -> str:
     """Where sessions live: ``/dev/shm`` when it exists (memory-backed), else the temp dir."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        return "/dev/shm"
+    import tempfile
+
+    return tempfile.gettempdir()
 
 
 class Session:

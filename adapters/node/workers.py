@@ -32,13 +32,11 @@ import select
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from multiprocessing.connection import AuthenticationError, Client, Listener, answer_challenge, deliver_challenge
 
@@ -216,7 +214,7 @@ class WorkerHandle:
         self._pending: list[bytes] = []  # sent before the worker connected
         self._ready = threading.Event()
         self._dead = threading.Event()
-        self._calls: dict[int, Future] = {}
+        self._calls: dict = {}  # request id -> concurrent.futures.Future
         self._ids = itertools.count(1)
         self._read_lock = threading.Lock()  # held by whichever thread reads the connection
         self._poller = None  # the reader thread's epoll, once connected
@@ -242,8 +240,10 @@ class WorkerHandle:
         """
         self.send_raw(frame(tag, payload))
 
-    def call_async(self, fn: Callable, *args, **kwargs) -> Future:
+    def call_async(self, fn: Callable, *args, **kwargs):
         """Run ``fn(*args, **kwargs)`` in the worker (the minimal protocol); the Future holds its value or error."""
+        from concurrent.futures import Future  # the driver's side only: workers never import it
+
         future: Future = Future()
         request = next(self._ids)
         self._calls[request] = future
@@ -392,6 +392,9 @@ class WorkerPool:
         self._conns: set = set()  # every open connection, to wake its reader at close
         self.server_pid: int | None = None
         self._listener = Listener(self.address, family="AF_UNIX")  # authenticated per connection, off this thread
+        import subprocess  # the driver's side only: workers never import it
+
+        self._timeout_expired = subprocess.TimeoutExpired
         self._proc = subprocess.Popen([python, "-m", "anyray.adapters.node.forkserver"], stdin=subprocess.PIPE,
                                       close_fds=True, start_new_session=True)
         try:  # a pipe write this small never blocks; the secret never goes in argv or the environment
@@ -456,7 +459,7 @@ class WorkerPool:
             self._proc.kill()  # workers it may have forked die with it (PR_SET_PDEATHSIG)
         try:
             self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except self._timeout_expired:
             self._proc.kill()
             self._proc.wait()
         with self._lock:
@@ -612,7 +615,7 @@ class WorkerPool:
             conn.close()
         try:
             self._proc.wait(EXIT_REPORT_GRACE)  # reap it; close() waits too
-        except subprocess.TimeoutExpired:
+        except self._timeout_expired:
             pass
         for handle in self.workers:  # those that never connected; connected ones see their connection close
             if handle._conn is None:
@@ -669,7 +672,7 @@ class _DeferredInterrupt:
         return False
 
 
-def _resolve(future: Future, status: int, body: memoryview) -> None:
+def _resolve(future, status: int, body: memoryview) -> None:
     try:
         value = pickle.loads(body)
     except BaseException as exc:  # noqa: BLE001 - the caller gets whatever went wrong
