@@ -1,16 +1,19 @@
 """The MetadataStore contract, written once for every adapter.
 
 ``MetadataStoreContract`` holds the tests; an adapter's test class mixes it
-in and provides a ``store`` fixture (the fsspec pattern). The Redis and etcd
-adapters join with their own fixtures that start real servers.
+in and provides a ``store`` fixture (the fsspec pattern). The Redis adapter
+runs against a real ``redis-server`` that the fixture starts on a free
+loopback port and stops by pid afterwards.
 """
 
 import threading
 import time
 
 import pytest
+from servers import RedisServer
 
 from anyray.adapters.metadata import MemoryMetadataStore
+from anyray.adapters.metadata.redis import RedisMetadataStore
 
 WAIT = 10.0  # seconds a watch event may take to arrive
 
@@ -115,3 +118,49 @@ class TestMemoryMetadataStore(MetadataStoreContract):
         store = MemoryMetadataStore()
         yield store
         store.close()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = RedisServer.start(str(tmp_path_factory.mktemp("redis")))
+    yield server
+    server.stop()
+
+
+class TestRedisMetadataStore(MetadataStoreContract):
+    @pytest.fixture
+    def store(self, redis_server, request):
+        store = RedisMetadataStore(redis_server.url, namespace=f"t-{request.node.name}")
+        yield store
+        store.close()
+
+    def test_the_password_stays_out_of_reprs_and_a_wrong_one_is_refused(self, redis_server):
+        store = RedisMetadataStore(redis_server.url)
+        assert redis_server.password not in repr(store)
+        store.close()
+        wrong = redis_server.url.replace(redis_server.password, "not-the-password")
+        started = time.monotonic()
+        with pytest.raises(PermissionError, match="refused the credentials"):
+            RedisMetadataStore(wrong).get("x")
+        assert time.monotonic() - started < 5  # refused, not retried as if the server were down
+
+    def test_a_restarted_server_is_reconnected_to_and_watches_resume(self, tmp_path):
+        server = RedisServer.start(str(tmp_path))
+        store = RedisMetadataStore(server.url)
+        try:
+            events = Events()
+            store.watch("r/", events)
+            store.put("r/1", b"before")
+            assert events.wait_for(("r/1", b"before"))
+            server.stop()
+            server = RedisServer.start(str(tmp_path), port=server.port, password=server.password)
+            store.put("r/2", b"after")  # retried with backoff until the server is back
+            assert store.get("r/2") == b"after"
+            deadline = time.monotonic() + WAIT
+            while ("r/3", b"again") not in events.seen and time.monotonic() < deadline:
+                store.put("r/3", b"again")  # the watch resubscribes with backoff too
+                time.sleep(0.2)
+            assert ("r/3", b"again") in events.seen
+        finally:
+            store.close()
+            server.stop()

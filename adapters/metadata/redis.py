@@ -1,0 +1,212 @@
+"""A MetadataStore on Redis (redis-py with hiredis).
+
+Keys live under a namespace (``anyray:`` by default) so one server can hold
+several clusters. Every write is one Lua script that changes the key and
+publishes the change (key and new value) on the namespace's event channel
+in the same atomic step, so watchers see the changes of a key in the order
+they happened, with the values they had. Expiries come from Redis's own
+``expired`` keyspace events (the adapter turns them on). Commands are retried
+with exponential backoff while the server is unreachable; past the retry
+budget a ``ConnectionError`` reaches the caller. The password, if any, comes
+from the URL and is never logged or shown in reprs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from anyray.ports.metadata_store import MetadataStore, Watch
+
+_PUT = """
+if ARGV[2] == '' then redis.call('SET', KEYS[1], ARGV[1]) else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+redis.call('PUBLISH', KEYS[2], '1' .. KEYS[1] .. '\\0' .. ARGV[1])
+return 1
+"""
+
+_DELETE = """
+if redis.call('DEL', KEYS[1]) == 1 then
+  redis.call('PUBLISH', KEYS[2], '0' .. KEYS[1])
+  return 1
+end
+return 0
+"""
+
+_CAS = """
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '0' then
+  if current then return 0 end
+elseif current ~= ARGV[2] then
+  return 0
+end
+if ARGV[3] == '0' then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', KEYS[2], '0' .. KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[4])
+  redis.call('PUBLISH', KEYS[2], '1' .. KEYS[1] .. '\\0' .. ARGV[4])
+end
+return 1
+"""
+
+RETRIES = 8  # attempts while the server is unreachable, backing off up to about 10 s in all
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+class _RedisWatch(Watch):
+    def __init__(self, store: RedisMetadataStore, prefix: str, callback):
+        self._store, self.prefix, self.callback = store, prefix, callback
+
+    def cancel(self) -> None:
+        self._store._unwatch(self)
+
+
+class RedisMetadataStore(MetadataStore):
+    """``RedisMetadataStore("redis://:password@127.0.0.1:6379/0")``."""
+
+    def __init__(self, url: str, namespace: str = "anyray"):
+        import redis
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        class _NoRetryOnAuth(Retry):
+            """A refused password is not a lost connection: fail at once instead of backing off."""
+
+            def call_with_retry(self, do, *args, **kwargs):
+                def attempt():
+                    try:
+                        return do()
+                    except redis.AuthenticationError as exc:
+                        raise PermissionError(
+                            "The Redis metadata store refused the credentials in its URL "
+                            f"({type(exc).__name__}); check the password.") from None
+                return super().call_with_retry(attempt, *args, **kwargs)
+
+        self._redis_mod = redis
+        retry = _NoRetryOnAuth(ExponentialBackoff(cap=2.0, base=0.05), RETRIES)
+        self._client = redis.Redis.from_url(
+            url, retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            socket_connect_timeout=5, health_check_interval=10)
+        self._ns = namespace + ":"
+        self._channel = self._ns + "events"
+        self._db = self._client.connection_pool.connection_kwargs.get("db", 0)
+        self._put = self._client.register_script(_PUT)
+        self._delete = self._client.register_script(_DELETE)
+        self._cas = self._client.register_script(_CAS)
+        self._lock = threading.Lock()
+        self._watches: list[_RedisWatch] = []
+        self._listener: threading.Thread | None = None
+        self._closed = False
+        try:  # expiries reach watchers as keyspace events; a server that forbids CONFIG must set it itself
+            self._client.config_set("notify-keyspace-events", "Ex")
+        except redis.ResponseError:
+            pass
+
+    def __repr__(self) -> str:
+        kwargs = self._client.connection_pool.connection_kwargs
+        return f"RedisMetadataStore({kwargs.get('host')}:{kwargs.get('port')}/{self._db}, {self._ns!r})"
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (self._redis_mod.ConnectionError, self._redis_mod.TimeoutError) as exc:
+            raise ConnectionError(f"The Redis metadata store is unreachable: {exc}") from None
+
+    # -- the port -------------------------------------------------------------
+    def get(self, key: str) -> bytes | None:
+        return self._call(self._client.get, self._ns + key)
+
+    def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        ms = "" if ttl is None else str(max(int(ttl * 1000), 1))
+        self._call(self._put, keys=[self._ns + key, self._channel], args=[value, ms])
+
+    def delete(self, key: str) -> bool:
+        return bool(self._call(self._delete, keys=[self._ns + key, self._channel]))
+
+    def scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
+        full = self._ns + prefix
+        keys = sorted(set(self._call(lambda: list(self._client.scan_iter(match=_glob_escape(full) + "*",
+                                                                          count=1000)))))
+        values = self._call(self._client.mget, keys) if keys else []
+        n = len(self._ns)
+        return iter([(k.decode()[n:], v) for k, v in zip(keys, values) if v is not None])
+
+    def compare_and_set(self, key: str, expected: bytes | None, value: bytes | None) -> bool:
+        args = ["0" if expected is None else "1", b"" if expected is None else expected,
+                "0" if value is None else "1", b"" if value is None else value]
+        return bool(self._call(self._cas, keys=[self._ns + key, self._channel], args=args))
+
+    def watch(self, prefix: str, callback: Callable[[str, bytes | None], None]) -> Watch:
+        w = _RedisWatch(self, prefix, callback)
+        ready = threading.Event()
+        with self._lock:
+            self._watches.append(w)
+            if self._listener is None:
+                self._listener = threading.Thread(target=self._listen, args=(ready,), name="anyray-redis-watch",
+                                                  daemon=True)
+                self._listener.start()
+            else:
+                ready.set()
+        ready.wait(10)  # subscribed: changes from now on reach the callback
+        return w
+
+    def _unwatch(self, w: _RedisWatch) -> None:
+        with self._lock:
+            if w in self._watches:
+                self._watches.remove(w)
+
+    def _listen(self, ready: threading.Event) -> None:
+        expired = f"__keyevent@{self._db}__:expired"
+        delay = 0.05
+        while not self._closed:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self._channel, expired)
+                ready.set()
+                delay = 0.05
+                while not self._closed:
+                    msg = pubsub.get_message(timeout=0.5)
+                    if msg is not None:
+                        self._deliver(msg["channel"], msg["data"])
+            except (self._redis_mod.ConnectionError, self._redis_mod.TimeoutError, OSError):
+                time.sleep(delay)  # the server went away: resubscribe with backoff
+                delay = min(delay * 2, 2.0)
+            finally:
+                try:
+                    pubsub.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    pass
+
+    def _deliver(self, channel: bytes, data: bytes) -> None:
+        n = len(self._ns)
+        if channel == self._channel.encode():
+            if data[:1] == b"1":
+                key, _, value = data[1:].partition(b"\0")
+            else:
+                key, value = data[1:], None
+        else:
+            key, value = data, None  # an expiry
+            if not key.startswith(self._ns.encode()):
+                return
+        name = key.decode()[n:]
+        with self._lock:
+            watches = [w for w in self._watches if name.startswith(w.prefix)]
+        for w in watches:
+            try:
+                w.callback(name, value)
+            except Exception:  # noqa: BLE001 - a failing callback must not stop the others
+                import traceback
+
+                traceback.print_exc()
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            self._watches.clear()
+        if self._listener is not None:
+            self._listener.join(2)
+        self._client.close()

@@ -1,0 +1,77 @@
+"""Real Redis and etcd servers for tests: started on free loopback ports in temporary directories,
+stopped by their pid. Never the system's services, never the standard ports."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+START_TRIES = 5  # a port picked by binding to 0 can be taken by someone else before the server binds it
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, port: int, url: str, directory: str):
+        self.proc, self.port, self.url, self.directory = proc, port, url, directory
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class RedisServer(Server):
+    """``redis-server`` with a password, no persistence, expiry events on."""
+
+    @classmethod
+    def start(cls, directory: str, port: int | None = None, password: str | None = None) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed; .ci/run installs it (apt-get install redis-server)")
+        password = password or secrets.token_hex(8)
+        for _ in range(START_TRIES):
+            p = port or free_port()
+            proc = subprocess.Popen(
+                [binary, "--port", str(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--requirepass", password, "--dir", directory, "--daemonize", "no",
+                 "--logfile", os.path.join(directory, "redis.log"), "--notify-keyspace-events", "Ex"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            server = cls(proc, p, f"redis://:{password}@127.0.0.1:{p}/0", directory)
+            server.password = password
+            if server._wait_ready():
+                return server
+            server.stop()
+            if port is not None:
+                break
+        pytest.fail(f"redis-server did not start; see {directory}/redis.log")
+
+    def _wait_ready(self, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(f"AUTH {self.password}\r\nPING\r\n".encode())
+                    if b"+PONG" in s.recv(100) or b"+PONG" in s.recv(100):
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.01)
+        return False
