@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the servers the metadata-store tests run against (Redis now; etcd with the etcd adapter),
+# Installs the servers the metadata-store tests run against (Redis and etcd),
 # through the system package manager, when they are missing. Run by tox before the unit tests.
 set -euo pipefail
 missing=()

@@ -75,3 +75,47 @@ class RedisServer(Server):
                 pass
             time.sleep(0.01)
         return False
+
+
+class EtcdServer(Server):
+    """A one-member ``etcd`` with fast election timings and its data in ``directory``."""
+
+    @classmethod
+    def start(cls, directory: str, port: int | None = None) -> EtcdServer:
+        binary = shutil.which("etcd")
+        if binary is None:
+            pytest.fail("etcd is not installed; tests/install-servers.sh installs it (apt-get install etcd-server)")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}  # etcd 3.4 exits on a conflict
+        for _ in range(START_TRIES):
+            p, peer = port or free_port(), free_port()
+            proc = subprocess.Popen(
+                [binary, "--name", "n", "--data-dir", os.path.join(directory, "data"),
+                 "--listen-client-urls", f"http://127.0.0.1:{p}", "--advertise-client-urls", f"http://127.0.0.1:{p}",
+                 "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                 "--initial-cluster", f"n=http://127.0.0.1:{peer}", "--heartbeat-interval", "10",
+                 "--election-timeout", "100", "--logger", "zap", "--log-level", "warn"],
+                stdout=subprocess.DEVNULL, stderr=open(os.path.join(directory, "etcd.log"), "ab"), env=env)
+            server = cls(proc, p, f"etcd://127.0.0.1:{p}", directory)
+            if server._wait_ready():
+                return server
+            server.stop()
+            if port is not None:
+                break
+        pytest.fail(f"etcd did not start; see {directory}/etcd.log")
+
+    def _wait_ready(self, timeout: float = 15.0) -> bool:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=0.5) as r:
+                    if b'"health":"true"' in r.read():
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.02)
+        return False

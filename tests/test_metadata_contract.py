@@ -1,18 +1,19 @@
 """The MetadataStore contract, written once for every adapter.
 
 ``MetadataStoreContract`` holds the tests; an adapter's test class mixes it
-in and provides a ``store`` fixture (the fsspec pattern). The Redis adapter
-runs against a real ``redis-server`` that the fixture starts on a free
-loopback port and stops by pid afterwards.
+in and provides a ``store`` fixture (the fsspec pattern). The Redis and etcd
+adapters run against real servers (``redis-server``, ``etcd``) that the
+fixtures start on free loopback ports and stop by pid afterwards.
 """
 
 import threading
 import time
 
 import pytest
-from servers import RedisServer
+from servers import EtcdServer, RedisServer
 
 from anyray.adapters.metadata import MemoryMetadataStore
+from anyray.adapters.metadata.etcd import EtcdMetadataStore
 from anyray.adapters.metadata.redis import RedisMetadataStore
 
 WAIT = 10.0  # seconds a watch event may take to arrive
@@ -159,6 +160,43 @@ class TestRedisMetadataStore(MetadataStoreContract):
             deadline = time.monotonic() + WAIT
             while ("r/3", b"again") not in events.seen and time.monotonic() < deadline:
                 store.put("r/3", b"again")  # the watch resubscribes with backoff too
+                time.sleep(0.2)
+            assert ("r/3", b"again") in events.seen
+        finally:
+            store.close()
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def etcd_server(tmp_path_factory):
+    server = EtcdServer.start(str(tmp_path_factory.mktemp("etcd")))
+    yield server
+    server.stop()
+
+
+class TestEtcdMetadataStore(MetadataStoreContract):
+    @pytest.fixture
+    def store(self, etcd_server, request):
+        store = EtcdMetadataStore(etcd_server.url, namespace=f"t-{request.node.name}")
+        yield store
+        store.close()
+
+    def test_a_restarted_server_is_reconnected_to_and_watches_resume(self, tmp_path):
+        server = EtcdServer.start(str(tmp_path))
+        store = EtcdMetadataStore(server.url)
+        try:
+            events = Events()
+            store.watch("r/", events)
+            store.put("r/1", b"before")
+            assert events.wait_for(("r/1", b"before"))
+            server.stop()
+            server = EtcdServer.start(str(tmp_path), port=server.port)  # same data directory
+            store.put("r/2", b"after")  # retried with backoff until the server is back
+            assert store.get("r/2") == b"after"
+            assert store.get("r/1") == b"before"  # etcd keeps its data across the restart
+            deadline = time.monotonic() + WAIT
+            while ("r/3", b"again") not in events.seen and time.monotonic() < deadline:
+                store.put("r/3", b"again")  # the watch is re-established with backoff too
                 time.sleep(0.2)
             assert ("r/3", b"again") in events.seen
         finally:
