@@ -34,6 +34,25 @@ class QueueScheduler(Scheduler):
     def _start(self, task, lease) -> None:
         raise NotImplementedError
 
+    def _ready(self, task) -> None:
+        raise NotImplementedError
+
+    def _admit(self, task, tasks: dict, children: dict, store) -> None:
+        """Track a new task by its return ids (``tasks``) and its parent (``children``, for recursive
+        cancel), and hand it to ``_ready`` once its dependencies are sealed in ``store``."""
+        spec = task.spec
+        if task.shape not in self._feasible:
+            self._check_feasible(spec.function.function_id, spec.name, spec.resources, task.shape)
+        with self._lock:
+            for ref in spec.returns:
+                tasks[ref._id] = task
+            if spec.parent_task_id is not None:
+                children.setdefault(spec.parent_task_id, []).append(task)
+        if spec.deps:
+            store.on_sealed(spec.deps, lambda: self._ready(task))
+        else:
+            self._ready(task)
+
     # -- queues ---------------------------------------------------------------
     def _check_feasible(self, key: bytes, name: str, demand: dict, shape: tuple | None = None) -> None:
         missing = self._resources.infeasible(demand)

@@ -85,17 +85,7 @@ class LocalScheduler(QueueScheduler):
     def submit_task(self, spec: TaskSpec) -> None:
         _own_arguments(spec)
         task = _Task(spec)
-        if task.shape not in self._feasible:
-            self._check_feasible(spec.function.function_id, spec.name, spec.resources, task.shape)
-        with self._lock:
-            for ref in spec.returns:
-                self._tasks[ref._id] = task
-            if spec.parent_task_id is not None:
-                self._children.setdefault(spec.parent_task_id, []).append(task)
-        if spec.deps:
-            self._store.on_sealed(spec.deps, lambda: self._ready(task))
-        else:
-            self._ready(task)
+        self._admit(task, self._tasks, self._children, self._store)
 
     def _ready(self, task: _Task) -> None:
         with self._lock:
