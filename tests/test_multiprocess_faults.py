@@ -20,6 +20,7 @@ DEADLINE = 60
 
 @pytest.fixture(scope="module", autouse=True)
 def runtime():
+    anyray.shutdown()  # a runtime another test module left (the conformance suite's shared one)
     anyray.init(backend="multiprocess", num_cpus=2)
     yield
     anyray.shutdown()

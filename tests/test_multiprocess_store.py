@@ -20,6 +20,7 @@ MB = 1 << 20
 
 @pytest.fixture
 def runtime():
+    anyray.shutdown()  # a runtime another test module left (the conformance suite's shared one)
     anyray.init(backend="multiprocess", num_cpus=2, num_gpus=2, object_store_memory=64 * MB)
     yield current_runtime()
     anyray.shutdown()
