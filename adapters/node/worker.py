@@ -226,6 +226,9 @@ class WorkerNode:
         finally:
             if on_main:
                 self._pumping = False
+                if self._held_interrupt:  # a cancel came while this thread waited: it lands now
+                    self._held_interrupt = False
+                    self._on_sigint(signal.SIGINT, None)
         if not answered:
             self._abandon(rid, pending)
             raise GetTimeoutError(f"{op} timed out after {timeout} s")
@@ -476,10 +479,12 @@ class WorkerNode:
         another SIGINT), and raises ``KeyboardInterrupt`` in the task if its cancel is there (the task
         then fails with ``TaskCancelledError``). A cancel that comes while the main thread sends a
         message waits until the message is out."""
-        if not self._running or self._pumping:
-            return  # between tasks, or reading already: the cancel is seen where it is read
-        if self._sending:
-            self._held_interrupt = True  # handled once the message is out
+        if not self._running:
+            return  # between tasks: nothing to cancel
+        if self._sending or self._pumping:
+            # Handled once the message is out, or once the answer is in: the pump may read that answer
+            # before the cancel and stop reading, so it looks again when it is done.
+            self._held_interrupt = True
             return
         if not self._cancel and self._read_lock.acquire(False):
             try:  # nothing dispatched here sends, so an interrupted send is never re-entered
