@@ -40,7 +40,8 @@ class RedisServer(Server):
     """``redis-server`` with a password, no persistence, expiry events on."""
 
     @classmethod
-    def start(cls, directory: str, port: int | None = None, password: str | None = None) -> RedisServer:
+    def start(cls, directory: str, port: int | None = None, password: str | None = None,
+              keyspace_events: bool = True) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed; .ci/run installs it (apt-get install redis-server)")
@@ -50,7 +51,8 @@ class RedisServer(Server):
             proc = subprocess.Popen(
                 [binary, "--port", str(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                  "--requirepass", password, "--dir", directory, "--daemonize", "no",
-                 "--logfile", os.path.join(directory, "redis.log"), "--notify-keyspace-events", "Ex"],
+                 "--logfile", os.path.join(directory, "redis.log"),
+                 *(["--notify-keyspace-events", "Ex"] if keyspace_events else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             server = cls(proc, p, f"redis://:{password}@127.0.0.1:{p}/0", directory)
             server.password = password

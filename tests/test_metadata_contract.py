@@ -154,7 +154,9 @@ class TestRedisMetadataStore(MetadataStoreContract):
             store.put("r/1", b"before")
             assert events.wait_for(("r/1", b"before"))
             server.stop()
-            server = RedisServer.start(str(tmp_path), port=server.port, password=server.password)
+            # Back without expiry events configured: the adapter turns them on again when it resubscribes.
+            server = RedisServer.start(str(tmp_path), port=server.port, password=server.password,
+                                       keyspace_events=False)
             store.put("r/2", b"after")  # retried with backoff until the server is back
             assert store.get("r/2") == b"after"
             deadline = time.monotonic() + WAIT
@@ -162,6 +164,8 @@ class TestRedisMetadataStore(MetadataStoreContract):
                 store.put("r/3", b"again")  # the watch resubscribes with backoff too
                 time.sleep(0.2)
             assert ("r/3", b"again") in events.seen
+            store.put("r/ttl", b"x", ttl=0.3)
+            assert events.wait_for(("r/ttl", None))  # expiries reach watchers after the restart too
         finally:
             store.close()
             server.stop()

@@ -42,7 +42,7 @@ class QueueScheduler(Scheduler):
         cancel), and hand it to ``_ready`` once its dependencies are sealed in ``store``."""
         spec = task.spec
         if task.shape not in self._feasible:
-            self._check_feasible(spec.function.function_id, spec.name, spec.resources, task.shape)
+            self._check_feasible(spec.function.function_id, spec.name, spec.resources, task.shape, stacklevel=7)
         with self._lock:
             for ref in spec.returns:
                 tasks[ref._id] = task
@@ -54,7 +54,10 @@ class QueueScheduler(Scheduler):
             self._ready(task)
 
     # -- queues ---------------------------------------------------------------
-    def _check_feasible(self, key: bytes, name: str, demand: dict, shape: tuple | None = None) -> None:
+    def _check_feasible(self, key: bytes, name: str, demand: dict, shape: tuple | None = None,
+                        stacklevel: int = 6) -> None:
+        """Warn once per ``key`` when no node could ever give ``demand``; ``stacklevel`` finds the user's
+        ``.remote()`` call (6 from a scheduler's ``create_actor``)."""
         missing = self._resources.infeasible(demand)
         if not missing and shape is not None:
             self._feasible.add(shape)
@@ -63,7 +66,7 @@ class QueueScheduler(Scheduler):
             warnings.warn(
                 f"{name} needs {missing} but this machine has {self._resources.describe_total(missing)}; "
                 f"it will wait until those resources exist (pass them to init(num_gpus=..., resources=...)).",
-                InfeasibleTaskWarning, stacklevel=5)
+                InfeasibleTaskWarning, stacklevel=stacklevel)
 
     def enqueue(self, demand: dict, start: Callable[[object], None]) -> None:
         """Call ``start(lease)`` once ``demand`` fits; FIFO among work of the same demand."""

@@ -1,7 +1,10 @@
 """A MetadataStore on Redis (redis-py with hiredis).
 
 Keys live under a namespace (``anyray:`` by default) so one server can hold
-several clusters. Every write is one Lua script that changes the key and
+several clusters. Changes made while a watch is resubscribing after the
+server went away are not replayed (pub/sub keeps nothing); watchers that
+must not miss state re-read it with ``scan`` (the cluster's nodes do when
+they re-register). Every write is one Lua script that changes the key and
 publishes the change (key and new value) on the namespace's event channel
 in the same atomic step, so watchers see the changes of a key in the order
 they happened, with the values they had. Expiries come from Redis's own
@@ -14,7 +17,6 @@ from the URL and is never logged or shown in reprs.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 from anyray.ports.metadata_store import MetadataStore, Watch
@@ -100,10 +102,17 @@ class RedisMetadataStore(MetadataStore):
         self._lock = threading.Lock()
         self._watches: list[_RedisWatch] = []
         self._listener: threading.Thread | None = None
+        self._subscribed = threading.Event()  # set while the listener is subscribed
+        self._stop = threading.Event()
         self._closed = False
-        try:  # expiries reach watchers as keyspace events; a server that forbids CONFIG must set it itself
-            self._client.config_set("notify-keyspace-events", "Ex")
-        except redis.ResponseError:
+        self._call(self._expiry_events, self._client)
+
+    def _expiry_events(self, client) -> None:
+        """Expiries reach watchers as keyspace events: turn them on (again after a restart of the server;
+        one that forbids CONFIG must have them set in its own configuration)."""
+        try:
+            client.config_set("notify-keyspace-events", "Ex")
+        except self._redis_mod.ResponseError:
             pass
 
     def __repr__(self) -> str:
@@ -142,16 +151,12 @@ class RedisMetadataStore(MetadataStore):
 
     def watch(self, prefix: str, callback: Callable[[str, bytes | None], None]) -> Watch:
         w = _RedisWatch(self, prefix, callback)
-        ready = threading.Event()
         with self._lock:
             self._watches.append(w)
             if self._listener is None:
-                self._listener = threading.Thread(target=self._listen, args=(ready,), name="anyray-redis-watch",
-                                                  daemon=True)
+                self._listener = threading.Thread(target=self._listen, name="anyray-redis-watch", daemon=True)
                 self._listener.start()
-            else:
-                ready.set()
-        ready.wait(10)  # subscribed: changes from now on reach the callback
+        self._subscribed.wait(10)  # changes from now on reach the callback
         return w
 
     def _unwatch(self, w: _RedisWatch) -> None:
@@ -159,27 +164,34 @@ class RedisMetadataStore(MetadataStore):
             if w in self._watches:
                 self._watches.remove(w)
 
-    def _listen(self, ready: threading.Event) -> None:
+    def _listen(self) -> None:
+        """Deliver events; when the server goes away, resubscribe at once and then with backoff (changes
+        published while no subscription stood are not replayed: pub/sub keeps nothing)."""
         expired = f"__keyevent@{self._db}__:expired"
-        delay = 0.05
-        while not self._closed:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        listener = self._redis_mod.Redis(connection_pool=self._redis_mod.ConnectionPool(
+            **{**self._client.connection_pool.connection_kwargs, "retry": None}))  # fails fast, retried here
+        delay = 0.0
+        while not self._stop.is_set():
+            pubsub = listener.pubsub(ignore_subscribe_messages=True)
             try:
+                self._expiry_events(listener)
                 pubsub.subscribe(self._channel, expired)
-                ready.set()
-                delay = 0.05
-                while not self._closed:
+                self._subscribed.set()
+                delay = 0.0
+                while not self._stop.is_set():
                     msg = pubsub.get_message(timeout=0.5)
                     if msg is not None:
                         self._deliver(msg["channel"], msg["data"])
             except (self._redis_mod.ConnectionError, self._redis_mod.TimeoutError, OSError):
-                time.sleep(delay)  # the server went away: resubscribe with backoff
-                delay = min(delay * 2, 2.0)
+                self._subscribed.clear()
+                self._stop.wait(delay)  # the server went away: resubscribe, backing off
+                delay = min(max(delay * 2, 0.02), 0.5)
             finally:
                 try:
                     pubsub.close()
                 except Exception:  # noqa: BLE001 - closing a broken connection
                     pass
+        listener.close()
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
         n = len(self._ns)
@@ -205,8 +217,9 @@ class RedisMetadataStore(MetadataStore):
 
     def close(self) -> None:
         self._closed = True
+        self._stop.set()
         with self._lock:
             self._watches.clear()
         if self._listener is not None:
-            self._listener.join(2)
+            self._listener.join(5)
         self._client.close()

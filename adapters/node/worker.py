@@ -228,7 +228,11 @@ class WorkerNode:
                 self._pumping = False
                 if self._held_interrupt:  # a cancel came while this thread waited: it lands now
                     self._held_interrupt = False
-                    self._on_sigint(signal.SIGINT, None)
+                    try:
+                        self._on_sigint(signal.SIGINT, None)
+                    except BaseException:
+                        self._abandon(rid, pending)  # nobody reads the answer: release what it pinned
+                        raise
         if not answered:
             self._abandon(rid, pending)
             raise GetTimeoutError(f"{op} timed out after {timeout} s")
