@@ -36,6 +36,29 @@ class Events:
             return self._cond.wait_for(lambda: event in self.seen, timeout)
 
 
+def survive_restart(store, server, restart):
+    """Watch, write, restart the server (``restart()`` returns the new one), and check that calls are
+    retried until it is back and that the watch resumes. Returns the new server and the events seen."""
+    events = Events()
+    store.watch("r/", events)
+    store.put("r/1", b"before")
+    assert events.wait_for(("r/1", b"before"))
+    server.stop()
+    server = restart()
+    try:
+        store.put("r/2", b"after")  # retried with backoff until the server is back
+        assert store.get("r/2") == b"after"
+        deadline = time.monotonic() + WAIT
+        while ("r/3", b"again") not in events.seen and time.monotonic() < deadline:
+            store.put("r/3", b"again")  # the watch comes back with backoff too
+            time.sleep(0.2)
+        assert ("r/3", b"again") in events.seen
+    except BaseException:
+        server.stop()  # the caller only knows the first server
+        raise
+    return server, events
+
+
 class MetadataStoreContract:
     def test_put_get_delete(self, store):
         assert store.get("a/1") is None
@@ -148,28 +171,17 @@ class TestRedisMetadataStore(MetadataStoreContract):
     def test_a_restarted_server_is_reconnected_to_and_watches_resume(self, tmp_path):
         server = RedisServer.start(str(tmp_path))
         store = RedisMetadataStore(server.url)
+
+        def restart():  # back without expiry events configured: the adapter turns them on again
+            return RedisServer.start(str(tmp_path), port=server.port, password=server.password,
+                                     keyspace_events=False)
         try:
-            events = Events()
-            store.watch("r/", events)
-            store.put("r/1", b"before")
-            assert events.wait_for(("r/1", b"before"))
-            server.stop()
-            # Back without expiry events configured: the adapter turns them on again when it resubscribes.
-            server = RedisServer.start(str(tmp_path), port=server.port, password=server.password,
-                                       keyspace_events=False)
-            store.put("r/2", b"after")  # retried with backoff until the server is back
-            assert store.get("r/2") == b"after"
-            deadline = time.monotonic() + WAIT
-            while ("r/3", b"again") not in events.seen and time.monotonic() < deadline:
-                store.put("r/3", b"again")  # the watch resubscribes with backoff too
-                time.sleep(0.2)
-            assert ("r/3", b"again") in events.seen
+            server, events = survive_restart(store, server, restart)
             store.put("r/ttl", b"x", ttl=0.3)
             assert events.wait_for(("r/ttl", None))  # expiries reach watchers after the restart too
         finally:
             store.close()
             server.stop()
-
 
 @pytest.fixture(scope="module")
 def etcd_server(tmp_path_factory):
@@ -189,20 +201,8 @@ class TestEtcdMetadataStore(MetadataStoreContract):
         server = EtcdServer.start(str(tmp_path))
         store = EtcdMetadataStore(server.url)
         try:
-            events = Events()
-            store.watch("r/", events)
-            store.put("r/1", b"before")
-            assert events.wait_for(("r/1", b"before"))
-            server.stop()
-            server = EtcdServer.start(str(tmp_path), port=server.port)  # same data directory
-            store.put("r/2", b"after")  # retried with backoff until the server is back
-            assert store.get("r/2") == b"after"
-            assert store.get("r/1") == b"before"  # etcd keeps its data across the restart
-            deadline = time.monotonic() + WAIT
-            while ("r/3", b"again") not in events.seen and time.monotonic() < deadline:
-                store.put("r/3", b"again")  # the watch is re-established with backoff too
-                time.sleep(0.2)
-            assert ("r/3", b"again") in events.seen
+            server, _ = survive_restart(store, server, lambda: EtcdServer.start(str(tmp_path), port=server.port))
+            assert store.get("r/1") == b"before"  # etcd keeps its data (same directory) across the restart
         finally:
             store.close()
             server.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import threading
 import warnings
+from abc import abstractmethod
 from collections.abc import Callable
 
 from anyray.exceptions import InfeasibleTaskWarning
@@ -31,11 +32,13 @@ class QueueScheduler(Scheduler):
         self._warned: set[bytes] = set()
         self._feasible: set[tuple] = set()  # demand shapes known to fit this node
 
+    @abstractmethod
     def _start(self, task, lease) -> None:
-        raise NotImplementedError
+        """Run ``task``, whose resources ``lease`` now holds."""
 
+    @abstractmethod
     def _ready(self, task) -> None:
-        raise NotImplementedError
+        """``task``'s dependencies are sealed: queue it for its resources."""
 
     def _admit(self, task, tasks: dict, children: dict, store) -> None:
         """Track a new task by its return ids (``tasks``) and its parent (``children``, for recursive

@@ -50,10 +50,6 @@ def dumps(value) -> bytes:
         return cloudpickle.dumps(value, 5)
 
 
-def frame(tag: int, body: bytes) -> bytes:
-    return bytes((tag,)) + body
-
-
 # Contained references of a stored value, as ids with their kind.
 OBJECT, HANDLE = 0, 1
 

@@ -297,7 +297,7 @@ class NodeScheduler(QueueScheduler):
             for _ in range(count):
                 self._store.unpin(entry)
         for offset in grants:
-            self._store.arena.free(offset)
+            self._store.forget_grant(offset)
         if worker.actor is not None:
             self._actor_exited(worker.actor, worker)
             return

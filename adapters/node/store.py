@@ -126,6 +126,10 @@ class SharedObjectStore(MemoryObjectStore):
             self._apply_unpins()
             return self.arena.reserve(nbytes)
 
+    def forget_grant(self, offset: int) -> None:
+        """A granted range its writer will never seal (the writer died): give it back."""
+        self.arena.free(offset)
+
     def seal_wire(self, oid: bytes, wire, contained_refs: list) -> None:
         """Store an object a worker sent: inline bytes, or a ``Location`` it wrote into a granted range."""
         if type(wire) is Location:

@@ -41,6 +41,7 @@ from anyray.serialization import SerializedObject
 from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure
 
 from ..common.actor_host import ActorHost
+from ..common.resources import Lease
 from . import protocol as p
 from . import workers
 from .arena import Arena, Location
@@ -61,14 +62,6 @@ class _Pending:
         self.ok = True
         self.value = None
         self.abandoned = False
-
-
-class _Lease:
-    __slots__ = ("gpu_ids", "cpus_lent")
-
-    def __init__(self, gpu_ids):
-        self.gpu_ids = gpu_ids
-        self.cpus_lent = False
 
 
 class _ForwardedEvents(JobEvents):
@@ -164,7 +157,7 @@ class WorkerNode:
             self._sending = True
         try:
             with self._send_lock:  # reference changes and the message they precede stay in order
-                payload = p.frame(tag, p.dumps((self._take_refs(), body)))
+                payload = workers.frame(tag, p.dumps((self._take_refs(), body)))
                 self._last_send = time.monotonic()
                 self.conn.send_bytes(payload)
         finally:
@@ -633,7 +626,7 @@ class _ActorHostShim:
     def __init__(self, node: WorkerNode, gpu_ids):
         self.node = node
         self.events = node.events
-        self._lease = _Lease(gpu_ids)
+        self._lease = Lease({}, [], gpu_ids)  # the driver holds the real one
 
     def enqueue(self, demand, start) -> None:
         start(self._lease)  # the driver holds the actor's resources for the process
