@@ -107,17 +107,19 @@ def top_level_refs(args: tuple, kwargs: dict) -> list[ObjectRef]:
 class Runtime:
     def __init__(self, backend_cls: type[Backend], config: BackendConfig, counters=None):
         """``counters``: factories ``(free) -> ReferenceCounter`` for object refs and actor handles,
-        for a process whose references are borrowed from another (a backend's worker)."""
+        for a process whose references are borrowed from another (a backend's worker); else the
+        backend's ``reference_counters()``, else plain counters."""
         self.config = config
         # Filled in before the backend starts, so a backend can hand the job id to its workers.
         self.job_id = config.job_id = config.job_id or ids.new_id()
         self.namespace = config.namespace
         self.events = JobEvents()
-        make_objects, make_handles = counters or (ReferenceCounter, ReferenceCounter)
+        self.backend = backend_cls(config, self.events)
+        make_objects, make_handles = counters or self.backend.reference_counters() or \
+            (ReferenceCounter, ReferenceCounter)
         self.counter = make_objects(self._free)
         self.handles = make_handles(self._handles_gone)  # live ActorHandles per actor id
         self.driver_id = ids.new_id()
-        self.backend = backend_cls(config, self.events)
         self.backend.start()
         self.scheduler = self.backend.scheduler
         self.store = self.backend.object_store

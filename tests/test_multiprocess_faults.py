@@ -222,7 +222,7 @@ DRIVER = textwrap.dedent("""
     running = sleeper.remote()
     time.sleep(0.3)
     pids |= {p.pid for p in psutil.Process().children(recursive=True)}
-    session = anyray.runtime.current_runtime().backend.session.path
+    session = anyray.runtime.current_runtime().backend.node.session.path
     print(" ".join(map(str, sorted(pids))), session, flush=True)
     how = sys.argv[1]
     if how == "shutdown":

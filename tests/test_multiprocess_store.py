@@ -62,10 +62,10 @@ def test_a_worker_reads_a_large_array_from_shared_memory_without_a_copy(runtime)
 
     mapping, writeable, last, pid = anyray.get(inspect.remote(ref), timeout=DEADLINE)
     assert pid != os.getpid()
-    assert mapping == runtime.backend.arena.path  # the worker's array points into the session's arena
+    assert mapping == runtime.backend.node.arena.path  # the worker's array points into the session's arena
     assert writeable is False and last == 255
     local = anyray.get(ref)
-    assert arena_mapping_of(local) == runtime.backend.arena.path and not local.flags.writeable
+    assert arena_mapping_of(local) == runtime.backend.node.arena.path and not local.flags.writeable
 
 
 def test_a_large_task_result_lands_in_shared_memory(runtime):
@@ -74,7 +74,7 @@ def test_a_large_task_result_lands_in_shared_memory(runtime):
         return np.full(MB, 7, dtype=np.uint8)
 
     out = anyray.get(make.remote(), timeout=DEADLINE)
-    assert arena_mapping_of(out) == runtime.backend.arena.path
+    assert arena_mapping_of(out) == runtime.backend.node.arena.path
     assert out.sum() == 7 * MB
 
 

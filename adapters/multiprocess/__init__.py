@@ -10,19 +10,12 @@ when the driver ends, however it ends (see ``anyray.adapters.node``).
 
 from __future__ import annotations
 
-import os
-import sys
-
 from anyray.hookspecs import hookimpl
 from anyray.ports.backend import Backend, Capability
 from anyray.resources import node_resources
 
-from ..common.resources import ResourcePool
 from ..metadata import MemoryMetadataStore
-from ..node.arena import Arena
-from ..node.scheduler import NodeScheduler
-from ..node.session import Session
-from ..node.store import INLINE_MAX, SharedObjectStore
+from ..node.node import Node
 
 
 class MultiprocessBackend(Backend):
@@ -41,34 +34,20 @@ class MultiprocessBackend(Backend):
                              f"drop address={cfg.address!r} or pick backend='cluster'.")
         total, gpu_ids, capacity = node_resources(cfg.num_cpus, cfg.num_gpus, cfg.resources,
                                                   cfg.object_store_memory)
-        self.pool = ResourcePool(total, gpu_ids)
-        self.session = Session()
-        try:
-            self.arena = Arena.create(self.session, capacity)
-            self.object_store = SharedObjectStore(self.arena, INLINE_MAX)
-            self.metadata = MemoryMetadataStore()
-            setup = {"job_id": cfg.job_id, "namespace": cfg.namespace, "node_id": self.pool.node_id,
-                     "arena": self.arena.path, "inline_max": INLINE_MAX, "sys_path": list(sys.path),
-                     "cwd": os.getcwd()}
-            self.scheduler = NodeScheduler(self.session, self.object_store, self.metadata, self.events,
-                                           self.pool, setup)
-        except BaseException:
-            self.session.close()
-            raise
+        self.metadata = MemoryMetadataStore()
+        self.node = Node(total=total, gpu_ids=gpu_ids, capacity=capacity, metadata=self.metadata,
+                         events=self.events, job_id=cfg.job_id, namespace=cfg.namespace)
+        self.scheduler = self.node.scheduler
+        self.object_store = self.node.store
 
     def shutdown(self) -> None:
-        scheduler = getattr(self, "scheduler", None)
-        if scheduler is not None:
-            scheduler.shutdown()
+        node = getattr(self, "node", None)
+        if node is not None:
+            node.close()
             self.metadata.close()
-            self.object_store.close()
-            self.arena.close()
-        session = getattr(self, "session", None)
-        if session is not None:
-            session.close()
 
     def info(self) -> dict:
-        return {"address": None, "node_id": self.pool.node_id, "dashboard_url": None}
+        return {"address": None, "node_id": self.node.node_id, "dashboard_url": None}
 
 
 Backend = MultiprocessBackend

@@ -4,8 +4,8 @@
 node worker: the reader moves to a thread of its own and the main thread
 runs tasks, so a task's ``cancel`` can interrupt it with SIGINT even in a
 blocking call. User code inside a task sees an ordinary ``Runtime`` whose
-backend forwards every port call to the driver (``WorkerScheduler``,
-``WorkerStore``): nested tasks, actors, ``get``/``put``/``wait`` all work.
+backend forwards every port call to the driver (``link.RemoteScheduler``,
+``link.RemoteStore``): nested tasks, actors, ``get``/``put``/``wait`` all work.
 
 References held here are borrowed from the driver (see ``protocol``): this
 process's counters report each id's first reference and its last, and the
@@ -16,27 +16,23 @@ this worker can still read.
 from __future__ import annotations
 
 import collections
-import itertools
 import os
 import pickle
 import signal
 import sys
 import threading
-import time
 import traceback
 
 import cloudpickle
 
 from anyray import serialization
-from anyray.context import TaskContext, current_task
+from anyray.context import TaskContext
 from anyray.events import JobEvents
-from anyray.exceptions import ActorDiedError, GetTimeoutError, TaskCancelledError
+from anyray.exceptions import ActorDiedError, TaskCancelledError
 from anyray.executor import Call, failure_for, serialize_failure
 from anyray.object_ref import ObjectRef
 from anyray.ports.backend import Backend, BackendConfig
-from anyray.ports.object_store import ObjectStore
-from anyray.ports.scheduler import Scheduler
-from anyray.runtime import ReferenceCounter, Runtime, set_current
+from anyray.runtime import Runtime, set_current
 from anyray.serialization import SerializedObject
 from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure
 
@@ -44,24 +40,9 @@ from ..common.actor_host import ActorHost
 from ..common.resources import Lease
 from . import protocol as p
 from . import workers
-from .arena import Arena, Location
-from .store import pinned_views, to_wire
-
-FLUSH_INTERVAL = 0.1  # seconds between sends of reference changes when nothing else goes out
-
-
-class _Pending:
-    """One request awaiting its RESPONSE: a bare lock to block on, and the answer."""
-
-    __slots__ = ("lock", "ok", "value", "abandoned", "op")
-
-    def __init__(self, op: str):
-        self.op = op
-        self.lock = threading.Lock()
-        self.lock.acquire()
-        self.ok = True
-        self.value = None
-        self.abandoned = False
+from .arena import Location
+from .link import Link, RemoteScheduler, RemoteStore
+from .store import to_wire
 
 
 class _ForwardedEvents(JobEvents):
@@ -81,270 +62,23 @@ class _ForwardedEvents(JobEvents):
         return out
 
 
-class _BorrowCounter(ReferenceCounter):
-    """A ReferenceCounter that tells the node when an id gets its first reference in this process."""
-
-    def __init__(self, free, first):
-        super().__init__(free)
-        self._first = first
-
-    def incref(self, object_id: bytes) -> None:
-        with self._lock:
-            n = self._counts.get(object_id)
-            if n is None:
-                self._first(object_id)
-            self._counts[object_id] = (n or 0) + 1
-
-
-class WorkerNode:
-    """Everything of one worker process: its connection, its runtime, the task it runs or the actor it hosts."""
+class WorkerNode(Link):
+    """Everything of one worker process: its link to the node, its runtime, the task it runs or the
+    actor it hosts."""
 
     def __init__(self, loop: workers.WorkerLoop, setup: dict):
+        super().__init__(loop.conn, setup)
         self.loop = loop
-        self.conn = loop.conn
-        self._fd = loop.conn.fileno()
-        self.setup = setup
-        self.inline_max = setup["inline_max"]
-        self._send_lock = threading.Lock()
-        self._refs: dict[bytes, int] = {}
-        self._handles: dict[bytes, int] = {}
-        self._unpins: collections.deque = collections.deque()
-        self._requests: dict[int, _Pending] = {}
-        self._request_ids = itertools.count(1)
-        self._functions: dict[bytes, object] = {}
-        self.exported: set[bytes] = set()  # function ids the driver has the code of
-        self._arena: Arena | None = None
         self._tasks: collections.deque = collections.deque()  # (run, arg) for the main thread, in order
-        self._read_lock = threading.Lock()  # held by the thread reading the connection
         self._current: bytes | None = None  # the task the main thread runs
-        self._running = False               # the main thread is inside that task's call
-        self._pumping = False               # the main thread reads the connection for an answer
-        self._cancel = False                # a cancel of the current task was read
         self._exit = False
-        self._changes_lock = threading.Lock()
-        self._answer_lock = threading.Lock()
-        self._sending = False               # the main thread is sending a message
-        self._held_interrupt = False        # a SIGINT came meanwhile
-        self._helpers = 0                   # threads other than main waiting for an answer
-        self._helpers_lock = threading.Lock()
-        self.main_thread = threading.get_ident()
         self.events = _ForwardedEvents()
         self.actor: ActorHost | None = None      # a threaded or async actor hosted here
         self.inline: _InlineActor | None = None  # a sync actor whose calls run on the main thread
-        self._last_send = time.monotonic()
         config = BackendConfig(num_cpus=None, namespace=setup["namespace"], job_id=setup["job_id"],
                                options={"node": self})
-        self.runtime = Runtime(WorkerBackend, config,
-                               counters=(lambda free: _BorrowCounter(free, self._borrowed),
-                                         lambda free: _BorrowCounter(free, self._handle_borrowed)))
+        self.runtime = Runtime(WorkerBackend, config, counters=self.counters())
         set_current(self.runtime)
-
-    # -- sending --------------------------------------------------------------
-    def _take_refs(self):
-        if not (self._refs or self._handles or self._unpins):
-            return None
-        with self._changes_lock:
-            refs, self._refs = self._refs, {}
-            handles, self._handles = self._handles, {}
-        unpins = []
-        while self._unpins:
-            unpins.append(self._unpins.popleft())
-        return list(refs.items()), list(handles.items()), unpins
-
-    def send(self, tag: int, body) -> None:
-        on_main = threading.get_ident() == self.main_thread
-        if on_main:  # a cancel (SIGINT's handler runs here) must not cut a message in half
-            self._sending = True
-        try:
-            with self._send_lock:  # reference changes and the message they precede stay in order
-                payload = workers.frame(tag, p.dumps((self._take_refs(), body)))
-                self._last_send = time.monotonic()
-                self.conn.send_bytes(payload)
-        finally:
-            if on_main:
-                self._sending = False
-                if self._held_interrupt:  # a cancel came during the send: it lands now
-                    self._held_interrupt = False
-                    self._on_sigint(signal.SIGINT, None)
-
-    def _flush_loop(self) -> None:
-        while True:
-            time.sleep(FLUSH_INTERVAL)
-            try:
-                self.runtime.counter.drain()
-                self.runtime.handles.drain()
-                if (self._refs or self._handles or self._unpins) and \
-                        time.monotonic() - self._last_send >= FLUSH_INTERVAL:
-                    self.send(p.REFS, None)
-            except OSError:
-                return  # the driver is gone
-
-    # reference changes; the counters call these under their own locks, so they only record
-    def _borrowed(self, oid: bytes) -> None:
-        self._note("_refs", oid, 1)
-
-    def released(self, oid: bytes) -> None:
-        # Only if not referenced again since its count reached zero: then the +1 stands.
-        self.runtime.counter.if_unreferenced(oid, lambda: self._note("_refs", oid, -1))
-
-    def _handle_borrowed(self, actor_id: bytes) -> None:
-        self._note("_handles", actor_id, 1)
-
-    def handle_released(self, actor_id: bytes) -> None:
-        self.runtime.handles.if_unreferenced(actor_id, lambda: self._note("_handles", actor_id, -1))
-
-    def _note(self, table: str, key: bytes, sign: int) -> None:
-        """Record a first reference (+1) or a last one going (-1); the last change of a batch counts."""
-        with self._changes_lock:  # the table is swapped for a fresh one when a message takes it
-            getattr(self, table)[key] = sign
-
-    # -- requests to the driver -------------------------------------------------
-    def request(self, op: str, args, timeout: float | None = None):
-        """Ask the driver and wait for its answer; raise GetTimeoutError past ``timeout``.
-
-        The main thread reads the answer off the connection itself (handling whatever else arrives
-        first, a cancel of its task included); other threads wait for whoever reads."""
-        pending = _Pending(op)
-        rid = next(self._request_ids)
-        self._requests[rid] = pending
-        on_main = threading.get_ident() == self.main_thread
-        if on_main:
-            self._pumping = True
-        try:
-            self.send(p.REQUEST, (rid, op, args))
-            answered = self._pump(pending, timeout) if on_main else self._wait(pending, timeout)
-        except BaseException:
-            self._abandon(rid, pending)
-            raise
-        finally:
-            if on_main:
-                self._pumping = False
-                if self._held_interrupt:  # a cancel came while this thread waited: it lands now
-                    self._held_interrupt = False
-                    try:
-                        self._on_sigint(signal.SIGINT, None)
-                    except BaseException:
-                        self._abandon(rid, pending)  # nobody reads the answer: release what it pinned
-                        raise
-        if not answered:
-            self._abandon(rid, pending)
-            raise GetTimeoutError(f"{op} timed out after {timeout} s")
-        if not pending.ok:
-            raise pending.value
-        return pending.value
-
-    def _pump(self, pending: _Pending, timeout: float | None) -> bool:
-        """The main thread waits for an answer by reading the connection itself; a helper thread of
-        the task may be reading just now, one message at a time, so the lock is taken per message."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        conn, answered = self.conn, pending.lock
-        while not answered.acquire(False):
-            if self._cancel and self._running:
-                self._cancel = False
-                raise KeyboardInterrupt("The task was cancelled.")
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            if not self._read_lock.acquire(timeout=0.005):
-                continue
-            try:
-                if workers.spin_until_readable(self._fd) or \
-                        conn.poll(left if left is not None else None if self._helpers == 0 else 0.005):
-                    self._dispatch(conn.recv_bytes())
-            finally:
-                self._read_lock.release()
-        return True
-
-    def _wait(self, pending: _Pending, timeout: float | None) -> bool:
-        """A thread other than main waits for its answer; in a task's process, where the main thread
-        runs user code, it reads for itself, one message at a time."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        conn, answered = self.conn, pending.lock
-        if self.actor is not None:  # a threaded or async actor: the main thread reads all the time
-            return answered.acquire(timeout=-1 if deadline is None else max(deadline - time.monotonic(), 0))
-        with self._helpers_lock:
-            self._helpers += 1
-        try:
-            while True:
-                left = None if deadline is None else deadline - time.monotonic()
-                if answered.acquire(timeout=0.005 if left is None else max(min(0.005, left), 0)):
-                    return True
-                if left is not None and left <= 0:
-                    return False
-                if self._read_lock.acquire(False):
-                    try:
-                        if conn.poll(0.005):
-                            self._dispatch(conn.recv_bytes())
-                    finally:
-                        self._read_lock.release()
-        finally:
-            with self._helpers_lock:
-                self._helpers -= 1
-
-    def _abandon(self, rid: int, pending: _Pending) -> None:
-        """Nobody waits for this answer any more: the driver takes back the CPUs it lent for it, and
-        the answer, when it comes, is released unread."""
-        with self._answer_lock:
-            pending.abandoned = True
-            answered = rid not in self._requests and pending.value is not None
-        if answered:
-            self._release_answer(pending)  # answered just now: nobody will read it
-        try:
-            self.tell("abandon", rid)
-        except OSError:
-            pass
-
-    def tell(self, op: str, args) -> None:
-        """A request that wants no answer."""
-        self.send(p.REQUEST, (0, op, args))
-
-    def _on_response(self, payload) -> None:
-        rid, ok, value = pickle.loads(payload)
-        with self._answer_lock:
-            pending = self._requests.pop(rid, None)
-            if pending is None:
-                return
-            pending.ok, pending.value = ok, value
-            abandoned = pending.abandoned
-        if abandoned:
-            self._release_answer(pending)
-        else:
-            pending.lock.release()
-
-    def _release_answer(self, pending: _Pending) -> None:
-        if pending.op == "get" and pending.ok:
-            for key, wire in pending.value:
-                if type(wire) is Location:
-                    self._unpins.append(key)
-
-    # -- objects ----------------------------------------------------------------
-    @property
-    def arena(self) -> Arena:
-        if self._arena is None:
-            self._arena = Arena.attach(self.setup["arena"], writable=True)
-        return self._arena
-
-    def from_wire(self, key: bytes, wire) -> SerializedObject:
-        if type(wire) is Location:
-            unpins = self._unpins
-            return pinned_views(self.arena, wire, lambda: unpins.append(key))
-        data, buffers = wire
-        return SerializedObject(data, buffers)
-
-    def to_driver(self, obj: SerializedObject):
-        """The wire form of an object going to the driver: large ones are written into a granted range."""
-        if obj.nbytes < self.inline_max:
-            return to_wire(obj)
-        grant = self.request("alloc", Location.of(obj).nbytes)
-        return self.arena.write(grant, obj)
-
-    def get(self, ids: list[bytes], timeout: float | None) -> list[SerializedObject]:
-        blocking = current_task.get() is not None
-        if timeout == 0:  # the driver answers at once, with the objects or a GetTimeoutError
-            answer = self.request("get", (ids, False, True))
-        else:
-            answer = self.request("get", (ids, blocking, False), timeout)
-        return [self.from_wire(key, wire) for key, wire in answer]
 
     def function(self, fn_id: bytes, blob: bytes | None):
         fn = self._functions.get(fn_id)
@@ -352,14 +86,6 @@ class WorkerNode:
             fn = self._functions[fn_id] = cloudpickle.loads(blob)
             self.exported.add(fn_id)
         return fn
-
-    def export(self, descriptor: FunctionDescriptor) -> bytes | None:
-        """The pickled code of a function or class the driver does not have yet, else None."""
-        if descriptor.function_id in self.exported:
-            return None
-        self.exported.add(descriptor.function_id)
-        self._functions[descriptor.function_id] = descriptor.target  # the driver may send it back here
-        return cloudpickle.dumps(descriptor.target, 5)
 
     # -- tasks ------------------------------------------------------------------
     def main(self) -> None:
@@ -456,7 +182,7 @@ class WorkerNode:
         wires, contained = [], []
         for obj in outputs:
             try:
-                wires.append(self.to_driver(obj))
+                wires.append(self.to_node(obj))
             except Exception as exc:  # noqa: BLE001 - the store is full, say: the result is that error
                 wires.append(to_wire(serialize_failure(RemoteFailure(exc))))
             contained.append(p.contained_ids(obj.contained_refs) if obj.contained_refs else None)
@@ -651,98 +377,6 @@ class _ActorHostShim:
 # --------------------------------------------------------------------------- the runtime's backend
 
 
-class WorkerStore(ObjectStore):
-    def __init__(self, node: WorkerNode):
-        self.node = node
-
-    def put(self, ref, obj) -> None:
-        node = self.node
-        wire = node.to_driver(obj)
-        node.tell("put", (ref._id, wire, p.contained_ids(obj.contained_refs)))
-
-    def get(self, refs, timeout):
-        return self.node.get([r._id for r in refs], timeout)
-
-    def wait(self, refs, num_returns, timeout):
-        ids = [r._id for r in refs]
-        blocking = current_task.get() is not None
-        try:
-            return set(self.node.request("wait", (ids, num_returns, timeout != 0, blocking), timeout))
-        except GetTimeoutError:
-            return set(self.node.request("wait", (ids, num_returns, False, False)))
-
-    def contains(self, ref) -> bool:
-        return False  # asking costs a round trip; get() asks once anyway
-
-    def free(self, refs) -> None:
-        node = self.node
-        for r in refs:
-            node.released(r if isinstance(r, bytes) else r._id)
-
-    def usage(self) -> dict:
-        return self.node.request("usage", None)
-
-
-class WorkerScheduler(Scheduler):
-    def __init__(self, node: WorkerNode):
-        self.node = node
-
-    def submit_task(self, spec) -> None:
-        node = self.node
-        fn = spec.function
-        node.tell("submit", (spec.task_id, fn.function_id, fn.name, node.export(fn), node.to_driver(spec.args),
-                             [r._id for r in spec.deps], [r._id for r in spec.returns], spec.resources,
-                             spec.options, spec.parent_task_id, spec.name,
-                             p.contained_ids(spec.args.contained_refs)))
-
-    def create_actor(self, spec):
-        node = self.node
-        cls = spec.cls
-        node.request("create_actor", (
-            spec.actor_id, cls.function_id, cls.name, node.export(cls), node.to_driver(spec.args),
-            [r._id for r in spec.deps], spec.resources, spec.options, spec.namespace, spec.is_async,
-            spec.method_options, p.contained_ids(spec.args.contained_refs)))
-        return None
-
-    def submit_actor_task(self, spec) -> None:
-        self.node.tell("actor_call", (
-            spec.task_id, spec.actor_id, spec.method_name, self.node.to_driver(spec.args),
-            [r._id for r in spec.deps], [r._id for r in spec.returns], spec.caller_id, spec.seq,
-            {"retry_exceptions": spec.options.get("retry_exceptions", False),
-             "max_task_retries": spec.options.get("max_task_retries")},
-            spec.name, p.contained_ids(spec.args.contained_refs)))
-
-    def get_named_actor(self, name, namespace):
-        return cloudpickle.loads(self.node.request("named", (name, namespace)))
-
-    def list_named_actors(self, namespace):
-        return self.node.request("list_named", namespace)
-
-    def kill_actor(self, actor_id, no_restart) -> None:
-        self.node.tell("kill", (actor_id, no_restart))
-
-    def cancel(self, ref, force, recursive) -> None:
-        self.node.tell("cancel", (ref._id, force, recursive))
-
-    def actor_handles_gone(self, actor_id) -> None:
-        self.node.handle_released(actor_id)
-
-    def task_blocked(self) -> None:
-        pass  # a blocking get or wait says so itself; the driver lends the CPUs while it waits
-
-    def task_unblocked(self) -> None:
-        pass
-
-    def cluster_resources(self):
-        return self.node.request("resources", "total")
-
-    def available_resources(self):
-        return self.node.request("resources", "available")
-
-    def nodes(self):
-        return self.node.request("resources", "nodes")
-
-
 class WorkerBackend(Backend):
     """The backend of the runtime inside a worker: every port call goes to the driver."""
 
@@ -751,8 +385,8 @@ class WorkerBackend(Backend):
     def start(self) -> None:
         node = self.config.options["node"]
         self.node_id = node.setup["node_id"]
-        self.scheduler = WorkerScheduler(node)
-        self.object_store = WorkerStore(node)
+        self.scheduler = RemoteScheduler(node)
+        self.object_store = RemoteStore(node)
         self.metadata = None
 
     def shutdown(self) -> None:

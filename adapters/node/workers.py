@@ -218,6 +218,7 @@ class WorkerHandle:
         self._ids = itertools.count(1)
         self._read_lock = threading.Lock()  # held by whichever thread reads the connection
         self._poller = None  # the reader thread's epoll, once connected
+        self.adopted = False  # connected on its own (a driver), not forked by the pool
 
     def __repr__(self) -> str:
         state = "dead" if self.exit else "ready" if self._ready.is_set() else "starting"
@@ -314,9 +315,16 @@ class WorkerHandle:
         return True
 
     def kill(self) -> None:
-        """SIGKILL the worker (through the fork server, which knows whether the pid is still its child)."""
-        if self.exit is None:
-            self._pool._send_server(KILL, pickle.dumps(self.worker_id), quiet=True)
+        """SIGKILL the worker (through the fork server, which knows whether the pid is still its child);
+        a process the pool did not start (``adopt``) is only disconnected."""
+        if self.exit is not None:
+            return
+        if self.adopted:
+            with self._send_lock:
+                if self._conn is not None:
+                    _wake(self._conn)
+            return
+        self._pool._send_server(KILL, pickle.dumps(self.worker_id), quiet=True)
 
     # ---- called by the pool's threads
 
@@ -343,7 +351,7 @@ class WorkerHandle:
 
     def _disconnected(self) -> None:
         """The connection closed: wait briefly for the exit report, then declare the worker dead anyway."""
-        if not self._pool._server_gone and not self._dead.wait(EXIT_REPORT_GRACE):
+        if not self.adopted and not self._pool._server_gone and not self._dead.wait(EXIT_REPORT_GRACE):
             self.kill()  # closed its connection but may still run
         self._died(WorkerExit(self.pid, None, "its connection to the driver closed"))
 
@@ -432,6 +440,22 @@ class WorkerPool:
             del self._workers[handle.worker_id]
             raise
         return handle
+
+    def adopt(self, pid: int) -> WorkerHandle:
+        """A handle for an authenticated connection of a process the pool did not start (a driver
+        connected to a node daemon); ``serve(handle, conn)`` then reads it until it closes."""
+        if self._closing:
+            raise AnyrayError("This worker pool is closed.")
+        handle = WorkerHandle(self, next(self._ids), {})
+        handle.adopted = True
+        handle.pid = pid
+        self._workers[handle.worker_id] = handle
+        return handle
+
+    def serve(self, handle: WorkerHandle, conn) -> None:
+        """Read an adopted connection on the calling thread until it closes; its end is reported as a
+        worker's exit (``on_exit``)."""
+        self._serve_worker(handle, conn, handle.pid)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the fork server and every worker, and wait for them (idempotent)."""

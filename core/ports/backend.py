@@ -81,6 +81,12 @@ class Backend(ABC):
 
         No process, thread or shared-memory segment of the backend outlives it."""
 
+    def reference_counters(self):
+        """Factories ``(free) -> ReferenceCounter`` for the runtime's object refs and actor handles, or
+        None for plain ones. Called before ``start``; a backend whose references are borrowed from
+        another process (a driver connected to a cluster node) counts them its own way."""
+        return None
+
     def info(self) -> dict:
         """``address``, ``node_id`` and ``dashboard_url`` (or ``None``) for ``init``'s context."""
         return {"address": self.config.address, "node_id": None, "dashboard_url": None}

@@ -1,0 +1,434 @@
+"""One process's link to the node that owns its objects and runs what it submits.
+
+A worker of a node, and a driver connected to a node daemon, talk to the
+node the same way (``protocol``): every port call of the process's runtime
+becomes a REQUEST (``RemoteScheduler``, ``RemoteStore``), and the answer a
+RESPONSE. The thread that waits for an answer reads the connection itself,
+one message at a time, so no reader thread hands answers over.
+
+References held in the process are borrowed from the node: the process's
+counters report each id's first reference and its last, and its views of
+shared memory report when they are gone, so the node keeps what the process
+can still read. A process on another machine (``setup["arena"]`` None) gets
+every object inline, and sends every object inline.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import pickle
+import signal
+import threading
+import time
+
+import cloudpickle
+
+from anyray.context import current_task
+from anyray.exceptions import GetTimeoutError
+from anyray.ports.object_store import ObjectStore
+from anyray.ports.scheduler import Scheduler
+from anyray.runtime import ReferenceCounter
+from anyray.serialization import SerializedObject
+from anyray.specs import FunctionDescriptor
+
+from . import protocol as p
+from . import workers
+from .arena import Arena, Location
+from .store import pinned_views, to_wire
+
+FLUSH_INTERVAL = 0.1  # seconds between sends of reference changes when nothing else goes out
+
+
+class _Pending:
+    """One request awaiting its RESPONSE: a bare lock to block on, and the answer."""
+
+    __slots__ = ("lock", "ok", "value", "abandoned", "op")
+
+    def __init__(self, op: str):
+        self.op = op
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.ok = True
+        self.value = None
+        self.abandoned = False
+
+
+class _BorrowCounter(ReferenceCounter):
+    """A ReferenceCounter that tells the node when an id gets its first reference in this process."""
+
+    def __init__(self, free, first):
+        super().__init__(free)
+        self._first = first
+
+    def incref(self, object_id: bytes) -> None:
+        with self._lock:
+            n = self._counts.get(object_id)
+            if n is None:
+                self._first(object_id)
+            self._counts[object_id] = (n or 0) + 1
+
+
+class Link:
+    """The connection of one process to its node: requests, borrowed references, objects.
+
+    Subclasses handle what the node sends besides answers (``_dispatch``)."""
+
+    def __init__(self, conn, setup: dict):
+        self.conn = conn
+        self._fd = conn.fileno()
+        self.setup = setup
+        self.inline_max = setup["inline_max"]
+        self.shared = setup.get("arena") is not None  # this process maps the node's shared memory
+        self._send_lock = threading.Lock()
+        self._refs: dict[bytes, int] = {}
+        self._handles: dict[bytes, int] = {}
+        self._unpins: collections.deque = collections.deque()
+        self._requests: dict[int, _Pending] = {}
+        self._request_ids = itertools.count(1)
+        self._functions: dict[bytes, object] = {}
+        self.exported: set[bytes] = set()  # function ids the node has the code of
+        self._arena: Arena | None = None
+        self._read_lock = threading.Lock()  # held by the thread reading the connection
+        self._changes_lock = threading.Lock()
+        self._answer_lock = threading.Lock()
+        self._running = False               # the main thread runs a task (a worker's)
+        self._cancel = False                # a cancel of that task was read
+        self._pumping = False               # the main thread reads the connection for an answer
+        self._sending = False               # the main thread is sending a message
+        self._held_interrupt = False        # a SIGINT came meanwhile (a worker's cancel)
+        self._helpers = 0                   # threads other than main waiting for an answer
+        self._helpers_lock = threading.Lock()
+        self.actor = None                   # set in a worker hosting a threaded or async actor
+        self.main_thread = threading.get_ident()
+        self._last_send = time.monotonic()
+        self.object_counter: ReferenceCounter | None = None
+        self.handle_counter: ReferenceCounter | None = None
+
+    def counters(self):
+        """Factories for the runtime's counters (``Runtime(counters=...)``): references borrowed from the node."""
+        def objects(free):
+            self.object_counter = _BorrowCounter(free, self._borrowed)
+            return self.object_counter
+
+        def handles(free):
+            self.handle_counter = _BorrowCounter(free, self._handle_borrowed)
+            return self.handle_counter
+
+        return objects, handles
+
+    def _dispatch(self, msg: bytes) -> None:
+        raise NotImplementedError
+
+    def _recv(self) -> bytes:
+        return self.conn.recv_bytes()
+
+    def _on_sigint(self, signum, frame) -> None:
+        """A held interrupt lands (a worker's cancel); nothing to do in other processes."""
+
+    # -- sending --------------------------------------------------------------
+    def _take_refs(self):
+        if not (self._refs or self._handles or self._unpins):
+            return None
+        with self._changes_lock:
+            refs, self._refs = self._refs, {}
+            handles, self._handles = self._handles, {}
+        unpins = []
+        while self._unpins:
+            unpins.append(self._unpins.popleft())
+        return list(refs.items()), list(handles.items()), unpins
+
+    def send(self, tag: int, body) -> None:
+        on_main = threading.get_ident() == self.main_thread
+        if on_main:  # a cancel (SIGINT's handler runs here) must not cut a message in half
+            self._sending = True
+        try:
+            with self._send_lock:  # reference changes and the message they precede stay in order
+                payload = workers.frame(tag, p.dumps((self._take_refs(), body)))
+                self._last_send = time.monotonic()
+                self.conn.send_bytes(payload)
+        finally:
+            if on_main:
+                self._sending = False
+                if self._held_interrupt:  # a cancel came during the send: it lands now
+                    self._held_interrupt = False
+                    self._on_sigint(signal.SIGINT, None)
+
+    def _flush_loop(self) -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL)
+            try:
+                self.object_counter.drain()
+                self.handle_counter.drain()
+                if (self._refs or self._handles or self._unpins) and \
+                        time.monotonic() - self._last_send >= FLUSH_INTERVAL:
+                    self.send(p.REFS, None)
+            except (OSError, ConnectionError):
+                return  # the node is gone
+
+    # reference changes; the counters call these under their own locks, so they only record
+    def _borrowed(self, oid: bytes) -> None:
+        self._note("_refs", oid, 1)
+
+    def released(self, oid: bytes) -> None:
+        # Only if not referenced again since its count reached zero: then the +1 stands.
+        self.object_counter.if_unreferenced(oid, lambda: self._note("_refs", oid, -1))
+
+    def _handle_borrowed(self, actor_id: bytes) -> None:
+        self._note("_handles", actor_id, 1)
+
+    def handle_released(self, actor_id: bytes) -> None:
+        self.handle_counter.if_unreferenced(actor_id, lambda: self._note("_handles", actor_id, -1))
+
+    def _note(self, table: str, key: bytes, sign: int) -> None:
+        """Record a first reference (+1) or a last one going (-1); the last change of a batch counts."""
+        with self._changes_lock:  # the table is swapped for a fresh one when a message takes it
+            getattr(self, table)[key] = sign
+
+    # -- requests to the node -------------------------------------------------
+    def request(self, op: str, args, timeout: float | None = None):
+        """Ask the node and wait for its answer; raise GetTimeoutError past ``timeout``.
+
+        The main thread reads the answer off the connection itself (handling whatever else arrives
+        first, a cancel of its task included); other threads wait for whoever reads."""
+        pending = _Pending(op)
+        rid = next(self._request_ids)
+        self._requests[rid] = pending
+        on_main = threading.get_ident() == self.main_thread
+        if on_main:
+            self._pumping = True
+        try:
+            self.send(p.REQUEST, (rid, op, args))
+            answered = self._pump(pending, timeout) if on_main else self._wait(pending, timeout)
+        except BaseException:
+            self._abandon(rid, pending)
+            raise
+        finally:
+            if on_main:
+                self._pumping = False
+                if self._held_interrupt:  # a cancel came while this thread waited: it lands now
+                    self._held_interrupt = False
+                    try:
+                        self._on_sigint(signal.SIGINT, None)
+                    except BaseException:
+                        self._abandon(rid, pending)  # nobody reads the answer: release what it pinned
+                        raise
+        if not answered:
+            self._abandon(rid, pending)
+            raise GetTimeoutError(f"{op} timed out after {timeout} s")
+        if not pending.ok:
+            raise pending.value
+        return pending.value
+
+    def _pump(self, pending: _Pending, timeout: float | None) -> bool:
+        """The main thread waits for an answer by reading the connection itself; a helper thread of
+        the task may be reading just now, one message at a time, so the lock is taken per message."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        conn, answered = self.conn, pending.lock
+        while not answered.acquire(False):
+            if self._cancel and self._running:
+                self._cancel = False
+                raise KeyboardInterrupt("The task was cancelled.")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            if not self._read_lock.acquire(timeout=0.005):
+                continue
+            try:
+                if workers.spin_until_readable(self._fd) or \
+                        conn.poll(left if left is not None else None if self._helpers == 0 else 0.005):
+                    self._dispatch(self._recv())
+            finally:
+                self._read_lock.release()
+        return True
+
+    def _wait(self, pending: _Pending, timeout: float | None) -> bool:
+        """A thread other than main waits for its answer; in a task's process, where the main thread
+        runs user code, it reads for itself, one message at a time."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        conn, answered = self.conn, pending.lock
+        if self.actor is not None:  # a threaded or async actor: the main thread reads all the time
+            return answered.acquire(timeout=-1 if deadline is None else max(deadline - time.monotonic(), 0))
+        with self._helpers_lock:
+            self._helpers += 1
+        try:
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if answered.acquire(timeout=0.005 if left is None else max(min(0.005, left), 0)):
+                    return True
+                if left is not None and left <= 0:
+                    return False
+                if self._read_lock.acquire(False):
+                    try:
+                        if conn.poll(0.005):
+                            self._dispatch(self._recv())
+                    finally:
+                        self._read_lock.release()
+        finally:
+            with self._helpers_lock:
+                self._helpers -= 1
+
+    def _abandon(self, rid: int, pending: _Pending) -> None:
+        """Nobody waits for this answer any more: the node takes back the CPUs it lent for it, and
+        the answer, when it comes, is released unread."""
+        with self._answer_lock:
+            pending.abandoned = True
+            answered = rid not in self._requests and pending.value is not None
+        if answered:
+            self._release_answer(pending)  # answered just now: nobody will read it
+        try:
+            self.tell("abandon", rid)
+        except OSError:
+            pass
+
+    def tell(self, op: str, args) -> None:
+        """A request that wants no answer."""
+        self.send(p.REQUEST, (0, op, args))
+
+    def _on_response(self, payload) -> None:
+        rid, ok, value = pickle.loads(payload)
+        with self._answer_lock:
+            pending = self._requests.pop(rid, None)
+            if pending is None:
+                return
+            pending.ok, pending.value = ok, value
+            abandoned = pending.abandoned
+        if abandoned:
+            self._release_answer(pending)
+        else:
+            pending.lock.release()
+
+    def _release_answer(self, pending: _Pending) -> None:
+        if pending.op == "get" and pending.ok:
+            for key, wire in pending.value:
+                if type(wire) is Location:
+                    self._unpins.append(key)
+
+    # -- objects ----------------------------------------------------------------
+    @property
+    def arena(self) -> Arena:
+        if self._arena is None:
+            self._arena = Arena.attach(self.setup["arena"], writable=True)
+        return self._arena
+
+    def from_wire(self, key: bytes, wire) -> SerializedObject:
+        if type(wire) is Location:
+            unpins = self._unpins
+            return pinned_views(self.arena, wire, lambda: unpins.append(key))
+        data, buffers = wire
+        return SerializedObject(data, buffers)
+
+    def to_node(self, obj: SerializedObject):
+        """The wire form of an object going to the node: large ones are written into a granted range."""
+        if obj.nbytes < self.inline_max or not self.shared:
+            return to_wire(obj)
+        grant = self.request("alloc", Location.of(obj).nbytes)
+        return self.arena.write(grant, obj)
+
+    def get(self, ids: list[bytes], timeout: float | None) -> list[SerializedObject]:
+        blocking = current_task.get() is not None
+        if timeout == 0:  # the node answers at once, with the objects or a GetTimeoutError
+            answer = self.request("get", (ids, False, True))
+        else:
+            answer = self.request("get", (ids, blocking, False), timeout)
+        return [self.from_wire(key, wire) for key, wire in answer]
+
+    def export(self, descriptor: FunctionDescriptor) -> bytes | None:
+        """The pickled code of a function or class the node does not have yet, else None."""
+        if descriptor.function_id in self.exported:
+            return None
+        self.exported.add(descriptor.function_id)
+        self._functions[descriptor.function_id] = descriptor.target  # the node may send it back here
+        return cloudpickle.dumps(descriptor.target, 5)
+
+
+class RemoteStore(ObjectStore):
+    def __init__(self, node: Link):
+        self.node = node
+
+    def put(self, ref, obj) -> None:
+        node = self.node
+        wire = node.to_node(obj)
+        node.tell("put", (ref._id, wire, p.contained_ids(obj.contained_refs)))
+
+    def get(self, refs, timeout):
+        return self.node.get([r._id for r in refs], timeout)
+
+    def wait(self, refs, num_returns, timeout):
+        ids = [r._id for r in refs]
+        blocking = current_task.get() is not None
+        try:
+            return set(self.node.request("wait", (ids, num_returns, timeout != 0, blocking), timeout))
+        except GetTimeoutError:
+            return set(self.node.request("wait", (ids, num_returns, False, False)))
+
+    def contains(self, ref) -> bool:
+        return False  # asking costs a round trip; get() asks once anyway
+
+    def free(self, refs) -> None:
+        node = self.node
+        for r in refs:
+            node.released(r if isinstance(r, bytes) else r._id)
+
+    def usage(self) -> dict:
+        return self.node.request("usage", None)
+
+
+class RemoteScheduler(Scheduler):
+    def __init__(self, node: Link):
+        self.node = node
+
+    def submit_task(self, spec) -> None:
+        node = self.node
+        fn = spec.function
+        node.tell("submit", (spec.task_id, fn.function_id, fn.name, node.export(fn), node.to_node(spec.args),
+                             [r._id for r in spec.deps], [r._id for r in spec.returns], spec.resources,
+                             spec.options, spec.parent_task_id, spec.name,
+                             p.contained_ids(spec.args.contained_refs)))
+
+    def create_actor(self, spec):
+        node = self.node
+        cls = spec.cls
+        node.request("create_actor", (
+            spec.actor_id, cls.function_id, cls.name, node.export(cls), node.to_node(spec.args),
+            [r._id for r in spec.deps], spec.resources, spec.options, spec.namespace, spec.is_async,
+            spec.method_options, p.contained_ids(spec.args.contained_refs)))
+        return None
+
+    def submit_actor_task(self, spec) -> None:
+        self.node.tell("actor_call", (
+            spec.task_id, spec.actor_id, spec.method_name, self.node.to_node(spec.args),
+            [r._id for r in spec.deps], [r._id for r in spec.returns], spec.caller_id, spec.seq,
+            {"retry_exceptions": spec.options.get("retry_exceptions", False),
+             "max_task_retries": spec.options.get("max_task_retries")},
+            spec.name, p.contained_ids(spec.args.contained_refs)))
+
+    def get_named_actor(self, name, namespace):
+        return cloudpickle.loads(self.node.request("named", (name, namespace)))
+
+    def list_named_actors(self, namespace):
+        return self.node.request("list_named", namespace)
+
+    def kill_actor(self, actor_id, no_restart) -> None:
+        self.node.tell("kill", (actor_id, no_restart))
+
+    def cancel(self, ref, force, recursive) -> None:
+        self.node.tell("cancel", (ref._id, force, recursive))
+
+    def actor_handles_gone(self, actor_id) -> None:
+        self.node.handle_released(actor_id)
+
+    def task_blocked(self) -> None:
+        pass  # a blocking get or wait says so itself; the node lends the CPUs while it waits
+
+    def task_unblocked(self) -> None:
+        pass
+
+    def cluster_resources(self):
+        return self.node.request("resources", "total")
+
+    def available_resources(self):
+        return self.node.request("resources", "available")
+
+    def nodes(self):
+        return self.node.request("resources", "nodes")

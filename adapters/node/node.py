@@ -1,0 +1,44 @@
+"""One node put together: session directory, resource pool, shared-memory store, scheduler and workers.
+
+The multiprocess backend runs one of these in the driver; a cluster node
+daemon runs one and lets drivers connect to it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..common.resources import ResourcePool
+from .arena import Arena
+from .scheduler import NodeScheduler
+from .session import Session
+from .store import INLINE_MAX, SharedObjectStore
+
+
+class Node:
+    """The parts of one node; ``close`` stops its workers and removes its session directory."""
+
+    def __init__(self, *, total: dict, gpu_ids: list, capacity: int, metadata, events, job_id: bytes,
+                 namespace: str):
+        self.pool = ResourcePool(total, gpu_ids)
+        self.node_id = self.pool.node_id
+        self.session = Session()
+        self.scheduler = None
+        try:
+            self.arena = Arena.create(self.session, capacity)
+            self.store = SharedObjectStore(self.arena, INLINE_MAX)
+            self.setup = {"job_id": job_id, "namespace": namespace, "node_id": self.node_id,
+                          "arena": self.arena.path, "inline_max": INLINE_MAX, "sys_path": list(sys.path),
+                          "cwd": os.getcwd()}
+            self.scheduler = NodeScheduler(self.session, self.store, metadata, events, self.pool, self.setup)
+        except BaseException:
+            self.session.close()
+            raise
+
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown()
+            self.store.close()
+            self.arena.close()
+        self.session.close()
