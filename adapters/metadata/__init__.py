@@ -2,4 +2,20 @@
 
 from .memory import MemoryMetadataStore
 
-__all__ = ["MemoryMetadataStore"]
+
+def open_metadata(url: str, namespace: str = "anyray"):
+    """The MetadataStore a URL names: ``redis://[:password@]host:port[/db]`` or ``etcd://[user:password@]host:port``."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme in ("redis", "rediss"):
+        from .redis import RedisMetadataStore
+
+        return RedisMetadataStore(url, namespace)
+    if scheme == "etcd":
+        from .etcd import EtcdMetadataStore
+
+        return EtcdMetadataStore(url, namespace)
+    shown = url.split("@")[-1]  # never echo a password
+    raise ValueError(f"Unknown metadata store URL {shown!r}: use redis://host:port or etcd://host:port.")
+
+
+__all__ = ["MemoryMetadataStore", "open_metadata"]

@@ -63,10 +63,11 @@ def call_options(options: dict) -> dict:
 
 
 class _Task:
-    __slots__ = ("spec", "shape", "state", "lease", "worker", "attempts", "held", "cancelled")
+    __slots__ = ("spec", "shape", "state", "lease", "worker", "attempts", "held", "cancelled", "job")
 
-    def __init__(self, spec: TaskSpec, held: ArenaObject | None):
+    def __init__(self, spec: TaskSpec, held: ArenaObject | None, job: tuple):
         self.spec = spec
+        self.job = job  # (job id, namespace) of the driver it comes from
         self.shape = tuple(sorted(spec.resources.items()))
         self.state = "waiting"  # waiting -> queued -> running -> done
         self.lease = None
@@ -80,9 +81,9 @@ class _Worker:
     """The scheduler's view of one worker process."""
 
     __slots__ = ("handle", "functions", "task", "actor", "borrowed", "handles", "pins", "grants", "calls",
-                 "blocked", "retiring", "dead")
+                 "blocked", "retiring", "dead", "remote", "job")
 
-    def __init__(self, handle):
+    def __init__(self, handle, job: tuple):
         self.handle = handle
         self.functions: set[bytes] = set()
         self.task: _Task | None = None
@@ -95,14 +96,17 @@ class _Worker:
         self.blocked: set[int] = set()                  # its requests waiting with CPUs lent
         self.retiring = False
         self.dead = False
+        self.remote = False  # a client on another machine: objects travel inline
+        self.job = job       # the job of what it runs now (of a client: its own)
 
 
 class _Actor:
     __slots__ = ("spec", "state", "worker", "lease", "restarts", "cause", "inflight", "buffered", "held",
-                 "attempts", "terminate", "send_lock", "args_held")
+                 "attempts", "terminate", "send_lock", "args_held", "job")
 
-    def __init__(self, spec: ActorSpec, args_held: ArenaObject | None):
+    def __init__(self, spec: ActorSpec, args_held: ArenaObject | None, job: tuple):
         self.spec = spec
+        self.job = job
         self.state = "pending"  # pending -> alive -> (restarting -> alive)* -> dead
         self.worker: _Worker | None = None
         self.lease = None
@@ -131,6 +135,8 @@ class NodeScheduler(QueueScheduler):
         self._functions: dict[bytes, bytes] = {}      # function id -> pickled code, exported once
         self._records: collections.deque = collections.deque()
         self._closed = False
+        self._job = (setup["job_id"], setup["namespace"])  # of work the node's own runtime submits
+        self.ops: dict = {}  # more requests a node's owner serves: op -> fn(args) -> answer
         events.add_source(self._pull_records)
         self.workers = WorkerPool(session, on_message=self._on_message, on_exit=self._on_exit)
 
@@ -162,7 +168,7 @@ class NodeScheduler(QueueScheduler):
     # -- workers ------------------------------------------------------------------
     def _spawn(self, env: dict | None = None) -> _Worker:
         handle = self.workers.start_worker(env)
-        worker = _Worker(handle)
+        worker = _Worker(handle, self._job)
         self._workers[handle.worker_id] = worker
         handle.call_async(install, self._setup).add_done_callback(self._installed)
         return worker
@@ -190,6 +196,8 @@ class NodeScheduler(QueueScheduler):
     def _wire(self, worker: _Worker, key: bytes, entry):
         """How ``entry`` travels to ``worker``: inline bytes, or its location, pinned for the worker under ``key``."""
         if type(entry) is ArenaObject:
+            if worker.remote:
+                return self._copy_out(entry)
             with self._lock:
                 if worker.dead:  # the message will not reach it; nothing would unpin
                     return entry.loc
@@ -204,6 +212,16 @@ class NodeScheduler(QueueScheduler):
             entry = serialize_failure(RemoteFailure(ObjectLostError(
                 f"Object {key.hex()} is no longer in the store: every reference to it was dropped.")))
         return to_wire(entry)
+
+    def _copy_out(self, entry: ArenaObject) -> tuple:
+        """The inline wire form of an object in shared memory, for a reader that cannot map it."""
+        store = self._store
+        store.pin(entry)
+        try:
+            obj = store.arena.read(entry.loc)
+            return bytes(obj.data), [memoryview(b).tobytes() for b in obj.buffers]
+        finally:
+            store.unpin(entry)
 
     def _unpin(self, worker: _Worker, key: bytes) -> None:
         with self._lock:
@@ -327,10 +345,10 @@ class NodeScheduler(QueueScheduler):
         self._dispatch()
 
     # -- tasks ------------------------------------------------------------------------
-    def submit_task(self, spec: TaskSpec, held: ArenaObject | None = None) -> None:
+    def submit_task(self, spec: TaskSpec, held: ArenaObject | None = None, job: tuple | None = None) -> None:
         if held is None:
             spec.args, held = self._own(spec.args)
-        task = _Task(spec, held)
+        task = _Task(spec, held, job or self._job)
         self._admit(task, self._tasks, self._children, self._store)
 
     def _ready(self, task: _Task) -> None:
@@ -375,9 +393,12 @@ class NodeScheduler(QueueScheduler):
         deps = {oid: self._wire(worker, oid, store.entry(oid)) for oid in dict.fromkeys(r._id for r in spec.deps)}
         args = self._wire(worker, spec.task_id, task.held) if task.held is not None else to_wire(spec.args)
         options = spec.options
+        job = None
+        if task.job is not worker.job and task.job != worker.job:  # sent only when it changes
+            job = worker.job = task.job
         self._send(worker, p.TASK, (
             spec.task_id, fn_id, blob, args, [r._id for r in spec.deps], deps, [r._id for r in spec.returns],
-            spec.name, spec.resources, task.lease.gpu_ids, options["retry_exceptions"], options["max_retries"]))
+            spec.name, spec.resources, task.lease.gpu_ids, options["retry_exceptions"], options["max_retries"], job))
 
     def _task_result(self, worker: _Worker, task_id: bytes, wires, contained) -> None:
         task = worker.task
@@ -477,11 +498,40 @@ class NodeScheduler(QueueScheduler):
                 return  # not running anywhere yet: wait for it the ordinary way
             worker.handle.read_until(functools.partial(store.contains, ref))
 
+    # -- clients: drivers connected to this node's daemon ------------------------------------
+    def add_client(self, handle, shared: bool, job: tuple) -> None:
+        """Serve a driver's connection (``WorkerPool.adopt``) as a worker's: the same requests, and what
+        it holds is released when it goes. ``shared``: it maps this node's shared memory; ``job``: its
+        job id and namespace, which the tasks and actors it starts (and theirs) run in."""
+        worker = _Worker(handle, job)
+        worker.remote = not shared
+        self._workers[handle.worker_id] = worker
+
+    def state(self, kind: str) -> list[dict]:
+        """What ``anyray list`` shows of this node: its ``actors``, ``tasks`` or ``objects``."""
+        node = self._resources.node_id
+        if kind == "actors":
+            return [{"actor_id": a.spec.actor_id.hex(), "class_name": a.spec.cls.name, "state": a.state.upper(),
+                     "name": a.spec.options.get("name") or "", "pid": a.worker.handle.pid if a.worker else None,
+                     "restarts": a.restarts, "node_id": node} for a in list(self._actors.values())]
+        if kind == "tasks":
+            return [{"task_id": t.spec.task_id.hex(), "name": t.spec.name, "state": t.state.upper(),
+                     "pid": t.worker.handle.pid if t.worker else None, "node_id": node}
+                    for t in {id(t): t for t in list(self._tasks.values())}.values()]
+        if kind == "objects":
+            out = []
+            for oid, entry in list(self._store._objects.items()):
+                shared = type(entry) is ArenaObject
+                out.append({"object_id": oid.hex(), "size": entry.nbytes, "shared_memory": shared, "node_id": node})
+            return out
+        raise ValueError(f"Nothing to list called {kind!r}; pick actors, tasks or objects.")
+
     # -- requests from workers ------------------------------------------------------------
     def _on_request(self, worker: _Worker, body) -> None:
         rid, op, args = body
         try:
-            value = getattr(self, "_op_" + op)(worker, rid, args)
+            handler = self.ops.get(op)
+            value = handler(args) if handler is not None else getattr(self, "_op_" + op)(worker, rid, args)
         except Exception as exc:  # noqa: BLE001 - the error goes back to the worker's call site
             if rid:
                 self._respond(worker, rid, False, exc)
@@ -603,7 +653,7 @@ class NodeScheduler(QueueScheduler):
                         deps=[ObjectRef(i, None, counter) for i in dep_ids],
                         returns=[ObjectRef(i, None, counter) for i in return_ids], resources=resources,
                         options=options, parent_task_id=parent, name=name)
-        self.submit_task(spec, held)
+        self.submit_task(spec, held, worker.job)
 
     def _op_create_actor(self, worker: _Worker, rid: int, args):
         (actor_id, cls_id, cls_name, blob, args_wire, dep_ids, resources, options, namespace, is_async,
@@ -613,7 +663,7 @@ class NodeScheduler(QueueScheduler):
         spec = ActorSpec(actor_id=actor_id, cls=self._descriptor(worker, cls_id, cls_name, blob), args=call_args,
                          deps=[ObjectRef(i, None, counter) for i in dep_ids], resources=resources, options=options,
                          namespace=namespace, is_async=is_async, method_options=method_options)
-        self.create_actor(spec, held)
+        self.create_actor(spec, held, worker.job)
 
     def _op_actor_call(self, worker: _Worker, rid: int, args):
         (task_id, actor_id, method, args_wire, dep_ids, return_ids, caller_id, seq, options, name,
@@ -663,13 +713,13 @@ class NodeScheduler(QueueScheduler):
             return None
         return ActorHandle(actor_id, actor.spec.cls.name, actor.spec.method_options)
 
-    def create_actor(self, spec: ActorSpec, held: ArenaObject | None = None):
+    def create_actor(self, spec: ActorSpec, held: ArenaObject | None = None, job: tuple | None = None):
         self._claim_name(spec)
         if spec.resources:
             self._check_feasible(spec.actor_id, spec.cls.name, spec.resources)
         if held is None and spec.args is not None:
             spec.args, held = self._own(spec.args)
-        actor = _Actor(spec, held)
+        actor = _Actor(spec, held, job or self._job)
         with self._lock:
             self._actors[spec.actor_id] = actor
         self.enqueue(spec.resources, lambda lease: self._actor_lease(actor, lease))
@@ -692,6 +742,7 @@ class NodeScheduler(QueueScheduler):
         gpu_ids = actor.lease.gpu_ids
         worker = self._spawn({"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpu_ids)} if gpu_ids else None)
         worker.actor = actor
+        worker.job = actor.job
         cls = spec.cls
         blob = self._blob(cls)
         worker.functions.add(cls.function_id)
@@ -707,7 +758,7 @@ class NodeScheduler(QueueScheduler):
                 buffered, actor.buffered = actor.buffered, []
             self._send(worker, p.ACTOR, ("create", (
                 spec.actor_id, cls.function_id, blob, cls.name, args, [r._id for r in spec.deps], spec.resources,
-                spec.options, spec.namespace, spec.is_async, gpu_ids, actor.restarts)))
+                spec.options, spec.namespace, spec.is_async, gpu_ids, actor.restarts, actor.job)))
             for call in buffered:
                 self._send_call(actor, worker, call)
             if actor.terminate:

@@ -141,7 +141,9 @@ class WorkerNode(Link):
 
     def _run_task(self, payload) -> None:
         (task_id, fn_id, blob, args_wire, dep_ids, dep_wires, return_ids, name, resources, gpu_ids,
-         retry_exceptions, max_retries) = pickle.loads(payload)
+         retry_exceptions, max_retries, job) = pickle.loads(payload)
+        if job is not None:  # a task of another driver's job than the last one (a cluster node)
+            self.runtime.job_id, self.runtime.namespace = job
         unread = {key for key, wire in dep_wires.items() if type(wire) is Location}
         if type(args_wire) is Location:
             unread.add(task_id)
@@ -246,7 +248,8 @@ class WorkerNode(Link):
 
     def _actor_create(self, body) -> None:
         (actor_id, cls_id, blob, name, args_wire, dep_ids, resources, options, namespace, is_async,
-         gpu_ids, restarts) = body
+         gpu_ids, restarts, job) = body
+        self.runtime.job_id, self.runtime.namespace = job
         try:
             cls = self.function(cls_id, blob)
         except Exception as exc:  # noqa: BLE001 - e.g. its module does not import here

@@ -1,0 +1,175 @@
+"""The cluster backend: node daemons (``anyray start``) on many machines, metadata in Redis or etcd.
+
+A driver connects to one node over an authenticated TCP connection and
+speaks the protocol the node's own workers speak, so everything the
+multiprocess backend does, the node does for the driver: its tasks and
+actors run in the node's worker processes, and on the node's machine the
+driver reads large objects from the node's shared memory without a copy.
+
+``init(backend="cluster")`` without an address starts a private one-node
+cluster for the driver (its own daemon and metadata server, stopped at
+``shutdown``), the way ``ray.init()`` starts a local Ray; with
+``address="host:port"`` or ``"auto"`` it joins a running cluster, whose
+resources were fixed by ``anyray start``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import warnings
+
+from anyray.exceptions import InfeasibleTaskWarning
+from anyray.hookspecs import hookimpl
+from anyray.ports.backend import Backend, Capability
+
+from ..node.link import RemoteScheduler, RemoteStore, _BorrowCounter
+
+
+class _ClusterScheduler(RemoteScheduler):
+    """The driver's scheduler port: forwards to the node, and warns at the call site about work that no
+    node of the cluster could ever place (the node's own warning would not reach the driver)."""
+
+    REFRESH_SECONDS = 1.0  # how stale the driver's view of the nodes' resources may be when it warns
+
+    def __init__(self, link):
+        super().__init__(link)
+        self._feasible: set = set()  # demand shapes some node can hold
+        self._warned: set = set()
+        self._totals: list[dict] = []
+        self._fetched = 0.0
+
+    def _check(self, key: bytes, name: str, demand: dict) -> None:
+        shape = tuple(sorted(demand.items()))
+        if shape in self._feasible or key in self._warned:
+            return
+        for attempt in range(2):
+            if attempt or not self._totals:
+                if time.monotonic() - self._fetched < self.REFRESH_SECONDS and self._totals:
+                    break
+                self._totals = [n["Resources"] for n in self.node.request("resources", "nodes") if n.get("Alive")]
+                self._fetched = time.monotonic()
+            if any(all(v <= total.get(k, 0.0) + 1e-9 for k, v in demand.items()) for total in self._totals):
+                self._feasible.add(shape)
+                return
+        self._warned.add(key)
+        best = {k: max((t.get(k, 0.0) for t in self._totals), default=0.0) for k in demand}
+        warnings.warn(f"{name} needs {demand} but no node of the cluster has that much (the most any node has: "
+                      f"{best}); it will wait until a node that has it joins (`anyray start --resources ...`).",
+                      InfeasibleTaskWarning, stacklevel=6)
+
+    def submit_task(self, spec) -> None:
+        if spec.resources:
+            self._check(spec.function.function_id, spec.name, spec.resources)
+        super().submit_task(spec)
+
+    def create_actor(self, spec):
+        if spec.resources:
+            self._check(spec.actor_id, spec.cls.name, spec.resources)
+        return super().create_actor(spec)
+
+
+class ClusterBackend(Backend):
+    name = "cluster"
+    description = "node daemons on many machines (`anyray start`), metadata in Redis or etcd"
+    capabilities = frozenset({
+        Capability.CONCURRENT, Capability.PROCESSES, Capability.ZERO_COPY, Capability.WORKER_RESTART,
+        Capability.ACTOR_RESTART, Capability.FORCE_CANCEL, Capability.INTERRUPT_CANCEL,
+    })
+    # token_file: where the cluster token is (default: this machine's, or $ANYRAY_CLUSTER_TOKEN);
+    # metadata: "redis", "etcd" or a URL, for the private cluster started without an address.
+    accepted_options = frozenset({"token_file", "metadata"})
+
+    link = None
+    _proc = None
+    _private_dir = None
+
+    def reference_counters(self):
+        """References here are borrowed from the node, as a worker's are (see ``node.link``)."""
+        def objects(free):
+            self._objects = _BorrowCounter(free, lambda oid: self.link._borrowed(oid))
+            return self._objects
+
+        def handles(free):
+            self._handles = _BorrowCounter(free, lambda actor_id: self.link._handle_borrowed(actor_id))
+            return self._handles
+
+        return objects, handles
+
+    def start(self) -> None:
+        from . import files, launch
+        from .client import ClientLink, handshake, open_connection
+
+        cfg = self.config
+        address = cfg.address
+        if address is None:
+            import secrets
+
+            self._private_dir = tempfile.mkdtemp(prefix="anyray-cluster-")
+            token = secrets.token_hex(32).encode()
+            try:
+                self._proc, record = launch.spawn(
+                    directory=self._private_dir, token=token, head=True, num_cpus=cfg.num_cpus,
+                    num_gpus=cfg.num_gpus, resources=cfg.resources, object_store_memory=cfg.object_store_memory,
+                    metadata=cfg.options.get("metadata"))
+            except BaseException:
+                shutil.rmtree(self._private_dir, ignore_errors=True)
+                raise
+            address = record["address"]
+        else:
+            given = [name for name, value in (("num_cpus", cfg.num_cpus), ("num_gpus", cfg.num_gpus),
+                                               ("resources", cfg.resources),
+                                               ("object_store_memory", cfg.object_store_memory)) if value]
+            if given:
+                raise ValueError(
+                    f"When connecting to an existing cluster, {', '.join(given)} must not be passed to init(): "
+                    f"each node's resources are set by `anyray start` on it. Drop them here.")
+            if "metadata" in cfg.options:
+                raise ValueError("init(metadata=...) chooses the metadata server of a private cluster; a running "
+                                 "cluster has its own. Drop it, or drop address=.")
+            if address == "auto":
+                address = files.auto_address()
+            token = files.read_token(cfg.options.get("token_file"))
+        try:
+            conn = open_connection(address, token)
+            setup = handshake(conn, "driver", cfg.job_id, cfg.namespace)
+        except BaseException:
+            self.shutdown()
+            raise
+        self.address = address
+        self.link = ClientLink(conn, setup, address)
+        self.link.object_counter, self.link.handle_counter = self._objects, self._handles
+        self.link.start()
+        self.scheduler = _ClusterScheduler(self.link)
+        self.object_store = RemoteStore(self.link)
+        self.metadata = None
+
+    def shutdown(self) -> None:
+        if self.link is not None:
+            self.link.close()
+            self.link = None
+        if self._proc is not None:
+            from .launch import stop_pid
+
+            stop_pid(self._proc.pid)
+            self._proc.wait()
+            self._proc = None
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+            self._private_dir = None
+
+    def info(self) -> dict:
+        node_id = self.link.setup["node_id"] if self.link is not None else None
+        return {"address": self.address, "node_id": node_id, "dashboard_url": None}
+
+
+Backend = ClusterBackend
+
+
+@hookimpl
+def anyray_backends():
+    return [ClusterBackend]
+
+
+__all__ = ["ClusterBackend"]

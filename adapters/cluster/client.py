@@ -1,0 +1,166 @@
+"""A connection to a node daemon: the driver's (and ``anyray status``'s) end.
+
+A client proves it knows the cluster token (HMAC challenges both ways, the
+token itself never crosses the wire), says who it is, and gets the node's
+setup: whether it can map the node's shared memory (same machine) and the
+limits. From then on it speaks the protocol a node's workers speak
+(``anyray.adapters.node.link``): the driver's runtime forwards every port
+call to the node.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import sys
+import threading
+from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
+
+from ..node import protocol as p
+from ..node import workers
+from ..node.arena import Arena
+from ..node.link import Link
+
+CLIENT_HELLO = 32  # client -> node: pickle({"pid", "host", "role", "job_id", "namespace"})
+CLIENT_SETUP = 33  # node -> client: pickle(setup), or pickle({"error": message})
+CLIENT_READY = 34  # client -> node: pickle(shared): whether it mapped the node's shared memory
+HANDSHAKE_SECONDS = 10.0  # a peer that has not finished the handshake by then is dropped
+
+
+def host_id() -> str:
+    """Tells processes on one machine apart from those on another (boot id and hostname)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    text = address.strip()
+    for prefix in ("anyray://", "tcp://"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"A cluster address is host:port (what `anyray start` printed), got {address!r}.")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def nodelay(conn) -> None:
+    """No Nagle delay: a message's header and body are separate writes, each must go out at once."""
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    finally:
+        sock.close()
+
+
+class _Watchdog:
+    """Breaks a connection whose handshake takes longer than ``HANDSHAKE_SECONDS``."""
+
+    def __init__(self, conn):
+        self._timer = threading.Timer(HANDSHAKE_SECONDS, workers._wake, (conn,))
+        self._timer.daemon = True
+
+    def __enter__(self):
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.cancel()
+        return False
+
+
+def open_connection(address: str, token: bytes, timeout: float = 10.0) -> Connection:
+    """An authenticated connection to the node at ``address``; ``PermissionError`` if the token is refused."""
+    host, port = parse_address(address)
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise ConnectionError(f"No anyray node answers at {host}:{port} ({exc.strerror or exc}). Is the cluster "
+                              f"running (`anyray status`)?") from None
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn = Connection(sock.detach())
+    try:
+        with _Watchdog(conn):
+            answer_challenge(conn, token)
+            deliver_challenge(conn, token)
+    except AuthenticationError:
+        conn.close()
+        raise PermissionError(f"The anyray node at {host}:{port} refused the cluster token: this token is not "
+                              f"the cluster's. Use the token file `anyray start --head` wrote.") from None
+    except (EOFError, OSError):
+        conn.close()
+        raise PermissionError(f"The anyray node at {host}:{port} closed the connection during authentication: "
+                              f"the cluster token does not match.") from None
+    return conn
+
+
+def handshake(conn: Connection, role: str, job_id: bytes = b"", namespace: str = "") -> dict:
+    """Introduce this process; return the node's setup (``arena`` None when its memory is not mapped here)."""
+    conn.send_bytes(workers.frame(CLIENT_HELLO, pickle.dumps(
+        {"pid": os.getpid(), "host": host_id(), "role": role, "job_id": job_id, "namespace": namespace})))
+    msg = conn.recv_bytes()
+    if msg[0] != CLIENT_SETUP:
+        raise ConnectionError(f"Unexpected first message from the node (tag {msg[0]}).")
+    setup = pickle.loads(memoryview(msg)[1:])
+    if "error" in setup:
+        raise ConnectionError(setup["error"])
+    shared = False
+    if setup.get("arena"):
+        try:
+            Arena.attach(setup["arena"], writable=True).close()
+            shared = True
+        except OSError:
+            pass
+    if not shared:
+        setup["arena"] = None
+    conn.send_bytes(workers.frame(CLIENT_READY, pickle.dumps(shared)))
+    return setup
+
+
+class ClientLink(Link):
+    """The driver's link: answers are read by the thread that waits for them; a Ctrl-C lands between
+    messages, never in the middle of one; a node that goes away is a clear error."""
+
+    def __init__(self, conn, setup: dict, address: str):
+        super().__init__(conn, setup)
+        self.address = address
+        self._flusher = None
+
+    def start(self) -> None:
+        """Send reference changes regularly even when nothing else goes out."""
+        self._flusher = threading.Thread(target=self._flush_loop, name="anyray-client-flush", daemon=True)
+        self._flusher.start()
+
+    def _dispatch(self, msg: bytes) -> None:
+        if msg[0] == p.RESPONSE:
+            self._on_response(memoryview(msg)[1:])
+        else:
+            print(f"(anyray) the node sent an unexpected message (tag {msg[0]})", file=sys.stderr)
+
+    def _recv(self) -> bytes:
+        try:
+            with workers._DeferredInterrupt():
+                return self.conn.recv_bytes()
+        except (EOFError, OSError):
+            raise ConnectionError(f"The connection to the anyray node at {self.address} closed: the node "
+                                  f"daemon stopped or died. Check `anyray status`.") from None
+
+    def send(self, tag: int, body) -> None:
+        try:
+            with workers._DeferredInterrupt():
+                super().send(tag, body)
+        except OSError:
+            raise ConnectionError(f"The connection to the anyray node at {self.address} closed: the node "
+                                  f"daemon stopped or died. Check `anyray status`.") from None
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except OSError:
+            pass

@@ -1,0 +1,310 @@
+"""A node daemon (``anyray start``): one node of a cluster, serving drivers over authenticated TCP.
+
+The daemon runs the same machinery as the multiprocess backend (scheduler,
+worker pool, shared-memory store: ``anyray.adapters.node.Node``) in a
+runtime of its own, and adds what a cluster needs: a listener for drivers
+(``client``), its record in the metadata store kept alive by a heartbeat
+lease, and a record on this machine for ``address="auto"`` and ``anyray
+stop``. A head started without ``--metadata`` starts the cluster's own
+metadata server (``servers``).
+
+Every connection must prove it knows the cluster token before anything else
+is read from it; one that fails is dropped and the daemon goes on. The
+token is never logged, shown or sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
+
+from anyray.ports.backend import Backend, BackendConfig
+from anyray.resources import node_resources
+from anyray.runtime import Runtime, set_current
+
+from ..metadata import open_metadata
+from ..node import workers
+from ..node.node import Node
+from . import files, servers
+from .client import CLIENT_HELLO, CLIENT_READY, CLIENT_SETUP, _Watchdog, handshake, host_id, open_connection
+
+HEARTBEAT_SECONDS = float(os.environ.get("ANYRAY_HEARTBEAT_SECONDS", "1.0"))
+LEASE_SECONDS = 3 * HEARTBEAT_SECONDS  # a node whose record is not renewed for this long is dead
+NODES = "nodes/"
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] anyray node {os.getpid()}: {message}", file=sys.stderr, flush=True)
+
+
+class _NodeBackend(Backend):
+    """The daemon's own runtime's backend: one node, with the cluster's metadata store."""
+
+    name = "node"
+
+    def start(self) -> None:
+        cfg = self.config
+        total, gpu_ids, capacity = node_resources(cfg.num_cpus, cfg.num_gpus, cfg.resources,
+                                                  cfg.object_store_memory)
+        self.metadata = cfg.options["metadata"]
+        self.node = Node(total=total, gpu_ids=gpu_ids, capacity=capacity, metadata=self.metadata,
+                         events=self.events, job_id=cfg.job_id, namespace=cfg.namespace)
+        self.scheduler = self.node.scheduler
+        self.object_store = self.node.store
+
+    def shutdown(self) -> None:
+        node = getattr(self, "node", None)
+        if node is not None:
+            node.close()
+
+
+class NodeDaemon:
+    def __init__(self, *, head: bool, join: str | None, host: str, port: int, num_cpus, num_gpus, resources: dict,
+                 object_store_memory, metadata: str | None, token: bytes, directory: str):
+        self.head, self.join, self.host, self.port = head, join, host, port
+        self.token = token
+        self.directory = directory
+        self.resources_args = (num_cpus, num_gpus, resources, object_store_memory)
+        self.metadata_url = metadata
+        self.server = None
+        self.metadata = None
+        self.runtime = None
+        self.record_file = None
+        self._stop = threading.Event()
+        self._sock = None
+        self.address = ""
+        self.host_id = host_id()
+        self.started = time.time()
+
+    def __repr__(self) -> str:
+        return f"NodeDaemon({self.address or 'starting'})"
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        url = self.metadata_url
+        kind = None
+        if url in ("redis", "etcd"):
+            kind, url = url, None
+        if url is None and self.head:
+            self.server = servers.start(kind, self.directory, self.host)
+            url = self.server.url
+        elif url is None:
+            url = self._ask_head("metadata_url")
+        self.metadata_kind = url.partition("://")[0]
+        self.metadata = open_metadata(url)
+        self.metadata_url = url
+        num_cpus, num_gpus, resources, object_store_memory = self.resources_args
+        config = BackendConfig(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                               object_store_memory=object_store_memory, namespace="anyray-node",
+                               options={"metadata": self.metadata})
+        self.runtime = Runtime(_NodeBackend, config)
+        set_current(self.runtime)
+        self.node = self.runtime.backend.node
+        self.scheduler = self.node.scheduler
+        self.scheduler.ops.update(metadata_url=self._op_metadata_url, status=self._op_status, list=self._op_list)
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(64)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        self.address = f"{self.host}:{self.port}"
+        self._register()
+        if self.head:
+            self.metadata.put("cluster/head", self.address.encode())
+        threading.Thread(target=self._heartbeat_loop, name="anyray-heartbeat", daemon=True).start()
+        threading.Thread(target=self._accept_loop, name="anyray-node-accept", daemon=True).start()
+        self.record_file = files.write_node(self.directory, self.port, {
+            "pid": os.getpid(), "address": self.address, "node_id": self.node.node_id, "head": self.head,
+            "metadata": self.metadata_kind, "started": self.started})
+        log(f"serving at {self.address} (node {self.node.node_id}, {'head, ' if self.head else ''}"
+            f"metadata: {self.metadata_kind})")
+
+    def wait(self) -> None:
+        while not self._stop.wait(1.0):
+            pass
+
+    def stop(self, *_args) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        if self.record_file:
+            try:
+                os.unlink(self.record_file)
+            except OSError:
+                pass
+        if self.metadata is not None and self.runtime is not None:
+            try:
+                self.metadata.delete(NODES + self.node.node_id)
+                if self.head and self.metadata.get("cluster/head") == self.address.encode():
+                    self.metadata.delete("cluster/head")
+            except Exception:  # noqa: BLE001 - the server may be gone; the lease lapses anyway
+                pass
+        if self.runtime is not None:
+            set_current(None)
+            self.runtime.shutdown()
+        if self.metadata is not None:
+            self.metadata.close()
+        if self.server is not None:
+            self.server.stop()
+        log("stopped")
+
+    # -- the metadata store -----------------------------------------------------------
+    def _ask_head(self, op: str):
+        from .client import ClientLink
+
+        conn = open_connection(self.join, self.token)
+        try:
+            setup = handshake(conn, "node")
+            link = ClientLink(conn, setup, self.join)
+            return link.request(op, None, timeout=30)
+        finally:
+            conn.close()
+
+    def _record(self) -> bytes:
+        scheduler = self.scheduler
+        return json.dumps({
+            "node_id": self.node.node_id, "address": self.address, "host": socket.gethostname(),
+            "pid": os.getpid(), "head": self.head, "resources": scheduler.cluster_resources(),
+            "available": scheduler.available_resources(), "started": self.started, "heartbeat": time.time(),
+            "lease_seconds": LEASE_SECONDS}).encode()
+
+    def _register(self) -> None:
+        self.metadata.put(NODES + self.node.node_id, self._record(), ttl=LEASE_SECONDS)
+
+    def _heartbeat_loop(self) -> None:
+        lost = False
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self._register()
+                if self.head:
+                    self.metadata.put("cluster/head", self.address.encode())
+            except Exception as exc:  # noqa: BLE001 - keep trying: the store may come back
+                if not lost:
+                    log(f"lost the metadata store ({type(exc).__name__}); retrying")
+                lost = True
+                continue
+            if lost:
+                log("the metadata store is back; registered again")
+                lost = False
+
+    # -- clients --------------------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock, peer = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve_client, args=(sock, peer), name="anyray-client",
+                             daemon=True).start()
+
+    def _serve_client(self, sock: socket.socket, peer) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        conn = Connection(sock.detach())
+        try:
+            with _Watchdog(conn):
+                deliver_challenge(conn, self.token)
+                answer_challenge(conn, self.token)
+                msg = conn.recv_bytes(1 << 16)
+                if msg[0] != CLIENT_HELLO:
+                    raise AuthenticationError("no hello")
+                hello = pickle.loads(memoryview(msg)[1:])
+                same_host = hello.get("host") == self.host_id
+                setup = dict(self.node.setup, arena=self.node.arena.path if same_host else None,
+                             address=self.address, node_id=self.node.node_id)
+                conn.send_bytes(workers.frame(CLIENT_SETUP, pickle.dumps(setup)))
+                msg = conn.recv_bytes(1 << 16)
+                if msg[0] != CLIENT_READY:
+                    raise AuthenticationError("no ready")
+                shared = bool(pickle.loads(memoryview(msg)[1:])) and same_host
+        except (AuthenticationError, EOFError, OSError, ValueError, pickle.UnpicklingError, IndexError):
+            log(f"refused a connection from {peer[0]}:{peer[1]}: it did not prove it holds the cluster token")
+            conn.close()
+            return
+        try:
+            handle = self.node.scheduler.workers.adopt(hello.get("pid") or 0)
+        except Exception:  # noqa: BLE001 - shutting down
+            conn.close()
+            return
+        self.scheduler.add_client(handle, shared, (hello.get("job_id") or b"", hello.get("namespace") or ""))
+        self.scheduler.workers.serve(handle, conn)
+
+    # -- requests of clients ------------------------------------------------------------
+    def _op_metadata_url(self, _args):
+        return self.metadata_url
+
+    def nodes(self) -> list[dict]:
+        out = []
+        for _key, value in self.metadata.scan(NODES):
+            try:
+                out.append(json.loads(value))
+            except ValueError:
+                continue
+        return out
+
+    def _op_status(self, _args):
+        return {"nodes": self.nodes(), "this": self.node.node_id, "metadata": self.metadata_kind,
+                "usage": self.node.store.usage(), "now": time.time(), "lease_seconds": LEASE_SECONDS}
+
+    def _op_list(self, kind):
+        if kind == "nodes":
+            return self.nodes()
+        return self.scheduler.state(kind)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m anyray.adapters.cluster.daemon")
+    parser.add_argument("--head", action="store_true")
+    parser.add_argument("--address")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--num-cpus", type=float)
+    parser.add_argument("--num-gpus", type=float)
+    parser.add_argument("--resources", default="{}")
+    parser.add_argument("--object-store-memory", type=int)
+    parser.add_argument("--metadata")
+    parser.add_argument("--dir", required=True)
+    args = parser.parse_args(argv)
+    token = sys.stdin.readline().strip().encode()  # from the parent through a pipe: never argv or environment
+    if not token:
+        print("anyray node: no token on stdin", file=sys.stderr)
+        return 2
+    daemon = NodeDaemon(head=args.head, join=args.address, host=args.host, port=args.port, num_cpus=args.num_cpus,
+                        num_gpus=args.num_gpus, resources=json.loads(args.resources),
+                        object_store_memory=args.object_store_memory, metadata=args.metadata, token=token,
+                        directory=args.dir)
+    signal.signal(signal.SIGTERM, daemon.stop)
+    signal.signal(signal.SIGINT, daemon.stop)
+    try:
+        daemon.start()
+    except Exception as exc:  # noqa: BLE001 - said on stderr, which `anyray start` shows
+        log(f"could not start: {type(exc).__name__}: {exc}")
+        traceback.print_exc()
+        daemon.close()
+        return 1
+    try:
+        daemon.wait()
+    finally:
+        daemon.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Starting and stopping node daemons on this machine (``anyray start``/``stop``, a driver's private cluster)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from . import files
+
+START_TIMEOUT = 60.0  # seconds a daemon may take to come up (a busy 2-core machine, an etcd election)
+
+
+class DaemonFailed(RuntimeError):
+    pass
+
+
+def spawn(*, directory: str, token: bytes, head: bool, address: str | None = None, host: str = "127.0.0.1",
+          port: int = 0, num_cpus=None, num_gpus=None, resources: dict | None = None, object_store_memory=None,
+          metadata: str | None = None) -> tuple[subprocess.Popen, dict]:
+    """Start a node daemon in the background; return its process and its record once it serves.
+
+    Its output goes to ``<directory>/logs/node-<pid>.log``; the token reaches it through a pipe."""
+    logs = os.path.join(directory, "logs")
+    os.makedirs(logs, mode=0o700, exist_ok=True)
+    argv = [sys.executable, "-m", "anyray.adapters.cluster.daemon", "--dir", directory, "--host", host,
+            "--port", str(port), "--resources", json.dumps(resources or {})]
+    if head:
+        argv.append("--head")
+    if address:
+        argv += ["--address", address]
+    for flag, value in (("--num-cpus", num_cpus), ("--num-gpus", num_gpus),
+                        ("--object-store-memory", object_store_memory), ("--metadata", metadata)):
+        if value is not None:
+            argv += [flag, str(value)]
+    log_path = os.path.join(logs, f"node-{time.time_ns()}.log")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log, stderr=log, start_new_session=True,
+                                close_fds=True)
+    final_log = os.path.join(logs, f"node-{proc.pid}.log")
+    try:
+        os.replace(log_path, final_log)
+    except OSError:
+        final_log = log_path
+    try:
+        proc.stdin.write(token + b"\n")
+        proc.stdin.close()
+    except OSError:
+        pass
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        for record in files.local_nodes(directory):
+            if record.get("pid") == proc.pid:
+                record["log"] = final_log
+                return proc, record
+        if proc.poll() is not None:
+            raise DaemonFailed(f"The node daemon exited with code {proc.returncode} before it served:\n"
+                               f"{_tail(final_log)}")
+        time.sleep(0.02)
+    stop_pid(proc.pid)
+    raise DaemonFailed(f"The node daemon did not come up within {START_TIMEOUT:.0f} s:\n{_tail(final_log)}")
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop_pid(pid: int, timeout: float = 20.0) -> bool:
+    """SIGTERM the daemon ``pid`` and wait for it to go; SIGKILL it past ``timeout``. True if it was running."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _running(pid):
+            return True
+        time.sleep(0.02)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True
+
+
+def _running(pid: int) -> bool:
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)  # our child: reap it
+        if done:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie that is not our child counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,115 @@
+"""The private metadata server of a head node started without ``--metadata``.
+
+``anyray start --head`` alone starts a Redis server (or, where only etcd is
+installed, an etcd server) for the cluster: on a free port of the node's
+address, with a random password (Redis), its files in the cluster
+directory, stopped with the head. Its URL reaches other nodes only over the
+cluster's authenticated connections.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+TRIES = 5  # a free port found by binding to 0 may be taken before the server binds it
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class MetadataServer:
+    def __init__(self, proc: subprocess.Popen, url: str, directory: str):
+        self.proc, self.url, self.directory = proc, url, directory
+
+    def __repr__(self) -> str:  # the URL holds the password
+        return f"MetadataServer(pid={self.proc.pid})"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(os.path.join(self.directory, "etcd-data"), ignore_errors=True)
+
+
+def start(kind: str | None, directory: str, host: str = "127.0.0.1") -> MetadataServer:
+    """Start ``kind`` ("redis", "etcd", or None for whichever is installed, Redis first)."""
+    kinds = [kind] if kind else ["redis", "etcd"]
+    for k in kinds:
+        binary = shutil.which("redis-server" if k == "redis" else "etcd")
+        if binary is not None:
+            return (_start_redis if k == "redis" else _start_etcd)(binary, directory, host)
+    raise FileNotFoundError(
+        f"Neither {' nor '.join('redis-server' if k == 'redis' else 'etcd' for k in kinds)} is installed, so the "
+        f"head cannot start a metadata server of its own. Install one (apt-get install redis-server) or pass "
+        f"--metadata redis://... or etcd://... of a running server.")
+
+
+def _start_redis(binary: str, directory: str, host: str) -> MetadataServer:
+    password = secrets.token_hex(16)
+    for _ in range(TRIES):
+        port = _free_port(host)
+        # The password goes through stdin as a config file, not argv, which every user can read.
+        proc = subprocess.Popen(
+            [binary, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        config = (f"port {port}\nbind {host}\nsave \"\"\nappendonly no\nrequirepass {password}\n"
+                  f"dir {directory}\ndaemonize no\nlogfile {os.path.join(directory, 'redis.log')}\n"
+                  f"notify-keyspace-events Ex\n")
+        proc.stdin.write(config.encode())
+        proc.stdin.close()
+        if _wait_port(proc, host, port):
+            return MetadataServer(proc, f"redis://:{password}@{host}:{port}/0", directory)
+        _kill(proc)
+    raise RuntimeError(f"redis-server did not start; see {directory}/redis.log")
+
+
+def _start_etcd(binary: str, directory: str, host: str) -> MetadataServer:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}  # etcd exits on a conflict
+    for _ in range(TRIES):
+        port, peer = _free_port(host), _free_port(host)
+        client_url, peer_url = f"http://{host}:{port}", f"http://{host}:{peer}"
+        data = os.path.join(directory, "etcd-data")
+        shutil.rmtree(data, ignore_errors=True)
+        with open(os.path.join(directory, "etcd.log"), "ab") as log:
+            proc = subprocess.Popen(
+                [binary, "--name", "anyray", "--data-dir", data, "--listen-client-urls", client_url,
+                 "--advertise-client-urls", client_url, "--listen-peer-urls", peer_url,
+                 "--initial-advertise-peer-urls", peer_url, "--initial-cluster", f"anyray={peer_url}",
+                 "--heartbeat-interval", "10", "--election-timeout", "100", "--logger", "zap",
+                 "--log-level", "warn"], stdout=log, stderr=log, env=env, start_new_session=True)
+        if _wait_port(proc, host, port):
+            return MetadataServer(proc, f"etcd://{host}:{port}", directory)
+        _kill(proc)
+    raise RuntimeError(f"etcd did not start; see {directory}/etcd.log")
+
+
+def _wait_port(proc: subprocess.Popen, host: str, port: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.01)
+    return False
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
