@@ -123,6 +123,11 @@ def test_first_put_starts_the_default_backend(monkeypatch, backend_name, init_kw
 
 def test_init_resources_are_visible(init_kwargs):
     kwargs = {**init_kwargs, "num_cpus": 3, "resources": {"Widget": 5}}
+    if "address" in init_kwargs:  # joining a running cluster, whose nodes' resources are fixed: an error, as in Ray
+        with pytest.raises(ValueError, match=r"When connecting to an existing cluster, num_cpus and resources must"):
+            anyray.init(**kwargs)
+        assert not anyray.is_initialized()
+        return
     anyray.init(**kwargs)
     total = anyray.cluster_resources()
     assert total["CPU"] == 3

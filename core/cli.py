@@ -1,4 +1,4 @@
-"""The ``anyray`` command: ``anyray backends`` and ``anyray run``."""
+"""The ``anyray`` command: ``anyray backends``, ``anyray run``, and what backend plugins add (``start``...)."""
 
 from __future__ import annotations
 
@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("script")
     p.add_argument("args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_run)
+    from .plugins import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -102,6 +102,17 @@ def load_backend(name: str) -> type[Backend]:
         f"A plugin provides a backend by registering it in the {GROUP!r} entry-point group.")
 
 
+def add_commands(subparsers) -> None:
+    """Let every installed backend plugin add its subcommands (the cluster backend's ``start``...)."""
+    pm = _manager()
+    for name, ep in sorted(_entry_points().items()):
+        try:
+            pm.register(ep.load(), name=name)
+        except Exception:  # noqa: BLE001 - a broken plugin must not break the command line; `backends` says why
+            continue
+    pm.hook.anyray_commands(subparsers=subparsers)
+
+
 @dataclass
 class BackendListing:
     name: str

@@ -123,7 +123,7 @@ class ClusterBackend(Backend):
                                                ("object_store_memory", cfg.object_store_memory)) if value]
             if given:
                 raise ValueError(
-                    f"When connecting to an existing cluster, {', '.join(given)} must not be passed to init(): "
+                    f"When connecting to an existing cluster, {' and '.join(given)} must not be passed to init(): "
                     f"each node's resources are set by `anyray start` on it. Drop them here.")
             if "metadata" in cfg.options:
                 raise ValueError("init(metadata=...) chooses the metadata server of a private cluster; a running "
@@ -170,6 +170,13 @@ Backend = ClusterBackend
 @hookimpl
 def anyray_backends():
     return [ClusterBackend]
+
+
+@hookimpl
+def anyray_commands(subparsers):
+    from .cli import add_commands
+
+    add_commands(subparsers)
 
 
 __all__ = ["ClusterBackend"]

@@ -269,6 +269,25 @@ class NodeDaemon:
         return self.scheduler.state(kind)
 
 
+def run(*, token: bytes, **options) -> int:
+    """Run a node daemon in this process until SIGTERM or Ctrl-C (``anyray start --block``)."""
+    daemon = NodeDaemon(token=token, **options)
+    signal.signal(signal.SIGTERM, daemon.stop)
+    signal.signal(signal.SIGINT, daemon.stop)
+    try:
+        daemon.start()
+    except Exception as exc:  # noqa: BLE001 - said on stderr, which `anyray start` shows
+        log(f"could not start: {type(exc).__name__}: {exc}")
+        traceback.print_exc()
+        daemon.close()
+        return 1
+    try:
+        daemon.wait()
+    finally:
+        daemon.close()
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m anyray.adapters.cluster.daemon")
     parser.add_argument("--head", action="store_true")
@@ -286,24 +305,10 @@ def main(argv=None) -> int:
     if not token:
         print("anyray node: no token on stdin", file=sys.stderr)
         return 2
-    daemon = NodeDaemon(head=args.head, join=args.address, host=args.host, port=args.port, num_cpus=args.num_cpus,
-                        num_gpus=args.num_gpus, resources=json.loads(args.resources),
-                        object_store_memory=args.object_store_memory, metadata=args.metadata, token=token,
-                        directory=args.dir)
-    signal.signal(signal.SIGTERM, daemon.stop)
-    signal.signal(signal.SIGINT, daemon.stop)
-    try:
-        daemon.start()
-    except Exception as exc:  # noqa: BLE001 - said on stderr, which `anyray start` shows
-        log(f"could not start: {type(exc).__name__}: {exc}")
-        traceback.print_exc()
-        daemon.close()
-        return 1
-    try:
-        daemon.wait()
-    finally:
-        daemon.close()
-    return 0
+    return run(head=args.head, join=args.address, host=args.host, port=args.port, num_cpus=args.num_cpus,
+               num_gpus=args.num_gpus, resources=json.loads(args.resources),
+               object_store_memory=args.object_store_memory, metadata=args.metadata, token=token,
+               directory=args.dir)
 
 
 if __name__ == "__main__":
