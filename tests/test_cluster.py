@@ -1,0 +1,267 @@
+"""The cluster backend against real node daemons on loopback: the CLI, the token, leases, metadata restarts.
+
+Every test runs its own cluster in a private cluster directory
+(``ANYRAY_CLUSTER_DIR``), started with the ``anyray`` command and stopped by
+pid; drivers run in subprocesses where a test kills or restarts something.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+from servers import RedisServer
+
+import anyray
+from anyray.adapters.cluster import files
+from anyray.adapters.cluster.client import open_connection
+
+ANYRAY = [sys.executable, "-m", "anyray.cli"]
+HEARTBEAT = 0.25  # seconds; the lease is three heartbeats
+WAIT = 60.0  # generous: a busy 2-core machine
+
+
+@pytest.fixture
+def cluster_env(tmp_path, monkeypatch):
+    """A private cluster directory, fast heartbeats, and every daemon started here stopped afterwards."""
+    directory = tmp_path / "cluster"
+    monkeypatch.setenv("ANYRAY_CLUSTER_DIR", str(directory))
+    monkeypatch.setenv("ANYRAY_HEARTBEAT_SECONDS", str(HEARTBEAT))
+    monkeypatch.delenv("ANYRAY_CLUSTER_TOKEN", raising=False)
+    env = dict(os.environ)
+    yield env
+    for record in files.local_nodes(str(directory)):
+        _kill_tree(record["pid"])
+
+
+def _kill_tree(pid: int) -> None:
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def cli(env, *args, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*ANYRAY, *args], env=env, capture_output=True, text=True, timeout=WAIT)
+    if check and result.returncode != 0:
+        raise AssertionError(f"anyray {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    return result
+
+
+def start_head(env, *args) -> dict:
+    cli(env, "start", "--head", "--port", "0", *args)
+    return next(r for r in files.local_nodes(env["ANYRAY_CLUSTER_DIR"]) if r["head"])
+
+
+def status_nodes(env) -> list[str]:
+    out = cli(env, "list", "nodes", "--format", "json").stdout
+    return sorted(n["node_id"] for n in json.loads(out))
+
+
+def wait_until(predicate, what: str, timeout: float = WAIT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def driver(env, body: str, timeout: float = WAIT) -> subprocess.CompletedProcess:
+    code = "import anyray\nanyray.init(backend='cluster', address='auto')\n" + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+# -- security ------------------------------------------------------------------------
+
+
+def test_the_token_is_private_and_never_shown(cluster_env):
+    head = start_head(cluster_env)
+    directory = cluster_env["ANYRAY_CLUSTER_DIR"]
+    token_path = os.path.join(directory, "token")
+    assert os.stat(token_path).st_mode & 0o777 == 0o600
+    assert os.stat(directory).st_mode & 0o777 == 0o700
+    token = open(token_path).read().strip()
+    shown = [cli(cluster_env, "status").stdout, cli(cluster_env, "list", "nodes").stdout]
+    run = driver(cluster_env, "print(anyray.get(anyray.put(1)))")
+    assert run.returncode == 0, run.stderr
+    shown += [run.stdout, run.stderr]
+    for name in os.listdir(os.path.join(directory, "logs")):
+        shown.append(open(os.path.join(directory, "logs", name)).read())
+    daemon = psutil.Process(head["pid"])
+    shown += [" ".join(daemon.cmdline()), json.dumps(daemon.environ())]
+    for child in daemon.children(recursive=True):  # the fork server, workers, the private Redis
+        shown += [" ".join(child.cmdline()), json.dumps(child.environ())]
+    for text in shown:
+        assert token not in text
+
+
+def test_connections_without_the_token_or_with_a_wrong_one_are_refused_and_the_node_keeps_serving(cluster_env):
+    head = start_head(cluster_env)
+    host, port = head["address"].rsplit(":", 1)
+    # A raw connection that knows nothing of the protocol: dropped.
+    with socket.create_connection((host, int(port)), timeout=WAIT) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n" * 4)
+        sock.settimeout(WAIT)
+        received = b""
+        while True:
+            try:
+                chunk = sock.recv(4096)
+            except ConnectionResetError:  # closed with our bytes unread
+                break
+            if not chunk:
+                break
+            received += chunk
+        assert b"HTTP" not in received
+    # A connection with the wrong token: refused.
+    with pytest.raises(PermissionError, match="refused the cluster token"):
+        open_connection(head["address"], b"0" * 64)
+    # The node still serves a driver that holds the token.
+    run = driver(cluster_env, "print(anyray.get(anyray.remote(lambda: 'served').remote()))")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "served"
+    log = open(head_log(cluster_env, head)).read()
+    assert "refused a connection" in log
+
+
+def head_log(env, record) -> str:
+    return os.path.join(env["ANYRAY_CLUSTER_DIR"], "logs", f"node-{record['pid']}.log")
+
+
+def test_a_token_file_others_can_read_is_rejected(cluster_env, tmp_path):
+    head = start_head(cluster_env)
+    loose = tmp_path / "token"
+    loose.write_text(open(os.path.join(cluster_env["ANYRAY_CLUSTER_DIR"], "token")).read())
+    loose.chmod(0o644)
+    with pytest.raises(PermissionError, match="chmod 600"):
+        anyray.init(backend="cluster", address=head["address"], token_file=str(loose))
+    assert not anyray.is_initialized()
+
+
+def test_address_auto_without_a_cluster_says_how_to_start_one(cluster_env):
+    with pytest.raises(ConnectionError, match=r"anyray start --head"):
+        anyray.init(backend="cluster", address="auto")
+    assert not anyray.is_initialized()
+
+
+# -- the CLI and the node's life ---------------------------------------------------------------
+
+
+def test_status_shows_the_nodes_their_resources_and_the_lease(cluster_env):
+    start_head(cluster_env, "--num-cpus", "3", "--resources", '{"Gadget": 2}')
+    out = cli(cluster_env, "status").stdout
+    assert "Nodes: 1 alive" in out
+    assert "CPU: 0/3" in out and "Gadget: 0/2" in out
+    assert f"lease of {3 * HEARTBEAT:g} s" in out
+
+
+def test_a_driver_that_goes_leaves_nothing_on_the_node(cluster_env):
+    start_head(cluster_env, "--num-cpus", "2")
+    run = driver(cluster_env, """
+        import numpy as np
+        @anyray.remote
+        class Keeper:
+            def hold(self, x):
+                self.x = x
+                return len(x)
+        keeper = Keeper.remote()
+        big = anyray.put(np.ones(1_000_000))
+        assert anyray.get(keeper.hold.remote(big)) == 1_000_000
+        refs = [anyray.put(i) for i in range(10)]
+        print("ok")
+    """)
+    assert run.returncode == 0, run.stderr
+    wait_until(lambda: not json.loads(cli(cluster_env, "list", "objects", "--format", "json").stdout),
+               "the driver's objects to be freed")
+    wait_until(lambda: all(a["state"] == "DEAD" for a in
+                           json.loads(cli(cluster_env, "list", "actors", "--format", "json").stdout)),
+               "the driver's actor to end")
+
+
+def test_stop_ends_every_daemon_and_what_they_started(cluster_env):
+    head = start_head(cluster_env)
+    cli(cluster_env, "start", "--address", head["address"], "--num-cpus", "1")
+    records = files.local_nodes(cluster_env["ANYRAY_CLUSTER_DIR"])
+    assert len(records) == 2
+    procs = []
+    for record in records:
+        daemon = psutil.Process(record["pid"])
+        procs += [daemon, *daemon.children(recursive=True)]
+    assert any("redis-server" in " ".join(p.cmdline()) for p in procs)
+    run = driver(cluster_env, "print(anyray.get(anyray.remote(lambda: 1).remote()))")  # workers exist too
+    assert run.returncode == 0, run.stderr
+    out = cli(cluster_env, "stop").stdout
+    assert out.count("Stopped the anyray node") == 2
+    gone, alive = psutil.wait_procs(procs, timeout=WAIT)
+    assert not alive, alive
+    assert not files.local_nodes(cluster_env["ANYRAY_CLUSTER_DIR"])
+    assert "No anyray node runs" in cli(cluster_env, "stop").stdout
+
+
+def test_a_second_head_on_the_same_machine_is_refused(cluster_env):
+    head = start_head(cluster_env)
+    result = cli(cluster_env, "start", "--head", "--port", "0", check=False)
+    assert result.returncode == 1
+    assert f"already running on this machine (head at {head['address']})" in result.stderr
+
+
+# -- failures ----------------------------------------------------------------------------
+
+
+def test_a_killed_node_lapses_within_its_lease(cluster_env):
+    head = start_head(cluster_env)
+    cli(cluster_env, "start", "--address", head["address"], "--num-cpus", "1")
+    other = next(r for r in files.local_nodes(cluster_env["ANYRAY_CLUSTER_DIR"]) if not r["head"])
+    assert len(status_nodes(cluster_env)) == 2
+    os.kill(other["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    wait_until(lambda: status_nodes(cluster_env) == [head["node_id"]], "the killed node's lease to lapse")
+    lapsed = time.monotonic() - killed
+    # Bounded by the lease (three heartbeats) plus the store's expiry sweep and this poll; generous for CI.
+    assert lapsed < 3 * HEARTBEAT + 10, lapsed
+
+
+def test_nodes_register_again_after_the_metadata_server_restarts(cluster_env, tmp_path):
+    server = RedisServer.start(str(tmp_path))
+    try:
+        head = start_head(cluster_env, "--metadata", server.url, "--num-cpus", "2")
+        cli(cluster_env, "start", "--address", head["address"], "--num-cpus", "1")
+        assert len(status_nodes(cluster_env)) == 2
+        body = """
+            import time
+            @anyray.remote
+            def slow(i):
+                time.sleep(0.05)
+                return i
+            print(sum(anyray.get([slow.remote(i) for i in range(200)])))
+        """
+        run = subprocess.Popen([sys.executable, "-c", "import anyray\nanyray.init(backend='cluster', address='auto')\n"
+                                + textwrap.dedent(body)], env=cluster_env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        server.stop()  # gone, and with it every record: heartbeats wait and retry with backoff
+        time.sleep(1.0)
+        server = RedisServer.start(str(tmp_path), port=server.port, password=server.password)
+        out, err = run.communicate(timeout=WAIT)
+        assert run.returncode == 0, err
+        assert out.strip() == str(sum(range(200)))
+        # The restarted server remembers nothing: the nodes' heartbeats wrote their records again.
+        wait_until(lambda: len(status_nodes(cluster_env)) == 2, "both nodes to register again")
+    finally:
+        server.stop()
