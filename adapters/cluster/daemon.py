@@ -36,6 +36,8 @@ from ..node import workers
 from ..node.node import Node
 from . import files, servers
 from .client import CLIENT_HELLO, CLIENT_READY, CLIENT_SETUP, _Watchdog, handshake, host_id, open_connection
+from .peers import serve_transfers
+from .scheduler import ClusterScheduler, ClusterView
 
 HEARTBEAT_SECONDS = float(os.environ.get("ANYRAY_HEARTBEAT_SECONDS", "1.0"))
 LEASE_SECONDS = 3 * HEARTBEAT_SECONDS  # a node whose record is not renewed for this long is dead
@@ -57,7 +59,8 @@ class _NodeBackend(Backend):
                                                   cfg.object_store_memory)
         self.metadata = cfg.options["metadata"]
         self.node = Node(total=total, gpu_ids=gpu_ids, capacity=capacity, metadata=self.metadata,
-                         events=self.events, job_id=cfg.job_id, namespace=cfg.namespace)
+                         events=self.events, job_id=cfg.job_id, namespace=cfg.namespace,
+                         scheduler_cls=ClusterScheduler)
         self.scheduler = self.node.scheduler
         self.object_store = self.node.store
 
@@ -121,6 +124,8 @@ class NodeDaemon:
         self._register()
         if self.head:
             self.metadata.put("cluster/head", self.address.encode())
+        self.scheduler.attach(ClusterView(self.metadata, self.node.node_id, self.token,
+                                          on_change=self.scheduler.spill_queued, on_dead=self.scheduler.node_dead))
         threading.Thread(target=self._heartbeat_loop, name="anyray-heartbeat", daemon=True).start()
         threading.Thread(target=self._accept_loop, name="anyray-node-accept", daemon=True).start()
         self.record_file = files.write_node(self.directory, self.port, {
@@ -176,11 +181,11 @@ class NodeDaemon:
             conn.close()
 
     def _record(self) -> bytes:
-        scheduler = self.scheduler
+        pool = self.node.pool  # this node's own resources, not the cluster's
         return json.dumps({
             "node_id": self.node.node_id, "address": self.address, "host": socket.gethostname(),
-            "pid": os.getpid(), "head": self.head, "resources": scheduler.cluster_resources(),
-            "available": scheduler.available_resources(), "started": self.started, "heartbeat": time.time(),
+            "pid": os.getpid(), "head": self.head, "resources": pool.total(),
+            "available": pool.available(), "started": self.started, "heartbeat": time.time(),
             "lease_seconds": LEASE_SECONDS}).encode()
 
     def _register(self) -> None:
@@ -238,12 +243,20 @@ class NodeDaemon:
             log(f"refused a connection from {peer[0]}:{peer[1]}: it did not prove it holds the cluster token")
             conn.close()
             return
+        role = hello.get("role")
+        if role == "transfer":  # another node's object reads: raw ranges of the arena from now on
+            raw = socket.socket(fileno=os.dup(conn.fileno()))
+            conn.close()
+            serve_transfers(raw, self.node.arena)
+            return
         try:
             handle = self.node.scheduler.workers.adopt(hello.get("pid") or 0)
         except Exception:  # noqa: BLE001 - shutting down
             conn.close()
             return
-        self.scheduler.add_client(handle, shared, (hello.get("job_id") or b"", hello.get("namespace") or ""))
+        peer = role == "node"  # another node reads objects here by pull: it gets their locations
+        self.scheduler.add_client(handle, shared or peer, (hello.get("job_id") or b"", hello.get("namespace") or ""),
+                                  peer=peer)
         self.scheduler.workers.serve(handle, conn)
 
     # -- requests of clients ------------------------------------------------------------

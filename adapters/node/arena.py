@@ -339,6 +339,16 @@ class Arena:
             self._can_populate = False  # an older kernel: pages fault in as they are written
         self._populated[first:last] = b"\x01" * (last - first)
 
+    def receive_view(self, offset: int, nbytes: int) -> memoryview:
+        """A writable view of ``nbytes`` at ``offset`` of a granted range, its pages mapped in, for
+        reading an object from a socket straight into shared memory."""
+        if self._write_map is None:
+            raise PermissionError(f"This process attached {self.path} read-only; attach it with writable=True.")
+        if offset < 0 or offset + nbytes > self.capacity:
+            raise ValueError(f"Range [{offset}, {offset + nbytes}) lies outside the arena of {self.capacity} bytes.")
+        self._populate(offset, offset + nbytes)
+        return memoryview(self._write_map)[offset:offset + nbytes]
+
     def view(self, offset: int, nbytes: int) -> memoryview:
         """A zero-copy, read-only view of ``nbytes`` at ``offset``; valid until that range is freed."""
         if offset < 0 or offset + nbytes > self.capacity:

@@ -20,7 +20,7 @@ class Node:
     """The parts of one node; ``close`` stops its workers and removes its session directory."""
 
     def __init__(self, *, total: dict, gpu_ids: list, capacity: int, metadata, events, job_id: bytes,
-                 namespace: str):
+                 namespace: str, scheduler_cls: type[NodeScheduler] = NodeScheduler):
         self.pool = ResourcePool(total, gpu_ids)
         self.node_id = self.pool.node_id
         self.session = Session()
@@ -31,7 +31,7 @@ class Node:
             self.setup = {"job_id": job_id, "namespace": namespace, "node_id": self.node_id,
                           "arena": self.arena.path, "inline_max": INLINE_MAX, "sys_path": list(sys.path),
                           "cwd": os.getcwd()}
-            self.scheduler = NodeScheduler(self.session, self.store, metadata, events, self.pool, self.setup)
+            self.scheduler = scheduler_cls(self.session, self.store, metadata, events, self.pool, self.setup)
         except BaseException:
             self.session.close()
             raise

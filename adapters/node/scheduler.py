@@ -63,7 +63,8 @@ def call_options(options: dict) -> dict:
 
 
 class _Task:
-    __slots__ = ("spec", "shape", "state", "lease", "worker", "attempts", "held", "cancelled", "job")
+    __slots__ = ("spec", "shape", "state", "lease", "worker", "attempts", "held", "cancelled", "job", "node",
+                 "spilled")
 
     def __init__(self, spec: TaskSpec, held: ArenaObject | None, job: tuple):
         self.spec = spec
@@ -75,13 +76,15 @@ class _Task:
         self.attempts = 0
         self.held = held  # the arguments, when large enough for shared memory
         self.cancelled = False
+        self.node = None      # the other node it was handed to (cluster)
+        self.spilled = False  # handed here by another node: it runs here
 
 
 class _Worker:
     """The scheduler's view of one worker process."""
 
     __slots__ = ("handle", "functions", "task", "actor", "borrowed", "handles", "pins", "grants", "calls",
-                 "blocked", "retiring", "dead", "remote", "job")
+                 "blocked", "retiring", "dead", "remote", "job", "peer")
 
     def __init__(self, handle, job: tuple):
         self.handle = handle
@@ -98,6 +101,7 @@ class _Worker:
         self.dead = False
         self.remote = False  # a client on another machine: objects travel inline
         self.job = job       # the job of what it runs now (of a client: its own)
+        self.peer = False    # another node of a cluster, as a client of this one
 
 
 class _Actor:
@@ -499,12 +503,13 @@ class NodeScheduler(QueueScheduler):
             worker.handle.read_until(functools.partial(store.contains, ref))
 
     # -- clients: drivers connected to this node's daemon ------------------------------------
-    def add_client(self, handle, shared: bool, job: tuple) -> None:
+    def add_client(self, handle, shared: bool, job: tuple, peer: bool = False) -> None:
         """Serve a driver's connection (``WorkerPool.adopt``) as a worker's: the same requests, and what
         it holds is released when it goes. ``shared``: it maps this node's shared memory; ``job``: its
         job id and namespace, which the tasks and actors it starts (and theirs) run in."""
         worker = _Worker(handle, job)
         worker.remote = not shared
+        worker.peer = peer
         self._workers[handle.worker_id] = worker
 
     def state(self, kind: str) -> list[dict]:
@@ -577,16 +582,7 @@ class NodeScheduler(QueueScheduler):
         store = self._store
 
         def answer():
-            out = []
-            for oid in ids:
-                entry = store.entry(oid)
-                out.append((oid, self._wire(worker, oid, entry)))
-                inner = getattr(entry, "contained_refs", None)
-                if inner:  # the worker will hold these once it unpickles the value
-                    for ref in inner:
-                        if type(ref) is ObjectRef and ref._id not in worker.borrowed:
-                            worker.borrowed[ref._id] = ref
-            return out
+            return self._answer(worker, ids)
 
         missing = set(ids).difference(store.ready(ids))
         if not missing:
@@ -602,6 +598,20 @@ class NodeScheduler(QueueScheduler):
             self._respond(worker, rid, True, answer())
         store.when_sealed(missing, None, later)
         return _LATER
+
+    def _answer(self, worker: _Worker, ids) -> list:
+        """The objects ``ids`` (sealed) as they travel to ``worker``: ``(id, wire)`` each."""
+        store = self._store
+        out = []
+        for oid in ids:
+            entry = store.entry(oid)
+            out.append((oid, self._wire(worker, oid, entry)))
+            inner = getattr(entry, "contained_refs", None)
+            if inner:  # the worker will hold these once it unpickles the value
+                for ref in inner:
+                    if type(ref) is ObjectRef and ref._id not in worker.borrowed:
+                        worker.borrowed[ref._id] = ref
+        return out
 
     def _op_wait(self, worker: _Worker, rid: int, args):
         ids, num_returns, may_wait, blocking = args

@@ -97,6 +97,7 @@ class SharedObjectStore(MemoryObjectStore):
         self._pin_lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
+        self.on_free = None  # called with the ids freed (a cluster node lets go of other nodes' objects)
         self._gc = threading.Thread(target=self._unpin_loop, name="anyray-store-unpin", daemon=True)
         self._gc.start()
 
@@ -197,6 +198,12 @@ class SharedObjectStore(MemoryObjectStore):
             self.unpin(self._unpins.popleft())
 
     # -- freeing --------------------------------------------------------------
+    def free(self, refs) -> None:
+        ids = [r if isinstance(r, bytes) else r._id for r in refs]
+        super().free(ids)
+        if self.on_free is not None:
+            self.on_free(ids)
+
     def _dropped(self, objs: list) -> None:
         self._apply_unpins()
         for obj in objs:
