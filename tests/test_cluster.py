@@ -265,3 +265,108 @@ def test_nodes_register_again_after_the_metadata_server_restarts(cluster_env, tm
         wait_until(lambda: len(status_nodes(cluster_env)) == 2, "both nodes to register again")
     finally:
         server.stop()
+
+
+def two_nodes(env, head_args=(), other_args=()) -> tuple[dict, dict]:
+    head = start_head(env, *head_args)
+    cli(env, "start", "--address", head["address"], *other_args)
+    other = next(r for r in files.local_nodes(env["ANYRAY_CLUSTER_DIR"]) if not r["head"])
+    wait_until(lambda: len(status_nodes(env)) == 2, "both nodes")
+    return head, other
+
+
+def kill_node(record) -> None:
+    """SIGKILL a node daemon; its fork server and workers follow it (they watch their parent)."""
+    os.kill(record["pid"], signal.SIGKILL)
+
+
+def test_a_killed_node_s_tasks_run_again_elsewhere(cluster_env, tmp_path):
+    head, other = two_nodes(cluster_env, ("--num-cpus", "2"), ("--num-cpus", "2"))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    run = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, time, anyray
+        from anyray.conformance.helpers import Barrier
+        anyray.init(backend="cluster", address="auto")
+        barrier = Barrier.remote(4)
+
+        @anyray.remote(num_cpus=1, max_retries=2)
+        def work(i, barrier):
+            node = anyray.get_runtime_context().get_node_id()
+            first = not os.path.exists(os.path.join({str(marks)!r}, str(i)))
+            if first:
+                anyray.get(barrier.arrive.remote())  # all four run at once: two on each node
+                open(os.path.join({str(marks)!r}, str(i)), "w").write(node)
+                time.sleep(5)  # the test kills a node meanwhile
+            return node
+
+        print(sorted(anyray.get([work.remote(i, barrier) for i in range(4)], timeout=120)))
+    """)], env=cluster_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: len(os.listdir(marks)) == 4, "four tasks running")
+    on_other = [m for m in os.listdir(marks) if (marks / m).read_text() == other["node_id"]]
+    assert len(on_other) == 2  # the work spread over both nodes
+    kill_node(other)
+    out, err = run.communicate(timeout=WAIT * 2)
+    assert run.returncode == 0, err
+    assert out.strip() == str([head["node_id"]] * 4)  # the killed node's two ran again on the head
+
+
+def test_a_killed_node_s_actors_restart_elsewhere_or_die_and_its_objects_are_lost(cluster_env):
+    head, other = two_nodes(cluster_env, ("--num-cpus", "2", "--resources", '{"Slot": 1}'),
+                            ("--num-cpus", "2", "--resources", '{"Slot": 2, "OnlyThere": 1}'))
+    body = f"""
+        import os, signal, time, sys
+        import numpy as np
+        import anyray
+        from anyray.exceptions import ActorDiedError, ObjectLostError
+        anyray.init(backend="cluster", address="auto")
+
+        @anyray.remote
+        class Where:
+            def __init__(self):
+                self.calls = 0
+            def node(self):
+                self.calls += 1
+                return anyray.get_runtime_context().get_node_id(), self.calls, \\
+                    anyray.get_runtime_context().was_current_actor_reconstructed
+
+        filler = Where.options(resources={{"Slot": 1}}).remote()  # takes the head's one Slot
+        assert anyray.get(filler.node.remote())[0] == {head["node_id"]!r}
+        phoenix = Where.options(resources={{"Slot": 1}}, max_restarts=1).remote()
+        mortal = Where.options(resources={{"Slot": 1}}).remote()
+        assert anyray.get(phoenix.node.remote()) == ({other["node_id"]!r}, 1, False)
+        assert anyray.get(mortal.node.remote())[0] == {other["node_id"]!r}
+
+        @anyray.remote(resources={{"OnlyThere": 1}})
+        def make():
+            return [anyray.put(np.ones(200_000))]  # lives only on the other node
+        inner = anyray.get(make.remote())[0]
+        anyray.kill(filler)  # the head's Slot is free again: room for phoenix
+        print("ready", flush=True)
+        sys.stdin.readline()  # the test kills the other node now
+
+        node, calls, restarted = anyray.get(phoenix.node.remote(), timeout=60)
+        assert (node, calls, restarted) == ({head["node_id"]!r}, 1, True), (node, calls, restarted)
+        try:
+            anyray.get(mortal.node.remote(), timeout=60)
+            raise AssertionError("a dead actor answered")
+        except ActorDiedError as exc:
+            assert "died" in str(exc), exc
+        try:
+            anyray.get(inner, timeout=60)
+            raise AssertionError("a lost object was read")
+        except ObjectLostError as exc:
+            assert "lost" in str(exc), exc
+        print("done", flush=True)
+    """
+    run = subprocess.Popen([sys.executable, "-c", textwrap.dedent(body)], env=cluster_env, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = run.stdout.readline()
+    assert line.strip() == "ready", line + run.stderr.read()
+    kill_node(other)
+    wait_until(lambda: status_nodes(cluster_env) == [head["node_id"]], "the killed node's lease to lapse")
+    run.stdin.write("\n")
+    run.stdin.flush()
+    out, err = run.communicate(timeout=WAIT * 2)
+    assert run.returncode == 0, err
+    assert out.strip() == "done"

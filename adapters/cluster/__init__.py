@@ -75,7 +75,7 @@ class ClusterBackend(Backend):
     description = "node daemons on many machines (`anyray start`), metadata in Redis or etcd"
     capabilities = frozenset({
         Capability.CONCURRENT, Capability.PROCESSES, Capability.ZERO_COPY, Capability.WORKER_RESTART,
-        Capability.ACTOR_RESTART, Capability.FORCE_CANCEL, Capability.INTERRUPT_CANCEL,
+        Capability.ACTOR_RESTART, Capability.FORCE_CANCEL, Capability.INTERRUPT_CANCEL, Capability.MULTI_NODE,
     })
     # token_file: where the cluster token is (default: this machine's, or $ANYRAY_CLUSTER_TOKEN);
     # metadata: "redis", "etcd" or a URL, for the private cluster started without an address.

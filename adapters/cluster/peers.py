@@ -32,6 +32,10 @@ CHUNK = 8 << 20  # bytes per transfer request; requests are pipelined, so this o
 _RANGE = struct.Struct("<QQ")
 
 
+class NotSent(ConnectionError):
+    """A request that never left: the other node was gone before it could be sent."""
+
+
 class PeerLink(Link):
     """This node as a client of another node."""
 
@@ -66,8 +70,9 @@ class PeerLink(Link):
         try:
             self.send(p.REQUEST, (rid, op, args))
         except OSError as exc:
+            self.closed = True
             if self._callbacks.pop(rid, None) is not None:
-                callback(False, ConnectionError(f"The node at {self.address} is gone: {exc}"))
+                callback(False, NotSent(f"The node at {self.address} is gone: {exc}"))
 
     def hold(self, oid: bytes) -> None:
         """Keep ``oid`` alive on the other node for this one (its references are borrowed)."""

@@ -33,13 +33,14 @@ from anyray.actor import ActorHandle
 from anyray.exceptions import ActorDiedError, ObjectLostError, WorkerCrashedError
 from anyray.object_ref import ObjectRef
 from anyray.runtime import current_counter
+from anyray.serialization import SerializedObject
 from anyray.specs import ActorSpec, TaskSpec
 
 from ..node import protocol as p
 from ..node.arena import Location
 from ..node.scheduler import NodeScheduler, _Task
 from ..node.store import to_wire
-from .peers import PeerLink, Transfer
+from .peers import NotSent, PeerLink, Transfer
 
 NODES = "nodes/"
 ACTORS = "actors/"  # actor id (hex) -> pickle of {"node", "class_name", "methods"}: where each actor lives
@@ -127,6 +128,9 @@ class ClusterView:
         with self._lock:
             return any(_fits(demand, r["resources"]) for r in self.records.values())
 
+    def alive(self, node_id: str) -> bool:
+        return node_id == self.node_id or node_id in self.records
+
     def address(self, node_id: str) -> str | None:
         record = self.records.get(node_id)
         return record["address"] if record else None
@@ -185,6 +189,8 @@ class ClusterScheduler(NodeScheduler):
         self._lookups: dict[bytes, list] = {}       # actor id -> calls waiting for its record, in order
         self._placed_here: set[bytes] = set()       # actors another node handed here
         self._remote_calls: dict[bytes, str] = {}   # first return id of a call on another node -> that node
+        self._created: dict[bytes, list] = {}       # actors this node created elsewhere: [spec, args, contained, job]
+        self._restart_counts: dict[bytes, int] = {}  # restarts of an actor started here again after its node died
 
     def attach(self, cluster: ClusterView) -> None:
         self.cluster = cluster
@@ -336,6 +342,42 @@ class ClusterScheduler(NodeScheduler):
             self._pulling.discard(oid)
             self.fail([ObjectRef(oid)], ObjectLostError(
                 f"Object {oid.hex()} was lost: the node that held it ({node_id}) died."))
+        with self._lock:
+            gone = [actor_id for actor_id, where in self._actor_nodes.items() if where == node_id]
+            for actor_id in gone:
+                del self._actor_nodes[actor_id]
+                self._held_actors.discard(actor_id)
+        for actor_id in gone:
+            if actor_id in self._created:
+                self._restart_elsewhere(actor_id, node_id)
+
+    def _restart_elsewhere(self, actor_id: bytes, node_id: str) -> None:
+        """An actor this node created on ``node_id``, which died: start it again where it fits, while its
+        ``max_restarts`` allows; else record it dead, so calls from anywhere fail with the cause."""
+        spec, args, contained, job, deps = self._created[actor_id]
+        allowed = spec.options["max_restarts"]
+        restarts = self._restart_counts.get(actor_id, 0)
+        if not (allowed == -1 or restarts < allowed):
+            del self._created[actor_id]
+            cause = (f"The actor {spec.cls.name} died: its node ({node_id}) died"
+                     f"{'' if not restarts else f' after {restarts} restarts'}.")
+            self._metadata.put(ACTORS + actor_id.hex(), pickle.dumps({"dead": cause}))
+            self._release_name(spec)
+            return
+        self._restart_counts[actor_id] = restarts + 1
+        if args is not None:
+            data, buffers = args
+            spec.args = SerializedObject(data, buffers, self._contained_of(contained))
+        spec.deps = deps
+        name, spec.options["name"] = spec.options["name"], None  # its name stays claimed under its id
+        try:
+            self.create_actor(spec, None, job)
+        finally:
+            spec.options["name"] = name
+
+    def _contained_of(self, contained) -> list:
+        counter = current_counter()
+        return [ObjectRef(ident, None, counter) for kind, ident in contained or () if kind == p.OBJECT]
 
     def cancel(self, ref, force: bool, recursive: bool) -> None:
         node_id = self._remote_calls.get(ref._id)
@@ -532,11 +574,15 @@ class ClusterScheduler(NodeScheduler):
             self._actor_nodes[spec.actor_id] = node_id
             self._actor_info[spec.actor_id] = (cls.name, spec.method_options)
             self._held_actors.add(spec.actor_id)
+            created = self._created.get(spec.actor_id)
+            if created is None:  # kept to start it again if its node dies (max_restarts)
+                self._created[spec.actor_id] = [spec, args, contained, job, list(spec.deps)]
         link._note("_handles", spec.actor_id, 1)  # alive there while handles to it exist here
         self._send_expect(link, [r._id for r in spec.deps] + [i for k, i in contained if k == p.OBJECT])
         link.call("create_actor_here", (
             spec.actor_id, cls.function_id, cls.name, blob, args, [r._id for r in spec.deps], spec.resources,
-            spec.options, spec.namespace, spec.is_async, spec.method_options, contained, job), self._ignore)
+            spec.options, spec.namespace, spec.is_async, spec.method_options, contained, job,
+            self._restart_counts.get(spec.actor_id, 0)), self._ignore)
         return True
 
     def _send_expect(self, link: PeerLink, ids) -> None:
@@ -549,16 +595,25 @@ class ClusterScheduler(NodeScheduler):
             self._expect(oid, node_id)
 
     def _op_create_actor_here(self, worker, rid, args):
-        *rest, job = args
+        *rest, job, restarts = args
         self._placed_here.add(rest[0])
+        if restarts:
+            self._restart_counts[rest[0]] = restarts
         worker.job, saved = job, worker.job
         try:
             return self._op_create_actor(worker, rid, tuple(rest))
         finally:
             worker.job = saved
 
+    def _start_actor_process(self, actor) -> None:
+        restarts = self._restart_counts.get(actor.spec.actor_id)
+        if restarts and actor.restarts < restarts:  # started here again after its node died
+            actor.restarts = restarts
+        super()._start_actor_process(actor)
+
     def _actor_node(self, actor_id: bytes) -> str | None:
-        """The node an actor that does not live here lives on (its record, read once), or None."""
+        """The node an actor that does not live here lives on (its record, read once), or None; raises
+        ``ActorDiedError`` if its record says it is dead."""
         node_id = self._actor_nodes.get(actor_id)
         if node_id is not None or actor_id in self._actors:
             return node_id
@@ -566,7 +621,9 @@ class ClusterScheduler(NodeScheduler):
         if value is None:
             return None
         record = pickle.loads(value)
-        if record["node"] == self.node_id:
+        if record.get("dead"):
+            raise ActorDiedError(record["dead"])
+        if record["node"] == self.node_id or not self.cluster.alive(record["node"]):
             return None
         with self._lock:
             self._actor_nodes[actor_id] = record["node"]
@@ -612,6 +669,7 @@ class ClusterScheduler(NodeScheduler):
             if actor_id not in self._held_actors:
                 return
             self._held_actors.discard(actor_id)
+            self._created.pop(actor_id, None)  # it ends: nothing to start again
         link = self.cluster.existing_link(node_id)
         if link is not None:
             link._note("_handles", actor_id, -1)
@@ -646,10 +704,15 @@ class ClusterScheduler(NodeScheduler):
     def _look_up(self, actor_id: bytes) -> None:
         deadline = time.monotonic() + LOOKUP_SECONDS
         node_id = None
+        dead = None
         while time.monotonic() < deadline:
             if actor_id in self._actors:
                 break
-            node_id = self._actor_node(actor_id)
+            try:
+                node_id = self._actor_node(actor_id)
+            except ActorDiedError as exc:
+                dead = exc
+                break
             if node_id is not None:
                 break
             time.sleep(0.05)
@@ -663,16 +726,22 @@ class ClusterScheduler(NodeScheduler):
             else:
                 if held is not None:
                     self._store.drop(held)
-                self.fail(spec.returns, ActorDiedError(
+                self.fail(spec.returns, dead or ActorDiedError(
                     f"No actor with id {actor_id.hex()} lives in this cluster (it may have ended)."))
 
     def _forward_call(self, spec, held, node_id: str) -> None:
         try:
             link = self.cluster.link(node_id)
-        except (OSError, PermissionError) as exc:
-            if held is not None:
-                self._store.drop(held)
-            self.fail(spec.returns, ActorDiedError(f"The node of actor {spec.actor_id.hex()} is gone: {exc}"))
+        except (OSError, PermissionError):  # its node is gone: wait for the actor's record to say where it is now
+            with self._lock:
+                if self._actor_nodes.get(spec.actor_id) == node_id:
+                    del self._actor_nodes[spec.actor_id]
+                waiting = self._lookups.get(spec.actor_id)
+                if waiting is not None:
+                    waiting.append((spec, held))
+                    return
+                self._lookups[spec.actor_id] = [(spec, held)]
+            self._pool.submit(self._look_up, spec.actor_id)
             return
         if held is not None:
             args, inner = self._copy_out(held), held.contained_refs
@@ -698,6 +767,11 @@ class ClusterScheduler(NodeScheduler):
         try:
             if refs:
                 self._remote_calls.pop(refs[0]._id, None)
+            if not ok and isinstance(value, NotSent):  # it never left: send it where the actor is now
+                for ref in refs:
+                    link.let_go(ref._id)
+                self._forward_call(spec, held, node_id)
+                return
             if held is not None:
                 self._store.drop(held)
             if not ok:
