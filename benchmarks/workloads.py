@@ -27,6 +27,7 @@ SIZES = {
     "small_put": (2000, 200), "small_get": (5000, 500), "actor_sync": (500, 100),
     "actor_async": (1000, 200), "actor_create": (10, 3), "wait": (1000, 200),
     "reps": (5, 2), "large_reps": (5, 2), "large_mb": (100, 100), "huge_mb": (1024, 256), "huge_reps": (3, 2),
+    "spread": (200, 50),
 }
 
 
@@ -229,6 +230,107 @@ def w_idle_memory(ray, d, size):
             "_stray": stray}
 
 
+# --- two nodes: each engine starts two nodes of one CPU each on this machine -----------------------
+
+def two_nodes(engine, ray):
+    """Start two nodes of 1 CPU each, with resources {"node1": 1} and {"node2": 1}, and connect the driver
+    (to node 1); return a function that stops them."""
+    if engine == "ray":
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node1": 1}})
+        cluster.add_node(num_cpus=1, resources={"node2": 1})
+        ray.init(address=cluster.address)
+        return lambda: (ray.shutdown(), cluster.shutdown())
+    import shutil
+    import tempfile
+
+    from anyray.adapters.cluster import files, launch
+
+    directory = tempfile.mkdtemp(prefix="anyray-bench-")
+    token_file = files.new_token(directory)
+    token = files.read_token(token_file)
+    head_proc, head = launch.spawn(directory=directory, token=token, head=True, num_cpus=1,
+                                   resources={"node1": 1}, metadata="redis")
+    node_proc, _ = launch.spawn(directory=directory, token=token, head=False, address=head["address"], num_cpus=1,
+                                resources={"node2": 1})
+    while len([n for n in _nodes_of(head["address"], token)]) < 2:
+        time.sleep(0.05)
+    ray.init(backend="cluster", address=head["address"], token_file=token_file)
+
+    def stop():
+        ray.shutdown()
+        for proc in (node_proc, head_proc):
+            launch.stop_pid(proc.pid)
+            proc.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+    return stop
+
+
+def _nodes_of(address, token):
+    from anyray.adapters.cluster.client import ClientLink, handshake, open_connection
+
+    conn = open_connection(address, token)
+    try:
+        return ClientLink(conn, handshake(conn, "cli"), address).request("list", "nodes", timeout=30)
+    finally:
+        conn.close()
+
+
+def w_spread(ray, size):
+    @ray.remote(num_cpus=1)
+    def busy(ms):
+        end = time.perf_counter() + ms / 1e3
+        while time.perf_counter() < end:
+            pass
+        return ray.get_runtime_context().get_node_id()
+
+    n, ms = size["spread"], 20
+    ray.get([busy.remote(1) for _ in range(4)])  # warm: workers on both nodes
+    t = time.perf_counter()
+    nodes = ray.get([busy.remote(ms) for _ in range(n)])
+    t = time.perf_counter() - t
+    share = max(nodes.count(x) for x in set(nodes)) / n
+    return {f"{n} tasks of {ms} ms CPU over two 1-CPU nodes": metric(n / t, "tasks/s", "higher"),
+            "  same, as a share of the ideal (2 CPUs busy)": metric(n / t / (2e3 / ms), "of ideal", "higher"),
+            "  busiest node's share of the tasks": metric(share, "share", "lower")}
+
+
+def w_transfer(ray, size):
+    mb = size["large_mb"]
+
+    @ray.remote(resources={"node2": 1})
+    def read(box):
+        return int(ray.get(box[0])[-1])  # the whole array comes over before the read
+
+    @ray.remote(resources={"node2": 1})
+    def make(n):
+        return np.full(n, 3.0)
+
+    n = mb * 2**20 // 8
+    ray.get(read.remote([ray.put(np.ones(10))]))  # warm: the worker on node 2, the connections
+    there, back = [], []
+    for _ in range(1 + size["large_reps"]):
+        ref = ray.put(np.random.default_rng(0).random(n))
+        t = time.perf_counter()
+        ray.get(read.remote([ref]))
+        there.append(time.perf_counter() - t)
+        del ref
+        t = time.perf_counter()
+        out = ray.get(make.remote(n))  # made on node 2 (about 0.1 s of np.full and storing), read here
+        back.append(time.perf_counter() - t)
+        assert out.shape == (n,)
+        del out
+    nbytes = n * 8
+    return {f"{mb} MB array to another node (task there reads it)": metric(
+                nbytes / statistics.median(there[1:]) / 1e9, "GB/s", "higher"),
+            f"{mb} MB result made on another node, submit to get": metric(
+                statistics.median(back[1:]) * 1e3, "ms", "lower")}
+
+
+TWO_NODE_WORKLOADS = {"spread": w_spread, "transfer": w_transfer}  # engines with several nodes only
+
 WORKLOADS = {
     "startup": None,  # measured around import and init in main()
     "idle_memory": w_idle_memory,
@@ -242,6 +344,7 @@ WORKLOADS = {
     "actor_calls": w_actor_calls,
     "actor_create": w_actor_create,
     "wait_loop": w_wait_loop,
+    **TWO_NODE_WORKLOADS,
 }
 
 
@@ -254,9 +357,18 @@ def main(engine, backend, workload, num_cpus, quick, out_path):
         import anyray as ray_like
         init_kwargs = {"backend": backend}
     t1 = time.perf_counter()
+    size = {k: v[1 if quick else 0] for k, v in SIZES.items()}
+    if workload in TWO_NODE_WORKLOADS:
+        stop = two_nodes(engine, ray_like)
+        try:
+            result = TWO_NODE_WORKLOADS[workload](ray_like, size)
+        finally:
+            stop()
+        with open(out_path, "w") as f:
+            json.dump(result, f)
+        return
     ray_like.init(num_cpus=num_cpus, **init_kwargs)
     t2 = time.perf_counter()
-    size = {k: v[1 if quick else 0] for k, v in SIZES.items()}
     if workload == "startup":
         result = {"import": metric((t1 - t0) * 1e3, "ms", "lower"),
                   "init(num_cpus=...) (first call in a fresh process)": metric((t2 - t1) * 1e3, "ms", "lower")}

@@ -58,6 +58,42 @@ class Barrier:
 
 
 @anyray.remote
+class Arrivals:
+    """Counts arrivals; ``hold_until_all_arrive`` waits for them without lending its CPU."""
+
+    def __init__(self):
+        self.count = 0
+
+    def arrive(self) -> int:
+        self.count += 1
+        return self.count
+
+    def arrived(self) -> int:
+        return self.count
+
+
+def hold_until_all_arrive(arrivals, parties: int, timeout: float = DEADLINE) -> None:
+    """Inside a task: arrive, then poll until ``parties`` tasks have, keeping this task's CPU (a task
+    blocked in ``get`` or ``wait`` lends its CPU, which would let one node run all the parties)."""
+    from anyray.exceptions import GetTimeoutError
+
+    arrivals.arrive.remote()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ref = arrivals.arrived.remote()
+        while True:
+            try:
+                count = anyray.get(ref, timeout=0)  # answers at once: nothing is lent
+                break
+            except GetTimeoutError:
+                time.sleep(0.005)
+        if count >= parties:
+            return
+        time.sleep(0.005)
+    raise TimeoutError(f"only {count} of {parties} tasks arrived within {timeout} s")
+
+
+@anyray.remote
 class Recorder:
     """An append-only log; ``record`` returns how many entries there are now."""
 

@@ -2,8 +2,8 @@
 
 Runs where the backend declares ``multi_node`` and the cluster has two alive
 nodes or more (the cluster envs start two daemons). A probe task that holds
-one CPU and waits at a barrier until every CPU of the cluster is held runs
-on every node at once, so each test reaches every node without naming one.
+one CPU until every CPU of the cluster is held by a probe runs on every node
+at once, so each test reaches every node without naming one.
 """
 
 import uuid
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import anyray
-from anyray.conformance.helpers import DEADLINE, Barrier, Counter
+from anyray.conformance.helpers import DEADLINE, Arrivals, Counter, hold_until_all_arrive
 
 pytestmark = [pytest.mark.usefixtures("anyray_session"), pytest.mark.requires("multi_node")]
 
@@ -26,16 +26,19 @@ def node_ids():
 
 
 def on_every_node(fn, *args):
-    """Run ``fn(*args)`` once per CPU of the cluster, all at once; return ``[(node id, value), ...]``."""
+    """Run ``fn(*args)`` once per CPU of the cluster, all at once; return ``[(node id, value), ...]``.
+
+    Each probe holds its CPU until every probe has started: it polls without blocking (a task blocked
+    in ``get`` lends its CPU, which would let one node take them all)."""
     cpus = int(anyray.cluster_resources()["CPU"])
-    barrier = Barrier.remote(cpus)
+    arrivals = Arrivals.remote()
 
     @anyray.remote(num_cpus=1)
-    def probe(barrier, *args):
-        anyray.get(barrier.arrive.remote())  # every CPU of the cluster is now held by a probe
+    def probe(arrivals, *args):
+        hold_until_all_arrive(arrivals, cpus)  # every CPU of the cluster is then held by a probe
         return anyray.get_runtime_context().get_node_id(), fn(*args)
 
-    return anyray.get([probe.remote(barrier, *args) for _ in range(cpus)], timeout=DEADLINE * 2)
+    return anyray.get([probe.remote(arrivals, *args) for _ in range(cpus)], timeout=DEADLINE * 2)
 
 
 def test_tasks_run_on_every_node(node_ids):

@@ -286,21 +286,21 @@ def test_a_killed_node_s_tasks_run_again_elsewhere(cluster_env, tmp_path):
     marks.mkdir()
     run = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import os, time, anyray
-        from anyray.conformance.helpers import Barrier
+        from anyray.conformance.helpers import Arrivals, hold_until_all_arrive
         anyray.init(backend="cluster", address="auto")
-        barrier = Barrier.remote(4)
+        arrivals = Arrivals.remote()
 
         @anyray.remote(num_cpus=1, max_retries=2)
-        def work(i, barrier):
+        def work(i, arrivals):
             node = anyray.get_runtime_context().get_node_id()
             first = not os.path.exists(os.path.join({str(marks)!r}, str(i)))
             if first:
-                anyray.get(barrier.arrive.remote())  # all four run at once: two on each node
+                hold_until_all_arrive(arrivals, 4)  # all four run at once: two on each node
                 open(os.path.join({str(marks)!r}, str(i)), "w").write(node)
                 time.sleep(5)  # the test kills a node meanwhile
             return node
 
-        print(sorted(anyray.get([work.remote(i, barrier) for i in range(4)], timeout=120)))
+        print(sorted(anyray.get([work.remote(i, arrivals) for i in range(4)], timeout=120)))
     """)], env=cluster_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_until(lambda: len(os.listdir(marks)) == 4, "four tasks running")
     on_other = [m for m in os.listdir(marks) if (marks / m).read_text() == other["node_id"]]

@@ -70,6 +70,52 @@ class _ClusterScheduler(RemoteScheduler):
         return super().create_actor(spec)
 
 
+class _ClusterStore(RemoteStore):
+    """The driver's object store port: what this driver put or read stays here while it holds a
+    reference (objects never change), so reading it again costs no round trip to the node."""
+
+    def __init__(self, node):
+        super().__init__(node)
+        self._cache: dict[bytes, object] = {}
+        self._sealed: set[bytes] = set()  # ids a wait found ready: they stay ready while referenced
+
+    def put(self, ref, obj) -> None:
+        super().put(ref, obj)
+        if obj.nbytes < self.node.inline_max:
+            self._cache[ref._id] = obj
+
+    def contains(self, ref) -> bool:
+        return ref._id in self._cache
+
+    def get(self, refs, timeout):
+        cache = self._cache
+        try:
+            return [cache[r._id] for r in refs]
+        except KeyError:
+            pass
+        missing = [r for r in refs if r._id not in cache]
+        for ref, obj in zip(missing, super().get(missing, timeout)):
+            cache[ref._id] = obj
+        return [cache[r._id] for r in refs]
+
+    def wait(self, refs, num_returns, timeout):
+        known, cache = self._sealed, self._cache
+        ready = {r._id for r in refs if r._id in known or r._id in cache}
+        if len(ready) >= num_returns:
+            return ready
+        ready = super().wait(refs, num_returns, timeout)
+        known.update(ready)
+        return ready
+
+    def free(self, refs) -> None:
+        cache, known = self._cache, self._sealed
+        for r in refs:
+            oid = r if isinstance(r, bytes) else r._id
+            cache.pop(oid, None)
+            known.discard(oid)
+        super().free(refs)
+
+
 class ClusterBackend(Backend):
     name = "cluster"
     description = "node daemons on many machines (`anyray start`), metadata in Redis or etcd"
@@ -142,7 +188,7 @@ class ClusterBackend(Backend):
         self.link.object_counter, self.link.handle_counter = self._objects, self._handles
         self.link.start()
         self.scheduler = _ClusterScheduler(self.link)
-        self.object_store = RemoteStore(self.link)
+        self.object_store = _ClusterStore(self.link)
         self.metadata = None
 
     def shutdown(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import socket
 import sys
 import threading
@@ -131,11 +132,32 @@ class ClientLink(Link):
         super().__init__(conn, setup)
         self.address = address
         self._flusher = None
+        self._in_io = False       # the main thread is inside one message's read or write
+        self._held_sigint = None  # a Ctrl-C that came meanwhile: raised once the message is through
+        self._previous_sigint = None
 
     def start(self) -> None:
-        """Send reference changes regularly even when nothing else goes out."""
+        """Send reference changes regularly even when nothing else goes out; on the main thread, hold a
+        Ctrl-C back while a message is half read or written."""
         self._flusher = threading.Thread(target=self._flush_loop, name="anyray-client-flush", daemon=True)
         self._flusher.start()
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if callable(previous):
+                self._previous_sigint = previous
+                signal.signal(signal.SIGINT, self._on_driver_sigint)
+
+    def _on_driver_sigint(self, signum, frame) -> None:
+        if self._in_io:
+            self._held_sigint = (signum, frame)
+            return
+        self._previous_sigint(signum, frame)
+
+    def _io_done(self) -> None:
+        self._in_io = False
+        if self._held_sigint is not None:
+            held, self._held_sigint = self._held_sigint, None
+            self._previous_sigint(*held)
 
     def _dispatch(self, msg: bytes) -> None:
         if msg[0] == p.RESPONSE:
@@ -143,23 +165,39 @@ class ClientLink(Link):
         else:
             print(f"(anyray) the node sent an unexpected message (tag {msg[0]})", file=sys.stderr)
 
+    def _gone(self) -> ConnectionError:
+        return ConnectionError(f"The connection to the anyray node at {self.address} closed: the node daemon "
+                               f"stopped or died. Check `anyray status`.")
+
     def _recv(self) -> bytes:
+        on_main = threading.get_ident() == self.main_thread
+        if on_main:
+            self._in_io = True
         try:
-            with workers._DeferredInterrupt():
-                return self.conn.recv_bytes()
+            return self.conn.recv_bytes()
         except (EOFError, OSError):
-            raise ConnectionError(f"The connection to the anyray node at {self.address} closed: the node "
-                                  f"daemon stopped or died. Check `anyray status`.") from None
+            raise self._gone() from None
+        finally:
+            if on_main:
+                self._io_done()
 
     def send(self, tag: int, body) -> None:
+        on_main = threading.get_ident() == self.main_thread
+        if on_main:
+            self._in_io = True
         try:
-            with workers._DeferredInterrupt():
-                super().send(tag, body)
+            super().send(tag, body)
         except OSError:
-            raise ConnectionError(f"The connection to the anyray node at {self.address} closed: the node "
-                                  f"daemon stopped or died. Check `anyray status`.") from None
+            raise self._gone() from None
+        finally:
+            if on_main:
+                self._io_done()
 
     def close(self) -> None:
+        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) == self._on_driver_sigint:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+        self._previous_sigint = None
         try:
             self.conn.close()
         except OSError:

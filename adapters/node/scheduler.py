@@ -633,6 +633,9 @@ class NodeScheduler(QueueScheduler):
         self._seal_wires(worker, [oid], [wire], [contained])
 
     def _op_alloc(self, worker: _Worker, rid: int, nbytes: int):
+        counter = current_counter()
+        if counter is not None:  # objects whose last reference just went give their memory back first
+            counter.drain()
         grant = self._store.reserve(nbytes)
         worker.grants.add(grant.offset)
         return grant
