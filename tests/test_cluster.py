@@ -18,7 +18,7 @@ import time
 
 import psutil
 import pytest
-from servers import RedisServer
+from servers import EtcdServer, RedisServer
 
 import anyray
 from anyray.adapters.cluster import files
@@ -237,8 +237,14 @@ def test_a_killed_node_lapses_within_its_lease(cluster_env):
     assert lapsed < 3 * HEARTBEAT + 10, lapsed
 
 
-def test_nodes_register_again_after_the_metadata_server_restarts(cluster_env, tmp_path):
-    server = RedisServer.start(str(tmp_path))
+@pytest.mark.parametrize("kind", ["redis", "etcd"])
+def test_nodes_register_again_after_the_metadata_server_restarts(cluster_env, tmp_path, kind):
+    if kind == "redis":
+        server = RedisServer.start(str(tmp_path))
+        restart = lambda: RedisServer.start(str(tmp_path), port=server.port, password=server.password)  # noqa: E731
+    else:
+        server = EtcdServer.start(str(tmp_path))
+        restart = lambda: EtcdServer.start(str(tmp_path), port=server.port)  # noqa: E731
     try:
         head = start_head(cluster_env, "--metadata", server.url, "--num-cpus", "2")
         cli(cluster_env, "start", "--address", head["address"], "--num-cpus", "1")
@@ -257,11 +263,11 @@ def test_nodes_register_again_after_the_metadata_server_restarts(cluster_env, tm
         time.sleep(1.0)
         server.stop()  # gone, and with it every record: heartbeats wait and retry with backoff
         time.sleep(1.0)
-        server = RedisServer.start(str(tmp_path), port=server.port, password=server.password)
+        server = restart()
         out, err = run.communicate(timeout=WAIT)
         assert run.returncode == 0, err
         assert out.strip() == str(sum(range(200)))
-        # The restarted server remembers nothing: the nodes' heartbeats wrote their records again.
+        # Redis comes back empty, etcd with what it had: either way the nodes' records are current again.
         wait_until(lambda: len(status_nodes(cluster_env)) == 2, "both nodes to register again")
     finally:
         server.stop()
@@ -370,3 +376,20 @@ def test_a_killed_node_s_actors_restart_elsewhere_or_die_and_its_objects_are_los
     out, err = run.communicate(timeout=WAIT * 2)
     assert run.returncode == 0, err
     assert out.strip() == "done"
+
+
+def test_list_shows_the_actors_of_every_node(cluster_env):
+    head, other = two_nodes(cluster_env, ("--num-cpus", "1"), ("--num-cpus", "1", "--resources", '{"There": 1}'))
+    run = driver(cluster_env, """
+        @anyray.remote
+        class Here:
+            def ping(self):
+                return 1
+        a = Here.options(name="here", lifetime="detached").remote()
+        b = Here.options(name="there", lifetime="detached", resources={"There": 1}).remote()
+        anyray.get([a.ping.remote(), b.ping.remote()])
+    """)
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(cli(cluster_env, "list", "actors", "--format", "json").stdout)
+    where = {row["name"]: row["node_id"] for row in rows if row["state"] == "ALIVE"}
+    assert where == {"here": head["node_id"], "there": other["node_id"]}

@@ -42,6 +42,7 @@ from .scheduler import ClusterScheduler, ClusterView
 HEARTBEAT_SECONDS = float(os.environ.get("ANYRAY_HEARTBEAT_SECONDS", "1.0"))
 LEASE_SECONDS = 3 * HEARTBEAT_SECONDS  # a node whose record is not renewed for this long is dead
 NODES = "nodes/"
+LIST_TIMEOUT = 10.0  # seconds `anyray list` waits for the other nodes' answers
 
 
 def log(message: str) -> None:
@@ -113,7 +114,8 @@ class NodeDaemon:
         set_current(self.runtime)
         self.node = self.runtime.backend.node
         self.scheduler = self.node.scheduler
-        self.scheduler.ops.update(metadata_url=self._op_metadata_url, status=self._op_status, list=self._op_list)
+        self.scheduler.ops.update(metadata_url=self._op_metadata_url, status=self._op_status, list=self._op_list,
+                                  list_here=self._op_list_here)
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
@@ -277,8 +279,36 @@ class NodeDaemon:
                 "usage": self.node.store.usage(), "now": time.time(), "lease_seconds": LEASE_SECONDS}
 
     def _op_list(self, kind):
+        """The cluster's nodes, or every node's actors, tasks or objects (each node asked in turn)."""
         if kind == "nodes":
             return self.nodes()
+        rows = self.scheduler.state(kind)
+        view = self.scheduler.cluster
+        answers, done = [], threading.Event()
+        others = [n["node_id"] for n in self.nodes() if n["node_id"] != self.node.node_id]
+        if not others:
+            return rows
+        left = [len(others)]
+        lock = threading.Lock()
+
+        def answered(ok, value):
+            with lock:
+                if ok:
+                    answers.extend(value)
+                left[0] -= 1
+                if not left[0]:
+                    done.set()
+
+        for node_id in others:
+            try:
+                view.link(node_id).call("list_here", kind, answered)
+            except (OSError, PermissionError):
+                answered(False, None)
+        done.wait(LIST_TIMEOUT)
+        with lock:
+            return rows + list(answers)
+
+    def _op_list_here(self, kind):
         return self.scheduler.state(kind)
 
 
