@@ -393,3 +393,56 @@ def test_list_shows_the_actors_of_every_node(cluster_env):
     rows = json.loads(cli(cluster_env, "list", "actors", "--format", "json").stdout)
     where = {row["name"]: row["node_id"] for row in rows if row["state"] == "ALIVE"}
     assert where == {"here": head["node_id"], "there": other["node_id"]}
+
+
+def test_a_silent_node_fails_its_calls_and_stops_once_it_wakes_after_its_lease_lapsed(cluster_env):
+    head, other = two_nodes(cluster_env, ("--num-cpus", "1"), ("--num-cpus", "1", "--resources", '{"There": 1}'))
+    run = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time, anyray
+        from anyray.exceptions import ActorDiedError
+        anyray.init(backend="cluster", address="auto")
+
+        @anyray.remote(resources={"There": 1})
+        class Slow:
+            def nap(self, seconds):
+                time.sleep(seconds)
+                return "woke"
+
+        slow = Slow.remote()
+        assert anyray.get(slow.nap.remote(0)) == "woke"
+        ref = slow.nap.remote(300)
+        print("calling", flush=True)
+        try:
+            anyray.get(ref, timeout=120)
+        except ActorDiedError:
+            print("died", flush=True)
+    """)], env=cluster_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert run.stdout.readline().strip() == "calling"
+    os.kill(other["pid"], signal.SIGSTOP)  # silent: no EOF reaches anyone, only the lease tells
+    try:
+        out, err = run.communicate(timeout=WAIT)
+        assert out.strip() == "died", err  # the call in flight fails once the lease lapses; it does not hang
+    finally:
+        os.kill(other["pid"], signal.SIGCONT)
+    # Awake again, the node finds it was counted dead (its actors may run elsewhere by now): it stops.
+    psutil.Process(other["pid"]).wait(WAIT)
+    assert "lease lapsed" in open(head_log(cluster_env, other)).read()
+    assert status_nodes(cluster_env) == [head["node_id"]]
+
+
+def test_a_private_cluster_ends_with_its_driver_however_the_driver_ends(tmp_path):
+    run = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import time, anyray
+        anyray.init(backend="cluster", num_cpus=1)
+        backend = anyray.runtime.current_runtime().backend
+        print(backend._proc.pid, backend._private_dir, flush=True)
+        time.sleep(300)
+    """)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid, directory = run.stdout.readline().split()
+    daemon = psutil.Process(int(pid))
+    procs = [daemon, *daemon.children(recursive=True)]  # its Redis, fork server, workers
+    run.kill()  # SIGKILL: no shutdown(), no atexit
+    run.wait()
+    gone, alive = psutil.wait_procs(procs, timeout=WAIT)
+    assert not alive, alive
+    assert not os.path.exists(directory)

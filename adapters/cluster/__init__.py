@@ -158,7 +158,7 @@ class ClusterBackend(Backend):
                 self._proc, record = launch.spawn(
                     directory=self._private_dir, token=token, head=True, num_cpus=cfg.num_cpus,
                     num_gpus=cfg.num_gpus, resources=cfg.resources, object_store_memory=cfg.object_store_memory,
-                    metadata=cfg.options.get("metadata"))
+                    metadata=cfg.options.get("metadata"), exit_with_parent=True)
             except BaseException:
                 shutil.rmtree(self._private_dir, ignore_errors=True)
                 raise
@@ -200,6 +200,8 @@ class ClusterBackend(Backend):
 
             stop_pid(self._proc.pid)
             self._proc.wait()
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
             self._proc = None
         if self._private_dir is not None:
             shutil.rmtree(self._private_dir, ignore_errors=True)

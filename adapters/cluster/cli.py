@@ -22,6 +22,8 @@ def add_commands(sub) -> None:
     p.add_argument("--metadata", help="head only: redis://[:password@]host:port or etcd://host:port of a running "
                                       "server, or 'redis' / 'etcd' to start a private one (default: private Redis, "
                                       "else etcd)")
+    p.add_argument("--metadata-port", type=int, help="head only: the port of the private metadata server "
+                                                      "(default: a free one; fix it to open it in a firewall)")
     p.add_argument("--token-file", help="joining: the cluster token file copied from the head's machine "
                                         "(default: this machine's, or $ANYRAY_CLUSTER_TOKEN)")
     p.add_argument("--num-cpus", type=float, help="CPUs this node offers (default: all)")
@@ -40,7 +42,7 @@ def add_commands(sub) -> None:
     p.add_argument("--token-file")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("list", help="list the cluster's nodes, or a node's actors, tasks or objects")
+    p = sub.add_parser("list", help="list the cluster's nodes, actors, tasks or objects")
     p.add_argument("what", choices=["nodes", "actors", "tasks", "objects"])
     p.add_argument("--address", default="auto", help="a node's HOST:PORT (default: the cluster on this machine)")
     p.add_argument("--token-file")
@@ -70,8 +72,8 @@ def cmd_start(args) -> int:
         token = files.read_token(token_path)
         port = 6380 if args.port is None else args.port
     else:
-        if args.metadata:
-            return _fail("--metadata is for the head; a joining node uses the cluster's.")
+        if args.metadata or args.metadata_port:
+            return _fail("--metadata and --metadata-port are for the head; a joining node uses the cluster's.")
         try:
             token = files.read_token(args.token_file)
         except (OSError, ValueError) as exc:
@@ -83,12 +85,13 @@ def cmd_start(args) -> int:
 
         return run(head=args.head, join=args.address, host=args.node_ip_address, port=port, num_cpus=args.num_cpus,
                    num_gpus=args.num_gpus, resources=resources, object_store_memory=args.object_store_memory,
-                   metadata=args.metadata, token=token, directory=directory)
+                   metadata=args.metadata, token=token, directory=directory, metadata_port=args.metadata_port or 0)
     try:
         _proc, record = launch.spawn(directory=directory, token=token, head=args.head, address=args.address,
                                      host=args.node_ip_address, port=port, num_cpus=args.num_cpus,
                                      num_gpus=args.num_gpus, resources=resources,
-                                     object_store_memory=args.object_store_memory, metadata=args.metadata)
+                                     object_store_memory=args.object_store_memory, metadata=args.metadata,
+                                     metadata_port=args.metadata_port)
     except launch.DaemonFailed as exc:
         return _fail(str(exc))
     address = record["address"]

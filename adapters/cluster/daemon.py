@@ -73,17 +73,19 @@ class _NodeBackend(Backend):
 
 class NodeDaemon:
     def __init__(self, *, head: bool, join: str | None, host: str, port: int, num_cpus, num_gpus, resources: dict,
-                 object_store_memory, metadata: str | None, token: bytes, directory: str):
+                 object_store_memory, metadata: str | None, token: bytes, directory: str, metadata_port: int = 0):
         self.head, self.join, self.host, self.port = head, join, host, port
         self.token = token
         self.directory = directory
         self.resources_args = (num_cpus, num_gpus, resources, object_store_memory)
         self.metadata_url = metadata
+        self.metadata_port = metadata_port
         self.server = None
         self.metadata = None
         self.runtime = None
         self.record_file = None
         self._stop = threading.Event()
+        self.lapsed = False
         self._sock = None
         self.address = ""
         self.host_id = host_id()
@@ -99,7 +101,7 @@ class NodeDaemon:
         if url in ("redis", "etcd"):
             kind, url = url, None
         if url is None and self.head:
-            self.server = servers.start(kind, self.directory, self.host)
+            self.server = servers.start(kind, self.directory, self.host, self.metadata_port)
             url = self.server.url
         elif url is None:
             url = self._ask_head("metadata_url")
@@ -127,7 +129,8 @@ class NodeDaemon:
         if self.head:
             self.metadata.put("cluster/head", self.address.encode())
         self.scheduler.attach(ClusterView(self.metadata, self.node.node_id, self.token,
-                                          on_change=self.scheduler.spill_queued, on_dead=self.scheduler.node_dead))
+                                          on_change=self.scheduler.spill_queued, on_dead=self.scheduler.node_dead,
+                                          on_self_lapsed=self._lapsed))
         threading.Thread(target=self._heartbeat_loop, name="anyray-heartbeat", daemon=True).start()
         threading.Thread(target=self._accept_loop, name="anyray-node-accept", daemon=True).start()
         self.record_file = files.write_node(self.directory, self.port, {
@@ -135,6 +138,17 @@ class NodeDaemon:
             "metadata": self.metadata_kind, "started": self.started})
         log(f"serving at {self.address} (node {self.node.node_id}, {'head, ' if self.head else ''}"
             f"metadata: {self.metadata_kind})")
+
+    def _lapsed(self) -> None:
+        """This node's lease lapsed (it was paused, or cut off from the metadata store, for longer than
+        the lease): the other nodes have retried its work and restarted its actors elsewhere, so this
+        node stops rather than run them twice."""
+        if self._stop.is_set():
+            return  # its own record, deleted as it stops
+        log(f"this node's lease lapsed (no heartbeat for {LEASE_SECONDS:g} s): the cluster counts it dead and "
+            f"has moved its work; stopping")
+        self.lapsed = True
+        self._stop.set()
 
     def wait(self) -> None:
         while not self._stop.wait(1.0):
@@ -342,16 +356,30 @@ def main(argv=None) -> int:
     parser.add_argument("--resources", default="{}")
     parser.add_argument("--object-store-memory", type=int)
     parser.add_argument("--metadata")
+    parser.add_argument("--metadata-port", type=int, default=0)
     parser.add_argument("--dir", required=True)
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="stop when stdin closes: the private cluster of one driver ends with the driver")
     args = parser.parse_args(argv)
     token = sys.stdin.readline().strip().encode()  # from the parent through a pipe: never argv or environment
     if not token:
         print("anyray node: no token on stdin", file=sys.stderr)
         return 2
-    return run(head=args.head, join=args.address, host=args.host, port=args.port, num_cpus=args.num_cpus,
+    if args.exit_with_parent:
+        def lifeline():
+            sys.stdin.read()  # returns when the driver's end closes, however the driver ended
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=lifeline, name="anyray-lifeline", daemon=True).start()
+    code = run(head=args.head, join=args.address, host=args.host, port=args.port, num_cpus=args.num_cpus,
                num_gpus=args.num_gpus, resources=json.loads(args.resources),
                object_store_memory=args.object_store_memory, metadata=args.metadata, token=token,
-               directory=args.dir)
+               directory=args.dir, metadata_port=args.metadata_port)
+    if args.exit_with_parent:  # a driver's private cluster: its directory goes with it
+        import shutil
+
+        shutil.rmtree(args.dir, ignore_errors=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -20,20 +20,25 @@ class DaemonFailed(RuntimeError):
 
 def spawn(*, directory: str, token: bytes, head: bool, address: str | None = None, host: str = "127.0.0.1",
           port: int = 0, num_cpus=None, num_gpus=None, resources: dict | None = None, object_store_memory=None,
-          metadata: str | None = None) -> tuple[subprocess.Popen, dict]:
+          metadata: str | None = None, metadata_port: int | None = None,
+          exit_with_parent: bool = False) -> tuple[subprocess.Popen, dict]:
     """Start a node daemon in the background; return its process and its record once it serves.
 
-    Its output goes to ``<directory>/logs/node-<pid>.log``; the token reaches it through a pipe."""
+    Its output goes to ``<directory>/logs/node-<pid>.log``; the token reaches it through a pipe. With
+    ``exit_with_parent`` that pipe stays open, and the daemon stops when it closes (this process ended)."""
     logs = os.path.join(directory, "logs")
     os.makedirs(logs, mode=0o700, exist_ok=True)
     argv = [sys.executable, "-m", "anyray.adapters.cluster.daemon", "--dir", directory, "--host", host,
             "--port", str(port), "--resources", json.dumps(resources or {})]
     if head:
         argv.append("--head")
+    if exit_with_parent:
+        argv.append("--exit-with-parent")
     if address:
         argv += ["--address", address]
     for flag, value in (("--num-cpus", num_cpus), ("--num-gpus", num_gpus),
-                        ("--object-store-memory", object_store_memory), ("--metadata", metadata)):
+                        ("--object-store-memory", object_store_memory), ("--metadata", metadata),
+                        ("--metadata-port", metadata_port)):
         if value is not None:
             argv += [flag, str(value)]
     log_path = os.path.join(logs, f"node-{time.time_ns()}.log")
@@ -47,7 +52,9 @@ def spawn(*, directory: str, token: bytes, head: bool, address: str | None = Non
         final_log = log_path
     try:
         proc.stdin.write(token + b"\n")
-        proc.stdin.close()
+        proc.stdin.flush()
+        if not exit_with_parent:
+            proc.stdin.close()
     except OSError:
         pass
     deadline = time.monotonic() + START_TIMEOUT

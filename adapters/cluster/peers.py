@@ -24,6 +24,7 @@ import threading
 import traceback
 
 from ..node import protocol as p
+from ..node import workers
 from ..node.arena import Location
 from ..node.link import Link
 from .client import handshake, open_connection
@@ -114,9 +115,18 @@ class PeerLink(Link):
                         callback(ok, value)
                     except Exception:  # noqa: BLE001 - one bad answer must not stop the link
                         traceback.print_exc()
-        except (EOFError, OSError):
+        except Exception:  # noqa: BLE001 - closed (EOF, reset, or closed under us): every waiter hears of it
             pass
-        self.closed = True
+        finally:
+            self.closed = True
+            self._fail_waiting()
+            self._on_close(self)
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _fail_waiting(self) -> None:
         callbacks, self._callbacks = self._callbacks, {}
         gone = ConnectionError(f"The connection to the node at {self.address} closed.")
         for callback in callbacks.values():
@@ -124,14 +134,13 @@ class PeerLink(Link):
                 callback(False, gone)
             except Exception:  # noqa: BLE001
                 traceback.print_exc()
-        self._on_close(self)
 
     def close(self) -> None:
+        """Close the link: its reader wakes (a bare close would leave it blocked in recv when the other
+        node is silent rather than gone) and every answer still awaited fails."""
         self.closed = True
-        try:
-            self.conn.close()
-        except OSError:
-            pass
+        workers._wake(self.conn)
+        self._fail_waiting()
 
     def _dispatch(self, msg: bytes) -> None:  # every message is read by _read_loop
         raise AssertionError("a peer link is read by its own thread")

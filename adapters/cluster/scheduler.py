@@ -23,6 +23,8 @@ the object any more.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
+import hmac
 import json
 import pickle
 import threading
@@ -43,7 +45,7 @@ from ..node.store import to_wire
 from .peers import NotSent, PeerLink, Transfer
 
 NODES = "nodes/"
-ACTORS = "actors/"  # actor id (hex) -> pickle of {"node", "class_name", "methods"}: where each actor lives
+ACTORS = "actors/"  # actor id (hex) -> signed pickle of {"node", "class_name", "methods"}: where each actor lives
 LOOKUP_SECONDS = 30.0  # how long a call to an actor not yet published waits for its record
 
 
@@ -54,7 +56,7 @@ def _fits(demand: dict, available: dict) -> bool:
 class ClusterView:
     """The other nodes of the cluster: their published resources, and links to them, opened on first use."""
 
-    def __init__(self, metadata, node_id: str, token: bytes, on_change, on_dead):
+    def __init__(self, metadata, node_id: str, token: bytes, on_change, on_dead, on_self_lapsed=None):
         self.node_id = node_id
         self._token = token
         self._lock = threading.Lock()
@@ -63,7 +65,7 @@ class ClusterView:
         self._at_record: dict[str, dict] = {}  # ... as it was when its last record arrived
         self._links: dict[str, PeerLink] = {}
         self._connecting: dict[str, threading.Lock] = {}
-        self._on_change, self._on_dead = on_change, on_dead
+        self._on_change, self._on_dead, self._on_self_lapsed = on_change, on_dead, on_self_lapsed
         self.transfer = Transfer(token)
         self._watch = metadata.watch(NODES, self._changed)
         for key, value in metadata.scan(NODES):
@@ -72,6 +74,8 @@ class ClusterView:
     def _changed(self, key: str, value: bytes | None) -> None:
         node_id = key[len(NODES):]
         if node_id == self.node_id:
+            if value is None and self._on_self_lapsed is not None:
+                self._on_self_lapsed()  # the others count this node dead: its work went elsewhere
             return
         if value is None:
             with self._lock:
@@ -160,6 +164,20 @@ class ClusterView:
     def _closed(self, link: PeerLink) -> None:
         if self._links.get(link.node_id) is link:
             self._links.pop(link.node_id, None)
+
+    def seal_record(self, record: dict) -> bytes:
+        """``record`` signed with the cluster token: only a node of the cluster can write one that
+        ``open_record`` accepts, so a value changed by anyone else in the metadata store is never unpickled."""
+        body = pickle.dumps(record)
+        return hmac.new(self._token, body, hashlib.sha256).digest() + body
+
+    def open_record(self, value: bytes) -> dict | None:
+        mac, body = value[:32], value[32:]
+        if not hmac.compare_digest(mac, hmac.new(self._token, body, hashlib.sha256).digest()):
+            print("(anyray) ignored an actor record in the metadata store that no node of this cluster signed",
+                  flush=True)
+            return None
+        return pickle.loads(body)
 
     def totals(self) -> list[dict]:
         with self._lock:
@@ -333,7 +351,7 @@ class ClusterScheduler(NodeScheduler):
         """``node_id``'s lease lapsed: what it ran for this node runs again; what lived only there is lost."""
         link = self.cluster.existing_link(node_id) if self.cluster else None
         if link is not None:
-            link.close()  # pending answers fail: their tasks are retried by _forwarded_back
+            link.close()  # every answer still awaited from it fails now: tasks are retried, calls fail
         for task in list(self._forwarded.pop(node_id, ())):
             self._lost(task, node_id, "its lease lapsed")
         lost = [oid for oid, where in list(self._remote.items()) if where == node_id]
@@ -354,14 +372,14 @@ class ClusterScheduler(NodeScheduler):
     def _restart_elsewhere(self, actor_id: bytes, node_id: str) -> None:
         """An actor this node created on ``node_id``, which died: start it again where it fits, while its
         ``max_restarts`` allows; else record it dead, so calls from anywhere fail with the cause."""
-        spec, args, contained, job, deps = self._created[actor_id]
+        spec, args, contained, job, deps, _inner = self._created[actor_id]
         allowed = spec.options["max_restarts"]
         restarts = self._restart_counts.get(actor_id, 0)
         if not (allowed == -1 or restarts < allowed):
             del self._created[actor_id]
             cause = (f"The actor {spec.cls.name} died: its node ({node_id}) died"
                      f"{'' if not restarts else f' after {restarts} restarts'}.")
-            self._metadata.put(ACTORS + actor_id.hex(), pickle.dumps({"dead": cause}))
+            self._metadata.put(ACTORS + actor_id.hex(), self.cluster.seal_record({"dead": cause}))
             self._release_name(spec)
             return
         self._restart_counts[actor_id] = restarts + 1
@@ -413,7 +431,8 @@ class ClusterScheduler(NodeScheduler):
 
     def _freed(self, ids) -> None:
         for oid in ids:
-            node_id = self._remote.pop(oid, None)
+            with self._lock:  # ordered with _receive's check: a pull that lands later is not sealed
+                node_id = self._remote.pop(oid, None)
             if node_id is not None and self.cluster is not None:
                 link = self.cluster.existing_link(node_id)
                 if link is not None:
@@ -444,14 +463,19 @@ class ClusterScheduler(NodeScheduler):
         try:
             if ok:
                 for key, wire, contained in value:
-                    self._receive(node_id, link, key, wire, contained)
+                    self._receive(node_id, link, key, wire, contained, pulled=True)
         except Exception:  # noqa: BLE001
             traceback.print_exc()
         finally:
             self._pulling.discard(oid)
 
-    def _receive(self, node_id: str, link: PeerLink, oid: bytes, wire, contained) -> None:
-        """Seal here an object read from ``node_id``: its references first, then its bytes."""
+    def _receive(self, node_id: str, link: PeerLink, oid: bytes, wire, contained, pulled: bool = False) -> None:
+        """Seal here an object read from ``node_id``: its references first, then its bytes. A ``pulled``
+        object no longer referenced here (freed while it travelled) is dropped instead."""
+        if pulled and oid not in self._remote:
+            if type(wire) is Location:
+                link.unpin(oid)
+            return
         counter = current_counter()
         refs = []
         for kind, ident, where in contained or ():
@@ -459,7 +483,7 @@ class ClusterScheduler(NodeScheduler):
                 self._expect(ident, where or node_id)
                 refs.append(ObjectRef(ident, None, counter))
         if type(wire) is not Location:
-            self._store.seal_wire(oid, wire, refs)
+            self._seal_received(oid, wire, refs, pulled)
             return
         store = self._store
         try:
@@ -477,7 +501,15 @@ class ClusterScheduler(NodeScheduler):
                                                         f"{node_id}: {exc}"))
             return
         link.unpin(oid)
-        store.seal_wire(oid, wire._replace(offset=grant.offset), refs)
+        if not self._seal_received(oid, wire._replace(offset=grant.offset), refs, pulled):
+            store.forget_grant(grant.offset)
+
+    def _seal_received(self, oid: bytes, wire, refs, pulled: bool) -> bool:
+        with self._lock:
+            if pulled and oid not in self._remote:
+                return False
+            self._store.seal_wire(oid, wire, refs)
+            return True
 
     # -- requests --------------------------------------------------------------------------------
     def submit_task(self, spec, held=None, job=None) -> None:
@@ -547,8 +579,9 @@ class ClusterScheduler(NodeScheduler):
                 spec.options["name"] = name
         else:
             super().create_actor(spec, held, job)
-        self._metadata.put(ACTORS + spec.actor_id.hex(), pickle.dumps(
-            {"node": self.node_id, "class_name": spec.cls.name, "methods": spec.method_options}))
+        if self.cluster is not None:
+            self._metadata.put(ACTORS + spec.actor_id.hex(), self.cluster.seal_record(
+                {"node": self.node_id, "class_name": spec.cls.name, "methods": spec.method_options}))
         return None
 
     def _forward_actor(self, spec: ActorSpec, held, job, node_id: str) -> bool:
@@ -564,19 +597,20 @@ class ClusterScheduler(NodeScheduler):
             blob = self._blob(cls)
             link.functions.add(cls.function_id)
         if held is not None:
-            args, inner = self._copy_out(held), held.contained_refs
-            self._store.drop(held)
+            args, inner = self._copy_out(held), list(held.contained_refs)
+            self._store.drop(held)  # its bytes travel inline; the references inside are kept below
         else:
             args = to_wire(spec.args) if spec.args is not None else None
-            inner = spec.args.contained_refs if spec.args is not None else ()
+            inner = list(spec.args.contained_refs) if spec.args is not None else []
         contained = p.contained_ids(inner) if inner else []
         with self._lock:
             self._actor_nodes[spec.actor_id] = node_id
             self._actor_info[spec.actor_id] = (cls.name, spec.method_options)
             self._held_actors.add(spec.actor_id)
             created = self._created.get(spec.actor_id)
-            if created is None:  # kept to start it again if its node dies (max_restarts)
-                self._created[spec.actor_id] = [spec, args, contained, job, list(spec.deps)]
+            if created is None:  # kept to start it again if its node dies (max_restarts); the references
+                # in its arguments stay alive here as long, so the other node can always read them
+                self._created[spec.actor_id] = [spec, args, contained, job, list(spec.deps), inner]
         link._note("_handles", spec.actor_id, 1)  # alive there while handles to it exist here
         self._send_expect(link, [r._id for r in spec.deps] + [i for k, i in contained if k == p.OBJECT])
         link.call("create_actor_here", (
@@ -620,7 +654,9 @@ class ClusterScheduler(NodeScheduler):
         value = self._metadata.get(ACTORS + actor_id.hex())
         if value is None:
             return None
-        record = pickle.loads(value)
+        record = self.cluster.open_record(value)
+        if record is None:
+            return None
         if record.get("dead"):
             raise ActorDiedError(record["dead"])
         if record["node"] == self.node_id or not self.cluster.alive(record["node"]):
@@ -699,7 +735,10 @@ class ClusterScheduler(NodeScheduler):
         if node_id is not None:
             self._forward_call(spec, held, node_id)
         else:
-            self._pool.submit(self._look_up, spec.actor_id)
+            self._start_lookup(spec.actor_id)
+
+    def _start_lookup(self, actor_id: bytes) -> None:
+        threading.Thread(target=self._look_up, args=(actor_id,), name="anyray-actor-lookup", daemon=True).start()
 
     def _look_up(self, actor_id: bytes) -> None:
         deadline = time.monotonic() + LOOKUP_SECONDS
@@ -716,18 +755,20 @@ class ClusterScheduler(NodeScheduler):
             if node_id is not None:
                 break
             time.sleep(0.05)
-        with self._lock:
-            calls = self._lookups.pop(actor_id, [])
-        for spec, held in calls:
-            if node_id is not None:
-                self._forward_call(spec, held, node_id)
-            elif actor_id in self._actors:
-                super().submit_actor_task(spec, held)
-            else:
-                if held is not None:
-                    self._store.drop(held)
-                self.fail(spec.returns, dead or ActorDiedError(
-                    f"No actor with id {actor_id.hex()} lives in this cluster (it may have ended)."))
+        with self._lock:  # calls made meanwhile queue up behind these, so one caller's order holds
+            calls = self._lookups.get(actor_id, [])
+            while calls:
+                spec, held = calls.pop(0)
+                if node_id is not None:
+                    self._forward_call(spec, held, node_id)
+                elif actor_id in self._actors:
+                    super().submit_actor_task(spec, held)
+                else:
+                    if held is not None:
+                        self._store.drop(held)
+                    self.fail(spec.returns, dead or ActorDiedError(
+                        f"No actor with id {actor_id.hex()} lives in this cluster (it may have ended)."))
+            self._lookups.pop(actor_id, None)
 
     def _forward_call(self, spec, held, node_id: str) -> None:
         try:
@@ -741,7 +782,7 @@ class ClusterScheduler(NodeScheduler):
                     waiting.append((spec, held))
                     return
                 self._lookups[spec.actor_id] = [(spec, held)]
-            self._pool.submit(self._look_up, spec.actor_id)
+            self._start_lookup(spec.actor_id)
             return
         if held is not None:
             args, inner = self._copy_out(held), held.contained_refs

@@ -44,23 +44,24 @@ class MetadataServer:
         shutil.rmtree(os.path.join(self.directory, "etcd-data"), ignore_errors=True)
 
 
-def start(kind: str | None, directory: str, host: str = "127.0.0.1") -> MetadataServer:
-    """Start ``kind`` ("redis", "etcd", or None for whichever is installed, Redis first)."""
+def start(kind: str | None, directory: str, host: str = "127.0.0.1", port: int = 0) -> MetadataServer:
+    """Start ``kind`` ("redis", "etcd", or None for whichever is installed, Redis first) on ``port``
+    (0: a free one)."""
     kinds = [kind] if kind else ["redis", "etcd"]
     for k in kinds:
         binary = shutil.which("redis-server" if k == "redis" else "etcd")
         if binary is not None:
-            return (_start_redis if k == "redis" else _start_etcd)(binary, directory, host)
+            return (_start_redis if k == "redis" else _start_etcd)(binary, directory, host, port)
     raise FileNotFoundError(
         f"Neither {' nor '.join('redis-server' if k == 'redis' else 'etcd' for k in kinds)} is installed, so the "
         f"head cannot start a metadata server of its own. Install one (apt-get install redis-server) or pass "
         f"--metadata redis://... or etcd://... of a running server.")
 
 
-def _start_redis(binary: str, directory: str, host: str) -> MetadataServer:
+def _start_redis(binary: str, directory: str, host: str, fixed: int) -> MetadataServer:
     password = secrets.token_hex(16)
-    for _ in range(TRIES):
-        port = _free_port(host)
+    for _ in range(1 if fixed else TRIES):
+        port = fixed or _free_port(host)
         # The password goes through stdin as a config file, not argv, which every user can read.
         proc = subprocess.Popen(
             [binary, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -76,10 +77,10 @@ def _start_redis(binary: str, directory: str, host: str) -> MetadataServer:
     raise RuntimeError(f"redis-server did not start; see {directory}/redis.log")
 
 
-def _start_etcd(binary: str, directory: str, host: str) -> MetadataServer:
+def _start_etcd(binary: str, directory: str, host: str, fixed: int) -> MetadataServer:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}  # etcd exits on a conflict
-    for _ in range(TRIES):
-        port, peer = _free_port(host), _free_port(host)
+    for _ in range(1 if fixed else TRIES):
+        port, peer = fixed or _free_port(host), _free_port(host)
         client_url, peer_url = f"http://{host}:{port}", f"http://{host}:{peer}"
         data = os.path.join(directory, "etcd-data")
         shutil.rmtree(data, ignore_errors=True)
