@@ -63,8 +63,10 @@ def ratio(a, r):
     return f"{x:.2f}x"
 
 
-def table(results, names, columns, against):
-    """results[column][metric name] -> metric; columns are anyray backends then the reference engine."""
+def table(results, names, columns, against, skipped=None):
+    """results[column][metric name] -> metric; columns are anyray backends then the reference engine;
+    ``skipped[metric name]``: the columns that did not run it (shown as "-")."""
+    skipped = skipped or {}
     ours = [c for c in columns if c != against]
     head = ["workload", "unit"] + ours
     if against:
@@ -75,7 +77,8 @@ def table(results, names, columns, against):
         unit = f"{m['unit']} ({'higher' if m['better'] == 'higher' else 'lower'} is better)"
         cells = [n, unit]
         for c in columns:
-            cells.append(fmt(results[c][n]["value"]) if n in results[c] else "error")
+            missing = "-" if c in skipped.get(n, ()) else "error"
+            cells.append(fmt(results[c][n]["value"]) if n in results[c] else missing)
         if against:
             ref = results[against].get(n)
             cells += [ratio(results[c].get(n), ref) for c in columns if c != against]
@@ -112,10 +115,13 @@ def main():
     results = {col: {} for _, _, col in engines}
     names = []  # metric names, in workload order
     errors, notes = [], []
+    skipped_runs = {}  # workload -> columns that do not run it
+    origin = {}  # metric name -> its workload
     start = time.perf_counter()
     for w in workloads:
         for engine, backend, col in engines:
             if w in TWO_NODE_WORKLOADS and engine == "anyray" and backend not in MULTI_NODE_BACKENDS:
+                skipped_runs.setdefault(w, set()).add(col)
                 continue
             t = time.perf_counter()
             res = run_child(engine, backend, w, args)
@@ -127,9 +133,11 @@ def main():
                 notes.append(f"{col}: processes outside the driver's tree, not counted: {res['_stray']}")
             results[col].update(res)
             names += [n for n in res if n not in names and not n.startswith("_")]
+            origin.update({n: w for n in res})
 
     columns = [col for _, _, col in engines]
-    md = table(results, names, columns, against)
+    skipped = {n: skipped_runs.get(origin[n], set()) for n in names}
+    md = table(results, names, columns, against, skipped)
     print(md)
     footer = (f"\n{args.num_cpus} CPUs given to init; {os.cpu_count()} cores on this machine; "
               f"CPU busy before the run {busy:.0f}%; {'--quick; ' if args.quick else ''}"

@@ -446,3 +446,37 @@ def test_a_private_cluster_ends_with_its_driver_however_the_driver_ends(tmp_path
     gone, alive = psutil.wait_procs(procs, timeout=WAIT)
     assert not alive, alive
     assert not os.path.exists(directory)
+
+
+def test_objects_a_connected_driver_drops_are_freed_on_the_node(cluster_env):
+    start_head(cluster_env, "--num-cpus", "2")
+    run = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, numpy as np, anyray
+        anyray.init(backend="cluster", address="auto")
+        big = anyray.put(np.ones(2_000_000))          # shared memory, read in place here
+        view = anyray.get(big)
+        small = anyray.put("small")
+        made = anyray.remote(lambda: np.zeros(500_000)).remote()
+        assert anyray.get(made).sum() == 0
+        print("holding", flush=True)
+        sys.stdin.readline()
+        del big, view, small, made
+        anyray.get(anyray.put(1))  # any later call carries the releases
+        print("dropped", flush=True)
+        sys.stdin.readline()
+    """)], env=cluster_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def objects():
+        return json.loads(cli(cluster_env, "list", "objects", "--format", "json").stdout)
+
+    try:
+        assert run.stdout.readline().strip() == "holding", run.stderr.read()
+        assert sum(o["shared_memory"] for o in objects()) == 2
+        run.stdin.write("\n")
+        run.stdin.flush()
+        assert run.stdout.readline().strip() == "dropped"
+        wait_until(lambda: not any(o["shared_memory"] for o in objects()), "the dropped objects to be freed")
+        assert len(objects()) <= 1  # at most the last put(1), still referenced
+    finally:
+        run.kill()
+        run.wait()

@@ -24,6 +24,7 @@ from anyray.exceptions import InfeasibleTaskWarning
 from anyray.hookspecs import hookimpl
 from anyray.ports.backend import Backend, Capability
 
+from ..node import protocol as p
 from ..node.link import RemoteScheduler, RemoteStore, _BorrowCounter
 
 
@@ -80,9 +81,16 @@ class _ClusterStore(RemoteStore):
         self._sealed: set[bytes] = set()  # ids a wait found ready: they stay ready while referenced
 
     def put(self, ref, obj) -> None:
-        super().put(ref, obj)
-        if obj.nbytes < self.node.inline_max:
-            self._cache[ref._id] = obj
+        node = self.node
+        if obj.nbytes < node.inline_max or not node.shared:
+            super().put(ref, obj)
+            if obj.nbytes < node.inline_max:
+                self._cache[ref._id] = obj
+            return
+        # Written into the node's shared memory: kept here as views of it (pinned for this driver).
+        wire = node.to_node(obj)
+        node.tell("put_kept", (ref._id, wire, p.contained_ids(obj.contained_refs)))
+        self._cache[ref._id] = node.from_wire(ref._id, wire)
 
     def contains(self, ref) -> bool:
         return ref._id in self._cache

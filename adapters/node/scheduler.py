@@ -632,6 +632,15 @@ class NodeScheduler(QueueScheduler):
         oid, wire, contained = args
         self._seal_wires(worker, [oid], [wire], [contained])
 
+    def _op_put_kept(self, worker: _Worker, rid: int, args):
+        """A put whose writer keeps reading the object in place: its range is pinned for the writer, as
+        for a ``get`` (the writer unpins when its views are gone)."""
+        oid, wire, contained = args
+        self._seal_wires(worker, [oid], [wire], [contained])
+        entry = self._store.entry(oid)
+        if type(entry) is ArenaObject:
+            self._wire(worker, oid, entry)
+
     def _op_alloc(self, worker: _Worker, rid: int, nbytes: int):
         counter = current_counter()
         if counter is not None:  # objects whose last reference just went give their memory back first
