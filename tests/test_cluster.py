@@ -480,3 +480,45 @@ def test_objects_a_connected_driver_drops_are_freed_on_the_node(cluster_env):
     finally:
         run.kill()
         run.wait()
+
+
+def test_objects_are_freed_on_every_node_once_no_node_refers_to_them(cluster_env):
+    two_nodes(cluster_env, ("--num-cpus", "1"), ("--num-cpus", "1", "--resources", '{"There": 1}'))
+    run = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, numpy as np, anyray
+        anyray.init(backend="cluster", address="auto")
+
+        @anyray.remote(resources={"There": 1})
+        def make():
+            return [anyray.put(np.ones(1_000_000))]  # lives on the other node; the driver gets a ref to it
+
+        @anyray.remote(resources={"There": 1})
+        def total(array):
+            return float(array.sum())
+
+        box = anyray.get(make.remote())
+        here = anyray.put(np.ones(1_000_000))          # lives on the driver's node
+        assert anyray.get(total.remote(here)) == 1e6   # read on the other node
+        assert anyray.get(box[0]).sum() == 1e6         # read here from the other node
+        print("holding", flush=True)
+        sys.stdin.readline()
+        del box, here
+        anyray.get(anyray.put(1))
+        print("dropped", flush=True)
+        sys.stdin.readline()
+    """)], env=cluster_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def large_objects():
+        rows = json.loads(cli(cluster_env, "list", "objects", "--format", "json").stdout)
+        return sorted(row["node_id"] for row in rows if row["shared_memory"])
+
+    try:
+        assert run.stdout.readline().strip() == "holding", run.stderr.read()
+        assert len(set(large_objects())) == 2  # large objects on both nodes
+        run.stdin.write("\n")
+        run.stdin.flush()
+        assert run.stdout.readline().strip() == "dropped"
+        wait_until(lambda: not large_objects(), "every node to free the dropped objects")
+    finally:
+        run.kill()
+        run.wait()
