@@ -105,3 +105,30 @@ def test_an_actor_handle_passed_to_every_node_keeps_call_order(node_ids):
     for _, values in results:
         assert values == sorted(values)  # one caller's calls run in the order it made them
     assert anyray.get(counter.get.remote()) == 10 * len(results)
+
+
+@anyray.remote(num_cpus=0)
+def _fails(tag):
+    raise ValueError(f"failed: {tag}")
+
+
+def _fail_a_child(tag):
+    """Run a failing task from here (it runs on this node: it needs no CPU) and swallow its error."""
+    try:
+        anyray.get(_fails.remote(tag))
+    except ValueError:
+        pass
+    return tag
+
+
+@pytest.mark.requires("timeline", "error_info")
+def test_timeline_and_error_info_cover_every_node(node_ids):
+    import os
+
+    pids = {pid for _, pid in on_every_node(os.getpid)}
+    spans = {e["pid"] for e in anyray.timeline() if e["name"].endswith("probe")}
+    assert pids <= spans  # the probes that ran on the other nodes are listed too
+    tag = uuid.uuid4().hex[:8]
+    probes = on_every_node(_fail_a_child, tag)
+    failures = [e for e in anyray.error_info() if tag in (e["message"] or "")]
+    assert len(failures) == len(probes)  # a failure on every node, each listed once

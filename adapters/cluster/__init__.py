@@ -20,6 +20,7 @@ import tempfile
 import time
 import warnings
 
+from anyray.events import TaskRecord
 from anyray.exceptions import InfeasibleTaskWarning
 from anyray.hookspecs import hookimpl
 from anyray.ports.backend import Backend, Capability
@@ -130,6 +131,7 @@ class ClusterBackend(Backend):
     capabilities = frozenset({
         Capability.CONCURRENT, Capability.PROCESSES, Capability.ZERO_COPY, Capability.WORKER_RESTART,
         Capability.ACTOR_RESTART, Capability.FORCE_CANCEL, Capability.INTERRUPT_CANCEL, Capability.MULTI_NODE,
+        Capability.TIMELINE, Capability.ERROR_INFO,
     })
     # token_file: where the cluster token is (default: this machine's, or $ANYRAY_CLUSTER_TOKEN);
     # metadata: "redis", "etcd" or a URL, for the private cluster started without an address.
@@ -195,9 +197,16 @@ class ClusterBackend(Backend):
         self.link = ClientLink(conn, setup, address)
         self.link.object_counter, self.link.handle_counter = self._objects, self._handles
         self.link.start()
+        self.events.add_source(self._pull_records)
         self.scheduler = _ClusterScheduler(self.link)
         self.object_store = _ClusterStore(self.link)
         self.metadata = None
+
+    def _pull_records(self) -> list:
+        """The records of this job's tasks, from every node (for ``timeline`` and ``error_info``)."""
+        if self.link is None:
+            return []
+        return [TaskRecord(*r) for r in self.link.request("records", self.config.job_id, timeout=60)]
 
     def shutdown(self) -> None:
         if self.link is not None:

@@ -42,7 +42,6 @@ from .scheduler import ClusterScheduler, ClusterView
 HEARTBEAT_SECONDS = float(os.environ.get("ANYRAY_HEARTBEAT_SECONDS", "1.0"))
 LEASE_SECONDS = 3 * HEARTBEAT_SECONDS  # a node whose record is not renewed for this long is dead
 NODES = "nodes/"
-LIST_TIMEOUT = 10.0  # seconds `anyray list` waits for the other nodes' answers
 
 
 def log(message: str) -> None:
@@ -293,34 +292,10 @@ class NodeDaemon:
                 "usage": self.node.store.usage(), "now": time.time(), "lease_seconds": LEASE_SECONDS}
 
     def _op_list(self, kind):
-        """The cluster's nodes, or every node's actors, tasks or objects (each node asked in turn)."""
+        """The cluster's nodes, or every node's actors, tasks or objects."""
         if kind == "nodes":
             return self.nodes()
-        rows = self.scheduler.state(kind)
-        view = self.scheduler.cluster
-        answers, done = [], threading.Event()
-        others = [n["node_id"] for n in self.nodes() if n["node_id"] != self.node.node_id]
-        if not others:
-            return rows
-        left = [len(others)]
-        lock = threading.Lock()
-
-        def answered(ok, value):
-            with lock:
-                if ok:
-                    answers.extend(value)
-                left[0] -= 1
-                if not left[0]:
-                    done.set()
-
-        for node_id in others:
-            try:
-                view.link(node_id).call("list_here", kind, answered)
-            except (OSError, PermissionError):
-                answered(False, None)
-        done.wait(LIST_TIMEOUT)
-        with lock:
-            return rows + list(answers)
+        return self.scheduler.state(kind) + self.scheduler.ask_every_node("list_here", kind)
 
     def _op_list_here(self, kind):
         return self.scheduler.state(kind)

@@ -22,6 +22,7 @@ the object any more.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
 import hmac
@@ -47,6 +48,9 @@ from .peers import NotSent, PeerLink, Transfer
 NODES = "nodes/"
 ACTORS = "actors/"  # actor id (hex) -> signed pickle of {"node", "class_name", "methods"}: where each actor lives
 LOOKUP_SECONDS = 30.0  # how long a call to an actor not yet published waits for its record
+ASK_SECONDS = 10.0  # how long a question to every node waits for the answers
+RECORDS_PER_JOB = 10_000  # task records kept per job until its driver reads them (timeline, error_info)
+JOBS_KEPT = 64  # jobs whose records a node keeps; the longest unread go first
 
 
 def _fits(demand: dict, available: dict) -> bool:
@@ -209,6 +213,7 @@ class ClusterScheduler(NodeScheduler):
         self._remote_calls: dict[bytes, str] = {}   # first return id of a call on another node -> that node
         self._created: dict[bytes, list] = {}       # actors this node created elsewhere: [spec, args, contained, job]
         self._restart_counts: dict[bytes, int] = {}  # restarts of an actor started here again after its node died
+        self._job_records: collections.OrderedDict = collections.OrderedDict()  # job id -> records, unread
 
     def attach(self, cluster: ClusterView) -> None:
         self.cluster = cluster
@@ -825,6 +830,55 @@ class ClusterScheduler(NodeScheduler):
                 link.let_go(ref._id)
         except Exception:  # noqa: BLE001
             traceback.print_exc()
+
+    # -- what every node knows ------------------------------------------------------------------
+    def ask_every_node(self, op: str, args) -> list:
+        """Ask every other node ``op(args)`` at once; the answers (lists) joined, within ``ASK_SECONDS``."""
+        others = [r["node_id"] for r in self.cluster.totals()] if self.cluster is not None else []
+        if not others:
+            return []
+        lock, done = threading.Lock(), threading.Event()
+        answers, left = [], [len(others)]
+
+        def answered(ok, value):
+            with lock:
+                if ok:
+                    answers.extend(value)
+                left[0] -= 1
+                if not left[0]:
+                    done.set()
+
+        for node_id in others:
+            try:
+                self.cluster.link(node_id).call(op, args, answered)
+            except (OSError, PermissionError):
+                answered(False, None)
+        done.wait(ASK_SECONDS)
+        with lock:
+            return list(answers)
+
+    def _task_records(self, worker, records: list) -> None:
+        """Filed per job (a node serves many drivers), until the job's driver reads them."""
+        job = worker.job[0]
+        with self._lock:
+            kept = self._job_records.get(job)
+            if kept is None:
+                kept = self._job_records[job] = collections.deque(maxlen=RECORDS_PER_JOB)
+                while len(self._job_records) > JOBS_KEPT:
+                    self._job_records.popitem(last=False)
+            kept.extend(records)
+
+    def _take_records(self, job: bytes) -> list:
+        with self._lock:
+            kept = self._job_records.pop(job, None)
+        return list(kept) if kept else []
+
+    def _op_records(self, worker, rid, job: bytes):
+        """The task records of ``job`` from every node, new since the last time it asked."""
+        return self._take_records(job) + self.ask_every_node("records_here", job)
+
+    def _op_records_here(self, worker, rid, job: bytes):
+        return self._take_records(job)
 
     # -- the cluster's resources -------------------------------------------------------------
     def cluster_resources(self) -> dict:

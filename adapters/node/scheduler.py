@@ -151,6 +151,10 @@ class NodeScheduler(QueueScheduler):
             out.append(TaskRecord(*self._records.popleft()))
         return out
 
+    def _task_records(self, worker: _Worker, records: list) -> None:
+        """Records of tasks a worker finished (for ``timeline`` and ``error_info``)."""
+        self._records.extend(records)
+
     def fail(self, refs, error: BaseException) -> None:
         failure = serialize_failure(RemoteFailure(error))
         for ref in refs:
@@ -289,7 +293,7 @@ class NodeScheduler(QueueScheduler):
         if tag == p.RESULT:
             task_id, wires, contained, records = body
             if records:
-                self._records.extend(records)
+                self._task_records(worker, records)
             if worker.actor is not None:
                 self._call_result(worker.actor, worker, task_id, wires, contained)
             else:
