@@ -235,6 +235,10 @@ def test_a_killed_node_lapses_within_its_lease(cluster_env):
     lapsed = time.monotonic() - killed
     # Bounded by the lease (three heartbeats) plus the store's expiry sweep and this poll; generous for CI.
     assert lapsed < 3 * HEARTBEAT + 10, lapsed
+    out = wait_until(lambda: (lambda text: "Dead nodes" in text and text)(cli(cluster_env, "status").stdout),
+                     "status to list the dead node")
+    assert "Dead nodes (listed for an hour): 1" in out
+    assert f"{other['node_id']}" in out and "its lease lapsed" in out
 
 
 @pytest.mark.parametrize("kind", ["redis", "etcd"])

@@ -160,6 +160,14 @@ def cmd_status(args) -> int:
         shown = ", ".join(f"{k} {_amount(k, used[k])}/{_amount(k, v)}" for k, v in sorted(n["resources"].items())
                           if not k.startswith("node:"))
         print(f"      used/total: {shown}")
+    alive = {n["node_id"] for n in nodes}
+    dead = sorted((d for d in status.get("dead", ()) if d["node_id"] not in alive), key=lambda d: -d["ended_at"])
+    if dead:
+        print(f"\nDead nodes (listed for an hour): {len(dead)}")
+        for d in dead:
+            print(f"  {d['node_id']}  {d['address']:<21} host {d['host']}, pid {d['pid']}: {d['ended']} "
+                  f"{max(now - d['ended_at'], 0.0):.1f} s ago (last heartbeat "
+                  f"{max(now - d.get('heartbeat', d['ended_at']), 0.0):.1f} s ago)")
     total: dict = {}
     free: dict = {}
     for n in nodes:

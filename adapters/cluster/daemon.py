@@ -37,7 +37,7 @@ from ..node.node import Node
 from . import files, servers
 from .client import CLIENT_HELLO, CLIENT_READY, CLIENT_SETUP, _Watchdog, handshake, host_id, open_connection
 from .peers import serve_transfers
-from .scheduler import ClusterScheduler, ClusterView
+from .scheduler import DEAD, ClusterScheduler, ClusterView
 
 HEARTBEAT_SECONDS = float(os.environ.get("ANYRAY_HEARTBEAT_SECONDS", "1.0"))
 LEASE_SECONDS = 3 * HEARTBEAT_SECONDS  # a node whose record is not renewed for this long is dead
@@ -169,6 +169,8 @@ class NodeDaemon:
                 pass
         if self.metadata is not None and self.runtime is not None:
             try:
+                if self.scheduler.cluster is not None and not self.lapsed:
+                    self.scheduler.cluster.record_death(json.loads(self._record()), "stopped")
                 self.metadata.delete(NODES + self.node.node_id)
                 if self.head and self.metadata.get("cluster/head") == self.address.encode():
                     self.metadata.delete("cluster/head")
@@ -288,7 +290,13 @@ class NodeDaemon:
         return out
 
     def _op_status(self, _args):
-        return {"nodes": self.nodes(), "this": self.node.node_id, "metadata": self.metadata_kind,
+        dead = []
+        for _key, value in self.metadata.scan(DEAD):
+            try:
+                dead.append(json.loads(value))
+            except ValueError:
+                continue
+        return {"nodes": self.nodes(), "dead": dead, "this": self.node.node_id, "metadata": self.metadata_kind,
                 "usage": self.node.store.usage(), "now": time.time(), "lease_seconds": LEASE_SECONDS}
 
     def _op_list(self, kind):

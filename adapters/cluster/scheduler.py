@@ -46,6 +46,8 @@ from ..node.store import to_wire
 from .peers import NotSent, PeerLink, Transfer
 
 NODES = "nodes/"
+DEAD = "dead/"  # node id -> JSON of its last record and how it ended, for `anyray status`
+DEAD_SECONDS = 3600.0  # how long a dead node stays listed
 ACTORS = "actors/"  # actor id (hex) -> signed pickle of {"node", "class_name", "methods"}: where each actor lives
 LOOKUP_SECONDS = 30.0  # how long a call to an actor not yet published waits for its record
 ASK_SECONDS = 10.0  # how long a question to every node waits for the answers
@@ -62,6 +64,7 @@ class ClusterView:
 
     def __init__(self, metadata, node_id: str, token: bytes, on_change, on_dead, on_self_lapsed=None):
         self.node_id = node_id
+        self._metadata = metadata
         self._token = token
         self._lock = threading.Lock()
         self.records: dict[str, dict] = {}
@@ -87,6 +90,7 @@ class ClusterView:
                 self._mine.pop(node_id, None)
                 self._at_record.pop(node_id, None)
             if gone is not None:
+                self.record_death(gone, "its lease lapsed")  # unless it said it stopped, first
                 self._on_dead(node_id)
             return
         try:
@@ -97,6 +101,15 @@ class ClusterView:
             self.records[node_id] = record
             self._at_record[node_id] = dict(self._mine.get(node_id, {}))
         self._on_change()
+
+    def record_death(self, record: dict, how: str) -> None:
+        """List a node as dead for ``anyray status`` (the first node to say how it ended is kept)."""
+        value = json.dumps({**record, "ended": how, "ended_at": time.time()}).encode()
+        try:
+            if self._metadata.compare_and_set(DEAD + record["node_id"], None, value):
+                self._metadata.put(DEAD + record["node_id"], value, ttl=DEAD_SECONDS)
+        except Exception:  # noqa: BLE001 - a listing only: the store may be down
+            pass
 
     def _credit(self, node_id: str) -> dict:
         """What ``node_id`` has free, as far as this node can tell (under the lock)."""
