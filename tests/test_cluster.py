@@ -526,3 +526,25 @@ def test_objects_are_freed_on_every_node_once_no_node_refers_to_them(cluster_env
     finally:
         run.kill()
         run.wait()
+
+
+def test_ctrl_c_interrupts_a_driver_s_get_and_the_driver_goes_on(cluster_env):
+    start_head(cluster_env, "--num-cpus", "2")
+    run = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import time, anyray
+        anyray.init(backend="cluster", address="auto")
+        slow = anyray.remote(lambda: time.sleep(60)).remote()
+        print("waiting", flush=True)
+        try:
+            anyray.get(slow)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+        anyray.cancel(slow)
+        print(anyray.get(anyray.remote(lambda: "still works").remote(), timeout=60), flush=True)
+    """)], env=cluster_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert run.stdout.readline().strip() == "waiting"
+    time.sleep(0.5)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=WAIT)
+    assert run.returncode == 0, err
+    assert out.split() == ["interrupted", "still", "works"]

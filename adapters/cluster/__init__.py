@@ -82,16 +82,20 @@ class _ClusterStore(RemoteStore):
         self._sealed: set[bytes] = set()  # ids a wait found ready: they stay ready while referenced
 
     def put(self, ref, obj) -> None:
-        node = self.node
+        node, oid = self.node, ref._id
+        contained = p.contained_ids(obj.contained_refs)
         if obj.nbytes < node.inline_max or not node.shared:
-            super().put(ref, obj)
+            wire = node.to_node(obj)  # bytes: the caller may change its arrays from now on
+            node.tell("put", (oid, wire, contained))
             if obj.nbytes < node.inline_max:
-                self._cache[ref._id] = obj
+                self._cache[oid] = node.from_wire(oid, wire)
             return
-        # Written into the node's shared memory: kept here as views of it (pinned for this driver).
-        wire = node.to_node(obj)
-        node.tell("put_kept", (ref._id, wire, p.contained_ids(obj.contained_refs)))
-        self._cache[ref._id] = node.from_wire(ref._id, wire)
+        # Written into the node's shared memory and kept here as views of it (pinned for this driver);
+        # a Ctrl-C waits for the views, which alone give the pin back.
+        with node.deferring():
+            wire = node.to_node(obj)
+            node.tell("put_kept", (oid, wire, contained))
+            self._cache[oid] = node.from_wire(oid, wire)
 
     def contains(self, ref) -> bool:
         return ref._id in self._cache
@@ -103,9 +107,14 @@ class _ClusterStore(RemoteStore):
         except KeyError:
             pass
         missing = [r for r in refs if r._id not in cache]
-        for ref, obj in zip(missing, super().get(missing, timeout)):
-            cache[ref._id] = obj
-        return [cache[r._id] for r in refs]
+        got = dict(zip((r._id for r in missing), super().get(missing, timeout)))
+        node, sealed = self.node, self._sealed
+        for oid, obj in got.items():
+            sealed.add(oid)
+            # Kept: small objects, and views of shared memory (a large pickle stream would be a private copy).
+            if len(obj.data) < node.inline_max and (node.shared or obj.nbytes < node.inline_max):
+                cache[oid] = obj
+        return [cache[r._id] if r._id in cache else got[r._id] for r in refs]
 
     def wait(self, refs, num_returns, timeout):
         known, cache = self._sealed, self._cache

@@ -10,6 +10,7 @@ call to the node.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -125,20 +126,21 @@ def handshake(conn: Connection, role: str, job_id: bytes = b"", namespace: str =
 
 
 class ClientLink(Link):
-    """The driver's link: answers are read by the thread that waits for them; a Ctrl-C lands between
-    messages, never in the middle of one; a node that goes away is a clear error."""
+    """The driver's link: answers are read by the thread that waits for them; a node that goes away is
+    a clear error. A Ctrl-C on the main thread is held while a message is half read, written or handled
+    (and through a ``deferring()`` block), then raised: no message is cut or dropped."""
 
     def __init__(self, conn, setup: dict, address: str):
         super().__init__(conn, setup)
         self.address = address
         self._flusher = None
-        self._in_io = False       # the main thread is inside one message's read or write
-        self._held_sigint = None  # a Ctrl-C that came meanwhile: raised once the message is through
+        self._in_io = False       # the main thread is inside one message's read and handling, or its write
+        self._defer = 0           # inside deferring(): a Ctrl-C waits for its end
+        self._held_sigint = None  # a Ctrl-C that came meanwhile
         self._previous_sigint = None
 
     def start(self) -> None:
-        """Send reference changes regularly even when nothing else goes out; on the main thread, hold a
-        Ctrl-C back while a message is half read or written."""
+        """Send reference changes regularly even when nothing else goes out; install the Ctrl-C hold."""
         self._flusher = threading.Thread(target=self._flush_loop, name="anyray-client-flush", daemon=True)
         self._flusher.start()
         if threading.current_thread() is threading.main_thread():
@@ -148,38 +150,55 @@ class ClientLink(Link):
                 signal.signal(signal.SIGINT, self._on_driver_sigint)
 
     def _on_driver_sigint(self, signum, frame) -> None:
-        if self._in_io:
+        if self._in_io or self._defer:
             self._held_sigint = (signum, frame)
             return
         self._previous_sigint(signum, frame)
 
-    def _io_done(self) -> None:
-        self._in_io = False
-        if self._held_sigint is not None:
+    def _raise_held(self) -> None:
+        if self._held_sigint is not None and not self._in_io and not self._defer:
             held, self._held_sigint = self._held_sigint, None
             self._previous_sigint(*held)
 
-    def _dispatch(self, msg: bytes) -> None:
-        if msg[0] == p.RESPONSE:
-            self._on_response(memoryview(msg)[1:])
-        else:
-            print(f"(anyray) the node sent an unexpected message (tag {msg[0]})", file=sys.stderr)
-
-    def _gone(self) -> ConnectionError:
-        return ConnectionError(f"The connection to the anyray node at {self.address} closed: the node daemon "
-                               f"stopped or died. Check `anyray status`.")
+    @contextlib.contextmanager
+    def deferring(self):
+        """A Ctrl-C during the block is raised at its end (the block's bookkeeping is never half done)."""
+        on_main = threading.get_ident() == self.main_thread
+        if on_main:
+            self._defer += 1
+        try:
+            yield
+        finally:
+            if on_main:
+                self._defer -= 1
+                self._raise_held()
 
     def _recv(self) -> bytes:
+        # On the main thread a Ctrl-C waits until the message is read and handled (_dispatch).
         on_main = threading.get_ident() == self.main_thread
         if on_main:
             self._in_io = True
         try:
             return self.conn.recv_bytes()
         except (EOFError, OSError):
-            raise self._gone() from None
-        finally:
             if on_main:
-                self._io_done()
+                self._in_io = False
+            raise self._gone() from None
+
+    def _dispatch(self, msg: bytes) -> None:
+        try:
+            if msg[0] == p.RESPONSE:
+                self._on_response(memoryview(msg)[1:])
+            else:
+                print(f"(anyray) the node sent an unexpected message (tag {msg[0]})", file=sys.stderr)
+        finally:
+            if threading.get_ident() == self.main_thread:
+                self._in_io = False
+                self._raise_held()  # the answer is in its place: whoever waits for it finds it
+
+    def _gone(self) -> ConnectionError:
+        return ConnectionError(f"The connection to the anyray node at {self.address} closed: the node daemon "
+                               f"stopped or died. Check `anyray status`.")
 
     def send(self, tag: int, body) -> None:
         on_main = threading.get_ident() == self.main_thread
@@ -191,13 +210,14 @@ class ClientLink(Link):
             raise self._gone() from None
         finally:
             if on_main:
-                self._io_done()
+                self._in_io = False
+                self._raise_held()
 
     def close(self) -> None:
+        """Close the connection; on the main thread, give SIGINT back to the handler it had before."""
         if self._previous_sigint is not None and threading.current_thread() is threading.main_thread() \
                 and signal.getsignal(signal.SIGINT) == self._on_driver_sigint:
             signal.signal(signal.SIGINT, self._previous_sigint)
-        self._previous_sigint = None
         try:
             self.conn.close()
         except OSError:

@@ -46,7 +46,7 @@ class PeerLink(Link):
         self.address = address
         self.node_id = setup["node_id"]
         self._callbacks: dict = {}
-        self._ids_lock = threading.Lock()
+        self._callbacks_lock = threading.Lock()
         self.functions: set[bytes] = set()  # function ids the other node has the code of
         self._on_close = on_close
         self.closed = False
@@ -67,12 +67,22 @@ class PeerLink(Link):
         """Ask the other node; ``callback(ok, value)`` runs on this link's reader thread with the answer
         (``ok`` False and a ``ConnectionError`` if the node goes first)."""
         rid = next(self._request_ids)
-        self._callbacks[rid] = callback
+        with self._callbacks_lock:
+            if self.closed:
+                gone = True
+            else:
+                gone = False
+                self._callbacks[rid] = callback
+        if gone:
+            callback(False, NotSent(f"The node at {self.address} is gone."))
+            return
         try:
             self.send(p.REQUEST, (rid, op, args))
         except OSError as exc:
-            self.closed = True
-            if self._callbacks.pop(rid, None) is not None:
+            with self._callbacks_lock:
+                self.closed = True
+                mine = self._callbacks.pop(rid, None) is not None
+            if mine:
                 callback(False, NotSent(f"The node at {self.address} is gone: {exc}"))
 
     def hold(self, oid: bytes) -> None:
@@ -118,7 +128,8 @@ class PeerLink(Link):
         except Exception:  # noqa: BLE001 - closed (EOF, reset, or closed under us): every waiter hears of it
             pass
         finally:
-            self.closed = True
+            with self._callbacks_lock:
+                self.closed = True
             self._fail_waiting()
             self._on_close(self)
             try:
@@ -127,7 +138,8 @@ class PeerLink(Link):
                 pass
 
     def _fail_waiting(self) -> None:
-        callbacks, self._callbacks = self._callbacks, {}
+        with self._callbacks_lock:  # the reader and close() may both get here: each callback runs once
+            callbacks, self._callbacks = self._callbacks, {}
         gone = ConnectionError(f"The connection to the node at {self.address} closed.")
         for callback in callbacks.values():
             try:
@@ -138,7 +150,8 @@ class PeerLink(Link):
     def close(self) -> None:
         """Close the link: its reader wakes (a bare close would leave it blocked in recv when the other
         node is silent rather than gone) and every answer still awaited fails."""
-        self.closed = True
+        with self._callbacks_lock:
+            self.closed = True
         workers._wake(self.conn)
         self._fail_waiting()
 

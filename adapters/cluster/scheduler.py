@@ -758,50 +758,71 @@ class ClusterScheduler(NodeScheduler):
     def _start_lookup(self, actor_id: bytes) -> None:
         threading.Thread(target=self._look_up, args=(actor_id,), name="anyray-actor-lookup", daemon=True).start()
 
-    def _look_up(self, actor_id: bytes) -> None:
-        deadline = time.monotonic() + LOOKUP_SECONDS
-        node_id = None
-        dead = None
+    def _resolve(self, actor_id: bytes, deadline: float):
+        """Wait (until ``deadline``) for an actor's record to name a live node: ``(node id or None, error)``;
+        ``(None, None)`` also when the actor lives here."""
         while time.monotonic() < deadline:
             if actor_id in self._actors:
-                break
+                return None, None
             try:
                 node_id = self._actor_node(actor_id)
             except ActorDiedError as exc:
-                dead = exc
-                break
+                return None, exc
             if node_id is not None:
-                break
+                return node_id, None
             time.sleep(0.05)
-        with self._lock:  # calls made meanwhile queue up behind these, so one caller's order holds
-            calls = self._lookups.get(actor_id, [])
-            while calls:
-                spec, held = calls.pop(0)
-                if node_id is not None:
-                    self._forward_call(spec, held, node_id)
-                elif actor_id in self._actors:
-                    super().submit_actor_task(spec, held)
-                else:
-                    if held is not None:
-                        self._store.drop(held)
-                    self.fail(spec.returns, dead or ActorDiedError(
-                        f"No actor with id {actor_id.hex()} lives in this cluster (it may have ended)."))
-            self._lookups.pop(actor_id, None)
+        return None, ActorDiedError(f"No actor with id {actor_id.hex()} lives in this cluster (it may have ended).")
 
-    def _forward_call(self, spec, held, node_id: str) -> None:
+    def _look_up(self, actor_id: bytes) -> None:
+        """Send the calls queued for an actor whose node is unknown, in order, once its record names one.
+
+        The calls are taken out in batches and sent without the scheduler's lock; calls made meanwhile
+        queue behind them (the list stays registered until it is empty), so one caller's order holds."""
+        deadline = time.monotonic() + LOOKUP_SECONDS
+        node_id, error = self._resolve(actor_id, deadline)
+        while True:
+            with self._lock:
+                queued = self._lookups.get(actor_id)
+                if not queued:
+                    self._lookups.pop(actor_id, None)
+                    return
+                batch, queued[:] = list(queued), []
+            for i, (spec, held) in enumerate(batch):
+                if node_id is not None:
+                    if self._forward_call(spec, held, node_id, requeue=False):
+                        continue
+                    with self._lock:  # its node is gone: the rest waits for the record to move
+                        self._lookups[actor_id][:0] = batch[i:]
+                        if self._actor_nodes.get(actor_id) == node_id:
+                            del self._actor_nodes[actor_id]
+                    time.sleep(0.1)
+                    node_id, error = self._resolve(actor_id, deadline)
+                    break
+                if actor_id in self._actors:
+                    super().submit_actor_task(spec, held)
+                    continue
+                if held is not None:
+                    self._store.drop(held)
+                self.fail(spec.returns, error)
+
+    def _forward_call(self, spec, held, node_id: str, requeue: bool = True) -> bool:
+        """Send an actor call to the node the actor lives on; False if that node cannot be reached (the
+        call is then queued for a lookup of where the actor is now, unless ``requeue`` is False)."""
         try:
             link = self.cluster.link(node_id)
         except (OSError, PermissionError):  # its node is gone: wait for the actor's record to say where it is now
+            if not requeue:
+                return False
             with self._lock:
                 if self._actor_nodes.get(spec.actor_id) == node_id:
                     del self._actor_nodes[spec.actor_id]
                 waiting = self._lookups.get(spec.actor_id)
                 if waiting is not None:
                     waiting.append((spec, held))
-                    return
+                    return True
                 self._lookups[spec.actor_id] = [(spec, held)]
             self._start_lookup(spec.actor_id)
-            return
+            return True
         if held is not None:
             args, inner = self._copy_out(held), held.contained_refs
         else:
@@ -821,6 +842,7 @@ class ClusterScheduler(NodeScheduler):
         refs = list(spec.returns)  # kept alive here until the results are home
         link.call("get", (return_ids, False, False),
                   lambda ok, value: self._pool.submit(self._call_back, spec, refs, held, node_id, link, ok, value))
+        return True
 
     def _call_back(self, spec, refs, held, node_id: str, link: PeerLink, ok: bool, value) -> None:
         try:
