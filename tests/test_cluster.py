@@ -548,3 +548,26 @@ def test_ctrl_c_interrupts_a_driver_s_get_and_the_driver_goes_on(cluster_env):
     out, err = run.communicate(timeout=WAIT)
     assert run.returncode == 0, err
     assert out.split() == ["interrupted", "still", "works"]
+
+
+def test_what_tasks_print_on_any_node_shows_on_the_driver(cluster_env):
+    two_nodes(cluster_env, ("--num-cpus", "1"), ("--num-cpus", "1", "--resources", '{"There": 1}'))
+    run = driver(cluster_env, """
+        import os, sys
+
+        @anyray.remote
+        def here():
+            print("printed here", os.getpid())
+            return os.getpid()
+
+        @anyray.remote(resources={"There": 1})
+        def there():
+            print("printed there", os.getpid(), file=sys.stderr)
+            return os.getpid()
+
+        print("pids", anyray.get(here.remote()), anyray.get(there.remote()), flush=True)
+    """)
+    assert run.returncode == 0, run.stderr
+    pids = run.stdout.split("pids ")[1].split()
+    assert f"(pid={pids[0]}) printed here {pids[0]}" in run.stdout
+    assert f"(pid={pids[1]}) printed there {pids[1]}" in run.stderr

@@ -16,12 +16,14 @@ resources were fixed by ``anyray start``.
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
+import threading
 import time
 import warnings
 
 from anyray.events import TaskRecord
-from anyray.exceptions import InfeasibleTaskWarning
+from anyray.exceptions import GetTimeoutError, InfeasibleTaskWarning
 from anyray.hookspecs import hookimpl
 from anyray.ports.backend import Backend, Capability
 
@@ -70,6 +72,9 @@ class _ClusterScheduler(RemoteScheduler):
         if spec.resources:
             self._check(spec.actor_id, spec.cls.name, spec.resources)
         return super().create_actor(spec)
+
+
+OUTPUT_INTERVAL = 0.2  # seconds between a driver's reads of what its tasks printed
 
 
 class _ClusterStore(RemoteStore):
@@ -207,9 +212,31 @@ class ClusterBackend(Backend):
         self.link.object_counter, self.link.handle_counter = self._objects, self._handles
         self.link.start()
         self.events.add_source(self._pull_records)
+        self._printing = threading.Event()
+        self._printer = threading.Thread(target=self._print_loop, name="anyray-task-output", daemon=True)
+        self._printer.start()
         self.scheduler = _ClusterScheduler(self.link)
         self.object_store = _ClusterStore(self.link)
         self.metadata = None
+
+    def _print_loop(self) -> None:
+        while not self._printing.wait(OUTPUT_INTERVAL):
+            try:
+                self._print_output()
+            except (OSError, ConnectionError, GetTimeoutError):
+                if self.link is None:
+                    return
+
+    def _print_output(self) -> None:
+        """Print here what this job's tasks printed on the nodes, each line marked with its worker."""
+        link = self.link
+        if link is None:
+            return
+        for stream, pid, text in link.request("output", self.config.job_id, timeout=30):
+            out = sys.stdout if stream == "stdout" else sys.stderr
+            lines = text.splitlines(keepends=True)
+            out.write("".join(f"(pid={pid}) {line}" if line.strip() else line for line in lines))
+        sys.stdout.flush()
 
     def _pull_records(self) -> list:
         """The records of this job's tasks, from every node (for ``timeline`` and ``error_info``)."""
@@ -218,6 +245,14 @@ class ClusterBackend(Backend):
         return [TaskRecord(*r) for r in self.link.request("records", self.config.job_id, timeout=60)]
 
     def shutdown(self) -> None:
+        printer = getattr(self, "_printer", None)
+        if printer is not None:
+            self._printing.set()
+            printer.join(5)
+            try:
+                self._print_output()  # the last words of the last tasks
+            except (OSError, ConnectionError, GetTimeoutError):
+                pass
         if self.link is not None:
             self.link.close()
             self.link = None

@@ -114,6 +114,7 @@ class NodeDaemon:
         self.runtime = Runtime(_NodeBackend, config)
         set_current(self.runtime)
         self.node = self.runtime.backend.node
+        self.node.setup["forward_output"] = True  # what tasks print goes to their drivers
         self.scheduler = self.node.scheduler
         self.scheduler.ops.update(metadata_url=self._op_metadata_url, status=self._op_status, list=self._op_list,
                                   list_here=self._op_list_here)

@@ -53,6 +53,7 @@ LOOKUP_SECONDS = 30.0  # how long a call to an actor not yet published waits for
 ASK_SECONDS = 10.0  # how long a question to every node waits for the answers
 RECORDS_PER_JOB = 10_000  # task records kept per job until its driver reads them (timeline, error_info)
 JOBS_KEPT = 64  # jobs whose records a node keeps; the longest unread go first
+OUTPUT_PER_JOB = 100_000  # pieces of task output kept per job until its driver reads them
 
 
 def _fits(demand: dict, available: dict) -> bool:
@@ -227,6 +228,7 @@ class ClusterScheduler(NodeScheduler):
         self._created: dict[bytes, list] = {}       # actors this node created elsewhere: [spec, args, contained, job]
         self._restart_counts: dict[bytes, int] = {}  # restarts of an actor started here again after its node died
         self._job_records: collections.OrderedDict = collections.OrderedDict()  # job id -> records, unread
+        self._job_output: collections.OrderedDict = collections.OrderedDict()   # job id -> printed, unread
 
     def attach(self, cluster: ClusterView) -> None:
         self.cluster = cluster
@@ -902,6 +904,30 @@ class ClusterScheduler(NodeScheduler):
                 while len(self._job_records) > JOBS_KEPT:
                     self._job_records.popitem(last=False)
             kept.extend(records)
+
+    def _task_output(self, worker, output: list) -> None:
+        """Filed per job until its driver asks (``output``), with the pid of the worker that printed it."""
+        pid = worker.handle.pid
+        with self._lock:
+            for job, stream, text in output:
+                kept = self._job_output.get(job)
+                if kept is None:
+                    kept = self._job_output[job] = collections.deque(maxlen=OUTPUT_PER_JOB)
+                    while len(self._job_output) > JOBS_KEPT:
+                        self._job_output.popitem(last=False)
+                kept.append((stream, pid, text))
+
+    def _take_output(self, job: bytes) -> list:
+        with self._lock:
+            kept = self._job_output.pop(job, None)
+        return list(kept) if kept else []
+
+    def _op_output(self, worker, rid, job: bytes):
+        """What the tasks of ``job`` printed on every node since the last time it asked."""
+        return self._take_output(job) + self.ask_every_node("output_here", job)
+
+    def _op_output_here(self, worker, rid, job: bytes):
+        return self._take_output(job)
 
     def _take_records(self, job: bytes) -> list:
         with self._lock:

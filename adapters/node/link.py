@@ -157,14 +157,20 @@ class Link:
     def _flush_loop(self) -> None:
         while True:
             time.sleep(FLUSH_INTERVAL)
-            try:
-                self.object_counter.drain()
-                self.handle_counter.drain()
-                if (self._refs or self._handles or self._unpins) and \
-                        time.monotonic() - self._last_send >= FLUSH_INTERVAL:
-                    self.send(p.REFS, None)
-            except (OSError, ConnectionError):
+            if not self._flush_once():
                 return  # the node is gone
+
+    def _flush_once(self) -> bool:
+        """Send the reference changes noted since the last message, if it went out a while ago."""
+        try:
+            self.object_counter.drain()
+            self.handle_counter.drain()
+            if (self._refs or self._handles or self._unpins) and \
+                    time.monotonic() - self._last_send >= FLUSH_INTERVAL:
+                self.send(p.REFS, None)
+        except (OSError, ConnectionError):
+            return False
+        return True
 
     # reference changes; the counters call these under their own locks, so they only record
     def _borrowed(self, oid: bytes) -> None:

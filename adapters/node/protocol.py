@@ -15,6 +15,8 @@ reference changes since its last message, applied before ``body``
     REQUEST    ``(request_id, op, args)``: a call into the driver's runtime; id 0 wants no RESPONSE
     REFS       reference changes alone (``body`` None)
     ACTOR_DIED ``(actor_id, cause)``: the hosted actor ended (constructor failed, or its handles are gone)
+    OUTPUT     ``[(job_id, stream, text), ...]``: what tasks printed, where the node forwards it to
+               their drivers (a cluster node's workers; the multiprocess backend's print directly)
 
 Reference changes are ``(objects, handles, unpins)``: ``objects`` and
 ``handles`` are lists of ``(id, +1 or -1)``, the worker's first reference to
@@ -40,6 +42,7 @@ CANCEL = 9
 ACTOR = 10
 REFS = 11
 ACTOR_DIED = 12
+OUTPUT = 13
 
 
 def dumps(value) -> bytes:

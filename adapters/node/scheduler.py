@@ -155,6 +155,11 @@ class NodeScheduler(QueueScheduler):
         """Records of tasks a worker finished (for ``timeline`` and ``error_info``)."""
         self._records.extend(records)
 
+    def _task_output(self, worker: _Worker, output: list) -> None:
+        """What a worker's tasks printed (workers that forward it): here, on this process's own streams."""
+        for _job, stream, text in output:
+            getattr(sys, stream).write(text)
+
     def fail(self, refs, error: BaseException) -> None:
         failure = serialize_failure(RemoteFailure(error))
         for ref in refs:
@@ -300,6 +305,8 @@ class NodeScheduler(QueueScheduler):
                 self._task_result(worker, task_id, wires, contained)
         elif tag == p.REQUEST:
             self._on_request(worker, body)
+        elif tag == p.OUTPUT:
+            self._task_output(worker, body)
         elif tag == p.ACTOR_DIED:
             actor = worker.actor
             if actor is not None and actor.worker is worker:

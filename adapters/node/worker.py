@@ -16,11 +16,13 @@ this worker can still read.
 from __future__ import annotations
 
 import collections
+import io
 import os
 import pickle
 import signal
 import sys
 import threading
+import time
 import traceback
 
 import cloudpickle
@@ -41,7 +43,7 @@ from ..common.resources import Lease
 from . import protocol as p
 from . import workers
 from .arena import Location
-from .link import Link, RemoteScheduler, RemoteStore
+from .link import FLUSH_INTERVAL, Link, RemoteScheduler, RemoteStore
 from .store import to_wire
 
 
@@ -73,6 +75,8 @@ class WorkerNode(Link):
         self._current: bytes | None = None  # the task the main thread runs
         self._exit = False
         self.events = _ForwardedEvents()
+        self.output: collections.deque = collections.deque()  # (job id, stream, text) printed, not yet sent
+        self.captured = False
         self.actor: ActorHost | None = None      # a threaded or async actor hosted here
         self.inline: _InlineActor | None = None  # a sync actor whose calls run on the main thread
         config = BackendConfig(num_cpus=None, namespace=setup["namespace"], job_id=setup["job_id"],
@@ -139,6 +143,31 @@ class WorkerNode(Link):
         else:
             print(f"anyray worker: no handler for message tag {tag}", file=sys.stderr)
 
+    # -- output -----------------------------------------------------------------------
+    def capture_output(self) -> None:
+        """Send what tasks print to the node, for their drivers (a cluster node's workers)."""
+        sys.stdout = _Captured(self, "stdout", sys.stdout)
+        sys.stderr = _Captured(self, "stderr", sys.stderr)
+        self.captured = True
+
+    def send_output(self) -> None:
+        out = []
+        while self.output:
+            out.append(self.output.popleft())
+        if out:
+            self.send(p.OUTPUT, out)
+
+    def _flush_loop(self) -> None:
+        while True:
+            time.sleep(FLUSH_INTERVAL)
+            try:
+                if self.output:
+                    self.send_output()
+            except (OSError, ConnectionError):
+                return
+            if not self._flush_once():
+                return
+
     def _run_task(self, payload) -> None:
         (task_id, fn_id, blob, args_wire, dep_ids, dep_wires, return_ids, name, resources, gpu_ids,
          retry_exceptions, max_retries, job) = pickle.loads(payload)
@@ -181,6 +210,11 @@ class WorkerNode(Link):
         self.send_result(task_id, outputs)
 
     def send_result(self, task_id: bytes, outputs: list[SerializedObject]) -> None:
+        if self.captured:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+        if self.output:
+            self.send_output()  # what the task printed reaches its driver before its result
         wires, contained = [], []
         for obj in outputs:
             try:
@@ -281,6 +315,38 @@ class WorkerNode(Link):
     def fetch(self, refs) -> list:
         """Values of ``refs`` (failures left as values), asked from the driver."""
         return [serialization.deserialize(o) for o in self.get([r._id for r in refs], None)]
+
+
+class _Captured(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` of a worker whose output goes to the drivers of its tasks."""
+
+    def __init__(self, node: WorkerNode, stream: str, original):
+        self._node, self._stream, self._original = node, stream, original
+        self._partial = ""  # the start of a line not ended yet
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:  # whole lines go out, each piece of print() does not
+            text = self._partial + text
+            cut = text.rfind("\n") + 1
+            self._partial = text[cut:]
+            if cut:
+                self._node.output.append((self._node.runtime.job_id, self._stream, text[:cut]))
+        return len(text)
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        """Send a line not ended yet too (explicit flushes, and the end of each task)."""
+        with self._lock:
+            if self._partial:
+                self._node.output.append((self._node.runtime.job_id, self._stream, self._partial))
+                self._partial = ""
+
+    @property
+    def encoding(self):
+        return getattr(self._original, "encoding", "utf-8")
 
 
 class _InlineActor:
@@ -411,6 +477,8 @@ def install(setup: dict) -> None:
         except OSError:
             pass
     node = WorkerNode(loop, setup)
+    if setup.get("forward_output"):
+        node.capture_output()
     signal.signal(signal.SIGINT, node._on_sigint)
     loop.takeover = node.main
     sys.stdout.flush()
