@@ -359,8 +359,8 @@ def main(argv=None) -> int:
                num_gpus=args.num_gpus, resources=json.loads(args.resources),
                object_store_memory=args.object_store_memory, metadata=args.metadata, token=token,
                directory=args.dir, metadata_port=args.metadata_port)
-    if args.exit_with_parent:  # a driver's private cluster: its directory goes with it
-        import shutil
+    if args.exit_with_parent and code == 0:  # a driver's private cluster: its directory goes with it (on a
+        import shutil  # failed start the driver reads the log first, then removes it)
 
         shutil.rmtree(args.dir, ignore_errors=True)
     return code

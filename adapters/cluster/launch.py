@@ -64,11 +64,23 @@ def spawn(*, directory: str, token: bytes, head: bool, address: str | None = Non
                 record["log"] = final_log
                 return proc, record
         if proc.poll() is not None:
-            raise DaemonFailed(f"The node daemon exited with code {proc.returncode} before it served:\n"
-                               f"{_tail(final_log)}")
+            raise DaemonFailed(f"The node daemon exited with code {proc.returncode} before it served"
+                               f"{_reason(final_log)}\n{_tail(final_log)}")
         time.sleep(0.02)
     stop_pid(proc.pid)
     raise DaemonFailed(f"The node daemon did not come up within {START_TIMEOUT:.0f} s:\n{_tail(final_log)}")
+
+
+def _reason(path: str) -> str:
+    """The daemon's own account of why it could not start, if its log has one."""
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                if "could not start:" in line:
+                    return ": " + line.split("could not start:", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def _tail(path: str, lines: int = 20) -> str:
