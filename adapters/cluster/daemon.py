@@ -28,7 +28,6 @@ import traceback
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
 
 from anyray.ports.backend import Backend, BackendConfig
-from anyray.resources import node_resources
 from anyray.runtime import Runtime, set_current
 
 from ..metadata import open_metadata
@@ -54,13 +53,8 @@ class _NodeBackend(Backend):
     name = "node"
 
     def start(self) -> None:
-        cfg = self.config
-        total, gpu_ids, capacity = node_resources(cfg.num_cpus, cfg.num_gpus, cfg.resources,
-                                                  cfg.object_store_memory)
-        self.metadata = cfg.options["metadata"]
-        self.node = Node(total=total, gpu_ids=gpu_ids, capacity=capacity, metadata=self.metadata,
-                         events=self.events, job_id=cfg.job_id, namespace=cfg.namespace,
-                         scheduler_cls=ClusterScheduler)
+        self.metadata = self.config.options["metadata"]
+        self.node = Node.from_config(self.config, self.metadata, self.events, ClusterScheduler)
         self.scheduler = self.node.scheduler
         self.object_store = self.node.store
 
@@ -126,8 +120,6 @@ class NodeDaemon:
         self.port = sock.getsockname()[1]
         self.address = f"{self.host}:{self.port}"
         self._register()
-        if self.head:
-            self.metadata.put("cluster/head", self.address.encode())
         self.scheduler.attach(ClusterView(self.metadata, self.node.node_id, self.token,
                                           on_change=self.scheduler.spill_queued, on_dead=self.scheduler.node_dead,
                                           on_self_lapsed=self._lapsed))
@@ -173,8 +165,6 @@ class NodeDaemon:
                 if self.scheduler.cluster is not None and not self.lapsed:
                     self.scheduler.cluster.record_death(json.loads(self._record()), "stopped")
                 self.metadata.delete(NODES + self.node.node_id)
-                if self.head and self.metadata.get("cluster/head") == self.address.encode():
-                    self.metadata.delete("cluster/head")
             except Exception:  # noqa: BLE001 - the server may be gone; the lease lapses anyway
                 pass
         if self.runtime is not None:
@@ -214,8 +204,6 @@ class NodeDaemon:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
                 self._register()
-                if self.head:
-                    self.metadata.put("cluster/head", self.address.encode())
             except Exception as exc:  # noqa: BLE001 - keep trying: the store may come back
                 if not lost:
                     log(f"lost the metadata store ({type(exc).__name__}); retrying")
@@ -281,24 +269,22 @@ class NodeDaemon:
     def _op_metadata_url(self, _args):
         return self.metadata_url
 
-    def nodes(self) -> list[dict]:
+    def _scan_json(self, prefix: str) -> list[dict]:
         out = []
-        for _key, value in self.metadata.scan(NODES):
+        for _key, value in self.metadata.scan(prefix):
             try:
                 out.append(json.loads(value))
             except ValueError:
                 continue
         return out
 
+    def nodes(self) -> list[dict]:
+        return self._scan_json(NODES)
+
     def _op_status(self, _args):
-        dead = []
-        for _key, value in self.metadata.scan(DEAD):
-            try:
-                dead.append(json.loads(value))
-            except ValueError:
-                continue
-        return {"nodes": self.nodes(), "dead": dead, "this": self.node.node_id, "metadata": self.metadata_kind,
-                "usage": self.node.store.usage(), "now": time.time(), "lease_seconds": LEASE_SECONDS}
+        return {"nodes": self.nodes(), "dead": self._scan_json(DEAD), "this": self.node.node_id,
+                "metadata": self.metadata_kind, "usage": self.node.store.usage(), "now": time.time(),
+                "lease_seconds": LEASE_SECONDS}
 
     def _op_list(self, kind):
         """The cluster's nodes, or every node's actors, tasks or objects."""

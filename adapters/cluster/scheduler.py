@@ -56,6 +56,30 @@ JOBS_KEPT = 64  # jobs whose records a node keeps; the longest unread go first
 OUTPUT_PER_JOB = 100_000  # pieces of task output kept per job until its driver reads them
 
 
+class _PerJob:
+    """What a node keeps for each job until the job's driver reads it: a bounded deque per job, and a
+    bounded number of jobs (the one unread longest goes first)."""
+
+    def __init__(self, per_job: int):
+        self._per_job = per_job
+        self._jobs: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, job: bytes, items) -> None:
+        with self._lock:
+            kept = self._jobs.get(job)
+            if kept is None:
+                kept = self._jobs[job] = collections.deque(maxlen=self._per_job)
+                while len(self._jobs) > JOBS_KEPT:
+                    self._jobs.popitem(last=False)
+            kept.extend(items)
+
+    def take(self, job: bytes) -> list:
+        with self._lock:
+            kept = self._jobs.pop(job, None)
+        return list(kept) if kept else []
+
+
 def _fits(demand: dict, available: dict) -> bool:
     return all(v <= available.get(k, 0.0) + 1e-9 for k, v in demand.items())
 
@@ -227,8 +251,8 @@ class ClusterScheduler(NodeScheduler):
         self._remote_calls: dict[bytes, str] = {}   # first return id of a call on another node -> that node
         self._created: dict[bytes, list] = {}       # actors this node created elsewhere: [spec, args, contained, job]
         self._restart_counts: dict[bytes, int] = {}  # restarts of an actor started here again after its node died
-        self._job_records: collections.OrderedDict = collections.OrderedDict()  # job id -> records, unread
-        self._job_output: collections.OrderedDict = collections.OrderedDict()   # job id -> printed, unread
+        self._records_of = _PerJob(RECORDS_PER_JOB)  # task records per job, until its driver reads them
+        self._output_of = _PerJob(OUTPUT_PER_JOB)    # what its tasks printed, likewise
 
     def attach(self, cluster: ClusterView) -> None:
         self.cluster = cluster
@@ -896,50 +920,27 @@ class ClusterScheduler(NodeScheduler):
 
     def _task_records(self, worker, records: list) -> None:
         """Filed per job (a node serves many drivers), until the job's driver reads them."""
-        job = worker.job[0]
-        with self._lock:
-            kept = self._job_records.get(job)
-            if kept is None:
-                kept = self._job_records[job] = collections.deque(maxlen=RECORDS_PER_JOB)
-                while len(self._job_records) > JOBS_KEPT:
-                    self._job_records.popitem(last=False)
-            kept.extend(records)
+        self._records_of.add(worker.job[0], records)
 
     def _task_output(self, worker, output: list) -> None:
         """Filed per job until its driver asks (``output``), with the pid of the worker that printed it."""
         pid = worker.handle.pid
-        with self._lock:
-            for job, stream, text in output:
-                kept = self._job_output.get(job)
-                if kept is None:
-                    kept = self._job_output[job] = collections.deque(maxlen=OUTPUT_PER_JOB)
-                    while len(self._job_output) > JOBS_KEPT:
-                        self._job_output.popitem(last=False)
-                kept.append((stream, pid, text))
-
-    def _take_output(self, job: bytes) -> list:
-        with self._lock:
-            kept = self._job_output.pop(job, None)
-        return list(kept) if kept else []
-
-    def _op_output(self, worker, rid, job: bytes):
-        """What the tasks of ``job`` printed on every node since the last time it asked."""
-        return self._take_output(job) + self.ask_every_node("output_here", job)
-
-    def _op_output_here(self, worker, rid, job: bytes):
-        return self._take_output(job)
-
-    def _take_records(self, job: bytes) -> list:
-        with self._lock:
-            kept = self._job_records.pop(job, None)
-        return list(kept) if kept else []
+        for job, stream, text in output:
+            self._output_of.add(job, ((stream, pid, text),))
 
     def _op_records(self, worker, rid, job: bytes):
         """The task records of ``job`` from every node, new since the last time it asked."""
-        return self._take_records(job) + self.ask_every_node("records_here", job)
+        return self._records_of.take(job) + self.ask_every_node("records_here", job)
 
     def _op_records_here(self, worker, rid, job: bytes):
-        return self._take_records(job)
+        return self._records_of.take(job)
+
+    def _op_output(self, worker, rid, job: bytes):
+        """What the tasks of ``job`` printed on every node since the last time it asked."""
+        return self._output_of.take(job) + self.ask_every_node("output_here", job)
+
+    def _op_output_here(self, worker, rid, job: bytes):
+        return self._output_of.take(job)
 
     # -- the cluster's resources -------------------------------------------------------------
     def cluster_resources(self) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from anyray.hookspecs import hookimpl
 from anyray.ports.backend import Backend, Capability
-from anyray.resources import node_resources
 
 from ..metadata import MemoryMetadataStore
 from ..node.node import Node
@@ -32,11 +31,8 @@ class MultiprocessBackend(Backend):
         if cfg.address is not None:
             raise ValueError(f"The multiprocess backend runs on this machine and connects to nothing; "
                              f"drop address={cfg.address!r} or pick backend='cluster'.")
-        total, gpu_ids, capacity = node_resources(cfg.num_cpus, cfg.num_gpus, cfg.resources,
-                                                  cfg.object_store_memory)
         self.metadata = MemoryMetadataStore()
-        self.node = Node(total=total, gpu_ids=gpu_ids, capacity=capacity, metadata=self.metadata,
-                         events=self.events, job_id=cfg.job_id, namespace=cfg.namespace)
+        self.node = Node.from_config(cfg, self.metadata, self.events)
         self.scheduler = self.node.scheduler
         self.object_store = self.node.store
 

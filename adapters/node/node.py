@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import sys
 
+from anyray.resources import node_resources
+
 from ..common.resources import ResourcePool
 from .arena import Arena
 from .scheduler import NodeScheduler
@@ -35,6 +37,13 @@ class Node:
         except BaseException:
             self.session.close()
             raise
+
+    @classmethod
+    def from_config(cls, cfg, metadata, events, scheduler_cls: type[NodeScheduler] = NodeScheduler) -> Node:
+        """The node a backend's ``init`` options describe (CPUs, GPUs, resources, store size)."""
+        total, gpu_ids, capacity = node_resources(cfg.num_cpus, cfg.num_gpus, cfg.resources, cfg.object_store_memory)
+        return cls(total=total, gpu_ids=gpu_ids, capacity=capacity, metadata=metadata, events=events,
+                   job_id=cfg.job_id, namespace=cfg.namespace, scheduler_cls=scheduler_cls)
 
     def close(self) -> None:
         if self.scheduler is not None:
