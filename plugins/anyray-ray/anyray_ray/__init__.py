@@ -45,7 +45,8 @@ class RayBackend(Backend):
     def start(self) -> None:
         ray = _real_ray()
 
-        from .events import ErrorLog, WorkerEvents
+        from anyray.adapters.common.error_log import ErrorLog, WorkerEvents
+
         from .metadata import RayKVMetadataStore
         from .object_store import RayObjectStore
         from .scheduler import RayScheduler

@@ -1,10 +1,12 @@
-"""Failed tasks reported from Ray workers to the driver's ``error_info()``.
+"""Failed tasks reported from an engine's workers to the driver's ``error_info()``.
 
-A task runs in a Ray worker, so its failure is recorded there. The worker
-writes the record into Ray's cluster KV (:class:`ErrorLog`) before the
-task's result is stored, so by the time a caller sees the failure, the
-driver's ``error_info()`` (which pulls the log, see ``JobEvents.add_source``)
-lists it. Only failures travel: successful tasks cost nothing here.
+For backends on an engine of their own (Ray, Dask), a task runs in one of
+the engine's worker processes, so its failure is recorded there. The worker
+writes the record into the backend's metadata store (:class:`ErrorLog`)
+before the task's result is stored, so by the time a caller sees the
+failure, the driver's ``error_info()`` (which pulls the log, see
+``JobEvents.add_source``) lists it. Only failures travel: successful tasks
+cost nothing here.
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ class ErrorLog:
 
 
 class WorkerEvents:
-    """What the executor reports to inside a Ray worker: failures go to the job's ErrorLog.
+    """What the executor reports to inside an engine's worker: failures go to the job's ErrorLog.
 
     ``local`` (the worker runtime's JobEvents) keeps the failure and prints it
-    on the worker's stderr, which Ray forwards to the driver's terminal.
+    on the worker's stderr, which the engine shows on the driver's terminal.
     Successful tasks are not kept (the backend does not declare ``timeline``).
     """
 

@@ -1,0 +1,156 @@
+"""anyray-dask: run anyray programs on Dask (``dask.distributed``).
+
+``anyray.init(backend="dask")`` starts a private Dask cluster on this machine,
+or connects to a running Dask scheduler with ``address="tcp://host:8786"``.
+Tasks become Dask tasks, objects Dask data, actors Dask actors; see
+``scheduler.py`` for how Ray's model maps onto Dask's, and the README for
+what Dask cannot express.
+
+This module must stay cheap to import: listing backends imports every
+backend's module, so Dask is imported in :meth:`DaskBackend.start` only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from anyray.hookspecs import hookimpl
+from anyray.ports.backend import Backend, Capability
+
+# Set by the worker side when it attaches a runtime to the Dask worker it runs in (not an init keyword).
+WORKER_OPTION = "_anyray_dask_worker"
+
+
+class DaskBackend(Backend):
+    """anyray on Dask. Owns the cluster (and stops it at shutdown) only when ``start`` started it."""
+
+    name = "dask"
+    description = "runs on Dask: a private Dask cluster started by init(), or a Dask scheduler given by address"
+    capabilities = frozenset({
+        Capability.CONCURRENT, Capability.PROCESSES, Capability.MULTI_NODE, Capability.WORKER_RESTART,
+        Capability.ERROR_INFO,
+    })
+    known_gaps = {}
+    accepted_options = frozenset({"num_workers"})
+
+    _cluster = None
+    client = None
+
+    def start(self) -> None:
+        try:
+            import distributed
+        except ImportError as exc:
+            raise ImportError("The dask backend needs Dask's distributed scheduler: "
+                              "pip install 'dask[distributed]'.") from exc
+
+        from anyray.adapters.common.error_log import ErrorLog, WorkerEvents
+
+        from .metadata import DaskMetadataStore
+        from .object_store import DaskObjectStore
+        from .scheduler import DaskScheduler
+        from .worker import Session
+
+        cfg = self.config
+        self._in_worker = bool(cfg.options.get(WORKER_OPTION))
+        if self._in_worker:
+            self.client = distributed.get_client()
+        elif cfg.address is not None:
+            self._check_connectable(cfg)
+            try:
+                self.client = distributed.Client(cfg.address, timeout="10s")
+            except (OSError, TimeoutError) as exc:
+                raise ConnectionError(f"Could not connect to the Dask scheduler at {cfg.address}: {exc}. "
+                                      f"Is it running, and is the address right?") from exc
+        else:
+            self._start_private(distributed, cfg)
+        self.metadata = DaskMetadataStore(self.client)
+        self.object_store = DaskObjectStore(self.client, self._in_worker)
+        self.scheduler = DaskScheduler(self.client, Session(cfg.job_id, cfg.namespace))
+        self.errors = ErrorLog(self.metadata, cfg.job_id)
+        self.events.add_source(self.errors.pull)
+        self.task_events = WorkerEvents(self.events, self.errors)  # where tasks run here report
+
+    @staticmethod
+    def _check_connectable(cfg) -> None:
+        given = [k for k in ("num_cpus", "num_gpus", "object_store_memory") if getattr(cfg, k) is not None]
+        if cfg.resources:
+            given.append("resources")
+        if "num_workers" in cfg.options:
+            given.append("num_workers")
+        if given:
+            raise ValueError(f"init(address=...) connects to a running Dask cluster, whose workers already have "
+                             f"their threads and resources; drop {', '.join(given)}, or leave out address to "
+                             f"start a private cluster with them.")
+
+    def _start_private(self, distributed, cfg) -> None:
+        from .cluster import PrivateCluster
+
+        workers = cfg.options.get("num_workers", 1)
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValueError(f"num_workers must be a positive int (Dask worker processes), got {workers!r}.")
+        cpus = cfg.num_cpus if cfg.num_cpus is not None else (os.cpu_count() or 1)
+        threads = max(1, math.ceil(cpus))
+        per_worker = [threads // workers + (1 if i < threads % workers else 0) for i in range(workers)]
+        if min(per_worker) < 1:
+            raise ValueError(f"num_workers={workers} needs at least as many CPUs (num_cpus={cpus}).")
+        resources = dict(cfg.resources)
+        if cfg.num_gpus:
+            resources["GPU"] = cfg.num_gpus
+        # Each worker is a node: custom resources and GPUs go to the first, as on Ray's head node.
+        self._cluster = PrivateCluster(per_worker, [resources] + [{}] * (workers - 1))
+        try:
+            address = self._cluster.start()
+            self.client = distributed.Client(address, timeout="30s")
+            self._cluster.wait_for_workers(self.client)
+        except BaseException:
+            self._stop_private()
+            raise
+
+    def _stop_private(self) -> None:
+        cluster, self._cluster = self._cluster, None
+        if self.client is not None:
+            self.client.close()  # first: the scheduler forgets this client's data before workers leave
+        if cluster is not None:
+            cluster.stop()
+
+    def shutdown(self) -> None:
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            scheduler.shutdown()
+            if not self._in_worker:  # the driver's job is over: drop its error log
+                try:
+                    self.errors.clear()
+                except Exception:  # noqa: BLE001 - a scheduler already gone holds nothing
+                    pass
+            self.metadata.close()
+            self.scheduler = None
+        if self._in_worker:
+            return  # the worker's client belongs to the worker
+        if self._cluster is not None:
+            self._stop_private()
+        elif self.client is not None:
+            self.client.close()
+        self.client = None
+
+    def info(self) -> dict:
+        if self._in_worker:
+            from distributed import get_worker
+
+            worker = get_worker()
+            return {"address": worker.scheduler.address, "node_id": worker.id, "dashboard_url": None}
+        nodes = self.scheduler.nodes()
+        here = [n for n in nodes if n["NodeManagerAddress"] in ("127.0.0.1", "localhost")] or nodes
+        return {"address": self.client.scheduler.address, "node_id": here[0]["NodeID"] if here else None,
+                "dashboard_url": self.client.dashboard_link if self._cluster is None else None}
+
+
+Backend = DaskBackend
+
+
+@hookimpl
+def anyray_backends():
+    return [DaskBackend]
+
+
+__all__ = ["DaskBackend"]

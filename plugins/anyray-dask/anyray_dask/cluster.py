@@ -1,0 +1,87 @@
+"""The private Dask cluster ``init(backend="dask")`` starts when no ``address`` is given.
+
+The scheduler runs in the driver (a ``LocalCluster`` without workers); each
+worker is a ``dask worker`` process with a nanny, started from the command
+line rather than by ``LocalCluster``. Dask's own local workers are spawned
+by multiprocessing, which imports the driver's ``__main__`` again in the
+worker: a Ray script that calls ``init()`` at module level, without an
+``if __name__ == "__main__":`` guard, would start a cluster inside its own
+workers. ``dask worker`` processes import only Dask; they see the driver's
+``sys.path``, so functions of the driver's own modules load there, and they
+exit on their own (``--death-timeout``) when the driver dies.
+
+Everything listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+DEATH_TIMEOUT = 20   # seconds a worker outlives an unreachable scheduler
+START_TIMEOUT = 60
+
+
+class PrivateCluster:
+    def __init__(self, nthreads: list[int], resources: list[dict[str, float]]):
+        self._nthreads = nthreads
+        self._resources = resources
+        self._cluster = None
+        self._procs: list[subprocess.Popen] = []
+        self._dir = None
+        self.address = None
+
+    def start(self) -> str:
+        import dask
+        from distributed import LocalCluster
+
+        with dask.config.set({"distributed.scheduler.work-stealing": True}):
+            self._cluster = LocalCluster(n_workers=0, host="127.0.0.1", scheduler_port=0, dashboard_address=None,
+                                         processes=True)
+        self.address = self._cluster.scheduler_address
+        self._dir = tempfile.mkdtemp(prefix="anyray-dask-")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+                   DASK_LOGGING__DISTRIBUTED="warning")
+        for i, (n, resources) in enumerate(zip(self._nthreads, self._resources)):
+            cmd = [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nthreads", str(n),
+                   "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1", "--name", f"anyray-{i}",
+                   "--death-timeout", str(DEATH_TIMEOUT), "--local-directory", self._dir]
+            if resources:
+                cmd += ["--resources", " ".join(f"{k}={v:g}" for k, v in resources.items())]
+            self._procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
+        return self.address
+
+    def wait_for_workers(self, client) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while len(client.scheduler_info(n_workers=-1)["workers"]) < len(self._procs):
+            for proc in self._procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"Could not start the dask backend: a Dask worker exited with code "
+                                       f"{proc.returncode} before joining (its error is above).")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Could not start the dask backend: its workers did not join within "
+                                   f"{START_TIMEOUT} s.")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop the workers (SIGTERM: each nanny closes its worker), then the scheduler."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs = []
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None

@@ -1,0 +1,275 @@
+"""The Scheduler port on Dask: specs become Dask tasks and Dask actors.
+
+- A task spec is one ``client.submit`` of :func:`~anyray_dask.worker.run_task`
+  with the task's top-level dependencies as Dask futures, so Dask starts it
+  once they exist and hands their values over. Each of ``spec.returns`` gets
+  a :class:`~anyray_dask.transport.DaskRef` of the task's future (one small
+  Dask task per return when there are several).
+- Every submission is ``fire_and_forget`` as well: Ray runs a task whose
+  refs were all dropped (``signal.send.remote()``), where Dask would forget it.
+- Resources: Dask has no CPU resource; a worker runs ``nthreads`` tasks at
+  once, and a task blocked in ``get``/``wait`` leaves the thread pool
+  (``secede``) so nested waits cannot deadlock. ``num_gpus`` becomes the
+  Dask worker resource ``GPU`` and custom resources become Dask worker
+  resources of the same name, held while the task runs.
+- An actor spec is a Dask actor (:class:`~anyray_dask.worker.ActorProcess`)
+  placed by Dask where its resources are; a method call is one Dask task
+  (:func:`~anyray_dask.worker.deliver`). Named actors are Dask published
+  datasets, which keep the actor alive while the name is held.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+
+from anyray.exceptions import ActorDiedError, InfeasibleTaskWarning
+from anyray.ports.scheduler import Scheduler
+from anyray.specs import ActorSpec, ActorTaskSpec, TaskSpec
+
+from .transport import DaskRef, lookup_actor, pack, register_actor
+from .worker import Exported, Session, deliver, method_call, pick, run_task, secede_once, task_call
+
+NAMES = "anyray-actor"  # published datasets "anyray-actor/<namespace>/<name>"
+
+
+def dask_resources(demand: dict) -> dict | None:
+    """The Dask worker resources for an anyray demand: GPUs and custom resources; CPUs are threads."""
+    out = {k: v for k, v in demand.items() if k not in ("CPU", "memory") and v}
+    return out or None
+
+
+def _key(kind: str, name: str, ident: bytes) -> str:
+    short = name.rsplit(".", 1)[-1] or kind
+    return f"{short}-{ident.hex()}"
+
+
+class DaskScheduler(Scheduler):
+    """Submission methods return once Dask has the work; safe from any thread."""
+
+    def __init__(self, client, session: Session):
+        self._client = client
+        self._session = session
+        self._lock = threading.Lock()
+        self._exported: dict[bytes, Exported] = {}
+        self._feasibility = _Feasibility(client)
+        self._names: set[str] = set()  # datasets this process published (unpublished at shutdown)
+
+    def _export(self, descriptor, what: str) -> Exported:
+        found = self._exported.get(descriptor.function_id)
+        if found is None:
+            found = Exported.of(descriptor, what)
+            with self._lock:
+                self._exported[descriptor.function_id] = found
+        return found
+
+    def _submit(self, fn, *args, key: str, resources=None, num_returns: int = 1):
+        from distributed import fire_and_forget
+
+        future = self._client.submit(fn, *args, key=key, resources=resources, pure=False)
+        fire_and_forget(future)
+        if num_returns == 1:
+            return [future]
+        return [self._client.submit(pick, future, i, key=f"{key}-{i}", pure=False) for i in range(num_returns)]
+
+    # -- tasks ------------------------------------------------------------
+    def submit_task(self, spec: TaskSpec) -> None:
+        resources = dask_resources(spec.resources)
+        if resources:
+            self._feasibility.check(spec.function.function_id, spec.name, spec.resources)
+        function = self._export(spec.function, f"the remote function {spec.function.name}")
+        futures = self._submit(run_task, self._session, function, task_call(spec), *[d.native.future for d in spec.deps],
+                               key=_key("task", spec.name, spec.task_id), resources=resources,
+                               num_returns=len(spec.returns))
+        for ref, future in zip(spec.returns, futures):
+            ref.native = DaskRef(future)
+
+    # -- actors -----------------------------------------------------------
+    def create_actor(self, spec: ActorSpec):
+        o = spec.options
+        if dask_resources(spec.resources):
+            self._feasibility.check(spec.actor_id, spec.cls.name, spec.resources)
+        cls = self._export(spec.cls, f"the actor class {spec.cls.name}")
+        actor = [spec.actor_id, spec.cls.name, spec.resources, o, spec.namespace, spec.is_async, spec.method_options]
+        from .worker import ActorProcess
+
+        future = self._client.submit(ActorProcess, self._session, cls, actor, pack(spec.args),
+                                     [d.binary() for d in spec.deps], *[d.native.future for d in spec.deps],
+                                     key=_key("actor", spec.cls.name, spec.actor_id), actor=True,
+                                     resources=dask_resources(spec.resources), pure=False)
+        native = register_actor(spec.actor_id, future)
+        if o["name"] is not None:
+            self._publish(spec, native)
+        return native
+
+    def _publish(self, spec: ActorSpec, native) -> None:
+        name = f"{NAMES}/{spec.namespace}/{spec.options['name']}"
+        record = (spec.actor_id, spec.cls.name, spec.method_options, native.future)
+        try:
+            self._client.publish_dataset(record, name=name)
+        except KeyError:
+            self._client.cancel([native.future], force=True)
+            raise ValueError(f"An actor named {spec.options['name']!r} already exists in namespace "
+                             f"{spec.namespace!r}. Pick another name, or pass get_if_exists=True to reuse it.") from None
+        if spec.options["lifetime"] != "detached":
+            with self._lock:
+                self._names.add(name)
+
+    def submit_actor_task(self, spec: ActorTaskSpec) -> None:
+        actor = lookup_actor(spec.actor_id)
+        if actor is None:
+            raise ActorDiedError(f"{spec.name}: no handle of actor {spec.actor_id.hex()} is alive in this process.")
+        futures = self._submit(deliver, actor.future, method_call(spec), *[d.native.future for d in spec.deps],
+                               key=_key("call", spec.name, spec.task_id), num_returns=len(spec.returns))
+        for ref, future in zip(spec.returns, futures):
+            ref.native = DaskRef(future, actor=actor)
+
+    def get_named_actor(self, name: str, namespace: str):
+        from anyray.actor import ActorHandle
+
+        try:
+            actor_id, class_name, methods, future = self._client.get_dataset(f"{NAMES}/{namespace}/{name}")
+        except KeyError:
+            return None
+        return ActorHandle(actor_id, class_name, methods, register_actor(actor_id, future))
+
+    def list_named_actors(self, namespace: str | None) -> list[tuple[str, str]]:
+        out = []
+        for dataset in self._client.list_datasets():
+            if isinstance(dataset, str) and dataset.startswith(NAMES + "/"):
+                ns, _, name = dataset[len(NAMES) + 1:].partition("/")
+                if namespace is None or ns == namespace:
+                    out.append((ns, name))
+        return sorted(out)
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        actor = lookup_actor(actor_id)
+        if actor is None:
+            return
+        self._unpublish(actor)
+        future = actor.future
+        if not future.done():
+            self._client.cancel([future], force=True)  # not placed yet: it never starts
+            return
+        try:
+            future.result().anyray_kill(True).result()
+        except Exception:  # noqa: BLE001 - an actor whose worker is gone is dead already
+            pass
+
+    def _unpublish(self, actor) -> None:
+        for dataset in list(self._client.list_datasets()):
+            if isinstance(dataset, str) and dataset.startswith(NAMES + "/"):
+                try:
+                    record = self._client.get_dataset(dataset)
+                except KeyError:
+                    continue
+                if record[0] == actor.actor_id:
+                    try:
+                        self._client.unpublish_dataset(dataset)
+                    except KeyError:
+                        pass
+                    with self._lock:
+                        self._names.discard(dataset)
+
+    # -- cancel, blocking -------------------------------------------------
+    def cancel(self, ref, force: bool, recursive: bool) -> None:
+        native = ref.native
+        if not isinstance(native, DaskRef) or native.future.done():
+            return  # a finished task is left alone
+        if native.actor is not None:
+            proxy = native.actor.future
+            if proxy.done() and proxy.status == "finished":
+                proxy.result().anyray_cancel(ref.binary()).result()
+                return
+        self._client.cancel([native.future], force=True)
+
+    def task_blocked(self) -> None:
+        secede_once()
+
+    def task_unblocked(self) -> None:
+        """Nothing to do: a task that seceded stays out of the pool until it ends (see ``secede_once``)."""
+
+    # -- cluster state ----------------------------------------------------
+    def cluster_resources(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for worker in self._client.scheduler_info(n_workers=-1)["workers"].values():
+            for k, v in _worker_resources(worker).items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    def available_resources(self) -> dict[str, float]:
+        used = self._client.run_on_scheduler(_used_resources)
+        free = self.cluster_resources()
+        for k, v in used.items():
+            if k in free:
+                free[k] = max(free[k] - v, 0.0)
+        return free
+
+    def nodes(self) -> list[dict]:
+        out = []
+        for address, worker in self._client.scheduler_info(n_workers=-1)["workers"].items():
+            out.append({"NodeID": worker.get("id") or address, "Alive": True,
+                        "NodeManagerAddress": worker.get("host", address), "Resources": _worker_resources(worker),
+                        "address": address})
+        return out
+
+    def shutdown(self) -> None:
+        with self._lock:
+            names, self._names = list(self._names), set()
+            self._exported.clear()
+        for name in names:
+            try:
+                self._client.unpublish_dataset(name)
+            except Exception:  # noqa: BLE001 - a scheduler already gone holds nothing
+                pass
+
+
+def _worker_resources(worker: dict) -> dict[str, float]:
+    out = {"CPU": float(worker.get("nthreads", 0))}
+    out.update({k: float(v) for k, v in (worker.get("resources") or {}).items()})
+    return out
+
+
+def _used_resources(dask_scheduler=None) -> dict[str, float]:
+    """On the scheduler: custom resources held by running tasks, and threads busy (not seceded)."""
+    used: dict[str, float] = {}
+    busy = 0
+    for ws in dask_scheduler.workers.values():
+        for k, v in ws.used_resources.items():
+            used[k] = used.get(k, 0) + v
+        busy += min(max(len(ws.processing) - len(ws.long_running), 0), ws.nthreads)
+    used["CPU"] = float(busy)
+    return used
+
+
+class _Feasibility:
+    """Warns once per function or actor whose demand no worker of the cluster can ever meet."""
+
+    REFRESH = 2.0
+
+    def __init__(self, client):
+        self._client = client
+        self._workers: list[dict] = []
+        self._read_at = float("-inf")
+        self._warned: set[bytes] = set()
+
+    def _fits_somewhere(self, demand: dict) -> bool:
+        return any(all(w.get(k, 0) >= v for k, v in demand.items() if v) for w in self._workers)
+
+    def check(self, key: bytes, name: str, demand: dict) -> None:
+        demand = dask_resources(demand) or {}
+        if key in self._warned or self._fits_somewhere(demand):
+            return
+        if time.monotonic() - self._read_at > self.REFRESH:  # workers may have joined
+            info = self._client.scheduler_info(n_workers=-1)["workers"].values()
+            self._workers = [_worker_resources(w) for w in info]
+            self._read_at = time.monotonic()
+            if self._fits_somewhere(demand):
+                return
+        self._warned.add(key)
+        biggest = {k: max((w.get(k, 0) for w in self._workers), default=0) for k in demand}
+        missing = {k: v for k, v in demand.items() if biggest[k] < v}
+        warnings.warn(f"{name} needs {missing} but no worker of the Dask cluster has that much (the largest "
+                      f"offer {biggest}); it will wait until a worker with those resources joins.",
+                      InfeasibleTaskWarning, stacklevel=5)

@@ -1,0 +1,170 @@
+"""How anyray values travel as Dask data, and what an ObjectRef's ``native`` is on Dask.
+
+anyray pickles values itself (cloudpickle, protocol 5); Dask stores and moves
+them. A :data:`Payload` is one serialized value as Dask holds it: the pickle
+stream alone, or ``[data, buffers, refs]`` where ``buffers`` are
+``PickleBuffer``s that Dask's own protocol-5 pickler sends out of band (no
+copy into the stream) and ``refs`` are the Dask futures behind the refs and
+actor handles nested in the value. While a payload lives as a Python object
+in the worker that made it, those futures keep the nested objects alive.
+
+An anyray ObjectRef's ``native`` is a :class:`DaskRef`, which holds the Dask
+``Future``. Unpickled in any process (inside a value, a task argument, an
+actor's state) it binds a new future to that process's Dask client and tells
+the scheduler that this client wants the key, so the object lives while any
+anyray ref to it lives anywhere. An actor handle's ``native`` is a
+:class:`DaskActorRef`, the future of the Dask actor that hosts it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import weakref
+from typing import Union
+
+from anyray import serialization
+from anyray.object_ref import ObjectRef
+from anyray.serialization import SerializedObject
+
+Payload = Union[bytes, list]  # data alone, or [data, buffers, refs]
+
+_clients = threading.local()
+
+
+def client_here():
+    """The Dask client anyray uses in this process (the worker's client inside a Dask worker)."""
+    from anyray import runtime as _rt
+
+    runtime = _rt.current_runtime()
+    backend = getattr(runtime, "backend", None) if runtime is not None else None
+    client = getattr(backend, "client", None)
+    if client is not None:
+        return client
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except ValueError:
+        return None
+
+
+def adopt(key):
+    """A Dask future for ``key`` bound to this process's client, which the scheduler then keeps for us."""
+    from distributed import Future
+
+    client = client_here()
+    future = Future(key, client)
+    if client is not None:
+        # An unpickled future is only bound locally; say so to the scheduler (as fire_and_forget does),
+        # so the object outlives the copy it came from. The future's release says the opposite.
+        client._send_to_scheduler({"op": "client-desires-keys", "keys": [key]})
+    return future
+
+
+class DaskRef:
+    """An ObjectRef's ``native``: the Dask future of its value, and what the value must keep alive.
+
+    ``keep`` holds the natives of refs nested in a value this process ``put``:
+    the copy Dask stores was pickled, so its nested futures do not hold
+    their keys there. ``actor`` is the actor whose call makes the value
+    (for ``cancel``).
+    """
+
+    __slots__ = ("future", "keep", "actor", "__weakref__")
+
+    def __init__(self, future, keep=None, actor=None):
+        self.future = future
+        self.keep = keep
+        self.actor = actor
+
+    def __reduce__(self):
+        return _rebind_ref, (self.future.key,)
+
+    def __repr__(self) -> str:
+        return f"DaskRef({self.future.key!r})"
+
+
+def _rebind_ref(key) -> DaskRef:
+    return DaskRef(adopt(key))
+
+
+_actors: weakref.WeakValueDictionary[bytes, DaskActorRef] = weakref.WeakValueDictionary()
+_actors_lock = threading.Lock()
+
+
+class DaskActorRef:
+    """An actor handle's ``native``: the future of the Dask actor hosting it; one per actor per process."""
+
+    __slots__ = ("actor_id", "future", "__weakref__")
+
+    def __init__(self, actor_id: bytes, future):
+        self.actor_id = actor_id
+        self.future = future
+
+    def __reduce__(self):
+        serialization.note_ref_pickled(self)  # the payload carries the future beside the stream
+        return _rebind_actor, (self.actor_id, self.future.key)
+
+    def __repr__(self) -> str:
+        return f"DaskActorRef({self.actor_id.hex()[-12:]}, {self.future.key!r})"
+
+
+def register_actor(actor_id: bytes, future) -> DaskActorRef:
+    with _actors_lock:
+        found = _actors.get(actor_id)
+        if found is None:
+            found = _actors[actor_id] = DaskActorRef(actor_id, future)
+        return found
+
+
+def lookup_actor(actor_id: bytes) -> DaskActorRef | None:
+    return _actors.get(actor_id)
+
+
+def _rebind_actor(actor_id: bytes, key) -> DaskActorRef:
+    found = _actors.get(actor_id)
+    if found is not None:
+        return found
+    return register_actor(actor_id, adopt(key))
+
+
+def _future_of(item):
+    native = item.native if isinstance(item, ObjectRef) else item
+    return getattr(native, "future", None)
+
+
+def pack(obj: SerializedObject) -> Payload:
+    """Wrap ``obj`` for Dask; buffers are not copied here."""
+    refs = [f for f in map(_future_of, obj.contained_refs) if f is not None] if obj.contained_refs else []
+    if not obj.buffers and not refs:
+        return bytes(obj.data) if not isinstance(obj.data, bytes) else obj.data
+    buffers = [b if isinstance(b, pickle.PickleBuffer) else pickle.PickleBuffer(b) for b in obj.buffers]
+    return [obj.data, buffers, refs]
+
+
+def nested_natives(obj: SerializedObject) -> list:
+    """The natives of refs nested in ``obj``, for a ``put`` to keep alive (see :class:`DaskRef`)."""
+    out = []
+    for item in obj.contained_refs or ():
+        native = item.native if isinstance(item, ObjectRef) else item
+        if native is not None:
+            out.append(native)
+    return out
+
+
+def unpack(payload: Payload) -> SerializedObject:
+    if type(payload) is bytes:
+        return SerializedObject(payload)
+    data, buffers, refs = payload
+    return SerializedObject(data, [b.raw() if isinstance(b, pickle.PickleBuffer) else b for b in buffers],
+                            list(refs))
+
+
+def pack_returns(outputs: list[SerializedObject], num_returns: int):
+    """What a Dask task returns for ``num_returns`` values: one payload, a tuple, or ``None``."""
+    if num_returns == 1:
+        return pack(outputs[0])
+    if num_returns == 0:
+        return None
+    return tuple(pack(o) for o in outputs)

@@ -1,0 +1,304 @@
+"""The worker side: what runs inside Dask worker processes for anyray tasks and actors.
+
+- A task is one Dask task running :func:`run_task`: it loads the user's
+  function (exported once, cached per process by function id), attaches an
+  anyray Runtime to the worker's Dask client (:func:`ensure_runtime`) so the
+  task may itself call ``get``, ``put``, ``wait``, submit tasks and use actor
+  handles, and runs it through the core's executor.
+- An actor is one Dask actor, :class:`ActorProcess`, on the worker Dask
+  placed it on. It wraps the core's ``ActorHost``, so the actor has threads
+  of its own (Dask's actor executor is one thread per worker, shared by all
+  its actors), honours ``max_concurrency``, and starts each caller's calls
+  in the order they were made: calls arriving out of order (Dask starts
+  ready tasks on several threads) wait in :class:`_Ordered` for the ones
+  before them.
+- A method call is one Dask task running :func:`deliver`, whose arguments
+  are the actor's future and the call's dependencies, so Dask resolves them
+  and the call's result is an ordinary Dask future any task may depend on.
+  It hands the call to the actor (in the same process when Dask placed it
+  there, else through Dask's actor RPC) and waits outside the worker's
+  thread pool (``secede``) so waiting calls never starve tasks of threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import threading
+import weakref
+from typing import NamedTuple
+
+from anyray import runtime as _rt
+from anyray.adapters.common.actor_host import ActorHost
+from anyray.context import TaskContext
+from anyray.executor import Call, serialize_failure
+from anyray.object_ref import ObjectRef
+from anyray.ports.backend import BackendConfig
+from anyray.serialization import deserialize, serialize
+from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure
+
+from .transport import pack, pack_returns, unpack
+
+
+class Session(NamedTuple):
+    """What a worker needs to join the driver's anyray job (travels with every task)."""
+
+    job_id: bytes
+    namespace: str
+
+
+_attach_lock = threading.Lock()
+
+
+def ensure_runtime(session: Session) -> _rt.Runtime:
+    """The anyray Runtime of ``session``'s job in this worker process, attached on first use."""
+    runtime = _rt.current_runtime()
+    if runtime is not None and runtime.job_id == session.job_id:
+        return runtime
+    with _attach_lock:
+        runtime = _rt.current_runtime()
+        if runtime is None or runtime.job_id != session.job_id:
+            from . import WORKER_OPTION, DaskBackend
+
+            old = runtime
+            config = BackendConfig(namespace=session.namespace, job_id=session.job_id, options={WORKER_OPTION: True})
+            runtime = _rt.Runtime(DaskBackend, config)
+            _rt.set_current(runtime)
+            if old is not None:
+                old.shutdown()  # an attached backend never stops Dask
+    return runtime
+
+
+# -- functions and classes, exported once ------------------------------------------------------------------
+
+_loaded: dict[bytes, object] = {}
+_loaded_lock = threading.Lock()
+
+
+class Exported:
+    """A user function or class pickled by anyray, loaded once per process (keyed by its function id).
+
+    anyray pickles it rather than Dask, so a class defined inside a function
+    keeps one identity: an exception class raised in a worker unpickles on
+    the driver as the very class the driver defined.
+    """
+
+    __slots__ = ("function_id", "payload")
+
+    def __init__(self, function_id: bytes, payload):
+        self.function_id = function_id
+        self.payload = payload
+
+    @classmethod
+    def of(cls, descriptor: FunctionDescriptor, what: str) -> Exported:
+        return cls(descriptor.function_id, pack(serialize(descriptor.target, what=what)))
+
+    def load(self):
+        target = _loaded.get(self.function_id)
+        if target is None:
+            with _loaded_lock:
+                target = _loaded.get(self.function_id)
+                if target is None:
+                    target = _loaded[self.function_id] = deserialize(unpack(self.payload))
+        return target
+
+    def __reduce__(self):
+        return Exported, (self.function_id, self.payload)
+
+
+def _inputs(dep_ids, dep_payloads):
+    """The anyray refs of the top-level dependencies, carrying the values Dask resolved, and their fetch."""
+    return [ObjectRef(i, p) for i, p in zip(dep_ids, dep_payloads)], _fetch
+
+
+def _fetch(refs):
+    return [deserialize(unpack(r.native)) for r in refs]
+
+
+# -- tasks -----------------------------------------------------------------------------------------------
+
+# One task invocation: [task_id, name, num_returns, retry_exceptions, max_retries, resources, dep_ids, args]
+TaskCall = list
+
+
+def task_call(spec) -> TaskCall:
+    o = spec.options
+    return [spec.task_id, spec.name, len(spec.returns), o["retry_exceptions"], o["max_retries"], spec.resources,
+            [d.binary() for d in spec.deps], pack(spec.args)]
+
+
+def run_task(session: Session, function: Exported, call: TaskCall, *dep_payloads):
+    task_id, name, num_returns, retry_exceptions, max_retries, resources, dep_ids, args = call
+    runtime = ensure_runtime(session)
+    deps, fetch = _inputs(dep_ids, dep_payloads)
+    ctx = TaskContext(task_id=task_id, name=name, resources=resources)
+    outputs = Call(function.load(), name, "task", ctx, num_returns, runtime.backend.task_events,
+                   retry_exceptions, max_retries).run(unpack(args), deps, fetch)
+    return pack_returns(outputs, num_returns)
+
+
+def pick(values: tuple, index: int):
+    """Return ``index`` of a task's tuple of returns (one Dask task per return of ``num_returns > 1``)."""
+    return values[index]
+
+
+def secede_once() -> None:
+    """Leave the worker's thread pool for the rest of this task, so its thread slot runs other tasks.
+
+    Dask cannot lend a slot and take it back without waiting for a free one
+    (``rejoin`` blocks), so a task that waited keeps running beside the
+    others: it may briefly oversubscribe, as the port allows.
+    """
+    from distributed.worker import secede, thread_state
+
+    if getattr(thread_state, "key", None) is None or getattr(thread_state, "anyray_seceded", None) == thread_state.key:
+        return  # not a Dask task thread (an actor's own thread), or already out of the pool
+    try:
+        secede()
+    except ValueError:
+        return
+    thread_state.anyray_seceded = thread_state.key
+
+
+# -- actors ----------------------------------------------------------------------------------------------
+
+# One method call: [actor_id, method, task_id, name, return_ids, caller_id, seq, options, dep_ids, args]
+MethodCall = list
+
+
+def method_call(spec) -> MethodCall:
+    return [spec.actor_id, spec.method_name, spec.task_id, spec.name, [r.binary() for r in spec.returns],
+            spec.caller_id, spec.seq, spec.options, [d.binary() for d in spec.deps], pack(spec.args)]
+
+
+_hosted: dict[bytes, _Hosted] = {}   # actor id -> the actor living in this process
+_hosted_lock = threading.Lock()
+
+
+def deliver(actor, call: MethodCall, *dep_payloads):
+    """The Dask task of one method call: hand it to the actor, wait outside the pool, return its result."""
+    hosted = _hosted.get(call[0])
+    secede_once()
+    if hosted is not None:
+        return hosted.call(call, dep_payloads).result()
+    return actor.anyray_call(call, list(dep_payloads)).result()
+
+
+class ActorProcess:
+    """The Dask actor of one anyray actor. Dask drops it once no future of it is left anywhere;
+    the actor then ends after the calls already made (Ray's rule for an actor whose handles are gone)."""
+
+    def __init__(self, session: Session, cls: Exported, actor: list, args, dep_ids: list, *dep_payloads):
+        actor_id, name, resources, options, namespace, is_async, method_options = actor
+        runtime = ensure_runtime(session)
+        deps, _ = _inputs(dep_ids, dep_payloads)
+        spec = ActorSpec(actor_id=actor_id, cls=FunctionDescriptor(cls.function_id, name, cls.load()),
+                         args=unpack(args), deps=deps, resources=resources, options=options, namespace=namespace,
+                         is_async=is_async, method_options=method_options)
+        self._hosted = _Hosted(spec, runtime.backend.task_events)
+        weakref.finalize(self, self._hosted.handles_gone)
+
+    async def anyray_call(self, call: MethodCall, dep_payloads: list):
+        return await asyncio.wrap_future(self._hosted.call(call, dep_payloads))
+
+    async def anyray_kill(self, no_restart: bool) -> None:
+        self._hosted.kill(no_restart)
+
+    async def anyray_cancel(self, return_id: bytes) -> None:
+        self._hosted.cancel(return_id)
+
+
+class _Hosted:
+    """One actor in this process: the core's ActorHost, fed in per-caller order; the host's scheduler."""
+
+    def __init__(self, spec: ActorSpec, events):
+        self.events = events
+        self._lock = threading.Lock()
+        self._next: dict[bytes, int] = collections.defaultdict(int)   # caller id -> next seq to start
+        self._held: dict[bytes, dict[int, ActorTaskSpec]] = collections.defaultdict(dict)
+        self._results: dict[bytes, tuple[concurrent.futures.Future, int]] = {}  # task id -> (future, returns)
+        self._cancelled: set[bytes] = set()  # return ids cancelled before their call arrived
+        self.host = ActorHost(spec, self)
+        with _hosted_lock:
+            _hosted[spec.actor_id] = self
+        self.host.start()
+
+    # -- calls, in order per caller
+    def call(self, call: MethodCall, dep_payloads) -> concurrent.futures.Future:
+        actor_id, method, task_id, name, return_ids, caller_id, seq, options, dep_ids, args = call
+        deps, _ = _inputs(dep_ids, dep_payloads)
+        spec = ActorTaskSpec(task_id=task_id, actor_id=actor_id, method_name=method, args=unpack(args), deps=deps,
+                             returns=[ObjectRef(i) for i in return_ids], caller_id=caller_id, seq=seq,
+                             options=options, name=name)
+        result = concurrent.futures.Future()
+        ready = []
+        with self._lock:
+            self._results[task_id] = (result, len(return_ids))
+            expected = self._next[caller_id]
+            if seq > expected:
+                self._held[caller_id][seq] = spec
+            else:
+                ready.append(spec)
+                if seq == expected:
+                    held = self._held[caller_id]
+                    expected += 1
+                    while expected in held:
+                        ready.append(held.pop(expected))
+                        expected += 1
+                    self._next[caller_id] = expected
+                    if not held:
+                        del self._held[caller_id]
+        for spec in ready:
+            if any(r.binary() in self._cancelled for r in spec.returns):
+                self.call_failed(spec, _cancelled(spec))
+            else:
+                self.host.submit(spec)
+        return result
+
+    def cancel(self, return_id: bytes) -> None:
+        if not self.host.cancel(ObjectRef(return_id)):
+            with self._lock:
+                self._cancelled.add(return_id)
+
+    def kill(self, no_restart: bool) -> None:
+        self.host.kill(True)
+
+    def handles_gone(self) -> None:
+        self.host.terminate_after_pending()
+
+    # -- what ActorHost calls
+    def enqueue(self, demand, start) -> None:
+        start(None)  # Dask placed the actor where its resources are: nothing to wait for here
+
+    def release(self, lease) -> None:
+        pass
+
+    def fetch(self, refs):
+        return _fetch(refs)
+
+    def call_done(self, spec, outputs) -> None:
+        with self._lock:
+            result, n = self._results.pop(spec.task_id, (None, 0))
+        if result is not None:
+            result.set_result(pack_returns(outputs, n))
+
+    def call_failed(self, spec, error: BaseException) -> None:
+        with self._lock:
+            result, n = self._results.pop(spec.task_id, (None, 0))
+            for r in spec.returns:
+                self._cancelled.discard(r.binary())
+        if result is not None:
+            result.set_result(pack_returns([serialize_failure(RemoteFailure(error))] * n, n))
+
+    def actor_died(self, host) -> None:
+        with _hosted_lock:
+            if _hosted.get(host.spec.actor_id) is self:
+                del _hosted[host.spec.actor_id]
+        # Calls reaching a dead actor fail at once (ActorHost.submit), so nothing waits forever.
+
+
+def _cancelled(spec):
+    from anyray.exceptions import TaskCancelledError
+
+    return TaskCancelledError(f"{spec.name} was cancelled.")
