@@ -31,7 +31,11 @@ class DaskBackend(Backend):
         Capability.CONCURRENT, Capability.PROCESSES, Capability.MULTI_NODE, Capability.WORKER_RESTART,
         Capability.ERROR_INFO,
     })
-    known_gaps = {}
+    known_gaps = {
+        "test_an_actor_ends_once_its_last_handle_is_gone_after_its_calls_ran":
+            "a Dask actor takes no thread of its worker, so an actor holds no CPU while it lives and "
+            "available_resources() cannot show its end (the actor does end: Dask drops it with its last future)",
+    }
     accepted_options = frozenset({"num_workers"})
 
     _cluster = None
@@ -138,7 +142,7 @@ class DaskBackend(Backend):
             from distributed import get_worker
 
             worker = get_worker()
-            return {"address": worker.scheduler.address, "node_id": worker.id, "dashboard_url": None}
+            return {"address": worker.scheduler.address, "node_id": worker.address, "dashboard_url": None}
         nodes = self.scheduler.nodes()
         here = [n for n in nodes if n["NodeManagerAddress"] in ("127.0.0.1", "localhost")] or nodes
         return {"address": self.client.scheduler.address, "node_id": here[0]["NodeID"] if here else None,

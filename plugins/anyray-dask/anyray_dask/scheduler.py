@@ -94,7 +94,7 @@ class DaskScheduler(Scheduler):
         actor = [spec.actor_id, spec.cls.name, spec.resources, o, spec.namespace, spec.is_async, spec.method_options]
         from .worker import ActorProcess
 
-        future = self._client.submit(ActorProcess, self._session, cls, actor, pack(spec.args),
+        future = self._client.submit(ActorProcess, self._session, cls, actor, pack(spec.args, copy=True),
                                      [d.binary() for d in spec.deps], *[d.native.future for d in spec.deps],
                                      key=_key("actor", spec.cls.name, spec.actor_id), actor=True,
                                      resources=dask_resources(spec.resources), pure=False)
@@ -209,9 +209,9 @@ class DaskScheduler(Scheduler):
     def nodes(self) -> list[dict]:
         out = []
         for address, worker in self._client.scheduler_info(n_workers=-1)["workers"].items():
-            out.append({"NodeID": worker.get("id") or address, "Alive": True,
+            out.append({"NodeID": address, "Alive": True,
                         "NodeManagerAddress": worker.get("host", address), "Resources": _worker_resources(worker),
-                        "address": address})
+                        "NodeName": worker.get("name")})
         return out
 
     def shutdown(self) -> None:

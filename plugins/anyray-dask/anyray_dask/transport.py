@@ -2,9 +2,9 @@
 
 anyray pickles values itself (cloudpickle, protocol 5); Dask stores and moves
 them. A :data:`Payload` is one serialized value as Dask holds it: the pickle
-stream alone, or ``[data, buffers, refs]`` where ``buffers`` are
-``PickleBuffer``s that Dask's own protocol-5 pickler sends out of band (no
-copy into the stream) and ``refs`` are the Dask futures behind the refs and
+stream alone, or ``[data, buffers, refs]`` where ``buffers`` are uint8
+NumPy views of the out-of-band buffers, which Dask sends as frames of their
+own (no copy into the stream) and ``refs`` are the Dask futures behind the refs and
 actor handles nested in the value. While a payload lives as a Python object
 in the worker that made it, those futures keep the nested objects alive.
 
@@ -134,13 +134,24 @@ def _future_of(item):
     return getattr(native, "future", None)
 
 
-def pack(obj: SerializedObject) -> Payload:
-    """Wrap ``obj`` for Dask; buffers are not copied here."""
+def pack(obj: SerializedObject, copy: bool = False) -> Payload:
+    """Wrap ``obj`` for Dask. ``copy`` copies the buffers: Dask pickles a submitted task's
+    arguments later, on its own thread, and the caller may change its arrays once ``remote`` returns."""
     refs = [f for f in map(_future_of, obj.contained_refs) if f is not None] if obj.contained_refs else []
     if not obj.buffers and not refs:
         return bytes(obj.data) if not isinstance(obj.data, bytes) else obj.data
-    buffers = [b if isinstance(b, pickle.PickleBuffer) else pickle.PickleBuffer(b) for b in obj.buffers]
-    return [obj.data, buffers, refs]
+    return [obj.data, [_frame(b, copy) for b in obj.buffers], refs]
+
+
+def _frame(buffer, copy: bool):
+    """A buffer as Dask moves it out of band, without copying: a uint8 NumPy view of it
+    (Dask pickles a ``PickleBuffer`` only with protocol 5, which some of its paths do not use)."""
+    import numpy as np
+
+    if isinstance(buffer, pickle.PickleBuffer):
+        buffer = buffer.raw()
+    frame = np.frombuffer(buffer, dtype=np.uint8)
+    return frame.copy() if copy else frame
 
 
 def nested_natives(obj: SerializedObject) -> list:
@@ -157,8 +168,7 @@ def unpack(payload: Payload) -> SerializedObject:
     if type(payload) is bytes:
         return SerializedObject(payload)
     data, buffers, refs = payload
-    return SerializedObject(data, [b.raw() if isinstance(b, pickle.PickleBuffer) else b for b in buffers],
-                            list(refs))
+    return SerializedObject(data, list(buffers), list(refs))
 
 
 def pack_returns(outputs: list[SerializedObject], num_returns: int):

@@ -125,7 +125,7 @@ TaskCall = list
 def task_call(spec) -> TaskCall:
     o = spec.options
     return [spec.task_id, spec.name, len(spec.returns), o["retry_exceptions"], o["max_retries"], spec.resources,
-            [d.binary() for d in spec.deps], pack(spec.args)]
+            [d.binary() for d in spec.deps], pack(spec.args, copy=True)]
 
 
 def run_task(session: Session, function: Exported, call: TaskCall, *dep_payloads):
@@ -169,7 +169,7 @@ MethodCall = list
 
 def method_call(spec) -> MethodCall:
     return [spec.actor_id, spec.method_name, spec.task_id, spec.name, [r.binary() for r in spec.returns],
-            spec.caller_id, spec.seq, spec.options, [d.binary() for d in spec.deps], pack(spec.args)]
+            spec.caller_id, spec.seq, spec.options, [d.binary() for d in spec.deps], pack(spec.args, copy=True)]
 
 
 _hosted: dict[bytes, _Hosted] = {}   # actor id -> the actor living in this process
