@@ -70,7 +70,7 @@ class DaskBackend(Backend):
             self._start_private(distributed, cfg)
         self.metadata = DaskMetadataStore(self.client)
         self.object_store = DaskObjectStore(self.client, self._in_worker)
-        self.scheduler = DaskScheduler(self.client, Session(cfg.job_id, cfg.namespace))
+        self.scheduler = DaskScheduler(self.client, Session(cfg.job_id, cfg.namespace), self._in_worker)
         self.errors = ErrorLog(self.metadata, cfg.job_id)
         self.events.add_source(self.errors.pull)
         self.task_events = WorkerEvents(self.events, self.errors)  # where tasks run here report

@@ -28,9 +28,10 @@ from anyray.exceptions import ActorDiedError, InfeasibleTaskWarning
 from anyray.ports.scheduler import Scheduler
 from anyray.specs import ActorSpec, ActorTaskSpec, TaskSpec
 
-from .transport import DaskRef, lookup_actor, pack, register_actor
+from .transport import DaskRef, lookup_actor, nested_natives, pack, register_actor
 from .worker import Exported, Session, deliver, method_call, pick, run_task, secede_once, task_call
 
+ARGS_INLINE = 1 << 20  # pickled arguments up to this size travel inside the task
 NAMES = "anyray-actor"  # published datasets "anyray-actor/<namespace>/<name>"
 
 
@@ -48,8 +49,9 @@ def _key(kind: str, name: str, ident: bytes) -> str:
 class DaskScheduler(Scheduler):
     """Submission methods return once Dask has the work; safe from any thread."""
 
-    def __init__(self, client, session: Session):
+    def __init__(self, client, session: Session, in_worker: bool = False):
         self._client = client
+        self._in_worker = in_worker  # a worker scatters into its own memory, unpickled
         self._session = session
         self._lock = threading.Lock()
         self._exported: dict[bytes, Exported] = {}
@@ -64,11 +66,22 @@ class DaskScheduler(Scheduler):
                 self._exported[descriptor.function_id] = found
         return found
 
-    def _submit(self, fn, *args, key: str, resources=None, num_returns: int = 1):
+    def _args(self, blob):
+        """A spec's pickled arguments as they travel: inline, or scattered first when large
+        (Dask would send them through the scheduler, inside the task graph)."""
+        if sum(memoryview(b).nbytes for b in blob.buffers) + len(blob.data) < ARGS_INLINE:
+            return pack(blob, copy=True)
+        [future] = self._client.scatter([pack(blob, copy=self._in_worker)], hash=False)
+        return future
+
+    def _submit(self, fn, *args, key: str, keep=None, resources=None, num_returns: int = 1):
         from distributed import fire_and_forget
 
         future = self._client.submit(fn, *args, key=key, resources=resources, pure=False)
         fire_and_forget(future)
+        if keep:
+            # Refs nested in the arguments live until the task has claimed them (see transport.adopt).
+            future.add_done_callback(lambda _, keep=keep: None)
         if num_returns == 1:
             return [future]
         return [self._client.submit(pick, future, i, key=f"{key}-{i}", pure=False) for i in range(num_returns)]
@@ -79,9 +92,9 @@ class DaskScheduler(Scheduler):
         if resources:
             self._feasibility.check(spec.function.function_id, spec.name, spec.resources)
         function = self._export(spec.function, f"the remote function {spec.function.name}")
-        futures = self._submit(run_task, self._session, function, task_call(spec), *[d.native.future for d in spec.deps],
-                               key=_key("task", spec.name, spec.task_id), resources=resources,
-                               num_returns=len(spec.returns))
+        futures = self._submit(run_task, self._session, function, task_call(spec), self._args(spec.args),
+                               *[d.native.future for d in spec.deps], key=_key("task", spec.name, spec.task_id),
+                               keep=nested_natives(spec.args), resources=resources, num_returns=len(spec.returns))
         for ref, future in zip(spec.returns, futures):
             ref.native = DaskRef(future)
 
@@ -94,11 +107,12 @@ class DaskScheduler(Scheduler):
         actor = [spec.actor_id, spec.cls.name, spec.resources, o, spec.namespace, spec.is_async, spec.method_options]
         from .worker import ActorProcess
 
-        future = self._client.submit(ActorProcess, self._session, cls, actor, pack(spec.args, copy=True),
+        future = self._client.submit(ActorProcess, self._session, cls, actor, self._args(spec.args),
                                      [d.binary() for d in spec.deps], *[d.native.future for d in spec.deps],
                                      key=_key("actor", spec.cls.name, spec.actor_id), actor=True,
                                      resources=dask_resources(spec.resources), pure=False)
         native = register_actor(spec.actor_id, future)
+        native.keep = nested_natives(spec.args) or None  # the constructor claims them when it runs
         if o["name"] is not None:
             self._publish(spec, native)
         return native
@@ -120,8 +134,9 @@ class DaskScheduler(Scheduler):
         actor = lookup_actor(spec.actor_id)
         if actor is None:
             raise ActorDiedError(f"{spec.name}: no handle of actor {spec.actor_id.hex()} is alive in this process.")
-        futures = self._submit(deliver, actor.future, method_call(spec), *[d.native.future for d in spec.deps],
-                               key=_key("call", spec.name, spec.task_id), num_returns=len(spec.returns))
+        futures = self._submit(deliver, actor.future, method_call(spec), self._args(spec.args),
+                               *[d.native.future for d in spec.deps], key=_key("call", spec.name, spec.task_id),
+                               keep=nested_natives(spec.args), num_returns=len(spec.returns))
         for ref, future in zip(spec.returns, futures):
             ref.native = DaskRef(future, actor=actor)
 

@@ -29,8 +29,6 @@ from anyray.serialization import SerializedObject
 
 Payload = Union[bytes, list]  # data alone, or [data, buffers, refs]
 
-_clients = threading.local()
-
 
 def client_here():
     """The Dask client anyray uses in this process (the worker's client inside a Dask worker)."""
@@ -86,7 +84,29 @@ class DaskRef:
 
 
 def _rebind_ref(key) -> DaskRef:
+    if key in getattr(_resolving, "keys", ()):
+        from distributed import Future
+
+        return DaskRef(Future(key))  # a task's own argument, which Dask keeps while the task runs
     return DaskRef(adopt(key))
+
+
+_resolving = threading.local()
+
+
+class resolving:
+    """While a task runs, refs to its top-level dependencies unpickle without claiming their keys:
+    its arguments name them, and Dask already keeps them for the task."""
+
+    def __init__(self, keys):
+        self._keys = frozenset(keys)
+
+    def __enter__(self):
+        self._outer = getattr(_resolving, "keys", frozenset())
+        _resolving.keys = self._keys | self._outer if self._keys else self._outer
+
+    def __exit__(self, *exc):
+        _resolving.keys = self._outer
 
 
 _actors: weakref.WeakValueDictionary[bytes, DaskActorRef] = weakref.WeakValueDictionary()
@@ -96,11 +116,12 @@ _actors_lock = threading.Lock()
 class DaskActorRef:
     """An actor handle's ``native``: the future of the Dask actor hosting it; one per actor per process."""
 
-    __slots__ = ("actor_id", "future", "__weakref__")
+    __slots__ = ("actor_id", "future", "keep", "__weakref__")
 
     def __init__(self, actor_id: bytes, future):
         self.actor_id = actor_id
         self.future = future
+        self.keep = None
 
     def __reduce__(self):
         serialization.note_ref_pickled(self)  # the payload carries the future beside the stream

@@ -38,7 +38,7 @@ from anyray.ports.backend import BackendConfig
 from anyray.serialization import deserialize, serialize
 from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure
 
-from .transport import pack, pack_returns, unpack
+from .transport import pack, pack_returns, resolving, unpack
 
 
 class Session(NamedTuple):
@@ -118,23 +118,25 @@ def _fetch(refs):
 
 # -- tasks -----------------------------------------------------------------------------------------------
 
-# One task invocation: [task_id, name, num_returns, retry_exceptions, max_retries, resources, dep_ids, args]
+# One task invocation: [task_id, name, num_returns, retry_exceptions, max_retries, resources, dep_ids, dep_keys]
+# Its pickled arguments travel beside it: inline, or as the future of a scattered copy when large.
 TaskCall = list
 
 
 def task_call(spec) -> TaskCall:
     o = spec.options
     return [spec.task_id, spec.name, len(spec.returns), o["retry_exceptions"], o["max_retries"], spec.resources,
-            [d.binary() for d in spec.deps], pack(spec.args, copy=True)]
+            [d.binary() for d in spec.deps], [d.native.future.key for d in spec.deps]]
 
 
-def run_task(session: Session, function: Exported, call: TaskCall, *dep_payloads):
-    task_id, name, num_returns, retry_exceptions, max_retries, resources, dep_ids, args = call
+def run_task(session: Session, function: Exported, call: TaskCall, args, *dep_payloads):
+    task_id, name, num_returns, retry_exceptions, max_retries, resources, dep_ids, dep_keys = call
     runtime = ensure_runtime(session)
     deps, fetch = _inputs(dep_ids, dep_payloads)
     ctx = TaskContext(task_id=task_id, name=name, resources=resources)
-    outputs = Call(function.load(), name, "task", ctx, num_returns, runtime.backend.task_events,
-                   retry_exceptions, max_retries).run(unpack(args), deps, fetch)
+    with resolving(dep_keys):
+        outputs = Call(function.load(), name, "task", ctx, num_returns, runtime.backend.task_events,
+                       retry_exceptions, max_retries).run(unpack(args), deps, fetch)
     return pack_returns(outputs, num_returns)
 
 
@@ -164,20 +166,22 @@ def secede_once() -> None:
 # -- actors ----------------------------------------------------------------------------------------------
 
 # One method call: [actor_id, method, task_id, name, return_ids, caller_id, seq, options, dep_ids, args]
+# (``args`` is set on the worker side from the payload that travelled beside it.)
 MethodCall = list
 
 
 def method_call(spec) -> MethodCall:
     return [spec.actor_id, spec.method_name, spec.task_id, spec.name, [r.binary() for r in spec.returns],
-            spec.caller_id, spec.seq, spec.options, [d.binary() for d in spec.deps], pack(spec.args, copy=True)]
+            spec.caller_id, spec.seq, spec.options, [d.binary() for d in spec.deps], None]
 
 
 _hosted: dict[bytes, _Hosted] = {}   # actor id -> the actor living in this process
 _hosted_lock = threading.Lock()
 
 
-def deliver(actor, call: MethodCall, *dep_payloads):
+def deliver(actor, call: MethodCall, args, *dep_payloads):
     """The Dask task of one method call: hand it to the actor, wait outside the pool, return its result."""
+    call[-1] = args
     hosted = _hosted.get(call[0])
     secede_once()
     if hosted is not None:
