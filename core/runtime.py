@@ -163,7 +163,7 @@ class Runtime:
             return store.get(refs, timeout)
         if timeout is None:  # with a timeout the caller must not take on work that may outlast it
             self.scheduler.run_here(refs)
-        if current_task.get() is None:
+        if current_task.get() is None or timeout == 0:  # a get that does not wait lends nothing
             return store.get(refs, timeout)
         self.scheduler.task_blocked()
         try:
@@ -199,13 +199,13 @@ class Runtime:
         if len(set(ids)) != len(ids):
             raise ValueError("wait() got the same ObjectRef more than once; pass each ref once "
                              "(e.g. list(dict.fromkeys(refs))).")
-        ctx = current_task.get()
-        if ctx is not None:
+        lends = current_task.get() is not None and timeout != 0  # a wait that does not wait lends nothing
+        if lends:
             self.scheduler.task_blocked()
         try:
             done = self.store.wait(ref_list, num_returns, timeout)
         finally:
-            if ctx is not None:
+            if lends:
                 self.scheduler.task_unblocked()
         # The first num_returns ready refs in input order, and the rest in input order. In a loop of
         # wait(num_returns=1) calls the first ready ref is near the front, so this scan stops early.

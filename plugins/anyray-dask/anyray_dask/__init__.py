@@ -18,6 +18,11 @@ import os
 from anyray.hookspecs import hookimpl
 from anyray.ports.backend import Backend, Capability
 
+ACTOR_CALLS_NEED_A_THREAD = (
+    "every actor call is a Dask task, which needs a free thread of a worker for a moment; these tests hold every "
+    "thread of the cluster with tasks that poll an actor without blocking (get(timeout=0)), so the calls they "
+    "poll for cannot start")
+
 # Set by the worker side when it attaches a runtime to the Dask worker it runs in (not an init keyword).
 WORKER_OPTION = "_anyray_dask_worker"
 
@@ -35,6 +40,15 @@ class DaskBackend(Backend):
         "test_an_actor_ends_once_its_last_handle_is_gone_after_its_calls_ran":
             "a Dask actor takes no thread of its worker, so an actor holds no CPU while it lives and "
             "available_resources() cannot show its end (the actor does end: Dask drops it with its last future)",
+        **dict.fromkeys([
+            "test_multi_node::test_tasks_run_on_every_node",
+            "test_multi_node::test_a_large_object_is_read_on_every_node",
+            "test_multi_node::test_large_results_come_back_from_every_node",
+            "test_multi_node::test_nested_tasks_run_from_every_node",
+            "test_multi_node::test_a_named_actor_is_reachable_from_every_node",
+            "test_multi_node::test_an_actor_handle_passed_to_every_node_keeps_call_order",
+            "test_multi_node::test_timeline_and_error_info_cover_every_node",
+        ], ACTOR_CALLS_NEED_A_THREAD),
     }
     accepted_options = frozenset({"num_workers"})
 

@@ -39,7 +39,9 @@ class PrivateCluster:
         import dask
         from distributed import LocalCluster
 
-        with dask.config.set({"distributed.scheduler.work-stealing": True}):
+        # A worker is sent no more tasks than it has threads: Dask's default (1.1) sends one more,
+        # which then waits there while another worker has a free thread.
+        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
             self._cluster = LocalCluster(n_workers=0, host="127.0.0.1", scheduler_port=0, dashboard_address=None,
                                          processes=True)
         self.address = self._cluster.scheduler_address

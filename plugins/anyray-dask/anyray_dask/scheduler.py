@@ -29,10 +29,11 @@ from anyray.ports.scheduler import Scheduler
 from anyray.specs import ActorSpec, ActorTaskSpec, TaskSpec
 
 from .transport import DaskRef, lookup_actor, nested_natives, pack, register_actor
-from .worker import Exported, Session, deliver, method_call, pick, run_task, secede_once, task_call
+from .worker import Exported, Session, deliver, method_call, pick, rejoin, run_task, secede_once, task_call
 
 ARGS_INLINE = 1 << 20  # pickled arguments up to this size travel inside the task
-NAMES = "anyray-actor"  # published datasets "anyray-actor/<namespace>/<name>"
+NAMES = "anyray-actor"
+CALL_PREFIX = "call-"  # the keys of actor calls, which hold no CPU (they leave the thread pool at once)  # published datasets "anyray-actor/<namespace>/<name>"
 
 
 def dask_resources(demand: dict) -> dict | None:
@@ -43,7 +44,8 @@ def dask_resources(demand: dict) -> dict | None:
 
 def _key(kind: str, name: str, ident: bytes) -> str:
     short = name.rsplit(".", 1)[-1] or kind
-    return f"{short}-{ident.hex()}"
+    prefix = CALL_PREFIX if kind == "call" else ""
+    return f"{prefix}{short}-{ident.hex()}"
 
 
 class DaskScheduler(Scheduler):
@@ -203,7 +205,7 @@ class DaskScheduler(Scheduler):
         secede_once()
 
     def task_unblocked(self) -> None:
-        """Nothing to do: a task that seceded stays out of the pool until it ends (see ``secede_once``)."""
+        rejoin()
 
     # -- cluster state ----------------------------------------------------
     def cluster_resources(self) -> dict[str, float]:
@@ -253,7 +255,8 @@ def _used_resources(dask_scheduler=None) -> dict[str, float]:
     for ws in dask_scheduler.workers.values():
         for k, v in ws.used_resources.items():
             used[k] = used.get(k, 0) + v
-        busy += min(max(len(ws.processing) - len(ws.long_running), 0), ws.nthreads)
+        running = sum(1 for ts in ws.processing if ts not in ws.long_running and not str(ts.key).startswith("call-"))
+        busy += min(running, ws.nthreads)
     used["CPU"] = float(busy)
     return used
 

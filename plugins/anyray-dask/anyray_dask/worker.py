@@ -145,22 +145,35 @@ def pick(values: tuple, index: int):
     return values[index]
 
 
-def secede_once() -> None:
-    """Leave the worker's thread pool for the rest of this task, so its thread slot runs other tasks.
+def secede_once() -> bool:
+    """Leave the worker's thread pool, so this task's thread slot runs other tasks; say whether it left.
 
-    Dask cannot lend a slot and take it back without waiting for a free one
-    (``rejoin`` blocks), so a task that waited keeps running beside the
-    others: it may briefly oversubscribe, as the port allows.
+    Only a Dask task thread can (an actor's own threads hold no slot), and
+    only once: a task that already left stays out until :func:`rejoin`.
     """
     from distributed.worker import secede, thread_state
 
-    if getattr(thread_state, "key", None) is None or getattr(thread_state, "anyray_seceded", None) == thread_state.key:
-        return  # not a Dask task thread (an actor's own thread), or already out of the pool
+    key = getattr(thread_state, "key", None)
+    if key is None or getattr(thread_state, "anyray_seceded", None) == key:
+        return False
     try:
         secede()
     except ValueError:
+        return False
+    thread_state.anyray_seceded = key
+    return True
+
+
+def rejoin() -> None:
+    """Take a thread slot back after :func:`secede_once` (waits for one to be free, as Ray may briefly
+    oversubscribe instead)."""
+    from distributed import rejoin as dask_rejoin
+    from distributed.worker import thread_state
+
+    if getattr(thread_state, "anyray_seceded", None) is None:
         return
-    thread_state.anyray_seceded = thread_state.key
+    thread_state.anyray_seceded = None
+    dask_rejoin()
 
 
 # -- actors ----------------------------------------------------------------------------------------------
