@@ -97,8 +97,9 @@ class DaskBackend(Backend):
         if "num_workers" in cfg.options:
             given.append("num_workers")
         if given:
-            raise ValueError(f"init(address=...) connects to a running Dask cluster, whose workers already have "
-                             f"their threads and resources; drop {', '.join(given)}, or leave out address to "
+            raise ValueError(f"When connecting to an existing cluster, {' and '.join(given)} must not be passed to "
+                             f"init(): a Dask cluster's workers have their threads and resources already (set by "
+                             f"`dask worker --nthreads N --resources ...`). Drop them, or leave out address to "
                              f"start a private cluster with them.")
 
     def _start_private(self, distributed, cfg) -> None:
@@ -136,9 +137,9 @@ class DaskBackend(Backend):
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             scheduler.shutdown()
-            if not self._in_worker:  # the driver's job is over: drop its error log
+            if not self._in_worker:  # the driver's job is over: drop its error log and actor records
                 try:
-                    self.errors.clear()
+                    self.metadata.delete_prefix(f"jobs/{self.config.job_id.hex()}/")
                 except Exception:  # noqa: BLE001 - a scheduler already gone holds nothing
                     pass
             self.metadata.close()

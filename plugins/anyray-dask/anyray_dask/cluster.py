@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ import time
 
 DEATH_TIMEOUT = 20   # seconds a worker outlives an unreachable scheduler
 START_TIMEOUT = 60
+STOP_GRACE = 3.0     # seconds workers get to finish what they run when the driver stops
 
 
 class PrivateCluster:
@@ -54,7 +56,7 @@ class PrivateCluster:
                    "--death-timeout", str(DEATH_TIMEOUT), "--local-directory", self._dir]
             if resources:
                 cmd += ["--resources", " ".join(f"{k}={v:g}" for k, v in resources.items())]
-            self._procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
+            self._procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True))
         return self.address
 
     def wait_for_workers(self, client) -> None:
@@ -70,16 +72,22 @@ class PrivateCluster:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        """Stop the workers (SIGTERM: each nanny closes its worker), then the scheduler."""
+        """Stop the workers (SIGTERM: each nanny closes its worker; SIGKILL to the process group of those
+        still busy after ``STOP_GRACE``), then the scheduler."""
         for proc in self._procs:
             if proc.poll() is None:
                 proc.terminate()
+        deadline = time.monotonic() + STOP_GRACE
         for proc in self._procs:
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the nanny's worker process too
+            except ProcessLookupError:
+                pass
+            proc.wait()
         self._procs = []
         if self._cluster is not None:
             self._cluster.close()

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import warnings
@@ -141,6 +142,10 @@ class DaskScheduler(Scheduler):
                                keep=nested_natives(spec.args), num_returns=len(spec.returns))
         for ref, future in zip(spec.returns, futures):
             ref.native = DaskRef(future, actor=actor)
+        if spec.deps:
+            # A call whose argument failed in Dask itself (cancelled, lost) never reaches the actor:
+            # tell it, so the caller's later calls do not wait for this one.
+            futures[0].add_done_callback(functools.partial(_skip_if_undelivered, actor, spec.caller_id, spec.seq))
 
     def get_named_actor(self, name: str, namespace: str):
         from anyray.actor import ActorHandle
@@ -242,6 +247,19 @@ class DaskScheduler(Scheduler):
                 pass
 
 
+def _skip_if_undelivered(actor, caller_id: bytes, seq: int, future) -> None:
+    if future.status == "finished":
+        return
+
+    def skip():
+        try:
+            actor.future.result().anyray_skip(caller_id, seq).result()  # once the actor exists
+        except Exception:  # noqa: BLE001 - an actor that never started or is gone has no order to keep
+            pass
+
+    threading.Thread(target=skip, name="anyray-dask-skip", daemon=True).start()
+
+
 def _worker_resources(worker: dict) -> dict[str, float]:
     out = {"CPU": float(worker.get("nthreads", 0))}
     out.update({k: float(v) for k, v in (worker.get("resources") or {}).items()})
@@ -255,7 +273,8 @@ def _used_resources(dask_scheduler=None) -> dict[str, float]:
     for ws in dask_scheduler.workers.values():
         for k, v in ws.used_resources.items():
             used[k] = used.get(k, 0) + v
-        running = sum(1 for ts in ws.processing if ts not in ws.long_running and not str(ts.key).startswith("call-"))
+        running = sum(1 for ts in ws.processing  # tasks on a thread, not actors being made nor actor calls
+                      if not ts.actor and ts not in ws.long_running and not str(ts.key).startswith(CALL_PREFIX))
         busy += min(running, ws.nthreads)
     used["CPU"] = float(busy)
     return used

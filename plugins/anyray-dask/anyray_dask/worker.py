@@ -188,6 +188,11 @@ def method_call(spec) -> MethodCall:
             spec.caller_id, spec.seq, spec.options, [d.binary() for d in spec.deps], None]
 
 
+def actor_marker(job_id: bytes, actor_id: bytes) -> str:
+    """The metadata key saying an actor was made once (under the job's prefix, dropped with it)."""
+    return f"jobs/{job_id.hex()}/actors/{actor_id.hex()}"
+
+
 _hosted: dict[bytes, _Hosted] = {}   # actor id -> the actor living in this process
 _hosted_lock = threading.Lock()
 
@@ -213,7 +218,12 @@ class ActorProcess:
         spec = ActorSpec(actor_id=actor_id, cls=FunctionDescriptor(cls.function_id, name, cls.load()),
                          args=unpack(args), deps=deps, resources=resources, options=options, namespace=namespace,
                          is_async=is_async, method_options=method_options)
-        self._hosted = _Hosted(spec, runtime.backend.task_events)
+        # Dask makes an actor again when the worker holding it dies; anyray's actor died with it.
+        first = runtime.backend.metadata.compare_and_set(actor_marker(session.job_id, actor_id), None, b"made")
+        self._hosted = _Hosted(spec, runtime.backend.task_events, start=first)
+        if not first:
+            self._hosted.host._die(f"The actor {name} died: the Dask worker it lived on died (actors are not "
+                                   f"restarted on the dask backend).")
         weakref.finalize(self, self._hosted.handles_gone)
 
     async def anyray_call(self, call: MethodCall, dep_payloads: list):
@@ -225,11 +235,14 @@ class ActorProcess:
     async def anyray_cancel(self, return_id: bytes) -> None:
         self._hosted.cancel(return_id)
 
+    async def anyray_skip(self, caller_id: bytes, seq: int) -> None:
+        self._hosted.arrive(caller_id, seq, None)
+
 
 class _Hosted:
     """One actor in this process: the core's ActorHost, fed in per-caller order; the host's scheduler."""
 
-    def __init__(self, spec: ActorSpec, events):
+    def __init__(self, spec: ActorSpec, events, start: bool = True):
         self.events = events
         self._lock = threading.Lock()
         self._next: dict[bytes, int] = collections.defaultdict(int)   # caller id -> next seq to start
@@ -237,9 +250,10 @@ class _Hosted:
         self._results: dict[bytes, tuple[concurrent.futures.Future, int]] = {}  # task id -> (future, returns)
         self._cancelled: set[bytes] = set()  # return ids cancelled before their call arrived
         self.host = ActorHost(spec, self)
-        with _hosted_lock:
-            _hosted[spec.actor_id] = self
-        self.host.start()
+        if start:
+            with _hosted_lock:
+                _hosted[spec.actor_id] = self
+            self.host.start()
 
     # -- calls, in order per caller
     def call(self, call: MethodCall, dep_payloads) -> concurrent.futures.Future:
@@ -249,9 +263,15 @@ class _Hosted:
                              returns=[ObjectRef(i) for i in return_ids], caller_id=caller_id, seq=seq,
                              options=options, name=name)
         result = concurrent.futures.Future()
-        ready = []
         with self._lock:
             self._results[task_id] = (result, len(return_ids))
+        self.arrive(caller_id, seq, spec)
+        return result
+
+    def arrive(self, caller_id: bytes, seq: int, spec: ActorTaskSpec | None) -> None:
+        """Call ``seq`` of a caller arrived (``None``: it never will); start what is now in order."""
+        ready = []
+        with self._lock:
             expected = self._next[caller_id]
             if seq > expected:
                 self._held[caller_id][seq] = spec
@@ -267,11 +287,12 @@ class _Hosted:
                     if not held:
                         del self._held[caller_id]
         for spec in ready:
+            if spec is None:
+                continue
             if any(r.binary() in self._cancelled for r in spec.returns):
                 self.call_failed(spec, _cancelled(spec))
             else:
                 self.host.submit(spec)
-        return result
 
     def cancel(self, return_id: bytes) -> None:
         if not self.host.cancel(ObjectRef(return_id)):
