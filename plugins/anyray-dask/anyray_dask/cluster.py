@@ -44,8 +44,9 @@ class PrivateCluster:
         # A worker is sent no more tasks than it has threads: Dask's default (1.1) sends one more,
         # which then waits there while another worker has a free thread.
         with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+            # No dashboard; the scheduler's HTTP endpoints (health, metrics) on a free port of loopback.
             self._cluster = LocalCluster(n_workers=0, host="127.0.0.1", scheduler_port=0, dashboard_address=None,
-                                         processes=True)
+                                         processes=True, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
         self.address = self._cluster.scheduler_address
         self._dir = tempfile.mkdtemp(prefix="anyray-dask-")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),

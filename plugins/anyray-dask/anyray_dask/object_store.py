@@ -100,9 +100,12 @@ class DaskObjectStore(ObjectStore):
                 return ActorDiedError(f"The actor of {future.key} is dead: it was killed before it started.")
             return translate(CancelledError())
         try:
-            return translate(future.exception(timeout=5))
+            error = future.exception(timeout=5)
         except Exception as exc:  # noqa: BLE001
-            return translate(exc)
+            error = exc
+        if ref.native.actor is not None:  # a call that Dask itself could not run: its actor is unreachable
+            return ActorDiedError(f"The actor of {future.key} is unreachable: {type(error).__name__}: {error}")
+        return translate(error)
 
     @staticmethod
     def _timeout(refs, timeout) -> GetTimeoutError:

@@ -1,0 +1,268 @@
+"""Tests of the dask plugin alone: what the conformance suite cannot see from the public API.
+
+Run with ``pytest plugins/anyray-dask/tests``; the conformance suite itself
+runs with ``pytest conformance_tests --backend dask``. Crashes are real:
+worker processes are killed with signals.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+import anyray
+from anyray.exceptions import ActorDiedError, TaskCancelledError
+
+pytest.importorskip("distributed")
+
+TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
+sys.path.insert(0, TOOLS)
+import with_dask_cluster  # noqa: E402
+
+
+def run_script(code: str, timeout: float = 180, env=None) -> str:
+    """Run ``code`` as a script file in a fresh interpreter; return its stdout, fail on a non-zero exit."""
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"anyray_dask_script_{os.getpid()}_{time.time_ns()}.py")
+    with open(path, "w") as f:
+        f.write(textwrap.dedent(code))
+    try:
+        done = subprocess.run([sys.executable, path], capture_output=True, text=True, timeout=timeout, env=env)
+    finally:
+        os.remove(path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def worker_pids() -> set[int]:
+    me = psutil.Process()
+    return {p.pid for p in me.children(recursive=True) if "dask_worker" in " ".join(p.cmdline())}
+
+
+@pytest.fixture(scope="module")
+def session():
+    if anyray.is_initialized():
+        anyray.shutdown()
+    anyray.init(backend="dask", num_cpus=2)
+    yield
+    anyray.shutdown()
+
+
+# -- discovery, startup and shutdown (fresh interpreters) -------------------------------------------------
+
+
+def test_listing_backends_does_not_import_dask():
+    out = run_script("""
+        import sys
+        from anyray.plugins import list_backends
+        found = {b.name: b for b in list_backends()}
+        assert found["dask"].backend is not None, found["dask"].error
+        print("distributed" in sys.modules, "dask" in sys.modules)
+    """)
+    assert out.split() == ["False", "False"]
+
+
+def test_a_script_without_a_main_guard_runs():
+    # Dask's own local workers import the script again; the private cluster's workers must not.
+    out = run_script("""
+        import anyray
+        anyray.init(backend="dask", num_cpus=2)
+        print("started")
+
+        @anyray.remote
+        def square(x):
+            return x * x
+
+        print(anyray.get(square.remote(7)))
+        anyray.shutdown()
+    """)
+    assert out.split() == ["started", "49"]
+
+
+def test_shutdown_stops_every_worker_process():
+    before = worker_pids()
+    anyray.init(backend="dask", num_cpus=1, num_workers=1)
+    started = worker_pids() - before
+    assert started
+    procs = [psutil.Process(p) for p in started] + [c for p in started for c in psutil.Process(p).children()]
+    anyray.shutdown()
+    gone, alive = psutil.wait_procs(procs, timeout=30)
+    assert not alive
+
+
+def test_workers_of_a_killed_driver_exit_on_their_own():
+    code = textwrap.dedent("""
+        import os, sys, time, anyray
+        anyray.init(backend="dask", num_cpus=1)
+        print(os.getpid(), flush=True)
+        time.sleep(600)
+    """)
+    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        driver.stdout.readline()
+        workers = [c for c in psutil.Process(driver.pid).children(recursive=True)]
+        assert workers
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        gone, alive = psutil.wait_procs(workers, timeout=90)  # --death-timeout 20 s, then their own shutdown
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+
+
+# -- an existing Dask cluster --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    address, procs = with_dask_cluster.start(workers=2, threads=1)
+    try:
+        with_dask_cluster.wait_ready(address, 2)
+        yield address
+    finally:
+        with_dask_cluster.stop(procs)
+
+
+def test_connects_to_a_running_dask_scheduler_and_leaves_it_running(dask_cluster):
+    out = run_script(f"""
+        import os, anyray
+        try:
+            anyray.init(backend="dask", address="{dask_cluster}", num_cpus=2)
+        except ValueError as exc:
+            print("refused:", "num_cpus" in str(exc))
+        anyray.init(backend="dask", address="{dask_cluster}")
+
+        @anyray.remote
+        def pid():
+            return os.getpid()
+
+        pids = set(anyray.get([pid.remote() for _ in range(20)]))
+        print(os.getpid() not in pids, anyray.cluster_resources()["CPU"], len(anyray.nodes()))
+        anyray.shutdown()
+        from distributed import Client
+        with Client("{dask_cluster}") as client:
+            print(len(client.scheduler_info()["workers"]))
+    """)
+    assert out.split() == ["refused:", "True", "True", "2.0", "2", "2"]
+
+
+def test_a_wrong_address_says_what_to_check():
+    out = run_script("""
+        import anyray
+        try:
+            anyray.init(backend="dask", address="tcp://127.0.0.1:9")
+        except ConnectionError as exc:
+            print("ConnectionError", "tcp://127.0.0.1:9" in str(exc))
+    """)
+    assert out.split() == ["ConnectionError", "True"]
+
+
+# -- crashes of real worker processes -------------------------------------------------------------------------
+
+
+def test_a_task_whose_worker_process_dies_runs_again(session, tmp_path):
+    marker = tmp_path / "crashed-once"
+
+    @anyray.remote
+    def crash_once(path):
+        if not os.path.exists(path):
+            open(path, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)  # the nanny starts a new worker; Dask runs the task again
+        return os.getpid()
+
+    pid = anyray.get(crash_once.remote(str(marker)), timeout=120)
+    assert marker.exists() and pid != os.getpid()
+
+
+def test_an_actor_whose_worker_process_dies_stays_dead(session):
+    @anyray.remote
+    class Keeper:
+        def __init__(self):
+            self.calls = 0
+
+        def call(self):
+            self.calls += 1
+            return self.calls, os.getpid()
+
+    keeper = Keeper.remote()
+    calls, pid = anyray.get(keeper.call.remote(), timeout=60)
+    assert calls == 1
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(ActorDiedError):
+        anyray.get(keeper.call.remote(), timeout=120)  # not a fresh actor made again by Dask
+
+    @anyray.remote
+    def alive():
+        return "yes"
+
+    assert anyray.get(alive.remote(), timeout=120) == "yes"
+
+
+# -- Dask-specific edges --------------------------------------------------------------------------------------
+
+
+def test_a_call_whose_argument_was_cancelled_does_not_hold_up_the_callers_next_calls(session):
+    @anyray.remote
+    def slow():
+        time.sleep(60)
+
+    @anyray.remote
+    class Echo:
+        def echo(self, x=None):
+            return "echoed"
+
+    echo = Echo.remote()
+    pending = slow.remote()
+    blocked = echo.echo.remote(pending)
+    anyray.cancel(pending)
+    assert anyray.get(echo.echo.remote(), timeout=30) == "echoed"
+    with pytest.raises(TaskCancelledError):
+        anyray.get(blocked, timeout=30)
+
+
+def test_a_ref_nested_in_arguments_outlives_the_callers_copy(session):
+    @anyray.remote
+    def read_later(box):
+        time.sleep(1.0)  # the caller's ref is gone by then
+        return anyray.get(box[0])
+
+    inner = anyray.put("kept")
+    ref = read_later.remote([inner])
+    del inner
+    assert anyray.get(ref, timeout=60) == "kept"
+
+
+def test_a_ref_nested_in_a_put_value_outlives_the_callers_copy(session):
+    @anyray.remote
+    def make():
+        return "made"
+
+    inner = make.remote()
+    box = anyray.put([inner])
+    del inner
+    time.sleep(1.0)
+    assert anyray.get(anyray.get(box)[0], timeout=60) == "made"
+
+
+def test_large_arguments_do_not_travel_inside_the_task_graph(session):
+    import warnings
+
+    import numpy as np
+
+    @anyray.remote
+    def total(array):
+        return float(array.sum())
+
+    array = np.ones(4_000_000)  # 32 MB: Dask warns about a large graph when it is sent inside one
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ref = total.remote(array)
+    array[:] = 0  # the task sees the array as it was at the call
+    assert anyray.get(ref, timeout=120) == 4_000_000.0
