@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-
 from concurrent.futures import CancelledError
 
 from anyray.exceptions import ActorDiedError, GetTimeoutError, ObjectLostError

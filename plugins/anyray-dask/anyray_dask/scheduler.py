@@ -33,8 +33,8 @@ from .transport import DaskRef, lookup_actor, nested_natives, pack, register_act
 from .worker import Exported, Session, deliver, method_call, pick, rejoin, run_task, secede_once, task_call
 
 ARGS_INLINE = 1 << 20  # pickled arguments up to this size travel inside the task
-NAMES = "anyray-actor"
-CALL_PREFIX = "call-"  # the keys of actor calls, which hold no CPU (they leave the thread pool at once)  # published datasets "anyray-actor/<namespace>/<name>"
+NAMES = "anyray-actor"  # published datasets "anyray-actor/<namespace>/<name>"
+CALL_PREFIX = "call-"  # the keys of actor calls, which hold no CPU (they leave the thread pool at once)
 
 
 def dask_resources(demand: dict) -> dict | None:
@@ -128,7 +128,8 @@ class DaskScheduler(Scheduler):
         except KeyError:
             self._client.cancel([native.future], force=True)
             raise ValueError(f"An actor named {spec.options['name']!r} already exists in namespace "
-                             f"{spec.namespace!r}. Pick another name, or pass get_if_exists=True to reuse it.") from None
+                             f"{spec.namespace!r}. Pick another name, or pass get_if_exists=True to reuse it."
+                             ) from None
         if spec.options["lifetime"] != "detached":
             with self._lock:
                 self._names.add(name)
