@@ -6,9 +6,9 @@ listens on 127.0.0.1, on free ports; the processes are stopped by process
 id (their process group) when the command ends, whatever its outcome.
 
     python plugins/anyray-dask/tools/with_dask_cluster.py --workers 2 -- \\
-        pytest conformance_tests --backend dask --backend-option address={address}
+        pytest conformance_tests --backend dask --backend-option address=@ADDRESS@
 
-``{address}`` in the command becomes the scheduler's address, which is also
+``@ADDRESS@`` in the command becomes the scheduler's address, which is also
 in ``$ANYRAY_DASK_ADDRESS``. The first worker has the custom resource
 ``Custom=2``, as the conformance suite's session asks; each has ``--threads``
 threads.
@@ -90,7 +90,7 @@ def main(argv: list[str]) -> int:
     try:
         wait_ready(address, args.workers)
         env = dict(os.environ, ANYRAY_DASK_ADDRESS=address)
-        return subprocess.call([part.replace("{address}", address) for part in command], env=env)
+        return subprocess.call([part.replace("@ADDRESS@", address) for part in command], env=env)
     finally:
         stop(procs)
 
