@@ -1,11 +1,14 @@
-"""Run every workload on anyray backends and on real Ray, side by side; print a markdown table.
+"""Run every workload on anyray backends and on reference engines, side by side; print a markdown table.
 
     python benchmarks/run.py --backend multiprocess --against ray [--num-cpus 2] [--quick]
                              [--only sync_tasks,chain] [--json out.json] [--markdown out.md]
+    python benchmarks/run.py --backend dask --against ray --against dask   # the plugin's own overhead
 
 Each (workload, engine) pair runs in a fresh child process (``workloads.py``), so startup and
-memory are measured cleanly and no engine's state leaks into another's. The ratio column is
-"> 1 means anyray is better": Ray/anyray for times and memory, anyray/Ray for rates.
+memory are measured cleanly and no engine's state leaks into another's. References are real Ray
+(``ray``) and plain ``dask.distributed`` futures (``dask``, the same work written for Dask directly).
+Each ratio column is "> 1 means anyray is better": reference/anyray for times and memory,
+anyray/reference for rates.
 """
 
 from __future__ import annotations
@@ -63,14 +66,14 @@ def ratio(a, r):
     return f"{x:.2f}x"
 
 
-def table(results, names, columns, against, skipped=None):
-    """results[column][metric name] -> metric; columns are anyray backends then the reference engine;
-    ``skipped[metric name]``: the columns that did not run it (shown as "-")."""
+def table(results, names, columns, refs, skipped=None):
+    """results[column][metric name] -> metric; columns are anyray backends then the reference engines
+    ``refs``; ``skipped[metric name]``: the columns that did not run it (shown as "-")."""
     skipped = skipped or {}
-    ours = [c for c in columns if c != against]
-    head = ["workload", "unit"] + ours
-    if against:
-        head += [against] + [f"ratio {c}" if len(ours) > 1 else "ratio" for c in ours]
+    ours = [c for c in columns if c not in refs]
+    head = ["workload", "unit"] + ours + list(refs)
+    pairs = [(c, r) for r in refs for c in ours]
+    head += [("ratio" if len(ours) == 1 else f"ratio {c}") + (f" vs {r}" if len(refs) > 1 else "") for c, r in pairs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for n in names:
         m = next(results[c][n] for c in columns if n in results[c])
@@ -79,9 +82,7 @@ def table(results, names, columns, against, skipped=None):
         for c in columns:
             missing = "-" if c in skipped.get(n, ()) else "error"
             cells.append(fmt(results[c][n]["value"]) if n in results[c] else missing)
-        if against:
-            ref = results[against].get(n)
-            cells += [ratio(results[c].get(n), ref) for c in columns if c != against]
+        cells += [ratio(results[c].get(n), results[r].get(n)) for c, r in pairs]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -90,8 +91,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", action="append",
                    help="anyray backend to measure (repeatable; default: multiprocess, the default backend)")
-    p.add_argument("--against", default="ray", choices=["ray", "none"],
-                   help="reference engine: real Ray imported directly (default), or none")
+    p.add_argument("--against", action="append", choices=["ray", "dask", "none"],
+                   help="reference engine (repeatable): real Ray imported directly (the default), plain "
+                        "dask.distributed futures, or none")
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="small iteration counts, for a smoke run")
     p.add_argument("--only", help="comma-separated workloads (default: all): " + ", ".join(WORKLOADS))
@@ -105,8 +107,10 @@ def main():
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         p.error(f"unknown workload(s) {unknown}; known: {', '.join(WORKLOADS)}")
-    against = "Ray" if args.against == "ray" else None  # column names: anyray[BACKEND] and Ray
-    engines = [("anyray", b, f"anyray[{b}]") for b in backends] + ([("ray", None, against)] if against else [])
+    references = {"ray": "Ray", "dask": "Dask futures"}  # engine -> column name
+    chosen = [] if args.against == ["none"] else [e for e in (args.against or ["ray"]) if e != "none"]
+    refs = [references[e] for e in chosen]
+    engines = [("anyray", b, f"anyray[{b}]") for b in backends] + [(e, None, references[e]) for e in chosen]
 
     busy = psutil.cpu_percent(interval=1.0)  # before we start anything: others' load skews timings
     if busy > 20:
@@ -120,7 +124,8 @@ def main():
     start = time.perf_counter()
     for w in workloads:
         for engine, backend, col in engines:
-            if w in TWO_NODE_WORKLOADS and engine == "anyray" and backend not in MULTI_NODE_BACKENDS:
+            if w in TWO_NODE_WORKLOADS and (engine == "dask" or engine == "anyray"
+                                            and backend not in MULTI_NODE_BACKENDS):
                 skipped_runs.setdefault(w, set()).add(col)
                 continue
             t = time.perf_counter()
@@ -137,12 +142,13 @@ def main():
 
     columns = [col for _, _, col in engines]
     skipped = {n: skipped_runs.get(origin[n], set()) for n in names}
-    md = table(results, names, columns, against, skipped)
+    md = table(results, names, columns, refs, skipped)
     print(md)
     footer = (f"\n{args.num_cpus} CPUs given to init; {os.cpu_count()} cores on this machine; "
               f"CPU busy before the run {busy:.0f}%; {'--quick; ' if args.quick else ''}"
               f"total {time.perf_counter() - start:.0f}s, 1-min load average at the end {os.getloadavg()[0]:.1f}. "
-              "Ratio > 1 means anyray is better (Ray/anyray for times and memory, anyray/Ray for rates).")
+              "Ratio > 1 means anyray is better (reference/anyray for times and memory, anyray/reference for "
+              "rates).")
     print(footer)
     for line in notes + errors:
         print(line, file=sys.stderr)

@@ -5,7 +5,8 @@ calls ``init``, runs ONE workload and writes its metrics as JSON::
 
     python benchmarks/workloads.py ENGINE BACKEND WORKLOAD NUM_CPUS QUICK OUT_JSON
 
-ENGINE is ``anyray`` or ``ray``; BACKEND is the anyray backend name (ignored for ray).
+ENGINE is ``anyray``, ``ray`` or ``dask`` (plain ``dask.distributed`` futures, see ``rawdask.py``);
+BACKEND is the anyray backend name (ignored for the others).
 Each metric is ``{"value": float, "unit": str, "better": "higher" | "lower"}``.
 """
 
@@ -352,6 +353,9 @@ def main(engine, backend, workload, num_cpus, quick, out_path):
     t0 = time.perf_counter()
     if engine == "ray":
         import ray as ray_like
+        init_kwargs = {}
+    elif engine == "dask":
+        import rawdask as ray_like
         init_kwargs = {}
     else:
         import anyray as ray_like
