@@ -50,7 +50,7 @@ class DaskBackend(Backend):
             "test_multi_node::test_timeline_and_error_info_cover_every_node",
         ], ACTOR_CALLS_NEED_A_THREAD),
     }
-    accepted_options = frozenset({"num_workers"})
+    accepted_options = frozenset({"num_workers", "security"})
 
     _cluster = None
     client = None
@@ -76,7 +76,7 @@ class DaskBackend(Backend):
         elif cfg.address is not None:
             self._check_connectable(cfg)
             try:
-                self.client = distributed.Client(cfg.address, timeout="10s")
+                self.client = distributed.Client(cfg.address, timeout="10s", security=cfg.options.get("security"))
             except (OSError, TimeoutError) as exc:
                 raise ConnectionError(f"Could not connect to the Dask scheduler at {cfg.address}: {exc}. "
                                       f"Is it running, and is the address right?") from exc
@@ -105,6 +105,9 @@ class DaskBackend(Backend):
     def _start_private(self, distributed, cfg) -> None:
         from .cluster import PrivateCluster
 
+        if "security" in cfg.options:
+            raise ValueError("security= is for connecting to a running Dask cluster (with address=); the private "
+                             "cluster init() starts makes its own TLS certificate.")
         workers = cfg.options.get("num_workers", 1)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValueError(f"num_workers must be a positive int (Dask worker processes), got {workers!r}.")
@@ -120,7 +123,7 @@ class DaskBackend(Backend):
         self._cluster = PrivateCluster(per_worker, [resources] + [{}] * (workers - 1))
         try:
             address = self._cluster.start()
-            self.client = distributed.Client(address, timeout="30s")
+            self.client = distributed.Client(address, timeout="30s", security=self._cluster.security)
             self._cluster.wait_for_workers(self.client)
         except BaseException:
             self._stop_private()

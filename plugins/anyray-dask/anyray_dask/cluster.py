@@ -10,11 +10,15 @@ workers. ``dask worker`` processes import only Dask; they see the driver's
 ``sys.path``, so functions of the driver's own modules load there, and they
 exit on their own (``--death-timeout``) when the driver dies.
 
-Everything listens on 127.0.0.1.
+Everything listens on 127.0.0.1 and speaks mutual TLS with a certificate
+made for this cluster alone (:func:`make_security`): another user of the
+machine can neither connect nor submit work, which a plain Dask cluster on
+loopback would let them do.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -29,6 +33,8 @@ STOP_GRACE = 3.0     # seconds workers get to finish what they run when the driv
 
 
 class PrivateCluster:
+    security = None  # the distributed.Security a client of this cluster needs
+
     def __init__(self, nthreads: list[int], resources: list[dict[str, float]]):
         self._nthreads = nthreads
         self._resources = resources
@@ -41,20 +47,24 @@ class PrivateCluster:
         import dask
         from distributed import LocalCluster
 
+        self._dir = tempfile.mkdtemp(prefix="anyray-dask-")  # 0700
+        self.security, tls_files = make_security(self._dir)
+
         # A worker is sent no more tasks than it has threads: Dask's default (1.1) sends one more,
         # which then waits there while another worker has a free thread.
         with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
             # No dashboard; the scheduler's HTTP endpoints (health, metrics) on a free port of loopback.
             self._cluster = LocalCluster(n_workers=0, host="127.0.0.1", scheduler_port=0, dashboard_address=None,
-                                         processes=True, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+                                         processes=True, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                                         security=self.security, protocol="tls://")
         self.address = self._cluster.scheduler_address
-        self._dir = tempfile.mkdtemp(prefix="anyray-dask-")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
                    DASK_LOGGING__DISTRIBUTED="warning")
         for i, (n, resources) in enumerate(zip(self._nthreads, self._resources)):
             cmd = [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nthreads", str(n),
                    "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1", "--name", f"anyray-{i}",
-                   "--death-timeout", str(DEATH_TIMEOUT), "--local-directory", self._dir]
+                   "--death-timeout", str(DEATH_TIMEOUT), "--local-directory", self._dir,
+                   "--tls-ca-file", tls_files["ca"], "--tls-cert", tls_files["cert"], "--tls-key", tls_files["key"]]
             if resources:
                 cmd += ["--resources", " ".join(f"{k}={v:g}" for k, v in resources.items())]
             self._procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True))
@@ -75,6 +85,10 @@ class PrivateCluster:
     def stop(self) -> None:
         """Stop the workers (SIGTERM: each nanny closes its worker; SIGKILL to the process group of those
         still busy after ``STOP_GRACE``), then the scheduler."""
+        # The scheduler would warn that the leaving workers lose computed data: nobody needs it now.
+        scheduler_log = logging.getLogger("distributed.scheduler")
+        level = scheduler_log.level
+        scheduler_log.setLevel(logging.ERROR)
         for proc in self._procs:
             if proc.poll() is None:
                 proc.terminate()
@@ -93,6 +107,46 @@ class PrivateCluster:
         if self._cluster is not None:
             self._cluster.close()
             self._cluster = None
+        scheduler_log.setLevel(level)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def make_security(directory: str):
+    """A ``distributed.Security`` requiring mutual TLS, from a new self-signed certificate.
+
+    One certificate serves as CA and as every role's certificate, as in
+    Dask's ``Security.temporary()``, but with an elliptic-curve key (made in
+    a millisecond, where RSA takes a good part of a second). Its files are
+    written 0600 into ``directory`` for the worker processes' command lines.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    from distributed.security import Security
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "anyray-dask")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=365))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("anyray-dask")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    files = {"ca": os.path.join(directory, "ca.pem"), "key": os.path.join(directory, "key.pem")}
+    files["cert"] = files["ca"]
+    contents = {"ca": cert.public_bytes(serialization.Encoding.PEM),
+                "key": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption())}
+    for role, path in (("ca", files["ca"]), ("key", files["key"])):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(contents[role])
+    roles = {f"tls_{r}_{k}": files[k] for r in ("client", "scheduler", "worker") for k in ("cert", "key")}
+    security = Security(require_encryption=True, tls_ca_file=files["ca"], **roles)
+    return security, files

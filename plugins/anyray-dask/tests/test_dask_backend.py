@@ -117,6 +117,26 @@ def test_workers_of_a_killed_driver_exit_on_their_own():
             driver.kill()
 
 
+def test_the_private_cluster_admits_only_clients_with_its_certificate():
+    out = run_script("""
+        import anyray
+        from distributed import Client
+        from distributed.security import Security
+        context = anyray.init(backend="dask", num_cpus=1)
+        address = context.address_info["address"]
+        print(address.split("://")[0], address.split("://")[1].split(":")[0])
+        attempts = [address.replace("tls://", "tcp://"), address]
+        for target, security in ((attempts[0], None), (attempts[1], Security.temporary())):
+            try:
+                Client(target, timeout="3s", security=security).close()
+                print("admitted")
+            except Exception as exc:
+                print("refused")
+        anyray.shutdown()
+    """)
+    assert out.split() == ["tls", "127.0.0.1", "refused", "refused"]
+
+
 # -- an existing Dask cluster --------------------------------------------------------------------------------
 
 
