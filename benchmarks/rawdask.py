@@ -23,7 +23,7 @@ def init(num_cpus=1, **_):
     global _client, _cluster
     _cluster = PrivateCluster([num_cpus], [{}])
     address = _cluster.start()
-    _client = distributed.Client(address)
+    _client = distributed.Client(address, security=_cluster.security)
     _cluster.wait_for_workers(_client)
 
 

@@ -10,6 +10,7 @@ object (cancelled, its workers kept dying, its data lost) is returned as a
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import CancelledError
@@ -35,6 +36,8 @@ class DaskObjectStore(ObjectStore):
     def __init__(self, client, in_worker: bool):
         self._client = client
         self._in_worker = in_worker
+        self._changed = threading.Condition()  # notified when a future some wait() watches is done
+        self._watched: set = set()             # keys of the futures with that callback
 
     def put(self, ref: ObjectRef, obj: SerializedObject) -> None:
         if ref.native is not None:
@@ -114,21 +117,26 @@ class DaskObjectStore(ObjectStore):
     def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None) -> set[bytes]:
         futures = {r.binary(): f for r in refs if (f := _future(r)) is not None}
         deadline = None if timeout is None else time.monotonic() + timeout
-        from distributed import wait
+        with self._changed:
+            while True:
+                done = {i for i, f in futures.items() if f.done()}
+                if len(done) >= num_returns or len(done) == len(futures):
+                    return done
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return done
+                # One callback per future over its life, which wakes every waiter: a loop of
+                # wait(num_returns=1) over many refs then costs a scan per result, not a subscription.
+                for i, f in futures.items():
+                    if i not in done and f.key not in self._watched:
+                        self._watched.add(f.key)
+                        f.add_done_callback(self._on_done)
+                self._changed.wait(left)
 
-        while True:
-            done = {i for i, f in futures.items() if f.done()}
-            if len(done) >= num_returns or len(done) == len(futures):
-                return done
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return done
-            try:
-                wait([f for i, f in futures.items() if i not in done], timeout=left, return_when="FIRST_COMPLETED")
-            except CancelledError:
-                continue
-            except TimeoutError:
-                return {i for i, f in futures.items() if f.done()}
+    def _on_done(self, future) -> None:
+        with self._changed:
+            self._watched.discard(future.key)
+            self._changed.notify_all()
 
     def contains(self, ref: ObjectRef) -> bool:
         future = _future(ref)
