@@ -8,6 +8,8 @@ process-wide global is the current runtime (``_current``).
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import operator
 import threading
 from collections.abc import Sequence
@@ -266,6 +268,8 @@ class Runtime:
                          resources=opts.resource_demand(options), options=options, namespace=namespace,
                          is_async=is_async, method_options=method_options)
         native = self.scheduler.create_actor(spec)
+        if isinstance(native, ActorHandle):  # get_if_exists lost a race for the name: the winner's actor
+            return native
         return ActorHandle(spec.actor_id, descriptor.name, method_options, native)
 
     def submit_actor_task(self, handle, method_name: str, args: tuple, kwargs: dict, options: dict):
@@ -309,20 +313,33 @@ class Runtime:
 
 
 _current: Runtime | None = None
+# A worker process of a shared engine (a Dask cluster) runs tasks of several jobs at once: each task
+# sees its own job's runtime here, set by the backend around the task (``task_runtime``).
+_task_runtime: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar("anyray_runtime", default=None)
 
 
 def current_counter():
-    rt = _current
+    rt = _task_runtime.get() or _current
     return rt.counter if rt is not None else None
 
 
 def current_handle_counter():
-    rt = _current
+    rt = _task_runtime.get() or _current
     return rt.handles if rt is not None else None
 
 
 def current_runtime() -> Runtime | None:
-    return _current
+    return _task_runtime.get() or _current
+
+
+@contextlib.contextmanager
+def task_runtime(runtime: Runtime):
+    """Make ``runtime`` the current one in this context (this thread, or this asyncio task) only."""
+    token = _task_runtime.set(runtime)
+    try:
+        yield runtime
+    finally:
+        _task_runtime.reset(token)
 
 
 def set_current(runtime: Runtime | None) -> None:
@@ -330,4 +347,4 @@ def set_current(runtime: Runtime | None) -> None:
     _current = runtime
 
 
-__all__ = ["Runtime", "ReferenceCounter", "current_runtime", "set_current"]
+__all__ = ["Runtime", "ReferenceCounter", "current_runtime", "set_current", "task_runtime"]

@@ -31,7 +31,9 @@ class Scheduler(ABC):
         The constructor's failure kills the actor: its calls then fail with
         ``ActorDiedError`` carrying the cause. Return the backend's own handle
         of the actor, or ``None``: the core keeps it in ``ActorHandle.native``,
-        which travels with the handle when it is pickled."""
+        which travels with the handle when it is pickled. With ``get_if_exists``, a
+        backend whose name registry settles races itself may return the
+        ``ActorHandle`` of the actor that took the name first."""
 
     @abstractmethod
     def submit_actor_task(self, spec: ActorTaskSpec) -> None:

@@ -84,7 +84,8 @@ class DaskBackend(Backend):
             self._start_private(distributed, cfg)
         self.metadata = DaskMetadataStore(self.client)
         self.object_store = DaskObjectStore(self.client, self._in_worker)
-        self.scheduler = DaskScheduler(self.client, Session(cfg.job_id, cfg.namespace), self._in_worker)
+        self.scheduler = DaskScheduler(self.client, Session(cfg.job_id, cfg.namespace), self.metadata,
+                                       self._in_worker)
         self.errors = ErrorLog(self.metadata, cfg.job_id)
         self.events.add_source(self.errors.pull)
         self.task_events = WorkerEvents(self.events, self.errors)  # where tasks run here report
@@ -137,12 +138,15 @@ class DaskBackend(Backend):
             cluster.stop()
 
     def shutdown(self) -> None:
+        from .worker import job_prefix
+
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             scheduler.shutdown()
-            if not self._in_worker:  # the driver's job is over: drop its error log and actor records
+            if not self._in_worker:  # the driver's job is over: its names, error log and actor records go
                 try:
-                    self.metadata.delete_prefix(f"jobs/{self.config.job_id.hex()}/")
+                    scheduler.end_job()
+                    self.metadata.delete_prefix(job_prefix(self.config.job_id))
                 except Exception:  # noqa: BLE001 - a scheduler already gone holds nothing
                     pass
             self.metadata.close()

@@ -29,6 +29,7 @@ import time
 
 DEATH_TIMEOUT = 20   # seconds a worker outlives an unreachable scheduler
 START_TIMEOUT = 60
+DIR_PREFIX = "anyray-dask-"
 STOP_GRACE = 3.0     # seconds workers get to finish what they run when the driver stops
 
 
@@ -47,12 +48,17 @@ class PrivateCluster:
         import dask
         from distributed import LocalCluster
 
-        self._dir = tempfile.mkdtemp(prefix="anyray-dask-")  # 0700
+        sweep_stale_dirs()
+        self._dir = tempfile.mkdtemp(prefix=DIR_PREFIX)  # 0700
+        with open(os.path.join(self._dir, "driver.pid"), "w") as f:
+            f.write(str(os.getpid()))
         self.security, tls_files = make_security(self._dir)
 
         # A worker is sent no more tasks than it has threads: Dask's default (1.1) sends one more,
         # which then waits there while another worker has a free thread.
-        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        # No HTTP routes: the scheduler's HTTP server is plain HTTP, which any local user could read.
+        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0,
+                              "distributed.scheduler.http.routes": []}):
             # No dashboard; the scheduler's HTTP endpoints (health, metrics) on a free port of loopback.
             self._cluster = LocalCluster(n_workers=0, host="127.0.0.1", scheduler_port=0, dashboard_address=None,
                                          processes=True, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
@@ -150,3 +156,24 @@ def make_security(directory: str):
     roles = {f"tls_{r}_{k}": files[k] for r in ("client", "scheduler", "worker") for k in ("cert", "key")}
     security = Security(require_encryption=True, tls_ca_file=files["ca"], **roles)
     return security, files
+
+
+def sweep_stale_dirs() -> None:
+    """Remove the directories (TLS key, spill space) of private clusters whose driver was killed."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if not name.startswith(DIR_PREFIX) or not os.path.isdir(path) or os.stat(path).st_uid != os.getuid():
+            continue
+        try:
+            with open(os.path.join(path, "driver.pid")) as f:
+                pid = int(f.read())
+        except (OSError, ValueError):
+            continue  # not ours to judge: no record of its driver
+        try:
+            os.kill(pid, 0)
+            continue  # its driver lives
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            continue

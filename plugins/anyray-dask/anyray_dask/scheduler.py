@@ -30,7 +30,7 @@ from anyray.ports.scheduler import Scheduler
 from anyray.specs import ActorSpec, ActorTaskSpec, TaskSpec
 
 from .transport import DaskRef, lookup_actor, nested_natives, pack, register_actor
-from .worker import Exported, Session, deliver, method_call, pick, rejoin, run_task, secede_once, task_call
+from .worker import Exported, Session, deliver, job_prefix, method_call, pick, rejoin, run_task, secede_once, task_call
 
 ARGS_INLINE = 1 << 20  # pickled arguments up to this size travel inside the task
 NAMES = "anyray-actor"  # published datasets "anyray-actor/<namespace>/<name>"
@@ -52,14 +52,15 @@ def _key(kind: str, name: str, ident: bytes) -> str:
 class DaskScheduler(Scheduler):
     """Submission methods return once Dask has the work; safe from any thread."""
 
-    def __init__(self, client, session: Session, in_worker: bool = False):
+    def __init__(self, client, session: Session, metadata, in_worker: bool = False):
         self._client = client
+        self._metadata = metadata
         self._in_worker = in_worker  # a worker scatters into its own memory, unpickled
         self._session = session
         self._lock = threading.Lock()
         self._exported: dict[bytes, Exported] = {}
         self._feasibility = _Feasibility(client)
-        self._names: set[str] = set()  # datasets this process published (unpublished at shutdown)
+        self._sources: dict = {}  # key of a return of num_returns > 1 -> the task's own future, briefly
 
     def _export(self, descriptor, what: str) -> Exported:
         found = self._exported.get(descriptor.function_id)
@@ -73,8 +74,8 @@ class DaskScheduler(Scheduler):
         """A spec's pickled arguments as they travel: inline, or scattered first when large
         (Dask would send them through the scheduler, inside the task graph)."""
         if sum(memoryview(b).nbytes for b in blob.buffers) + len(blob.data) < ARGS_INLINE:
-            return pack(blob, copy=True)
-        [future] = self._client.scatter([pack(blob, copy=self._in_worker)], hash=False)
+            return pack(blob, copy=True, refs=False)
+        [future] = self._client.scatter([pack(blob, copy=self._in_worker, refs=False)], hash=False)
         return future
 
     def _submit(self, fn, *args, key: str, keep=None, resources=None, num_returns: int = 1):
@@ -87,7 +88,10 @@ class DaskScheduler(Scheduler):
             future.add_done_callback(lambda _, keep=keep: None)
         if num_returns == 1:
             return [future]
-        return [self._client.submit(pick, future, i, key=f"{key}-{i}", pure=False) for i in range(num_returns)]
+        picks = [self._client.submit(pick, future, i, key=f"{key}-{i}", pure=False) for i in range(num_returns)]
+        for p in picks:
+            self._sources[p.key] = future  # cancel() of any return cancels the task itself
+        return picks
 
     # -- tasks ------------------------------------------------------------
     def submit_task(self, spec: TaskSpec) -> None:
@@ -99,7 +103,7 @@ class DaskScheduler(Scheduler):
                                *[d.native.future for d in spec.deps], key=_key("task", spec.name, spec.task_id),
                                keep=nested_natives(spec.args), resources=resources, num_returns=len(spec.returns))
         for ref, future in zip(spec.returns, futures):
-            ref.native = DaskRef(future)
+            ref.native = DaskRef(future, source=self._sources.pop(future.key, None))
 
     # -- actors -----------------------------------------------------------
     def create_actor(self, spec: ActorSpec):
@@ -117,22 +121,27 @@ class DaskScheduler(Scheduler):
         native = register_actor(spec.actor_id, future)
         native.keep = nested_natives(spec.args) or None  # the constructor claims them when it runs
         if o["name"] is not None:
-            self._publish(spec, native)
+            return self._publish(spec, native) or native
         return native
 
-    def _publish(self, spec: ActorSpec, native) -> None:
+    def _publish(self, spec: ActorSpec, native):
+        """Take the actor's name; ``None``, or the winner's handle when ``get_if_exists`` lost a race."""
         name = f"{NAMES}/{spec.namespace}/{spec.options['name']}"
         record = (spec.actor_id, spec.cls.name, spec.method_options, native.future)
         try:
             self._client.publish_dataset(record, name=name)
         except KeyError:
             self._client.cancel([native.future], force=True)
+            existing = self.get_named_actor(spec.options["name"], spec.namespace) \
+                if spec.options["get_if_exists"] else None
+            if existing is not None:
+                return existing
             raise ValueError(f"An actor named {spec.options['name']!r} already exists in namespace "
                              f"{spec.namespace!r}. Pick another name, or pass get_if_exists=True to reuse it."
                              ) from None
-        if spec.options["lifetime"] != "detached":
-            with self._lock:
-                self._names.add(name)
+        if spec.options["lifetime"] != "detached":  # the job's driver unpublishes it when the job ends
+            self._metadata.put(f"{job_prefix(self._session.job_id)}names/{name}", b"")
+        return None
 
     def submit_actor_task(self, spec: ActorTaskSpec) -> None:
         actor = lookup_actor(spec.actor_id)
@@ -142,6 +151,7 @@ class DaskScheduler(Scheduler):
                                *[d.native.future for d in spec.deps], key=_key("call", spec.name, spec.task_id),
                                keep=nested_natives(spec.args), num_returns=len(spec.returns))
         for ref, future in zip(spec.returns, futures):
+            self._sources.pop(future.key, None)
             ref.native = DaskRef(future, actor=actor)
         if spec.deps:
             # A call whose argument failed in Dask itself (cancelled, lost) never reaches the actor:
@@ -192,8 +202,6 @@ class DaskScheduler(Scheduler):
                         self._client.unpublish_dataset(dataset)
                     except KeyError:
                         pass
-                    with self._lock:
-                        self._names.discard(dataset)
 
     # -- cancel, blocking -------------------------------------------------
     def cancel(self, ref, force: bool, recursive: bool) -> None:
@@ -201,11 +209,11 @@ class DaskScheduler(Scheduler):
         if not isinstance(native, DaskRef) or native.future.done():
             return  # a finished task is left alone
         if native.actor is not None:
-            proxy = native.actor.future
-            if proxy.done() and proxy.status == "finished":
-                proxy.result().anyray_cancel(ref.binary()).result()
-                return
-        self._client.cancel([native.future], force=True)
+            # The actor drops the call, queued or still on its way (it then fails on arrival), so the
+            # caller's order goes on; Dask's cancel would leave the actor waiting for it.
+            _when_placed(native.actor, lambda proxy: proxy.anyray_cancel(ref.binary()).result())
+            return
+        self._client.cancel([native.source or native.future], force=True)
 
     def task_blocked(self) -> None:
         secede_once()
@@ -239,26 +247,39 @@ class DaskScheduler(Scheduler):
 
     def shutdown(self) -> None:
         with self._lock:
-            names, self._names = list(self._names), set()
             self._exported.clear()
-        for name in names:
+
+    def end_job(self) -> None:
+        """The driver's job is over: unpublish the non-detached names its processes took."""
+        prefix = f"{job_prefix(self._session.job_id)}names/"
+        for key, _ in self._metadata.scan(prefix):
             try:
-                self._client.unpublish_dataset(name)
-            except Exception:  # noqa: BLE001 - a scheduler already gone holds nothing
+                self._client.unpublish_dataset(key[len(prefix):])
+            except KeyError:
                 pass
 
 
 def _skip_if_undelivered(actor, caller_id: bytes, seq: int, future) -> None:
-    if future.status == "finished":
+    if future.status != "finished":
+        _when_placed(actor, lambda proxy: proxy.anyray_skip(caller_id, seq).result())
+
+
+def _when_placed(actor, send) -> None:
+    """Call ``send(proxy)`` once the actor exists: at once if it does, else from a thread that waits."""
+    if actor.future.status == "finished":
+        try:
+            send(actor.future.result())
+        except Exception:  # noqa: BLE001 - an actor that is gone has no calls to drop
+            pass
         return
 
-    def skip():
+    def later():
         try:
-            actor.future.result().anyray_skip(caller_id, seq).result()  # once the actor exists
-        except Exception:  # noqa: BLE001 - an actor that never started or is gone has no order to keep
+            send(actor.future.result())
+        except Exception:  # noqa: BLE001 - an actor that never started or is gone has no calls to drop
             pass
 
-    threading.Thread(target=skip, name="anyray-dask-skip", daemon=True).start()
+    threading.Thread(target=later, name="anyray-dask-actor-message", daemon=True).start()
 
 
 def _worker_resources(worker: dict) -> dict[str, float]:

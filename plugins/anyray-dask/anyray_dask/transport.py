@@ -69,12 +69,13 @@ class DaskRef:
     (for ``cancel``).
     """
 
-    __slots__ = ("future", "keep", "actor", "__weakref__")
+    __slots__ = ("future", "keep", "actor", "source", "__weakref__")
 
-    def __init__(self, future, keep=None, actor=None):
+    def __init__(self, future, keep=None, actor=None, source=None):
         self.future = future
         self.keep = keep
         self.actor = actor
+        self.source = source  # for one return of several: the future of the task that makes them all
 
     def __reduce__(self):
         return _rebind_ref, (self.future.key,)
@@ -155,10 +156,12 @@ def _future_of(item):
     return getattr(native, "future", None)
 
 
-def pack(obj: SerializedObject, copy: bool = False) -> Payload:
+def pack(obj: SerializedObject, copy: bool = False, refs: bool = True) -> Payload:
     """Wrap ``obj`` for Dask. ``copy`` copies the buffers: Dask pickles a submitted task's
-    arguments later, on its own thread, and the caller may change its arrays once ``remote`` returns."""
-    refs = [f for f in map(_future_of, obj.contained_refs) if f is not None] if obj.contained_refs else []
+    arguments later, on its own thread, and the caller may change its arrays once ``remote`` returns.
+    ``refs=False`` leaves the nested futures out: in a task's arguments Dask would take them for
+    dependencies and wait for them (the submitter keeps them alive instead)."""
+    refs = [f for f in map(_future_of, obj.contained_refs) if f is not None] if refs and obj.contained_refs else []
     if not obj.buffers and not refs:
         return bytes(obj.data) if not isinstance(obj.data, bytes) else obj.data
     return [obj.data, [_frame(b, copy) for b in obj.buffers], refs]

@@ -49,25 +49,57 @@ class Session(NamedTuple):
 
 
 _attach_lock = threading.Lock()
+_runtimes: collections.OrderedDict[bytes, _rt.Runtime] = collections.OrderedDict()  # job id -> runtime, LRU
+_active: collections.Counter = collections.Counter()  # job id -> its tasks running here now
+KEEP_IDLE_RUNTIMES = 8  # runtimes of jobs with nothing running here, kept for their next task
 
 
 def ensure_runtime(session: Session) -> _rt.Runtime:
-    """The anyray Runtime of ``session``'s job in this worker process, attached on first use."""
-    runtime = _rt.current_runtime()
-    if runtime is not None and runtime.job_id == session.job_id:
-        return runtime
-    with _attach_lock:
-        runtime = _rt.current_runtime()
-        if runtime is None or runtime.job_id != session.job_id:
-            from . import WORKER_OPTION, DaskBackend
+    """The anyray Runtime of ``session``'s job in this worker process, attached on first use.
 
-            old = runtime
-            config = BackendConfig(namespace=session.namespace, job_id=session.job_id, options={WORKER_OPTION: True})
-            runtime = _rt.Runtime(DaskBackend, config)
-            _rt.set_current(runtime)
-            if old is not None:
-                old.shutdown()  # an attached backend never stops Dask
+    A worker of a shared Dask cluster serves several jobs, at once or one
+    after another: each job has a runtime of its own, made current for its
+    tasks only (:func:`job_context`). Runtimes of jobs with nothing running
+    here are shut down beyond the ``KEEP_IDLE_RUNTIMES`` most recent.
+    """
+    with _attach_lock:
+        runtime = _runtimes.get(session.job_id)
+        if runtime is not None:
+            _runtimes.move_to_end(session.job_id)
+            return runtime
+        from . import WORKER_OPTION, DaskBackend
+
+        config = BackendConfig(namespace=session.namespace, job_id=session.job_id, options={WORKER_OPTION: True})
+        runtime = _runtimes[session.job_id] = _rt.Runtime(DaskBackend, config)
+        if _rt.current_runtime() is None:
+            _rt.set_current(runtime)  # for threads the user's code starts, which see no task context
+        idle = [job for job in _runtimes if not _active[job] and job != session.job_id]
+        stale = [_runtimes.pop(job) for job in idle[:max(len(idle) - KEEP_IDLE_RUNTIMES, 0)]]
+    for old in stale:
+        old.shutdown()  # an attached backend never stops Dask
     return runtime
+
+
+class job_context:
+    """Inside a task or actor call: its job's runtime is the current one, and it counts as running."""
+
+    def __init__(self, session: Session):
+        self._session = session
+
+    def __enter__(self) -> _rt.Runtime:
+        runtime = ensure_runtime(self._session)
+        with _attach_lock:
+            _active[self._session.job_id] += 1
+        self._scope = _rt.task_runtime(runtime)
+        self._scope.__enter__()
+        return runtime
+
+    def __exit__(self, *exc) -> None:
+        self._scope.__exit__(*exc)
+        with _attach_lock:
+            _active[self._session.job_id] -= 1
+            if not _active[self._session.job_id]:
+                del _active[self._session.job_id]
 
 
 # -- functions and classes, exported once ------------------------------------------------------------------
@@ -131,10 +163,9 @@ def task_call(spec) -> TaskCall:
 
 def run_task(session: Session, function: Exported, call: TaskCall, args, *dep_payloads):
     task_id, name, num_returns, retry_exceptions, max_retries, resources, dep_ids, dep_keys = call
-    runtime = ensure_runtime(session)
-    deps, fetch = _inputs(dep_ids, dep_payloads)
-    ctx = TaskContext(task_id=task_id, name=name, resources=resources)
-    with resolving(dep_keys):
+    with job_context(session) as runtime, resolving(dep_keys):
+        deps, fetch = _inputs(dep_ids, dep_payloads)
+        ctx = TaskContext(task_id=task_id, name=name, resources=resources)
         outputs = Call(function.load(), name, "task", ctx, num_returns, runtime.backend.task_events,
                        retry_exceptions, max_retries).run(unpack(args), deps, fetch)
     return pack_returns(outputs, num_returns)
@@ -188,11 +219,17 @@ def method_call(spec) -> MethodCall:
             spec.caller_id, spec.seq, spec.options, [d.binary() for d in spec.deps], None]
 
 
+def job_prefix(job_id: bytes) -> str:
+    """Where a job's records live in the metadata store; its driver deletes them when the job ends."""
+    return f"jobs/{job_id.hex()}/"
+
+
 def actor_marker(job_id: bytes, actor_id: bytes) -> str:
-    """The metadata key saying an actor was made once (under the job's prefix, dropped with it)."""
-    return f"jobs/{job_id.hex()}/actors/{actor_id.hex()}"
+    """The metadata key saying an actor was made once."""
+    return f"{job_prefix(job_id)}actors/{actor_id.hex()}"
 
 
+MAX_TOMBSTONES = 10_000
 _hosted: dict[bytes, _Hosted] = {}   # actor id -> the actor living in this process
 _hosted_lock = threading.Lock()
 
@@ -214,13 +251,15 @@ class ActorProcess:
     def __init__(self, session: Session, cls: Exported, actor: list, args, dep_ids: list, *dep_payloads):
         actor_id, name, resources, options, namespace, is_async, method_options = actor
         runtime = ensure_runtime(session)
+        with _attach_lock:
+            _active[session.job_id] += 1  # for the actor's life: its job's runtime stays
         deps, _ = _inputs(dep_ids, dep_payloads)
         spec = ActorSpec(actor_id=actor_id, cls=FunctionDescriptor(cls.function_id, name, cls.load()),
                          args=unpack(args), deps=deps, resources=resources, options=options, namespace=namespace,
                          is_async=is_async, method_options=method_options)
         # Dask makes an actor again when the worker holding it dies; anyray's actor died with it.
         first = runtime.backend.metadata.compare_and_set(actor_marker(session.job_id, actor_id), None, b"made")
-        self._hosted = _Hosted(spec, runtime.backend.task_events, start=first)
+        self._hosted = _Hosted(spec, runtime, start=first)
         if not first:
             self._hosted.host._die(f"The actor {name} died: the Dask worker it lived on died (actors are not "
                                    f"restarted on the dask backend).")
@@ -242,14 +281,16 @@ class ActorProcess:
 class _Hosted:
     """One actor in this process: the core's ActorHost, fed in per-caller order; the host's scheduler."""
 
-    def __init__(self, spec: ActorSpec, events, start: bool = True):
-        self.events = events
+    def __init__(self, spec: ActorSpec, runtime, start: bool = True):
+        self.runtime = runtime
+        self.events = runtime.backend.task_events
         self._lock = threading.Lock()
         self._next: dict[bytes, int] = collections.defaultdict(int)   # caller id -> next seq to start
         self._held: dict[bytes, dict[int, ActorTaskSpec]] = collections.defaultdict(dict)
         self._results: dict[bytes, tuple[concurrent.futures.Future, int]] = {}  # task id -> (future, returns)
-        self._cancelled: set[bytes] = set()  # return ids cancelled before their call arrived
-        self.host = ActorHost(spec, self)
+        self._cancelled: collections.OrderedDict[bytes, None] = collections.OrderedDict()  # return ids
+        # cancelled before their call arrived (bounded: a cancel of a call that had finished leaves one)
+        self.host = _JobActorHost(spec, self)
         if start:
             with _hosted_lock:
                 _hosted[spec.actor_id] = self
@@ -297,7 +338,9 @@ class _Hosted:
     def cancel(self, return_id: bytes) -> None:
         if not self.host.cancel(ObjectRef(return_id)):
             with self._lock:
-                self._cancelled.add(return_id)
+                self._cancelled[return_id] = None
+                while len(self._cancelled) > MAX_TOMBSTONES:
+                    self._cancelled.popitem(last=False)
 
     def kill(self, no_restart: bool) -> None:
         self.host.kill(True)
@@ -325,7 +368,7 @@ class _Hosted:
         with self._lock:
             result, n = self._results.pop(spec.task_id, (None, 0))
             for r in spec.returns:
-                self._cancelled.discard(r.binary())
+                self._cancelled.pop(r.binary(), None)
         if result is not None:
             result.set_result(pack_returns([serialize_failure(RemoteFailure(error))] * n, n))
 
@@ -333,7 +376,24 @@ class _Hosted:
         with _hosted_lock:
             if _hosted.get(host.spec.actor_id) is self:
                 del _hosted[host.spec.actor_id]
+        with _attach_lock:
+            job = self.runtime.job_id
+            _active[job] -= 1
+            if _active[job] <= 0:
+                del _active[job]
         # Calls reaching a dead actor fail at once (ActorHost.submit), so nothing waits forever.
+
+
+class _JobActorHost(ActorHost):
+    """The core's actor host, running the actor's code with its job's runtime current."""
+
+    def _main(self) -> None:
+        with _rt.task_runtime(self._sched.runtime):
+            super()._main()
+
+    def _run_call(self, spec) -> None:  # on a pool thread of a threaded actor, which has no context
+        with _rt.task_runtime(self._sched.runtime):
+            super()._run_call(spec)
 
 
 def _cancelled(spec):

@@ -7,6 +7,7 @@ worker processes are killed with signals.
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import subprocess
@@ -38,6 +39,14 @@ def run_script(code: str, timeout: float = 180, env=None) -> str:
         os.remove(path)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def _driver_of(directory: str):
+    try:
+        with open(os.path.join(directory, "driver.pid")) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def worker_pids() -> set[int]:
@@ -112,6 +121,13 @@ def test_workers_of_a_killed_driver_exit_on_their_own():
         driver.wait()
         gone, alive = psutil.wait_procs(workers, timeout=90)  # --death-timeout 20 s, then their own shutdown
         assert not alive, [p.cmdline() for p in alive]
+        # Its directory (the cluster's TLS key, spill space) goes when the next private cluster starts.
+        from anyray_dask.cluster import DIR_PREFIX, sweep_stale_dirs
+
+        left = [d for d in glob.glob(f"/tmp/{DIR_PREFIX}*") if _driver_of(d) == driver.pid]
+        assert left
+        sweep_stale_dirs()
+        assert not [d for d in left if os.path.exists(d)]
     finally:
         if driver.poll() is None:
             driver.kill()
@@ -182,6 +198,74 @@ def test_a_wrong_address_says_what_to_check():
             print("ConnectionError", "tcp://127.0.0.1:9" in str(exc))
     """)
     assert out.split() == ["ConnectionError", "True"]
+
+
+def test_a_named_actor_made_inside_a_task_ends_with_its_job(dask_cluster):
+    make = f"""
+        import anyray
+        anyray.init(backend="dask", address="{dask_cluster}", namespace="shared")
+
+        @anyray.remote
+        class Named:
+            def ping(self):
+                return "pong"
+
+        @anyray.remote
+        def make():
+            Named.options(name="made-in-a-task").remote()
+            return anyray.get(anyray.get_actor("made-in-a-task").ping.remote())
+
+        print(anyray.get(make.remote()))
+        anyray.shutdown()
+    """
+    look = f"""
+        import anyray
+        anyray.init(backend="dask", address="{dask_cluster}", namespace="shared")
+        try:
+            anyray.get_actor("made-in-a-task")
+            print("still there")
+        except ValueError:
+            print("gone")
+        anyray.shutdown()
+    """
+    assert run_script(make).split() == ["pong"]
+    assert run_script(look).split() == ["gone"]
+
+
+def test_jobs_sharing_a_cluster_each_see_their_own_namespace(dask_cluster):
+    code = """
+        import sys, time, anyray
+        ns = sys.argv[1]
+        anyray.init(backend="dask", address="{address}", namespace=ns)
+
+        @anyray.remote
+        class Mine:
+            def ns(self):
+                return ns
+
+        Mine.options(name="mine").remote()
+
+        @anyray.remote
+        def look():
+            out = []
+            for _ in range(20):  # while the other job's tasks run on the same worker
+                out.append(anyray.get(anyray.get_actor("mine").ns.remote()))
+                time.sleep(0.05)
+            return set(out)
+
+        print(sorted(anyray.get([look.remote() for _ in range(2)])[0]))
+        anyray.shutdown()
+    """.replace("{address}", dask_cluster)
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"anyray_dask_jobs_{os.getpid()}.py")
+    with open(path, "w") as f:
+        f.write(textwrap.dedent(code))
+    try:
+        procs = [subprocess.Popen([sys.executable, path, ns], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for ns in ("job-a", "job-b")]
+        outs = [p.communicate(timeout=180) for p in procs]
+    finally:
+        os.remove(path)
+    assert [o.strip() for o, _ in outs] == ["['job-a']", "['job-b']"], [e[-2000:] for _, e in outs]
 
 
 # -- crashes of real worker processes -------------------------------------------------------------------------
