@@ -12,10 +12,10 @@ scheduler runs, as on the workers.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 
+from anyray.adapters.common.polling import PollingWatch
 from anyray.ports.metadata_store import MetadataStore, Watch
 
 POLL = 0.1
@@ -112,29 +112,4 @@ class DaskMetadataStore(MetadataStore):
         return self._run(_cas, key, expected, value)
 
     def watch(self, prefix: str, callback: Callable[[str, bytes | None], None]) -> Watch:
-        return _PollWatch(self, prefix, callback)
-
-
-class _PollWatch(Watch):
-    def __init__(self, store: DaskMetadataStore, prefix: str, callback):
-        self._store = store
-        self._prefix = prefix
-        self._callback = callback
-        self._stop = threading.Event()
-        self._seen = dict(store.scan(prefix))
-        self._thread = threading.Thread(target=self._loop, name="anyray-dask-watch", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(POLL):
-            try:
-                now = dict(self._store.scan(self._prefix))
-            except ConnectionError:
-                continue
-            for key in sorted(set(self._seen) | set(now)):
-                if self._seen.get(key) != now.get(key) and not self._stop.is_set():
-                    self._callback(key, now.get(key))
-            self._seen = now
-
-    def cancel(self) -> None:
-        self._stop.set()
+        return PollingWatch(self.scan, prefix, callback, POLL, "anyray-dask-watch")

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
-import warnings
 
-from anyray.exceptions import ActorDiedError, InfeasibleTaskWarning
+from anyray.adapters.common.polling import Feasibility
+from anyray.exceptions import ActorDiedError
 from anyray.ports.scheduler import Scheduler
 from anyray.specs import ActorSpec, ActorTaskSpec, TaskSpec
 
@@ -59,7 +58,9 @@ class DaskScheduler(Scheduler):
         self._session = session
         self._lock = threading.Lock()
         self._exported: dict[bytes, Exported] = {}
-        self._feasibility = _Feasibility(client)
+        self._feasibility = Feasibility(
+            lambda: [_worker_resources(w) for w in client.scheduler_info(n_workers=-1)["workers"].values()],
+            "worker", "the Dask cluster")
         self._sources: dict = {}  # key of a return of num_returns > 1 -> the task's own future, briefly
 
     def _export(self, descriptor, what: str) -> Exported:
@@ -97,7 +98,7 @@ class DaskScheduler(Scheduler):
     def submit_task(self, spec: TaskSpec) -> None:
         resources = dask_resources(spec.resources)
         if resources:
-            self._feasibility.check(spec.function.function_id, spec.name, spec.resources)
+            self._feasibility.check(spec.function.function_id, spec.name, resources)
         function = self._export(spec.function, f"the remote function {spec.function.name}")
         futures = self._submit(run_task, self._session, function, task_call(spec), self._args(spec.args),
                                *[d.native.future for d in spec.deps], key=_key("task", spec.name, spec.task_id),
@@ -108,8 +109,9 @@ class DaskScheduler(Scheduler):
     # -- actors -----------------------------------------------------------
     def create_actor(self, spec: ActorSpec):
         o = spec.options
-        if dask_resources(spec.resources):
-            self._feasibility.check(spec.actor_id, spec.cls.name, spec.resources)
+        resources = dask_resources(spec.resources)
+        if resources:
+            self._feasibility.check(spec.actor_id, spec.cls.name, resources)
         cls = self._export(spec.cls, f"the actor class {spec.cls.name}")
         actor = [spec.actor_id, spec.cls.name, spec.resources, o, spec.namespace, spec.is_async, spec.method_options]
         from .worker import ActorProcess
@@ -117,7 +119,7 @@ class DaskScheduler(Scheduler):
         future = self._client.submit(ActorProcess, self._session, cls, actor, self._args(spec.args),
                                      [d.binary() for d in spec.deps], *[d.native.future for d in spec.deps],
                                      key=_key("actor", spec.cls.name, spec.actor_id), actor=True,
-                                     resources=dask_resources(spec.resources), pure=False)
+                                     resources=resources, pure=False)
         native = register_actor(spec.actor_id, future)
         native.keep = nested_natives(spec.args) or None  # the constructor claims them when it runs
         if o["name"] is not None:
@@ -300,35 +302,3 @@ def _used_resources(dask_scheduler=None) -> dict[str, float]:
         busy += min(running, ws.nthreads)
     used["CPU"] = float(busy)
     return used
-
-
-class _Feasibility:
-    """Warns once per function or actor whose demand no worker of the cluster can ever meet."""
-
-    REFRESH = 2.0
-
-    def __init__(self, client):
-        self._client = client
-        self._workers: list[dict] = []
-        self._read_at = float("-inf")
-        self._warned: set[bytes] = set()
-
-    def _fits_somewhere(self, demand: dict) -> bool:
-        return any(all(w.get(k, 0) >= v for k, v in demand.items() if v) for w in self._workers)
-
-    def check(self, key: bytes, name: str, demand: dict) -> None:
-        demand = dask_resources(demand) or {}
-        if key in self._warned or self._fits_somewhere(demand):
-            return
-        if time.monotonic() - self._read_at > self.REFRESH:  # workers may have joined
-            info = self._client.scheduler_info(n_workers=-1)["workers"].values()
-            self._workers = [_worker_resources(w) for w in info]
-            self._read_at = time.monotonic()
-            if self._fits_somewhere(demand):
-                return
-        self._warned.add(key)
-        biggest = {k: max((w.get(k, 0) for w in self._workers), default=0) for k in demand}
-        missing = {k: v for k, v in demand.items() if biggest[k] < v}
-        warnings.warn(f"{name} needs {missing} but no worker of the Dask cluster has that much (the largest "
-                      f"offer {biggest}); it will wait until a worker with those resources joins.",
-                      InfeasibleTaskWarning, stacklevel=5)

@@ -18,12 +18,12 @@ Ray's KV is retried by Ray itself; its failures surface as ``ConnectionError``.
 from __future__ import annotations
 
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterator
 
 from ray.experimental import internal_kv as kv
 
+from anyray.adapters.common.polling import PollingWatch
 from anyray.ports.metadata_store import MetadataStore, Watch
 
 NAMESPACE = "anyray"
@@ -56,37 +56,11 @@ def _kv(call, *args, **kwargs):
         raise ConnectionError(f"Ray's cluster KV did not answer ({exc}); is the Ray cluster up?") from exc
 
 
-class _PollWatch(Watch):
-    def __init__(self, store: RayKVMetadataStore, prefix: str, callback):
-        self._store, self._prefix, self._callback = store, prefix, callback
-        self._stop = threading.Event()
-        self._seen = dict(store.scan(prefix))
-        self._thread = threading.Thread(target=self._loop, name="anyray-ray-kv-watch", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(POLL):
-            try:
-                now = dict(self._store.scan(self._prefix))
-            except ConnectionError:
-                continue  # the next poll retries
-            changes = [(k, v) for k, v in now.items() if self._seen.get(k) != v]
-            changes += [(k, None) for k in self._seen if k not in now]
-            self._seen = now
-            for key, value in sorted(changes, key=lambda kv_: kv_[0]):
-                if self._stop.is_set():
-                    return
-                self._callback(key, value)
-
-    def cancel(self) -> None:
-        self._stop.set()
-
-
 class RayKVMetadataStore(MetadataStore):
     """Keys live in Ray's KV namespace ``anyray``; safe to call from any thread and process."""
 
     def __init__(self) -> None:
-        self._watches: list[_PollWatch] = []
+        self._watches: list[PollingWatch] = []
 
     def get(self, key: str) -> bytes | None:
         raw = _kv(kv._internal_kv_get, key)
@@ -131,7 +105,7 @@ class RayKVMetadataStore(MetadataStore):
         _kv(kv._internal_kv_del, prefix, del_by_prefix=True)
 
     def watch(self, prefix: str, callback: Callable[[str, bytes | None], None]) -> Watch:
-        w = _PollWatch(self, prefix, callback)
+        w = PollingWatch(self.scan, prefix, callback, POLL, "anyray-ray-kv-watch")
         self._watches.append(w)
         return w
 

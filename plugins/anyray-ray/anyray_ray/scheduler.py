@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 
 import ray
 from ray import exceptions as rx
 
-from anyray.exceptions import ActorDiedError, InfeasibleTaskWarning
+from anyray.adapters.common.polling import Feasibility
+from anyray.exceptions import ActorDiedError
 from anyray.executor import serialize_failure
 from anyray.ports.scheduler import Scheduler
 from anyray.specs import ActorSpec, ActorTaskSpec, RemoteFailure, TaskSpec
@@ -59,7 +59,8 @@ class RayScheduler(Scheduler):
         self._functions: dict[bytes, object] = {}   # function_id -> ray.remote(runner)
         self._variants: dict[tuple, object] = {}    # (function_id, options...) -> runner with Ray options
         self._classes: dict[bytes, object] = {}     # class function_id -> ray.remote(host class)
-        self._feasibility = _Feasibility()
+        self._feasibility = Feasibility(
+            lambda: [n["Resources"] for n in ray.nodes() if n.get("Alive")], "node", "the Ray cluster")
 
     # -- tasks ------------------------------------------------------------
     def _task_function(self, spec: TaskSpec):
@@ -246,32 +247,3 @@ def _await_restart(handle, before: int, timeout: float = 30.0) -> None:
         if info.get("State") == "DEAD" or info.get("NumRestarts", before) > before:
             return
         time.sleep(0.02)
-
-
-class _Feasibility:
-    """Warns once per function or actor whose demand no node of the cluster can ever meet."""
-
-    REFRESH = 2.0
-
-    def __init__(self):
-        self._nodes: list[dict] = []
-        self._read_at = float("-inf")
-        self._warned: set[bytes] = set()
-
-    def _fits_somewhere(self, demand: dict) -> bool:
-        return any(all(node.get(k, 0) >= v for k, v in demand.items()) for node in self._nodes)
-
-    def check(self, key: bytes, name: str, demand: dict) -> None:
-        if key in self._warned or self._fits_somewhere(demand):
-            return
-        if time.monotonic() - self._read_at > self.REFRESH:  # nodes may have joined
-            self._nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-            self._read_at = time.monotonic()
-            if self._fits_somewhere(demand):
-                return
-        self._warned.add(key)
-        biggest = {k: max((n.get(k, 0) for n in self._nodes), default=0) for k in demand}
-        missing = {k: v for k, v in demand.items() if biggest[k] < v}
-        warnings.warn(f"{name} needs {missing} but no node of the Ray cluster has that much (the largest "
-                      f"offer {biggest}); it will wait until a node with those resources joins.",
-                      InfeasibleTaskWarning, stacklevel=5)
