@@ -370,3 +370,29 @@ def test_large_arguments_do_not_travel_inside_the_task_graph(session):
         ref = total.remote(array)
     array[:] = 0  # the task sees the array as it was at the call
     assert anyray.get(ref, timeout=120) == 4_000_000.0
+
+
+def test_the_metadata_store_on_the_scheduler_keeps_its_contract(session):
+    from anyray import runtime
+
+    store = runtime.current_runtime().backend.metadata
+    prefix = f"test/{time.time_ns()}/"
+    seen = []
+    watch = store.watch(prefix, lambda key, value: seen.append((key, value)))
+    try:
+        store.put(prefix + "a", b"1")
+        assert store.get(prefix + "a") == b"1"
+        assert store.compare_and_set(prefix + "a", b"1", b"2") and not store.compare_and_set(prefix + "a", b"1", b"3")
+        assert not store.compare_and_set(prefix + "a", None, b"x")  # present: "only if absent" refuses
+        store.put(prefix + "b", b"short", ttl=0.2)
+        time.sleep(0.4)
+        assert store.get(prefix + "b") is None
+        assert list(store.scan(prefix)) == [(prefix + "a", b"2")]
+        assert store.delete(prefix + "a") and not store.delete(prefix + "a")
+        deadline = time.monotonic() + 10
+        while (prefix + "a", None) not in seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (prefix + "a", None) in seen
+    finally:
+        watch.cancel()
+        store.delete_prefix(prefix)
