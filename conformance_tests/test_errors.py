@@ -66,7 +66,7 @@ def test_task_error_str_holds_the_remote_traceback():
 def test_ray_exception_names_are_aliases():
     assert exceptions.RayError is exceptions.AnyrayError
     assert exceptions.RayTaskError is exceptions.TaskError
-    assert exceptions.RayActorError is exceptions.ActorDiedError
+    assert issubclass(exceptions.ActorDiedError, exceptions.RayActorError)
     for name in ("TaskError", "GetTimeoutError", "ActorDiedError", "WorkerCrashedError", "ObjectLostError",
                  "TaskCancelledError", "ObjectStoreFullError", "NodeDiedError", "BackendNotFoundError"):
         assert issubclass(getattr(exceptions, name), exceptions.AnyrayError), name

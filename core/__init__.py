@@ -29,6 +29,17 @@ __version__ = "0.1.0"
 
 ObjectID = ObjectRef  # Ray's pre-1.0 name
 
+_SUBMODULES = frozenset({"util", "types", "cloudpickle"})
+
+
+def __getattr__(name: str):
+    """``ray.util``, ``ray.types`` and ``ray.cloudpickle`` after a bare ``import ray``, imported when first used."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "ActorClass", "ActorHandle", "ObjectID", "ObjectRef", "RemoteFunction", "__version__",
     "available_resources", "cancel", "cluster_resources", "error_info", "exceptions", "get", "get_actor",

@@ -75,6 +75,9 @@ class ActorClass:
         from .api import _runtime
 
         check_arguments(self._init_signature, args, kwargs, self.__qualname__)
+        if options["get_if_exists"] and not options["name"]:
+            raise ValueError(f"{self.__qualname__}: get_if_exists=True needs a name to look the actor up by; "
+                             f"pass .options(name=..., get_if_exists=True).")
         return _runtime().create_actor(self._descriptor, args, kwargs, options, self._is_async, self._methods)
 
     def __reduce__(self):

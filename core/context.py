@@ -8,8 +8,19 @@ from __future__ import annotations
 
 import contextvars
 import os
-import threading
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+
+class ActorInfo(NamedTuple):
+    """What code running inside an actor may learn of it: ids, names, and how to make a handle."""
+
+    actor_id: bytes
+    class_name: str
+    name: str | None       # the name given with .options(name=...), None for an unnamed actor
+    cls: type              # the user's class
+    is_async: bool = False
+    native: Any = None     # the backend's own handle to this actor, if it has one
 
 
 @dataclass(slots=True)
@@ -23,17 +34,39 @@ class TaskContext:
     blocked: bool = False  # inside get/wait with its CPUs lent out
     lease: object = None   # the scheduler's handle for what this task holds
     inline: bool = False   # run by a caller that waits for it: Ctrl-C interrupts the caller, not just the task
+    actor: ActorInfo | None = None  # set for actor calls and the constructor
+    cancelled: bool = False  # cancel() reached this call: its result is dropped for TaskCancelledError
+
+
+def worker_id() -> str:
+    """This process's worker id as hex: random, drawn again in a forked child."""
+    global _worker_pid, _worker_id
+    if _worker_pid != os.getpid():
+        _worker_pid, _worker_id = os.getpid(), os.urandom(14).hex()
+    return _worker_id
+
+
+_worker_pid = -1
+_worker_id = ""
 
 
 current_task: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("anyray_task", default=None)
 
 
 class RuntimeContext:
-    """Ray's ``get_runtime_context()``: ids of the job, node, task and actor, as hex strings."""
+    """Ray's ``get_runtime_context()``: ids of the job, node, task and actor, as hex strings.
+
+    It describes the call that was running when it was made (as Ray's does
+    for the current call): in the driver, the task and actor methods return
+    None, and ``is_canceled`` and ``current_actor`` raise RuntimeError.
+    """
 
     def __init__(self, runtime):
         self._runtime = runtime
-        self._task = current_task.get()
+
+    @property
+    def _task(self) -> TaskContext | None:
+        return current_task.get()
 
     def get_job_id(self) -> str:
         return self._runtime.job_id.hex()
@@ -48,7 +81,45 @@ class RuntimeContext:
         return self._task.actor_id.hex() if self._task and self._task.actor_id else None
 
     def get_worker_id(self) -> str:
-        return f"{os.getpid()}:{threading.get_ident()}"
+        return worker_id()
+
+    def get_task_name(self) -> str | None:
+        """The task's name: the function's (or ``options(name=...)``), ``Class.method`` in an actor."""
+        return self._task.name if self._task else None
+
+    def get_task_function_name(self) -> str | None:
+        return self._task.name if self._task else None
+
+    def get_actor_name(self) -> str | None:
+        """The running actor's name: ``""`` in an unnamed actor, None outside any actor (as Ray)."""
+        actor = self._task.actor if self._task else None
+        if actor is None:
+            return None
+        return actor.name or ""
+
+    @property
+    def current_actor(self):
+        """A handle to the actor this code runs in."""
+        actor = self._task.actor if self._task else None
+        if actor is None:
+            raise RuntimeError("get_runtime_context().current_actor is only available inside an actor's methods.")
+        from .actor import ActorHandle, _methods_of
+
+        return ActorHandle(actor.actor_id, actor.class_name, _methods_of(actor.cls), actor.native)
+
+    def is_canceled(self) -> bool:
+        """Whether ``cancel()`` reached this task or sync actor call, so it can stop early and clean up."""
+        if self._task is None:
+            raise RuntimeError("get_runtime_context().is_canceled() is only available inside a task or actor call.")
+        if self._task.actor is not None and self._task.actor.is_async:
+            raise RuntimeError("is_canceled() is not supported in an async actor: a cancelled call there gets "
+                               "asyncio.CancelledError.")
+        return self._task.cancelled
+
+    @property
+    def gcs_address(self) -> str | None:
+        """The cluster's address (what ``init(address=...)`` takes); None for a single-machine backend."""
+        return self._runtime.backend.info().get("address")
 
     def get_assigned_resources(self) -> dict[str, float]:
         return dict(self._task.resources) if self._task else {}

@@ -15,11 +15,19 @@ __all__ = [
     "GetTimeoutError",
     "ActorDiedError",
     "ActorUnavailableError",
+    "ActorUnschedulableError",
     "WorkerCrashedError",
     "ObjectLostError",
+    "OwnerDiedError",
+    "ObjectFetchTimedOutError",
     "TaskCancelledError",
     "ObjectStoreFullError",
     "NodeDiedError",
+    "OutOfMemoryError",
+    "RaySystemError",
+    "TaskUnschedulableError",
+    "RuntimeEnvSetupError",
+    "ObjectRefStreamEndOfStreamError",
     "BackendNotFoundError",
     "InfeasibleTaskWarning",
     "RayError",
@@ -107,12 +115,24 @@ class GetTimeoutError(AnyrayError, TimeoutError):
     """``get`` did not see its objects within the timeout."""
 
 
-class ActorDiedError(AnyrayError):
-    """The actor is dead (killed, crashed, or failed in its constructor)."""
+class RayActorError(AnyrayError):
+    """An actor call could not run: the actor is dead, or unavailable for now (Ray's base of both)."""
 
 
-class ActorUnavailableError(AnyrayError):
+class ActorDiedError(RayActorError):
+    """The actor is dead (killed, crashed, exited, or failed in its constructor)."""
+
+
+class ActorUnavailableError(RayActorError):
     """The actor is temporarily unreachable (restarting)."""
+
+
+class ActorUnschedulableError(AnyrayError):
+    """The actor can never be placed (e.g. its placement group was removed)."""
+
+
+class TaskUnschedulableError(AnyrayError):
+    """The task can never be placed (e.g. its placement group was removed)."""
 
 
 class WorkerCrashedError(AnyrayError):
@@ -121,6 +141,14 @@ class WorkerCrashedError(AnyrayError):
 
 class ObjectLostError(AnyrayError):
     """Every copy of an object is gone (its node died or it was freed)."""
+
+
+class OwnerDiedError(ObjectLostError):
+    """The process that owned the object (its driver or the worker that made it) died."""
+
+
+class ObjectFetchTimedOutError(ObjectLostError):
+    """The object could not be fetched from the node holding it in time."""
 
 
 class TaskCancelledError(AnyrayError):
@@ -135,6 +163,22 @@ class NodeDiedError(AnyrayError):
     """The node a task or object lived on died."""
 
 
+class OutOfMemoryError(AnyrayError):
+    """The task's worker was killed because its node ran out of memory, and retries ran out."""
+
+
+class RaySystemError(AnyrayError):
+    """The runtime itself failed (not the user's code)."""
+
+
+class RuntimeEnvSetupError(AnyrayError):
+    """The task's or actor's runtime environment could not be set up."""
+
+
+class ObjectRefStreamEndOfStreamError(AnyrayError):
+    """A generator's stream has no more items."""
+
+
 class BackendNotFoundError(AnyrayError, LookupError):
     """No installed backend has the requested name."""
 
@@ -145,4 +189,3 @@ class InfeasibleTaskWarning(UserWarning):
 
 RayError = AnyrayError
 RayTaskError = TaskError
-RayActorError = ActorDiedError

@@ -155,6 +155,12 @@ class Call:
                     failure = failure_for(exc, self.name)
                     self._record(start, failure)
                     return failure
+                if self.ctx.cancelled and self.ctx.actor is not None:
+                    # A sync actor call cannot be interrupted: cancel() flags it (is_canceled()), and what
+                    # it returns is dropped, as in Ray.
+                    failure = RemoteFailure(TaskCancelledError(f"{self.name} was cancelled."))
+                    self._record(start, failure)
+                    return failure
                 self._record(start, None)
                 return values
         finally:

@@ -192,6 +192,8 @@ class Runtime:
             raise TypeError("wait() expects a list of ObjectRefs, got a single ObjectRef; write wait([ref]).")
         ref_list, _ = _check_refs(refs, "wait")
         timeout = _check_timeout(timeout, "wait")
+        if not ref_list:
+            return [], []  # as Ray, whatever num_returns says
         if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
             raise ValueError(f"wait(): num_returns must be a positive int, got {num_returns!r}.")
         if num_returns > len(ref_list):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .context import ActorInfo
 from .object_ref import ObjectRef
 from .serialization import SerializedObject
 
@@ -53,6 +54,11 @@ class ActorSpec:
     namespace: str
     is_async: bool
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def info(self, native=None) -> ActorInfo:
+        """What the actor's own calls see of it (``get_runtime_context().current_actor`` and names)."""
+        return ActorInfo(self.actor_id, self.cls.name, self.options.get("name"), self.cls.target, self.is_async,
+                         native)
 
     @property
     def max_concurrency(self) -> int:

@@ -32,6 +32,8 @@ _TERMINATE = object()  # queue marker: end the actor once the calls queued befor
 class ActorHost:
     def __init__(self, spec, scheduler):
         self.spec = spec
+        self._info = spec.info()
+        self._running_sync: dict[bytes, tuple] = {}  # task id -> (spec, context) of sync calls running
         self._sched = scheduler
         self._cond = threading.Condition()
         self._queue: collections.deque = collections.deque()
@@ -64,7 +66,7 @@ class ActorHost:
 
     # -- construction -------------------------------------------------------
     def _context(self, task_id, name: str) -> TaskContext:
-        return TaskContext(task_id=task_id, actor_id=self.spec.actor_id, name=name,
+        return TaskContext(task_id=task_id, actor_id=self.spec.actor_id, name=name, actor=self._info,
                            resources=dict(self.spec.resources),
                            gpu_ids=self.lease.gpu_ids if self.lease else [], restarted=self.restarts > 0)
 
@@ -147,7 +149,12 @@ class ActorHost:
         if self.state == "dead":
             self._sched.call_failed(spec, ActorDiedError(self.cause))
             return
-        outputs = self._call_of(spec).run(spec.args, spec.deps, self._sched.fetch)
+        call = self._call_of(spec)
+        self._running_sync[spec.task_id] = (spec, call.ctx)  # for cancel(): it flags the call
+        try:
+            outputs = call.run(spec.args, spec.deps, self._sched.fetch)
+        finally:
+            self._running_sync.pop(spec.task_id, None)
         self._sched.call_done(spec, outputs)
 
     def _pump_async(self) -> None:
@@ -209,6 +216,10 @@ class ActorHost:
         if spec is not None:
             self._sched.call_failed(spec, TaskCancelledError(f"{spec.name} was cancelled."))
             return True
+        for running, ctx in list(self._running_sync.values()):
+            if ref in running.returns:
+                ctx.cancelled = True
+                return True
         if self._loop is not None:
             for running, task in list(self._running_async.values()):
                 if ref in running.returns:

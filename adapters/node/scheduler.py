@@ -862,8 +862,13 @@ class NodeScheduler(QueueScheduler):
             self._store.drop(held)
         if queued:
             self.fail(spec.returns, TaskCancelledError(f"{spec.name} was cancelled."))
-        elif worker is not None:
-            self._send(worker, p.ACTOR, ("cancel", ref._id))
+        elif worker is not None and self._send(worker, p.ACTOR, ("cancel", ref._id)) \
+                and not actor.spec.is_async and actor.spec.max_concurrency == 1 \
+                and worker.handle.pid and worker.handle.alive:
+            try:  # a sync actor runs its call on the thread that reads: the signal makes it read the cancel
+                os.kill(worker.handle.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
         return True
 
     def _actor_exited(self, actor: _Actor, worker: _Worker) -> None:

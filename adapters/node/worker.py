@@ -238,7 +238,7 @@ class WorkerNode(Link):
         another SIGINT), and raises ``KeyboardInterrupt`` in the task if its cancel is there (the task
         then fails with ``TaskCancelledError``). A cancel that comes while the main thread sends a
         message waits until the message is out."""
-        if not self._running:
+        if not self._running and (self.inline is None or self.inline.running is None):
             return  # between tasks: nothing to cancel
         if self._sending or self._pumping:
             # Handled once the message is out, or once the answer is in: the pump may read that answer
@@ -356,13 +356,15 @@ class _InlineActor:
     def __init__(self, node: WorkerNode, spec: ActorSpec, gpu_ids, restarts: int):
         self.node = node
         self.spec = spec
+        self._info = spec.info()
         self.gpu_ids = gpu_ids
         self.restarts = restarts
         self.instance = None
         self.cause = ""  # set once dead
+        self.running = None  # (return ids, context) of the call running now
 
     def _context(self, task_id, name: str) -> TaskContext:
-        return TaskContext(task_id=task_id, actor_id=self.spec.actor_id, name=name,
+        return TaskContext(task_id=task_id, actor_id=self.spec.actor_id, name=name, actor=self._info,
                            resources=dict(self.spec.resources), gpu_ids=self.gpu_ids, restarted=self.restarts > 0)
 
     def construct(self, _) -> None:
@@ -387,13 +389,22 @@ class _InlineActor:
         call = Call(getattr(self.instance, method), name, "actor_task", self._context(task_id, name),
                     len(return_ids), node.events, options.get("retry_exceptions") or False,
                     options.get("max_task_retries") or 0)
-        outputs = call.run(node.from_wire(task_id, args_wire), [ObjectRef(i) for i in dep_ids], node.fetch)
+        self.running = (return_ids, call.ctx)  # a cancel of this call flags it (the driver sends SIGINT)
+        try:
+            outputs = call.run(node.from_wire(task_id, args_wire), [ObjectRef(i) for i in dep_ids], node.fetch)
+        finally:
+            self.running = None
         del call
         node.runtime.counter.drain()
         node.send_result(task_id, outputs)
 
     def cancel(self, oid: bytes) -> None:
-        """Cancel a call still queued here (a running sync call finishes, as in Ray)."""
+        """Cancel a call queued here; a running one goes on, flagged (``is_canceled()``), and its
+        result is dropped for TaskCancelledError, as in Ray."""
+        running = self.running
+        if running is not None and oid in running[0]:
+            running[1].cancelled = True
+            return
         for item in self.node._tasks:
             run, body = item
             if run == self.call and oid in body[4]:

@@ -19,14 +19,20 @@ _TABLE: tuple[tuple[type, type], ...] = (
     (rx.TaskCancelledError, ae.TaskCancelledError),
     (rx.ActorUnavailableError, ae.ActorUnavailableError),
     (rx.RayActorError, ae.ActorDiedError),
-    (rx.ActorUnschedulableError, ae.ActorDiedError),
+    (rx.ActorUnschedulableError, ae.ActorUnschedulableError),
+    (rx.TaskUnschedulableError, ae.TaskUnschedulableError),
     (rx.WorkerCrashedError, ae.WorkerCrashedError),
-    (rx.OutOfMemoryError, ae.WorkerCrashedError),
+    (rx.OutOfMemoryError, ae.OutOfMemoryError),
+    (rx.RuntimeEnvSetupError, ae.RuntimeEnvSetupError),
     (rx.LocalRayletDiedError, ae.NodeDiedError),
     (rx.NodeDiedError, ae.NodeDiedError),
+    (rx.OwnerDiedError, ae.OwnerDiedError),
+    (rx.ObjectFetchTimedOutError, ae.ObjectFetchTimedOutError),
     (rx.ObjectLostError, ae.ObjectLostError),
     (rx.ObjectStoreFullError, ae.ObjectStoreFullError),
     (rx.OutOfDiskError, ae.ObjectStoreFullError),
+    (rx.ObjectRefStreamEndOfStreamError, ae.ObjectRefStreamEndOfStreamError),
+    (rx.RaySystemError, ae.RaySystemError),
 )
 
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import ray
 
 from anyray import runtime as _rt
-from anyray.context import TaskContext
+from anyray.context import ActorInfo, TaskContext
 from anyray.executor import Call
 from anyray.object_ref import ObjectRef
 from anyray.ports.backend import BackendConfig
@@ -156,6 +156,23 @@ def method_call(spec) -> MethodCall:
             o.get("max_task_retries", 0), [d.binary() for d in spec.deps], pack(spec.args)]
 
 
+class _RayCallContext(TaskContext):
+    """An actor call's context whose cancel flag is Ray's: Ray flags a running sync call it cancels."""
+
+    __slots__ = ()
+
+    @property
+    def cancelled(self) -> bool:
+        try:
+            return ray.get_runtime_context().is_canceled()
+        except RuntimeError:  # an async actor: its calls are cancelled with asyncio.CancelledError
+            return False
+
+    @cancelled.setter
+    def cancelled(self, value: bool) -> None:
+        pass  # Ray's own flag is the one that counts
+
+
 class ActorHost:
     """The Ray actor that holds one anyray actor instance and runs its calls via ``Call``.
 
@@ -173,6 +190,9 @@ class ActorHost:
         self._resources = resources
         self._gpu_ids = _gpu_ids(resources)
         self._restarted = _was_restarted()
+        ray_context = ray.get_runtime_context()
+        self._info = ActorInfo(actor_id, name, ray_context.get_actor_name() or None, self.anyray_class.load(),
+                               isinstance(self, AsyncActorHost), ray_context.current_actor)
         deps, fetch = _inputs(dep_ids, dep_payloads)
         result = Call(self.anyray_class.load(), name, "actor_creation", self._context(actor_id, name), 1,
                       self._runtime.backend.task_events).invoke(unpack(args), deps, fetch)
@@ -181,7 +201,8 @@ class ActorHost:
         self._instance = result[0]
 
     def _context(self, task_id: bytes, name: str) -> TaskContext:
-        return TaskContext(task_id=task_id, actor_id=self._actor_id, name=name, resources=self._resources,
+        return _RayCallContext(task_id=task_id, actor_id=self._actor_id, name=name, actor=self._info,
+                           resources=self._resources,
                            gpu_ids=self._gpu_ids, restarted=self._restarted)
 
     def _call(self, call: MethodCall, dep_payloads: tuple):
