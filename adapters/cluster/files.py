@@ -25,12 +25,12 @@ def cluster_dir(create: bool = True) -> str:
     return path
 
 
-def new_token(directory: str) -> str:
-    """Generate the cluster's token and write it to ``<directory>/token`` (0600); return the path."""
+def new_token(directory: str, token: bytes | None = None) -> str:
+    """Write ``token`` (default: a new random one) to ``<directory>/token`` (0600); return the path."""
     path = os.path.join(directory, "token")
     fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
+        f.write((token.decode() if token else secrets.token_hex(32)) + "\n")
     os.replace(path + ".new", path)
     return path
 
