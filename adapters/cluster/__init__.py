@@ -16,6 +16,7 @@ joins a running cluster, whose resources were fixed by ``anyray start``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -75,6 +76,7 @@ class _ClusterScheduler(RemoteScheduler):
         return super().create_actor(spec)
 
 
+PASSWORD_ENV = "ANYRAY_REDIS_PASSWORD"  # the cluster's Redis password, for a driver given an address only
 OUTPUT_INTERVAL = 0.2  # seconds between a driver's reads of what its tasks printed
 
 
@@ -214,6 +216,8 @@ class ClusterBackend(Backend):
             if "metadata" in cfg.options:
                 raise ValueError("init(metadata=...) chooses the metadata server of a private cluster; a running "
                                  "cluster has its own. Drop it, or drop address=.")
+            if password is None:  # a script that says only ray.init(address=...) can still name the secret
+                password = os.environ.get(PASSWORD_ENV) or None
             try:
                 target = resolve(address, password=password, token_file=cfg.options.get("token_file"))
                 conn, setup, address, _token = connect(target, "driver", cfg.job_id, cfg.namespace)

@@ -46,7 +46,9 @@ def read_token(path: str | None = None) -> bytes:
     except FileNotFoundError:
         raise FileNotFoundError(
             f"No cluster token at {path}. `anyray start --head` writes it there; on another machine copy it "
-            f"and pass its path (`--token-file`, or init(..., token_file=...)), or set ${TOKEN_ENV}.") from None
+            f"and pass its path (`--token-file`, or init(..., token_file=...)), or set ${TOKEN_ENV}; or, if the "
+            f"head was started with --redis-password, pass that password (`--redis-password`, or "
+            f"init(..., _redis_password=...)).") from None
     if not token:
         raise ValueError(f"The cluster token file {path} is empty.")
     mode = os.stat(path).st_mode & 0o077
