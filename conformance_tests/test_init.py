@@ -166,8 +166,10 @@ _OTHER_BACKENDS_OPTIONS = ("token_file", "metadata", "security", "num_workers")
 def test_a_backend_option_given_to_another_backend_is_a_type_error(init_kwargs, backend_name, backend_class):
     option = next(o for o in _OTHER_BACKENDS_OPTIONS if o not in backend_class.accepted_options)
     with pytest.raises(TypeError, match=rf"unexpected keyword argument\(s\) '{option}' for the '{backend_name}' "
-                                        rf"backend; it accepts: "):
+                                        rf"backend; it accepts: ") as info:
         anyray.init(**init_kwargs, **{option: "value"})
+    if option == "token_file":  # says whose option it is
+        assert "'token_file' is an option of the 'cluster' backend" in str(info.value)
     assert not anyray.is_initialized()
 
 

@@ -126,6 +126,17 @@ def _choose_backend(backend, address, local_mode) -> tuple[str, str | None, str 
     return name, address, origin
 
 
+def _whose_options(options) -> str:
+    """Which installed backends take ``options`` (said when one is given to another backend)."""
+    from .plugins import list_backends
+
+    owners = {o: sorted(b.name for b in (item.backend for item in list_backends()) if b and o in b.accepted_options)
+              for o in options}
+    said = [f"{o!r} is an option of the {' and '.join(map(repr, names))} backend{'s' if len(names) > 1 else ''}"
+            for o, names in owners.items() if names]
+    return f" ({'; '.join(said)}.)" if said else ""
+
+
 def init(backend: str | None = None, *, address: str | None = None, num_cpus: float | None = None,
          num_gpus: float | None = None, resources: dict | None = None, object_store_memory: int | None = None,
          namespace: str | None = None, ignore_reinit_error: bool = False, local_mode: bool = False,
@@ -168,7 +179,8 @@ def init(backend: str | None = None, *, address: str | None = None, num_cpus: fl
         unknown = sorted(set(backend_options) - accepted - _COSMETIC_RAY_OPTIONS)
         if unknown:
             raise TypeError(f"init() got unexpected keyword argument(s) {', '.join(map(repr, unknown))} for the "
-                            f"{name!r} backend; it accepts: {', '.join(sorted(accepted)) or 'no extra options'}.")
+                            f"{name!r} backend; it accepts: {', '.join(sorted(accepted)) or 'no extra options'}."
+                            + _whose_options(unknown))
         if resources is not None and (not isinstance(resources, dict) or
                                       not all(isinstance(k, str) for k in resources)):
             raise TypeError(f"init(): resources must be a dict of name to amount, got {resources!r}.")
