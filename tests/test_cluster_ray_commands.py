@@ -195,7 +195,7 @@ def test_a_driver_and_a_node_find_the_nodes_through_the_metadata_server(machines
     redis_port = free_port()
     shell(head_env, f"anyray start --head --port 0 --ray-client-server-port 0 --redis-password {PASSWORD} "
                     f"--num-cpus 2 --metadata-port {redis_port}")
-    shell(node_env, f"anyray start --address redis://:{PASSWORD}@127.0.0.1:{redis_port} --num-cpus 1")
+    shell(node_env, f"anyray start --address 127.0.0.1:{redis_port} --redis-password {PASSWORD} --num-cpus 1")
     wait_for_nodes(head_env, 2)
     for i, line in enumerate([f'ray.init(redis_address="127.0.0.1:{redis_port}", _redis_password="{PASSWORD}")',
                               f'ray.init(address="127.0.0.1:{redis_port}", _redis_password="{PASSWORD}")',
