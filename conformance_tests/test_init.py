@@ -151,3 +151,59 @@ def test_init_rejects_an_unknown_keyword(init_kwargs):
     with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) 'no_such_option'"):
         anyray.init(**init_kwargs, no_such_option=1)
     assert not anyray.is_initialized()
+
+
+def test_a_first_argument_naming_the_backend_is_the_backend(init_kwargs, backend_name):
+    kwargs = {k: v for k, v in init_kwargs.items() if k != "backend"}
+    context = anyray.init(backend_name, **kwargs)
+    assert context.backend == backend_name
+    assert anyray.get(echo.remote(64)) == 64
+
+
+_OTHER_BACKENDS_OPTIONS = ("token_file", "metadata", "security", "num_workers")
+
+
+def test_a_backend_option_given_to_another_backend_is_a_type_error(init_kwargs, backend_name, backend_class):
+    option = next(o for o in _OTHER_BACKENDS_OPTIONS if o not in backend_class.accepted_options)
+    with pytest.raises(TypeError, match=rf"unexpected keyword argument\(s\) '{option}' for the '{backend_name}' "
+                                        rf"backend; it accepts: ") as info:
+        anyray.init(**init_kwargs, **{option: "value"})
+    if option == "token_file":  # says whose option it is
+        assert "'token_file' is an option of the 'cluster' backend" in str(info.value)
+    assert not anyray.is_initialized()
+
+
+def test_a_redis_password_without_an_address_is_a_clear_error(init_kwargs, monkeypatch):
+    for variable in ("ANYRAY_ADDRESS", "RAY_ADDRESS"):
+        monkeypatch.delenv(variable, raising=False)
+    kwargs = {k: v for k, v in init_kwargs.items() if k != "address"}
+    with pytest.raises(ValueError, match=r"_redis_password= is the password of a running cluster's Redis; pass the "
+                                         r"cluster's address too") as info:
+        anyray.init(**kwargs, _redis_password="p4ssw0rd-of-nothing")
+    assert "p4ssw0rd-of-nothing" not in str(info.value)
+    assert not anyray.is_initialized()
+
+
+@pytest.mark.parametrize("given", ["address=", "redis_address=", "$ANYRAY_ADDRESS", "$RAY_ADDRESS"])
+def test_an_address_on_a_single_machine_backend_is_a_clear_error(init_kwargs, backend_name, backend_class,
+                                                                  monkeypatch, given):
+    if "multi_node" in backend_class.capabilities:
+        pytest.skip(f"the {backend_name} backend connects to clusters (multi_node): an address is its to use")
+    for variable in ("ANYRAY_ADDRESS", "RAY_ADDRESS"):
+        monkeypatch.delenv(variable, raising=False)
+    kwargs = dict(init_kwargs)
+    address = "redis://:p4ssw0rd@10.0.0.1:6379"
+    if given.startswith("$"):
+        monkeypatch.setenv(given[1:], address)
+        remedy = f"unset {given[1:]}"
+    else:
+        kwargs[given[:-1]] = address
+        remedy = "drop address="
+    with pytest.raises(ValueError, match=rf"The '{backend_name}' backend runs on this machine only and connects to "
+                                         rf"no cluster") as info:
+        anyray.init(**kwargs)
+    message = str(info.value)
+    assert given.replace("redis_address=", "address=") in message and remedy in message
+    assert "backend='cluster'" in message
+    assert "p4ssw0rd" not in message and "redis://***@10.0.0.1:6379" in message
+    assert not anyray.is_initialized()

@@ -58,25 +58,97 @@ class InitContext:
         return f"InitContext(backend={self.backend!r}, address={self.address!r})"
 
 
-def _normalize_address(address, redis_address, redis_password):
+_ADDRESS_VARIABLES = ("ANYRAY_ADDRESS", "RAY_ADDRESS")  # where init() looks for an address when given none
+_ADDRESS_BACKEND = "cluster"  # what an address selects when no backend is named
+_MULTI_NODE = "multi_node"  # the capability of backends that connect to clusters (Capability.MULTI_NODE)
+
+
+def _looks_like_address(text: str) -> bool:
+    """``"auto"``, a URL, or ``HOST:PORT``: what Ray takes as ``init``'s first (address) argument."""
+    if text == "auto" or "://" in text:
+        return True
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit())
+
+
+def _redacted(address: str) -> str:
+    import re
+
+    return re.sub(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@", r"\1***@", address)
+
+
+def _normalize_address(address, redis_address):
+    """The address ``init`` was given (``redis_address=`` is Ray's early name for it), or None."""
     if redis_address is not None:
         if address is not None:
             raise ValueError("Pass either address= or the older redis_address=, not both.")
-        address = redis_address if "://" in redis_address else f"redis://{redis_address}"
-    if redis_password and address and address.startswith("redis://") and "@" not in address:
-        address = f"redis://:{redis_password}@{address[len('redis://'):]}"
-    return address
+        if not isinstance(redis_address, str):
+            raise TypeError(f"init(): redis_address must be 'HOST:PORT', got {type(redis_address).__name__}.")
+        address = redis_address  # HOST:PORT of the cluster's Redis, or of a node: the cluster backend probes it
+    if address is not None and not isinstance(address, str):
+        raise TypeError(f"init(): address must be a string ('auto', 'HOST:PORT', 'redis://...'), "
+                        f"got {type(address).__name__}.")
+    return address.strip() or None if address is not None else None
+
+
+def _address_from_environment() -> tuple[str | None, str | None]:
+    for variable in _ADDRESS_VARIABLES:
+        value = os.environ.get(variable, "").strip()
+        if value:
+            return value, variable
+    return None, None
+
+
+def _choose_backend(backend, address, local_mode) -> tuple[str, str | None, str | None]:
+    """The backend's name, the address, and where the address came from (for messages)."""
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"init(): backend must be a backend name (str), got {type(backend).__name__}. "
+                        f"Did you mean init(address=...)?")
+    if backend is not None and _looks_like_address(backend):
+        from .plugins import _entry_points  # here: worker processes never load backends (nor pluggy)
+
+        if backend not in _entry_points():  # Ray's first parameter is the address: init("auto")
+            if address is not None:
+                raise ValueError(f"init({_redacted(backend)!r}, address=...): the first argument is an address too "
+                                 f"(no backend is named so); pass one address.")
+            backend, address = None, backend
+    origin = "address="
+    if address is None:
+        address, variable = _address_from_environment()
+        origin = variable and f"${variable}"
+    if local_mode:
+        if backend not in (None, "local"):
+            raise ValueError(f"local_mode=True means backend='local'; it conflicts with backend={backend!r}.")
+        backend = "local"
+    name = backend or os.environ.get("ANYRAY_BACKEND") or None
+    if name is None:
+        name = _ADDRESS_BACKEND if address is not None else DEFAULT_BACKEND
+    return name, address, origin
+
+
+def _whose_options(options) -> str:
+    """Which installed backends take ``options`` (said when one is given to another backend)."""
+    from .plugins import list_backends
+
+    owners = {o: sorted(b.name for b in (item.backend for item in list_backends()) if b and o in b.accepted_options)
+              for o in options}
+    said = [f"{o!r} is an option of the {' and '.join(map(repr, names))} backend{'s' if len(names) > 1 else ''}"
+            for o, names in owners.items() if names]
+    return f" ({'; '.join(said)}.)" if said else ""
 
 
 def init(backend: str | None = None, *, address: str | None = None, num_cpus: float | None = None,
          num_gpus: float | None = None, resources: dict | None = None, object_store_memory: int | None = None,
          namespace: str | None = None, ignore_reinit_error: bool = False, local_mode: bool = False,
          redis_address: str | None = None, _redis_password: str | None = None, **backend_options) -> InitContext:
-    """Start (or connect to) a backend for this process. See API.md for every option."""
+    """Start (or connect to) a backend for this process. See API.md for every option.
+
+    As in Ray, the first argument may be the address (``init("auto")``, ``init("HOST:PORT")``) unless it
+    names an installed backend; an address (given, or ``$ANYRAY_ADDRESS``, else ``$RAY_ADDRESS``) with no
+    backend named (``backend=`` or ``$ANYRAY_BACKEND``) selects the cluster backend."""
     global _atexit_registered
-    if backend is not None and not isinstance(backend, str):
-        raise TypeError(f"init(): backend must be a backend name (str), got {type(backend).__name__}. "
-                        f"Did you mean init(address=...)?")
+    address = _normalize_address(address, redis_address)
+    name, address, origin = _choose_backend(backend, address, local_mode)
     with _init_lock:
         current = _rt.current_runtime()
         if current is not None:
@@ -85,22 +157,30 @@ def init(backend: str | None = None, *, address: str | None = None, num_cpus: fl
             raise RuntimeError("anyray.init() was called twice: this process is already connected to the "
                                f"{current.backend.name!r} backend. Pass ignore_reinit_error=True to reuse it, "
                                "or call anyray.shutdown() first.")
-        if local_mode:
-            if backend not in (None, "local"):
-                raise ValueError(f"local_mode=True means backend='local'; it conflicts with backend={backend!r}.")
-            backend = "local"
-        name = backend or os.environ.get("ANYRAY_BACKEND") or DEFAULT_BACKEND
         from .plugins import load_backend  # here: worker processes never load backends (nor pluggy)
 
         backend_cls = load_backend(name)
-        address = _normalize_address(address, redis_address, _redis_password)
-        if address is None:
-            address = os.environ.get("ANYRAY_ADDRESS") or None
+        if address is not None and _MULTI_NODE not in backend_cls.capabilities:
+            raise ValueError(
+                f"The {name!r} backend runs on this machine only and connects to no cluster, but {origin} gives "
+                f"the address {_redacted(address)!r}. To connect to that cluster, name no backend (an address alone "
+                f"selects the cluster backend) or name backend='cluster'; to run here, "
+                + ("drop address=." if origin == "address=" else f"unset {origin[1:]}."))
+        if _redis_password is not None:
+            if not isinstance(_redis_password, str):
+                raise TypeError(f"init(): _redis_password must be a string, got {type(_redis_password).__name__}.")
+            if address is None:
+                raise ValueError("init(): _redis_password= is the password of a running cluster's Redis; pass the "
+                                 "cluster's address too (address= or redis_address=), or drop it.")
+            if "_redis_password" not in backend_cls.accepted_options:
+                raise TypeError(f"init(): the {name!r} backend takes no _redis_password= (it has no Redis); drop it.")
+            backend_options["_redis_password"] = _redis_password
         accepted = backend_cls.accepted_options
         unknown = sorted(set(backend_options) - accepted - _COSMETIC_RAY_OPTIONS)
         if unknown:
             raise TypeError(f"init() got unexpected keyword argument(s) {', '.join(map(repr, unknown))} for the "
-                            f"{name!r} backend; it accepts: {', '.join(sorted(accepted)) or 'no extra options'}.")
+                            f"{name!r} backend; it accepts: {', '.join(sorted(accepted)) or 'no extra options'}."
+                            + _whose_options(unknown))
         if resources is not None and (not isinstance(resources, dict) or
                                       not all(isinstance(k, str) for k in resources)):
             raise TypeError(f"init(): resources must be a dict of name to amount, got {resources!r}.")

@@ -62,7 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # a command may explain the flags it lacks (Ray's flags it does not have, by name)
+        explain = getattr(args, "unknown_flags", None)
+        flags = [u for u in unknown if u.startswith("-")]
+        if explain is not None and flags:
+            print(f"anyray {args.command}: {explain(flags)}", file=sys.stderr)
+            return 2
+        parser.parse_args(argv)  # argparse's own error for the rest
     return args.func(args)
 
 

@@ -1,5 +1,6 @@
 """``anyray run`` runs an unmodified Ray script: ``import ray`` resolves to anyray."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -72,3 +73,20 @@ def test_a_ray_module_anyray_lacks_fails_to_import_as_usual(tmp_path):
     assert proc.returncode != 0
     assert "No module named 'ray.util_that_does_not_exist'" in proc.stderr
 
+
+
+def test_an_unknown_flag_of_a_command_that_explains_none_gets_argparse_s_error():
+    proc = subprocess.run(anyray_cmd("backends", "--no-such-flag"), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "unrecognized arguments: --no-such-flag" in proc.stderr
+
+
+def test_a_ray_script_that_connects_by_address_selects_the_cluster_backend(tmp_path):
+    script = tmp_path / "connects.py"
+    script.write_text("import ray\nray.init(address='auto')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("ANYRAY_BACKEND", "ANYRAY_ADDRESS", "RAY_ADDRESS")}
+    env["ANYRAY_CLUSTER_DIR"] = str(tmp_path / "no-cluster-here")
+    proc = subprocess.run(anyray_cmd("run", str(script)), capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode != 0
+    assert "address='auto' found no anyray cluster on this machine" in proc.stderr  # the cluster backend's word
+    assert "multiprocess" not in proc.stderr

@@ -64,7 +64,8 @@ def cli(env, *args, check=True) -> subprocess.CompletedProcess:
 
 
 def start_head(env, *args) -> dict:
-    cli(env, "start", "--head", "--port", "0", *args)
+    # --ray-client-server-port 0: leave Ray Client's port (10001) to the test of Ray's own commands
+    cli(env, "start", "--head", "--port", "0", "--ray-client-server-port", "0", *args)
     return next(r for r in files.local_nodes(env["ANYRAY_CLUSTER_DIR"]) if r["head"])
 
 

@@ -8,13 +8,15 @@ driver reads large objects from the node's shared memory without a copy.
 
 ``init(backend="cluster")`` without an address starts a private one-node
 cluster for the driver (its own daemon and metadata server, stopped at
-``shutdown``), the way ``ray.init()`` starts a local Ray; with
-``address="host:port"`` or ``"auto"`` it joins a running cluster, whose
-resources were fixed by ``anyray start``.
+``shutdown``), the way ``ray.init()`` starts a local Ray; with an address
+(``"auto"``, a node's or the metadata server's ``HOST:PORT``,
+``ray://HOST:PORT``, ``redis://...``, ``etcd://...``: see ``address``) it
+joins a running cluster, whose resources were fixed by ``anyray start``.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -74,6 +76,7 @@ class _ClusterScheduler(RemoteScheduler):
         return super().create_actor(spec)
 
 
+PASSWORD_ENV = "ANYRAY_REDIS_PASSWORD"  # the cluster's Redis password, for a driver given an address only
 OUTPUT_INTERVAL = 0.2  # seconds between a driver's reads of what its tasks printed
 
 
@@ -149,7 +152,9 @@ class ClusterBackend(Backend):
     })
     # token_file: where the cluster token is (default: this machine's, or $ANYRAY_CLUSTER_TOKEN);
     # metadata: "redis", "etcd" or a URL, for the private cluster started without an address.
-    accepted_options = frozenset({"token_file", "metadata"})
+    # _redis_password: the password of the cluster's Redis (Ray's name), also the cluster's secret when its head
+    # was started with --redis-password.
+    accepted_options = frozenset({"token_file", "metadata", "_redis_password"})
 
     link = None
     _proc = None
@@ -168,14 +173,19 @@ class ClusterBackend(Backend):
         return objects, handles
 
     def start(self) -> None:
-        from . import files, launch
-        from .client import ClientLink, handshake, open_connection
+        from . import launch
+        from .address import connect, redact, resolve
+        from .client import ClientLink
 
         cfg = self.config
         address = cfg.address
+        password = cfg.options.get("_redis_password")
         if address is None:
             import secrets
 
+            if password is not None:
+                raise ValueError("_redis_password= is the password of a running cluster's Redis; pass the cluster's "
+                                 "address too (init(address='HOST:PORT', _redis_password=...)), or drop it.")
             self._private_dir = tempfile.mkdtemp(prefix="anyray-cluster-")
             token = secrets.token_hex(32).encode()
             try:
@@ -187,6 +197,14 @@ class ClusterBackend(Backend):
                 shutil.rmtree(self._private_dir, ignore_errors=True)
                 raise
             address = record["address"]
+            from .client import handshake, open_connection
+
+            try:
+                conn = open_connection(address, token)
+                setup = handshake(conn, "driver", cfg.job_id, cfg.namespace)
+            except BaseException:
+                self.shutdown()
+                raise
         else:
             given = [name for name, value in (("num_cpus", cfg.num_cpus), ("num_gpus", cfg.num_gpus),
                                                ("resources", cfg.resources),
@@ -198,15 +216,13 @@ class ClusterBackend(Backend):
             if "metadata" in cfg.options:
                 raise ValueError("init(metadata=...) chooses the metadata server of a private cluster; a running "
                                  "cluster has its own. Drop it, or drop address=.")
-            if address == "auto":
-                address = files.auto_address()
-            token = files.read_token(cfg.options.get("token_file"))
-        try:
-            conn = open_connection(address, token)
-            setup = handshake(conn, "driver", cfg.job_id, cfg.namespace)
-        except BaseException:
-            self.shutdown()
-            raise
+            if password is None:  # a script that says only ray.init(address=...) can still name the secret
+                password = os.environ.get(PASSWORD_ENV) or None
+            try:
+                target = resolve(address, password=password, token_file=cfg.options.get("token_file"))
+                conn, setup, address, _token = connect(target, "driver", cfg.job_id, cfg.namespace)
+            except (OSError, ValueError) as exc:  # said again without any password the address held
+                raise type(exc)(redact(exc)) from None
         self.address = address
         self.link = ClientLink(conn, setup, address)
         self.link.object_counter, self.link.handle_counter = self._objects, self._handles

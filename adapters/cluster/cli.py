@@ -2,50 +2,135 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 import time
 
 from . import files, launch
+from .address import RAY_CLIENT_PORT, connect, redact, resolve, token_from_password
+
+# Flags of Ray's `ray start` that anyray does not have: named in a clear error rather than argparse's bare
+# "unrecognized arguments" (the ones it has are parsed as Ray parses them).
+RAY_START_FLAGS = frozenset({
+    "--min-worker-port", "--max-worker-port", "--worker-port-list", "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port", "--dashboard-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
+    "--plasma-directory", "--object-spilling-directory", "--autoscaling-config", "--no-redirect-output",
+    "--temp-dir", "--ray-debugger-external", "--disable-usage-stats", "--include-log-monitor",
+    "--enable-resource-isolation", "--system-reserved-cpu", "--system-reserved-memory", "--cgroup-path",
+    "--proxy-server-url", "--log-style", "--log-color", "--redis-shard-ports", "--redis-max-memory",
+    "--gcs-server-port", "--memory", "--labels", "--labels-file", "--node-name", "--storage", "--system-config",
+    "--plasma-store-socket-name", "--raylet-socket-name", "--java-worker-options", "--code-search-path",
+    "--load-code-from-local", "--tracing-startup-hook", "--lru-evict", "--enable-object-reconstruction",
+    "--redis-username", "--verbose", "--enable", "--num-redis-shards", "--redis-max-clients",
+})
+
+
+def _unknown_start_flags(flags: list[str]) -> str:
+    names = [f.split("=", 1)[0] for f in flags]
+    ray = [n for n in names if n.replace("_", "-") in RAY_START_FLAGS]
+    other = [n for n in names if n not in ray]
+    parts = []
+    if ray:
+        parts.append(f"Ray's {', '.join(ray)} {'is' if len(ray) == 1 else 'are'} not supported by `anyray start`; "
+                     f"drop {'it' if len(ray) == 1 else 'them'} (the Ray flags anyray takes: --head, --address, "
+                     f"--port, --redis-password, --node-ip-address, --num-cpus, --num-gpus, --resources, "
+                     f"--object-store-memory, --object-manager-port, --node-manager-port, "
+                     f"--ray-client-server-port, --include-dashboard, --dashboard-host, --dashboard-port, --block).")
+    if other:
+        parts.append(f"Unknown option{'s' if len(other) > 1 else ''} {', '.join(other)} "
+                     f"(see `anyray start --help`).")
+    return " ".join(parts)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, got {text!r}") from None
+    if not 0 <= value < 65536:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, got {text!r}")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("start", help="start a node daemon on this machine: the head of a new cluster (--head) "
                                      "or a node joining one (--address)",
-                       description="Start an anyray node daemon in the background.")
+                       description="Start an anyray node daemon in the background. Takes the flags of Ray's "
+                                   "`ray start` listed here; another Ray flag is an error that names it.")
     role = p.add_mutually_exclusive_group(required=True)
     role.add_argument("--head", action="store_true", help="start a new cluster with this node as its head")
-    role.add_argument("--address", help="join the cluster whose head (or any node) is at HOST:PORT")
-    p.add_argument("--port", type=int, help="port to serve drivers and nodes on (head default 6380; else any free)")
+    role.add_argument("--address", help="join a cluster: HOST:PORT of any of its nodes (what the head printed) "
+                                        "or of its Redis or etcd server, ray://HOST:PORT, redis://HOST:PORT "
+                                        "or etcd://HOST:PORT")
+    p.add_argument("--port", type=_port,
+                   help="the port this node serves drivers and nodes on, the cluster's address on the head "
+                        "(head default 6380; else any free)")
+    p.add_argument("--redis-password", metavar="PASSWORD",
+                   help="the cluster's shared secret, as Ray's: on the head, the password of the cluster's own "
+                        "Redis, and the cluster token is derived from it, so that a machine that knows it joins "
+                        "(`--address HEAD:PORT --redis-password P`) or connects (init(address=..., "
+                        "_redis_password=P)) without a copy of the token file; when joining, that password "
+                        "(default $ANYRAY_REDIS_PASSWORD)")
     p.add_argument("--node-ip-address", default="127.0.0.1",
                    help="address to listen on and to tell other nodes (default 127.0.0.1: this machine only)")
     p.add_argument("--metadata", help="head only: redis://[:password@]host:port or etcd://host:port of a running "
                                       "server, or 'redis' / 'etcd' to start a private one (default: private Redis, "
                                       "else etcd)")
-    p.add_argument("--metadata-port", type=int, help="head only: the port of the private metadata server "
-                                                      "(default: a free one; fix it to open it in a firewall)")
+    p.add_argument("--metadata-port", type=_port, help="head only: the port of the private metadata server "
+                                                        "(default: a free one; fix it to open it in a firewall)")
     p.add_argument("--token-file", help="joining: the cluster token file copied from the head's machine "
-                                        "(default: this machine's, or $ANYRAY_CLUSTER_TOKEN)")
+                                        "(default: derived from --redis-password, else this machine's, or "
+                                        "$ANYRAY_CLUSTER_TOKEN)")
     p.add_argument("--num-cpus", type=float, help="CPUs this node offers (default: all)")
     p.add_argument("--num-gpus", type=float, help="GPUs this node offers (default: those detected)")
     p.add_argument("--resources", default="{}", help='custom resources as JSON, e.g. \'{"accelerator": 1}\'')
     p.add_argument("--object-store-memory", type=int, help="bytes of shared memory for objects")
+    p.add_argument("--object-manager-port", type=_port,
+                   help="a fixed port on which other nodes read this node's objects (default: the node's port)")
+    p.add_argument("--node-manager-port", type=_port,
+                   help="a fixed port this node also serves drivers and nodes on (on a joining node without "
+                        "--port: its port)")
+    p.add_argument("--ray-client-server-port", type=_port,
+                   help=f"head only: the port ray://HOST:PORT reaches the cluster on (default "
+                        f"{RAY_CLIENT_PORT}, taken only when free); any node's address works after ray:// too")
+    p.add_argument("--include-dashboard", type=_boolean, metavar="BOOL",
+                   help="accepted for Ray's sake and recorded: anyray has no dashboard yet")
+    p.add_argument("--dashboard-host", help="accepted for Ray's sake and recorded: anyray has no dashboard yet")
+    p.add_argument("--dashboard-port", type=_port,
+                   help="accepted for Ray's sake and recorded: anyray has no dashboard yet")
     p.add_argument("--block", action="store_true", help="stay in the foreground until Ctrl-C or `anyray stop`")
-    p.set_defaults(func=cmd_start)
+    p.set_defaults(func=cmd_start, unknown_flags=_unknown_start_flags)
 
     p = sub.add_parser("stop", help="stop every anyray node daemon this user runs on this machine")
     p.add_argument("--timeout", type=float, default=20.0, help="seconds to wait before SIGKILL (default 20)")
+    p.add_argument("-f", "--force", action="store_true", help="SIGKILL the daemons and what they started at once "
+                                                             "(Ray's `ray stop --force`)")
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("status", help="the cluster's nodes, resources and usage")
-    p.add_argument("--address", default="auto", help="a node's HOST:PORT (default: the cluster on this machine)")
+    p.add_argument("--address", default="auto", help="the cluster's address, as for `anyray start --address` "
+                                                     "(default: the cluster on this machine)")
     p.add_argument("--token-file")
+    p.add_argument("--redis-password", metavar="PASSWORD", help="the cluster's Redis password (see `anyray start`)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("list", help="list the cluster's nodes, actors, tasks or objects")
     p.add_argument("what", choices=["nodes", "actors", "tasks", "objects"])
-    p.add_argument("--address", default="auto", help="a node's HOST:PORT (default: the cluster on this machine)")
+    p.add_argument("--address", default="auto", help="the cluster's address, as for `anyray start --address` "
+                                                     "(default: the cluster on this machine)")
     p.add_argument("--token-file")
+    p.add_argument("--redis-password", metavar="PASSWORD", help="the cluster's Redis password (see `anyray start`)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_list)
 
@@ -53,6 +138,13 @@ def add_commands(sub) -> None:
 def _fail(message: str) -> int:
     print(f"anyray: {message}", file=sys.stderr)
     return 1
+
+
+PASSWORD_ENV = "ANYRAY_REDIS_PASSWORD"  # --redis-password without putting it in argv
+
+
+def _password(args) -> str | None:
+    return getattr(args, "redis_password", None) or os.environ.get(PASSWORD_ENV) or None
 
 
 def cmd_start(args) -> int:
@@ -63,48 +155,85 @@ def cmd_start(args) -> int:
     except ValueError:
         return _fail(f"--resources must be a JSON object of name to amount, got {args.resources!r}.")
     directory = files.cluster_dir()
+    password = _password(args)
+    settings = {"object_manager_port": args.object_manager_port, "include_dashboard": args.include_dashboard,
+                "dashboard_host": args.dashboard_host, "dashboard_port": args.dashboard_port}
+    join = metadata = None
     if args.head:
         running = [r for r in files.local_nodes(directory) if r.get("head")]
         if running:
             return _fail(f"a cluster is already running on this machine (head at {running[0]['address']}); "
                          f"`anyray stop` it first, or join it with `anyray start --address {running[0]['address']}`.")
-        token_path = files.new_token(directory)
+        if args.token_file:
+            return _fail("--token-file is for joining; the head writes the cluster's token file.")
+        token_path = files.new_token(directory, token_from_password(password) if password else None)
         token = files.read_token(token_path)
-        port = 6380 if args.port is None else args.port
+        port = next((p for p in (args.port, args.node_manager_port) if p is not None), 6380)
+        metadata = args.metadata
+        if args.ray_client_server_port is None:
+            settings.update(ray_client_server_port=RAY_CLIENT_PORT, ray_client_port_default=True)
+        else:
+            settings["ray_client_server_port"] = args.ray_client_server_port
     else:
         if args.metadata or args.metadata_port:
             return _fail("--metadata and --metadata-port are for the head; a joining node uses the cluster's.")
+        if args.ray_client_server_port is not None:
+            return _fail("--ray-client-server-port is for the head: ray://HOST:PORT of a joining node is its "
+                         "own address.")
         try:
-            token = files.read_token(args.token_file)
+            target = resolve(args.address, password=password, token_file=args.token_file)
+            conn, _setup, join, token = connect(target, "cli")
+            conn.close()
         except (OSError, ValueError) as exc:
-            return _fail(str(exc))
+            return _fail(redact(exc))
+        if target.metadata is not None:  # given the metadata server, the node uses it as given
+            metadata, join = target.metadata, None
         token_path = args.token_file
-        port = args.port or 0
+        port = next((p for p in (args.port, args.node_manager_port) if p is not None), 0)
+    settings["node_manager_port"] = args.node_manager_port
+    settings = {k: v for k, v in settings.items() if v is not None}
+    options = dict(directory=directory, head=args.head, host=args.node_ip_address, port=port,
+                   num_cpus=args.num_cpus, num_gpus=args.num_gpus, resources=resources,
+                   object_store_memory=args.object_store_memory, metadata_port=args.metadata_port, extra=settings)
+    secrets = dict(join=join, metadata=metadata, redis_password=password if args.head else None)
     if args.block:
-        from .daemon import run
-
-        return run(head=args.head, join=args.address, host=args.node_ip_address, port=port, num_cpus=args.num_cpus,
-                   num_gpus=args.num_gpus, resources=resources, object_store_memory=args.object_store_memory,
-                   metadata=args.metadata, token=token, directory=directory, metadata_port=args.metadata_port or 0)
+        return _exec_daemon(options, token, secrets)
     try:
-        _proc, record = launch.spawn(directory=directory, token=token, head=args.head, address=args.address,
-                                     host=args.node_ip_address, port=port, num_cpus=args.num_cpus,
-                                     num_gpus=args.num_gpus, resources=resources,
-                                     object_store_memory=args.object_store_memory, metadata=args.metadata,
-                                     metadata_port=args.metadata_port)
+        _proc, record = launch.spawn(token=token, address=join, metadata=metadata, **options,
+                                     redis_password=secrets["redis_password"])
     except launch.DaemonFailed as exc:
-        return _fail(str(exc))
-    address = record["address"]
-    print(f"anyray node {record['node_id']} serving at {address} (pid {record['pid']}, log {record['log']})")
+        return _fail(redact(exc))
+    node_address = record["address"]
+    print(f"anyray node {record['node_id']} serving at {node_address} (pid {record['pid']}, log {record['log']})")
+    extra = {k: v for k, v in record.get("ports", {}).items() if k != "node"}
+    if extra:
+        print("Also serving on " + ", ".join(f"port {v} ({k})" for k, v in extra.items()) + ".")
     if args.head:
-        print(f"Metadata: {record.get('metadata')}. The cluster token is in {token_path} (readable by you only).\n"
-              f"\nConnect a driver on this machine:   anyray.init(backend=\"cluster\", address=\"auto\")\n"
-              f"Connect from another machine:      copy {token_path} there, then\n"
-              f"    anyray.init(backend=\"cluster\", address=\"{address}\", token_file=\"/path/to/token\")\n"
-              f"Add a node on another machine:     anyray start --address {address} --token-file /path/to/token\n"
+        secret = "--redis-password <the password>" if password else f"--token-file <a copy of {token_path}>"
+        driver_secret = ('_redis_password="<the password>"' if password
+                         else 'token_file="<a copy of the token file>"')
+        print(f"Metadata: {record.get('metadata')}. The cluster token is in {token_path} (readable by you only"
+              f"{'; derived from the Redis password' if password else ''}).\n"
+              f"\nConnect a driver on this machine:   ray.init(address=\"auto\")   (import anyray as ray)\n"
+              f"Connect from another machine:      ray.init(address=\"{node_address}\", {driver_secret})\n"
+              f"Add a node on another machine:     anyray start --address {node_address} {secret}\n"
               f"(other machines reach this one only if --node-ip-address is an address they can route to)\n"
               f"Stop the nodes of this machine:    anyray stop")
     return 0
+
+
+def _exec_daemon(options: dict, token: bytes, secrets: dict) -> int:
+    """``--block``: this process becomes the daemon (its argv without the password the user typed; the
+    secrets through a pipe), in the foreground until Ctrl-C or `anyray stop`."""
+    argv = launch.daemon_argv(**options)
+    read, write = os.pipe()
+    os.write(write, launch.secrets_line(token, **secrets))  # far less than a pipe's buffer
+    os.close(write)
+    os.set_inheritable(read, True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], [*argv, "--secrets-fd", str(read)])
+    return 1  # not reached
 
 
 def cmd_stop(args) -> int:
@@ -114,25 +243,32 @@ def cmd_stop(args) -> int:
         return 0
     nodes.sort(key=lambda r: bool(r.get("head")))  # the head last: the others may still talk to it
     for record in nodes:
+        if args.force:
+            launch.kill_tree(record["pid"])
+            try:
+                os.unlink(record["file"])
+            except OSError:
+                pass
+            print(f"Killed the anyray node at {record['address']} (pid {record['pid']}) and its processes.")
+            continue
         launch.stop_pid(record["pid"], args.timeout)
         print(f"Stopped the anyray node at {record['address']} (pid {record['pid']}).")
     return 0
 
 
 def _connect(args):
-    from .client import ClientLink, handshake, open_connection
+    from .client import ClientLink
 
-    address = files.auto_address() if args.address == "auto" else args.address
-    token = files.read_token(args.token_file)
-    conn = open_connection(address, token)
-    return ClientLink(conn, handshake(conn, "cli"), address)
+    target = resolve(args.address, password=_password(args), token_file=args.token_file)
+    conn, setup, node, _token = connect(target, "cli")
+    return ClientLink(conn, setup, node)
 
 
 def _ask(args, op: str, body=None):
     try:
         link = _connect(args)
     except (OSError, ValueError) as exc:
-        raise SystemExit(_fail(str(exc))) from None
+        raise SystemExit(_fail(redact(exc))) from None
     try:
         return link.request(op, body, timeout=60)
     finally:

@@ -47,7 +47,9 @@ def parse_address(address: str) -> tuple[str, int]:
             text = text[len(prefix):]
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"A cluster address is host:port (what `anyray start` printed), got {address!r}.")
+        from .address import redact
+
+        raise ValueError(f"A node's address is host:port (what `anyray start` printed), got {redact(address)!r}.")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -76,14 +78,16 @@ class _Watchdog:
         return False
 
 
-def open_connection(address: str, token: bytes, timeout: float = 10.0) -> Connection:
-    """An authenticated connection to the node at ``address``; ``PermissionError`` if the token is refused."""
+def open_connection(address: str, token: bytes, timeout: float = 10.0, sock: socket.socket | None = None) -> Connection:
+    """An authenticated connection to the node at ``address`` (over ``sock`` if given: a connection to it
+    whose challenge is still unread); ``PermissionError`` if the token is refused."""
     host, port = parse_address(address)
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:
-        raise ConnectionError(f"No anyray node answers at {host}:{port} ({exc.strerror or exc}). Is the cluster "
-                              f"running (`anyray status`)?") from None
+    if sock is None:
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise ConnectionError(f"No anyray node answers at {host}:{port} ({exc.strerror or exc}). Is the "
+                                  f"cluster running (`anyray status`)?") from None
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     conn = Connection(sock.detach())

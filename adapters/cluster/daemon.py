@@ -34,6 +34,7 @@ from ..metadata import open_metadata
 from ..node import workers
 from ..node.node import Node
 from . import files, servers
+from .address import TOKEN_CHECK_KEY, redact, token_check
 from .client import CLIENT_HELLO, CLIENT_READY, CLIENT_SETUP, _Watchdog, handshake, host_id, open_connection
 from .peers import serve_transfers
 from .scheduler import DEAD, ClusterScheduler, ClusterView
@@ -66,8 +67,15 @@ class _NodeBackend(Backend):
 
 class NodeDaemon:
     def __init__(self, *, head: bool, join: str | None, host: str, port: int, num_cpus, num_gpus, resources: dict,
-                 object_store_memory, metadata: str | None, token: bytes, directory: str, metadata_port: int = 0):
+                 object_store_memory, metadata: str | None, token: bytes, directory: str, metadata_port: int = 0,
+                 redis_password: str | None = None, settings: dict | None = None):
         self.head, self.join, self.host, self.port = head, join, host, port
+        self.redis_password = redis_password
+        # ray_client_port (listened on when free, unless given), node_manager_port and object_manager_port
+        # (fixed extra ports; transfers use the latter), and Ray's dashboard flags (recorded only).
+        self.settings = dict(settings or {})
+        self._extra_socks: list[socket.socket] = []
+        self.object_address = None
         self.token = token
         self.directory = directory
         self.resources_args = (num_cpus, num_gpus, resources, object_store_memory)
@@ -94,13 +102,16 @@ class NodeDaemon:
         if url in ("redis", "etcd"):
             kind, url = url, None
         if url is None and self.head:
-            self.server = servers.start(kind, self.directory, self.host, self.metadata_port)
+            self.server = servers.start(kind, self.directory, self.host, self.metadata_port,
+                                        password=self.redis_password)
             url = self.server.url
         elif url is None:
             url = self._ask_head("metadata_url")
         self.metadata_kind = url.partition("://")[0]
         self.metadata = open_metadata(url)
         self.metadata_url = url
+        if self.head:  # lets a driver that reads the store tell which of its tokens is the cluster's
+            self.metadata.put(TOKEN_CHECK_KEY, token_check(self.token).encode())
         num_cpus, num_gpus, resources, object_store_memory = self.resources_args
         config = BackendConfig(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
                                object_store_memory=object_store_memory, namespace="anyray-node",
@@ -112,24 +123,60 @@ class NodeDaemon:
         self.scheduler = self.node.scheduler
         self.scheduler.ops.update(metadata_url=self._op_metadata_url, status=self._op_status, list=self._op_list,
                                   list_here=self._op_list_here)
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.listen(64)
-        self._sock = sock
-        self.port = sock.getsockname()[1]
+        self._sock = self._listen(self.port, "--port")
+        self.port = self._sock.getsockname()[1]
         self.address = f"{self.host}:{self.port}"
+        self._listen_extra()
         self._register()
         self.scheduler.attach(ClusterView(self.metadata, self.node.node_id, self.token,
                                           on_change=self.scheduler.spill_queued, on_dead=self.scheduler.node_dead,
                                           on_self_lapsed=self._lapsed))
         threading.Thread(target=self._heartbeat_loop, name="anyray-heartbeat", daemon=True).start()
-        threading.Thread(target=self._accept_loop, name="anyray-node-accept", daemon=True).start()
+        for sock in (self._sock, *self._extra_socks):
+            threading.Thread(target=self._accept_loop, args=(sock,), name="anyray-node-accept", daemon=True).start()
         self.record_file = files.write_node(self.directory, self.port, {
             "pid": os.getpid(), "address": self.address, "node_id": self.node.node_id, "head": self.head,
-            "metadata": self.metadata_kind, "started": self.started})
+            "metadata": self.metadata_kind, "started": self.started, "ports": self.ports,
+            **{k: v for k, v in self.settings.items() if k.startswith(("dashboard", "include_dashboard"))}})
         log(f"serving at {self.address} (node {self.node.node_id}, {'head, ' if self.head else ''}"
-            f"metadata: {self.metadata_kind})")
+            f"metadata: {self.metadata_kind})"
+            + "".join(f"; {what} on port {port}" for what, port in self.ports.items() if what != "node"))
+
+    def _listen(self, port: int, flag: str) -> socket.socket:
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"cannot listen on {self.host}:{port} ({flag}): {exc.strerror}; another "
+                                     f"process uses it: pick another port") from None
+        sock.listen(64)
+        return sock
+
+    def _listen_extra(self) -> None:
+        """The further ports this node serves on, each speaking the node's protocol: Ray Client's
+        (``ray://HOST:10001``; the head takes the default one only when it is free), the node manager's,
+        and the object manager's (other nodes read objects there)."""
+        self.ports = {"node": self.port}
+        wanted = [("object manager", self.settings.get("object_manager_port"), "--object-manager-port"),
+                  ("node manager", self.settings.get("node_manager_port"), "--node-manager-port"),
+                  ("Ray Client", self.settings.get("ray_client_server_port"), "--ray-client-server-port")]
+        for what, port, flag in wanted:
+            if port is None or port in self.ports.values():
+                continue
+            try:
+                sock = self._listen(int(port), flag)
+            except OSError as exc:
+                if what == "Ray Client" and self.settings.get("ray_client_port_default"):
+                    log(f"Ray Client's port {port} is taken, so ray://{self.host}:{port} does not reach this "
+                        f"node; ray://{self.address} does")
+                    continue
+                raise exc
+            self._extra_socks.append(sock)
+            self.ports[what] = sock.getsockname()[1]
+        if "object manager" in self.ports:
+            self.object_address = f"{self.host}:{self.ports['object manager']}"
 
     def _lapsed(self) -> None:
         """This node's lease lapsed (it was paused, or cut off from the metadata store, for longer than
@@ -150,9 +197,11 @@ class NodeDaemon:
         self._stop.set()
 
     def close(self) -> None:
-        if self._sock is not None:
+        for sock in (self._sock, *self._extra_socks):
+            if sock is None:
+                continue
             try:
-                self._sock.close()
+                sock.close()
             except OSError:
                 pass
         if self.record_file:
@@ -214,10 +263,10 @@ class NodeDaemon:
                 lost = False
 
     # -- clients --------------------------------------------------------------------------
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, listener: socket.socket) -> None:
         while not self._stop.is_set():
             try:
-                sock, peer = self._sock.accept()
+                sock, peer = listener.accept()
             except OSError:
                 return
             threading.Thread(target=self._serve_client, args=(sock, peer), name="anyray-client",
@@ -239,7 +288,7 @@ class NodeDaemon:
                 hello = pickle.loads(memoryview(msg)[1:])
                 same_host = hello.get("host") == self.host_id
                 setup = dict(self.node.setup, arena=self.node.arena.path if same_host else None,
-                             address=self.address, node_id=self.node.node_id)
+                             address=self.address, node_id=self.node.node_id, object_address=self.object_address)
                 conn.send_bytes(workers.frame(CLIENT_SETUP, pickle.dumps(setup)))
                 msg = conn.recv_bytes(1 << 16)
                 if msg[0] != CLIENT_READY:
@@ -304,8 +353,8 @@ def run(*, token: bytes, **options) -> int:
     try:
         daemon.start()
     except Exception as exc:  # noqa: BLE001 - said on stderr, which `anyray start` shows
-        log(f"could not start: {type(exc).__name__}: {exc}")
-        traceback.print_exc()
+        log(f"could not start: {type(exc).__name__}: {redact(exc)}")
+        print(redact("".join(traceback.format_exc())), file=sys.stderr, flush=True)
         daemon.close()
         return 1
     try:
@@ -318,20 +367,31 @@ def run(*, token: bytes, **options) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m anyray.adapters.cluster.daemon")
     parser.add_argument("--head", action="store_true")
-    parser.add_argument("--address")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--num-cpus", type=float)
     parser.add_argument("--num-gpus", type=float)
     parser.add_argument("--resources", default="{}")
     parser.add_argument("--object-store-memory", type=int)
-    parser.add_argument("--metadata")
     parser.add_argument("--metadata-port", type=int, default=0)
+    parser.add_argument("--settings", default="{}", help="JSON: further ports, Ray's dashboard flags")
     parser.add_argument("--dir", required=True)
+    parser.add_argument("--secrets-fd", type=int, help="read the secrets line from this descriptor, not stdin")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="stop when stdin closes: the private cluster of one driver ends with the driver")
     args = parser.parse_args(argv)
-    token = sys.stdin.readline().strip().encode()  # from the parent through a pipe: never argv or environment
+    # The token, the addresses that may hold a password, and the private Redis's password come from the
+    # parent through a pipe: never argv or the environment, which other users can read.
+    if args.secrets_fd is not None:
+        with os.fdopen(args.secrets_fd, "rb") as f:
+            line = f.readline()
+    else:
+        line = sys.stdin.buffer.readline()
+    try:
+        secrets = json.loads(line)
+        token = secrets["token"].encode()
+    except (ValueError, KeyError, TypeError, AttributeError):
+        token = b""
     if not token:
         print("anyray node: no token on stdin", file=sys.stderr)
         return 2
@@ -341,10 +401,11 @@ def main(argv=None) -> int:
             os.kill(os.getpid(), signal.SIGTERM)
 
         threading.Thread(target=lifeline, name="anyray-lifeline", daemon=True).start()
-    code = run(head=args.head, join=args.address, host=args.host, port=args.port, num_cpus=args.num_cpus,
+    code = run(head=args.head, join=secrets.get("join"), host=args.host, port=args.port, num_cpus=args.num_cpus,
                num_gpus=args.num_gpus, resources=json.loads(args.resources),
-               object_store_memory=args.object_store_memory, metadata=args.metadata, token=token,
-               directory=args.dir, metadata_port=args.metadata_port)
+               object_store_memory=args.object_store_memory, metadata=secrets.get("metadata"), token=token,
+               directory=args.dir, metadata_port=args.metadata_port, redis_password=secrets.get("redis_password"),
+               settings=json.loads(args.settings))
     if args.exit_with_parent and code == 0:  # a driver's private cluster: its directory goes with it (on a
         import shutil  # failed start the driver reads the log first, then removes it)
 

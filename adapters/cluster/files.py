@@ -25,12 +25,12 @@ def cluster_dir(create: bool = True) -> str:
     return path
 
 
-def new_token(directory: str) -> str:
-    """Generate the cluster's token and write it to ``<directory>/token`` (0600); return the path."""
+def new_token(directory: str, token: bytes | None = None) -> str:
+    """Write ``token`` (default: a new random one) to ``<directory>/token`` (0600); return the path."""
     path = os.path.join(directory, "token")
     fd = os.open(path + ".new", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
+        f.write((token.decode() if token else secrets.token_hex(32)) + "\n")
     os.replace(path + ".new", path)
     return path
 
@@ -46,7 +46,9 @@ def read_token(path: str | None = None) -> bytes:
     except FileNotFoundError:
         raise FileNotFoundError(
             f"No cluster token at {path}. `anyray start --head` writes it there; on another machine copy it "
-            f"and pass its path (`--token-file`, or init(..., token_file=...)), or set ${TOKEN_ENV}.") from None
+            f"and pass its path (`--token-file`, or init(..., token_file=...)), or set ${TOKEN_ENV}; or, if the "
+            f"head was started with --redis-password, pass that password (`--redis-password`, or "
+            f"init(..., _redis_password=...)).") from None
     if not token:
         raise ValueError(f"The cluster token file {path} is empty.")
     mode = os.stat(path).st_mode & 0o077

@@ -18,29 +18,50 @@ class DaemonFailed(RuntimeError):
     pass
 
 
-def spawn(*, directory: str, token: bytes, head: bool, address: str | None = None, host: str = "127.0.0.1",
-          port: int = 0, num_cpus=None, num_gpus=None, resources: dict | None = None, object_store_memory=None,
-          metadata: str | None = None, metadata_port: int | None = None,
-          exit_with_parent: bool = False) -> tuple[subprocess.Popen, dict]:
-    """Start a node daemon in the background; return its process and its record once it serves.
-
-    Its output goes to ``<directory>/logs/node-<pid>.log``; the token reaches it through a pipe. With
-    ``exit_with_parent`` that pipe stays open, and the daemon stops when it closes (this process ended)."""
-    logs = os.path.join(directory, "logs")
-    os.makedirs(logs, mode=0o700, exist_ok=True)
+def daemon_argv(*, directory: str, head: bool, host: str = "127.0.0.1", port: int = 0, num_cpus=None,
+                num_gpus=None, resources: dict | None = None, object_store_memory=None,
+                metadata_port: int | None = None, exit_with_parent: bool = False,
+                extra: dict | None = None) -> list[str]:
+    """The daemon's command line: nothing secret in it (argv is readable by every user of the machine)."""
     argv = [sys.executable, "-m", "anyray.adapters.cluster.daemon", "--dir", directory, "--host", host,
             "--port", str(port), "--resources", json.dumps(resources or {})]
     if head:
         argv.append("--head")
     if exit_with_parent:
         argv.append("--exit-with-parent")
-    if address:
-        argv += ["--address", address]
     for flag, value in (("--num-cpus", num_cpus), ("--num-gpus", num_gpus),
-                        ("--object-store-memory", object_store_memory), ("--metadata", metadata),
-                        ("--metadata-port", metadata_port)):
+                        ("--object-store-memory", object_store_memory), ("--metadata-port", metadata_port)):
         if value is not None:
             argv += [flag, str(value)]
+    if extra:
+        argv += ["--settings", json.dumps(extra)]
+    return argv
+
+
+def secrets_line(token: bytes, *, join: str | None = None, metadata: str | None = None,
+                 redis_password: str | None = None) -> bytes:
+    """What the daemon reads on its stdin (or ``--secrets-fd``): the token, and the addresses that may hold
+    a password (the node to join, the metadata server's URL), and the private Redis's password."""
+    return json.dumps({"token": token.decode(), "join": join, "metadata": metadata,
+                       "redis_password": redis_password}).encode() + b"\n"
+
+
+def spawn(*, directory: str, token: bytes, head: bool, address: str | None = None, host: str = "127.0.0.1",
+          port: int = 0, num_cpus=None, num_gpus=None, resources: dict | None = None, object_store_memory=None,
+          metadata: str | None = None, metadata_port: int | None = None, redis_password: str | None = None,
+          extra: dict | None = None, exit_with_parent: bool = False) -> tuple[subprocess.Popen, dict]:
+    """Start a node daemon in the background; return its process and its record once it serves.
+
+    ``address`` is a node to join; ``metadata`` the metadata server's URL, or "redis"/"etcd" for the kind of
+    private server a head starts; ``extra`` the daemon's further settings (``--settings``). Its output goes to
+    ``<directory>/logs/node-<pid>.log``; the token, the addresses and passwords reach it through a pipe,
+    never argv. With ``exit_with_parent`` that pipe stays open, and the daemon stops when it closes (this
+    process ended)."""
+    logs = os.path.join(directory, "logs")
+    os.makedirs(logs, mode=0o700, exist_ok=True)
+    argv = daemon_argv(directory=directory, head=head, host=host, port=port, num_cpus=num_cpus, num_gpus=num_gpus,
+                       resources=resources, object_store_memory=object_store_memory, metadata_port=metadata_port,
+                       exit_with_parent=exit_with_parent, extra=extra)
     log_path = os.path.join(logs, f"node-{time.time_ns()}.log")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log, stderr=log, start_new_session=True,
@@ -51,7 +72,7 @@ def spawn(*, directory: str, token: bytes, head: bool, address: str | None = Non
     except OSError:
         final_log = log_path
     try:
-        proc.stdin.write(token + b"\n")
+        proc.stdin.write(secrets_line(token, join=address, metadata=metadata, redis_password=redis_password))
         proc.stdin.flush()
         if not exit_with_parent:
             proc.stdin.close()
@@ -125,3 +146,21 @@ def _running(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] != "Z"
     except OSError:
         return False
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL the daemon ``pid`` and every process it started (``anyray stop --force``)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+    _running(pid)  # reaps it when it is our child

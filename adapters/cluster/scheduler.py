@@ -537,7 +537,8 @@ class ClusterScheduler(NodeScheduler):
             self.fail([ObjectRef(oid)], exc)
             return
         try:
-            self.cluster.transfer.pull(link.address, wire, store.arena.receive_view(grant.offset, wire.nbytes))
+            source = link.setup.get("object_address") or link.address  # its --object-manager-port, if fixed
+            self.cluster.transfer.pull(source, wire, store.arena.receive_view(grant.offset, wire.nbytes))
         except Exception as exc:  # noqa: BLE001
             store.forget_grant(grant.offset)
             link.unpin(oid)

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+from urllib.parse import quote
 
 TRIES = 5  # a free port found by binding to 0 may be taken before the server binds it
 
@@ -44,35 +45,40 @@ class MetadataServer:
         shutil.rmtree(os.path.join(self.directory, "etcd-data"), ignore_errors=True)
 
 
-def start(kind: str | None, directory: str, host: str = "127.0.0.1", port: int = 0) -> MetadataServer:
+def start(kind: str | None, directory: str, host: str = "127.0.0.1", port: int = 0,
+          password: str | None = None) -> MetadataServer:
     """Start ``kind`` ("redis", "etcd", or None for whichever is installed, Redis first) on ``port``
-    (0: a free one)."""
+    (0: a free one); a Redis with ``password`` (``--redis-password``), else a random one."""
     kinds = [kind] if kind else ["redis", "etcd"]
     for k in kinds:
         binary = shutil.which("redis-server" if k == "redis" else "etcd")
         if binary is not None:
-            return (_start_redis if k == "redis" else _start_etcd)(binary, directory, host, port)
+            if k == "redis":
+                return _start_redis(binary, directory, host, port, password)
+            return _start_etcd(binary, directory, host, port)
     raise FileNotFoundError(
         f"Neither {' nor '.join('redis-server' if k == 'redis' else 'etcd' for k in kinds)} is installed, so the "
         f"head cannot start a metadata server of its own. Install one (apt-get install redis-server) or pass "
         f"--metadata redis://... or etcd://... of a running server.")
 
 
-def _start_redis(binary: str, directory: str, host: str, fixed: int) -> MetadataServer:
-    password = secrets.token_hex(16)
+def _start_redis(binary: str, directory: str, host: str, fixed: int, password: str | None) -> MetadataServer:
+    if password is not None and any(c in password for c in "\n\r\"\\"):
+        raise ValueError("The Redis password cannot hold a newline, a quote or a backslash.")
+    password = password or secrets.token_hex(16)
     for _ in range(1 if fixed else TRIES):
         port = fixed or _free_port(host)
         # The password goes through stdin as a config file, not argv, which every user can read.
         proc = subprocess.Popen(
             [binary, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
-        config = (f"port {port}\nbind {host}\nsave \"\"\nappendonly no\nrequirepass {password}\n"
+        config = (f"port {port}\nbind {host}\nsave \"\"\nappendonly no\nrequirepass \"{password}\"\n"
                   f"dir {directory}\ndaemonize no\nlogfile {os.path.join(directory, 'redis.log')}\n"
                   f"notify-keyspace-events Ex\n")
         proc.stdin.write(config.encode())
         proc.stdin.close()
         if _wait_port(proc, host, port):
-            return MetadataServer(proc, f"redis://:{password}@{host}:{port}/0", directory)
+            return MetadataServer(proc, f"redis://:{quote(password, safe='')}@{host}:{port}/0", directory)
         _kill(proc)
     raise RuntimeError(f"redis-server did not start; see {directory}/redis.log")
 
