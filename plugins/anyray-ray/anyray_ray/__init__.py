@@ -22,7 +22,7 @@ WORKER_OPTION = "_anyray_ray_worker"
 _RAY_INIT_OPTIONS = frozenset({
     "include_dashboard", "dashboard_host", "dashboard_port", "logging_level", "logging_format",
     "log_to_driver", "configure_logging", "_temp_dir", "_system_config", "_metrics_export_port",
-    "runtime_env", "_node_ip_address", "_plasma_directory",
+    "runtime_env", "_node_ip_address", "_plasma_directory", "_redis_password",
 })
 
 
