@@ -93,6 +93,25 @@ def hold_until_all_arrive(arrivals, parties: int, timeout: float = DEADLINE) -> 
     raise TimeoutError(f"only {count} of {parties} tasks arrived within {timeout} s")
 
 
+def hold_until_set(signal, timeout: float = DEADLINE) -> None:
+    """Inside a task: poll until ``signal`` is sent, keeping this task's CPU (see ``hold_until_all_arrive``)."""
+    from anyray.exceptions import GetTimeoutError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ref = signal.is_set.remote()
+        while True:
+            try:
+                is_set = anyray.get(ref, timeout=0)  # answers at once: nothing is lent
+                break
+            except GetTimeoutError:
+                time.sleep(0.005)
+        if is_set:
+            return
+        time.sleep(0.005)
+    raise TimeoutError(f"the signal was not sent within {timeout} s")
+
+
 @anyray.remote
 class Recorder:
     """An append-only log; ``record`` returns how many entries there are now."""
@@ -147,6 +166,24 @@ def wait_for_signal(signal, value=None):
     """Blocks (in ``get``) until ``signal`` is sent, then returns ``value``."""
     anyray.get(signal.wait.remote())
     return value
+
+
+@anyray.remote
+def busy_interval(seconds):
+    """Keeps its CPUs for ``seconds`` (sleeping: a task waiting in ``get`` would lend them); says when it ran."""
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+def most_at_once(intervals) -> int:
+    """The most ``(start, end)`` intervals that overlap at one instant (one ending as another starts do not)."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
 
 
 def assert_runtime_works() -> None:

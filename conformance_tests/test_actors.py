@@ -240,31 +240,40 @@ def test_async_methods():
     assert sorted(anyray.get([counter.incr.remote() for _ in range(10)])) == list(range(1, 11))
 
 
-def test_async_actor_runs_calls_concurrently():
-    @anyray.remote
-    class Rendezvous:
-        def __init__(self):
-            self.event = None
+@anyray.remote
+class AsyncRendezvous:
+    """``meet`` returns only once ``parties`` calls are inside it at the same time."""
 
-        async def wait(self):
-            import asyncio
+    def __init__(self, parties):
+        self.parties = parties
+        self.inside = 0
+        self.most_inside = 0
+        self.event = None
 
-            if self.event is None:
-                self.event = asyncio.Event()
-            await asyncio.wait_for(self.event.wait(), 30)
-            return "released"
+    async def meet(self, i):
+        import asyncio
 
-        async def release(self):
-            import asyncio
-
-            if self.event is None:
-                self.event = asyncio.Event()
+        if self.event is None:
+            self.event = asyncio.Event()
+        self.inside += 1
+        self.most_inside = max(self.most_inside, self.inside)
+        if self.inside >= self.parties:
             self.event.set()
-            return "released others"
+        await asyncio.wait_for(self.event.wait(), DEADLINE)
+        self.inside -= 1
+        return i
 
-    actor = Rendezvous.options(max_concurrency=4).remote()
-    waiting = actor.wait.remote()
-    assert anyray.get([waiting, actor.release.remote()], timeout=60) == ["released", "released others"]
+    async def most(self):
+        return self.most_inside
+
+
+@pytest.mark.parametrize("max_concurrency", [None, 4])
+def test_async_actor_runs_calls_concurrently(max_concurrency):
+    actor = AsyncRendezvous.options(max_concurrency=max_concurrency).remote(4) if max_concurrency \
+        else AsyncRendezvous.remote(4)
+    # Each call returns only once all four are inside meet() together: one after another, none would.
+    assert anyray.get([actor.meet.remote(i) for i in range(4)], timeout=60) == [0, 1, 2, 3]
+    assert anyray.get(actor.most.remote()) == 4
 
 
 def test_threaded_actor_runs_calls_concurrently():
