@@ -9,6 +9,8 @@ concurrently (shown by calls that can only finish together); and that
 ``max_restarts`` brings a killed actor back with fresh state.
 """
 
+import os
+import signal as signals
 import time
 import uuid
 
@@ -440,3 +442,29 @@ def test_a_handle_inside_a_stored_value_keeps_the_actor_alive():
     time.sleep(1.0)  # time for a wrongly dropped actor to be collected
     again = anyray.get(box, timeout=DEADLINE)["actor"]
     assert anyray.get(again.echo.remote("still here"), timeout=DEADLINE) == "still here"
+
+
+@anyray.remote
+class Doomed:
+    def pid(self):
+        return os.getpid()
+
+    def die(self):
+        os.kill(os.getpid(), signals.SIGKILL)
+
+    def ping(self):
+        return "pong"
+
+
+@pytest.mark.requires("processes")
+def test_an_actor_whose_process_dies_fails_the_calls_queued_behind():
+    actor = Doomed.remote()
+    assert anyray.get(actor.pid.remote(), timeout=DEADLINE) != os.getpid()
+    dying = actor.die.remote()
+    queued = [actor.ping.remote() for _ in range(5)]  # behind die(): they never run
+    for ref in [dying, *queued]:
+        with pytest.raises(ActorDiedError):
+            anyray.get(ref, timeout=DEADLINE)
+    with pytest.raises(ActorDiedError):
+        anyray.get(actor.ping.remote(), timeout=DEADLINE)
+    assert anyray.get(Counter.remote(1).incr.remote(), timeout=DEADLINE) == 2  # the runtime works on
