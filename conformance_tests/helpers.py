@@ -75,38 +75,36 @@ class Arrivals:
 def hold_until_all_arrive(arrivals, parties: int, timeout: float = DEADLINE) -> None:
     """Inside a task: arrive, then poll until ``parties`` tasks have, keeping this task's CPU (a task
     blocked in ``get`` or ``wait`` lends its CPU, which would let one node run all the parties)."""
-    from anyray.exceptions import GetTimeoutError
 
     arrivals.arrive.remote()
     deadline = time.monotonic() + timeout
+    count = None
     while time.monotonic() < deadline:
-        ref = arrivals.arrived.remote()
-        while True:
-            try:
-                count = anyray.get(ref, timeout=0)  # answers at once: nothing is lent
-                break
-            except GetTimeoutError:
-                time.sleep(0.005)
-        if count >= parties:
+        count = _poll(arrivals.arrived.remote(), deadline) or count
+        if count is not None and count >= parties:
             return
         time.sleep(0.005)
-    raise TimeoutError(f"only {count} of {parties} tasks arrived within {timeout} s")
+    seen = "the arrivals actor never answered" if count is None else f"only {count} of {parties} tasks arrived"
+    raise TimeoutError(f"{seen} within {timeout} s")
+
+
+def _poll(ref, deadline: float):
+    """The value of ``ref``, read with ``get(timeout=0)`` until ``deadline`` (then None): lends no CPU."""
+    from anyray.exceptions import GetTimeoutError
+
+    while time.monotonic() < deadline:
+        try:
+            return anyray.get(ref, timeout=0)  # answers at once: nothing is lent
+        except GetTimeoutError:
+            time.sleep(0.005)
+    return None
 
 
 def hold_until_set(signal, timeout: float = DEADLINE) -> None:
     """Inside a task: poll until ``signal`` is sent, keeping this task's CPU (see ``hold_until_all_arrive``)."""
-    from anyray.exceptions import GetTimeoutError
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ref = signal.is_set.remote()
-        while True:
-            try:
-                is_set = anyray.get(ref, timeout=0)  # answers at once: nothing is lent
-                break
-            except GetTimeoutError:
-                time.sleep(0.005)
-        if is_set:
+        if _poll(signal.is_set.remote(), deadline):
             return
         time.sleep(0.005)
     raise TimeoutError(f"the signal was not sent within {timeout} s")

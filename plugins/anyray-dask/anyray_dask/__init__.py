@@ -16,7 +16,7 @@ import math
 import os
 
 from anyray.hookspecs import hookimpl
-from anyray.ports.backend import Backend, Capability
+from anyray.ports.backend import Backend, Capability, notimpl, notyet
 
 ACTOR_CALLS_NEED_A_THREAD = (
     "every actor call is a Dask task, which needs a free thread of a worker for a moment; these tests hold every "
@@ -37,9 +37,11 @@ class DaskBackend(Backend):
         Capability.ERROR_INFO,
     })
     known_gaps = {
-        "test_an_actor_ends_once_its_last_handle_is_gone_after_its_calls_ran":
+        "test_an_actor_ends_once_its_last_handle_is_gone_after_its_calls_ran": notyet(
             "a Dask actor takes no thread of its worker, so an actor holds no CPU while it lives and "
-            "available_resources() cannot show its end (the actor does end: Dask drops it with its last future)",
+            "available_resources() cannot show its end (the actor does end: Dask drops it with its last future)"),
+        # Evaluated on a two-worker cluster (tox -e dask): each fails once its probes give up (30 s); the
+        # timeout bounds one that would hang longer.
         **dict.fromkeys([
             "test_multi_node::test_tasks_run_on_every_node",
             "test_multi_node::test_a_large_object_is_read_on_every_node",
@@ -48,7 +50,7 @@ class DaskBackend(Backend):
             "test_multi_node::test_a_named_actor_is_reachable_from_every_node",
             "test_multi_node::test_an_actor_handle_passed_to_every_node_keeps_call_order",
             "test_multi_node::test_timeline_and_error_info_cover_every_node",
-        ], ACTOR_CALLS_NEED_A_THREAD),
+        ], notimpl(ACTOR_CALLS_NEED_A_THREAD, timeout=90)),
     }
     accepted_options = frozenset({"num_workers", "security"})
 
