@@ -52,10 +52,6 @@ def test_concurrent_tasks_get_distinct_gpu_ids(isolated_runtime, backend_class):
     assert anyray.get_gpu_ids() == []  # the driver holds none
 
 
-def test_get_gpu_ids_is_empty_in_a_task_without_gpus(anyray_session):
-    assert anyray.get(no_gpu.remote(), timeout=DEADLINE) == []
-
-
 def test_accelerator_type_runs_where_a_node_has_that_type(isolated_runtime):
     anyray.init(**private_kwargs(isolated_runtime, num_gpus=1, resources={"accelerator_type:T4": 1}))
 
