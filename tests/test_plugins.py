@@ -133,3 +133,12 @@ def test_a_gap_needs_a_reason_and_a_known_kind(tmp_path):
     proc = run_suite_with_gaps(tmp_path, '{"test_a_task_returning_none": ""}', "-k", "test_a_task_returning_none")
     assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout + proc.stderr
     assert "A known gap needs its reason" in proc.stderr
+
+
+def test_a_gaps_timeout_ends_a_test_that_would_wait_longer(tmp_path):
+    proc = run_suite_with_gaps(
+        tmp_path, '{"test_a_task_waits_for_its_ref_arguments": notyet("waits here", timeout=0.1)}',
+        "-k", "test_a_task_waits_for_its_ref_arguments", "--durations=1")
+    assert proc.returncode == pytest.ExitCode.OK, proc.stdout + proc.stderr
+    assert "1 xfailed" in proc.stdout
+    assert "XFAIL" in proc.stdout and "the engine cannot yet: waits here" in proc.stdout
