@@ -3,8 +3,9 @@
 Proves that calls from one caller run in submission order against one
 instance's state; that handles work from tasks and other actors; that named
 actors are found by name and namespace and listed; that a killed actor or
-one whose constructor failed raises ``ActorDiedError`` while an actor whose
-method raised lives on; that async and threaded actors run calls
+one whose constructor failed raises ``ActorDiedError``, as do the calls
+queued behind one whose process died, while an actor whose method raised
+lives on; that async and threaded actors run calls
 concurrently (shown by calls that can only finish together); and that
 ``max_restarts`` brings a killed actor back with fresh state.
 """

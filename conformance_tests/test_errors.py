@@ -1,7 +1,8 @@
 """Errors of tasks: their types and text, propagation, retries, and the job's error log.
 
 Proves that ``get`` of a failed task raises a ``TaskError`` that is also an
-instance of the user's exception class and carries the remote traceback;
+instance of the user's exception class, keeps the raised exception and its
+fields, and carries the remote traceback;
 that Ray's exception names are aliases; that a failure flows through tasks
 that depend on it; that ``max_retries`` with ``retry_exceptions`` retries
 application errors (all of them, or the listed classes only); and that

@@ -1,7 +1,9 @@
 """Resources and cluster state: totals, availability, custom resources, CPUs lent while blocked.
 
-Proves that the resources given to ``init`` are what the cluster reports;
-that a task needing a custom resource another task holds does not start
+Proves that the resources given to ``init`` (or, for a cluster joined by
+address, those of its nodes) are what the cluster reports; that
+``available_resources`` goes down while a task holds a CPU and a custom
+resource and comes back after; that a task needing a custom resource another task holds does not start
 until it is released (shown by the order events are recorded in); that a
 task blocked in ``get`` gives its CPU back so nested waits cannot deadlock;
 and that ``nodes``, ``get_gpu_ids`` and ``get_runtime_context`` describe the

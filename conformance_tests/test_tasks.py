@@ -2,6 +2,9 @@
 
 Proves that ``.remote()`` returns ObjectRefs at once, that ``num_returns``
 splits results, that ``.options()`` overrides without changing the original,
+that ``num_cpus`` limits how many tasks run at once (shown by when they ran)
+and ``max_retries`` retries a failing task, or one whose worker process
+died, the stated number of times,
 that top-level ObjectRef arguments arrive as values while nested ones stay
 refs, that tasks can submit and wait on tasks, and that large arguments
 arrive intact and unchanged for the caller.
