@@ -62,6 +62,13 @@ def test_accelerator_type_runs_where_a_node_has_that_type(isolated_runtime):
     assert anyray.get(on_a_t4.remote(), timeout=DEADLINE) == "ran"
     assert anyray.get(on_a_t4.options(accelerator_type=None).remote(), timeout=DEADLINE) == "ran"
 
+    @anyray.remote(accelerator_type="T4")
+    class OnAT4:
+        def where(self):
+            return "here"
+
+    assert anyray.get(OnAT4.remote().where.remote(), timeout=DEADLINE) == "here"
+
 
 def test_accelerator_type_no_node_has_warns_and_waits(anyray_session):
     @anyray.remote(accelerator_type="NoSuchAccelerator")
