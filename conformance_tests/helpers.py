@@ -75,22 +75,39 @@ class Arrivals:
 def hold_until_all_arrive(arrivals, parties: int, timeout: float = DEADLINE) -> None:
     """Inside a task: arrive, then poll until ``parties`` tasks have, keeping this task's CPU (a task
     blocked in ``get`` or ``wait`` lends its CPU, which would let one node run all the parties)."""
-    from anyray.exceptions import GetTimeoutError
 
     arrivals.arrive.remote()
     deadline = time.monotonic() + timeout
+    count = None
     while time.monotonic() < deadline:
-        ref = arrivals.arrived.remote()
-        while True:
-            try:
-                count = anyray.get(ref, timeout=0)  # answers at once: nothing is lent
-                break
-            except GetTimeoutError:
-                time.sleep(0.005)
-        if count >= parties:
+        count = _poll(arrivals.arrived.remote(), deadline) or count
+        if count is not None and count >= parties:
             return
         time.sleep(0.005)
-    raise TimeoutError(f"only {count} of {parties} tasks arrived within {timeout} s")
+    seen = "the arrivals actor never answered" if count is None else f"only {count} of {parties} tasks arrived"
+    raise TimeoutError(f"{seen} within {timeout} s")
+
+
+def _poll(ref, deadline: float):
+    """The value of ``ref``, read with ``get(timeout=0)`` until ``deadline`` (then None): lends no CPU."""
+    from anyray.exceptions import GetTimeoutError
+
+    while time.monotonic() < deadline:
+        try:
+            return anyray.get(ref, timeout=0)  # answers at once: nothing is lent
+        except GetTimeoutError:
+            time.sleep(0.005)
+    return None
+
+
+def hold_until_set(signal, timeout: float = DEADLINE) -> None:
+    """Inside a task: poll until ``signal`` is sent, keeping this task's CPU (see ``hold_until_all_arrive``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _poll(signal.is_set.remote(), deadline):
+            return
+        time.sleep(0.005)
+    raise TimeoutError(f"the signal was not sent within {timeout} s")
 
 
 @anyray.remote
@@ -147,6 +164,24 @@ def wait_for_signal(signal, value=None):
     """Blocks (in ``get``) until ``signal`` is sent, then returns ``value``."""
     anyray.get(signal.wait.remote())
     return value
+
+
+@anyray.remote
+def busy_interval(seconds):
+    """Keeps its CPUs for ``seconds`` (sleeping: a task waiting in ``get`` would lend them); says when it ran."""
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+def most_at_once(intervals) -> int:
+    """The most ``(start, end)`` intervals that overlap at one instant (one ending as another starts do not)."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
 
 
 def assert_runtime_works() -> None:

@@ -12,8 +12,11 @@ plugin's own test run can execute the suite against its backend::
 - ``@pytest.mark.requires(*capabilities)`` skips a test the backend's class
   does not declare every capability for, saying which one is missing.
 - The backend class's ``known_gaps`` (test function name, or
-  ``module::name``, to reason) turns those tests into strict expected
-  failures, so a gap that closes fails loudly.
+  ``module::name``, to a ``Gap`` or its reason) turns those tests into
+  strict expected failures, so a gap that closes fails loudly; a gap whose
+  name matches no test of the suite stops the run (checked whenever every
+  test module is collected, before ``-k`` deselects), so none goes stale. A
+  gap's ``timeout`` bounds a test that fails by hanging.
 - Fixtures: ``anyray_session`` (the runtime most tests share, started once),
   ``isolated_runtime`` (no runtime before the test, none after it) and
   ``init_kwargs`` (what to pass ``anyray.init`` to start the backend under
@@ -121,6 +124,34 @@ def _gap_keys(item) -> list[str]:
     return [key for name in dict.fromkeys(names) for key in (name, f"{stem}::{name}", f"{stem}.py::{name}")]
 
 
+def _whole_suite_collected(config, conformance) -> bool:
+    """True when every test module of the suite was collected whole (``-k`` and ``-m`` deselect later)."""
+    if any("::" in str(arg) for arg in config.args):
+        return False
+    modules = {Path(str(item.path)).resolve() for item in conformance}
+    return modules >= set(SUITE_DIR.glob("test_*.py"))
+
+
+def _check_gaps(state, config, conformance) -> dict:
+    """The backend's gaps, each checked: a key matching no test of the suite is a usage error."""
+    from anyray.ports.backend import Gap
+
+    try:
+        gaps = {key: Gap.of(value) for key, value in dict(state.backend_cls.known_gaps).items()}
+    except (TypeError, ValueError) as exc:
+        raise pytest.UsageError(f"backend {state.backend!r}: known_gaps: {exc}") from exc
+    if gaps and _whole_suite_collected(config, conformance):
+        matched = {key for item in conformance for key in _gap_keys(item)}
+        stale = sorted(set(gaps) - matched)
+        if stale:
+            raise pytest.UsageError(
+                f"backend {state.backend!r} declares known gaps that name no test of the conformance suite: "
+                f"{', '.join(stale)}. The test was renamed or removed: rename the gap or drop it.")
+    return gaps
+
+
+# tryfirst: this sees every collected test before -k / -m deselect some, so stale gaps are found on any run.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session, config, items):
     state = config.stash[_STATE]
     conformance = [item for item in items if is_conformance_item(item)]
@@ -140,14 +171,17 @@ def pytest_collection_modifyitems(session, config, items):
                 if capability not in declared:
                     item.add_marker(pytest.mark.skip(
                         reason=f"backend {state.backend!r} {_SKIP_PHRASE} {capability!r}"))
-    gaps = dict(backend_cls.known_gaps)
+    gaps = _check_gaps(state, config, conformance)
+    timeouts = config.pluginmanager.hasplugin("timeout")
     timeout_set = bool(config.getoption("timeout", None) or _ini(config, "timeout"))
     for item in conformance:
-        reason = next((gaps[key] for key in _gap_keys(item) if key in gaps), None)
-        if reason is not None:
-            item.add_marker(pytest.mark.xfail(strict=True, reason=f"known gap of {state.backend!r}: {reason}"))
-        if not timeout_set and item.get_closest_marker("timeout") is None \
-                and config.pluginmanager.hasplugin("timeout"):
+        gap = next((gaps[key] for key in _gap_keys(item) if key in gaps), None)
+        if gap is not None:
+            item.add_marker(pytest.mark.xfail(strict=True, reason=f"known gap of {state.backend!r} "
+                                                                  f"({gap.describe()})"))
+            if gap.timeout is not None and timeouts:
+                item.add_marker(pytest.mark.timeout(gap.timeout))
+        if not timeout_set and item.get_closest_marker("timeout") is None and timeouts:
             item.add_marker(pytest.mark.timeout(DEFAULT_TEST_TIMEOUT))
     # Tests that start their own runtime go first: the shared one then starts once.
     items.sort(key=lambda item: 0 if "isolated_runtime" in getattr(item, "fixturenames", ()) else 1)

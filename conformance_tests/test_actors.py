@@ -3,12 +3,15 @@
 Proves that calls from one caller run in submission order against one
 instance's state; that handles work from tasks and other actors; that named
 actors are found by name and namespace and listed; that a killed actor or
-one whose constructor failed raises ``ActorDiedError`` while an actor whose
-method raised lives on; that async and threaded actors run calls
+one whose constructor failed raises ``ActorDiedError``, as do the calls
+queued behind one whose process died, while an actor whose method raised
+lives on; that async and threaded actors run calls
 concurrently (shown by calls that can only finish together); and that
 ``max_restarts`` brings a killed actor back with fresh state.
 """
 
+import os
+import signal as signals
 import time
 import uuid
 
@@ -240,31 +243,40 @@ def test_async_methods():
     assert sorted(anyray.get([counter.incr.remote() for _ in range(10)])) == list(range(1, 11))
 
 
-def test_async_actor_runs_calls_concurrently():
-    @anyray.remote
-    class Rendezvous:
-        def __init__(self):
-            self.event = None
+@anyray.remote
+class AsyncRendezvous:
+    """``meet`` returns only once ``parties`` calls are inside it at the same time."""
 
-        async def wait(self):
-            import asyncio
+    def __init__(self, parties):
+        self.parties = parties
+        self.inside = 0
+        self.most_inside = 0
+        self.event = None
 
-            if self.event is None:
-                self.event = asyncio.Event()
-            await asyncio.wait_for(self.event.wait(), 30)
-            return "released"
+    async def meet(self, i):
+        import asyncio
 
-        async def release(self):
-            import asyncio
-
-            if self.event is None:
-                self.event = asyncio.Event()
+        if self.event is None:
+            self.event = asyncio.Event()
+        self.inside += 1
+        self.most_inside = max(self.most_inside, self.inside)
+        if self.inside >= self.parties:
             self.event.set()
-            return "released others"
+        await asyncio.wait_for(self.event.wait(), DEADLINE)
+        self.inside -= 1
+        return i
 
-    actor = Rendezvous.options(max_concurrency=4).remote()
-    waiting = actor.wait.remote()
-    assert anyray.get([waiting, actor.release.remote()], timeout=60) == ["released", "released others"]
+    async def most(self):
+        return self.most_inside
+
+
+@pytest.mark.parametrize("max_concurrency", [None, 4])
+def test_async_actor_runs_calls_concurrently(max_concurrency):
+    actor = AsyncRendezvous.options(max_concurrency=max_concurrency).remote(4) if max_concurrency \
+        else AsyncRendezvous.remote(4)
+    # Each call returns only once all four are inside meet() together: one after another, none would.
+    assert anyray.get([actor.meet.remote(i) for i in range(4)], timeout=60) == [0, 1, 2, 3]
+    assert anyray.get(actor.most.remote()) == 4
 
 
 def test_threaded_actor_runs_calls_concurrently():
@@ -431,3 +443,29 @@ def test_a_handle_inside_a_stored_value_keeps_the_actor_alive():
     time.sleep(1.0)  # time for a wrongly dropped actor to be collected
     again = anyray.get(box, timeout=DEADLINE)["actor"]
     assert anyray.get(again.echo.remote("still here"), timeout=DEADLINE) == "still here"
+
+
+@anyray.remote
+class Doomed:
+    def pid(self):
+        return os.getpid()
+
+    def die(self):
+        os.kill(os.getpid(), signals.SIGKILL)
+
+    def ping(self):
+        return "pong"
+
+
+@pytest.mark.requires("processes")
+def test_an_actor_whose_process_dies_fails_the_calls_queued_behind():
+    actor = Doomed.remote()
+    assert anyray.get(actor.pid.remote(), timeout=DEADLINE) != os.getpid()
+    dying = actor.die.remote()
+    queued = [actor.ping.remote() for _ in range(5)]  # behind die(): they never run
+    for ref in [dying, *queued]:
+        with pytest.raises(ActorDiedError):
+            anyray.get(ref, timeout=DEADLINE)
+    with pytest.raises(ActorDiedError):
+        anyray.get(actor.ping.remote(), timeout=DEADLINE)
+    assert anyray.get(Counter.remote(1).incr.remote(), timeout=DEADLINE) == 2  # the runtime works on

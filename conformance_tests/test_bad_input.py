@@ -9,7 +9,7 @@ import threading
 import pytest
 
 import anyray
-from anyray.conformance.helpers import Counter, assert_runtime_works, echo
+from anyray.conformance.helpers import Counter, Recorder, assert_runtime_works, echo, recorded
 from anyray.exceptions import TaskError
 
 pytestmark = pytest.mark.usefixtures("anyray_session")
@@ -149,6 +149,103 @@ def test_invalid_method_options():
     with pytest.raises(TypeError, match=r"option 'num_returns' must be an int"):
         counter.pair.options(num_returns=1.5)
     assert anyray.get(counter.pair.remote()) == (0, 0)
+
+
+def test_num_returns_zero_runs_the_task_and_returns_none():
+    recorder = Recorder.remote()
+
+    @anyray.remote(num_returns=0)
+    def side_effect(recorder):
+        anyray.get(recorder.record.remote("ran"))
+
+    assert side_effect.remote(recorder) is None  # as in Ray: no ref to wait on
+    recorded(recorder, "ran")
+    counter = Counter.remote()
+    assert counter.incr.options(num_returns=0).remote(5) is None
+    assert anyray.get(counter.get.remote()) == 5
+
+
+@pytest.mark.parametrize("value", [-1, -3])
+def test_negative_num_returns(add, value):
+    with pytest.raises(ValueError, match=rf"option 'num_returns' must be >= 0, got {value}"):
+        add.options(num_returns=value)
+    with pytest.raises(ValueError, match=r"option 'num_returns' must be >= 0"):
+        anyray.remote(num_returns=value)(lambda: None)
+    with pytest.raises(ValueError, match=r"option 'num_returns' must be >= 0"):
+        Counter.remote().pair.options(num_returns=value)
+    assert anyray.get(add.remote(1)) == 2
+
+
+def test_negative_num_gpus(add):
+    with pytest.raises(ValueError, match=r"option 'num_gpus' must be >= 0, got -1"):
+        add.options(num_gpus=-1)
+    with pytest.raises(ValueError, match=r"option 'num_gpus' must be >= 0, got -0.5"):
+        Counter.options(num_gpus=-0.5)
+    assert anyray.get(add.remote(1)) == 2
+
+
+@pytest.mark.parametrize("amount", ["two", None, [1], True])
+def test_a_resource_amount_that_is_not_a_number(add, amount):
+    with pytest.raises(TypeError, match=r"option \"resources\['Custom'\]\" must be a number, got"):
+        add.options(resources={"Custom": amount})
+    with pytest.raises(TypeError, match=r"option \"resources\['Custom'\]\" must be a number, got"):
+        Counter.options(resources={"Custom": amount})
+    with pytest.raises(ValueError, match=r"option \"resources\['Custom'\]\" must be >= 0"):
+        add.options(resources={"Custom": -1})
+    assert anyray.get(add.options(resources={"Custom": 1}).remote(1)) == 2
+
+
+def test_max_concurrency_that_is_not_an_int():
+    with pytest.raises(TypeError, match=r"option 'max_concurrency' must be an int, got float 1.5"):
+        Counter.options(max_concurrency=1.5)
+
+    class Plain:
+        pass
+
+    with pytest.raises(TypeError, match=r"option 'max_concurrency' must be an int"):
+        anyray.remote(max_concurrency="4")(Plain)
+    assert anyray.get(Counter.options(max_concurrency=2).remote(1).get.remote()) == 1
+
+
+@pytest.mark.parametrize("value", [-2, -10])
+def test_max_restarts_below_minus_one(value):
+    with pytest.raises(ValueError, match=rf"option 'max_restarts' must be >= -1 \(-1 means unlimited\), got {value}"):
+        Counter.options(max_restarts=value)
+    with pytest.raises(ValueError, match=r"option 'max_task_retries' must be >= -1"):
+        Counter.options(max_task_retries=value)
+    assert anyray.get(Counter.options(max_restarts=-1).remote(2).get.remote()) == 2
+
+
+@pytest.mark.parametrize("target", [42, "f", None, [len]])
+def test_remote_of_something_that_is_not_a_function_or_class(target):
+    with pytest.raises(TypeError, match=r"@remote takes either one function or class, or keyword options only"):
+        anyray.remote(target)
+    assert_runtime_works()
+
+
+def test_options_ray_accepts_that_change_nothing_here(add):
+    accepted = add.options(enable_task_events=False, _metadata={"owner": "tests"}, label_selector={})
+    assert anyray.get(accepted.remote(1)) == 2
+    counter = Counter.options(enable_task_events=False, _metadata={"owner": "tests"}, label_selector={}).remote(3)
+    assert anyray.get(counter.get.options(enable_task_events=False).remote()) == 3
+
+    @anyray.remote(enable_task_events=False, label_selector={"zone": "any"})
+    def decorated():
+        return "ran"
+
+    assert anyray.get(decorated.remote()) == "ran"
+
+
+def test_those_options_of_the_wrong_type(add):
+    with pytest.raises(TypeError, match=r"option 'enable_task_events' must be True or False, got 'no'"):
+        add.options(enable_task_events="no")
+    with pytest.raises(TypeError, match=r"option 'label_selector' must be a dict of label name to value"):
+        add.options(label_selector={"zone": 1})
+    with pytest.raises(TypeError, match=r"option 'accelerator_type' must be a string or None, got int"):
+        Counter.options(accelerator_type=100)
+    with pytest.raises(TypeError, match=r"option '_metadata' must be a dict or None, got str"):
+        add.options(_metadata="x")
+    assert anyray.get(add.remote(1)) == 2
 
 
 def test_num_returns_that_the_result_does_not_match(add):

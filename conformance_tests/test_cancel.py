@@ -4,7 +4,9 @@ Proves that ``cancel`` of a task waiting for its arguments or for resources
 makes its ref raise ``TaskCancelledError`` without the task ever starting;
 that a running Python loop is interrupted (capability ``interrupt_cancel``)
 and a task stuck outside Python stopped with ``force=True`` (capability
-``force_cancel``); and that the runtime keeps working afterwards.
+``force_cancel``); that ``recursive=True`` cancels the tasks the cancelled
+task submitted and ``recursive=False`` leaves them running; and that the
+runtime keeps working afterwards.
 """
 
 import time
@@ -12,7 +14,15 @@ import time
 import pytest
 
 import anyray
-from anyray.conformance.helpers import DEADLINE, Recorder, assert_runtime_works, echo, recorded, wait_for_signal
+from anyray.conformance.helpers import (
+    DEADLINE,
+    Recorder,
+    assert_runtime_works,
+    echo,
+    recorded,
+    wait_for_signal,
+    wait_until,
+)
 from anyray.exceptions import TaskCancelledError
 
 pytestmark = pytest.mark.usefixtures("anyray_session")
@@ -117,3 +127,38 @@ def test_force_cancel_stops_a_task_outside_python():
         anyray.get(ref, timeout=DEADLINE)
     assert_runtime_works()
     assert "woke up" not in anyray.get(recorder.entries.remote())
+
+
+@pytest.mark.requires("interrupt_cancel")
+@pytest.mark.parametrize("recursive", [True, False])
+def test_cancel_recursive_decides_whether_the_tasks_it_submitted_go_too(signal, recursive):
+    recorder = Recorder.remote()
+
+    @anyray.remote
+    def plus_one(x):
+        return x + 1
+
+    @anyray.remote
+    def parent(signal, recorder):
+        child = plus_one.remote(wait_for_signal.remote(signal, 1))
+        anyray.get(recorder.record.remote([child]))  # in a list: the driver gets the ref itself
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:  # running Python, which cancel() interrupts
+            time.sleep(0.01)
+        return "parent ended"
+
+    ref = parent.remote(signal, recorder)
+    wait_until(lambda: anyray.get(recorder.entries.remote()), what="the child submitted")
+    [[child]] = anyray.get(recorder.entries.remote())
+    anyray.cancel(ref, recursive=recursive)
+    with pytest.raises(TaskCancelledError):
+        anyray.get(ref, timeout=DEADLINE)
+    if recursive:  # Ray's default: the tasks the cancelled task submitted are cancelled with it
+        with pytest.raises(TaskCancelledError):
+            anyray.get(child, timeout=DEADLINE)
+    else:
+        ready, _ = anyray.wait([child], timeout=0.5)
+        assert ready == []  # still waiting for its argument, not cancelled
+        signal.send.remote()
+        assert anyray.get(child, timeout=DEADLINE) == 2
+    assert_runtime_works()

@@ -1,7 +1,8 @@
 """Errors of tasks: their types and text, propagation, retries, and the job's error log.
 
 Proves that ``get`` of a failed task raises a ``TaskError`` that is also an
-instance of the user's exception class and carries the remote traceback;
+instance of the user's exception class, keeps the raised exception and its
+fields, and carries the remote traceback;
 that Ray's exception names are aliases; that a failure flows through tasks
 that depend on it; that ``max_retries`` with ``retry_exceptions`` retries
 application errors (all of them, or the listed classes only); and that
@@ -19,19 +20,37 @@ from anyray.conformance.helpers import Recorder, assert_runtime_works, echo
 pytestmark = pytest.mark.usefixtures("anyray_session")
 
 
-def test_task_error_is_an_instance_of_the_users_exception_class():
-    class QuotaExceeded(Exception):
-        pass
+class QuotaExceeded(Exception):
+    """A user's exception with fields of its own (pickled with its args, as exceptions are)."""
 
+    def __init__(self, message, limit=None):
+        super().__init__(message, limit)
+        self.limit = limit
+        self.tenant = "acme"
+
+
+def test_task_error_is_an_instance_of_the_users_exception_class():
     @anyray.remote
-    def fail():
-        raise QuotaExceeded("over quota")
+    def spend_over_quota():
+        raise QuotaExceeded("over quota", 3)
 
     with pytest.raises(QuotaExceeded, match="over quota") as info:
-        anyray.get(fail.remote())
-    assert isinstance(info.value, exceptions.TaskError)
-    assert isinstance(info.value, exceptions.RayTaskError)
-    assert isinstance(info.value, exceptions.AnyrayError)
+        anyray.get(spend_over_quota.remote())
+    error = info.value
+    assert isinstance(error, exceptions.TaskError)
+    assert isinstance(error, exceptions.RayTaskError)
+    assert isinstance(error, exceptions.AnyrayError)
+    assert issubclass(type(error), QuotaExceeded) and issubclass(type(error), exceptions.TaskError)
+    assert "QuotaExceeded" in type(error).__name__
+    # The exception the task raised, and its fields, survive the trip.
+    assert type(error.cause) is QuotaExceeded
+    assert error.cause.args == ("over quota", 3)
+    assert (error.cause.limit, error.cause.tenant) == (3, "acme")
+    assert (error.limit, error.tenant) == (3, "acme")
+    text = str(error)
+    assert "Traceback (most recent call last)" in text
+    assert "in spend_over_quota" in text
+    assert "QuotaExceeded: ('over quota', 3)" in text
 
 
 def test_builtin_exceptions_can_be_caught_by_their_class():

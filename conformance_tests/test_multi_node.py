@@ -38,7 +38,11 @@ def on_every_node(fn, *args):
         hold_until_all_arrive(arrivals, cpus)  # every CPU of the cluster is then held by a probe
         return anyray.get_runtime_context().get_node_id(), fn(*args)
 
-    return anyray.get([probe.remote(arrivals, *args) for _ in range(cpus)], timeout=DEADLINE * 2)
+    probes = [probe.remote(arrivals, *args) for _ in range(cpus)]
+    try:
+        return anyray.get(probes, timeout=DEADLINE * 2)
+    finally:  # a failed test leaves no probe holding a CPU for the tests after it
+        anyray.wait(probes, num_returns=len(probes), timeout=DEADLINE * 2)
 
 
 def test_tasks_run_on_every_node(node_ids):

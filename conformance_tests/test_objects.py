@@ -2,7 +2,8 @@
 
 Proves that ``get`` returns values in the order asked and times out with a
 ``GetTimeoutError`` that is also a ``TimeoutError``; that ``wait`` honours
-``num_returns`` and ``timeout`` and keeps the input order inside each list;
+``num_returns`` and ``timeout`` and keeps the input order inside each list,
+with ``fetch_local`` True or False;
 that refs are hashable, have ``.hex()``, can be awaited and turned into
 futures; and that a stored object cannot be changed through its source or
 through a value read from it.
@@ -108,6 +109,27 @@ def test_wait_blocks_until_num_returns_are_ready(signal):
     signal.send.remote()
     ready, not_ready = anyray.wait([pending, done], num_returns=2)
     assert ready == [pending, done] and not_ready == []
+
+
+@anyray.remote
+def _large_array(n):
+    return np.arange(n, dtype=np.int64)
+
+
+@pytest.mark.parametrize("fetch_local", [True, False])
+def test_wait_fetch_local_true_or_false_reports_the_ready_objects(signal, fetch_local):
+    small = echo.remote("small")
+    large = _large_array.remote(1_000_000)  # a result in the store (maybe on another node)
+    late = wait_for_signal.remote(signal, "late")
+    ready, not_ready = anyray.wait([late, small, large], num_returns=2, timeout=60, fetch_local=fetch_local)
+    assert ready == [small, large] and not_ready == [late]
+    assert anyray.get(small) == "small"
+    array = anyray.get(large)
+    assert array.shape == (1_000_000,) and array[-1] == 999_999
+    assert anyray.wait([late], timeout=0, fetch_local=fetch_local) == ([], [late])
+    signal.send.remote()
+    assert anyray.wait([late], timeout=60, fetch_local=fetch_local) == ([late], [])
+    assert anyray.get(late) == "late"
 
 
 def test_refs_are_hashable_and_compare_by_identity_of_the_object():

@@ -1,7 +1,9 @@
 """Resources and cluster state: totals, availability, custom resources, CPUs lent while blocked.
 
-Proves that the resources given to ``init`` are what the cluster reports;
-that a task needing a custom resource another task holds does not start
+Proves that the resources given to ``init`` (or, for a cluster joined by
+address, those of its nodes) are what the cluster reports; that
+``available_resources`` goes down while a task holds a CPU and a custom
+resource and comes back after; that a task needing a custom resource another task holds does not start
 until it is released (shown by the order events are recorded in); that a
 task blocked in ``get`` gives its CPU back so nested waits cannot deadlock;
 and that ``nodes``, ``get_gpu_ids`` and ``get_runtime_context`` describe the
@@ -13,23 +15,46 @@ import os
 import pytest
 
 import anyray
-from anyray.conformance.helpers import DEADLINE, Barrier, Recorder, Signal, recorded, wait_until
+from anyray.conformance.helpers import DEADLINE, Barrier, Recorder, Signal, hold_until_set, recorded, wait_until
 
 pytestmark = pytest.mark.usefixtures("anyray_session")
 
 
 def test_cluster_resources_show_the_cpus_and_custom_resources(init_kwargs):
     total = anyray.cluster_resources()
-    if "num_cpus" in init_kwargs:
-        assert total["CPU"] == init_kwargs["num_cpus"]
+    alive = [node["Resources"] for node in anyray.nodes() if node["Alive"]]
+    # What init was given, where it was given; else (a cluster joined by address) what its nodes have.
+    assert total["CPU"] == init_kwargs.get("num_cpus", sum(node.get("CPU", 0) for node in alive))
+    assert total["CPU"] > 0
     for name, amount in init_kwargs.get("resources", {}).items():
         assert total[name] == amount
+    for name in ("CPU", "Custom"):
+        assert total.get(name, 0) == sum(node.get(name, 0) for node in alive), name
 
 
-def test_available_resources_return_to_the_total_when_idle():
+def test_available_resources_go_down_while_held_and_come_back():
     total = anyray.cluster_resources()
-    wait_until(lambda: anyray.available_resources().get("Custom", 0) == total["Custom"], what="Custom idle")
-    wait_until(lambda: anyray.available_resources().get("CPU", 0) == total["CPU"], what="CPUs idle")
+    wait_until(lambda: _free("CPU") == total["CPU"] and _free("Custom") == total["Custom"], what="resources idle")
+    signal = Signal.remote()
+
+    @anyray.remote(num_cpus=1, resources={"Custom": 1})
+    def hold(signal):
+        hold_until_set(signal)  # keeps its CPU: a task waiting in get would lend it
+
+    holder = hold.remote(signal)
+    try:
+        wait_until(lambda: _free("CPU") == total["CPU"] - 1 and _free("Custom") == total["Custom"] - 1,
+                   what="a CPU and a Custom held by the running task")
+        assert anyray.cluster_resources() == total  # the totals do not move
+    finally:
+        signal.send.remote()
+    anyray.get(holder, timeout=DEADLINE)
+    wait_until(lambda: _free("CPU") == total["CPU"] and _free("Custom") == total["Custom"],
+               what="the task's CPU and Custom given back")
+
+
+def _free(name: str) -> float:
+    return anyray.available_resources().get(name, 0.0)
 
 
 def test_a_running_task_holds_its_custom_resource():

@@ -2,18 +2,34 @@
 
 Proves that ``.remote()`` returns ObjectRefs at once, that ``num_returns``
 splits results, that ``.options()`` overrides without changing the original,
+that ``num_cpus`` limits how many tasks run at once (shown by when they ran)
+and ``max_retries`` retries a failing task, or one whose worker process
+died, the stated number of times,
 that top-level ObjectRef arguments arrive as values while nested ones stay
 refs, that tasks can submit and wait on tasks, and that large arguments
 arrive intact and unchanged for the caller.
 """
 
 import os
+import signal as signals
+import time
 
 import numpy as np
 import pytest
 
 import anyray
-from anyray.conformance.helpers import Barrier, Signal, echo, wait_for_signal
+from anyray.conformance.helpers import (
+    DEADLINE,
+    Barrier,
+    Counter,
+    Signal,
+    assert_runtime_works,
+    busy_interval,
+    echo,
+    most_at_once,
+    wait_for_signal,
+)
+from anyray.exceptions import WorkerCrashedError
 from anyray.object_ref import ObjectRef
 
 pytestmark = pytest.mark.usefixtures("anyray_session")
@@ -46,12 +62,37 @@ def test_keyword_arguments_and_defaults():
     assert anyray.get(describe.remote(1, 2, 3, 4, flag=True)) == (3, (3, 4), {"flag": True})
 
 
-def test_remote_with_options_in_the_decorator():
-    @anyray.remote(num_cpus=1, max_retries=0)
-    def one():
-        return 1
+def _biggest_node() -> tuple[float, int]:
+    """The most CPUs one alive node has, and how many nodes have that many."""
+    cpus = [node["Resources"].get("CPU", 0) for node in anyray.nodes() if node["Alive"]]
+    biggest = max(cpus)
+    return biggest, cpus.count(biggest)
 
-    assert anyray.get(one.remote()) == 1
+
+def test_remote_with_options_in_the_decorator():
+    whole_node, room = _biggest_node()
+
+    @anyray.remote(num_cpus=whole_node, max_retries=2, retry_exceptions=True)
+    def hog(seconds, fail_until, counter):
+        if counter is not None:  # not while measuring: a task waiting in get lends its CPUs
+            attempt = anyray.get(counter.incr.remote(), timeout=DEADLINE)
+            if attempt <= fail_until:
+                raise ConnectionError(f"attempt {attempt}")
+        start = time.time()
+        time.sleep(seconds)
+        return start, time.time()
+
+    # num_cpus: a task needing a whole node runs alone on it, so no more run at once than there are such nodes.
+    intervals = anyray.get([hog.remote(0.3, 0, None) for _ in range(room + 1)], timeout=120)
+    assert most_at_once(intervals) <= room
+    # max_retries with retry_exceptions: two failures are retried, a third attempt succeeds.
+    counter = Counter.remote()
+    assert len(anyray.get(hog.remote(0, 2, counter), timeout=120)) == 2
+    assert anyray.get(counter.get.remote()) == 3
+    counter = Counter.remote()
+    with pytest.raises(ConnectionError, match="attempt 3"):
+        anyray.get(hog.remote(0, 5, counter), timeout=120)
+    assert anyray.get(counter.get.remote()) == 3
 
 
 def test_num_returns_splits_the_result():
@@ -93,6 +134,57 @@ def test_options_override_without_changing_the_function():
     assert anyray.get(second) == 2
     assert anyray.get(pair.remote()) == (1, 2)
     assert anyray.get(pair.options(num_cpus=2, name="renamed").remote()) == (1, 2)
+
+
+@pytest.mark.requires("concurrent")
+def test_num_cpus_in_options_limits_how_many_run_at_once_and_leaves_the_function_alone():
+    whole_node, room = _biggest_node()
+    hog = busy_interval.options(num_cpus=whole_node)
+    intervals = anyray.get([hog.remote(0.3) for _ in range(room + 1)], timeout=120)
+    assert most_at_once(intervals) <= room
+
+    # The function itself still takes one CPU: two of its calls run at once (they meet at a barrier).
+    @anyray.remote
+    def meet(barrier):
+        return anyray.get(barrier.arrive.remote())
+
+    barrier = Barrier.remote(2)
+    assert anyray.get([meet.remote(barrier), meet.remote(barrier)], timeout=60) == [2, 2]
+
+
+@pytest.mark.requires("worker_restart")
+@pytest.mark.parametrize("max_retries, attempts", [(0, 1), (2, 3), (None, 4)])
+def test_max_retries_retries_a_task_whose_worker_died(tmp_path, max_retries, attempts):
+    log = tmp_path / "attempts"  # a file, not an actor: the killed worker may host actors (Dask)
+
+    def die(path):
+        with open(path, "a") as f:
+            f.write("attempt\n")
+        os.kill(os.getpid(), signals.SIGKILL)
+
+    task = anyray.remote(die) if max_retries is None else anyray.remote(max_retries=max_retries)(die)
+    with pytest.raises(WorkerCrashedError):
+        anyray.get(task.remote(str(log)), timeout=120)
+    assert log.read_text().count("attempt") == attempts  # Ray's default max_retries is 3
+    assert_runtime_works()
+
+
+@pytest.mark.requires("worker_restart")
+def test_a_task_whose_worker_died_is_retried_on_a_fresh_worker(tmp_path):
+    log = tmp_path / "pids"
+
+    @anyray.remote(max_retries=1)
+    def die_once(path):
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        if len(open(path).read().split()) == 1:
+            os.kill(os.getpid(), signals.SIGKILL)
+        return os.getpid()
+
+    pid = anyray.get(die_once.remote(str(log)), timeout=120)
+    first, second = map(int, log.read_text().split())
+    assert pid == second != first
+    assert_runtime_works()
 
 
 def test_options_can_be_chained():

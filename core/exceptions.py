@@ -73,6 +73,7 @@ class TaskError(AnyrayError):
             return self
         dual = _dual_class(cause_cls)
         err = dual.__new__(dual)
+        err.__dict__.update(getattr(self.cause, "__dict__", {}))  # the cause's own fields, as in Ray
         TaskError.__init__(err, self.function_name, self.traceback_str, self.cause, self.pid)
         err.args = self.cause.args if self.cause is not None else err.args
         return err

@@ -78,6 +78,21 @@ def _retry_exceptions(name, value, owner):
     raise TypeError(f"{owner}: option 'retry_exceptions' must be a bool or a list of exception classes, got {value!r}.")
 
 
+def _label_selector(name, value, owner):
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise TypeError(f"{owner}: option 'label_selector' must be a dict of label name to value (strings), "
+                        f"got {value!r}.")
+    return dict(value)
+
+
+def _metadata(name, value, owner):
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(f"{owner}: option '_metadata' must be a dict or None, got {type(value).__name__}.")
+    return value
+
+
 def _lifetime(name, value, owner):
     if value not in (None, "detached", "non_detached"):
         raise ValueError(f"{owner}: option 'lifetime' must be None, 'detached' or 'non_detached', got {value!r}.")
@@ -97,6 +112,13 @@ _COMMON: dict[str, Checker] = {
     "resources": _resources,
     "name": _optional_str,
     "scheduling_strategy": _strategy,
+    # Asks for the resource "accelerator_type:<TYPE>" (see resource_demand), as Ray does.
+    "accelerator_type": _optional_str,
+    # Accepted as in Ray, and change nothing here: anyray nodes carry no labels, task events are
+    # always recorded (timeline, error_info), and metadata is not read by any backend.
+    "label_selector": _label_selector,
+    "enable_task_events": _boolean,
+    "_metadata": _metadata,
 }
 
 TASK_OPTIONS: dict[str, Checker] = {
@@ -120,6 +142,7 @@ ACTOR_OPTIONS: dict[str, Checker] = {
 
 METHOD_OPTIONS: dict[str, Checker] = {
     "num_returns": _num_returns,
+    "enable_task_events": _boolean,
     "name": _optional_str,
     "max_task_retries": _integer(-1),
     "retry_exceptions": _retry_exceptions,
@@ -127,13 +150,15 @@ METHOD_OPTIONS: dict[str, Checker] = {
 
 ALIASES = {"num_return_vals": "num_returns"}
 
-TASK_DEFAULTS = {"num_returns": 1, "num_cpus": 1, "num_gpus": 0, "memory": 0, "resources": {},
-                 "max_retries": 3, "retry_exceptions": False, "max_calls": 0, "name": None,
-                 "scheduling_strategy": None}
-ACTOR_DEFAULTS = {"num_cpus": 0, "num_gpus": 0, "memory": 0, "resources": {}, "name": None,
-                  "namespace": None, "lifetime": None, "max_restarts": 0, "max_task_retries": 0,
-                  "max_concurrency": None, "max_pending_calls": -1, "get_if_exists": False,
-                  "scheduling_strategy": None}
+_COMMON_DEFAULTS = {"num_gpus": 0, "memory": 0, "resources": {}, "name": None, "scheduling_strategy": None,
+                    "accelerator_type": None, "label_selector": None, "enable_task_events": True, "_metadata": None}
+TASK_DEFAULTS = {**_COMMON_DEFAULTS, "num_returns": 1, "num_cpus": 1, "max_retries": 3, "retry_exceptions": False,
+                 "max_calls": 0}
+ACTOR_DEFAULTS = {**_COMMON_DEFAULTS, "num_cpus": 0, "namespace": None, "lifetime": None, "max_restarts": 0,
+                  "max_task_retries": 0, "max_concurrency": None, "max_pending_calls": -1, "get_if_exists": False}
+# Ray's resource that accelerator_type=X asks for, and how much of it: a node has it when it has that type.
+ACCELERATOR_PREFIX = "accelerator_type:"
+ACCELERATOR_AMOUNT = 0.001
 
 
 def validate(options: Mapping[str, Any], allowed: Mapping[str, Checker], owner: str) -> dict[str, Any]:
@@ -154,4 +179,6 @@ def validate(options: Mapping[str, Any], allowed: Mapping[str, Checker], owner: 
 def resource_demand(opts: Mapping[str, Any]) -> dict[str, float]:
     """The resources a task or actor holds while it runs, without zero entries."""
     demand = {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"], "memory": opts["memory"], **opts["resources"]}
+    if opts.get("accelerator_type"):
+        demand[ACCELERATOR_PREFIX + opts["accelerator_type"]] = ACCELERATOR_AMOUNT
     return {k: float(v) for k, v in demand.items() if v}

@@ -73,6 +73,7 @@ class ReferenceCounter:
 
 _REF_TYPES = {ObjectRef}
 _ids_of = operator.attrgetter("_id")
+_counter_of = operator.attrgetter("_counter")
 
 
 def _check_refs(refs, fn: str) -> tuple[list[ObjectRef], bool]:
@@ -97,6 +98,13 @@ def _check_timeout(timeout, fn: str) -> float | None:
     if timeout < 0:
         raise ValueError(f"{fn}(): timeout must be >= 0 seconds or None, got {timeout!r}.")
     return float(timeout)
+
+
+def _stale_ref_error(ref: ObjectRef, fn: str) -> ValueError:
+    return ValueError(
+        f"{fn}: {ref!r} belongs to an anyray runtime that was shut down (anyray.shutdown(), or init() again); "
+        f"its object went with that runtime. Keep no refs across shutdown(): after init(), run the code that "
+        f"made the ref again (in a notebook, rerun the cell that made it).")
 
 
 def top_level_refs(args: tuple, kwargs: dict) -> list[ObjectRef]:
@@ -159,7 +167,18 @@ class Runtime:
         self.store.put(ref, obj)
         return ref
 
+    def check_current(self, refs: Sequence[ObjectRef], fn: str) -> None:
+        """Raise if a ref was made by an earlier runtime of this process: nothing would ever resolve it."""
+        counters = set(map(_counter_of, refs))
+        if len(counters) == 1 and self.counter in counters:  # the common case, at C speed
+            return
+        counters.discard(self.counter)
+        counters.discard(None)  # a ref rebuilt where no runtime was current: nothing to tell
+        if counters:
+            raise _stale_ref_error(next(r for r in refs if r._counter in counters), fn)
+
     def get_serialized(self, refs: Sequence[ObjectRef], timeout: float | None) -> list:
+        self.check_current(refs, "get()")  # first: an engine's own store may fail on a stale ref its way
         store = self.store
         if all(store.contains(r) for r in refs):
             return store.get(refs, timeout)
@@ -203,6 +222,7 @@ class Runtime:
         if len(set(ids)) != len(ids):
             raise ValueError("wait() got the same ObjectRef more than once; pass each ref once "
                              "(e.g. list(dict.fromkeys(refs))).")
+        self.check_current(ref_list, "wait()")
         lends = current_task.get() is not None and timeout != 0  # a wait that does not wait lends nothing
         if lends:
             self.scheduler.task_blocked()
@@ -230,9 +250,16 @@ class Runtime:
     def cancel(self, ref, force=False, recursive=True) -> None:
         if not isinstance(ref, ObjectRef):
             raise TypeError(f"cancel() expects an ObjectRef returned by .remote(), got {type(ref).__name__}.")
+        self.check_current([ref], "cancel()")
         self.scheduler.cancel(ref, force, recursive)
 
     # -- tasks ------------------------------------------------------------
+    def _deps(self, args: tuple, kwargs: dict, name: str) -> list[ObjectRef]:
+        deps = top_level_refs(args, kwargs)
+        if deps:
+            self.check_current(deps, f"{name}.remote()")
+        return deps
+
     def _returns(self, n: int) -> list[ObjectRef]:
         counter = self.counter
         return [ObjectRef(ids.new_id(), None, counter) for _ in range(n)]
@@ -243,7 +270,7 @@ class Runtime:
         self.counter.drain()
         parent = current_task.get()
         spec = TaskSpec(
-            task_id=ids.new_id(), function=descriptor, args=blob, deps=top_level_refs(args, kwargs),
+            task_id=ids.new_id(), function=descriptor, args=blob, deps=self._deps(args, kwargs, descriptor.name),
             returns=self._returns(options["num_returns"]), resources=resources, options=options,
             parent_task_id=parent.task_id if parent is not None else None,
             name=options["name"] or descriptor.name)
@@ -266,9 +293,9 @@ class Runtime:
                 raise ValueError(f"An actor named {name!r} already exists in namespace {namespace!r}. "
                                  f"Pick another name, or pass get_if_exists=True to reuse it.")
         blob = serialization.serialize_arguments(args, kwargs, f"{descriptor.name}.__init__")
-        spec = ActorSpec(actor_id=ids.new_id(), cls=descriptor, args=blob, deps=top_level_refs(args, kwargs),
-                         resources=opts.resource_demand(options), options=options, namespace=namespace,
-                         is_async=is_async, method_options=method_options)
+        spec = ActorSpec(actor_id=ids.new_id(), cls=descriptor, args=blob,
+                         deps=self._deps(args, kwargs, descriptor.name), resources=opts.resource_demand(options),
+                         options=options, namespace=namespace, is_async=is_async, method_options=method_options)
         native = self.scheduler.create_actor(spec)
         if isinstance(native, ActorHandle):  # get_if_exists lost a race for the name: the winner's actor
             return native
@@ -279,7 +306,8 @@ class Runtime:
         self.counter.drain()
         spec = ActorTaskSpec(
             task_id=ids.new_id(), actor_id=handle._actor_id, method_name=method_name, args=blob,
-            deps=top_level_refs(args, kwargs), returns=self._returns(options["num_returns"]),
+            deps=self._deps(args, kwargs, f"{handle._class_name}.{method_name}"),
+            returns=self._returns(options["num_returns"]),
             caller_id=handle._caller_id, seq=next(handle._seq), options=options,
             name=f"{handle._class_name}.{method_name}")
         self.scheduler.submit_actor_task(spec)

@@ -29,6 +29,52 @@ class Capability:
     ERROR_INFO = "error_info"          # error_info() lists failed tasks
 
 
+@dataclass(frozen=True)
+class Gap:
+    """A conformance test a backend is known to fail, and why; the suite runs it as a strict expected failure.
+
+    ``kind`` says whose move it is: ``notimpl`` (anyray could do it on this
+    backend and has not yet), ``notyet`` (the engine underneath cannot, yet),
+    ``never`` (by design, with the reason). ``timeout`` (seconds) bounds a
+    gap that shows by hanging, so it fails fast instead of at the suite's
+    default timeout. A plain string in ``known_gaps`` is a ``notimpl`` gap.
+    """
+
+    reason: str
+    kind: str = "notimpl"
+    timeout: float | None = None
+
+    KINDS = {"notimpl": "not implemented yet", "notyet": "the engine cannot yet", "never": "never"}
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(f"Gap kind must be one of {', '.join(self.KINDS)}, got {self.kind!r}.")
+        if not isinstance(self.reason, str) or not self.reason.strip():
+            raise ValueError("A known gap needs its reason: say why the test fails on this backend.")
+
+    @classmethod
+    def of(cls, value: Gap | str) -> Gap:
+        return value if isinstance(value, Gap) else cls(value)
+
+    def describe(self) -> str:
+        return f"{self.KINDS[self.kind]}: {self.reason}"
+
+
+def notimpl(reason: str, *, timeout: float | None = None) -> Gap:
+    """anyray could pass this test on the backend and does not yet."""
+    return Gap(reason, "notimpl", timeout)
+
+
+def notyet(reason: str, *, timeout: float | None = None) -> Gap:
+    """The engine underneath cannot do this (yet)."""
+    return Gap(reason, "notyet", timeout)
+
+
+def never(reason: str, *, timeout: float | None = None) -> Gap:
+    """The backend will not do this, by design."""
+    return Gap(reason, "never", timeout)
+
+
 @dataclass
 class BackendConfig:
     """The options of ``init``, normalized by the core."""
@@ -47,9 +93,11 @@ class Backend(ABC):
     """A way to run anyray programs, found through the ``anyray.backends`` entry points.
 
     Subclasses set ``name`` and ``capabilities`` and build their three stores
-    in ``start``. ``known_gaps`` maps conformance test names to the reason a
-    declared capability is not yet fully honoured; those tests run as strict
-    expected failures, so a gap that closes is noticed.
+    in ``start``. ``known_gaps`` maps conformance test names (``name`` or
+    ``module::name``) to a :class:`Gap` (or its reason, a string): why the
+    backend fails that test. Those tests run as strict expected failures, so
+    a gap that closes fails loudly, and a name that matches no test of the
+    suite is an error, so a gap cannot go stale.
 
     Import heavy engines inside ``start``, not at module import: listing
     backends loads every backend class.
@@ -57,7 +105,7 @@ class Backend(ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[frozenset[str]] = frozenset()
-    known_gaps: ClassVar[Mapping[str, str]] = {}
+    known_gaps: ClassVar[Mapping[str, Gap | str]] = {}
     description: ClassVar[str] = ""
     accepted_options: ClassVar[frozenset[str]] = frozenset()  # extra ``init`` keywords it takes
 

@@ -16,7 +16,7 @@ import math
 import os
 
 from anyray.hookspecs import hookimpl
-from anyray.ports.backend import Backend, Capability
+from anyray.ports.backend import Backend, Capability, notimpl, notyet
 
 ACTOR_CALLS_NEED_A_THREAD = (
     "every actor call is a Dask task, which needs a free thread of a worker for a moment; these tests hold every "
@@ -37,9 +37,24 @@ class DaskBackend(Backend):
         Capability.ERROR_INFO,
     })
     known_gaps = {
-        "test_an_actor_ends_once_its_last_handle_is_gone_after_its_calls_ran":
+        "test_an_actor_ends_once_its_last_handle_is_gone_after_its_calls_ran": notyet(
             "a Dask actor takes no thread of its worker, so an actor holds no CPU while it lives and "
-            "available_resources() cannot show its end (the actor does end: Dask drops it with its last future)",
+            "available_resources() cannot show its end (the actor does end: Dask drops it with its last future)"),
+        **dict.fromkeys([
+            "test_tasks::test_remote_with_options_in_the_decorator",
+            "test_tasks::test_num_cpus_in_options_limits_how_many_run_at_once_and_leaves_the_function_alone",
+        ], notimpl("num_cpus above 1 is not held: a Dask task takes one thread of its worker whatever num_cpus says "
+                   "(CPUs are threads here), so tasks asking for a whole worker run side by side")),
+        **dict.fromkeys([
+            "test_tasks::test_max_retries_retries_a_task_whose_worker_died[0-1]",
+            "test_tasks::test_max_retries_retries_a_task_whose_worker_died[2-3]",
+        ], notyet("Dask reruns a task whose worker died up to the scheduler's allowed-failures (3) times, a "
+                  "setting of the whole cluster, not of the task: max_retries does not change it")),
+        "test_accelerators::test_concurrent_tasks_get_distinct_gpu_ids": notimpl(
+            "GPUs are a Dask worker resource (a count): the plugin gives tasks no GPU ids, so get_gpu_ids() is "
+            "empty and CUDA_VISIBLE_DEVICES is not set"),
+        # Evaluated on a two-worker cluster (tox -e dask): each fails once its probes give up (30 s); the
+        # timeout bounds one that would hang longer.
         **dict.fromkeys([
             "test_multi_node::test_tasks_run_on_every_node",
             "test_multi_node::test_a_large_object_is_read_on_every_node",
@@ -48,7 +63,7 @@ class DaskBackend(Backend):
             "test_multi_node::test_a_named_actor_is_reachable_from_every_node",
             "test_multi_node::test_an_actor_handle_passed_to_every_node_keeps_call_order",
             "test_multi_node::test_timeline_and_error_info_cover_every_node",
-        ], ACTOR_CALLS_NEED_A_THREAD),
+        ], notimpl(ACTOR_CALLS_NEED_A_THREAD, timeout=90)),
     }
     accepted_options = frozenset({"num_workers", "security"})
 

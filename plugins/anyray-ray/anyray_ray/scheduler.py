@@ -46,6 +46,8 @@ def _resource_options(options: dict) -> dict:
         out["resources"] = dict(options["resources"])
     if options["scheduling_strategy"]:
         out["scheduling_strategy"] = options["scheduling_strategy"]
+    if options.get("accelerator_type"):
+        out["accelerator_type"] = options["accelerator_type"]
     return out
 
 
@@ -67,7 +69,7 @@ class RayScheduler(Scheduler):
         o = spec.options
         key = (spec.function.function_id, len(spec.returns), o["num_cpus"], o["num_gpus"], o["memory"],
                tuple(sorted(o["resources"].items())), o["max_retries"], o["max_calls"],
-               o["scheduling_strategy"], spec.name)
+               o["scheduling_strategy"], o.get("accelerator_type"), spec.name)
         fn = self._variants.get(key)
         if fn is None:
             with self._lock:
