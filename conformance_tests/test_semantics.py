@@ -43,3 +43,28 @@ def test_builtin_exceptions_with_own_allocators_keep_their_class():
         with pytest.raises(cls) as info:
             anyray.get(fail.remote(kind))
         assert isinstance(info.value, exceptions.RayTaskError)
+
+
+# -- objects are immutable -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [3, 1_000_000], ids=["small", "large"])
+def test_numpy_arrays_handed_out_are_read_only(size):
+    np = pytest.importorskip("numpy")
+
+    @anyray.remote
+    def writable(array):
+        return array.flags.writeable
+
+    @anyray.remote
+    def make(n):
+        return np.arange(n, dtype=np.float64)
+
+    assert anyray.get(writable.remote(np.zeros(size))) is False  # an argument by value
+    assert anyray.get(writable.remote(anyray.put(np.zeros(size)))) is False  # an argument by ref
+    assert anyray.get(writable.remote(make.remote(size))) is False  # another task's result
+    returned = anyray.get(make.remote(size))
+    assert returned.flags.writeable is False
+    assert anyray.get(anyray.put(np.zeros(size))).flags.writeable is False
+    with pytest.raises(ValueError, match="read-only"):
+        returned[0] = 1.0
