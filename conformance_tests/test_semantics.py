@@ -68,3 +68,163 @@ def test_numpy_arrays_handed_out_are_read_only(size):
     assert anyray.get(anyray.put(np.zeros(size))).flags.writeable is False
     with pytest.raises(ValueError, match="read-only"):
         returned[0] = 1.0
+
+
+# -- programs run as __main__ ----------------------------------------------------------------------
+
+SCRIPT_TIMEOUT = 180.0  # seconds a whole script may take (a fresh runtime, a few tasks); a hang fails
+
+
+def run_script(tmp_path, init_kwargs, body: str, name: str = "program.py", files: dict | None = None):
+    """Run ``body`` as the ``__main__`` of a new driver process with the backend under test.
+
+    ``anyray.init(**INIT)`` in the script starts the backend as this suite does. Returns the
+    completed process; a script still running after SCRIPT_TIMEOUT fails the test (a hang)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    for filename, text in (files or {}).items():
+        (tmp_path / filename).write_text(textwrap.dedent(text))
+    script = tmp_path / name
+    script.write_text("import json, os\nINIT = json.loads(os.environ['ANYRAY_TEST_INIT'])\n"
+                      + textwrap.dedent(body))
+    env = dict(os.environ, ANYRAY_TEST_INIT=json.dumps(init_kwargs), PYTHONPATH=str(tmp_path))
+    try:
+        done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=SCRIPT_TIMEOUT)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"{name} hung: still running after {SCRIPT_TIMEOUT} s; output so far:\n"
+                             f"{exc.stdout}\n{exc.stderr}") from None
+    assert done.returncode == 0, f"{name} failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def test_main_module_classes_in_options_reach_the_worker(isolated_runtime, tmp_path):
+    done = run_script(tmp_path, isolated_runtime, """
+        import anyray
+        from anyray.conformance.helpers import Counter
+
+        class Flaky(Exception):
+            pass
+
+        class Fatal(Exception):
+            pass
+
+        @anyray.remote(max_retries=3, retry_exceptions=[Flaky])
+        def third_time_lucky(counter, error):
+            if anyray.get(counter.incr.remote()) < 3:
+                raise error("not yet")
+            return "done"
+
+        @anyray.remote(max_task_retries=3)
+        class Service:
+            def __init__(self, counter):
+                self.counter = counter
+
+            @anyray.method(retry_exceptions=[Flaky])
+            def call(self):
+                if anyray.get(self.counter.incr.remote()) < 3:
+                    raise Flaky("not yet")
+                return "served"
+
+        anyray.init(**INIT)
+        counter = Counter.remote()
+        print("task:", anyray.get(third_time_lucky.remote(counter, Flaky), timeout=60))
+        fatal = Counter.remote()
+        try:
+            anyray.get(third_time_lucky.remote(fatal, Fatal), timeout=60)
+        except Fatal:
+            print("not retried:", anyray.get(fatal.get.remote(), timeout=60))
+        print("method:", anyray.get(Service.remote(Counter.remote()).call.remote(), timeout=60))
+        anyray.shutdown()
+    """)
+    assert "task: done" in done.stdout
+    assert "not retried: 1" in done.stdout
+    assert "method: served" in done.stdout
+
+
+def test_a_task_that_cannot_be_set_up_on_its_worker_fails_instead_of_hanging(isolated_runtime, tmp_path,
+                                                                            backend_class):
+    done = run_script(tmp_path, isolated_runtime, files={"driver_only.py": """
+        import sys
+
+        if not sys.argv[0].endswith("program.py"):
+            raise ImportError("driver_only imports in the driver alone")
+
+        def helper():
+            return "never runs"
+
+        class DriverOnlyError(Exception):
+            pass
+    """}, body="""
+        import anyray
+        import driver_only
+
+        class NoLoad:
+            def __reduce__(self):
+                return (_explode, ())
+
+        def _explode():
+            raise RuntimeError("this value cannot be rebuilt")
+
+        @anyray.remote(max_retries=0)
+        def run(fn, value=None):
+            return fn()
+
+        @anyray.remote(max_retries=1, retry_exceptions=[driver_only.DriverOnlyError])
+        def plain():
+            return "ran"
+
+        @anyray.remote
+        class Holder:
+            def __init__(self, value=None):
+                self.value = value
+
+            def ping(self):
+                return "pong"
+
+        @anyray.remote
+        class Picky:
+            @anyray.method(retry_exceptions=[driver_only.DriverOnlyError])
+            def ping(self):
+                return "pong"
+
+        anyray.init(**INIT)
+        holder = Holder.remote()
+        cases = {
+            "function of an unimportable module": lambda: run.remote(driver_only.helper),
+            "argument that cannot be rebuilt": lambda: run.remote(print, NoLoad()),
+            "option of a class that does not import": lambda: plain.remote(),
+            "method option of a class that does not import":
+                lambda: holder.ping.options(retry_exceptions=[driver_only.DriverOnlyError]).remote(),
+            "method declared with a class that does not import": lambda: Picky.remote().ping.remote(),
+            "actor argument that cannot be rebuilt": lambda: Holder.remote(NoLoad()).ping.remote(),
+            "remote function of an unimportable module": lambda: anyray.remote(driver_only.helper).remote(),
+        }
+        for label, submit in cases.items():
+            try:
+                anyray.get(submit(), timeout=90)
+            except anyray.exceptions.GetTimeoutError:
+                print(label, "-> HUNG")
+            except Exception as exc:
+                kind = ("TaskError" if isinstance(exc, anyray.exceptions.RayTaskError) else
+                        "ActorDiedError" if isinstance(exc, anyray.exceptions.RayActorError) else type(exc).__name__)
+                print(label, "-> raised", kind)
+            else:
+                print(label, "-> returned")
+        print("runtime still works:", anyray.get(holder.ping.remote(), timeout=60))
+        anyray.shutdown()
+    """)
+    outcomes = dict(line.split(" -> ") for line in done.stdout.splitlines() if " -> " in line)
+    assert len(outcomes) == 7, done.stdout + done.stderr
+    # Values that cannot be rebuilt fail everywhere; a module that imports in the driver alone fails
+    # where tasks run in other processes (in-process backends import it as the driver did).
+    assert outcomes["argument that cannot be rebuilt"] == "raised TaskError"
+    assert outcomes["actor argument that cannot be rebuilt"] == "raised ActorDiedError"
+    elsewhere = "processes" in backend_class.capabilities
+    for outcome in outcomes.values():
+        assert outcome.startswith("raised") if elsewhere else outcome != "HUNG", done.stdout
+    assert "runtime still works: pong" in done.stdout

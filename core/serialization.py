@@ -137,3 +137,30 @@ def note_ref_pickled(ref) -> None:
     refs = getattr(_collecting, "refs", None)
     if refs is not None:
         refs.append(ref)
+
+
+_PORTABLE: dict = {}
+_LOADED: dict = {}
+
+
+def portable_classes(value):
+    """A tuple of classes (``retry_exceptions``) pickled on its own for a message to a worker; other
+    values as they are. A class the worker cannot import then fails that task alone, when the executor
+    loads it (:func:`load_classes`), not the reading of the message; a class of ``__main__`` travels
+    whole, pickled by the same cloudpickle as the arguments, so it is the class the task raises."""
+    if type(value) is not tuple:
+        return value
+    blob = _PORTABLE.get(value)
+    if blob is None:
+        blob = _PORTABLE[value] = cloudpickle.dumps(value, protocol=PROTOCOL)
+    return blob
+
+
+def load_classes(value):
+    """The inverse of :func:`portable_classes`; raises what loading the classes raised."""
+    if type(value) is not bytes:
+        return value
+    classes = _LOADED.get(value)
+    if classes is None:
+        classes = _LOADED[value] = pickle.loads(value)
+    return classes

@@ -41,7 +41,7 @@ from anyray.specs import ActorSpec, TaskSpec
 
 from ..node import protocol as p
 from ..node.arena import Location
-from ..node.scheduler import NodeScheduler, _Task
+from ..node.scheduler import NodeScheduler, _Task, call_options
 from ..node.store import to_wire
 from .peers import NotSent, PeerLink, Transfer
 
@@ -210,7 +210,7 @@ class ClusterView:
     def seal_record(self, record: dict) -> bytes:
         """``record`` signed with the cluster token: only a node of the cluster can write one that
         ``open_record`` accepts, so a value changed by anyone else in the metadata store is never unpickled."""
-        body = pickle.dumps(record)
+        body = p.dumps(record)  # method options may hold classes of a driver's __main__
         return hmac.new(self._token, body, hashlib.sha256).digest() + body
 
     def open_record(self, value: bytes) -> dict | None:
@@ -862,8 +862,7 @@ class ClusterScheduler(NodeScheduler):
             self._remote_calls[return_ids[0]] = node_id
         link.call("actor_call", (spec.task_id, spec.actor_id, spec.method_name, args, [r._id for r in spec.deps],
                                  return_ids, spec.caller_id, spec.seq,
-                                 {"retry_exceptions": spec.options.get("retry_exceptions", False),
-                                  "max_task_retries": spec.options.get("max_task_retries")},
+                                 call_options(spec.options),
                                  spec.name, contained), self._ignore)
         refs = list(spec.returns)  # kept alive here until the results are home
         link.call("get", (return_ids, False, False),

@@ -141,7 +141,7 @@ class ActorHost:
         method = getattr(self.instance, spec.method_name)
         return Call(method, spec.name, "actor_task", self._context(spec.task_id, spec.name),
                     len(spec.returns), self._sched.events, spec.options.get("retry_exceptions") or False,
-                    spec.options.get("max_task_retries") or 0)
+                    call_retries(spec.options, self.spec.options))
 
     def _run_call(self, spec) -> None:
         if self.state == "dead":
@@ -256,3 +256,12 @@ class ActorHost:
             self._sched.release(self.lease)
             self.lease = None
         self._sched.actor_died(self)
+
+
+def call_retries(call_options: dict, actor_options: dict) -> int:
+    """How often a call that raised one of its ``retry_exceptions`` runs again: the method's
+    ``max_task_retries``, else the actor's (as in Ray)."""
+    allowed = call_options.get("max_task_retries")
+    if allowed is None:
+        allowed = actor_options.get("max_task_retries")
+    return allowed or 0

@@ -29,7 +29,7 @@ from anyray.exceptions import GetTimeoutError
 from anyray.ports.object_store import ObjectStore
 from anyray.ports.scheduler import Scheduler
 from anyray.runtime import ReferenceCounter
-from anyray.serialization import SerializedObject
+from anyray.serialization import SerializedObject, portable_classes
 from anyray.specs import FunctionDescriptor
 
 from . import protocol as p
@@ -380,6 +380,13 @@ class RemoteStore(ObjectStore):
         return self.node.request("usage", None)
 
 
+def portable_options(options: dict) -> dict:
+    """``options`` with their ``retry_exceptions`` as ``portable_classes`` makes them: the node reads the
+    message whether or not it can import those classes (the worker that runs the task loads them)."""
+    retry = options.get("retry_exceptions")
+    return dict(options, retry_exceptions=portable_classes(retry)) if type(retry) is tuple else options
+
+
 class RemoteScheduler(Scheduler):
     def __init__(self, node: Link):
         self.node = node
@@ -389,7 +396,7 @@ class RemoteScheduler(Scheduler):
         fn = spec.function
         node.tell("submit", (spec.task_id, fn.function_id, fn.name, node.export(fn), node.to_node(spec.args),
                              [r._id for r in spec.deps], [r._id for r in spec.returns], spec.resources,
-                             spec.options, spec.parent_task_id, spec.name,
+                             portable_options(spec.options), spec.parent_task_id, spec.name,
                              p.contained_ids(spec.args.contained_refs)))
 
     def create_actor(self, spec):
@@ -398,14 +405,15 @@ class RemoteScheduler(Scheduler):
         node.request("create_actor", (
             spec.actor_id, cls.function_id, cls.name, node.export(cls), node.to_node(spec.args),
             [r._id for r in spec.deps], spec.resources, spec.options, spec.namespace, spec.is_async,
-            spec.method_options, p.contained_ids(spec.args.contained_refs)))
+            {name: portable_options(meta) for name, meta in spec.method_options.items()},
+            p.contained_ids(spec.args.contained_refs)))
         return None
 
     def submit_actor_task(self, spec) -> None:
         self.node.tell("actor_call", (
             spec.task_id, spec.actor_id, spec.method_name, self.node.to_node(spec.args),
             [r._id for r in spec.deps], [r._id for r in spec.returns], spec.caller_id, spec.seq,
-            {"retry_exceptions": spec.options.get("retry_exceptions", False),
+            {"retry_exceptions": portable_classes(spec.options.get("retry_exceptions", False)),
              "max_task_retries": spec.options.get("max_task_retries")},
             spec.name, p.contained_ids(spec.args.contained_refs)))
 

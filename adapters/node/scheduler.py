@@ -42,7 +42,7 @@ from anyray.exceptions import (
 from anyray.executor import serialize_failure
 from anyray.object_ref import ObjectRef
 from anyray.runtime import current_counter
-from anyray.serialization import SerializedObject
+from anyray.serialization import SerializedObject, portable_classes
 from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
 
 from ..common.resources import ResourcePool
@@ -58,7 +58,7 @@ _LATER = object()  # a request handler that answers by itself, later
 
 def call_options(options: dict) -> dict:
     """What a worker needs of an actor method's options (not its signature, which is costly to pickle)."""
-    return {"retry_exceptions": options.get("retry_exceptions", False),
+    return {"retry_exceptions": portable_classes(options.get("retry_exceptions", False)),
             "max_task_retries": options.get("max_task_retries")}
 
 
@@ -413,10 +413,14 @@ class NodeScheduler(QueueScheduler):
             job = worker.job = task.job
         self._send(worker, p.TASK, (
             spec.task_id, fn_id, blob, args, [r._id for r in spec.deps], deps, [r._id for r in spec.returns],
-            spec.name, spec.resources, task.lease.gpu_ids, options["retry_exceptions"], options["max_retries"], job))
+            spec.name, spec.resources, task.lease.gpu_ids, portable_classes(options["retry_exceptions"]),
+            options["max_retries"], job))
 
     def _task_result(self, worker: _Worker, task_id: bytes, wires, contained) -> None:
         task = worker.task
+        if task is not None and task_id is None:  # the worker could not read the task: one failure for all
+            task_id = task.spec.task_id
+            wires, contained = wires * len(task.spec.returns), contained * len(task.spec.returns)
         if task is None or task.spec.task_id != task_id:
             return
         spec = task.spec

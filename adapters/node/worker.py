@@ -30,7 +30,7 @@ import cloudpickle
 from anyray import serialization
 from anyray.context import TaskContext
 from anyray.events import JobEvents
-from anyray.exceptions import ActorDiedError, TaskCancelledError
+from anyray.exceptions import ActorDiedError, TaskCancelledError, TaskError
 from anyray.executor import Call, failure_for, serialize_failure
 from anyray.object_ref import ObjectRef
 from anyray.ports.backend import Backend, BackendConfig
@@ -38,7 +38,7 @@ from anyray.runtime import Runtime, set_current
 from anyray.serialization import SerializedObject
 from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure
 
-from ..common.actor_host import ActorHost
+from ..common.actor_host import ActorHost, call_retries
 from ..common.resources import Lease
 from . import protocol as p
 from . import workers
@@ -169,8 +169,13 @@ class WorkerNode(Link):
                 return
 
     def _run_task(self, payload) -> None:
-        (task_id, fn_id, blob, args_wire, dep_ids, dep_wires, return_ids, name, resources, gpu_ids,
-         retry_exceptions, max_retries, job) = pickle.loads(payload)
+        try:
+            (task_id, fn_id, blob, args_wire, dep_ids, dep_wires, return_ids, name, resources, gpu_ids,
+             retry_exceptions, max_retries, job) = pickle.loads(payload)
+        except Exception as exc:  # noqa: BLE001 - the task's caller gets the error, whatever it is
+            error = TaskError.from_exception("the task", exc, os.getpid())
+            self.send(p.RESULT, (None, [to_wire(serialize_failure(RemoteFailure(error)))], [None], []))
+            return  # None: the task this worker was sent (the driver knows which)
         if job is not None:  # a task of another driver's job than the last one (a cluster node)
             self.runtime.job_id, self.runtime.namespace = job
         unread = {key for key, wire in dep_wires.items() if type(wire) is Location}
@@ -260,7 +265,12 @@ class WorkerNode(Link):
     # A sync actor with max_concurrency 1 runs its calls here on the main thread, as tasks do; a
     # threaded or async actor runs them on threads of an ActorHost, while the main thread reads.
     def _on_actor(self, payload) -> None:
-        kind, body = pickle.loads(payload)
+        try:
+            kind, body = pickle.loads(payload)
+        except Exception as exc:  # noqa: BLE001 - which call it was is unknown: the actor cannot go on
+            self.send(p.ACTOR_DIED, (None, f"The actor died: a message to it could not be read in its process: "
+                                           f"{type(exc).__name__}: {exc}"))
+            return
         inline = self.inline
         if kind == "call":
             if inline is not None:
@@ -386,7 +396,7 @@ class _InlineActor:
             return
         call = Call(getattr(self.instance, method), name, "actor_task", self._context(task_id, name),
                     len(return_ids), node.events, options.get("retry_exceptions") or False,
-                    options.get("max_task_retries") or 0)
+                    call_retries(options, self.spec.options))
         outputs = call.run(node.from_wire(task_id, args_wire), [ObjectRef(i) for i in dep_ids], node.fetch)
         del call
         node.runtime.counter.drain()

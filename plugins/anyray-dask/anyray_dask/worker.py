@@ -35,7 +35,7 @@ from anyray.context import TaskContext
 from anyray.executor import Call, serialize_failure
 from anyray.object_ref import ObjectRef
 from anyray.ports.backend import BackendConfig
-from anyray.serialization import deserialize, serialize
+from anyray.serialization import deserialize, portable_classes, serialize
 from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure
 
 from .transport import pack, pack_returns, resolving, unpack
@@ -157,7 +157,8 @@ TaskCall = list
 
 def task_call(spec) -> TaskCall:
     o = spec.options
-    return [spec.task_id, spec.name, len(spec.returns), o["retry_exceptions"], o["max_retries"], spec.resources,
+    return [spec.task_id, spec.name, len(spec.returns), portable_classes(o["retry_exceptions"]), o["max_retries"],
+            spec.resources,
             [d.binary() for d in spec.deps], [d.native.future.key for d in spec.deps]]
 
 
@@ -216,7 +217,14 @@ MethodCall = list
 
 def method_call(spec) -> MethodCall:
     return [spec.actor_id, spec.method_name, spec.task_id, spec.name, [r.binary() for r in spec.returns],
-            spec.caller_id, spec.seq, spec.options, [d.binary() for d in spec.deps], None]
+            spec.caller_id, spec.seq, portable_options(spec.options), [d.binary() for d in spec.deps], None]
+
+
+def portable_options(options: dict) -> dict:
+    """``options`` with ``retry_exceptions`` pickled apart: a class a worker cannot import fails the call
+    that needs it, not Dask's reading of the message."""
+    retry = options.get("retry_exceptions")
+    return dict(options, retry_exceptions=portable_classes(retry)) if type(retry) is tuple else options
 
 
 def job_prefix(job_id: bytes) -> str:

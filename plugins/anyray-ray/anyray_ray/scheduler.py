@@ -120,7 +120,7 @@ class RayScheduler(Scheduler):
             self._feasibility.check(spec.actor_id, spec.cls.name, spec.resources)
         try:
             handle = self._host_class(spec).options(**options).remote(
-                self._session, spec.actor_id, spec.cls.name, spec.resources, pack(spec.args),
+                self._session, spec.actor_id, spec.cls.name, spec.resources, o["max_task_retries"], pack(spec.args),
                 [d.binary() for d in spec.deps], *[d.native for d in spec.deps])
         except ValueError as exc:
             if name is not None and "already" in str(exc):
