@@ -228,3 +228,103 @@ def test_a_task_that_cannot_be_set_up_on_its_worker_fails_instead_of_hanging(iso
     for outcome in outcomes.values():
         assert outcome.startswith("raised") if elsewhere else outcome != "HUNG", done.stdout
     assert "runtime still works: pong" in done.stdout
+
+
+# -- sys.exit and exit_actor -----------------------------------------------------------------------
+
+ACTOR_GONE = (exceptions.ActorDiedError, exceptions.ActorUnavailableError)  # Ray: both are RayActorErrors
+
+
+@anyray.remote(max_restarts=1)
+class Exiter:
+    def __init__(self):
+        self.calls = 0
+
+    def ping(self):
+        self.calls += 1
+        return self.calls
+
+    def leave(self, how):
+        import sys
+
+        if how == "exit_actor":
+            anyray.actor.exit_actor()
+        elif how == "builtin":
+            exit(3)
+        sys.exit(how)
+
+
+
+
+@anyray.remote(max_restarts=1)
+class AsyncExiter:
+    async def ping(self):
+        return 1
+
+    async def leave(self, how):
+        anyray.actor.exit_actor()
+
+
+@pytest.mark.parametrize("kind", ["sync", "threaded", "async"])
+def test_exit_actor_ends_actors_of_every_kind(kind):
+    actor = {"sync": Exiter.remote, "threaded": Exiter.options(max_concurrency=3).remote,
+             "async": AsyncExiter.remote}[kind]()
+    assert anyray.get(actor.ping.remote()) == 1
+    with pytest.raises(exceptions.ActorDiedError):
+        anyray.get(actor.leave.remote("exit_actor"))
+    with pytest.raises(exceptions.ActorDiedError):
+        anyray.get(actor.ping.remote())
+
+
+@pytest.mark.parametrize("how", ["exit_actor", 0])
+def test_exit_actor_ends_the_actor_for_good(how):
+    actor = Exiter.remote()
+    assert anyray.get(actor.ping.remote()) == 1
+    with pytest.raises(exceptions.ActorDiedError):
+        anyray.get(actor.leave.remote(how))
+    for _ in range(2):  # not restarted, whatever max_restarts says
+        with pytest.raises(exceptions.ActorDiedError):
+            anyray.get(actor.ping.remote())
+
+
+@pytest.mark.requires("actor_restart")
+@pytest.mark.parametrize("how", [1, None, "builtin"])
+def test_sys_exit_with_another_code_is_a_crash_and_restarts(how):
+    actor = Exiter.remote()
+    assert anyray.get(actor.ping.remote()) == 1
+    with pytest.raises(ACTOR_GONE):
+        anyray.get(actor.leave.remote(how))
+    assert anyray.get(actor.ping.remote()) == 1  # a fresh instance: max_restarts=1 allowed it
+    with pytest.raises(ACTOR_GONE):
+        anyray.get(actor.leave.remote(how))
+    with pytest.raises(exceptions.ActorDiedError):  # restarts used up
+        anyray.get(actor.ping.remote())
+
+
+def test_exit_actor_outside_an_actor_is_a_type_error():
+    @anyray.remote
+    def not_an_actor():
+        anyray.actor.exit_actor()
+
+    with pytest.raises(TypeError, match="exit_actor"):
+        anyray.get(not_an_actor.remote())
+    with pytest.raises(TypeError, match="exit_actor"):
+        anyray.actor.exit_actor()
+
+
+def test_sys_exit_in_a_task_ends_its_worker_and_retries_run_out(signal):
+    from anyray.conformance.helpers import Counter
+
+    attempts = Counter.remote()
+
+    @anyray.remote(max_retries=2)
+    def leave(counter):
+        import sys
+
+        anyray.get(counter.incr.remote())
+        sys.exit(0)
+
+    with pytest.raises(exceptions.WorkerCrashedError):
+        anyray.get(leave.remote(attempts))
+    assert anyray.get(attempts.get.remote()) == 3  # the first run and two retries
+

@@ -138,7 +138,10 @@ class Call:
             message=str(error) if error is not None else None))
 
     def invoke(self, args_blob, deps, fetch: Fetch):
-        """Call the target in this thread; return the list of values or a ``RemoteFailure``."""
+        """Call the target in this thread; return the list of values or a ``RemoteFailure``.
+
+        A ``SystemExit`` the target raises (``sys.exit()``, ``exit_actor()``) is raised on: the
+        backend ends what runs the call, as Ray ends the worker process."""
         token = current_task.set(self.ctx)
         start = time.time()
         try:
@@ -162,7 +165,9 @@ class Call:
                 except BaseException as exc:  # noqa: BLE001 - everything the user raised is reported
                     if isinstance(exc, KeyboardInterrupt) and self.ctx.inline:
                         raise
-                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    if isinstance(exc, SystemExit):
+                        raise  # the process running it exits: the backend ends the worker or the actor
+                    if isinstance(exc, KeyboardInterrupt):
                         exc = TaskCancelledError(f"{self.name} was interrupted ({type(exc).__name__}).")
                     if _should_retry(exc, retry_exceptions, retries_left):
                         retries_left -= 1

@@ -28,6 +28,7 @@ import traceback
 import cloudpickle
 
 from anyray import serialization
+from anyray.actor import exit_is_intended
 from anyray.context import TaskContext
 from anyray.events import JobEvents
 from anyray.exceptions import ActorDiedError, TaskCancelledError, TaskError
@@ -206,6 +207,8 @@ class WorkerNode(Link):
             del args, deps, call
         except BaseException as exc:  # noqa: BLE001 - a cancel can land outside the user's code
             self._running = False
+            if isinstance(exc, SystemExit):  # as in Ray: the worker exits, and the task is retried or
+                self.exit_process(exc.code)  # fails with WorkerCrashedError
             if isinstance(exc, KeyboardInterrupt):
                 exc = TaskCancelledError(f"{name} was interrupted.")
             outputs = [serialize_failure(failure_for(exc, name))] * len(return_ids)  # e.g. its code failed to load
@@ -228,6 +231,21 @@ class WorkerNode(Link):
                 wires.append(to_wire(serialize_failure(RemoteFailure(exc))))
             contained.append(p.contained_ids(obj.contained_refs) if obj.contained_refs else None)
         self.send(p.RESULT, (task_id, wires, contained, self.events.take()))
+
+    def exit_process(self, code) -> None:
+        """End this worker process as ``sys.exit(code)`` in a task asks, once what it printed is sent:
+        the node handles it as any worker that died (retries, actor restarts)."""
+        try:
+            if self.captured:
+                for stream in (sys.stdout, sys.stderr):
+                    stream.flush()
+            if self.output:
+                self.send_output()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - exiting regardless
+            pass
+        os._exit(code if type(code) is int and 0 < code < 256 else 1)
 
     def _on_cancel(self, payload) -> None:
         if pickle.loads(payload) != self._current or not self._running:
@@ -379,7 +397,10 @@ class _InlineActor:
         spec, node = self.spec, self.node
         call = Call(spec.cls.target, spec.cls.name, "actor_creation", self._context(spec.actor_id, spec.cls.name),
                     1, node.events)
-        result = call.invoke(spec.args, spec.deps, node.fetch)
+        try:
+            result = call.invoke(spec.args, spec.deps, node.fetch)
+        except SystemExit as exc:
+            result = RemoteFailure(f"it exited (SystemExit: {exc.code!r})")
         spec.args = None
         if type(result) is RemoteFailure:
             self._die(f"The actor {spec.cls.name} died because its constructor raised:\n{result.error}")
@@ -397,7 +418,17 @@ class _InlineActor:
         call = Call(getattr(self.instance, method), name, "actor_task", self._context(task_id, name),
                     len(return_ids), node.events, options.get("retry_exceptions") or False,
                     call_retries(options, self.spec.options))
-        outputs = call.run(node.from_wire(task_id, args_wire), [ObjectRef(i) for i in dep_ids], node.fetch)
+        try:
+            outputs = call.run(node.from_wire(task_id, args_wire), [ObjectRef(i) for i in dep_ids], node.fetch)
+        except SystemExit as exc:
+            del call
+            if not exit_is_intended(exc):
+                node.exit_process(1)  # a crash: the node restarts the actor while max_restarts allows
+            cause = (f"The actor {self.spec.cls.name} exited on purpose: {name} called exit_actor() or "
+                     f"sys.exit(0); it is not restarted.")
+            node.send_result(task_id, [serialize_failure(RemoteFailure(ActorDiedError(cause)))] * len(return_ids))
+            self._die(cause)
+            return
         del call
         node.runtime.counter.drain()
         node.send_result(task_id, outputs)
@@ -451,6 +482,9 @@ class _ActorHostShim:
 
     def actor_died(self, actor: ActorHost) -> None:
         self.node.send(p.ACTOR_DIED, (actor.spec.actor_id, actor.cause))
+
+    def actor_crashed(self, actor: ActorHost, spec, reason: str) -> None:
+        self.node.exit_process(1)  # the node sees the process die and restarts the actor as after any crash
 
 
 # --------------------------------------------------------------------------- the runtime's backend
