@@ -74,6 +74,7 @@ class WorkerNode(Link):
         self.loop = loop
         self._tasks: collections.deque = collections.deque()  # (run, arg) for the main thread, in order
         self._current: bytes | None = None  # the task the main thread runs
+        self._early_cancels: collections.deque = collections.deque(maxlen=64)  # cancels of tasks not current
         self._exit = False
         self.events = _ForwardedEvents()
         self.output: collections.deque = collections.deque()  # (job id, stream, text) printed, not yet sent
@@ -194,6 +195,7 @@ class WorkerNode(Link):
         self._current, self._cancel = task_id, False
         self._running = True
         try:
+            self._cancelled_before_start(task_id)
             fn = self.function(fn_id, blob)
             unread.discard(task_id)
             args = self.from_wire(task_id, args_wire)
@@ -247,9 +249,37 @@ class WorkerNode(Link):
             pass
         os._exit(code if type(code) is int and 0 < code < 256 else 1)
 
+    def _cancelled_before_start(self, task_id: bytes) -> None:
+        """Raise ``KeyboardInterrupt`` if the task's cancel came before it started here.
+
+        The node sends CANCEL, then SIGINT. A SIGINT that lands before the task runs finds nothing to
+        interrupt, and then nobody reads the connection while the task runs: so read what has arrived
+        now (with SIGINT held off, as in a request), and look for a cancel read before the task was
+        current (by another thread)."""
+        if task_id in self._early_cancels:
+            self._early_cancels.remove(task_id)
+            raise KeyboardInterrupt("The task was cancelled.")
+        self._pumping = True
+        try:
+            if self._read_lock.acquire(False):
+                try:
+                    conn = self.conn
+                    while conn.poll(0):
+                        self._dispatch(conn.recv_bytes())
+                finally:
+                    self._read_lock.release()
+        finally:
+            self._pumping = False
+            self._held_interrupt = False  # its CANCEL, if it was for this task, is in self._cancel now
+        if self._cancel:
+            self._cancel = False
+            raise KeyboardInterrupt("The task was cancelled.")
+
     def _on_cancel(self, payload) -> None:
-        if pickle.loads(payload) != self._current or not self._running:
-            return  # finished already
+        task_id = pickle.loads(payload)
+        if task_id != self._current or not self._running:
+            self._early_cancels.append(task_id)  # not started yet (or finished: then never looked up)
+            return
         self._cancel = True
         if threading.get_ident() != self.main_thread:
             signal.pthread_kill(self.main_thread, signal.SIGINT)  # the main thread raises it
