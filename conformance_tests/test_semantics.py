@@ -328,3 +328,21 @@ def test_sys_exit_in_a_task_ends_its_worker_and_retries_run_out(signal):
         anyray.get(leave.remote(attempts))
     assert anyray.get(attempts.get.remote()) == 3  # the first run and two retries
 
+
+# -- cancel ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.requires("interrupt_cancel")
+def test_cancel_of_a_task_blocked_in_a_nested_get_ends_the_callers_get(signal):
+    from anyray.conformance.helpers import DEADLINE
+
+    @anyray.remote
+    def outer(sig):
+        return anyray.get(sig.wait.remote(4 * DEADLINE))  # outlasts the get below: only the cancel ends it
+
+    ref = outer.remote(signal)
+    with pytest.raises(exceptions.GetTimeoutError):
+        anyray.get(ref, timeout=0.5)  # it is blocked in its get now (or about to be)
+    anyray.cancel(ref)
+    with pytest.raises(exceptions.TaskCancelledError):
+        anyray.get(ref, timeout=DEADLINE)
