@@ -21,6 +21,7 @@ from typing import NamedTuple
 import ray
 
 from anyray import runtime as _rt
+from anyray.actor import exit_is_intended
 from anyray.context import TaskContext
 from anyray.executor import Call
 from anyray.object_ref import ObjectRef
@@ -198,7 +199,10 @@ class ActorHost:
 
     def anyray_call(self, call: MethodCall, *dep_payloads):
         runner, args, deps, fetch, num_returns = self._call(call, dep_payloads)
-        return pack_returns(runner.run(args, deps, fetch), num_returns)
+        try:
+            return pack_returns(runner.run(args, deps, fetch), num_returns)
+        except SystemExit as exc:
+            _exit(exc)
 
 
 class AsyncActorHost(ActorHost):
@@ -206,7 +210,19 @@ class AsyncActorHost(ActorHost):
 
     async def anyray_call(self, call: MethodCall, *dep_payloads):
         runner, args, deps, fetch, num_returns = self._call(call, dep_payloads)
-        return pack_returns(await runner.run_async(args, deps, fetch), num_returns)
+        try:
+            return pack_returns(await runner.run_async(args, deps, fetch), num_returns)
+        except SystemExit as exc:
+            _exit(exc)
+
+
+def _exit(exc: SystemExit):
+    """An actor method raised ``SystemExit``: an intended exit (code 0, ``anyray.actor.exit_actor()``)
+    becomes Ray's ``exit_actor()``, which Ray knows as one (on an event loop too); any other code is
+    left to Ray as a crash."""
+    if exit_is_intended(exc):
+        ray.actor.exit_actor()
+    raise exc
 
 
 def actor_host(exported, name: str, is_async: bool) -> type:
