@@ -346,3 +346,78 @@ def test_cancel_of_a_task_blocked_in_a_nested_get_ends_the_callers_get(signal):
     anyray.cancel(ref)
     with pytest.raises(exceptions.TaskCancelledError):
         anyray.get(ref, timeout=DEADLINE)
+
+
+def test_a_task_cancelled_while_its_arguments_are_pending_never_runs(signal):
+    from anyray.conformance.helpers import DEADLINE, Recorder, wait_for_signal
+
+    np = pytest.importorskip("numpy")
+    recorder = Recorder.remote()
+
+    @anyray.remote
+    def large_after(sig):
+        anyray.get(sig.wait.remote())
+        return np.ones(8_000_000 // 8)  # 8 MB: read from the store, not inline
+
+    @anyray.remote(max_retries=0)
+    def consume(value, big, log):
+        anyray.get(log.record.remote("body ran"))
+        return len(big)
+
+    small = wait_for_signal.remote(signal, "small")
+    ref = consume.remote(small, large_after.remote(signal), recorder)
+    anyray.cancel(ref)
+    signal.send.remote()
+    with pytest.raises(exceptions.TaskCancelledError):
+        anyray.get(ref, timeout=DEADLINE)
+    assert anyray.get(small, timeout=DEADLINE) == "small"
+    # The producers are done; a body that was going to run would have recorded by now or soon.
+    later = consume.remote("x", np.ones(1), recorder)
+    assert anyray.get(later, timeout=DEADLINE) == 1
+    assert anyray.get(recorder.entries.remote(), timeout=DEADLINE) == ["body ran"]
+
+
+def _open_gate(reading: str, release: str, deadline: float) -> str:
+    """Rebuilds a :class:`Gate`: says it is being read, then waits until the test releases it."""
+    import os
+    import time
+
+    open(reading, "w").close()
+    end = time.monotonic() + deadline
+    while not os.path.exists(release) and time.monotonic() < end:
+        time.sleep(0.01)
+    return "gate"
+
+
+class Gate:
+    """An argument whose loading in the worker lasts until the test releases it: a task is "still
+    reading its arguments" for as long as the test wants."""
+
+    def __init__(self, reading, release, deadline):
+        self.files = (str(reading), str(release), deadline)
+
+    def __reduce__(self):
+        return _open_gate, self.files
+
+
+@pytest.mark.requires("interrupt_cancel")  # reading arguments is part of running: a cancel must interrupt it
+def test_a_task_cancelled_while_reading_its_arguments_never_runs(tmp_path):
+    from anyray.conformance.helpers import DEADLINE, Recorder, wait_until
+
+    recorder = Recorder.remote()
+
+    @anyray.remote(max_retries=0)
+    def consume(gate, log):
+        anyray.get(log.record.remote("body ran"))
+        return gate
+
+    reading, release = tmp_path / "reading", tmp_path / "release"
+    ref = consume.remote(Gate(reading, release, 4 * DEADLINE), recorder)
+    wait_until(reading.exists, what="the task reading its argument")
+    anyray.cancel(ref)
+    release.touch()
+    with pytest.raises(exceptions.TaskCancelledError):
+        anyray.get(ref, timeout=DEADLINE)
+    done = consume.remote("no gate", recorder)  # the worker goes on; what the first would record is in
+    assert anyray.get(done, timeout=DEADLINE) == "no gate"
+    assert anyray.get(recorder.entries.remote(), timeout=DEADLINE) == ["body ran"]
