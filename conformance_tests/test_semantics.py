@@ -421,3 +421,60 @@ def test_a_task_cancelled_while_reading_its_arguments_never_runs(tmp_path):
     done = consume.remote("no gate", recorder)  # the worker goes on; what the first would record is in
     assert anyray.get(done, timeout=DEADLINE) == "no gate"
     assert anyray.get(recorder.entries.remote(), timeout=DEADLINE) == ["body ran"]
+
+
+# -- get-or-create of a named actor ----------------------------------------------------------------
+
+
+def test_concurrent_get_or_create_gives_everyone_the_same_actor():
+    import sys
+
+    from anyray.conformance.helpers import DEADLINE, Counter
+
+    rounds, threads, tasks = 10, 8, 4
+
+    @anyray.remote(num_cpus=0)
+    def get_or_create_in_a_task(name):
+        actor = Counter.options(name=name, get_if_exists=True, num_cpus=0, lifetime="detached").remote()
+        return anyray.get(actor.append.remote("task"), timeout=DEADLINE) and name
+
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads of this process (all of the local backend's) interleave finely
+    try:
+        _race_for_names(rounds, threads, tasks, get_or_create_in_a_task)
+    finally:
+        sys.setswitchinterval(switching)
+
+
+def _race_for_names(rounds, threads, tasks, get_or_create_in_a_task):
+    import threading
+    import uuid
+
+    from anyray.conformance.helpers import DEADLINE, Counter
+
+    for _ in range(rounds):  # each round races for a fresh name
+        name = f"shared-{uuid.uuid4().hex[:8]}"
+        start = threading.Barrier(threads)
+        errors, handles = [], []
+
+        def get_or_create(name=name, start=start, handles=handles, errors=errors):
+            try:
+                start.wait(DEADLINE)
+                actor = Counter.options(name=name, get_if_exists=True, num_cpus=0, lifetime="detached").remote()
+                anyray.get(actor.append.remote("thread"), timeout=DEADLINE)
+                handles.append(actor)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        task_refs = [get_or_create_in_a_task.remote(name) for _ in range(tasks)]
+        pool = [threading.Thread(target=get_or_create) for _ in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join(DEADLINE)
+        assert not errors, errors
+        assert anyray.get(task_refs, timeout=DEADLINE) == [name] * tasks
+        log = anyray.get(anyray.get_actor(name).get_log.remote(), timeout=DEADLINE)
+        assert sorted(log) == ["task"] * tasks + ["thread"] * threads  # one actor saw every call
+        assert all(handle == handles[0] for handle in handles)
+        anyray.kill(handles[0])  # detached: it outlives the tasks that made it, as Ray requires here

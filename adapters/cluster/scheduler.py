@@ -613,8 +613,9 @@ class ClusterScheduler(NodeScheduler):
             demand = spec.resources
             if not self._fits_here_now(demand) or self._resources.infeasible(demand):
                 node_id = self.cluster.place(demand)
-                if node_id is not None and self._forward_actor(spec, held, job or self._job, node_id):
-                    return None
+                forwarded = self._forward_actor(spec, held, job or self._job, node_id) if node_id else False
+                if forwarded is not False:
+                    return None if forwarded is True else forwarded  # or get_if_exists' winner
         if here:  # its name was claimed where it was created
             name, spec.options["name"] = spec.options["name"], None
             try:
@@ -622,19 +623,25 @@ class ClusterScheduler(NodeScheduler):
             finally:
                 spec.options["name"] = name
         else:
-            super().create_actor(spec, held, job)
+            winner = super().create_actor(spec, held, job)
+            if winner is not None:
+                return winner
         if self.cluster is not None:
             self._metadata.put(ACTORS + spec.actor_id.hex(), self.cluster.seal_record(
                 {"node": self.node_id, "class_name": spec.cls.name, "methods": spec.method_options}))
         return None
 
-    def _forward_actor(self, spec: ActorSpec, held, job, node_id: str) -> bool:
+    def _forward_actor(self, spec: ActorSpec, held, job, node_id: str) -> bool | ActorHandle:
         try:
             link = self.cluster.link(node_id)
         except (OSError, PermissionError):
             self.cluster.returned(node_id, spec.resources)
             return False
-        self._claim_name(spec)  # here and now: a taken name fails at the caller's .remote()
+        winner = self._claim_name(spec)  # here and now: a taken name fails at the caller's .remote()
+        if winner is not None:
+            if held is not None:
+                self._store.drop(held)
+            return winner
         cls = spec.cls
         blob = None
         if cls.function_id not in link.functions:

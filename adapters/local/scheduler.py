@@ -240,8 +240,10 @@ class LocalScheduler(QueueScheduler):
         self._resources.reclaim_cpus(ctx.lease)
 
     # -- actors -------------------------------------------------------------
-    def create_actor(self, spec) -> None:
-        self._claim_name(spec)
+    def create_actor(self, spec):
+        winner = self._claim_name(spec)
+        if winner is not None:
+            return winner  # get_if_exists, and another caller created it first
         if spec.resources:
             self._check_feasible(spec.actor_id, spec.cls.name, spec.resources)
         _own_arguments(spec)

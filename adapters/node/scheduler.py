@@ -700,7 +700,11 @@ class NodeScheduler(QueueScheduler):
         spec = ActorSpec(actor_id=actor_id, cls=self._descriptor(worker, cls_id, cls_name, blob), args=call_args,
                          deps=[ObjectRef(i, None, counter) for i in dep_ids], resources=resources, options=options,
                          namespace=namespace, is_async=is_async, method_options=method_options)
-        self.create_actor(spec, held, worker.job)
+        winner = self.create_actor(spec, held, worker.job)
+        if winner is None:
+            return None
+        worker.handles.setdefault(winner._actor_id, winner)
+        return cloudpickle.dumps(winner)  # get_if_exists lost the race: the caller gets the winner's actor
 
     def _op_actor_call(self, worker: _Worker, rid: int, args):
         (task_id, actor_id, method, args_wire, dep_ids, return_ids, caller_id, seq, options, name,
@@ -751,7 +755,11 @@ class NodeScheduler(QueueScheduler):
         return ActorHandle(actor_id, actor.spec.cls.name, actor.spec.method_options)
 
     def create_actor(self, spec: ActorSpec, held: ArenaObject | None = None, job: tuple | None = None):
-        self._claim_name(spec)
+        winner = self._claim_name(spec)
+        if winner is not None:  # get_if_exists, and another caller created it first
+            if held is not None:
+                self._store.drop(held)
+            return winner
         if spec.resources:
             self._check_feasible(spec.actor_id, spec.cls.name, spec.resources)
         if held is None and spec.args is not None:

@@ -131,6 +131,10 @@ class RayScheduler(Scheduler):
             raise translate(exc, spec.cls.name) from exc
         if name is not None:
             self._directory.record(handle, spec.actor_id, spec.cls.name, spec.method_options, o["get_if_exists"])
+            if o["get_if_exists"]:  # Ray may have returned an actor another caller made: its anyray handle
+                winner = self._directory.handle_of(handle)
+                if winner is not None and winner._actor_id != spec.actor_id:
+                    return winner
         return register(spec.actor_id, handle)
 
     def submit_actor_task(self, spec: ActorTaskSpec) -> None:
