@@ -79,7 +79,7 @@ class ActorHost:
         try:
             result = call.invoke(spec.args, spec.deps, self._sched.fetch)
         except SystemExit as exc:
-            result = RemoteFailure(f"it exited (SystemExit: {exc.code!r})")
+            result = RemoteFailure(RuntimeError(f"it called sys.exit({exc.code!r})"))
         if type(result) is RemoteFailure:
             self._die(f"The actor {spec.cls.name} died because its constructor raised:\n{result.error}")
             return False

@@ -430,7 +430,7 @@ class _InlineActor:
         try:
             result = call.invoke(spec.args, spec.deps, node.fetch)
         except SystemExit as exc:
-            result = RemoteFailure(f"it exited (SystemExit: {exc.code!r})")
+            result = RemoteFailure(RuntimeError(f"it called sys.exit({exc.code!r})"))
         spec.args = None
         if type(result) is RemoteFailure:
             self._die(f"The actor {spec.cls.name} died because its constructor raised:\n{result.error}")
