@@ -14,6 +14,32 @@ from .specs import FunctionDescriptor
 _METHOD_OPTIONS_ATTR = "__anyray_method_options__"
 
 
+class ActorExit(SystemExit):
+    """Raised by :func:`exit_actor`: the actor ends on purpose (an exit code of 0, as ``sys.exit(0)``)."""
+
+
+def exit_actor() -> None:
+    """End the actor whose method calls this, on purpose, as Ray's ``ray.actor.exit_actor()``.
+
+    The calling method and every call after it fail with ``ActorDiedError``; the
+    actor is not restarted, whatever its ``max_restarts`` (``sys.exit(0)`` does the
+    same; any other exit code is a crash, and a crashed actor restarts while
+    ``max_restarts`` allows)."""
+    from .context import current_task
+
+    ctx = current_task.get()
+    if ctx is None or ctx.actor_id is None:
+        raise TypeError("exit_actor() ends the actor whose method calls it; it was called outside an actor "
+                        "method. To end a task early, return from it.")
+    raise ActorExit(0)
+
+
+def exit_is_intended(exc: SystemExit) -> bool:
+    """Whether an actor's ``SystemExit`` ends it on purpose (exit code 0: no restart), as in Ray;
+    any other code, ``None`` included, is a crash."""
+    return exc.code == 0
+
+
 def method(*args, **kwargs):
     """``@anyray.method(num_returns=2)``: options for one actor method."""
     if args:

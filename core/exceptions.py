@@ -72,7 +72,9 @@ class TaskError(AnyrayError):
         if cause_cls is None or issubclass(cause_cls, TaskError) or not _subclassable(cause_cls):
             return self
         dual = _dual_class(cause_cls)
-        err = dual.__new__(dual)
+        err = _bare_instance(dual)
+        if err is None:
+            return self
         err.__dict__.update(getattr(self.cause, "__dict__", {}))  # the cause's own fields, as in Ray
         TaskError.__init__(err, self.function_name, self.traceback_str, self.cause, self.pid)
         err.args = self.cause.args if self.cause is not None else err.args
@@ -92,6 +94,24 @@ def _subclassable(cls: type) -> bool:
     except TypeError:
         return False
     return True
+
+
+def _bare_instance(dual: type):
+    """An instance of ``dual`` made without calling the user's ``__new__``/``__init__`` (their signatures
+    are not ours), or None when the class cannot be instantiated that way.
+
+    ``dual.__new__(dual)`` resolves to the cause's ``__new__``; built-ins with their own allocator
+    (``MemoryError``'s free list, for one) refuse to build a subclass that mixes in another base and
+    say to use ``BaseException.__new__``, which gives an equally complete instance.
+    """
+    try:
+        return dual.__new__(dual)
+    except TypeError:
+        pass
+    try:
+        return BaseException.__new__(dual)
+    except TypeError:
+        return None
 
 
 def _dual_class(cause_cls: type) -> type:

@@ -26,8 +26,16 @@ from .specs import RemoteFailure
 Fetch = Callable[[Sequence[ObjectRef]], list]  # refs -> deserialized values (failures not raised)
 
 
-def load_arguments(args_blob: serialization.SerializedObject, deps: Sequence[ObjectRef], fetch: Fetch):
-    """Return ``(args, kwargs)``, or the ``RemoteFailure`` of the first dependency that failed."""
+def load_arguments(args_blob: serialization.SerializedObject, deps: Sequence[ObjectRef], fetch: Fetch, name: str):
+    """Return ``(args, kwargs)``, or the ``RemoteFailure`` of the first dependency that failed, or of
+    the arguments' own loading (a class that does not import here, a ``__reduce__`` that raises)."""
+    try:
+        return _load_arguments(args_blob, deps, fetch)
+    except Exception as exc:  # noqa: BLE001 - the caller gets it as the task's error
+        return failure_for(exc, name)
+
+
+def _load_arguments(args_blob: serialization.SerializedObject, deps: Sequence[ObjectRef], fetch: Fetch):
     args, kwargs = serialization.deserialize(args_blob)
     if not deps:
         return args, kwargs
@@ -105,6 +113,9 @@ class Call:
 
     __slots__ = ("target", "name", "kind", "ctx", "num_returns", "retry_exceptions", "max_retries", "events")
 
+    # ``retry_exceptions`` is False, True, a tuple of classes, or those classes as
+    # ``serialization.portable_classes`` sent them (loaded when the call runs).
+
     def __init__(self, target: Callable, name: str, kind: str, ctx: TaskContext, num_returns: int,
                  events: JobEvents, retry_exceptions=False, max_retries: int = 0):
         self.target = target
@@ -127,11 +138,18 @@ class Call:
             message=str(error) if error is not None else None))
 
     def invoke(self, args_blob, deps, fetch: Fetch):
-        """Call the target in this thread; return the list of values or a ``RemoteFailure``."""
+        """Call the target in this thread; return the list of values or a ``RemoteFailure``.
+
+        A ``SystemExit`` the target raises (``sys.exit()``, ``exit_actor()``) is raised on: the
+        backend ends what runs the call, as Ray ends the worker process."""
         token = current_task.set(self.ctx)
         start = time.time()
         try:
-            loaded = load_arguments(args_blob, deps, fetch)
+            try:
+                retry_exceptions = serialization.load_classes(self.retry_exceptions)
+            except Exception as exc:  # noqa: BLE001 - e.g. a class whose module does not import here
+                return failure_for(exc, self.name)
+            loaded = load_arguments(args_blob, deps, fetch, self.name)
             if type(loaded) is RemoteFailure:
                 return loaded
             args, kwargs = loaded
@@ -147,9 +165,11 @@ class Call:
                 except BaseException as exc:  # noqa: BLE001 - everything the user raised is reported
                     if isinstance(exc, KeyboardInterrupt) and self.ctx.inline:
                         raise
-                    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    if isinstance(exc, SystemExit):
+                        raise  # the process running it exits: the backend ends the worker or the actor
+                    if isinstance(exc, KeyboardInterrupt):
                         exc = TaskCancelledError(f"{self.name} was interrupted ({type(exc).__name__}).")
-                    if _should_retry(exc, self.retry_exceptions, retries_left):
+                    if _should_retry(exc, retry_exceptions, retries_left):
                         retries_left -= 1
                         continue
                     failure = failure_for(exc, self.name)
@@ -182,9 +202,9 @@ class Call:
         start = time.time()
         if deps:
             loaded = await asyncio.get_running_loop().run_in_executor(
-                loop_executor, load_arguments, args_blob, deps, fetch)
+                loop_executor, load_arguments, args_blob, deps, fetch, self.name)
         else:
-            loaded = load_arguments(args_blob, deps, fetch)
+            loaded = load_arguments(args_blob, deps, fetch, self.name)
         if type(loaded) is RemoteFailure:
             return [serialize_failure(loaded)] * self.num_returns
         args, kwargs = loaded

@@ -24,8 +24,10 @@ PROTOCOL = 5
 
 _NUMPY_COPY_MIN = 1 << 20
 
-# Buffers smaller than this are left in band: one small bytes object is
-# cheaper to move than a list of views.
+# Buffers smaller than this are copied into ``bytes`` at once: one small copy is
+# cheaper to move than a view. They still travel out of band, because a buffer
+# left in band comes back as a writable ``bytearray`` and objects must come back
+# read-only whatever their size, as in Ray.
 _OUT_OF_BAND_MIN = 1 << 12
 
 _collecting = threading.local()
@@ -60,6 +62,8 @@ def _freeze(buf) -> bytes | memoryview:
     big buffer into it runs at memcpy speed, where a fresh ``bytes`` object
     pays a page fault per page (about five times slower for 100 MB).
     """
+    if type(buf) is bytes:
+        return buf
     raw = buf.raw() if isinstance(buf, pickle.PickleBuffer) else memoryview(buf)
     if raw.nbytes < _NUMPY_COPY_MIN:
         return raw.tobytes()
@@ -81,9 +85,8 @@ def serialize(value: Any, what: str = "value") -> SerializedObject:
     refs: list = []
 
     def keep(buf: pickle.PickleBuffer):
-        if buf.raw().nbytes < _OUT_OF_BAND_MIN:
-            return True  # serialize in band
-        buffers.append(buf)
+        raw = buf.raw()
+        buffers.append(raw.tobytes() if raw.nbytes < _OUT_OF_BAND_MIN else buf)
         return False
 
     dumps = pickle.dumps if _is_plain(value) else cloudpickle.dumps
@@ -134,3 +137,30 @@ def note_ref_pickled(ref) -> None:
     refs = getattr(_collecting, "refs", None)
     if refs is not None:
         refs.append(ref)
+
+
+_PORTABLE: dict = {}
+_LOADED: dict = {}
+
+
+def portable_classes(value):
+    """A tuple of classes (``retry_exceptions``) pickled on its own for a message to a worker; other
+    values as they are. A class the worker cannot import then fails that task alone, when the executor
+    loads it (:func:`load_classes`), not the reading of the message; a class of ``__main__`` travels
+    whole, pickled by the same cloudpickle as the arguments, so it is the class the task raises."""
+    if type(value) is not tuple:
+        return value
+    blob = _PORTABLE.get(value)
+    if blob is None:
+        blob = _PORTABLE[value] = cloudpickle.dumps(value, protocol=PROTOCOL)
+    return blob
+
+
+def load_classes(value):
+    """The inverse of :func:`portable_classes`; raises what loading the classes raised."""
+    if type(value) is not bytes:
+        return value
+    classes = _LOADED.get(value)
+    if classes is None:
+        classes = _LOADED[value] = pickle.loads(value)
+    return classes

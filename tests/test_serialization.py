@@ -31,9 +31,14 @@ def test_arrow_buffers_go_out_of_band():
     assert serialization.deserialize(obj.copy_buffers()).equals(table)
 
 
-def test_small_buffers_stay_in_band():
-    obj = serialization.serialize(np.arange(10))
-    assert obj.buffers == []
+def test_small_buffers_are_copied_and_come_back_read_only():
+    arr = np.arange(10)
+    obj = serialization.serialize(arr)
+    assert [type(b) for b in obj.buffers] == [bytes], "a small buffer is copied at once, not viewed"
+    arr[0] = 99
+    back = serialization.deserialize(obj.copy_buffers())
+    assert back[0] == 0
+    assert not back.flags.writeable, "objects are immutable whatever their size, as in Ray"
 
 
 def test_refs_pickled_inside_a_value_are_collected():

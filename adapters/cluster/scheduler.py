@@ -41,7 +41,7 @@ from anyray.specs import ActorSpec, TaskSpec
 
 from ..node import protocol as p
 from ..node.arena import Location
-from ..node.scheduler import NodeScheduler, _Task
+from ..node.scheduler import NodeScheduler, _Task, call_options
 from ..node.store import to_wire
 from .peers import NotSent, PeerLink, Transfer
 
@@ -210,7 +210,7 @@ class ClusterView:
     def seal_record(self, record: dict) -> bytes:
         """``record`` signed with the cluster token: only a node of the cluster can write one that
         ``open_record`` accepts, so a value changed by anyone else in the metadata store is never unpickled."""
-        body = pickle.dumps(record)
+        body = p.dumps(record)  # method options may hold classes of a driver's __main__
         return hmac.new(self._token, body, hashlib.sha256).digest() + body
 
     def open_record(self, value: bytes) -> dict | None:
@@ -614,8 +614,9 @@ class ClusterScheduler(NodeScheduler):
             demand = spec.resources
             if not self._fits_here_now(demand) or self._resources.infeasible(demand):
                 node_id = self.cluster.place(demand)
-                if node_id is not None and self._forward_actor(spec, held, job or self._job, node_id):
-                    return None
+                forwarded = self._forward_actor(spec, held, job or self._job, node_id) if node_id else False
+                if forwarded is not False:
+                    return None if forwarded is True else forwarded  # or get_if_exists' winner
         if here:  # its name was claimed where it was created
             name, spec.options["name"] = spec.options["name"], None
             try:
@@ -623,19 +624,25 @@ class ClusterScheduler(NodeScheduler):
             finally:
                 spec.options["name"] = name
         else:
-            super().create_actor(spec, held, job)
+            winner = super().create_actor(spec, held, job)
+            if winner is not None:
+                return winner
         if self.cluster is not None:
             self._metadata.put(ACTORS + spec.actor_id.hex(), self.cluster.seal_record(
                 {"node": self.node_id, "class_name": spec.cls.name, "methods": spec.method_options}))
         return None
 
-    def _forward_actor(self, spec: ActorSpec, held, job, node_id: str) -> bool:
+    def _forward_actor(self, spec: ActorSpec, held, job, node_id: str) -> bool | ActorHandle:
         try:
             link = self.cluster.link(node_id)
         except (OSError, PermissionError):
             self.cluster.returned(node_id, spec.resources)
             return False
-        self._claim_name(spec)  # here and now: a taken name fails at the caller's .remote()
+        winner = self._claim_name(spec)  # here and now: a taken name fails at the caller's .remote()
+        if winner is not None:
+            if held is not None:
+                self._store.drop(held)
+            return winner
         cls = spec.cls
         blob = None
         if cls.function_id not in link.functions:
@@ -863,8 +870,7 @@ class ClusterScheduler(NodeScheduler):
             self._remote_calls[return_ids[0]] = node_id
         link.call("actor_call", (spec.task_id, spec.actor_id, spec.method_name, args, [r._id for r in spec.deps],
                                  return_ids, spec.caller_id, spec.seq,
-                                 {"retry_exceptions": spec.options.get("retry_exceptions", False),
-                                  "max_task_retries": spec.options.get("max_task_retries")},
+                                 call_options(spec.options),
                                  spec.name, contained), self._ignore)
         refs = list(spec.returns)  # kept alive here until the results are home
         link.call("get", (return_ids, False, False),

@@ -5,7 +5,11 @@ backend hosts each actor this way inside its own worker process. The host
 object it is given (``host``) provides: ``enqueue(demand, start)`` and
 ``release(lease)`` for its resources, ``fetch(refs)`` for argument values,
 ``call_done(spec, outputs)`` and ``call_failed(spec, error)`` for a call's results,
-``events`` for the timeline, and ``actor_died(actor)`` once it is dead.
+``events`` for the timeline, ``actor_died(actor)`` once it is dead, and
+``actor_crashed(actor, spec, cause)`` when a call ends the actor's process with
+``sys.exit`` and an exit code other than 0 (a crash: the host restarts the actor
+while ``max_restarts`` allows). An exit with code 0 (``exit_actor()``) ends the
+actor here, with no restart.
 
 A sync actor with ``max_concurrency`` 1 runs calls one by one on its own
 thread; a threaded actor hands them, in order, to a pool of that size; an
@@ -18,7 +22,7 @@ from __future__ import annotations
 import collections
 import threading
 
-from anyray.actor import ActorHandle
+from anyray.actor import ActorHandle, exit_is_intended
 from anyray.context import TaskContext
 from anyray.exceptions import ActorDiedError, TaskCancelledError
 from anyray.executor import Call
@@ -74,7 +78,10 @@ class ActorHost:
         spec = self.spec
         call = Call(spec.cls.target, spec.cls.name, "actor_creation", self._context(spec.actor_id, spec.cls.name),
                     1, self._sched.events)
-        result = call.invoke(spec.args, spec.deps, self._sched.fetch)
+        try:
+            result = call.invoke(spec.args, spec.deps, self._sched.fetch)
+        except SystemExit as exc:
+            result = RemoteFailure(RuntimeError(f"it called sys.exit({exc.code!r})"))
         if type(result) is RemoteFailure:
             self._die(f"The actor {spec.cls.name} died because its constructor raised:\n{result.error}")
             return False
@@ -143,7 +150,7 @@ class ActorHost:
         method = getattr(self.instance, spec.method_name)
         return Call(method, spec.name, "actor_task", self._context(spec.task_id, spec.name),
                     len(spec.returns), self._sched.events, spec.options.get("retry_exceptions") or False,
-                    spec.options.get("max_task_retries") or 0)
+                    call_retries(spec.options, self.spec.options))
 
     def _run_call(self, spec) -> None:
         if self.state == "dead":
@@ -153,9 +160,29 @@ class ActorHost:
         self._running_sync[spec.task_id] = (spec, call.ctx)  # for cancel(): it flags the call
         try:
             outputs = call.run(spec.args, spec.deps, self._sched.fetch)
+        except SystemExit as exc:
+            self.exited(spec, exc)
+            return
         finally:
             self._running_sync.pop(spec.task_id, None)
         self._sched.call_done(spec, outputs)
+
+    def exited(self, spec, exc: SystemExit) -> None:
+        """A call raised ``SystemExit``: end the actor on purpose (code 0), else as a crash."""
+        if exit_is_intended(exc):
+            cause = (f"The actor {self.spec.cls.name} exited on purpose: {spec.name} called exit_actor() "
+                     f"or sys.exit(0); it is not restarted.")
+            self._sched.call_failed(spec, ActorDiedError(cause))
+            self._die(cause)
+        else:
+            self._sched.actor_crashed(self, spec, f"{spec.name} called sys.exit({exc.code!r})")
+
+    def crash(self, spec, reason: str) -> None:
+        """A crash of an actor hosted in the driver: restart while ``max_restarts`` allows; the call
+        that crashed it fails either way."""
+        restarting = self.kill(False, reason=reason)
+        self._sched.call_failed(spec, ActorDiedError(
+            f"The actor {self.spec.cls.name} died: {reason}{'; it is restarting' if restarting else ''}."))
 
     def _pump_async(self) -> None:
         while True:
@@ -178,6 +205,8 @@ class ActorHost:
                     return
                 outputs = await self._call_of(spec).run_async(spec.args, spec.deps, self._sched.fetch)
             self._sched.call_done(spec, outputs)
+        except SystemExit as exc:
+            self.exited(spec, exc)
         except asyncio.CancelledError:
             self._sched.call_failed(spec, TaskCancelledError(f"{spec.name} was cancelled."))
         finally:
@@ -228,11 +257,13 @@ class ActorHost:
         return False
 
     # -- death ----------------------------------------------------------------
-    def kill(self, no_restart: bool, reason: str = "it was killed with anyray.kill()") -> None:
+    def kill(self, no_restart: bool, reason: str = "it was killed with anyray.kill()") -> bool:
+        """End the actor, or restart it if ``no_restart`` is false and ``max_restarts`` allows;
+        say whether it restarts."""
         max_restarts = self.spec.options["max_restarts"]
         with self._cond:
             if self.state == "dead":
-                return
+                return False
             if not no_restart and (max_restarts == -1 or self.restarts < max_restarts):
                 self.restarts += 1
                 if self._loop is not None:
@@ -240,8 +271,9 @@ class ActorHost:
                 else:
                     self.state = "restarting"
                     self._cond.notify_all()
-                return
+                return True
         self._die(f"The actor {self.spec.cls.name} is dead: {reason}.")
+        return False
 
     def _restart_async(self) -> None:
         if self._construct():
@@ -267,3 +299,12 @@ class ActorHost:
             self._sched.release(self.lease)
             self.lease = None
         self._sched.actor_died(self)
+
+
+def call_retries(call_options: dict, actor_options: dict) -> int:
+    """How often a call that raised one of its ``retry_exceptions`` runs again: the method's
+    ``max_task_retries``, else the actor's (as in Ray)."""
+    allowed = call_options.get("max_task_retries")
+    if allowed is None:
+        allowed = actor_options.get("max_task_retries")
+    return allowed or 0

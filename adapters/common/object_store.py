@@ -22,6 +22,9 @@ _id_of = operator.attrgetter("_id")
 SPIN_SECONDS = 100e-6  # how long wait() yields for a seal before it sleeps
 
 
+_SLICE = 0.1  # seconds a blocked reader sleeps at a time (see _Waiter.block)
+
+
 class _Waiter:
     """Fires once ``remaining`` of the ids it is registered on are sealed.
 
@@ -51,7 +54,17 @@ class _Waiter:
             self._lock.release()
 
     def block(self, timeout: float | None) -> bool:
-        return self._lock.acquire(timeout=-1 if timeout is None else timeout)
+        """Wait until fired or past ``timeout``, in slices: an exception another thread raises in this
+        one (the local backend's cancel of a task blocked in ``get``) lands only between C calls."""
+        if self._lock.acquire(timeout=_SLICE if timeout is None or timeout > _SLICE else timeout):
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout - _SLICE
+        while True:
+            left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            if self._lock.acquire(timeout=left):
+                return True
 
 
 class MemoryObjectStore(ObjectStore):
@@ -155,7 +168,14 @@ class MemoryObjectStore(ObjectStore):
         with self._lock:
             missing = {r._id for r in refs} - objects.keys()
             waiter = self._register(missing, len(missing)) if missing and timeout != 0 else None
-        if missing and (waiter is None or not waiter.block(timeout)):
+        fired = not missing
+        if waiter is not None:
+            try:
+                fired = waiter.block(timeout)
+            except BaseException:  # e.g. the task waiting here was cancelled
+                self._unregister(waiter, missing)
+                raise
+        if not fired:
             if waiter is not None:
                 self._unregister(waiter, missing)
             with self._lock:
@@ -184,7 +204,7 @@ class MemoryObjectStore(ObjectStore):
                     continue
                 self._wait_calls += 1
                 try:
-                    self._any_sealed.wait(left)
+                    self._any_sealed.wait(_SLICE if left is None else min(left, _SLICE))  # see _Waiter.block
                 finally:
                     self._wait_calls -= 1
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 import warnings
 from abc import abstractmethod
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from anyray.exceptions import InfeasibleTaskWarning
 from anyray.ports.scheduler import Scheduler
 
 from .resources import ResourcePool
+
+_NAME_SETTLE_TIMEOUT = 30.0  # seconds get_if_exists waits for a name's holder to appear or let go
 
 
 class QueueScheduler(Scheduler):
@@ -117,13 +120,31 @@ class QueueScheduler(Scheduler):
         self._dispatch()
 
     # -- named actors ---------------------------------------------------------------
-    def _claim_name(self, spec) -> None:
-        """Register a named actor; a live actor with that name raises ``ValueError`` at the call site."""
+    def _claim_name(self, spec):
+        """Register a named actor. A live actor with that name raises ``ValueError`` at the call site;
+        with ``get_if_exists`` its handle is returned instead (another caller won the race for the name:
+        ``create_actor`` returns that handle), else None.
+
+        The winner may have taken the name and not yet registered its actor, or the holder may be dying
+        and about to let go: both settle within moments, so look again until one of them has."""
         name = spec.options["name"]
-        if name is not None and not self._metadata.compare_and_set(f"actor/{spec.namespace}/{name}", None,
-                                                                   spec.actor_id):
-            raise ValueError(f"An actor named {name!r} already exists in namespace {spec.namespace!r}. "
-                             f"Pick another name, or pass get_if_exists=True to reuse it.")
+        if name is None:
+            return None
+        key = f"actor/{spec.namespace}/{name}"
+        deadline = time.monotonic() + _NAME_SETTLE_TIMEOUT
+        while True:
+            if self._metadata.compare_and_set(key, None, spec.actor_id) or self._metadata.get(key) == spec.actor_id:
+                return None
+            if not spec.options["get_if_exists"]:
+                break
+            winner = self.get_named_actor(name, spec.namespace)
+            if winner is not None:
+                return winner
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+        raise ValueError(f"An actor named {name!r} already exists in namespace {spec.namespace!r}. "
+                         f"Pick another name, or pass get_if_exists=True to reuse it.")
 
     def _release_name(self, spec) -> None:
         name = spec.options["name"]

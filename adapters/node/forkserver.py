@@ -134,7 +134,9 @@ class ForkServer:
                 return 1  # the server died between the fork and the prctl
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # so a cancel can interrupt a task
+        # A cancel's SIGINT may come while the worker still starts: ignored until the worker installs the
+        # handler that reads the cancel (it then reads a CANCEL that came before as its task starts).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         os.close(self._wake_r)
         os.close(self._wake_w)
         self.conn.close()

@@ -29,7 +29,7 @@ from anyray.exceptions import GetTimeoutError
 from anyray.ports.object_store import ObjectStore
 from anyray.ports.scheduler import Scheduler
 from anyray.runtime import ReferenceCounter
-from anyray.serialization import SerializedObject
+from anyray.serialization import SerializedObject, portable_classes
 from anyray.specs import FunctionDescriptor
 
 from . import protocol as p
@@ -88,6 +88,7 @@ class Link:
         self._request_ids = itertools.count(1)
         self._functions: dict[bytes, object] = {}
         self.exported: set[bytes] = set()  # function ids the node has the code of
+        self._blobs: dict[bytes, bytes] = {}  # code being exported: sent, not yet known to be out
         self._arena: Arena | None = None
         self._read_lock = threading.Lock()  # held by the thread reading the connection
         self._changes_lock = threading.Lock()
@@ -340,12 +341,24 @@ class Link:
         return [self.from_wire(key, wire) for key, wire in answer]
 
     def export(self, descriptor: FunctionDescriptor) -> bytes | None:
-        """The pickled code of a function or class the node does not have yet, else None."""
-        if descriptor.function_id in self.exported:
+        """The pickled code of a function or class the node does not have yet, else None.
+
+        The node has it once a message that carried it is out (see :meth:`exported_with`): until then
+        every caller sends it, or a thread whose message overtook the first one's would send none."""
+        fn_id = descriptor.function_id
+        if fn_id in self.exported:
             return None
-        self.exported.add(descriptor.function_id)
-        self._functions[descriptor.function_id] = descriptor.target  # the node may send it back here
-        return cloudpickle.dumps(descriptor.target, 5)
+        blob = self._blobs.get(fn_id)
+        if blob is None:
+            self._functions[fn_id] = descriptor.target  # the node may send it back here
+            blob = self._blobs[fn_id] = cloudpickle.dumps(descriptor.target, 5)
+        return blob
+
+    def exported_with(self, descriptor: FunctionDescriptor, blob: bytes | None) -> None:
+        """A message that carried ``blob`` (from :meth:`export`) is sent: later ones need not."""
+        if blob is not None:
+            self.exported.add(descriptor.function_id)
+            self._blobs.pop(descriptor.function_id, None)
 
 
 class RemoteStore(ObjectStore):
@@ -380,6 +393,13 @@ class RemoteStore(ObjectStore):
         return self.node.request("usage", None)
 
 
+def portable_options(options: dict) -> dict:
+    """``options`` with their ``retry_exceptions`` as ``portable_classes`` makes them: the node reads the
+    message whether or not it can import those classes (the worker that runs the task loads them)."""
+    retry = options.get("retry_exceptions")
+    return dict(options, retry_exceptions=portable_classes(retry)) if type(retry) is tuple else options
+
+
 class RemoteScheduler(Scheduler):
     def __init__(self, node: Link):
         self.node = node
@@ -387,25 +407,30 @@ class RemoteScheduler(Scheduler):
     def submit_task(self, spec) -> None:
         node = self.node
         fn = spec.function
-        node.tell("submit", (spec.task_id, fn.function_id, fn.name, node.export(fn), node.to_node(spec.args),
+        blob = node.export(fn)
+        node.tell("submit", (spec.task_id, fn.function_id, fn.name, blob, node.to_node(spec.args),
                              [r._id for r in spec.deps], [r._id for r in spec.returns], spec.resources,
-                             spec.options, spec.parent_task_id, spec.name,
+                             portable_options(spec.options), spec.parent_task_id, spec.name,
                              p.contained_ids(spec.args.contained_refs)))
+        node.exported_with(fn, blob)
 
     def create_actor(self, spec):
         node = self.node
         cls = spec.cls
-        node.request("create_actor", (
-            spec.actor_id, cls.function_id, cls.name, node.export(cls), node.to_node(spec.args),
+        blob = node.export(cls)
+        winner = node.request("create_actor", (
+            spec.actor_id, cls.function_id, cls.name, blob, node.to_node(spec.args),
             [r._id for r in spec.deps], spec.resources, spec.options, spec.namespace, spec.is_async,
-            spec.method_options, p.contained_ids(spec.args.contained_refs)))
-        return None
+            {name: portable_options(meta) for name, meta in spec.method_options.items()},
+            p.contained_ids(spec.args.contained_refs)))
+        node.exported_with(cls, blob)
+        return None if winner is None else cloudpickle.loads(winner)  # get_if_exists lost the race
 
     def submit_actor_task(self, spec) -> None:
         self.node.tell("actor_call", (
             spec.task_id, spec.actor_id, spec.method_name, self.node.to_node(spec.args),
             [r._id for r in spec.deps], [r._id for r in spec.returns], spec.caller_id, spec.seq,
-            {"retry_exceptions": spec.options.get("retry_exceptions", False),
+            {"retry_exceptions": portable_classes(spec.options.get("retry_exceptions", False)),
              "max_task_retries": spec.options.get("max_task_retries")},
             spec.name, p.contained_ids(spec.args.contained_refs)))
 

@@ -46,11 +46,19 @@ OUTPUT = 13
 
 
 def dumps(value) -> bytes:
-    """Pickle with the C pickler; values it cannot take (lambdas, local classes) go through cloudpickle."""
+    """Pickle with the C pickler; values it cannot take (lambdas, local classes) go through cloudpickle.
+
+    So do values that name something of ``__main__``: the C pickler refers to it by name, and the other
+    process's ``__main__`` is not this one's (a worker's is the fork server); cloudpickle sends it whole.
+    """
     try:
-        return pickle.dumps(value, 5)
+        data = pickle.dumps(value, 5)
     except Exception:  # noqa: BLE001 - cloudpickle takes what the C pickler refuses
         return cloudpickle.dumps(value, 5)
+    if b"__main__" in data:
+        return cloudpickle.dumps(value, 5)
+    return data
+
 
 
 # Contained references of a stored value, as ids with their kind.

@@ -42,7 +42,7 @@ from anyray.exceptions import (
 from anyray.executor import serialize_failure
 from anyray.object_ref import ObjectRef
 from anyray.runtime import current_counter
-from anyray.serialization import SerializedObject
+from anyray.serialization import SerializedObject, portable_classes
 from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
 
 from ..common.resources import ResourcePool
@@ -58,7 +58,7 @@ _LATER = object()  # a request handler that answers by itself, later
 
 def call_options(options: dict) -> dict:
     """What a worker needs of an actor method's options (not its signature, which is costly to pickle)."""
-    return {"retry_exceptions": options.get("retry_exceptions", False),
+    return {"retry_exceptions": portable_classes(options.get("retry_exceptions", False)),
             "max_task_retries": options.get("max_task_retries")}
 
 
@@ -413,10 +413,14 @@ class NodeScheduler(QueueScheduler):
             job = worker.job = task.job
         self._send(worker, p.TASK, (
             spec.task_id, fn_id, blob, args, [r._id for r in spec.deps], deps, [r._id for r in spec.returns],
-            spec.name, spec.resources, task.lease.gpu_ids, options["retry_exceptions"], options["max_retries"], job))
+            spec.name, spec.resources, task.lease.gpu_ids, portable_classes(options["retry_exceptions"]),
+            options["max_retries"], job))
 
     def _task_result(self, worker: _Worker, task_id: bytes, wires, contained) -> None:
         task = worker.task
+        if task is not None and task_id is None:  # the worker could not read the task: one failure for all
+            task_id = task.spec.task_id
+            wires, contained = wires * len(task.spec.returns), contained * len(task.spec.returns)
         if task is None or task.spec.task_id != task_id:
             return
         spec = task.spec
@@ -696,7 +700,11 @@ class NodeScheduler(QueueScheduler):
         spec = ActorSpec(actor_id=actor_id, cls=self._descriptor(worker, cls_id, cls_name, blob), args=call_args,
                          deps=[ObjectRef(i, None, counter) for i in dep_ids], resources=resources, options=options,
                          namespace=namespace, is_async=is_async, method_options=method_options)
-        self.create_actor(spec, held, worker.job)
+        winner = self.create_actor(spec, held, worker.job)
+        if winner is None:
+            return None
+        worker.handles.setdefault(winner._actor_id, winner)
+        return cloudpickle.dumps(winner)  # get_if_exists lost the race: the caller gets the winner's actor
 
     def _op_actor_call(self, worker: _Worker, rid: int, args):
         (task_id, actor_id, method, args_wire, dep_ids, return_ids, caller_id, seq, options, name,
@@ -747,7 +755,11 @@ class NodeScheduler(QueueScheduler):
         return ActorHandle(actor_id, actor.spec.cls.name, actor.spec.method_options)
 
     def create_actor(self, spec: ActorSpec, held: ArenaObject | None = None, job: tuple | None = None):
-        self._claim_name(spec)
+        winner = self._claim_name(spec)
+        if winner is not None:  # get_if_exists, and another caller created it first
+            if held is not None:
+                self._store.drop(held)
+            return winner
         if spec.resources:
             self._check_feasible(spec.actor_id, spec.cls.name, spec.resources)
         if held is None and spec.args is not None:

@@ -28,9 +28,10 @@ import traceback
 import cloudpickle
 
 from anyray import serialization
+from anyray.actor import exit_is_intended
 from anyray.context import TaskContext
 from anyray.events import JobEvents
-from anyray.exceptions import ActorDiedError, TaskCancelledError
+from anyray.exceptions import ActorDiedError, TaskCancelledError, TaskError
 from anyray.executor import Call, failure_for, serialize_failure
 from anyray.object_ref import ObjectRef
 from anyray.ports.backend import Backend, BackendConfig
@@ -38,7 +39,7 @@ from anyray.runtime import Runtime, set_current
 from anyray.serialization import SerializedObject
 from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure
 
-from ..common.actor_host import ActorHost
+from ..common.actor_host import ActorHost, call_retries
 from ..common.resources import Lease
 from . import protocol as p
 from . import workers
@@ -73,6 +74,7 @@ class WorkerNode(Link):
         self.loop = loop
         self._tasks: collections.deque = collections.deque()  # (run, arg) for the main thread, in order
         self._current: bytes | None = None  # the task the main thread runs
+        self._early_cancels: collections.deque = collections.deque(maxlen=64)  # cancels of tasks not current
         self._exit = False
         self.events = _ForwardedEvents()
         self.output: collections.deque = collections.deque()  # (job id, stream, text) printed, not yet sent
@@ -169,8 +171,13 @@ class WorkerNode(Link):
                 return
 
     def _run_task(self, payload) -> None:
-        (task_id, fn_id, blob, args_wire, dep_ids, dep_wires, return_ids, name, resources, gpu_ids,
-         retry_exceptions, max_retries, job) = pickle.loads(payload)
+        try:
+            (task_id, fn_id, blob, args_wire, dep_ids, dep_wires, return_ids, name, resources, gpu_ids,
+             retry_exceptions, max_retries, job) = pickle.loads(payload)
+        except Exception as exc:  # noqa: BLE001 - the task's caller gets the error, whatever it is
+            error = TaskError.from_exception("the task", exc, os.getpid())
+            self.send(p.RESULT, (None, [to_wire(serialize_failure(RemoteFailure(error)))], [None], []))
+            return  # None: the task this worker was sent (the driver knows which)
         if job is not None:  # a task of another driver's job than the last one (a cluster node)
             self.runtime.job_id, self.runtime.namespace = job
         unread = {key for key, wire in dep_wires.items() if type(wire) is Location}
@@ -188,6 +195,7 @@ class WorkerNode(Link):
         self._current, self._cancel = task_id, False
         self._running = True
         try:
+            self._cancelled_before_start(task_id)
             fn = self.function(fn_id, blob)
             unread.discard(task_id)
             args = self.from_wire(task_id, args_wire)
@@ -201,6 +209,8 @@ class WorkerNode(Link):
             del args, deps, call
         except BaseException as exc:  # noqa: BLE001 - a cancel can land outside the user's code
             self._running = False
+            if isinstance(exc, SystemExit):  # as in Ray: the worker exits, and the task is retried or
+                self.exit_process(exc.code)  # fails with WorkerCrashedError
             if isinstance(exc, KeyboardInterrupt):
                 exc = TaskCancelledError(f"{name} was interrupted.")
             outputs = [serialize_failure(failure_for(exc, name))] * len(return_ids)  # e.g. its code failed to load
@@ -224,9 +234,52 @@ class WorkerNode(Link):
             contained.append(p.contained_ids(obj.contained_refs) if obj.contained_refs else None)
         self.send(p.RESULT, (task_id, wires, contained, self.events.take()))
 
+    def exit_process(self, code) -> None:
+        """End this worker process as ``sys.exit(code)`` in a task asks, once what it printed is sent:
+        the node handles it as any worker that died (retries, actor restarts)."""
+        try:
+            if self.captured:
+                for stream in (sys.stdout, sys.stderr):
+                    stream.flush()
+            if self.output:
+                self.send_output()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - exiting regardless
+            pass
+        os._exit(code if type(code) is int and 0 < code < 256 else 1)
+
+    def _cancelled_before_start(self, task_id: bytes) -> None:
+        """Raise ``KeyboardInterrupt`` if the task's cancel came before it started here.
+
+        The node sends CANCEL, then SIGINT. A SIGINT that lands before the task runs finds nothing to
+        interrupt, and then nobody reads the connection while the task runs: so read what has arrived
+        now (with SIGINT held off, as in a request), and look for a cancel read before the task was
+        current (by another thread)."""
+        if task_id in self._early_cancels:
+            self._early_cancels.remove(task_id)
+            raise KeyboardInterrupt("The task was cancelled.")
+        self._pumping = True
+        try:
+            if self._read_lock.acquire(False):
+                try:
+                    conn = self.conn
+                    while conn.poll(0):
+                        self._dispatch(conn.recv_bytes())
+                finally:
+                    self._read_lock.release()
+        finally:
+            self._pumping = False
+            self._held_interrupt = False  # its CANCEL, if it was for this task, is in self._cancel now
+        if self._cancel:
+            self._cancel = False
+            raise KeyboardInterrupt("The task was cancelled.")
+
     def _on_cancel(self, payload) -> None:
-        if pickle.loads(payload) != self._current or not self._running:
-            return  # finished already
+        task_id = pickle.loads(payload)
+        if task_id != self._current or not self._running:
+            self._early_cancels.append(task_id)  # not started yet (or finished: then never looked up)
+            return
         self._cancel = True
         if threading.get_ident() != self.main_thread:
             signal.pthread_kill(self.main_thread, signal.SIGINT)  # the main thread raises it
@@ -260,7 +313,12 @@ class WorkerNode(Link):
     # A sync actor with max_concurrency 1 runs its calls here on the main thread, as tasks do; a
     # threaded or async actor runs them on threads of an ActorHost, while the main thread reads.
     def _on_actor(self, payload) -> None:
-        kind, body = pickle.loads(payload)
+        try:
+            kind, body = pickle.loads(payload)
+        except Exception as exc:  # noqa: BLE001 - which call it was is unknown: the actor cannot go on
+            self.send(p.ACTOR_DIED, (None, f"The actor died: a message to it could not be read in its process: "
+                                           f"{type(exc).__name__}: {exc}"))
+            return
         inline = self.inline
         if kind == "call":
             if inline is not None:
@@ -371,7 +429,10 @@ class _InlineActor:
         spec, node = self.spec, self.node
         call = Call(spec.cls.target, spec.cls.name, "actor_creation", self._context(spec.actor_id, spec.cls.name),
                     1, node.events)
-        result = call.invoke(spec.args, spec.deps, node.fetch)
+        try:
+            result = call.invoke(spec.args, spec.deps, node.fetch)
+        except SystemExit as exc:
+            result = RemoteFailure(RuntimeError(f"it called sys.exit({exc.code!r})"))
         spec.args = None
         if type(result) is RemoteFailure:
             self._die(f"The actor {spec.cls.name} died because its constructor raised:\n{result.error}")
@@ -388,10 +449,19 @@ class _InlineActor:
             return
         call = Call(getattr(self.instance, method), name, "actor_task", self._context(task_id, name),
                     len(return_ids), node.events, options.get("retry_exceptions") or False,
-                    options.get("max_task_retries") or 0)
+                    call_retries(options, self.spec.options))
         self.running = (return_ids, call.ctx)  # a cancel of this call flags it (the driver sends SIGINT)
         try:
             outputs = call.run(node.from_wire(task_id, args_wire), [ObjectRef(i) for i in dep_ids], node.fetch)
+        except SystemExit as exc:
+            del call
+            if not exit_is_intended(exc):
+                node.exit_process(1)  # a crash: the node restarts the actor while max_restarts allows
+            cause = (f"The actor {self.spec.cls.name} exited on purpose: {name} called exit_actor() or "
+                     f"sys.exit(0); it is not restarted.")
+            node.send_result(task_id, [serialize_failure(RemoteFailure(ActorDiedError(cause)))] * len(return_ids))
+            self._die(cause)
+            return
         finally:
             self.running = None
         del call
@@ -452,6 +522,9 @@ class _ActorHostShim:
 
     def actor_died(self, actor: ActorHost) -> None:
         self.node.send(p.ACTOR_DIED, (actor.spec.actor_id, actor.cause))
+
+    def actor_crashed(self, actor: ActorHost, spec, reason: str) -> None:
+        self.node.exit_process(1)  # the node sees the process die and restarts the actor as after any crash
 
 
 # --------------------------------------------------------------------------- the runtime's backend

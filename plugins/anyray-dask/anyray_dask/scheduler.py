@@ -29,7 +29,19 @@ from anyray.ports.scheduler import Scheduler
 from anyray.specs import ActorSpec, ActorTaskSpec, TaskSpec
 
 from .transport import DaskRef, lookup_actor, nested_natives, pack, register_actor
-from .worker import Exported, Session, deliver, job_prefix, method_call, pick, rejoin, run_task, secede_once, task_call
+from .worker import (
+    Exported,
+    Session,
+    deliver,
+    job_prefix,
+    method_call,
+    pick,
+    portable_options,
+    rejoin,
+    run_task,
+    secede_once,
+    task_call,
+)
 
 ARGS_INLINE = 1 << 20  # pickled arguments up to this size travel inside the task
 NAMES = "anyray-actor"  # published datasets "anyray-actor/<namespace>/<name>"
@@ -113,7 +125,8 @@ class DaskScheduler(Scheduler):
         if resources:
             self._feasibility.check(spec.actor_id, spec.cls.name, resources)
         cls = self._export(spec.cls, f"the actor class {spec.cls.name}")
-        actor = [spec.actor_id, spec.cls.name, spec.resources, o, spec.namespace, spec.is_async, spec.method_options]
+        actor = [spec.actor_id, spec.cls.name, spec.resources, o, spec.namespace, spec.is_async,
+                 {name: portable_options(meta) for name, meta in spec.method_options.items()}]
         from .worker import ActorProcess
 
         future = self._client.submit(ActorProcess, self._session, cls, actor, self._args(spec.args),

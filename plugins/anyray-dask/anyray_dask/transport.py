@@ -192,7 +192,8 @@ def unpack(payload: Payload) -> SerializedObject:
     if type(payload) is bytes:
         return SerializedObject(payload)
     data, buffers, refs = payload
-    return SerializedObject(data, list(buffers), list(refs))
+    # Dask hands frames back as writable arrays; objects are immutable, so what is built on them is not.
+    return SerializedObject(data, [memoryview(b).toreadonly() for b in buffers], list(refs))
 
 
 def pack_returns(outputs: list[SerializedObject], num_returns: int):

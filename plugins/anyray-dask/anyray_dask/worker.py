@@ -32,10 +32,11 @@ from typing import NamedTuple
 from anyray import runtime as _rt
 from anyray.adapters.common.actor_host import ActorHost
 from anyray.context import TaskContext
+from anyray.exceptions import WorkerCrashedError
 from anyray.executor import Call, serialize_failure
 from anyray.object_ref import ObjectRef
 from anyray.ports.backend import BackendConfig
-from anyray.serialization import deserialize, serialize
+from anyray.serialization import deserialize, portable_classes, serialize
 from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure
 
 from .transport import pack, pack_returns, resolving, unpack
@@ -157,7 +158,8 @@ TaskCall = list
 
 def task_call(spec) -> TaskCall:
     o = spec.options
-    return [spec.task_id, spec.name, len(spec.returns), o["retry_exceptions"], o["max_retries"], spec.resources,
+    return [spec.task_id, spec.name, len(spec.returns), portable_classes(o["retry_exceptions"]), o["max_retries"],
+            spec.resources,
             [d.binary() for d in spec.deps], [d.native.future.key for d in spec.deps]]
 
 
@@ -166,9 +168,26 @@ def run_task(session: Session, function: Exported, call: TaskCall, args, *dep_pa
     with job_context(session) as runtime, resolving(dep_keys):
         deps, fetch = _inputs(dep_ids, dep_payloads)
         ctx = TaskContext(task_id=task_id, name=name, resources=resources)
-        outputs = Call(function.load(), name, "task", ctx, num_returns, runtime.backend.task_events,
-                       retry_exceptions, max_retries).run(unpack(args), deps, fetch)
+        call = Call(function.load(), name, "task", ctx, num_returns, runtime.backend.task_events,
+                    retry_exceptions, max_retries)
+        outputs = _run_exiting(call, unpack(args), deps, fetch, name, num_returns, max_retries)
     return pack_returns(outputs, num_returns)
+
+
+def _run_exiting(call: Call, args, deps, fetch, name: str, num_returns: int, retries: int) -> list:
+    """Run the task; a ``sys.exit()`` in it counts as its worker crashing, as in Ray: it runs again while
+    ``max_retries`` allows, then fails with ``WorkerCrashedError``. The Dask worker itself goes on: it
+    runs other tasks and actors too."""
+    while True:
+        try:
+            return call.run(args, deps, fetch)
+        except SystemExit as exc:
+            if retries != 0:
+                retries -= 1
+                continue
+            error = WorkerCrashedError(f"The worker running {name} exited (it called sys.exit({exc.code!r})); "
+                                       f"its retries (max_retries) are used up.")
+            return [serialize_failure(RemoteFailure(error))] * num_returns
 
 
 def pick(values: tuple, index: int):
@@ -216,7 +235,14 @@ MethodCall = list
 
 def method_call(spec) -> MethodCall:
     return [spec.actor_id, spec.method_name, spec.task_id, spec.name, [r.binary() for r in spec.returns],
-            spec.caller_id, spec.seq, spec.options, [d.binary() for d in spec.deps], None]
+            spec.caller_id, spec.seq, portable_options(spec.options), [d.binary() for d in spec.deps], None]
+
+
+def portable_options(options: dict) -> dict:
+    """``options`` with ``retry_exceptions`` pickled apart: a class a worker cannot import fails the call
+    that needs it, not Dask's reading of the message."""
+    retry = options.get("retry_exceptions")
+    return dict(options, retry_exceptions=portable_classes(retry)) if type(retry) is tuple else options
 
 
 def job_prefix(job_id: bytes) -> str:
@@ -371,6 +397,9 @@ class _Hosted:
                 self._cancelled.pop(r.binary(), None)
         if result is not None:
             result.set_result(pack_returns([serialize_failure(RemoteFailure(error))] * n, n))
+
+    def actor_crashed(self, host, spec, reason: str) -> None:
+        host.crash(spec, reason)  # the Dask worker hosts other work: the actor restarts in place
 
     def actor_died(self, host) -> None:
         with _hosted_lock:

@@ -122,7 +122,7 @@ class RayScheduler(Scheduler):
             self._feasibility.check(spec.actor_id, spec.cls.name, spec.resources)
         try:
             handle = self._host_class(spec).options(**options).remote(
-                self._session, spec.actor_id, spec.cls.name, spec.resources, pack(spec.args),
+                self._session, spec.actor_id, spec.cls.name, spec.resources, o["max_task_retries"], pack(spec.args),
                 [d.binary() for d in spec.deps], *[d.native for d in spec.deps])
         except ValueError as exc:
             if name is not None and "already" in str(exc):
@@ -133,6 +133,10 @@ class RayScheduler(Scheduler):
             raise translate(exc, spec.cls.name) from exc
         if name is not None:
             self._directory.record(handle, spec.actor_id, spec.cls.name, spec.method_options, o["get_if_exists"])
+            if o["get_if_exists"]:  # Ray may have returned an actor another caller made: its anyray handle
+                winner = self._directory.handle_of(handle)
+                if winner is not None and winner._actor_id != spec.actor_id:
+                    return winner
         return register(spec.actor_id, handle)
 
     def submit_actor_task(self, spec: ActorTaskSpec) -> None:

@@ -21,11 +21,12 @@ from typing import NamedTuple
 import ray
 
 from anyray import runtime as _rt
+from anyray.actor import exit_is_intended
 from anyray.context import ActorInfo, TaskContext
 from anyray.executor import Call
 from anyray.object_ref import ObjectRef
 from anyray.ports.backend import BackendConfig
-from anyray.serialization import deserialize, serialize
+from anyray.serialization import deserialize, portable_classes, serialize
 from anyray.specs import RemoteFailure
 
 from .transport import pack, pack_returns, unpack
@@ -93,8 +94,9 @@ TaskCall = list
 
 def task_call(spec) -> TaskCall:
     o = spec.options
-    return [spec.task_id, spec.name, len(spec.returns), o["retry_exceptions"], o["max_retries"], spec.resources,
-            [d.binary() for d in spec.deps], pack(spec.args)]
+    return [spec.task_id, spec.name, len(spec.returns), portable_classes(o["retry_exceptions"]), o["max_retries"],
+            spec.resources, [d.binary() for d in spec.deps], pack(spec.args)]
+
 
 
 def export(target, what: str):
@@ -152,8 +154,9 @@ MethodCall = list
 
 def method_call(spec) -> MethodCall:
     o = spec.options
-    return [spec.method_name, spec.task_id, spec.name, len(spec.returns), o.get("retry_exceptions", False),
-            o.get("max_task_retries", 0), [d.binary() for d in spec.deps], pack(spec.args)]
+    return [spec.method_name, spec.task_id, spec.name, len(spec.returns),
+            portable_classes(o.get("retry_exceptions", False)), o.get("max_task_retries"),
+            [d.binary() for d in spec.deps], pack(spec.args)]
 
 
 class _RayCallContext(TaskContext):
@@ -183,10 +186,11 @@ class ActorHost:
 
     anyray_class: _Exported = None
 
-    def __init__(self, session: Session, actor_id: bytes, name: str, resources: dict, args,
-                 dep_ids: list, *dep_payloads):
+    def __init__(self, session: Session, actor_id: bytes, name: str, resources: dict, max_task_retries: int,
+                 args, dep_ids: list, *dep_payloads):
         self._runtime = ensure_runtime(session)
         self._actor_id = actor_id
+        self._max_task_retries = max_task_retries  # a method's own max_task_retries comes first
         self._resources = resources
         self._gpu_ids = _gpu_ids(resources)
         self._restarted = _was_restarted()
@@ -208,13 +212,18 @@ class ActorHost:
     def _call(self, call: MethodCall, dep_payloads: tuple):
         method, task_id, name, num_returns, retry_exceptions, max_task_retries, dep_ids, args = call
         deps, fetch = _inputs(dep_ids, dep_payloads)
+        if max_task_retries is None:
+            max_task_retries = self._max_task_retries
         runner = Call(getattr(self._instance, method), name, "actor_task", self._context(task_id, name),
                       num_returns, self._runtime.backend.task_events, retry_exceptions, max_task_retries)
         return runner, unpack(args), deps, fetch, num_returns
 
     def anyray_call(self, call: MethodCall, *dep_payloads):
         runner, args, deps, fetch, num_returns = self._call(call, dep_payloads)
-        return pack_returns(runner.run(args, deps, fetch), num_returns)
+        try:
+            return pack_returns(runner.run(args, deps, fetch), num_returns)
+        except SystemExit as exc:
+            _exit(exc)
 
 
 class AsyncActorHost(ActorHost):
@@ -222,7 +231,19 @@ class AsyncActorHost(ActorHost):
 
     async def anyray_call(self, call: MethodCall, *dep_payloads):
         runner, args, deps, fetch, num_returns = self._call(call, dep_payloads)
-        return pack_returns(await runner.run_async(args, deps, fetch), num_returns)
+        try:
+            return pack_returns(await runner.run_async(args, deps, fetch), num_returns)
+        except SystemExit as exc:
+            _exit(exc)
+
+
+def _exit(exc: SystemExit):
+    """An actor method raised ``SystemExit``: an intended exit (code 0, ``anyray.actor.exit_actor()``)
+    becomes Ray's ``exit_actor()``, which Ray knows as one (on an event loop too); any other code is
+    left to Ray as a crash."""
+    if exit_is_intended(exc):
+        ray.actor.exit_actor()
+    raise exc
 
 
 def actor_host(exported, name: str, is_async: bool) -> type:
