@@ -1,6 +1,7 @@
 """anyray: Ray's core API on pluggable backends. ``import anyray as ray`` runs a Ray program."""
 
 from . import exceptions
+from . import log as _log  # noqa: F401 - installs the default handler of the ``anyray`` logger
 from .actor import ActorClass, ActorHandle, method
 from .api import (
     available_resources,

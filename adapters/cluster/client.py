@@ -11,11 +11,11 @@ call to the node.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import signal
 import socket
-import sys
 import threading
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
 
@@ -23,6 +23,8 @@ from ..node import protocol as p
 from ..node import workers
 from ..node.arena import Arena
 from ..node.link import Link
+
+log = logging.getLogger(__name__)
 
 CLIENT_HELLO = 32  # client -> node: pickle({"pid", "host", "role", "job_id", "namespace"})
 CLIENT_SETUP = 33  # node -> client: pickle(setup), or pickle({"error": message})
@@ -194,7 +196,7 @@ class ClientLink(Link):
             if msg[0] == p.RESPONSE:
                 self._on_response(memoryview(msg)[1:])
             else:
-                print(f"(anyray) the node sent an unexpected message (tag {msg[0]})", file=sys.stderr)
+                log.warning("the node sent an unexpected message (tag %s)", msg[0])
         finally:
             if threading.get_ident() == self.main_thread:
                 self._in_io = False

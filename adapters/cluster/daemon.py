@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import pickle
 import signal
@@ -27,6 +28,7 @@ import time
 import traceback
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
 
+from anyray.log import configure_daemon
 from anyray.ports.backend import Backend, BackendConfig
 from anyray.runtime import Runtime, set_current
 
@@ -44,8 +46,12 @@ LEASE_SECONDS = 3 * HEARTBEAT_SECONDS  # a node whose record is not renewed for 
 NODES = "nodes/"
 
 
+_log = logging.getLogger("anyray.node")
+
+
 def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] anyray node {os.getpid()}: {message}", file=sys.stderr, flush=True)
+    """A line in this daemon's log (its stderr, which `anyray start` keeps in a file): see ``run``."""
+    _log.info(message)
 
 
 class _NodeBackend(Backend):
@@ -347,6 +353,7 @@ class NodeDaemon:
 
 def run(*, token: bytes, **options) -> int:
     """Run a node daemon in this process until SIGTERM or Ctrl-C (``anyray start --block``)."""
+    configure_daemon()
     daemon = NodeDaemon(token=token, **options)
     signal.signal(signal.SIGTERM, daemon.stop)
     signal.signal(signal.SIGINT, daemon.stop)
@@ -354,7 +361,7 @@ def run(*, token: bytes, **options) -> int:
         daemon.start()
     except Exception as exc:  # noqa: BLE001 - said on stderr, which `anyray start` shows
         log(f"could not start: {type(exc).__name__}: {redact(exc)}")
-        print(redact("".join(traceback.format_exc())), file=sys.stderr, flush=True)
+        _log.error(redact("".join(traceback.format_exc())))  # redacted before any handler sees it
         daemon.close()
         return 1
     try:

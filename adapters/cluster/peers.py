@@ -15,19 +15,20 @@ space on either side.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import socket
 import struct
-import sys
 import threading
-import traceback
 
 from ..node import protocol as p
 from ..node import workers
 from ..node.arena import Location
 from ..node.link import Link
 from .client import handshake, open_connection
+
+log = logging.getLogger(__name__)
 
 CHUNK = 8 << 20  # bytes per transfer request; requests are pipelined, so this only bounds one send
 _RANGE = struct.Struct("<QQ")
@@ -124,7 +125,7 @@ class PeerLink(Link):
                     try:
                         callback(ok, value)
                     except Exception:  # noqa: BLE001 - one bad answer must not stop the link
-                        traceback.print_exc()
+                        log.exception("handling an answer of the node at %s failed", self.address)
         except Exception:  # noqa: BLE001 - closed (EOF, reset, or closed under us): every waiter hears of it
             pass
         finally:
@@ -145,7 +146,7 @@ class PeerLink(Link):
             try:
                 callback(False, gone)
             except Exception:  # noqa: BLE001
-                traceback.print_exc()
+                log.exception("telling a waiter that the link to %s closed failed", self.address)
 
     def close(self) -> None:
         """Close the link: its reader wakes (a bare close would leave it blocked in recv when the other
@@ -223,6 +224,6 @@ def serve_transfers(sock: socket.socket, arena) -> None:
             sock.sendall(arena.view(offset, length))
     except (OSError, ValueError) as exc:
         if not isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-            print(f"(anyray) a transfer ended: {exc}", file=sys.stderr)
+            log.info("a transfer ended: %s", exc)
     finally:
         sock.close()

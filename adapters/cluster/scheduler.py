@@ -27,10 +27,10 @@ import concurrent.futures
 import hashlib
 import hmac
 import json
+import logging
 import pickle
 import threading
 import time
-import traceback
 
 from anyray.actor import ActorHandle
 from anyray.exceptions import ActorDiedError, ObjectLostError, WorkerCrashedError
@@ -44,6 +44,8 @@ from ..node.arena import Location
 from ..node.scheduler import NodeScheduler, _Task, call_options
 from ..node.store import to_wire
 from .peers import NotSent, PeerLink, Transfer
+
+log = logging.getLogger(__name__)
 
 NODES = "nodes/"
 DEAD = "dead/"  # node id -> JSON of its last record and how it ended, for `anyray status`
@@ -216,8 +218,7 @@ class ClusterView:
     def open_record(self, value: bytes) -> dict | None:
         mac, body = value[:32], value[32:]
         if not hmac.compare_digest(mac, hmac.new(self._token, body, hashlib.sha256).digest()):
-            print("(anyray) ignored an actor record in the metadata store that no node of this cluster signed",
-                  flush=True)
+            log.warning("ignored an actor record in the metadata store that no node of this cluster signed")
             return None
         return pickle.loads(body)
 
@@ -318,7 +319,7 @@ class ClusterScheduler(NodeScheduler):
         try:
             link = self.cluster.link(node_id)
         except (OSError, PermissionError) as exc:
-            print(f"(anyray) could not hand {spec.name} to node {node_id}: {exc}; running it here", flush=True)
+            log.warning("could not hand %s to node %s: %s; running it here", spec.name, node_id, exc)
             self.cluster.returned(node_id, spec.resources)
             with self._lock:
                 task.state = "waiting"
@@ -352,7 +353,7 @@ class ClusterScheduler(NodeScheduler):
     @staticmethod
     def _ignore(ok, value) -> None:
         if not ok:
-            print(f"(anyray) another node refused work: {value!r}", flush=True)
+            log.error("another node refused work: %r", value)
 
     def _forwarded_back(self, task: _Task, node_id: str, link: PeerLink, ok: bool, value) -> None:
         try:
@@ -369,7 +370,7 @@ class ClusterScheduler(NodeScheduler):
             with self._lock:
                 self._finish(task)
         except Exception:  # noqa: BLE001 - never lose a task silently
-            traceback.print_exc()
+            log.exception("taking back the results of %s from node %s failed", task.spec.name, node_id)
         self.spill_queued()
 
     def _lost(self, task: _Task, node_id: str, error) -> None:
@@ -509,7 +510,7 @@ class ClusterScheduler(NodeScheduler):
                 for key, wire, contained in value:
                     self._receive(node_id, link, key, wire, contained, pulled=True)
         except Exception:  # noqa: BLE001
-            traceback.print_exc()
+            log.exception("receiving objects pulled from node %s failed", node_id)
         finally:
             self._pulling.discard(oid)
 
@@ -897,7 +898,7 @@ class ClusterScheduler(NodeScheduler):
             for ref in refs:
                 link.let_go(ref._id)
         except Exception:  # noqa: BLE001
-            traceback.print_exc()
+            log.exception("receiving the results of an actor call from node %s failed", node_id)
 
     # -- what every node knows ------------------------------------------------------------------
     def ask_every_node(self, op: str, args) -> list:

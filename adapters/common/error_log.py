@@ -12,11 +12,13 @@ cost nothing here.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import threading
 import time
 
 from anyray.events import TaskRecord
+
+log = logging.getLogger(__name__)
 
 _FIELDS = ("task_id", "name", "kind", "start", "end", "pid", "tid", "error_type", "message")
 
@@ -65,5 +67,5 @@ class WorkerEvents:
         try:
             self._log.report(record)
         except ConnectionError as exc:  # the failure itself still reaches the caller
-            print(f"(anyray) could not log the failure of {record.name}: {exc}", file=sys.stderr)
+            log.warning("could not log the failure of %s: %s", record.name, exc)
         self._local.task_finished(record)

@@ -7,11 +7,12 @@ Ray's workers are killed at exit, and these threads likewise just stop.
 
 from __future__ import annotations
 
+import logging
 import queue
-import sys
 import threading
-import traceback
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 class DaemonThreadPool:
@@ -50,7 +51,7 @@ class DaemonThreadPool:
             try:
                 fn(*args)
             except BaseException:  # noqa: BLE001 - a pool thread must survive whatever it ran
-                traceback.print_exc(file=sys.stderr)
+                log.exception("a call on a pool thread failed")
             del item, fn, args  # an idle thread must not keep the last task's refs alive
             with self._lock:
                 self._idle += 1

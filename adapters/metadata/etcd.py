@@ -17,6 +17,7 @@ stream broke is re-established the same way.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -24,6 +25,8 @@ from collections.abc import Callable, Iterator
 from urllib.parse import urlparse
 
 from anyray.ports.metadata_store import MetadataStore, Watch
+
+log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 10.0  # how long calls keep retrying an unreachable server
 
@@ -168,9 +171,7 @@ class EtcdMetadataStore(MetadataStore):
                 try:
                     w.callback(name, value)
                 except Exception:  # noqa: BLE001 - a failing callback must not stop the stream
-                    import traceback
-
-                    traceback.print_exc()
+                    log.exception("a metadata watch callback failed")
 
         def add(client):
             w.client = client

@@ -16,10 +16,13 @@ from the URL and is never logged or shown in reprs.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 
 from anyray.ports.metadata_store import MetadataStore, Watch
+
+log = logging.getLogger(__name__)
 
 _PUT = """
 if ARGV[2] == '' then redis.call('SET', KEYS[1], ARGV[1]) else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
@@ -211,9 +214,7 @@ class RedisMetadataStore(MetadataStore):
             try:
                 w.callback(name, value)
             except Exception:  # noqa: BLE001 - a failing callback must not stop the others
-                import traceback
-
-                traceback.print_exc()
+                log.exception("a metadata watch callback failed")
 
     def close(self) -> None:
         self._closed = True

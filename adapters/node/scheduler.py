@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 import os
 import pickle
 import signal
@@ -52,6 +53,8 @@ from .arena import Location
 from .store import ArenaObject, SharedObjectStore, to_wire
 from .worker import install
 from .workers import EXIT, WorkerPool, describe
+
+log = logging.getLogger(__name__)
 
 _LATER = object()  # a request handler that answers by itself, later
 
@@ -190,7 +193,7 @@ class NodeScheduler(QueueScheduler):
     def _installed(future) -> None:
         exc = future.exception()
         if exc is not None and not isinstance(exc, WorkerCrashedError):
-            print(f"(anyray) a worker failed to start: {exc!r}", file=sys.stderr)
+            log.warning("a worker failed to start: %r", exc)
 
     def _send(self, worker: _Worker, tag: int, body) -> bool:
         try:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import collections
 import io
+import logging
 import os
 import pickle
 import signal
 import sys
 import threading
 import time
-import traceback
 
 import cloudpickle
 
@@ -46,6 +46,8 @@ from . import workers
 from .arena import Location
 from .link import FLUSH_INTERVAL, Link, RemoteScheduler, RemoteStore
 from .store import to_wire
+
+log = logging.getLogger(__name__)
 
 
 class _ForwardedEvents(JobEvents):
@@ -124,7 +126,7 @@ class WorkerNode(Link):
             except (EOFError, OSError):
                 return  # the driver is gone
             except Exception:  # noqa: BLE001 - one bad message must not end the worker
-                traceback.print_exc()
+                log.exception("a worker could not handle a message")
 
     def _dispatch(self, msg: bytes) -> None:
         """Handle one message, on whichever thread read it; a task is queued for the main thread."""
@@ -143,7 +145,7 @@ class WorkerNode(Link):
         elif tag == workers.CALL:
             self.loop._call(body)
         else:
-            print(f"anyray worker: no handler for message tag {tag}", file=sys.stderr)
+            log.error("a worker got a message it has no handler for (tag %s)", tag)
 
     # -- output -----------------------------------------------------------------------
     def capture_output(self) -> None:

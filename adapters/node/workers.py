@@ -26,6 +26,7 @@ another message from the same worker.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import pickle
 import select
@@ -43,6 +44,8 @@ from multiprocessing.connection import AuthenticationError, Client, Listener, an
 import cloudpickle
 
 from anyray.exceptions import AnyrayError, WorkerCrashedError
+
+log = logging.getLogger(__name__)
 
 # driver <-> worker
 HELLO = 1  # worker -> driver, first message: pickle((worker_id, pid))
@@ -119,13 +122,13 @@ class WorkerLoop:
                     break
                 handler = handlers.get(tag)
                 if handler is None:
-                    print(f"anyray worker {self.worker_id}: no handler for message tag {tag}", file=sys.stderr)
+                    log.error("worker %s got a message it has no handler for (tag %s)", self.worker_id, tag)
                     continue
                 handler(memoryview(msg)[1:])
                 if self.takeover is not None:
                     return
         except BaseException:
-            traceback.print_exc()
+            log.exception("worker %s stopped reading its connection", self.worker_id)
 
     def _call(self, payload: memoryview) -> None:
         """The minimal protocol: run a pickled callable, reply with its pickled value or error."""
@@ -521,7 +524,7 @@ class WorkerPool:
         try:
             callback(*args)
         except Exception:
-            traceback.print_exc()
+            log.exception("a worker pool callback failed")
 
     def _accept_loop(self) -> None:
         while True:
