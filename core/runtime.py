@@ -168,7 +168,11 @@ class Runtime:
         return ref
 
     def check_current(self, refs: Sequence[ObjectRef], fn: str) -> None:
-        """Raise if a ref was made by an earlier runtime of this process: nothing would ever resolve it."""
+        """Raise if a ref was made by an earlier runtime of this process: nothing would ever resolve it.
+
+        Free until a runtime shuts down with refs still alive (a notebook's): only then can one be stale."""
+        if not _refs_outlived_a_runtime:
+            return
         counters = set(map(_counter_of, refs))
         if len(counters) == 1 and self.counter in counters:  # the common case, at C speed
             return
@@ -334,13 +338,18 @@ class Runtime:
         self.scheduler.kill_actor(handle._actor_id, no_restart)
 
     def shutdown(self) -> None:
+        global _refs_outlived_a_runtime
         self._drainer_stop.set()
+        if self.counter._counts:
+            _refs_outlived_a_runtime = True
         try:
             self.backend.shutdown()
         finally:
             self.counter = ReferenceCounter(lambda ids_: None)
             self.handles = ReferenceCounter(lambda ids_: None)
 
+
+_refs_outlived_a_runtime = False  # set for good once a runtime shut down with refs still alive: see check_current
 
 _current: Runtime | None = None
 # A worker process of a shared engine (a Dask cluster) runs tasks of several jobs at once: each task
