@@ -6,8 +6,10 @@ import inspect
 import itertools
 from typing import Any
 
-from . import ids, serialization
+from . import ids, pickled_refs
 from . import options as opts
+from .context import current_task
+from .current import current_handle_counter, require_runtime
 from .remote_function import _Options, check_arguments, returns_of, signature_of
 from .specs import FunctionDescriptor
 
@@ -25,8 +27,6 @@ def exit_actor() -> None:
     actor is not restarted, whatever its ``max_restarts`` (``sys.exit(0)`` does the
     same; any other exit code is a crash, and a crashed actor restarts while
     ``max_restarts`` allows)."""
-    from .context import current_task
-
     ctx = current_task.get()
     if ctx is None or ctx.actor_id is None:
         raise TypeError("exit_actor() ends the actor whose method calls it; it was called outside an actor "
@@ -98,13 +98,11 @@ class ActorClass:
         return _Options(self, {**base, **given}, None)
 
     def _submit(self, args, kwargs, options, _resources):
-        from .api import _runtime
-
         check_arguments(self._init_signature, args, kwargs, self.__qualname__)
         if options["get_if_exists"] and not options["name"]:
             raise ValueError(f"{self.__qualname__}: get_if_exists=True needs a name to look the actor up by; "
                              f"pass .options(name=..., get_if_exists=True).")
-        return _runtime().create_actor(self._descriptor, args, kwargs, options, self._is_async, self._methods)
+        return require_runtime().create_actor(self._descriptor, args, kwargs, options, self._is_async, self._methods)
 
     def __reduce__(self):
         return ActorClass, (self._cls, self._given)
@@ -121,8 +119,6 @@ class ActorHandle:
     """
 
     def __init__(self, actor_id: bytes, class_name: str, methods: dict, native=None):
-        from .runtime import current_handle_counter
-
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
@@ -151,7 +147,7 @@ class ActorHandle:
         return ActorMethod(self, name, meta)
 
     def __reduce__(self):
-        serialization.note_ref_pickled(self)  # a stored value holding the handle keeps the actor
+        pickled_refs.note_ref_pickled(self)  # a stored value holding the handle keeps the actor
         return ActorHandle, (self._actor_id, self._class_name, self._methods, self.native)
 
     def __eq__(self, other):
@@ -187,9 +183,7 @@ class ActorMethod:
         return _Options(self, {**base, **given}, None)
 
     def _submit(self, args, kwargs, meta, _resources):
-        from .api import _runtime
-
         h = self._handle
         check_arguments(meta["signature"], args, kwargs, f"{h._class_name}.{self._name}")
-        refs = _runtime().submit_actor_task(h, self._name, args, kwargs, meta)
+        refs = require_runtime().submit_actor_task(h, self._name, args, kwargs, meta)
         return returns_of(refs, meta["num_returns"])

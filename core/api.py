@@ -12,11 +12,13 @@ import threading
 import uuid
 from typing import Any
 
+from . import current as _current
 from . import runtime as _rt
 from .actor import ActorClass, method
-from .context import RuntimeContext, current_task
+from .context import current_task
 from .ports.backend import BackendConfig
 from .remote_function import RemoteFunction
+from .runtime_context import RuntimeContext
 
 DEFAULT_BACKEND = "multiprocess"
 
@@ -217,14 +219,16 @@ def is_initialized() -> bool:
     return _rt.current_runtime() is not None
 
 
-def _runtime() -> _rt.Runtime:
-    runtime = _rt.current_runtime()
-    if runtime is None:
-        with _init_lock:  # first remote call without init(): start the default backend, as Ray does
-            if _rt.current_runtime() is None:
-                init()
-            runtime = _rt.current_runtime()
-    return runtime
+def _start_default() -> _rt.Runtime:
+    """The first ``.remote()``, ``get`` or ``put`` without ``init`` starts the default backend, as Ray does."""
+    with _init_lock:
+        if _rt.current_runtime() is None:
+            init()
+        return _rt.current_runtime()
+
+
+_current.set_autostart(_start_default)
+_runtime = _current.require_runtime
 
 
 def remote(*args, **options):

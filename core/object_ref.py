@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from . import serialization
+from . import pickled_refs
+from .current import current_counter, require_runtime
 
 
 class ObjectRef:
@@ -48,7 +49,7 @@ class ObjectRef:
                 pass
 
     def __reduce__(self):
-        serialization.note_ref_pickled(self)
+        pickled_refs.note_ref_pickled(self)
         return _rebuild_ref, (self._id, self.native)
 
     def __copy__(self):
@@ -61,13 +62,11 @@ class ObjectRef:
         """A ``concurrent.futures.Future`` that resolves to the object's value (or its error)."""
         import concurrent.futures
 
-        from .api import get
-
         fut: concurrent.futures.Future = concurrent.futures.Future()
 
         def resolve():
             try:
-                fut.set_result(get(self))
+                fut.set_result(require_runtime().get(self, None))
             except BaseException as exc:  # the future carries any error to its reader
                 fut.set_exception(exc)
 
@@ -81,9 +80,5 @@ class ObjectRef:
 
 
 def _rebuild_ref(object_id: bytes, native):
-    from .runtime import current_counter
-
     return ObjectRef(object_id, native, current_counter())
 
-
-serialization._PLAIN_ARGS.add(ObjectRef)

@@ -8,6 +8,7 @@ from typing import Any
 
 from . import ids
 from . import options as opts
+from .current import require_runtime
 from .specs import FunctionDescriptor
 
 
@@ -111,10 +112,8 @@ class RemoteFunction:
         return _Options(self, merged, opts.resource_demand(merged))
 
     def _submit(self, args: tuple, kwargs: dict, options: dict, resources: dict):
-        from .api import _runtime
-
         check_arguments(self._signature, args, kwargs, self.__qualname__)
-        refs = _runtime().submit_task(self._descriptor, args, kwargs, options, resources)
+        refs = require_runtime().submit_task(self._descriptor, args, kwargs, options, resources)
         return returns_of(refs, options["num_returns"])
 
     def __reduce__(self):

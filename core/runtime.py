@@ -2,14 +2,12 @@
 
 ``Runtime`` turns API calls into specs, validates them, counts references
 and raises stored failures; the backend only schedules and stores. The one
-process-wide global is the current runtime (``_current``).
+process-wide global is the current runtime (``current.py``).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import contextvars
 import operator
 import threading
 from collections.abc import Sequence
@@ -17,7 +15,16 @@ from typing import Any
 
 from . import ids, serialization
 from . import options as opts
+from .actor import ActorHandle
 from .context import current_task
+from .current import (  # noqa: F401 - the adapters take them from here
+    current_counter,
+    current_handle_counter,
+    current_runtime,
+    process_runtime,
+    set_current,
+    task_runtime,
+)
 from .events import JobEvents
 from .object_ref import ObjectRef
 from .ports.backend import Backend, BackendConfig
@@ -283,8 +290,6 @@ class Runtime:
 
     def create_actor(self, descriptor: FunctionDescriptor, args: tuple, kwargs: dict, options: dict,
                      is_async: bool, method_options: dict):
-        from .actor import ActorHandle
-
         namespace = options["namespace"] if options["namespace"] is not None else self.namespace
         name = options["name"]
         if name is not None:
@@ -330,8 +335,6 @@ class Runtime:
         return handle
 
     def kill(self, handle, no_restart=True) -> None:
-        from .actor import ActorHandle
-
         if not isinstance(handle, ActorHandle):
             raise TypeError(f"kill() expects an ActorHandle, got {type(handle).__name__}. "
                             f"To stop a task, use cancel(ref, force=True).")
@@ -351,39 +354,5 @@ class Runtime:
 
 _refs_outlived_a_runtime = False  # set for good once a runtime shut down with refs still alive: see check_current
 
-_current: Runtime | None = None
-# A worker process of a shared engine (a Dask cluster) runs tasks of several jobs at once: each task
-# sees its own job's runtime here, set by the backend around the task (``task_runtime``).
-_task_runtime: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar("anyray_runtime", default=None)
 
-
-def current_counter():
-    rt = _task_runtime.get() or _current
-    return rt.counter if rt is not None else None
-
-
-def current_handle_counter():
-    rt = _task_runtime.get() or _current
-    return rt.handles if rt is not None else None
-
-
-def current_runtime() -> Runtime | None:
-    return _task_runtime.get() or _current
-
-
-@contextlib.contextmanager
-def task_runtime(runtime: Runtime):
-    """Make ``runtime`` the current one in this context (this thread, or this asyncio task) only."""
-    token = _task_runtime.set(runtime)
-    try:
-        yield runtime
-    finally:
-        _task_runtime.reset(token)
-
-
-def set_current(runtime: Runtime | None) -> None:
-    global _current
-    _current = runtime
-
-
-__all__ = ["Runtime", "ReferenceCounter", "current_runtime", "set_current", "task_runtime"]
+__all__ = ["Runtime", "ReferenceCounter", "current_runtime", "process_runtime", "set_current", "task_runtime"]

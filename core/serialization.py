@@ -14,11 +14,13 @@ store entry keeps them alive for as long as the value itself lives.
 from __future__ import annotations
 
 import pickle
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
+
+from . import pickled_refs
+from .object_ref import ObjectRef
 
 PROTOCOL = 5
 
@@ -30,10 +32,8 @@ _NUMPY_COPY_MIN = 1 << 20
 # read-only whatever their size, as in Ray.
 _OUT_OF_BAND_MIN = 1 << 12
 
-_collecting = threading.local()
-
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
-_PLAIN_ARGS: set = set(_PLAIN)  # ObjectRef joins in object_ref.py (it pickles by reference)
+_PLAIN_ARGS = _PLAIN | {ObjectRef}  # a ref pickles by reference: the C pickler does it alike
 
 
 @dataclass(slots=True)
@@ -90,18 +90,15 @@ def serialize(value: Any, what: str = "value") -> SerializedObject:
         return False
 
     dumps = pickle.dumps if _is_plain(value) else cloudpickle.dumps
-    outer = getattr(_collecting, "refs", None)
-    _collecting.refs = refs
     try:
-        data = dumps(value, protocol=PROTOCOL, buffer_callback=keep)
+        with pickled_refs.collecting(refs):
+            data = dumps(value, protocol=PROTOCOL, buffer_callback=keep)
     except Exception as exc:
         raise SerializationError(
             f"Could not serialize {what} of type {type(value).__name__}: {exc}. "
             "Values passed to or returned from tasks and actors must be picklable; "
             "create unpicklable objects (locks, sockets, open files) inside the task instead."
         ) from exc
-    finally:
-        _collecting.refs = outer
     return SerializedObject(data, buffers, refs)
 
 
@@ -132,11 +129,7 @@ def deserialize(obj: SerializedObject) -> Any:
     return pickle.loads(obj.data, buffers=obj.buffers)
 
 
-def note_ref_pickled(ref) -> None:
-    """Called by ``ObjectRef.__reduce__``: record a ref nested in the value being serialized."""
-    refs = getattr(_collecting, "refs", None)
-    if refs is not None:
-        refs.append(ref)
+note_ref_pickled = pickled_refs.note_ref_pickled  # for the engine plugins' own ref types
 
 
 _PORTABLE: dict = {}

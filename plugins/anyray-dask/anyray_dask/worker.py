@@ -74,7 +74,7 @@ def ensure_runtime(session: Session) -> _rt.Runtime:
         runtime = _runtimes[session.job_id] = _rt.Runtime(DaskBackend, config)
         idle = [job for job in _runtimes if not _active[job] and job != session.job_id]
         stale = [_runtimes.pop(job) for job in idle[:max(len(idle) - KEEP_IDLE_RUNTIMES, 0)]]
-        if _rt._current is None or _rt._current in stale:
+        if _rt.process_runtime() is None or _rt.process_runtime() in stale:
             _rt.set_current(runtime)  # for threads the user's code starts, which see no task context
     for old in stale:
         old.shutdown()  # an attached backend never stops Dask
