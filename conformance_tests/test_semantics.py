@@ -348,31 +348,6 @@ def test_cancel_of_a_task_blocked_in_a_nested_get_ends_the_callers_get(signal):
         anyray.get(ref, timeout=DEADLINE)
 
 
-def test_a_task_cancelled_while_its_arguments_are_pending_never_runs(signal):
-    from anyray.conformance.helpers import DEADLINE, Recorder, wait_for_signal
-
-    recorder = Recorder.remote()
-
-    @anyray.remote(max_retries=0)
-    def consume(first, second, log):
-        anyray.get(log.record.remote("body ran"))
-        return first + second
-
-    # Small values: a large one here trips a known bug of Ray's own (ray-project/ray#55131: cancelling a
-    # task whose argument is in Ray's shared memory can abort the driver); the gate test below covers
-    # an argument still being read.
-    first, second = wait_for_signal.remote(signal, "a"), wait_for_signal.remote(signal, "b")
-    ref = consume.remote(first, second, recorder)
-    anyray.cancel(ref)
-    signal.send.remote()
-    with pytest.raises(exceptions.TaskCancelledError):
-        anyray.get(ref, timeout=DEADLINE)
-    assert anyray.get([first, second], timeout=DEADLINE) == ["a", "b"]
-    # The arguments are there now; a body that was going to run would have recorded before this one.
-    assert anyray.get(consume.remote("x", "y", recorder), timeout=DEADLINE) == "xy"
-    assert anyray.get(recorder.entries.remote(), timeout=DEADLINE) == ["body ran"]
-
-
 def _open_gate(reading: str, release: str, deadline: float) -> str:
     """Rebuilds a :class:`Gate`: says it is being read, then waits until the test releases it."""
     import os
