@@ -294,11 +294,27 @@ def test_sys_exit_with_another_code_is_a_crash_and_restarts(how):
     assert anyray.get(actor.ping.remote()) == 1
     with pytest.raises(ACTOR_GONE):
         anyray.get(actor.leave.remote(how))
-    assert anyray.get(actor.ping.remote()) == 1  # a fresh instance: max_restarts=1 allowed it
+    assert _ping_once_back(actor) == 1  # a fresh instance: max_restarts=1 allowed it
     with pytest.raises(ACTOR_GONE):
         anyray.get(actor.leave.remote(how))
     with pytest.raises(exceptions.ActorDiedError):  # restarts used up
         anyray.get(actor.ping.remote())
+
+
+def _ping_once_back(actor):
+    """The first answer of a restarting actor (Ray answers ActorUnavailableError until it is back)."""
+    import time
+
+    from anyray.conformance.helpers import DEADLINE
+
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        try:
+            return anyray.get(actor.ping.remote(), timeout=DEADLINE)
+        except exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def test_exit_actor_outside_an_actor_is_a_type_error():
@@ -346,31 +362,6 @@ def test_cancel_of_a_task_blocked_in_a_nested_get_ends_the_callers_get(signal):
     anyray.cancel(ref)
     with pytest.raises(exceptions.TaskCancelledError):
         anyray.get(ref, timeout=DEADLINE)
-
-
-def test_a_task_cancelled_while_its_arguments_are_pending_never_runs(signal):
-    from anyray.conformance.helpers import DEADLINE, Recorder, wait_for_signal
-
-    recorder = Recorder.remote()
-
-    @anyray.remote(max_retries=0)
-    def consume(first, second, log):
-        anyray.get(log.record.remote("body ran"))
-        return first + second
-
-    # Small values: a large one here trips a known bug of Ray's own (ray-project/ray#55131: cancelling a
-    # task whose argument is in Ray's shared memory can abort the driver); the gate test below covers
-    # an argument still being read.
-    first, second = wait_for_signal.remote(signal, "a"), wait_for_signal.remote(signal, "b")
-    ref = consume.remote(first, second, recorder)
-    anyray.cancel(ref)
-    signal.send.remote()
-    with pytest.raises(exceptions.TaskCancelledError):
-        anyray.get(ref, timeout=DEADLINE)
-    assert anyray.get([first, second], timeout=DEADLINE) == ["a", "b"]
-    # The arguments are there now; a body that was going to run would have recorded before this one.
-    assert anyray.get(consume.remote("x", "y", recorder), timeout=DEADLINE) == "xy"
-    assert anyray.get(recorder.entries.remote(), timeout=DEADLINE) == ["body ran"]
 
 
 def _open_gate(reading: str, release: str, deadline: float) -> str:
