@@ -21,6 +21,7 @@ from .context import TaskContext, current_task
 from .events import JobEvents, TaskRecord
 from .exceptions import AnyrayError, TaskCancelledError, TaskError
 from .object_ref import ObjectRef
+from .policy import allows_another
 from .specs import RemoteFailure
 
 Fetch = Callable[[Sequence[ObjectRef]], list]  # refs -> deserialized values (failures not raised)
@@ -98,8 +99,8 @@ def serialize_failure(failure: RemoteFailure) -> serialization.SerializedObject:
         return serialization.serialize(RemoteFailure(AnyrayError(str(err))))
 
 
-def _should_retry(exc: BaseException, retry_exceptions, retries_left: int) -> bool:
-    if retries_left == 0 or isinstance(exc, AnyrayError):
+def _should_retry(exc: BaseException, retry_exceptions, max_retries: int, retried: int) -> bool:
+    if not allows_another(max_retries, retried) or isinstance(exc, AnyrayError):
         return False
     if retry_exceptions is True:
         return True
@@ -153,7 +154,7 @@ class Call:
             if type(loaded) is RemoteFailure:
                 return loaded
             args, kwargs = loaded
-            retries_left = self.max_retries
+            retried = 0
             while True:
                 try:
                     value = self.target(*args, **kwargs)
@@ -169,8 +170,8 @@ class Call:
                         raise  # the process running it exits: the backend ends the worker or the actor
                     if isinstance(exc, KeyboardInterrupt):
                         exc = TaskCancelledError(f"{self.name} was interrupted ({type(exc).__name__}).")
-                    if _should_retry(exc, retry_exceptions, retries_left):
-                        retries_left -= 1
+                    if _should_retry(exc, retry_exceptions, self.max_retries, retried):
+                        retried += 1
                         continue
                     failure = failure_for(exc, self.name)
                     self._record(start, failure)

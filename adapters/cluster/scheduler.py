@@ -35,6 +35,7 @@ import time
 from anyray.actor import ActorHandle
 from anyray.exceptions import ActorDiedError, ObjectLostError, WorkerCrashedError
 from anyray.object_ref import ObjectRef
+from anyray.policy import allows_another
 from anyray.runtime import current_counter
 from anyray.serialization import SerializedObject
 from anyray.specs import ActorSpec, TaskSpec
@@ -379,7 +380,7 @@ class ClusterScheduler(NodeScheduler):
         with self._lock:
             if task.state != "forwarded":
                 return
-            retry = retries == -1 or task.attempts < retries
+            retry = allows_another(retries, task.attempts)
             if retry:
                 task.attempts += 1
                 task.state = "waiting"
@@ -420,7 +421,7 @@ class ClusterScheduler(NodeScheduler):
         spec, args, contained, job, deps, _inner = self._created[actor_id]
         allowed = spec.options["max_restarts"]
         restarts = self._restart_counts.get(actor_id, 0)
-        if not (allowed == -1 or restarts < allowed):
+        if not allows_another(allowed, restarts):
             del self._created[actor_id]
             cause = (f"The actor {spec.cls.name} died: its node ({node_id}) died"
                      f"{'' if not restarts else f' after {restarts} restarts'}.")

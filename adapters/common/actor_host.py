@@ -26,6 +26,7 @@ from anyray.actor import ActorHandle, exit_is_intended
 from anyray.context import TaskContext
 from anyray.exceptions import ActorDiedError, TaskCancelledError
 from anyray.executor import Call
+from anyray.policy import allows_another, call_retry_limit
 from anyray.specs import RemoteFailure
 
 from .threads import DaemonThreadPool
@@ -150,7 +151,7 @@ class ActorHost:
         method = getattr(self.instance, spec.method_name)
         return Call(method, spec.name, "actor_task", self._context(spec.task_id, spec.name),
                     len(spec.returns), self._sched.events, spec.options.get("retry_exceptions") or False,
-                    call_retries(spec.options, self.spec.options))
+                    call_retry_limit(spec.options, self.spec.options))
 
     def _run_call(self, spec) -> None:
         if self.state == "dead":
@@ -264,7 +265,7 @@ class ActorHost:
         with self._cond:
             if self.state == "dead":
                 return False
-            if not no_restart and (max_restarts == -1 or self.restarts < max_restarts):
+            if not no_restart and allows_another(max_restarts, self.restarts):
                 self.restarts += 1
                 if self._loop is not None:
                     self._loop.call_soon_threadsafe(self._restart_async)
@@ -299,12 +300,3 @@ class ActorHost:
             self._sched.release(self.lease)
             self.lease = None
         self._sched.actor_died(self)
-
-
-def call_retries(call_options: dict, actor_options: dict) -> int:
-    """How often a call that raised one of its ``retry_exceptions`` runs again: the method's
-    ``max_task_retries``, else the actor's (as in Ray)."""
-    allowed = call_options.get("max_task_retries")
-    if allowed is None:
-        allowed = actor_options.get("max_task_retries")
-    return allowed or 0

@@ -42,6 +42,7 @@ from anyray.exceptions import (
 )
 from anyray.executor import serialize_failure
 from anyray.object_ref import ObjectRef
+from anyray.policy import allows_another, call_retry_limit
 from anyray.runtime import current_counter
 from anyray.serialization import SerializedObject, portable_classes
 from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
@@ -348,7 +349,7 @@ class NodeScheduler(QueueScheduler):
         with self._lock:
             if task.state == "running" and not task.cancelled:
                 retries = spec.options["max_retries"]
-                if retries == -1 or task.attempts < retries:
+                if allows_another(retries, task.attempts):
                     task.attempts += 1
                     task.state = "queued"
                     task.lease = task.worker = None
@@ -899,7 +900,7 @@ class NodeScheduler(QueueScheduler):
             if actor.worker is not worker or actor.state == "dead":
                 return
             actor.worker = None
-            if not (max_restarts == -1 or actor.restarts < max_restarts):
+            if not allows_another(max_restarts, actor.restarts):
                 restart = False
             else:
                 restart = True
@@ -908,11 +909,8 @@ class NodeScheduler(QueueScheduler):
                 for call in list(actor.inflight.values()):
                     if call in actor.buffered:
                         continue
-                    allowed = call.options.get("max_task_retries")
-                    if allowed is None:
-                        allowed = spec.options.get("max_task_retries") or 0
                     used = actor.attempts.get(call.task_id, 0)
-                    if allowed == -1 or used < allowed:
+                    if allows_another(call_retry_limit(call.options, spec.options), used):
                         actor.attempts[call.task_id] = used + 1
                         retried.append(call)
                     else:
@@ -980,7 +978,7 @@ class NodeScheduler(QueueScheduler):
             if actor.state == "dead":
                 return
             worker = actor.worker
-            restart = not no_restart and (max_restarts == -1 or actor.restarts < max_restarts)
+            restart = not no_restart and allows_another(max_restarts, actor.restarts)
         if not restart:
             self._actor_dead(actor, f"The actor {actor.spec.cls.name} is dead: it was killed with anyray.kill().")
         elif worker is not None:  # calls from now on go to the new process, as if the old one had died

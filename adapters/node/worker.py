@@ -34,12 +34,13 @@ from anyray.events import JobEvents
 from anyray.exceptions import ActorDiedError, TaskCancelledError, TaskError
 from anyray.executor import Call, failure_for, serialize_failure
 from anyray.object_ref import ObjectRef
+from anyray.policy import call_retry_limit
 from anyray.ports.backend import Backend, BackendConfig
 from anyray.runtime import Runtime, set_current
 from anyray.serialization import SerializedObject
 from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure
 
-from ..common.actor_host import ActorHost, call_retries
+from ..common.actor_host import ActorHost
 from ..common.resources import Lease
 from . import protocol as p
 from . import workers
@@ -451,7 +452,7 @@ class _InlineActor:
             return
         call = Call(getattr(self.instance, method), name, "actor_task", self._context(task_id, name),
                     len(return_ids), node.events, options.get("retry_exceptions") or False,
-                    call_retries(options, self.spec.options))
+                    call_retry_limit(options, self.spec.options))
         self.running = (return_ids, call.ctx)  # a cancel of this call flags it (the driver sends SIGINT)
         try:
             outputs = call.run(node.from_wire(task_id, args_wire), [ObjectRef(i) for i in dep_ids], node.fetch)
