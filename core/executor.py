@@ -19,7 +19,7 @@ from typing import Any
 from . import serialization
 from .context import TaskContext, current_task
 from .events import JobEvents, TaskRecord
-from .exceptions import AnyrayError, TaskCancelledError, TaskError
+from .exceptions import AnyrayError, TaskCancelledError, TaskError, WorkerCrashedError
 from .object_ref import ObjectRef
 from .policy import allows_another
 from .specs import RemoteFailure
@@ -107,6 +107,24 @@ def _should_retry(exc: BaseException, retry_exceptions, max_retries: int, retrie
     if isinstance(retry_exceptions, tuple):
         return isinstance(exc, retry_exceptions)
     return False
+
+
+def run_in_place(call: Call, args_blob, deps, fetch: Fetch, max_retries: int) -> list:
+    """Run a task where its worker process cannot end (a thread of the driver, a shared engine's worker).
+
+    A ``sys.exit()`` in it counts as its worker crashing, as in Ray: it runs again while ``max_retries``
+    allows, then its results are ``WorkerCrashedError``."""
+    crashes = 0
+    while True:
+        try:
+            return call.run(args_blob, deps, fetch)
+        except SystemExit as exc:
+            if allows_another(max_retries, crashes):
+                crashes += 1
+                continue
+            error = WorkerCrashedError(f"The worker running {call.name} exited (it called sys.exit({exc.code!r})); "
+                                       f"its retries (max_retries) are used up.")
+            return [serialize_failure(RemoteFailure(error))] * call.num_returns
 
 
 class Call:

@@ -23,6 +23,7 @@ from servers import EtcdServer, RedisServer
 import anyray
 from anyray.adapters.cluster import files
 from anyray.adapters.cluster.client import open_connection
+from anyray.adapters.cluster.launch import kill_tree
 
 ANYRAY = [sys.executable, "-m", "anyray.cli"]
 HEARTBEAT = 0.25  # seconds; the lease is three heartbeats
@@ -39,21 +40,7 @@ def cluster_env(tmp_path, monkeypatch):
     env = dict(os.environ)
     yield env
     for record in files.local_nodes(str(directory)):
-        _kill_tree(record["pid"])
-
-
-def _kill_tree(pid: int) -> None:
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=10)
+        kill_tree(record["pid"])
 
 
 def cli(env, *args, check=True) -> subprocess.CompletedProcess:

@@ -23,6 +23,7 @@ from servers import RedisServer, free_port
 
 import anyray
 from anyray.adapters.cluster import files
+from anyray.adapters.cluster.launch import kill_tree
 
 ANYRAY = [sys.executable, "-m", "anyray.cli"]
 WAIT = 90.0  # generous: a busy 2-core machine
@@ -63,20 +64,6 @@ class Machines:
     def stop_all(self) -> None:
         for record in self.records():
             kill_tree(record["pid"])
-
-
-def kill_tree(pid: int) -> None:
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=10)
 
 
 @pytest.fixture

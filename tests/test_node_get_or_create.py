@@ -7,29 +7,13 @@ although it had. The node now hands the loser the winner's actor.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 from servers import EtcdServer, RedisServer
-from test_cluster import HEARTBEAT, WAIT, _kill_tree, cli, start_head, status_nodes, wait_until
-
-from anyray.adapters.cluster import files
-
-
-@pytest.fixture
-def cluster_env(tmp_path, monkeypatch):
-    """A private cluster directory (as in test_cluster), its daemons stopped afterwards."""
-    directory = tmp_path / "cluster"
-    monkeypatch.setenv("ANYRAY_CLUSTER_DIR", str(directory))
-    monkeypatch.setenv("ANYRAY_HEARTBEAT_SECONDS", str(HEARTBEAT))
-    monkeypatch.delenv("ANYRAY_CLUSTER_TOKEN", raising=False)
-    yield dict(os.environ)
-    for record in files.local_nodes(str(directory)):
-        _kill_tree(record["pid"])
-
+from test_cluster import WAIT, cli, cluster_env, start_head, status_nodes, wait_until  # noqa: F401 - cluster_env is a fixture
 
 DRIVERS = 4
 ROUNDS = 5
@@ -90,7 +74,7 @@ CHECK = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("kind", ["redis", "etcd"])
-def test_drivers_racing_to_get_or_create_one_name_share_one_actor(cluster_env, tmp_path, kind):
+def test_drivers_racing_to_get_or_create_one_name_share_one_actor(cluster_env, tmp_path, kind):  # noqa: F811
     server = (RedisServer if kind == "redis" else EtcdServer).start(str(tmp_path))
     try:
         head = start_head(cluster_env, "--metadata", server.url, "--num-cpus", "2")

@@ -12,8 +12,8 @@ import threading
 
 from anyray import serialization
 from anyray.context import TaskContext, current_task
-from anyray.exceptions import TaskCancelledError, WorkerCrashedError
-from anyray.executor import Call, serialize_failure
+from anyray.exceptions import TaskCancelledError
+from anyray.executor import Call, run_in_place, serialize_failure
 from anyray.specs import RemoteFailure, TaskSpec
 
 from ..common.actor_host import ActorHost
@@ -148,7 +148,7 @@ class LocalScheduler(QueueScheduler):
         call = Call(spec.function.target, spec.name, "task", ctx, len(spec.returns), self.events,
                     spec.options["retry_exceptions"], spec.options["max_retries"])
         try:
-            outputs = self._run_call(call, spec)
+            outputs = run_in_place(call, spec.args, spec.deps, self.fetch, spec.options["max_retries"])
             with self._lock:  # from here on no cancel interrupts this thread; a pending one lands here
                 task.thread_id = None
         except BaseException as exc:  # noqa: BLE001 - a cancel can land outside the user's code
@@ -171,21 +171,6 @@ class LocalScheduler(QueueScheduler):
         self.store_results(spec.returns, outputs)
         if interrupted is not None:
             raise interrupted
-
-    def _run_call(self, call: Call, spec: TaskSpec) -> list:
-        """Run the task; a ``sys.exit()`` in it is a crash of the worker that ran it, as in Ray: the task
-        runs again while ``max_retries`` allows, then fails with ``WorkerCrashedError``."""
-        retries = spec.options["max_retries"]
-        while True:
-            try:
-                return call.run(spec.args, spec.deps, self.fetch)
-            except SystemExit as exc:
-                if retries != 0:
-                    retries -= 1
-                    continue
-                error = WorkerCrashedError(f"The worker running {spec.name} exited (it called "
-                                           f"sys.exit({exc.code!r})); its retries (max_retries) are used up.")
-                return [serialize_failure(RemoteFailure(error))] * len(spec.returns)
 
     def cancel(self, ref, force: bool, recursive: bool) -> None:
         with self._lock:

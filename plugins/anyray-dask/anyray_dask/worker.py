@@ -32,8 +32,7 @@ from typing import NamedTuple
 from anyray import runtime as _rt
 from anyray.adapters.common.actor_host import ActorHost
 from anyray.context import TaskContext
-from anyray.exceptions import WorkerCrashedError
-from anyray.executor import Call, serialize_failure
+from anyray.executor import Call, run_in_place, serialize_failure
 from anyray.object_ref import ObjectRef
 from anyray.ports.backend import BackendConfig
 from anyray.serialization import deserialize, portable_classes, serialize
@@ -170,24 +169,8 @@ def run_task(session: Session, function: Exported, call: TaskCall, args, *dep_pa
         ctx = TaskContext(task_id=task_id, name=name, resources=resources)
         call = Call(function.load(), name, "task", ctx, num_returns, runtime.backend.task_events,
                     retry_exceptions, max_retries)
-        outputs = _run_exiting(call, unpack(args), deps, fetch, name, num_returns, max_retries)
+        outputs = run_in_place(call, unpack(args), deps, fetch, max_retries)  # the Dask worker goes on
     return pack_returns(outputs, num_returns)
-
-
-def _run_exiting(call: Call, args, deps, fetch, name: str, num_returns: int, retries: int) -> list:
-    """Run the task; a ``sys.exit()`` in it counts as its worker crashing, as in Ray: it runs again while
-    ``max_retries`` allows, then fails with ``WorkerCrashedError``. The Dask worker itself goes on: it
-    runs other tasks and actors too."""
-    while True:
-        try:
-            return call.run(args, deps, fetch)
-        except SystemExit as exc:
-            if retries != 0:
-                retries -= 1
-                continue
-            error = WorkerCrashedError(f"The worker running {name} exited (it called sys.exit({exc.code!r})); "
-                                       f"its retries (max_retries) are used up.")
-            return [serialize_failure(RemoteFailure(error))] * num_returns
 
 
 def pick(values: tuple, index: int):
