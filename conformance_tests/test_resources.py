@@ -206,6 +206,26 @@ def test_runtime_context_worker_pid():
     assert reported == actual
 
 
+def test_the_unplaceable_warning_points_at_the_users_remote_call():
+    @anyray.remote(resources={"NoSuchResource": 1})
+    def unplaceable():
+        return "ran"
+
+    @anyray.remote(resources={"NoSuchResource": 1})
+    class Unplaceable:
+        def ping(self):
+            return "pong"
+
+    with pytest.warns(anyray.exceptions.InfeasibleTaskWarning) as caught:
+        ref = unplaceable.remote()
+    assert [w.filename for w in caught] == [__file__]
+    with pytest.warns(anyray.exceptions.InfeasibleTaskWarning) as caught:
+        actor = Unplaceable.remote()
+    assert [w.filename for w in caught] == [__file__]
+    anyray.cancel(ref)
+    anyray.kill(actor)
+
+
 def test_a_task_no_node_can_ever_place_warns_naming_it_and_waits():
     @anyray.remote(resources={"NoSuchResource": 1})
     def unplaceable():

@@ -21,12 +21,11 @@ import shutil
 import sys
 import tempfile
 import threading
-import time
-import warnings
 
 from anyray.events import TaskRecord
-from anyray.exceptions import GetTimeoutError, InfeasibleTaskWarning
+from anyray.exceptions import GetTimeoutError
 from anyray.hookspecs import hookimpl
+from anyray.policy import Feasibility, largest
 from anyray.ports.backend import Backend, Capability
 
 from ..node import protocol as p
@@ -41,29 +40,13 @@ class _ClusterScheduler(RemoteScheduler):
 
     def __init__(self, link):
         super().__init__(link)
-        self._feasible: set = set()  # demand shapes some node can hold
-        self._warned: set = set()
-        self._totals: list[dict] = []
-        self._fetched = 0.0
+        self._feasibility = Feasibility(self._totals, _infeasible_text, refresh=self.REFRESH_SECONDS)
+
+    def _totals(self) -> list[dict]:
+        return [n["Resources"] for n in self.node.request("resources", "nodes") if n.get("Alive")]
 
     def _check(self, key: bytes, name: str, demand: dict) -> None:
-        shape = tuple(sorted(demand.items()))
-        if shape in self._feasible or key in self._warned:
-            return
-        for attempt in range(2):
-            if attempt or not self._totals:
-                if time.monotonic() - self._fetched < self.REFRESH_SECONDS and self._totals:
-                    break
-                self._totals = [n["Resources"] for n in self.node.request("resources", "nodes") if n.get("Alive")]
-                self._fetched = time.monotonic()
-            if any(all(v <= total.get(k, 0.0) + 1e-9 for k, v in demand.items()) for total in self._totals):
-                self._feasible.add(shape)
-                return
-        self._warned.add(key)
-        best = {k: max((t.get(k, 0.0) for t in self._totals), default=0.0) for k in demand}
-        warnings.warn(f"{name} needs {demand} but no node of the cluster has that much (the most any node has: "
-                      f"{best}); it will wait until a node that has it joins (`anyray start --resources ...`).",
-                      InfeasibleTaskWarning, stacklevel=6)
+        self._feasibility.check(key, name, demand)
 
     def submit_task(self, spec) -> None:
         if spec.resources:
@@ -74,6 +57,12 @@ class _ClusterScheduler(RemoteScheduler):
         if spec.resources:
             self._check(spec.actor_id, spec.cls.name, spec.resources)
         return super().create_actor(spec)
+
+
+def _infeasible_text(name: str, demand: dict, totals: list[dict]) -> str:
+    return (f"{name} needs {demand} but no node of the cluster has that much (the most any node has: "
+            f"{largest(demand, totals)}); it will wait until a node that has it joins "
+            f"(`anyray start --resources ...`).")
 
 
 PASSWORD_ENV = "ANYRAY_REDIS_PASSWORD"  # the cluster's Redis password, for a driver given an address only

@@ -35,7 +35,7 @@ import time
 from anyray.actor import ActorHandle
 from anyray.exceptions import ActorDiedError, ObjectLostError, WorkerCrashedError
 from anyray.object_ref import ObjectRef
-from anyray.policy import allows_another
+from anyray.policy import allows_another, fits
 from anyray.runtime import current_counter
 from anyray.serialization import SerializedObject
 from anyray.specs import ActorSpec, TaskSpec
@@ -81,10 +81,6 @@ class _PerJob:
         with self._lock:
             kept = self._jobs.pop(job, None)
         return list(kept) if kept else []
-
-
-def _fits(demand: dict, available: dict) -> bool:
-    return all(v <= available.get(k, 0.0) + 1e-9 for k, v in demand.items())
 
 
 class ClusterView:
@@ -155,7 +151,7 @@ class ClusterView:
             best, best_cpus = None, -1.0
             for node_id in self.records:
                 credit = self._credit(node_id)
-                if _fits(demand, credit) and credit.get("CPU", 0.0) > best_cpus:
+                if fits(demand, credit) and credit.get("CPU", 0.0) > best_cpus:
                     best, best_cpus = node_id, credit.get("CPU", 0.0)
             if best is not None:
                 mine = self._mine.setdefault(best, {})
@@ -175,7 +171,7 @@ class ClusterView:
 
     def feasible_elsewhere(self, demand: dict) -> bool:
         with self._lock:
-            return any(_fits(demand, r["resources"]) for r in self.records.values())
+            return any(fits(demand, r["resources"]) for r in self.records.values())
 
     def alive(self, node_id: str) -> bool:
         return node_id == self.node_id or node_id in self.records
@@ -264,13 +260,13 @@ class ClusterScheduler(NodeScheduler):
         return self._resources.node_id
 
     # -- placement -------------------------------------------------------------------------
-    def _check_feasible(self, key, name, demand, shape=None, stacklevel=6) -> None:
+    def _check_feasible(self, key, name, demand, shape=None) -> None:
         if self.cluster is not None and self._resources.infeasible(demand) and self.cluster.feasible_elsewhere(demand):
             return  # another node can hold it: it goes there (the driver warns when no node can)
-        super()._check_feasible(key, name, demand, shape, stacklevel)
+        super()._check_feasible(key, name, demand, shape)
 
     def _fits_here_now(self, demand: dict) -> bool:
-        return _fits(demand, self._resources.available())
+        return fits(demand, self._resources.available())
 
     def _ready(self, task: _Task) -> None:
         if self.cluster is not None and not task.spilled and task.state == "waiting":

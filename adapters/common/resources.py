@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from anyray import ids
+from anyray.policy import EPS, missing
 
 
 class Lease:
@@ -30,24 +31,24 @@ class ResourcePool:
 
     def infeasible(self, demand: dict) -> dict:
         """The part of ``demand`` this node could never satisfy (empty if feasible)."""
-        return {k: v for k, v in demand.items() if v > self._total.get(k, 0.0) + 1e-9}
+        return missing(demand, self._total)
 
     def describe_total(self, keys) -> dict:
         return {k: self._total.get(k, 0.0) for k in keys}
 
     def _gpu_shares(self, amount: float) -> list[tuple[int, float]] | None:
         if amount >= 1:
-            whole = [i for i, free in enumerate(self._gpu_free) if free >= 1.0 - 1e-9]
+            whole = [i for i, free in enumerate(self._gpu_free) if free >= 1.0 - EPS]
             need = int(round(amount))
             return [(i, 1.0) for i in whole[:need]] if len(whole) >= need else None
-        partial = sorted((free, i) for i, free in enumerate(self._gpu_free) if free >= amount - 1e-9)
+        partial = sorted((free, i) for i, free in enumerate(self._gpu_free) if free >= amount - EPS)
         return [(partial[0][1], amount)] if partial else None  # best fit keeps whole GPUs free
 
     def acquire(self, demand: dict) -> Lease | None:
         with self._lock:
             avail = self._avail
             for k, v in demand.items():
-                if avail.get(k, 0.0) + 1e-9 < v:
+                if avail.get(k, 0.0) + EPS < v:
                     return None
             shares = []
             gpus = demand.get("GPU", 0)
@@ -91,4 +92,4 @@ class ResourcePool:
 
     def available(self) -> dict[str, float]:
         with self._lock:
-            return {k: v for k, v in self._avail.items() if v > 1e-9}
+            return {k: v for k, v in self._avail.items() if v > EPS}

@@ -13,11 +13,10 @@ from __future__ import annotations
 import collections
 import threading
 import time
-import warnings
 from abc import abstractmethod
 from collections.abc import Callable
 
-from anyray.exceptions import InfeasibleTaskWarning
+from anyray.policy import Feasibility, missing
 from anyray.ports.scheduler import Scheduler
 
 from .resources import ResourcePool
@@ -32,8 +31,7 @@ class QueueScheduler(Scheduler):
         self._resources = pool
         self._lock = threading.RLock()
         self._queues: dict[tuple, collections.deque] = {}
-        self._warned: set[bytes] = set()
-        self._feasible: set[tuple] = set()  # demand shapes known to fit this node
+        self._feasibility = Feasibility(lambda: [pool.total()], self._infeasible_text)
 
     @abstractmethod
     def _start(self, task, lease) -> None:
@@ -47,8 +45,7 @@ class QueueScheduler(Scheduler):
         """Track a new task by its return ids (``tasks``) and its parent (``children``, for recursive
         cancel), and hand it to ``_ready`` once its dependencies are sealed in ``store``."""
         spec = task.spec
-        if task.shape not in self._feasible:
-            self._check_feasible(spec.function.function_id, spec.name, spec.resources, task.shape, stacklevel=7)
+        self._check_feasible(spec.function.function_id, spec.name, spec.resources, task.shape)
         with self._lock:
             for ref in spec.returns:
                 tasks[ref._id] = task
@@ -60,19 +57,14 @@ class QueueScheduler(Scheduler):
             self._ready(task)
 
     # -- queues ---------------------------------------------------------------
-    def _check_feasible(self, key: bytes, name: str, demand: dict, shape: tuple | None = None,
-                        stacklevel: int = 6) -> None:
-        """Warn once per ``key`` when no node could ever give ``demand``; ``stacklevel`` finds the user's
-        ``.remote()`` call (6 from a scheduler's ``create_actor``)."""
-        missing = self._resources.infeasible(demand)
-        if not missing and shape is not None:
-            self._feasible.add(shape)
-        if missing and key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(
-                f"{name} needs {missing} but this machine has {self._resources.describe_total(missing)}; "
-                f"it will wait until those resources exist (pass them to init(num_gpus=..., resources=...)).",
-                InfeasibleTaskWarning, stacklevel=stacklevel)
+    def _check_feasible(self, key: bytes, name: str, demand: dict, shape: tuple | None = None) -> None:
+        """Warn once per ``key``, at the user's ``.remote()`` line, when this node could never give ``demand``."""
+        self._feasibility.check(key, name, demand, shape)
+
+    def _infeasible_text(self, name: str, demand: dict, totals: list[dict]) -> str:
+        lacking = missing(demand, totals[0])
+        return (f"{name} needs {lacking} but this machine has {self._resources.describe_total(lacking)}; "
+                f"it will wait until those resources exist (pass them to init(num_gpus=..., resources=...)).")
 
     def enqueue(self, demand: dict, start: Callable[[object], None]) -> None:
         """Call ``start(lease)`` once ``demand`` fits; FIFO among work of the same demand."""

@@ -23,8 +23,8 @@ from __future__ import annotations
 import functools
 import threading
 
-from anyray.adapters.common.polling import Feasibility
 from anyray.exceptions import ActorDiedError
+from anyray.policy import Feasibility, engine_text
 from anyray.ports.scheduler import Scheduler
 from anyray.specs import ActorSpec, ActorTaskSpec, TaskSpec
 
@@ -72,7 +72,7 @@ class DaskScheduler(Scheduler):
         self._exported: dict[bytes, Exported] = {}
         self._feasibility = Feasibility(
             lambda: [_worker_resources(w) for w in client.scheduler_info(n_workers=-1)["workers"].values()],
-            "worker", "the Dask cluster")
+            engine_text("worker", "the Dask cluster"), refresh=2.0)
         self._sources: dict = {}  # key of a return of num_returns > 1 -> the task's own future, briefly
 
     def _export(self, descriptor, what: str) -> Exported:

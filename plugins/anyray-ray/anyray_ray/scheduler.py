@@ -26,9 +26,9 @@ import time
 import ray
 from ray import exceptions as rx
 
-from anyray.adapters.common.polling import Feasibility
 from anyray.exceptions import ActorDiedError
 from anyray.executor import serialize_failure
+from anyray.policy import Feasibility, engine_text
 from anyray.ports.scheduler import Scheduler
 from anyray.specs import ActorSpec, ActorTaskSpec, RemoteFailure, TaskSpec
 
@@ -62,7 +62,8 @@ class RayScheduler(Scheduler):
         self._variants: dict[tuple, object] = {}    # (function_id, options...) -> runner with Ray options
         self._classes: dict[bytes, object] = {}     # class function_id -> ray.remote(host class)
         self._feasibility = Feasibility(
-            lambda: [n["Resources"] for n in ray.nodes() if n.get("Alive")], "node", "the Ray cluster")
+            lambda: [n["Resources"] for n in ray.nodes() if n.get("Alive")],
+            engine_text("node", "the Ray cluster"), refresh=2.0)
 
     # -- tasks ------------------------------------------------------------
     def _task_function(self, spec: TaskSpec):
