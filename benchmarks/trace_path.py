@@ -1,0 +1,144 @@
+"""Which of anyray's source files one task passes through, from ``f.remote()`` to ``get``, in every process.
+
+    python benchmarks/trace_path.py [--backend multiprocess] [--show-calls]
+
+The program runs again in a child interpreter whose ``sitecustomize`` puts a profile hook on every
+thread of every process it starts (the driver, the fork server and the workers forked from it). Each
+hook appends the calls into anyray's files, with the system-wide monotonic clock, to a file per
+process. After warming up (one task, so a worker exists and the function is known), the driver
+notes the time around one ``get(f.remote(1))``; only the calls inside that window count.
+
+It prints, per process, the files in the order first entered, then:
+
+- the distinct files of the path, less the value types (``ids``, ``object_ref``, ``specs``,
+  ``context``, ``events``, ``exceptions``, ``messages``: data the path carries, not steps of it);
+- up-calls: a call into a file that is already on the calling thread's stack below another file
+  (code that calls down and back up, as a subclass and its base do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PREFIXES = (os.path.join(ROOT, "core") + os.sep, os.path.join(ROOT, "adapters") + os.sep)
+VALUE_TYPES = {"core/ids.py", "core/object_ref.py", "core/specs.py", "core/context.py", "core/events.py",
+               "core/exceptions.py", "adapters/node/messages.py"}
+
+SITECUSTOMIZE = textwrap.dedent('''
+    import os, sys, threading, time
+    _out = os.environ["ANYRAY_TRACE_PATH"]
+    _prefixes = tuple(os.environ["ANYRAY_TRACE_PREFIXES"].split(os.pathsep))
+    _files = {}
+
+    def _hook(frame, event, arg):
+        if event != "call" and event != "return":
+            return
+        name = frame.f_code.co_filename
+        if not name.startswith(_prefixes):
+            return
+        pid = os.getpid()
+        f = _files.get(pid)
+        if f is None:
+            f = _files[pid] = open(f"{_out}.{pid}", "a", buffering=1)
+        f.write(f"{time.monotonic():.9f} {threading.get_ident()} {event} {name} {frame.f_code.co_name}\\n")
+
+    sys.setprofile(_hook)
+    threading.setprofile(_hook)
+''')
+
+PROGRAM = textwrap.dedent('''
+    import sys, time
+    import anyray
+    anyray.init(backend=sys.argv[1], num_cpus=1)
+
+    @anyray.remote
+    def f(x):
+        return x + 1
+
+    anyray.get(f.remote(0))          # warm: a worker exists and knows f
+    time.sleep(0.5)
+    start = time.monotonic()
+    assert anyray.get(f.remote(1)) == 2
+    end = time.monotonic()
+    time.sleep(0.2)
+    print(f"WINDOW {start:.9f} {end:.9f}")
+    anyray.shutdown()
+''')
+
+
+def run(backend: str) -> tuple[float, float, dict[int, list[tuple[float, int, str, str, str]]]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "sitecustomize.py"), "w") as f:
+            f.write(SITECUSTOMIZE)
+        env = dict(os.environ, ANYRAY_TRACE_PATH=os.path.join(tmp, "trace"),
+                   ANYRAY_TRACE_PREFIXES=os.pathsep.join(PREFIXES),
+                   PYTHONPATH=os.pathsep.join([tmp, *filter(None, [os.environ.get("PYTHONPATH")])]))
+        out = subprocess.run([sys.executable, "-c", PROGRAM, backend], env=env, capture_output=True, text=True,
+                             timeout=600)
+        if out.returncode:
+            sys.exit(f"the traced program failed:\n{out.stdout}\n{out.stderr}")
+        start, end = (float(x) for x in next(line for line in out.stdout.splitlines()
+                                             if line.startswith("WINDOW")).split()[1:])
+        events = {}
+        for path in glob.glob(os.path.join(tmp, "trace.*")):
+            rows = []
+            with open(path) as f:
+                for line in f:
+                    t, tid, event, name, code = line.split(" ", 4)
+                    rows.append((float(t), int(tid), event, os.path.relpath(name, ROOT), code.strip()))
+            events[int(path.rsplit(".", 1)[1])] = rows
+    return start, end, events
+
+
+def analyse(start: float, end: float, events: dict, show_calls: bool) -> None:
+    path_files: list[str] = []
+    up_calls = collections.Counter()
+    for pid, rows in sorted(events.items()):
+        stacks: dict[int, list[str]] = collections.defaultdict(list)
+        order: list[str] = []
+        for t, tid, event, name, code in rows:
+            stack = stacks[tid]
+            if event == "return":
+                if stack:
+                    stack.pop()
+                continue
+            inside = start <= t <= end
+            if inside:
+                if name not in order:
+                    order.append(name)
+                caller = stack[-1] if stack else None
+                if caller is not None and caller != name and name in stack:
+                    up_calls[(caller, name)] += 1
+                if show_calls:
+                    print(f"  {pid} {tid} {'  ' * min(len(stack), 20)}{name}:{code}")
+            stack.append(name)
+        if order:
+            print(f"process {pid}: " + " -> ".join(order))
+            path_files += [n for n in order if n not in path_files]
+    steps = [n for n in path_files if n not in VALUE_TYPES]
+    print(f"\n{len(steps)} files on the path (less {len(path_files) - len(steps)} value types):")
+    for name in steps:
+        print(f"  {name}")
+    print(f"\nup-calls (a call back into a file already on the stack): {sum(up_calls.values())}")
+    for (caller, callee), n in up_calls.most_common():
+        print(f"  {caller} -> {callee}: {n}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="multiprocess")
+    parser.add_argument("--show-calls", action="store_true", help="print every call inside the window")
+    args = parser.parse_args()
+    analyse(*run(args.backend), show_calls=args.show_calls)
+
+
+if __name__ == "__main__":
+    main()
