@@ -54,6 +54,9 @@ def _resource_options(options: dict) -> dict:
 class RayScheduler(Scheduler):
     """Submission methods return once Ray has accepted the work; safe from any thread."""
 
+    # Capability flags all False: Ray tracks actor handles itself and releases a task's CPUs while it
+    # waits in ray.get/ray.wait, and no thread of the driver runs Ray's tasks.
+
     def __init__(self, session: Session, metadata):
         self._session = session
         self._directory = ActorDirectory(metadata)
@@ -205,12 +208,6 @@ class RayScheduler(Scheduler):
             self.cancel(ref, False, recursive)
         except rx.RayError as exc:
             raise translate(exc, "cancel()") from exc
-
-    def task_blocked(self) -> None:
-        """Nothing to do: Ray releases a task's CPUs while it waits in ``ray.get``/``ray.wait``."""
-
-    def task_unblocked(self) -> None:
-        """Nothing to do: Ray takes the CPUs back itself."""
 
     # -- cluster state ----------------------------------------------------
     def cluster_resources(self) -> dict[str, float]:
