@@ -140,7 +140,8 @@ class Runtime:
         self.driver_id = ids.new_id()
         self.backend.start()
         self.scheduler = scheduler = self.backend.scheduler
-        self.store = self.backend.object_store
+        self.store = store = self.backend.object_store
+        self._frees_objects = store.frees_objects
         # The scheduler's optional methods, as its capability flags declare them (read once, here).
         self._run_here = scheduler.run_here if scheduler.runs_here else None
         self._lends_cpus = scheduler.lends_cpus
@@ -151,7 +152,8 @@ class Runtime:
 
     # -- references -------------------------------------------------------
     def _free(self, object_ids: list[bytes]) -> None:
-        self.store.free(object_ids)
+        if self._frees_objects:  # else the engine frees objects by its own reference counting
+            self.store.free(object_ids)
 
     def _handles_gone(self, actor_ids: list[bytes]) -> None:
         if not self._tracks_handles:  # the engine tracks handles itself

@@ -17,6 +17,8 @@ OPTIONAL_METHODS = {
     "tracks_handles": ("actor_handles_gone",),
     "lends_cpus": ("task_blocked", "task_unblocked"),
 }
+#: The object store's, likewise (``anyray.ports.ObjectStore``).
+OPTIONAL_STORE_METHODS = {"frees_objects": ("free",)}
 
 
 class Scheduler(TaskPort, ActorPort, ClusterInfoPort):
@@ -27,4 +29,4 @@ class Scheduler(TaskPort, ActorPort, ClusterInfoPort):
     """
 
 
-__all__ = ["ActorPort", "ClusterInfoPort", "OPTIONAL_METHODS", "Scheduler", "TaskPort"]
+__all__ = ["ActorPort", "ClusterInfoPort", "OPTIONAL_METHODS", "OPTIONAL_STORE_METHODS", "Scheduler", "TaskPort"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import CancelledError
 
 from anyray.exceptions import ActorDiedError, GetTimeoutError, ObjectLostError
@@ -32,6 +32,8 @@ def _failure(error: BaseException) -> SerializedObject:
 
 class DaskObjectStore(ObjectStore):
     """Thread-safe as Dask's client is; ``in_worker`` copies put buffers (a worker keeps them as they are)."""
+
+    frees_objects = False  # Dask forgets a key once no future of it is left
 
     def __init__(self, client, in_worker: bool):
         self._client = client
@@ -141,9 +143,6 @@ class DaskObjectStore(ObjectStore):
     def contains(self, ref: ObjectRef) -> bool:
         future = _future(ref)
         return future is not None and future.status == "finished"
-
-    def free(self, refs: Iterable[ObjectRef | bytes]) -> None:
-        """Nothing to do: Dask forgets a key once no future of it is left."""
 
     def usage(self) -> dict:
         return {"objects": None, "bytes": None, "capacity": None}

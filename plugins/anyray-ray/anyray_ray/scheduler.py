@@ -26,7 +26,7 @@ import time
 import ray
 from ray import exceptions as rx
 
-from anyray.exceptions import ActorDiedError
+from anyray.exceptions import ActorDiedError, ActorNameTaken
 from anyray.executor import serialize_failure
 from anyray.policy import Feasibility, engine_text
 from anyray.ports.scheduler import Scheduler
@@ -140,7 +140,7 @@ class RayScheduler(Scheduler):
             if o["get_if_exists"]:  # Ray may have returned an actor another caller made: its anyray handle
                 winner = self._directory.handle_of(handle)
                 if winner is not None and winner._actor_id != spec.actor_id:
-                    return winner
+                    raise ActorNameTaken(winner)
         return register(spec.actor_id, handle)
 
     def submit_actor_task(self, spec: ActorTaskSpec) -> None:
