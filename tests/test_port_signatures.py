@@ -58,7 +58,7 @@ WATCHES = [
     "anyray.adapters.metadata.memory:_MemoryWatch",
     "anyray.adapters.metadata.redis:_RedisWatch",
     "anyray.adapters.metadata.etcd:_EtcdWatch",
-    "anyray.adapters.common.polling:PollingWatch",
+    "anyray.backend_kit.polling:PollingWatch",
 ]
 BACKENDS = [
     "anyray.adapters.local:LocalBackend",

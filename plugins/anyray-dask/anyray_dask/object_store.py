@@ -15,12 +15,8 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import CancelledError
 
+from anyray.backend_kit import ObjectRef, ObjectStore, RemoteFailure, SerializedObject, serialize_failure
 from anyray.exceptions import ActorDiedError, GetTimeoutError, ObjectLostError
-from anyray.executor import serialize_failure
-from anyray.object_ref import ObjectRef
-from anyray.ports.object_store import ObjectStore
-from anyray.serialization import SerializedObject
-from anyray.specs import RemoteFailure
 
 from .errors import translate
 from .transport import DaskRef, nested_natives, pack, unpack

@@ -23,10 +23,16 @@ from __future__ import annotations
 import functools
 import threading
 
+from anyray.backend_kit import (
+    ActorHandle,
+    ActorSpec,
+    ActorTaskSpec,
+    Feasibility,
+    Scheduler,
+    TaskSpec,
+    engine_text,
+)
 from anyray.exceptions import ActorDiedError, ActorNameTaken
-from anyray.policy import Feasibility, engine_text
-from anyray.ports.scheduler import Scheduler
-from anyray.specs import ActorSpec, ActorTaskSpec, TaskSpec
 
 from .transport import DaskRef, lookup_actor, nested_natives, pack, register_actor
 from .worker import (
@@ -176,8 +182,6 @@ class DaskScheduler(Scheduler):
             futures[0].add_done_callback(functools.partial(_skip_if_undelivered, actor, spec.caller_id, spec.seq))
 
     def get_named_actor(self, name: str, namespace: str):
-        from anyray.actor import ActorHandle
-
         try:
             actor_id, class_name, methods, future = self._client.get_dataset(f"{NAMES}/{namespace}/{name}")
         except KeyError:

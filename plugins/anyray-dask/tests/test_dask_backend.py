@@ -19,6 +19,8 @@ import psutil
 import pytest
 
 import anyray
+from anyray.backend_kit import current_runtime
+from anyray.backend_kit.testing import MetadataStoreContract
 from anyray.exceptions import ActorDiedError, TaskCancelledError
 
 pytest.importorskip("distributed")
@@ -69,7 +71,7 @@ def session():
 def test_listing_backends_does_not_import_dask():
     out = run_script("""
         import sys
-        from anyray.plugins import list_backends
+        from anyray.backend_kit import list_backends
         found = {b.name: b for b in list_backends()}
         assert found["dask"].backend is not None, found["dask"].error
         print("distributed" in sys.modules, "dask" in sys.modules)
@@ -372,27 +374,13 @@ def test_large_arguments_do_not_travel_inside_the_task_graph(session):
     assert anyray.get(ref, timeout=120) == 4_000_000.0
 
 
-def test_the_metadata_store_on_the_scheduler_keeps_its_contract(session):
-    from anyray import runtime
+class TestDaskMetadataStore(MetadataStoreContract):
+    """The metadata store on the Dask scheduler keeps the port's contract."""
 
-    store = runtime.current_runtime().backend.metadata
-    prefix = f"test/{time.time_ns()}/"
-    seen = []
-    watch = store.watch(prefix, lambda key, value: seen.append((key, value)))
-    try:
-        store.put(prefix + "a", b"1")
-        assert store.get(prefix + "a") == b"1"
-        assert store.compare_and_set(prefix + "a", b"1", b"2") and not store.compare_and_set(prefix + "a", b"1", b"3")
-        assert not store.compare_and_set(prefix + "a", None, b"x")  # present: "only if absent" refuses
-        store.put(prefix + "b", b"short", ttl=0.2)
-        time.sleep(0.4)
-        assert store.get(prefix + "b") is None
-        assert list(store.scan(prefix)) == [(prefix + "a", b"2")]
-        assert store.delete(prefix + "a") and not store.delete(prefix + "a")
-        deadline = time.monotonic() + 10
-        while (prefix + "a", None) not in seen and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert (prefix + "a", None) in seen
-    finally:
-        watch.cancel()
-        store.delete_prefix(prefix)
+    watch_poll = 0.1  # anyray_dask.metadata.POLL
+
+    @pytest.fixture
+    def store(self, session, key_prefix):
+        store = current_runtime().backend.metadata
+        yield store
+        store.delete_prefix(key_prefix)

@@ -17,12 +17,8 @@ from collections.abc import Sequence
 import ray
 from ray import exceptions as rx
 
+from anyray.backend_kit import ObjectRef, ObjectStore, RemoteFailure, SerializedObject, serialize_failure
 from anyray.exceptions import GetTimeoutError, ObjectLostError
-from anyray.executor import serialize_failure
-from anyray.object_ref import ObjectRef
-from anyray.ports.object_store import ObjectStore
-from anyray.serialization import SerializedObject
-from anyray.specs import RemoteFailure
 
 from .errors import translate
 from .transport import pack, unpack

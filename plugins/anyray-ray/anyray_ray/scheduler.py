@@ -26,11 +26,17 @@ import time
 import ray
 from ray import exceptions as rx
 
+from anyray.backend_kit import (
+    ActorSpec,
+    ActorTaskSpec,
+    Feasibility,
+    RemoteFailure,
+    Scheduler,
+    TaskSpec,
+    engine_text,
+    serialize_failure,
+)
 from anyray.exceptions import ActorDiedError, ActorNameTaken
-from anyray.executor import serialize_failure
-from anyray.policy import Feasibility, engine_text
-from anyray.ports.scheduler import Scheduler
-from anyray.specs import ActorSpec, ActorTaskSpec, RemoteFailure, TaskSpec
 
 from .actors import ActorDirectory, RayActor, lookup, register
 from .errors import translate
