@@ -24,46 +24,83 @@ against its own stores (it imports pytest).
 
 from __future__ import annotations
 
-from anyray import exceptions
-from anyray.actor import ActorHandle, exit_is_intended
-from anyray.context import ActorInfo, TaskContext
-from anyray.events import TaskRecord
-from anyray.exceptions import ActorNameTaken
-from anyray.executor import Call, failure_for, run_in_place, serialize_failure
-from anyray.object_ref import ObjectRef
-from anyray.pickled_refs import note_ref_pickled
-from anyray.policy import Feasibility, allows_another, call_retry_limit, engine_text, fits
-from anyray.ports import (
-    ActorPort,
-    Backend,
-    BackendConfig,
-    Capability,
-    ClusterInfoPort,
-    EventSink,
-    MetadataStore,
-    ObjectStore,
-    Scheduler,
-    TaskPort,
-    Watch,
-)
-from anyray.ports.backend import Gap, never, notimpl, notyet
-from anyray.serialization import SerializedObject, deserialize, portable_classes, serialize
-from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
+import importlib
+from typing import TYPE_CHECKING
 
-from .actor_host import ActorHost
-from .error_log import ErrorLog, WorkerEvents
-from .errors import ErrorMap
-from .polling import PollingWatch
-from .runtime import (
-    Runtime,
-    attach_runtime,
-    current_runtime,
-    detach_runtime,
-    make_current,
-    process_runtime,
-    task_runtime,
-)
-from .threads import DaemonThreadPool
+# Each name, and the module it comes from. They are imported on first use (PEP 562): listing backends
+# imports every plugin's module, and the built-in backends' worker processes import a few parts of the kit
+# only, so importing the kit costs nothing until a name is used.
+_WHERE = {
+    "Backend": "anyray.ports", "BackendConfig": "anyray.ports", "Capability": "anyray.ports",
+    "EventSink": "anyray.ports", "Scheduler": "anyray.ports", "TaskPort": "anyray.ports",
+    "ActorPort": "anyray.ports", "ClusterInfoPort": "anyray.ports", "ObjectStore": "anyray.ports",
+    "MetadataStore": "anyray.ports", "Watch": "anyray.ports",
+    "TaskSpec": "anyray.specs", "ActorSpec": "anyray.specs", "ActorTaskSpec": "anyray.specs",
+    "FunctionDescriptor": "anyray.specs", "RemoteFailure": "anyray.specs",
+    "ObjectRef": "anyray.object_ref", "ActorHandle": "anyray.actor", "SerializedObject": "anyray.serialization",
+    "serialize": "anyray.serialization", "deserialize": "anyray.serialization",
+    "note_ref_pickled": "anyray.pickled_refs", "portable_classes": "anyray.serialization",
+    "Call": "anyray.executor", "serialize_failure": "anyray.executor", "failure_for": "anyray.executor",
+    "run_in_place": "anyray.executor", "TaskContext": "anyray.context", "ActorInfo": "anyray.context",
+    "exit_is_intended": "anyray.actor", "ActorHost": "anyray.backend_kit.actor_host",
+    "DaemonThreadPool": "anyray.backend_kit.threads", "TaskRecord": "anyray.events",
+    "ErrorLog": "anyray.backend_kit.error_log", "WorkerEvents": "anyray.backend_kit.error_log",
+    "Runtime": "anyray.backend_kit.runtime", "attach_runtime": "anyray.backend_kit.runtime",
+    "detach_runtime": "anyray.backend_kit.runtime", "make_current": "anyray.backend_kit.runtime",
+    "current_runtime": "anyray.backend_kit.runtime", "process_runtime": "anyray.backend_kit.runtime",
+    "task_runtime": "anyray.backend_kit.runtime",
+    "allows_another": "anyray.policy", "call_retry_limit": "anyray.policy", "fits": "anyray.policy",
+    "Feasibility": "anyray.policy", "engine_text": "anyray.policy",
+    "ActorNameTaken": "anyray.exceptions", "ErrorMap": "anyray.backend_kit.errors",
+    "PollingWatch": "anyray.backend_kit.polling",
+    "Gap": "anyray.ports.backend", "notimpl": "anyray.ports.backend", "notyet": "anyray.ports.backend",
+    "never": "anyray.ports.backend",
+    "hookimpl": "anyray.hookspecs", "list_backends": "anyray.plugins",  # these two load pluggy
+}
+
+if TYPE_CHECKING:  # for readers and type checkers: the same names, imported eagerly
+    from anyray import exceptions
+    from anyray.actor import ActorHandle, exit_is_intended
+    from anyray.context import ActorInfo, TaskContext
+    from anyray.events import TaskRecord
+    from anyray.exceptions import ActorNameTaken
+    from anyray.executor import Call, failure_for, run_in_place, serialize_failure
+    from anyray.hookspecs import hookimpl
+    from anyray.object_ref import ObjectRef
+    from anyray.pickled_refs import note_ref_pickled
+    from anyray.plugins import list_backends
+    from anyray.policy import Feasibility, allows_another, call_retry_limit, engine_text, fits
+    from anyray.ports import (
+        ActorPort,
+        Backend,
+        BackendConfig,
+        Capability,
+        ClusterInfoPort,
+        EventSink,
+        MetadataStore,
+        ObjectStore,
+        Scheduler,
+        TaskPort,
+        Watch,
+    )
+    from anyray.ports.backend import Gap, never, notimpl, notyet
+    from anyray.serialization import SerializedObject, deserialize, portable_classes, serialize
+    from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
+
+    from .actor_host import ActorHost
+    from .error_log import ErrorLog, WorkerEvents
+    from .errors import ErrorMap
+    from .polling import PollingWatch
+    from .runtime import (
+        Runtime,
+        attach_runtime,
+        current_runtime,
+        detach_runtime,
+        make_current,
+        process_runtime,
+        task_runtime,
+    )
+    from .threads import DaemonThreadPool
 
 __all__ = [
     # ports
@@ -93,14 +130,18 @@ __all__ = [
 ]
 
 
+
+
 def __getattr__(name: str):
-    # Lazily: pluggy is loaded by the plugin machinery, never by the built-in backends' worker processes.
-    if name == "hookimpl":
-        from anyray.hookspecs import hookimpl
+    if name == "exceptions":
+        value = importlib.import_module("anyray.exceptions")
+    elif name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+    else:
+        raise AttributeError(f"module 'anyray.backend_kit' has no attribute {name!r}")
+    globals()[name] = value  # once: later uses read the module's dict
+    return value
 
-        return hookimpl
-    if name == "list_backends":
-        from anyray.plugins import list_backends
 
-        return list_backends
-    raise AttributeError(f"module 'anyray.backend_kit' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
