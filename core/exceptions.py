@@ -210,3 +210,14 @@ class InfeasibleTaskWarning(UserWarning):
 
 RayError = AnyrayError
 RayTaskError = TaskError
+
+
+class ActorNameTaken(Exception):  # noqa: N818 - a signal between a backend and the core, never seen by users
+    """Raised by a backend's ``create_actor`` when ``get_if_exists`` lost the race for the actor's name.
+
+    ``handle`` is the ``ActorHandle`` of the actor that took the name first; the core returns it to the
+    caller of ``.remote()``. Not exported from ``anyray``: users never see it."""
+
+    def __init__(self, handle):
+        super().__init__(handle)
+        self.handle = handle

@@ -26,6 +26,7 @@ from .current import (  # noqa: F401 - the adapters take them from here
     task_runtime,
 )
 from .events import JobEvents
+from .exceptions import ActorNameTaken
 from .object_ref import ObjectRef
 from .ports.backend import Backend, BackendConfig
 from .specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
@@ -138,17 +139,25 @@ class Runtime:
         self.handles = make_handles(self._handles_gone)  # live ActorHandles per actor id
         self.driver_id = ids.new_id()
         self.backend.start()
-        self.scheduler = self.backend.scheduler
-        self.store = self.backend.object_store
+        self.scheduler = scheduler = self.backend.scheduler
+        self.store = store = self.backend.object_store
+        self._frees_objects = store.frees_objects
+        # The scheduler's optional methods, as its capability flags declare them (read once, here).
+        self._run_here = scheduler.run_here if scheduler.runs_here else None
+        self._lends_cpus = scheduler.lends_cpus
+        self._tracks_handles = scheduler.tracks_handles
         self._drainer_stop = threading.Event()
         self._drainer = threading.Thread(target=self._drain_loop, name="anyray-refcount", daemon=True)
         self._drainer.start()
 
     # -- references -------------------------------------------------------
     def _free(self, object_ids: list[bytes]) -> None:
-        self.store.free(object_ids)
+        if self._frees_objects:  # else the engine frees objects by its own reference counting
+            self.store.free(object_ids)
 
     def _handles_gone(self, actor_ids: list[bytes]) -> None:
+        if not self._tracks_handles:  # the engine tracks handles itself
+            return
         for actor_id in actor_ids:
             self.scheduler.actor_handles_gone(actor_id)
 
@@ -193,9 +202,10 @@ class Runtime:
         store = self.store
         if all(store.contains(r) for r in refs):
             return store.get(refs, timeout)
-        if timeout is None:  # with a timeout the caller must not take on work that may outlast it
-            self.scheduler.run_here(refs)
-        if current_task.get() is None or timeout == 0:  # a get that does not wait lends nothing
+        if timeout is None and self._run_here is not None:  # with a timeout the caller must not take on
+            self._run_here(refs)                              # work that may outlast it
+        # a get that does not wait lends nothing
+        if current_task.get() is None or timeout == 0 or not self._lends_cpus:
             return store.get(refs, timeout)
         self.scheduler.task_blocked()
         try:
@@ -234,7 +244,8 @@ class Runtime:
             raise ValueError("wait() got the same ObjectRef more than once; pass each ref once "
                              "(e.g. list(dict.fromkeys(refs))).")
         self.check_current(ref_list, "wait()")
-        lends = current_task.get() is not None and timeout != 0  # a wait that does not wait lends nothing
+        # a wait that does not wait lends nothing
+        lends = self._lends_cpus and current_task.get() is not None and timeout != 0
         if lends:
             self.scheduler.task_blocked()
         try:
@@ -305,8 +316,11 @@ class Runtime:
         spec = ActorSpec(actor_id=ids.new_id(), cls=descriptor, args=blob,
                          deps=self._deps(args, kwargs, descriptor.name), resources=opts.resource_demand(options),
                          options=options, namespace=namespace, is_async=is_async, method_options=method_options)
-        native = self.scheduler.create_actor(spec)
-        if isinstance(native, ActorHandle):  # get_if_exists lost a race for the name: the winner's actor
+        try:
+            native = self.scheduler.create_actor(spec)
+        except ActorNameTaken as taken:  # get_if_exists lost a race for the name: the winner's actor
+            return taken.handle
+        if isinstance(native, ActorHandle):  # LEGACY (goes at merge): a scheduler returning the winner
             return native
         return ActorHandle(spec.actor_id, descriptor.name, method_options, native)
 

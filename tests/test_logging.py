@@ -35,7 +35,7 @@ def test_a_failing_call_on_a_pool_thread_is_logged_with_its_traceback(caplog):
         pool.submit(boom)
         pool.submit(done.set)
         assert done.wait(30)
-    record = next(r for r in caplog.records if r.name == "anyray.adapters.common.threads")
+    record = next(r for r in caplog.records if r.name == "anyray.backend_kit.threads")
     assert record.exc_info is not None and "marker-5521" in str(record.exc_info[1])
     pool.shutdown()
 

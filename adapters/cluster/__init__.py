@@ -23,7 +23,7 @@ import tempfile
 import threading
 
 from anyray.events import TaskRecord
-from anyray.exceptions import GetTimeoutError
+from anyray.exceptions import ActorNameTaken, GetTimeoutError
 from anyray.hookspecs import hookimpl
 from anyray.policy import Feasibility, largest
 from anyray.ports.backend import Backend, Capability
@@ -35,6 +35,8 @@ from ..node.link import RemoteScheduler, RemoteStore, _BorrowCounter
 class _ClusterScheduler(RemoteScheduler):
     """The driver's scheduler port: forwards to the node, and warns at the call site about work that no
     node of the cluster could ever place (the node's own warning would not reach the driver)."""
+
+    tracks_handles = True  # capability flags: see anyray.ports.scheduler (lends_cpus: the node lends)
 
     REFRESH_SECONDS = 1.0  # how stale the driver's view of the nodes' resources may be when it warns
 
@@ -56,7 +58,9 @@ class _ClusterScheduler(RemoteScheduler):
     def create_actor(self, spec):
         if spec.resources:
             self._check(spec.actor_id, spec.cls.name, spec.resources)
-        return super().create_actor(spec)
+        winner = super().create_actor(spec)
+        if winner is not None:  # get_if_exists lost the race for the name
+            raise ActorNameTaken(winner)
 
 
 def _infeasible_text(name: str, demand: dict, totals: list[dict]) -> str:

@@ -41,6 +41,8 @@ def _own_arguments(spec) -> None:
 
 
 class LocalScheduler(QueueScheduler):
+    runs_here = tracks_handles = lends_cpus = True  # capability flags: see anyray.ports.scheduler
+
     def __init__(self, store, metadata, events, pool: ResourcePool):
         super().__init__(metadata, events, pool)
         self._store = store

@@ -401,6 +401,8 @@ def portable_options(options: dict) -> dict:
 
 
 class RemoteScheduler(Scheduler):
+    tracks_handles = True  # capability flags (lends_cpus: the node lends while a get waits)
+
     def __init__(self, node: Link):
         self.node = node
 

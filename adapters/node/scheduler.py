@@ -130,6 +130,8 @@ class _Actor:
 
 
 class NodeScheduler(QueueScheduler):
+    runs_here = tracks_handles = True  # capability flags (lends_cpus: no, see anyray.ports.scheduler)
+
     def __init__(self, session, store: SharedObjectStore, metadata, events, pool: ResourcePool, setup: dict):
         super().__init__(metadata, events, pool)
         self._store = store

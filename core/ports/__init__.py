@@ -1,8 +1,13 @@
 """The ports: the interfaces the core owns and every backend adapts to."""
 
+from .actors import ActorPort
 from .backend import Backend, BackendConfig, Capability
+from .cluster_info import ClusterInfoPort
+from .events import EventSink
 from .metadata_store import MetadataStore, Watch
 from .object_store import ObjectStore
 from .scheduler import Scheduler
+from .tasks import TaskPort
 
-__all__ = ["Backend", "BackendConfig", "Capability", "MetadataStore", "ObjectStore", "Scheduler", "Watch"]
+__all__ = ["ActorPort", "Backend", "BackendConfig", "Capability", "ClusterInfoPort", "EventSink", "MetadataStore",
+           "ObjectStore", "Scheduler", "TaskPort", "Watch"]

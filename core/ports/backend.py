@@ -1,4 +1,4 @@
-"""The Backend port: one scheduler, one object store, one metadata store, and a lifecycle."""
+"""The Backend port: a scheduler and an object store (a metadata store where the backend has one), and a lifecycle."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .events import EventSink
 from .metadata_store import MetadataStore
 from .object_store import ObjectStore
 from .scheduler import Scheduler
@@ -92,8 +93,9 @@ class BackendConfig:
 class Backend(ABC):
     """A way to run anyray programs, found through the ``anyray.backends`` entry points.
 
-    Subclasses set ``name`` and ``capabilities`` and build their three stores
-    in ``start``. ``known_gaps`` maps conformance test names (``name`` or
+    Subclasses set ``name`` and ``capabilities`` and build their scheduler and
+    object store (and a metadata store, where they have one) in ``start``.
+    ``known_gaps`` maps conformance test names (``name`` or
     ``module::name``) to a :class:`Gap` (or its reason, a string): why the
     backend fails that test. Those tests run as strict expected failures, so
     a gap that closes fails loudly, and a name that matches no test of the
@@ -111,11 +113,11 @@ class Backend(ABC):
 
     scheduler: Scheduler
     object_store: ObjectStore
-    metadata: MetadataStore
+    metadata: MetadataStore | None = None  # the core never reads it; the backend's own parts share it
 
-    def __init__(self, config: BackendConfig, events) -> None:
+    def __init__(self, config: BackendConfig, events: EventSink) -> None:
         self.config = config
-        self.events = events  # core.events.JobEvents: where finished tasks are reported
+        self.events = events  # where finished tasks are reported
 
     @abstractmethod
     def start(self) -> None:

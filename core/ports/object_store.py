@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from typing import ClassVar
 
 from ..object_ref import ObjectRef
 from ..serialization import SerializedObject
@@ -16,7 +17,14 @@ class ObjectStore(ABC):
     object is written once (``put`` creates and seals it in one step); a
     second ``put`` of the same ref is ignored, so a retried task cannot
     change a value a reader has already seen.
+
+    Capability: ``frees_objects = True`` (the default) declares :meth:`free`,
+    which the runtime calls when no ref to an object is left. A store whose
+    engine frees objects by its own reference counting sets it False and
+    defines no ``free``; the runtime then never calls it.
     """
+
+    frees_objects: ClassVar[bool] = True
 
     @abstractmethod
     def put(self, ref: ObjectRef, obj: SerializedObject) -> None:
@@ -49,12 +57,14 @@ class ObjectStore(ABC):
     def contains(self, ref: ObjectRef) -> bool:
         """Whether ``ref``'s object is sealed here now."""
 
-    @abstractmethod
     def free(self, refs: Iterable[ObjectRef | bytes]) -> None:
-        """Drop the objects (by ref or raw id); freeing an absent or pending object is not an error.
+        """Optional (``frees_objects``). Drop the objects (by ref or raw id); freeing an absent or pending
+        object is not an error.
 
         An object freed before it was sealed is dropped when it arrives.
         """
+        raise NotImplementedError(f"{type(self).__name__} declares frees_objects = False: its engine frees "
+                                  f"objects itself.")
 
     @abstractmethod
     def usage(self) -> dict:

@@ -15,8 +15,7 @@ from __future__ import annotations
 import math
 import os
 
-from anyray.hookspecs import hookimpl
-from anyray.ports.backend import Backend, Capability, notimpl, notyet
+from anyray.backend_kit import Backend, Capability, hookimpl, notimpl, notyet
 
 ACTOR_CALLS_NEED_A_THREAD = (
     "every actor call is a Dask task, which needs a free thread of a worker for a moment; these tests hold every "
@@ -77,7 +76,7 @@ class DaskBackend(Backend):
             raise ImportError("The dask backend needs Dask's distributed scheduler: "
                               "pip install 'dask[distributed]'.") from exc
 
-        from anyray.adapters.common.error_log import ErrorLog, WorkerEvents
+        from anyray.backend_kit import ErrorLog, WorkerEvents
 
         from .metadata import DaskMetadataStore
         from .object_store import DaskObjectStore

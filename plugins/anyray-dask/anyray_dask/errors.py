@@ -10,26 +10,27 @@ from __future__ import annotations
 
 from concurrent.futures import CancelledError
 
+from distributed.scheduler import KilledWorker
+
 from anyray import exceptions as ae
+from anyray.backend_kit import ErrorMap
+from anyray.backend_kit.errors import text
+
+
+def _prefix(what: str) -> str:
+    return f"{what}: " if what else ""
+
+
+ERRORS = ErrorMap("Dask", [
+    (CancelledError, lambda exc, what: ae.TaskCancelledError(f"{_prefix(what)}the task was cancelled.")),
+    (KilledWorker, lambda exc, what: ae.WorkerCrashedError(
+        f"{_prefix(what)}the Dask workers running this task died {text(exc)}; Dask gave up on it after "
+        f"distributed.scheduler.allowed-failures retries.")),
+    ((OSError, TimeoutError), lambda exc, what: ae.ObjectLostError(
+        f"{_prefix(what)}Dask could not deliver the object: {text(exc)}")),
+])
 
 
 def translate(exc: BaseException, what: str = "") -> BaseException:
     """The anyray exception for Dask's ``exc`` (``exc`` itself when it is already anyray's)."""
-    from distributed.scheduler import KilledWorker
-
-    if isinstance(exc, ae.AnyrayError):
-        return exc
-    prefix = f"{what}: " if what else ""
-    if isinstance(exc, CancelledError):
-        return ae.TaskCancelledError(f"{prefix}the task was cancelled.")
-    if isinstance(exc, KilledWorker):
-        return ae.WorkerCrashedError(
-            f"{prefix}the Dask workers running this task died {_text(exc)}; Dask gave up on it after "
-            f"distributed.scheduler.allowed-failures retries.")
-    if isinstance(exc, (OSError, TimeoutError)):
-        return ae.ObjectLostError(f"{prefix}Dask could not deliver the object: {_text(exc)}")
-    return ae.AnyrayError(f"{prefix}Dask failed with {type(exc).__name__}: {_text(exc)}")
-
-
-def _text(exc: BaseException) -> str:
-    return str(exc).strip() or type(exc).__name__
+    return ERRORS.translate(exc, what)

@@ -15,8 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
-from anyray.adapters.common.polling import PollingWatch
-from anyray.ports.metadata_store import MetadataStore, Watch
+from anyray.backend_kit import MetadataStore, PollingWatch, Watch
 
 POLL = 0.1
 _ATTR = "_anyray_metadata"

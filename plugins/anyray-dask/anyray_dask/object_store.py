@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import CancelledError
 
+from anyray.backend_kit import ObjectRef, ObjectStore, RemoteFailure, SerializedObject, serialize_failure
 from anyray.exceptions import ActorDiedError, GetTimeoutError, ObjectLostError
-from anyray.executor import serialize_failure
-from anyray.object_ref import ObjectRef
-from anyray.ports.object_store import ObjectStore
-from anyray.serialization import SerializedObject
-from anyray.specs import RemoteFailure
 
 from .errors import translate
 from .transport import DaskRef, nested_natives, pack, unpack
@@ -32,6 +28,8 @@ def _failure(error: BaseException) -> SerializedObject:
 
 class DaskObjectStore(ObjectStore):
     """Thread-safe as Dask's client is; ``in_worker`` copies put buffers (a worker keeps them as they are)."""
+
+    frees_objects = False  # Dask forgets a key once no future of it is left
 
     def __init__(self, client, in_worker: bool):
         self._client = client
@@ -141,9 +139,6 @@ class DaskObjectStore(ObjectStore):
     def contains(self, ref: ObjectRef) -> bool:
         future = _future(ref)
         return future is not None and future.status == "finished"
-
-    def free(self, refs: Iterable[ObjectRef | bytes]) -> None:
-        """Nothing to do: Dask forgets a key once no future of it is left."""
 
     def usage(self) -> dict:
         return {"objects": None, "bytes": None, "capacity": None}

@@ -23,10 +23,16 @@ from __future__ import annotations
 import functools
 import threading
 
-from anyray.exceptions import ActorDiedError
-from anyray.policy import Feasibility, engine_text
-from anyray.ports.scheduler import Scheduler
-from anyray.specs import ActorSpec, ActorTaskSpec, TaskSpec
+from anyray.backend_kit import (
+    ActorHandle,
+    ActorSpec,
+    ActorTaskSpec,
+    Feasibility,
+    Scheduler,
+    TaskSpec,
+    engine_text,
+)
+from anyray.exceptions import ActorDiedError, ActorNameTaken
 
 from .transport import DaskRef, lookup_actor, nested_natives, pack, register_actor
 from .worker import (
@@ -62,6 +68,8 @@ def _key(kind: str, name: str, ident: bytes) -> str:
 
 class DaskScheduler(Scheduler):
     """Submission methods return once Dask has the work; safe from any thread."""
+
+    lends_cpus = True  # a task waiting in get/wait secedes from its Dask worker's thread pool
 
     def __init__(self, client, session: Session, metadata, in_worker: bool = False):
         self._client = client
@@ -136,11 +144,12 @@ class DaskScheduler(Scheduler):
         native = register_actor(spec.actor_id, future)
         native.keep = nested_natives(spec.args) or None  # the constructor claims them when it runs
         if o["name"] is not None:
-            return self._publish(spec, native) or native
+            self._publish(spec, native)
         return native
 
     def _publish(self, spec: ActorSpec, native):
-        """Take the actor's name; ``None``, or the winner's handle when ``get_if_exists`` lost a race."""
+        """Take the actor's name; raise ``ActorNameTaken`` with the winner's handle when ``get_if_exists``
+        lost a race for it."""
         name = f"{NAMES}/{spec.namespace}/{spec.options['name']}"
         record = (spec.actor_id, spec.cls.name, spec.method_options, native.future)
         try:
@@ -150,13 +159,12 @@ class DaskScheduler(Scheduler):
             existing = self.get_named_actor(spec.options["name"], spec.namespace) \
                 if spec.options["get_if_exists"] else None
             if existing is not None:
-                return existing
+                raise ActorNameTaken(existing) from None
             raise ValueError(f"An actor named {spec.options['name']!r} already exists in namespace "
                              f"{spec.namespace!r}. Pick another name, or pass get_if_exists=True to reuse it."
                              ) from None
         if spec.options["lifetime"] != "detached":  # the job's driver unpublishes it when the job ends
             self._metadata.put(f"{job_prefix(self._session.job_id)}names/{name}", b"")
-        return None
 
     def submit_actor_task(self, spec: ActorTaskSpec) -> None:
         actor = lookup_actor(spec.actor_id)
@@ -174,8 +182,6 @@ class DaskScheduler(Scheduler):
             futures[0].add_done_callback(functools.partial(_skip_if_undelivered, actor, spec.caller_id, spec.seq))
 
     def get_named_actor(self, name: str, namespace: str):
-        from anyray.actor import ActorHandle
-
         try:
             actor_id, class_name, methods, future = self._client.get_dataset(f"{NAMES}/{namespace}/{name}")
         except KeyError:

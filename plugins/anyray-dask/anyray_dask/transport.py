@@ -23,18 +23,14 @@ import threading
 import weakref
 from typing import Union
 
-from anyray import serialization
-from anyray.object_ref import ObjectRef
-from anyray.serialization import SerializedObject
+from anyray.backend_kit import ObjectRef, SerializedObject, current_runtime, note_ref_pickled
 
 Payload = Union[bytes, list]  # data alone, or [data, buffers, refs]
 
 
 def client_here():
     """The Dask client anyray uses in this process (the worker's client inside a Dask worker)."""
-    from anyray import runtime as _rt
-
-    runtime = _rt.current_runtime()
+    runtime = current_runtime()
     backend = getattr(runtime, "backend", None) if runtime is not None else None
     client = getattr(backend, "client", None)
     if client is not None:
@@ -125,7 +121,7 @@ class DaskActorRef:
         self.keep = None
 
     def __reduce__(self):
-        serialization.note_ref_pickled(self)  # the payload carries the future beside the stream
+        note_ref_pickled(self)  # the payload carries the future beside the stream
         return _rebind_actor, (self.actor_id, self.future.key)
 
     def __repr__(self) -> str:

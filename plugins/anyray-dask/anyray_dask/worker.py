@@ -29,14 +29,28 @@ import threading
 import weakref
 from typing import NamedTuple
 
-from anyray import runtime as _rt
-from anyray.adapters.common.actor_host import ActorHost
-from anyray.context import TaskContext
-from anyray.executor import Call, run_in_place, serialize_failure
-from anyray.object_ref import ObjectRef
-from anyray.ports.backend import BackendConfig
-from anyray.serialization import deserialize, portable_classes, serialize
-from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure
+from anyray.backend_kit import (
+    ActorHost,
+    ActorSpec,
+    ActorTaskSpec,
+    BackendConfig,
+    Call,
+    FunctionDescriptor,
+    ObjectRef,
+    RemoteFailure,
+    Runtime,
+    TaskContext,
+    attach_runtime,
+    deserialize,
+    detach_runtime,
+    make_current,
+    portable_classes,
+    process_runtime,
+    run_in_place,
+    serialize,
+    serialize_failure,
+    task_runtime,
+)
 
 from .transport import pack, pack_returns, resolving, unpack
 
@@ -49,12 +63,12 @@ class Session(NamedTuple):
 
 
 _attach_lock = threading.Lock()
-_runtimes: collections.OrderedDict[bytes, _rt.Runtime] = collections.OrderedDict()  # job id -> runtime, LRU
+_runtimes: collections.OrderedDict[bytes, Runtime] = collections.OrderedDict()  # job id -> runtime, LRU
 _active: collections.Counter = collections.Counter()  # job id -> its tasks running here now
 KEEP_IDLE_RUNTIMES = 8  # runtimes of jobs with nothing running here, kept for their next task
 
 
-def ensure_runtime(session: Session) -> _rt.Runtime:
+def ensure_runtime(session: Session) -> Runtime:
     """The anyray Runtime of ``session``'s job in this worker process, attached on first use.
 
     A worker of a shared Dask cluster serves several jobs, at once or one
@@ -70,13 +84,13 @@ def ensure_runtime(session: Session) -> _rt.Runtime:
         from . import WORKER_OPTION, DaskBackend
 
         config = BackendConfig(namespace=session.namespace, job_id=session.job_id, options={WORKER_OPTION: True})
-        runtime = _runtimes[session.job_id] = _rt.Runtime(DaskBackend, config)
+        runtime = _runtimes[session.job_id] = attach_runtime(DaskBackend, config)
         idle = [job for job in _runtimes if not _active[job] and job != session.job_id]
         stale = [_runtimes.pop(job) for job in idle[:max(len(idle) - KEEP_IDLE_RUNTIMES, 0)]]
-        if _rt.process_runtime() is None or _rt.process_runtime() in stale:
-            _rt.set_current(runtime)  # for threads the user's code starts, which see no task context
+        if process_runtime() is None or process_runtime() in stale:
+            make_current(runtime)  # for threads the user's code starts, which see no task context
     for old in stale:
-        old.shutdown()  # an attached backend never stops Dask
+        detach_runtime(old)  # an attached backend never stops Dask
     return runtime
 
 
@@ -86,11 +100,11 @@ class job_context:
     def __init__(self, session: Session):
         self._session = session
 
-    def __enter__(self) -> _rt.Runtime:
+    def __enter__(self) -> Runtime:
         runtime = ensure_runtime(self._session)
         with _attach_lock:
             _active[self._session.job_id] += 1
-        self._scope = _rt.task_runtime(runtime)
+        self._scope = task_runtime(runtime)
         self._scope.__enter__()
         return runtime
 
@@ -400,11 +414,11 @@ class _JobActorHost(ActorHost):
     """The core's actor host, running the actor's code with its job's runtime current."""
 
     def _main(self) -> None:
-        with _rt.task_runtime(self._sched.runtime):
+        with task_runtime(self._sched.runtime):
             super()._main()
 
     def _run_call(self, spec) -> None:  # on a pool thread of a threaded actor, which has no context
-        with _rt.task_runtime(self._sched.runtime):
+        with task_runtime(self._sched.runtime):
             super()._run_call(spec)
 
 

@@ -12,8 +12,7 @@ backend's module, so Ray is imported in :meth:`RayBackend.start` only.
 
 from __future__ import annotations
 
-from anyray.hookspecs import hookimpl
-from anyray.ports.backend import Backend, Capability
+from anyray.backend_kit import Backend, Capability, hookimpl
 
 # Set by the worker side when it attaches a runtime to the Ray it runs in (not an init keyword).
 WORKER_OPTION = "_anyray_ray_worker"
@@ -45,7 +44,7 @@ class RayBackend(Backend):
     def start(self) -> None:
         ray = _real_ray()
 
-        from anyray.adapters.common.error_log import ErrorLog, WorkerEvents
+        from anyray.backend_kit import ErrorLog, WorkerEvents
 
         from .metadata import RayKVMetadataStore
         from .object_store import RayObjectStore

@@ -20,8 +20,7 @@ import weakref
 
 import cloudpickle
 
-from anyray import serialization
-from anyray.actor import ActorHandle
+from anyray.backend_kit import ActorHandle, note_ref_pickled
 
 _registry: weakref.WeakValueDictionary[bytes, RayActor] = weakref.WeakValueDictionary()
 _registry_lock = threading.Lock()
@@ -39,7 +38,7 @@ class RayActor:
     def __reduce__(self):
         # Noted like a nested ObjectRef, so the payload carries the Ray handle beside anyray's
         # stream and Ray counts the reference (see transport.py).
-        serialization.note_ref_pickled(self)
+        note_ref_pickled(self)
         return register, (self.actor_id, self.handle)
 
     def __repr__(self) -> str:

@@ -12,9 +12,25 @@ from __future__ import annotations
 from ray import exceptions as rx
 
 from anyray import exceptions as ae
+from anyray.backend_kit import ErrorMap
+from anyray.backend_kit.errors import text
+
+
+def _task_error(exc, what: str) -> BaseException:
+    """A Ray task failed outside the user's code (or Ray wrapped an error of ours)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, ae.AnyrayError):
+        return cause  # raised on purpose by the plugin's worker side (an actor's constructor, say)
+    if isinstance(cause, rx.RayError):
+        return translate(cause, what)
+    name = getattr(exc, "function_name", None) or what or "task"
+    err = ae.TaskError(name, getattr(exc, "traceback_str", None) or text(exc), cause, getattr(exc, "pid", None))
+    return err.as_instanceof_cause()
+
 
 # Most specific first: several Ray errors subclass others.
-_TABLE: tuple[tuple[type, type], ...] = (
+ERRORS = ErrorMap("Ray", [
+    (rx.RayTaskError, _task_error),
     (rx.GetTimeoutError, ae.GetTimeoutError),
     (rx.TaskCancelledError, ae.TaskCancelledError),
     (rx.ActorUnavailableError, ae.ActorUnavailableError),
@@ -33,12 +49,7 @@ _TABLE: tuple[tuple[type, type], ...] = (
     (rx.OutOfDiskError, ae.ObjectStoreFullError),
     (rx.ObjectRefStreamEndOfStreamError, ae.ObjectRefStreamEndOfStreamError),
     (rx.RaySystemError, ae.RaySystemError),
-)
-
-
-def _message(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text or type(exc).__name__
+], catches=rx.RayError)
 
 
 def translate(exc: BaseException, what: str = "") -> BaseException:
@@ -47,25 +58,4 @@ def translate(exc: BaseException, what: str = "") -> BaseException:
     ``what`` names the task or call, for the message of errors that do not
     already say it.
     """
-    if isinstance(exc, ae.AnyrayError) or not isinstance(exc, rx.RayError):
-        return exc
-    if isinstance(exc, rx.RayTaskError):
-        return _task_error(exc, what)
-    for ray_cls, ours in _TABLE:
-        if isinstance(exc, ray_cls):
-            return ours(_message(exc))
-    prefix = f"{what}: " if what else ""
-    return ae.AnyrayError(f"{prefix}Ray failed with {type(exc).__name__}: {_message(exc)}")
-
-
-def _task_error(exc, what: str) -> BaseException:
-    """A Ray task failed outside the user's code (or Ray wrapped an error of ours)."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, ae.AnyrayError):
-        return cause  # raised on purpose by the plugin's worker side (an actor's constructor, say)
-    if isinstance(cause, rx.RayError):
-        return translate(cause, what)
-    name = getattr(exc, "function_name", None) or what or "task"
-    err = ae.TaskError(name, getattr(exc, "traceback_str", None) or _message(exc), cause,
-                       getattr(exc, "pid", None))
-    return err.as_instanceof_cause()
+    return ERRORS.translate(exc, what)

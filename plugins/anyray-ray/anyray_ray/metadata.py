@@ -23,8 +23,7 @@ from collections.abc import Callable, Iterator
 
 from ray.experimental import internal_kv as kv
 
-from anyray.adapters.common.polling import PollingWatch
-from anyray.ports.metadata_store import MetadataStore, Watch
+from anyray.backend_kit import MetadataStore, PollingWatch, Watch
 
 NAMESPACE = "anyray"
 POLL = 0.1

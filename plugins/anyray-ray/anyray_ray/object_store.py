@@ -12,17 +12,13 @@ returned as a ``RemoteFailure`` value, as the port's contract asks, so
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import ray
 from ray import exceptions as rx
 
+from anyray.backend_kit import ObjectRef, ObjectStore, RemoteFailure, SerializedObject, serialize_failure
 from anyray.exceptions import GetTimeoutError, ObjectLostError
-from anyray.executor import serialize_failure
-from anyray.object_ref import ObjectRef
-from anyray.ports.object_store import ObjectStore
-from anyray.serialization import SerializedObject
-from anyray.specs import RemoteFailure
 
 from .errors import translate
 from .transport import pack, unpack
@@ -34,6 +30,8 @@ def _failure(error: BaseException) -> SerializedObject:
 
 class RayObjectStore(ObjectStore):
     """Thread-safe as Ray's own API is; every method may block on Ray's RPCs."""
+
+    frees_objects = False  # Ray frees an object when the last Ray ref to it dies
 
     def __init__(self, capacity: int | None):
         self._capacity = capacity
@@ -101,9 +99,6 @@ class RayObjectStore(ObjectStore):
             return False
         ready, _ = ray.wait([ref.native], num_returns=1, timeout=0, fetch_local=False)
         return bool(ready)
-
-    def free(self, refs: Iterable[ObjectRef | bytes]) -> None:
-        """Nothing to do: Ray frees an object when the last Ray ref to it dies."""
 
     def usage(self) -> dict:
         total = ray.cluster_resources().get("object_store_memory")

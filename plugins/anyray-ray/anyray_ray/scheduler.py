@@ -26,11 +26,17 @@ import time
 import ray
 from ray import exceptions as rx
 
-from anyray.exceptions import ActorDiedError
-from anyray.executor import serialize_failure
-from anyray.policy import Feasibility, engine_text
-from anyray.ports.scheduler import Scheduler
-from anyray.specs import ActorSpec, ActorTaskSpec, RemoteFailure, TaskSpec
+from anyray.backend_kit import (
+    ActorSpec,
+    ActorTaskSpec,
+    Feasibility,
+    RemoteFailure,
+    Scheduler,
+    TaskSpec,
+    engine_text,
+    serialize_failure,
+)
+from anyray.exceptions import ActorDiedError, ActorNameTaken
 
 from .actors import ActorDirectory, RayActor, lookup, register
 from .errors import translate
@@ -53,6 +59,9 @@ def _resource_options(options: dict) -> dict:
 
 class RayScheduler(Scheduler):
     """Submission methods return once Ray has accepted the work; safe from any thread."""
+
+    # Capability flags all False: Ray tracks actor handles itself and releases a task's CPUs while it
+    # waits in ray.get/ray.wait, and no thread of the driver runs Ray's tasks.
 
     def __init__(self, session: Session, metadata):
         self._session = session
@@ -137,7 +146,7 @@ class RayScheduler(Scheduler):
             if o["get_if_exists"]:  # Ray may have returned an actor another caller made: its anyray handle
                 winner = self._directory.handle_of(handle)
                 if winner is not None and winner._actor_id != spec.actor_id:
-                    return winner
+                    raise ActorNameTaken(winner)
         return register(spec.actor_id, handle)
 
     def submit_actor_task(self, spec: ActorTaskSpec) -> None:
@@ -205,12 +214,6 @@ class RayScheduler(Scheduler):
             self.cancel(ref, False, recursive)
         except rx.RayError as exc:
             raise translate(exc, "cancel()") from exc
-
-    def task_blocked(self) -> None:
-        """Nothing to do: Ray releases a task's CPUs while it waits in ``ray.get``/``ray.wait``."""
-
-    def task_unblocked(self) -> None:
-        """Nothing to do: Ray takes the CPUs back itself."""
 
     # -- cluster state ----------------------------------------------------
     def cluster_resources(self) -> dict[str, float]:

@@ -27,8 +27,7 @@ from __future__ import annotations
 import pickle
 from typing import Union
 
-from anyray.object_ref import ObjectRef
-from anyray.serialization import SerializedObject
+from anyray.backend_kit import ObjectRef, SerializedObject
 
 from .actors import RayActor
 

@@ -20,14 +20,22 @@ from typing import NamedTuple
 
 import ray
 
-from anyray import runtime as _rt
-from anyray.actor import exit_is_intended
-from anyray.context import ActorInfo, TaskContext
-from anyray.executor import Call
-from anyray.object_ref import ObjectRef
-from anyray.ports.backend import BackendConfig
-from anyray.serialization import deserialize, portable_classes, serialize
-from anyray.specs import RemoteFailure
+from anyray.backend_kit import (
+    ActorInfo,
+    BackendConfig,
+    Call,
+    ObjectRef,
+    RemoteFailure,
+    Runtime,
+    TaskContext,
+    attach_runtime,
+    current_runtime,
+    deserialize,
+    detach_runtime,
+    exit_is_intended,
+    portable_classes,
+    serialize,
+)
 
 from .transport import pack, pack_returns, unpack
 
@@ -42,26 +50,25 @@ class Session(NamedTuple):
 _attach_lock = threading.Lock()
 
 
-def ensure_runtime(session: Session) -> _rt.Runtime:
+def ensure_runtime(session: Session) -> Runtime:
     """The anyray Runtime of ``session``'s job in this process, attached to Ray on first use.
 
     A worker may outlive an anyray job when the driver re-initializes anyray on
     a Ray it did not start; a runtime of another job is then replaced.
     """
-    runtime = _rt.current_runtime()
+    runtime = current_runtime()
     if runtime is not None and runtime.job_id == session.job_id:
         return runtime
     with _attach_lock:
-        runtime = _rt.current_runtime()
+        runtime = current_runtime()
         if runtime is None or runtime.job_id != session.job_id:
             from . import WORKER_OPTION, RayBackend
 
             old = runtime
             config = BackendConfig(namespace=session.namespace, job_id=session.job_id, options={WORKER_OPTION: True})
-            runtime = _rt.Runtime(RayBackend, config)
-            _rt.set_current(runtime)
+            runtime = attach_runtime(RayBackend, config, make_current=True)
             if old is not None:
-                old.shutdown()  # an attached backend never stops Ray
+                detach_runtime(old)  # an attached backend never stops Ray
     return runtime
 
 

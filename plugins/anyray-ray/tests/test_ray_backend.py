@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -20,6 +21,8 @@ import pytest
 
 import anyray
 from anyray import exceptions
+from anyray.backend_kit import current_runtime
+from anyray.backend_kit.testing import MetadataStoreContract
 
 ray = pytest.importorskip("ray")
 
@@ -47,7 +50,7 @@ def session():
 def test_listing_backends_does_not_import_ray():
     out = run_script("""
         import sys
-        from anyray.plugins import list_backends
+        from anyray.backend_kit import list_backends
         found = {b.name: b for b in list_backends()}
         assert found["ray"].backend is not None, found["ray"].error
         print("ray" in sys.modules)
@@ -256,31 +259,14 @@ def test_ray_errors_are_translated():
 # -- the metadata store on Ray's KV ---------------------------------------------------
 
 
-def test_metadata_store_contract(session):
-    store = anyray.api._runtime().backend.metadata
-    prefix = f"test/{os.getpid()}/{time.time_ns()}/"
-    seen = []
-    watch = store.watch(prefix, lambda key, value: seen.append((key, value)))
-    try:
-        store.put(prefix + "a", b"1")
-        assert store.get(prefix + "a") == b"1"
-        assert store.compare_and_set(prefix + "a", b"1", b"2")
-        assert not store.compare_and_set(prefix + "a", b"1", b"3")
-        assert store.compare_and_set(prefix + "b", None, b"x")
-        assert not store.compare_and_set(prefix + "b", None, b"y")
-        assert [k for k, _ in store.scan(prefix)] == [prefix + "a", prefix + "b"]
-        store.put(prefix + "ttl", b"soon gone", ttl=0.2)
-        assert store.get(prefix + "ttl") == b"soon gone"
-        time.sleep(0.3)
-        assert store.get(prefix + "ttl") is None
-        assert store.delete(prefix + "a") and not store.delete(prefix + "a")
-        deadline = time.monotonic() + 5
-        while (prefix + "a", None) not in seen and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert (prefix + "b", b"x") in seen and (prefix + "a", None) in seen
-    finally:
-        watch.cancel()
-        store.delete_prefix(prefix)
+class TestRayKVMetadataStore(MetadataStoreContract):
+    watch_poll = 0.1  # anyray_ray.metadata.POLL
+
+    @pytest.fixture
+    def store(self, session, key_prefix):
+        store = current_runtime().backend.metadata
+        yield store
+        store.delete_prefix(key_prefix)
 
 
 def test_anyray_run_on_the_ray_backend_leaves_the_real_ray_in_place(tmp_path):
@@ -291,3 +277,40 @@ def test_anyray_run_on_the_ray_backend_leaves_the_real_ray_in_place(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "module ray True" in proc.stdout
+
+
+def test_threads_racing_to_get_or_create_one_name_share_one_actor(session):
+    """get_if_exists from threads at once: the losers of the race for the name get the winner's actor."""
+
+    @anyray.remote
+    class Registry:
+        def __init__(self):
+            self.joined = 0
+
+        def join(self):
+            self.joined += 1
+            return self.joined
+
+    name = f"race-{os.getpid()}-{time.time_ns()}"
+    racers = 6
+    barrier = threading.Barrier(racers)
+    handles, errors = [], []
+
+    def race():
+        barrier.wait()
+        try:
+            handles.append(Registry.options(name=name, get_if_exists=True).remote())
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=race) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors and len(handles) == racers, errors
+    try:
+        # One actor behind every handle: it counts each racer's call once.
+        assert sorted(anyray.get([h.join.remote() for h in handles], timeout=120)) == list(range(1, racers + 1))
+    finally:
+        anyray.kill(handles[0])
