@@ -22,7 +22,7 @@ import socket
 import struct
 import threading
 
-from ..node import protocol as p
+from ..node import messages as m
 from ..node import workers
 from ..node.arena import Location
 from ..node.link import Link
@@ -78,7 +78,7 @@ class PeerLink(Link):
             callback(False, NotSent(f"The node at {self.address} is gone."))
             return
         try:
-            self.send(p.REQUEST, (rid, op, args))
+            self.send(m.REQUEST, tuple(m.Request(rid, op, args)))
         except OSError as exc:
             with self._callbacks_lock:
                 self.closed = True
@@ -100,7 +100,7 @@ class PeerLink(Link):
     def flush(self) -> None:
         """Send the reference changes noted so far now, ahead of anything else."""
         try:
-            self.send(p.REFS, None)
+            self.send(m.REFS, None)
         except OSError:
             pass
 
@@ -117,13 +117,13 @@ class PeerLink(Link):
         try:
             while True:
                 msg = conn.recv_bytes()
-                if msg[0] != p.RESPONSE:
+                if msg[0] != m.RESPONSE:
                     continue
-                rid, ok, value = pickle.loads(memoryview(msg)[1:])
-                callback = self._callbacks.pop(rid, None)
+                answer = m.Response._make(pickle.loads(memoryview(msg)[1:]))
+                callback = self._callbacks.pop(answer.rid, None)
                 if callback is not None:
                     try:
-                        callback(ok, value)
+                        callback(answer.ok, answer.value)
                     except Exception:  # noqa: BLE001 - one bad answer must not stop the link
                         log.exception("handling an answer of the node at %s failed", self.address)
         except Exception:  # noqa: BLE001 - closed (EOF, reset, or closed under us): every waiter hears of it

@@ -33,6 +33,7 @@ import cloudpickle  # noqa: F401 - preloaded: every worker needs it
 import anyray  # noqa: F401
 import anyray.executor  # noqa: F401
 import anyray.serialization  # noqa: F401
+from anyray.adapters.node import messages as m
 from anyray.adapters.node import worker, workers  # noqa: F401 - worker: what every new process installs
 from anyray.adapters.node.session import PREFIX
 
@@ -63,9 +64,9 @@ class ForkServer:
         self._prctl = _load_prctl()
         self._wake_r, self._wake_w = os.pipe()
 
-    def send(self, tag: int, *body) -> None:
+    def send(self, tag: int, msg: tuple) -> None:
         try:
-            self.conn.send_bytes(workers.frame(tag, pickle.dumps(body)))
+            self.conn.send_bytes(workers.frame(tag, pickle.dumps(tuple(msg))))
         except OSError:
             pass  # the driver is gone; the loop sees the close next
 
@@ -97,7 +98,7 @@ class ForkServer:
                 return 0
             tag, body = msg[0], pickle.loads(memoryview(msg)[1:]) if len(msg) > 1 else None
             if tag == workers.FORK:
-                self._fork(*body)
+                self._fork(m.Fork._make(body))
             elif tag == workers.KILL:
                 for pid, worker_id in self.children.items():
                     if worker_id == body:
@@ -106,11 +107,12 @@ class ForkServer:
                 self._kill_all()
                 return 0
 
-    def _fork(self, worker_id: int, env: dict) -> None:
+    def _fork(self, order: m.Fork) -> None:
+        worker_id, env = order.worker_id, order.env
         try:
             pid = os.fork()
         except OSError as exc:
-            self.send(workers.FORK_FAILED, worker_id, str(exc))
+            self.send(workers.FORK_FAILED, m.ForkFailed(worker_id, str(exc)))
             return
         if pid == 0:
             code = 1
@@ -125,7 +127,7 @@ class ForkServer:
                 finally:
                     os._exit(code)
         self.children[pid] = worker_id
-        self.send(workers.FORKED, worker_id, pid)
+        self.send(workers.FORKED, m.Forked(worker_id, pid))
 
     def _child(self, worker_id: int, env: dict) -> int:
         if self._prctl is not None:
@@ -153,7 +155,7 @@ class ForkServer:
                 return
             worker_id = self.children.pop(pid, None)
             if worker_id is not None:
-                self.send(workers.EXITED, worker_id, pid, os.waitstatus_to_exitcode(status))
+                self.send(workers.EXITED, m.Exited(worker_id, pid, os.waitstatus_to_exitcode(status)))
 
     def _kill_all(self) -> None:
         for pid in self.children:

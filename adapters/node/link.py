@@ -32,7 +32,7 @@ from anyray.runtime import ReferenceCounter
 from anyray.serialization import SerializedObject, portable_classes
 from anyray.specs import FunctionDescriptor
 
-from . import protocol as p
+from . import messages as m
 from . import workers
 from .arena import Arena, Location
 from .store import pinned_views, to_wire
@@ -137,7 +137,7 @@ class Link:
         unpins = []
         while self._unpins:
             unpins.append(self._unpins.popleft())
-        return list(refs.items()), list(handles.items()), unpins
+        return tuple(m.RefChanges(list(refs.items()), list(handles.items()), unpins))
 
     def send(self, tag: int, body) -> None:
         on_main = threading.get_ident() == self.main_thread
@@ -145,7 +145,7 @@ class Link:
             self._sending = True
         try:
             with self._send_lock:  # reference changes and the message they precede stay in order
-                payload = workers.frame(tag, p.dumps((self._take_refs(), body)))
+                payload = workers.frame(tag, m.dumps(tuple(m.Envelope(self._take_refs(), body))))
                 self._last_send = time.monotonic()
                 self.conn.send_bytes(payload)
         finally:
@@ -168,7 +168,7 @@ class Link:
             self.handle_counter.drain()
             if (self._refs or self._handles or self._unpins) and \
                     time.monotonic() - self._last_send >= FLUSH_INTERVAL:
-                self.send(p.REFS, None)
+                self.send(m.REFS, None)
         except (OSError, ConnectionError):
             return False
         return True
@@ -205,7 +205,7 @@ class Link:
         if on_main:
             self._pumping = True
         try:
-            self.send(p.REQUEST, (rid, op, args))
+            self.send(m.REQUEST, tuple(m.Request(rid, op, args)))
             answered = self._pump(pending, timeout) if on_main else self._wait(pending, timeout)
         except BaseException:
             self._abandon(rid, pending)
@@ -290,15 +290,15 @@ class Link:
 
     def tell(self, op: str, args) -> None:
         """A request that wants no answer."""
-        self.send(p.REQUEST, (0, op, args))
+        self.send(m.REQUEST, tuple(m.Request(0, op, args)))
 
     def _on_response(self, payload) -> None:
-        rid, ok, value = pickle.loads(payload)
+        answer = m.Response._make(pickle.loads(payload))
         with self._answer_lock:
-            pending = self._requests.pop(rid, None)
+            pending = self._requests.pop(answer.rid, None)
             if pending is None:
                 return
-            pending.ok, pending.value = ok, value
+            pending.ok, pending.value = answer.ok, answer.value
             abandoned = pending.abandoned
         if abandoned:
             self._release_answer(pending)
@@ -335,9 +335,9 @@ class Link:
     def get(self, ids: list[bytes], timeout: float | None) -> list[SerializedObject]:
         blocking = current_task.get() is not None
         if timeout == 0:  # the node answers at once, with the objects or a GetTimeoutError
-            answer = self.request("get", (ids, False, True))
+            answer = self.request("get", tuple(m.Get(ids, False, True)))
         else:
-            answer = self.request("get", (ids, blocking, False), timeout)
+            answer = self.request("get", tuple(m.Get(ids, blocking, False)), timeout)
         return [self.from_wire(key, wire) for key, wire in answer]
 
     def export(self, descriptor: FunctionDescriptor) -> bytes | None:
@@ -368,7 +368,7 @@ class RemoteStore(ObjectStore):
     def put(self, ref, obj) -> None:
         node = self.node
         wire = node.to_node(obj)
-        node.tell("put", (ref._id, wire, p.contained_ids(obj.contained_refs)))
+        node.tell("put", tuple(m.Put(ref._id, wire, m.contained_ids(obj.contained_refs))))
 
     def get(self, refs, timeout):
         return self.node.get([r._id for r in refs], timeout)
@@ -377,9 +377,9 @@ class RemoteStore(ObjectStore):
         ids = [r._id for r in refs]
         blocking = current_task.get() is not None
         try:
-            return set(self.node.request("wait", (ids, num_returns, timeout != 0, blocking), timeout))
+            return set(self.node.request("wait", tuple(m.Wait(ids, num_returns, timeout != 0, blocking)), timeout))
         except GetTimeoutError:
-            return set(self.node.request("wait", (ids, num_returns, False, False)))
+            return set(self.node.request("wait", tuple(m.Wait(ids, num_returns, False, False))))
 
     def contains(self, ref) -> bool:
         return False  # asking costs a round trip; get() asks once anyway
@@ -408,43 +408,43 @@ class RemoteScheduler(Scheduler):
         node = self.node
         fn = spec.function
         blob = node.export(fn)
-        node.tell("submit", (spec.task_id, fn.function_id, fn.name, blob, node.to_node(spec.args),
-                             [r._id for r in spec.deps], [r._id for r in spec.returns], spec.resources,
-                             portable_options(spec.options), spec.parent_task_id, spec.name,
-                             p.contained_ids(spec.args.contained_refs)))
+        node.tell("submit", tuple(m.Submit(
+            spec.task_id, fn.function_id, fn.name, blob, node.to_node(spec.args), [r._id for r in spec.deps],
+            [r._id for r in spec.returns], spec.resources, portable_options(spec.options), spec.parent_task_id,
+            spec.name, m.contained_ids(spec.args.contained_refs))))
         node.exported_with(fn, blob)
 
     def create_actor(self, spec):
         node = self.node
         cls = spec.cls
         blob = node.export(cls)
-        winner = node.request("create_actor", (
+        winner = node.request("create_actor", tuple(m.CreateActor(
             spec.actor_id, cls.function_id, cls.name, blob, node.to_node(spec.args),
             [r._id for r in spec.deps], spec.resources, spec.options, spec.namespace, spec.is_async,
             {name: portable_options(meta) for name, meta in spec.method_options.items()},
-            p.contained_ids(spec.args.contained_refs)))
+            m.contained_ids(spec.args.contained_refs))))
         node.exported_with(cls, blob)
         return None if winner is None else cloudpickle.loads(winner)  # get_if_exists lost the race
 
     def submit_actor_task(self, spec) -> None:
-        self.node.tell("actor_call", (
+        self.node.tell("actor_call", tuple(m.CallActor(
             spec.task_id, spec.actor_id, spec.method_name, self.node.to_node(spec.args),
             [r._id for r in spec.deps], [r._id for r in spec.returns], spec.caller_id, spec.seq,
             {"retry_exceptions": portable_classes(spec.options.get("retry_exceptions", False)),
              "max_task_retries": spec.options.get("max_task_retries")},
-            spec.name, p.contained_ids(spec.args.contained_refs)))
+            spec.name, m.contained_ids(spec.args.contained_refs))))
 
     def get_named_actor(self, name, namespace):
-        return cloudpickle.loads(self.node.request("named", (name, namespace)))
+        return cloudpickle.loads(self.node.request("named", tuple(m.Named(name, namespace))))
 
     def list_named_actors(self, namespace):
         return self.node.request("list_named", namespace)
 
     def kill_actor(self, actor_id, no_restart) -> None:
-        self.node.tell("kill", (actor_id, no_restart))
+        self.node.tell("kill", tuple(m.Kill(actor_id, no_restart)))
 
     def cancel(self, ref, force, recursive) -> None:
-        self.node.tell("cancel", (ref._id, force, recursive))
+        self.node.tell("cancel", tuple(m.CancelRef(ref._id, force, recursive)))
 
     def actor_handles_gone(self, actor_id) -> None:
         self.node.handle_released(actor_id)

@@ -42,7 +42,7 @@ from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFai
 
 from ..common.actor_host import ActorHost
 from ..common.resources import Lease
-from . import protocol as p
+from . import messages as m
 from . import workers
 from .arena import Location
 from .link import FLUSH_INTERVAL, Link, RemoteScheduler, RemoteStore
@@ -60,8 +60,8 @@ class _ForwardedEvents(JobEvents):
 
     def task_finished(self, record) -> None:
         super().task_finished(record)
-        self.outbox.append((record.task_id, record.name, record.kind, record.start, record.end, record.pid,
-                            record.tid, record.error_type, record.message))  # a tuple pickles faster
+        self.outbox.append(tuple(m.RecordRow(record.task_id, record.name, record.kind, record.start, record.end,
+                                             record.pid, record.tid, record.error_type, record.message)))
 
     def take(self) -> list:
         out, self.outbox = self.outbox, []
@@ -133,13 +133,13 @@ class WorkerNode(Link):
         """Handle one message, on whichever thread read it; a task is queued for the main thread."""
         tag = msg[0]
         body = memoryview(msg)[1:]
-        if tag == p.RESPONSE:
+        if tag == m.RESPONSE:
             self._on_response(body)
-        elif tag == p.TASK:
+        elif tag == m.TASK:
             self._tasks.append((self._run_task, body))
-        elif tag == p.ACTOR:
+        elif tag == m.ACTOR:
             self._on_actor(body)
-        elif tag == p.CANCEL:
+        elif tag == m.CANCEL:
             self._on_cancel(body)
         elif tag == workers.EXIT:
             self._exit = True
@@ -160,7 +160,7 @@ class WorkerNode(Link):
         while self.output:
             out.append(self.output.popleft())
         if out:
-            self.send(p.OUTPUT, out)
+            self.send(m.OUTPUT, out)
 
     def _flush_loop(self) -> None:
         while True:
@@ -175,16 +175,16 @@ class WorkerNode(Link):
 
     def _run_task(self, payload) -> None:
         try:
-            (task_id, fn_id, blob, args_wire, dep_ids, dep_wires, return_ids, name, resources, gpu_ids,
-             retry_exceptions, max_retries, job) = pickle.loads(payload)
+            task = m.Task._make(pickle.loads(payload))
         except Exception as exc:  # noqa: BLE001 - the task's caller gets the error, whatever it is
             error = TaskError.from_exception("the task", exc, os.getpid())
-            self.send(p.RESULT, (None, [to_wire(serialize_failure(RemoteFailure(error)))], [None], []))
+            self.send(m.RESULT, tuple(m.Result(None, [to_wire(serialize_failure(RemoteFailure(error)))], [None], [])))
             return  # None: the task this worker was sent (the driver knows which)
-        if job is not None:  # a task of another driver's job than the last one (a cluster node)
-            self.runtime.job_id, self.runtime.namespace = job
+        if task.job is not None:  # a task of another driver's job than the last one (a cluster node)
+            self.runtime.job_id, self.runtime.namespace = task.job
+        task_id, dep_wires, return_ids, name = task.task_id, task.deps, task.return_ids, task.name
         unread = {key for key, wire in dep_wires.items() if type(wire) is Location}
-        if type(args_wire) is Location:
+        if type(task.args) is Location:
             unread.add(task_id)
 
         def fetch(refs):
@@ -199,14 +199,15 @@ class WorkerNode(Link):
         self._running = True
         try:
             self._cancelled_before_start(task_id)
-            fn = self.function(fn_id, blob)
+            fn = self.function(task.fn_id, task.blob)
             unread.discard(task_id)
-            args = self.from_wire(task_id, args_wire)
+            args = self.from_wire(task_id, task.args)
+            gpu_ids = task.gpu_ids
             if gpu_ids:
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
-            ctx = TaskContext(task_id=task_id, name=name, resources=resources, gpu_ids=gpu_ids)
-            call = Call(fn, name, "task", ctx, len(return_ids), self.events, retry_exceptions, max_retries)
-            deps = [ObjectRef(oid) for oid in dep_ids]
+            ctx = TaskContext(task_id=task_id, name=name, resources=task.resources, gpu_ids=gpu_ids)
+            call = Call(fn, name, "task", ctx, len(return_ids), self.events, task.retry_exceptions, task.max_retries)
+            deps = [ObjectRef(oid) for oid in task.dep_ids]
             outputs = call.run(args, deps, fetch)
             self._running = False
             del args, deps, call
@@ -234,8 +235,8 @@ class WorkerNode(Link):
                 wires.append(self.to_node(obj))
             except Exception as exc:  # noqa: BLE001 - the store is full, say: the result is that error
                 wires.append(to_wire(serialize_failure(RemoteFailure(exc))))
-            contained.append(p.contained_ids(obj.contained_refs) if obj.contained_refs else None)
-        self.send(p.RESULT, (task_id, wires, contained, self.events.take()))
+            contained.append(m.contained_ids(obj.contained_refs) if obj.contained_refs else None)
+        self.send(m.RESULT, tuple(m.Result(task_id, wires, contained, self.events.take())))
 
     def exit_process(self, code) -> None:
         """End this worker process as ``sys.exit(code)`` in a task asks, once what it printed is sent:
@@ -317,60 +318,66 @@ class WorkerNode(Link):
     # threaded or async actor runs them on threads of an ActorHost, while the main thread reads.
     def _on_actor(self, payload) -> None:
         try:
-            kind, body = pickle.loads(payload)
+            op = m.ActorOp._make(pickle.loads(payload))
+            kind, body = op.kind, op.body
+            if kind == m.ACTOR_CALL:
+                body = m.ActorCall._make(body)
+            elif kind == m.ACTOR_CREATE:
+                body = m.ActorCreate._make(body)
         except Exception as exc:  # noqa: BLE001 - which call it was is unknown: the actor cannot go on
-            self.send(p.ACTOR_DIED, (None, f"The actor died: a message to it could not be read in its process: "
-                                           f"{type(exc).__name__}: {exc}"))
+            self.send(m.ACTOR_DIED, tuple(m.ActorDied(None, f"The actor died: a message to it could not be read in "
+                                                            f"its process: {type(exc).__name__}: {exc}")))
             return
         inline = self.inline
-        if kind == "call":
+        if kind == m.ACTOR_CALL:
             if inline is not None:
                 self._tasks.append((inline.call, body))
             else:
                 self._actor_call(body)
-        elif kind == "create":
+        elif kind == m.ACTOR_CREATE:
             self._actor_create(body)
-        elif kind == "cancel":
+        elif kind == m.ACTOR_CANCEL:
             if inline is not None:
                 inline.cancel(body)
             elif self.actor is not None:
                 self.actor.cancel(ObjectRef(body))
-        elif kind == "terminate":
+        elif kind == m.ACTOR_TERMINATE:
             if inline is not None:
                 self._tasks.append((inline.terminate, None))
             elif self.actor is not None:
                 self.actor.terminate_after_pending()
 
-    def _actor_create(self, body) -> None:
-        (actor_id, cls_id, blob, name, args_wire, dep_ids, resources, options, namespace, is_async,
-         gpu_ids, restarts, job) = body
-        self.runtime.job_id, self.runtime.namespace = job
+    def _actor_create(self, msg: m.ActorCreate) -> None:
+        actor_id, name = msg.actor_id, msg.name
+        self.runtime.job_id, self.runtime.namespace = msg.job
         try:
-            cls = self.function(cls_id, blob)
+            cls = self.function(msg.cls_id, msg.blob)
         except Exception as exc:  # noqa: BLE001 - e.g. its module does not import here
-            self.send(p.ACTOR_DIED, (actor_id, f"The actor {name} died: its class could not be loaded in "
-                                               f"the actor's process: {type(exc).__name__}: {exc}"))
+            cause = (f"The actor {name} died: its class could not be loaded in the actor's process: "
+                     f"{type(exc).__name__}: {exc}")
+            self.send(m.ACTOR_DIED, tuple(m.ActorDied(actor_id, cause)))
             return
+        gpu_ids = msg.gpu_ids
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
-        spec = ActorSpec(actor_id=actor_id, cls=FunctionDescriptor(cls_id, name, cls),
-                         args=self.from_wire(actor_id, args_wire), deps=[ObjectRef(i) for i in dep_ids],
-                         resources=resources, options=options, namespace=namespace, is_async=is_async)
-        if spec.max_concurrency == 1 and not is_async:
-            self.inline = _InlineActor(self, spec, gpu_ids, restarts)
+        spec = ActorSpec(actor_id=actor_id, cls=FunctionDescriptor(msg.cls_id, name, cls),
+                         args=self.from_wire(actor_id, msg.args), deps=[ObjectRef(i) for i in msg.dep_ids],
+                         resources=msg.resources, options=msg.options, namespace=msg.namespace, is_async=msg.is_async)
+        if spec.max_concurrency == 1 and not msg.is_async:
+            self.inline = _InlineActor(self, spec, gpu_ids, msg.restarts)
             self._tasks.append((self.inline.construct, None))
             return
         host = _ActorHostShim(self, gpu_ids)
         self.actor = ActorHost(spec, host)
-        self.actor.restarts = restarts
+        self.actor.restarts = msg.restarts
         self.actor.start()
 
-    def _actor_call(self, body) -> None:
-        task_id, method, args_wire, dep_ids, return_ids, options, name, caller_id, seq = body
-        spec = ActorTaskSpec(task_id=task_id, actor_id=self.actor.spec.actor_id, method_name=method,
-                             args=self.from_wire(task_id, args_wire), deps=[ObjectRef(i) for i in dep_ids],
-                             returns=[ObjectRef(i) for i in return_ids], caller_id=caller_id, seq=seq,
-                             options=options, name=name)
+    def _actor_call(self, msg: m.ActorCall) -> None:
+        task_id = msg.task_id
+        spec = ActorTaskSpec(task_id=task_id, actor_id=self.actor.spec.actor_id, method_name=msg.method,
+                             args=self.from_wire(task_id, msg.args), deps=[ObjectRef(i) for i in msg.dep_ids],
+                             returns=[ObjectRef(i) for i in msg.return_ids], caller_id=msg.caller_id, seq=msg.seq,
+                             options=msg.options, name=msg.name)
         self.actor.submit(spec)
 
     def fetch(self, refs) -> list:
@@ -392,7 +399,7 @@ class _Captured(io.TextIOBase):
             cut = text.rfind("\n") + 1
             self._partial = text[cut:]
             if cut:
-                self._node.output.append((self._node.runtime.job_id, self._stream, text[:cut]))
+                self._node.output.append(tuple(m.OutputLine(self._node.runtime.job_id, self._stream, text[:cut])))
         return len(text)
 
     def writable(self) -> bool:
@@ -402,7 +409,7 @@ class _Captured(io.TextIOBase):
         """Send a line not ended yet too (explicit flushes, and the end of each task)."""
         with self._lock:
             if self._partial:
-                self._node.output.append((self._node.runtime.job_id, self._stream, self._partial))
+                self._node.output.append(tuple(m.OutputLine(self._node.runtime.job_id, self._stream, self._partial)))
                 self._partial = ""
 
     @property
@@ -442,20 +449,20 @@ class _InlineActor:
         else:
             self.instance = result[0]
 
-    def call(self, body) -> None:
-        task_id, method, args_wire, dep_ids, return_ids, options, name, caller_id, seq = body
+    def call(self, msg: m.ActorCall) -> None:
+        task_id, return_ids, name, options = msg.task_id, msg.return_ids, msg.name, msg.options
         node = self.node
         if self.cause:
-            if type(args_wire) is Location:
+            if type(msg.args) is Location:
                 node._unpins.append(task_id)
             node.send_result(task_id, [serialize_failure(RemoteFailure(ActorDiedError(self.cause)))] * len(return_ids))
             return
-        call = Call(getattr(self.instance, method), name, "actor_task", self._context(task_id, name),
+        call = Call(getattr(self.instance, msg.method), name, "actor_task", self._context(task_id, name),
                     len(return_ids), node.events, options.get("retry_exceptions") or False,
                     call_retry_limit(options, self.spec.options))
         self.running = (return_ids, call.ctx)  # a cancel of this call flags it (the driver sends SIGINT)
         try:
-            outputs = call.run(node.from_wire(task_id, args_wire), [ObjectRef(i) for i in dep_ids], node.fetch)
+            outputs = call.run(node.from_wire(task_id, msg.args), [ObjectRef(i) for i in msg.dep_ids], node.fetch)
         except SystemExit as exc:
             del call
             if not exit_is_intended(exc):
@@ -479,13 +486,13 @@ class _InlineActor:
             running[1].cancelled = True
             return
         for item in self.node._tasks:
-            run, body = item
-            if run == self.call and oid in body[4]:
+            run, msg = item
+            if run == self.call and oid in msg.return_ids:
                 self.node._tasks.remove(item)
-                if type(body[2]) is Location:
-                    self.node._unpins.append(body[0])  # its arguments were never read
-                error = TaskCancelledError(f"{body[6]} was cancelled.")
-                self.node.send_result(body[0], [serialize_failure(RemoteFailure(error))] * len(body[4]))
+                if type(msg.args) is Location:
+                    self.node._unpins.append(msg.task_id)  # its arguments were never read
+                error = TaskCancelledError(f"{msg.name} was cancelled.")
+                self.node.send_result(msg.task_id, [serialize_failure(RemoteFailure(error))] * len(msg.return_ids))
                 return
 
     def terminate(self, _) -> None:
@@ -496,7 +503,7 @@ class _InlineActor:
             return
         self.cause = cause
         self.instance = None
-        self.node.send(p.ACTOR_DIED, (self.spec.actor_id, cause))
+        self.node.send(m.ACTOR_DIED, tuple(m.ActorDied(self.spec.actor_id, cause)))
 
 
 class _ActorHostShim:
@@ -524,7 +531,7 @@ class _ActorHostShim:
         self.node.send_result(spec.task_id, [serialize_failure(RemoteFailure(error))] * len(spec.returns))
 
     def actor_died(self, actor: ActorHost) -> None:
-        self.node.send(p.ACTOR_DIED, (actor.spec.actor_id, actor.cause))
+        self.node.send(m.ACTOR_DIED, tuple(m.ActorDied(actor.spec.actor_id, actor.cause)))
 
     def actor_crashed(self, actor: ActorHost, spec, reason: str) -> None:
         self.node.exit_process(1)  # the node sees the process die and restarts the actor as after any crash

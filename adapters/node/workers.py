@@ -45,6 +45,8 @@ import cloudpickle
 
 from anyray.exceptions import AnyrayError, WorkerCrashedError
 
+from . import messages as m
+
 log = logging.getLogger(__name__)
 
 # driver <-> worker
@@ -162,7 +164,7 @@ def current_loop() -> WorkerLoop | None:
 def worker_main(address: str, secret: bytes, worker_id: int) -> int:
     """Connect to the driver (authenticated), introduce this worker, serve until told to exit or the driver goes."""
     conn = Client(address, family="AF_UNIX", authkey=secret)
-    conn.send_bytes(frame(HELLO, pickle.dumps((worker_id, os.getpid()))))
+    conn.send_bytes(frame(HELLO, pickle.dumps(tuple(m.WorkerHello(worker_id, os.getpid())))))
     global _loop
     loop = _loop = WorkerLoop(conn, worker_id)
     try:
@@ -438,7 +440,7 @@ class WorkerPool:
         handle = WorkerHandle(self, next(self._ids), env)
         self._workers[handle.worker_id] = handle
         try:
-            self._send_server(FORK, pickle.dumps((handle.worker_id, env)))
+            self._send_server(FORK, pickle.dumps(tuple(m.Fork(handle.worker_id, env))))
         except AnyrayError:
             del self._workers[handle.worker_id]
             raise
@@ -557,10 +559,10 @@ class WorkerPool:
             self._serve_server(conn, pickle.loads(memoryview(msg)[1:]))
             return
         if tag == HELLO and not self._closing:
-            worker_id, pid = pickle.loads(memoryview(msg)[1:])
-            handle = self._workers.get(worker_id)
+            hello = m.WorkerHello._make(pickle.loads(memoryview(msg)[1:]))
+            handle = self._workers.get(hello.worker_id)
             if handle is not None and handle._conn is None and handle.exit is None:
-                self._serve_worker(handle, conn, pid)
+                self._serve_worker(handle, conn, hello.pid)
                 return
         conn.close()
 
@@ -624,16 +626,14 @@ class WorkerPool:
         try:
             while True:
                 msg = conn.recv_bytes()
-                body = pickle.loads(memoryview(msg)[1:])
-                handle = self._workers.get(body[0])
-                if handle is None:
+                entry = _SERVER_REPORTS.get(msg[0])
+                if entry is None:
                     continue
-                if msg[0] == FORKED:
-                    handle.pid = handle.pid or body[1]
-                elif msg[0] == EXITED:
-                    handle._died(WorkerExit(body[1], body[2], describe(body[2])))
-                elif msg[0] == FORK_FAILED:
-                    handle._died(WorkerExit(None, None, f"the fork server could not fork it: {body[1]}"))
+                kind, handler = entry
+                report = kind._make(pickle.loads(memoryview(msg)[1:]))
+                handle = self._workers.get(report.worker_id)
+                if handle is not None:
+                    handler(handle, report)
         except (EOFError, OSError):
             pass
         with self._lock:
@@ -648,6 +648,21 @@ class WorkerPool:
             if handle._conn is None:
                 handle._died(WorkerExit(handle.pid, None, "the fork server exited before it connected"))
 
+
+def _forked(handle: WorkerHandle, report: m.Forked) -> None:
+    handle.pid = handle.pid or report.pid
+
+
+def _exited(handle: WorkerHandle, report: m.Exited) -> None:
+    handle._died(WorkerExit(report.pid, report.returncode, describe(report.returncode)))
+
+
+def _fork_failed(handle: WorkerHandle, report: m.ForkFailed) -> None:
+    handle._died(WorkerExit(None, None, f"the fork server could not fork it: {report.message}"))
+
+
+# What the fork server reports about a worker: tag -> (its type, what the pool does with it).
+_SERVER_REPORTS = {FORKED: (m.Forked, _forked), EXITED: (m.Exited, _exited), FORK_FAILED: (m.ForkFailed, _fork_failed)}
 
 SPIN_SECONDS = 100e-6  # how long a reader polls before it sleeps: a reply within it skips a wake-up
 
