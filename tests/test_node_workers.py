@@ -13,8 +13,8 @@ from multiprocessing.connection import AuthenticationError, Client
 import psutil
 import pytest
 
+from anyray.adapters.node.pool import WorkerPool
 from anyray.adapters.node.session import Session
-from anyray.adapters.node.workers import WorkerPool
 
 TIMEOUT = 60  # generous: the machine may be busy
 
@@ -113,7 +113,7 @@ def test_killing_the_driver_takes_the_fork_server_workers_and_session_with_it():
     code = textwrap.dedent("""
         import time
         from anyray.adapters.node.session import Session
-        from anyray.adapters.node.workers import WorkerPool
+        from anyray.adapters.node.pool import WorkerPool
         session = Session()
         pool = WorkerPool(session)
         workers = [pool.start_worker(), pool.start_worker()]
@@ -170,7 +170,7 @@ def test_the_secret_stays_out_of_argv_environment_and_reprs(pool, session):
 
 
 def test_a_worker_told_to_exit_is_reported_with_its_code(pool):
-    from anyray.adapters.node.workers import EXIT
+    from anyray.adapters.node.framing import EXIT
 
     worker = pool.start_worker()
     assert worker.wait_ready(TIMEOUT)

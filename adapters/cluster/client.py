@@ -19,8 +19,8 @@ import socket
 import threading
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
 
+from ..node import framing
 from ..node import messages as m
-from ..node import workers
 from ..node.arena import Arena
 from ..node.link import Link
 
@@ -66,7 +66,7 @@ class _Watchdog:
     """Breaks a connection whose handshake takes longer than ``HANDSHAKE_SECONDS``."""
 
     def __init__(self, conn):
-        self._timer = threading.Timer(HANDSHAKE_SECONDS, workers._wake, (conn,))
+        self._timer = threading.Timer(HANDSHAKE_SECONDS, framing.wake, (conn,))
         self._timer.daemon = True
 
     def __enter__(self):
@@ -108,7 +108,7 @@ def open_connection(address: str, token: bytes, timeout: float = 10.0, sock: soc
 
 def handshake(conn: Connection, role: str, job_id: bytes = b"", namespace: str = "") -> dict:
     """Introduce this process; return the node's setup (``arena`` None when its memory is not mapped here)."""
-    conn.send_bytes(workers.frame(CLIENT_HELLO, pickle.dumps(
+    conn.send_bytes(framing.frame(CLIENT_HELLO, pickle.dumps(
         m.ClientHello(pid=os.getpid(), host=host_id(), role=role, job_id=job_id, namespace=namespace))))
     msg = conn.recv_bytes()
     if msg[0] != CLIENT_SETUP:
@@ -125,7 +125,7 @@ def handshake(conn: Connection, role: str, job_id: bytes = b"", namespace: str =
             pass
     if not shared:
         setup["arena"] = None
-    conn.send_bytes(workers.frame(CLIENT_READY, pickle.dumps(shared)))
+    conn.send_bytes(framing.frame(CLIENT_READY, pickle.dumps(shared)))
     return setup
 
 

@@ -22,8 +22,8 @@ import socket
 import struct
 import threading
 
+from ..node import framing
 from ..node import messages as m
-from ..node import workers
 from ..node.arena import Location
 from ..node.link import Link
 from .client import handshake, open_connection
@@ -153,7 +153,7 @@ class PeerLink(Link):
         node is silent rather than gone) and every answer still awaited fails."""
         with self._callbacks_lock:
             self.closed = True
-        workers._wake(self.conn)
+        framing.wake(self.conn)
         self._fail_waiting()
 
     def _dispatch(self, msg: bytes) -> None:  # every message is read by _read_loop

@@ -33,8 +33,8 @@ import cloudpickle  # noqa: F401 - preloaded: every worker needs it
 import anyray  # noqa: F401
 import anyray.executor  # noqa: F401
 import anyray.serialization  # noqa: F401
+from anyray.adapters.node import framing, worker_loop, worker_main  # noqa: F401 - what every new process runs
 from anyray.adapters.node import messages as m
-from anyray.adapters.node import worker, workers  # noqa: F401 - worker: what every new process installs
 from anyray.adapters.node.session import PREFIX
 
 PR_SET_PDEATHSIG = 1
@@ -66,7 +66,7 @@ class ForkServer:
 
     def send(self, tag: int, msg: tuple) -> None:
         try:
-            self.conn.send_bytes(workers.frame(tag, pickle.dumps(tuple(msg))))
+            self.conn.send_bytes(framing.frame(tag, pickle.dumps(tuple(msg))))
         except OSError:
             pass  # the driver is gone; the loop sees the close next
 
@@ -77,7 +77,7 @@ class ForkServer:
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # a handler, so the wakeup fd is written
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the driver's connection decides when this ends
         gc.freeze()  # what is here now stays out of the collector, so its pages stay shared with the workers
-        self.conn.send_bytes(workers.frame(workers.SERVER_HELLO, pickle.dumps(self.pid)))
+        self.conn.send_bytes(framing.frame(m.SERVER_HELLO, pickle.dumps(self.pid)))
         conn_fd = self.conn.fileno()
         while True:
             ready, _, _ = select.select([conn_fd, self._wake_r], [], [])
@@ -97,13 +97,13 @@ class ForkServer:
                 self._remove_session()
                 return 0
             tag, body = msg[0], pickle.loads(memoryview(msg)[1:]) if len(msg) > 1 else None
-            if tag == workers.FORK:
+            if tag == m.FORK:
                 self._fork(m.Fork._make(body))
-            elif tag == workers.KILL:
+            elif tag == m.KILL:
                 for pid, worker_id in self.children.items():
                     if worker_id == body:
                         os.kill(pid, signal.SIGKILL)  # still unreaped, so the pid is still this child
-            elif tag == workers.SHUTDOWN:
+            elif tag == m.SHUTDOWN:
                 self._kill_all()
                 return 0
 
@@ -112,7 +112,7 @@ class ForkServer:
         try:
             pid = os.fork()
         except OSError as exc:
-            self.send(workers.FORK_FAILED, m.ForkFailed(worker_id, str(exc)))
+            self.send(m.FORK_FAILED, m.ForkFailed(worker_id, str(exc)))
             return
         if pid == 0:
             code = 1
@@ -127,7 +127,7 @@ class ForkServer:
                 finally:
                     os._exit(code)
         self.children[pid] = worker_id
-        self.send(workers.FORKED, m.Forked(worker_id, pid))
+        self.send(m.FORKED, m.Forked(worker_id, pid))
 
     def _child(self, worker_id: int, env: dict) -> int:
         if self._prctl is not None:
@@ -143,7 +143,7 @@ class ForkServer:
         os.close(self._wake_w)
         self.conn.close()
         os.environ.update(env)
-        return workers.worker_main(self.address, self._secret, worker_id)
+        return worker_loop.worker_main(self.address, self._secret, worker_id)
 
     def _reap(self) -> None:
         while True:
@@ -155,7 +155,7 @@ class ForkServer:
                 return
             worker_id = self.children.pop(pid, None)
             if worker_id is not None:
-                self.send(workers.EXITED, m.Exited(worker_id, pid, os.waitstatus_to_exitcode(status)))
+                self.send(m.EXITED, m.Exited(worker_id, pid, os.waitstatus_to_exitcode(status)))
 
     def _kill_all(self) -> None:
         for pid in self.children:

@@ -357,7 +357,13 @@ class Inline(NamedTuple):     # an object travelling in the message itself (else
     buffers: list
 
 
-# --------------------------------------------------------------------------- handshakes (cold)
+# --------------------------------------------------------------------------- the bare loop, handshakes (cold)
+class Invoke(NamedTuple):     # CALL's pickled part, after the request id
+    fn: Any
+    args: tuple
+    kwargs: dict
+
+
 class WorkerHello(NamedTuple):
     worker_id: int
     pid: int
@@ -399,7 +405,7 @@ TYPE_OF_TAG: dict[int, type] = {
     CLIENT_HELLO: ClientHello,
 }
 BARE_BODY: dict[int, str] = {
-    CALL: "request id and a cloudpickled (fn, args, kwargs) (a struct, no pickle around it)",
+    CALL: "request id (a struct, framing.CALL_HEAD), then a cloudpickled Invoke",
     REPLY: "request id, status and a pickled value or (exception, traceback text)",
     EXIT: "nothing", CANCEL: "the task id", REFS: "None (the envelope's refs are the message)",
     OUTPUT: "a list of OutputLine", SERVER_HELLO: "the fork server's pid", KILL: "the worker id",
