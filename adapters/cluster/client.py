@@ -142,6 +142,7 @@ class ClientLink(Link):
         self._defer = 0           # inside deferring(): a Ctrl-C waits for its end
         self._held_sigint = None  # a Ctrl-C that came meanwhile
         self._previous_sigint = None
+        self.handlers = {m.RESPONSE: self._on_response}  # what the node sends, by tag
 
     def start(self) -> None:
         """Send reference changes regularly even when nothing else goes out; install the Ctrl-C hold."""
@@ -191,8 +192,9 @@ class ClientLink(Link):
 
     def _dispatch(self, msg: bytes) -> None:
         try:
-            if msg[0] == m.RESPONSE:
-                self._on_response(memoryview(msg)[1:])
+            handler = self.handlers.get(msg[0])
+            if handler is not None:
+                handler(memoryview(msg)[1:])
             else:
                 log.warning("the node sent an unexpected message (tag %s)", msg[0])
         finally:

@@ -63,6 +63,7 @@ class ForkServer:
         self.children: dict[int, int] = {}  # pid -> worker id, until reaped
         self._prctl = _load_prctl()
         self._wake_r, self._wake_w = os.pipe()
+        self.handlers = {m.FORK: self._on_fork, m.KILL: self._on_kill, m.SHUTDOWN: self._on_shutdown}  # by tag
 
     def send(self, tag: int, msg: tuple) -> None:
         try:
@@ -96,16 +97,22 @@ class ForkServer:
                 self._kill_all()
                 self._remove_session()
                 return 0
-            tag, body = msg[0], pickle.loads(memoryview(msg)[1:]) if len(msg) > 1 else None
-            if tag == m.FORK:
-                self._fork(m.Fork._make(body))
-            elif tag == m.KILL:
-                for pid, worker_id in self.children.items():
-                    if worker_id == body:
-                        os.kill(pid, signal.SIGKILL)  # still unreaped, so the pid is still this child
-            elif tag == m.SHUTDOWN:
-                self._kill_all()
+            handler = self.handlers.get(msg[0])
+            if handler is not None and handler(pickle.loads(memoryview(msg)[1:]) if len(msg) > 1 else None):
                 return 0
+
+    def _on_fork(self, body) -> None:
+        self._fork(m.Fork._make(body))
+
+    def _on_kill(self, worker_id: int) -> None:
+        for pid, child in self.children.items():
+            if child == worker_id:
+                os.kill(pid, signal.SIGKILL)  # still unreaped, so the pid is still this child
+
+    def _on_shutdown(self, _) -> bool:
+        """Kill and reap every worker; True: the server then exits."""
+        self._kill_all()
+        return True
 
     def _fork(self, order: m.Fork) -> None:
         worker_id, env = order.worker_id, order.env
