@@ -12,6 +12,8 @@ one field by name (by index for the plain tuple, which is how the code reads it 
     NamedTuple        a ``typing.NamedTuple`` pickled as itself (the pickle names the class)
     NT->tuple+_make   the NamedTuple built, sent as ``tuple(msg)``, read back with ``Type._make(body)``
     NT->tuple+new     the same, read back with ``tuple.__new__(Type, body)`` (no length check)
+    pack+_make        the plain tuple built by the NamedTuple's generated ``pack(*fields)``
+                      (``messages.Type.pack``), read back with ``Type._make(body)``: what the node uses
     dataclass(slots)  a ``@dataclass(slots=True)``
     msgspec           ``msgspec.Struct(array_like=True, gc=False)``, only if msgspec is importable
 
@@ -34,7 +36,7 @@ import timeit
 import types
 from typing import NamedTuple
 
-from anyray.adapters.node.protocol import dumps
+from anyray.adapters.node.messages import _add_pack, dumps
 
 try:
     import msgspec
@@ -83,7 +85,7 @@ def _register(cls):
 
 def _classes(name: str, fields: dict):
     """The NamedTuple, slotted dataclass and (if installed) msgspec Struct with these fields."""
-    nt = _register(NamedTuple(name.title().replace("_", ""), [(f, object) for f in fields]))
+    nt = _register(_add_pack(NamedTuple(name.title().replace("_", ""), [(f, object) for f in fields])))
     dc = _register(dataclasses.make_dataclass(nt.__name__ + "DC", list(fields), slots=True))
     st = None
     if msgspec is not None:
@@ -101,6 +103,7 @@ def _cases(name: str, fields: dict, envelope: bool) -> dict:
     unwrap = (lambda msg: msg[1]) if envelope else (lambda msg: msg)
     make = nt._make
     new = tuple.__new__
+    pack = nt.pack
 
     def plain():
         return unwrap(loads(dumps(wrap(tuple(values)))))[0]
@@ -114,11 +117,14 @@ def _cases(name: str, fields: dict, envelope: bool) -> dict:
     def named_as_tuple_new():
         return getattr(new(nt, unwrap(loads(dumps(wrap(tuple(nt(*values))))))), first)
 
+    def packed():
+        return getattr(make(unwrap(loads(dumps(wrap(pack(*values)))))), first)
+
     def slotted():
         return getattr(unwrap(loads(dumps(wrap(dc(*values))))), first)
 
     cases = {"tuple": plain, "NamedTuple": named, "NT->tuple+_make": named_as_tuple,
-             "NT->tuple+new": named_as_tuple_new, "dataclass(slots)": slotted}
+             "NT->tuple+new": named_as_tuple_new, "pack+_make": packed, "dataclass(slots)": slotted}
     if st is not None:
         def struct():
             return getattr(unwrap(loads(dumps(wrap(st(*values))))), first)
@@ -132,7 +138,7 @@ def _sizes(name: str, fields: dict, envelope: bool) -> dict:
     wrap = (lambda body: (None, body)) if envelope else (lambda body: body)
     out = {"tuple": len(dumps(wrap(values))), "NamedTuple": len(dumps(wrap(nt(*values)))),
            "NT->tuple+_make": len(dumps(wrap(tuple(nt(*values))))), "dataclass(slots)": len(dumps(wrap(dc(*values))))}
-    out["NT->tuple+new"] = out["NT->tuple+_make"]
+    out["NT->tuple+new"] = out["pack+_make"] = out["NT->tuple+_make"]
     if st is not None:
         out["msgspec"] = len(dumps(wrap(st(*values))))
     return out
@@ -177,6 +183,8 @@ def main() -> int:
           f"NamedTuple positional {_time(lambda: nt(*values), n, opts.repeat):,.0f}; "
           f"keywords {_time(lambda: nt(**fields), n, opts.repeat):,.0f}; "
           f"tuple(nt) {_time(lambda: tuple(nt(*values)), n, opts.repeat):,.0f} (build included); "
+          f"pack {_time(lambda: nt.pack(*values), n, opts.repeat):,.0f}; "
+          f"pack, keywords {_time(lambda: nt.pack(**fields), n, opts.repeat):,.0f}; "
           f"_make {_time(lambda: nt._make(values), n, opts.repeat):,.0f}; "
           f"tuple.__new__ {_time(lambda: tuple.__new__(nt, values), n, opts.repeat):,.0f}")
     msg = nt(*values)

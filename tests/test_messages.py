@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import inspect
 import pickle
 import typing
 from pathlib import Path
@@ -20,7 +21,7 @@ from anyray.adapters.node import messages as m
 from anyray.events import TaskRecord
 
 ROOT = Path(__file__).resolve().parent.parent
-TYPES = [v for v in vars(m).values() if isinstance(v, type) and issubclass(v, tuple) and hasattr(v, "_fields")]
+TYPES = m.TYPES
 TAGS = {name: value for name, value in vars(m).items() if name.isupper() and type(value) is int
         and name not in {"OBJECT", "HANDLE"}}
 
@@ -36,10 +37,23 @@ def _sample(cls, seed: int) -> tuple:
     return tuple(f"{name}={seed}" for name in cls._fields)
 
 
+def test_every_message_type_is_listed():
+    listed = [v for v in vars(m).values() if isinstance(v, type) and issubclass(v, tuple) and hasattr(v, "_fields")]
+    assert listed == TYPES and len(TYPES) > 30
+
+
+@pytest.mark.parametrize("cls", TYPES, ids=lambda c: c.__name__)
+def test_pack_builds_the_plain_tuple_of_the_fields_in_order(cls):
+    values = _sample(cls, 2)
+    assert list(inspect.signature(cls.pack).parameters) == list(cls._fields)
+    packed = cls.pack(*values)
+    assert type(packed) is tuple and packed == tuple(cls(*values)) == cls.pack(**dict(zip(cls._fields, values)))
+
+
 @pytest.mark.parametrize("cls", TYPES, ids=lambda c: c.__name__)
 def test_each_type_survives_the_wire_as_a_plain_tuple(cls):
     msg = cls(*_sample(cls, 1))
-    data = m.dumps((None, tuple(msg)))
+    data = m.dumps((None, cls.pack(*msg)))
     assert b"messages" not in data  # the plain tuple travels, not the class
     refs, body = pickle.loads(data)
     assert type(body) is tuple

@@ -79,7 +79,7 @@ class PeerLink(Link):
             callback(False, NotSent(f"The node at {self.address} is gone."))
             return
         try:
-            self.send(m.REQUEST, tuple(m.Request(rid, op, args)))
+            self.send(m.REQUEST, m.Request.pack(rid, op, args))
         except OSError as exc:
             with self._callbacks_lock:
                 self.closed = True

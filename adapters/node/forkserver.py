@@ -67,7 +67,7 @@ class ForkServer:
 
     def send(self, tag: int, msg: tuple) -> None:
         try:
-            self.conn.send_bytes(framing.frame(tag, pickle.dumps(tuple(msg))))
+            self.conn.send_bytes(framing.frame(tag, pickle.dumps(msg)))
         except OSError:
             pass  # the driver is gone; the loop sees the close next
 
@@ -119,7 +119,7 @@ class ForkServer:
         try:
             pid = os.fork()
         except OSError as exc:
-            self.send(m.FORK_FAILED, m.ForkFailed(worker_id, str(exc)))
+            self.send(m.FORK_FAILED, m.ForkFailed.pack(worker_id, str(exc)))
             return
         if pid == 0:
             code = 1
@@ -134,7 +134,7 @@ class ForkServer:
                 finally:
                     os._exit(code)
         self.children[pid] = worker_id
-        self.send(m.FORKED, m.Forked(worker_id, pid))
+        self.send(m.FORKED, m.Forked.pack(worker_id, pid))
 
     def _child(self, worker_id: int, env: dict) -> int:
         if self._prctl is not None:
@@ -162,7 +162,7 @@ class ForkServer:
                 return
             worker_id = self.children.pop(pid, None)
             if worker_id is not None:
-                self.send(m.EXITED, m.Exited(worker_id, pid, os.waitstatus_to_exitcode(status)))
+                self.send(m.EXITED, m.Exited.pack(worker_id, pid, os.waitstatus_to_exitcode(status)))
 
     def _kill_all(self) -> None:
         for pid in self.children:

@@ -148,7 +148,7 @@ class Link:
         unpins = []
         while self._unpins:
             unpins.append(self._unpins.popleft())
-        return tuple(m.RefChanges(list(refs.items()), list(handles.items()), unpins))
+        return m.RefChanges.pack(list(refs.items()), list(handles.items()), unpins)
 
     def send(self, tag: int, body) -> None:
         on_main = threading.get_ident() == self.main_thread
@@ -157,7 +157,7 @@ class Link:
             interrupts.sending = True
         try:
             with self._send_lock:  # reference changes and the message they precede stay in order
-                payload = frame(tag, m.dumps(tuple(m.Envelope(self._take_refs(), body))))
+                payload = frame(tag, m.dumps(m.Envelope.pack(self._take_refs(), body)))
                 self._last_send = time.monotonic()
                 self.conn.send_bytes(payload)
         finally:
@@ -218,7 +218,7 @@ class Link:
         if on_main:
             interrupts.pumping = True
         try:
-            self.send(m.REQUEST, tuple(m.Request(rid, op, args)))
+            self.send(m.REQUEST, m.Request.pack(rid, op, args))
             answered = self._pump(pending, timeout) if on_main else self._wait(pending, timeout)
         except BaseException:
             self._abandon(rid, pending)
@@ -301,7 +301,7 @@ class Link:
 
     def tell(self, op: str, args) -> None:
         """A request that wants no answer."""
-        self.send(m.REQUEST, tuple(m.Request(0, op, args)))
+        self.send(m.REQUEST, m.Request.pack(0, op, args))
 
     def _on_response(self, payload) -> None:
         answer = m.Response._make(pickle.loads(payload))
@@ -346,9 +346,9 @@ class Link:
     def get(self, ids: list[bytes], timeout: float | None) -> list[SerializedObject]:
         blocking = current_task.get() is not None
         if timeout == 0:  # the node answers at once, with the objects or a GetTimeoutError
-            answer = self.request("get", tuple(m.Get(ids, False, True)))
+            answer = self.request("get", m.Get.pack(ids, False, True))
         else:
-            answer = self.request("get", tuple(m.Get(ids, blocking, False)), timeout)
+            answer = self.request("get", m.Get.pack(ids, blocking, False), timeout)
         return [self.from_wire(key, wire) for key, wire in answer]
 
     def export(self, descriptor: FunctionDescriptor) -> bytes | None:

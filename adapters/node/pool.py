@@ -141,7 +141,7 @@ class WorkerHandle:
             future.set_exception(self._crashed())
             return future
         try:
-            self.send_raw(CALL_HEAD.pack(CALL, request) + cloudpickle.dumps(tuple(m.Invoke(fn, args, kwargs)), 5))
+            self.send_raw(CALL_HEAD.pack(CALL, request) + cloudpickle.dumps(m.Invoke.pack(fn, args, kwargs), 5))
         except BaseException:
             self._calls.pop(request, None)
             raise
@@ -321,7 +321,7 @@ class WorkerPool:
         handle = WorkerHandle(self, next(self._ids), env)
         self._workers[handle.worker_id] = handle
         try:
-            self._send_server(FORK, pickle.dumps(tuple(m.Fork(handle.worker_id, env))))
+            self._send_server(FORK, pickle.dumps(m.Fork.pack(handle.worker_id, env)))
         except AnyrayError:
             del self._workers[handle.worker_id]
             raise

@@ -24,7 +24,7 @@ class RemoteStore(ObjectStore):
     def put(self, ref, obj) -> None:
         node = self.node
         wire = node.to_node(obj)
-        node.tell("put", tuple(m.Put(ref._id, wire, m.contained_ids(obj.contained_refs))))
+        node.tell("put", m.Put.pack(ref._id, wire, m.contained_ids(obj.contained_refs)))
 
     def get(self, refs, timeout):
         return self.node.get([r._id for r in refs], timeout)
@@ -33,9 +33,9 @@ class RemoteStore(ObjectStore):
         ids = [r._id for r in refs]
         blocking = current_task.get() is not None
         try:
-            return set(self.node.request("wait", tuple(m.Wait(ids, num_returns, timeout != 0, blocking)), timeout))
+            return set(self.node.request("wait", m.Wait.pack(ids, num_returns, timeout != 0, blocking), timeout))
         except GetTimeoutError:
-            return set(self.node.request("wait", tuple(m.Wait(ids, num_returns, False, False))))
+            return set(self.node.request("wait", m.Wait.pack(ids, num_returns, False, False)))
 
     def contains(self, ref) -> bool:
         return False  # asking costs a round trip; get() asks once anyway
@@ -64,43 +64,43 @@ class RemoteScheduler(Scheduler):
         node = self.node
         fn = spec.function
         blob = node.export(fn)
-        node.tell("submit", tuple(m.Submit(
+        node.tell("submit", m.Submit.pack(
             spec.task_id, fn.function_id, fn.name, blob, node.to_node(spec.args), [r._id for r in spec.deps],
             [r._id for r in spec.returns], spec.resources, portable_options(spec.options), spec.parent_task_id,
-            spec.name, m.contained_ids(spec.args.contained_refs))))
+            spec.name, m.contained_ids(spec.args.contained_refs)))
         node.exported_with(fn, blob)
 
     def create_actor(self, spec):
         node = self.node
         cls = spec.cls
         blob = node.export(cls)
-        winner = node.request("create_actor", tuple(m.CreateActor(
+        winner = node.request("create_actor", m.CreateActor.pack(
             spec.actor_id, cls.function_id, cls.name, blob, node.to_node(spec.args),
             [r._id for r in spec.deps], spec.resources, spec.options, spec.namespace, spec.is_async,
             {name: portable_options(meta) for name, meta in spec.method_options.items()},
-            m.contained_ids(spec.args.contained_refs))))
+            m.contained_ids(spec.args.contained_refs)))
         node.exported_with(cls, blob)
         return None if winner is None else cloudpickle.loads(winner)  # get_if_exists lost the race
 
     def submit_actor_task(self, spec) -> None:
-        self.node.tell("actor_call", tuple(m.CallActor(
+        self.node.tell("actor_call", m.CallActor.pack(
             spec.task_id, spec.actor_id, spec.method_name, self.node.to_node(spec.args),
             [r._id for r in spec.deps], [r._id for r in spec.returns], spec.caller_id, spec.seq,
             {"retry_exceptions": portable_classes(spec.options.get("retry_exceptions", False)),
              "max_task_retries": spec.options.get("max_task_retries")},
-            spec.name, m.contained_ids(spec.args.contained_refs))))
+            spec.name, m.contained_ids(spec.args.contained_refs)))
 
     def get_named_actor(self, name, namespace):
-        return cloudpickle.loads(self.node.request("named", tuple(m.Named(name, namespace))))
+        return cloudpickle.loads(self.node.request("named", m.Named.pack(name, namespace)))
 
     def list_named_actors(self, namespace):
         return self.node.request("list_named", namespace)
 
     def kill_actor(self, actor_id, no_restart) -> None:
-        self.node.tell("kill", tuple(m.Kill(actor_id, no_restart)))
+        self.node.tell("kill", m.Kill.pack(actor_id, no_restart))
 
     def cancel(self, ref, force, recursive) -> None:
-        self.node.tell("cancel", tuple(m.CancelRef(ref._id, force, recursive)))
+        self.node.tell("cancel", m.CancelRef.pack(ref._id, force, recursive))
 
     def actor_handles_gone(self, actor_id) -> None:
         self.node.handle_released(actor_id)

@@ -41,8 +41,8 @@ class ActorMessages:
             kind = _BODY.get(op.kind)
             body = op.body if kind is None else kind._make(op.body)
         except Exception as exc:  # noqa: BLE001 - which call it was is unknown: the actor cannot go on
-            self.node.send(m.ACTOR_DIED, tuple(m.ActorDied(None, f"The actor died: a message to it could not be "
-                                                                 f"read in its process: {type(exc).__name__}: {exc}")))
+            self.node.send(m.ACTOR_DIED, m.ActorDied.pack(None, f"The actor died: a message to it could not be "
+                                                                 f"read in its process: {type(exc).__name__}: {exc}"))
             return
         handler = self.handlers.get(op.kind)
         if handler is not None:
@@ -57,7 +57,7 @@ class ActorMessages:
         except Exception as exc:  # noqa: BLE001 - e.g. its module does not import here
             cause = (f"The actor {name} died: its class could not be loaded in the actor's process: "
                      f"{type(exc).__name__}: {exc}")
-            node.send(m.ACTOR_DIED, tuple(m.ActorDied(actor_id, cause)))
+            node.send(m.ACTOR_DIED, m.ActorDied.pack(actor_id, cause))
             return
         gpu_ids = msg.gpu_ids
         if gpu_ids:
@@ -187,7 +187,7 @@ class InlineActor:
             return
         self.cause = cause
         self.instance = None
-        self.node.send(m.ACTOR_DIED, tuple(m.ActorDied(self.spec.actor_id, cause)))
+        self.node.send(m.ACTOR_DIED, m.ActorDied.pack(self.spec.actor_id, cause))
 
 
 class ActorHostShim:
@@ -215,7 +215,7 @@ class ActorHostShim:
         self.node.send_result(spec.task_id, [serialize_failure(RemoteFailure(error))] * len(spec.returns))
 
     def actor_died(self, actor: ActorHost) -> None:
-        self.node.send(m.ACTOR_DIED, tuple(m.ActorDied(actor.spec.actor_id, actor.cause)))
+        self.node.send(m.ACTOR_DIED, m.ActorDied.pack(actor.spec.actor_id, actor.cause))
 
     def actor_crashed(self, actor: ActorHost, spec, reason: str) -> None:
         self.node.exit_process(1)  # the node sees the process die and restarts the actor as after any crash

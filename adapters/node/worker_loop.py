@@ -96,7 +96,7 @@ def current_loop() -> WorkerLoop | None:
 def worker_main(address: str, secret: bytes, worker_id: int) -> int:
     """Connect to the driver (authenticated), introduce this worker, serve until told to exit or the driver goes."""
     conn = Client(address, family="AF_UNIX", authkey=secret)
-    conn.send_bytes(frame(HELLO, pickle.dumps(tuple(m.WorkerHello(worker_id, os.getpid())))))
+    conn.send_bytes(frame(HELLO, pickle.dumps(m.WorkerHello.pack(worker_id, os.getpid()))))
     global _loop
     loop = _loop = WorkerLoop(conn, worker_id)
     try:

@@ -154,7 +154,7 @@ class WorkerNode(Link):
             task = m.Task._make(pickle.loads(payload))
         except Exception as exc:  # noqa: BLE001 - the task's caller gets the error, whatever it is
             error = TaskError.from_exception("the task", exc, os.getpid())
-            self.send(m.RESULT, tuple(m.Result(None, [to_wire(serialize_failure(RemoteFailure(error)))], [None], [])))
+            self.send(m.RESULT, m.Result.pack(None, [to_wire(serialize_failure(RemoteFailure(error)))], [None], []))
             return  # None: the task this worker was sent (the node knows which)
         if task.job is not None:  # a task of another driver's job than the last one (a cluster node)
             self.runtime.job_id, self.runtime.namespace = task.job
@@ -212,7 +212,7 @@ class WorkerNode(Link):
             except Exception as exc:  # noqa: BLE001 - the store is full, say: the result is that error
                 wires.append(to_wire(serialize_failure(RemoteFailure(exc))))
             contained.append(m.contained_ids(obj.contained_refs) if obj.contained_refs else None)
-        self.send(m.RESULT, tuple(m.Result(task_id, wires, contained, self.events.take())))
+        self.send(m.RESULT, m.Result.pack(task_id, wires, contained, self.events.take()))
 
     def exit_process(self, code) -> None:
         """End this worker process as ``sys.exit(code)`` in a task asks, once what it printed is sent:

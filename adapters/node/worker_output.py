@@ -27,8 +27,8 @@ class ForwardedEvents(JobEvents):
 
     def task_finished(self, record) -> None:
         super().task_finished(record)
-        self.outbox.append(tuple(m.RecordRow(record.task_id, record.name, record.kind, record.start, record.end,
-                                             record.pid, record.tid, record.error_type, record.message)))
+        self.outbox.append(m.RecordRow.pack(record.task_id, record.name, record.kind, record.start, record.end,
+                                             record.pid, record.tid, record.error_type, record.message))
 
     def take(self) -> list:
         out, self.outbox = self.outbox, []
@@ -77,7 +77,7 @@ class Captured(io.TextIOBase):
             cut = text.rfind("\n") + 1
             self._partial = text[cut:]
             if cut:
-                self._output.lines.append(tuple(m.OutputLine(self._job(), self._stream, text[:cut])))
+                self._output.lines.append(m.OutputLine.pack(self._job(), self._stream, text[:cut]))
         return len(text)
 
     def _job(self) -> bytes:
@@ -90,7 +90,7 @@ class Captured(io.TextIOBase):
         """Send a line not ended yet too (explicit flushes, and the end of each task)."""
         with self._lock:
             if self._partial:
-                self._output.lines.append(tuple(m.OutputLine(self._job(), self._stream, self._partial)))
+                self._output.lines.append(m.OutputLine.pack(self._job(), self._stream, self._partial))
                 self._partial = ""
 
     @property
