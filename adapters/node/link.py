@@ -1,7 +1,7 @@
 """One process's link to the node that owns its objects and runs what it submits.
 
 A worker of a node, and a driver connected to a node daemon, talk to the
-node the same way (``protocol``): every port call of the process's runtime
+node the same way (``messages``): every port call of the process's runtime
 becomes a REQUEST (``RemoteScheduler``, ``RemoteStore``), and the answer a
 RESPONSE. The thread that waits for an answer reads the connection itself,
 one message at a time, so no reader thread hands answers over.
@@ -333,7 +333,7 @@ class Link:
         if type(wire) is Location:
             unpins = self._unpins
             return pinned_views(self.arena, wire, lambda: unpins.append(key))
-        data, buffers = wire
+        data, buffers = wire  # an Inline (unpacked: this runs once per object)
         return SerializedObject(data, buffers)
 
     def to_node(self, obj: SerializedObject):
