@@ -187,3 +187,24 @@ def test_workers_die_with_the_fork_server_and_are_reported(pool):
     assert wait_until(lambda: len(pool.exits) == 2) and not pool.workers
     with pytest.raises(Exception, match="fork server"):
         pool.start_worker()
+
+
+def test_a_node_worker_logs_a_message_it_has_no_handler_for_and_goes_on():
+    """The worker dispatches by its tag table: an unknown tag is named in a log line, and the next task runs."""
+    code = textwrap.dedent("""
+        import os
+        import anyray
+        from anyray.api import _runtime
+
+        anyray.init(backend="multiprocess", num_cpus=1)
+        pid = anyray.remote(lambda: os.getpid())
+        first = anyray.get(pid.remote(), timeout=60)
+        (worker,) = [w for w in _runtime().scheduler.workers.workers if w.pid == first]
+        worker.send(15)  # a tag of the task protocol's range that nothing uses
+        print("same worker:", anyray.get(pid.remote(), timeout=60) == first, flush=True)
+        anyray.shutdown()
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT * 2)
+    assert done.returncode == 0, done.stderr
+    assert "same worker: True" in done.stdout
+    assert "a worker got a message it has no handler for (tag 15)" in done.stderr
