@@ -208,6 +208,12 @@ class OutputLine(NamedTuple):
     text: str
 
 
+class PrintedLine(NamedTuple):  # a row of the answer of "output" and "output_here" (a cluster's driver asks)
+    stream: str
+    pid: int                  # the worker that printed it
+    text: str
+
+
 # --------------------------------------------------------------------------- request arguments, per op
 class Submit(NamedTuple):
     task_id: bytes
@@ -335,8 +341,8 @@ class CancelRef(NamedTuple):
 
 # Ops whose argument is a bare value: alloc (nbytes; answer an arena.Grant), abandon (rid), list_named
 # (namespace), resources ("total", "available" or "nodes"), usage (None), expect ({oid: node id}),
-# records, records_here, output, output_here (job id), and a daemon's metadata_url, status, list,
-# list_here.
+# records, records_here (job id; answer: [RecordRow]), output, output_here (job id; answer: [PrintedLine]),
+# and a daemon's metadata_url, status, list, list_here.
 OP_TYPES = {"submit": Submit, "forward": Forward, "create_actor": CreateActor, "create_actor_here": CreateActorHere,
             "actor_call": CallActor, "get": Get, "wait": Wait, "put": Put, "put_kept": Put, "named": Named,
             "kill": Kill, "cancel": CancelRef}
