@@ -13,8 +13,8 @@ from multiprocessing.connection import AuthenticationError, Client
 import psutil
 import pytest
 
+from anyray.adapters.node.pool import WorkerPool
 from anyray.adapters.node.session import Session
-from anyray.adapters.node.workers import WorkerPool
 
 TIMEOUT = 60  # generous: the machine may be busy
 
@@ -113,7 +113,7 @@ def test_killing_the_driver_takes_the_fork_server_workers_and_session_with_it():
     code = textwrap.dedent("""
         import time
         from anyray.adapters.node.session import Session
-        from anyray.adapters.node.workers import WorkerPool
+        from anyray.adapters.node.pool import WorkerPool
         session = Session()
         pool = WorkerPool(session)
         workers = [pool.start_worker(), pool.start_worker()]
@@ -170,7 +170,7 @@ def test_the_secret_stays_out_of_argv_environment_and_reprs(pool, session):
 
 
 def test_a_worker_told_to_exit_is_reported_with_its_code(pool):
-    from anyray.adapters.node.workers import EXIT
+    from anyray.adapters.node.framing import EXIT
 
     worker = pool.start_worker()
     assert worker.wait_ready(TIMEOUT)
@@ -187,3 +187,24 @@ def test_workers_die_with_the_fork_server_and_are_reported(pool):
     assert wait_until(lambda: len(pool.exits) == 2) and not pool.workers
     with pytest.raises(Exception, match="fork server"):
         pool.start_worker()
+
+
+def test_a_node_worker_logs_a_message_it_has_no_handler_for_and_goes_on():
+    """The worker dispatches by its tag table: an unknown tag is named in a log line, and the next task runs."""
+    code = textwrap.dedent("""
+        import os
+        import anyray
+        from anyray.api import _runtime
+
+        anyray.init(backend="multiprocess", num_cpus=1)
+        pid = anyray.remote(lambda: os.getpid())
+        first = anyray.get(pid.remote(), timeout=60)
+        (worker,) = [w for w in _runtime().scheduler.workers.workers if w.pid == first]
+        worker.send(15)  # a tag of the task protocol's range that nothing uses
+        print("same worker:", anyray.get(pid.remote(), timeout=60) == first, flush=True)
+        anyray.shutdown()
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT * 2)
+    assert done.returncode == 0, done.stderr
+    assert "same worker: True" in done.stdout
+    assert "a worker got a message it has no handler for (tag 15)" in done.stderr

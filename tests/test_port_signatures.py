@@ -34,7 +34,7 @@ SCHEDULERS = [
     "anyray.adapters.local.scheduler:LocalScheduler",
     "anyray.adapters.node.scheduler:NodeScheduler",
     "anyray.adapters.cluster.scheduler:ClusterScheduler",
-    "anyray.adapters.node.link:RemoteScheduler",
+    "anyray.adapters.node.remote_ports:RemoteScheduler",
     "anyray.adapters.cluster:_ClusterScheduler",
     "anyray_ray.scheduler:RayScheduler",
     "anyray_dask.scheduler:DaskScheduler",
@@ -42,7 +42,7 @@ SCHEDULERS = [
 OBJECT_STORES = [
     "anyray.adapters.common.object_store:MemoryObjectStore",
     "anyray.adapters.node.store:SharedObjectStore",
-    "anyray.adapters.node.link:RemoteStore",
+    "anyray.adapters.node.remote_ports:RemoteStore",
     "anyray.adapters.cluster:_ClusterStore",
     "anyray_ray.object_store:RayObjectStore",
     "anyray_dask.object_store:DaskObjectStore",
@@ -77,7 +77,6 @@ ALL = [(path, port) for paths, port in [(SCHEDULERS, Scheduler), (OBJECT_STORES,
 # files are being restructured; the methods are deleted at the merge, and then these entries go.
 LEGACY_OPTIONAL = {
     ("NodeScheduler", "task_blocked"), ("NodeScheduler", "task_unblocked"),
-    ("RemoteScheduler", "task_blocked"), ("RemoteScheduler", "task_unblocked"),
 }
 # ``create_actor`` implementations that still return the get_if_exists winner's ActorHandle instead of raising
 # ActorNameTaken (the Runtime accepts both until they are converted at the merge): the defining classes.

@@ -19,16 +19,14 @@ import socket
 import threading
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
 
-from ..node import protocol as p
-from ..node import workers
+from ..node import framing
+from ..node import messages as m
 from ..node.arena import Arena
 from ..node.link import Link
 
 log = logging.getLogger(__name__)
 
-CLIENT_HELLO = 32  # client -> node: pickle({"pid", "host", "role", "job_id", "namespace"})
-CLIENT_SETUP = 33  # node -> client: pickle(setup), or pickle({"error": message})
-CLIENT_READY = 34  # client -> node: pickle(shared): whether it mapped the node's shared memory
+CLIENT_HELLO, CLIENT_SETUP, CLIENT_READY = m.CLIENT_HELLO, m.CLIENT_SETUP, m.CLIENT_READY  # see messages
 HANDSHAKE_SECONDS = 10.0  # a peer that has not finished the handshake by then is dropped
 
 
@@ -68,7 +66,7 @@ class _Watchdog:
     """Breaks a connection whose handshake takes longer than ``HANDSHAKE_SECONDS``."""
 
     def __init__(self, conn):
-        self._timer = threading.Timer(HANDSHAKE_SECONDS, workers._wake, (conn,))
+        self._timer = threading.Timer(HANDSHAKE_SECONDS, framing.wake, (conn,))
         self._timer.daemon = True
 
     def __enter__(self):
@@ -110,8 +108,8 @@ def open_connection(address: str, token: bytes, timeout: float = 10.0, sock: soc
 
 def handshake(conn: Connection, role: str, job_id: bytes = b"", namespace: str = "") -> dict:
     """Introduce this process; return the node's setup (``arena`` None when its memory is not mapped here)."""
-    conn.send_bytes(workers.frame(CLIENT_HELLO, pickle.dumps(
-        {"pid": os.getpid(), "host": host_id(), "role": role, "job_id": job_id, "namespace": namespace})))
+    conn.send_bytes(framing.frame(CLIENT_HELLO, pickle.dumps(
+        m.ClientHello(pid=os.getpid(), host=host_id(), role=role, job_id=job_id, namespace=namespace))))
     msg = conn.recv_bytes()
     if msg[0] != CLIENT_SETUP:
         raise ConnectionError(f"Unexpected first message from the node (tag {msg[0]}).")
@@ -127,7 +125,7 @@ def handshake(conn: Connection, role: str, job_id: bytes = b"", namespace: str =
             pass
     if not shared:
         setup["arena"] = None
-    conn.send_bytes(workers.frame(CLIENT_READY, pickle.dumps(shared)))
+    conn.send_bytes(framing.frame(CLIENT_READY, pickle.dumps(shared)))
     return setup
 
 
@@ -144,6 +142,7 @@ class ClientLink(Link):
         self._defer = 0           # inside deferring(): a Ctrl-C waits for its end
         self._held_sigint = None  # a Ctrl-C that came meanwhile
         self._previous_sigint = None
+        self.handlers = {m.RESPONSE: self._on_response}  # what the node sends, by tag
 
     def start(self) -> None:
         """Send reference changes regularly even when nothing else goes out; install the Ctrl-C hold."""
@@ -193,8 +192,9 @@ class ClientLink(Link):
 
     def _dispatch(self, msg: bytes) -> None:
         try:
-            if msg[0] == p.RESPONSE:
-                self._on_response(memoryview(msg)[1:])
+            handler = self.handlers.get(msg[0])
+            if handler is not None:
+                handler(memoryview(msg)[1:])
             else:
                 log.warning("the node sent an unexpected message (tag %s)", msg[0])
         finally:

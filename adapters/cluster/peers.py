@@ -22,8 +22,8 @@ import socket
 import struct
 import threading
 
-from ..node import protocol as p
-from ..node import workers
+from ..node import framing
+from ..node import messages as m
 from ..node.arena import Location
 from ..node.link import Link
 from .client import handshake, open_connection
@@ -51,6 +51,7 @@ class PeerLink(Link):
         self.functions: set[bytes] = set()  # function ids the other node has the code of
         self._on_close = on_close
         self.closed = False
+        self.handlers = {m.RESPONSE: self._on_answer}  # what the other node sends, by tag; others are ignored
         threading.Thread(target=self._read_loop, name=f"anyray-peer-{address}", daemon=True).start()
         threading.Thread(target=self._flush_loop, name="anyray-peer-flush", daemon=True).start()
 
@@ -78,7 +79,7 @@ class PeerLink(Link):
             callback(False, NotSent(f"The node at {self.address} is gone."))
             return
         try:
-            self.send(p.REQUEST, (rid, op, args))
+            self.send(m.REQUEST, m.Request.pack(rid, op, args))
         except OSError as exc:
             with self._callbacks_lock:
                 self.closed = True
@@ -100,7 +101,7 @@ class PeerLink(Link):
     def flush(self) -> None:
         """Send the reference changes noted so far now, ahead of anything else."""
         try:
-            self.send(p.REFS, None)
+            self.send(m.REFS, None)
         except OSError:
             pass
 
@@ -115,17 +116,12 @@ class PeerLink(Link):
     def _read_loop(self) -> None:
         conn = self.conn
         try:
+            handlers = self.handlers
             while True:
                 msg = conn.recv_bytes()
-                if msg[0] != p.RESPONSE:
-                    continue
-                rid, ok, value = pickle.loads(memoryview(msg)[1:])
-                callback = self._callbacks.pop(rid, None)
-                if callback is not None:
-                    try:
-                        callback(ok, value)
-                    except Exception:  # noqa: BLE001 - one bad answer must not stop the link
-                        log.exception("handling an answer of the node at %s failed", self.address)
+                handler = handlers.get(msg[0])
+                if handler is not None:
+                    handler(memoryview(msg)[1:])
         except Exception:  # noqa: BLE001 - closed (EOF, reset, or closed under us): every waiter hears of it
             pass
         finally:
@@ -137,6 +133,16 @@ class PeerLink(Link):
                 conn.close()
             except OSError:
                 pass
+
+    def _on_answer(self, payload) -> None:
+        """RESPONSE: run the callback of its request, on this reader thread."""
+        answer = m.Response._make(pickle.loads(payload))
+        callback = self._callbacks.pop(answer.rid, None)
+        if callback is not None:
+            try:
+                callback(answer.ok, answer.value)
+            except Exception:  # noqa: BLE001 - one bad answer must not stop the link
+                log.exception("handling an answer of the node at %s failed", self.address)
 
     def _fail_waiting(self) -> None:
         with self._callbacks_lock:  # the reader and close() may both get here: each callback runs once
@@ -153,7 +159,7 @@ class PeerLink(Link):
         node is silent rather than gone) and every answer still awaited fails."""
         with self._callbacks_lock:
             self.closed = True
-        workers._wake(self.conn)
+        framing.wake(self.conn)
         self._fail_waiting()
 
     def _dispatch(self, msg: bytes) -> None:  # every message is read by _read_loop

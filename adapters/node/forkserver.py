@@ -33,7 +33,8 @@ import cloudpickle  # noqa: F401 - preloaded: every worker needs it
 import anyray  # noqa: F401
 import anyray.executor  # noqa: F401
 import anyray.serialization  # noqa: F401
-from anyray.adapters.node import worker, workers  # noqa: F401 - worker: what every new process installs
+from anyray.adapters.node import framing, worker_loop, worker_main  # noqa: F401 - what every new process runs
+from anyray.adapters.node import messages as m
 from anyray.adapters.node.session import PREFIX
 
 PR_SET_PDEATHSIG = 1
@@ -62,10 +63,11 @@ class ForkServer:
         self.children: dict[int, int] = {}  # pid -> worker id, until reaped
         self._prctl = _load_prctl()
         self._wake_r, self._wake_w = os.pipe()
+        self.handlers = {m.FORK: self._on_fork, m.KILL: self._on_kill, m.SHUTDOWN: self._on_shutdown}  # by tag
 
-    def send(self, tag: int, *body) -> None:
+    def send(self, tag: int, msg: tuple) -> None:
         try:
-            self.conn.send_bytes(workers.frame(tag, pickle.dumps(body)))
+            self.conn.send_bytes(framing.frame(tag, pickle.dumps(msg)))
         except OSError:
             pass  # the driver is gone; the loop sees the close next
 
@@ -76,7 +78,7 @@ class ForkServer:
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # a handler, so the wakeup fd is written
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the driver's connection decides when this ends
         gc.freeze()  # what is here now stays out of the collector, so its pages stay shared with the workers
-        self.conn.send_bytes(workers.frame(workers.SERVER_HELLO, pickle.dumps(self.pid)))
+        self.conn.send_bytes(framing.frame(m.SERVER_HELLO, pickle.dumps(self.pid)))
         conn_fd = self.conn.fileno()
         while True:
             ready, _, _ = select.select([conn_fd, self._wake_r], [], [])
@@ -95,22 +97,29 @@ class ForkServer:
                 self._kill_all()
                 self._remove_session()
                 return 0
-            tag, body = msg[0], pickle.loads(memoryview(msg)[1:]) if len(msg) > 1 else None
-            if tag == workers.FORK:
-                self._fork(*body)
-            elif tag == workers.KILL:
-                for pid, worker_id in self.children.items():
-                    if worker_id == body:
-                        os.kill(pid, signal.SIGKILL)  # still unreaped, so the pid is still this child
-            elif tag == workers.SHUTDOWN:
-                self._kill_all()
+            handler = self.handlers.get(msg[0])
+            if handler is not None and handler(pickle.loads(memoryview(msg)[1:]) if len(msg) > 1 else None):
                 return 0
 
-    def _fork(self, worker_id: int, env: dict) -> None:
+    def _on_fork(self, body) -> None:
+        self._fork(m.Fork._make(body))
+
+    def _on_kill(self, worker_id: int) -> None:
+        for pid, child in self.children.items():
+            if child == worker_id:
+                os.kill(pid, signal.SIGKILL)  # still unreaped, so the pid is still this child
+
+    def _on_shutdown(self, _) -> bool:
+        """Kill and reap every worker; True: the server then exits."""
+        self._kill_all()
+        return True
+
+    def _fork(self, order: m.Fork) -> None:
+        worker_id, env = order.worker_id, order.env
         try:
             pid = os.fork()
         except OSError as exc:
-            self.send(workers.FORK_FAILED, worker_id, str(exc))
+            self.send(m.FORK_FAILED, m.ForkFailed.pack(worker_id, str(exc)))
             return
         if pid == 0:
             code = 1
@@ -125,7 +134,7 @@ class ForkServer:
                 finally:
                     os._exit(code)
         self.children[pid] = worker_id
-        self.send(workers.FORKED, worker_id, pid)
+        self.send(m.FORKED, m.Forked.pack(worker_id, pid))
 
     def _child(self, worker_id: int, env: dict) -> int:
         if self._prctl is not None:
@@ -141,7 +150,7 @@ class ForkServer:
         os.close(self._wake_w)
         self.conn.close()
         os.environ.update(env)
-        return workers.worker_main(self.address, self._secret, worker_id)
+        return worker_loop.worker_main(self.address, self._secret, worker_id)
 
     def _reap(self) -> None:
         while True:
@@ -153,7 +162,7 @@ class ForkServer:
                 return
             worker_id = self.children.pop(pid, None)
             if worker_id is not None:
-                self.send(workers.EXITED, worker_id, pid, os.waitstatus_to_exitcode(status))
+                self.send(m.EXITED, m.Exited.pack(worker_id, pid, os.waitstatus_to_exitcode(status)))
 
     def _kill_all(self) -> None:
         for pid in self.children:

@@ -1,7 +1,7 @@
 """One process's link to the node that owns its objects and runs what it submits.
 
 A worker of a node, and a driver connected to a node daemon, talk to the
-node the same way (``protocol``): every port call of the process's runtime
+node the same way (``messages``): every port call of the process's runtime
 becomes a REQUEST (``RemoteScheduler``, ``RemoteStore``), and the answer a
 RESPONSE. The thread that waits for an answer reads the connection itself,
 one message at a time, so no reader thread hands answers over.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import itertools
 import pickle
-import signal
 import threading
 import time
 
@@ -26,15 +25,13 @@ import cloudpickle
 
 from anyray.context import current_task
 from anyray.exceptions import GetTimeoutError
-from anyray.ports.object_store import ObjectStore
-from anyray.ports.scheduler import Scheduler
 from anyray.runtime import ReferenceCounter
-from anyray.serialization import SerializedObject, portable_classes
+from anyray.serialization import SerializedObject
 from anyray.specs import FunctionDescriptor
 
-from . import protocol as p
-from . import workers
+from . import messages as m
 from .arena import Arena, Location
+from .framing import frame, spin_until_readable
 from .store import pinned_views, to_wire
 
 FLUSH_INTERVAL = 0.1  # seconds between sends of reference changes when nothing else goes out
@@ -69,6 +66,30 @@ class _BorrowCounter(ReferenceCounter):
             self._counts[object_id] = (n or 0) + 1
 
 
+class Interrupts:
+    """How a linked process's main thread treats an interrupt while it talks to the node.
+
+    The main thread flags each message it sends (``sending``) and each answer it waits for
+    (``pumping``); an interrupt handler that finds a flag set holds the interrupt (``held``), and the
+    link lands it (``land``) once the message is out or the answer in. This default is a driver's or
+    a peer node's, which hold nothing back; a worker's (``worker_interrupts.TaskInterrupts``) cancels
+    the task it runs."""
+
+    def __init__(self):
+        self.sending = False        # the main thread is sending a message
+        self.pumping = False        # the main thread reads the connection for an answer
+        self.held = False           # an interrupt came meanwhile
+        self.helpers = 0            # threads other than main waiting for an answer
+        self.helpers_lock = threading.Lock()
+        self.reads_itself = False   # the main thread reads the connection all the time (a hosted actor's)
+
+    def land(self) -> None:
+        """Act on an interrupt held while a message went out or an answer came in."""
+
+    def raise_pending(self) -> None:
+        """Raise what the main thread must stop for, between two messages it reads for an answer."""
+
+
 class Link:
     """The connection of one process to its node: requests, borrowed references, objects.
 
@@ -93,14 +114,7 @@ class Link:
         self._read_lock = threading.Lock()  # held by the thread reading the connection
         self._changes_lock = threading.Lock()
         self._answer_lock = threading.Lock()
-        self._running = False               # the main thread runs a task (a worker's)
-        self._cancel = False                # a cancel of that task was read
-        self._pumping = False               # the main thread reads the connection for an answer
-        self._sending = False               # the main thread is sending a message
-        self._held_interrupt = False        # a SIGINT came meanwhile (a worker's cancel)
-        self._helpers = 0                   # threads other than main waiting for an answer
-        self._helpers_lock = threading.Lock()
-        self.actor = None                   # set in a worker hosting a threaded or async actor
+        self.interrupts = Interrupts()
         self.main_thread = threading.get_ident()
         self._last_send = time.monotonic()
         self.object_counter: ReferenceCounter | None = None
@@ -124,9 +138,6 @@ class Link:
     def _recv(self) -> bytes:
         return self.conn.recv_bytes()
 
-    def _on_sigint(self, signum, frame) -> None:
-        """A held interrupt lands (a worker's cancel); nothing to do in other processes."""
-
     # -- sending --------------------------------------------------------------
     def _take_refs(self):
         if not (self._refs or self._handles or self._unpins):
@@ -137,23 +148,24 @@ class Link:
         unpins = []
         while self._unpins:
             unpins.append(self._unpins.popleft())
-        return list(refs.items()), list(handles.items()), unpins
+        return m.RefChanges.pack(list(refs.items()), list(handles.items()), unpins)
 
     def send(self, tag: int, body) -> None:
         on_main = threading.get_ident() == self.main_thread
+        interrupts = self.interrupts
         if on_main:  # a cancel (SIGINT's handler runs here) must not cut a message in half
-            self._sending = True
+            interrupts.sending = True
         try:
             with self._send_lock:  # reference changes and the message they precede stay in order
-                payload = workers.frame(tag, p.dumps((self._take_refs(), body)))
+                payload = frame(tag, m.dumps(m.Envelope.pack(self._take_refs(), body)))
                 self._last_send = time.monotonic()
                 self.conn.send_bytes(payload)
         finally:
             if on_main:
-                self._sending = False
-                if self._held_interrupt:  # a cancel came during the send: it lands now
-                    self._held_interrupt = False
-                    self._on_sigint(signal.SIGINT, None)
+                interrupts.sending = False
+                if interrupts.held:  # a cancel came during the send: it lands now
+                    interrupts.held = False
+                    interrupts.land()
 
     def _flush_loop(self) -> None:
         while True:
@@ -168,7 +180,7 @@ class Link:
             self.handle_counter.drain()
             if (self._refs or self._handles or self._unpins) and \
                     time.monotonic() - self._last_send >= FLUSH_INTERVAL:
-                self.send(p.REFS, None)
+                self.send(m.REFS, None)
         except (OSError, ConnectionError):
             return False
         return True
@@ -202,21 +214,22 @@ class Link:
         rid = next(self._request_ids)
         self._requests[rid] = pending
         on_main = threading.get_ident() == self.main_thread
+        interrupts = self.interrupts
         if on_main:
-            self._pumping = True
+            interrupts.pumping = True
         try:
-            self.send(p.REQUEST, (rid, op, args))
+            self.send(m.REQUEST, m.Request.pack(rid, op, args))
             answered = self._pump(pending, timeout) if on_main else self._wait(pending, timeout)
         except BaseException:
             self._abandon(rid, pending)
             raise
         finally:
             if on_main:
-                self._pumping = False
-                if self._held_interrupt:  # a cancel came while this thread waited: it lands now
-                    self._held_interrupt = False
+                interrupts.pumping = False
+                if interrupts.held:  # a cancel came while this thread waited: it lands now
+                    interrupts.held = False
                     try:
-                        self._on_sigint(signal.SIGINT, None)
+                        interrupts.land()
                     except BaseException:
                         self._abandon(rid, pending)  # nobody reads the answer: release what it pinned
                         raise
@@ -231,19 +244,17 @@ class Link:
         """The main thread waits for an answer by reading the connection itself; a helper thread of
         the task may be reading just now, one message at a time, so the lock is taken per message."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        conn, answered = self.conn, pending.lock
+        conn, answered, interrupts = self.conn, pending.lock, self.interrupts
         while not answered.acquire(False):
-            if self._cancel and self._running:
-                self._cancel = False
-                raise KeyboardInterrupt("The task was cancelled.")
+            interrupts.raise_pending()
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False
             if not self._read_lock.acquire(timeout=0.005):
                 continue
             try:
-                if workers.spin_until_readable(self._fd) or \
-                        conn.poll(left if left is not None else None if self._helpers == 0 else 0.005):
+                if spin_until_readable(self._fd) or \
+                        conn.poll(left if left is not None else None if interrupts.helpers == 0 else 0.005):
                     self._dispatch(self._recv())
             finally:
                 self._read_lock.release()
@@ -253,11 +264,11 @@ class Link:
         """A thread other than main waits for its answer; in a task's process, where the main thread
         runs user code, it reads for itself, one message at a time."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        conn, answered = self.conn, pending.lock
-        if self.actor is not None:  # a threaded or async actor: the main thread reads all the time
+        conn, answered, interrupts = self.conn, pending.lock, self.interrupts
+        if interrupts.reads_itself:  # a threaded or async actor: the main thread reads all the time
             return answered.acquire(timeout=-1 if deadline is None else max(deadline - time.monotonic(), 0))
-        with self._helpers_lock:
-            self._helpers += 1
+        with interrupts.helpers_lock:
+            interrupts.helpers += 1
         try:
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
@@ -272,8 +283,8 @@ class Link:
                     finally:
                         self._read_lock.release()
         finally:
-            with self._helpers_lock:
-                self._helpers -= 1
+            with interrupts.helpers_lock:
+                interrupts.helpers -= 1
 
     def _abandon(self, rid: int, pending: _Pending) -> None:
         """Nobody waits for this answer any more: the node takes back the CPUs it lent for it, and
@@ -290,15 +301,15 @@ class Link:
 
     def tell(self, op: str, args) -> None:
         """A request that wants no answer."""
-        self.send(p.REQUEST, (0, op, args))
+        self.send(m.REQUEST, m.Request.pack(0, op, args))
 
     def _on_response(self, payload) -> None:
-        rid, ok, value = pickle.loads(payload)
+        answer = m.Response._make(pickle.loads(payload))
         with self._answer_lock:
-            pending = self._requests.pop(rid, None)
+            pending = self._requests.pop(answer.rid, None)
             if pending is None:
                 return
-            pending.ok, pending.value = ok, value
+            pending.ok, pending.value = answer.ok, answer.value
             abandoned = pending.abandoned
         if abandoned:
             self._release_answer(pending)
@@ -322,7 +333,7 @@ class Link:
         if type(wire) is Location:
             unpins = self._unpins
             return pinned_views(self.arena, wire, lambda: unpins.append(key))
-        data, buffers = wire
+        data, buffers = wire  # an Inline (unpacked: this runs once per object)
         return SerializedObject(data, buffers)
 
     def to_node(self, obj: SerializedObject):
@@ -335,9 +346,9 @@ class Link:
     def get(self, ids: list[bytes], timeout: float | None) -> list[SerializedObject]:
         blocking = current_task.get() is not None
         if timeout == 0:  # the node answers at once, with the objects or a GetTimeoutError
-            answer = self.request("get", (ids, False, True))
+            answer = self.request("get", m.Get.pack(ids, False, True))
         else:
-            answer = self.request("get", (ids, blocking, False), timeout)
+            answer = self.request("get", m.Get.pack(ids, blocking, False), timeout)
         return [self.from_wire(key, wire) for key, wire in answer]
 
     def export(self, descriptor: FunctionDescriptor) -> bytes | None:
@@ -361,107 +372,4 @@ class Link:
             self._blobs.pop(descriptor.function_id, None)
 
 
-class RemoteStore(ObjectStore):
-    def __init__(self, node: Link):
-        self.node = node
-
-    def put(self, ref, obj) -> None:
-        node = self.node
-        wire = node.to_node(obj)
-        node.tell("put", (ref._id, wire, p.contained_ids(obj.contained_refs)))
-
-    def get(self, refs, timeout):
-        return self.node.get([r._id for r in refs], timeout)
-
-    def wait(self, refs, num_returns, timeout):
-        ids = [r._id for r in refs]
-        blocking = current_task.get() is not None
-        try:
-            return set(self.node.request("wait", (ids, num_returns, timeout != 0, blocking), timeout))
-        except GetTimeoutError:
-            return set(self.node.request("wait", (ids, num_returns, False, False)))
-
-    def contains(self, ref) -> bool:
-        return False  # asking costs a round trip; get() asks once anyway
-
-    def free(self, refs) -> None:
-        node = self.node
-        for r in refs:
-            node.released(r if isinstance(r, bytes) else r._id)
-
-    def usage(self) -> dict:
-        return self.node.request("usage", None)
-
-
-def portable_options(options: dict) -> dict:
-    """``options`` with their ``retry_exceptions`` as ``portable_classes`` makes them: the node reads the
-    message whether or not it can import those classes (the worker that runs the task loads them)."""
-    retry = options.get("retry_exceptions")
-    return dict(options, retry_exceptions=portable_classes(retry)) if type(retry) is tuple else options
-
-
-class RemoteScheduler(Scheduler):
-    tracks_handles = True  # capability flags (lends_cpus: the node lends while a get waits)
-
-    def __init__(self, node: Link):
-        self.node = node
-
-    def submit_task(self, spec) -> None:
-        node = self.node
-        fn = spec.function
-        blob = node.export(fn)
-        node.tell("submit", (spec.task_id, fn.function_id, fn.name, blob, node.to_node(spec.args),
-                             [r._id for r in spec.deps], [r._id for r in spec.returns], spec.resources,
-                             portable_options(spec.options), spec.parent_task_id, spec.name,
-                             p.contained_ids(spec.args.contained_refs)))
-        node.exported_with(fn, blob)
-
-    def create_actor(self, spec):
-        node = self.node
-        cls = spec.cls
-        blob = node.export(cls)
-        winner = node.request("create_actor", (
-            spec.actor_id, cls.function_id, cls.name, blob, node.to_node(spec.args),
-            [r._id for r in spec.deps], spec.resources, spec.options, spec.namespace, spec.is_async,
-            {name: portable_options(meta) for name, meta in spec.method_options.items()},
-            p.contained_ids(spec.args.contained_refs)))
-        node.exported_with(cls, blob)
-        return None if winner is None else cloudpickle.loads(winner)  # get_if_exists lost the race
-
-    def submit_actor_task(self, spec) -> None:
-        self.node.tell("actor_call", (
-            spec.task_id, spec.actor_id, spec.method_name, self.node.to_node(spec.args),
-            [r._id for r in spec.deps], [r._id for r in spec.returns], spec.caller_id, spec.seq,
-            {"retry_exceptions": portable_classes(spec.options.get("retry_exceptions", False)),
-             "max_task_retries": spec.options.get("max_task_retries")},
-            spec.name, p.contained_ids(spec.args.contained_refs)))
-
-    def get_named_actor(self, name, namespace):
-        return cloudpickle.loads(self.node.request("named", (name, namespace)))
-
-    def list_named_actors(self, namespace):
-        return self.node.request("list_named", namespace)
-
-    def kill_actor(self, actor_id, no_restart) -> None:
-        self.node.tell("kill", (actor_id, no_restart))
-
-    def cancel(self, ref, force, recursive) -> None:
-        self.node.tell("cancel", (ref._id, force, recursive))
-
-    def actor_handles_gone(self, actor_id) -> None:
-        self.node.handle_released(actor_id)
-
-    def task_blocked(self) -> None:
-        pass  # a blocking get or wait says so itself; the node lends the CPUs while it waits
-
-    def task_unblocked(self) -> None:
-        pass
-
-    def cluster_resources(self):
-        return self.node.request("resources", "total")
-
-    def available_resources(self):
-        return self.node.request("resources", "available")
-
-    def nodes(self):
-        return self.node.request("resources", "nodes")
+from .remote_ports import RemoteScheduler, RemoteStore, portable_options  # noqa: E402,F401 - re-exported: moved

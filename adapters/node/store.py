@@ -27,6 +27,7 @@ from anyray.serialization import SerializedObject
 
 from ..common.object_store import MemoryObjectStore
 from .arena import Arena, Location
+from .messages import Inline
 
 INLINE_MAX = 100 * 1024  # objects at least this large go to shared memory (Ray's inline limit too)
 
@@ -82,8 +83,8 @@ def pinned_views(arena: Arena, loc: Location, release) -> SerializedObject:
 
 
 def to_wire(obj) -> tuple:
-    """The inline wire form of a ``SerializedObject`` (buffers as bytes)."""
-    return obj.data, [b if type(b) is bytes else memoryview(b).tobytes() for b in obj.buffers]
+    """The inline wire form of a ``SerializedObject`` (buffers as bytes): a packed ``messages.Inline``."""
+    return Inline.pack(obj.data, [b if type(b) is bytes else memoryview(b).tobytes() for b in obj.buffers])
 
 
 class SharedObjectStore(MemoryObjectStore):
@@ -138,7 +139,7 @@ class SharedObjectStore(MemoryObjectStore):
             if not self.seal(oid, entry):
                 self._dropped([entry])
         else:
-            data, buffers = wire
+            data, buffers = wire  # an Inline (unpacked: this runs once per object)
             self.seal(oid, SerializedObject(data, buffers, contained_refs))
 
     def hold(self, obj: SerializedObject) -> ArenaObject:

@@ -1,0 +1,76 @@
+"""How a node and the processes it serves frame their messages: both sides of every connection use this.
+
+Every message is one ``multiprocessing.connection`` frame (length-prefixed
+bytes): one tag byte, then a payload whose shape the tag fixes. The tags and
+the body of each are in ``messages``: 1-4 the bare worker loop's, 5-15 the
+task protocol, 16-31 between the pool and the fork server, 32-34 a cluster
+client's handshake. Later protocols take new tags and register handlers on
+both ends; the framing stays.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import select
+import socket
+import struct
+import time
+
+from .messages import (  # noqa: F401 - the framing's tags, here for the modules that frame
+    CALL,
+    EXIT,
+    EXITED,
+    FORK,
+    FORK_FAILED,
+    FORKED,
+    HELLO,
+    KILL,
+    REPLY,
+    SERVER_HELLO,
+    SHUTDOWN,
+)
+
+SOCKET_NAME = "workers.sock"
+CALL_HEAD = struct.Struct("<BQ")    # CALL: tag, request id
+REPLY_HEAD = struct.Struct("<BQB")  # REPLY: tag, request id, status (0 value, 1 error)
+
+
+def frame(tag: int, payload=b"") -> bytes:
+    return bytes((tag,)) + payload
+
+
+def wake(conn) -> None:
+    """Make a thread blocked reading ``conn`` see EOF, without closing the fd under it."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+SPIN_SECONDS = 100e-6  # how long a reader polls before it sleeps: a reply within it skips a wake-up
+
+
+def spin_until_readable(fd: int, seconds: float = SPIN_SECONDS) -> bool:
+    """Poll ``fd`` without sleeping for up to ``seconds``: on an idle core a reply that is on its way
+    arrives sooner than the thread would wake from a blocking wait (tens of microseconds on a VM)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = time.perf_counter() + seconds
+    while True:
+        if poller.poll(0):
+            return True
+        if time.perf_counter() > deadline:
+            return False
+
+
+def run_entry(module: str, name: str, *args):
+    """Import ``module`` and call its ``name(*args)``: what a node CALLs in a worker, named by module path,
+    so the node never imports the worker's side to send it (cloudpickle sends this function by reference)."""
+    return getattr(importlib.import_module(module), name)(*args)

@@ -1,0 +1,183 @@
+"""The node's wire messages (adapters/node/messages.py): one named type per message, sent as plain tuples.
+
+The wire itself stays the plain tuple it always was, so a converted end and one still written with
+tuples read each other: these tests hold the field order to that (a round trip through the bytes, and
+the unpackings the schedulers still do), and keep the converted files from sliding back to reading
+positions.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import pickle
+import typing
+from pathlib import Path
+
+import pytest
+
+from anyray.adapters.node import messages as m
+from anyray.events import TaskRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+TYPES = m.TYPES
+TAGS = {name: value for name, value in vars(m).items() if name.isupper() and type(value) is int
+        and name not in {"OBJECT", "HANDLE"}}
+
+# Files whose ends are converted: they build messages as their types and read them by name.
+CONVERTED = ["adapters/node/link.py", "adapters/node/remote_ports.py", "adapters/node/worker_main.py",
+             "adapters/node/worker_actor.py", "adapters/node/worker_output.py", "adapters/node/worker_loop.py",
+             "adapters/node/framing.py", "adapters/node/pool.py", "adapters/node/forkserver.py",
+             "adapters/cluster/peers.py", "adapters/cluster/client.py"]
+
+
+def _sample(cls, seed: int) -> tuple:
+    """Distinct picklable values, one per field, so a field read from the wrong position shows."""
+    return tuple(f"{name}={seed}" for name in cls._fields)
+
+
+def test_every_message_type_is_listed():
+    listed = [v for v in vars(m).values() if isinstance(v, type) and issubclass(v, tuple) and hasattr(v, "_fields")]
+    assert listed == TYPES and len(TYPES) > 30
+
+
+@pytest.mark.parametrize("cls", TYPES, ids=lambda c: c.__name__)
+def test_pack_builds_the_plain_tuple_of_the_fields_in_order(cls):
+    values = _sample(cls, 2)
+    assert list(inspect.signature(cls.pack).parameters) == list(cls._fields)
+    packed = cls.pack(*values)
+    assert type(packed) is tuple and packed == tuple(cls(*values)) == cls.pack(**dict(zip(cls._fields, values)))
+
+
+@pytest.mark.parametrize("cls", TYPES, ids=lambda c: c.__name__)
+def test_each_type_survives_the_wire_as_a_plain_tuple(cls):
+    msg = cls(*_sample(cls, 1))
+    data = m.dumps((None, cls.pack(*msg)))
+    assert b"messages" not in data  # the plain tuple travels, not the class
+    refs, body = pickle.loads(data)
+    assert type(body) is tuple
+    back = cls._make(body)
+    assert back == msg
+    for name, value in zip(cls._fields, _sample(cls, 1)):
+        assert getattr(back, name) == value
+
+
+@pytest.mark.parametrize("cls", TYPES, ids=lambda c: c.__name__)
+def test_a_body_of_the_wrong_length_is_refused(cls):
+    with pytest.raises(TypeError):
+        cls._make(_sample(cls, 1) + ("extra",))
+
+
+def test_every_tag_has_one_body_and_tags_are_unique():
+    assert len(set(TAGS.values())) == len(TAGS), "two tags share a value"
+    for name, tag in TAGS.items():
+        assert (tag in m.TYPE_OF_TAG) != (tag in m.BARE_BODY), f"{name} needs exactly one body entry"
+    assert set(m.TYPE_OF_TAG) | set(m.BARE_BODY) == set(TAGS.values())
+    assert len(set(m.TYPE_OF_TAG.values())) == len(m.TYPE_OF_TAG), "one type per tag"
+    assert m.ENVELOPED <= set(TAGS.values())
+
+
+def test_field_names_are_unique_and_types_are_named_once():
+    names = [cls.__name__ for cls in TYPES]
+    assert len(names) == len(set(names))
+    for cls in TYPES:
+        assert len(cls._fields) == len(set(cls._fields)), cls
+    for op, cls in m.OP_TYPES.items():
+        assert cls in TYPES, op
+
+
+def test_types_that_extend_another_keep_its_fields_first():
+    assert m.Forward._fields[:len(m.Submit._fields)] == m.Submit._fields
+    assert m.Forward._fields[len(m.Submit._fields):] == ("job", "where")
+    assert m.CreateActorHere._fields[:len(m.CreateActor._fields)] == m.CreateActor._fields
+    assert m.CreateActorHere._fields[len(m.CreateActor._fields):] == ("job", "restarts")
+    assert m.GotWithRefs._fields[:2] == m.Got._fields
+    assert m.ContainedAt._fields[:2] == m.Contained._fields
+
+
+def test_a_record_row_is_a_task_record():
+    assert m.RecordRow._fields == tuple(f.name for f in dataclasses.fields(TaskRecord))
+    row = m.RecordRow(b"t", "f", "task", 1.0, 2.0, 3, 4, None, None)
+    assert TaskRecord(*row).name == "f"
+
+
+def test_client_hello_names_the_keys_the_daemon_reads():
+    assert set(typing.get_type_hints(m.ClientHello)) == {"pid", "host", "role", "job_id", "namespace"}
+
+
+def test_contained_ids_are_kind_and_id():
+    class Ref:
+        def __init__(self, oid):
+            self._id = oid
+
+    class Handle:
+        _actor_id = b"a"
+
+    assert [m.Contained._make(c) for c in m.contained_ids([Ref(b"o"), Handle()])] == \
+        [m.Contained(m.OBJECT, b"o"), m.Contained(m.HANDLE, b"a")]
+
+
+# Ends not converted yet (in the schedulers) unpack the same tuples: their names must line up with the
+# types' fields, position by position (their local names, renamed where they differ).
+UNPACKED_BY = {  # (file, function, the unpacked variable) -> type
+    ("adapters/node/scheduler.py", "_on_message", "payload"): m.Envelope,
+    ("adapters/node/scheduler.py", "_on_message", "body"): m.Result,
+    ("adapters/node/scheduler.py", "_on_request", "body"): m.Request,
+    ("adapters/node/scheduler.py", "_apply_refs", "changes"): m.RefChanges,
+    ("adapters/node/scheduler.py", "_op_get", "args"): m.Get,
+    ("adapters/node/scheduler.py", "_op_wait", "args"): m.Wait,
+    ("adapters/node/scheduler.py", "_op_put", "args"): m.Put,
+    ("adapters/node/scheduler.py", "_op_put_kept", "args"): m.Put,
+    ("adapters/node/scheduler.py", "_op_submit", "args"): m.Submit,
+    ("adapters/node/scheduler.py", "_op_create_actor", "args"): m.CreateActor,
+    ("adapters/node/scheduler.py", "_op_actor_call", "args"): m.CallActor,
+    ("adapters/node/scheduler.py", "_op_cancel", "args"): m.CancelRef,
+    ("adapters/cluster/scheduler.py", "_op_forward", "args"): m.Forward,
+}
+LOCAL_NAMES = {"args_wire": "args", "changes": "refs"}
+
+
+def _unpackings(path: Path):
+    """(function, source variable, [target names]) of each ``a, b, ... = name`` or ``= loads(name)``."""
+    for fn in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple):
+                value = node.value
+                if isinstance(value, ast.Call) and value.args:
+                    value = value.args[0]
+                if isinstance(value, ast.Name) and all(isinstance(e, ast.Name) for e in node.targets[0].elts):
+                    yield fn.name, value.id, [e.id for e in node.targets[0].elts]
+
+
+def test_the_unconverted_readers_unpack_in_the_types_order():
+    """An entry goes once its reader reads by name (the list fails both ways, so it cannot go stale)."""
+    for (rel, function, source), cls in UNPACKED_BY.items():
+        found = [names for fn, var, names in _unpackings(ROOT / rel) if fn == function and var == source]
+        assert found, f"{rel}::{function} no longer unpacks {source}: remove it from UNPACKED_BY"
+        for names in found:
+            assert tuple(LOCAL_NAMES.get(n, n) for n in names) == cls._fields, (rel, function)
+
+
+def _positional_reads(path: Path) -> list[str]:
+    """Where a converted file goes back to positions: a tuple unpacked from ``loads(...)``, or a constant
+    index into a message body or request arguments."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple):
+            value = node.value
+            if isinstance(value, ast.Call) and getattr(value.func, "attr", getattr(value.func, "id", "")) == "loads":
+                found.append(f"{path.name}:{node.lineno} unpacks loads(...)")
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) \
+                and node.value.id in {"body", "args"} and isinstance(node.slice, ast.Constant):
+            found.append(f"{path.name}:{node.lineno} {node.value.id}[{node.slice.value!r}]")
+    return found
+
+
+def test_converted_files_read_messages_by_name():
+    files = [ROOT / rel for rel in CONVERTED if (ROOT / rel).exists()]
+    assert files
+    found = [hit for path in files for hit in _positional_reads(path)]
+    assert found == [], "read a message with Type._make(body) and its fields by name"
