@@ -93,3 +93,21 @@ class ResourcePool:
     def available(self) -> dict[str, float]:
         with self._lock:
             return {k: v for k, v in self._avail.items() if v > EPS}
+
+
+class NodeResources:
+    """The resources ``cluster_resources()``, ``available_resources()`` and ``nodes()`` report: one node's
+    (a cluster node's view adds the other nodes')."""
+
+    def __init__(self, pool: ResourcePool):
+        self.pool = pool
+
+    def cluster_resources(self) -> dict[str, float]:
+        return self.pool.total()
+
+    def available_resources(self) -> dict[str, float]:
+        return self.pool.available()
+
+    def nodes(self) -> list[dict]:
+        return [{"NodeID": self.pool.node_id, "Alive": True, "NodeManagerAddress": "127.0.0.1",
+                 "NodeManagerHostname": "localhost", "Resources": self.pool.total(), "alive": True}]

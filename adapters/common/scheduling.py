@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 from abc import abstractmethod
 from collections.abc import Callable
 
 from anyray.policy import Feasibility, missing
 from anyray.ports.scheduler import Scheduler
 
-from .resources import ResourcePool
-
-_NAME_SETTLE_TIMEOUT = 30.0  # seconds get_if_exists waits for a name's holder to appear or let go
+from .names import NamedActors
+from .resources import NodeResources, ResourcePool
 
 
 class QueueScheduler(Scheduler):
@@ -31,19 +29,21 @@ class QueueScheduler(Scheduler):
         self._resources = pool
         self._lock = threading.RLock()
         self._queues: dict[tuple, collections.deque] = {}
-        self._feasibility = Feasibility(lambda: [pool.total()], self._infeasible_text)
+        self.feasibility = Feasibility(lambda: [pool.total()], self._infeasible_text)
+        self.resource_view = NodeResources(pool)  # what cluster_resources(), available_resources() and nodes() read
+        self.names = NamedActors(metadata, self.get_named_actor)
 
     @abstractmethod
     def _start(self, task, lease) -> None:
         """Run ``task``, whose resources ``lease`` now holds."""
 
     @abstractmethod
-    def _ready(self, task) -> None:
+    def ready(self, task) -> None:
         """``task``'s dependencies are sealed: queue it for its resources."""
 
     def _admit(self, task, tasks: dict, children: dict, store) -> None:
         """Track a new task by its return ids (``tasks``) and its parent (``children``, for recursive
-        cancel), and hand it to ``_ready`` once its dependencies are sealed in ``store``."""
+        cancel), and hand it to ``ready`` once its dependencies are sealed in ``store``."""
         spec = task.spec
         self._check_feasible(spec.function.function_id, spec.name, spec.resources, task.shape)
         with self._lock:
@@ -52,14 +52,14 @@ class QueueScheduler(Scheduler):
             if spec.parent_task_id is not None:
                 children.setdefault(spec.parent_task_id, []).append(task)
         if spec.deps:
-            store.on_sealed(spec.deps, lambda: self._ready(task))
+            store.on_sealed(spec.deps, lambda: self.ready(task))
         else:
-            self._ready(task)
+            self.ready(task)
 
     # -- queues ---------------------------------------------------------------
     def _check_feasible(self, key: bytes, name: str, demand: dict, shape: tuple | None = None) -> None:
         """Warn once per ``key``, at the user's ``.remote()`` line, when this node could never give ``demand``."""
-        self._feasibility.check(key, name, demand, shape)
+        self.feasibility.check(key, name, demand, shape)
 
     def _infeasible_text(self, name: str, demand: dict, totals: list[dict]) -> str:
         lacking = missing(demand, totals[0])
@@ -111,56 +111,15 @@ class QueueScheduler(Scheduler):
         self._resources.release(lease)
         self._dispatch()
 
-    # -- named actors ---------------------------------------------------------------
-    def _claim_name(self, spec):
-        """Register a named actor. A live actor with that name raises ``ValueError`` at the call site;
-        with ``get_if_exists`` its handle is returned instead (another caller won the race for the name:
-        ``create_actor`` returns that handle), else None.
-
-        The winner may have taken the name and not yet registered its actor, or the holder may be dying
-        and about to let go: both settle within moments, so look again until one of them has."""
-        name = spec.options["name"]
-        if name is None:
-            return None
-        key = f"actor/{spec.namespace}/{name}"
-        deadline = time.monotonic() + _NAME_SETTLE_TIMEOUT
-        while True:
-            if self._metadata.compare_and_set(key, None, spec.actor_id) or self._metadata.get(key) == spec.actor_id:
-                return None
-            if not spec.options["get_if_exists"]:
-                break
-            winner = self.get_named_actor(name, spec.namespace)
-            if winner is not None:
-                return winner
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.005)
-        raise ValueError(f"An actor named {name!r} already exists in namespace {spec.namespace!r}. "
-                         f"Pick another name, or pass get_if_exists=True to reuse it.")
-
-    def _release_name(self, spec) -> None:
-        name = spec.options["name"]
-        if name is not None:
-            self._metadata.compare_and_set(f"actor/{spec.namespace}/{name}", spec.actor_id, None)
-
-    def _named_actor_id(self, name: str, namespace: str) -> bytes | None:
-        return self._metadata.get(f"actor/{namespace}/{name}")
-
     def list_named_actors(self, namespace):
-        out = []
-        for key, _ in self._metadata.scan("actor/"):
-            _, ns, name = key.split("/", 2)
-            if namespace is None or ns == namespace:
-                out.append((ns, name))
-        return out
+        return self.names.list(namespace)
 
     # -- cluster state -------------------------------------------------------------
     def cluster_resources(self) -> dict[str, float]:
-        return self._resources.total()
+        return self.resource_view.cluster_resources()
 
     def available_resources(self) -> dict[str, float]:
-        return self._resources.available()
+        return self.resource_view.available_resources()
 
     def nodes(self) -> list[dict]:
-        return [{"NodeID": self._resources.node_id, "Alive": True, "NodeManagerAddress": "127.0.0.1",
-                 "NodeManagerHostname": "localhost", "Resources": self._resources.total(), "alive": True}]
+        return self.resource_view.nodes()

@@ -87,7 +87,7 @@ class LocalScheduler(QueueScheduler):
         task = _Task(spec)
         self._admit(task, self._tasks, self._children, self._store)
 
-    def _ready(self, task: _Task) -> None:
+    def ready(self, task: _Task) -> None:
         with self._lock:
             if task.state != "waiting":
                 return  # cancelled while waiting for its dependencies
@@ -226,7 +226,7 @@ class LocalScheduler(QueueScheduler):
 
     # -- actors -------------------------------------------------------------
     def create_actor(self, spec):
-        winner = self._claim_name(spec)
+        winner = self.names.claim(spec)
         if winner is not None:
             return winner  # get_if_exists, and another caller created it first
         if spec.resources:
@@ -238,7 +238,7 @@ class LocalScheduler(QueueScheduler):
         actor.start()
 
     def actor_died(self, actor: ActorHost) -> None:
-        self._release_name(actor.spec)
+        self.names.release(actor.spec)
 
     def actor_crashed(self, actor: ActorHost, spec, reason: str) -> None:
         actor.crash(spec, reason)  # no process to end here: the actor restarts in place
@@ -253,7 +253,7 @@ class LocalScheduler(QueueScheduler):
         actor.submit(spec)
 
     def get_named_actor(self, name: str, namespace: str):
-        actor_id = self._named_actor_id(name, namespace)
+        actor_id = self.names.actor_id(name, namespace)
         actor = self._actors.get(actor_id) if actor_id is not None else None
         return actor.handle() if actor is not None and actor.alive_or_pending else None
 

@@ -26,13 +26,11 @@ import logging
 import os
 import pickle
 import signal
-import sys
 import threading
 
 import cloudpickle
 
 from anyray.actor import ActorHandle
-from anyray.events import TaskRecord
 from anyray.exceptions import (
     ActorDiedError,
     GetTimeoutError,
@@ -51,13 +49,14 @@ from ..common.resources import ResourcePool
 from ..common.scheduling import QueueScheduler
 from . import protocol as p
 from .arena import Location
+from .introspection import LocalOutput, LocalRecords
 from .store import ArenaObject, SharedObjectStore, to_wire
 from .worker import install
 from .workers import EXIT, WorkerPool, describe
 
 log = logging.getLogger(__name__)
 
-_LATER = object()  # a request handler that answers by itself, later
+LATER = object()  # a request handler that answers by itself, later
 
 
 def call_options(options: dict) -> dict:
@@ -141,41 +140,55 @@ class NodeScheduler(QueueScheduler):
         self._workers: dict[int, _Worker] = {}
         self._idle: list[_Worker] = []
         self._functions: dict[bytes, bytes] = {}      # function id -> pickled code, exported once
-        self._records: collections.deque = collections.deque()
         self._closed = False
         self._job = (setup["job_id"], setup["namespace"])  # of work the node's own runtime submits
-        self.ops: dict = {}  # more requests a node's owner serves: op -> fn(args) -> answer
-        events.add_source(self._pull_records)
+        # What the parts of a node (and a cluster's parts, added through the seams below) share.
+        self.lock = self._lock
+        self.pool = pool
+        self.store = store
+        self.metadata = metadata
+        self.queues = self._queues
+        self.job = self._job
+        # Seams: the node's own behaviour, which a cluster node replaces with parts of its own.
+        self.record_sink = LocalRecords()  # task records workers send (timeline, error_info)
+        self.output_sink = LocalOutput()   # what tasks print, when workers forward it
+        self.placement = None     # route(task) -> True when it runs elsewhere; cancel(ref, force, recursive) -> bool
+        self.objects = None       # objects living elsewhere: prefetch(ids), prefetch_deps(refs), answer_peer(out)
+        self.remote_actors = None  # actors living elsewhere: create_actor, handle_of, named, handles_gone, kill
+        self.remote_calls = None   # calls to actors living elsewhere: submit(spec, held), cancel(ref, ...)
+        self._closing: list = []   # what else shutdown() closes, first to last
+        # The requests workers and drivers send (``REQUEST``): op -> handler(worker, rid, args) -> answer.
+        self.handlers: dict = {
+            "abandon": self._op_abandon, "get": self._op_get, "wait": self._op_wait, "put": self._op_put,
+            "put_kept": self._op_put_kept, "alloc": self._op_alloc, "submit": self._op_submit,
+            "create_actor": self._op_create_actor, "actor_call": self._op_actor_call, "named": self._op_named,
+            "list_named": self._op_list_named, "kill": self._op_kill, "cancel": self._op_cancel,
+            "resources": self._op_resources, "usage": self._op_usage}
+        events.add_source(self.record_sink.pull)
         self.workers = WorkerPool(session, on_message=self._on_message, on_exit=self._on_exit)
 
+    def register(self, op: str, handler) -> None:
+        """Serve request ``op`` with ``handler(worker, rid, args)``: its return value is the answer
+        (``LATER``: the handler answers by itself, with ``respond``)."""
+        self.handlers[op] = handler
+
+    def on_shutdown(self, close) -> None:
+        """Call ``close()`` when the node shuts down, before its workers stop."""
+        self._closing.append(close)
+
     # -- helpers ----------------------------------------------------------------
-    def _pull_records(self):
-        out = []
-        while self._records:
-            out.append(TaskRecord(*self._records.popleft()))
-        return out
-
-    def _task_records(self, worker: _Worker, records: list) -> None:
-        """Records of tasks a worker finished (for ``timeline`` and ``error_info``)."""
-        self._records.extend(records)
-
-    def _task_output(self, worker: _Worker, output: list) -> None:
-        """What a worker's tasks printed (workers that forward it): here, on this process's own streams."""
-        for _job, stream, text in output:
-            getattr(sys, stream).write(text)
-
     def fail(self, refs, error: BaseException) -> None:
         failure = serialize_failure(RemoteFailure(error))
         for ref in refs:
             self._store.seal(ref._id, failure)
 
-    def _blob(self, descriptor: FunctionDescriptor) -> bytes:
+    def blob(self, descriptor: FunctionDescriptor) -> bytes:
         blob = self._functions.get(descriptor.function_id)
         if blob is None:
             blob = self._functions[descriptor.function_id] = cloudpickle.dumps(descriptor.target, 5)
         return blob
 
-    def _own(self, args: SerializedObject | None):
+    def own(self, args: SerializedObject | None):
         """Take a call's arguments: large ones into shared memory, small buffers copied (the caller may
         change its arrays once ``.remote()`` returns)."""
         if args.nbytes >= self._store.inline_max:
@@ -214,7 +227,7 @@ class NodeScheduler(QueueScheduler):
         """How ``entry`` travels to ``worker``: inline bytes, or its location, pinned for the worker under ``key``."""
         if type(entry) is ArenaObject:
             if worker.remote:
-                return self._copy_out(entry)
+                return self.copy_out(entry)
             with self._lock:
                 if worker.dead:  # the message will not reach it; nothing would unpin
                     return entry.loc
@@ -230,7 +243,7 @@ class NodeScheduler(QueueScheduler):
                 f"Object {key.hex()} is no longer in the store: every reference to it was dropped.")))
         return to_wire(entry)
 
-    def _copy_out(self, entry: ArenaObject) -> tuple:
+    def copy_out(self, entry: ArenaObject) -> tuple:
         """The inline wire form of an object in shared memory, for a reader that cannot map it."""
         store = self._store
         store.pin(entry)
@@ -263,7 +276,7 @@ class NodeScheduler(QueueScheduler):
         for actor_id, sign in handles:
             if sign > 0:
                 if actor_id not in worker.handles:
-                    handle = self._handle_of(actor_id)
+                    handle = self.handle_of(actor_id)
                     if handle is not None:
                         worker.handles[actor_id] = handle
             else:
@@ -281,7 +294,7 @@ class NodeScheduler(QueueScheduler):
             if kind == p.OBJECT:
                 out.append(ObjectRef(ident, None, counter))
             else:
-                handle = self._handle_of(ident)
+                handle = self.handle_of(ident)
                 if handle is not None:
                     out.append(handle)
         return out
@@ -302,7 +315,7 @@ class NodeScheduler(QueueScheduler):
         if tag == p.RESULT:
             task_id, wires, contained, records = body
             if records:
-                self._task_records(worker, records)
+                self.record_sink.add(worker, records)
             if worker.actor is not None:
                 self._call_result(worker.actor, worker, task_id, wires, contained)
             else:
@@ -310,7 +323,7 @@ class NodeScheduler(QueueScheduler):
         elif tag == p.REQUEST:
             self._on_request(worker, body)
         elif tag == p.OUTPUT:
-            self._task_output(worker, body)
+            self.output_sink.add(worker, body)
         elif tag == p.ACTOR_DIED:
             actor = worker.actor
             if actor is not None and actor.worker is worker:
@@ -342,7 +355,7 @@ class NodeScheduler(QueueScheduler):
             return
         if task.cancelled:
             with self._lock:
-                self._finish(task)
+                self.finish(task)
         self._resources.release(task.lease)
         spec = task.spec
         retry = False
@@ -356,7 +369,7 @@ class NodeScheduler(QueueScheduler):
                     self._queues.setdefault(task.shape, collections.deque()).appendleft(task)
                     retry = True
         if not retry and task.state == "running" and not task.cancelled:
-            self._finish(task)
+            self.finish(task)
             self.fail(spec.returns, WorkerCrashedError(
                 f"The worker running {spec.name} (pid {handle.pid}) died: {describe(handle.exit.returncode)}"
                 f"{'' if not task.attempts else f', on each of {task.attempts + 1} attempts'}. "
@@ -364,13 +377,25 @@ class NodeScheduler(QueueScheduler):
         self._dispatch()
 
     # -- tasks ------------------------------------------------------------------------
-    def submit_task(self, spec: TaskSpec, held: ArenaObject | None = None, job: tuple | None = None) -> None:
+    def submit_task(self, spec: TaskSpec, held: ArenaObject | None = None, job: tuple | None = None,
+                    handed: bool = False) -> None:
+        """``handed``: another node of a cluster handed the task here, to run here."""
+        if self.objects is not None and spec.deps:
+            self.objects.prefetch_deps(spec.deps)
         if held is None:
-            spec.args, held = self._own(spec.args)
+            spec.args, held = self.own(spec.args)
         task = _Task(spec, held, job or self._job)
+        if handed:
+            task.spilled = True
         self._admit(task, self._tasks, self._children, self._store)
 
-    def _ready(self, task: _Task) -> None:
+    def ready(self, task: _Task) -> None:
+        """``task``'s dependencies are sealed: run it here, or where the placement seam sends it."""
+        if self.placement is not None and self.placement.route(task):
+            return
+        self.ready_here(task)
+
+    def ready_here(self, task: _Task) -> None:
         with self._lock:
             if task.state != "waiting":
                 return  # cancelled while it waited for its dependencies
@@ -406,7 +431,7 @@ class NodeScheduler(QueueScheduler):
         fn_id = fn.function_id
         blob = None
         if fn_id not in worker.functions:
-            blob = self._blob(fn)
+            blob = self.blob(fn)
             worker.functions.add(fn_id)
         store = self._store
         deps = {oid: self._wire(worker, oid, store.entry(oid)) for oid in dict.fromkeys(r._id for r in spec.deps)}
@@ -434,7 +459,7 @@ class NodeScheduler(QueueScheduler):
         nxt = None
         with self._lock:
             worker.task = None
-            self._finish(task)
+            self.finish(task)
             if max_calls:
                 fn_id = spec.function.function_id
                 worker.calls[fn_id] = count = worker.calls.get(fn_id, 0) + 1
@@ -454,7 +479,7 @@ class NodeScheduler(QueueScheduler):
             self._exit(worker)
         self.release(lease)
 
-    def _finish(self, task: _Task) -> None:
+    def finish(self, task: _Task) -> None:
         """Under the lock (re-entrant): the task is settled; forget it and drop its held arguments."""
         spec = task.spec
         task.state = "done"
@@ -472,6 +497,10 @@ class NodeScheduler(QueueScheduler):
             self._store.drop(held)
 
     def cancel(self, ref, force: bool, recursive: bool) -> None:
+        if self.remote_calls is not None and self.remote_calls.cancel(ref, force, recursive):
+            return
+        if self.placement is not None and self.placement.cancel(ref, force, recursive):
+            return
         with self._lock:
             task = self._tasks.get(ref._id)
         if task is not None:
@@ -486,7 +515,7 @@ class NodeScheduler(QueueScheduler):
         with self._lock:
             state, worker = task.state, task.worker
             if state in ("waiting", "queued"):
-                self._finish(task)
+                self.finish(task)
             elif state == "running" and force:
                 task.cancelled = True
                 worker.retiring = True
@@ -504,6 +533,14 @@ class NodeScheduler(QueueScheduler):
                     pass
         for child in children:
             self._cancel_task(child, force, recursive)
+
+    def task_of(self, oid: bytes) -> _Task | None:
+        """The task (not yet done) that returns ``oid``."""
+        with self._lock:
+            return self._tasks.get(oid)
+
+    def has_task(self, oid: bytes) -> bool:
+        return oid in self._tasks
 
     def run_here(self, refs) -> None:
         """The calling thread is about to wait for ``refs``: read their producers' results off their
@@ -554,16 +591,18 @@ class NodeScheduler(QueueScheduler):
     def _on_request(self, worker: _Worker, body) -> None:
         rid, op, args = body
         try:
-            handler = self.ops.get(op)
-            value = handler(args) if handler is not None else getattr(self, "_op_" + op)(worker, rid, args)
+            handler = self.handlers.get(op)
+            if handler is None:
+                raise AttributeError(f"This node serves no request {op!r}.")
+            value = handler(worker, rid, args)
         except Exception as exc:  # noqa: BLE001 - the error goes back to the worker's call site
             if rid:
-                self._respond(worker, rid, False, exc)
+                self.respond(worker, rid, False, exc)
             return
-        if rid and value is not _LATER:
-            self._respond(worker, rid, True, value)
+        if rid and value is not LATER:
+            self.respond(worker, rid, True, value)
 
-    def _respond(self, worker: _Worker, rid: int, ok: bool, value) -> None:
+    def respond(self, worker: _Worker, rid: int, ok: bool, value) -> None:
         try:
             body = p.dumps((rid, ok, value))
         except Exception as exc:  # noqa: BLE001 - an answer that cannot travel becomes an error
@@ -598,6 +637,8 @@ class NodeScheduler(QueueScheduler):
 
     def _op_get(self, worker: _Worker, rid: int, args):
         ids, blocking, now = args
+        if self.objects is not None:
+            self.objects.prefetch(ids)
         store = self._store
 
         def answer():
@@ -614,9 +655,9 @@ class NodeScheduler(QueueScheduler):
 
         def later():
             self._reclaim(worker, rid)
-            self._respond(worker, rid, True, answer())
+            self.respond(worker, rid, True, answer())
         store.when_sealed(missing, None, later)
-        return _LATER
+        return LATER
 
     def _answer(self, worker: _Worker, ids) -> list:
         """The objects ``ids`` (sealed) as they travel to ``worker``: ``(id, wire)`` each."""
@@ -630,10 +671,14 @@ class NodeScheduler(QueueScheduler):
                 for ref in inner:
                     if type(ref) is ObjectRef and ref._id not in worker.borrowed:
                         worker.borrowed[ref._id] = ref
+        if worker.peer:  # another node of a cluster also learns where the references inside live
+            return self.objects.answer_peer(out)
         return out
 
     def _op_wait(self, worker: _Worker, rid: int, args):
         ids, num_returns, may_wait, blocking = args
+        if self.objects is not None:
+            self.objects.prefetch(ids)
         store = self._store
         ready = store.ready(ids)
         if len(ready) >= num_returns or not may_wait:
@@ -643,9 +688,9 @@ class NodeScheduler(QueueScheduler):
 
         def later():
             self._reclaim(worker, rid)
-            self._respond(worker, rid, True, store.ready(ids))
+            self.respond(worker, rid, True, store.ready(ids))
         store.when_sealed(set(ids), num_returns, later)
-        return _LATER
+        return LATER
 
     def _op_put(self, worker: _Worker, rid: int, args):
         oid, wire, contained = args
@@ -668,7 +713,7 @@ class NodeScheduler(QueueScheduler):
         worker.grants.add(grant.offset)
         return grant
 
-    def _args_from(self, worker: _Worker, wire, contained):
+    def args_from(self, worker: _Worker, wire, contained):
         """A call's arguments sent by a worker: ``(SerializedObject, None)`` or ``(None, held ArenaObject)``."""
         refs = self._contained(worker, contained)
         if type(wire) is Location:
@@ -679,7 +724,7 @@ class NodeScheduler(QueueScheduler):
         data, buffers = wire
         return SerializedObject(data, buffers, refs), None
 
-    def _descriptor(self, worker: _Worker, fn_id: bytes, name: str, blob: bytes | None) -> FunctionDescriptor:
+    def descriptor(self, worker: _Worker, fn_id: bytes, name: str, blob: bytes | None) -> FunctionDescriptor:
         if blob is not None:
             self._functions.setdefault(fn_id, blob)
         worker.functions.add(fn_id)
@@ -689,8 +734,8 @@ class NodeScheduler(QueueScheduler):
         (task_id, fn_id, fn_name, blob, args_wire, dep_ids, return_ids, resources, options, parent, name,
          contained) = args
         counter = current_counter()
-        call_args, held = self._args_from(worker, args_wire, contained)
-        spec = TaskSpec(task_id=task_id, function=self._descriptor(worker, fn_id, fn_name, blob), args=call_args,
+        call_args, held = self.args_from(worker, args_wire, contained)
+        spec = TaskSpec(task_id=task_id, function=self.descriptor(worker, fn_id, fn_name, blob), args=call_args,
                         deps=[ObjectRef(i, None, counter) for i in dep_ids],
                         returns=[ObjectRef(i, None, counter) for i in return_ids], resources=resources,
                         options=options, parent_task_id=parent, name=name)
@@ -699,9 +744,9 @@ class NodeScheduler(QueueScheduler):
     def _op_create_actor(self, worker: _Worker, rid: int, args):
         (actor_id, cls_id, cls_name, blob, args_wire, dep_ids, resources, options, namespace, is_async,
          method_options, contained) = args
-        call_args, held = self._args_from(worker, args_wire, contained)
+        call_args, held = self.args_from(worker, args_wire, contained)
         counter = current_counter()
-        spec = ActorSpec(actor_id=actor_id, cls=self._descriptor(worker, cls_id, cls_name, blob), args=call_args,
+        spec = ActorSpec(actor_id=actor_id, cls=self.descriptor(worker, cls_id, cls_name, blob), args=call_args,
                          deps=[ObjectRef(i, None, counter) for i in dep_ids], resources=resources, options=options,
                          namespace=namespace, is_async=is_async, method_options=method_options)
         winner = self.create_actor(spec, held, worker.job)
@@ -713,7 +758,7 @@ class NodeScheduler(QueueScheduler):
     def _op_actor_call(self, worker: _Worker, rid: int, args):
         (task_id, actor_id, method, args_wire, dep_ids, return_ids, caller_id, seq, options, name,
          contained) = args
-        call_args, held = self._args_from(worker, args_wire, contained)
+        call_args, held = self.args_from(worker, args_wire, contained)
         counter = current_counter()
         spec = ActorTaskSpec(task_id=task_id, actor_id=actor_id, method_name=method, args=call_args,
                              deps=[ObjectRef(i, None, counter) for i in dep_ids],
@@ -752,14 +797,25 @@ class NodeScheduler(QueueScheduler):
         pass
 
     # -- actors -------------------------------------------------------------------------
-    def _handle_of(self, actor_id: bytes):
+    def handle_of(self, actor_id: bytes):
         actor = self._actors.get(actor_id)
         if actor is None:
-            return None
+            return self.remote_actors.handle_of(actor_id) if self.remote_actors is not None else None
         return ActorHandle(actor_id, actor.spec.cls.name, actor.spec.method_options)
 
+    def has_actor(self, actor_id: bytes) -> bool:
+        """Whether the actor lives on this node."""
+        return actor_id in self._actors
+
     def create_actor(self, spec: ActorSpec, held: ArenaObject | None = None, job: tuple | None = None):
-        winner = self._claim_name(spec)
+        if self.remote_actors is not None:
+            return self.remote_actors.create_actor(spec, held, job)
+        return self.create_actor_here(spec, held, job)
+
+    def create_actor_here(self, spec: ActorSpec, held: ArenaObject | None = None, job: tuple | None = None,
+                          restarts: int = 0):
+        """Create the actor on this node (``restarts``: how often it restarted on nodes that died)."""
+        winner = self.names.claim(spec)
         if winner is not None:  # get_if_exists, and another caller created it first
             if held is not None:
                 self._store.drop(held)
@@ -767,8 +823,9 @@ class NodeScheduler(QueueScheduler):
         if spec.resources:
             self._check_feasible(spec.actor_id, spec.cls.name, spec.resources)
         if held is None and spec.args is not None:
-            spec.args, held = self._own(spec.args)
+            spec.args, held = self.own(spec.args)
         actor = _Actor(spec, held, job or self._job)
+        actor.restarts = restarts
         with self._lock:
             self._actors[spec.actor_id] = actor
         self.enqueue(spec.resources, lambda lease: self._actor_lease(actor, lease))
@@ -793,7 +850,7 @@ class NodeScheduler(QueueScheduler):
         worker.actor = actor
         worker.job = actor.job
         cls = spec.cls
-        blob = self._blob(cls)
+        blob = self.blob(cls)
         worker.functions.add(cls.function_id)
         args = self._wire(worker, spec.actor_id, actor.args_held) if actor.args_held is not None \
             else to_wire(spec.args)
@@ -823,10 +880,12 @@ class NodeScheduler(QueueScheduler):
     def submit_actor_task(self, spec: ActorTaskSpec, held: ArenaObject | None = None) -> None:
         actor = self._actors.get(spec.actor_id)
         if actor is None:
+            if self.remote_calls is not None and self.remote_calls.submit(spec, held):
+                return
             self.fail(spec.returns, ActorDiedError(f"No actor with id {spec.actor_id.hex()} exists in this job."))
             return
         if held is None:
-            spec.args, held = self._own(spec.args)
+            spec.args, held = self.own(spec.args)
         with actor.send_lock:
             with self._lock:
                 dead = actor.state == "dead"
@@ -945,18 +1004,20 @@ class NodeScheduler(QueueScheduler):
             self._store.drop(entry)
         for call in calls:
             self.fail(call.returns, ActorDiedError(cause))
-        self._release_name(actor.spec)
+        self.names.release(actor.spec)
         if lease is not None:
             self.release(lease)
 
     def get_named_actor(self, name: str, namespace: str):
-        actor_id = self._named_actor_id(name, namespace)
+        actor_id = self.names.actor_id(name, namespace)
         actor = self._actors.get(actor_id) if actor_id is not None else None
         if actor is None or actor.state == "dead":
-            return None
+            return self.remote_actors.named(name, namespace) if self.remote_actors is not None else None
         return ActorHandle(actor.spec.actor_id, actor.spec.cls.name, actor.spec.method_options)
 
     def actor_handles_gone(self, actor_id: bytes) -> None:
+        if self.remote_actors is not None and self.remote_actors.handles_gone(actor_id):
+            return
         actor = self._actors.get(actor_id)
         if actor is None or actor.spec.options["lifetime"] == "detached":
             return
@@ -970,6 +1031,8 @@ class NodeScheduler(QueueScheduler):
                 self._send(worker, p.ACTOR, ("terminate", None))
 
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        if self.remote_actors is not None and self.remote_actors.kill(actor_id, no_restart):
+            return
         actor = self._actors.get(actor_id)
         if actor is None:
             return
@@ -987,5 +1050,7 @@ class NodeScheduler(QueueScheduler):
             worker.handle.kill()
 
     def shutdown(self) -> None:
+        for close in self._closing:
+            close()
         self._closed = True
         self.workers.close()
