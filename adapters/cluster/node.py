@@ -41,19 +41,20 @@ class ClusterScheduler(NodeScheduler):
         super().__init__(session, store, metadata, events, pool, setup)
         self.cluster: ClusterView | None = None
         threads = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="anyray-pull")
-        self.objects = RemoteObjects(self, store, threads)
-        self.placement = SpillbackPlacement(self, pool, self.objects, threads)
-        self.remote_actors = RemoteActors(self, pool, store, metadata, self.names, self.objects)
-        self.remote_calls = RemoteCalls(self, store, self.remote_actors, self.objects, threads)
-        self.record_sink, self.output_sink = PerJobRecords(), PerJobOutput()
-        self.resource_view = ClusterResources(pool)
-        self.feasibility = Feasibility(self._totals, self._infeasible_text)
-        for part in (self.placement, self.objects, self.remote_actors,
-                     Reports(self.record_sink, self.output_sink, self.ask_every_node)):
+        seams = self.seams
+        seams.objects = objects = RemoteObjects(self, store, threads)
+        seams.placement = placement = SpillbackPlacement(self, pool, objects, threads)
+        seams.remote_actors = actors = RemoteActors(self, pool, store, metadata, self.names, objects)
+        seams.remote_calls = calls = RemoteCalls(self, store, actors, objects, threads)
+        seams.record_sink, seams.output_sink = PerJobRecords(), PerJobOutput()
+        seams.resource_view = view = ClusterResources(pool)
+        seams.feasibility = Feasibility(self._totals, view.infeasible_text)
+        for part in (placement, objects, actors, Reports(seams.record_sink, seams.output_sink, self.ask_every_node)):
             part.register(self.register)
-        self._parts = (self.objects, self.placement, self.remote_actors, self.remote_calls, self.resource_view)
-        self.on_shutdown(self._close_cluster)
+        self.placement, self.objects, self.remote_actors = placement, objects, actors
+        self._parts = (objects, placement, actors, calls, view)
         self._threads = threads
+        self.on_shutdown(self._close_cluster)
 
     def attach(self, cluster: ClusterView) -> None:
         self.cluster = cluster

@@ -111,3 +111,9 @@ class NodeResources:
     def nodes(self) -> list[dict]:
         return [{"NodeID": self.pool.node_id, "Alive": True, "NodeManagerAddress": "127.0.0.1",
                  "NodeManagerHostname": "localhost", "Resources": self.pool.total(), "alive": True}]
+
+    def infeasible_text(self, name: str, demand: dict, totals: list[dict]) -> str:
+        """The infeasible-work warning's words (``policy.Feasibility``): ``totals[0]`` is this machine's."""
+        lacking = missing(demand, totals[0])
+        return (f"{name} needs {lacking} but this machine has {self.pool.describe_total(lacking)}; "
+                f"it will wait until those resources exist (pass them to init(num_gpus=..., resources=...)).")

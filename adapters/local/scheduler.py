@@ -14,11 +14,14 @@ from anyray import serialization
 from anyray.context import TaskContext, current_task
 from anyray.exceptions import TaskCancelledError
 from anyray.executor import Call, run_in_place, serialize_failure
+from anyray.policy import Feasibility
+from anyray.ports.scheduler import Scheduler
 from anyray.specs import RemoteFailure, TaskSpec
 
 from ..common.actor_host import ActorHost
-from ..common.resources import ResourcePool
-from ..common.scheduling import QueueScheduler
+from ..common.names import NamedActors
+from ..common.queues import ShapeQueues, admit
+from ..common.resources import NodeResources, ResourcePool
 from ..common.threads import DaemonThreadPool
 
 
@@ -40,9 +43,16 @@ def _own_arguments(spec) -> None:
         spec.args = spec.args.copy_buffers()
 
 
-class LocalScheduler(QueueScheduler):
+class LocalScheduler(Scheduler):
     def __init__(self, store, metadata, events, pool: ResourcePool):
-        super().__init__(metadata, events, pool)
+        self.events = events
+        self._resources = pool
+        self._lock = threading.RLock()
+        self._shapes = ShapeQueues(self._lock, pool, self._start)
+        self.enqueue, self.release = self._shapes.enqueue, self._shapes.release  # ActorHost waits through these
+        self.resource_view = NodeResources(pool)
+        self.feasibility = Feasibility(lambda: [pool.total()], self.resource_view.infeasible_text)
+        self.names = NamedActors(metadata, self.get_named_actor)
         self._store = store
         self._tasks: dict[bytes, _Task] = {}            # by return object id, until done
         self._children: dict[bytes, list[_Task]] = {}
@@ -72,7 +82,7 @@ class LocalScheduler(QueueScheduler):
         """Hand a finished task's lease to the next queued task of the same demand, in this thread;
         release it instead when other work waits (fairness) or nothing does."""
         with self._lock:
-            task = self._next_queued(shape, lease)
+            task = self._shapes.next_queued(shape, lease)
             if task is not None:
                 task.state = "running"
                 task.thread_id = threading.get_ident()
@@ -85,15 +95,16 @@ class LocalScheduler(QueueScheduler):
     def submit_task(self, spec: TaskSpec) -> None:
         _own_arguments(spec)
         task = _Task(spec)
-        self._admit(task, self._tasks, self._children, self._store)
+        self.feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
+        admit(task, self._tasks, self._children, self._lock, self._store, self.ready)
 
     def ready(self, task: _Task) -> None:
         with self._lock:
             if task.state != "waiting":
                 return  # cancelled while waiting for its dependencies
             task.state = "queued"
-            self._queue_of(task.shape, task)
-        self._dispatch()
+            self._shapes.push(task.shape, task)
+        self._shapes.dispatch()
 
     def _start(self, task: _Task, lease) -> None:
         with self._lock:
@@ -215,7 +226,7 @@ class LocalScheduler(QueueScheduler):
             return
         ctx.blocked = True
         self._resources.lend_cpus(ctx.lease)
-        self._dispatch()
+        self._shapes.dispatch()
 
     def task_unblocked(self) -> None:
         ctx = current_task.get()
@@ -230,7 +241,7 @@ class LocalScheduler(QueueScheduler):
         if winner is not None:
             return winner  # get_if_exists, and another caller created it first
         if spec.resources:
-            self._check_feasible(spec.actor_id, spec.cls.name, spec.resources)
+            self.feasibility.check(spec.actor_id, spec.cls.name, spec.resources)
         _own_arguments(spec)
         actor = ActorHost(spec, self)
         with self._lock:
@@ -266,6 +277,19 @@ class LocalScheduler(QueueScheduler):
         actor = self._actors.get(actor_id)
         if actor is not None:
             actor.kill(no_restart)
+
+    def list_named_actors(self, namespace):
+        return self.names.list(namespace)
+
+    # -- this machine's resources ---------------------------------------------------
+    def cluster_resources(self) -> dict[str, float]:
+        return self.resource_view.cluster_resources()
+
+    def available_resources(self) -> dict[str, float]:
+        return self.resource_view.available_resources()
+
+    def nodes(self) -> list[dict]:
+        return self.resource_view.nodes()
 
     def shutdown(self) -> None:
         self._closed = True
