@@ -86,16 +86,21 @@ def test_a_node_whose_record_goes_is_dead(cluster):
     assert cluster.place({"CPU": 2.0}) == "big"
 
 
-class _Node:
-    """What the placement uses of the node: its lock, its queues, and running a task here."""
+class _Tasks:
+    """What the placement uses of the node's tasks part when work stays here: running it here."""
 
+    def __init__(self):
+        self.ran_here: list = []
+        self.ready_here = self.ran_here.append
+
+
+class _Node:
     def __init__(self, total: dict):
         self.pool = ResourcePool(total, [])
         self.lock = threading.RLock()
         self.shapes = ShapeQueues(self.lock, self.pool, None)
-        self.queues = self.shapes.queues
-        self.ran_here: list = []
-        self.ready_here = self.ran_here.append
+        self.tasks = _Tasks()
+        self.ran_here = self.tasks.ran_here
 
 
 def _task(demand: dict) -> Task:
@@ -106,7 +111,7 @@ def _task(demand: dict) -> Task:
 
 
 def _placement(cluster, node: _Node) -> SpillbackPlacement:
-    placement = SpillbackPlacement(node, node.pool, None, None)
+    placement = SpillbackPlacement(node.lock, node.pool, node.shapes.queues, node.tasks, None, None, None, None)
     placement.view = cluster
     return placement
 
@@ -142,7 +147,8 @@ def test_a_task_handed_here_by_another_node_stays_here(cluster):
 def test_without_the_cluster_view_everything_stays_here():
     node = _Node({"CPU": 1.0})
     node.pool.acquire({"CPU": 1.0})
-    assert SpillbackPlacement(node, node.pool, None, None).route(_task({"CPU": 1.0})) is False
+    placement = SpillbackPlacement(node.lock, node.pool, node.shapes.queues, node.tasks, None, None, None, None)
+    assert placement.route(_task({"CPU": 1.0})) is False
 
 
 def test_the_cluster_feasibility_totals_silence_the_warning_for_work_another_node_can_hold(cluster, recwarn):

@@ -11,7 +11,7 @@ import time
 from anyray.exceptions import ActorDiedError
 
 from ..node import protocol as p
-from ..node.scheduler import call_options
+from ..node.actors import call_options
 from ..node.store import to_wire
 from .peers import NotSent, PeerLink
 from .view import ignore
@@ -24,14 +24,16 @@ LOOKUP_SECONDS = 30.0  # how long a call to an actor not yet published waits for
 class RemoteCalls:
     """The node's seam for calls to actors that do not live here: ``submit`` and ``cancel``."""
 
-    def __init__(self, node, store, actors, objects, threads):
+    def __init__(self, lock, store, actors, remote_actors, objects, ledger, threads):
+        """``actors``: the node's own actors part; ``remote_actors``: where actors elsewhere live."""
         self.view = None  # the ClusterView, once attached
-        self._node = node
+        self._lock = lock
         self._store = store
-        self._actors = actors
+        self._here = actors
+        self._actors = remote_actors
         self._objects = objects
+        self._fail, self._copy_out = ledger.fail, ledger.copy_out
         self._threads = threads
-        self._lock = node.lock
         self._lookups: dict[bytes, list] = {}      # actor id -> calls waiting for its record, in order
         self._remote_calls: dict[bytes, str] = {}  # first return id of a call on another node -> that node
 
@@ -70,7 +72,7 @@ class RemoteCalls:
         """Wait (until ``deadline``) for an actor's record to name a live node: ``(node id or None, error)``;
         ``(None, None)`` also when the actor lives here."""
         while time.monotonic() < deadline:
-            if self._node.has_actor(actor_id):
+            if self._here.has_actor(actor_id):
                 return None, None
             try:
                 node_id = self._actors.actor_node(actor_id)
@@ -105,12 +107,12 @@ class RemoteCalls:
                     time.sleep(0.1)
                     node_id, error = self._resolve(actor_id, deadline)
                     break
-                if self._node.has_actor(actor_id):
-                    self._node.submit_actor_task(spec, held)  # it lives here
+                if self._here.has_actor(actor_id):
+                    self._here.submit_actor_task(spec, held)  # it lives here
                     continue
                 if held is not None:
                     self._store.drop(held)
-                self._node.fail(spec.returns, error)
+                self._fail(spec.returns, error)
 
     def _forward_call(self, spec, held, node_id: str, requeue: bool = True) -> bool:
         """Send an actor call to the node the actor lives on; False if that node cannot be reached (the
@@ -130,7 +132,7 @@ class RemoteCalls:
             self._start_lookup(spec.actor_id)
             return True
         if held is not None:
-            args, inner = self._node.copy_out(held), held.contained_refs
+            args, inner = self._copy_out(held), held.contained_refs
         else:
             args, inner = to_wire(spec.args), spec.args.contained_refs
         contained = p.contained_ids(inner) if inner else []
@@ -161,7 +163,7 @@ class RemoteCalls:
             if held is not None:
                 self._store.drop(held)
             if not ok:
-                self._node.fail(refs, ActorDiedError(f"The node of actor {spec.actor_id.hex()} ({node_id}) went "
+                self._fail(refs, ActorDiedError(f"The node of actor {spec.actor_id.hex()} ({node_id}) went "
                                                      f"away while it ran {spec.name}: {value}"))
                 return
             for oid, wire, contained in value:

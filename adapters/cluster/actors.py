@@ -30,16 +30,21 @@ class RemoteActors:
     """The node's seams for actors on a cluster: ``create_actor`` places an actor, and ``handle_of``,
     ``named``, ``handles_gone`` and ``kill`` serve actors that live on other nodes."""
 
-    def __init__(self, node, pool, store, metadata, names, objects):
+    def __init__(self, lock, pool, store, metadata, names, objects, actors, ledger, functions, requests, job: tuple):
+        """``actors``: the node's own actors part; ``requests``: its request handlers."""
         self.view = None  # the ClusterView, once attached
         self.node_id = pool.node_id
-        self._node = node
+        self._lock = lock
         self._pool = pool
         self._store = store
         self._metadata = metadata
         self._names = names
         self._objects = objects
-        self._lock = node.lock
+        self._actors = actors
+        self._ledger = ledger
+        self._functions = functions
+        self._requests = requests
+        self._job = job
         self._actor_nodes: dict[bytes, str] = {}    # actors living on other nodes -> their node
         self._actor_info: dict[bytes, tuple] = {}   # ... -> (class name, method options)
         self._held_actors: set[bytes] = set()       # remote actors this node keeps alive (it has handles)
@@ -52,24 +57,23 @@ class RemoteActors:
 
     # -- creating ------------------------------------------------------------------------------
     def create_actor(self, spec: ActorSpec, held=None, job=None):
-        node = self._node
         here = spec.actor_id in self._placed_here
         if self.view is not None and not here and spec.resources:
             demand = spec.resources
             if not fits(demand, self._pool.available()) or self._pool.infeasible(demand):
                 node_id = self.view.place(demand)
-                forwarded = self._forward_actor(spec, held, job or node.job, node_id) if node_id else False
+                forwarded = self._forward_actor(spec, held, job or self._job, node_id) if node_id else False
                 if forwarded is not False:
                     return None if forwarded is True else forwarded  # or get_if_exists' winner
         restarts = self._restart_counts.get(spec.actor_id, 0)  # started here again after its node died
         if here:  # its name was claimed where it was created
             name, spec.options["name"] = spec.options["name"], None
             try:
-                node.create_actor_here(spec, held, job, restarts)
+                self._actors.create_actor_here(spec, held, job, restarts)
             finally:
                 spec.options["name"] = name
         else:
-            winner = node.create_actor_here(spec, held, job, restarts)
+            winner = self._actors.create_actor_here(spec, held, job, restarts)
             if winner is not None:
                 return winner
         if self.view is not None:
@@ -91,10 +95,10 @@ class RemoteActors:
         cls = spec.cls
         blob = None
         if cls.function_id not in link.functions:
-            blob = self._node.blob(cls)
+            blob = self._functions.blob(cls)
             link.functions.add(cls.function_id)
         if held is not None:
-            args, inner = self._node.copy_out(held), list(held.contained_refs)
+            args, inner = self._ledger.copy_out(held), list(held.contained_refs)
             self._store.drop(held)  # its bytes travel inline; the references inside are kept below
         else:
             args = to_wire(spec.args) if spec.args is not None else None
@@ -123,7 +127,7 @@ class RemoteActors:
             self._restart_counts[rest[0]] = restarts
         worker.job, saved = job, worker.job
         try:
-            return self._node.handlers["create_actor"](worker, rid, tuple(rest))
+            return self._requests.handlers["create_actor"](worker, rid, tuple(rest))
         finally:
             worker.job = saved
 
@@ -141,7 +145,7 @@ class RemoteActors:
         """The node an actor that does not live here lives on (its record, read once), or None; raises
         ``ActorDiedError`` if its record says it is dead."""
         node_id = self._actor_nodes.get(actor_id)
-        if node_id is not None or self._node.has_actor(actor_id):
+        if node_id is not None or self._actors.has_actor(actor_id):
             return node_id
         value = self._metadata.get(ACTORS + actor_id.hex())
         if value is None:
@@ -187,7 +191,7 @@ class RemoteActors:
         if self.view is None:
             return None
         actor_id = self._names.actor_id(name, namespace)
-        return self._node.handle_of(actor_id) if actor_id is not None else None
+        return self._actors.handle_of(actor_id) if actor_id is not None else None
 
     def handles_gone(self, actor_id: bytes) -> bool:
         """No handle to the actor is left here: let it go on its node; False if it does not live elsewhere."""
@@ -247,7 +251,7 @@ class RemoteActors:
         spec.deps = deps
         name, spec.options["name"] = spec.options["name"], None  # its name stays claimed under its id
         try:
-            self._node.create_actor(spec, None, job)
+            self._actors.create_actor(spec, None, job)
         finally:
             spec.options["name"] = name
 

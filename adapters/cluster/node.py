@@ -42,10 +42,13 @@ class ClusterScheduler(NodeScheduler):
         self.cluster: ClusterView | None = None
         threads = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="anyray-pull")
         seams = self.seams
-        seams.objects = objects = RemoteObjects(self, store, threads)
-        seams.placement = placement = SpillbackPlacement(self, pool, objects, threads)
-        seams.remote_actors = actors = RemoteActors(self, pool, store, metadata, self.names, objects)
-        seams.remote_calls = calls = RemoteCalls(self, store, actors, objects, threads)
+        lock, tasks, ledger, functions = self.lock, self.tasks, self.ledger, self.functions
+        seams.objects = objects = RemoteObjects(pool.node_id, lock, store, tasks, ledger, threads)
+        seams.placement = placement = SpillbackPlacement(lock, pool, self.queues, tasks, ledger, functions, objects,
+                                                         threads)
+        seams.remote_actors = actors = RemoteActors(lock, pool, store, metadata, self.names, objects, self.actors,
+                                                    ledger, functions, self.requests, self.job)
+        seams.remote_calls = calls = RemoteCalls(lock, store, self.actors, actors, objects, ledger, threads)
         seams.record_sink, seams.output_sink = PerJobRecords(), PerJobOutput()
         seams.resource_view = view = ClusterResources(pool)
         seams.feasibility = Feasibility(self._totals, view.infeasible_text)

@@ -30,12 +30,12 @@ class RemoteObjects:
     """The node's object seam on a cluster: ``prefetch`` what a request or a task waits for, ``where`` an
     object lives, and objects read from other nodes sealed here (``receive``)."""
 
-    def __init__(self, node, store, threads):
+    def __init__(self, node_id: str, lock, store, tasks, ledger, threads):
         self.view = None  # the ClusterView, once attached
-        self.node_id = node.pool.node_id
-        self._node = node
+        self.node_id = node_id
         self._store = store
-        self._lock = node.lock
+        self._lock = lock
+        self._has_task, self._fail = tasks.has_task, ledger.fail
         self._threads = threads  # where answers from other nodes are taken in (never a link's reader)
         self._remote: dict[bytes, str] = {}  # object id -> the node it lives on, while referenced here
         self._pulling: set[bytes] = set()
@@ -81,7 +81,7 @@ class RemoteObjects:
 
     def expect(self, oid: bytes, node_id: str) -> None:
         """``oid`` lives on ``node_id``: keep it alive there while this node refers to it."""
-        if node_id == self.node_id or self._store.entry(oid) is not None or self._node.has_task(oid):
+        if node_id == self.node_id or self._store.entry(oid) is not None or self._has_task(oid):
             return
         with self._lock:
             if oid in self._remote:
@@ -109,7 +109,7 @@ class RemoteObjects:
         for oid in lost:
             self._remote.pop(oid, None)
             self._pulling.discard(oid)
-            self._node.fail([ObjectRef(oid)], ObjectLostError(
+            self._fail([ObjectRef(oid)], ObjectLostError(
                 f"Object {oid.hex()} was lost: the node that held it ({node_id}) died."))
 
     # -- pulling -------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ class RemoteObjects:
             grant = store.reserve(wire.nbytes)
         except Exception as exc:  # noqa: BLE001 - the store is full: the object cannot come here
             link.unpin(oid)
-            self._node.fail([ObjectRef(oid)], exc)
+            self._fail([ObjectRef(oid)], exc)
             return
         try:
             source = link.setup.get("object_address") or link.address  # its --object-manager-port, if fixed
@@ -173,7 +173,7 @@ class RemoteObjects:
         except Exception as exc:  # noqa: BLE001
             store.forget_grant(grant.offset)
             link.unpin(oid)
-            self._node.fail([ObjectRef(oid)], ObjectLostError(f"Object {oid.hex()} could not be read from node "
+            self._fail([ObjectRef(oid)], ObjectLostError(f"Object {oid.hex()} could not be read from node "
                                                               f"{node_id}: {exc}"))
             return
         link.unpin(oid)

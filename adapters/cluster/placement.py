@@ -30,14 +30,16 @@ class SpillbackPlacement:
     """The node's placement seam on a cluster: ``route`` a ready task to another node when it cannot run
     here now, ``spill_queued`` tasks when other nodes have room, and ``cancel`` tasks handed on."""
 
-    def __init__(self, node, pool, objects, threads):
+    def __init__(self, lock, pool, queues: dict, tasks, ledger, functions, objects, threads):
         self.view = None  # the ClusterView, once attached
-        self._node = node
+        self._lock = lock
         self._pool = pool
+        self._queues = queues
+        self._tasks = tasks
+        self._ledger = ledger
+        self._functions = functions
         self._objects = objects
         self._threads = threads
-        self._lock = node.lock
-        self._queues = node.queues
         self._forwarded: dict[str, set] = {}  # node id -> tasks handed to it, not yet back
 
     def register(self, register) -> None:
@@ -92,7 +94,7 @@ class SpillbackPlacement:
 
     def cancel(self, ref, force: bool, recursive: bool) -> bool:
         """Cancel a task handed to another node there; False if it is not such a task."""
-        task = self._node.task_of(ref._id)
+        task = self._tasks.task_of(ref._id)
         if task is not None and task.state == "forwarded" and task.node is not None:
             link = self.view.existing_link(task.node)
             if link is not None:
@@ -107,7 +109,6 @@ class SpillbackPlacement:
 
     def _forward(self, task, node_id: str) -> None:
         spec = task.spec
-        node = self._node
         try:
             link = self.view.link(node_id)
         except (OSError, PermissionError) as exc:
@@ -115,17 +116,17 @@ class SpillbackPlacement:
             self.view.returned(node_id, spec.resources)
             with self._lock:
                 task.state = "waiting"
-            node.ready_here(task)
+            self._tasks.ready_here(task)
             return
         task.node = node_id
         self._forwarded.setdefault(node_id, set()).add(task)
         fn = spec.function
         blob = None
         if fn.function_id not in link.functions:
-            blob = node.blob(fn)
+            blob = self._functions.blob(fn)
             link.functions.add(fn.function_id)
         if task.held is not None:
-            args = node.copy_out(task.held)
+            args = self._ledger.copy_out(task.held)
             inner = task.held.contained_refs
         else:
             args = to_wire(spec.args)
@@ -155,7 +156,7 @@ class SpillbackPlacement:
             for ref in spec.returns:
                 link.let_go(ref._id)
             with self._lock:
-                self._node.finish(task)
+                self._tasks.finish(task)
         except Exception:  # noqa: BLE001 - never lose a task silently
             log.exception("taking back the results of %s from node %s failed", task.spec.name, node_id)
         self.spill_queued()
@@ -172,29 +173,29 @@ class SpillbackPlacement:
                 task.state = "waiting"
                 task.node = None
         if retry:
-            self._node.ready(task)
+            self._tasks.ready(task)
             return
         with self._lock:
-            self._node.finish(task)
-        self._node.fail(spec.returns, WorkerCrashedError(
+            self._tasks.finish(task)
+        self._ledger.fail(spec.returns, WorkerCrashedError(
             f"The node running {spec.name} ({node_id}) died: {error}. Raise max_retries to retry it more often."))
 
     def _op_forward(self, worker, rid, args):
         """A task another node hands to this one: it runs here."""
         (task_id, fn_id, fn_name, blob, args_wire, dep_ids, return_ids, resources, options, parent, name,
          contained, job, where) = args
-        node = self._node
         for oid, node_id in where.items():
             self._objects.expect(oid, node_id)
         try:
-            call_args, held = node.args_from(worker, args_wire, contained)
+            call_args, held = self._ledger.args_from(worker, args_wire, contained)
             counter = current_counter()
-            spec = TaskSpec(task_id=task_id, function=node.descriptor(worker, fn_id, fn_name, blob), args=call_args,
+            function = self._functions.descriptor(worker, fn_id, fn_name, blob)
+            spec = TaskSpec(task_id=task_id, function=function, args=call_args,
                             deps=[ObjectRef(i, None, counter) for i in dep_ids],
                             returns=[ObjectRef(i, None, counter) for i in return_ids], resources=resources,
                             options=options, parent_task_id=parent, name=name)
         except Exception as exc:  # noqa: BLE001 - the caller waits for the results: they are this error
-            node.fail([ObjectRef(i) for i in return_ids], exc)
+            self._ledger.fail([ObjectRef(i) for i in return_ids], exc)
             return None
-        node.submit_task(spec, held, job, handed=True)
+        self._tasks.submit(spec, held, job, handed=True)
         return None

@@ -78,15 +78,7 @@ class NodeScheduler(Scheduler):
         supervision.connect(task_result=tasks.task_result, call_result=actors.call_result,
                             on_request=self.requests.on_request, actor_died=actors.died,
                             actor_exited=actors.actor_exited, worker_lost=tasks.worker_lost)
-        self.handlers = self.requests.handlers
-        self.register = self.requests.register
-        # What the cluster's parts use of the node's.
-        self.fail, self.own, self.copy_out, self.args_from = ledger.fail, ledger.own, ledger.copy_out, ledger.args_from
-        self.blob, self.descriptor = functions.blob, functions.descriptor
-        self.ready, self.ready_here, self.finish = tasks.ready, tasks.ready_here, tasks.finish
-        self.task_of, self.has_task = tasks.task_of, tasks.has_task
-        self.handle_of, self.has_actor, self.create_actor_here = actors.handle_of, actors.has_actor, \
-            actors.create_actor_here
+        self.register = self.requests.register  # a node's owner serves more requests (the cluster daemon)
         self.add_client = supervision.add_client
         self._closing: list = []  # what else shutdown() closes, first to last
         events.add_source(seams.record_sink.pull)
