@@ -95,6 +95,22 @@ class ResourcePool:
             return {k: v for k, v in self._avail.items() if v > EPS}
 
 
+class ReportsResources:
+    """The Scheduler port's reads of the resources, from the scheduler's ``resource_view`` (a
+    ``NodeResources``)."""
+
+    resource_view: NodeResources
+
+    def cluster_resources(self) -> dict[str, float]:
+        return self.resource_view.cluster_resources()
+
+    def available_resources(self) -> dict[str, float]:
+        return self.resource_view.available_resources()
+
+    def nodes(self) -> list[dict]:
+        return self.resource_view.nodes()
+
+
 class NodeResources:
     """The resources ``cluster_resources()``, ``available_resources()`` and ``nodes()`` report: one node's
     (a cluster node's view adds the other nodes')."""

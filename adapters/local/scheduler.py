@@ -21,7 +21,7 @@ from anyray.specs import RemoteFailure, TaskSpec
 from ..common.actor_host import ActorHost
 from ..common.names import NamedActors
 from ..common.queues import ShapeQueues, admit
-from ..common.resources import NodeResources, ResourcePool
+from ..common.resources import NodeResources, ReportsResources, ResourcePool
 from ..common.threads import DaemonThreadPool
 
 
@@ -43,7 +43,7 @@ def _own_arguments(spec) -> None:
         spec.args = spec.args.copy_buffers()
 
 
-class LocalScheduler(Scheduler):
+class LocalScheduler(ReportsResources, Scheduler):
     def __init__(self, store, metadata, events, pool: ResourcePool):
         self.events = events
         self._resources = pool
@@ -280,16 +280,6 @@ class LocalScheduler(Scheduler):
 
     def list_named_actors(self, namespace):
         return self.names.list(namespace)
-
-    # -- this machine's resources ---------------------------------------------------
-    def cluster_resources(self) -> dict[str, float]:
-        return self.resource_view.cluster_resources()
-
-    def available_resources(self) -> dict[str, float]:
-        return self.resource_view.available_resources()
-
-    def nodes(self) -> list[dict]:
-        return self.resource_view.nodes()
 
     def shutdown(self) -> None:
         self._closed = True

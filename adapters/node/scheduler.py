@@ -39,7 +39,7 @@ from anyray.specs import ActorSpec, ActorTaskSpec, TaskSpec
 
 from ..common.names import NamedActors
 from ..common.queues import ShapeQueues
-from ..common.resources import ResourcePool
+from ..common.resources import ReportsResources, ResourcePool
 from .actors import Actors, call_options
 from .functions import FunctionTable
 from .handlers import LATER, Requests
@@ -53,7 +53,7 @@ from .tasks import Tasks
 __all__ = ["LATER", "NodeScheduler", "call_options"]
 
 
-class NodeScheduler(Scheduler):
+class NodeScheduler(ReportsResources, Scheduler):
     def __init__(self, session, store: SharedObjectStore, metadata, events, pool: ResourcePool, setup: dict):
         self.events = events
         self.lock = lock = threading.RLock()  # the node's one lock, shared by every part
@@ -140,14 +140,10 @@ class NodeScheduler(Scheduler):
     def task_unblocked(self) -> None:
         pass
 
-    def cluster_resources(self) -> dict[str, float]:
-        return self.seams.resource_view.cluster_resources()
-
-    def available_resources(self) -> dict[str, float]:
-        return self.seams.resource_view.available_resources()
-
-    def nodes(self) -> list[dict]:
-        return self.seams.resource_view.nodes()
+    @property
+    def resource_view(self):
+        """What ``cluster_resources()``, ``available_resources()`` and ``nodes()`` report (a seam)."""
+        return self.seams.resource_view
 
     def state(self, kind: str) -> list[dict]:
         """What ``anyray list`` shows of this node: its ``actors``, ``tasks`` or ``objects``."""
