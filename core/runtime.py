@@ -320,8 +320,6 @@ class Runtime:
             native = self.scheduler.create_actor(spec)
         except ActorNameTaken as taken:  # get_if_exists lost a race for the name: the winner's actor
             return taken.handle
-        if isinstance(native, ActorHandle):  # LEGACY (goes at merge): a scheduler returning the winner
-            return native
         return ActorHandle(spec.actor_id, descriptor.name, method_options, native)
 
     def submit_actor_task(self, handle, method_name: str, args: tuple, kwargs: dict, options: dict):

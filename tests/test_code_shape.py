@@ -20,9 +20,9 @@ MAX_MODULE_LINES = 600
 MAX_CLASS_LINES = 300
 MAX_CLASS_METHODS = 30
 
-# Over a limit today (the node and cluster schedulers are being split into parts).
-MODULES_OVER = {"adapters/node/scheduler.py", "adapters/cluster/scheduler.py"}
-CLASSES_OVER = {"adapters/node/scheduler.py::NodeScheduler", "adapters/cluster/scheduler.py::ClusterScheduler"}
+# Over a limit today: nothing (an entry here must name why it cannot be split yet).
+MODULES_OVER: set[str] = set()
+CLASSES_OVER: set[str] = set()
 
 
 def _sources():

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 
-from anyray.adapters.cluster.scheduler import ClusterView
+from anyray.adapters.cluster.view import ClusterView
 from anyray.adapters.common.threads import DaemonThreadPool
 from anyray.adapters.metadata.memory import MemoryMetadataStore
 
@@ -19,7 +19,7 @@ def test_a_record_no_node_signed_is_a_logged_warning_not_stdout(caplog, capsys):
                          on_dead=lambda _: None).seal_record({"actor": "x"})
     with caplog.at_level(logging.WARNING, logger="anyray"):
         assert view.open_record(forged) is None
-    assert [r.name for r in caplog.records] == ["anyray.adapters.cluster.scheduler"]
+    assert [r.name for r in caplog.records] == ["anyray.adapters.cluster.view"]
     assert "no node of this cluster signed" in caplog.records[0].getMessage()
     assert capsys.readouterr().out == ""
 

@@ -121,19 +121,15 @@ def test_contained_ids_are_kind_and_id():
 # Ends not converted yet (in the schedulers) unpack the same tuples: their names must line up with the
 # types' fields, position by position (their local names, renamed where they differ).
 UNPACKED_BY = {  # (file, function, the unpacked variable) -> type
-    ("adapters/node/scheduler.py", "_on_message", "payload"): m.Envelope,
-    ("adapters/node/scheduler.py", "_on_message", "body"): m.Result,
-    ("adapters/node/scheduler.py", "_on_request", "body"): m.Request,
-    ("adapters/node/scheduler.py", "_apply_refs", "changes"): m.RefChanges,
-    ("adapters/node/scheduler.py", "_op_get", "args"): m.Get,
-    ("adapters/node/scheduler.py", "_op_wait", "args"): m.Wait,
-    ("adapters/node/scheduler.py", "_op_put", "args"): m.Put,
-    ("adapters/node/scheduler.py", "_op_put_kept", "args"): m.Put,
-    ("adapters/node/scheduler.py", "_op_submit", "args"): m.Submit,
-    ("adapters/node/scheduler.py", "_op_create_actor", "args"): m.CreateActor,
-    ("adapters/node/scheduler.py", "_op_actor_call", "args"): m.CallActor,
-    ("adapters/node/scheduler.py", "_op_cancel", "args"): m.CancelRef,
-    ("adapters/cluster/scheduler.py", "_op_forward", "args"): m.Forward,
+    ("adapters/node/handlers.py", "_op_get", "args"): m.Get,
+    ("adapters/node/handlers.py", "_op_wait", "args"): m.Wait,
+    ("adapters/node/handlers.py", "_op_put", "args"): m.Put,
+    ("adapters/node/handlers.py", "_op_put_kept", "args"): m.Put,
+    ("adapters/node/handlers.py", "_op_submit", "args"): m.Submit,
+    ("adapters/node/handlers.py", "_op_create_actor", "args"): m.CreateActor,
+    ("adapters/node/handlers.py", "_op_actor_call", "args"): m.CallActor,
+    ("adapters/node/handlers.py", "_op_cancel", "args"): m.CancelRef,
+    ("adapters/cluster/placement.py", "_op_forward", "args"): m.Forward,
 }
 LOCAL_NAMES = {"args_wire": "args", "changes": "refs"}
 

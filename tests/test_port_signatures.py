@@ -73,14 +73,6 @@ ALL = [(path, port) for paths, port in [(SCHEDULERS, Scheduler), (OBJECT_STORES,
                                          (METADATA_STORES, MetadataStore), (WATCHES, Watch), (BACKENDS, Backend)]
        for path in paths]
 
-# Optional methods still defined, as a ``pass``, where their flag is False: (defining class, method). The
-# files are being restructured; the methods are deleted at the merge, and then these entries go.
-LEGACY_OPTIONAL = {
-    ("NodeScheduler", "task_blocked"), ("NodeScheduler", "task_unblocked"),
-}
-# ``create_actor`` implementations that still return the get_if_exists winner's ActorHandle instead of raising
-# ActorNameTaken (the Runtime accepts both until they are converted at the merge): the defining classes.
-LEGACY_WINNER_RETURN = {"LocalScheduler", "NodeScheduler", "ClusterScheduler", "RemoteScheduler"}
 # Required methods with nothing to do, on purpose: "Class.method" -> why.
 EMPTY_ON_PURPOSE = {
     "WorkerBackend.shutdown": "a worker's backend starts nothing: the worker process's main closes its link",
@@ -189,25 +181,10 @@ def test_optional_methods_are_defined_exactly_where_their_flag_is_true(path, opt
         assert isinstance(declared, bool), f"{cls.__name__}.{flag} must be a bool, got {declared!r}"
         for name in methods:
             defined = _implemented(cls, name)
-            if defined and not declared and (_defining_class(cls, name).__name__, name) in LEGACY_OPTIONAL:
-                continue
             if defined != declared:
                 wrong.append(f"{cls.__name__}.{name} is {'defined' if defined else 'not defined'} but "
                              f"{flag} = {declared}")
     assert not wrong, "\n".join(wrong)
-
-
-def test_the_legacy_optional_allowlist_is_exact():
-    held = set()
-    for path in SCHEDULERS[:5]:  # the built-in ones: the allowlist never names a plugin's class
-        cls = _load(path)
-        for flag, methods in OPTIONAL_METHODS.items():
-            for name in methods:
-                if _implemented(cls, name) and not getattr(cls, flag):
-                    owner = _defining_class(cls, name)
-                    held.add((owner.__name__, name))
-                    assert _is_empty(getattr(owner, name)), f"{owner.__name__}.{name} does work: set {flag} = True"
-    assert held == LEGACY_OPTIONAL, f"LEGACY_OPTIONAL should be exactly {sorted(held)}"
 
 
 def _returns_the_winner(fn) -> bool:
@@ -218,7 +195,7 @@ def _returns_the_winner(fn) -> bool:
 
 
 def test_create_actor_has_one_return_type():
-    legacy = set()
+    returning = set()
     for path in SCHEDULERS:
         try:
             cls = _load(path)
@@ -232,8 +209,8 @@ def test_create_actor_has_one_return_type():
             assert "ActorHandle" not in str(annotation), \
                 f"{klass.__name__}.create_actor returns {annotation}: raise ActorNameTaken(handle) instead"
             if _returns_the_winner(fn):
-                legacy.add(klass.__name__)
-    assert legacy == LEGACY_WINNER_RETURN, f"LEGACY_WINNER_RETURN should be exactly {sorted(legacy)}"
+                returning.add(klass.__name__)
+    assert not returning, f"create_actor returns get_if_exists' winner in {sorted(returning)}: raise ActorNameTaken"
 
 
 def test_a_port_method_that_is_optional_raises_when_called_without_its_flag():

@@ -52,18 +52,12 @@ def test_the_worker_side_modules_never_import_subprocess_themselves():
         assert not imported & {"subprocess", "concurrent.futures", "pluggy", "pool", "scheduler"}, name
 
 
-# The node scheduler still reaches the worker's ``install`` through ``from .worker import install``; once it
-# calls ``framing.run_entry("anyray.adapters.node.worker_main", "install", setup)`` instead, that import goes
-# and this exception with it. Everything else it imports from the node is checked here.
-SCHEDULER_IMPORT_STILL_TO_GO = "worker"
-
-
 def test_the_node_side_loads_nothing_of_the_worker_side():
+    """The scheduler and every part it is built of (what a driver or node daemon runs)."""
     tree = ast.parse((NODE / "scheduler.py").read_text())
     modules = sorted({f"anyray.adapters.node.{node.module}" for node in tree.body
-                      if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
-                      and node.module != SCHEDULER_IMPORT_STILL_TO_GO})
-    assert "anyray.adapters.node.workers" in modules  # the pool, through its shim
+                      if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module})
+    assert "anyray.adapters.node.supervision" in modules  # which starts workers through the pool
     statement = "\n".join(f"import {name}" for name in [*modules, "anyray.adapters.node.pool"])
     assert _loaded_after(statement, WORKER_ONLY + ["anyray.adapters.node.worker_loop"]) == []
 

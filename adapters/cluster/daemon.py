@@ -38,8 +38,9 @@ from ..node.node import Node
 from . import files, servers
 from .address import TOKEN_CHECK_KEY, redact, token_check
 from .client import CLIENT_HELLO, CLIENT_READY, CLIENT_SETUP, _Watchdog, handshake, host_id, open_connection
+from .node import ClusterScheduler
 from .peers import serve_transfers
-from .scheduler import DEAD, ClusterScheduler, ClusterView
+from .view import DEAD, ClusterView
 
 HEARTBEAT_SECONDS = float(os.environ.get("ANYRAY_HEARTBEAT_SECONDS", "1.0"))
 LEASE_SECONDS = 3 * HEARTBEAT_SECONDS  # a node whose record is not renewed for this long is dead
@@ -127,8 +128,9 @@ class NodeDaemon:
         self.node = self.runtime.backend.node
         self.node.setup["forward_output"] = True  # what tasks print goes to their drivers
         self.scheduler = self.node.scheduler
-        self.scheduler.ops.update(metadata_url=self._op_metadata_url, status=self._op_status, list=self._op_list,
-                                  list_here=self._op_list_here)
+        for op, handler in (("metadata_url", self._op_metadata_url), ("status", self._op_status),
+                            ("list", self._op_list), ("list_here", self._op_list_here)):
+            self.scheduler.register(op, handler)
         self._sock = self._listen(self.port, "--port")
         self.port = self._sock.getsockname()[1]
         self.address = f"{self.host}:{self.port}"
@@ -321,7 +323,7 @@ class NodeDaemon:
         self.scheduler.workers.serve(handle, conn)
 
     # -- requests of clients ------------------------------------------------------------
-    def _op_metadata_url(self, _args):
+    def _op_metadata_url(self, worker, rid, _args):
         return self.metadata_url
 
     def _scan_json(self, prefix: str) -> list[dict]:
@@ -336,18 +338,18 @@ class NodeDaemon:
     def nodes(self) -> list[dict]:
         return self._scan_json(NODES)
 
-    def _op_status(self, _args):
+    def _op_status(self, worker, rid, _args):
         return {"nodes": self.nodes(), "dead": self._scan_json(DEAD), "this": self.node.node_id,
                 "metadata": self.metadata_kind, "usage": self.node.store.usage(), "now": time.time(),
                 "lease_seconds": LEASE_SECONDS}
 
-    def _op_list(self, kind):
+    def _op_list(self, worker, rid, kind):
         """The cluster's nodes, or every node's actors, tasks or objects."""
         if kind == "nodes":
             return self.nodes()
         return self.scheduler.state(kind) + self.scheduler.ask_every_node("list_here", kind)
 
-    def _op_list_here(self, kind):
+    def _op_list_here(self, worker, rid, kind):
         return self.scheduler.state(kind)
 
 

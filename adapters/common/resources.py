@@ -93,3 +93,43 @@ class ResourcePool:
     def available(self) -> dict[str, float]:
         with self._lock:
             return {k: v for k, v in self._avail.items() if v > EPS}
+
+
+class ReportsResources:
+    """The Scheduler port's reads of the resources, from the scheduler's ``resource_view`` (a
+    ``NodeResources``)."""
+
+    resource_view: NodeResources
+
+    def cluster_resources(self) -> dict[str, float]:
+        return self.resource_view.cluster_resources()
+
+    def available_resources(self) -> dict[str, float]:
+        return self.resource_view.available_resources()
+
+    def nodes(self) -> list[dict]:
+        return self.resource_view.nodes()
+
+
+class NodeResources:
+    """The resources ``cluster_resources()``, ``available_resources()`` and ``nodes()`` report: one node's
+    (a cluster node's view adds the other nodes')."""
+
+    def __init__(self, pool: ResourcePool):
+        self.pool = pool
+
+    def cluster_resources(self) -> dict[str, float]:
+        return self.pool.total()
+
+    def available_resources(self) -> dict[str, float]:
+        return self.pool.available()
+
+    def nodes(self) -> list[dict]:
+        return [{"NodeID": self.pool.node_id, "Alive": True, "NodeManagerAddress": "127.0.0.1",
+                 "NodeManagerHostname": "localhost", "Resources": self.pool.total(), "alive": True}]
+
+    def infeasible_text(self, name: str, demand: dict, totals: list[dict]) -> str:
+        """The infeasible-work warning's words (``policy.Feasibility``): ``totals[0]`` is this machine's."""
+        lacking = missing(demand, totals[0])
+        return (f"{name} needs {lacking} but this machine has {self.pool.describe_total(lacking)}; "
+                f"it will wait until those resources exist (pass them to init(num_gpus=..., resources=...)).")

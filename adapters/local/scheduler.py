@@ -12,13 +12,16 @@ import threading
 
 from anyray import serialization
 from anyray.context import TaskContext, current_task
-from anyray.exceptions import TaskCancelledError
+from anyray.exceptions import ActorNameTaken, TaskCancelledError
 from anyray.executor import Call, run_in_place, serialize_failure
+from anyray.policy import Feasibility
+from anyray.ports.scheduler import Scheduler
 from anyray.specs import RemoteFailure, TaskSpec
 
 from ..common.actor_host import ActorHost
-from ..common.resources import ResourcePool
-from ..common.scheduling import QueueScheduler
+from ..common.names import NamedActors
+from ..common.queues import ShapeQueues, admit
+from ..common.resources import NodeResources, ReportsResources, ResourcePool
 from ..common.threads import DaemonThreadPool
 
 
@@ -40,11 +43,18 @@ def _own_arguments(spec) -> None:
         spec.args = spec.args.copy_buffers()
 
 
-class LocalScheduler(QueueScheduler):
+class LocalScheduler(ReportsResources, Scheduler):
     runs_here = tracks_handles = lends_cpus = True  # capability flags: see anyray.ports.scheduler
 
     def __init__(self, store, metadata, events, pool: ResourcePool):
-        super().__init__(metadata, events, pool)
+        self.events = events
+        self._resources = pool
+        self._lock = threading.RLock()
+        self._shapes = ShapeQueues(self._lock, pool, self._start)
+        self.enqueue, self.release = self._shapes.enqueue, self._shapes.release  # ActorHost waits through these
+        self.resource_view = NodeResources(pool)
+        self.feasibility = Feasibility(lambda: [pool.total()], self.resource_view.infeasible_text)
+        self.names = NamedActors(metadata, self.get_named_actor)
         self._store = store
         self._tasks: dict[bytes, _Task] = {}            # by return object id, until done
         self._children: dict[bytes, list[_Task]] = {}
@@ -74,7 +84,7 @@ class LocalScheduler(QueueScheduler):
         """Hand a finished task's lease to the next queued task of the same demand, in this thread;
         release it instead when other work waits (fairness) or nothing does."""
         with self._lock:
-            task = self._next_queued(shape, lease)
+            task = self._shapes.next_queued(shape, lease)
             if task is not None:
                 task.state = "running"
                 task.thread_id = threading.get_ident()
@@ -87,15 +97,16 @@ class LocalScheduler(QueueScheduler):
     def submit_task(self, spec: TaskSpec) -> None:
         _own_arguments(spec)
         task = _Task(spec)
-        self._admit(task, self._tasks, self._children, self._store)
+        self.feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
+        admit(task, self._tasks, self._children, self._lock, self._store, self.ready)
 
-    def _ready(self, task: _Task) -> None:
+    def ready(self, task: _Task) -> None:
         with self._lock:
             if task.state != "waiting":
                 return  # cancelled while waiting for its dependencies
             task.state = "queued"
-            self._queue_of(task.shape, task)
-        self._dispatch()
+            self._shapes.push(task.shape, task)
+        self._shapes.dispatch()
 
     def _start(self, task: _Task, lease) -> None:
         with self._lock:
@@ -217,7 +228,7 @@ class LocalScheduler(QueueScheduler):
             return
         ctx.blocked = True
         self._resources.lend_cpus(ctx.lease)
-        self._dispatch()
+        self._shapes.dispatch()
 
     def task_unblocked(self) -> None:
         ctx = current_task.get()
@@ -228,11 +239,11 @@ class LocalScheduler(QueueScheduler):
 
     # -- actors -------------------------------------------------------------
     def create_actor(self, spec):
-        winner = self._claim_name(spec)
+        winner = self.names.claim(spec)
         if winner is not None:
-            return winner  # get_if_exists, and another caller created it first
+            raise ActorNameTaken(winner)  # get_if_exists, and another caller created it first
         if spec.resources:
-            self._check_feasible(spec.actor_id, spec.cls.name, spec.resources)
+            self.feasibility.check(spec.actor_id, spec.cls.name, spec.resources)
         _own_arguments(spec)
         actor = ActorHost(spec, self)
         with self._lock:
@@ -240,7 +251,7 @@ class LocalScheduler(QueueScheduler):
         actor.start()
 
     def actor_died(self, actor: ActorHost) -> None:
-        self._release_name(actor.spec)
+        self.names.release(actor.spec)
 
     def actor_crashed(self, actor: ActorHost, spec, reason: str) -> None:
         actor.crash(spec, reason)  # no process to end here: the actor restarts in place
@@ -255,7 +266,7 @@ class LocalScheduler(QueueScheduler):
         actor.submit(spec)
 
     def get_named_actor(self, name: str, namespace: str):
-        actor_id = self._named_actor_id(name, namespace)
+        actor_id = self.names.actor_id(name, namespace)
         actor = self._actors.get(actor_id) if actor_id is not None else None
         return actor.handle() if actor is not None and actor.alive_or_pending else None
 
@@ -268,6 +279,9 @@ class LocalScheduler(QueueScheduler):
         actor = self._actors.get(actor_id)
         if actor is not None:
             actor.kill(no_restart)
+
+    def list_named_actors(self, namespace):
+        return self.names.list(namespace)
 
     def shutdown(self) -> None:
         self._closed = True

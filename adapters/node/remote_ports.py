@@ -9,7 +9,7 @@ from __future__ import annotations
 import cloudpickle
 
 from anyray.context import current_task
-from anyray.exceptions import GetTimeoutError
+from anyray.exceptions import ActorNameTaken, GetTimeoutError
 from anyray.ports.object_store import ObjectStore
 from anyray.ports.scheduler import Scheduler
 from anyray.serialization import portable_classes
@@ -82,7 +82,8 @@ class RemoteScheduler(Scheduler):
             {name: portable_options(meta) for name, meta in spec.method_options.items()},
             m.contained_ids(spec.args.contained_refs)))
         node.exported_with(cls, blob)
-        return None if winner is None else cloudpickle.loads(winner)  # get_if_exists lost the race
+        if winner is not None:
+            raise ActorNameTaken(cloudpickle.loads(winner))  # get_if_exists lost the race
 
     def submit_actor_task(self, spec) -> None:
         self.node.tell("actor_call", m.CallActor.pack(

@@ -1,0 +1,97 @@
+"""A cluster node's scheduler: the node's own scheduler, with the cluster's parts in its seams.
+
+Placement (``placement.py``). A task runs here when its resources are free
+here; otherwise, or when no node here could ever hold it, it goes to another
+node that has them free (spillback), by the resource view every node
+publishes with its heartbeat (``view.py``). A task handed on runs where it
+lands.
+
+Objects (``objects.py``). Every object has one home; a node pulls what lives
+elsewhere when something here waits for it, and keeps it alive there while
+it refers to it.
+
+Actors (``actors.py``, ``actor_calls.py``). An actor goes where its resources
+are free; calls to it go to its node, and it starts again elsewhere when its
+node dies (while ``max_restarts`` allows).
+
+What tasks leave behind (records, output) is filed per job, and the
+resources reported are the whole cluster's (``records.py``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+from anyray.policy import Feasibility
+
+from ..node.scheduler import NodeScheduler
+from .actor_calls import RemoteCalls
+from .actors import RemoteActors
+from .objects import RemoteObjects
+from .placement import SpillbackPlacement
+from .records import ClusterResources, PerJobOutput, PerJobRecords, Reports, ask_every_node
+from .view import ClusterView
+
+
+class ClusterScheduler(NodeScheduler):
+    """``NodeScheduler`` with the cluster's parts in its seams: other nodes to hand work to (``attach`` a
+    ``ClusterView``), their objects and actors, and reports per job."""
+
+    def __init__(self, session, store, metadata, events, pool, setup):
+        super().__init__(session, store, metadata, events, pool, setup)
+        self.cluster: ClusterView | None = None
+        threads = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="anyray-pull")
+        seams = self.seams
+        lock, tasks, ledger, functions = self.lock, self.tasks, self.ledger, self.functions
+        seams.objects = objects = RemoteObjects(pool.node_id, lock, store, tasks, ledger, threads)
+        seams.placement = placement = SpillbackPlacement(lock, pool, self.queues, tasks, ledger, functions, objects,
+                                                         threads)
+        seams.remote_actors = actors = RemoteActors(lock, pool, store, metadata, self.names, objects, self.actors,
+                                                    ledger, functions, self.requests, self.job)
+        seams.remote_calls = calls = RemoteCalls(lock, store, self.actors, actors, objects, ledger, threads)
+        seams.record_sink, seams.output_sink = PerJobRecords(), PerJobOutput()
+        seams.resource_view = view = ClusterResources(pool)
+        seams.feasibility = Feasibility(self._totals, view.infeasible_text)
+        for part in (placement, objects, actors, Reports(seams.record_sink, seams.output_sink, self.ask_every_node)):
+            part.register(self.register)
+        self.placement, self.objects, self.remote_actors = placement, objects, actors
+        self._parts = (objects, placement, actors, calls, view)
+        self._threads = threads
+        self.on_shutdown(self._close_cluster)
+
+    def attach(self, cluster: ClusterView) -> None:
+        self.cluster = cluster
+        for part in self._parts:
+            part.view = cluster
+
+    @property
+    def node_id(self) -> str:
+        return self.pool.node_id
+
+    def _totals(self) -> list[dict]:
+        """Every node's total resources, this one's first: work another node can hold goes there (the
+        driver warns when no node can)."""
+        cluster = self.cluster
+        return [self.pool.total(), *(r["resources"] for r in cluster.totals())] if cluster else [self.pool.total()]
+
+    def spill_queued(self) -> None:
+        """Hand queued tasks to nodes that have room now (a node's view changed, or work came back)."""
+        self.placement.spill_queued()
+
+    def node_dead(self, node_id: str) -> None:
+        """``node_id``'s lease lapsed: what it ran for this node runs again; what lived only there is lost."""
+        link = self.cluster.existing_link(node_id) if self.cluster else None
+        if link is not None:
+            link.close()  # every answer still awaited from it fails now: tasks are retried, calls fail
+        self.placement.node_lost(node_id)
+        self.objects.node_lost(node_id)
+        self.remote_actors.node_lost(node_id)
+
+    def ask_every_node(self, op: str, args) -> list:
+        """Ask every other node ``op(args)`` at once; the answers (lists) joined, within ``ASK_SECONDS``."""
+        return ask_every_node(self.cluster, op, args)
+
+    def _close_cluster(self) -> None:
+        if self.cluster is not None:
+            self.cluster.close()
+        self._threads.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,188 @@
+"""Objects that live on other nodes: where each lives, keeping it alive there, and pulling it here.
+
+Every object has one home: where the task that made it was submitted, or
+where it was put. A node that gets a reference to an object living elsewhere
+(a task's dependency, a reference inside a value) records where it lives
+(``expect``), keeps it alive there, and pulls it when something here waits
+for it (``prefetch``): inline when small, else in chunks from the other
+node's object server straight into this node's shared memory
+(``peers.Transfer``). It lets go once nothing here refers to the object any
+more (``freed``, the store's ``on_free``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from anyray.exceptions import ObjectLostError
+from anyray.object_ref import ObjectRef
+from anyray.runtime import current_counter
+
+from ..node import protocol as p
+from ..node.arena import Location
+from .peers import PeerLink
+from .view import ignore
+
+log = logging.getLogger(__name__)
+
+
+class RemoteObjects:
+    """The node's object seam on a cluster: ``prefetch`` what a request or a task waits for, ``where`` an
+    object lives, and objects read from other nodes sealed here (``receive``)."""
+
+    def __init__(self, node_id: str, lock, store, tasks, ledger, threads):
+        self.view = None  # the ClusterView, once attached
+        self.node_id = node_id
+        self._store = store
+        self._lock = lock
+        self._has_task, self._fail = tasks.has_task, ledger.fail
+        self._threads = threads  # where answers from other nodes are taken in (never a link's reader)
+        self._remote: dict[bytes, str] = {}  # object id -> the node it lives on, while referenced here
+        self._pulling: set[bytes] = set()
+        store.on_free = self.freed
+
+    def register(self, register) -> None:
+        register("expect", self._op_expect)
+
+    def where(self, oid: bytes) -> str:
+        """The node ``oid`` lives on, as far as this node knows (itself unless it recorded another)."""
+        return self._remote.get(oid, self.node_id)
+
+    # -- the node's seam -------------------------------------------------------------------
+    def prefetch_deps(self, deps) -> None:
+        """A task is submitted: start pulling its dependencies that live elsewhere."""
+        if self._remote:
+            self.fetch([r._id for r in deps])
+
+    def prefetch(self, ids) -> None:
+        """A ``get`` or ``wait`` asks for ``ids``: start pulling those that live elsewhere."""
+        self.fetch(ids)
+
+    def answer_peer(self, out: list) -> list:
+        """A ``get``'s answer to another node: each object with where the references inside it live."""
+        store = self._store
+        answer = []
+        for oid, wire in out:
+            inner = getattr(store.entry(oid), "contained_refs", None) or ()
+            contained = [(kind, ident, self._remote.get(ident, self.node_id) if kind == p.OBJECT else None)
+                         for kind, ident in p.contained_ids(inner)]
+            answer.append((oid, wire, contained))
+        return answer
+
+    # -- where objects live ------------------------------------------------------------------
+    def send_expect(self, link: PeerLink, ids) -> None:
+        """Tell the node behind ``link`` where the objects ``ids`` live, ahead of work that reads them."""
+        if ids:
+            link.call("expect", {oid: self._remote.get(oid, self.node_id) for oid in ids}, ignore)
+
+    def _op_expect(self, worker, rid, where):
+        for oid, node_id in where.items():
+            self.expect(oid, node_id)
+
+    def expect(self, oid: bytes, node_id: str) -> None:
+        """``oid`` lives on ``node_id``: keep it alive there while this node refers to it."""
+        if node_id == self.node_id or self._store.entry(oid) is not None or self._has_task(oid):
+            return
+        with self._lock:
+            if oid in self._remote:
+                return
+            self._remote[oid] = node_id
+        try:
+            link = self.view.link(node_id)
+        except (OSError, PermissionError):
+            return  # gone: a wait for it fails when the node's lease lapses
+        link.hold(oid)
+        link.flush()
+
+    def freed(self, ids) -> None:
+        for oid in ids:
+            with self._lock:  # ordered with receive's check: a pull that lands later is not sealed
+                node_id = self._remote.pop(oid, None)
+            if node_id is not None and self.view is not None:
+                link = self.view.existing_link(node_id)
+                if link is not None:
+                    link.let_go(oid)
+
+    def node_lost(self, node_id: str) -> None:
+        """``node_id`` died: what lived only there is lost."""
+        lost = [oid for oid, where in list(self._remote.items()) if where == node_id]
+        for oid in lost:
+            self._remote.pop(oid, None)
+            self._pulling.discard(oid)
+            self._fail([ObjectRef(oid)], ObjectLostError(
+                f"Object {oid.hex()} was lost: the node that held it ({node_id}) died."))
+
+    # -- pulling -------------------------------------------------------------------------------
+    def fetch(self, ids) -> None:
+        """Start pulling each of ``ids`` that lives on another node and is not here yet."""
+        if not self._remote:
+            return
+        for oid in ids:
+            node_id = self._remote.get(oid)
+            if node_id is None or self._store.entry(oid) is not None:
+                continue
+            with self._lock:
+                if oid in self._pulling:
+                    continue
+                self._pulling.add(oid)
+            try:
+                link = self.view.link(node_id)
+            except (OSError, PermissionError):
+                self._pulling.discard(oid)
+                continue
+            link.call("get", ([oid], False, False),
+                      lambda ok, value, link=link, node_id=node_id, oid=oid:
+                      self._threads.submit(self._pulled, node_id, link, oid, ok, value))
+
+    def _pulled(self, node_id: str, link: PeerLink, oid: bytes, ok: bool, value) -> None:
+        try:
+            if ok:
+                for key, wire, contained in value:
+                    self.receive(node_id, link, key, wire, contained, pulled=True)
+        except Exception:  # noqa: BLE001
+            log.exception("receiving objects pulled from node %s failed", node_id)
+        finally:
+            self._pulling.discard(oid)
+
+    def receive(self, node_id: str, link: PeerLink, oid: bytes, wire, contained, pulled: bool = False) -> None:
+        """Seal here an object read from ``node_id``: its references first, then its bytes. A ``pulled``
+        object no longer referenced here (freed while it travelled) is dropped instead."""
+        if pulled and oid not in self._remote:
+            if type(wire) is Location:
+                link.unpin(oid)
+            return
+        counter = current_counter()
+        refs = []
+        for kind, ident, where in contained or ():
+            if kind == p.OBJECT:
+                self.expect(ident, where or node_id)
+                refs.append(ObjectRef(ident, None, counter))
+        if type(wire) is not Location:
+            self._seal_received(oid, wire, refs, pulled)
+            return
+        store = self._store
+        try:
+            grant = store.reserve(wire.nbytes)
+        except Exception as exc:  # noqa: BLE001 - the store is full: the object cannot come here
+            link.unpin(oid)
+            self._fail([ObjectRef(oid)], exc)
+            return
+        try:
+            source = link.setup.get("object_address") or link.address  # its --object-manager-port, if fixed
+            self.view.transfer.pull(source, wire, store.arena.receive_view(grant.offset, wire.nbytes))
+        except Exception as exc:  # noqa: BLE001
+            store.forget_grant(grant.offset)
+            link.unpin(oid)
+            self._fail([ObjectRef(oid)], ObjectLostError(f"Object {oid.hex()} could not be read from node "
+                                                              f"{node_id}: {exc}"))
+            return
+        link.unpin(oid)
+        if not self._seal_received(oid, wire._replace(offset=grant.offset), refs, pulled):
+            store.forget_grant(grant.offset)
+
+    def _seal_received(self, oid: bytes, wire, refs, pulled: bool) -> bool:
+        with self._lock:
+            if pulled and oid not in self._remote:
+                return False
+            self._store.seal_wire(oid, wire, refs)
+            return True

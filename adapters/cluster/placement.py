@@ -1,0 +1,201 @@
+"""Where a task runs on a cluster: here while its resources are free here, else on another node that has
+them free (spillback), by the other nodes' published resources (``ClusterView``).
+
+A task handed on runs where it lands (``forward``, received by the other
+node's ``forward`` request). The node that handed it keeps its return ids
+alive there and reads the results home as soon as they are sealed; if that
+node dies first, the task runs again (here or elsewhere) while its
+``max_retries`` allow.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from anyray.exceptions import WorkerCrashedError
+from anyray.object_ref import ObjectRef
+from anyray.policy import allows_another, fits
+from anyray.runtime import current_counter
+from anyray.specs import TaskSpec
+
+from ..node import protocol as p
+from ..node.store import to_wire
+from .peers import PeerLink
+from .view import ignore
+
+log = logging.getLogger(__name__)
+
+
+class SpillbackPlacement:
+    """The node's placement seam on a cluster: ``route`` a ready task to another node when it cannot run
+    here now, ``spill_queued`` tasks when other nodes have room, and ``cancel`` tasks handed on."""
+
+    def __init__(self, lock, pool, queues: dict, tasks, ledger, functions, objects, threads):
+        self.view = None  # the ClusterView, once attached
+        self._lock = lock
+        self._pool = pool
+        self._queues = queues
+        self._tasks = tasks
+        self._ledger = ledger
+        self._functions = functions
+        self._objects = objects
+        self._threads = threads
+        self._forwarded: dict[str, set] = {}  # node id -> tasks handed to it, not yet back
+
+    def register(self, register) -> None:
+        register("forward", self._op_forward)
+
+    def route(self, task) -> bool:
+        """``task`` is ready: True when it went (or is going) to another node."""
+        view = self.view
+        if view is None or task.spilled or task.state != "waiting":
+            return False
+        demand = task.spec.resources
+        busy = self._queues.get(task.shape) or not fits(demand, self._pool.available())
+        if not (busy or self._pool.infeasible(demand)):
+            return False
+        node_id = view.place(demand)
+        if node_id is None:
+            return False
+        with self._lock:
+            taken = task.state == "waiting"
+            if taken:
+                task.state = "forwarded"
+        if not taken:  # cancelled meanwhile
+            view.returned(node_id, demand)
+            return True
+        self._forward(task, node_id)
+        return True
+
+    def spill_queued(self) -> None:
+        """Hand queued tasks to nodes that have room now (a node's view changed, or work came back)."""
+        if self.view is None:
+            return
+        out = []
+        with self._lock:
+            for queue in self._queues.values():
+                while queue:
+                    head = queue[0]
+                    if callable(head):
+                        break
+                    if head.state != "queued":
+                        queue.popleft()
+                        continue
+                    if head.spilled:
+                        break
+                    node_id = self.view.place(head.spec.resources)
+                    if node_id is None:
+                        break
+                    queue.popleft()
+                    head.state = "forwarded"
+                    out.append((head, node_id))
+        for task, node_id in out:
+            self._forward(task, node_id)
+
+    def cancel(self, ref, force: bool, recursive: bool) -> bool:
+        """Cancel a task handed to another node there; False if it is not such a task."""
+        task = self._tasks.task_of(ref._id)
+        if task is not None and task.state == "forwarded" and task.node is not None:
+            link = self.view.existing_link(task.node)
+            if link is not None:
+                link.call("cancel", (ref._id, force, recursive), ignore)
+                return True
+        return False
+
+    def node_lost(self, node_id: str) -> None:
+        """``node_id`` died: what it ran for this node runs again."""
+        for task in list(self._forwarded.pop(node_id, ())):
+            self._lost(task, node_id, "its lease lapsed")
+
+    def _forward(self, task, node_id: str) -> None:
+        spec = task.spec
+        try:
+            link = self.view.link(node_id)
+        except (OSError, PermissionError) as exc:
+            log.warning("could not hand %s to node %s: %s; running it here", spec.name, node_id, exc)
+            self.view.returned(node_id, spec.resources)
+            with self._lock:
+                task.state = "waiting"
+            self._tasks.ready_here(task)
+            return
+        task.node = node_id
+        self._forwarded.setdefault(node_id, set()).add(task)
+        fn = spec.function
+        blob = None
+        if fn.function_id not in link.functions:
+            blob = self._functions.blob(fn)
+            link.functions.add(fn.function_id)
+        if task.held is not None:
+            args = self._ledger.copy_out(task.held)
+            inner = task.held.contained_refs
+        else:
+            args = to_wire(spec.args)
+            inner = spec.args.contained_refs
+        contained = p.contained_ids(inner) if inner else []
+        ids = [r._id for r in spec.deps] + [ident for kind, ident in contained if kind == p.OBJECT]
+        where = {oid: self._objects.where(oid) for oid in ids}
+        return_ids = [r._id for r in spec.returns]
+        for oid in return_ids:  # the other node keeps the results until they are read home
+            link.hold(oid)
+        link.call("forward", (spec.task_id, fn.function_id, fn.name, blob, args, [r._id for r in spec.deps],
+                              return_ids, spec.resources, spec.options, spec.parent_task_id, spec.name, contained,
+                              task.job, where), ignore)
+        link.call("get", (return_ids, False, False),
+                  lambda ok, value: self._threads.submit(self._forwarded_back, task, node_id, link, ok, value))
+
+    def _forwarded_back(self, task, node_id: str, link: PeerLink, ok: bool, value) -> None:
+        try:
+            spec = task.spec
+            self._forwarded.get(node_id, set()).discard(task)
+            self.view.returned(node_id, spec.resources)
+            if not ok:  # the node went away: run it again, elsewhere or here, while retries allow
+                self._lost(task, node_id, value)
+                return
+            for oid, wire, contained in value:
+                self._objects.receive(node_id, link, oid, wire, contained)
+            for ref in spec.returns:
+                link.let_go(ref._id)
+            with self._lock:
+                self._tasks.finish(task)
+        except Exception:  # noqa: BLE001 - never lose a task silently
+            log.exception("taking back the results of %s from node %s failed", task.spec.name, node_id)
+        self.spill_queued()
+
+    def _lost(self, task, node_id: str, error) -> None:
+        spec = task.spec
+        retries = spec.options["max_retries"]
+        with self._lock:
+            if task.state != "forwarded":
+                return
+            retry = allows_another(retries, task.attempts)
+            if retry:
+                task.attempts += 1
+                task.state = "waiting"
+                task.node = None
+        if retry:
+            self._tasks.ready(task)
+            return
+        with self._lock:
+            self._tasks.finish(task)
+        self._ledger.fail(spec.returns, WorkerCrashedError(
+            f"The node running {spec.name} ({node_id}) died: {error}. Raise max_retries to retry it more often."))
+
+    def _op_forward(self, worker, rid, args):
+        """A task another node hands to this one: it runs here."""
+        (task_id, fn_id, fn_name, blob, args_wire, dep_ids, return_ids, resources, options, parent, name,
+         contained, job, where) = args
+        for oid, node_id in where.items():
+            self._objects.expect(oid, node_id)
+        try:
+            call_args, held = self._ledger.args_from(worker, args_wire, contained)
+            counter = current_counter()
+            function = self._functions.descriptor(worker, fn_id, fn_name, blob)
+            spec = TaskSpec(task_id=task_id, function=function, args=call_args,
+                            deps=[ObjectRef(i, None, counter) for i in dep_ids],
+                            returns=[ObjectRef(i, None, counter) for i in return_ids], resources=resources,
+                            options=options, parent_task_id=parent, name=name)
+        except Exception as exc:  # noqa: BLE001 - the caller waits for the results: they are this error
+            self._ledger.fail([ObjectRef(i) for i in return_ids], exc)
+            return None
+        self._tasks.submit(spec, held, job, handed=True)
+        return None

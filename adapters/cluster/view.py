@@ -1,0 +1,182 @@
+"""The other nodes of a cluster as one node sees them: their published records (resources, address),
+what this node has handed to each since, and links to them, opened on first use.
+
+Every node publishes its record with its heartbeat (``NODES``); a record that
+lapses means the node is dead. The view is up to a heartbeat old, so it also
+counts what this node has handed to each other node since, and what came
+back (``place``, ``returned``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import pickle
+import threading
+import time
+
+from anyray.policy import fits
+
+from ..node import protocol as p
+from .peers import PeerLink, Transfer
+
+log = logging.getLogger(__name__)
+
+NODES = "nodes/"
+DEAD = "dead/"  # node id -> JSON of its last record and how it ended, for `anyray status`
+DEAD_SECONDS = 3600.0  # how long a dead node stays listed
+
+
+def ignore(ok, value) -> None:
+    """The answer to a message another node needs no answer to: logged if it is a refusal."""
+    if not ok:
+        log.error("another node refused work: %r", value)
+
+
+class ClusterView:
+    """The other nodes of the cluster: their published resources, and links to them, opened on first use."""
+
+    def __init__(self, metadata, node_id: str, token: bytes, on_change, on_dead, on_self_lapsed=None):
+        self.node_id = node_id
+        self._metadata = metadata
+        self._token = token
+        self._lock = threading.Lock()
+        self.records: dict[str, dict] = {}
+        self._mine: dict[str, dict] = {}       # demand in flight that I handed to each node
+        self._at_record: dict[str, dict] = {}  # ... as it was when its last record arrived
+        self._links: dict[str, PeerLink] = {}
+        self._connecting: dict[str, threading.Lock] = {}
+        self._on_change, self._on_dead, self._on_self_lapsed = on_change, on_dead, on_self_lapsed
+        self.transfer = Transfer(token)
+        self._watch = metadata.watch(NODES, self._changed)
+        for key, value in metadata.scan(NODES):
+            self._changed(key, value)
+
+    def _changed(self, key: str, value: bytes | None) -> None:
+        node_id = key[len(NODES):]
+        if node_id == self.node_id:
+            if value is None and self._on_self_lapsed is not None:
+                self._on_self_lapsed()  # the others count this node dead: its work went elsewhere
+            return
+        if value is None:
+            with self._lock:
+                gone = self.records.pop(node_id, None)
+                self._mine.pop(node_id, None)
+                self._at_record.pop(node_id, None)
+            if gone is not None:
+                self.record_death(gone, "its lease lapsed")  # unless it said it stopped, first
+                self._on_dead(node_id)
+            return
+        try:
+            record = json.loads(value)
+        except ValueError:
+            return
+        with self._lock:
+            self.records[node_id] = record
+            self._at_record[node_id] = dict(self._mine.get(node_id, {}))
+        self._on_change()
+
+    def record_death(self, record: dict, how: str) -> None:
+        """List a node as dead for ``anyray status`` (the first node to say how it ended is kept)."""
+        value = json.dumps({**record, "ended": how, "ended_at": time.time()}).encode()
+        try:
+            if self._metadata.compare_and_set(DEAD + record["node_id"], None, value):
+                self._metadata.put(DEAD + record["node_id"], value, ttl=DEAD_SECONDS)
+        except Exception:  # noqa: BLE001 - a listing only: the store may be down
+            pass
+
+    def _credit(self, node_id: str) -> dict:
+        """What ``node_id`` has free, as far as this node can tell (under the lock)."""
+        record = self.records[node_id]
+        credit = dict(record["available"])
+        for k, v in self._at_record.get(node_id, {}).items():
+            credit[k] = credit.get(k, 0.0) + v
+        for k, v in self._mine.get(node_id, {}).items():
+            credit[k] = credit.get(k, 0.0) - v
+        return credit
+
+    def place(self, demand: dict) -> str | None:
+        """Another node with ``demand`` free now, charged for it; None if none has."""
+        with self._lock:
+            best, best_cpus = None, -1.0
+            for node_id in self.records:
+                credit = self._credit(node_id)
+                if fits(demand, credit) and credit.get("CPU", 0.0) > best_cpus:
+                    best, best_cpus = node_id, credit.get("CPU", 0.0)
+            if best is not None:
+                mine = self._mine.setdefault(best, {})
+                for k, v in demand.items():
+                    mine[k] = mine.get(k, 0.0) + v
+            return best
+
+    def returned(self, node_id: str, demand: dict) -> None:
+        """Work charged to ``node_id`` is done (or never went): take the charge back."""
+        with self._lock:
+            charged = self._mine.get(node_id)
+            if charged is not None:
+                for k, v in demand.items():
+                    if k in charged:
+                        charged[k] = charged[k] - v
+        self._on_change()
+
+    def feasible_elsewhere(self, demand: dict) -> bool:
+        with self._lock:
+            return any(fits(demand, r["resources"]) for r in self.records.values())
+
+    def alive(self, node_id: str) -> bool:
+        return node_id == self.node_id or node_id in self.records
+
+    def address(self, node_id: str) -> str | None:
+        record = self.records.get(node_id)
+        return record["address"] if record else None
+
+    def link(self, node_id: str) -> PeerLink:
+        """The link to ``node_id``, connecting on first use; ``ConnectionError`` if it is gone."""
+        link = self._links.get(node_id)
+        if link is not None and not link.closed:
+            return link
+        with self._lock:
+            gate = self._connecting.setdefault(node_id, threading.Lock())
+        with gate:
+            link = self._links.get(node_id)
+            if link is not None and not link.closed:
+                return link
+            address = self.address(node_id)
+            if address is None:
+                raise ConnectionError(f"Node {node_id} is not (or no longer) part of the cluster.")
+            link = PeerLink.connect(address, self._token, self._closed)
+            self._links[node_id] = link
+            return link
+
+    def existing_link(self, node_id: str) -> PeerLink | None:
+        link = self._links.get(node_id)
+        return link if link is not None and not link.closed else None
+
+    def _closed(self, link: PeerLink) -> None:
+        if self._links.get(link.node_id) is link:
+            self._links.pop(link.node_id, None)
+
+    def seal_record(self, record: dict) -> bytes:
+        """``record`` signed with the cluster token: only a node of the cluster can write one that
+        ``open_record`` accepts, so a value changed by anyone else in the metadata store is never unpickled."""
+        body = p.dumps(record)  # method options may hold classes of a driver's __main__
+        return hmac.new(self._token, body, hashlib.sha256).digest() + body
+
+    def open_record(self, value: bytes) -> dict | None:
+        mac, body = value[:32], value[32:]
+        if not hmac.compare_digest(mac, hmac.new(self._token, body, hashlib.sha256).digest()):
+            log.warning("ignored an actor record in the metadata store that no node of this cluster signed")
+            return None
+        return pickle.loads(body)
+
+    def totals(self) -> list[dict]:
+        with self._lock:
+            return [dict(r) for r in self.records.values()]
+
+    def close(self) -> None:
+        self._watch.cancel()
+        for link in list(self._links.values()):
+            link.close()
+        self.transfer.close()

@@ -1,0 +1,336 @@
+"""The node's actors: each gets a process of its own, started once the actor's resources are free; its
+calls are sent as they are submitted, and the actor process starts them in order (``ActorHost``). An
+actor whose process dies restarts while ``max_restarts`` allows; its calls in flight run again while
+their ``max_task_retries`` allow."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+from anyray.actor import ActorHandle
+from anyray.exceptions import ActorDiedError, TaskCancelledError
+from anyray.policy import allows_another, call_retry_limit
+from anyray.serialization import portable_classes
+from anyray.specs import ActorSpec, ActorTaskSpec
+
+from . import protocol as p
+from .pool import describe
+from .store import ArenaObject, to_wire
+
+
+def call_options(options: dict) -> dict:
+    """What a worker needs of an actor method's options (not its signature, which is costly to pickle)."""
+    return {"retry_exceptions": portable_classes(options.get("retry_exceptions", False)),
+            "max_task_retries": options.get("max_task_retries")}
+
+
+class Actor:
+    __slots__ = ("spec", "state", "worker", "lease", "restarts", "cause", "inflight", "buffered", "held",
+                 "attempts", "terminate", "send_lock", "args_held", "job")
+
+    def __init__(self, spec: ActorSpec, args_held: ArenaObject | None, job: tuple):
+        self.spec = spec
+        self.job = job
+        self.state = "pending"  # pending -> alive -> (restarting -> alive)* -> dead
+        self.worker = None
+        self.lease = None
+        self.restarts = 0
+        self.cause = ""
+        self.inflight: dict[bytes, ActorTaskSpec] = {}  # submitted calls without a result, by task id
+        self.buffered: list[ActorTaskSpec] = []          # calls waiting for a process
+        self.held: dict[bytes, ArenaObject] = {}         # large call arguments, by task id
+        self.attempts: dict[bytes, int] = {}             # retries used per call (max_task_retries)
+        self.terminate = False
+        self.send_lock = threading.Lock()  # calls reach the process in submission order
+        self.args_held = args_held
+
+
+class Actors:
+    """``lock``: the node's lock; ``queues``: where an actor waits for its resources; ``names``: the named
+    actors; ``seams``: actors and calls elsewhere, feasibility."""
+
+    def __init__(self, lock, store, queues, names, ledger, functions, supervision, seams, job: tuple):
+        self._lock = lock
+        self._store = store
+        self._names = names
+        self._seams = seams
+        self._job = job
+        self._enqueue, self.release = queues.enqueue, queues.release
+        self.fail, self._own, self._wire, self._seal_wires = ledger.fail, ledger.own, ledger.wire, ledger.seal_wires
+        self._blob = functions.blob
+        self._spawn, self._send, self._exit = supervision.spawn, supervision.send, supervision.exit
+        self.actors: dict[bytes, Actor] = {}
+        self.call_owner: dict[bytes, Actor] = {}  # first return id of each call in flight -> its actor
+
+    def handle_of(self, actor_id: bytes):
+        actor = self.actors.get(actor_id)
+        if actor is None:
+            return self._seams.remote_actors.handle_of(actor_id) if self._seams.remote_actors is not None else None
+        return ActorHandle(actor_id, actor.spec.cls.name, actor.spec.method_options)
+
+    def has_actor(self, actor_id: bytes) -> bool:
+        """Whether the actor lives on this node."""
+        return actor_id in self.actors
+
+    def create_actor(self, spec: ActorSpec, held: ArenaObject | None = None, job: tuple | None = None):
+        if self._seams.remote_actors is not None:
+            return self._seams.remote_actors.create_actor(spec, held, job)
+        return self.create_actor_here(spec, held, job)
+
+    def create_actor_here(self, spec: ActorSpec, held: ArenaObject | None = None, job: tuple | None = None,
+                          restarts: int = 0):
+        """Create the actor on this node (``restarts``: how often it restarted on nodes that died)."""
+        winner = self._names.claim(spec)
+        if winner is not None:  # get_if_exists, and another caller created it first
+            if held is not None:
+                self._store.drop(held)
+            return winner
+        if spec.resources:
+            self._seams.feasibility.check(spec.actor_id, spec.cls.name, spec.resources)
+        if held is None and spec.args is not None:
+            spec.args, held = self._own(spec.args)
+        actor = Actor(spec, held, job or self._job)
+        actor.restarts = restarts
+        with self._lock:
+            self.actors[spec.actor_id] = actor
+        self._enqueue(spec.resources, lambda lease: self._actor_lease(actor, lease))
+        return None
+
+    def _actor_lease(self, actor: Actor, lease) -> None:
+        with self._lock:
+            if actor.state == "dead":
+                dead = True
+            else:
+                dead = False
+                actor.lease = lease
+        if dead:
+            self.release(lease)
+            return
+        self._start_actor_process(actor)
+
+    def _start_actor_process(self, actor: Actor) -> None:
+        spec = actor.spec
+        gpu_ids = actor.lease.gpu_ids
+        worker = self._spawn({"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpu_ids)} if gpu_ids else None)
+        worker.actor = actor
+        worker.job = actor.job
+        cls = spec.cls
+        blob = self._blob(cls)
+        worker.functions.add(cls.function_id)
+        args = self._wire(worker, spec.actor_id, actor.args_held) if actor.args_held is not None \
+            else to_wire(spec.args)
+        with actor.send_lock:
+            with self._lock:
+                if actor.state == "dead":
+                    worker.handle.kill()
+                    return
+                actor.worker = worker
+                actor.state = "alive"
+                buffered, actor.buffered = actor.buffered, []
+            self._send(worker, p.ACTOR, ("create", (
+                spec.actor_id, cls.function_id, blob, cls.name, args, [r._id for r in spec.deps], spec.resources,
+                spec.options, spec.namespace, spec.is_async, gpu_ids, actor.restarts, actor.job)))
+            for call in buffered:
+                self._send_call(actor, worker, call)
+            if actor.terminate:
+                self._send(worker, p.ACTOR, ("terminate", None))
+
+    def _send_call(self, actor: Actor, worker, spec: ActorTaskSpec) -> None:
+        held = actor.held.get(spec.task_id)
+        args = self._wire(worker, spec.task_id, held) if held is not None else to_wire(spec.args)
+        self._send(worker, p.ACTOR, ("call", (
+            spec.task_id, spec.method_name, args, [r._id for r in spec.deps], [r._id for r in spec.returns],
+            call_options(spec.options), spec.name, spec.caller_id, spec.seq)))
+
+    def submit_actor_task(self, spec: ActorTaskSpec, held: ArenaObject | None = None) -> None:
+        actor = self.actors.get(spec.actor_id)
+        if actor is None:
+            if self._seams.remote_calls is not None and self._seams.remote_calls.submit(spec, held):
+                return
+            self.fail(spec.returns, ActorDiedError(f"No actor with id {spec.actor_id.hex()} exists in this job."))
+            return
+        if held is None:
+            spec.args, held = self._own(spec.args)
+        with actor.send_lock:
+            with self._lock:
+                dead = actor.state == "dead"
+                if not dead:
+                    actor.inflight[spec.task_id] = spec
+                    if spec.returns:
+                        self.call_owner[spec.returns[0]._id] = actor
+                    if held is not None:
+                        actor.held[spec.task_id] = held
+                    worker = actor.worker if actor.state == "alive" else None
+                    if worker is None:
+                        actor.buffered.append(spec)
+            if not dead and worker is not None:
+                self._send_call(actor, worker, spec)
+        if dead:
+            if held is not None:
+                self._store.drop(held)
+            self.fail(spec.returns, ActorDiedError(actor.cause))
+
+    def call_result(self, actor: Actor, worker, task_id: bytes, wires, contained) -> None:
+        with self._lock:
+            spec = actor.inflight.pop(task_id, None)
+            if spec is not None and spec in actor.buffered:  # done by the old process after all
+                actor.buffered.remove(spec)
+            held = actor.held.pop(task_id, None)
+            actor.attempts.pop(task_id, None)
+            if spec is not None and spec.returns:
+                self.call_owner.pop(spec.returns[0]._id, None)
+        if held is not None:
+            self._store.drop(held)
+        if spec is not None:
+            self._seal_wires(worker, [r._id for r in spec.returns], wires, contained)
+
+    def _cancel_call(self, actor: Actor, ref) -> bool:
+        with self._lock:
+            spec = next((s for s in actor.inflight.values() if ref in s.returns), None)
+            if spec is None:
+                return False
+            queued = spec in actor.buffered
+            held = None
+            if queued:
+                actor.buffered.remove(spec)
+                actor.inflight.pop(spec.task_id, None)
+                actor.attempts.pop(spec.task_id, None)
+                held = actor.held.pop(spec.task_id, None)
+                self.call_owner.pop(ref._id, None)
+            worker = actor.worker
+        if held is not None:
+            self._store.drop(held)
+        if queued:
+            self.fail(spec.returns, TaskCancelledError(f"{spec.name} was cancelled."))
+        elif worker is not None and self._send(worker, p.ACTOR, ("cancel", ref._id)) \
+                and not actor.spec.is_async and actor.spec.max_concurrency == 1 \
+                and worker.handle.pid and worker.handle.alive:
+            try:  # a sync actor runs its call on the thread that reads: the signal makes it read the cancel
+                os.kill(worker.handle.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+        return True
+
+    def actor_exited(self, actor: Actor, worker) -> None:
+        how = describe(worker.handle.exit.returncode) if worker.handle.exit else "exit status unknown"
+        self._restart_or_die(actor, worker, f"The actor {actor.spec.cls.name} died: its process {how}")
+
+    def _restart_or_die(self, actor: Actor, worker, cause: str) -> None:
+        """The actor's process is gone (or going): restart it while ``max_restarts`` allows, else it is dead."""
+        spec = actor.spec
+        max_restarts = spec.options["max_restarts"]
+        retried, failed = [], []
+        with self._lock:
+            if actor.worker is not worker or actor.state == "dead":
+                return
+            actor.worker = None
+            if not allows_another(max_restarts, actor.restarts):
+                restart = False
+            else:
+                restart = True
+                actor.restarts += 1
+                actor.state = "restarting"
+                for call in list(actor.inflight.values()):
+                    if call in actor.buffered:
+                        continue
+                    used = actor.attempts.get(call.task_id, 0)
+                    if allows_another(call_retry_limit(call.options, spec.options), used):
+                        actor.attempts[call.task_id] = used + 1
+                        retried.append(call)
+                    else:
+                        actor.inflight.pop(call.task_id, None)
+                        failed.append((call, actor.held.pop(call.task_id, None)))
+                retried.sort(key=lambda c: c.seq)
+                actor.buffered[:0] = retried
+        if not restart:
+            self._actor_dead(actor, f"{cause}." if not actor.cause else actor.cause)
+            return
+        for call, held in failed:
+            if held is not None:
+                self._store.drop(held)
+            self.fail(call.returns, ActorDiedError(f"{cause} while running {call.name}; it is restarting "
+                                                   f"(pass max_task_retries to retry such calls)."))
+        self._start_actor_process(actor)
+
+    def _actor_dead(self, actor: Actor, cause: str) -> None:
+        with self._lock:
+            if actor.state == "dead":
+                return
+            actor.state = "dead"
+            actor.cause = cause
+            calls = list(actor.inflight.values())
+            actor.inflight.clear()
+            actor.buffered.clear()
+            held = list(actor.held.values())
+            actor.held.clear()
+            lease, actor.lease = actor.lease, None
+            args_held, actor.args_held = actor.args_held, None
+        for entry in held + ([args_held] if args_held is not None else []):
+            self._store.drop(entry)
+        for call in calls:
+            self.fail(call.returns, ActorDiedError(cause))
+        self._names.release(actor.spec)
+        if lease is not None:
+            self.release(lease)
+
+    def get_named_actor(self, name: str, namespace: str):
+        actor_id = self._names.actor_id(name, namespace)
+        actor = self.actors.get(actor_id) if actor_id is not None else None
+        if actor is None or actor.state == "dead":
+            return self._seams.remote_actors.named(name, namespace) if self._seams.remote_actors is not None else None
+        return ActorHandle(actor.spec.actor_id, actor.spec.cls.name, actor.spec.method_options)
+
+    def actor_handles_gone(self, actor_id: bytes) -> None:
+        if self._seams.remote_actors is not None and self._seams.remote_actors.handles_gone(actor_id):
+            return
+        actor = self.actors.get(actor_id)
+        if actor is None or actor.spec.options["lifetime"] == "detached":
+            return
+        with actor.send_lock:
+            with self._lock:
+                if actor.state == "dead" or actor.terminate:
+                    return
+                actor.terminate = True
+                worker = actor.worker if actor.state == "alive" else None
+            if worker is not None:
+                self._send(worker, p.ACTOR, ("terminate", None))
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
+        if self._seams.remote_actors is not None and self._seams.remote_actors.kill(actor_id, no_restart):
+            return
+        actor = self.actors.get(actor_id)
+        if actor is None:
+            return
+        max_restarts = actor.spec.options["max_restarts"]
+        with self._lock:
+            if actor.state == "dead":
+                return
+            worker = actor.worker
+            restart = not no_restart and allows_another(max_restarts, actor.restarts)
+        if not restart:
+            self._actor_dead(actor, f"The actor {actor.spec.cls.name} is dead: it was killed with anyray.kill().")
+        elif worker is not None:  # calls from now on go to the new process, as if the old one had died
+            self._restart_or_die(actor, worker, f"The actor {actor.spec.cls.name} was killed with anyray.kill()")
+        if worker is not None:
+            worker.handle.kill()
+
+    def died(self, worker, body) -> None:
+        """The actor process says its actor is dead (``ACTOR_DIED``): it ends, and the process with it."""
+        actor = worker.actor
+        if actor is not None and actor.worker is worker:
+            self._actor_dead(actor, body[1])
+            self._exit(worker)
+
+    def cancel(self, ref) -> bool:
+        """Cancel the actor call that returns ``ref``; False if no actor here has it."""
+        for actor in list(self.actors.values()):
+            if self._cancel_call(actor, ref):
+                return True
+        return False
+
+    def worker_of_call(self, oid: bytes):
+        """The actor process running the call that returns ``oid``, if one does."""
+        actor = self.call_owner.get(oid)
+        return actor.worker if actor is not None else None

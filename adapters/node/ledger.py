@@ -1,0 +1,174 @@
+"""The node's ledger of references and pins: what each worker may read in shared memory (pinned for it),
+the references and actor handles it holds (kept alive here on its behalf), the arena ranges granted to
+it and not yet sealed, and how objects travel to it and from it.
+
+Everything a worker holds is released when the worker goes (``release``).
+"""
+
+from __future__ import annotations
+
+from anyray.exceptions import ObjectLostError
+from anyray.executor import serialize_failure
+from anyray.object_ref import ObjectRef
+from anyray.runtime import current_counter
+from anyray.serialization import SerializedObject
+from anyray.specs import RemoteFailure
+
+from . import protocol as p
+from .arena import Location
+from .store import ArenaObject, to_wire
+
+
+class Ledger:
+    """``lock``: the node's lock; ``seams``: the node's seams (``objects`` for a reader on another node).
+    ``handle_of(actor_id)`` (set by the node once its actors part exists) gives the handle a reference to
+    an actor is kept alive with."""
+
+    def __init__(self, lock, store, seams):
+        self._lock = lock
+        self._store = store
+        self._seams = seams
+        self.handle_of = None
+
+    def fail(self, refs, error: BaseException) -> None:
+        """Seal ``error`` as the value of each of ``refs``."""
+        failure = serialize_failure(RemoteFailure(error))
+        for ref in refs:
+            self._store.seal(ref._id, failure)
+
+    def own(self, args: SerializedObject | None):
+        """Take a call's arguments: large ones into shared memory, small buffers copied (the caller may
+        change its arrays once ``.remote()`` returns)."""
+        if args.nbytes >= self._store.inline_max:
+            return None, self._store.hold(args)
+        return (args.copy_buffers() if args.buffers else args), None
+
+    def wire(self, worker, key: bytes, entry):
+        """How ``entry`` travels to ``worker``: inline bytes, or its location, pinned for the worker under ``key``."""
+        if type(entry) is ArenaObject:
+            if worker.remote:
+                return self.copy_out(entry)
+            with self._lock:
+                if worker.dead:  # the message will not reach it; nothing would unpin
+                    return entry.loc
+                self._store.pin(entry)
+                pin = worker.pins.get(key)
+                if pin is None:
+                    worker.pins[key] = [entry, 1]
+                else:
+                    pin[1] += 1
+            return entry.loc
+        if entry is None:
+            entry = serialize_failure(RemoteFailure(ObjectLostError(
+                f"Object {key.hex()} is no longer in the store: every reference to it was dropped.")))
+        return to_wire(entry)
+
+    def copy_out(self, entry: ArenaObject) -> tuple:
+        """The inline wire form of an object in shared memory, for a reader that cannot map it."""
+        store = self._store
+        store.pin(entry)
+        try:
+            obj = store.arena.read(entry.loc)
+            return bytes(obj.data), [memoryview(b).tobytes() for b in obj.buffers]
+        finally:
+            store.unpin(entry)
+
+    def _unpin(self, worker, key: bytes) -> None:
+        with self._lock:
+            pin = worker.pins.get(key)
+            if pin is None:
+                return
+            pin[1] -= 1
+            if not pin[1]:
+                del worker.pins[key]
+        self._store.unpin(pin[0])
+
+    def apply_refs(self, worker, changes) -> None:
+        """The references, handles and pins a worker took or dropped since its last message."""
+        objects, handles, unpins = changes
+        counter = current_counter()
+        borrowed = worker.borrowed
+        for oid, sign in objects:
+            if sign > 0:
+                if oid not in borrowed:
+                    borrowed[oid] = ObjectRef(oid, None, counter)
+            else:
+                borrowed.pop(oid, None)
+        for actor_id, sign in handles:
+            if sign > 0:
+                if actor_id not in worker.handles:
+                    handle = self.handle_of(actor_id)
+                    if handle is not None:
+                        worker.handles[actor_id] = handle
+            else:
+                worker.handles.pop(actor_id, None)
+        for key in unpins:
+            self._unpin(worker, key)
+
+    def _contained(self, worker, contained) -> list:
+        """Driver-side references for the ids a value holds, so the stored value keeps them alive."""
+        if not contained:
+            return []
+        counter = current_counter()
+        out = []
+        for kind, ident in contained:
+            if kind == p.OBJECT:
+                out.append(ObjectRef(ident, None, counter))
+            else:
+                handle = self.handle_of(ident)
+                if handle is not None:
+                    out.append(handle)
+        return out
+
+    def seal_wires(self, worker, ids, wires, contained) -> None:
+        """Seal the values a worker sent (results, puts)."""
+        for oid, wire, inner in zip(ids, wires, contained):
+            if type(wire) is Location:
+                worker.grants.discard(wire.offset)
+            self._store.seal_wire(oid, wire, self._contained(worker, inner))
+
+    def answer(self, worker, ids) -> list:
+        """The objects ``ids`` (sealed) as they travel to ``worker``: ``(id, wire)`` each."""
+        store = self._store
+        out = []
+        for oid in ids:
+            entry = store.entry(oid)
+            out.append((oid, self.wire(worker, oid, entry)))
+            inner = getattr(entry, "contained_refs", None)
+            if inner:  # the worker will hold these once it unpickles the value
+                for ref in inner:
+                    if type(ref) is ObjectRef and ref._id not in worker.borrowed:
+                        worker.borrowed[ref._id] = ref
+        if worker.peer:  # another node of a cluster also learns where the references inside live
+            return self._seams.objects.answer_peer(out)
+        return out
+
+    def args_from(self, worker, wire, contained):
+        """A call's arguments sent by a worker: ``(SerializedObject, None)`` or ``(None, held ArenaObject)``."""
+        refs = self._contained(worker, contained)
+        if type(wire) is Location:
+            worker.grants.discard(wire.offset)
+            held = ArenaObject(wire, refs)
+            held.pins = 1
+            return None, held
+        data, buffers = wire
+        return SerializedObject(data, buffers, refs), None
+
+    def alloc(self, worker, nbytes: int):
+        """A range of shared memory for a worker to write an object into."""
+        counter = current_counter()
+        if counter is not None:  # objects whose last reference just went give their memory back first
+            counter.drain()
+        grant = self._store.reserve(nbytes)
+        worker.grants.add(grant.offset)
+        return grant
+
+    def release(self, worker, pins: dict, grants: set) -> None:
+        """``worker`` is gone: what it held (taken from it under the lock) is let go."""
+        worker.borrowed.clear()
+        worker.handles.clear()
+        for entry, count in pins.values():
+            for _ in range(count):
+                self._store.unpin(entry)
+        for offset in grants:
+            self._store.forget_grant(offset)

@@ -1,0 +1,148 @@
+"""The node's supervision of its worker processes (and of the drivers and nodes connected to it, served
+as workers are): starting them, sending to them, reading what they send (one handler per message tag),
+and settling what each held when it goes."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+from anyray.exceptions import WorkerCrashedError
+from anyray.object_ref import ObjectRef
+
+from . import protocol as p
+from .framing import EXIT, run_entry
+from .pool import WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """The node's view of one worker process."""
+
+    __slots__ = ("handle", "functions", "task", "actor", "borrowed", "handles", "pins", "grants", "calls",
+                 "blocked", "retiring", "dead", "remote", "job", "peer")
+
+    def __init__(self, handle, job: tuple):
+        self.handle = handle
+        self.functions: set[bytes] = set()
+        self.task = None
+        self.actor = None
+        self.borrowed: dict[bytes, ObjectRef] = {}      # refs the worker holds, kept alive here
+        self.handles: dict = {}                         # actor handles it holds
+        self.pins: dict[bytes, list] = {}               # key -> [ArenaObject, count] it may read
+        self.grants: set[int] = set()                   # arena ranges granted, not yet sealed
+        self.calls: dict[bytes, int] = {}               # tasks run per function (max_calls)
+        self.blocked: set[int] = set()                  # its requests waiting with CPUs lent
+        self.retiring = False
+        self.dead = False
+        self.remote = False  # a client on another machine: objects travel inline
+        self.job = job       # the job of what it runs now (of a client: its own)
+        self.peer = False    # another node of a cluster, as a client of this one
+
+
+class Supervision:
+    """``lock``: the node's lock; ``ledger``: what workers hold; ``seams``: where records and output go.
+    The parts that handle what workers send are connected after they exist (``connect``)."""
+
+    def __init__(self, session, setup: dict, lock, ledger, seams, job: tuple):
+        self._setup = setup
+        self._lock = lock
+        self._ledger = ledger
+        self._seams = seams
+        self._job = job
+        self.workers: dict[int, Worker] = {}
+        self.idle: list[Worker] = []  # workers with nothing to run (a task's lease went back)
+        self.closed = False
+        self._tags: dict = {}
+        self._task_result = self._call_result = self._actor_exited = self._worker_lost = None
+        self.pool = WorkerPool(session, on_message=self._on_message, on_exit=self._on_exit)
+
+    def connect(self, *, task_result, call_result, on_request, actor_died, actor_exited, worker_lost) -> None:
+        """What handles each message a worker sends, and a worker's exit (with or without an actor)."""
+        self._task_result, self._call_result = task_result, call_result
+        self._actor_exited, self._worker_lost = actor_exited, worker_lost
+        self._tags = {p.RESULT: self._on_result, p.REQUEST: on_request,
+                      p.OUTPUT: lambda worker, body: self._seams.output_sink.add(worker, body),
+                      p.ACTOR_DIED: actor_died}
+
+    def spawn(self, env: dict | None = None) -> Worker:
+        """A new worker process (forked in a few milliseconds), installing this node's setup."""
+        handle = self.pool.start_worker(env)
+        worker = Worker(handle, self._job)
+        self.workers[handle.worker_id] = worker
+        installing = handle.call_async(run_entry, "anyray.adapters.node.worker_main", "install", self._setup)
+        installing.add_done_callback(self._installed)
+        return worker
+
+    @staticmethod
+    def _installed(future) -> None:
+        exc = future.exception()
+        if exc is not None and not isinstance(exc, WorkerCrashedError):
+            log.warning("a worker failed to start: %r", exc)
+
+    @staticmethod
+    def send(worker: Worker, tag: int, body) -> bool:
+        try:
+            worker.handle.send(tag, p.dumps(body))
+            return True
+        except WorkerCrashedError:
+            return False  # its exit is handled by _on_exit
+
+    @staticmethod
+    def exit(worker: Worker) -> None:
+        try:
+            worker.handle.send(EXIT)
+        except WorkerCrashedError:
+            pass
+
+    def add_client(self, handle, shared: bool, job: tuple, peer: bool = False) -> None:
+        """Serve a driver's connection (``WorkerPool.adopt``) as a worker's: the same requests, and what
+        it holds is released when it goes. ``shared``: it maps this node's shared memory; ``job``: its
+        job id and namespace, which the tasks and actors it starts (and theirs) run in."""
+        worker = Worker(handle, job)
+        worker.remote = not shared
+        worker.peer = peer
+        self.workers[handle.worker_id] = worker
+
+    def _on_message(self, handle, tag: int, payload) -> None:
+        worker = self.workers.get(handle.worker_id)
+        if worker is None or self.closed:
+            return
+        changes, body = pickle.loads(payload)
+        if changes is not None:
+            self._ledger.apply_refs(worker, changes)
+        handler = self._tags.get(tag)
+        if handler is not None:
+            handler(worker, body)
+
+    def _on_result(self, worker: Worker, body) -> None:
+        task_id, wires, contained, records = body
+        if records:
+            self._seams.record_sink.add(worker, records)
+        if worker.actor is not None:
+            self._call_result(worker.actor, worker, task_id, wires, contained)
+        else:
+            self._task_result(worker, task_id, wires, contained)
+
+    def _on_exit(self, handle) -> None:
+        worker = self.workers.pop(handle.worker_id, None)
+        if worker is None or self.closed:
+            return
+        with self._lock:
+            worker.dead = True
+            if worker in self.idle:
+                self.idle.remove(worker)
+            task, worker.task = worker.task, None
+            pins, worker.pins = worker.pins, {}
+            grants, worker.grants = worker.grants, set()
+        self._ledger.release(worker, pins, grants)
+        if worker.actor is not None:
+            self._actor_exited(worker.actor, worker)
+            return
+        if task is not None:
+            self._worker_lost(task, handle)
+
+    def close(self) -> None:
+        self.closed = True
+        self.pool.close()

@@ -1,0 +1,252 @@
+"""The node's tasks: each waits for its dependencies, then in the FIFO of its demand shape until its
+resources are free, then runs on an idle worker (or a new one, forked in a few milliseconds). A worker
+runs one task at a time; when it finishes, the next task of the same shape goes to the same worker on
+the same lease. A worker that dies mid-task has its task retried up to ``max_retries`` times."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from anyray.exceptions import TaskCancelledError, WorkerCrashedError
+from anyray.policy import allows_another
+from anyray.serialization import portable_classes
+from anyray.specs import TaskSpec
+
+from ..common.queues import ShapeQueues, admit
+from . import protocol as p
+from .pool import describe
+from .store import ArenaObject, to_wire
+
+
+class Task:
+    __slots__ = ("spec", "shape", "state", "lease", "worker", "attempts", "held", "cancelled", "job", "node",
+                 "spilled")
+
+    def __init__(self, spec: TaskSpec, held: ArenaObject | None, job: tuple):
+        self.spec = spec
+        self.job = job  # (job id, namespace) of the driver it comes from
+        self.shape = tuple(sorted(spec.resources.items()))
+        self.state = "waiting"  # waiting -> queued -> running -> done
+        self.lease = None
+        self.worker = None
+        self.attempts = 0
+        self.held = held  # the arguments, when large enough for shared memory
+        self.cancelled = False
+        self.node = None      # the other node it was handed to (cluster)
+        self.spilled = False  # handed here by another node: it runs here
+
+
+class Tasks:
+    """``lock``: the node's lock; ``pool``: its resources; ``queues``: the shape queues (whose ``start``
+    is ``start`` here); ``seams``: placement, objects elsewhere, feasibility."""
+
+    def __init__(self, lock, store, pool, queues: ShapeQueues, ledger, functions, supervision, seams, job: tuple):
+        self._lock = lock
+        self._store = store
+        self._pool = pool
+        self._seams = seams
+        self._job = job
+        self._queues = queues.queues
+        self._push, self._dispatch, self._next_queued = queues.push, queues.dispatch, queues.next_queued
+        self._push_front, self.release = queues.push_front, queues.release
+        self.fail, self._own, self._wire, self._seal_wires = ledger.fail, ledger.own, ledger.wire, ledger.seal_wires
+        self._blob = functions.blob
+        self._idle, self._spawn = supervision.idle, supervision.spawn
+        self._send, self._exit = supervision.send, supervision.exit
+        self.tasks: dict[bytes, Task] = {}          # by return object id, until done
+        self._children: dict[bytes, list[Task]] = {}
+
+    def submit(self, spec: TaskSpec, held: ArenaObject | None = None, job: tuple | None = None,
+               handed: bool = False) -> None:
+        """``handed``: another node of a cluster handed the task here, to run here."""
+        seams = self._seams
+        if seams.objects is not None and spec.deps:
+            seams.objects.prefetch_deps(spec.deps)
+        if held is None:
+            spec.args, held = self._own(spec.args)
+        task = Task(spec, held, job or self._job)
+        if handed:
+            task.spilled = True
+        seams.feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
+        admit(task, self.tasks, self._children, self._lock, self._store, self.ready)
+
+    def ready(self, task: Task) -> None:
+        """``task``'s dependencies are sealed: run it here, or where the placement seam sends it."""
+        placement = self._seams.placement
+        if placement is not None and placement.route(task):
+            return
+        self.ready_here(task)
+
+    def ready_here(self, task: Task) -> None:
+        with self._lock:
+            if task.state != "waiting":
+                return  # cancelled while it waited for its dependencies
+            task.state = "queued"
+            if not self._queues.get(task.shape):  # nothing of its shape waits: take its resources now
+                lease = self._pool.acquire(task.spec.resources)
+                if lease is not None:
+                    self.start(task, lease)
+                    return
+            self._push(task.shape, task)
+        self._dispatch()
+
+    def start(self, task: Task, lease) -> None:
+        """Run a queued ``task`` on ``lease``, just acquired for it."""
+        with self._lock:
+            if task.state != "queued":
+                worker = None
+            else:
+                task.state = "running"
+                task.lease = lease
+                worker = self._idle.pop() if self._idle else None
+                if worker is None:
+                    worker = self._spawn()
+                worker.task = task
+                task.worker = worker
+        if worker is None:
+            self.release(lease)
+            return
+        self._send_task(worker, task)
+
+    def _send_task(self, worker, task: Task) -> None:
+        spec = task.spec
+        fn = spec.function
+        fn_id = fn.function_id
+        blob = None
+        if fn_id not in worker.functions:
+            blob = self._blob(fn)
+            worker.functions.add(fn_id)
+        store = self._store
+        deps = {oid: self._wire(worker, oid, store.entry(oid)) for oid in dict.fromkeys(r._id for r in spec.deps)}
+        args = self._wire(worker, spec.task_id, task.held) if task.held is not None else to_wire(spec.args)
+        options = spec.options
+        job = None
+        if task.job is not worker.job and task.job != worker.job:  # sent only when it changes
+            job = worker.job = task.job
+        self._send(worker, p.TASK, (
+            spec.task_id, fn_id, blob, args, [r._id for r in spec.deps], deps, [r._id for r in spec.returns],
+            spec.name, spec.resources, task.lease.gpu_ids, portable_classes(options["retry_exceptions"]),
+            options["max_retries"], job))
+
+    def task_result(self, worker, task_id: bytes, wires, contained) -> None:
+        task = worker.task
+        if task is not None and task_id is None:  # the worker could not read the task: one failure for all
+            task_id = task.spec.task_id
+            wires, contained = wires * len(task.spec.returns), contained * len(task.spec.returns)
+        if task is None or task.spec.task_id != task_id:
+            return
+        spec = task.spec
+        self._seal_wires(worker, [r._id for r in spec.returns], wires, contained)
+        lease = task.lease
+        max_calls = spec.options.get("max_calls") or 0
+        nxt = None
+        with self._lock:
+            worker.task = None
+            self.finish(task)
+            if max_calls:
+                fn_id = spec.function.function_id
+                worker.calls[fn_id] = count = worker.calls.get(fn_id, 0) + 1
+                if count >= max_calls:
+                    worker.retiring = True
+            if not worker.retiring:
+                nxt = self._next_queued(task.shape, lease)
+                if nxt is not None:
+                    nxt.state, nxt.lease, nxt.worker = "running", lease, worker
+                    worker.task = nxt
+                else:
+                    self._idle.append(worker)
+        if nxt is not None:
+            self._send_task(worker, nxt)
+            return
+        if worker.retiring:
+            self._exit(worker)
+        self.release(lease)
+
+    def finish(self, task: Task) -> None:
+        """Under the lock (re-entrant): the task is settled; forget it and drop its held arguments."""
+        spec = task.spec
+        task.state = "done"
+        for ref in spec.returns:
+            self.tasks.pop(ref._id, None)
+        siblings = self._children.get(spec.parent_task_id) if spec.parent_task_id else None
+        if siblings is not None:
+            if task in siblings:
+                siblings.remove(task)
+            if not siblings:
+                del self._children[spec.parent_task_id]
+        self._children.pop(spec.task_id, None)
+        if task.held is not None:
+            held, task.held = task.held, None
+            self._store.drop(held)
+
+    def worker_lost(self, task: Task, handle) -> None:
+        """The worker running ``task`` died: run it again while ``max_retries`` allows, else it failed."""
+        if task.cancelled:
+            with self._lock:
+                self.finish(task)
+        self._pool.release(task.lease)
+        spec = task.spec
+        retry = False
+        with self._lock:
+            if task.state == "running" and not task.cancelled:
+                retries = spec.options["max_retries"]
+                if allows_another(retries, task.attempts):
+                    task.attempts += 1
+                    task.state = "queued"
+                    task.lease = task.worker = None
+                    self._push_front(task.shape, task)
+                    retry = True
+        if not retry and task.state == "running" and not task.cancelled:
+            self.finish(task)
+            self.fail(spec.returns, WorkerCrashedError(
+                f"The worker running {spec.name} (pid {handle.pid}) died: {describe(handle.exit.returncode)}"
+                f"{'' if not task.attempts else f', on each of {task.attempts + 1} attempts'}. "
+                f"Raise max_retries to retry it more often."))
+        self._dispatch()
+
+    def cancel(self, ref, force: bool, recursive: bool) -> bool:
+        """Cancel the task that returns ``ref``; False if no task here does."""
+        with self._lock:
+            task = self.tasks.get(ref._id)
+        if task is None:
+            return False
+        self._cancel_task(task, force, recursive)
+        return True
+
+    def _cancel_task(self, task: Task, force: bool, recursive: bool) -> None:
+        error = TaskCancelledError(f"Task {task.spec.name} was cancelled.")
+        with self._lock:
+            state, worker = task.state, task.worker
+            if state in ("waiting", "queued"):
+                self.finish(task)
+            elif state == "running" and force:
+                task.cancelled = True
+                worker.retiring = True
+            children = list(self._children.get(task.spec.task_id, ())) if recursive else []
+        if state in ("waiting", "queued"):
+            self.fail(task.spec.returns, error)
+        elif state == "running":
+            if force:
+                self.fail(task.spec.returns, error)
+                worker.handle.kill()
+            elif self._send(worker, p.CANCEL, task.spec.task_id) and worker.handle.pid and worker.handle.alive:
+                try:  # the message says which task; the signal interrupts it even in user code or sleep()
+                    os.kill(worker.handle.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+        for child in children:
+            self._cancel_task(child, force, recursive)
+
+    def task_of(self, oid: bytes) -> Task | None:
+        """The task (not yet done) that returns ``oid``."""
+        with self._lock:
+            return self.tasks.get(oid)
+
+    def has_task(self, oid: bytes) -> bool:
+        return oid in self.tasks
+
+    def worker_of(self, oid: bytes):
+        """The worker running the task that returns ``oid``, if one does."""
+        task = self.tasks.get(oid)
+        return task.worker if task is not None else None
