@@ -7,25 +7,16 @@ both sides import it without importing each other.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 
-_collecting = threading.local()
-
-
-@contextlib.contextmanager
-def collecting(refs: list):
-    """Record into ``refs`` every ref pickled in this thread until the block ends (nests)."""
-    outer = getattr(_collecting, "refs", None)
-    _collecting.refs = refs
-    try:
-        yield refs
-    finally:
-        _collecting.refs = outer
+# ``collection.refs``: the list the value being pickled in this thread collects into (None outside a
+# pickling). ``serialization.serialize`` sets it around each pickling and puts back what was there before
+# (serializations nest: a value's ``__reduce__`` may serialize another).
+collection = threading.local()
 
 
 def note_ref_pickled(ref) -> None:
     """Called by ``__reduce__`` of a ref or handle: record it in the value being serialized."""
-    refs = getattr(_collecting, "refs", None)
+    refs = getattr(collection, "refs", None)
     if refs is not None:
         refs.append(ref)

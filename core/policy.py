@@ -74,14 +74,14 @@ class Feasibility:
         self._read, self._text, self._refresh = totals, text, refresh
         self._totals: list[Mapping[str, float]] | None = None
         self._read_at = float("-inf")
-        self._fit: set[tuple] = set()
+        self.known_to_fit: set[tuple] = set()  # demand shapes seen to fit: a caller may skip ``check`` for them
         self._warned: set = set()
         self._lock = threading.Lock()
 
     def check(self, key, name: str, demand: Mapping[str, float], shape: tuple | None = None) -> bool:
         """Whether ``demand`` fits some node; warn (once per ``key``) at the user's call site when not."""
         shape = shape if shape is not None else tuple(sorted(demand.items()))
-        if shape in self._fit:
+        if shape in self.known_to_fit:
             return True
         with self._lock:
             totals = self._totals
@@ -90,7 +90,7 @@ class Feasibility:
                     totals = self._totals = list(self._read())
                     self._read_at = time.monotonic()
             if self._fits_one(demand, totals):
-                self._fit.add(shape)
+                self.known_to_fit.add(shape)
                 return True
             if key in self._warned:
                 return False

@@ -90,15 +90,19 @@ def serialize(value: Any, what: str = "value") -> SerializedObject:
         return False
 
     dumps = pickle.dumps if _is_plain(value) else cloudpickle.dumps
+    collection = pickled_refs.collection  # no context manager: this runs twice per task
+    outer = getattr(collection, "refs", None)
+    collection.refs = refs
     try:
-        with pickled_refs.collecting(refs):
-            data = dumps(value, protocol=PROTOCOL, buffer_callback=keep)
+        data = dumps(value, protocol=PROTOCOL, buffer_callback=keep)
     except Exception as exc:
         raise SerializationError(
             f"Could not serialize {what} of type {type(value).__name__}: {exc}. "
             "Values passed to or returned from tasks and actors must be picklable; "
             "create unpicklable objects (locks, sockets, open files) inside the task instead."
         ) from exc
+    finally:
+        collection.refs = outer
     return SerializedObject(data, buffers, refs)
 
 
