@@ -12,6 +12,8 @@ It prints, per process, the files in the order first entered, then:
 
 - the distinct files of the path, less the value types (``ids``, ``object_ref``, ``specs``,
   ``context``, ``events``, ``exceptions``, ``messages``: data the path carries, not steps of it);
+  among them, those the path passes through (code in them calls on into another file) and those
+  it only calls, which return without calling further (helpers: a lease, a frame header, a record);
 - up-calls: a call into a file that is already on the calling thread's stack below another file
   (code that calls down and back up, as a subclass and its base do).
 """
@@ -101,6 +103,7 @@ def run(backend: str) -> tuple[float, float, dict[int, list[tuple[float, int, st
 def analyse(start: float, end: float, events: dict, show_calls: bool) -> None:
     path_files: list[str] = []
     up_calls = collections.Counter()
+    passes_on: set[str] = set()  # files from which the path goes on into another file
     for pid, rows in sorted(events.items()):
         stacks: dict[int, list[str]] = collections.defaultdict(list)
         order: list[str] = []
@@ -115,8 +118,10 @@ def analyse(start: float, end: float, events: dict, show_calls: bool) -> None:
                 if name not in order:
                     order.append(name)
                 caller = stack[-1] if stack else None
-                if caller is not None and caller != name and name in stack:
-                    up_calls[(caller, name)] += 1
+                if caller is not None and caller != name:
+                    passes_on.add(caller)
+                    if name in stack:
+                        up_calls[(caller, name)] += 1
                 if show_calls:
                     print(f"  {pid} {tid} {'  ' * min(len(stack), 20)}{name}:{code}")
             stack.append(name)
@@ -124,9 +129,11 @@ def analyse(start: float, end: float, events: dict, show_calls: bool) -> None:
             print(f"process {pid}: " + " -> ".join(order))
             path_files += [n for n in order if n not in path_files]
     steps = [n for n in path_files if n not in VALUE_TYPES]
-    print(f"\n{len(steps)} files on the path (less {len(path_files) - len(steps)} value types):")
+    through = [n for n in steps if n in passes_on]
+    print(f"\n{len(steps)} files on the path (less {len(path_files) - len(steps)} value types), "
+          f"{len(through)} of them passing the task on to another file (the others are only called and return):")
     for name in steps:
-        print(f"  {name}")
+        print(f"  {name}{'' if name in passes_on else '   (called, returns)'}")
     print(f"\nup-calls (a call back into a file already on the stack): {sum(up_calls.values())}")
     for (caller, callee), n in up_calls.most_common():
         print(f"  {caller} -> {callee}: {n}")
