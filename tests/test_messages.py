@@ -222,3 +222,37 @@ def test_converted_files_read_messages_by_name():
     assert [path for path in files if not path.exists()] == [], "a converted file moved: update CONVERTED"
     found = [hit for path in files for hit in _positional_reads(path)]
     assert found == [], "read a message with Type._make(body) and its fields by name"
+
+
+SHIMS = {"anyray.adapters.node.protocol", "anyray.adapters.node.workers"}  # re-exports the cluster still imports
+
+
+def _imported_modules(path: Path, package: str) -> set[str]:
+    """The modules ``path`` (in ``package``) imports, absolute, ``from x import y`` counted as both x and x.y."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_nothing_of_the_node_core_plugins_or_tests_imports_the_old_shims():
+    """They stay only while ``adapters/cluster`` imports them; everything else imports the real modules."""
+    roots = {"adapters/node": "anyray.adapters.node", "core": "anyray", "plugins": None, "tests": None}
+    found = []
+    for rel, package in roots.items():
+        for path in sorted((ROOT / rel).rglob("*.py")):
+            if path.parent.name == "node" and path.stem in {"protocol", "workers"}:
+                continue
+            sub = package and ".".join([package, *path.relative_to(ROOT / rel).parent.parts])
+            hits = _imported_modules(path, sub or "") & SHIMS
+            found += [f"{path.relative_to(ROOT)} imports {hit}" for hit in sorted(hits)]
+    assert found == []
+    assert not (ROOT / "adapters/node/worker.py").exists()  # now worker_main
