@@ -13,7 +13,7 @@ from anyray.adapters.common.names import NamedActors
 from anyray.adapters.common.queues import ShapeQueues
 from anyray.adapters.common.resources import ResourcePool
 from anyray.adapters.metadata.memory import MemoryMetadataStore
-from anyray.adapters.node import protocol as p
+from anyray.adapters.node import messages as m
 from anyray.adapters.node.actors import Actors
 from anyray.adapters.node.arena import Arena
 from anyray.adapters.node.functions import FunctionTable
@@ -38,11 +38,11 @@ class LoopbackHandle:
         self.alive = True
         self.exit = None
         self.killed = False
-        self.answers: list = []  # (rid, ok, value) of each response sent to it
+        self.answers: list = []  # the Response sent to it, each
 
     def send(self, tag: int, body: bytes | None = None) -> None:
-        if tag == p.RESPONSE:
-            self.answers.append(pickle.loads(body))
+        if tag == m.RESPONSE:
+            self.answers.append(m.Response._make(pickle.loads(body)))
 
     def kill(self) -> None:
         self.killed = True
@@ -77,7 +77,9 @@ class LoopbackWorkers:
         self.exited.append(worker)
 
     def of(self, tag: int) -> list[tuple]:
-        return [(worker, body) for worker, t, body in self.sent if t == tag]
+        """``(worker, body)`` of each message sent with ``tag``, the body as its type (``messages.TYPE_OF_TAG``)."""
+        kind = m.TYPE_OF_TAG.get(tag)
+        return [(worker, body if kind is None else kind._make(body)) for worker, t, body in self.sent if t == tag]
 
 
 class NodeParts:
@@ -112,7 +114,7 @@ class NodeParts:
 
     def request(self, worker, rid: int, op: str, args):
         """``worker`` sends request ``op``: the answers it got so far."""
-        self.requests.on_request(worker, (rid, op, args))
+        self.requests.on_request(worker, m.Request.pack(rid, op, args))
         return worker.handle.answers
 
     def value(self, ref):

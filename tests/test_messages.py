@@ -29,7 +29,10 @@ TAGS = {name: value for name, value in vars(m).items() if name.isupper() and typ
 CONVERTED = ["adapters/node/link.py", "adapters/node/remote_ports.py", "adapters/node/worker_main.py",
              "adapters/node/worker_actor.py", "adapters/node/worker_output.py", "adapters/node/worker_loop.py",
              "adapters/node/framing.py", "adapters/node/pool.py", "adapters/node/forkserver.py",
-             "adapters/cluster/peers.py", "adapters/cluster/client.py"]
+             "adapters/node/supervision.py", "adapters/node/tasks.py", "adapters/node/actors.py",
+             "adapters/node/handlers.py", "adapters/node/ledger.py", "adapters/node/introspection.py",
+             "adapters/node/functions.py", "adapters/node/scheduler.py", "adapters/node/store.py",
+             "adapters/node/seams.py", "adapters/cluster/peers.py", "adapters/cluster/client.py"]
 
 
 def _sample(cls, seed: int) -> tuple:
@@ -121,14 +124,6 @@ def test_contained_ids_are_kind_and_id():
 # Ends not converted yet (in the schedulers) unpack the same tuples: their names must line up with the
 # types' fields, position by position (their local names, renamed where they differ).
 UNPACKED_BY = {  # (file, function, the unpacked variable) -> type
-    ("adapters/node/handlers.py", "_op_get", "args"): m.Get,
-    ("adapters/node/handlers.py", "_op_wait", "args"): m.Wait,
-    ("adapters/node/handlers.py", "_op_put", "args"): m.Put,
-    ("adapters/node/handlers.py", "_op_put_kept", "args"): m.Put,
-    ("adapters/node/handlers.py", "_op_submit", "args"): m.Submit,
-    ("adapters/node/handlers.py", "_op_create_actor", "args"): m.CreateActor,
-    ("adapters/node/handlers.py", "_op_actor_call", "args"): m.CallActor,
-    ("adapters/node/handlers.py", "_op_cancel", "args"): m.CancelRef,
     ("adapters/cluster/placement.py", "_op_forward", "args"): m.Forward,
 }
 LOCAL_NAMES = {"args_wire": "args", "changes": "refs"}
@@ -157,23 +152,107 @@ def test_the_unconverted_readers_unpack_in_the_types_order():
             assert tuple(LOCAL_NAMES.get(n, n) for n in names) == cls._fields, (rel, function)
 
 
+MESSAGE_NAMES = {"body", "args", "changes"}  # what the ends call a message body, a request's arguments, RefChanges
+ROW_LISTS = {"contained", "output"}  # lists of messages (Contained, OutputLine), read one row at a time
+
+
 def _positional_reads(path: Path) -> list[str]:
-    """Where a converted file goes back to positions: a tuple unpacked from ``loads(...)``, or a constant
-    index into a message body or request arguments."""
+    """Where a converted file goes back to positions: a tuple unpacked from ``loads(...)`` or from a message
+    body, request arguments or reference changes, the rows of a list of messages unpacked in a loop, a
+    constant index into a message, or one spread into a call (``f(*args)``)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple):
             value = node.value
             if isinstance(value, ast.Call) and getattr(value.func, "attr", getattr(value.func, "id", "")) == "loads":
                 found.append(f"{path.name}:{node.lineno} unpacks loads(...)")
+            if isinstance(value, ast.Name) and value.id in MESSAGE_NAMES:
+                found.append(f"{path.name}:{node.lineno} unpacks {value.id}")
+        if isinstance(node, ast.For) and isinstance(node.target, ast.Tuple) and isinstance(node.iter, ast.Name) \
+                and node.iter.id in ROW_LISTS:
+            found.append(f"{path.name}:{node.lineno} unpacks the rows of {node.iter.id}")
         if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) \
-                and node.value.id in {"body", "args"} and isinstance(node.slice, ast.Constant):
+                and node.value.id in MESSAGE_NAMES and isinstance(node.slice, ast.Constant):
             found.append(f"{path.name}:{node.lineno} {node.value.id}[{node.slice.value!r}]")
+    found += _spread_messages(path)
     return found
 
 
+def _spread_messages(path: Path) -> list[str]:
+    """``f(*args)`` where ``args`` is a message's (not the function's own ``*args`` parameter)."""
+    found = []
+
+    def visit(node, varargs: frozenset) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            own = {node.args.vararg.arg} if node.args.vararg else set()
+            varargs = (varargs - {a.arg for a in node.args.args + node.args.kwonlyargs}) | own
+        if isinstance(node, ast.Call):
+            for arg in node.args:
+                if isinstance(arg, ast.Starred) and isinstance(arg.value, ast.Name) \
+                        and arg.value.id in MESSAGE_NAMES and arg.value.id not in varargs:
+                    found.append(f"{path.name}:{node.lineno} spreads *{arg.value.id}")
+        for child in ast.iter_child_nodes(node):
+            visit(child, varargs)
+
+    visit(ast.parse(path.read_text()), frozenset())
+    return found
+
+
+def test_the_guard_sees_each_way_back_to_positions(tmp_path):
+    """The shapes the node's ends read with before they were converted."""
+    old = tmp_path / "old.py"
+    old.write_text("def on_message(payload, body, args, f):\n"
+                   "    changes, body = pickle.loads(payload)\n"
+                   "    rid, op, args = body\n"
+                   "    cause = body[1]\n"
+                   "    objects, handles, unpins = changes\n"
+                   "    for kind, ident in contained:\n"
+                   "        pass\n"
+                   "    f(*args)\n"
+                   "def run_entry(name, *args):\n"
+                   "    return call(name)(*args)  # a function's own *args: not a message\n")
+    hits = sorted(_positional_reads(old), key=lambda hit: int(hit.split(" ", 1)[0].split(":")[1]))
+    assert [hit.split(" ", 1)[1] for hit in hits] == \
+        ["unpacks loads(...)", "unpacks body", "body[1]", "unpacks changes", "unpacks the rows of contained",
+         "spreads *args"]
+
+
 def test_converted_files_read_messages_by_name():
-    files = [ROOT / rel for rel in CONVERTED if (ROOT / rel).exists()]
-    assert files
+    files = [ROOT / rel for rel in CONVERTED]
+    assert [path for path in files if not path.exists()] == [], "a converted file moved: update CONVERTED"
     found = [hit for path in files for hit in _positional_reads(path)]
     assert found == [], "read a message with Type._make(body) and its fields by name"
+
+
+SHIMS = {"anyray.adapters.node.protocol", "anyray.adapters.node.workers"}  # re-exports the cluster still imports
+
+
+def _imported_modules(path: Path, package: str) -> set[str]:
+    """The modules ``path`` (in ``package``) imports, absolute, ``from x import y`` counted as both x and x.y."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_nothing_of_the_node_core_plugins_or_tests_imports_the_old_shims():
+    """They stay only while ``adapters/cluster`` imports them; everything else imports the real modules."""
+    roots = {"adapters/node": "anyray.adapters.node", "core": "anyray", "plugins": None, "tests": None}
+    found = []
+    for rel, package in roots.items():
+        for path in sorted((ROOT / rel).rglob("*.py")):
+            if path.parent.name == "node" and path.stem in {"protocol", "workers"}:
+                continue
+            sub = package and ".".join([package, *path.relative_to(ROOT / rel).parent.parts])
+            hits = _imported_modules(path, sub or "") & SHIMS
+            found += [f"{path.relative_to(ROOT)} imports {hit}" for hit in sorted(hits)]
+    assert found == []
+    assert not (ROOT / "adapters/node/worker.py").exists()  # now worker_main

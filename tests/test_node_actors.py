@@ -7,7 +7,7 @@ import pytest
 from node_parts import NodeParts
 
 from anyray import ids
-from anyray.adapters.node import protocol as p
+from anyray.adapters.node import messages as m
 from anyray.exceptions import ActorDiedError
 from anyray.object_ref import ObjectRef
 from anyray.serialization import SerializedObject
@@ -38,8 +38,14 @@ def _call(actor: ActorSpec, seq: int, **options) -> ActorTaskSpec:
                          caller_id=b"caller", seq=seq, options=options, name=f"Counter.incr#{seq}")
 
 
+BODY_OF_KIND = {m.ACTOR_CREATE: m.ActorCreate, m.ACTOR_CALL: m.ActorCall}
+
+
 def _actor_messages(node, kind: str) -> list:
-    return [(worker, body[1]) for worker, body in node.workers.of(p.ACTOR) if body[0] == kind]
+    """``(worker, body)`` of each ``ACTOR`` message of ``kind`` sent, the body as its type."""
+    body_type = BODY_OF_KIND.get(kind)
+    return [(worker, op.body if body_type is None else body_type._make(op.body))
+            for worker, op in node.workers.of(m.ACTOR) if op.kind == kind]
 
 
 def test_calls_made_before_the_actor_has_its_resources_go_out_in_order_once_it_starts(node):
@@ -53,8 +59,8 @@ def test_calls_made_before_the_actor_has_its_resources_go_out_in_order_once_it_s
     assert len(_actor_messages(node, "create")) == 1
     node.actors.kill_actor(blocker.actor_id, no_restart=True)  # its CPU goes to the waiting actor
     [(worker, created)] = _actor_messages(node, "create")[1:]
-    assert created[0] == actor.actor_id
-    assert [body[0] for w, body in _actor_messages(node, "call") if w is worker] == [c.task_id for c in calls]
+    assert created.actor_id == actor.actor_id
+    assert [call.task_id for w, call in _actor_messages(node, "call") if w is worker] == [c.task_id for c in calls]
 
 
 def test_a_restart_sends_again_in_order_only_the_calls_max_task_retries_allows(node):
@@ -70,8 +76,8 @@ def test_a_restart_sends_again_in_order_only_the_calls_max_task_retries_allows(n
     assert isinstance(failure.error, ActorDiedError)
     assert "died: its process killed by SIGKILL while running Counter.incr#0; it is restarting" in str(failure.error)
     [(second, created)] = _actor_messages(node, "create")[1:]
-    assert created[11] == 1  # its restart count
-    assert [body[0] for w, body in _actor_messages(node, "call") if w is second] == [retried.task_id]
+    assert created.restarts == 1
+    assert [call.task_id for w, call in _actor_messages(node, "call") if w is second] == [retried.task_id]
 
 
 def test_kill_without_no_restart_restarts_the_actor(node):
@@ -90,7 +96,7 @@ def test_the_last_handle_gone_ends_the_actor_unless_it_is_detached(node):
     node.actors.create_actor(detached)
     node.actors.actor_handles_gone(plain.actor_id)
     node.actors.actor_handles_gone(detached.actor_id)
-    workers = {body[0]: w for w, body in _actor_messages(node, "create")}
+    workers = {created.actor_id: w for w, created in _actor_messages(node, "create")}
     assert [w for w, _ in _actor_messages(node, "terminate")] == [workers[plain.actor_id]]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from anyray import ids
 from anyray.adapters.common.resources import ResourcePool
-from anyray.adapters.node import protocol as p
+from anyray.adapters.node import messages as m
 from anyray.adapters.node.arena import Arena, Location
 from anyray.adapters.node.ledger import Ledger
 from anyray.adapters.node.seams import Seams
@@ -57,7 +57,7 @@ def test_a_worker_is_sent_the_location_of_a_large_object_pinned_for_it_once_per_
     assert ledger.wire(worker, oid, entry) == entry.loc
     assert ledger.wire(worker, oid, entry) == entry.loc
     assert entry.pins == before + 2 and worker.pins[oid][1] == 2
-    ledger.apply_refs(worker, ([], [], [oid]))  # the worker dropped one view
+    ledger.apply_refs(worker, m.RefChanges.pack(objects=[], handles=[], unpins=[oid]))  # it dropped one view
     assert entry.pins == before + 1 and worker.pins[oid][1] == 1
 
 
@@ -68,7 +68,7 @@ def test_what_a_worker_holds_goes_when_it_does(store, ledger):
     ledger.wire(worker, oid, entry)
     grant = ledger.alloc(worker, 2048)
     used = store.arena.usage()["bytes"]
-    ledger.apply_refs(worker, ([(oid, 1)], [], []))
+    ledger.apply_refs(worker, m.RefChanges.pack(objects=[(oid, 1)], handles=[], unpins=[]))
     assert oid in worker.borrowed
     pins, grants = worker.pins, worker.grants
     ledger.release(worker, pins, grants)
@@ -98,11 +98,12 @@ def test_an_object_no_longer_in_the_store_travels_as_an_object_lost_error(ledger
 def test_references_inside_a_sealed_value_are_kept_alive_by_it(store, ledger):
     worker = Worker(None, (b"job", "ns"))
     inner, oid = ids.new_id(), ids.new_id()
-    ledger.seal_wires(worker, [oid], [(b"data", [])], [[(p.OBJECT, inner)]])
+    ledger.seal_wires(worker, [oid], [m.Inline.pack(b"data", [])], [[m.Contained.pack(m.OBJECT, inner)]])
     [ref] = store.entry(oid).contained_refs
     assert type(ref) is ObjectRef and ref._id == inner
     answer = ledger.answer(worker, [oid])
-    assert answer == [(oid, (b"data", []))] and inner in worker.borrowed  # the reader will hold it too
+    assert answer == [m.Got.pack(oid, m.Inline.pack(b"data", []))]
+    assert inner in worker.borrowed  # the reader will hold it too
 
 
 def test_a_worker_seals_what_it_wrote_into_its_grant(store, ledger):

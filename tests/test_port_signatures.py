@@ -65,7 +65,7 @@ BACKENDS = [
     "anyray.adapters.multiprocess:MultiprocessBackend",
     "anyray.adapters.cluster:ClusterBackend",
     "anyray.adapters.cluster.daemon:_NodeBackend",
-    "anyray.adapters.node.worker:WorkerBackend",
+    "anyray.adapters.node.worker_main:WorkerBackend",
     "anyray_ray:RayBackend",
     "anyray_dask:DaskBackend",
 ]

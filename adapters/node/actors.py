@@ -15,7 +15,7 @@ from anyray.policy import allows_another, call_retry_limit
 from anyray.serialization import portable_classes
 from anyray.specs import ActorSpec, ActorTaskSpec
 
-from . import protocol as p
+from . import messages as m
 from .pool import describe
 from .store import ArenaObject, to_wire
 
@@ -129,18 +129,18 @@ class Actors:
                 actor.worker = worker
                 actor.state = "alive"
                 buffered, actor.buffered = actor.buffered, []
-            self._send(worker, p.ACTOR, ("create", (
+            self._send(worker, m.ACTOR, m.ActorOp.pack(m.ACTOR_CREATE, m.ActorCreate.pack(
                 spec.actor_id, cls.function_id, blob, cls.name, args, [r._id for r in spec.deps], spec.resources,
                 spec.options, spec.namespace, spec.is_async, gpu_ids, actor.restarts, actor.job)))
             for call in buffered:
                 self._send_call(actor, worker, call)
             if actor.terminate:
-                self._send(worker, p.ACTOR, ("terminate", None))
+                self._send(worker, m.ACTOR, m.ActorOp.pack(m.ACTOR_TERMINATE, None))
 
     def _send_call(self, actor: Actor, worker, spec: ActorTaskSpec) -> None:
         held = actor.held.get(spec.task_id)
         args = self._wire(worker, spec.task_id, held) if held is not None else to_wire(spec.args)
-        self._send(worker, p.ACTOR, ("call", (
+        self._send(worker, m.ACTOR, m.ActorOp.pack(m.ACTOR_CALL, m.ActorCall.pack(
             spec.task_id, spec.method_name, args, [r._id for r in spec.deps], [r._id for r in spec.returns],
             call_options(spec.options), spec.name, spec.caller_id, spec.seq)))
 
@@ -204,7 +204,7 @@ class Actors:
             self._store.drop(held)
         if queued:
             self.fail(spec.returns, TaskCancelledError(f"{spec.name} was cancelled."))
-        elif worker is not None and self._send(worker, p.ACTOR, ("cancel", ref._id)) \
+        elif worker is not None and self._send(worker, m.ACTOR, m.ActorOp.pack(m.ACTOR_CANCEL, ref._id)) \
                 and not actor.spec.is_async and actor.spec.max_concurrency == 1 \
                 and worker.handle.pid and worker.handle.alive:
             try:  # a sync actor runs its call on the thread that reads: the signal makes it read the cancel
@@ -295,7 +295,7 @@ class Actors:
                 actor.terminate = True
                 worker = actor.worker if actor.state == "alive" else None
             if worker is not None:
-                self._send(worker, p.ACTOR, ("terminate", None))
+                self._send(worker, m.ACTOR, m.ActorOp.pack(m.ACTOR_TERMINATE, None))
 
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:
         if self._seams.remote_actors is not None and self._seams.remote_actors.kill(actor_id, no_restart):
@@ -320,7 +320,7 @@ class Actors:
         """The actor process says its actor is dead (``ACTOR_DIED``): it ends, and the process with it."""
         actor = worker.actor
         if actor is not None and actor.worker is worker:
-            self._actor_dead(actor, body[1])
+            self._actor_dead(actor, m.ActorDied._make(body).cause)
             self._exit(worker)
 
     def cancel(self, ref) -> bool:

@@ -14,7 +14,7 @@ from anyray.object_ref import ObjectRef
 from anyray.runtime import current_counter
 from anyray.specs import ActorSpec, ActorTaskSpec, TaskSpec
 
-from . import protocol as p
+from . import messages as m
 from .store import ArenaObject
 
 LATER = object()  # a request handler that answers by itself, later
@@ -48,12 +48,13 @@ class Requests:
         self.handlers[op] = handler
 
     def on_request(self, worker, body) -> None:
-        rid, op, args = body
+        request = m.Request._make(body)
+        rid = request.rid
         try:
-            handler = self.handlers.get(op)
+            handler = self.handlers.get(request.op)
             if handler is None:
-                raise AttributeError(f"This node serves no request {op!r}.")
-            value = handler(worker, rid, args)
+                raise AttributeError(f"This node serves no request {request.op!r}.")
+            value = handler(worker, rid, request.args)
         except Exception as exc:  # noqa: BLE001 - the error goes back to the worker's call site
             if rid:
                 self.respond(worker, rid, False, exc)
@@ -63,11 +64,11 @@ class Requests:
 
     def respond(self, worker, rid: int, ok: bool, value) -> None:
         try:
-            body = p.dumps((rid, ok, value))
+            body = m.dumps(m.Response.pack(rid, ok, value))
         except Exception as exc:  # noqa: BLE001 - an answer that cannot travel becomes an error
-            body = p.dumps((rid, False, RuntimeError(f"The answer could not be pickled: {exc!r}")))
+            body = m.dumps(m.Response.pack(rid, False, RuntimeError(f"The answer could not be pickled: {exc!r}")))
         try:
-            worker.handle.send(p.RESPONSE, body)
+            worker.handle.send(m.RESPONSE, body)
         except WorkerCrashedError:
             pass
 
@@ -95,7 +96,8 @@ class Requests:
         self._reclaim(worker, abandoned)  # its answer still goes out when ready; the worker drops it
 
     def _op_get(self, worker, rid: int, args):
-        ids, blocking, now = args
+        get = m.Get._make(args)
+        ids = get.ids
         if self._seams.objects is not None:
             self._seams.objects.prefetch(ids)
         store = self._store
@@ -106,10 +108,10 @@ class Requests:
         missing = set(ids).difference(store.ready(ids))
         if not missing:
             return answer()
-        if now:
+        if get.now:
             raise GetTimeoutError(f"get() timed out after 0 s: {len(missing)} of {len(ids)} objects are not ready. "
                                   f"Raise the timeout, or use wait() to take what is ready.")
-        if blocking:
+        if get.blocking:
             self._lend(worker, rid)
 
         def later():
@@ -119,59 +121,59 @@ class Requests:
         return LATER
 
     def _op_wait(self, worker, rid: int, args):
-        ids, num_returns, may_wait, blocking = args
+        wait = m.Wait._make(args)
+        ids = wait.ids
         if self._seams.objects is not None:
             self._seams.objects.prefetch(ids)
         store = self._store
         ready = store.ready(ids)
-        if len(ready) >= num_returns or not may_wait:
+        if len(ready) >= wait.num_returns or not wait.may_wait:
             return ready
-        if blocking:
+        if wait.blocking:
             self._lend(worker, rid)
 
         def later():
             self._reclaim(worker, rid)
             self.respond(worker, rid, True, store.ready(ids))
-        store.when_sealed(set(ids), num_returns, later)
+        store.when_sealed(set(ids), wait.num_returns, later)
         return LATER
 
     def _op_put(self, worker, rid: int, args):
-        oid, wire, contained = args
-        self._ledger.seal_wires(worker, [oid], [wire], [contained])
+        put = m.Put._make(args)
+        self._ledger.seal_wires(worker, [put.oid], [put.wire], [put.contained])
 
     def _op_put_kept(self, worker, rid: int, args):
         """A put whose writer keeps reading the object in place: its range is pinned for the writer, as
         for a ``get`` (the writer unpins when its views are gone)."""
-        oid, wire, contained = args
-        self._ledger.seal_wires(worker, [oid], [wire], [contained])
-        entry = self._store.entry(oid)
+        put = m.Put._make(args)
+        self._ledger.seal_wires(worker, [put.oid], [put.wire], [put.contained])
+        entry = self._store.entry(put.oid)
         if type(entry) is ArenaObject:
-            self._ledger.wire(worker, oid, entry)
+            self._ledger.wire(worker, put.oid, entry)
 
     def _op_alloc(self, worker, rid: int, nbytes: int):
         return self._ledger.alloc(worker, nbytes)
 
     def _op_submit(self, worker, rid: int, args):
-        (task_id, fn_id, fn_name, blob, args_wire, dep_ids, return_ids, resources, options, parent, name,
-         contained) = args
+        submit = m.Submit._make(args)
         counter = current_counter()
-        call_args, held = self._ledger.args_from(worker, args_wire, contained)
-        function = self._functions.descriptor(worker, fn_id, fn_name, blob)
-        spec = TaskSpec(task_id=task_id, function=function, args=call_args,
-                        deps=[ObjectRef(i, None, counter) for i in dep_ids],
-                        returns=[ObjectRef(i, None, counter) for i in return_ids], resources=resources,
-                        options=options, parent_task_id=parent, name=name)
+        call_args, held = self._ledger.args_from(worker, submit.args, submit.contained)
+        function = self._functions.descriptor(worker, submit.fn_id, submit.fn_name, submit.blob)
+        spec = TaskSpec(task_id=submit.task_id, function=function, args=call_args,
+                        deps=[ObjectRef(i, None, counter) for i in submit.dep_ids],
+                        returns=[ObjectRef(i, None, counter) for i in submit.return_ids], resources=submit.resources,
+                        options=submit.options, parent_task_id=submit.parent, name=submit.name)
         self._tasks.submit(spec, held, worker.job)
 
     def _op_create_actor(self, worker, rid: int, args):
-        (actor_id, cls_id, cls_name, blob, args_wire, dep_ids, resources, options, namespace, is_async,
-         method_options, contained) = args
-        call_args, held = self._ledger.args_from(worker, args_wire, contained)
+        create = m.CreateActor._make(args)
+        call_args, held = self._ledger.args_from(worker, create.args, create.contained)
         counter = current_counter()
-        cls = self._functions.descriptor(worker, cls_id, cls_name, blob)
-        spec = ActorSpec(actor_id=actor_id, cls=cls, args=call_args,
-                         deps=[ObjectRef(i, None, counter) for i in dep_ids], resources=resources, options=options,
-                         namespace=namespace, is_async=is_async, method_options=method_options)
+        cls = self._functions.descriptor(worker, create.cls_id, create.cls_name, create.blob)
+        spec = ActorSpec(actor_id=create.actor_id, cls=cls, args=call_args,
+                         deps=[ObjectRef(i, None, counter) for i in create.dep_ids], resources=create.resources,
+                         options=create.options, namespace=create.namespace, is_async=create.is_async,
+                         method_options=create.method_options)
         winner = self._actors.create_actor(spec, held, worker.job)
         if winner is None:
             return None
@@ -179,18 +181,18 @@ class Requests:
         return cloudpickle.dumps(winner)  # get_if_exists lost the race: the caller gets the winner's actor
 
     def _op_actor_call(self, worker, rid: int, args):
-        (task_id, actor_id, method, args_wire, dep_ids, return_ids, caller_id, seq, options, name,
-         contained) = args
-        call_args, held = self._ledger.args_from(worker, args_wire, contained)
+        call = m.CallActor._make(args)
+        call_args, held = self._ledger.args_from(worker, call.args, call.contained)
         counter = current_counter()
-        spec = ActorTaskSpec(task_id=task_id, actor_id=actor_id, method_name=method, args=call_args,
-                             deps=[ObjectRef(i, None, counter) for i in dep_ids],
-                             returns=[ObjectRef(i, None, counter) for i in return_ids], caller_id=caller_id,
-                             seq=seq, options=options, name=name)
+        spec = ActorTaskSpec(task_id=call.task_id, actor_id=call.actor_id, method_name=call.method, args=call_args,
+                             deps=[ObjectRef(i, None, counter) for i in call.dep_ids],
+                             returns=[ObjectRef(i, None, counter) for i in call.return_ids], caller_id=call.caller_id,
+                             seq=call.seq, options=call.options, name=call.name)
         self._actors.submit_actor_task(spec, held)
 
     def _op_named(self, worker, rid: int, args):
-        handle = self._actors.get_named_actor(*args)
+        named = m.Named._make(args)
+        handle = self._actors.get_named_actor(named.name, named.namespace)
         if handle is not None:
             worker.handles.setdefault(handle._actor_id, handle)
         return cloudpickle.dumps(handle)
@@ -199,11 +201,12 @@ class Requests:
         return self._names.list(namespace)
 
     def _op_kill(self, worker, rid: int, args):
-        self._actors.kill_actor(*args)
+        kill = m.Kill._make(args)
+        self._actors.kill_actor(kill.actor_id, kill.no_restart)
 
     def _op_cancel(self, worker, rid: int, args):
-        oid, force, recursive = args
-        self._cancel(ObjectRef(oid), force, recursive)
+        cancel = m.CancelRef._make(args)
+        self._cancel(ObjectRef(cancel.oid), cancel.force, cancel.recursive)
 
     def _op_resources(self, worker, rid: int, kind: str):
         view = self._seams.resource_view

@@ -14,6 +14,7 @@ import sys
 
 from anyray.events import TaskRecord
 
+from . import messages as m
 from .store import ArenaObject
 
 
@@ -24,13 +25,13 @@ class LocalRecords:
         self._records: collections.deque = collections.deque()
 
     def add(self, worker, records: list) -> None:
-        """Records of tasks ``worker`` finished."""
+        """Records of tasks ``worker`` finished (``RecordRow``s)."""
         self._records.extend(records)
 
     def pull(self) -> list:
         out = []
         while self._records:
-            out.append(TaskRecord(*self._records.popleft()))
+            out.append(TaskRecord(*self._records.popleft()))  # a RecordRow has TaskRecord's fields, in order
         return out
 
 
@@ -38,8 +39,10 @@ class LocalOutput:
     """What a worker's tasks printed (workers that forward it): here, on this process's own streams."""
 
     def add(self, worker, output: list) -> None:
-        for _job, stream, text in output:
-            getattr(sys, stream).write(text)
+        """``output``: the ``OutputLine``s a worker sent."""
+        for row in output:
+            line = m.OutputLine._make(row)
+            getattr(sys, line.stream).write(line.text)
 
 
 def listing(kind: str, node_id: str, actors: dict, tasks: dict, store) -> list[dict]:
@@ -54,7 +57,7 @@ def listing(kind: str, node_id: str, actors: dict, tasks: dict, store) -> list[d
                 for t in {id(t): t for t in list(tasks.values())}.values()]
     if kind == "objects":
         out = []
-        for oid, entry in list(store._objects.items()):
+        for oid, entry in store.entries():
             shared = type(entry) is ArenaObject
             out.append({"object_id": oid.hex(), "size": entry.nbytes, "shared_memory": shared, "node_id": node_id})
         return out

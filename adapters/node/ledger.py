@@ -14,7 +14,7 @@ from anyray.runtime import current_counter
 from anyray.serialization import SerializedObject
 from anyray.specs import RemoteFailure
 
-from . import protocol as p
+from . import messages as m
 from .arena import Location
 from .store import ArenaObject, to_wire
 
@@ -64,12 +64,13 @@ class Ledger:
         return to_wire(entry)
 
     def copy_out(self, entry: ArenaObject) -> tuple:
-        """The inline wire form of an object in shared memory, for a reader that cannot map it."""
+        """The inline wire form of an object in shared memory (a packed ``Inline``), for a reader that
+        cannot map it."""
         store = self._store
         store.pin(entry)
         try:
             obj = store.arena.read(entry.loc)
-            return bytes(obj.data), [memoryview(b).tobytes() for b in obj.buffers]
+            return m.Inline.pack(bytes(obj.data), [memoryview(b).tobytes() for b in obj.buffers])
         finally:
             store.unpin(entry)
 
@@ -84,17 +85,17 @@ class Ledger:
         self._store.unpin(pin[0])
 
     def apply_refs(self, worker, changes) -> None:
-        """The references, handles and pins a worker took or dropped since its last message."""
-        objects, handles, unpins = changes
+        """The references, handles and pins a worker took or dropped since its last message (``RefChanges``)."""
+        changes = m.RefChanges._make(changes)
         counter = current_counter()
         borrowed = worker.borrowed
-        for oid, sign in objects:
+        for oid, sign in changes.objects:
             if sign > 0:
                 if oid not in borrowed:
                     borrowed[oid] = ObjectRef(oid, None, counter)
             else:
                 borrowed.pop(oid, None)
-        for actor_id, sign in handles:
+        for actor_id, sign in changes.handles:
             if sign > 0:
                 if actor_id not in worker.handles:
                     handle = self.handle_of(actor_id)
@@ -102,7 +103,7 @@ class Ledger:
                         worker.handles[actor_id] = handle
             else:
                 worker.handles.pop(actor_id, None)
-        for key in unpins:
+        for key in changes.unpins:
             self._unpin(worker, key)
 
     def _contained(self, worker, contained) -> list:
@@ -111,11 +112,12 @@ class Ledger:
             return []
         counter = current_counter()
         out = []
-        for kind, ident in contained:
-            if kind == p.OBJECT:
-                out.append(ObjectRef(ident, None, counter))
+        for item in contained:
+            held = m.Contained._make(item)
+            if held.kind == m.OBJECT:
+                out.append(ObjectRef(held.id, None, counter))
             else:
-                handle = self.handle_of(ident)
+                handle = self.handle_of(held.id)
                 if handle is not None:
                     out.append(handle)
         return out
@@ -128,12 +130,12 @@ class Ledger:
             self._store.seal_wire(oid, wire, self._contained(worker, inner))
 
     def answer(self, worker, ids) -> list:
-        """The objects ``ids`` (sealed) as they travel to ``worker``: ``(id, wire)`` each."""
+        """The objects ``ids`` (sealed) as they travel to ``worker``: a packed ``Got`` each."""
         store = self._store
         out = []
         for oid in ids:
             entry = store.entry(oid)
-            out.append((oid, self.wire(worker, oid, entry)))
+            out.append(m.Got.pack(oid, self.wire(worker, oid, entry)))
             inner = getattr(entry, "contained_refs", None)
             if inner:  # the worker will hold these once it unpickles the value
                 for ref in inner:
@@ -151,7 +153,7 @@ class Ledger:
             held = ArenaObject(wire, refs)
             held.pins = 1
             return None, held
-        data, buffers = wire
+        data, buffers = wire  # an Inline (unpacked, as link.from_wire and store.seal_wire do: once per call)
         return SerializedObject(data, buffers, refs), None
 
     def alloc(self, worker, nbytes: int):

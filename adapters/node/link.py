@@ -372,4 +372,5 @@ class Link:
             self._blobs.pop(descriptor.function_id, None)
 
 
-from .remote_ports import RemoteScheduler, RemoteStore, portable_options  # noqa: E402,F401 - re-exported: moved
+# re-exported: moved to remote_ports, and adapters/cluster/__init__.py still imports them from here
+from .remote_ports import RemoteScheduler, RemoteStore  # noqa: E402,F401

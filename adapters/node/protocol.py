@@ -1,6 +1,7 @@
 """The task protocol's old home: its tags and helpers now live in ``messages`` (with a type per message).
 
-A re-export, kept while modules of other parts (the node and cluster schedulers) import it.
+A re-export, kept while modules of the cluster import it (``adapters/cluster``: ``__init__``, ``objects``,
+``actors``, ``actor_calls``, ``placement``, ``view``); nothing of the node does.
 """
 
 from .messages import (  # noqa: F401

@@ -41,17 +41,15 @@ from anyray.specs import ActorSpec, ActorTaskSpec, TaskSpec
 from ..common.names import NamedActors
 from ..common.queues import ShapeQueues
 from ..common.resources import ReportsResources, ResourcePool
-from .actors import Actors, call_options
+from .actors import Actors
 from .functions import FunctionTable
-from .handlers import LATER, Requests
+from .handlers import Requests
 from .introspection import listing
 from .ledger import Ledger
 from .seams import Seams
 from .store import ArenaObject, SharedObjectStore
 from .supervision import Supervision
 from .tasks import Tasks
-
-__all__ = ["LATER", "NodeScheduler", "call_options"]
 
 
 class NodeScheduler(ReportsResources, Scheduler):

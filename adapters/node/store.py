@@ -169,6 +169,10 @@ class SharedObjectStore(MemoryObjectStore):
         """The stored form of a sealed object (``SerializedObject`` or ``ArenaObject``), or None."""
         return self._objects.get(oid)
 
+    def entries(self) -> list[tuple[bytes, object]]:
+        """``(object id, stored form)`` of every sealed object, as a list taken now (``anyray list objects``)."""
+        return list(self._objects.items())
+
     def pin(self, entry: ArenaObject) -> None:
         """Keep ``entry``'s range for a reader in another process, until ``unpin``."""
         with self._pin_lock:

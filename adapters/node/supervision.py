@@ -10,7 +10,7 @@ import pickle
 from anyray.exceptions import WorkerCrashedError
 from anyray.object_ref import ObjectRef
 
-from . import protocol as p
+from . import messages as m
 from .framing import EXIT, run_entry
 from .pool import WorkerPool
 
@@ -62,9 +62,9 @@ class Supervision:
         """What handles each message a worker sends, and a worker's exit (with or without an actor)."""
         self._task_result, self._call_result = task_result, call_result
         self._actor_exited, self._worker_lost = actor_exited, worker_lost
-        self._tags = {p.RESULT: self._on_result, p.REQUEST: on_request,
-                      p.OUTPUT: lambda worker, body: self._seams.output_sink.add(worker, body),
-                      p.ACTOR_DIED: actor_died}
+        self._tags = {m.RESULT: self._on_result, m.REQUEST: on_request,
+                      m.OUTPUT: lambda worker, body: self._seams.output_sink.add(worker, body),
+                      m.ACTOR_DIED: actor_died}
 
     def spawn(self, env: dict | None = None) -> Worker:
         """A new worker process (forked in a few milliseconds), installing this node's setup."""
@@ -84,7 +84,7 @@ class Supervision:
     @staticmethod
     def send(worker: Worker, tag: int, body) -> bool:
         try:
-            worker.handle.send(tag, p.dumps(body))
+            worker.handle.send(tag, m.dumps(body))
             return True
         except WorkerCrashedError:
             return False  # its exit is handled by _on_exit
@@ -109,21 +109,21 @@ class Supervision:
         worker = self.workers.get(handle.worker_id)
         if worker is None or self.closed:
             return
-        changes, body = pickle.loads(payload)
-        if changes is not None:
-            self._ledger.apply_refs(worker, changes)
+        envelope = m.Envelope._make(pickle.loads(payload))
+        if envelope.refs is not None:
+            self._ledger.apply_refs(worker, envelope.refs)
         handler = self._tags.get(tag)
         if handler is not None:
-            handler(worker, body)
+            handler(worker, envelope.body)
 
     def _on_result(self, worker: Worker, body) -> None:
-        task_id, wires, contained, records = body
-        if records:
-            self._seams.record_sink.add(worker, records)
+        result = m.Result._make(body)
+        if result.records:
+            self._seams.record_sink.add(worker, result.records)
         if worker.actor is not None:
-            self._call_result(worker.actor, worker, task_id, wires, contained)
+            self._call_result(worker.actor, worker, result.task_id, result.wires, result.contained)
         else:
-            self._task_result(worker, task_id, wires, contained)
+            self._task_result(worker, result.task_id, result.wires, result.contained)
 
     def _on_exit(self, handle) -> None:
         worker = self.workers.pop(handle.worker_id, None)

@@ -14,7 +14,7 @@ from anyray.serialization import portable_classes
 from anyray.specs import TaskSpec
 
 from ..common.queues import ShapeQueues, admit
-from . import protocol as p
+from . import messages as m
 from .pool import describe
 from .store import ArenaObject, to_wire
 
@@ -124,7 +124,7 @@ class Tasks:
         job = None
         if task.job is not worker.job and task.job != worker.job:  # sent only when it changes
             job = worker.job = task.job
-        self._send(worker, p.TASK, (
+        self._send(worker, m.TASK, m.Task.pack(
             spec.task_id, fn_id, blob, args, [r._id for r in spec.deps], deps, [r._id for r in spec.returns],
             spec.name, spec.resources, task.lease.gpu_ids, portable_classes(options["retry_exceptions"]),
             options["max_retries"], job))
@@ -230,7 +230,7 @@ class Tasks:
             if force:
                 self.fail(task.spec.returns, error)
                 worker.handle.kill()
-            elif self._send(worker, p.CANCEL, task.spec.task_id) and worker.handle.pid and worker.handle.alive:
+            elif self._send(worker, m.CANCEL, task.spec.task_id) and worker.handle.pid and worker.handle.alive:
                 try:  # the message says which task; the signal interrupts it even in user code or sleep()
                     os.kill(worker.handle.pid, signal.SIGINT)
                 except ProcessLookupError:

@@ -1,5 +1,5 @@
 """Worker processes of one node: now ``framing`` (both sides), ``worker_loop`` (the worker's) and ``pool``
-(the node's). A re-export, kept while modules of other parts (the node scheduler, the cluster daemon) import it;
+(the node's). A re-export, kept while a module of the cluster (``cluster/daemon.py``) imports it;
 the worker loop's names load only when asked for, so the node's side does not import the worker's.
 """
 
