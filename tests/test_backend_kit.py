@@ -112,7 +112,7 @@ def test_the_plugins_import_only_the_kit_the_exceptions_and_the_public_api():
 def test_the_scan_catches_what_it_forbids():
     sample = ROOT / "plugins" / "_scan_sample.py"
     sample.write_text("import anyray\nfrom anyray import runtime as _rt\nfrom anyray.runtime import current_runtime\n"
-                      "from anyray.backend_kit import _private\nfrom anyray.adapters.common import polling\n"
+                      "from anyray.backend_kit import _private\nfrom anyray.adapters.common import queues\n"
                       "x = anyray.api._runtime()\ny = anyray.actor\n")
     try:
         bad = _anyray_uses(sample)

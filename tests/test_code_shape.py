@@ -54,15 +54,18 @@ def test_classes_stay_under_the_size_limits():
     assert CLASSES_OVER - over == set(), "under the limits now: remove them from CLASSES_OVER"
 
 
-def _core_modules() -> dict[str, Path]:
-    core = ROOT / "core"
+def _package_modules(folder: Path, package: str) -> dict[str, Path]:
     modules = {}
-    for path in core.rglob("*.py"):
-        parts = list(path.relative_to(core).with_suffix("").parts)
+    for path in folder.rglob("*.py"):
+        parts = list(path.relative_to(folder).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
-        modules[".".join(["anyray", *parts])] = path
+        modules[".".join([package, *parts])] = path
     return modules
+
+
+def _core_modules() -> dict[str, Path]:
+    return _package_modules(ROOT / "core", "anyray")
 
 
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
@@ -116,6 +119,13 @@ def test_core_imports_in_layers():
     modules = _core_modules()
     graph = {name: _imports(name, path, modules) for name, path in modules.items()}
     assert _modules_in_cycles(graph) == set(), "these core modules import each other in a cycle: import in layers"
+
+
+def test_the_cluster_adapter_imports_in_layers():
+    modules = _package_modules(ROOT / "adapters" / "cluster", "anyray.adapters.cluster")
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    assert _modules_in_cycles(graph) == set(), \
+        "these modules of adapters/cluster import each other in a cycle: import in layers"
 
 
 @pytest.mark.parametrize("graph, cyclic", [

@@ -9,8 +9,8 @@ import sys
 import threading
 
 from anyray.adapters.cluster.view import ClusterView
-from anyray.adapters.common.threads import DaemonThreadPool
 from anyray.adapters.metadata.memory import MemoryMetadataStore
+from anyray.backend_kit.threads import DaemonThreadPool
 
 
 def test_a_record_no_node_signed_is_a_logged_warning_not_stdout(caplog, capsys):

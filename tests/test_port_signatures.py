@@ -33,7 +33,7 @@ from anyray.ports.scheduler import OPTIONAL_METHODS, OPTIONAL_STORE_METHODS, Sch
 SCHEDULERS = [
     "anyray.adapters.local.scheduler:LocalScheduler",
     "anyray.adapters.node.scheduler:NodeScheduler",
-    "anyray.adapters.cluster.scheduler:ClusterScheduler",
+    "anyray.adapters.cluster.node:ClusterScheduler",
     "anyray.adapters.node.remote_ports:RemoteScheduler",
     "anyray.adapters.cluster:_ClusterScheduler",
     "anyray_ray.scheduler:RayScheduler",

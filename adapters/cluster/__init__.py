@@ -28,8 +28,8 @@ from anyray.hookspecs import hookimpl
 from anyray.policy import Feasibility, largest
 from anyray.ports.backend import Backend, Capability
 
-from ..node import protocol as p
-from ..node.link import RemoteScheduler, RemoteStore, _BorrowCounter
+from ..node import messages as m
+from ..node.link import BorrowCounter, RemoteScheduler, RemoteStore
 
 
 class _ClusterScheduler(RemoteScheduler):
@@ -84,10 +84,10 @@ class _ClusterStore(RemoteStore):
 
     def put(self, ref, obj) -> None:
         node, oid = self.node, ref._id
-        contained = p.contained_ids(obj.contained_refs)
+        contained = m.contained_ids(obj.contained_refs)
         if obj.nbytes < node.inline_max or not node.shared:
             wire = node.to_node(obj)  # bytes: the caller may change its arrays from now on
-            node.tell("put", (oid, wire, contained))
+            node.tell("put", m.Put.pack(oid, wire, contained))
             if obj.nbytes < node.inline_max:
                 self._cache[oid] = node.from_wire(oid, wire)
             return
@@ -95,7 +95,7 @@ class _ClusterStore(RemoteStore):
         # a Ctrl-C waits for the views, which alone give the pin back.
         with node.deferring():
             wire = node.to_node(obj)
-            node.tell("put_kept", (oid, wire, contained))
+            node.tell("put_kept", m.Put.pack(oid, wire, contained))
             self._cache[oid] = node.from_wire(oid, wire)
 
     def contains(self, ref) -> bool:
@@ -156,19 +156,20 @@ class ClusterBackend(Backend):
     def reference_counters(self):
         """References here are borrowed from the node, as a worker's are (see ``node.link``)."""
         def objects(free):
-            self._objects = _BorrowCounter(free, lambda oid: self.link._borrowed(oid))
+            self._objects = BorrowCounter(free, lambda oid: self.link.borrowed(oid))
             return self._objects
 
         def handles(free):
-            self._handles = _BorrowCounter(free, lambda actor_id: self.link._handle_borrowed(actor_id))
+            self._handles = BorrowCounter(free, lambda actor_id: self.link.handle_borrowed(actor_id))
             return self._handles
 
         return objects, handles
 
     def start(self) -> None:
         from . import launch
-        from .address import connect, redact, resolve
+        from .address import connect, resolve
         from .client import ClientLink
+        from .redaction import redact
 
         cfg = self.config
         address = cfg.address
@@ -241,17 +242,17 @@ class ClusterBackend(Backend):
         link = self.link
         if link is None:
             return
-        for stream, pid, text in link.request("output", self.config.job_id, timeout=30):
-            out = sys.stdout if stream == "stdout" else sys.stderr
-            lines = text.splitlines(keepends=True)
-            out.write("".join(f"(pid={pid}) {line}" if line.strip() else line for line in lines))
+        for printed in map(m.PrintedLine._make, link.request("output", self.config.job_id, timeout=30)):
+            out = sys.stdout if printed.stream == "stdout" else sys.stderr
+            lines = printed.text.splitlines(keepends=True)
+            out.write("".join(f"(pid={printed.pid}) {line}" if line.strip() else line for line in lines))
         sys.stdout.flush()
 
     def _pull_records(self) -> list:
         """The records of this job's tasks, from every node (for ``timeline`` and ``error_info``)."""
         if self.link is None:
             return []
-        return [TaskRecord(*r) for r in self.link.request("records", self.config.job_id, timeout=60)]
+        return [TaskRecord(*m.RecordRow._make(r)) for r in self.link.request("records", self.config.job_id, timeout=60)]
 
     def shutdown(self) -> None:
         printer = getattr(self, "_printer", None)

@@ -10,9 +10,10 @@ import time
 
 from anyray.exceptions import ActorDiedError
 
-from ..node import protocol as p
+from ..node import messages as m
 from ..node.actors import call_options
 from ..node.store import to_wire
+from .objects import object_ids
 from .peers import NotSent, PeerLink
 from .view import ignore
 
@@ -62,7 +63,7 @@ class RemoteCalls:
             return False
         link = self.view.existing_link(node_id)
         if link is not None:
-            link.call("cancel", (ref._id, force, recursive), ignore)
+            link.call("cancel", m.CancelRef.pack(ref._id, force, recursive), ignore)
         return True
 
     def _start_lookup(self, actor_id: bytes) -> None:
@@ -135,19 +136,18 @@ class RemoteCalls:
             args, inner = self._copy_out(held), held.contained_refs
         else:
             args, inner = to_wire(spec.args), spec.args.contained_refs
-        contained = p.contained_ids(inner) if inner else []
-        self._objects.send_expect(link, [r._id for r in spec.deps] + [i for k, i in contained if k == p.OBJECT])
+        contained = m.contained_ids(inner) if inner else []
+        self._objects.send_expect(link, [r._id for r in spec.deps] + object_ids(contained))
         return_ids = [r._id for r in spec.returns]
         for oid in return_ids:
             link.hold(oid)
         if return_ids:
             self._remote_calls[return_ids[0]] = node_id
-        link.call("actor_call", (spec.task_id, spec.actor_id, spec.method_name, args, [r._id for r in spec.deps],
-                                 return_ids, spec.caller_id, spec.seq,
-                                 call_options(spec.options),
-                                 spec.name, contained), ignore)
+        link.call("actor_call", m.CallActor.pack(
+            spec.task_id, spec.actor_id, spec.method_name, args, [r._id for r in spec.deps], return_ids,
+            spec.caller_id, spec.seq, call_options(spec.options), spec.name, contained), ignore)
         refs = list(spec.returns)  # kept alive here until the results are home
-        link.call("get", (return_ids, False, False),
+        link.call("get", m.Get.pack(return_ids, False, False),
                   lambda ok, value: self._threads.submit(self._call_back, spec, refs, held, node_id, link, ok, value))
         return True
 
@@ -166,8 +166,8 @@ class RemoteCalls:
                 self._fail(refs, ActorDiedError(f"The node of actor {spec.actor_id.hex()} ({node_id}) went "
                                                      f"away while it ran {spec.name}: {value}"))
                 return
-            for oid, wire, contained in value:
-                self._objects.receive(node_id, link, oid, wire, contained)
+            for got in map(m.GotWithRefs._make, value):
+                self._objects.receive(node_id, link, got.oid, got.wire, got.contained)
             for ref in refs:
                 link.let_go(ref._id)
         except Exception:  # noqa: BLE001

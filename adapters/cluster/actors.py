@@ -19,11 +19,13 @@ from anyray.runtime import current_counter
 from anyray.serialization import SerializedObject
 from anyray.specs import ActorSpec
 
-from ..node import protocol as p
+from ..node import messages as m
 from ..node.store import to_wire
+from .objects import object_ids
 from .view import ignore
 
 ACTORS = "actors/"  # actor id (hex) -> signed pickle of {"node", "class_name", "methods"}: where each actor lives
+_CREATE_ACTOR_FIELDS = len(m.CreateActor._fields)  # CreateActorHere starts with CreateActor's fields
 
 
 class RemoteActors:
@@ -103,7 +105,7 @@ class RemoteActors:
         else:
             args = to_wire(spec.args) if spec.args is not None else None
             inner = list(spec.args.contained_refs) if spec.args is not None else []
-        contained = p.contained_ids(inner) if inner else []
+        contained = m.contained_ids(inner) if inner else []
         with self._lock:
             self._actor_nodes[spec.actor_id] = node_id
             self._actor_info[spec.actor_id] = (cls.name, spec.method_options)
@@ -112,22 +114,22 @@ class RemoteActors:
             if created is None:  # kept to start it again if its node dies (max_restarts); the references
                 # in its arguments stay alive here as long, so the other node can always read them
                 self._created[spec.actor_id] = [spec, args, contained, job, list(spec.deps), inner]
-        link._note("_handles", spec.actor_id, 1)  # alive there while handles to it exist here
-        self._objects.send_expect(link, [r._id for r in spec.deps] + [i for k, i in contained if k == p.OBJECT])
-        link.call("create_actor_here", (
+        link.hold_actor(spec.actor_id)  # alive there while handles to it exist here
+        self._objects.send_expect(link, [r._id for r in spec.deps] + object_ids(contained))
+        link.call("create_actor_here", m.CreateActorHere.pack(
             spec.actor_id, cls.function_id, cls.name, blob, args, [r._id for r in spec.deps], spec.resources,
             spec.options, spec.namespace, spec.is_async, spec.method_options, contained, job,
             self._restart_counts.get(spec.actor_id, 0)), ignore)
         return True
 
     def _op_create_actor_here(self, worker, rid, args):
-        *rest, job, restarts = args
-        self._placed_here.add(rest[0])
-        if restarts:
-            self._restart_counts[rest[0]] = restarts
-        worker.job, saved = job, worker.job
-        try:
-            return self._requests.handlers["create_actor"](worker, rid, tuple(rest))
+        msg = m.CreateActorHere._make(args)
+        self._placed_here.add(msg.actor_id)
+        if msg.restarts:
+            self._restart_counts[msg.actor_id] = msg.restarts
+        worker.job, saved = msg.job, worker.job
+        try:  # the node's own create_actor, with CreateActor's fields (this type's first ones)
+            return self._requests.handlers["create_actor"](worker, rid, msg[:_CREATE_ACTOR_FIELDS])
         finally:
             worker.job = saved
 
@@ -183,7 +185,7 @@ class RemoteActors:
             link = self.view.link(node_id)
         except (OSError, PermissionError):
             return
-        link._note("_handles", actor_id, 1)
+        link.hold_actor(actor_id)
         link.flush()
 
     def named(self, name: str, namespace: str):
@@ -205,7 +207,7 @@ class RemoteActors:
             self._created.pop(actor_id, None)  # it ends: nothing to start again
         link = self.view.existing_link(node_id)
         if link is not None:
-            link._note("_handles", actor_id, -1)
+            link.let_go_actor(actor_id)
         return True
 
     def kill(self, actor_id: bytes, no_restart: bool) -> bool:
@@ -214,7 +216,7 @@ class RemoteActors:
         if node_id is None:
             return False
         try:
-            self.view.link(node_id).call("kill", (actor_id, no_restart), ignore)
+            self.view.link(node_id).call("kill", m.Kill.pack(actor_id, no_restart), ignore)
         except (OSError, PermissionError):
             pass
         return True
@@ -246,8 +248,8 @@ class RemoteActors:
             return
         self._restart_counts[actor_id] = restarts + 1
         if args is not None:
-            data, buffers = args
-            spec.args = SerializedObject(data, buffers, _contained_of(contained))
+            inline = m.Inline._make(args)
+            spec.args = SerializedObject(inline.data, inline.buffers, _contained_of(contained))
         spec.deps = deps
         name, spec.options["name"] = spec.options["name"], None  # its name stays claimed under its id
         try:
@@ -258,4 +260,4 @@ class RemoteActors:
 
 def _contained_of(contained) -> list:
     counter = current_counter()
-    return [ObjectRef(ident, None, counter) for kind, ident in contained or () if kind == p.OBJECT]
+    return [ObjectRef(oid, None, counter) for oid in object_ids(contained or ())]

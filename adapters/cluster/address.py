@@ -25,13 +25,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import re
 import socket
 import time
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
 from . import files
+from .redaction import redact
 
 RAY_CLIENT_PORT = 10001  # Ray Client's port (``ray://HOST:10001``); the head listens there too when it is free
 TOKEN_LABEL = b"anyray cluster token from the Redis password v1"
@@ -41,14 +41,6 @@ NODES = "nodes/"
 CONNECT_SECONDS = 10.0  # to open a TCP connection to whatever the address names
 SPEAKS_FIRST_SECONDS = 0.5  # how long a node may take to send its challenge before the probe asks the server
 METADATA_SCHEMES = ("redis", "rediss", "etcd")
-
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]*@")
-
-
-def redact(text) -> str:
-    """``text`` with the user and password of every URL in it replaced by ``***``."""
-    return _USERINFO.sub(lambda m: m.group("scheme") + "***@", str(text))
-
 
 def token_from_password(password: str) -> bytes:
     """The cluster token of a cluster whose head was started with ``--redis-password password``."""

@@ -9,7 +9,8 @@ import sys
 import time
 
 from . import files, launch
-from .address import RAY_CLIENT_PORT, connect, redact, resolve, token_from_password
+from .address import RAY_CLIENT_PORT, connect, resolve, token_from_password
+from .redaction import redact
 
 # Flags of Ray's `ray start` that anyray does not have: named in a clear error rather than argparse's bare
 # "unrecognized arguments" (the ones it has are parsed as Ray parses them).

@@ -23,6 +23,7 @@ from ..node import framing
 from ..node import messages as m
 from ..node.arena import Arena
 from ..node.link import Link
+from .redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ def parse_address(address: str) -> tuple[str, int]:
             text = text[len(prefix):]
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
-        from .address import redact
-
         raise ValueError(f"A node's address is host:port (what `anyray start` printed), got {redact(address)!r}.")
     return host.strip("[]") or "127.0.0.1", int(port)
 

@@ -33,13 +33,15 @@ from anyray.ports.backend import Backend, BackendConfig
 from anyray.runtime import Runtime, set_current
 
 from ..metadata import open_metadata
-from ..node import workers
+from ..node import framing
+from ..node import messages as m
 from ..node.node import Node
 from . import files, servers
-from .address import TOKEN_CHECK_KEY, redact, token_check
+from .address import TOKEN_CHECK_KEY, token_check
 from .client import CLIENT_HELLO, CLIENT_READY, CLIENT_SETUP, _Watchdog, handshake, host_id, open_connection
 from .node import ClusterScheduler
 from .peers import serve_transfers
+from .redaction import redact
 from .view import DEAD, ClusterView
 
 HEARTBEAT_SECONDS = float(os.environ.get("ANYRAY_HEARTBEAT_SECONDS", "1.0"))
@@ -293,11 +295,11 @@ class NodeDaemon:
                 msg = conn.recv_bytes(1 << 16)
                 if msg[0] != CLIENT_HELLO:
                     raise AuthenticationError("no hello")
-                hello = pickle.loads(memoryview(msg)[1:])
+                hello: m.ClientHello = pickle.loads(memoryview(msg)[1:])
                 same_host = hello.get("host") == self.host_id
                 setup = dict(self.node.setup, arena=self.node.arena.path if same_host else None,
                              address=self.address, node_id=self.node.node_id, object_address=self.object_address)
-                conn.send_bytes(workers.frame(CLIENT_SETUP, pickle.dumps(setup)))
+                conn.send_bytes(framing.frame(CLIENT_SETUP, pickle.dumps(setup)))
                 msg = conn.recv_bytes(1 << 16)
                 if msg[0] != CLIENT_READY:
                     raise AuthenticationError("no ready")

@@ -7,7 +7,7 @@ where it was put. A node that gets a reference to an object living elsewhere
 for it (``prefetch``): inline when small, else in chunks from the other
 node's object server straight into this node's shared memory
 (``peers.Transfer``). It lets go once nothing here refers to the object any
-more (``freed``, the store's ``on_free``).
+more (``freed``, a free listener of the store's).
 """
 
 from __future__ import annotations
@@ -18,12 +18,17 @@ from anyray.exceptions import ObjectLostError
 from anyray.object_ref import ObjectRef
 from anyray.runtime import current_counter
 
-from ..node import protocol as p
+from ..node import messages as m
 from ..node.arena import Location
 from .peers import PeerLink
 from .view import ignore
 
 log = logging.getLogger(__name__)
+
+
+def object_ids(contained) -> list[bytes]:
+    """The object ids among ``Contained`` references (actor handles left out)."""
+    return [c.id for c in map(m.Contained._make, contained) if c.kind == m.OBJECT]
 
 
 class RemoteObjects:
@@ -39,7 +44,7 @@ class RemoteObjects:
         self._threads = threads  # where answers from other nodes are taken in (never a link's reader)
         self._remote: dict[bytes, str] = {}  # object id -> the node it lives on, while referenced here
         self._pulling: set[bytes] = set()
-        store.on_free = self.freed
+        store.add_free_listener(self.freed)
 
     def register(self, register) -> None:
         register("expect", self._op_expect)
@@ -62,11 +67,13 @@ class RemoteObjects:
         """A ``get``'s answer to another node: each object with where the references inside it live."""
         store = self._store
         answer = []
-        for oid, wire in out:
+        for got in map(m.Got._make, out):
+            oid, wire = got.oid, got.wire
             inner = getattr(store.entry(oid), "contained_refs", None) or ()
-            contained = [(kind, ident, self._remote.get(ident, self.node_id) if kind == p.OBJECT else None)
-                         for kind, ident in p.contained_ids(inner)]
-            answer.append((oid, wire, contained))
+            contained = [m.ContainedAt.pack(c.kind, c.id, self._remote.get(c.id, self.node_id)
+                                            if c.kind == m.OBJECT else None)
+                         for c in map(m.Contained._make, m.contained_ids(inner))]
+            answer.append(m.GotWithRefs.pack(oid, wire, contained))
         return answer
 
     # -- where objects live ------------------------------------------------------------------
@@ -130,15 +137,15 @@ class RemoteObjects:
             except (OSError, PermissionError):
                 self._pulling.discard(oid)
                 continue
-            link.call("get", ([oid], False, False),
+            link.call("get", m.Get.pack([oid], False, False),
                       lambda ok, value, link=link, node_id=node_id, oid=oid:
                       self._threads.submit(self._pulled, node_id, link, oid, ok, value))
 
     def _pulled(self, node_id: str, link: PeerLink, oid: bytes, ok: bool, value) -> None:
         try:
             if ok:
-                for key, wire, contained in value:
-                    self.receive(node_id, link, key, wire, contained, pulled=True)
+                for got in map(m.GotWithRefs._make, value):
+                    self.receive(node_id, link, got.oid, got.wire, got.contained, pulled=True)
         except Exception:  # noqa: BLE001
             log.exception("receiving objects pulled from node %s failed", node_id)
         finally:
@@ -153,10 +160,10 @@ class RemoteObjects:
             return
         counter = current_counter()
         refs = []
-        for kind, ident, where in contained or ():
-            if kind == p.OBJECT:
-                self.expect(ident, where or node_id)
-                refs.append(ObjectRef(ident, None, counter))
+        for inner in map(m.ContainedAt._make, contained or ()):
+            if inner.kind == m.OBJECT:
+                self.expect(inner.id, inner.node or node_id)
+                refs.append(ObjectRef(inner.id, None, counter))
         if type(wire) is not Location:
             self._seal_received(oid, wire, refs, pulled)
             return

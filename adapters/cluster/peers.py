@@ -89,10 +89,17 @@ class PeerLink(Link):
 
     def hold(self, oid: bytes) -> None:
         """Keep ``oid`` alive on the other node for this one (its references are borrowed)."""
-        self._note("_refs", oid, 1)
+        self.note("_refs", oid, 1)
 
     def let_go(self, oid: bytes) -> None:
-        self._note("_refs", oid, -1)
+        self.note("_refs", oid, -1)
+
+    def hold_actor(self, actor_id: bytes) -> None:
+        """Keep the actor alive on the other node for this one (it holds handles to it)."""
+        self.note("_handles", actor_id, 1)
+
+    def let_go_actor(self, actor_id: bytes) -> None:
+        self.note("_handles", actor_id, -1)
 
     def unpin(self, oid: bytes) -> None:
         """This node has read the shared-memory range the other pinned for it under ``oid``."""

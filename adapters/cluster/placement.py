@@ -18,8 +18,9 @@ from anyray.policy import allows_another, fits
 from anyray.runtime import current_counter
 from anyray.specs import TaskSpec
 
-from ..node import protocol as p
+from ..node import messages as m
 from ..node.store import to_wire
+from .objects import object_ids
 from .peers import PeerLink
 from .view import ignore
 
@@ -98,7 +99,7 @@ class SpillbackPlacement:
         if task is not None and task.state == "forwarded" and task.node is not None:
             link = self.view.existing_link(task.node)
             if link is not None:
-                link.call("cancel", (ref._id, force, recursive), ignore)
+                link.call("cancel", m.CancelRef.pack(ref._id, force, recursive), ignore)
                 return True
         return False
 
@@ -131,16 +132,16 @@ class SpillbackPlacement:
         else:
             args = to_wire(spec.args)
             inner = spec.args.contained_refs
-        contained = p.contained_ids(inner) if inner else []
-        ids = [r._id for r in spec.deps] + [ident for kind, ident in contained if kind == p.OBJECT]
+        contained = m.contained_ids(inner) if inner else []
+        ids = [r._id for r in spec.deps] + object_ids(contained)
         where = {oid: self._objects.where(oid) for oid in ids}
         return_ids = [r._id for r in spec.returns]
         for oid in return_ids:  # the other node keeps the results until they are read home
             link.hold(oid)
-        link.call("forward", (spec.task_id, fn.function_id, fn.name, blob, args, [r._id for r in spec.deps],
-                              return_ids, spec.resources, spec.options, spec.parent_task_id, spec.name, contained,
-                              task.job, where), ignore)
-        link.call("get", (return_ids, False, False),
+        link.call("forward", m.Forward.pack(
+            spec.task_id, fn.function_id, fn.name, blob, args, [r._id for r in spec.deps], return_ids, spec.resources,
+            spec.options, spec.parent_task_id, spec.name, contained, task.job, where), ignore)
+        link.call("get", m.Get.pack(return_ids, False, False),
                   lambda ok, value: self._threads.submit(self._forwarded_back, task, node_id, link, ok, value))
 
     def _forwarded_back(self, task, node_id: str, link: PeerLink, ok: bool, value) -> None:
@@ -151,8 +152,8 @@ class SpillbackPlacement:
             if not ok:  # the node went away: run it again, elsewhere or here, while retries allow
                 self._lost(task, node_id, value)
                 return
-            for oid, wire, contained in value:
-                self._objects.receive(node_id, link, oid, wire, contained)
+            for got in map(m.GotWithRefs._make, value):
+                self._objects.receive(node_id, link, got.oid, got.wire, got.contained)
             for ref in spec.returns:
                 link.let_go(ref._id)
             with self._lock:
@@ -182,20 +183,19 @@ class SpillbackPlacement:
 
     def _op_forward(self, worker, rid, args):
         """A task another node hands to this one: it runs here."""
-        (task_id, fn_id, fn_name, blob, args_wire, dep_ids, return_ids, resources, options, parent, name,
-         contained, job, where) = args
-        for oid, node_id in where.items():
+        msg = m.Forward._make(args)
+        for oid, node_id in msg.where.items():
             self._objects.expect(oid, node_id)
         try:
-            call_args, held = self._ledger.args_from(worker, args_wire, contained)
+            call_args, held = self._ledger.args_from(worker, msg.args, msg.contained)
             counter = current_counter()
-            function = self._functions.descriptor(worker, fn_id, fn_name, blob)
-            spec = TaskSpec(task_id=task_id, function=function, args=call_args,
-                            deps=[ObjectRef(i, None, counter) for i in dep_ids],
-                            returns=[ObjectRef(i, None, counter) for i in return_ids], resources=resources,
-                            options=options, parent_task_id=parent, name=name)
+            function = self._functions.descriptor(worker, msg.fn_id, msg.fn_name, msg.blob)
+            spec = TaskSpec(task_id=msg.task_id, function=function, args=call_args,
+                            deps=[ObjectRef(i, None, counter) for i in msg.dep_ids],
+                            returns=[ObjectRef(i, None, counter) for i in msg.return_ids], resources=msg.resources,
+                            options=msg.options, parent_task_id=msg.parent, name=msg.name)
         except Exception as exc:  # noqa: BLE001 - the caller waits for the results: they are this error
-            self._ledger.fail([ObjectRef(i) for i in return_ids], exc)
+            self._ledger.fail([ObjectRef(i) for i in msg.return_ids], exc)
             return None
-        self._tasks.submit(spec, held, job, handed=True)
+        self._tasks.submit(spec, held, msg.job, handed=True)
         return None

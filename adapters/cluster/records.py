@@ -12,6 +12,7 @@ import collections
 import threading
 
 from ..common.resources import NodeResources
+from ..node import messages as m
 
 ASK_SECONDS = 10.0  # how long a question to every node waits for the answers
 RECORDS_PER_JOB = 10_000  # task records kept per job until its driver reads them (timeline, error_info)
@@ -64,8 +65,8 @@ class PerJobOutput:
 
     def add(self, worker, output: list) -> None:
         pid = worker.handle.pid
-        for job, stream, text in output:
-            self.kept.add(job, ((stream, pid, text),))
+        for line in map(m.OutputLine._make, output):
+            self.kept.add(line.job, (m.PrintedLine.pack(line.stream, pid, line.text),))
 
 
 class Reports:

@@ -19,7 +19,7 @@ import time
 
 from anyray.policy import fits
 
-from ..node import protocol as p
+from ..node import messages as m
 from .peers import PeerLink, Transfer
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class ClusterView:
     def seal_record(self, record: dict) -> bytes:
         """``record`` signed with the cluster token: only a node of the cluster can write one that
         ``open_record`` accepts, so a value changed by anyone else in the metadata store is never unpickled."""
-        body = p.dumps(record)  # method options may hold classes of a driver's __main__
+        body = m.dumps(record)  # method options may hold classes of a driver's __main__
         return hmac.new(self._token, body, hashlib.sha256).digest() + body
 
     def open_record(self, value: bytes) -> dict | None:

@@ -11,6 +11,8 @@ import ctypes
 import threading
 
 from anyray import serialization
+from anyray.backend_kit.actor_host import ActorHost
+from anyray.backend_kit.threads import DaemonThreadPool
 from anyray.context import TaskContext, current_task
 from anyray.exceptions import ActorNameTaken, TaskCancelledError
 from anyray.executor import Call, run_in_place, serialize_failure
@@ -18,11 +20,9 @@ from anyray.policy import Feasibility
 from anyray.ports.scheduler import Scheduler
 from anyray.specs import RemoteFailure, TaskSpec
 
-from ..common.actor_host import ActorHost
 from ..common.names import NamedActors
 from ..common.queues import ShapeQueues, admit
 from ..common.resources import NodeResources, ReportsResources, ResourcePool
-from ..common.threads import DaemonThreadPool
 
 
 class _Task:

@@ -51,7 +51,7 @@ class _Pending:
         self.abandoned = False
 
 
-class _BorrowCounter(ReferenceCounter):
+class BorrowCounter(ReferenceCounter):
     """A ReferenceCounter that tells the node when an id gets its first reference in this process."""
 
     def __init__(self, free, first):
@@ -123,11 +123,11 @@ class Link:
     def counters(self):
         """Factories for the runtime's counters (``Runtime(counters=...)``): references borrowed from the node."""
         def objects(free):
-            self.object_counter = _BorrowCounter(free, self._borrowed)
+            self.object_counter = BorrowCounter(free, self.borrowed)
             return self.object_counter
 
         def handles(free):
-            self.handle_counter = _BorrowCounter(free, self._handle_borrowed)
+            self.handle_counter = BorrowCounter(free, self.handle_borrowed)
             return self.handle_counter
 
         return objects, handles
@@ -186,21 +186,22 @@ class Link:
         return True
 
     # reference changes; the counters call these under their own locks, so they only record
-    def _borrowed(self, oid: bytes) -> None:
-        self._note("_refs", oid, 1)
+    def borrowed(self, oid: bytes) -> None:
+        self.note("_refs", oid, 1)
 
     def released(self, oid: bytes) -> None:
         # Only if not referenced again since its count reached zero: then the +1 stands.
-        self.object_counter.if_unreferenced(oid, lambda: self._note("_refs", oid, -1))
+        self.object_counter.if_unreferenced(oid, lambda: self.note("_refs", oid, -1))
 
-    def _handle_borrowed(self, actor_id: bytes) -> None:
-        self._note("_handles", actor_id, 1)
+    def handle_borrowed(self, actor_id: bytes) -> None:
+        self.note("_handles", actor_id, 1)
 
     def handle_released(self, actor_id: bytes) -> None:
-        self.handle_counter.if_unreferenced(actor_id, lambda: self._note("_handles", actor_id, -1))
+        self.handle_counter.if_unreferenced(actor_id, lambda: self.note("_handles", actor_id, -1))
 
-    def _note(self, table: str, key: bytes, sign: int) -> None:
-        """Record a first reference (+1) or a last one going (-1); the last change of a batch counts."""
+    def note(self, table: str, key: bytes, sign: int) -> None:
+        """Record a first reference (+1) or a last one going (-1) to ``key`` in ``table`` ("_refs": objects,
+        "_handles": actors); the last change of a batch counts."""
         with self._changes_lock:  # the table is swapped for a fresh one when a message takes it
             getattr(self, table)[key] = sign
 

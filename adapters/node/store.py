@@ -98,7 +98,7 @@ class SharedObjectStore(MemoryObjectStore):
         self._pin_lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
-        self.on_free = None  # called with the ids freed (a cluster node lets go of other nodes' objects)
+        self._free_listeners: list = []  # called with the ids freed (a cluster node lets go of other nodes' objects)
         self._gc = threading.Thread(target=self._unpin_loop, name="anyray-store-unpin", daemon=True)
         self._gc.start()
 
@@ -203,11 +203,15 @@ class SharedObjectStore(MemoryObjectStore):
             self.unpin(self._unpins.popleft())
 
     # -- freeing --------------------------------------------------------------
+    def add_free_listener(self, fn) -> None:
+        """Call ``fn(ids)`` with the ids of every ``free`` from now on (after the store has freed them)."""
+        self._free_listeners.append(fn)
+
     def free(self, refs) -> None:
         ids = [r if isinstance(r, bytes) else r._id for r in refs]
         super().free(ids)
-        if self.on_free is not None:
-            self.on_free(ids)
+        for listener in self._free_listeners:
+            listener(ids)
 
     def _dropped(self, objs: list) -> None:
         self._apply_unpins()

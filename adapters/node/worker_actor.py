@@ -12,6 +12,7 @@ import os
 import pickle
 
 from anyray.actor import exit_is_intended
+from anyray.backend_kit.actor_host import ActorHost
 from anyray.context import TaskContext
 from anyray.exceptions import ActorDiedError, TaskCancelledError
 from anyray.executor import Call, serialize_failure
@@ -19,7 +20,6 @@ from anyray.object_ref import ObjectRef
 from anyray.policy import call_retry_limit
 from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure
 
-from ..common.actor_host import ActorHost
 from ..common.resources import Lease
 from . import messages as m
 from .arena import Location
