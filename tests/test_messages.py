@@ -26,13 +26,8 @@ TAGS = {name: value for name, value in vars(m).items() if name.isupper() and typ
         and name not in {"OBJECT", "HANDLE"}}
 
 # Files whose ends are converted: they build messages as their types and read them by name.
-CONVERTED = ["adapters/node/link.py", "adapters/node/remote_ports.py", "adapters/node/worker_main.py",
-             "adapters/node/worker_actor.py", "adapters/node/worker_output.py", "adapters/node/worker_loop.py",
-             "adapters/node/framing.py", "adapters/node/pool.py", "adapters/node/forkserver.py",
-             "adapters/node/supervision.py", "adapters/node/tasks.py", "adapters/node/actors.py",
-             "adapters/node/handlers.py", "adapters/node/ledger.py", "adapters/node/introspection.py",
-             "adapters/node/functions.py", "adapters/node/scheduler.py", "adapters/node/store.py",
-             "adapters/node/seams.py", "adapters/cluster/peers.py", "adapters/cluster/client.py"]
+CONVERTED = sorted(str(path.relative_to(ROOT)) for package in ("adapters/node", "adapters/cluster")
+                   for path in (ROOT / package).glob("*.py"))  # every end of the wire, on every side
 
 
 def _sample(cls, seed: int) -> tuple:
@@ -121,37 +116,6 @@ def test_contained_ids_are_kind_and_id():
         [m.Contained(m.OBJECT, b"o"), m.Contained(m.HANDLE, b"a")]
 
 
-# Ends not converted yet (in the schedulers) unpack the same tuples: their names must line up with the
-# types' fields, position by position (their local names, renamed where they differ).
-UNPACKED_BY = {  # (file, function, the unpacked variable) -> type
-    ("adapters/cluster/placement.py", "_op_forward", "args"): m.Forward,
-}
-LOCAL_NAMES = {"args_wire": "args", "changes": "refs"}
-
-
-def _unpackings(path: Path):
-    """(function, source variable, [target names]) of each ``a, b, ... = name`` or ``= loads(name)``."""
-    for fn in ast.walk(ast.parse(path.read_text())):
-        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        for node in ast.walk(fn):
-            if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple):
-                value = node.value
-                if isinstance(value, ast.Call) and value.args:
-                    value = value.args[0]
-                if isinstance(value, ast.Name) and all(isinstance(e, ast.Name) for e in node.targets[0].elts):
-                    yield fn.name, value.id, [e.id for e in node.targets[0].elts]
-
-
-def test_the_unconverted_readers_unpack_in_the_types_order():
-    """An entry goes once its reader reads by name (the list fails both ways, so it cannot go stale)."""
-    for (rel, function, source), cls in UNPACKED_BY.items():
-        found = [names for fn, var, names in _unpackings(ROOT / rel) if fn == function and var == source]
-        assert found, f"{rel}::{function} no longer unpacks {source}: remove it from UNPACKED_BY"
-        for names in found:
-            assert tuple(LOCAL_NAMES.get(n, n) for n in names) == cls._fields, (rel, function)
-
-
 MESSAGE_NAMES = {"body", "args", "changes"}  # what the ends call a message body, a request's arguments, RefChanges
 ROW_LISTS = {"contained", "output"}  # lists of messages (Contained, OutputLine), read one row at a time
 
@@ -224,7 +188,7 @@ def test_converted_files_read_messages_by_name():
     assert found == [], "read a message with Type._make(body) and its fields by name"
 
 
-SHIMS = {"anyray.adapters.node.protocol", "anyray.adapters.node.workers"}  # re-exports the cluster still imports
+SHIMS = {"anyray.adapters.node.protocol", "anyray.adapters.node.workers", "anyray.adapters.node.worker"}
 
 
 def _imported_modules(path: Path, package: str) -> set[str]:
@@ -243,16 +207,15 @@ def _imported_modules(path: Path, package: str) -> set[str]:
     return found
 
 
-def test_nothing_of_the_node_core_plugins_or_tests_imports_the_old_shims():
-    """They stay only while ``adapters/cluster`` imports them; everything else imports the real modules."""
-    roots = {"adapters/node": "anyray.adapters.node", "core": "anyray", "plugins": None, "tests": None}
+def test_the_old_modules_are_gone_and_nothing_imports_them():
+    """``protocol`` (now ``messages``), ``workers`` (now ``framing`` and ``pool``) and ``worker`` (now
+    ``worker_main``) were split by the process they run in."""
+    roots = {"adapters": "anyray.adapters", "core": "anyray", "plugins": None, "tests": None}
     found = []
     for rel, package in roots.items():
         for path in sorted((ROOT / rel).rglob("*.py")):
-            if path.parent.name == "node" and path.stem in {"protocol", "workers"}:
-                continue
             sub = package and ".".join([package, *path.relative_to(ROOT / rel).parent.parts])
             hits = _imported_modules(path, sub or "") & SHIMS
             found += [f"{path.relative_to(ROOT)} imports {hit}" for hit in sorted(hits)]
     assert found == []
-    assert not (ROOT / "adapters/node/worker.py").exists()  # now worker_main
+    assert [name for name in ("protocol", "workers", "worker") if (ROOT / f"adapters/node/{name}.py").exists()] == []

@@ -20,7 +20,7 @@ NODE = ROOT / "adapters" / "node"
 WORKER_ONLY = ["anyray.adapters.node.worker_main", "anyray.adapters.node.worker_actor",
                "anyray.adapters.node.worker_interrupts", "anyray.adapters.node.worker_output"]
 NODE_SIDE = ["anyray.adapters.node.pool", "anyray.adapters.node.scheduler", "anyray.adapters.node.node",
-             "anyray.adapters.node.workers", "concurrent.futures", "pluggy",
+             "concurrent.futures", "pluggy",
              "anyray.plugins"]
 
 

@@ -29,7 +29,8 @@ from anyray.policy import Feasibility, largest
 from anyray.ports.backend import Backend, Capability
 
 from ..node import messages as m
-from ..node.link import BorrowCounter, RemoteScheduler, RemoteStore
+from ..node.link import BorrowCounter
+from ..node.remote_ports import RemoteScheduler, RemoteStore
 
 
 class _ClusterScheduler(RemoteScheduler):

@@ -97,7 +97,8 @@ class LocalScheduler(ReportsResources, Scheduler):
     def submit_task(self, spec: TaskSpec) -> None:
         _own_arguments(spec)
         task = _Task(spec)
-        self.feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
+        if task.shape not in self.feasibility.known_to_fit:
+            self.feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
         admit(task, self._tasks, self._children, self._lock, self._store, self.ready)
 
     def ready(self, task: _Task) -> None:

@@ -372,6 +372,3 @@ class Link:
             self.exported.add(descriptor.function_id)
             self._blobs.pop(descriptor.function_id, None)
 
-
-# re-exported: moved to remote_ports, and adapters/cluster/__init__.py still imports them from here
-from .remote_ports import RemoteScheduler, RemoteStore  # noqa: E402,F401

@@ -68,7 +68,9 @@ class Tasks:
         task = Task(spec, held, job or self._job)
         if handed:
             task.spilled = True
-        seams.feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
+        feasibility = seams.feasibility
+        if task.shape not in feasibility.known_to_fit:
+            feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
         admit(task, self.tasks, self._children, self._lock, self._store, self.ready)
 
     def ready(self, task: Task) -> None:

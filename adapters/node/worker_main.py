@@ -67,6 +67,7 @@ class WorkerNode(Link):
         self.output = Output(self)
         self.actor = None   # a threaded or async actor hosted here (an ActorHost)
         self.inline = None  # a sync actor whose calls run on the main thread (a worker_actor.InlineActor)
+        self._unloaded: dict[bytes, bytes] = {}  # function id -> code the node sent, not loaded yet
         self.interrupts = TaskInterrupts(self)
         self.actors = ActorMessages(self)
         # What the node sends, by tag; a TASK waits for the main thread.
@@ -80,7 +81,8 @@ class WorkerNode(Link):
     def function(self, fn_id: bytes, blob: bytes | None):
         fn = self._functions.get(fn_id)
         if fn is None:
-            fn = self._functions[fn_id] = cloudpickle.loads(blob)
+            fn = self._functions[fn_id] = cloudpickle.loads(blob if blob is not None else self._unloaded[fn_id])
+            self._unloaded.pop(fn_id, None)
             self.exported.add(fn_id)
         return fn
 
@@ -159,6 +161,8 @@ class WorkerNode(Link):
         if task.job is not None:  # a task of another driver's job than the last one (a cluster node)
             self.runtime.job_id, self.runtime.namespace = task.job
         task_id, dep_wires, return_ids, name = task.task_id, task.deps, task.return_ids, task.name
+        if task.blob is not None:  # kept until loaded: the node sends a function's code to a worker once,
+            self._unloaded[task.fn_id] = task.blob  # and a cancel may end this task before it is loaded
         unread = {key for key, wire in dep_wires.items() if type(wire) is Location}
         if type(task.args) is Location:
             unread.add(task_id)
