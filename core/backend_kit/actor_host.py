@@ -173,8 +173,10 @@ class ActorHost:
         if exit_is_intended(exc):
             cause = (f"The actor {self.spec.cls.name} exited on purpose: {spec.name} called exit_actor() "
                      f"or sys.exit(0); it is not restarted.")
-            self._sched.call_failed(spec, ActorDiedError(cause))
+            # Dead first, then the call's answer: a caller that sees it and calls again must find the actor
+            # dead (another thread of a threaded actor would still run that call)
             self._die(cause)
+            self._sched.call_failed(spec, ActorDiedError(cause))
         else:
             self._sched.actor_crashed(self, spec, f"{spec.name} called sys.exit({exc.code!r})")
 
