@@ -170,7 +170,7 @@ def test_the_secret_stays_out_of_argv_environment_and_reprs(pool, session):
 
 
 def test_a_worker_told_to_exit_is_reported_with_its_code(pool):
-    from anyray.adapters.node.framing import EXIT
+    from anyray.adapters.node.messages import EXIT
 
     worker = pool.start_worker()
     assert worker.wait_ready(TIMEOUT)

@@ -17,20 +17,6 @@ import socket
 import struct
 import time
 
-from .messages import (  # noqa: F401 - the framing's tags, here for the modules that frame
-    CALL,
-    EXIT,
-    EXITED,
-    FORK,
-    FORK_FAILED,
-    FORKED,
-    HELLO,
-    KILL,
-    REPLY,
-    SERVER_HELLO,
-    SHUTDOWN,
-)
-
 SOCKET_NAME = "workers.sock"
 CALL_HEAD = struct.Struct("<BQ")    # CALL: tag, request id
 REPLY_HEAD = struct.Struct("<BQB")  # REPLY: tag, request id, status (0 value, 1 error)

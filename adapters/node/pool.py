@@ -40,24 +40,8 @@ import cloudpickle
 from anyray.exceptions import AnyrayError, WorkerCrashedError
 
 from . import messages as m
-from .framing import (
-    CALL,
-    CALL_HEAD,
-    EXITED,
-    FORK,
-    FORK_FAILED,
-    FORKED,
-    HELLO,
-    KILL,
-    REPLY,
-    REPLY_HEAD,
-    SERVER_HELLO,
-    SHUTDOWN,
-    SOCKET_NAME,
-    frame,
-    spin_until_readable,
-    wake,
-)
+from .framing import CALL_HEAD, REPLY_HEAD, SOCKET_NAME, frame, spin_until_readable, wake
+from .messages import CALL, EXITED, FORK, FORK_FAILED, FORKED, HELLO, KILL, REPLY, SERVER_HELLO, SHUTDOWN
 
 log = logging.getLogger(__name__)
 

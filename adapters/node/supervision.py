@@ -11,7 +11,7 @@ from anyray.exceptions import WorkerCrashedError
 from anyray.object_ref import ObjectRef
 
 from . import messages as m
-from .framing import EXIT, run_entry
+from .framing import run_entry
 from .pool import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class Supervision:
     @staticmethod
     def exit(worker: Worker) -> None:
         try:
-            worker.handle.send(EXIT)
+            worker.handle.send(m.EXIT)
         except WorkerCrashedError:
             pass
 

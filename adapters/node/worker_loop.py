@@ -17,7 +17,8 @@ from multiprocessing.connection import Client
 import cloudpickle
 
 from . import messages as m
-from .framing import CALL, EXIT, HELLO, REPLY, frame
+from .framing import frame
+from .messages import CALL, EXIT, HELLO, REPLY
 
 log = logging.getLogger(__name__)
 
