@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import numpy as np
@@ -277,40 +276,3 @@ def test_anyray_run_on_the_ray_backend_leaves_the_real_ray_in_place(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "module ray True" in proc.stdout
-
-
-def test_threads_racing_to_get_or_create_one_name_share_one_actor(session):
-    """get_if_exists from threads at once: the losers of the race for the name get the winner's actor."""
-
-    @anyray.remote
-    class Registry:
-        def __init__(self):
-            self.joined = 0
-
-        def join(self):
-            self.joined += 1
-            return self.joined
-
-    name = f"race-{os.getpid()}-{time.time_ns()}"
-    racers = 6
-    barrier = threading.Barrier(racers)
-    handles, errors = [], []
-
-    def race():
-        barrier.wait()
-        try:
-            handles.append(Registry.options(name=name, get_if_exists=True).remote())
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=race) for _ in range(racers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not errors and len(handles) == racers, errors
-    try:
-        # One actor behind every handle: it counts each racer's call once.
-        assert sorted(anyray.get([h.join.remote() for h in handles], timeout=120)) == list(range(1, racers + 1))
-    finally:
-        anyray.kill(handles[0])
