@@ -11,9 +11,11 @@ notes the time around one ``get(f.remote(1))``; only the calls inside that windo
 It prints, per process, the files in the order first entered, then:
 
 - the distinct files of the path, less the value types (``ids``, ``object_ref``, ``specs``,
-  ``context``, ``events``, ``exceptions``, ``messages``: data the path carries, not steps of it);
-  among them, those the path passes through (code in them calls on into another file) and those
-  it only calls, which return without calling further (helpers: a lease, a frame header, a record);
+  ``context``, ``events``, ``exceptions``, ``messages``: data the path carries, not steps of it;
+  reading a value's property, such as a serialized object's size, is using data too);
+  among them, those the path passes through (code in them calls on into another of those files) and
+  those it only calls, which return without calling further (helpers: a lease, a frame header, a
+  record);
 - up-calls: a call into a file that is already on the calling thread's stack below another file
   (code that calls down and back up, as a subclass and its base do).
 """
@@ -33,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIXES = (os.path.join(ROOT, "core") + os.sep, os.path.join(ROOT, "adapters") + os.sep)
 VALUE_TYPES = {"core/ids.py", "core/object_ref.py", "core/specs.py", "core/context.py", "core/events.py",
                "core/exceptions.py", "adapters/node/messages.py"}
+VALUE_READS = {("core/serialization.py", "nbytes")}  # a value's property (a SerializedObject's size)
 
 SITECUSTOMIZE = textwrap.dedent('''
     import os, sys, threading, time
@@ -100,7 +103,9 @@ def run(backend: str) -> tuple[float, float, dict[int, list[tuple[float, int, st
     return start, end, events
 
 
-def analyse(start: float, end: float, events: dict, show_calls: bool) -> None:
+def analyse(start: float, end: float, events: dict, show_calls: bool = False) -> dict:
+    """Print the path and return it: ``steps`` (files, less value types), ``through`` (those passing the
+    task on) and ``up_calls`` ({(caller, callee): count})."""
     path_files: list[str] = []
     up_calls = collections.Counter()
     passes_on: set[str] = set()  # files from which the path goes on into another file
@@ -119,7 +124,8 @@ def analyse(start: float, end: float, events: dict, show_calls: bool) -> None:
                     order.append(name)
                 caller = stack[-1] if stack else None
                 if caller is not None and caller != name:
-                    passes_on.add(caller)
+                    if name not in VALUE_TYPES and (name, code) not in VALUE_READS:  # using data passes nothing on
+                        passes_on.add(caller)
                     if name in stack:
                         up_calls[(caller, name)] += 1
                 if show_calls:
@@ -137,6 +143,7 @@ def analyse(start: float, end: float, events: dict, show_calls: bool) -> None:
     print(f"\nup-calls (a call back into a file already on the stack): {sum(up_calls.values())}")
     for (caller, callee), n in up_calls.most_common():
         print(f"  {caller} -> {callee}: {n}")
+    return {"steps": steps, "through": through, "up_calls": dict(up_calls)}
 
 
 def main() -> None:

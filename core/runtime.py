@@ -52,6 +52,16 @@ class ReferenceCounter:
         with self._lock:
             self._counts[object_id] = self._counts.get(object_id, 0) + 1
 
+    def new_refs(self, n: int) -> list[ObjectRef]:
+        """``n`` refs to new object ids, counted here (one lock round for all of them)."""
+        refs = [ObjectRef(ids.new_id()) for _ in range(n)]
+        with self._lock:
+            counts = self._counts
+            for ref in refs:
+                counts[ref._id] = 1
+                ref._counter = self
+        return refs
+
     def if_unreferenced(self, object_id: bytes, fn) -> None:
         """Call ``fn()`` under the counter's lock if ``object_id`` has no live reference here now
         (so no ``incref`` can come in between)."""
@@ -283,8 +293,7 @@ class Runtime:
         return deps
 
     def _returns(self, n: int) -> list[ObjectRef]:
-        counter = self.counter
-        return [ObjectRef(ids.new_id(), None, counter) for _ in range(n)]
+        return self.counter.new_refs(n)
 
     def submit_task(self, descriptor: FunctionDescriptor, args: tuple, kwargs: dict,
                     options: dict, resources: dict) -> list[ObjectRef]:

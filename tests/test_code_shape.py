@@ -134,3 +134,18 @@ def test_the_cluster_adapter_imports_in_layers():
 ])
 def test_the_cycle_finder_finds_cycles(graph, cyclic):
     assert _modules_in_cycles(graph) == cyclic
+
+
+def test_one_task_path_passes_through_at_most_twelve_files_each_once():
+    """One task on the multiprocess backend, from ``f.remote`` to ``get``, traced in every process it
+    touches (benchmarks/trace_path.py): at most 12 files hand it on, and none is entered again from
+    below (no part calls back up into a part that called it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("trace_path", ROOT / "benchmarks" / "trace_path.py")
+    trace_path = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trace_path)
+    path = trace_path.analyse(*trace_path.run("multiprocess"))
+    assert "core/executor.py" in path["through"] and "adapters/node/worker_main.py" in path["through"], path
+    assert len(path["through"]) <= 12, path["through"]
+    assert path["up_calls"] == {}, path["up_calls"]

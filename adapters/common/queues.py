@@ -79,9 +79,10 @@ class ShapeQueues:
         self.dispatch()
 
 
-def admit(task, tasks: dict, children: dict, lock, store, ready: Callable[[object], None]) -> None:
-    """Track a new task by its return ids (``tasks``) and its parent (``children``, for recursive cancel),
-    and hand it to ``ready`` once its dependencies are sealed in ``store``."""
+def admit(task, tasks: dict, children: dict, lock, store, ready: Callable[[object], None]) -> bool:
+    """Track a new task by its return ids (``tasks``) and its parent (``children``, for recursive cancel).
+    True when it is ready now (no dependencies): the caller starts it; else ``ready(task)`` is called
+    once its dependencies are sealed in ``store``."""
     spec = task.spec
     with lock:
         for ref in spec.returns:
@@ -90,5 +91,5 @@ def admit(task, tasks: dict, children: dict, lock, store, ready: Callable[[objec
             children.setdefault(spec.parent_task_id, []).append(task)
     if spec.deps:
         store.on_sealed(spec.deps, lambda: ready(task))
-    else:
-        ready(task)
+        return False
+    return True

@@ -99,7 +99,8 @@ class LocalScheduler(ReportsResources, Scheduler):
         task = _Task(spec)
         if task.shape not in self.feasibility.known_to_fit:
             self.feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
-        admit(task, self._tasks, self._children, self._lock, self._store, self.ready)
+        if admit(task, self._tasks, self._children, self._lock, self._store, self.ready):
+            self.ready(task)
 
     def ready(self, task: _Task) -> None:
         with self._lock:

@@ -65,6 +65,12 @@ class BorrowCounter(ReferenceCounter):
                 self._first(object_id)
             self._counts[object_id] = (n or 0) + 1
 
+    def new_refs(self, n: int) -> list:
+        refs = super().new_refs(n)
+        for ref in refs:  # new ids: no other thread knows them yet, so no lock is needed
+            self._first(ref._id)
+        return refs
+
 
 class Interrupts:
     """How a linked process's main thread treats an interrupt while it talks to the node.

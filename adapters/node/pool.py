@@ -21,6 +21,7 @@ another message from the same worker.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import pickle
@@ -242,6 +243,18 @@ class WorkerHandle:
         for future in calls.values():
             future.set_exception(self._crashed())
         self._pool._worker_died(self)
+
+
+def read_results_here(refs, contains: Callable, worker_of: Callable) -> None:
+    """The calling thread is about to wait for ``refs``: it reads their results off the connections
+    of the workers making them (``worker_of(oid)``) itself, which saves a hand-off from the readers."""
+    for ref in refs:
+        if contains(ref):
+            continue
+        worker = worker_of(ref._id)
+        if worker is None:
+            return  # not running anywhere yet: wait for it the ordinary way
+        worker.handle.read_until(functools.partial(contains, ref))
 
 
 class WorkerPool:

@@ -46,6 +46,7 @@ from .functions import FunctionTable
 from .handlers import Requests
 from .introspection import listing
 from .ledger import Ledger
+from .pool import read_results_here
 from .seams import Seams
 from .store import ArenaObject, SharedObjectStore
 from .supervision import Supervision
@@ -74,8 +75,12 @@ class NodeScheduler(ReportsResources, Scheduler):
         self.queues = shapes.queues
         self.tasks = tasks = Tasks(lock, store, pool, shapes, ledger, functions, supervision, seams, job)
         shapes.start_task = tasks.start
+        # The port's two calls of every task go straight to the part (the methods below say what they do)
+        self.submit_task = tasks.submit
+        self.run_here = functools.partial(read_results_here, contains=store.contains, worker_of=tasks.worker_of)
         self.actors = actors = Actors(lock, store, shapes, self.names, ledger, functions, supervision, seams, job)
         ledger.handle_of = actors.handle_of
+        tasks.call_worker_of = actors.worker_of_call
         self.requests = Requests(lock, pool, store, shapes, ledger, functions, tasks, actors, self.names, seams,
                                  self.cancel)
         supervision.connect(task_result=tasks.task_result, call_result=actors.call_result,
@@ -93,7 +98,8 @@ class NodeScheduler(ReportsResources, Scheduler):
     # -- the Scheduler port -----------------------------------------------------------------
     def submit_task(self, spec: TaskSpec, held: ArenaObject | None = None, job: tuple | None = None,
                     handed: bool = False) -> None:
-        """``handed``: another node of a cluster handed the task here, to run here."""
+        """``handed``: another node of a cluster handed the task here, to run here. (Each node binds
+        this name to ``Tasks.submit`` itself: one call less per task.)"""
         self.tasks.submit(spec, held, job, handed)
 
     def cancel(self, ref, force: bool, recursive: bool) -> None:
@@ -106,18 +112,9 @@ class NodeScheduler(ReportsResources, Scheduler):
             self.actors.cancel(ref)
 
     def run_here(self, refs) -> None:
-        """The calling thread is about to wait for ``refs``: read their producers' results off their
-        workers' connections itself, which saves a hand-off from the reader threads."""
-        store = self.store
-        for ref in refs:
-            if store.contains(ref):
-                continue
-            worker = self.tasks.worker_of(ref._id)
-            if worker is None:
-                worker = self.actors.worker_of_call(ref._id)
-            if worker is None:
-                return  # not running anywhere yet: wait for it the ordinary way
-            worker.handle.read_until(functools.partial(store.contains, ref))
+        """The calling thread is about to wait for ``refs``: it reads their results off their workers'
+        connections itself. (Each node binds this name to ``read_results_here`` itself.)"""
+        read_results_here(refs, self.store.contains, self.tasks.worker_of)
 
     def create_actor(self, spec: ActorSpec, held: ArenaObject | None = None, job: tuple | None = None) -> None:
         winner = self.actors.create_actor(spec, held, job)

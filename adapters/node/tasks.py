@@ -54,6 +54,7 @@ class Tasks:
         self._blob = functions.blob
         self._idle, self._spawn = supervision.idle, supervision.spawn
         self._send, self._exit = supervision.send, supervision.exit
+        self.call_worker_of = None  # oid -> the worker running the actor call that returns it (set by the node)
         self.tasks: dict[bytes, Task] = {}          # by return object id, until done
         self._children: dict[bytes, list[Task]] = {}
 
@@ -71,7 +72,8 @@ class Tasks:
         feasibility = seams.feasibility
         if task.shape not in feasibility.known_to_fit:
             feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
-        admit(task, self.tasks, self._children, self._lock, self._store, self.ready)
+        if admit(task, self.tasks, self._children, self._lock, self._store, self.ready):
+            self.ready(task)
 
     def ready(self, task: Task) -> None:
         """``task``'s dependencies are sealed: run it here, or where the placement seam sends it."""
@@ -249,6 +251,8 @@ class Tasks:
         return oid in self.tasks
 
     def worker_of(self, oid: bytes):
-        """The worker running the task that returns ``oid``, if one does."""
+        """The worker making ``oid``: the one running the task (or else the actor call) that returns it."""
         task = self.tasks.get(oid)
-        return task.worker if task is not None else None
+        if task is not None:
+            return task.worker
+        return self.call_worker_of(oid)

@@ -48,26 +48,6 @@ class TaskInterrupts(Interrupts):
         if threading.get_ident() != main:
             signal.pthread_kill(main, signal.SIGINT)  # the main thread raises it
 
-    def before_start(self, task_id: bytes) -> None:
-        """Raise ``KeyboardInterrupt`` if the task's cancel came before it started here.
-
-        The node sends CANCEL, then SIGINT. A SIGINT that lands before the task runs finds nothing to
-        interrupt, and then nobody reads the connection while the task runs: so read what has arrived
-        now (with SIGINT held off, as in a request), and look for a cancel read before the task was
-        current (by another thread)."""
-        if task_id in self.early:
-            self.early.remove(task_id)
-            raise KeyboardInterrupt("The task was cancelled.")
-        self.pumping = True
-        try:
-            self.node.read_arrived()
-        finally:
-            self.pumping = False
-            self.held = False  # its CANCEL, if it was for this task, is in self.cancel now
-        if self.cancel:
-            self.cancel = False
-            raise KeyboardInterrupt("The task was cancelled.")
-
     def on_sigint(self, signum, frame) -> None:
         """A cancel while the main thread runs user code (the node sends SIGINT after CANCEL).
 

@@ -179,7 +179,7 @@ class WorkerNode(Link):
         interrupts.current, interrupts.cancel = task_id, False
         interrupts.running = True
         try:
-            interrupts.before_start(task_id)
+            self.before_start(task_id)
             fn = self.function(task.fn_id, task.blob)
             unread.discard(task_id)
             args = self.from_wire(task_id, task.args)
@@ -203,6 +203,27 @@ class WorkerNode(Link):
         self._unpins.extend(unread)
         self.runtime.counter.drain()  # refs the task dropped cancel out before the result goes
         self.send_result(task_id, outputs)
+
+    def before_start(self, task_id: bytes) -> None:
+        """Raise ``KeyboardInterrupt`` if the task's cancel came before it started here.
+
+        The node sends CANCEL, then SIGINT. A SIGINT that lands before the task runs finds nothing to
+        interrupt, and then nobody reads the connection while the task runs: so read what has arrived
+        now (with SIGINT held off, as in a request), and look for a cancel read before the task was
+        current (by another thread)."""
+        interrupts = self.interrupts
+        if task_id in interrupts.early:  # read by another thread before the task was current
+            interrupts.early.remove(task_id)
+            raise KeyboardInterrupt("The task was cancelled.")
+        interrupts.pumping = True
+        try:
+            self.read_arrived()
+        finally:
+            interrupts.pumping = False
+            interrupts.held = False  # its CANCEL, if it was for this task, is in interrupts.cancel now
+        if interrupts.cancel:
+            interrupts.cancel = False
+            raise KeyboardInterrupt("The task was cancelled.")
 
     def send_result(self, task_id: bytes, outputs: list[SerializedObject]) -> None:
         output = self.output
