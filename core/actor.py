@@ -47,6 +47,7 @@ def method(*args, **kwargs):
     given = opts.validate(kwargs, opts.METHOD_OPTIONS, "@method")
 
     def mark(fn):
+        opts.check_generator_mode(fn, given.get("num_returns"), f"@method {getattr(fn, '__qualname__', fn)!r}")
         setattr(fn, _METHOD_OPTIONS_ATTR, given)
         return fn
     return mark
@@ -61,7 +62,10 @@ def _methods_of(cls: type) -> dict[str, dict[str, Any]]:
         raw = inspect.getattr_static(cls, name)
         bound_sig = signature_of(member, drop_first=not isinstance(raw, (staticmethod, classmethod)))
         given = getattr(member, _METHOD_OPTIONS_ATTR, {})
-        table[name] = {"num_returns": given.get("num_returns", 1), "signature": bound_sig,
+        is_generator = opts.is_generator_function(member)
+        default_returns = "streaming" if is_generator else 1  # Ray's default for generator methods
+        table[name] = {"num_returns": given.get("num_returns", default_returns), "signature": bound_sig,
+                       "is_generator": is_generator,
                        "is_async": inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member),
                        **{k: v for k, v in given.items() if k != "num_returns"}}
     return table
@@ -179,7 +183,11 @@ class ActorMethod:
         return self._with_options(self._meta, overrides)
 
     def _with_options(self, base: dict, overrides: dict):
-        given = opts.validate(overrides, opts.METHOD_OPTIONS, f"{self._handle._class_name}.{self._name}.options()")
+        owner = f"{self._handle._class_name}.{self._name}.options()"
+        given = opts.validate(overrides, opts.METHOD_OPTIONS, owner)
+        if given.get("num_returns") in opts.GENERATOR_MODES and not base.get("is_generator"):
+            raise ValueError(f"{owner}: num_returns={given['num_returns']!r} can only be used with generator "
+                             f"methods (methods that use 'yield'); this method is not one.")
         return _Options(self, {**base, **given}, None)
 
     def _submit(self, args, kwargs, meta, _resources):

@@ -48,11 +48,40 @@ def _optional_str(name, value, owner):
     return value
 
 
+GENERATOR_MODES = ("streaming", "dynamic")  # num_returns for generators, as in Ray
+
+
 def _num_returns(name, value, owner):
     if isinstance(value, str):
-        raise ValueError(f"{owner}: num_returns={value!r} (generators) is not supported yet; "
-                         "use an int number of return values.")
+        if value not in GENERATOR_MODES:
+            raise ValueError(f"{owner}: num_returns={value!r} is not valid; use a non-negative int, "
+                             f"'streaming' or 'dynamic' (the last two for generator functions).")
+        return value
     return _integer(0)(name, value, owner)
+
+
+def _backpressure(name, value, owner):
+    if value is None:
+        return value
+    value = _integer(-1)(name, value, owner)
+    if value == 0:
+        raise ValueError(f"{owner}: {name}={value} is not allowed; use a value > 0 (how many yielded values may "
+                         f"wait unconsumed before the generator pauses), or -1 for no limit.")
+    return value
+
+
+def check_generator_mode(function, num_returns, owner) -> None:
+    """``num_returns='streaming'`` / ``'dynamic'`` only for a generator function, as in Ray."""
+    if num_returns in GENERATOR_MODES and not is_generator_function(function):
+        raise ValueError(f"{owner}: num_returns={num_returns!r} can only be used with generator functions "
+                         f"(functions that use 'yield'); this function is not one.")
+
+
+def is_generator_function(function) -> bool:
+    import inspect
+
+    function = inspect.unwrap(function) if callable(function) else function
+    return inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function)
 
 
 def _resources(name, value, owner):
@@ -127,6 +156,7 @@ TASK_OPTIONS: dict[str, Checker] = {
     "max_retries": _integer(-1),
     "retry_exceptions": _retry_exceptions,
     "max_calls": _integer(0),
+    "_generator_backpressure_num_objects": _backpressure,
 }
 
 ACTOR_OPTIONS: dict[str, Checker] = {
@@ -146,6 +176,7 @@ METHOD_OPTIONS: dict[str, Checker] = {
     "name": _optional_str,
     "max_task_retries": _integer(-1),
     "retry_exceptions": _retry_exceptions,
+    "_generator_backpressure_num_objects": _backpressure,
 }
 
 ALIASES = {"num_return_vals": "num_returns"}
@@ -153,7 +184,7 @@ ALIASES = {"num_return_vals": "num_returns"}
 _COMMON_DEFAULTS = {"num_gpus": 0, "memory": 0, "resources": {}, "name": None, "scheduling_strategy": None,
                     "accelerator_type": None, "label_selector": None, "enable_task_events": True, "_metadata": None}
 TASK_DEFAULTS = {**_COMMON_DEFAULTS, "num_returns": 1, "num_cpus": 1, "max_retries": 3, "retry_exceptions": False,
-                 "max_calls": 0}
+                 "max_calls": 0, "_generator_backpressure_num_objects": None}
 ACTOR_DEFAULTS = {**_COMMON_DEFAULTS, "num_cpus": 0, "namespace": None, "lifetime": None, "max_restarts": 0,
                   "max_task_retries": 0, "max_concurrency": None, "max_pending_calls": -1, "get_if_exists": False}
 # Ray's resource that accelerator_type=X asks for, and how much of it: a node has it when it has that type.

@@ -72,7 +72,11 @@ class _Options:
         return self._owner._with_options(self._options, overrides)
 
 
-def returns_of(refs: list, num_returns: int):
+def returns_of(refs, num_returns):
+    if num_returns == "streaming":
+        return refs  # the ObjectRefGenerator the backend made
+    if num_returns == "dynamic":
+        return refs[0]
     if num_returns == 1:
         return refs[0]
     if num_returns == 0:
@@ -87,6 +91,9 @@ class RemoteFunction:
         self._function = function
         name = getattr(function, "__qualname__", getattr(function, "__name__", repr(function)))
         self._given = opts.validate(options, opts.TASK_OPTIONS, f"@remote {name}")
+        if "num_returns" not in self._given and opts.is_generator_function(function):
+            self._given["num_returns"] = "streaming"  # Ray's default for generator functions
+        opts.check_generator_mode(function, self._given.get("num_returns"), f"@remote {name}")
         self._options = {**opts.TASK_DEFAULTS, **self._given}
         self._resources = opts.resource_demand(self._options)
         self._descriptor = FunctionDescriptor(function_id or ids.new_id(), name, function)
@@ -108,6 +115,7 @@ class RemoteFunction:
 
     def _with_options(self, base: dict, overrides: dict):
         given = opts.validate(overrides, opts.TASK_OPTIONS, f"{self.__qualname__}.options()")
+        opts.check_generator_mode(self._function, given.get("num_returns"), f"{self.__qualname__}.options()")
         merged = {**base, **given}
         return _Options(self, merged, opts.resource_demand(merged))
 

@@ -27,6 +27,7 @@ from .current import (  # noqa: F401 - the adapters take them from here
 )
 from .events import JobEvents
 from .exceptions import ActorNameTaken
+from .generators import ObjectRefGenerator
 from .object_ref import ObjectRef
 from .ports.backend import Backend, BackendConfig
 from .specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
@@ -230,6 +231,8 @@ class Runtime:
     def wait(self, refs, num_returns=1, timeout=None, fetch_local=True):
         if isinstance(refs, ObjectRef):
             raise TypeError("wait() expects a list of ObjectRefs, got a single ObjectRef; write wait([ref]).")
+        if isinstance(refs, (list, tuple)) and any(isinstance(r, ObjectRefGenerator) for r in refs):
+            return self._wait_with_generators(list(refs), num_returns, timeout)
         ref_list, _ = _check_refs(refs, "wait")
         timeout = _check_timeout(timeout, "wait")
         if not ref_list:
@@ -269,7 +272,32 @@ class Runtime:
         not_ready += ref_list[start:]
         return ready, not_ready
 
+    def _wait_with_generators(self, items: list, num_returns, timeout):
+        """``wait`` over ObjectRefs and ObjectRefGenerators: a generator is ready when its next ref is, or
+        when its stream has ended (as in Ray). Polls: the generators' backends each answer on their own."""
+        import time
+
+        timeout = _check_timeout(timeout, "wait")
+        if isinstance(num_returns, bool) or not isinstance(num_returns, int) or not 1 <= num_returns <= len(items):
+            raise ValueError(f"wait(): num_returns must be an int from 1 to the {len(items)} items given, "
+                             f"got {num_returns!r}.")
+        refs = [r for r in items if not isinstance(r, ObjectRefGenerator)]
+        _check_refs(refs, "wait")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            done = self.store.wait(refs, len(refs), 0) if refs else set()
+            ready_ids = {id(r) for r in refs if r._id in done}
+            ready_ids.update(id(g) for g in items if isinstance(g, ObjectRefGenerator) and g._ready())
+            if len(ready_ids) >= num_returns or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(0.005)
+        ready = [r for r in items if id(r) in ready_ids][:num_returns]
+        picked = set(map(id, ready))
+        return ready, [r for r in items if id(r) not in picked]
+
     def cancel(self, ref, force=False, recursive=True) -> None:
+        if isinstance(ref, ObjectRefGenerator):
+            ref = ref.completed()  # the generator task's own ref
         if not isinstance(ref, ObjectRef):
             raise TypeError(f"cancel() expects an ObjectRef returned by .remote(), got {type(ref).__name__}.")
         self.check_current([ref], "cancel()")
@@ -282,7 +310,9 @@ class Runtime:
             self.check_current(deps, f"{name}.remote()")
         return deps
 
-    def _returns(self, n: int) -> list[ObjectRef]:
+    def _returns(self, n) -> list[ObjectRef]:
+        if isinstance(n, str):  # a generator ("streaming", "dynamic"): one ref for the task itself
+            n = 1
         counter = self.counter
         return [ObjectRef(ids.new_id(), None, counter) for _ in range(n)]
 
@@ -296,8 +326,8 @@ class Runtime:
             returns=self._returns(options["num_returns"]), resources=resources, options=options,
             parent_task_id=parent.task_id if parent is not None else None,
             name=options["name"] or descriptor.name)
-        self.scheduler.submit_task(spec)
-        return spec.returns
+        stream = self.scheduler.submit_task(spec)
+        return stream if options["num_returns"] == "streaming" else spec.returns
 
     def create_actor(self, descriptor: FunctionDescriptor, args: tuple, kwargs: dict, options: dict,
                      is_async: bool, method_options: dict):
@@ -331,8 +361,8 @@ class Runtime:
             returns=self._returns(options["num_returns"]),
             caller_id=handle._caller_id, seq=next(handle._seq), options=options,
             name=f"{handle._class_name}.{method_name}")
-        self.scheduler.submit_actor_task(spec)
-        return spec.returns
+        stream = self.scheduler.submit_actor_task(spec)
+        return stream if options["num_returns"] == "streaming" else spec.returns
 
     def get_actor(self, name: str, namespace: str | None):
         if not isinstance(name, str) or not name:

@@ -1,0 +1,207 @@
+"""Generators on Ray: anyray's generator tasks and methods run as Ray generator tasks and methods.
+
+Worker side: the Ray task (or the actor host's ``anyray_stream`` method) is a
+generator that runs the user's generator and yields each value as a
+:data:`~anyray_ray.transport.Payload` as soon as it is produced, so Ray
+stores it at once and streams it (``num_returns="streaming"``) or collects
+it (``"dynamic"``). An error of the user's code becomes one last payload
+holding the failure, so the ref after the last value raises it and the
+stream then ends, as in Ray. ``SystemExit`` (a crash) and ``KeyboardInterrupt``
+(Ray's cancel) are left to Ray: it retries the task within ``max_retries``
+without repeating values already streamed, or ends the stream with its error.
+A static ``num_returns=N`` takes the first N values (more are dropped, fewer
+fail the missing refs with a ValueError), as Ray does.
+
+Driver side: :class:`RayObjectRefGenerator` wraps Ray's ``ObjectRefGenerator``
+and gives anyray ObjectRefs whose ``native`` is Ray's ref; a Ray
+``DynamicObjectRefGenerator`` read from the store becomes anyray's
+(:func:`dynamic_payload`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+
+import ray
+
+from anyray import ids
+from anyray.backend_kit import ObjectRef, RemoteFailure, SerializedObject, serialize, serialize_failure
+from anyray.context import current_task
+from anyray.current import current_counter
+from anyray.exceptions import TaskCancelledError
+from anyray.executor import failure_for, load_arguments
+from anyray.generators import DynamicObjectRefGenerator, ObjectRefGenerator
+from anyray.serialization import SerializationError
+
+from .errors import translate
+
+# -- worker side -------------------------------------------------------------------
+
+
+def _failure_payload(failure: RemoteFailure):
+    from .transport import pack
+
+    return pack(serialize_failure(failure))
+
+
+def _value_payload(value, name: str):
+    from .transport import pack
+
+    try:
+        return pack(serialize(value, what=f"a value yielded by {name}")), False
+    except SerializationError as exc:
+        return _failure_payload(failure_for(exc, name)), True
+
+
+def stream(target, name: str, ctx, args_blob, deps, fetch):
+    """Run the generator ``target`` and yield one payload per value it yields (then one for its error)."""
+    token = current_task.set(ctx)
+    try:
+        loaded = load_arguments(args_blob, deps, fetch, name)
+        if type(loaded) is RemoteFailure:
+            yield _failure_payload(loaded)
+            return
+        args, kwargs = loaded
+        try:
+            values = iter(target(*args, **kwargs))
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the user's error goes to the stream
+            yield _failure_payload(failure_for(exc, name))
+            return
+        while True:
+            try:
+                value = next(values)
+            except StopIteration:
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise  # a crash or Ray's cancel: Ray retries or ends the stream with its own error
+            except BaseException as exc:  # noqa: BLE001
+                yield _failure_payload(failure_for(exc, name))
+                return
+            payload, failed = _value_payload(value, name)
+            yield payload
+            if failed:
+                return
+    finally:
+        try:
+            current_task.reset(token)
+        except ValueError:  # closed from another context: nothing of ours is left in it
+            pass
+
+
+async def astream(target, name: str, ctx, args_blob, deps, fetch):
+    """:func:`stream` on an event loop (async actors): ``target`` may be an async or a plain generator."""
+    import asyncio
+
+    current_task.set(ctx)  # each asyncio task has its own context copy
+    if deps:
+        loaded = await asyncio.get_running_loop().run_in_executor(None, load_arguments, args_blob, deps, fetch, name)
+    else:
+        loaded = load_arguments(args_blob, deps, fetch, name)
+    if type(loaded) is RemoteFailure:
+        yield _failure_payload(loaded)
+        return
+    args, kwargs = loaded
+    try:
+        values = target(*args, **kwargs)
+        if not inspect.isasyncgen(values):
+            for payload in _sync_payloads(values, name):
+                yield payload
+            return
+        async for value in values:
+            payload, failed = _value_payload(value, name)
+            yield payload
+            if failed:
+                return
+    except asyncio.CancelledError:
+        yield _failure_payload(RemoteFailure(TaskCancelledError(f"{name} was cancelled.")))
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        yield _failure_payload(failure_for(exc, name))
+
+
+def _sync_payloads(values, name):
+    for value in values:
+        payload, failed = _value_payload(value, name)
+        yield payload
+        if failed:
+            return
+
+
+def first_n(payloads, n: int, name: str):
+    """What a Ray task with ``num_returns=n`` returns for a generator: its first ``n`` values (as Ray, extra
+    values are dropped; missing ones fail with a ValueError)."""
+    out = list(itertools.islice(payloads, n))
+    if len(out) < n:
+        got = len(out)
+        error = ValueError(f"Task returned {got} objects, but num_returns={n}.")
+        out += [_failure_payload(failure_for(error, name))] * (n - got)
+    if n == 1:
+        return out[0]
+    return tuple(out) if n else None
+
+
+async def afirst_n(payloads, n: int, name: str):
+    out = []
+    async for payload in payloads:
+        if len(out) == n:
+            break
+        out.append(payload)
+    return first_n(iter(out), n, name)
+
+
+# -- driver side ---------------------------------------------------------------------
+
+
+def _wrap(native) -> ObjectRef:
+    return ObjectRef(ids.new_id(), native, current_counter())
+
+
+class RayObjectRefGenerator(ObjectRefGenerator):
+    """anyray's ObjectRefGenerator over Ray's: each ref it gives is an anyray ObjectRef of Ray's ref."""
+
+    __slots__ = ("_gen", "_completed", "_name")
+
+    def __init__(self, gen, completed: ObjectRef, name: str):
+        self._gen = gen
+        self._completed = completed
+        self._name = name
+
+    def _next(self) -> ObjectRef:
+        try:
+            return _wrap(next(self._gen))
+        except ray.exceptions.RayError as exc:
+            raise translate(exc, self._name) from exc
+
+    async def _anext(self) -> ObjectRef:
+        try:
+            return _wrap(await self._gen.__anext__())
+        except ray.exceptions.RayError as exc:
+            raise translate(exc, self._name) from exc
+
+    def completed(self) -> ObjectRef:
+        return self._completed
+
+    def next_ready(self) -> bool:
+        return self._gen.next_ready()
+
+    def is_finished(self) -> bool:
+        return self._gen.is_finished()
+
+    def _ready(self) -> bool:
+        ready, _ = ray.wait([self._gen], timeout=0, fetch_local=False)
+        return bool(ready)
+
+    def __repr__(self) -> str:
+        return f"<anyray.ObjectRefGenerator of {self._name} on Ray>"
+
+
+def dynamic_payload(dyn) -> SerializedObject:
+    """A Ray ``DynamicObjectRefGenerator`` as the anyray one the core reads: anyray refs of Ray's refs."""
+    from .transport import pack, unpack
+
+    refs = [_wrap(r) for r in dyn._refs]
+    return unpack(pack(serialize(DynamicObjectRefGenerator(refs))))
