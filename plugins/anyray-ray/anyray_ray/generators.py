@@ -20,19 +20,23 @@ and gives anyray ObjectRefs whose ``native`` is Ray's ref; a Ray
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import itertools
 
 import ray
 
-from anyray import ids
-from anyray.backend_kit import ObjectRef, RemoteFailure, SerializedObject, serialize, serialize_failure
-from anyray.context import current_task
-from anyray.current import current_counter
+from anyray import DynamicObjectRefGenerator, ObjectRefGenerator
+from anyray.backend_kit import (
+    Call,
+    ObjectRef,
+    RemoteFailure,
+    SerializedObject,
+    failure_for,
+    serialize,
+    serialize_failure,
+)
 from anyray.exceptions import TaskCancelledError
-from anyray.executor import failure_for, load_arguments
-from anyray.generators import DynamicObjectRefGenerator, ObjectRefGenerator
-from anyray.serialization import SerializationError
 
 from .errors import translate
 
@@ -46,85 +50,92 @@ def _failure_payload(failure: RemoteFailure):
 
 
 def _value_payload(value, name: str):
+    """The payload of one yielded value, and whether it is a failure (a value that does not pickle)."""
     from .transport import pack
 
     try:
         return pack(serialize(value, what=f"a value yielded by {name}")), False
-    except SerializationError as exc:
+    except TypeError as exc:  # anyray's SerializationError
         return _failure_payload(failure_for(exc, name)), True
 
 
-def stream(target, name: str, ctx, args_blob, deps, fetch):
-    """Run the generator ``target`` and yield one payload per value it yields (then one for its error)."""
-    token = current_task.set(ctx)
-    try:
-        loaded = load_arguments(args_blob, deps, fetch, name)
-        if type(loaded) is RemoteFailure:
-            yield _failure_payload(loaded)
-            return
-        args, kwargs = loaded
+class _Started:
+    """A generator the user's function returned, and the context (the task's) its steps run in."""
+
+    __slots__ = ("values", "context")
+
+    def __init__(self, values, context):
+        self.values = values
+        self.context = context
+
+
+def _start(call: Call, args_blob, deps, fetch):
+    """Load the arguments and call the generator function as ``call`` would (its context set): the
+    ``_Started`` generator, or the ``RemoteFailure`` of the arguments or of the call."""
+    target = call.target
+
+    def start(*args, **kwargs):
+        return _Started(target(*args, **kwargs), contextvars.copy_context())
+
+    result = Call(start, call.name, call.kind, call.ctx, 1, call.events).invoke(args_blob, deps, fetch)
+    return result if type(result) is RemoteFailure else result[0]
+
+
+def stream(call: Call, args_blob, deps, fetch):
+    """Run the generator function of ``call``; yield one payload per value it yields (then one for its error)."""
+    started = _start(call, args_blob, deps, fetch)
+    if type(started) is RemoteFailure:
+        yield _failure_payload(started)
+        return
+    yield from stream_started(started, call.name)
+
+
+async def astream(call: Call, args_blob, deps, fetch):
+    """:func:`stream` on an event loop (async actors): the method may be an async or a plain generator."""
+    import asyncio
+
+    started = _start(call, args_blob, deps, fetch)  # Ray has resolved the arguments: nothing blocks here
+    if type(started) is RemoteFailure:
+        yield _failure_payload(started)
+        return
+    if not inspect.isasyncgen(started.values):
+        for payload in stream_started(started, call.name):
+            yield payload
+        return
+    loop = asyncio.get_running_loop()
+    values = started.values
+    while True:
         try:
-            values = iter(target(*args, **kwargs))
-        except (SystemExit, KeyboardInterrupt):
+            value = await loop.create_task(values.__anext__(), context=started.context)
+        except StopAsyncIteration:
+            return
+        except asyncio.CancelledError:
+            yield _failure_payload(RemoteFailure(TaskCancelledError(f"{call.name} was cancelled.")))
+            return
+        except SystemExit:
             raise
+        except BaseException as exc:  # noqa: BLE001
+            yield _failure_payload(failure_for(exc, call.name))
+            return
+        payload, failed = _value_payload(value, call.name)
+        yield payload
+        if failed:
+            return
+
+
+def stream_started(started: _Started, name: str):
+    """One payload per value of a started generator, each step run in the task's context."""
+    values, context = iter(started.values), started.context
+    while True:
+        try:
+            value = context.run(next, values)
+        except StopIteration:
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise  # a crash or Ray's cancel: Ray retries or ends the stream with its own error
         except BaseException as exc:  # noqa: BLE001 - the user's error goes to the stream
             yield _failure_payload(failure_for(exc, name))
             return
-        while True:
-            try:
-                value = next(values)
-            except StopIteration:
-                return
-            except (SystemExit, KeyboardInterrupt):
-                raise  # a crash or Ray's cancel: Ray retries or ends the stream with its own error
-            except BaseException as exc:  # noqa: BLE001
-                yield _failure_payload(failure_for(exc, name))
-                return
-            payload, failed = _value_payload(value, name)
-            yield payload
-            if failed:
-                return
-    finally:
-        try:
-            current_task.reset(token)
-        except ValueError:  # closed from another context: nothing of ours is left in it
-            pass
-
-
-async def astream(target, name: str, ctx, args_blob, deps, fetch):
-    """:func:`stream` on an event loop (async actors): ``target`` may be an async or a plain generator."""
-    import asyncio
-
-    current_task.set(ctx)  # each asyncio task has its own context copy
-    if deps:
-        loaded = await asyncio.get_running_loop().run_in_executor(None, load_arguments, args_blob, deps, fetch, name)
-    else:
-        loaded = load_arguments(args_blob, deps, fetch, name)
-    if type(loaded) is RemoteFailure:
-        yield _failure_payload(loaded)
-        return
-    args, kwargs = loaded
-    try:
-        values = target(*args, **kwargs)
-        if not inspect.isasyncgen(values):
-            for payload in _sync_payloads(values, name):
-                yield payload
-            return
-        async for value in values:
-            payload, failed = _value_payload(value, name)
-            yield payload
-            if failed:
-                return
-    except asyncio.CancelledError:
-        yield _failure_payload(RemoteFailure(TaskCancelledError(f"{name} was cancelled.")))
-    except SystemExit:
-        raise
-    except BaseException as exc:  # noqa: BLE001
-        yield _failure_payload(failure_for(exc, name))
-
-
-def _sync_payloads(values, name):
-    for value in values:
         payload, failed = _value_payload(value, name)
         yield payload
         if failed:
@@ -157,7 +168,7 @@ async def afirst_n(payloads, n: int, name: str):
 
 
 def _wrap(native) -> ObjectRef:
-    return ObjectRef(ids.new_id(), native, current_counter())
+    return ObjectRef(native.binary(), native)  # Ray's id: the same Ray ref always gives an equal anyray ref
 
 
 class RayObjectRefGenerator(ObjectRefGenerator):

@@ -153,11 +153,11 @@ def task_runner(exported, name: str, session: Session):
         runtime = ensure_runtime(session)
         deps, fetch = _inputs(dep_ids, dep_payloads)
         ctx = TaskContext(task_id=task_id, name=task_name, resources=resources, gpu_ids=_gpu_ids(resources))
-        target = function.load()
-        if inspect.isgeneratorfunction(target):  # a static num_returns on a generator
-            return first_n(stream(target, task_name, ctx, unpack(args), deps, fetch), num_returns, task_name)
-        outputs = Call(function.load(), task_name, "task", ctx, num_returns, runtime.backend.task_events,
-                       retry_exceptions, max_retries).run(unpack(args), deps, fetch)
+        call = Call(function.load(), task_name, "task", ctx, num_returns, runtime.backend.task_events,
+                    retry_exceptions, max_retries)
+        if inspect.isgeneratorfunction(call.target):  # a static num_returns on a generator
+            return first_n(stream(call, unpack(args), deps, fetch), num_returns, task_name)
+        outputs = call.run(unpack(args), deps, fetch)
         return pack_returns(outputs, num_returns)
 
     run.__name__ = name.rsplit(".", 1)[-1]
@@ -172,10 +172,11 @@ def stream_runner(exported, name: str, session: Session):
 
     def run(call: TaskCall, *dep_payloads):
         task_id, task_name, num_returns, retry_exceptions, max_retries, resources, dep_ids, args = call
-        ensure_runtime(session)
+        runtime = ensure_runtime(session)
         deps, fetch = _inputs(dep_ids, dep_payloads)
         ctx = TaskContext(task_id=task_id, name=task_name, resources=resources, gpu_ids=_gpu_ids(resources))
-        yield from stream(function.load(), task_name, ctx, unpack(args), deps, fetch)
+        call = Call(function.load(), task_name, "task", ctx, 1, runtime.backend.task_events)
+        yield from stream(call, unpack(args), deps, fetch)
 
     run.__name__ = name.rsplit(".", 1)[-1]
     run.__qualname__ = name
@@ -257,8 +258,7 @@ class ActorHost:
         runner, args, deps, fetch, num_returns = self._call(call, dep_payloads)
         try:
             if inspect.isgeneratorfunction(runner.target):  # a static num_returns on a generator method
-                return first_n(stream(runner.target, runner.name, runner.ctx, args, deps, fetch), num_returns,
-                               runner.name)
+                return first_n(stream(runner, args, deps, fetch), num_returns, runner.name)
             return pack_returns(runner.run(args, deps, fetch), num_returns)
         except SystemExit as exc:
             _exit(exc)
@@ -267,7 +267,7 @@ class ActorHost:
         """A generator method: one payload per value the user's generator method yields."""
         runner, args, deps, fetch, _ = self._call(call, dep_payloads)
         try:
-            yield from stream(runner.target, runner.name, runner.ctx, args, deps, fetch)
+            yield from stream(runner, args, deps, fetch)
         except SystemExit as exc:
             _exit(exc)
 
@@ -279,8 +279,7 @@ class AsyncActorHost(ActorHost):
         runner, args, deps, fetch, num_returns = self._call(call, dep_payloads)
         try:
             if inspect.isasyncgenfunction(runner.target) or inspect.isgeneratorfunction(runner.target):
-                return await afirst_n(astream(runner.target, runner.name, runner.ctx, args, deps, fetch),
-                                      num_returns, runner.name)
+                return await afirst_n(astream(runner, args, deps, fetch), num_returns, runner.name)
             return pack_returns(await runner.run_async(args, deps, fetch), num_returns)
         except SystemExit as exc:
             _exit(exc)
@@ -288,7 +287,7 @@ class AsyncActorHost(ActorHost):
     async def anyray_stream(self, call: MethodCall, *dep_payloads):
         runner, args, deps, fetch, _ = self._call(call, dep_payloads)
         try:
-            async for payload in astream(runner.target, runner.name, runner.ctx, args, deps, fetch):
+            async for payload in astream(runner, args, deps, fetch):
                 yield payload
         except SystemExit as exc:
             _exit(exc)
