@@ -28,7 +28,11 @@ class TaskPort(ABC):
         """Queue a task. It runs once its top-level ``deps`` are sealed and its
         resources are free; a task whose resources no node can ever provide
         warns once (naming the task and what is missing) and keeps waiting.
-        Worker crashes are retried up to ``spec.max_retries``."""
+        Worker crashes are retried up to ``spec.max_retries``.
+
+        For ``spec.options["num_returns"] == "streaming"`` (a generator function) it returns the
+        ``anyray.ObjectRefGenerator`` the caller iterates (``spec.returns`` then holds one ref, the task's
+        own: ``completed()``); otherwise None."""
 
     @abstractmethod
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:

@@ -210,6 +210,33 @@ class RayObjectRefGenerator(ObjectRefGenerator):
         return f"<anyray.ObjectRefGenerator of {self._name} on Ray>"
 
 
+class FailedStream(ObjectRefGenerator):
+    """The stream of a call that could not be sent: one ref, holding the failure, then the end."""
+
+    def __init__(self, failed: ObjectRef):
+        self._failed = failed
+        self._left = [failed]
+
+    def _next(self) -> ObjectRef:
+        if not self._left:
+            raise StopIteration
+        return self._left.pop()
+
+    async def _anext(self) -> ObjectRef:
+        if not self._left:
+            raise StopAsyncIteration
+        return self._left.pop()
+
+    def completed(self) -> ObjectRef:
+        return self._failed
+
+    def next_ready(self) -> bool:
+        return bool(self._left)
+
+    def is_finished(self) -> bool:
+        return not self._left
+
+
 def dynamic_payload(dyn) -> SerializedObject:
     """A Ray ``DynamicObjectRefGenerator`` as the anyray one the core reads: anyray refs of Ray's refs."""
     from .transport import pack, unpack

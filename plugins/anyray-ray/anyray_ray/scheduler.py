@@ -41,7 +41,7 @@ from anyray.exceptions import ActorDiedError, ActorNameTaken
 
 from .actors import ActorDirectory, RayActor, lookup, register
 from .errors import translate
-from .generators import RayObjectRefGenerator
+from .generators import FailedStream, RayObjectRefGenerator
 from .transport import bind_returns, pack
 from .worker import Session, actor_host, export, method_call, returns_mode, stream_runner, task_call, task_runner
 
@@ -106,7 +106,7 @@ class RayScheduler(Scheduler):
                     fn = self._variants[key] = base.options(**options)
         return fn
 
-    def submit_task(self, spec: TaskSpec) -> None:
+    def submit_task(self, spec: TaskSpec) -> RayObjectRefGenerator | None:
         if spec.resources:
             self._feasibility.check(spec.function.function_id, spec.name, spec.resources)
         try:
@@ -160,12 +160,12 @@ class RayScheduler(Scheduler):
                     raise ActorNameTaken(winner)
         return register(spec.actor_id, handle)
 
-    def submit_actor_task(self, spec: ActorTaskSpec) -> None:
+    def submit_actor_task(self, spec: ActorTaskSpec) -> RayObjectRefGenerator | None:
         actor = lookup(spec.actor_id)
         if actor is None:
             self._fail(spec.returns, ActorDiedError(
                 f"{spec.name}: no handle of actor {spec.actor_id.hex()} is alive in this process."))
-            return
+            return FailedStream(spec.returns[0]) if spec.options.get("num_returns") == "streaming" else None
         mode = returns_mode(spec)
         if isinstance(mode, str):  # a generator method: the host's generator method streams its values
             options = {"num_returns": mode}
