@@ -310,6 +310,13 @@ class Runtime:
             self.check_current(deps, f"{name}.remote()")
         return deps
 
+    def _stream(self, stream, spec):
+        if not isinstance(stream, ObjectRefGenerator):
+            raise NotImplementedError(
+                f"{spec.name}: this backend ({type(self.backend).__name__}) cannot stream a generator's values "
+                f"yet; use num_returns='dynamic', or a static num_returns, or the ray backend.")
+        return stream
+
     def _returns(self, n) -> list[ObjectRef]:
         if isinstance(n, str):  # a generator ("streaming", "dynamic"): one ref for the task itself
             n = 1
@@ -327,7 +334,7 @@ class Runtime:
             parent_task_id=parent.task_id if parent is not None else None,
             name=options["name"] or descriptor.name)
         stream = self.scheduler.submit_task(spec)
-        return stream if options["num_returns"] == "streaming" else spec.returns
+        return self._stream(stream, spec) if options["num_returns"] == "streaming" else spec.returns
 
     def create_actor(self, descriptor: FunctionDescriptor, args: tuple, kwargs: dict, options: dict,
                      is_async: bool, method_options: dict):
@@ -362,7 +369,7 @@ class Runtime:
             caller_id=handle._caller_id, seq=next(handle._seq), options=options,
             name=f"{handle._class_name}.{method_name}")
         stream = self.scheduler.submit_actor_task(spec)
-        return stream if options["num_returns"] == "streaming" else spec.returns
+        return self._stream(stream, spec) if options["num_returns"] == "streaming" else spec.returns
 
     def get_actor(self, name: str, namespace: str | None):
         if not isinstance(name, str) or not name:
