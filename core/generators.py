@@ -304,6 +304,7 @@ class StoreObjectRefGenerator(ObjectRefGenerator):
         if self._finished:
             return _END
         runtime = self._runtime
+        runtime.counter.drain()  # items dropped since the last step are freed before the next comes
         item = ObjectRef(item_id(self._id, self._index))
         count = ObjectRef(count_id(self._id))
         watch = [item, count] if self._returned else [item, count, self._generator_ref]
