@@ -292,12 +292,22 @@ class Channel:
         self._task_done = False
         self._released = False
 
-    def task_done(self, future) -> None:
-        """The task's future is done (a Dask callback thread): wake the consumer, then release if it is done."""
-        try:
-            _put(self.client, self.name, data=(DONE,))
-        except Exception:  # noqa: BLE001 - a client shutting down: nobody waits any more
-            pass
+    def watch(self, future) -> None:
+        """Once the task's ``future`` is done, wake the consumer, then release the queues if it is done.
+        This runs on the client's event loop (not in Dask's callback thread, which no longer takes work
+        while the interpreter exits)."""
+        async def when_done():
+            try:
+                while future.status == "pending":
+                    await future._state.wait()
+                await self.client.scheduler.queue_put(name=self.name, data=(DONE,))
+            except Exception:  # noqa: BLE001 - a client shutting down: nobody waits any more
+                pass
+            self._task_done_now()
+
+        self.client.loop.add_callback(when_done)
+
+    def _task_done_now(self) -> None:
         with self._lock:
             self._task_done = True
             release = self._consumer_done and not self._released

@@ -147,7 +147,7 @@ class DaskScheduler(Scheduler):
         from .generators import DaskObjectRefGenerator
 
         completed = spec.returns[0]
-        completed.native.future.add_done_callback(channel.task_done)
+        channel.watch(completed.native.future)
         return DaskObjectRefGenerator(completed, channel, spec.name, current_runtime())
 
     # -- actors -----------------------------------------------------------
