@@ -232,3 +232,28 @@ def test_sys_exit_in_a_generator_task_reruns_it_without_repeating_values(session
             yield i
 
     assert [anyray.get(r, timeout=DEADLINE) for r in exits_once.remote(marker)] == [0, 1, 2, 3]
+
+
+def test_backpressure_on_an_async_actor_generator_method(session, tmp_path):
+    import asyncio
+
+    @anyray.remote
+    class Producer:
+        async def counted(self, path, n):
+            for i in range(n):
+                with open(path, "a") as f:
+                    f.write(f"{i}\n")
+                await asyncio.sleep(0)
+                yield i
+
+        async def ping(self):
+            return "pong"
+
+    path = str(tmp_path / "produced")
+    actor = Producer.remote()
+    gen = actor.counted.options(_generator_backpressure_num_objects=2).remote(path, 5)
+    _wait_for(lambda: _lines(path) >= 2, "two values produced")
+    time.sleep(0.5)
+    assert _lines(path) == 2
+    assert anyray.get(actor.ping.remote(), timeout=DEADLINE) == "pong"  # the actor's loop is not blocked
+    assert [anyray.get(r, timeout=DEADLINE) for r in gen] == [0, 1, 2, 3, 4]
