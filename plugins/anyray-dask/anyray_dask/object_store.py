@@ -19,7 +19,7 @@ from anyray.backend_kit import ObjectRef, ObjectStore, RemoteFailure, Serialized
 from anyray.exceptions import ActorDiedError, GetTimeoutError, ObjectLostError
 
 from .errors import translate
-from .transport import DaskRef, nested_natives, pack, unpack
+from .transport import DaskRef, InlineRef, nested_natives, pack, unpack
 
 
 def _failure(error: BaseException) -> SerializedObject:
@@ -51,6 +51,8 @@ class DaskObjectStore(ObjectStore):
         ref.native = DaskRef(future, keep=nested_natives(obj) or None)
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[SerializedObject]:
+        if any(type(r.native) is InlineRef for r in refs):
+            return self._get_with_inline(refs, timeout)
         futures = [_future(r) for r in refs]
         pending = [f for f in futures if f is not None and not f.done()]
         if pending:
@@ -83,6 +85,12 @@ class DaskObjectStore(ObjectStore):
                 out.append(_failure(self._error_of(ref, future)))
         return out
 
+    def _get_with_inline(self, refs, timeout) -> list[SerializedObject]:
+        """``get`` of refs some of which hold their value here (small values a generator yielded)."""
+        rest = [r for r in refs if type(r.native) is not InlineRef]
+        fetched = iter(self.get(rest, timeout) if rest else ())
+        return [unpack(r.native.payload) if type(r.native) is InlineRef else next(fetched) for r in refs]
+
     def _gather_each(self, futures) -> dict:
         values = {}
         for future in futures:
@@ -113,6 +121,10 @@ class DaskObjectStore(ObjectStore):
                                f"Raise the timeout, or use wait() to take what is ready.")
 
     def wait(self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None) -> set[bytes]:
+        here = {r.binary() for r in refs if type(r.native) is InlineRef}
+        if here:  # held here, so ready; the rest as they are now, or waited for while too few are
+            rest = [r for r in refs if r.binary() not in here]
+            return here | self.wait(rest, max(num_returns - len(here), 0), timeout) if rest else here
         futures = {r.binary(): f for r in refs if (f := _future(r)) is not None}
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
@@ -137,6 +149,8 @@ class DaskObjectStore(ObjectStore):
             self._changed.notify_all()
 
     def contains(self, ref: ObjectRef) -> bool:
+        if type(ref.native) is InlineRef:
+            return True
         future = _future(ref)
         return future is not None and future.status == "finished"
 

@@ -33,8 +33,9 @@ from anyray.backend_kit import (
     engine_text,
 )
 from anyray.exceptions import ActorDiedError, ActorNameTaken
+from anyray.generators import STREAMING, stream_of
 
-from .transport import DaskRef, lookup_actor, nested_natives, pack, register_actor
+from .transport import DaskRef, InlineRef, lookup_actor, nested_natives, pack, register_actor
 from .worker import (
     Exported,
     Session,
@@ -115,16 +116,39 @@ class DaskScheduler(Scheduler):
         return picks
 
     # -- tasks ------------------------------------------------------------
-    def submit_task(self, spec: TaskSpec) -> None:
+    def submit_task(self, spec: TaskSpec):
         resources = dask_resources(spec.resources)
         if resources:
             self._feasibility.check(spec.function.function_id, spec.name, resources)
         function = self._export(spec.function, f"the remote function {spec.function.name}")
+        channel = self._channel(spec)  # made before the task can put in it
         futures = self._submit(run_task, self._session, function, task_call(spec), self._args(spec.args),
                                *[d.native.future for d in spec.deps], key=_key("task", spec.name, spec.task_id),
                                keep=nested_natives(spec.args), resources=resources, num_returns=len(spec.returns))
         for ref, future in zip(spec.returns, futures):
             ref.native = DaskRef(future, source=self._sources.pop(future.key, None))
+        return self._stream(spec, channel)
+
+    def _channel(self, spec):
+        """The queues a streaming call's values come through (see ``generators``), or None."""
+        stream = stream_of(spec.options)
+        if stream is None or stream[0] != STREAMING:
+            return None
+        from .generators import Channel
+
+        return Channel(self._client, spec.returns[0].binary(), stream[1])
+
+    def _stream(self, spec, channel):
+        """What ``submit_*`` returns: the ObjectRefGenerator of a streaming call, else None."""
+        if channel is None:
+            return None
+        from anyray.backend_kit import current_runtime
+
+        from .generators import DaskObjectRefGenerator
+
+        completed = spec.returns[0]
+        channel.watch(completed.native.future)
+        return DaskObjectRefGenerator(completed, channel, spec.name, current_runtime())
 
     # -- actors -----------------------------------------------------------
     def create_actor(self, spec: ActorSpec):
@@ -166,10 +190,11 @@ class DaskScheduler(Scheduler):
         if spec.options["lifetime"] != "detached":  # the job's driver unpublishes it when the job ends
             self._metadata.put(f"{job_prefix(self._session.job_id)}names/{name}", b"")
 
-    def submit_actor_task(self, spec: ActorTaskSpec) -> None:
+    def submit_actor_task(self, spec: ActorTaskSpec):
         actor = lookup_actor(spec.actor_id)
         if actor is None:
             raise ActorDiedError(f"{spec.name}: no handle of actor {spec.actor_id.hex()} is alive in this process.")
+        channel = self._channel(spec)
         futures = self._submit(deliver, actor.future, method_call(spec), self._args(spec.args),
                                *[d.native.future for d in spec.deps], key=_key("call", spec.name, spec.task_id),
                                keep=nested_natives(spec.args), num_returns=len(spec.returns))
@@ -180,6 +205,7 @@ class DaskScheduler(Scheduler):
             # A call whose argument failed in Dask itself (cancelled, lost) never reaches the actor:
             # tell it, so the caller's later calls do not wait for this one.
             futures[0].add_done_callback(functools.partial(_skip_if_undelivered, actor, spec.caller_id, spec.seq))
+        return self._stream(spec, channel)
 
     def get_named_actor(self, name: str, namespace: str):
         try:
@@ -227,7 +253,7 @@ class DaskScheduler(Scheduler):
     # -- cancel, blocking -------------------------------------------------
     def cancel(self, ref, force: bool, recursive: bool) -> None:
         native = ref.native
-        if not isinstance(native, DaskRef) or native.future.done():
+        if not isinstance(native, DaskRef) or type(native) is InlineRef or native.future.done():
             return  # a finished task is left alone
         if native.actor is not None:
             # The actor drops the call, queued or still on its way (it then fails on arrival), so the

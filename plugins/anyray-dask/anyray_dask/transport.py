@@ -80,6 +80,40 @@ class DaskRef:
         return f"DaskRef({self.future.key!r})"
 
 
+_FUTURE = DaskRef.__dict__["future"]  # the slot under InlineRef's property
+_scatter_lock = threading.Lock()
+
+
+class InlineRef(DaskRef):
+    """An ObjectRef's ``native`` for a small value held in this process (a value a generator yielded,
+    which came inside its stream): read here without Dask, scattered only once something needs its
+    future (a task taking it as an argument, a value or a task's arguments holding it)."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+        super().__init__(None)
+
+    @property
+    def future(self):
+        future = _FUTURE.__get__(self, InlineRef)
+        if future is None:
+            with _scatter_lock:
+                future = _FUTURE.__get__(self, InlineRef)
+                if future is None:
+                    [future] = client_here().scatter([self.payload], hash=False)
+                    _FUTURE.__set__(self, future)
+        return future
+
+    @future.setter
+    def future(self, value):
+        _FUTURE.__set__(self, value)
+
+    def __repr__(self) -> str:
+        return f"InlineRef({len(self.payload)} bytes)"
+
+
 def _rebind_ref(key) -> DaskRef:
     if key in getattr(_resolving, "keys", ()):
         from distributed import Future

@@ -51,7 +51,9 @@ from anyray.backend_kit import (
     serialize_failure,
     task_runtime,
 )
+from anyray.generators import stream_of
 
+from .generators import streamed
 from .transport import pack, pack_returns, resolving, unpack
 
 
@@ -164,24 +166,32 @@ def _fetch(refs):
 
 # -- tasks -----------------------------------------------------------------------------------------------
 
-# One task invocation: [task_id, name, num_returns, retry_exceptions, max_retries, resources, dep_ids, dep_keys]
+# One task invocation: [task_id, name, num_returns, retry_exceptions, max_retries, resources, dep_ids, dep_keys,
+# stream] (stream: None, or [mode, backpressure, generator id] for num_returns "streaming" and "dynamic")
 # Its pickled arguments travel beside it: inline, or as the future of a scattered copy when large.
 TaskCall = list
 
 
 def task_call(spec) -> TaskCall:
     o = spec.options
+    stream = stream_of(o)
     return [spec.task_id, spec.name, len(spec.returns), portable_classes(o["retry_exceptions"]), o["max_retries"],
             spec.resources,
-            [d.binary() for d in spec.deps], [d.native.future.key for d in spec.deps]]
+            [d.binary() for d in spec.deps], [d.native.future.key for d in spec.deps],
+            None if stream is None else [*stream, spec.returns[0].binary()]]
 
 
 def run_task(session: Session, function: Exported, call: TaskCall, args, *dep_payloads):
-    task_id, name, num_returns, retry_exceptions, max_retries, resources, dep_ids, dep_keys = call
+    task_id, name, num_returns, retry_exceptions, max_retries, resources, dep_ids, dep_keys, stream = call
     with job_context(session) as runtime, resolving(dep_keys):
         deps, fetch = _inputs(dep_ids, dep_payloads)
         ctx = TaskContext(task_id=task_id, name=name, resources=resources)
-        call = Call(function.load(), name, "task", ctx, num_returns, runtime.backend.task_events,
+        target = function.load()
+        if stream is not None:  # a generator whose values stream as it yields them
+            mode, backpressure, generator_id = stream
+            target = streamed(target, mode, generator_id, backpressure, name, ctx, runtime.backend.client,
+                              runtime.store)
+        call = Call(target, name, "task", ctx, num_returns, runtime.backend.task_events,
                     retry_exceptions, max_retries)
         outputs = run_in_place(call, unpack(args), deps, fetch, max_retries)  # the Dask worker goes on
     return pack_returns(outputs, num_returns)
@@ -420,6 +430,15 @@ class _JobActorHost(ActorHost):
     def _run_call(self, spec) -> None:  # on a pool thread of a threaded actor, which has no context
         with task_runtime(self._sched.runtime):
             super()._run_call(spec)
+
+    def _call_of(self, spec) -> Call:
+        call = super()._call_of(spec)
+        stream, call.stream = call.stream, None
+        if stream is not None:  # a generator method: its values stream through Dask (see generators.py)
+            runtime = self._sched.runtime
+            call.target = streamed(call.target, stream.mode, stream.generator_id, stream.backpressure, call.name,
+                                   call.ctx, runtime.backend.client, runtime.store)
+        return call
 
 
 def _cancelled(spec):
