@@ -106,7 +106,7 @@ class Ledger:
         for key in changes.unpins:
             self._unpin(worker, key)
 
-    def _contained(self, worker, contained) -> list:
+    def contained_refs(self, worker, contained) -> list:
         """Driver-side references for the ids a value holds, so the stored value keeps them alive."""
         if not contained:
             return []
@@ -127,7 +127,7 @@ class Ledger:
         for oid, wire, inner in zip(ids, wires, contained):
             if type(wire) is Location:
                 worker.grants.discard(wire.offset)
-            self._store.seal_wire(oid, wire, self._contained(worker, inner))
+            self._store.seal_wire(oid, wire, self.contained_refs(worker, inner))
 
     def answer(self, worker, ids) -> list:
         """The objects ``ids`` (sealed) as they travel to ``worker``: a packed ``Got`` each."""
@@ -147,7 +147,7 @@ class Ledger:
 
     def args_from(self, worker, wire, contained):
         """A call's arguments sent by a worker: ``(SerializedObject, None)`` or ``(None, held ArenaObject)``."""
-        refs = self._contained(worker, contained)
+        refs = self.contained_refs(worker, contained)
         if type(wire) is Location:
             worker.grants.discard(wire.offset)
             held = ArenaObject(wire, refs)
