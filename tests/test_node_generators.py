@@ -5,6 +5,8 @@ the whole path in the conformance suite and ``tests/test_cluster_generators.py``
 
 from __future__ import annotations
 
+import types
+
 import pytest
 from node_parts import NodeParts
 
@@ -14,7 +16,9 @@ from anyray.adapters.node.arena import Location
 from anyray.adapters.node.remote_ports import call_options
 from anyray.adapters.node.store import ArenaObject
 from anyray.adapters.node.worker_actor import stream_spec
+from anyray.current import task_runtime
 from anyray.object_ref import ObjectRef
+from anyray.runtime import ReferenceCounter
 from anyray.serialization import SerializedObject, deserialize, serialize
 from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, TaskSpec
 
@@ -108,3 +112,27 @@ def test_stream_put_of_a_large_item_seals_the_range_the_producer_wrote(node):
     assert type(entry) is ArenaObject and entry.loc == loc
     assert grant.offset not in producer.grants  # sealed: no longer a grant to give back if the worker dies
     assert node.store.get([ObjectRef(oid)], 0)[0].data == payload
+
+
+def test_what_a_consumer_lets_go_of_without_holding_it_is_freed_unless_something_here_refers_to_it(node):
+    """A generator's consumer in another process frees the count, its acks and the items it did not take,
+    which it never held (nobody does): the node frees them, as it would an object whose last reference
+    went; an object that something here still refers to stays."""
+    consumer = node.workers.spawn()
+    counter = ReferenceCounter(node.store.free)
+    with task_runtime(types.SimpleNamespace(counter=counter, handles=None)):
+        g = ids.new_id()
+        count, kept = generators.count_id(g), generators.item_id(g, 0)
+        for oid in (count, kept):
+            node.store.put(ObjectRef(oid), serialize(1))
+        held_here = ObjectRef(kept, None, counter)  # e.g. a value stored here holds it
+        node.ledger.apply_refs(consumer, m.RefChanges.pack([(count, -1), (kept, -1)], [], []))
+        assert node.store.entry(count) is None
+        assert node.store.entry(kept) is not None
+        borrowed = ids.new_id()  # an object the consumer held: its last reference going frees it as before
+        node.store.put(ObjectRef(borrowed), serialize(2))
+        node.ledger.apply_refs(consumer, m.RefChanges.pack([(borrowed, 1)], [], []))
+        node.ledger.apply_refs(consumer, m.RefChanges.pack([(borrowed, -1)], [], []))
+        counter.drain()
+        assert node.store.entry(borrowed) is None
+        del held_here

@@ -13,8 +13,9 @@ producer runs under backpressure. A node serves ``"stream_put"`` by this rule:
 - from a process of its own, for a call this node handed to another node:
   the object (an ack) goes to that node (a ``"stream_put"`` request on this
   node's link to it) and is not kept here;
-- otherwise (the call runs here, or a peer node sent the object): it is
-  sealed here, as a ``"put"``.
+- from a peer node (an ack, for a call running here): it is sealed here, and
+  freed with the call's generator id; an ack for a call that is over is dropped;
+- otherwise (the call runs here): it is sealed here, as a ``"put"``.
 
 A node that dies ends the streams it took part in: the caller's node fails
 the calls it handed to the dead node (or runs them again while
@@ -57,6 +58,8 @@ class StreamRoutes:
         self._objects = objects
         self._forward, self._actor_call, self._cancel = forward, actor_call, cancel
         self._origins: dict[bytes, object] = {}  # generator id -> the peer (a Worker) that handed its call here
+        self._acks: dict[bytes, list] = {}       # generator id -> the acks sealed here for its call
+        store.add_free_listener(self._freed)
 
     def register(self, register) -> None:
         register("stream_put", self._op_stream_put)
@@ -105,17 +108,31 @@ class StreamRoutes:
     # -- stream_put --------------------------------------------------------------------------
     def _op_stream_put(self, worker, rid, args):
         put = m.StreamPut._make(args)
-        if not worker.peer:  # a peer's object is for this node: sealed here
-            g = put.generator_id
-            origin = self._origins.get(g)
-            if origin is not None:
-                self._to_origin(worker, origin, put)
-                return None
-            node_id = self._handed_to(g)
-            if node_id is not None and self._to_producer(worker, node_id, put):
-                return None
+        g = put.generator_id
+        if worker.peer:  # an ack from the caller's node: sealed here while the call runs, freed with it
+            if self._running_here(g):
+                self._ledger.seal_wires(worker, [put.oid], [put.wire], [put.contained])
+                self._acks.setdefault(g, []).append(put.oid)
+            return None  # else the call is over: nobody waits for it
+        origin = self._origins.get(g)
+        if origin is not None:
+            self._to_origin(worker, origin, put)
+            return None
+        node_id = self._handed_to(g)
+        if node_id is not None and self._to_producer(worker, node_id, put):
+            return None
         self._ledger.seal_wires(worker, [put.oid], [put.wire], [put.contained])
         return None
+
+    def _freed(self, ids) -> None:
+        """Objects freed here: the acks of a call handed here go with its generator id (the caller's
+        node let go of it, and the call is over)."""
+        if not self._acks:
+            return
+        for oid in ids:
+            acks = self._acks.pop(oid, None)
+            if acks:
+                self._store.free(acks)
 
     def _handed_to(self, generator_id: bytes) -> str | None:
         """The node this node handed the call of ``generator_id`` to, if it did and the call runs there."""

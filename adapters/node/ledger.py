@@ -89,12 +89,15 @@ class Ledger:
         changes = m.RefChanges._make(changes)
         counter = current_counter()
         borrowed = worker.borrowed
+        unheld = None
         for oid, sign in changes.objects:
             if sign > 0:
                 if oid not in borrowed:
                     borrowed[oid] = ObjectRef(oid, None, counter)
-            else:
-                borrowed.pop(oid, None)
+            elif borrowed.pop(oid, None) is None:
+                (unheld := unheld or []).append(oid)
+        if unheld:
+            self._free_unheld(unheld, counter)
         for actor_id, sign in changes.handles:
             if sign > 0:
                 if actor_id not in worker.handles:
@@ -105,6 +108,19 @@ class Ledger:
                 worker.handles.pop(actor_id, None)
         for key in changes.unpins:
             self._unpin(worker, key)
+
+    def _free_unheld(self, ids, counter) -> None:
+        """A process let go of objects it did not hold here: those nothing here refers to are freed (what a
+        generator's consumer frees of its stream, which nobody holds: the items it did not take, the count,
+        its acks), as they would be once the last reference to them went (so is an id whose first reference
+        and last went out in one batch)."""
+        if counter is None:
+            return  # nothing counts references in this process: nothing to go by
+        free = []
+        for oid in ids:
+            counter.if_unreferenced(oid, lambda oid=oid: free.append(oid))
+        if free:
+            self._store.free(free)
 
     def contained_refs(self, worker, contained) -> list:
         """Driver-side references for the ids a value holds, so the stored value keeps them alive."""
