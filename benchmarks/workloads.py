@@ -28,7 +28,7 @@ SIZES = {
     "small_put": (2000, 200), "small_get": (5000, 500), "actor_sync": (500, 100),
     "actor_async": (1000, 200), "actor_create": (10, 3), "wait": (1000, 200),
     "reps": (5, 2), "large_reps": (5, 2), "large_mb": (100, 100), "huge_mb": (1024, 256), "huge_reps": (3, 2),
-    "spread": (200, 50),
+    "spread": (200, 50), "yields": (2000, 200), "stream_mb": (100, 50), "stream_items": (10, 4),
 }
 
 
@@ -154,6 +154,37 @@ def w_huge_put(ray, d, size):
     t_put = statistics.median(puts[1:])
     return {f"huge put ({mb} MB numpy)": metric(arr.nbytes / t_put / 1e9, "GB/s", "higher"),
             "huge put / memcpy speed": metric(t_copy / t_put, "x memcpy", "higher")}
+
+
+def w_generators(ray, d, size):
+    """A generator task streaming to the driver: small values one by one, and large arrays."""
+    @ray.remote
+    def count(n):
+        for i in range(n):  # noqa: UP028 - Ray drives generators with send(), which range() lacks
+            yield i
+
+    @ray.remote
+    def chunks(k, mb):
+        arr = np.ones(mb * 2**20 // 8)
+        for _ in range(k):
+            yield arr
+
+    n, k, mb = size["yields"], size["stream_items"], size["stream_mb"]
+
+    def small():
+        for ref in count.remote(n):
+            ray.get(ref)
+
+    def large():
+        for ref in chunks.remote(k, mb):
+            assert ray.get(ref).nbytes == mb * 2**20
+            del ref
+
+    t_small = median_time(small, size["reps"])
+    t_large = median_time(large, size["large_reps"])
+    return {f"generator: {n} small values streamed to the driver": metric(n / t_small, "yields/s", "higher"),
+            f"generator: {k} x {mb} MB numpy streamed to the driver": metric(k * mb * 2**20 / t_large / 1e9,
+                                                                             "GB/s", "higher")}
 
 
 def w_actor_calls(ray, d, size):
@@ -342,6 +373,7 @@ WORKLOADS = {
     "small_objects": w_small_objects,
     "large_objects": w_large_objects,
     "huge_put": w_huge_put,
+    "generators": w_generators,
     "actor_calls": w_actor_calls,
     "actor_create": w_actor_create,
     "wait_loop": w_wait_loop,

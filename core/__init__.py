@@ -23,6 +23,7 @@ from .api import (
     timeline,
     wait,
 )
+from .generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from .object_ref import ObjectRef
 from .remote_function import RemoteFunction
 
@@ -42,7 +43,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
-    "ActorClass", "ActorHandle", "ObjectID", "ObjectRef", "RemoteFunction", "__version__",
+    "ActorClass", "ActorHandle", "DynamicObjectRefGenerator", "ObjectID", "ObjectRef", "ObjectRefGenerator",
+    "RemoteFunction", "__version__",
     "available_resources", "cancel", "cluster_resources", "error_info", "exceptions", "get", "get_actor",
     "get_gpu_ids", "get_runtime_context", "init", "is_initialized", "kill", "list_named_actors", "method",
     "nodes", "put", "remote", "shutdown", "timeline", "wait",

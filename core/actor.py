@@ -6,7 +6,7 @@ import inspect
 import itertools
 from typing import Any
 
-from . import ids, pickled_refs
+from . import generators, ids, pickled_refs
 from . import options as opts
 from .context import current_task
 from .current import current_handle_counter, require_runtime
@@ -47,6 +47,8 @@ def method(*args, **kwargs):
     given = opts.validate(kwargs, opts.METHOD_OPTIONS, "@method")
 
     def mark(fn):
+        generators.resolve_num_returns(given, generators.is_generator_function(fn),
+                                       f"@method {getattr(fn, '__qualname__', fn)}")
         setattr(fn, _METHOD_OPTIONS_ATTR, given)
         return fn
     return mark
@@ -61,9 +63,11 @@ def _methods_of(cls: type) -> dict[str, dict[str, Any]]:
         raw = inspect.getattr_static(cls, name)
         bound_sig = signature_of(member, drop_first=not isinstance(raw, (staticmethod, classmethod)))
         given = getattr(member, _METHOD_OPTIONS_ATTR, {})
-        table[name] = {"num_returns": given.get("num_returns", 1), "signature": bound_sig,
-                       "is_async": inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member),
-                       **{k: v for k, v in given.items() if k != "num_returns"}}
+        is_generator = generators.is_generator_function(member)
+        table[name] = generators.resolve_num_returns(
+            {"num_returns": None, "signature": bound_sig, "is_generator": is_generator,
+             "is_async": inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member), **given},
+            is_generator, f"{cls.__qualname__}.{name}")
     return table
 
 
@@ -179,11 +183,13 @@ class ActorMethod:
         return self._with_options(self._meta, overrides)
 
     def _with_options(self, base: dict, overrides: dict):
-        given = opts.validate(overrides, opts.METHOD_OPTIONS, f"{self._handle._class_name}.{self._name}.options()")
-        return _Options(self, {**base, **given}, None)
+        owner = f"{self._handle._class_name}.{self._name}.options()"
+        given = opts.validate(overrides, opts.METHOD_OPTIONS, owner)
+        return _Options(self, generators.resolve_num_returns({**base, **given}, base.get("is_generator", False), owner),
+                        None)
 
     def _submit(self, args, kwargs, meta, _resources):
         h = self._handle
         check_arguments(meta["signature"], args, kwargs, f"{h._class_name}.{self._name}")
         refs = require_runtime().submit_actor_task(h, self._name, args, kwargs, meta)
-        return returns_of(refs, meta["num_returns"])
+        return returns_of(refs, meta)

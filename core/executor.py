@@ -13,10 +13,11 @@ import inspect
 import os
 import threading
 import time
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import serialization
+from . import generators, serialization
 from .context import TaskContext, current_task
 from .events import JobEvents, TaskRecord
 from .exceptions import AnyrayError, TaskCancelledError, TaskError, WorkerCrashedError
@@ -50,7 +51,9 @@ def _load_arguments(args_blob: serialization.SerializedObject, deps: Sequence[Ob
     return args, kwargs
 
 
-def split_returns(value: Any, num_returns: int, name: str) -> list:
+def split_returns(value: Any, num_returns: int, name: str, target: Callable | None = None) -> list:
+    if type(value) is types.GeneratorType and generators.is_generator_function(target):
+        return generators.first_returns(value, num_returns, name, failure_for)  # a static num_returns
     if num_returns == 1:
         return [value]
     if num_returns == 0:
@@ -83,6 +86,19 @@ def serialize_outputs(values: list, name: str, num_returns: int) -> list[seriali
             failure = RemoteFailure(TaskError.from_exception(name, exc, os.getpid()).as_instanceof_cause())
             return [serialize_failure(failure)] * num_returns
     return out
+
+
+def encode_item(name: str) -> Callable[[Any], serialization.SerializedObject]:
+    """How a generator's items are serialized: a value, or a failure (its error, or one saying the value
+    could not be serialized)."""
+    def encode(value: Any) -> serialization.SerializedObject:
+        if type(value) is RemoteFailure:
+            return serialize_failure(value)
+        try:
+            return serialization.serialize(value, what=f"a value {name} yielded")
+        except serialization.SerializationError as exc:
+            return serialize_failure(failure_for(exc, name))
+    return encode
 
 
 def serialize_failure(failure: RemoteFailure) -> serialization.SerializedObject:
@@ -130,13 +146,16 @@ def run_in_place(call: Call, args_blob, deps, fetch: Fetch, max_retries: int) ->
 class Call:
     """One invocation: what to call, how to name it, and where to report it."""
 
-    __slots__ = ("target", "name", "kind", "ctx", "num_returns", "retry_exceptions", "max_retries", "events")
+    __slots__ = ("target", "name", "kind", "ctx", "num_returns", "retry_exceptions", "max_retries", "events",
+                 "stream")
 
     # ``retry_exceptions`` is False, True, a tuple of classes, or those classes as
-    # ``serialization.portable_classes`` sent them (loaded when the call runs).
+    # ``serialization.portable_classes`` sent them (loaded when the call runs). ``stream``: a
+    # ``generators.StreamSpec`` when the call's values stream (then ``num_returns`` is 1), else None.
 
     def __init__(self, target: Callable, name: str, kind: str, ctx: TaskContext, num_returns: int,
-                 events: JobEvents, retry_exceptions=False, max_retries: int = 0):
+                 events: JobEvents, retry_exceptions=False, max_retries: int = 0,
+                 stream: generators.StreamSpec | None = None):
         self.target = target
         self.name = name
         self.kind = kind
@@ -145,6 +164,10 @@ class Call:
         self.retry_exceptions = retry_exceptions
         self.max_retries = max_retries
         self.events = events
+        self.stream = stream
+
+    def _producer(self) -> generators.Producer:
+        return generators.Producer(self.stream, self.name, encode_item(self.name))
 
     def _record(self, start: float, failure: RemoteFailure | None) -> None:
         error = failure.error if failure is not None else None
@@ -176,11 +199,19 @@ class Call:
             while True:
                 try:
                     value = self.target(*args, **kwargs)
-                    if inspect.iscoroutine(value):  # an ``async def`` task runs on a loop of its own
-                        import asyncio
+                    if self.stream is not None:  # each value goes to the store as it is yielded
+                        if inspect.isasyncgen(value):
+                            import asyncio
 
-                        value = asyncio.run(value)
-                    values = split_returns(value, self.num_returns, self.name)
+                            values = [asyncio.run(generators.drive_async(value, self._producer(), failure_for))]
+                        else:
+                            values = [generators.drive(value, self._producer(), failure_for)]
+                    else:
+                        if inspect.iscoroutine(value):  # an ``async def`` task runs on a loop of its own
+                            import asyncio
+
+                            value = asyncio.run(value)
+                        values = split_returns(value, self.num_returns, self.name, self.target)
                 except BaseException as exc:  # noqa: BLE001 - everything the user raised is reported
                     if isinstance(exc, KeyboardInterrupt) and self.ctx.inline:
                         raise
@@ -229,9 +260,13 @@ class Call:
         args, kwargs = loaded
         try:
             value = self.target(*args, **kwargs)
+            if self.stream is not None:
+                values = [await generators.drive_async(value, self._producer(), failure_for, loop_executor)]
+                self._record(start, None)
+                return serialize_outputs(values, self.name, self.num_returns)
             if inspect.isawaitable(value):
                 value = await value
-            values = split_returns(value, self.num_returns, self.name)
+            values = split_returns(value, self.num_returns, self.name, self.target)
         except asyncio.CancelledError:
             failure = RemoteFailure(TaskCancelledError(f"{self.name} was cancelled."))
             self._record(start, failure)

@@ -49,10 +49,25 @@ def _optional_str(name, value, owner):
 
 
 def _num_returns(name, value, owner):
+    if value == "streaming" or value == "dynamic":
+        return value  # a generator's: whether the function is one is checked where it is known
     if isinstance(value, str):
-        raise ValueError(f"{owner}: num_returns={value!r} (generators) is not supported yet; "
-                         "use an int number of return values.")
+        raise ValueError(f"{owner}: num_returns={value!r} is not valid; use a non-negative int, "
+                         f"'streaming' or 'dynamic' (for generator functions).")
+    if value is None:
+        return None  # Ray's default: one value, or a stream for a generator function
     return _integer(0)(name, value, owner)
+
+
+def _backpressure(name, value, owner):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{owner}: option {name!r} must be an int or None, got {type(value).__name__} {value!r}.")
+    if value == 0 or value < -1:
+        raise ValueError(f"{owner}: {name}={value!r} is not allowed; use a value > 0 (how many values a "
+                         f"generator may yield ahead of its consumer), or -1 to disable backpressure.")
+    return int(value)
 
 
 def _resources(name, value, owner):
@@ -124,6 +139,7 @@ _COMMON: dict[str, Checker] = {
 TASK_OPTIONS: dict[str, Checker] = {
     **_COMMON,
     "num_returns": _num_returns,
+    "_generator_backpressure_num_objects": _backpressure,
     "max_retries": _integer(-1),
     "retry_exceptions": _retry_exceptions,
     "max_calls": _integer(0),
@@ -142,6 +158,7 @@ ACTOR_OPTIONS: dict[str, Checker] = {
 
 METHOD_OPTIONS: dict[str, Checker] = {
     "num_returns": _num_returns,
+    "_generator_backpressure_num_objects": _backpressure,
     "enable_task_events": _boolean,
     "name": _optional_str,
     "max_task_retries": _integer(-1),

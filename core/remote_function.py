@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from . import ids
+from . import generators, ids
 from . import options as opts
 from .current import require_runtime
 from .specs import FunctionDescriptor
@@ -72,11 +72,22 @@ class _Options:
         return self._owner._with_options(self._options, overrides)
 
 
-def returns_of(refs: list, num_returns: int):
+def returns_of(refs, options: dict):
+    """What ``.remote()`` gives back for the return ``refs`` of a call with these options (for a stream,
+    ``refs`` may be the generator an engine's scheduler made)."""
+    num_returns = options["num_returns"]
     if num_returns == 1:
         return refs[0]
+    if num_returns == generators.STREAMING:
+        if isinstance(refs, generators.ObjectRefGenerator):
+            return refs  # the engine's own, which its scheduler made
+        backpressure = options.get("_generator_backpressure_num_objects")
+        return generators.StoreObjectRefGenerator(refs[0], generators.NO_BACKPRESSURE if backpressure is None
+                                                  else backpressure)
     if num_returns == 0:
         return None
+    if num_returns == generators.DYNAMIC:
+        return refs[0]  # it resolves to a DynamicObjectRefGenerator
     return refs
 
 
@@ -87,7 +98,9 @@ class RemoteFunction:
         self._function = function
         name = getattr(function, "__qualname__", getattr(function, "__name__", repr(function)))
         self._given = opts.validate(options, opts.TASK_OPTIONS, f"@remote {name}")
-        self._options = {**opts.TASK_DEFAULTS, **self._given}
+        self._is_generator = generators.is_generator_function(function)
+        self._options = generators.resolve_num_returns({**opts.TASK_DEFAULTS, "num_returns": None, **self._given},
+                                                       self._is_generator, f"@remote {name}")
         self._resources = opts.resource_demand(self._options)
         self._descriptor = FunctionDescriptor(function_id or ids.new_id(), name, function)
         self._signature = signature_of(function)
@@ -107,14 +120,15 @@ class RemoteFunction:
         return self._with_options(self._options, overrides)
 
     def _with_options(self, base: dict, overrides: dict):
-        given = opts.validate(overrides, opts.TASK_OPTIONS, f"{self.__qualname__}.options()")
-        merged = {**base, **given}
+        owner = f"{self.__qualname__}.options()"
+        given = opts.validate(overrides, opts.TASK_OPTIONS, owner)
+        merged = generators.resolve_num_returns({**base, **given}, self._is_generator, owner)
         return _Options(self, merged, opts.resource_demand(merged))
 
     def _submit(self, args: tuple, kwargs: dict, options: dict, resources: dict):
         check_arguments(self._signature, args, kwargs, self.__qualname__)
         refs = require_runtime().submit_task(self._descriptor, args, kwargs, options, resources)
-        return returns_of(refs, options["num_returns"])
+        return returns_of(refs, options)
 
     def __reduce__(self):
         return RemoteFunction, (self._function, self._given, self._descriptor.function_id)

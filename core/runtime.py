@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import operator
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from .current import (  # noqa: F401 - the adapters take them from here
 )
 from .events import JobEvents
 from .exceptions import ActorNameTaken
+from .generators import ObjectRefGenerator, return_count
 from .object_ref import ObjectRef
 from .ports.backend import Backend, BackendConfig
 from .specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
@@ -106,6 +108,14 @@ def _check_refs(refs, fn: str) -> tuple[list[ObjectRef], bool]:
                                 f"Pass the refs returned by .remote() or put().")
         return list(refs), False
     raise TypeError(f"{fn}() expects an ObjectRef or a list of ObjectRefs, got {type(refs).__name__} ({refs!r:.60}).")
+
+
+def _check_num_returns(num_returns, count: int) -> None:
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
+        raise ValueError(f"wait(): num_returns must be a positive int, got {num_returns!r}.")
+    if num_returns > count:
+        raise ValueError(f"wait(): num_returns={num_returns} is more than the {count} refs given; "
+                         f"pass num_returns <= len(refs).")
 
 
 def _check_timeout(timeout, fn: str) -> float | None:
@@ -228,7 +238,12 @@ class Runtime:
         return [serialization.deserialize(o) for o in self.get_serialized(refs, None)]
 
     def get(self, refs, timeout=None):
-        ref_list, single = _check_refs(refs, "get")
+        try:
+            ref_list, single = _check_refs(refs, "get")
+        except TypeError:
+            if isinstance(refs, ObjectRefGenerator):
+                return refs  # as Ray: get() of a generator (not in a list) gives it back
+            raise
         timeout = _check_timeout(timeout, "get")
         objs = self.get_serialized(ref_list, timeout)
         values = [serialization.deserialize(o) for o in objs]
@@ -240,15 +255,16 @@ class Runtime:
     def wait(self, refs, num_returns=1, timeout=None, fetch_local=True):
         if isinstance(refs, ObjectRef):
             raise TypeError("wait() expects a list of ObjectRefs, got a single ObjectRef; write wait([ref]).")
-        ref_list, _ = _check_refs(refs, "wait")
+        try:
+            ref_list, _ = _check_refs(refs, "wait")
+        except TypeError:
+            if isinstance(refs, (list, tuple)) and any(isinstance(r, ObjectRefGenerator) for r in refs):
+                return self._wait_generators(list(refs), num_returns, _check_timeout(timeout, "wait"))
+            raise
         timeout = _check_timeout(timeout, "wait")
         if not ref_list:
             return [], []  # as Ray, whatever num_returns says
-        if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:
-            raise ValueError(f"wait(): num_returns must be a positive int, got {num_returns!r}.")
-        if num_returns > len(ref_list):
-            raise ValueError(f"wait(): num_returns={num_returns} is more than the {len(ref_list)} refs given; "
-                             f"pass num_returns <= len(refs).")
+        _check_num_returns(num_returns, len(ref_list))
         ids = list(map(_ids_of, ref_list))  # raw ids: C-level loops over them from here on
         if len(set(ids)) != len(ids):
             raise ValueError("wait() got the same ObjectRef more than once; pass each ref once "
@@ -279,7 +295,57 @@ class Runtime:
         not_ready += ref_list[start:]
         return ready, not_ready
 
+    def _wait_generators(self, entries: list, num_returns: int, timeout: float | None):
+        """``wait`` over refs and generators: a generator is ready when its next ref is, or its end is."""
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, (ObjectRef, ObjectRefGenerator)):
+                raise TypeError(f"wait() expects ObjectRefs or ObjectRefGenerators, but item {i} is a "
+                                f"{type(entry).__name__} ({entry!r:.60}).")
+        if len(set(map(id, entries))) != len(entries):
+            raise ValueError("wait() got the same ObjectRef or generator more than once; pass each once.")
+        _check_num_returns(num_returns, len(entries))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # An engine's own generators answer _ready() only: those are polled.
+        polled = [i for i, e in enumerate(entries) if type(e) is not ObjectRef and not hasattr(e, "ready_ids")]
+        while True:
+            watched = [[] if i in polled else [e] if type(e) is ObjectRef else e.ready_ids()
+                       for i, e in enumerate(entries)]
+            every = list({r._id: r for refs in watched for r in refs}.values())
+            sealed = self.store.wait(every, len(every), 0) if every else set()
+            picked = [i for i, refs in enumerate(watched)
+                      if (entries[i]._ready() if i in polled else any(r._id in sealed for r in refs))][:num_returns]
+            left = None if deadline is None else deadline - time.monotonic()
+            if len(picked) == num_returns or (left is not None and left <= 0):
+                break
+            if polled:
+                left = 0.005 if left is None else min(left, 0.005)
+            pending = [r for r in every if r._id not in sealed]
+            if pending:
+                self.wait_ids(pending, left)
+            else:
+                time.sleep(left)
+        chosen = set(picked)
+        return [entries[i] for i in picked], [e for i, e in enumerate(entries) if i not in chosen]
+
+    def wait_ids(self, refs: list[ObjectRef], timeout: float | None) -> set[bytes]:
+        """The ids of ``refs`` sealed now, waiting (up to ``timeout``) until one is; a task waiting lends
+        its CPUs as in ``wait``."""
+        lends = self._lends_cpus and current_task.get() is not None and timeout != 0
+        if lends:
+            self.scheduler.task_blocked()
+        try:
+            return self.store.wait(refs, 1, timeout)
+        finally:
+            if lends:
+                self.scheduler.task_unblocked()
+
+    def free_ids(self, object_ids: list[bytes]) -> None:
+        """Free objects no ref of this process names (a generator's items nobody took)."""
+        self._free(object_ids)
+
     def cancel(self, ref, force=False, recursive=True) -> None:
+        if isinstance(ref, ObjectRefGenerator):
+            ref = ref.completed()  # cancelling a generator cancels its task
         if not isinstance(ref, ObjectRef):
             raise TypeError(f"cancel() expects an ObjectRef returned by .remote(), got {type(ref).__name__}.")
         self.check_current([ref], "cancel()")
@@ -302,11 +368,11 @@ class Runtime:
         parent = current_task.get()
         spec = TaskSpec(
             task_id=ids.new_id(), function=descriptor, args=blob, deps=self._deps(args, kwargs, descriptor.name),
-            returns=self._returns(options["num_returns"]), resources=resources, options=options,
+            returns=self._returns(return_count(options["num_returns"])), resources=resources, options=options,
             parent_task_id=parent.task_id if parent is not None else None,
             name=options["name"] or descriptor.name)
-        self.scheduler.submit_task(spec)
-        return spec.returns
+        stream = self.scheduler.submit_task(spec)  # an engine's own generator, for a stream, or None
+        return spec.returns if stream is None else stream
 
     def create_actor(self, descriptor: FunctionDescriptor, args: tuple, kwargs: dict, options: dict,
                      is_async: bool, method_options: dict):
@@ -337,11 +403,11 @@ class Runtime:
         spec = ActorTaskSpec(
             task_id=ids.new_id(), actor_id=handle._actor_id, method_name=method_name, args=blob,
             deps=self._deps(args, kwargs, f"{handle._class_name}.{method_name}"),
-            returns=self._returns(options["num_returns"]),
+            returns=self._returns(return_count(options["num_returns"])),
             caller_id=handle._caller_id, seq=next(handle._seq), options=options,
             name=f"{handle._class_name}.{method_name}")
-        self.scheduler.submit_actor_task(spec)
-        return spec.returns
+        stream = self.scheduler.submit_actor_task(spec)
+        return spec.returns if stream is None else stream
 
     def get_actor(self, name: str, namespace: str | None):
         if not isinstance(name, str) or not name:

@@ -16,6 +16,7 @@ from anyray.backend_kit.threads import DaemonThreadPool
 from anyray.context import TaskContext, current_task
 from anyray.exceptions import ActorNameTaken, TaskCancelledError
 from anyray.executor import Call, run_in_place, serialize_failure
+from anyray.generators import stream_spec
 from anyray.policy import Feasibility
 from anyray.ports.scheduler import Scheduler
 from anyray.specs import RemoteFailure, TaskSpec
@@ -161,7 +162,8 @@ class LocalScheduler(ReportsResources, Scheduler):
                           gpu_ids=task.lease.gpu_ids, lease=task.lease, inline=inline)
         interrupted = None
         call = Call(spec.function.target, spec.name, "task", ctx, len(spec.returns), self.events,
-                    spec.options["retry_exceptions"], spec.options["max_retries"])
+                    spec.options["retry_exceptions"], spec.options["max_retries"],
+                    stream_spec(spec.options, spec.returns[0]._id) if spec.returns else None)
         try:
             outputs = run_in_place(call, spec.args, spec.deps, self.fetch, spec.options["max_retries"])
             with self._lock:  # from here on no cancel interrupts this thread; a pending one lands here

@@ -26,6 +26,7 @@ from anyray.actor import ActorHandle, exit_is_intended
 from anyray.context import TaskContext
 from anyray.exceptions import ActorDiedError, TaskCancelledError
 from anyray.executor import Call
+from anyray.generators import stream_spec
 from anyray.policy import allows_another, call_retry_limit
 from anyray.specs import RemoteFailure
 
@@ -151,7 +152,8 @@ class ActorHost:
         method = getattr(self.instance, spec.method_name)
         return Call(method, spec.name, "actor_task", self._context(spec.task_id, spec.name),
                     len(spec.returns), self._sched.events, spec.options.get("retry_exceptions") or False,
-                    call_retry_limit(spec.options, self.spec.options))
+                    call_retry_limit(spec.options, self.spec.options),
+                    stream_spec(spec.options, spec.returns[0]._id) if spec.returns else None)
 
     def _run_call(self, spec) -> None:
         if self.state == "dead":

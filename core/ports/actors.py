@@ -34,7 +34,8 @@ class ActorPort(ABC):
     @abstractmethod
     def submit_actor_task(self, spec: ActorTaskSpec) -> None:
         """Queue a method call. Calls from one caller start in ``spec.seq`` order;
-        with ``max_concurrency`` 1 they also finish in that order."""
+        with ``max_concurrency`` 1 they also finish in that order. A generator method's call streams
+        as ``TaskPort.submit_task`` says."""
 
     @abstractmethod
     def kill_actor(self, actor_id: bytes, no_restart: bool) -> None:

@@ -36,6 +36,12 @@ class ObjectStore(ABC):
         what to do) rather than blocking when there is no room.
         """
 
+    def put_stream(self, generator_id: bytes, ref: ObjectRef, obj: SerializedObject) -> None:
+        """Store an object of generator ``generator_id``'s stream: an item it yielded, its count, or a
+        consumer's ack (see ``anyray.generators``). As ``put``, which is what this default does; a store
+        whose objects must travel to where the generator's producer or consumer runs overrides it."""
+        self.put(ref, obj)
+
     @abstractmethod
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[SerializedObject]:
         """Return the objects in the order asked, waiting until all are sealed.

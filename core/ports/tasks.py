@@ -28,7 +28,13 @@ class TaskPort(ABC):
         """Queue a task. It runs once its top-level ``deps`` are sealed and its
         resources are free; a task whose resources no node can ever provide
         warns once (naming the task and what is missing) and keeps waiting.
-        Worker crashes are retried up to ``spec.max_retries``."""
+        Worker crashes are retried up to ``spec.max_retries``.
+
+        A generator's task (``spec.options["num_returns"]`` "streaming" or "dynamic") has one return
+        ref; its values stream through the object store by ``anyray.generators``' protocol, which the
+        executor follows wherever it runs, so a backend only passes the call's ``StreamSpec`` on. An
+        engine with streams of its own may instead return its own ``ObjectRefGenerator`` for a
+        "streaming" task; otherwise this returns None."""
 
     @abstractmethod
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 
 import ray
 from ray import exceptions as rx
@@ -40,8 +41,9 @@ from anyray.exceptions import ActorDiedError, ActorNameTaken
 
 from .actors import ActorDirectory, RayActor, lookup, register
 from .errors import translate
+from .generators import FailedStream, RayObjectRefGenerator
 from .transport import bind_returns, pack
-from .worker import Session, actor_host, export, method_call, task_call, task_runner
+from .worker import Session, actor_host, export, method_call, returns_mode, stream_runner, task_call, task_runner
 
 
 def _resource_options(options: dict) -> dict:
@@ -77,32 +79,41 @@ class RayScheduler(Scheduler):
     # -- tasks ------------------------------------------------------------
     def _task_function(self, spec: TaskSpec):
         o = spec.options
-        key = (spec.function.function_id, len(spec.returns), o["num_cpus"], o["num_gpus"], o["memory"],
+        mode = returns_mode(spec)
+        backpressure = o.get("_generator_backpressure_num_objects")
+        key = (spec.function.function_id, mode, o["num_cpus"], o["num_gpus"], o["memory"],
                tuple(sorted(o["resources"].items())), o["max_retries"], o["max_calls"],
-               o["scheduling_strategy"], o.get("accelerator_type"), spec.name)
+               o["scheduling_strategy"], o.get("accelerator_type"), spec.name, backpressure)
         fn = self._variants.get(key)
         if fn is None:
             with self._lock:
-                base = self._functions.get(spec.function.function_id)
+                streams = isinstance(mode, str)  # a generator task: its Ray task is a generator too
+                base_key = (spec.function.function_id, streams)
+                base = self._functions.get(base_key)
                 if base is None:
                     exported = export(spec.function.target, f"the remote function {spec.function.name}")
-                    base = ray.remote(task_runner(exported, spec.function.name, self._session))
-                    self._functions[spec.function.function_id] = base
-                options = {**_resource_options(o), "num_returns": len(spec.returns), "name": spec.name,
+                    runner = stream_runner if streams else task_runner
+                    base = ray.remote(runner(exported, spec.function.name, self._session))
+                    self._functions[base_key] = base
+                options = {**_resource_options(o), "num_returns": mode, "name": spec.name,
                            "max_retries": o["max_retries"], "retry_exceptions": False}
                 if o["max_calls"]:
                     options["max_calls"] = o["max_calls"]
-                fn = self._variants[key] = base.options(**options)
+                if streams and backpressure is not None:
+                    options["_generator_backpressure_num_objects"] = backpressure
+                with warnings.catch_warnings():  # Ray deprecates "dynamic"; anyray keeps it as Ray 2.x has it
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    fn = self._variants[key] = base.options(**options)
         return fn
 
-    def submit_task(self, spec: TaskSpec) -> None:
+    def submit_task(self, spec: TaskSpec) -> RayObjectRefGenerator | None:
         if spec.resources:
             self._feasibility.check(spec.function.function_id, spec.name, spec.resources)
         try:
             out = self._task_function(spec).remote(task_call(spec), *[d.native for d in spec.deps])
         except rx.RayError as exc:
             raise translate(exc, spec.name) from exc
-        bind_returns(spec.returns, out)
+        return _bind(spec, out)
 
     # -- actors -----------------------------------------------------------
     def _host_class(self, spec: ActorSpec):
@@ -149,21 +160,30 @@ class RayScheduler(Scheduler):
                     raise ActorNameTaken(winner)
         return register(spec.actor_id, handle)
 
-    def submit_actor_task(self, spec: ActorTaskSpec) -> None:
+    def submit_actor_task(self, spec: ActorTaskSpec) -> RayObjectRefGenerator | None:
         actor = lookup(spec.actor_id)
         if actor is None:
             self._fail(spec.returns, ActorDiedError(
                 f"{spec.name}: no handle of actor {spec.actor_id.hex()} is alive in this process."))
-            return
-        n = len(spec.returns)
-        method = actor.handle.anyray_call
-        if n != 1:
-            method = method.options(num_returns=n)
+            return FailedStream(spec.returns[0]) if spec.options.get("num_returns") == "streaming" else None
+        mode = returns_mode(spec)
+        if isinstance(mode, str):  # a generator method: the host's generator method streams its values
+            options = {"num_returns": mode}
+            backpressure = spec.options.get("_generator_backpressure_num_objects")
+            if backpressure is not None:
+                options["_generator_backpressure_num_objects"] = backpressure
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                method = actor.handle.anyray_stream.options(**options)
+        else:
+            method = actor.handle.anyray_call
+            if mode != 1:
+                method = method.options(num_returns=mode)
         try:
             out = method.remote(method_call(spec), *[d.native for d in spec.deps])
         except rx.RayError as exc:
             raise translate(exc, spec.name) from exc
-        bind_returns(spec.returns, out)
+        return _bind(spec, out)
 
     def _fail(self, refs, error: BaseException) -> None:
         for ref in refs:
@@ -233,6 +253,15 @@ class RayScheduler(Scheduler):
             self._functions.clear()
             self._variants.clear()
             self._classes.clear()
+
+
+def _bind(spec, out):
+    """Give the spec's refs their Ray refs; for a streaming call, the ObjectRefGenerator the caller gets."""
+    if spec.options.get("num_returns") == "streaming":
+        spec.returns[0].native = out.completed()  # the generator task's own ref: completed(), cancel()
+        return RayObjectRefGenerator(out, spec.returns[0], spec.name)
+    bind_returns(spec.returns, out)
+    return None
 
 
 def _actor_state(handle) -> dict:

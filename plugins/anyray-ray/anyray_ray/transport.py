@@ -27,7 +27,7 @@ from __future__ import annotations
 import pickle
 from typing import Union
 
-from anyray.backend_kit import ObjectRef, SerializedObject
+from anyray.backend_kit import ObjectRef, SerializedObject, serialize
 
 from .actors import RayActor
 
@@ -59,9 +59,20 @@ def _native(item):
 
 
 def unpack(payload: Payload) -> SerializedObject:
-    """The value as the core reads it; keeps the nested Ray refs alive while it lives."""
+    """The value as the core reads it; keeps the nested Ray refs alive while it lives.
+
+    Two values Ray makes itself also arrive here: ``None``, what the ref of a
+    generator task (``completed()``) holds, and the ``DynamicObjectRefGenerator``
+    of a ``num_returns="dynamic"`` task.
+    """
     if type(payload) is bytes:
         return SerializedObject(payload)
+    if payload is None:
+        return serialize(None)
+    if not isinstance(payload, list):
+        from .generators import dynamic_payload
+
+        return dynamic_payload(payload)
     data, buffers, refs = payload
     return SerializedObject(data, list(buffers), list(refs))
 

@@ -14,6 +14,7 @@ worker is the ray backend again, in "attached" mode.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import warnings
 from typing import NamedTuple
@@ -37,6 +38,7 @@ from anyray.backend_kit import (
     serialize,
 )
 
+from .generators import afirst_n, astream, first_n, stream
 from .transport import pack, pack_returns, unpack
 
 
@@ -99,9 +101,15 @@ def _was_restarted() -> bool:
 TaskCall = list
 
 
+def returns_mode(spec):
+    """``num_returns`` as the worker needs it: the generator mode ("streaming", "dynamic") or how many refs."""
+    mode = spec.options.get("num_returns")
+    return mode if isinstance(mode, str) else len(spec.returns)
+
+
 def task_call(spec) -> TaskCall:
     o = spec.options
-    return [spec.task_id, spec.name, len(spec.returns), portable_classes(o["retry_exceptions"]), o["max_retries"],
+    return [spec.task_id, spec.name, returns_mode(spec), portable_classes(o["retry_exceptions"]), o["max_retries"],
             spec.resources, [d.binary() for d in spec.deps], pack(spec.args)]
 
 
@@ -145,9 +153,30 @@ def task_runner(exported, name: str, session: Session):
         runtime = ensure_runtime(session)
         deps, fetch = _inputs(dep_ids, dep_payloads)
         ctx = TaskContext(task_id=task_id, name=task_name, resources=resources, gpu_ids=_gpu_ids(resources))
-        outputs = Call(function.load(), task_name, "task", ctx, num_returns, runtime.backend.task_events,
-                       retry_exceptions, max_retries).run(unpack(args), deps, fetch)
+        call = Call(function.load(), task_name, "task", ctx, num_returns, runtime.backend.task_events,
+                    retry_exceptions, max_retries)
+        if inspect.isgeneratorfunction(call.target):  # a static num_returns on a generator
+            return first_n(stream(call, unpack(args), deps, fetch), num_returns, task_name)
+        outputs = call.run(unpack(args), deps, fetch)
         return pack_returns(outputs, num_returns)
+
+    run.__name__ = name.rsplit(".", 1)[-1]
+    run.__qualname__ = name
+    return run
+
+
+def stream_runner(exported, name: str, session: Session):
+    """A generator function for ``ray.remote`` (``num_returns="streaming"`` / ``"dynamic"``): one payload per
+    value the exported generator function yields."""
+    function = _Exported(exported)
+
+    def run(call: TaskCall, *dep_payloads):
+        task_id, task_name, num_returns, retry_exceptions, max_retries, resources, dep_ids, args = call
+        runtime = ensure_runtime(session)
+        deps, fetch = _inputs(dep_ids, dep_payloads)
+        ctx = TaskContext(task_id=task_id, name=task_name, resources=resources, gpu_ids=_gpu_ids(resources))
+        call = Call(function.load(), task_name, "task", ctx, 1, runtime.backend.task_events)
+        yield from stream(call, unpack(args), deps, fetch)
 
     run.__name__ = name.rsplit(".", 1)[-1]
     run.__qualname__ = name
@@ -161,7 +190,7 @@ MethodCall = list
 
 def method_call(spec) -> MethodCall:
     o = spec.options
-    return [spec.method_name, spec.task_id, spec.name, len(spec.returns),
+    return [spec.method_name, spec.task_id, spec.name, returns_mode(spec),
             portable_classes(o.get("retry_exceptions", False)), o.get("max_task_retries"),
             [d.binary() for d in spec.deps], pack(spec.args)]
 
@@ -228,7 +257,17 @@ class ActorHost:
     def anyray_call(self, call: MethodCall, *dep_payloads):
         runner, args, deps, fetch, num_returns = self._call(call, dep_payloads)
         try:
+            if inspect.isgeneratorfunction(runner.target):  # a static num_returns on a generator method
+                return first_n(stream(runner, args, deps, fetch), num_returns, runner.name)
             return pack_returns(runner.run(args, deps, fetch), num_returns)
+        except SystemExit as exc:
+            _exit(exc)
+
+    def anyray_stream(self, call: MethodCall, *dep_payloads):
+        """A generator method: one payload per value the user's generator method yields."""
+        runner, args, deps, fetch, _ = self._call(call, dep_payloads)
+        try:
+            yield from stream(runner, args, deps, fetch)
         except SystemExit as exc:
             _exit(exc)
 
@@ -239,7 +278,17 @@ class AsyncActorHost(ActorHost):
     async def anyray_call(self, call: MethodCall, *dep_payloads):
         runner, args, deps, fetch, num_returns = self._call(call, dep_payloads)
         try:
+            if inspect.isasyncgenfunction(runner.target) or inspect.isgeneratorfunction(runner.target):
+                return await afirst_n(astream(runner, args, deps, fetch), num_returns, runner.name)
             return pack_returns(await runner.run_async(args, deps, fetch), num_returns)
+        except SystemExit as exc:
+            _exit(exc)
+
+    async def anyray_stream(self, call: MethodCall, *dep_payloads):
+        runner, args, deps, fetch, _ = self._call(call, dep_payloads)
+        try:
+            async for payload in astream(runner, args, deps, fetch):
+                yield payload
         except SystemExit as exc:
             _exit(exc)
 
