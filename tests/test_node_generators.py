@@ -5,6 +5,8 @@ the whole path in the conformance suite and ``tests/test_cluster_generators.py``
 
 from __future__ import annotations
 
+import threading
+import time
 import types
 
 import pytest
@@ -13,7 +15,9 @@ from node_parts import NodeParts
 from anyray import generators, ids
 from anyray.adapters.node import messages as m
 from anyray.adapters.node.arena import Location
+from anyray.adapters.node.pool import WorkerPool
 from anyray.adapters.node.remote_ports import call_options
+from anyray.adapters.node.session import Session
 from anyray.adapters.node.store import ArenaObject
 from anyray.adapters.node.worker_actor import stream_spec
 from anyray.current import task_runtime
@@ -136,3 +140,40 @@ def test_what_a_consumer_lets_go_of_without_holding_it_is_freed_unless_something
         counter.drain()
         assert node.store.entry(borrowed) is None
         del held_here
+
+
+def test_what_a_worker_sent_before_it_died_is_handled_before_its_death():
+    """A generator's values sent just before its worker crashed reach the store before the crash fails the
+    task (the consumer then gets them, then the error): the fork server's exit report waits for the
+    worker's connection to be read to its end (real processes; a slow reader, so the report comes first)."""
+    events, died = [], threading.Event()
+
+    def on_message(handle, tag, payload):
+        time.sleep(0.2)
+        events.append(bytes(payload))
+
+    def on_exit(handle):
+        events.append("exit")
+        died.set()
+
+    def send_then_crash():
+        import os
+
+        from anyray.adapters.node.worker_loop import current_loop
+
+        loop = current_loop()
+        for i in range(5):
+            loop.send(m.OUTPUT, str(i).encode())
+        os._exit(1)
+
+    session = Session()
+    pool = WorkerPool(session, on_message=on_message, on_exit=on_exit)
+    try:
+        worker = pool.start_worker()
+        worker.call_async(send_then_crash)
+        assert died.wait(60)
+        assert events == [b"0", b"1", b"2", b"3", b"4", "exit"]
+        assert worker.exit.returncode == 1  # the fork server's report, not "its connection closed"
+    finally:
+        pool.close()
+        session.close()
