@@ -230,3 +230,46 @@ def test_the_caller_s_node_dying_stops_a_generator_it_handed_to_another_node(clu
         run.kill()
         run.wait()
     assert os.path.exists(pid_file)
+
+
+def test_a_generator_retried_on_a_third_node_after_its_node_died_goes_on_under_backpressure(cluster_env, tmp_path):
+    """The retry starts from the first value again and waits, under backpressure, for the acks of values the
+    caller took before the crash: the caller's node sends them the acks it kept. The caller sees each value
+    once."""
+    head, _ = two_nodes(cluster_env, ("--num-cpus", "2"), ("--num-cpus", "2", "--resources", '{"There": 1}'))
+    cli(cluster_env, "start", "--address", head["address"], "--num-cpus", "2", "--resources", '{"There": 1}')
+    wait_until(lambda: len(json.loads(cli(cluster_env, "list", "nodes", "--format", "json").stdout)) == 3,
+               "three nodes")
+    marker = tmp_path / "first-node"
+    run = start(cluster_env, f"""
+        @anyray.remote(resources={{"There": 1}}, max_retries=1)
+        def produce(marker):
+            node = anyray.get_runtime_context().get_node_id()
+            if not os.path.exists(marker):
+                with open(marker + ".tmp", "w") as f:
+                    f.write(node)
+                os.rename(marker + ".tmp", marker)
+            for i in range(6):
+                yield (i, node)
+
+        gen = produce.options(_generator_backpressure_num_objects=1).remote({str(marker)!r})
+        first = [anyray.get(next(gen)) for _ in range(3)]
+        line(first=first)
+        sys.stdin.readline()
+        line(values=first + [anyray.get(r) for r in gen])
+    """)
+    try:
+        first = read_line(run)["first"]
+        crashed = marker.read_text()
+        assert [i for i, _ in first] == [0, 1, 2] and {node for _, node in first} == {crashed}
+        record = next(r for r in files.local_nodes(cluster_env["ANYRAY_CLUSTER_DIR"]) if r["node_id"] == crashed)
+        kill_node(record)
+        run.stdin.write("\n")
+        run.stdin.flush()
+        values = read_line(run)["values"]
+        assert [i for i, _ in values] == [0, 1, 2, 3, 4, 5]  # each once: the retry's first three were dropped
+        # the fourth value may have come from the node that died (stored, waiting for its ack); the rest is the retry's
+        assert crashed not in {node for _, node in values[4:]}
+    finally:
+        run.kill()
+        run.wait()

@@ -62,6 +62,7 @@ class ClusterScheduler(NodeScheduler):
         self.streams = streams = StreamRoutes(lock, store, ledger, tasks, self.actors, calls, objects,
                                               handlers["forward"], handlers["actor_call"], self.cancel)
         streams.register(self.register)  # after the handlers it wraps
+        placement.on_forward = streams.forwarded
         self.placement, self.objects, self.remote_actors = placement, objects, actors
         self._parts = (objects, placement, actors, calls, view, streams)
         self._threads = threads

@@ -12,7 +12,8 @@ producer runs under backpressure. A node serves ``"stream_put"`` by this rule:
   items and the count are there before the result) and is not kept here;
 - from a process of its own, for a call this node handed to another node:
   the object (an ack) goes to that node (a ``"stream_put"`` request on this
-  node's link to it) and is not kept here;
+  node's link to it), and is kept here too: a retry of the call on another
+  node (its node died) is sent the acks put so far;
 - from a peer node (an ack, for a call running here): it is sealed here, and
   freed with the call's generator id; an ack for a call that is over is dropped;
 - otherwise (the call runs here): it is sealed here, as a ``"put"``.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import logging
 import pickle
 
+from anyray import generators
 from anyray.exceptions import WorkerCrashedError
 from anyray.generators import stream_of
 from anyray.object_ref import ObjectRef
@@ -119,10 +121,23 @@ class StreamRoutes:
             self._to_origin(worker, origin, put)
             return None
         node_id = self._handed_to(g)
-        if node_id is not None and self._to_producer(worker, node_id, put):
-            return None
+        if node_id is not None:  # an ack: to the node running the call, and kept here for a retry elsewhere
+            put = put._replace(wire=self._inline(worker, put.wire))
+            self._to_producer(node_id, put)
         self._ledger.seal_wires(worker, [put.oid], [put.wire], [put.contained])
         return None
+
+    def forwarded(self, task, link) -> None:
+        """``task`` was just handed to the node behind ``link``: a generator's retry there (its first node
+        died) gets the acks its consumer has put so far, or under backpressure it would wait for them."""
+        stream = stream_of(task.spec.options) if task.attempts else None
+        if stream is None or stream[1] <= 0:
+            return
+        g = task.spec.returns[0]._id
+        store, i = self._store, 0
+        while (entry := store.entry(generators.ack_id(g, i))) is not None:
+            link.tell("stream_put", m.StreamPut.pack(g, generators.ack_id(g, i), m.Inline.pack(entry.data, []), []))
+            i += 1
 
     def _freed(self, ids) -> None:
         """Objects freed here: the acks of a call handed here go with its generator id (the caller's
@@ -166,25 +181,27 @@ class StreamRoutes:
             if entry is not None:
                 self._store.drop(entry)
 
-    def _to_producer(self, worker, node_id: str, put: m.StreamPut) -> bool:
-        """Send an object (an ack) to the node running the call; False if that node cannot be reached."""
-        link = self.view.existing_link(node_id) if self.view is not None else None
-        if link is None:
-            return False
-        wire = put.wire
-        if type(wire) is Location:  # written into this node's memory: it travels inline
-            worker.grants.discard(wire.offset)
-            entry = ArenaObject(wire)
-            entry.pins = 1
-            try:
-                wire = self._ledger.copy_out(entry)
-            finally:
-                self._store.drop(entry)
+    def _inline(self, worker, wire):
+        """An object's wire as it travels to another node: inline (an object a process here wrote into this
+        node's shared memory is copied out, and its range given back)."""
+        if type(wire) is not Location:
+            return wire
+        worker.grants.discard(wire.offset)
+        entry = ArenaObject(wire)
+        entry.pins = 1
         try:
-            link.tell("stream_put", m.StreamPut.pack(put.generator_id, put.oid, wire, put.contained))
-        except OSError:
-            return False
-        return True
+            return self._ledger.copy_out(entry)
+        finally:
+            self._store.drop(entry)
+
+    def _to_producer(self, node_id: str, put: m.StreamPut) -> None:
+        """Send an object (an ack) to the node running the call (if it is gone, its retry gets it later)."""
+        link = self.view.existing_link(node_id) if self.view is not None else None
+        if link is not None:
+            try:
+                link.tell("stream_put", m.StreamPut.pack(put.generator_id, put.oid, put.wire, put.contained))
+            except OSError:
+                pass
 
     # -- STREAM, from a node this one handed a call to -----------------------------------------
     def received(self, link, payload) -> None:
