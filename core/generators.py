@@ -320,7 +320,8 @@ class StoreObjectRefGenerator(ObjectRefGenerator):
                 if self._index >= self._count:
                     self._finished = True
                     return _END
-                continue  # its items are stored before the count: this one is there
+                watch = [item]  # its items are stored before the count: this one is there (a store's wait
+                continue        # may answer with the count alone, which is sealed for good)
             # The task's return is sealed, and no count yet: a failure (cancelled, its worker died), which
             # the next ref raises; or the task ended, and its count is on its way.
             try:

@@ -94,6 +94,20 @@ def test_types_that_extend_another_keep_its_fields_first():
     assert m.ContainedAt._fields[:2] == m.Contained._fields
 
 
+def test_a_generator_s_stream_travels_last_and_its_objects_have_a_message_of_their_own():
+    """A task and an actor call end with their ``stream`` (None for an ordinary one); an object of a
+    stream goes to a node as the "stream_put" op, and from the node that runs a generator back to the
+    node that handed it there as a STREAM, both a ``StreamPut``."""
+    assert m.Task._fields[-1] == "stream" and m.ActorCall._fields[-1] == "stream"
+    assert m.StreamPut._fields == ("generator_id", "oid", "wire", "contained")
+    assert m.OP_TYPES["stream_put"] is m.StreamPut and m.TYPE_OF_TAG[m.STREAM] is m.StreamPut
+    assert m.STREAM not in m.ENVELOPED  # node -> node, as a RESPONSE goes: no reference changes ahead of it
+    body = m.StreamPut.pack(b"g", b"item", m.Inline.pack(b"data", [b"buffer"]), [m.Contained.pack(m.OBJECT, b"o")])
+    put = m.StreamPut._make(pickle.loads(m.dumps(body)))
+    assert (put.generator_id, put.oid, m.Inline._make(put.wire).buffers, m.Contained._make(put.contained[0]).id) \
+        == (b"g", b"item", [b"buffer"], b"o")
+
+
 def test_a_record_row_is_a_task_record():
     assert m.RecordRow._fields == tuple(f.name for f in dataclasses.fields(TaskRecord))
     row = m.RecordRow(b"t", "f", "task", 1.0, 2.0, 3, 4, None, None)

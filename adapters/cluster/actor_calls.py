@@ -11,7 +11,7 @@ import time
 from anyray.exceptions import ActorDiedError
 
 from ..node import messages as m
-from ..node.actors import call_options
+from ..node.remote_ports import call_options
 from ..node.store import to_wire
 from .objects import object_ids
 from .peers import NotSent, PeerLink
@@ -65,6 +65,10 @@ class RemoteCalls:
         if link is not None:
             link.call("cancel", m.CancelRef.pack(ref._id, force, recursive), ignore)
         return True
+
+    def node_of_call(self, oid: bytes) -> str | None:
+        """The node running the call whose first return id is ``oid``, if this node handed it to one."""
+        return self._remote_calls.get(oid)
 
     def _start_lookup(self, actor_id: bytes) -> None:
         threading.Thread(target=self._look_up, args=(actor_id,), name="anyray-actor-lookup", daemon=True).start()

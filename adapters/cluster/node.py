@@ -14,6 +14,9 @@ Actors (``actors.py``, ``actor_calls.py``). An actor goes where its resources
 are free; calls to it go to its node, and it starts again elsewhere when its
 node dies (while ``max_restarts`` allows).
 
+Streams (``streams.py``). What a generator running on another node yields goes
+to the node its caller submitted it to, as it is yielded; acks go the other way.
+
 What tasks leave behind (records, output) is filed per job, and the
 resources reported are the whole cluster's (``records.py``).
 """
@@ -30,6 +33,7 @@ from .actors import RemoteActors
 from .objects import RemoteObjects
 from .placement import SpillbackPlacement
 from .records import ClusterResources, PerJobOutput, PerJobRecords, Reports, ask_every_node
+from .streams import StreamRoutes
 from .view import ClusterView
 
 
@@ -54,13 +58,19 @@ class ClusterScheduler(NodeScheduler):
         seams.feasibility = Feasibility(self._totals, view.infeasible_text)
         for part in (placement, objects, actors, Reports(seams.record_sink, seams.output_sink, self.ask_every_node)):
             part.register(self.register)
+        handlers = self.requests.handlers
+        self.streams = streams = StreamRoutes(lock, store, ledger, tasks, self.actors, calls, objects,
+                                              handlers["forward"], handlers["actor_call"], self.cancel)
+        streams.register(self.register)  # after the handlers it wraps
+        placement.on_forward = streams.forwarded
         self.placement, self.objects, self.remote_actors = placement, objects, actors
-        self._parts = (objects, placement, actors, calls, view)
+        self._parts = (objects, placement, actors, calls, view, streams)
         self._threads = threads
         self.on_shutdown(self._close_cluster)
 
     def attach(self, cluster: ClusterView) -> None:
         self.cluster = cluster
+        cluster.on_stream = self.streams.received  # what nodes running this node's generators stream back
         for part in self._parts:
             part.view = cluster
 
@@ -86,6 +96,7 @@ class ClusterScheduler(NodeScheduler):
         self.placement.node_lost(node_id)
         self.objects.node_lost(node_id)
         self.remote_actors.node_lost(node_id)
+        self.streams.origin_lost()
 
     def ask_every_node(self, op: str, args) -> list:
         """Ask every other node ``op(args)`` at once; the answers (lists) joined, within ``ASK_SECONDS``."""

@@ -41,7 +41,7 @@ class NotSent(ConnectionError):
 class PeerLink(Link):
     """This node as a client of another node."""
 
-    def __init__(self, conn, setup: dict, address: str, on_close):
+    def __init__(self, conn, setup: dict, address: str, on_close, on_stream=None):
         setup = dict(setup, arena=None)  # another node's memory is never mapped here
         super().__init__(conn, setup)
         self.address = address
@@ -51,19 +51,23 @@ class PeerLink(Link):
         self.functions: set[bytes] = set()  # function ids the other node has the code of
         self._on_close = on_close
         self.closed = False
-        self.handlers = {m.RESPONSE: self._on_answer}  # what the other node sends, by tag; others are ignored
+        # what the other node sends, by tag (others are ignored): answers, and the objects of the streams of
+        # generators this node handed it (``on_stream(link, payload)``, on this link's reader, in order)
+        self.handlers = {m.RESPONSE: self._on_answer}
+        if on_stream is not None:
+            self.handlers[m.STREAM] = lambda payload: on_stream(self, payload)
         threading.Thread(target=self._read_loop, name=f"anyray-peer-{address}", daemon=True).start()
         threading.Thread(target=self._flush_loop, name="anyray-peer-flush", daemon=True).start()
 
     @classmethod
-    def connect(cls, address: str, token: bytes, on_close) -> PeerLink:
+    def connect(cls, address: str, token: bytes, on_close, on_stream=None) -> PeerLink:
         conn = open_connection(address, token)
         try:
             setup = handshake(conn, "node")
         except BaseException:
             conn.close()
             raise
-        return cls(conn, setup, address, on_close)
+        return cls(conn, setup, address, on_close, on_stream)
 
     def call(self, op: str, args, callback) -> None:
         """Ask the other node; ``callback(ok, value)`` runs on this link's reader thread with the answer

@@ -42,6 +42,7 @@ class SpillbackPlacement:
         self._objects = objects
         self._threads = threads
         self._forwarded: dict[str, set] = {}  # node id -> tasks handed to it, not yet back
+        self.on_forward = None  # on_forward(task, link): a task was just handed on (a generator's acks follow it)
 
     def register(self, register) -> None:
         register("forward", self._op_forward)
@@ -141,6 +142,8 @@ class SpillbackPlacement:
         link.call("forward", m.Forward.pack(
             spec.task_id, fn.function_id, fn.name, blob, args, [r._id for r in spec.deps], return_ids, spec.resources,
             spec.options, spec.parent_task_id, spec.name, contained, task.job, where), ignore)
+        if self.on_forward is not None and task.attempts:
+            self.on_forward(task, link)
         link.call("get", m.Get.pack(return_ids, False, False),
                   lambda ok, value: self._threads.submit(self._forwarded_back, task, node_id, link, ok, value))
 

@@ -50,6 +50,7 @@ class ClusterView:
         self._connecting: dict[str, threading.Lock] = {}
         self._on_change, self._on_dead, self._on_self_lapsed = on_change, on_dead, on_self_lapsed
         self.transfer = Transfer(token)
+        self.on_stream = None  # on_stream(link, payload): a STREAM a linked node sent (set by the node)
         self._watch = metadata.watch(NODES, self._changed)
         for key, value in metadata.scan(NODES):
             self._changed(key, value)
@@ -146,9 +147,13 @@ class ClusterView:
             address = self.address(node_id)
             if address is None:
                 raise ConnectionError(f"Node {node_id} is not (or no longer) part of the cluster.")
-            link = PeerLink.connect(address, self._token, self._closed)
+            link = PeerLink.connect(address, self._token, self._closed, self._stream)
             self._links[node_id] = link
             return link
+
+    def _stream(self, link: PeerLink, payload) -> None:
+        if self.on_stream is not None:
+            self.on_stream(link, payload)
 
     def existing_link(self, node_id: str) -> PeerLink | None:
         link = self._links.get(node_id)

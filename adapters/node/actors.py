@@ -11,19 +11,14 @@ import threading
 
 from anyray.actor import ActorHandle
 from anyray.exceptions import ActorDiedError, TaskCancelledError
+from anyray.generators import stream_of
 from anyray.policy import allows_another, call_retry_limit
-from anyray.serialization import portable_classes
 from anyray.specs import ActorSpec, ActorTaskSpec
 
 from . import messages as m
 from .pool import describe
+from .remote_ports import call_options
 from .store import ArenaObject, to_wire
-
-
-def call_options(options: dict) -> dict:
-    """What a worker needs of an actor method's options (not its signature, which is costly to pickle)."""
-    return {"retry_exceptions": portable_classes(options.get("retry_exceptions", False)),
-            "max_task_retries": options.get("max_task_retries")}
 
 
 class Actor:
@@ -142,7 +137,7 @@ class Actors:
         args = self._wire(worker, spec.task_id, held) if held is not None else to_wire(spec.args)
         self._send(worker, m.ACTOR, m.ActorOp.pack(m.ACTOR_CALL, m.ActorCall.pack(
             spec.task_id, spec.method_name, args, [r._id for r in spec.deps], [r._id for r in spec.returns],
-            call_options(spec.options), spec.name, spec.caller_id, spec.seq)))
+            call_options(spec.options), spec.name, spec.caller_id, spec.seq, stream_of(spec.options))))
 
     def submit_actor_task(self, spec: ActorTaskSpec, held: ArenaObject | None = None) -> None:
         actor = self.actors.get(spec.actor_id)

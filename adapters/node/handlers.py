@@ -38,7 +38,8 @@ class Requests:
         self._cancel = cancel
         self.handlers: dict = {
             "abandon": self._op_abandon, "get": self._op_get, "wait": self._op_wait, "put": self._op_put,
-            "put_kept": self._op_put_kept, "alloc": self._op_alloc, "submit": self._op_submit,
+            "put_kept": self._op_put_kept, "stream_put": self._op_stream_put, "alloc": self._op_alloc,
+            "submit": self._op_submit,
             "create_actor": self._op_create_actor, "actor_call": self._op_actor_call, "named": self._op_named,
             "list_named": self._op_list_named, "kill": self._op_kill, "cancel": self._op_cancel,
             "resources": self._op_resources, "usage": self._op_usage}
@@ -140,6 +141,12 @@ class Requests:
 
     def _op_put(self, worker, rid: int, args):
         put = m.Put._make(args)
+        self._ledger.seal_wires(worker, [put.oid], [put.wire], [put.contained])
+
+    def _op_stream_put(self, worker, rid: int, args):
+        """An object of a generator's stream: sealed here, as a put (a cluster node registers its own
+        handler, which sends it on to the node where the stream's other end is)."""
+        put = m.StreamPut._make(args)
         self._ledger.seal_wires(worker, [put.oid], [put.wire], [put.contained])
 
     def _op_put_kept(self, worker, rid: int, args):

@@ -89,12 +89,15 @@ class Ledger:
         changes = m.RefChanges._make(changes)
         counter = current_counter()
         borrowed = worker.borrowed
+        unheld = None
         for oid, sign in changes.objects:
             if sign > 0:
                 if oid not in borrowed:
                     borrowed[oid] = ObjectRef(oid, None, counter)
-            else:
-                borrowed.pop(oid, None)
+            elif borrowed.pop(oid, None) is None:
+                (unheld := unheld or []).append(oid)
+        if unheld:
+            self._free_unheld(unheld, counter)
         for actor_id, sign in changes.handles:
             if sign > 0:
                 if actor_id not in worker.handles:
@@ -106,7 +109,20 @@ class Ledger:
         for key in changes.unpins:
             self._unpin(worker, key)
 
-    def _contained(self, worker, contained) -> list:
+    def _free_unheld(self, ids, counter) -> None:
+        """A process let go of objects it did not hold here: those nothing here refers to are freed (what a
+        generator's consumer frees of its stream, which nobody holds: the items it did not take, the count,
+        its acks), as they would be once the last reference to them went (so is an id whose first reference
+        and last went out in one batch)."""
+        if counter is None:
+            return  # nothing counts references in this process: nothing to go by
+        free = []
+        for oid in ids:
+            counter.if_unreferenced(oid, lambda oid=oid: free.append(oid))
+        if free:
+            self._store.free(free)
+
+    def contained_refs(self, worker, contained) -> list:
         """Driver-side references for the ids a value holds, so the stored value keeps them alive."""
         if not contained:
             return []
@@ -127,7 +143,7 @@ class Ledger:
         for oid, wire, inner in zip(ids, wires, contained):
             if type(wire) is Location:
                 worker.grants.discard(wire.offset)
-            self._store.seal_wire(oid, wire, self._contained(worker, inner))
+            self._store.seal_wire(oid, wire, self.contained_refs(worker, inner))
 
     def answer(self, worker, ids) -> list:
         """The objects ``ids`` (sealed) as they travel to ``worker``: a packed ``Got`` each."""
@@ -147,7 +163,7 @@ class Ledger:
 
     def args_from(self, worker, wire, contained):
         """A call's arguments sent by a worker: ``(SerializedObject, None)`` or ``(None, held ArenaObject)``."""
-        refs = self._contained(worker, contained)
+        refs = self.contained_refs(worker, contained)
         if type(wire) is Location:
             worker.grants.discard(wire.offset)
             held = ArenaObject(wire, refs)

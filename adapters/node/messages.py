@@ -10,12 +10,15 @@ The task protocol. The node sets a worker up with one CALL of
 ``worker_main.install(setup)``; from then on these tags flow (payloads are
 pickles, ``dumps``):
 
-node -> worker (and -> a driver or a peer node: RESPONSE only)
+node -> worker (and -> a driver: RESPONSE only; -> a peer node: RESPONSE and STREAM)
     TASK      ``Task``: run a task on the worker's main thread; at most one at a time
     RESPONSE  ``Response``: the answer to a REQUEST
     CANCEL    the task's id: interrupt that task if it is still running
     ACTOR     ``ActorOp(kind, body)`` for the actor this process hosts: "create" (``ActorCreate``),
               "call" (``ActorCall``), "cancel" (the call's first return id), "terminate" (None)
+    STREAM    ``StreamPut``: an object of the stream of a generator the peer node handed here (its
+              items and its count go to the caller's node, ahead of the task's result on the same
+              connection; see ``cluster/streams.py``)
 
 worker (or driver, or peer node) -> node, each ``Envelope(refs, body)``: ``refs`` is None or the
 sender's ``RefChanges`` since its last message, applied before ``body``
@@ -69,6 +72,7 @@ ACTOR = 10
 REFS = 11
 ACTOR_DIED = 12
 OUTPUT = 13
+STREAM = 14
 # pool <-> fork server
 SERVER_HELLO = 16  # server -> pool, first message: its pid
 FORK = 17          # pool -> server: Fork
@@ -119,6 +123,7 @@ class Task(NamedTuple):
     retry_exceptions: Any
     max_retries: int
     job: tuple | None         # (job id, namespace) when it changes from this worker's last task
+    stream: tuple | None      # a generator's (mode, backpressure) (``generators.stream_of``), else None
 
 
 class Response(NamedTuple):
@@ -158,6 +163,7 @@ class ActorCall(NamedTuple):
     name: str
     caller_id: bytes
     seq: int
+    stream: tuple | None      # a generator method's (mode, backpressure) (``generators.stream_of``), else None
 
 
 # --------------------------------------------------------------------------- worker/driver/peer -> node
@@ -323,6 +329,13 @@ class Put(NamedTuple):        # "put" and "put_kept"
     contained: list
 
 
+class StreamPut(NamedTuple):  # "stream_put" (no answer), and a STREAM from a peer node: an object of a stream
+    generator_id: bytes       # the generator task's return id (``generators``: items, count and acks)
+    oid: bytes
+    wire: Any
+    contained: list
+
+
 class Named(NamedTuple):      # answer: the cloudpickled handle
     name: str
     namespace: str
@@ -344,7 +357,8 @@ class CancelRef(NamedTuple):
 # records, records_here (job id; answer: [RecordRow]), output, output_here (job id; answer: [PrintedLine]),
 # and a daemon's metadata_url, status, list, list_here.
 OP_TYPES = {"submit": Submit, "forward": Forward, "create_actor": CreateActor, "create_actor_here": CreateActorHere,
-            "actor_call": CallActor, "get": Get, "wait": Wait, "put": Put, "put_kept": Put, "named": Named,
+            "actor_call": CallActor, "get": Get, "wait": Wait, "put": Put, "put_kept": Put,
+            "stream_put": StreamPut, "named": Named,
             "kill": Kill, "cancel": CancelRef}
 
 
@@ -428,7 +442,7 @@ del _cls
 # Each tag's body: a type above, or what a bare body is.
 TYPE_OF_TAG: dict[int, type] = {
     HELLO: WorkerHello, TASK: Task, RESULT: Result, REQUEST: Request, RESPONSE: Response, ACTOR: ActorOp,
-    ACTOR_DIED: ActorDied, FORK: Fork, FORKED: Forked, FORK_FAILED: ForkFailed, EXITED: Exited,
+    ACTOR_DIED: ActorDied, STREAM: StreamPut, FORK: Fork, FORKED: Forked, FORK_FAILED: ForkFailed, EXITED: Exited,
     CLIENT_HELLO: ClientHello,
 }
 BARE_BODY: dict[int, str] = {

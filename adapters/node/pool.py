@@ -1,22 +1,18 @@
 """A node's worker processes, on the node's side (the driver, or a node daemon): the pool.
 
-The driver listens on a Unix socket inside the session directory (mode
-0700). Every connection proves it knows the session secret (the HMAC
-challenge of ``multiprocessing.connection``, both ways) before anything
-else is read from it; a connection that fails is dropped and the pool goes
-on. The driver never forks: it starts the fork server (``forkserver``) once,
-without waiting for it, and asks it for workers; each forked worker connects
+The driver listens on a Unix socket inside the session directory (mode 0700). Every connection proves it knows
+the session secret (the HMAC challenge of ``multiprocessing.connection``, both ways) before anything else is
+read from it; a connection that fails is dropped and the pool goes on. The driver never forks: it starts the
+fork server (``forkserver``) once, without waiting for it, and asks it for workers; each forked worker connects
 back on its own.
 
-The wire format is ``framing``'s, the messages ``messages``'. Workers never
-import this module: it is the only one of the node that starts processes and waits on futures.
+The wire format is ``framing``'s, the messages ``messages``'. Workers never import this module: it is the only
+one of the node that starts processes and waits on futures.
 
-Threading on the driver. Each connection has one reader thread, which does
-the handshake, then reads that connection until it closes and is the only
-thread that closes it. ``WorkerHandle.send`` may be called from any thread
-(a lock orders whole messages). Callbacks (``on_message``, ``on_ready``,
-``on_exit``) run on reader threads: they must be quick and must not wait for
-another message from the same worker.
+Threading on the driver. Each connection has one reader thread, which does the handshake, then reads that
+connection until it closes and is the only thread that closes it. ``WorkerHandle.send`` may be called from any
+thread (a lock orders whole messages). Callbacks (``on_message``, ``on_ready``, ``on_exit``) run on reader
+threads: they must be quick and must not wait for another message from the same worker.
 """
 
 from __future__ import annotations
@@ -93,6 +89,7 @@ class WorkerHandle:
         self._ids = itertools.count(1)
         self._read_lock = threading.Lock()  # held by whichever thread reads the connection
         self._poller = None  # the reader thread's epoll, once connected
+        self._reported: WorkerExit | None = None  # the fork server's exit report, while its messages are read
         self.adopted = False  # connected on its own (a driver), not forked by the pool
 
     def __repr__(self) -> str:
@@ -222,8 +219,22 @@ class WorkerHandle:
             self._conn = None
             conn.close()
 
+    def _exit_reported(self, report: m.Exited) -> None:
+        """The fork server saw the process end: its reader reads what it sent before (a generator's values) first."""
+        with self._send_lock:
+            conn = self._conn
+            self._reported = exit = WorkerExit(report.pid, report.returncode, describe(report.returncode))
+        if conn is None:
+            return self._died(exit)
+        timer = threading.Timer(1.0, lambda: self._conn is conn and wake(conn))  # in a second at most: a
+        timer.daemon = True  # process the worker forked may hold the connection open
+        timer.start()
+
     def _disconnected(self) -> None:
         """The connection closed: wait briefly for the exit report, then declare the worker dead anyway."""
+        if self._reported is not None:
+            self._died(self._reported)
+            return
         if not self.adopted and not self._pool._server_gone and not self._dead.wait(EXIT_REPORT_GRACE):
             self.kill()  # closed its connection but may still run
         self._died(WorkerExit(self.pid, None, "its connection to the driver closed"))
@@ -531,16 +542,13 @@ def _forked(handle: WorkerHandle, report: m.Forked) -> None:
     handle.pid = handle.pid or report.pid
 
 
-def _exited(handle: WorkerHandle, report: m.Exited) -> None:
-    handle._died(WorkerExit(report.pid, report.returncode, describe(report.returncode)))
-
-
 def _fork_failed(handle: WorkerHandle, report: m.ForkFailed) -> None:
     handle._died(WorkerExit(None, None, f"the fork server could not fork it: {report.message}"))
 
 
 # What the fork server reports about a worker: tag -> (its type, what the pool does with it).
-_SERVER_REPORTS = {FORKED: (m.Forked, _forked), EXITED: (m.Exited, _exited), FORK_FAILED: (m.ForkFailed, _fork_failed)}
+_SERVER_REPORTS = {FORKED: (m.Forked, _forked), EXITED: (m.Exited, WorkerHandle._exit_reported),
+                   FORK_FAILED: (m.ForkFailed, _fork_failed)}
 
 
 def _wait_readable(conn) -> bool:

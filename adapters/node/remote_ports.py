@@ -10,11 +10,14 @@ import cloudpickle
 
 from anyray.context import current_task
 from anyray.exceptions import ActorNameTaken, GetTimeoutError
+from anyray.generators import stream_of
 from anyray.ports.object_store import ObjectStore
 from anyray.ports.scheduler import Scheduler
 from anyray.serialization import portable_classes
 
 from . import messages as m
+
+BACKPRESSURE = "_generator_backpressure_num_objects"  # the option Ray names it by
 
 
 class RemoteStore(ObjectStore):
@@ -25,6 +28,13 @@ class RemoteStore(ObjectStore):
         node = self.node
         wire = node.to_node(obj)
         node.tell("put", m.Put.pack(ref._id, wire, m.contained_ids(obj.contained_refs)))
+
+    def put_stream(self, generator_id, ref, obj) -> None:
+        """An object of generator ``generator_id``'s stream (an item, its count, an ack): the node stores it
+        where that stream's producer or consumer reads it (a cluster node may send it to another node)."""
+        node = self.node
+        wire = node.to_node(obj)
+        node.tell("stream_put", m.StreamPut.pack(generator_id, ref._id, wire, m.contained_ids(obj.contained_refs)))
 
     def get(self, refs, timeout):
         return self.node.get([r._id for r in refs], timeout)
@@ -47,6 +57,17 @@ class RemoteStore(ObjectStore):
 
     def usage(self) -> dict:
         return self.node.request("usage", None)
+
+
+def call_options(options: dict) -> dict:
+    """What a node and a worker need of an actor call's options (not its method's signature, which is
+    costly to pickle): its retries, and for a generator method its ``num_returns`` and backpressure."""
+    out = {"retry_exceptions": portable_classes(options.get("retry_exceptions", False)),
+           "max_task_retries": options.get("max_task_retries")}
+    if stream_of(options) is not None:
+        out["num_returns"] = options["num_returns"]
+        out[BACKPRESSURE] = options.get(BACKPRESSURE, -1)
+    return out
 
 
 def portable_options(options: dict) -> dict:
@@ -89,9 +110,7 @@ class RemoteScheduler(Scheduler):
         self.node.tell("actor_call", m.CallActor.pack(
             spec.task_id, spec.actor_id, spec.method_name, self.node.to_node(spec.args),
             [r._id for r in spec.deps], [r._id for r in spec.returns], spec.caller_id, spec.seq,
-            {"retry_exceptions": portable_classes(spec.options.get("retry_exceptions", False)),
-             "max_task_retries": spec.options.get("max_task_retries")},
-            spec.name, m.contained_ids(spec.args.contained_refs)))
+            call_options(spec.options), spec.name, m.contained_ids(spec.args.contained_refs)))
 
     def get_named_actor(self, name, namespace):
         return cloudpickle.loads(self.node.request("named", m.Named.pack(name, namespace)))

@@ -9,6 +9,7 @@ import os
 import signal
 
 from anyray.exceptions import TaskCancelledError, WorkerCrashedError
+from anyray.generators import stream_of
 from anyray.policy import allows_another
 from anyray.serialization import portable_classes
 from anyray.specs import TaskSpec
@@ -131,7 +132,7 @@ class Tasks:
         self._send(worker, m.TASK, m.Task.pack(
             spec.task_id, fn_id, blob, args, [r._id for r in spec.deps], deps, [r._id for r in spec.returns],
             spec.name, spec.resources, task.lease.gpu_ids, portable_classes(options["retry_exceptions"]),
-            options["max_retries"], job))
+            options["max_retries"], job, stream_of(options) if type(options.get("num_returns")) is str else None))
 
     def task_result(self, worker, task_id: bytes, wires, contained) -> None:
         task = worker.task

@@ -16,6 +16,7 @@ from anyray.backend_kit.actor_host import ActorHost
 from anyray.context import TaskContext
 from anyray.exceptions import ActorDiedError, TaskCancelledError
 from anyray.executor import Call, serialize_failure
+from anyray.generators import StreamSpec
 from anyray.object_ref import ObjectRef
 from anyray.policy import call_retry_limit
 from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure
@@ -25,6 +26,13 @@ from . import messages as m
 from .arena import Location
 
 _BODY = {m.ACTOR_CREATE: m.ActorCreate, m.ACTOR_CALL: m.ActorCall}  # the kinds whose body is a message
+
+
+def stream_spec(return_ids: list, stream: tuple) -> StreamSpec:
+    """The executor's ``StreamSpec`` of a generator task or call, from its message's ``stream``: the
+    generator id is its one return id."""
+    mode, backpressure = stream
+    return StreamSpec(generator_id=return_ids[0], mode=mode, backpressure=backpressure)
 
 
 class ActorMessages:
@@ -141,9 +149,11 @@ class InlineActor:
                 node._unpins.append(task_id)
             node.send_result(task_id, [serialize_failure(RemoteFailure(ActorDiedError(self.cause)))] * len(return_ids))
             return
+        stream = msg.stream
         call = Call(getattr(self.instance, msg.method), name, "actor_task", self._context(task_id, name),
                     len(return_ids), node.events, options.get("retry_exceptions") or False,
-                    call_retry_limit(options, self.spec.options))
+                    call_retry_limit(options, self.spec.options),
+                    stream=None if stream is None else stream_spec(return_ids, stream))
         self.running = (return_ids, call.ctx)  # a cancel of this call flags it (the driver sends SIGINT)
         try:
             outputs = call.run(node.from_wire(task_id, msg.args), [ObjectRef(i) for i in msg.dep_ids], node.fetch)

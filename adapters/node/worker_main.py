@@ -46,7 +46,7 @@ from .framing import spin_until_readable
 from .link import FLUSH_INTERVAL, Link
 from .remote_ports import RemoteScheduler, RemoteStore
 from .store import to_wire
-from .worker_actor import ActorMessages
+from .worker_actor import ActorMessages, stream_spec
 from .worker_interrupts import TaskInterrupts
 from .worker_loop import WorkerLoop, current_loop
 from .worker_output import ForwardedEvents, Output
@@ -187,7 +187,9 @@ class WorkerNode(Link):
             if gpu_ids:
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
             ctx = TaskContext(task_id=task_id, name=name, resources=task.resources, gpu_ids=gpu_ids)
-            call = Call(fn, name, "task", ctx, len(return_ids), self.events, task.retry_exceptions, task.max_retries)
+            stream = task.stream
+            call = Call(fn, name, "task", ctx, len(return_ids), self.events, task.retry_exceptions, task.max_retries,
+                        stream=None if stream is None else stream_spec(return_ids, stream))
             deps = [ObjectRef(oid) for oid in task.dep_ids]
             outputs = call.run(args, deps, fetch)
             interrupts.running = False
