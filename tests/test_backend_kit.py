@@ -35,7 +35,10 @@ DOCUMENTED = {
     "portable_classes",
     # running tasks and actors
     "Call", "serialize_failure", "failure_for", "run_in_place", "TaskContext", "ActorInfo", "exit_is_intended",
-    "ActorHost", "DaemonThreadPool", "TaskRecord", "ErrorLog", "WorkerEvents",
+    "ActorHost", "DaemonThreadPool", "TaskRecord", "ErrorLog", "WorkerEvents", "current_task",
+    # generators
+    "STREAMING", "DYNAMIC", "StreamSpec", "stream_of", "stream_spec", "item_id", "ObjectRefGenerator",
+    "DynamicObjectRefGenerator",
     # a worker process's runtime
     "Runtime", "attach_runtime", "detach_runtime", "make_current", "current_runtime", "process_runtime",
     "task_runtime",

@@ -42,6 +42,10 @@ _WHERE = {
     "note_ref_pickled": "anyray.pickled_refs", "portable_classes": "anyray.serialization",
     "Call": "anyray.executor", "serialize_failure": "anyray.executor", "failure_for": "anyray.executor",
     "run_in_place": "anyray.executor", "TaskContext": "anyray.context", "ActorInfo": "anyray.context",
+    "current_task": "anyray.context",
+    "STREAMING": "anyray.generators", "DYNAMIC": "anyray.generators", "StreamSpec": "anyray.generators",
+    "stream_of": "anyray.generators", "stream_spec": "anyray.generators", "item_id": "anyray.generators",
+    "ObjectRefGenerator": "anyray.generators", "DynamicObjectRefGenerator": "anyray.generators",
     "exit_is_intended": "anyray.actor", "ActorHost": "anyray.backend_kit.actor_host",
     "DaemonThreadPool": "anyray.backend_kit.threads", "TaskRecord": "anyray.events",
     "ErrorLog": "anyray.backend_kit.error_log", "WorkerEvents": "anyray.backend_kit.error_log",
@@ -61,10 +65,20 @@ _WHERE = {
 if TYPE_CHECKING:  # for readers and type checkers: the same names, imported eagerly
     from anyray import exceptions
     from anyray.actor import ActorHandle, exit_is_intended
-    from anyray.context import ActorInfo, TaskContext
+    from anyray.context import ActorInfo, TaskContext, current_task
     from anyray.events import TaskRecord
     from anyray.exceptions import ActorNameTaken
     from anyray.executor import Call, failure_for, run_in_place, serialize_failure
+    from anyray.generators import (
+        DYNAMIC,
+        STREAMING,
+        DynamicObjectRefGenerator,
+        ObjectRefGenerator,
+        StreamSpec,
+        item_id,
+        stream_of,
+        stream_spec,
+    )
     from anyray.hookspecs import hookimpl
     from anyray.object_ref import ObjectRef
     from anyray.pickled_refs import note_ref_pickled
@@ -113,7 +127,10 @@ __all__ = [
     "portable_classes",
     # running tasks and actors
     "Call", "serialize_failure", "failure_for", "run_in_place", "TaskContext", "ActorInfo", "exit_is_intended",
-    "ActorHost", "DaemonThreadPool", "TaskRecord", "ErrorLog", "WorkerEvents",
+    "ActorHost", "DaemonThreadPool", "TaskRecord", "ErrorLog", "WorkerEvents", "current_task",
+    # generators (anyray.generators: the stream's ids and how a call streams)
+    "STREAMING", "DYNAMIC", "StreamSpec", "stream_of", "stream_spec", "item_id", "ObjectRefGenerator",
+    "DynamicObjectRefGenerator",
     # a worker process's runtime
     "Runtime", "attach_runtime", "detach_runtime", "make_current", "current_runtime", "process_runtime",
     "task_runtime",

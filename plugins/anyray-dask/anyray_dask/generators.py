@@ -39,9 +39,16 @@ import threading
 import uuid
 
 from anyray import DynamicObjectRefGenerator, ObjectRefGenerator
-from anyray.backend_kit import ObjectRef, SerializedObject, failure_for, serialize, serialize_failure
+from anyray.backend_kit import (
+    STREAMING,
+    ObjectRef,
+    SerializedObject,
+    failure_for,
+    item_id,
+    serialize,
+    serialize_failure,
+)
 from anyray.exceptions import TaskCancelledError
-from anyray.generators import STREAMING, item_id
 
 from .transport import DaskRef, InlineRef, pack
 
@@ -378,7 +385,7 @@ class DaskObjectRefGenerator(ObjectRefGenerator):
 
     def _blocking(self, fn):
         """``fn()``, leaving the task's thread slot meanwhile when this runs in a task."""
-        from anyray.context import current_task
+        from anyray.backend_kit import current_task
 
         scheduler = self._runtime.scheduler
         lends = getattr(scheduler, "lends_cpus", False) and current_task.get() is not None

@@ -24,6 +24,7 @@ import functools
 import threading
 
 from anyray.backend_kit import (
+    STREAMING,
     ActorHandle,
     ActorSpec,
     ActorTaskSpec,
@@ -31,9 +32,9 @@ from anyray.backend_kit import (
     Scheduler,
     TaskSpec,
     engine_text,
+    stream_of,
 )
 from anyray.exceptions import ActorDiedError, ActorNameTaken
-from anyray.generators import STREAMING, stream_of
 
 from .transport import DaskRef, InlineRef, lookup_actor, nested_natives, pack, register_actor
 from .worker import (

@@ -49,9 +49,9 @@ from anyray.backend_kit import (
     run_in_place,
     serialize,
     serialize_failure,
+    stream_of,
     task_runtime,
 )
-from anyray.generators import stream_of
 
 from .generators import streamed
 from .transport import pack, pack_returns, resolving, unpack
