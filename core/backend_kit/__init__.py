@@ -35,6 +35,7 @@ _WHERE = {
     "EventSink": "anyray.ports", "Scheduler": "anyray.ports", "TaskPort": "anyray.ports",
     "ActorPort": "anyray.ports", "ClusterInfoPort": "anyray.ports", "ObjectStore": "anyray.ports",
     "MetadataStore": "anyray.ports", "Watch": "anyray.ports",
+    "PlacementGroupPort": "anyray.ports", "PlacementGroupSpec": "anyray.ports",
     "TaskSpec": "anyray.specs", "ActorSpec": "anyray.specs", "ActorTaskSpec": "anyray.specs",
     "FunctionDescriptor": "anyray.specs", "RemoteFailure": "anyray.specs",
     "ObjectRef": "anyray.object_ref", "ActorHandle": "anyray.actor", "SerializedObject": "anyray.serialization",
@@ -79,6 +80,8 @@ if TYPE_CHECKING:  # for readers and type checkers: the same names, imported eag
         EventSink,
         MetadataStore,
         ObjectStore,
+        PlacementGroupPort,
+        PlacementGroupSpec,
         Scheduler,
         TaskPort,
         Watch,
@@ -105,7 +108,7 @@ if TYPE_CHECKING:  # for readers and type checkers: the same names, imported eag
 __all__ = [
     # ports
     "Backend", "BackendConfig", "Capability", "EventSink", "Scheduler", "TaskPort", "ActorPort", "ClusterInfoPort",
-    "ObjectStore", "MetadataStore", "Watch",
+    "ObjectStore", "MetadataStore", "Watch", "PlacementGroupPort", "PlacementGroupSpec",
     # specs
     "TaskSpec", "ActorSpec", "ActorTaskSpec", "FunctionDescriptor", "RemoteFailure",
     # values
