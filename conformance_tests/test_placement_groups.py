@@ -113,6 +113,9 @@ class GroupProbe:
         hold_until_set(signal)
         return "done"
 
+    def child_group(self):
+        return anyray.get(current_group.remote(), timeout=DEADLINE)
+
 
 # -- bad input ----------------------------------------------------------------------------------
 
@@ -238,13 +241,13 @@ def test_a_group_handle_is_a_value_equal_by_id(make_group):
 def test_a_group_handle_passed_to_a_task_arrives_equal():
     @anyray.remote(num_cpus=0)
     def inspect(g):
-        return g.id.hex(), g.bundle_specs, g.bundle_count
+        return g.id.hex(), g.bundle_specs, g.bundle_count, anyray.get(g.ready(), timeout=DEADLINE) == g
 
     group = placement_group([{"Custom": 1}, {"Custom": 1}])
     try:
         created(group)
         assert anyray.get(inspect.remote(group), timeout=DEADLINE) == (
-            group.id.hex(), [{"Custom": 1.0}, {"Custom": 1.0}], 2)
+            group.id.hex(), [{"Custom": 1.0}, {"Custom": 1.0}], 2, True)
     finally:
         remove_placement_group(group)
 
@@ -379,6 +382,15 @@ def test_captured_child_tasks_run_in_the_group_and_so_do_theirs(make_group):
     assert anyray.get(ref, timeout=DEADLINE) == (group.id.hex(), group.id.hex())
     ref = current_group_of_grandchild.options(scheduling_strategy=in_group(group, capture=True)).remote()
     assert anyray.get(ref, timeout=DEADLINE) == (group.id.hex(), group.id.hex())
+
+
+def test_an_actor_captures_the_tasks_it_starts_only_when_asked(make_group):
+    group = created(make_group([{"Custom": 1}]))
+    capturing = GroupProbe.options(scheduling_strategy=in_group(group, capture=True)).remote()
+    assert anyray.get(capturing.child_group.remote(), timeout=DEADLINE) == group.id.hex()
+    plain = GroupProbe.options(scheduling_strategy=in_group(group)).remote()
+    assert anyray.get(plain.group.remote(), timeout=DEADLINE) == group.id.hex()
+    assert anyray.get(plain.child_group.remote(), timeout=DEADLINE) is None
 
 
 @pytest.mark.parametrize("opt_out", ["DEFAULT", PlacementGroupSchedulingStrategy(None)], ids=["DEFAULT", "no-group"])
