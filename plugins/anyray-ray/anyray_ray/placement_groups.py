@@ -18,10 +18,17 @@ from ray import exceptions as rx
 from ray._raylet import PlacementGroupID
 from ray.util import scheduling_strategies as ray_ss
 
-from anyray.backend_kit import ObjectRef, PlacementGroupPort, PlacementGroupSpec, SerializedObject, serialize
-from anyray.util.placement_group import PlacementGroup
-from anyray.util.placement_group import PlacementGroupID as AnyrayGroupID
-from anyray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+from anyray.backend_kit import (
+    NodeAffinitySchedulingStrategy,
+    ObjectRef,
+    PlacementGroup,
+    PlacementGroupPort,
+    PlacementGroupSchedulingStrategy,
+    PlacementGroupSpec,
+    SerializedObject,
+    serialize,
+)
+from anyray.backend_kit import PlacementGroupID as AnyrayGroupID
 
 from .errors import translate
 

@@ -168,10 +168,9 @@ def test_objects_refs_and_actors_cross_nodes():
 
 
 def test_a_placement_group_is_rays_own(session):
-    from anyray.util.placement_group import placement_group, remove_placement_group
-    from anyray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from anyray.backend_kit import PlacementGroupSchedulingStrategy
 
-    group = placement_group([{"CPU": 1}], name="plugin-group")
+    group = anyray.util.placement_group([{"CPU": 1}], name="plugin-group")
     try:
         assert group.wait(30)
         # Ray sees the same group, by the same id and name.
@@ -186,19 +185,17 @@ def test_a_placement_group_is_rays_own(session):
         strategy = PlacementGroupSchedulingStrategy(group)
         assert anyray.get(ray_group.options(scheduling_strategy=strategy).remote(), timeout=30) == group.id.hex()
     finally:
-        remove_placement_group(group)
+        anyray.util.remove_placement_group(group)
     assert ray.util.placement_group_table()[group.id.hex()]["state"] == "REMOVED"
 
 
 def test_max_cpu_fraction_per_node_says_when_ray_has_dropped_it(session):
     import inspect
 
-    from anyray.util.placement_group import placement_group
-
     if "_max_cpu_fraction_per_node" in inspect.signature(ray.util.placement_group).parameters:
         pytest.skip("this Ray still has _max_cpu_fraction_per_node")
     with pytest.raises(ValueError, match=f"not supported by Ray {ray.__version__}"):
-        placement_group([{"CPU": 1}], _max_cpu_fraction_per_node=0.5)
+        anyray.util.placement_group([{"CPU": 1}], _max_cpu_fraction_per_node=0.5)
 
 
 # -- data path ----------------------------------------------------------------------
