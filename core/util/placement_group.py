@@ -81,9 +81,7 @@ class PlacementGroup:
         """An ObjectRef that resolves to this group once all its bundles are reserved (``get`` raises
         ``TaskPlacementGroupRemoved`` if the group is removed first); use it with ``get`` and ``wait``."""
         if self.is_empty:
-            from ..api import put
-
-            return put(self)
+            return _current.require_runtime().put(self)
         scheduler = _scheduler("PlacementGroup.ready()")
         ref = _current.require_runtime().new_ref()
         scheduler.placement_group_ready(self.id.binary(), ref)
