@@ -26,6 +26,7 @@ __all__ = [
     "OutOfMemoryError",
     "RaySystemError",
     "TaskUnschedulableError",
+    "TaskPlacementGroupRemoved",
     "RuntimeEnvSetupError",
     "ObjectRefStreamEndOfStreamError",
     "BackendNotFoundError",
@@ -154,6 +155,10 @@ class ActorUnschedulableError(AnyrayError):
 
 class TaskUnschedulableError(AnyrayError):
     """The task can never be placed (e.g. its placement group was removed)."""
+
+
+class TaskPlacementGroupRemoved(AnyrayError):
+    """The placement group a task, an actor or a ``pg.ready()`` ref waited for was removed."""
 
 
 class WorkerCrashedError(AnyrayError):

@@ -27,6 +27,7 @@ import hashlib
 import inspect
 import itertools
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -381,6 +382,38 @@ class StoreObjectRefGenerator(ObjectRefGenerator):
                 self._runtime.free_ids(ids)
         except Exception:  # noqa: BLE001 - interpreter shutdown, or the runtime is gone
             pass
+
+
+def wait_with_generators(runtime, entries: list, num_returns: int, timeout: float | None):
+    """``wait`` over refs and generators (``num_returns`` checked): a generator is ready when its next ref
+    is, or its end is. An engine's own generators answer ``_ready()`` only: those are polled."""
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, (ObjectRef, ObjectRefGenerator)):
+            raise TypeError(f"wait() expects ObjectRefs or ObjectRefGenerators, but item {i} is a "
+                            f"{type(entry).__name__} ({entry!r:.60}).")
+    if len(set(map(id, entries))) != len(entries):
+        raise ValueError("wait() got the same ObjectRef or generator more than once; pass each once.")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    polled = {i for i, e in enumerate(entries) if type(e) is not ObjectRef and not hasattr(e, "ready_ids")}
+    while True:
+        watched = [[] if i in polled else [e] if type(e) is ObjectRef else e.ready_ids()
+                   for i, e in enumerate(entries)]
+        every = list({r._id: r for refs in watched for r in refs}.values())
+        sealed = runtime.store.wait(every, len(every), 0) if every else set()
+        picked = [i for i, refs in enumerate(watched)
+                  if (entries[i]._ready() if i in polled else any(r._id in sealed for r in refs))][:num_returns]
+        left = None if deadline is None else deadline - time.monotonic()
+        if len(picked) == num_returns or (left is not None and left <= 0):
+            break
+        if polled:
+            left = 0.005 if left is None else min(left, 0.005)
+        pending = [r for r in every if r._id not in sealed]
+        if pending:
+            runtime.wait_ids(pending, left)
+        else:
+            time.sleep(left)
+    chosen = set(picked)
+    return [entries[i] for i in picked], [e for i, e in enumerate(entries) if i not in chosen]
 
 
 class DynamicObjectRefGenerator:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import numbers
+import sys
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -115,9 +117,86 @@ def _lifetime(name, value, owner):
 
 
 def _strategy(name, value, owner):
-    if value not in (None, "DEFAULT", "SPREAD"):
-        raise ValueError(f"{owner}: scheduling_strategy {value!r} is not supported yet; use 'DEFAULT' or 'SPREAD'.")
+    """None, "DEFAULT", "SPREAD", or a strategy of ``anyray.util.scheduling_strategies``; a bundle index is
+    checked against its group here, a demand against the group's bundles in :func:`resource_demand`."""
+    from .util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+
+    if value is None or isinstance(value, NodeAffinitySchedulingStrategy):
+        return value
+    if isinstance(value, str):
+        if value not in ("DEFAULT", "SPREAD"):
+            raise ValueError(f"{owner}: Invalid scheduling_strategy value {value!r}. Valid values are "
+                             f"[\"DEFAULT\" | \"SPREAD\" | PlacementGroupSchedulingStrategy | "
+                             f"NodeAffinitySchedulingStrategy] (from anyray.util.scheduling_strategies).")
+        return value
+    if not isinstance(value, PlacementGroupSchedulingStrategy):
+        raise TypeError(f"{owner}: scheduling_strategy must be \"DEFAULT\", \"SPREAD\", a "
+                        f"PlacementGroupSchedulingStrategy or a NodeAffinitySchedulingStrategy, got "
+                        f"{type(value).__name__} {value!r}.")
+    group, index = value.placement_group, value.placement_group_bundle_index
+    if group is None or group.is_empty:
+        if index != -1:
+            raise ValueError(f"{owner}: If placement group is not set, the value of bundle index must be -1 "
+                             f"(got placement_group_bundle_index={index}).")
+    elif not -1 <= index < group.bundle_count:
+        raise ValueError(f"{owner}: placement group bundle index {index} is invalid: the group has "
+                         f"{group.bundle_count} bundle(s), so use 0 to {group.bundle_count - 1}, or -1 for any.")
     return value
+
+
+def _old_placement_group(name, value, owner):
+    from .util.placement_group import PlacementGroup
+
+    if value is None or value == "default" or isinstance(value, PlacementGroup):
+        return value
+    raise TypeError(f"{owner}: option 'placement_group' must be a PlacementGroup, None or 'default', got "
+                    f"{type(value).__name__} {value!r}.")
+
+
+def _optional_bool(name, value, owner):
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{owner}: option {name!r} must be True, False or None, got {value!r}.")
+    return value
+
+
+# Ray's options from before scheduling_strategy; validate() folds them into one.
+_OLD_PLACEMENT = {"placement_group": "default", "placement_group_bundle_index": -1,
+                  "placement_group_capture_child_tasks": None}
+
+
+def _fold_old_placement(out: dict, owner: str) -> None:
+    """Turn the deprecated placement options in ``out`` into ``scheduling_strategy``, warning as Ray does."""
+    given = {k: out.pop(k) for k in _OLD_PLACEMENT if k in out}
+    if not given:
+        return
+    for key, value in given.items():
+        if value != _OLD_PLACEMENT[key]:
+            warnings.warn(f"{owner}: {key} parameter is deprecated. Use scheduling_strategy="
+                          f"PlacementGroupSchedulingStrategy(...) instead (from anyray.util.scheduling_strategies).",
+                          DeprecationWarning, stacklevel=_caller_level())
+    group = given.get("placement_group", "default")
+    index = given.get("placement_group_bundle_index", -1)
+    if group not in ("default", None) and "scheduling_strategy" in out:
+        raise ValueError(f"{owner}: Placement groups should be specified via the scheduling_strategy option. "
+                         f"The placement_group option is deprecated: pass only scheduling_strategy="
+                         f"PlacementGroupSchedulingStrategy(...).")
+    if group == "default":
+        if index != -1:
+            raise ValueError(f"{owner}: If placement group is not set, the value of bundle index must be -1 "
+                             f"(got placement_group_bundle_index={index}).")
+        return  # capture_child_tasks alone: nothing to capture outside a group
+    from .util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    strategy = PlacementGroupSchedulingStrategy(group, index, given.get("placement_group_capture_child_tasks"))
+    out["scheduling_strategy"] = _strategy("scheduling_strategy", strategy, owner)
+
+
+def _caller_level() -> int:
+    """The stacklevel of the first frame outside anyray, so a warning points at the user's line."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("anyray"):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 _COMMON: dict[str, Checker] = {
@@ -127,6 +206,9 @@ _COMMON: dict[str, Checker] = {
     "resources": _resources,
     "name": _optional_str,
     "scheduling_strategy": _strategy,
+    "placement_group": _old_placement_group,
+    "placement_group_bundle_index": _integer(-1),
+    "placement_group_capture_child_tasks": _optional_bool,
     # Asks for the resource "accelerator_type:<TYPE>" (see resource_demand), as Ray does.
     "accelerator_type": _optional_str,
     # Accepted as in Ray, and change nothing here: anyray nodes carry no labels, task events are
@@ -190,12 +272,29 @@ def validate(options: Mapping[str, Any], allowed: Mapping[str, Checker], owner: 
             raise ValueError(f"{owner}: unknown option {name!r}.{hint} "
                              f"Valid options are: {', '.join(sorted(allowed))}.")
         out[name] = checker(name, value, owner)
+    _fold_old_placement(out, owner)
     return out
 
 
 def resource_demand(opts: Mapping[str, Any]) -> dict[str, float]:
-    """The resources a task or actor holds while it runs, without zero entries."""
+    """The resources a task or actor holds while it runs, without zero entries.
+
+    Raises ``ValueError`` when it is to run in a placement group none of whose bundles can hold it."""
     demand = {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"], "memory": opts["memory"], **opts["resources"]}
     if opts.get("accelerator_type"):
         demand[ACCELERATOR_PREFIX + opts["accelerator_type"]] = ACCELERATOR_AMOUNT
-    return {k: float(v) for k, v in demand.items() if v}
+    demand = {k: float(v) for k, v in demand.items() if v}
+    _check_fits_a_bundle(opts.get("scheduling_strategy"), demand)
+    return demand
+
+
+def _check_fits_a_bundle(strategy, demand: dict[str, float]) -> None:
+    group = getattr(strategy, "placement_group", None)  # set on a PlacementGroupSchedulingStrategy only
+    if group is None or group.is_empty:
+        return
+    bundles = group.bundle_specs
+    if not any(all(bundle.get(k, 0) >= v for k, v in demand.items()) for bundle in bundles):
+        raise ValueError(f"Cannot schedule a task or actor that asks for {demand} with the placement group "
+                         f"{group.id.hex()}, because the resource request cannot fit into any bundles for the "
+                         f"placement group, {bundles}. Ask for what one bundle holds (a task takes num_cpus=1 "
+                         f"unless told otherwise), or make the group with a bundle that holds it.")

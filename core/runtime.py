@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import operator
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +27,7 @@ from .current import (  # noqa: F401 - the adapters take them from here
 )
 from .events import JobEvents
 from .exceptions import ActorNameTaken
-from .generators import ObjectRefGenerator, return_count
+from .generators import ObjectRefGenerator, return_count, wait_with_generators
 from .object_ref import ObjectRef
 from .ports.backend import Backend, BackendConfig
 from .specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
@@ -166,6 +165,7 @@ class Runtime:
         self._run_here = scheduler.run_here if scheduler.runs_here else None
         self._lends_cpus = scheduler.lends_cpus
         self._tracks_handles = scheduler.tracks_handles
+        self._places_groups = getattr(scheduler, "places_groups", False)
         self._drainer_stop = threading.Event()
         self._drainer = threading.Thread(target=self._drain_loop, name="anyray-refcount", daemon=True)
         self._drainer.start()
@@ -259,7 +259,8 @@ class Runtime:
             ref_list, _ = _check_refs(refs, "wait")
         except TypeError:
             if isinstance(refs, (list, tuple)) and any(isinstance(r, ObjectRefGenerator) for r in refs):
-                return self._wait_generators(list(refs), num_returns, _check_timeout(timeout, "wait"))
+                _check_num_returns(num_returns, len(refs))
+                return wait_with_generators(self, list(refs), num_returns, _check_timeout(timeout, "wait"))
             raise
         timeout = _check_timeout(timeout, "wait")
         if not ref_list:
@@ -295,38 +296,6 @@ class Runtime:
         not_ready += ref_list[start:]
         return ready, not_ready
 
-    def _wait_generators(self, entries: list, num_returns: int, timeout: float | None):
-        """``wait`` over refs and generators: a generator is ready when its next ref is, or its end is."""
-        for i, entry in enumerate(entries):
-            if not isinstance(entry, (ObjectRef, ObjectRefGenerator)):
-                raise TypeError(f"wait() expects ObjectRefs or ObjectRefGenerators, but item {i} is a "
-                                f"{type(entry).__name__} ({entry!r:.60}).")
-        if len(set(map(id, entries))) != len(entries):
-            raise ValueError("wait() got the same ObjectRef or generator more than once; pass each once.")
-        _check_num_returns(num_returns, len(entries))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        # An engine's own generators answer _ready() only: those are polled.
-        polled = [i for i, e in enumerate(entries) if type(e) is not ObjectRef and not hasattr(e, "ready_ids")]
-        while True:
-            watched = [[] if i in polled else [e] if type(e) is ObjectRef else e.ready_ids()
-                       for i, e in enumerate(entries)]
-            every = list({r._id: r for refs in watched for r in refs}.values())
-            sealed = self.store.wait(every, len(every), 0) if every else set()
-            picked = [i for i, refs in enumerate(watched)
-                      if (entries[i]._ready() if i in polled else any(r._id in sealed for r in refs))][:num_returns]
-            left = None if deadline is None else deadline - time.monotonic()
-            if len(picked) == num_returns or (left is not None and left <= 0):
-                break
-            if polled:
-                left = 0.005 if left is None else min(left, 0.005)
-            pending = [r for r in every if r._id not in sealed]
-            if pending:
-                self.wait_ids(pending, left)
-            else:
-                time.sleep(left)
-        chosen = set(picked)
-        return [entries[i] for i in picked], [e for i, e in enumerate(entries) if i not in chosen]
-
     def wait_ids(self, refs: list[ObjectRef], timeout: float | None) -> set[bytes]:
         """The ids of ``refs`` sealed now, waiting (up to ``timeout``) until one is; a task waiting lends
         its CPUs as in ``wait``."""
@@ -361,8 +330,19 @@ class Runtime:
     def _returns(self, n: int) -> list[ObjectRef]:
         return self.counter.new_refs(n)
 
+    def _check_strategy(self, strategy, name: str) -> None:
+        """A placement-group or node-affinity strategy needs a scheduler that places by it."""
+        if strategy is not None and type(strategy) is not str and not self._places_groups:
+            raise NotImplementedError(
+                f"{name}: the {self.backend.name!r} backend does not place work by {type(strategy).__name__} yet "
+                f"(placement groups and node affinity run on the 'ray' backend today); leave scheduling_strategy "
+                f"unset, or use 'DEFAULT' or 'SPREAD'.")
+
     def submit_task(self, descriptor: FunctionDescriptor, args: tuple, kwargs: dict,
                     options: dict, resources: dict) -> list[ObjectRef]:
+        strategy = options["scheduling_strategy"]
+        if strategy is not None:
+            self._check_strategy(strategy, descriptor.name)
         blob = serialization.serialize_arguments(args, kwargs, descriptor.name)
         self.counter.drain()
         parent = current_task.get()
@@ -376,6 +356,7 @@ class Runtime:
 
     def create_actor(self, descriptor: FunctionDescriptor, args: tuple, kwargs: dict, options: dict,
                      is_async: bool, method_options: dict):
+        self._check_strategy(options["scheduling_strategy"], descriptor.name)
         namespace = options["namespace"] if options["namespace"] is not None else self.namespace
         name = options["name"]
         if name is not None:

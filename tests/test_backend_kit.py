@@ -21,15 +21,19 @@ import anyray.backend_kit as kit
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PLUGIN_FILES = sorted(p for pattern in ("plugins/*/anyray_*/**/*.py", "plugins/*/tests/**/*.py", "plugins/*/tools/*.py")
                       for p in ROOT.glob(pattern))
-ALLOWED = ("anyray", "anyray.exceptions", "anyray.backend_kit")
+# anyray.util is public API (Ray's ray.util), as anyray and anyray.exceptions are.
+ALLOWED = ("anyray", "anyray.exceptions", "anyray.backend_kit", "anyray.util", "anyray.util.placement_group",
+           "anyray.util.scheduling_strategies")
 
 # What the README's "Writing a backend" section documents, group by group.
 DOCUMENTED = {
     # ports
     "Backend", "BackendConfig", "Capability", "EventSink", "Scheduler", "TaskPort", "ActorPort", "ClusterInfoPort",
-    "ObjectStore", "MetadataStore", "Watch",
+    "ObjectStore", "MetadataStore", "Watch", "PlacementGroupPort", "PlacementGroupSpec",
     # specs
     "TaskSpec", "ActorSpec", "ActorTaskSpec", "FunctionDescriptor", "RemoteFailure",
+    # placement groups
+    "PlacementGroup", "PlacementGroupID", "PlacementGroupSchedulingStrategy", "NodeAffinitySchedulingStrategy",
     # values
     "ObjectRef", "ActorHandle", "SerializedObject", "serialize", "deserialize", "note_ref_pickled",
     "portable_classes",
@@ -58,7 +62,7 @@ DOCUMENTED = {
 # anyray's modules other than the kit and the exceptions: reaching one through the anyray package is the same
 # as importing it.
 _MODULES = ({p.stem for p in (ROOT / "core").glob("*.py")} | {p.name for p in (ROOT / "core").iterdir() if p.is_dir()}
-            | {"adapters", "conformance"}) - {"__init__", "exceptions", "backend_kit", "__pycache__"}
+            | {"adapters", "conformance"}) - {"__init__", "exceptions", "backend_kit", "util", "__pycache__"}
 
 
 def _allowed(module: str) -> bool:

@@ -27,7 +27,16 @@ import textwrap
 
 import pytest
 
-from anyray.ports import ActorPort, Backend, ClusterInfoPort, MetadataStore, ObjectStore, TaskPort, Watch
+from anyray.ports import (
+    ActorPort,
+    Backend,
+    ClusterInfoPort,
+    MetadataStore,
+    ObjectStore,
+    PlacementGroupPort,
+    TaskPort,
+    Watch,
+)
 from anyray.ports.scheduler import OPTIONAL_METHODS, OPTIONAL_STORE_METHODS, Scheduler
 
 SCHEDULERS = [
@@ -78,7 +87,8 @@ EMPTY_ON_PURPOSE = {
     "WorkerBackend.shutdown": "a worker's backend starts nothing: the worker process's main closes its link",
 }
 
-PORT_CLASSES = {TaskPort, ActorPort, ClusterInfoPort, Scheduler, ObjectStore, MetadataStore, Watch, Backend}
+PORT_CLASSES = {TaskPort, ActorPort, ClusterInfoPort, PlacementGroupPort, Scheduler, ObjectStore, MetadataStore, Watch,
+                Backend}
 
 
 def _load(path: str) -> type:

@@ -28,6 +28,7 @@ from anyray.hookspecs import hookimpl
 from anyray.policy import Feasibility, largest
 from anyray.ports.backend import Backend, Capability
 
+from ..common.gaps import CLUSTER_GAPS
 from ..node import messages as m
 from ..node.link import BorrowCounter
 from ..node.remote_ports import RemoteScheduler, RemoteStore
@@ -144,6 +145,7 @@ class ClusterBackend(Backend):
         Capability.ACTOR_RESTART, Capability.FORCE_CANCEL, Capability.INTERRUPT_CANCEL, Capability.MULTI_NODE,
         Capability.TIMELINE, Capability.ERROR_INFO,
     })
+    known_gaps = CLUSTER_GAPS
     # token_file: where the cluster token is (default: this machine's, or $ANYRAY_CLUSTER_TOKEN);
     # metadata: "redis", "etcd" or a URL, for the private cluster started without an address.
     # _redis_password: the password of the cluster's Redis (Ray's name), also the cluster's secret when its head

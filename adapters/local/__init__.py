@@ -10,6 +10,7 @@ from anyray.hookspecs import hookimpl
 from anyray.ports.backend import Backend, Capability
 from anyray.resources import node_resources
 
+from ..common.gaps import LOCAL_GAPS
 from ..common.object_store import MemoryObjectStore
 from ..common.resources import ResourcePool
 from ..metadata import MemoryMetadataStore
@@ -23,6 +24,7 @@ class LocalBackend(Backend):
         Capability.CONCURRENT, Capability.IN_PROCESS, Capability.ZERO_COPY, Capability.ACTOR_RESTART,
         Capability.INTERRUPT_CANCEL, Capability.TIMELINE, Capability.ERROR_INFO,
     })
+    known_gaps = LOCAL_GAPS
 
     def start(self) -> None:
         cfg = self.config

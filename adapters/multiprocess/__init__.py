@@ -13,6 +13,7 @@ from __future__ import annotations
 from anyray.hookspecs import hookimpl
 from anyray.ports.backend import Backend, Capability
 
+from ..common.gaps import MULTIPROCESS_GAPS
 from ..metadata import MemoryMetadataStore
 from ..node.node import Node
 
@@ -25,6 +26,7 @@ class MultiprocessBackend(Backend):
         Capability.ACTOR_RESTART, Capability.FORCE_CANCEL, Capability.INTERRUPT_CANCEL, Capability.TIMELINE,
         Capability.ERROR_INFO,
     })
+    known_gaps = MULTIPROCESS_GAPS
 
     def start(self) -> None:
         cfg = self.config

@@ -6,11 +6,14 @@ nothing else of anyray: what is here is kept stable for plugins; every other
 module of anyray may change. See the README's "Writing a backend".
 
 - ports: the interfaces a backend implements (``Backend`` with its
-  ``scheduler`` = ``Scheduler``, the union of ``TaskPort``, ``ActorPort`` and
-  ``ClusterInfoPort``; ``ObjectStore``; ``MetadataStore`` with ``Watch``) and
-  what it is handed (``BackendConfig``, the ``EventSink``);
-- specs and values: what the core submits (``TaskSpec``, ...) and what
-  travels (``ObjectRef``, ``ActorHandle``, ``SerializedObject``);
+  ``scheduler`` = ``Scheduler``, the union of ``TaskPort``, ``ActorPort``,
+  ``ClusterInfoPort`` and the optional ``PlacementGroupPort`` with its
+  ``PlacementGroupSpec``; ``ObjectStore``; ``MetadataStore`` with ``Watch``)
+  and what it is handed (``BackendConfig``, the ``EventSink``);
+- specs and values: what the core submits (``TaskSpec``, ...; in its options,
+  ``PlacementGroupSchedulingStrategy`` holding a ``PlacementGroup``, and
+  ``NodeAffinitySchedulingStrategy``) and what travels (``ObjectRef``,
+  ``ActorHandle``, ``SerializedObject``);
 - the executor: running a task or an actor call the way every backend does
   (``Call``, ``ActorHost``), its failures as values;
 - a worker process's runtime: ``attach_runtime`` and friends;
@@ -35,6 +38,10 @@ _WHERE = {
     "EventSink": "anyray.ports", "Scheduler": "anyray.ports", "TaskPort": "anyray.ports",
     "ActorPort": "anyray.ports", "ClusterInfoPort": "anyray.ports", "ObjectStore": "anyray.ports",
     "MetadataStore": "anyray.ports", "Watch": "anyray.ports",
+    "PlacementGroupPort": "anyray.ports", "PlacementGroupSpec": "anyray.ports",
+    "PlacementGroup": "anyray.util.placement_group", "PlacementGroupID": "anyray.util.placement_group",
+    "PlacementGroupSchedulingStrategy": "anyray.util.scheduling_strategies",
+    "NodeAffinitySchedulingStrategy": "anyray.util.scheduling_strategies",
     "TaskSpec": "anyray.specs", "ActorSpec": "anyray.specs", "ActorTaskSpec": "anyray.specs",
     "FunctionDescriptor": "anyray.specs", "RemoteFailure": "anyray.specs",
     "ObjectRef": "anyray.object_ref", "ActorHandle": "anyray.actor", "SerializedObject": "anyray.serialization",
@@ -93,6 +100,8 @@ if TYPE_CHECKING:  # for readers and type checkers: the same names, imported eag
         EventSink,
         MetadataStore,
         ObjectStore,
+        PlacementGroupPort,
+        PlacementGroupSpec,
         Scheduler,
         TaskPort,
         Watch,
@@ -100,6 +109,8 @@ if TYPE_CHECKING:  # for readers and type checkers: the same names, imported eag
     from anyray.ports.backend import Gap, never, notimpl, notyet
     from anyray.serialization import SerializedObject, deserialize, portable_classes, serialize
     from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
+    from anyray.util.placement_group import PlacementGroup, PlacementGroupID
+    from anyray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
     from .actor_host import ActorHost
     from .error_log import ErrorLog, WorkerEvents
@@ -119,9 +130,11 @@ if TYPE_CHECKING:  # for readers and type checkers: the same names, imported eag
 __all__ = [
     # ports
     "Backend", "BackendConfig", "Capability", "EventSink", "Scheduler", "TaskPort", "ActorPort", "ClusterInfoPort",
-    "ObjectStore", "MetadataStore", "Watch",
+    "ObjectStore", "MetadataStore", "Watch", "PlacementGroupPort", "PlacementGroupSpec",
     # specs
     "TaskSpec", "ActorSpec", "ActorTaskSpec", "FunctionDescriptor", "RemoteFailure",
+    # placement groups: the handle and the strategies a scheduler finds in a spec's options
+    "PlacementGroup", "PlacementGroupID", "PlacementGroupSchedulingStrategy", "NodeAffinitySchedulingStrategy",
     # values
     "ObjectRef", "ActorHandle", "SerializedObject", "serialize", "deserialize", "note_ref_pickled",
     "portable_classes",

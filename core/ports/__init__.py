@@ -6,8 +6,9 @@ from .cluster_info import ClusterInfoPort
 from .events import EventSink
 from .metadata_store import MetadataStore, Watch
 from .object_store import ObjectStore
+from .placement_groups import PlacementGroupPort, PlacementGroupSpec
 from .scheduler import Scheduler
 from .tasks import TaskPort
 
 __all__ = ["ActorPort", "Backend", "BackendConfig", "Capability", "ClusterInfoPort", "EventSink", "MetadataStore",
-           "ObjectStore", "Scheduler", "TaskPort", "Watch"]
+           "ObjectStore", "PlacementGroupPort", "PlacementGroupSpec", "Scheduler", "TaskPort", "Watch"]

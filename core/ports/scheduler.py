@@ -1,14 +1,15 @@
-"""The Scheduler port: the union of the task, actor and cluster-info ports a backend's scheduler adapts to.
+"""The Scheduler port: the union of the task, actor, cluster-info and placement-group ports.
 
-A backend's ``scheduler`` implements all three; each declares its optional
+A backend's ``scheduler`` implements all four; each declares its optional
 methods with a capability flag (``runs_here``, ``tracks_handles``,
-``lends_cpus``) that the runtime reads once.
+``lends_cpus``, ``places_groups``) that the runtime reads once.
 """
 
 from __future__ import annotations
 
 from .actors import ActorPort
 from .cluster_info import ClusterInfoPort
+from .placement_groups import PlacementGroupPort
 from .tasks import TaskPort
 
 #: The optional methods of the scheduler ports, by the capability flag that declares them.
@@ -16,17 +17,21 @@ OPTIONAL_METHODS = {
     "runs_here": ("run_here",),
     "tracks_handles": ("actor_handles_gone",),
     "lends_cpus": ("task_blocked", "task_unblocked"),
+    "places_groups": ("create_placement_group", "remove_placement_group", "placement_group_ready",
+                      "wait_placement_group", "placement_group_table", "find_placement_group",
+                      "current_placement_group"),
 }
 #: The object store's, likewise (``anyray.ports.ObjectStore``).
 OPTIONAL_STORE_METHODS = {"frees_objects": ("free",)}
 
 
-class Scheduler(TaskPort, ActorPort, ClusterInfoPort):
+class Scheduler(TaskPort, ActorPort, ClusterInfoPort, PlacementGroupPort):
     """Runs specs the core has validated; owns resource accounting and placement.
 
-    See :class:`TaskPort`, :class:`ActorPort` and :class:`ClusterInfoPort`
+    See :class:`TaskPort`, :class:`ActorPort`, :class:`ClusterInfoPort` and :class:`PlacementGroupPort`
     for the methods, and their capability flags for the optional ones.
     """
 
 
-__all__ = ["ActorPort", "ClusterInfoPort", "OPTIONAL_METHODS", "OPTIONAL_STORE_METHODS", "Scheduler", "TaskPort"]
+__all__ = ["ActorPort", "ClusterInfoPort", "OPTIONAL_METHODS", "OPTIONAL_STORE_METHODS", "PlacementGroupPort",
+           "Scheduler", "TaskPort"]

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from .. import runtime as _rt
 from ..api import list_named_actors
+from . import scheduling_strategies
+from .placement_group import (
+    get_current_placement_group,
+    get_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 
 
 def get_node_ip_address() -> str:
@@ -21,4 +29,5 @@ def get_node_ip_address() -> str:
     return "127.0.0.1"
 
 
-__all__ = ["get_node_ip_address", "list_named_actors"]
+__all__ = ["get_current_placement_group", "get_node_ip_address", "get_placement_group", "list_named_actors",
+           "placement_group", "placement_group_table", "remove_placement_group", "scheduling_strategies"]

@@ -37,6 +37,8 @@ ERRORS = ErrorMap("Ray", [
     (rx.RayActorError, ae.ActorDiedError),
     (rx.ActorUnschedulableError, ae.ActorUnschedulableError),
     (rx.TaskUnschedulableError, ae.TaskUnschedulableError),
+    (rx.TaskPlacementGroupRemoved, ae.TaskPlacementGroupRemoved),
+    (rx.ActorPlacementGroupRemoved, ae.ActorDiedError),
     (rx.WorkerCrashedError, ae.WorkerCrashedError),
     (rx.OutOfMemoryError, ae.OutOfMemoryError),
     (rx.RuntimeEnvSetupError, ae.RuntimeEnvSetupError),

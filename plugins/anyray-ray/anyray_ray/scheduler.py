@@ -9,7 +9,8 @@
   ``spec.returns`` gets the Ray ref Ray returned as its ``native``.
 - An actor spec is a Ray actor of the host class made for its anyray class
   (:func:`~anyray_ray.worker.actor_host`); a method call is one call of the
-  host's ``anyray_call``. Actor options map one to one on Ray's.
+  host's ``anyray_call``. Actor options map one to one on Ray's; a
+  ``scheduling_strategy`` becomes Ray's own (placement groups, node affinity).
 - Placement, resource accounting, CPU release while blocked in ``get``,
   retries of crashed workers (``max_retries``) and actor restarts
   (``max_restarts``, ``max_task_retries``) are Ray's.
@@ -42,6 +43,7 @@ from anyray.exceptions import ActorDiedError, ActorNameTaken
 from .actors import ActorDirectory, RayActor, lookup, register
 from .errors import translate
 from .generators import FailedStream, RayObjectRefGenerator
+from .placement_groups import RayPlacementGroups, ray_strategy
 from .transport import bind_returns, pack
 from .worker import Session, actor_host, export, method_call, returns_mode, stream_runner, task_call, task_runner
 
@@ -53,14 +55,16 @@ def _resource_options(options: dict) -> dict:
     if options["resources"]:
         out["resources"] = dict(options["resources"])
     if options["scheduling_strategy"]:
-        out["scheduling_strategy"] = options["scheduling_strategy"]
+        out["scheduling_strategy"] = ray_strategy(options["scheduling_strategy"])
     if options.get("accelerator_type"):
         out["accelerator_type"] = options["accelerator_type"]
     return out
 
 
-class RayScheduler(Scheduler):
-    """Submission methods return once Ray has accepted the work; safe from any thread."""
+class RayScheduler(RayPlacementGroups, Scheduler):
+    """Submission methods return once Ray has accepted the work; safe from any thread.
+
+    Placement groups are Ray's own (:class:`~anyray_ray.placement_groups.RayPlacementGroups`)."""
 
     # Capability flags all False: Ray tracks actor handles itself and releases a task's CPUs while it
     # waits in ray.get/ray.wait, and no thread of the driver runs Ray's tasks.

@@ -61,15 +61,22 @@ def _native(item):
 def unpack(payload: Payload) -> SerializedObject:
     """The value as the core reads it; keeps the nested Ray refs alive while it lives.
 
-    Two values Ray makes itself also arrive here: ``None``, what the ref of a
-    generator task (``completed()``) holds, and the ``DynamicObjectRefGenerator``
-    of a ``num_returns="dynamic"`` task.
+    Three values Ray makes itself also arrive here: ``None``, what the ref of a
+    generator task (``completed()``) holds, the ``DynamicObjectRefGenerator``
+    of a ``num_returns="dynamic"`` task, and the ``PlacementGroup`` a
+    placement group's ``ready()`` ref holds.
     """
     if type(payload) is bytes:
         return SerializedObject(payload)
     if payload is None:
         return serialize(None)
     if not isinstance(payload, list):
+        from ray.util.placement_group import PlacementGroup
+
+        if isinstance(payload, PlacementGroup):  # what a placement group's ready() ref resolves to
+            from .placement_groups import group_payload
+
+            return group_payload(payload)
         from .generators import dynamic_payload
 
         return dynamic_payload(payload)

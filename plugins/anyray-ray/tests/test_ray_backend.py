@@ -164,6 +164,40 @@ def test_objects_refs_and_actors_cross_nodes():
     assert out.split() == ["2", "True", "True", "True"]
 
 
+# -- placement groups -------------------------------------------------------------
+
+
+def test_a_placement_group_is_rays_own(session):
+    from anyray.backend_kit import PlacementGroupSchedulingStrategy
+
+    group = anyray.util.placement_group([{"CPU": 1}], name="plugin-group")
+    try:
+        assert group.wait(30)
+        # Ray sees the same group, by the same id and name.
+        table = ray.util.placement_group_table()[group.id.hex()]
+        assert (table["name"], table["state"], table["bundles"]) == ("plugin-group", "CREATED", {0: {"CPU": 1.0}})
+        assert ray.util.get_placement_group("plugin-group").id.binary() == group.id.binary()
+
+        @anyray.remote(num_cpus=1)
+        def ray_group():  # Ray's own view from inside the task
+            return ray.util.get_current_placement_group().id.hex()
+
+        strategy = PlacementGroupSchedulingStrategy(group)
+        assert anyray.get(ray_group.options(scheduling_strategy=strategy).remote(), timeout=30) == group.id.hex()
+    finally:
+        anyray.util.remove_placement_group(group)
+    assert ray.util.placement_group_table()[group.id.hex()]["state"] == "REMOVED"
+
+
+def test_max_cpu_fraction_per_node_says_when_ray_has_dropped_it(session):
+    import inspect
+
+    if "_max_cpu_fraction_per_node" in inspect.signature(ray.util.placement_group).parameters:
+        pytest.skip("this Ray still has _max_cpu_fraction_per_node")
+    with pytest.raises(ValueError, match=f"not supported by Ray {ray.__version__}"):
+        anyray.util.placement_group([{"CPU": 1}], _max_cpu_fraction_per_node=0.5)
+
+
 # -- data path ----------------------------------------------------------------------
 
 

@@ -1,14 +1,24 @@
-"""Run the conformance suite on the Ray backend; run it once more if Ray's own core crashed.
+"""Run the conformance suite on the Ray backend, on one node and then on two; run a part once more if Ray's
+own core crashed.
+
+The first run is the whole suite on the Ray that ``anyray.init`` starts (one
+node). The second starts a Ray cluster of two nodes on this machine
+(``ray.cluster_utils.Cluster``: a head with 2 CPUs and ``{"Custom": 2}``, a
+second node with 2 CPUs, as the cluster backend's conformance runs split the
+session's 4 CPUs) and runs the tests that need several nodes against it:
+``test_multi_node.py`` and ``test_placement_groups.py::TestAcrossNodes``.
+``--one-node`` skips the second run. Other arguments go to pytest in both
+runs (``-k placement`` selects in each).
 
 Ray 2.60's core worker can abort the driver process on an internal check when a
 ``ray.cancel`` races a task's completion ("Check failed: it !=
 submissible_tasks_.end()", ray-project/ray#54846). The process then dies without
 a Python traceback, in roughly one run of the cancel tests in ten here. That is
 Ray's crash, not a failed test: when, and only when, the driver's Ray log shows
-that check failing, this says so and runs the suite once more. Any other
+that check failing, this says so and runs that part once more. Any other
 failure is reported as it is.
 
-    python plugins/anyray-ray/tools/conformance.py [pytest args...]
+    python plugins/anyray-ray/tools/conformance.py [--one-node] [pytest args...]
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ import sys
 import tempfile
 
 RAY_CRASH = "Check failed: it != submissible_tasks_.end()"
+MULTI_NODE_TESTS = ["conformance_tests/test_multi_node.py",
+                    "conformance_tests/test_placement_groups.py::TestAcrossNodes"]
 
 
 def ray_crashed(pid: int) -> bool:
@@ -34,8 +46,8 @@ def ray_crashed(pid: int) -> bool:
     return False
 
 
-def main(args: list[str]) -> int:
-    cmd = [sys.executable, "-m", "pytest", "conformance_tests", "--backend", "ray", *args]
+def run_pytest(args: list[str]) -> int:
+    cmd = [sys.executable, "-m", "pytest", *args]
     for attempt in (1, 2):
         proc = subprocess.Popen(cmd)
         code = proc.wait()
@@ -43,8 +55,33 @@ def main(args: list[str]) -> int:
             return code
         print(f"\n(anyray) Ray's core aborted the test process (pid {proc.pid}) on its internal check "
               f"{RAY_CRASH!r}, a known Ray race between cancel and task completion (ray-project/ray#54846); "
-              f"running the suite once more.\n", flush=True)
+              f"running it once more.\n", flush=True)
     return code
+
+
+def two_node_run(args: list[str]) -> int:
+    from ray.cluster_utils import Cluster
+
+    print("\n(anyray) the tests that need several nodes, on a Ray cluster of two nodes\n", flush=True)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"Custom": 2},
+                                                             "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=2)
+        cluster.wait_for_nodes()
+        code = run_pytest([*MULTI_NODE_TESTS, "--backend", "ray", "--backend-option", f"address={cluster.address}",
+                           "--backend-option", "num_cpus=null", "--backend-option", "resources=null", *args])
+    finally:
+        cluster.shutdown()
+    return 0 if code == 5 else code  # 5: -k left none of them selected
+
+
+def main(args: list[str]) -> int:
+    one_node = "--one-node" in args
+    args = [a for a in args if a != "--one-node"]
+    code = run_pytest(["conformance_tests", "--backend", "ray", *args])
+    if one_node:
+        return code
+    return two_node_run(args) or code
 
 
 if __name__ == "__main__":
