@@ -21,4 +21,26 @@ def get_node_ip_address() -> str:
     return "127.0.0.1"
 
 
-__all__ = ["get_node_ip_address", "list_named_actors"]
+# Helpers imported when first used, so that ``import anyray.util`` stays cheap (no joblib, no actor classes).
+_LAZY = {
+    "ActorPool": ("actor_pool", "ActorPool"),
+    "inspect_serializability": ("check_serialize", "inspect_serializability"),
+}
+_SUBMODULES = frozenset({"actor_pool", "check_serialize", "queue", "multiprocessing", "joblib"})
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+__all__ = ["ActorPool", "get_node_ip_address", "inspect_serializability", "list_named_actors"]
