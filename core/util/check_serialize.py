@@ -16,18 +16,25 @@ import cloudpickle
 _TROUBLESHOOTING = "https://docs.ray.io/en/master/ray-core/objects/serialization.html#troubleshooting"
 
 
-class FailTuple:
-    """One value that failed to serialize: its ``name``, the object ``obj``, the ``parent`` holding it, and
-    ``path`` (the names from the inspected object down to it)."""
+class FailureTuple:
+    """One value that failed to serialize: the object ``obj``, ``path`` (the tuple of names from the
+    inspected object down to it) and the ``parent`` holding it. ``name`` is the last name of the path (the
+    field Ray's earlier ``FailTuple`` had)."""
 
-    def __init__(self, name: str, obj: Any, parent: Any, path: str = ""):
-        self.name = name
+    def __init__(self, obj: Any, path: tuple[str, ...], parent: Any):
         self.obj = obj
-        self.parent = parent
         self.path = path
+        self.parent = parent
+
+    @property
+    def name(self) -> str:
+        return self.path[-1] if self.path else "unknown"
 
     def __repr__(self) -> str:
-        return f"FailTuple({self.name} [path={self.path}, obj={self.obj}, parent={self.parent}])"
+        return f"FailTuple({self.name} [path={' -> '.join(self.path)}, obj={self.obj}, parent={self.parent}])"
+
+
+FailTuple = FailureTuple  # Ray's earlier name
 
 
 def _pickle_error(obj) -> Exception | None:
@@ -57,7 +64,7 @@ def _children(obj) -> list[tuple[str, str, dict[str, Any]]]:
 class _Walk:
     def __init__(self, out: TextIO):
         self.out = out
-        self.failures: set[FailTuple] = set()
+        self.failures: set[FailureTuple] = set()
 
     def say(self, level: int, text: str) -> None:
         print("    " * level + text, file=self.out)
@@ -66,7 +73,7 @@ class _Walk:
         """Check the values ``obj`` holds (``obj`` itself failed); record the failures found at the bottom.
         Whether any held value failed."""
         if inspect.isfunction(obj):
-            self.say(level, f"Inspecting closure of {obj.__name__!r}:")
+            self.say(level, f"Inspecting closure of {obj.__qualname__!r}:")
         found_any = False
         for _, heading, values in _children(obj):
             if not values:
@@ -83,7 +90,7 @@ class _Walk:
                 child_path = [*path, child_name]
                 deeper = depth > 1 and self.inspect(child, child_name, child_path, depth - 1, level + 1)
                 if not deeper:
-                    self.failures.add(FailTuple(child_name, child, obj, " -> ".join(child_path)))
+                    self.failures.add(FailureTuple(child, tuple(child_path), obj))
                     if depth > 1:
                         self.say(level + 1, f"WARNING: Did not find non-serializable object in {child_name} "
                                             "instance. Call inspect_serializability on its parts to narrow it down.")
@@ -91,8 +98,8 @@ class _Walk:
 
 
 def inspect_serializability(obj: Any, name: str | None = None, depth: int = 3,
-                            print_file: TextIO | None = None) -> tuple[bool, set[FailTuple]]:
-    """Whether ``obj`` serializes, and the set of ``FailTuple`` of what does not (empty when it does).
+                            print_file: TextIO | None = None) -> tuple[bool, set[FailureTuple]]:
+    """Whether ``obj`` serializes, and the set of ``FailureTuple`` of what does not (empty when it does).
 
     The report goes to ``print_file`` (standard output by default). ``depth`` is how many levels of held
     values are walked below ``obj``; ``name`` is how the report calls ``obj``.
@@ -114,7 +121,7 @@ def inspect_serializability(obj: Any, name: str | None = None, depth: int = 3,
     found = walk.inspect(obj, label, [name] if name is not None else [], depth, 0)
     if not found:
         # Nothing inside failed on its own: the object itself is what does not serialize.
-        walk.failures.add(FailTuple(label, obj, None, label))
+        walk.failures.add(FailureTuple(obj, (label,), None))
     print(rule, file=out)
     print("Variable: \n", file=out)
     for failure in walk.failures:
