@@ -19,13 +19,15 @@ import asyncio
 import io
 import multiprocessing
 import queue as stdlib_queue
+import subprocess
+import sys
 import threading
 
 import pytest
 
 import anyray
-from anyray.conformance.helpers import DEADLINE, Counter
-from anyray.util import ActorPool, inspect_serializability
+from anyray.conformance.helpers import DEADLINE, Counter, echo, wait_for_signal
+from anyray.util import ActorPool, as_completed, inspect_serializability, map_unordered
 from anyray.util.multiprocessing import Pool
 from anyray.util.queue import Empty, Full, Queue
 
@@ -316,6 +318,17 @@ def test_pool_refuses_work_once_closed_and_join_needs_close():
     pool.join()
 
 
+def test_pool_terminate_drops_the_work_not_done(signal):
+    pool = Pool(processes=1)
+    pool.apply_async(wait_then, (signal, "running"))
+    queued = pool.apply_async(square, (2,))  # behind the blocked call on the pool's one process
+    pool.terminate()
+    with pytest.raises(anyray.exceptions.RayActorError):
+        queued.get(timeout=DEADLINE)
+    with pytest.raises(ValueError, match="Pool not running"):
+        pool.map(square, [1])
+
+
 def test_pool_size_must_be_positive_and_fit_the_cluster():
     with pytest.raises(ValueError, match="must be >0"):
         Pool(processes=0)
@@ -339,6 +352,30 @@ def test_joblib_parallel_runs_on_the_ray_backend():
             joblib.Parallel(n_jobs=2)(joblib.delayed(fail_on_three)(i) for i in range(5))
 
 
+# -- as_completed, map_unordered -------------------------------------------------------------------
+
+
+def test_as_completed_yields_results_as_they_finish(signal):
+    refs = [wait_for_signal.remote(signal, "late"), *(echo.remote(i) for i in range(3))]
+    results = as_completed(refs, chunk_size=1)
+    assert sorted(next(results) for _ in range(3)) == [0, 1, 2]  # the blocked task does not hold them back
+    signal.send.remote()
+    assert list(results) == ["late"]
+    refs = [echo.remote(i) for i in range(5)]
+    assert set(as_completed(refs, chunk_size=2, yield_obj_refs=True)) == set(refs)
+    with pytest.raises(ValueError, match="chunk_size"):
+        list(as_completed(refs, chunk_size=0))
+    with pytest.raises(ValueError, match="num_returns"):
+        list(as_completed(refs, num_returns=2))
+
+
+def test_map_unordered_applies_a_remote_function_with_backpressure():
+    assert sorted(map_unordered(echo, range(10), backpressure_size=3, chunk_size=2)) == list(range(10))
+    assert sorted(map_unordered(echo, range(4), backpressure_size=None)) == list(range(4))
+    with pytest.raises(ValueError, match="backpressure_size"):
+        list(map_unordered(echo, range(4), backpressure_size=0))
+
+
 # -- inspect_serializability -----------------------------------------------------------------------
 
 
@@ -351,3 +388,11 @@ def test_inspect_serializability_names_the_lock_a_lambda_captures():
     assert failure.obj is lock and failure.path[-1] == "lock"
     assert "was found to be non-serializable" in report.getvalue() and "lock" in report.getvalue()
     assert inspect_serializability(square, print_file=io.StringIO()) == (True, set())
+
+
+def test_importing_util_loads_no_helper_until_used():
+    code = ("import sys, anyray.util as u; "
+            "print(sorted(m for m in ('joblib', 'anyray.util.queue', 'anyray.util.multiprocessing') "
+            "if m in sys.modules)); u.ActorPool; print('anyray.util.actor_pool' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=DEADLINE, check=True)
+    assert out.stdout.split() == ["[]", "True"]

@@ -25,8 +25,10 @@ def get_node_ip_address() -> str:
 _LAZY = {
     "ActorPool": ("actor_pool", "ActorPool"),
     "inspect_serializability": ("check_serialize", "inspect_serializability"),
+    "as_completed": ("helpers", "as_completed"),
+    "map_unordered": ("helpers", "map_unordered"),
 }
-_SUBMODULES = frozenset({"actor_pool", "check_serialize", "queue", "multiprocessing", "joblib"})
+_SUBMODULES = frozenset({"actor_pool", "check_serialize", "helpers", "queue", "multiprocessing", "joblib"})
 
 
 def __getattr__(name: str):
@@ -43,4 +45,5 @@ def __getattr__(name: str):
     return value
 
 
-__all__ = ["ActorPool", "get_node_ip_address", "inspect_serializability", "list_named_actors"]
+__all__ = ["get_node_ip_address", "list_named_actors"]
+__all__ += list(_LAZY)
