@@ -329,6 +329,15 @@ def test_pool_terminate_drops_the_work_not_done(signal):
         pool.map(square, [1])
 
 
+def test_pool_starts_a_runtime_when_none_is_up(isolated_runtime, backend_name, monkeypatch):
+    monkeypatch.setenv("ANYRAY_BACKEND", backend_name)
+    assert not anyray.is_initialized()
+    # ray_address is the cluster to join (None: a new runtime, with processes CPUs), as in Ray
+    with Pool(processes=2, ray_address=isolated_runtime.get("address")) as pool:
+        assert anyray.is_initialized()
+        assert pool.map(square, range(3)) == [0, 1, 4]
+
+
 def test_pool_size_must_be_positive_and_fit_the_cluster():
     with pytest.raises(ValueError, match="must be >0"):
         Pool(processes=0)
