@@ -359,6 +359,10 @@ def test_joblib_parallel_runs_on_the_ray_backend():
         assert results == [i * i for i in range(12)]
         with pytest.raises(ValueError, match="three is not allowed"):
             joblib.Parallel(n_jobs=2)(joblib.delayed(fail_on_three)(i) for i in range(5))
+        # n_jobs=-1: one process per CPU of the cluster
+        assert joblib.Parallel(n_jobs=-1)(joblib.delayed(square)(i) for i in range(3)) == [0, 1, 4]
+    with joblib.parallel_backend("ray", n_jobs=2, ray_remote_args={"num_cpus": 0}):
+        assert joblib.Parallel()(joblib.delayed(pow)(2, i) for i in range(4)) == [1, 2, 4, 8]
 
 
 # -- as_completed, map_unordered -------------------------------------------------------------------
