@@ -233,6 +233,8 @@ class Pool:
         self._actor_class = _PoolActorClass.options(**(ray_remote_args or {}))
         self._stopping: list = []  # refs of stop() calls of actors being retired
         self._round_robin = 0
+        # joblib submits from its result callbacks (the AsyncResult threads) as well as from the caller
+        self._lock = threading.Lock()
         self._size = self._start_runtime(processes, ray_address)
         self._actors = [self._new_actor() for _ in range(self._size)]  # [actor, batches run]
         api.get([actor.ping.remote() for actor, _ in self._actors])
@@ -263,14 +265,19 @@ class Pool:
         if self._closed:
             raise ValueError("Pool not running")
 
-    def _run_batch(self, index: int, func: Callable, batch: list):
-        entry = self._actors[index]
-        ref = entry[0].run_batch.remote(func, batch)
-        entry[1] += 1
-        if self._maxtasks is not None and entry[1] >= self._maxtasks:
-            self._stopping.append(entry[0].stop.remote())  # runs after the batches queued before it
-            self._actors[index] = self._new_actor()
-        return ref
+    def _run_batch(self, index: int | None, func: Callable, batch: list):
+        """Send ``batch`` to the actor at ``index`` (``None``: the next one, round-robin)."""
+        with self._lock:
+            if index is None:
+                self._round_robin = (self._round_robin + 1) % self._size
+                index = self._round_robin
+            entry = self._actors[index]
+            ref = entry[0].run_batch.remote(func, batch)
+            entry[1] += 1
+            if self._maxtasks is not None and entry[1] >= self._maxtasks:
+                self._stopping.append(entry[0].stop.remote())  # runs after the batches queued before it
+                self._actors[index] = self._new_actor()
+            return ref
 
     def _chunksize_for(self, count: int) -> int:
         size, extra = divmod(count, self._size * 4)
@@ -299,8 +306,7 @@ class Pool:
                     callback: Callable | None = None, error_callback: Callable | None = None) -> AsyncResult:
         """As ``apply``, without waiting: an ``AsyncResult``."""
         self._check_running()
-        self._round_robin = (self._round_robin + 1) % self._size
-        ref = self._run_batch(self._round_robin, func, [(args, kwargs)])
+        ref = self._run_batch(None, func, [(args, kwargs)])
         return AsyncResult([ref], callback, error_callback, single_result=True)
 
     def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
