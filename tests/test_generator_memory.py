@@ -47,7 +47,7 @@ def test_a_long_stream_taken_and_dropped_runs_in_the_memory_of_a_few_values(runt
     assert i == ITEMS - 1
     # The producer runs at most 2 values ahead of the consumer, and each value taken and dropped is freed
     # (by the next step at the latest): a few values, of the 40 streamed.
-    assert peak <= 5 * ITEM_MB * MB, f"{peak / MB:.0f} MB stored at the peak"
+    assert peak <= 6 * ITEM_MB * MB, f"{peak / MB:.0f} MB stored at the peak"
 
 
 def test_values_still_held_stay_and_come_back_when_dropped(runtime):

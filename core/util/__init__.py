@@ -29,5 +29,30 @@ def get_node_ip_address() -> str:
     return "127.0.0.1"
 
 
+# Helpers imported when first used, so that ``import anyray.util`` stays cheap (no joblib, no actor classes).
+_LAZY = {
+    "ActorPool": ("actor_pool", "ActorPool"),
+    "inspect_serializability": ("check_serialize", "inspect_serializability"),
+    "as_completed": ("helpers", "as_completed"),
+    "map_unordered": ("helpers", "map_unordered"),
+}
+_SUBMODULES = frozenset({"actor_pool", "check_serialize", "helpers", "queue", "multiprocessing", "joblib"})
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
 __all__ = ["get_current_placement_group", "get_node_ip_address", "get_placement_group", "list_named_actors",
            "placement_group", "placement_group_table", "remove_placement_group", "scheduling_strategies"]
+__all__ += list(_LAZY)
