@@ -38,12 +38,15 @@ class Gap:
     backend and has not yet), ``notyet`` (the engine underneath cannot, yet),
     ``never`` (by design, with the reason). ``timeout`` (seconds) bounds a
     gap that shows by hanging, so it fails fast instead of at the suite's
-    default timeout. A plain string in ``known_gaps`` is a ``notimpl`` gap.
+    default timeout. ``by_chance``: the outcome is left to the engine's own
+    placement, so the test may pass now and then; it is not strict then. A
+    plain string in ``known_gaps`` is a ``notimpl`` gap.
     """
 
     reason: str
     kind: str = "notimpl"
     timeout: float | None = None
+    by_chance: bool = False
 
     KINDS = {"notimpl": "not implemented yet", "notyet": "the engine cannot yet", "never": "never"}
 
@@ -61,9 +64,9 @@ class Gap:
         return f"{self.KINDS[self.kind]}: {self.reason}"
 
 
-def notimpl(reason: str, *, timeout: float | None = None) -> Gap:
+def notimpl(reason: str, *, timeout: float | None = None, by_chance: bool = False) -> Gap:
     """anyray could pass this test on the backend and does not yet."""
-    return Gap(reason, "notimpl", timeout)
+    return Gap(reason, "notimpl", timeout, by_chance)
 
 
 def notyet(reason: str, *, timeout: float | None = None) -> Gap:
