@@ -294,13 +294,6 @@ class StoreObjectRefGenerator(ObjectRefGenerator):
             raise StopAsyncIteration
         return ref
 
-    def _next_sync(self, timeout_s: float | None = None):
-        """The next ref, waiting at most ``timeout_s``: None if none came in time."""
-        ref = self._step(timeout_s)
-        if ref is _END:
-            raise StopIteration
-        return ref
-
     def _step(self, timeout: float | None):
         if self._finished:
             return _END

@@ -233,11 +233,7 @@ def _drive(values, sink, name: str, ctx):
     except TaskCancelledError:
         raise  # a cancel ends the call, not just its stream: its ref raises
     except Exception as exc:  # noqa: BLE001 - the user's error is the stream's last item
-        try:
-            sink.put(index, serialize_failure(failure_for(exc, name)))
-        except ConsumerGone:
-            return None
-        index += 1
+        return _fail(sink, index, exc, name)
     return _end(sink, index)
 
 
@@ -266,12 +262,17 @@ async def _drive_async(values, sink, name: str, ctx):
     except (asyncio.CancelledError, TaskCancelledError):
         raise
     except Exception as exc:  # noqa: BLE001 - the user's error is the stream's last item
-        try:
-            sink.put(index, serialize_failure(failure_for(exc, name)))
-        except ConsumerGone:
-            return None
-        index += 1
+        return _fail(sink, index, exc, name)
     return _end(sink, index)
+
+
+def _fail(sink, index: int, exc: BaseException, name: str):
+    """The user's error as the stream's last item, then its end (None if the consumer is gone)."""
+    try:
+        sink.put(index, serialize_failure(failure_for(exc, name)))
+    except ConsumerGone:
+        return None
+    return _end(sink, index + 1)
 
 
 def _end(sink, count: int):
