@@ -52,7 +52,8 @@ class ServerLink:
             self.proc.stdin.write(f"{session.path}\n{SOCKET_NAME}\n{session.secret.hex()}\n".encode())
             self.proc.stdin.close()
         except OSError:
-            pass  # it died already: its connection never comes and its exit is seen at close
+            pass  # it died already: its connection never comes, and the watcher below sees its exit
+        threading.Thread(target=self._watch, name="anyray-forkserver-watch", daemon=True).start()
 
     def __repr__(self) -> str:
         return f"ServerLink({self.python!r}, pid={self.proc.pid})"
@@ -119,6 +120,20 @@ class ServerLink:
         for handle in list(self._workers.values()):  # those that never connected; connected ones see their
             if handle._server is self and handle._conn is None:  # connection close
                 self._died(handle, handle.pid, "the fork server exited before it connected")
+
+    def _watch(self) -> None:
+        """A server that exits before it connects (an interpreter that cannot import anyray, say) fails
+        the workers asked of it, instead of leaving them waiting for a connection that never comes."""
+        returncode = self.proc.wait()
+        with self._lock:
+            if self._conn is not None or self.gone or self._closing:
+                return  # it connected (its connection's close settles the rest), or the pool closes
+            self.gone = True
+        reason = (f"the fork server for {self.python} exited before it connected "
+                  f"({self._describe(returncode)}; its error output, if any, went to the driver's stderr)")
+        for handle in list(self._workers.values()):
+            if handle._server is self and handle._conn is None:
+                self._died(handle, handle.pid, reason)
 
     def refuse(self) -> None:
         """The pool closes: a connection from the server that comes now is told to shut down."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import os
 import pickle
 import select
 import signal
@@ -290,6 +291,9 @@ class WorkerPool:
         self._closing = False
         self._conns: set = set()  # every open connection, to wake its reader at close
         self._servers: dict[int, ServerLink] = {}  # by the pid of its process
+        self._by_python: dict[str, ServerLink] = {}  # the servers started for other interpreters, lazily
+        self._session = session
+        self._start_lock = threading.Lock()  # held while a fork server for another interpreter starts
         self._listener = Listener(self.address, family="AF_UNIX")  # authenticated per connection, off this thread
         self._server = self._start_server(session, python)
         self._acceptor = threading.Thread(target=self._accept_loop, name="anyray-accept", daemon=True)
@@ -315,19 +319,24 @@ class WorkerPool:
         """Wait until the fork server has connected (for measurements; nothing needs to wait for it)."""
         return self._server.ready.wait(timeout)
 
-    def start_worker(self, env: dict[str, str] | None = None) -> WorkerHandle:
-        """Ask for one more worker, with ``env`` applied to its environment; returns at once."""
+    def start_worker(self, env: dict[str, str] | None = None, python: str | None = None) -> WorkerHandle:
+        """Ask for one more worker, with ``env`` applied to its environment; returns at once.
+
+        ``python``: the interpreter the worker runs in (a virtual environment's, say), None for the pool's
+        own. The first worker for an interpreter starts a fork server of its own for it (in the background,
+        as the pool's first), which forks every later one; the pool stops them all at close."""
         env = dict(env or {})
         for key, value in env.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise TypeError(f"Worker environment entries must be str to str; got {key!r}: {value!r}.")
         if self._closing:
             raise AnyrayError("This worker pool is closed; create a new one to start workers.")
+        server = self._server if python is None else self._server_for(python)
         handle = WorkerHandle(self, next(self._ids), env)
-        handle._server = self._server
+        handle._server = server
         self._workers[handle.worker_id] = handle
         try:
-            self._server.send(FORK, pickle.dumps(m.Fork.pack(handle.worker_id, env)))
+            server.send(FORK, pickle.dumps(m.Fork.pack(handle.worker_id, env)))
         except AnyrayError:
             del self._workers[handle.worker_id]
             raise
@@ -351,7 +360,7 @@ class WorkerPool:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the fork server and every worker, and wait for them (idempotent)."""
-        with self._lock:
+        with self._start_lock, self._lock:  # no fork server starts after this
             if self._closing:
                 return
             self._closing = True
@@ -374,6 +383,27 @@ class WorkerPool:
             handle._died(WorkerExit(handle.pid, None, "the worker pool was closed"))
 
     # ---- internals
+
+    def _server_for(self, python: str) -> ServerLink:
+        """The fork server for ``python``, started now if this is its first worker."""
+        if not isinstance(python, (str, os.PathLike)):
+            raise TypeError(f"python must be the path of a Python interpreter (a str), not {python!r}.")
+        key = os.path.abspath(os.fspath(python))
+        if key == os.path.abspath(self._server.python):
+            return self._server
+        server = self._by_python.get(key)
+        if server is not None:
+            return server
+        if not (os.path.isfile(key) and os.access(key, os.X_OK)):
+            raise ValueError(f"No Python interpreter at {key!r} (not an executable file); pass the path of "
+                             "the interpreter the worker should run in, such as a virtual environment's bin/python.")
+        with self._start_lock:  # one server per interpreter, however many threads ask at once
+            server = self._by_python.get(key)
+            if server is None:
+                if self._closing:
+                    raise AnyrayError("This worker pool is closed; create a new one to start workers.")
+                server = self._by_python[key] = self._start_server(self._session, key)
+        return server
 
     def _start_server(self, session, python: str) -> ServerLink:
         """Start a fork server for ``python`` (without waiting for it); the caller holds no lock."""
