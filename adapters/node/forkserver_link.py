@@ -67,8 +67,9 @@ class ServerLink:
                 if self.gone or self._closing:
                     if quiet:
                         return
-                    raise AnyrayError(f"The fork server exited ({self._describe(self.proc.poll())}); "
-                                      "no more workers can be started from this pool.")
+                    raise AnyrayError(f"The fork server for {self.python} exited "
+                                      f"({self._describe(self.proc.poll())}); no more workers can be started "
+                                      "from it.")
                 self._pending.append(msg)
                 return
             try:

@@ -392,14 +392,14 @@ class WorkerPool:
         if key == os.path.abspath(self._server.python):
             return self._server
         server = self._by_python.get(key)
-        if server is not None:
+        if server is not None and not server.gone:
             return server
         if not (os.path.isfile(key) and os.access(key, os.X_OK)):
             raise ValueError(f"No Python interpreter at {key!r} (not an executable file); pass the path of "
                              "the interpreter the worker should run in, such as a virtual environment's bin/python.")
         with self._start_lock:  # one server per interpreter, however many threads ask at once
             server = self._by_python.get(key)
-            if server is None:
+            if server is None or server.gone:  # its first worker, or its server died: a new one
                 if self._closing:
                     raise AnyrayError("This worker pool is closed; create a new one to start workers.")
                 server = self._by_python[key] = self._start_server(self._session, key)
