@@ -97,6 +97,8 @@ def test_one_requirement_set_one_key(tmp_path):
     assert key != python_envs.env_key("uv", python_envs.normalize("uv", ["six", "termcolor==2.4.0"]))
     checked = python_envs.normalize("pip", {"packages": ["six", "termcolor==2.4.0"], "pip_check": True})
     assert key != python_envs.env_key("pip", checked)
+    uv_key = python_envs.env_key("uv", python_envs.normalize("uv", ["six"]))
+    assert uv_key == python_envs.env_key("uv", python_envs.normalize("uv", {"packages": ["six"]}))  # the defaults
 
 
 @pytest.mark.parametrize("tool, value, error, words", [
@@ -292,7 +294,7 @@ def test_uv_builds_an_environment(cache):
                          capture_output=True, text=True, timeout=TIMEOUT)
     assert out.stdout.strip() == NEW_VERSION, out.stderr
     runs = installer_runs(os.path.dirname(os.path.dirname(python)))
-    assert any(" pip install --python " in run for run in runs)  # uv's command line, not pip's
+    assert any(" pip install --python " in run and run.rstrip().endswith("--no-cache") for run in runs)  # uv's
     assert python_envs.ensure_env("uv", [f"{NEW_PACKAGE}=={NEW_VERSION}"], cache_dir=cache) == python
 
 

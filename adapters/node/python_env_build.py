@@ -21,6 +21,7 @@ PTH_NAME = "_anyray_node_packages.pth"
 _CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
 _INDEX_OPTIONS = ("--index-url", "-i", "--extra-index-url", "--find-links", "-f")  # may hold credentials
 _PIP_DEFAULT_OPTIONS = ["--disable-pip-version-check", "--no-cache-dir"]  # Ray's
+_UV_DEFAULT_OPTIONS = ["--no-cache"]  # Ray's
 _UV_GUIDE = ("uv is not installed on this node (neither the `uv` Python package nor `uv` on PATH), and "
              "installing it into the environment failed. Install it where the node runs (`pip install uv`), "
              "or use runtime_env['pip'].")
@@ -53,11 +54,13 @@ def build_env(tool: str, spec: dict, target: str, site_dirs: list[str], deadline
         run([python, "-m", "pip", "install", "-r", requirements_file, *options], "pip install")
         if spec.get("pip_check"):
             run([python, "-m", "pip", "check"], "pip check")
-        return
-    uv = _find_uv(spec, python, run)
-    run([uv, "pip", "install", "--python", python, "-r", requirements_file, *options], "uv pip install")
-    if spec.get("uv_check"):
-        run([uv, "pip", "check", "--python", python], "uv pip check")
+    else:
+        uv = _find_uv(spec, python, run)
+        run([uv, "pip", "install", "--python", python, "-r", requirements_file, *options], "uv pip install")
+        if spec.get("uv_check"):
+            run([uv, "pip", "check", "--python", python], "uv pip check")
+    os.unlink(requirements_file)  # it may name an index with credentials: none stay at rest
+    run.redact_log()
 
 
 def _site_packages(target: str) -> str:
@@ -65,11 +68,19 @@ def _site_packages(target: str) -> str:
     return sysconfig.get_path("purelib", scheme=scheme, vars={"base": target, "platbase": target})
 
 
+def install_options(tool: str, spec: dict) -> list[str]:
+    """The options the install runs with: the spec's, else Ray's defaults for the tool."""
+    if tool == "pip":
+        given = spec.get("pip_install_options")
+        return list(_PIP_DEFAULT_OPTIONS if given is None else given)
+    given = spec.get("uv_pip_install_options")
+    return list(_UV_DEFAULT_OPTIONS if given is None else given)
+
+
 def _split_options(spec: dict, tool: str) -> tuple[list[str], list[str]]:
     """The requirements file's lines (index options first: they may carry credentials, which must not go on
     a command line) and the options left for the command line."""
-    given = spec.get("pip_install_options" if tool == "pip" else "uv_pip_install_options")
-    options = list(_PIP_DEFAULT_OPTIONS if given is None else given)
+    options = install_options(tool, spec)
     index_lines, rest = [], []
     i = 0
     while i < len(options):
@@ -149,6 +160,13 @@ class _Runner:
         if returncode != 0:
             raise RuntimeEnvSetupError(f"`{what}` failed ({_exit(returncode)}) installing [{self._what}]:\n"
                                        f"{self._output(start)}")
+
+    def redact_log(self) -> None:
+        """Mask URL credentials in what the installers wrote, which stays in the environment."""
+        with open(self._log, "rb") as source:
+            text = source.read().decode(errors="replace")
+        with open(self._log, "w") as out:
+            out.write(redact(text))
 
     def _output(self, start: int) -> str:
         with open(self._log, "rb") as source:

@@ -41,7 +41,7 @@ import time
 
 from anyray.exceptions import RuntimeEnvSetupError
 
-from .python_env_build import build_env, redact
+from .python_env_build import build_env, install_options, redact
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,8 @@ def normalize(tool: str, value) -> dict | None:
 
 def env_key(tool: str, spec: dict) -> str:
     """The content hash naming the environment of a normalised ``spec`` on this node."""
-    options = spec.get(f"{tool}_install_options" if tool == "pip" else "uv_pip_install_options")
     fields = {"tool": tool, "packages": _clean(spec["packages"]), "check": bool(spec.get(f"{tool}_check")),
-              "version": spec.get(f"{tool}_version"), "options": options,
+              "version": spec.get(f"{tool}_version"), "options": install_options(tool, spec),
               "base": [sys.executable, sys.version, node_site_dirs()]}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -170,7 +169,9 @@ def node_site_dirs() -> list[str]:
         user = site.getusersitepackages()
         if os.path.isdir(user) and user in sys.path:
             dirs.append(user)
-    return dirs
+    # and those a .pth added (the node runs in one of these environments itself: its base's come too)
+    dirs += [d for d in sys.path if os.path.basename(d) in ("site-packages", "dist-packages") and os.path.isdir(d)]
+    return list(dict.fromkeys(dirs))
 
 
 # ---- internals
