@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import psutil
 import pytest
@@ -35,6 +36,22 @@ SECRET = "s3cr3t-t0ken"
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("python_envs") / "cache")
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_until(predicate, timeout: float = TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
 
 
 def installer_runs(env_dir: str) -> list[str]:
@@ -245,6 +262,34 @@ def test_workers_start_from_the_environments_interpreter(built):
         pool.close()
         session.close()
     assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE
+
+
+def test_killing_the_driver_takes_the_environments_fork_server_and_workers_with_it(built):
+    python, _ = built
+    code = textwrap.dedent(f"""
+        import sys, time, psutil
+        from anyray.adapters.node.session import Session
+        from anyray.adapters.node.pool import WorkerPool
+        session = Session()
+        pool = WorkerPool(session)
+        workers = [pool.start_worker(python={python!r}), pool.start_worker(python={python!r}), pool.start_worker()]
+        assert all(w.wait_ready(60) for w in workers)
+        servers = {{psutil.Process(w.pid).ppid() for w in workers}}
+        print(*servers, *[w.pid for w in workers], session.path, flush=True)
+        time.sleep(600)
+    """)
+    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        *pids, path = driver.stdout.readline().split()
+        pids = [int(p) for p in pids]
+        assert len(pids) == 5 and os.path.isdir(path)  # two servers, three workers
+        driver.kill()
+        driver.wait(TIMEOUT)
+        assert wait_until(lambda: all(gone(p) for p in pids)), [p for p in pids if not gone(p)]
+        assert wait_until(lambda: not os.path.exists(path))
+    finally:
+        driver.kill()
+        driver.stdout.close()
 
 
 def test_a_whole_program_runs_in_the_environment(built):
