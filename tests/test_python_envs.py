@@ -105,6 +105,22 @@ def test_normalize_accepts_rays_forms(tmp_path):
     assert python_envs.ensure_env("pip", []) is None  # nothing to install: the node's own interpreter
 
 
+def test_included_requirement_files_are_read_in_place(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "base.txt").write_text("six\n-r ../requirements.txt\n")  # a cycle: read once
+    (tmp_path / "requirements.txt").write_text("termcolor==2.4.0\n-r sub/base.txt\n")
+    expected = {"packages": ["termcolor==2.4.0", "six"], "pip_check": False}
+    assert python_envs.normalize("pip", str(tmp_path / "requirements.txt")) == expected
+    monkeypatch.chdir(tmp_path)  # in a list, relative to the working directory
+    assert python_envs.normalize("pip", ["--requirement=requirements.txt"]) == expected
+    assert python_envs.normalize("uv", {"packages": ["-r", "x"]})["packages"] == ["-r", "x"]  # not a file line
+    with pytest.raises(ValueError, match="is not a valid file"):
+        python_envs.normalize("pip", ["-r missing.txt"])
+    key = python_envs.env_key("pip", python_envs.normalize("pip", "requirements.txt"))
+    (tmp_path / "sub" / "base.txt").write_text("six==1.16.0\n")
+    assert python_envs.env_key("pip", python_envs.normalize("pip", "requirements.txt")) != key
+
+
 def test_one_requirement_set_one_key(tmp_path):
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# pinned\nsix\n\n  termcolor==2.4.0\n")

@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import site
@@ -51,6 +52,7 @@ TOOLS = ("pip", "uv")
 _PIP_KEYS = {"packages", "pip_check", "pip_install_options", "pip_version"}
 _UV_KEYS = {"packages", "uv_check", "uv_version", "uv_pip_install_options"}
 _LOCK_POLL = 0.1
+_INCLUDE = re.compile(r"^(?:--requirement|-r)\s*=?\s*(\S.*)$")  # a line that includes another requirements file
 _COMPLETE = "anyray-env.json"  # written last in a build; a published environment always has it
 
 __all__ = ["DEFAULT_SETUP_TIMEOUT", "default_cache_dir", "ensure_env", "env_key", "find_env", "normalize",
@@ -65,7 +67,8 @@ def normalize(tool: str, value) -> dict | None:
     "pip_install_options": [str]}, for uv {"packages": list, "uv_check": bool, "uv_version": str,
     "uv_pip_install_options": [str]}. Returns {"packages": [...], "pip_check": bool, ...} (uv: "uv_check",
     and "uv_pip_install_options" defaulting to Ray's ["--no-cache"]), duplicates removed in order, as Ray's
-    ``runtime_env`` shows it. Raises TypeError or ValueError, with Ray's wording, for anything else.
+    ``runtime_env`` shows it, except that a ``-r FILE`` line is replaced by that file's lines, read now (Ray
+    reads it where it installs). Raises TypeError or ValueError, with Ray's wording, for anything else.
     """
     if tool not in TOOLS:
         raise ValueError(f"tool must be 'pip' or 'uv', not {tool!r}.")
@@ -73,7 +76,7 @@ def normalize(tool: str, value) -> dict | None:
     if isinstance(value, (str, os.PathLike)):
         result = {"packages": _read_requirements(os.fspath(value), tool), check: False}
     elif isinstance(value, list) and all(isinstance(item, str) for item in value):
-        result = {"packages": list(value), check: False}
+        result = {"packages": _expand(list(value), os.getcwd(), tool, set()), check: False}
     elif isinstance(value, dict):
         result = _normalize_dict(tool, value)
     else:
@@ -177,12 +180,32 @@ def node_site_dirs() -> list[str]:
 # ---- internals
 
 
-def _read_requirements(path: str, tool: str) -> list[str]:
+def _read_requirements(path: str, tool: str, seen: set | None = None) -> list[str]:
+    """A requirements file's lines, the files it includes (``-r``) read in their place."""
     if not os.path.isfile(path):
         raise ValueError(f"{path} is not a valid file (runtime_env['{tool}'] as a string is the path of a "
                          "requirements file)")
+    path = os.path.abspath(path)
+    seen = set() if seen is None else seen
+    seen.add(path)
     with open(path) as source:
-        return source.read().strip().split("\n")
+        return _expand(source.read().strip().split("\n"), os.path.dirname(path), tool, seen)
+
+
+def _expand(lines: list[str], base_dir: str, tool: str, seen: set) -> list[str]:
+    """``lines`` with each ``-r FILE`` (relative to ``base_dir``) replaced by that file's lines, read now:
+    the set is whole wherever it is installed, and its key changes when an included file does. A file
+    included twice is read once; a path with a ${VARIABLE} in it stays as it is, for the installer."""
+    out = []
+    for line in lines:
+        match = _INCLUDE.match(line.strip())
+        if match is None or "${" in match.group(1):
+            out.append(line)
+            continue
+        path = os.path.abspath(os.path.join(base_dir, os.path.expanduser(match.group(1).strip())))
+        if path not in seen:
+            out += _read_requirements(path, tool, seen)
+    return out
 
 
 def _normalize_dict(tool: str, value: dict) -> dict:
@@ -213,7 +236,7 @@ def _normalize_dict(tool: str, value: dict) -> dict:
         kinds = "str or list" if tool == "pip" else "list"
         raise ValueError(f"runtime_env['{tool}']['packages'] must be of type {kinds} (of str), got: {packages!r}")
     else:
-        result["packages"] = list(packages)
+        result["packages"] = _expand(list(packages), os.getcwd(), tool, set())
     return result
 
 
