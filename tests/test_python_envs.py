@@ -267,6 +267,8 @@ def test_workers_start_from_the_environments_interpreter(built):
         env_dir = os.path.dirname(os.path.dirname(python))
         for worker in in_env:
             assert worker.call(where) == (env_dir, NEW_VERSION, PINNED_VERSION)
+            assert worker.python == python
+        assert ordinary.python == sys.executable
         assert ordinary.call(where)[1] is None  # the node's own workers do not see the environment
         parents = {psutil.Process(w.pid).ppid() for w in in_env}
         assert len(parents) == 1 and parents != {psutil.Process(ordinary.pid).ppid()}  # its own fork server

@@ -100,6 +100,12 @@ class WorkerHandle:
     def alive(self) -> bool:
         return self.exit is None
 
+    @property
+    def python(self) -> str | None:
+        """The interpreter the worker runs in (as ``start_worker`` was given it, or the pool's own); None
+        for a process the pool did not start."""
+        return None if self._server is None else self._server.python
+
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait until the worker has connected; False on timeout or if it died first."""
         if self._ready.wait(timeout):
