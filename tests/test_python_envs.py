@@ -153,8 +153,9 @@ def test_malformed_values_are_refused_with_what_was_wrong(tool, value, error, wo
 
 
 def test_bad_timeout_is_refused(cache):
-    with pytest.raises(ValueError, match="setup_timeout_seconds"):
-        python_envs.ensure_env("pip", [MISSING], setup_timeout_seconds=0, cache_dir=cache)
+    for timeout in (0, -5, "600", True):
+        with pytest.raises(ValueError, match="setup_timeout_seconds"):
+            python_envs.ensure_env("pip", [MISSING], setup_timeout_seconds=timeout, cache_dir=cache)
 
 
 def test_runtime_env_setup_error_is_rays_and_pickles():
