@@ -4,6 +4,7 @@ Real builds from the package index, kept few: one pip environment for the whole 
 at once), one uv environment, and installs that fail. The cache is a temp dir per test session.
 """
 
+import importlib.metadata
 import json
 import os
 import pickle
@@ -239,6 +240,7 @@ def test_the_environment_layers_on_the_nodes_packages(built):
     prefix, new, pinned, anyray_file = out.stdout.split()
     assert prefix == os.path.dirname(os.path.dirname(python))
     assert (new, pinned) == (NEW_VERSION, PINNED_VERSION)  # the requirement wins over the node's copy
+    assert importlib.metadata.version(PINNED_PACKAGE) != PINNED_VERSION  # which pip left where it was
     assert anyray_file == anyray.__file__  # the node's anyray (an editable install works too)
 
 
