@@ -134,7 +134,8 @@ class _Runner:
         os.mkdir(self._cwd, 0o700)
         self._deadline = deadline
         self._timeout = timeout
-        self._what = ", ".join(redact(p.strip()) for p in packages if p.strip() and not p.strip().startswith("#"))
+        what = ", ".join(redact(p.strip()) for p in packages if p.strip() and not p.strip().startswith("#"))
+        self._what = what if len(what) <= 500 else what[:500] + " ..."
         self._env = dict(os.environ, PIP_NO_INPUT="1", PIP_USER="0", VIRTUAL_ENV=target)
         for redirect in ("PYTHONHOME", "PIP_TARGET", "PIP_PREFIX", "PIP_ROOT", "UV_SYSTEM_PYTHON"):
             self._env.pop(redirect, None)  # the install goes into the environment, nowhere else
