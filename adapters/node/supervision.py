@@ -66,9 +66,10 @@ class Supervision:
                       m.OUTPUT: lambda worker, body: self._seams.output_sink.add(worker, body),
                       m.ACTOR_DIED: actor_died}
 
-    def spawn(self, env: dict | None = None) -> Worker:
-        """A new worker process (forked in a few milliseconds), installing this node's setup."""
-        handle = self.pool.start_worker(env)
+    def spawn(self, env: dict | None = None, python: str | None = None) -> Worker:
+        """A new worker process (forked in a few milliseconds), installing this node's setup. ``python``:
+        the interpreter it runs in (``python_envs.ensure_env``'s, say), None for the node's own."""
+        handle = self.pool.start_worker(env, python=python)
         worker = Worker(handle, self._job)
         self.workers[handle.worker_id] = worker
         installing = handle.call_async(run_entry, "anyray.adapters.node.worker_main", "install", self._setup)
