@@ -333,3 +333,13 @@ class ActorHost:
             self._sched.release(self.lease)
             self.lease = None
         self._sched.actor_died(self)
+
+
+def live_calls(host: ActorHost) -> list[tuple]:
+    """(spec, state) of the calls ``host`` has not finished: Ray's state names, "RUNNING" for those started
+    and "PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY" for those waiting their turn (``anyray.util.state``)."""
+    with host._cond:
+        queued = [spec for spec in host._queue if spec is not _TERMINATE]
+    running = [spec for spec, _ in list(host._running_sync.values()) + list(host._running_async.values())]
+    return [(spec, "RUNNING") for spec in running] + \
+        [(spec, "PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY") for spec in queued]
