@@ -28,7 +28,9 @@ class StatePort:
     - ``workers``: ``worker_id``, ``pid``, ``node_id``, ``worker_type`` ("WORKER" or "DRIVER"),
       ``is_alive``.
 
-    A kind the backend cannot list raises ``NotImplementedError`` saying why.
+    A kind the backend cannot list raises ``NotImplementedError`` saying why. A backend may also list
+    ``nodes`` (rows with ``node_id`` and ``head``: whether it is the head node); the others raise
+    ``ValueError`` for it, and ``nodes()`` tells the rest.
     """
 
     lists_state: ClassVar[bool] = False

@@ -221,18 +221,28 @@ def _job_id(runtime) -> str:
 
 
 _TASK_TYPES = {"task": "NORMAL_TASK", "actor_creation": "ACTOR_CREATION_TASK", "actor_task": "ACTOR_TASK"}
+# Ray's ErrorType of a failed task, by the class of its error (any other: the task's own code raised)
+_ERROR_TYPES = {"TaskCancelledError": "TASK_CANCELLED", "ActorDiedError": "ACTOR_DIED",
+                "ActorUnschedulableError": "ACTOR_UNSCHEDULABLE_ERROR", "WorkerCrashedError": "WORKER_DIED",
+                "OutOfMemoryError": "OUT_OF_MEMORY", "NodeDiedError": "NODE_DIED",
+                "TaskUnschedulableError": "TASK_UNSCHEDULABLE_ERROR", "ObjectLostError": "OBJECT_LOST",
+                "RuntimeEnvSetupError": "RUNTIME_ENV_SETUP_FAILED",
+                "TaskPlacementGroupRemoved": "TASK_PLACEMENT_GROUP_REMOVED"}
 
 
 def _finished_tasks(runtime, node_id: str | None) -> list[dict]:
     """The tasks this job's event log says ended (each attempt a row), FINISHED or FAILED."""
     rows, attempts = [], {}
+    messages = {e["task_id"]: e["message"] for e in runtime.events.error_info()}
     for event in sorted(runtime.events.trace_events(), key=lambda e: e["ts"] + e["dur"]):
         task_id = event["args"].get("task_id", "")
         attempt = attempts[task_id] = attempts.get(task_id, -1) + 1
         error = event["args"].get("error")
         rows.append({"task_id": task_id, "attempt_number": attempt, "name": event["name"],
                      "state": "FAILED" if error else "FINISHED", "type": _TASK_TYPES.get(event["cat"], event["cat"]),
-                     "func_or_class_name": event["name"], "worker_pid": event["pid"], "error_type": error,
+                     "func_or_class_name": event["name"], "worker_pid": event["pid"],
+                     "error_type": _ERROR_TYPES.get(error, "TASK_EXECUTION_EXCEPTION") if error else None,
+                     "error_message": messages.get(task_id) if error else None,
                      "node_id": node_id, "start_time_ms": int(event["ts"] / 1000),
                      "end_time_ms": int((event["ts"] + event["dur"]) / 1000)})
     return rows
@@ -273,14 +283,26 @@ def _rows(kind: str) -> list[dict]:
     return rows
 
 
+def _heads(runtime) -> dict[str, bool]:
+    """{node id: whether it is the head}, where the backend's StatePort lists its nodes (the cluster's)."""
+    if not getattr(runtime.scheduler, "lists_state", False):
+        return {}
+    try:
+        return {r["node_id"]: bool(r.get("head")) for r in runtime.scheduler.list_state("nodes") if "node_id" in r}
+    except (NotImplementedError, ValueError):  # a backend that lists no nodes of its own
+        return {}
+
+
 def _node_rows(runtime) -> list[dict]:
     nodes = runtime.scheduler.nodes()
     head = runtime.backend.info().get("node_id") if len(nodes) > 1 else None
+    heads = _heads(runtime) if len(nodes) > 1 else {}
     rows = []
     for n in nodes:
         alive = bool(n.get("Alive", n.get("alive", True)))
+        is_head = "node:__internal_head__" in n.get("Resources", {}) or heads.get(n["NodeID"])
         rows.append({"node_id": n["NodeID"], "node_ip": n.get("NodeManagerAddress", "127.0.0.1"),
-                     "is_head_node": bool(n.get("is_head_node", n.get("head", head is None or n["NodeID"] == head))),
+                     "is_head_node": bool(is_head if is_head is not None else head is None or n["NodeID"] == head),
                      "state": "ALIVE" if alive else "DEAD", "state_message": None,
                      "node_name": n.get("NodeName") or n.get("NodeManagerAddress", "127.0.0.1"),
                      "resources_total": {k: v for k, v in n.get("Resources", {}).items()}, "labels": {}})

@@ -44,6 +44,7 @@ from .actors import ActorDirectory, RayActor, lookup, register
 from .errors import translate
 from .generators import FailedStream, RayObjectRefGenerator
 from .placement_groups import RayPlacementGroups, ray_strategy
+from .state import RayState
 from .transport import bind_returns, pack
 from .worker import Session, actor_host, export, method_call, returns_mode, stream_runner, task_call, task_runner
 
@@ -61,7 +62,7 @@ def _resource_options(options: dict) -> dict:
     return out
 
 
-class RayScheduler(RayPlacementGroups, Scheduler):
+class RayScheduler(RayPlacementGroups, RayState, Scheduler):
     """Submission methods return once Ray has accepted the work; safe from any thread.
 
     Placement groups are Ray's own (:class:`~anyray_ray.placement_groups.RayPlacementGroups`)."""
