@@ -228,7 +228,8 @@ def test_filters_and_limit_select_rows_as_ray_does():
     assert [r.actor_id for r in list_actors(filters=[("name", "=", first.upper())])] == [first_id]  # any case
     others = {r.actor_id for r in list_actors(filters=[("name", "!=", first)], limit=10_000)}
     assert second_id in others and first_id not in others
-    assert first_id in {r.actor_id for r in list_actors(filters=[("pid", "=", str(first_pid))])}  # converted
+    by_pid = list_actors(filters=[("name", "=", first), ("pid", "=", str(first_pid))])  # "123" read as 123
+    assert [r.actor_id for r in by_pid] == [first_id]
     assert [r.actor_id for r in list_actors(filters=[("name", "=", first), ("state", "=", "alive")])] == [first_id]
     assert list_actors(filters=[("name", "=", first), ("name", "=", second)]) == []  # conflicting: nothing
     assert len(list_actors(limit=1)) == 1
