@@ -131,6 +131,16 @@ def test_a_default_group_of_one_runs_its_calls_in_order_while_a_group_runs():
                       timeout=DEADLINE) == ["default"] * 3 + ["compute"]
 
 
+@pytest.mark.parametrize("cls", [Threaded, Async], ids=["threaded", "async"])
+def test_calls_of_every_group_made_before_the_last_handle_is_dropped_still_run(cls, signal):
+    actor, gauge = cls.remote(), Gauge.remote()
+    refs = [actor.io.remote(gauge, signal) for _ in range(3)] + [actor.compute.remote(), actor.default.remote()]
+    wait_until(lambda: _inside(gauge, "io") == 2, what="the io group full")
+    del actor  # the calls already made run to the end, in every group
+    signal.send.remote()
+    assert anyray.get(refs, timeout=DEADLINE) == ["io", "io", "io", "compute", "default"]
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 
