@@ -71,6 +71,26 @@ def _methods_of(cls: type) -> dict[str, dict[str, Any]]:
     return table
 
 
+def _with_groups(methods: dict, groups: dict | None, owner: str) -> dict:
+    """The methods' options, each knowing the actor's concurrency groups (``"_groups"``: their names) so that
+    a call's ``.options(concurrency_group=...)`` is checked at the call site; a method's own group must be one."""
+    names = tuple(groups or ())
+    for name, meta in methods.items():
+        group = meta.get("concurrency_group")
+        if group is not None and group not in names:
+            raise ValueError(_unknown_group(f"{owner}.{name}", group, names))
+    if not names:
+        return methods
+    return {name: {**meta, "_groups": names} for name, meta in methods.items()}
+
+
+def _unknown_group(where: str, group: str, names: tuple) -> str:
+    declared = f"its concurrency groups are {', '.join(map(repr, names))}" if names else "it declares none"
+    return (f"{where}: unknown concurrency group {group!r}: {declared}. Declare it with "
+            f"@remote(concurrency_groups={{{group!r}: N}}) on the actor class, or leave the group out to use the "
+            f"default group (max_concurrency calls at once).")
+
+
 class ActorClass:
     """A class made remote. ``Cls.remote(...)`` starts an actor and returns its handle."""
 
@@ -98,6 +118,9 @@ class ActorClass:
         return self._with_options(self._options, overrides)
 
     def _with_options(self, base: dict, overrides: dict):
+        if "concurrency_groups" in overrides:  # as in Ray: an actor class's groups are fixed by @remote
+            raise ValueError(f"{self.__qualname__}.options(): setting 'concurrency_groups' is not supported in "
+                             f"'.options()'; declare them in @remote(concurrency_groups=...) on the class.")
         given = opts.validate(overrides, opts.ACTOR_OPTIONS, f"{self.__qualname__}.options()")
         return _Options(self, {**base, **given}, None)
 
@@ -106,7 +129,8 @@ class ActorClass:
         if options["get_if_exists"] and not options["name"]:
             raise ValueError(f"{self.__qualname__}: get_if_exists=True needs a name to look the actor up by; "
                              f"pass .options(name=..., get_if_exists=True).")
-        return require_runtime().create_actor(self._descriptor, args, kwargs, options, self._is_async, self._methods)
+        methods = _with_groups(self._methods, options.get("concurrency_groups"), self.__qualname__)
+        return require_runtime().create_actor(self._descriptor, args, kwargs, options, self._is_async, methods)
 
     def __reduce__(self):
         return ActorClass, (self._cls, self._given)
@@ -185,6 +209,9 @@ class ActorMethod:
     def _with_options(self, base: dict, overrides: dict):
         owner = f"{self._handle._class_name}.{self._name}.options()"
         given = opts.validate(overrides, opts.METHOD_OPTIONS, owner)
+        group = given.get("concurrency_group")
+        if group is not None and group not in base.get("_groups", ()):
+            raise ValueError(_unknown_group(owner, group, base.get("_groups", ())))
         return _Options(self, generators.resolve_num_returns({**base, **given}, base.get("is_generator", False), owner),
                         None)
 

@@ -153,6 +153,21 @@ def _old_placement_group(name, value, owner):
                     f"{type(value).__name__} {value!r}.")
 
 
+def _concurrency_groups(name, value, owner):
+    """Ray's ``concurrency_groups``: {group name: how many of its calls may run at once}."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{owner}: option {name!r} must be a dict of group name to size, e.g. "
+                        f"{{'io': 2, 'compute': 4}}; got {type(value).__name__} {value!r}.")
+    out = {}
+    for group, size in value.items():
+        if not isinstance(group, str) or not group:
+            raise TypeError(f"{owner}: option {name!r}: a group's name must be a non-empty str, got {group!r}.")
+        out[group] = _integer(1)(f"{name}[{group!r}]", size, owner)
+    return out
+
+
 def _optional_bool(name, value, owner):
     if value is not None and not isinstance(value, bool):
         raise TypeError(f"{owner}: option {name!r} must be True, False or None, got {value!r}.")
@@ -236,6 +251,7 @@ ACTOR_OPTIONS: dict[str, Checker] = {
     "max_concurrency": _integer(1),
     "max_pending_calls": _integer(-1),
     "get_if_exists": _boolean,
+    "concurrency_groups": _concurrency_groups,
 }
 
 METHOD_OPTIONS: dict[str, Checker] = {
@@ -245,6 +261,7 @@ METHOD_OPTIONS: dict[str, Checker] = {
     "name": _optional_str,
     "max_task_retries": _integer(-1),
     "retry_exceptions": _retry_exceptions,
+    "concurrency_group": _optional_str,
 }
 
 ALIASES = {"num_return_vals": "num_returns"}

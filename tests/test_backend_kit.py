@@ -29,7 +29,7 @@ ALLOWED = ("anyray", "anyray.exceptions", "anyray.backend_kit", "anyray.util", "
 DOCUMENTED = {
     # ports
     "Backend", "BackendConfig", "Capability", "EventSink", "Scheduler", "TaskPort", "ActorPort", "ClusterInfoPort",
-    "ObjectStore", "MetadataStore", "Watch", "PlacementGroupPort", "PlacementGroupSpec",
+    "ObjectStore", "MetadataStore", "Watch", "PlacementGroupPort", "PlacementGroupSpec", "StatePort",
     # specs
     "TaskSpec", "ActorSpec", "ActorTaskSpec", "FunctionDescriptor", "RemoteFailure",
     # placement groups

@@ -34,6 +34,7 @@ from anyray.ports import (
     MetadataStore,
     ObjectStore,
     PlacementGroupPort,
+    StatePort,
     TaskPort,
     Watch,
 )
@@ -87,8 +88,8 @@ EMPTY_ON_PURPOSE = {
     "WorkerBackend.shutdown": "a worker's backend starts nothing: the worker process's main closes its link",
 }
 
-PORT_CLASSES = {TaskPort, ActorPort, ClusterInfoPort, PlacementGroupPort, Scheduler, ObjectStore, MetadataStore, Watch,
-                Backend}
+PORT_CLASSES = {TaskPort, ActorPort, ClusterInfoPort, PlacementGroupPort, StatePort, Scheduler, ObjectStore,
+                MetadataStore, Watch, Backend}
 
 
 def _load(path: str) -> type:

@@ -38,7 +38,7 @@ class _ClusterScheduler(RemoteScheduler):
     """The driver's scheduler port: forwards to the node, and warns at the call site about work that no
     node of the cluster could ever place (the node's own warning would not reach the driver)."""
 
-    tracks_handles = True  # capability flags: see anyray.ports.scheduler (lends_cpus: the node lends)
+    tracks_handles = lists_state = True  # capability flags: see anyray.ports.scheduler (lends_cpus: the node lends)
 
     REFRESH_SECONDS = 1.0  # how stale the driver's view of the nodes' resources may be when it warns
 
@@ -48,6 +48,10 @@ class _ClusterScheduler(RemoteScheduler):
 
     def _totals(self) -> list[dict]:
         return [n["Resources"] for n in self.node.request("resources", "nodes") if n.get("Alive")]
+
+    def list_state(self, kind: str) -> list[dict]:
+        """Every node's rows: the node answering asks the others (what ``anyray list`` shows)."""
+        return self.node.request("list", kind, timeout=60)
 
     def _check(self, key: bytes, name: str, demand: dict) -> None:
         self._feasibility.check(key, name, demand)

@@ -126,8 +126,9 @@ def add_commands(sub) -> None:
     p.add_argument("--redis-password", metavar="PASSWORD", help="the cluster's Redis password (see `anyray start`)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("list", help="list the cluster's nodes, actors, tasks or objects")
-    p.add_argument("what", choices=["nodes", "actors", "tasks", "objects"])
+    p = sub.add_parser("list", help="list the cluster's nodes, actors, tasks, objects or workers (what "
+                                    "anyray.util.state lists, with Ray's field names)")
+    p.add_argument("what", choices=["nodes", "actors", "tasks", "objects", "workers"])
     p.add_argument("--address", default="auto", help="the cluster's address, as for `anyray start --address` "
                                                      "(default: the cluster on this machine)")
     p.add_argument("--token-file")
@@ -322,6 +323,15 @@ def cmd_status(args) -> int:
     return 0
 
 
+# The columns of `anyray list`'s table (json has every field of the rows: anyray.ports.StatePort).
+TABLE_COLUMNS = {
+    "actors": ["actor_id", "class_name", "state", "name", "pid", "num_restarts", "node_id"],
+    "tasks": ["task_id", "name", "state", "type", "worker_pid", "node_id"],
+    "objects": ["object_id", "object_size", "shared_memory", "node_id"],
+    "workers": ["worker_id", "worker_type", "pid", "is_alive", "node_id"],
+}
+
+
 def cmd_list(args) -> int:
     rows = _ask(args, "list", args.what)
     if args.format == "json":
@@ -335,7 +345,7 @@ def cmd_list(args) -> int:
                  "host": r["host"], "pid": r["pid"],
                  "CPU": r["resources"].get("CPU", 0), "started": time.strftime(
                      "%Y-%m-%d %H:%M:%S", time.localtime(r.get("started", 0)))} for r in rows]
-    keys = list(rows[0])
+    keys = TABLE_COLUMNS.get(args.what) or list(rows[0])
     widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
     print("  ".join(k.upper().ljust(widths[k]) for k in keys))
     for r in rows:

@@ -50,6 +50,7 @@ _ONE_NODE = [
     "test_placement_groups::test_the_old_placement_group_options_still_work_and_warn",
     "test_placement_groups::test_work_runs_in_the_bundle_it_names",
     "test_placement_groups::test_work_that_fits_no_bundle_is_rejected_at_the_call",
+    "test_state_api::test_list_placement_groups_shows_a_created_group_then_removed",
 ]
 _PROCESSES = [
     "test_placement_groups::test_removing_a_group_kills_its_running_tasks",

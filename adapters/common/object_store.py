@@ -222,6 +222,11 @@ class MemoryObjectStore(ObjectStore):
             self._lock.acquire()
         return self._seals != seals
 
+    def entries(self) -> list[tuple[bytes, SerializedObject]]:
+        """(id, object) of every object stored now (``anyray.util.state.list_objects``)."""
+        with self._lock:
+            return list(self._objects.items())
+
     def contains(self, ref: ObjectRef) -> bool:
         return ref._id in self._objects
 

@@ -24,6 +24,7 @@ from anyray.specs import RemoteFailure, TaskSpec
 from ..common.names import NamedActors
 from ..common.queues import ShapeQueues, admit
 from ..common.resources import NodeResources, ReportsResources, ResourcePool
+from . import state
 
 
 class _Task:
@@ -45,7 +46,7 @@ def _own_arguments(spec) -> None:
 
 
 class LocalScheduler(ReportsResources, Scheduler):
-    runs_here = tracks_handles = lends_cpus = True  # capability flags: see anyray.ports.scheduler
+    runs_here = tracks_handles = lends_cpus = lists_state = True  # capability flags: see anyray.ports.scheduler
 
     def __init__(self, store, metadata, events, pool: ResourcePool):
         self.events = events
@@ -286,6 +287,9 @@ class LocalScheduler(ReportsResources, Scheduler):
 
     def list_named_actors(self, namespace):
         return self.names.list(namespace)
+
+    def list_state(self, kind: str) -> list[dict]:
+        return state.list_state(kind, self.resource_view.pool.node_id, self._actors, self._tasks, self._store)
 
     def shutdown(self) -> None:
         self._closed = True

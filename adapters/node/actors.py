@@ -201,6 +201,7 @@ class Actors:
             self.fail(spec.returns, TaskCancelledError(f"{spec.name} was cancelled."))
         elif worker is not None and self._send(worker, m.ACTOR, m.ActorOp.pack(m.ACTOR_CANCEL, ref._id)) \
                 and not actor.spec.is_async and actor.spec.max_concurrency == 1 \
+                and not actor.spec.options.get("concurrency_groups") \
                 and worker.handle.pid and worker.handle.alive:
             try:  # a sync actor runs its call on the thread that reads: the signal makes it read the cancel
                 os.kill(worker.handle.pid, signal.SIGINT)

@@ -45,20 +45,56 @@ class LocalOutput:
             getattr(sys, line.stream).write(line.text)
 
 
-def listing(kind: str, node_id: str, actors: dict, tasks: dict, store) -> list[dict]:
-    """What ``anyray list`` shows of a node: its ``actors``, ``tasks`` or ``objects``."""
+# A node's states in Ray's words (``anyray.util.state`` shows them as Ray's state API does).
+ACTOR_STATES = {"pending": "PENDING_CREATION", "alive": "ALIVE", "restarting": "RESTARTING", "dead": "DEAD"}
+TASK_STATES = {"waiting": "PENDING_ARGS_AVAIL", "queued": "PENDING_NODE_ASSIGNMENT", "running": "RUNNING"}
+
+
+def _hex(value) -> str:
+    return value.hex() if isinstance(value, bytes) else str(value or "")
+
+
+def _actor_row(a, node_id: str) -> dict:
+    spec = a.spec
+    return {"actor_id": spec.actor_id.hex(), "class_name": spec.cls.name,
+            "state": ACTOR_STATES.get(a.state, a.state.upper()), "name": spec.options.get("name") or "",
+            "pid": a.worker.handle.pid if a.worker else None, "num_restarts": a.restarts, "node_id": node_id,
+            "job_id": _hex(a.job[0]), "ray_namespace": spec.namespace, "required_resources": dict(spec.resources),
+            "death_cause": a.cause or None, "is_detached": spec.options.get("lifetime") == "detached"}
+
+
+def _task_rows(tasks: dict, actors: dict, node_id: str) -> list[dict]:
+    rows = [{"task_id": t.spec.task_id.hex(), "name": t.spec.name, "state": TASK_STATES.get(t.state, t.state.upper()),
+             "type": "NORMAL_TASK", "func_or_class_name": t.spec.function.name, "actor_id": None,
+             "job_id": _hex(t.job[0]), "worker_pid": t.worker.handle.pid if t.worker else None, "node_id": node_id,
+             "required_resources": dict(t.spec.resources)}
+            for t in {id(t): t for t in list(tasks.values())}.values() if t.state != "done" and t.node is None]
+    for a in list(actors.values()):
+        pid = a.worker.handle.pid if a.worker else None
+        for state, calls in (("SUBMITTED_TO_WORKER", list(a.inflight.values())),
+                             ("PENDING_NODE_ASSIGNMENT", list(a.buffered))):
+            rows += [{"task_id": c.task_id.hex(), "name": c.name, "state": state, "type": "ACTOR_TASK",
+                      "func_or_class_name": c.name, "actor_id": a.spec.actor_id.hex(), "job_id": _hex(a.job[0]),
+                      "worker_pid": pid, "node_id": node_id, "required_resources": {}} for c in calls]
+    return rows
+
+
+def listing(kind: str, node_id: str, actors: dict, tasks: dict, store, workers: dict | None = None) -> list[dict]:
+    """What ``anyray list`` and ``anyray.util.state`` show of a node: its ``actors``, ``tasks``, ``objects``
+    or ``workers``, with Ray's field names (``anyray.ports.StatePort``)."""
     if kind == "actors":
-        return [{"actor_id": a.spec.actor_id.hex(), "class_name": a.spec.cls.name, "state": a.state.upper(),
-                 "name": a.spec.options.get("name") or "", "pid": a.worker.handle.pid if a.worker else None,
-                 "restarts": a.restarts, "node_id": node_id} for a in list(actors.values())]
+        return [_actor_row(a, node_id) for a in list(actors.values())]
     if kind == "tasks":
-        return [{"task_id": t.spec.task_id.hex(), "name": t.spec.name, "state": t.state.upper(),
-                 "pid": t.worker.handle.pid if t.worker else None, "node_id": node_id}
-                for t in {id(t): t for t in list(tasks.values())}.values()]
+        return _task_rows(tasks, actors, node_id)
     if kind == "objects":
         out = []
         for oid, entry in store.entries():
             shared = type(entry) is ArenaObject
-            out.append({"object_id": oid.hex(), "size": entry.nbytes, "shared_memory": shared, "node_id": node_id})
+            out.append({"object_id": oid.hex(), "object_size": entry.nbytes, "shared_memory": shared,
+                        "node_id": node_id})
         return out
-    raise ValueError(f"Nothing to list called {kind!r}; pick actors, tasks or objects.")
+    if kind == "workers":
+        return [{"worker_id": f"{node_id}:{w.handle.worker_id}", "pid": w.handle.pid, "node_id": node_id,
+                 "worker_type": "DRIVER" if w.handle.adopted and not w.peer else "WORKER", "is_alive": not w.dead}
+                for w in list((workers or {}).values()) if not w.peer]
+    raise ValueError(f"Nothing to list called {kind!r}; pick actors, tasks, objects or workers.")

@@ -64,6 +64,8 @@ def call_options(options: dict) -> dict:
     costly to pickle): its retries, and for a generator method its ``num_returns`` and backpressure."""
     out = {"retry_exceptions": portable_classes(options.get("retry_exceptions", False)),
            "max_task_retries": options.get("max_task_retries")}
+    if options.get("concurrency_group") is not None:
+        out["concurrency_group"] = options["concurrency_group"]
     if stream_of(options) is not None:
         out["num_returns"] = options["num_returns"]
         out[BACKPRESSURE] = options.get(BACKPRESSURE, -1)

@@ -56,7 +56,7 @@ from .tasks import Tasks
 class NodeScheduler(ReportsResources, Scheduler):
     # capability flags (anyray.ports.scheduler); lends_cpus stays False: the driver's threads are not tasks
     # and hold no resources, and a worker's blocking get or wait says so in its request
-    runs_here = tracks_handles = True
+    runs_here = tracks_handles = lists_state = True
 
     def __init__(self, session, store: SharedObjectStore, metadata, events, pool: ResourcePool, setup: dict):
         self.events = events
@@ -142,8 +142,13 @@ class NodeScheduler(ReportsResources, Scheduler):
         return self.seams.resource_view
 
     def state(self, kind: str) -> list[dict]:
-        """What ``anyray list`` shows of this node: its ``actors``, ``tasks`` or ``objects``."""
-        return listing(kind, self.pool.node_id, self.actors.actors, self.tasks.tasks, self.store)
+        """What ``anyray list`` shows of this node: its ``actors``, ``tasks``, ``objects`` or ``workers``."""
+        return listing(kind, self.pool.node_id, self.actors.actors, self.tasks.tasks, self.store,
+                       self.supervision.workers)
+
+    def list_state(self, kind: str) -> list[dict]:
+        """The StatePort (``lists_state``): on one node, the node's own state."""
+        return self.state(kind)
 
     def shutdown(self) -> None:
         for close in self._closing:

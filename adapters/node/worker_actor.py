@@ -73,7 +73,7 @@ class ActorMessages:
         spec = ActorSpec(actor_id=actor_id, cls=FunctionDescriptor(msg.cls_id, name, cls),
                          args=node.from_wire(actor_id, msg.args), deps=[ObjectRef(i) for i in msg.dep_ids],
                          resources=msg.resources, options=msg.options, namespace=msg.namespace, is_async=msg.is_async)
-        if spec.max_concurrency == 1 and not msg.is_async:
+        if spec.max_concurrency == 1 and not msg.is_async and not spec.options.get("concurrency_groups"):
             node.inline = InlineActor(node, spec, gpu_ids, msg.restarts)
             node._tasks.append((node.inline.construct, None))
             return

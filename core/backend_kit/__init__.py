@@ -7,8 +7,8 @@ module of anyray may change. See the README's "Writing a backend".
 
 - ports: the interfaces a backend implements (``Backend`` with its
   ``scheduler`` = ``Scheduler``, the union of ``TaskPort``, ``ActorPort``,
-  ``ClusterInfoPort`` and the optional ``PlacementGroupPort`` with its
-  ``PlacementGroupSpec``; ``ObjectStore``; ``MetadataStore`` with ``Watch``)
+  ``ClusterInfoPort``, the optional ``PlacementGroupPort`` with its
+  ``PlacementGroupSpec`` and the optional ``StatePort``; ``ObjectStore``; ``MetadataStore`` with ``Watch``)
   and what it is handed (``BackendConfig``, the ``EventSink``);
 - specs and values: what the core submits (``TaskSpec``, ...; in its options,
   ``PlacementGroupSchedulingStrategy`` holding a ``PlacementGroup``, and
@@ -38,7 +38,7 @@ _WHERE = {
     "EventSink": "anyray.ports", "Scheduler": "anyray.ports", "TaskPort": "anyray.ports",
     "ActorPort": "anyray.ports", "ClusterInfoPort": "anyray.ports", "ObjectStore": "anyray.ports",
     "MetadataStore": "anyray.ports", "Watch": "anyray.ports",
-    "PlacementGroupPort": "anyray.ports", "PlacementGroupSpec": "anyray.ports",
+    "PlacementGroupPort": "anyray.ports", "PlacementGroupSpec": "anyray.ports", "StatePort": "anyray.ports",
     "PlacementGroup": "anyray.util.placement_group", "PlacementGroupID": "anyray.util.placement_group",
     "PlacementGroupSchedulingStrategy": "anyray.util.scheduling_strategies",
     "NodeAffinitySchedulingStrategy": "anyray.util.scheduling_strategies",
@@ -103,6 +103,7 @@ if TYPE_CHECKING:  # for readers and type checkers: the same names, imported eag
         PlacementGroupPort,
         PlacementGroupSpec,
         Scheduler,
+        StatePort,
         TaskPort,
         Watch,
     )
@@ -130,7 +131,7 @@ if TYPE_CHECKING:  # for readers and type checkers: the same names, imported eag
 __all__ = [
     # ports
     "Backend", "BackendConfig", "Capability", "EventSink", "Scheduler", "TaskPort", "ActorPort", "ClusterInfoPort",
-    "ObjectStore", "MetadataStore", "Watch", "PlacementGroupPort", "PlacementGroupSpec",
+    "ObjectStore", "MetadataStore", "Watch", "PlacementGroupPort", "PlacementGroupSpec", "StatePort",
     # specs
     "TaskSpec", "ActorSpec", "ActorTaskSpec", "FunctionDescriptor", "RemoteFailure",
     # placement groups: the handle and the strategies a scheduler finds in a spec's options

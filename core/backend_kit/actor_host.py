@@ -15,6 +15,13 @@ A sync actor with ``max_concurrency`` 1 runs calls one by one on its own
 thread; a threaded actor hands them, in order, to a pool of that size; an
 async actor runs them as tasks of its own event loop, at most
 ``max_concurrency`` at once. Each starts calls in submission order.
+
+Concurrency groups (the actor's ``concurrency_groups`` option, {name: size}):
+a call runs in the group its options name (``concurrency_group``, from
+``@method`` or the call's ``.options``), else in the default group, whose size
+is ``max_concurrency``. Each group runs at most its size of calls at once,
+whatever the other groups run: a threaded actor has a thread pool per group,
+an async one a semaphore per group on its one event loop.
 """
 
 from __future__ import annotations
@@ -51,6 +58,9 @@ class ActorHost:
         self._loop = None        # the event loop of an async actor
         self._semaphore = None   # bounds its concurrent calls
         self._pool: DaemonThreadPool | None = None
+        self._groups: dict[str, int] = dict(spec.options.get("concurrency_groups") or {})
+        self._group_pools: dict[str, DaemonThreadPool] = {}   # a threaded actor's, by group
+        self._group_semaphores: dict = {}                     # an async actor's, by group
         self._running_async: dict[bytes, tuple] = {}  # task id -> (spec, asyncio.Task)
 
     @property
@@ -102,8 +112,11 @@ class ActorHost:
             self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self._loop)
             self._semaphore = asyncio.Semaphore(self.spec.max_concurrency)
-        elif self.spec.max_concurrency > 1:
+            self._group_semaphores = {g: asyncio.Semaphore(n) for g, n in self._groups.items()}
+        elif self.spec.max_concurrency > 1 or self._groups:
             self._pool = DaemonThreadPool(f"anyray-actor-{self.spec.cls.name}", self.spec.max_concurrency)
+            self._group_pools = {g: DaemonThreadPool(f"anyray-actor-{self.spec.cls.name}-{g}", n)
+                                 for g, n in self._groups.items()}
         if not self._construct():
             return
         if self._loop is not None:
@@ -125,14 +138,29 @@ class ActorHost:
                 continue
             if spec is _TERMINATE:
                 if self._pool is not None:  # FIFO: every earlier call has started by then
-                    self._pool.submit(self._die, self._gone_cause())
+                    self._terminate_after_started()
                 else:
                     self._die(self._gone_cause())
                 return
             if self._pool is not None:
-                self._pool.submit(self._run_call, spec)
+                self._group_pools.get(spec.options.get("concurrency_group"), self._pool).submit(self._run_call, spec)
             else:
                 self._run_call(spec)
+
+    def _terminate_after_started(self) -> None:
+        """End the actor once every pool (one per concurrency group) has started the calls queued before."""
+        pools = [self._pool, *self._group_pools.values()]
+        left = [len(pools)]
+        lock = threading.Lock()
+
+        def started() -> None:
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                self._die(self._gone_cause())
+        for pool in pools:
+            pool.submit(started)
 
     # -- calls --------------------------------------------------------------
     def submit(self, spec) -> None:
@@ -204,7 +232,7 @@ class ActorHost:
         import asyncio
 
         try:
-            async with self._semaphore:
+            async with self._group_semaphores.get(spec.options.get("concurrency_group"), self._semaphore):
                 if self.state == "dead":
                     self._sched.call_failed(spec, ActorDiedError(self.cause))
                     return
@@ -298,9 +326,20 @@ class ActorHost:
                 self._sched.call_failed(spec, ActorDiedError(cause))
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._pool is not None:
-            self._pool.shutdown()
+        for pool in (self._pool, *self._group_pools.values()):
+            if pool is not None:
+                pool.shutdown()
         if self.lease is not None:
             self._sched.release(self.lease)
             self.lease = None
         self._sched.actor_died(self)
+
+
+def live_calls(host: ActorHost) -> list[tuple]:
+    """(spec, state) of the calls ``host`` has not finished: Ray's state names, "RUNNING" for those started
+    and "PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY" for those waiting their turn (``anyray.util.state``)."""
+    with host._cond:
+        queued = [spec for spec in host._queue if spec is not _TERMINATE]
+    running = [spec for spec, _ in list(host._running_sync.values()) + list(host._running_async.values())]
+    return [(spec, "RUNNING") for spec in running] + \
+        [(spec, "PENDING_ACTOR_TASK_ORDERING_OR_CONCURRENCY") for spec in queued]

@@ -8,7 +8,9 @@ from .metadata_store import MetadataStore, Watch
 from .object_store import ObjectStore
 from .placement_groups import PlacementGroupPort, PlacementGroupSpec
 from .scheduler import Scheduler
+from .state import StatePort
 from .tasks import TaskPort
 
 __all__ = ["ActorPort", "Backend", "BackendConfig", "Capability", "ClusterInfoPort", "EventSink", "MetadataStore",
-           "ObjectStore", "PlacementGroupPort", "PlacementGroupSpec", "Scheduler", "TaskPort", "Watch"]
+           "ObjectStore", "PlacementGroupPort", "PlacementGroupSpec", "Scheduler", "StatePort", "TaskPort",
+           "Watch"]

@@ -36,7 +36,7 @@ _LAZY = {
     "as_completed": ("helpers", "as_completed"),
     "map_unordered": ("helpers", "map_unordered"),
 }
-_SUBMODULES = frozenset({"actor_pool", "check_serialize", "helpers", "queue", "multiprocessing", "joblib"})
+_SUBMODULES = frozenset({"actor_pool", "check_serialize", "helpers", "queue", "multiprocessing", "joblib", "state"})
 
 
 def __getattr__(name: str):

@@ -36,6 +36,7 @@ from anyray.backend_kit import (
 )
 from anyray.exceptions import ActorDiedError, ActorNameTaken
 
+from .state import DaskState
 from .transport import DaskRef, InlineRef, lookup_actor, nested_natives, pack, register_actor
 from .worker import (
     Exported,
@@ -68,7 +69,7 @@ def _key(kind: str, name: str, ident: bytes) -> str:
     return f"{prefix}{short}-{ident.hex()}"
 
 
-class DaskScheduler(Scheduler):
+class DaskScheduler(DaskState, Scheduler):
     """Submission methods return once Dask has the work; safe from any thread."""
 
     lends_cpus = True  # a task waiting in get/wait secedes from its Dask worker's thread pool

@@ -12,7 +12,7 @@ backend's module, so Ray is imported in :meth:`RayBackend.start` only.
 
 from __future__ import annotations
 
-from anyray.backend_kit import Backend, Capability, hookimpl
+from anyray.backend_kit import Backend, Capability, hookimpl, notyet
 
 # Set by the worker side when it attaches a runtime to the Ray it runs in (not an init keyword).
 WORKER_OPTION = "_anyray_ray_worker"
@@ -35,7 +35,14 @@ class RayBackend(Backend):
         Capability.WORKER_RESTART, Capability.ACTOR_RESTART, Capability.FORCE_CANCEL,
         Capability.INTERRUPT_CANCEL, Capability.ERROR_INFO,
     })
-    known_gaps = {}
+    known_gaps = dict.fromkeys([
+        "test_state_api::test_a_task_is_listed_running_then_finished",
+        "test_state_api::test_a_failed_task_is_listed_failed_with_rays_error_type",
+        "test_state_api::test_summarize_tasks_counts_by_name_and_state",
+        "test_state_api::test_an_object_the_driver_put_is_listed_with_its_size",
+    ], notyet("Ray serves its tasks and objects only through the state API server of its dashboard, which needs "
+              "ray[default] (aiohttp, ...), not installed here: the plugin lists actors and workers from Ray's GCS "
+              "tables, and list_tasks/list_objects raise NotImplementedError saying so"))
     accepted_options = _RAY_INIT_OPTIONS
 
     _owns_ray = False

@@ -44,6 +44,7 @@ from .actors import ActorDirectory, RayActor, lookup, register
 from .errors import translate
 from .generators import FailedStream, RayObjectRefGenerator
 from .placement_groups import RayPlacementGroups, ray_strategy
+from .state import RayState
 from .transport import bind_returns, pack
 from .worker import Session, actor_host, export, method_call, returns_mode, stream_runner, task_call, task_runner
 
@@ -61,7 +62,7 @@ def _resource_options(options: dict) -> dict:
     return out
 
 
-class RayScheduler(RayPlacementGroups, Scheduler):
+class RayScheduler(RayPlacementGroups, RayState, Scheduler):
     """Submission methods return once Ray has accepted the work; safe from any thread.
 
     Placement groups are Ray's own (:class:`~anyray_ray.placement_groups.RayPlacementGroups`)."""
@@ -127,7 +128,9 @@ class RayScheduler(RayPlacementGroups, Scheduler):
                 cls = self._classes.get(spec.cls.function_id)
                 if cls is None:
                     exported = export(spec.cls.target, f"the actor class {spec.cls.name}")
-                    cls = ray.remote(actor_host(exported, spec.cls.name, spec.is_async))
+                    groups = spec.options.get("concurrency_groups")  # Ray takes them in @remote only
+                    host = actor_host(exported, spec.cls.name, spec.is_async)
+                    cls = ray.remote(concurrency_groups=groups)(host) if groups else ray.remote(host)
                     self._classes[spec.cls.function_id] = cls
         return cls
 
@@ -173,6 +176,8 @@ class RayScheduler(RayPlacementGroups, Scheduler):
         mode = returns_mode(spec)
         if isinstance(mode, str):  # a generator method: the host's generator method streams its values
             options = {"num_returns": mode}
+            if spec.options.get("concurrency_group") is not None:
+                options["concurrency_group"] = spec.options["concurrency_group"]
             backpressure = spec.options.get("_generator_backpressure_num_objects")
             if backpressure is not None:
                 options["_generator_backpressure_num_objects"] = backpressure
@@ -181,8 +186,11 @@ class RayScheduler(RayPlacementGroups, Scheduler):
                 method = actor.handle.anyray_stream.options(**options)
         else:
             method = actor.handle.anyray_call
-            if mode != 1:
-                method = method.options(num_returns=mode)
+            options = {} if mode == 1 else {"num_returns": mode}
+            if spec.options.get("concurrency_group") is not None:
+                options["concurrency_group"] = spec.options["concurrency_group"]
+            if options:
+                method = method.options(**options)
         try:
             out = method.remote(method_call(spec), *[d.native for d in spec.deps])
         except rx.RayError as exc:

@@ -1,0 +1,65 @@
+"""`anyray list` and ``anyray.util.state`` on a cluster read the same rows (the StatePort): Ray's field
+names, every node's actors and workers, the driver listed as a DRIVER worker, the table's columns."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import anyray
+from anyray.adapters.cluster import files
+from anyray.adapters.cluster.launch import kill_tree
+from anyray.util import state
+
+ANYRAY = [sys.executable, "-m", "anyray.cli"]
+HEARTBEAT = 0.25
+WAIT = 60.0
+
+
+@pytest.fixture
+def cluster_env(tmp_path, monkeypatch):
+    directory = tmp_path / "cluster"
+    monkeypatch.setenv("ANYRAY_CLUSTER_DIR", str(directory))
+    monkeypatch.setenv("ANYRAY_HEARTBEAT_SECONDS", str(HEARTBEAT))
+    monkeypatch.delenv("ANYRAY_CLUSTER_TOKEN", raising=False)
+    yield dict(os.environ)
+    if anyray.is_initialized():
+        anyray.shutdown()
+    for record in files.local_nodes(str(directory)):
+        kill_tree(record["pid"])
+
+
+def cli(env, *args) -> str:
+    result = subprocess.run([*ANYRAY, *args], env=env, capture_output=True, text=True, timeout=WAIT)
+    assert result.returncode == 0, f"anyray {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
+    return result.stdout
+
+
+@anyray.remote
+class Keeper:
+    def pid(self):
+        return os.getpid()
+
+
+def test_anyray_list_and_the_state_api_show_the_same_actors_and_workers(cluster_env):
+    cli(cluster_env, "start", "--head", "--port", "0", "--ray-client-server-port", "0", "--num-cpus", "2")
+    anyray.init(backend="cluster", address="auto")
+    keeper = Keeper.options(name="keeper").remote()
+    pid = anyray.get(keeper.pid.remote(), timeout=WAIT)
+
+    listed = [r for r in json.loads(cli(cluster_env, "list", "actors", "--format", "json")) if r["name"] == "keeper"]
+    assert [(r["class_name"], r["state"], r["pid"], r["num_restarts"]) for r in listed] == [("Keeper", "ALIVE", pid, 0)]
+    assert [(a.actor_id, a.pid) for a in state.list_actors(filters=[("name", "=", "keeper")])] == \
+        [(listed[0]["actor_id"], pid)]
+
+    workers = json.loads(cli(cluster_env, "list", "workers", "--format", "json"))
+    assert os.getpid() in {w["pid"] for w in workers if w["worker_type"] == "DRIVER"}
+    assert pid in {w["pid"] for w in workers if w["worker_type"] == "WORKER"}
+    assert {w.pid for w in state.list_workers(limit=1000)} >= {os.getpid(), pid}
+
+    table = cli(cluster_env, "list", "actors").splitlines()
+    assert table[0].split() == ["ACTOR_ID", "CLASS_NAME", "STATE", "NAME", "PID", "NUM_RESTARTS", "NODE_ID"]
