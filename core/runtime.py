@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from . import ids, serialization
+from . import ids, runtime_env_setup, serialization
 from . import options as opts
 from .actor import ActorHandle
 from .context import current_task
@@ -343,6 +343,7 @@ class Runtime:
         strategy = options["scheduling_strategy"]
         if strategy is not None:
             self._check_strategy(strategy, descriptor.name)
+        options = runtime_env_setup.with_env(self, options, descriptor.name)
         blob = serialization.serialize_arguments(args, kwargs, descriptor.name)
         self.counter.drain()
         parent = current_task.get()
@@ -357,6 +358,7 @@ class Runtime:
     def create_actor(self, descriptor: FunctionDescriptor, args: tuple, kwargs: dict, options: dict,
                      is_async: bool, method_options: dict):
         self._check_strategy(options["scheduling_strategy"], descriptor.name)
+        options = runtime_env_setup.with_env(self, options, descriptor.name)
         namespace = options["namespace"] if options["namespace"] is not None else self.namespace
         name = options["name"]
         if name is not None:

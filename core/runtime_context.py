@@ -85,6 +85,22 @@ class RuntimeContext:
         return bool(self._task and self._task.restarted)
 
     @property
+    def runtime_env(self):
+        """The runtime_env this code runs in (a ``RuntimeEnv``): the task's or actor's, merged with the
+        job's; in the driver, the job's (``init(runtime_env=...)``)."""
+        from .runtime_env import RuntimeEnv
+        from .runtime_env_setup import shown
+
+        return RuntimeEnv(_validate=False, **shown(self._runtime))
+
+    def get_runtime_env_string(self) -> str:
+        """:attr:`runtime_env` as JSON text, as Ray's."""
+        from .runtime_env import to_string
+        from .runtime_env_setup import shown
+
+        return to_string(shown(self._runtime))
+
+    @property
     def namespace(self) -> str:
         return self._runtime.namespace
 

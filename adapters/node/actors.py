@@ -108,7 +108,8 @@ class Actors:
     def _start_actor_process(self, actor: Actor) -> None:
         spec = actor.spec
         gpu_ids = actor.lease.gpu_ids
-        worker = self._spawn({"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpu_ids)} if gpu_ids else None)
+        worker = self._spawn({"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpu_ids)} if gpu_ids else None,
+                             spec.options.get("runtime_env"))
         worker.actor = actor
         worker.job = actor.job
         cls = spec.cls

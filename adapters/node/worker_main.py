@@ -41,6 +41,7 @@ from anyray.serialization import SerializedObject
 from anyray.specs import RemoteFailure
 
 from . import messages as m
+from . import worker_env
 from .arena import Location
 from .framing import spin_until_readable
 from .link import FLUSH_INTERVAL, Link
@@ -180,6 +181,7 @@ class WorkerNode(Link):
         interrupts.running = True
         try:
             self.before_start(task_id)
+            worker_env.ensure(self)
             fn = self.function(task.fn_id, task.blob)
             unread.discard(task_id)
             args = self.from_wire(task_id, task.args)
