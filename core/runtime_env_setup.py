@@ -42,8 +42,10 @@ def env_of_caller(runtime) -> dict | None:
 
 
 def shown(runtime) -> dict:
-    """``get_runtime_context().runtime_env``: the caller's environment as the user wrote it (merged)."""
-    return public(env_of_caller(runtime))
+    """``get_runtime_context().runtime_env``: the caller's environment as the user wrote it (merged), or as
+    the engine reports it where the engine sets environments up."""
+    engine = getattr(runtime.backend, "current_runtime_env", None)
+    return engine() if engine is not None else public(env_of_caller(runtime))
 
 
 # --------------------------------------------------------------------------- the submitting side

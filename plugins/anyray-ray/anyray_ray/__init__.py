@@ -33,10 +33,17 @@ class RayBackend(Backend):
     capabilities = frozenset({
         Capability.CONCURRENT, Capability.PROCESSES, Capability.ZERO_COPY, Capability.MULTI_NODE,
         Capability.WORKER_RESTART, Capability.ACTOR_RESTART, Capability.FORCE_CANCEL,
-        Capability.INTERRUPT_CANCEL, Capability.ERROR_INFO,
+        Capability.INTERRUPT_CANCEL, Capability.ERROR_INFO, Capability.RUNTIME_ENV,
     })
     known_gaps = {}
     accepted_options = _RAY_INIT_OPTIONS
+    # runtime_env goes to Ray as given (init's to ray.init, a task's or actor's with it): Ray merges,
+    # validates what is left and sets up every field it knows.
+    passes_runtime_env = True
+
+    def current_runtime_env(self) -> dict:
+        """The runtime_env of the Ray worker or driver this runs in, as Ray reports it."""
+        return dict(_real_ray().get_runtime_context().runtime_env)
 
     _owns_ray = False
     _dashboard_url = None

@@ -58,6 +58,8 @@ def _resource_options(options: dict) -> dict:
         out["scheduling_strategy"] = ray_strategy(options["scheduling_strategy"])
     if options.get("accelerator_type"):
         out["accelerator_type"] = options["accelerator_type"]
+    if options.get("runtime_env"):
+        out["runtime_env"] = options["runtime_env"]  # as given: Ray merges it with the job's and sets it up
     return out
 
 
