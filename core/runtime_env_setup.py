@@ -31,6 +31,7 @@ from .runtime_env import BUILT_IN_FIELDS, PACKAGES_KEY, check_supported, merge, 
 KEY = "_anyray_key"  # private: what tells environments apart for the worker pool, computed once at submit
 URI_PREFIX = "anyray://pkg_"
 _IN_PROCESS = "in_process"  # Capability.IN_PROCESS: tasks are threads of the driver
+_PER_TASK = "runtime_env"  # Capability.RUNTIME_ENV: each task and actor may have an environment of its own
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # every entry's date: the same folder packs to the same bytes
 
 _process_env: dict | None = None  # the environment this worker process was set up for (applied once)
@@ -77,7 +78,10 @@ def start_job(runtime, env: dict | None) -> None:
     check_supported(env, getattr(backend, "runtime_env_fields", BUILT_IN_FIELDS), backend.name, "init()")
     env[KEY] = key_of(env)
     runtime.job_runtime_env = env
-    if _IN_PROCESS in backend.capabilities:
+    engine = getattr(backend, "set_job_runtime_env", None)  # a backend that applies it in its own workers
+    if engine is not None:
+        engine(env)
+    elif _IN_PROCESS in backend.capabilities:
         refs = {ref.hex(): ref for ref in _state(runtime).refs.values()}
         runtime._runtime_env_undo = apply(env, lambda oid: runtime.get(refs[oid]))
 
@@ -120,12 +124,13 @@ def resolve(runtime, own: dict | None, owner: str) -> dict | None:
     check_supported(env, getattr(backend, "runtime_env_fields", BUILT_IN_FIELDS), backend.name, owner)
     if env is not None:
         env = {**env, KEY: key_of(env)}
-        if _IN_PROCESS in backend.capabilities and env[KEY] != (parent or {}).get(KEY):
+        if _PER_TASK not in backend.capabilities and env[KEY] != (parent or {}).get(KEY):
             raise NotImplementedError(
-                f"{owner}: the {backend.name!r} backend runs tasks and actors as threads of this process, which "
-                f"share one environment, so it runs them all in the job's runtime_env (init(runtime_env=...)) "
-                f"and cannot give one its own. Put the environment in init(runtime_env=...), or use a backend "
-                f"with worker processes (the default 'multiprocess').")
+                f"{owner}: the {backend.name!r} backend runs tasks and actors as threads of shared processes, "
+                f"which share one environment, so it runs them all in the job's runtime_env "
+                f"(init(runtime_env=...)) and cannot give one its own. Put the environment in "
+                f"init(runtime_env=...), or use a backend with a worker process per environment (the default "
+                f"'multiprocess', or 'cluster').")
     state.merged[cache_key] = (own, parent, env)
     return env
 
@@ -291,6 +296,12 @@ def apply(env: dict, fetch, root: str | None = None) -> list[tuple]:
         run_hook(hook)
     _process_env = env
     return undo
+
+
+def set_process_env(env: dict | None) -> None:
+    """Say which environment this process runs in (an engine's worker that a backend set up itself)."""
+    global _process_env
+    _process_env = env
 
 
 def run_hook(hook) -> None:

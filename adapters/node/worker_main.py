@@ -35,7 +35,7 @@ from anyray.context import TaskContext
 from anyray.exceptions import TaskCancelledError, TaskError
 from anyray.executor import Call, failure_for, serialize_failure
 from anyray.object_ref import ObjectRef
-from anyray.ports.backend import Backend, BackendConfig
+from anyray.ports.backend import Backend, BackendConfig, Capability
 from anyray.runtime import Runtime, set_current
 from anyray.serialization import SerializedObject
 from anyray.specs import RemoteFailure
@@ -268,6 +268,7 @@ class WorkerBackend(Backend):
     """The backend of the runtime inside a worker: every port call goes to the node."""
 
     name = "worker"
+    capabilities = frozenset({Capability.RUNTIME_ENV})  # the node starts a worker per environment
 
     def start(self) -> None:
         node = self.config.options["node"]

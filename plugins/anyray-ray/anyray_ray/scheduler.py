@@ -21,6 +21,7 @@ object store, at the boundary.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import warnings
@@ -63,6 +64,11 @@ def _resource_options(options: dict) -> dict:
     return out
 
 
+def _env_key(runtime_env) -> str | None:
+    """A variant per runtime_env (Ray's options hold it): its fields as text."""
+    return None if not runtime_env else json.dumps(runtime_env, sort_keys=True, default=repr)
+
+
 class RayScheduler(RayPlacementGroups, Scheduler):
     """Submission methods return once Ray has accepted the work; safe from any thread.
 
@@ -89,7 +95,8 @@ class RayScheduler(RayPlacementGroups, Scheduler):
         backpressure = o.get("_generator_backpressure_num_objects")
         key = (spec.function.function_id, mode, o["num_cpus"], o["num_gpus"], o["memory"],
                tuple(sorted(o["resources"].items())), o["max_retries"], o["max_calls"],
-               o["scheduling_strategy"], o.get("accelerator_type"), spec.name, backpressure)
+               o["scheduling_strategy"], o.get("accelerator_type"), spec.name, backpressure,
+               _env_key(o.get("runtime_env")))
         fn = self._variants.get(key)
         if fn is None:
             with self._lock:
