@@ -4,7 +4,7 @@ Proves, as Ray 2.x behaves: the job's ``env_vars`` reach every task and show in
 ``get_runtime_context().runtime_env``; a task's or actor's environment is merged with the job's (its
 fields replace the job's, ``env_vars`` merged name by name) and inherited by the tasks it starts; a
 ``working_dir`` (a folder or a .zip) is the task's working directory and importable, without what
-``excludes`` names; ``py_modules`` (a folder, a .zip, a .whl) import; ``worker_process_setup_hook`` runs
+``excludes`` names; ``py_modules`` (a folder, a .py file, a .whl) import; ``worker_process_setup_hook`` runs
 before the first task; workers of two environments are never shared; bad input (an unknown field, an env
 var that is not a string, a missing working_dir) is refused at the call. On a cluster, the working_dir
 reaches every node. (Ray takes local folders and callable hooks in the job's environment only, so these
@@ -134,19 +134,18 @@ def test_a_zipped_working_dir_is_unpacked(isolated_runtime, folder, tmp_path):
     archive = tmp_path / "project.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for name in ("data.txt", "wd_module_renv.py"):
-            zf.write(folder / name, f"project/{name}")  # one top folder, as a zip of a folder has
+            zf.write(folder / name, name)
     anyray.init(**isolated_runtime, runtime_env={"working_dir": str(archive)})
     assert anyray.get(read.remote("data.txt"), timeout=DEADLINE) == "the data"
 
 
 def _modules(tmp_path) -> list[str]:
-    """A package folder, a .zip holding a package, and a pure-Python wheel."""
+    """A package folder, a module file, and a pure-Python wheel."""
     package = tmp_path / "renv_pkg_folder"
     package.mkdir()
     (package / "__init__.py").write_text("VALUE = 'folder'\n")
-    zipped = tmp_path / "renv_zipped.zip"
-    with zipfile.ZipFile(zipped, "w") as zf:
-        zf.writestr("renv_pkg_zip/__init__.py", "VALUE = 'zip'\n")
+    module = tmp_path / "renv_pkg_file.py"
+    module.write_text("VALUE = 'file'\n")
     wheel = tmp_path / "renv_pkg_whl-1.0-py3-none-any.whl"
     info = "renv_pkg_whl-1.0.dist-info"
     with zipfile.ZipFile(wheel, "w") as zf:
@@ -154,25 +153,24 @@ def _modules(tmp_path) -> list[str]:
         zf.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: renv-pkg-whl\nVersion: 1.0\n")
         zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         zf.writestr(f"{info}/RECORD", "")
-    return [str(package), str(zipped), str(wheel)]
+    return [str(package), str(module), str(wheel)]
 
 
-def test_py_modules_folders_zips_and_wheels_import(isolated_runtime, tmp_path):
+def test_py_modules_folders_files_and_wheels_import(isolated_runtime, tmp_path):
     anyray.init(**isolated_runtime, runtime_env={"py_modules": _modules(tmp_path)})
 
     @anyray.remote
     def values():
-        return [__import__(name).VALUE for name in ("renv_pkg_folder", "renv_pkg_zip", "renv_pkg_whl")]
+        return [__import__(name).VALUE for name in ("renv_pkg_folder", "renv_pkg_file", "renv_pkg_whl")]
 
-    assert anyray.get(values.remote(), timeout=DEADLINE) == ["folder", "zip", "wheel"]
-
-
-def _set_hook_variable():
-    os.environ["RENV_HOOK_RAN"] = "yes"
+    assert anyray.get(values.remote(), timeout=DEADLINE) == ["folder", "file", "wheel"]
 
 
 def test_the_setup_hook_runs_before_the_first_task(isolated_runtime):
-    anyray.init(**isolated_runtime, runtime_env={"worker_process_setup_hook": _set_hook_variable})
+    def set_hook_variable():  # defined here, so it travels by value (workers need not import this module)
+        os.environ["RENV_HOOK_RAN"] = "yes"
+
+    anyray.init(**isolated_runtime, runtime_env={"worker_process_setup_hook": set_hook_variable})
     assert anyray.get(env_var.remote("RENV_HOOK_RAN"), timeout=DEADLINE) == "yes"
 
 

@@ -223,9 +223,8 @@ def _py_modules(value):
         if not isinstance(module, str):
             raise TypeError(f"`py_module` must be a string, got {type(module)}.")
         path = _path(module, "py_module")
-        if not _is_uri(path) and os.path.isfile(path) and not path.endswith((".zip", ".whl")):
-            raise ValueError(f"py_module {path} is a file that is not a .zip or a .whl; give a folder (a "
-                             f"package), a .zip or a .whl.")
+        if not _is_uri(path) and os.path.isfile(path) and not path.endswith((".py", ".zip", ".whl")):
+            raise ValueError(f"py_modules entry must be a .py file, a directory, a .zip or a .whl file; got {path}")
         out.append(path)
     return out or None
 

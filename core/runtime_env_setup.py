@@ -174,7 +174,7 @@ def _pack_path(runtime, path: str, excludes: tuple, packages: dict, keep_name: b
         uri = state.packed.get(key)
         if uri is None:
             data = _zip_bytes(path, excludes, keep_name)
-            suffix = ".zip" if os.path.isdir(path) else ".whl" if path.endswith(".whl") else "_archive.zip"
+            suffix = ".whl" if path.endswith(".whl") else ".zip"
             uri = f"{URI_PREFIX}{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
             if uri not in state.refs:
                 state.refs[uri] = runtime.put(data)
@@ -212,13 +212,18 @@ def _signature(path: str, excludes: tuple) -> tuple:
 
 
 def _zip_bytes(path: str, excludes: tuple, keep_name: bool) -> bytes:
-    if not os.path.isdir(path):
+    if not os.path.isdir(path) and not path.endswith(".py"):
         with open(path, "rb") as file:  # a .zip or .whl, shipped as it is
             return file.read()
     buffer = io.BytesIO()
     prefix = os.path.basename(path.rstrip(os.sep)) + "/" if keep_name else ""
+    if not os.path.isdir(path):  # a module file: the folder it unpacks in goes on sys.path
+        files = [(os.path.basename(path), path)]
+        prefix = ""
+    else:
+        files = _files(path, excludes)
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for rel, full in _files(path, excludes):
+        for rel, full in files:
             info = zipfile.ZipInfo(prefix + rel, _ZIP_DATE)
             info.external_attr = (os.stat(full).st_mode & 0o777) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -235,11 +240,10 @@ def resources_dir() -> str:
         os.path.join(tempfile.gettempdir(), f"anyray-runtime-resources-{os.getuid()}")
 
 
-def unpacked(uri: str, fetch, root: str, strip_top: bool = False) -> str:
+def unpacked(uri: str, fetch, root: str) -> str:
     """The folder ``uri``'s zip is unpacked in under ``root``, unpacking it (fetched by ``fetch(uri)``) the
-    first time; safe when several processes race (each unpacks aside, one rename wins). ``strip_top``: a
-    zip of one folder has that folder's content (a working_dir given as a .zip, as in Ray)."""
-    name = uri[len("anyray://"):].rsplit(".", 1)[0] + ("_top" if strip_top else "")
+    first time; safe when several processes race (each unpacks aside, one rename wins)."""
+    name = uri[len("anyray://"):].rsplit(".", 1)[0]
     target = os.path.join(root, name)
     if os.path.isdir(target):
         return target
@@ -248,11 +252,6 @@ def unpacked(uri: str, fetch, root: str, strip_top: bool = False) -> str:
     aside = tempfile.mkdtemp(prefix=f".{name}-", dir=root)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         archive.extractall(aside)
-        top = {n.split("/", 1)[0] for n in archive.namelist() if n.strip("/")}
-    if strip_top and len(top) == 1 and os.path.isdir(os.path.join(aside, *top)):
-        os.rename(aside, aside + ".outer")
-        os.rename(os.path.join(aside + ".outer", top.pop()), aside)
-        shutil.rmtree(aside + ".outer", ignore_errors=True)
     try:
         os.rename(aside, target)
     except OSError:  # another process unpacked it first
@@ -282,7 +281,7 @@ def apply(env: dict, fetch, root: str | None = None) -> list[tuple]:
             undo.append(("path", folder))
         working_dir = env.get("working_dir")
         if working_dir:
-            folder = unpacked(working_dir, fetch_uri, root, strip_top=working_dir.endswith("_archive.zip"))
+            folder = unpacked(working_dir, fetch_uri, root)
             sys.path.insert(0, folder)
             undo.append(("path", folder))
             undo.append(("cwd", os.getcwd()))

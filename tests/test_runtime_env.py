@@ -179,9 +179,13 @@ def test_the_local_backend_applies_the_jobs_environment_to_the_process_and_undoe
     assert "RENV_LOCAL" not in os.environ and os.getcwd() == cwd
 
 
-def test_a_zip_of_one_folder_is_that_folders_content(multiprocess, folder, tmp_path):
-    archive = tmp_path / "wd.zip"
+def test_a_task_may_have_zipped_modules_of_its_own(multiprocess, tmp_path):
+    archive = tmp_path / "modules.zip"
     with zipfile.ZipFile(archive, "w") as zf:
-        zf.write(folder / "data.txt", "top/data.txt")
-    cwd, _ = anyray.get(where.options(runtime_env={"working_dir": str(archive)}).remote(), timeout=TIMEOUT)
-    assert os.listdir(cwd) == ["data.txt"]
+        zf.writestr("renv_unit_zipped/__init__.py", "VALUE = 'zipped'\n")
+
+    @anyray.remote(runtime_env={"py_modules": [str(archive)]})
+    def value():
+        return __import__("renv_unit_zipped").VALUE
+
+    assert anyray.get(value.remote(), timeout=TIMEOUT) == "zipped"
