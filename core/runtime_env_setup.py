@@ -26,6 +26,7 @@ from fnmatch import fnmatch
 import cloudpickle
 
 from .exceptions import RuntimeEnvSetupError
+from .object_ref import ObjectRef
 from .runtime_env import BUILT_IN_FIELDS, PACKAGES_KEY, check_supported, merge, public
 
 KEY = "_anyray_key"  # private: what tells environments apart for the worker pool, computed once at submit
@@ -102,6 +103,16 @@ def with_env(runtime, options: dict, owner: str) -> dict:
         return options
     env = resolve(runtime, own, owner)
     return options if env is own else {**options, "runtime_env": env}
+
+
+def with_packages(options: dict, deps: list) -> list:
+    """A task's or actor's dependencies, with the packages of its environment: the node it runs on has them
+    before it starts, wherever they were put (a cluster pulls them as it pulls any argument)."""
+    env = options.get("runtime_env")
+    packages = env.get(PACKAGES_KEY) if env else None
+    if not packages:
+        return deps
+    return deps + [ObjectRef(bytes.fromhex(oid)) for oid in packages.values()]
 
 
 def resolve(runtime, own: dict | None, owner: str) -> dict | None:
