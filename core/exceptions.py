@@ -198,7 +198,17 @@ class RaySystemError(AnyrayError):
 
 
 class RuntimeEnvSetupError(AnyrayError):
-    """The task's or actor's runtime environment could not be set up."""
+    """The task's or actor's runtime environment could not be set up (Ray's type: ``error_message`` says
+    why, ``str()`` starts with "Failed to set up runtime environment.")."""
+
+    def __init__(self, error_message: str | None = None):
+        super().__init__(error_message)  # args: what pickling rebuilds it from
+        self.error_message = error_message
+
+    def __str__(self) -> str:
+        if self.error_message:
+            return f"Failed to set up runtime environment.\n{self.error_message}"
+        return "Failed to set up runtime environment."
 
 
 class ObjectRefStreamEndOfStreamError(AnyrayError):

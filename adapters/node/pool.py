@@ -3,8 +3,8 @@
 The driver listens on a Unix socket inside the session directory (mode 0700). Every connection proves it knows
 the session secret (the HMAC challenge of ``multiprocessing.connection``, both ways) before anything else is
 read from it; a connection that fails is dropped and the pool goes on. The driver never forks: it starts the
-fork server (``forkserver``) once, without waiting for it, and asks it for workers; each forked worker connects
-back on its own.
+fork server (``forkserver``, its end here is ``forkserver_link``) once, without waiting for it, and asks it
+for workers; each forked worker connects back on its own.
 
 The wire format is ``framing``'s, the messages ``messages``'. Workers never import this module: it is the only
 one of the node that starts processes and waits on futures.
@@ -20,11 +20,11 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import os
 import pickle
 import select
 import signal
 import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -37,12 +37,11 @@ import cloudpickle
 from anyray.exceptions import AnyrayError, WorkerCrashedError
 
 from . import messages as m
+from .forkserver_link import EXIT_REPORT_GRACE, ServerLink
 from .framing import CALL_HEAD, REPLY_HEAD, SOCKET_NAME, frame, spin_until_readable, wake
-from .messages import CALL, EXITED, FORK, FORK_FAILED, FORKED, HELLO, KILL, REPLY, SERVER_HELLO, SHUTDOWN
+from .messages import CALL, FORK, HELLO, KILL, REPLY, SERVER_HELLO
 
 log = logging.getLogger(__name__)
-
-EXIT_REPORT_GRACE = 2.0  # seconds a closed worker connection waits for the fork server's exit report
 
 
 @dataclass(frozen=True)
@@ -91,6 +90,7 @@ class WorkerHandle:
         self._poller = None  # the reader thread's epoll, once connected
         self._reported: WorkerExit | None = None  # the fork server's exit report, while its messages are read
         self.adopted = False  # connected on its own (a driver), not forked by the pool
+        self._server: ServerLink | None = None  # the fork server that forks it
 
     def __repr__(self) -> str:
         state = "dead" if self.exit else "ready" if self._ready.is_set() else "starting"
@@ -99,6 +99,12 @@ class WorkerHandle:
     @property
     def alive(self) -> bool:
         return self.exit is None
+
+    @property
+    def python(self) -> str | None:
+        """The interpreter the worker runs in (as ``start_worker`` was given it, or the pool's own); None
+        for a process the pool did not start."""
+        return None if self._server is None else self._server.python
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait until the worker has connected; False on timeout or if it died first."""
@@ -194,7 +200,7 @@ class WorkerHandle:
                 if self._conn is not None:
                     wake(self._conn)
             return
-        self._pool._send_server(KILL, pickle.dumps(self.worker_id), quiet=True)
+        self._server.send(KILL, pickle.dumps(self.worker_id), quiet=True)
 
     # ---- called by the pool's threads
 
@@ -235,7 +241,7 @@ class WorkerHandle:
         if self._reported is not None:
             self._died(self._reported)
             return
-        if not self.adopted and not self._pool._server_gone and not self._dead.wait(EXIT_REPORT_GRACE):
+        if not self.adopted and not self._server.gone and not self._dead.wait(EXIT_REPORT_GRACE):
             self.kill()  # closed its connection but may still run
         self._died(WorkerExit(self.pid, None, "its connection to the driver closed"))
 
@@ -287,23 +293,15 @@ class WorkerPool:
         self._on_message, self._on_ready, self._on_exit = on_message, on_ready, on_exit
         self._workers: dict[int, WorkerHandle] = {}
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()  # the server connection and its queue
-        self._server_conn = None
-        self._server_pending: list[bytes] = []
-        self._server_ready = threading.Event()
-        self._server_gone = False
+        self._lock = threading.Lock()  # the fork servers' table, the connections authenticating, closing
         self._closing = False
         self._conns: set = set()  # every open connection, to wake its reader at close
-        self.server_pid: int | None = None
+        self._servers: dict[int, ServerLink] = {}  # by the pid of its process
+        self._by_python: dict[str, ServerLink] = {}  # the servers started for other interpreters, lazily
+        self._session = session
+        self._start_lock = threading.Lock()  # held while a fork server for another interpreter starts
         self._listener = Listener(self.address, family="AF_UNIX")  # authenticated per connection, off this thread
-        self._timeout_expired = subprocess.TimeoutExpired
-        self._proc = subprocess.Popen([python, "-m", "anyray.adapters.node.forkserver"], stdin=subprocess.PIPE,
-                                      close_fds=True, start_new_session=True)
-        try:  # a pipe write this small never blocks; the secret never goes in argv or the environment
-            self._proc.stdin.write(f"{session.path}\n{SOCKET_NAME}\n{self._secret.hex()}\n".encode())
-            self._proc.stdin.close()
-        except OSError:
-            pass  # it died already: its connection never comes and its exit is seen at close
+        self._server = self._start_server(session, python)
         self._acceptor = threading.Thread(target=self._accept_loop, name="anyray-accept", daemon=True)
         self._acceptor.start()
 
@@ -314,22 +312,37 @@ class WorkerPool:
     def workers(self) -> list[WorkerHandle]:
         return list(self._workers.values())
 
+    @property
+    def server_pid(self) -> int | None:
+        """The fork server's pid once it has connected."""
+        return self._server.pid
+
+    @property
+    def _proc(self):
+        return self._server.proc
+
     def wait_server(self, timeout: float | None = None) -> bool:
         """Wait until the fork server has connected (for measurements; nothing needs to wait for it)."""
-        return self._server_ready.wait(timeout)
+        return self._server.ready.wait(timeout)
 
-    def start_worker(self, env: dict[str, str] | None = None) -> WorkerHandle:
-        """Ask for one more worker, with ``env`` applied to its environment; returns at once."""
+    def start_worker(self, env: dict[str, str] | None = None, python: str | None = None) -> WorkerHandle:
+        """Ask for one more worker, with ``env`` applied to its environment; returns at once.
+
+        ``python``: the interpreter the worker runs in (a virtual environment's, say), None for the pool's
+        own. The first worker for an interpreter starts a fork server of its own for it (in the background,
+        as the pool's first), which forks every later one; the pool stops them all at close."""
         env = dict(env or {})
         for key, value in env.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise TypeError(f"Worker environment entries must be str to str; got {key!r}: {value!r}.")
         if self._closing:
             raise AnyrayError("This worker pool is closed; create a new one to start workers.")
+        server = self._server if python is None else self._server_for(python)
         handle = WorkerHandle(self, next(self._ids), env)
+        handle._server = server
         self._workers[handle.worker_id] = handle
         try:
-            self._send_server(FORK, pickle.dumps(m.Fork.pack(handle.worker_id, env)))
+            server.send(FORK, pickle.dumps(m.Fork.pack(handle.worker_id, env)))
         except AnyrayError:
             del self._workers[handle.worker_id]
             raise
@@ -353,11 +366,13 @@ class WorkerPool:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the fork server and every worker, and wait for them (idempotent)."""
-        with self._lock:
+        with self._start_lock, self._lock:  # no fork server starts after this
             if self._closing:
                 return
             self._closing = True
-            server = self._server_conn
+            servers = list(self._servers.values())
+        for server in servers:
+            server.refuse()
         try:  # wake the acceptor with a connection of our own, then stop listening
             with socket.socket(socket.AF_UNIX) as sock:
                 sock.connect(self.address)
@@ -365,21 +380,8 @@ class WorkerPool:
             pass
         self._acceptor.join(timeout)
         self._listener.close()
-        sent = False
-        if server is not None:
-            try:
-                with self._lock:
-                    server.send_bytes(frame(SHUTDOWN))
-                sent = True
-            except OSError:
-                pass
-        if not sent:
-            self._proc.kill()  # workers it may have forked die with it (PR_SET_PDEATHSIG)
-        try:
-            self._proc.wait(timeout)
-        except self._timeout_expired:
-            self._proc.kill()
-            self._proc.wait()
+        for server in servers:
+            server.shutdown(timeout)
         with self._lock:
             for conn in self._conns:  # still authenticating: a silent peer must not keep a thread
                 wake(conn)
@@ -388,22 +390,33 @@ class WorkerPool:
 
     # ---- internals
 
-    def _send_server(self, tag: int, payload: bytes, quiet: bool = False) -> None:
-        msg = frame(tag, payload)
+    def _server_for(self, python: str) -> ServerLink:
+        """The fork server for ``python``, started now if this is its first worker."""
+        if not isinstance(python, (str, os.PathLike)):
+            raise TypeError(f"python must be the path of a Python interpreter (a str), not {python!r}.")
+        key = os.path.abspath(os.fspath(python))
+        if key == os.path.abspath(self._server.python):
+            return self._server
+        server = self._by_python.get(key)
+        if server is not None and not server.gone:
+            return server
+        if not (os.path.isfile(key) and os.access(key, os.X_OK)):
+            raise ValueError(f"No Python interpreter at {key!r} (not an executable file); pass the path of "
+                             "the interpreter the worker should run in, such as a virtual environment's bin/python.")
+        with self._start_lock:  # one server per interpreter, however many threads ask at once
+            server = self._by_python.get(key)
+            if server is None or server.gone:  # its first worker, or its server died: a new one
+                if self._closing:
+                    raise AnyrayError("This worker pool is closed; create a new one to start workers.")
+                server = self._by_python[key] = self._start_server(self._session, key)
+        return server
+
+    def _start_server(self, session, python: str) -> ServerLink:
+        """Start a fork server for ``python`` (without waiting for it); the caller holds no lock."""
+        server = ServerLink(session, python, self._workers, _declare_dead, describe)
         with self._lock:
-            if self._server_conn is None:
-                if self._server_gone or self._closing:
-                    if quiet:
-                        return
-                    raise AnyrayError(f"The fork server exited ({describe(self._proc.poll())}); "
-                                      "no more workers can be started from this pool.")
-                self._server_pending.append(msg)
-                return
-            try:
-                self._server_conn.send_bytes(msg)
-            except OSError as exc:
-                if not quiet:
-                    raise AnyrayError("The fork server's connection broke; no more workers can be started.") from exc
+            self._servers[server.proc.pid] = server  # before it can connect: its hello names this pid
+        return server
 
     def _worker_died(self, handle: WorkerHandle) -> None:
         self._workers.pop(handle.worker_id, None)
@@ -445,8 +458,11 @@ class WorkerPool:
                 return
         tag = msg[0]
         if tag == SERVER_HELLO:
-            self._serve_server(conn, pickle.loads(memoryview(msg)[1:]))
-            return
+            pid = pickle.loads(memoryview(msg)[1:])
+            server = self._servers.get(pid)
+            if server is not None:
+                server.serve(conn, pid)
+                return
         if tag == HELLO and not self._closing:
             hello = m.WorkerHello._make(pickle.loads(memoryview(msg)[1:]))
             handle = self._workers.get(hello.worker_id)
@@ -494,61 +510,9 @@ class WorkerPool:
         elif self._on_message is not None:
             self._run_callback(self._on_message, handle, msg[0], memoryview(msg)[1:])
 
-    def _serve_server(self, conn, pid: int) -> None:
-        with self._lock:
-            if self._server_conn is not None or self._closing:
-                try:  # a bare close would read to it as the driver's death, and it would remove the session
-                    conn.send_bytes(frame(SHUTDOWN))
-                except OSError:
-                    pass
-                conn.close()
-                return
-            self.server_pid = pid
-            try:
-                for msg in self._server_pending:
-                    conn.send_bytes(msg)
-            except OSError:
-                pass
-            self._server_pending.clear()
-            self._server_conn = conn
-        self._server_ready.set()
-        try:
-            while True:
-                msg = conn.recv_bytes()
-                entry = _SERVER_REPORTS.get(msg[0])
-                if entry is None:
-                    continue
-                kind, handler = entry
-                report = kind._make(pickle.loads(memoryview(msg)[1:]))
-                handle = self._workers.get(report.worker_id)
-                if handle is not None:
-                    handler(handle, report)
-        except (EOFError, OSError):
-            pass
-        with self._lock:
-            self._server_conn = None
-            self._server_gone = True
-            conn.close()
-        try:
-            self._proc.wait(EXIT_REPORT_GRACE)  # reap it; close() waits too
-        except self._timeout_expired:
-            pass
-        for handle in self.workers:  # those that never connected; connected ones see their connection close
-            if handle._conn is None:
-                handle._died(WorkerExit(handle.pid, None, "the fork server exited before it connected"))
 
-
-def _forked(handle: WorkerHandle, report: m.Forked) -> None:
-    handle.pid = handle.pid or report.pid
-
-
-def _fork_failed(handle: WorkerHandle, report: m.ForkFailed) -> None:
-    handle._died(WorkerExit(None, None, f"the fork server could not fork it: {report.message}"))
-
-
-# What the fork server reports about a worker: tag -> (its type, what the pool does with it).
-_SERVER_REPORTS = {FORKED: (m.Forked, _forked), EXITED: (m.Exited, WorkerHandle._exit_reported),
-                   FORK_FAILED: (m.ForkFailed, _fork_failed)}
+def _declare_dead(handle: WorkerHandle, pid: int | None, reason: str) -> None:
+    handle._died(WorkerExit(pid, None, reason))
 
 
 def _wait_readable(conn) -> bool:

@@ -74,10 +74,11 @@ class Supervision:
                       m.OUTPUT: lambda worker, body: self._seams.output_sink.add(worker, body),
                       m.ACTOR_DIED: actor_died}
 
-    def spawn(self, env: dict | None = None, runtime_env: dict | None = None) -> Worker:
+    def spawn(self, env: dict | None = None, runtime_env: dict | None = None, python: str | None = None) -> Worker:
         """A new worker process (forked in a few milliseconds), installing this node's setup; with a
-        ``runtime_env``, the worker sets it up before its first task and runs only work of that one."""
-        handle = self.pool.start_worker(env)
+        ``runtime_env``, the worker sets it up before its first task and runs only work of that one.
+        ``python``: the interpreter it runs in (a pip/uv environment's), None for the node's own."""
+        handle = self.pool.start_worker(env, python=python)
         worker = Worker(handle, self._job)
         self.workers[handle.worker_id] = worker
         installing = handle.call_async(run_entry, "anyray.adapters.node.worker_main", "install", self._setup)

@@ -41,7 +41,7 @@ ERRORS = ErrorMap("Ray", [
     (rx.ActorPlacementGroupRemoved, ae.ActorDiedError),
     (rx.WorkerCrashedError, ae.WorkerCrashedError),
     (rx.OutOfMemoryError, ae.OutOfMemoryError),
-    (rx.RuntimeEnvSetupError, ae.RuntimeEnvSetupError),
+    (rx.RuntimeEnvSetupError, lambda exc, what: ae.RuntimeEnvSetupError(getattr(exc, "error_message", None))),
     (rx.LocalRayletDiedError, ae.NodeDiedError),
     (rx.NodeDiedError, ae.NodeDiedError),
     (rx.OwnerDiedError, ae.OwnerDiedError),

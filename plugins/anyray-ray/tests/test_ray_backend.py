@@ -283,6 +283,9 @@ def test_ray_errors_are_translated():
     assert type(translate(ray.exceptions.ObjectLostError("ab" * 14, "owner", "site"))) is exceptions.ObjectLostError
     assert type(translate(ray.exceptions.ActorDiedError())) is exceptions.ActorDiedError
     assert isinstance(translate(ray.exceptions.RaySystemError("boom")), exceptions.AnyrayError)
+    setup = translate(ray.exceptions.RuntimeEnvSetupError("pip failed"))  # Ray's message, not its str twice
+    assert type(setup) is exceptions.RuntimeEnvSetupError
+    assert str(setup) == str(ray.exceptions.RuntimeEnvSetupError("pip failed"))
     plain = ValueError("not Ray's")
     assert translate(plain) is plain
     task_error = translate(ray.exceptions.RayTaskError("f", "Traceback...", KeyError("k")))
