@@ -300,7 +300,7 @@ def apply(env: dict, fetch, root: str | None = None) -> list[tuple]:
     except RuntimeEnvSetupError:
         raise
     except Exception as exc:  # noqa: BLE001 - the task's caller gets what failed
-        raise RuntimeEnvSetupError(f"Failed to set up runtime environment: {type(exc).__name__}: {exc}") from None
+        raise RuntimeEnvSetupError(f"{type(exc).__name__}: {exc}") from None
     hook = env.get("worker_process_setup_hook")
     if hook is not None:
         run_hook(hook)

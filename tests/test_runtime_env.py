@@ -150,7 +150,7 @@ def test_an_actor_whose_environment_fails_dies_saying_why(multiprocess):
         def ping(self):
             return "pong"
 
-    with pytest.raises(ActorDiedError, match="RuntimeEnvSetupError.*this hook fails on purpose"):
+    with pytest.raises(ActorDiedError, match="(?s)RuntimeEnvSetupError.*this hook fails on purpose"):
         anyray.get(Actor.remote().ping.remote(), timeout=TIMEOUT)
 
 

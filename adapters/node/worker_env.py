@@ -41,5 +41,5 @@ def ensure(node) -> None:
     try:
         runtime_env_setup.apply(env, fetch, root)
     except RuntimeEnvSetupError as exc:
-        _error = str(exc)
+        _error = exc.error_message
         raise
