@@ -20,6 +20,7 @@ import pytest
 
 import anyray
 from anyray.conformance.helpers import DEADLINE, Arrivals, hold_until_all_arrive
+from anyray.exceptions import RuntimeEnvSetupError
 from anyray.runtime_env import RuntimeEnv, RuntimeEnvConfig
 
 per_task = pytest.mark.requires("runtime_env")
@@ -241,3 +242,51 @@ def test_the_working_dir_reaches_every_node(isolated_runtime, folder):
     results = anyray.get(probes, timeout=DEADLINE * 2)
     assert {node for node, _ in results} == alive
     assert {data for _, data in results} == {"the data"}
+
+
+# -- pip: a Python environment per requirement set (kept cheap: a local wheel, no package index) ------------
+
+pip_env = pytest.mark.requires("runtime_env_pip")
+
+
+def _local_wheel(directory) -> str:
+    """A pure-Python wheel of ``renv_pip_probe`` 1.0 in ``directory``, for pip to install with no index."""
+    import base64
+    import hashlib
+
+    directory.mkdir(exist_ok=True)
+    info = "renv_pip_probe-1.0.dist-info"
+    files = {"renv_pip_probe/__init__.py": "VALUE = 'installed by pip'\n",
+             f"{info}/METADATA": "Metadata-Version: 2.1\nName: renv-pip-probe\nVersion: 1.0\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    for name, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join(record + [f"{info}/RECORD,,"]) + "\n"
+    with zipfile.ZipFile(directory / "renv_pip_probe-1.0-py3-none-any.whl", "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    return str(directory)
+
+
+@per_task
+@pip_env
+def test_a_pip_package_is_installed_for_the_task_and_a_missing_one_fails_it(anyray_session, tmp_path):
+    wheels = _local_wheel(tmp_path / "wheels")
+    offline = ["--no-index", "--find-links", wheels]
+
+    @anyray.remote
+    def probe():
+        import renv_pip_probe
+
+        return renv_pip_probe.VALUE
+
+    good = {"pip": {"packages": ["renv-pip-probe==1.0"], "pip_install_options": offline}}
+    assert anyray.get(probe.options(runtime_env=good).remote(), timeout=DEADLINE * 10) == "installed by pip"
+    assert anyray.get(probe.options(runtime_env=good).remote(), timeout=DEADLINE) == "installed by pip"  # reused
+    bad = {"pip": {"packages": ["renv-no-such-package-anywhere==9.9"], "pip_install_options": offline}}
+    with pytest.raises(RuntimeEnvSetupError):
+        anyray.get(probe.options(runtime_env=bad).remote(), timeout=DEADLINE * 10)
+    assert anyray.get(env_var.remote("PATH"), timeout=DEADLINE) is not None  # the next task runs
+    assert anyray.get(probe.options(runtime_env=good).remote(), timeout=DEADLINE) == "installed by pip"

@@ -25,7 +25,7 @@ KNOWN_FIELDS = frozenset({
 })
 # What the built-in backends (local, multiprocess, cluster) set up; a backend lists its own in
 # ``Backend.runtime_env_fields`` (the Ray backend: every field Ray knows).
-BUILT_IN_FIELDS = frozenset({"working_dir", "py_modules", "excludes", "env_vars", "config",
+BUILT_IN_FIELDS = frozenset({"working_dir", "py_modules", "excludes", "env_vars", "pip", "uv", "config",
                              "worker_process_setup_hook"})
 DEFAULT_SETUP_TIMEOUT_SECONDS = 600
 

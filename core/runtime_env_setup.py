@@ -33,6 +33,7 @@ KEY = "_anyray_key"  # private: what tells environments apart for the worker poo
 URI_PREFIX = "anyray://pkg_"
 _IN_PROCESS = "in_process"  # Capability.IN_PROCESS: tasks are threads of the driver
 _PER_TASK = "runtime_env"  # Capability.RUNTIME_ENV: each task and actor may have an environment of its own
+_PIP = "runtime_env_pip"  # Capability.RUNTIME_ENV_PIP: pip and uv environments
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # every entry's date: the same folder packs to the same bytes
 
 _process_env: dict | None = None  # the environment this worker process was set up for (applied once)
@@ -76,7 +77,7 @@ def start_job(runtime, env: dict | None) -> None:
     if not env or getattr(backend, "passes_runtime_env", False):
         return
     env = pack(runtime, env)
-    check_supported(env, getattr(backend, "runtime_env_fields", BUILT_IN_FIELDS), backend.name, "init()")
+    check_supported(env, _fields(backend), backend.name, "init()")
     env[KEY] = key_of(env)
     runtime.job_runtime_env = env
     engine = getattr(backend, "set_job_runtime_env", None)  # a backend that applies it in its own workers
@@ -93,6 +94,13 @@ def end_job(runtime) -> None:
     if steps:
         runtime._runtime_env_undo = None
         undo(steps)
+
+
+def _fields(backend) -> frozenset:
+    """The runtime_env fields ``backend`` sets up: its own list, else the built-in backends' (pip and uv
+    where it declares it builds Python environments)."""
+    fields = getattr(backend, "runtime_env_fields", BUILT_IN_FIELDS)
+    return fields if _PIP in backend.capabilities else fields - {"pip", "uv"}
 
 
 def with_env(runtime, options: dict, owner: str) -> dict:
@@ -132,7 +140,7 @@ def resolve(runtime, own: dict | None, owner: str) -> dict | None:
     if hit is not None and hit[0] is own and hit[1] is parent:
         return hit[2]
     env = merge(parent, pack(runtime, own) if own else None)
-    check_supported(env, getattr(backend, "runtime_env_fields", BUILT_IN_FIELDS), backend.name, owner)
+    check_supported(env, _fields(backend), backend.name, owner)
     if env is not None:
         env = {**env, KEY: key_of(env)}
         if _PER_TASK not in backend.capabilities and env[KEY] != (parent or {}).get(KEY):

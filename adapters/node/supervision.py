@@ -15,6 +15,7 @@ from anyray.object_ref import ObjectRef
 from anyray.runtime_env_setup import KEY as ENV_KEY
 
 from . import messages as m
+from .env_builds import PythonEnvs
 from .framing import run_entry
 from .pool import WorkerPool
 
@@ -61,6 +62,7 @@ class Supervision:
         self.closed = False
         self._tags: dict = {}
         self._task_result = self._call_result = self._actor_exited = self._worker_lost = None
+        self.python_envs = PythonEnvs()
         self._max_idle = max(2, os.cpu_count() or 1)  # idle workers of other runtime_envs kept
         # Where this node's workers unpack runtime_env packages (working_dir, py_modules), per content hash.
         self.resources_dir = os.path.join(tempfile.gettempdir(), f"anyray-runtime-{os.path.basename(session.path)}")
@@ -89,21 +91,26 @@ class Supervision:
                               self.resources_dir).add_done_callback(self._installed)
         return worker
 
-    def worker_for(self, options: dict) -> Worker:
-        """Under the node's lock: an idle worker of the runtime_env in ``options``, or a new one. Idle workers
-        of other environments beyond the node's share are asked to exit, so environments can take turns."""
+    def worker_for(self, options: dict, on_built) -> Worker | None:
+        """Under the node's lock: an idle worker of the runtime_env in ``options``, or a new one; None while
+        its Python environment (pip/uv) is built, and then ``on_built(interpreter or RuntimeEnvSetupError)``
+        is called (from the build's thread). Idle workers of other environments beyond the node's share are
+        asked to exit, so environments can take turns."""
         runtime_env = options.get("runtime_env")
         key = runtime_env[ENV_KEY] if runtime_env else ""
         idle = self.idle
         for i in range(len(idle) - 1, -1, -1):
             if idle[i].env_key == key:
                 return idle.pop(i)
+        known, python = self.python_envs.python_for(runtime_env, on_built) if key else (True, None)
+        if not known:
+            return None
         others = [w for w in idle if w.env_key != key]
         for worker in others[:max(0, len(others) - self._max_idle)]:
             idle.remove(worker)
             worker.retiring = True
             self.exit(worker)
-        return self.spawn(None, runtime_env)
+        return self.spawn(None, runtime_env, python)
 
     @staticmethod
     def _installed(future) -> None:

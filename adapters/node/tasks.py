@@ -109,15 +109,30 @@ class Tasks:
             if task.state != "queued":
                 worker = None
             else:
-                task.state = "running"
                 task.lease = lease
-                worker = self._worker_for(task.spec.options)
+                worker = self._worker_for(task.spec.options, lambda built: self._env_built(task, lease, built))
+                if worker is None:
+                    return  # its Python environment is being built: _env_built goes on, holding the lease
+                task.state = "running"
                 worker.task = task
                 task.worker = worker
         if worker is None:
             self.release(lease)
             return
         self._send_task(worker, task)
+
+    def _env_built(self, task: Task, lease, built) -> None:
+        """The Python environment ``task`` waited for on ``lease`` is built (an interpreter), or failed."""
+        if isinstance(built, BaseException):
+            with self._lock:
+                live = task.state == "queued"
+                if live:
+                    self.finish(task)
+            if live:
+                self.fail(task.spec.returns, built)
+            self.release(lease)
+            return
+        self.start(task, lease)  # finds the environment built now (or the task cancelled: the lease goes back)
 
     def _send_task(self, worker, task: Task) -> None:
         spec = task.spec
@@ -162,16 +177,22 @@ class Tasks:
             if not worker.retiring:
                 nxt = self._next_queued(task.shape, lease)
                 if nxt is not None:
-                    runner = worker if same_env(worker, nxt) else self._worker_for(nxt.spec.options)
-                    nxt.state, nxt.lease, nxt.worker = "running", lease, runner
-                    runner.task = nxt
-                    if runner is not worker:
+                    if same_env(worker, nxt):
+                        runner = worker
+                    else:
                         self._idle.append(worker)
+                        nxt.lease = lease
+                        runner = self._worker_for(nxt.spec.options,
+                                                  lambda built, nxt=nxt: self._env_built(nxt, lease, built))
+                    if runner is not None:
+                        nxt.state, nxt.lease, nxt.worker = "running", lease, runner
+                        runner.task = nxt
                 else:
                     self._idle.append(worker)
         if nxt is not None:
-            self._send_task(nxt.worker, nxt)
-            return
+            if nxt.worker is not None:
+                self._send_task(nxt.worker, nxt)
+            return  # else the lease waits with nxt for its Python environment
         if worker.retiring:
             self._exit(worker)
         self.release(lease)

@@ -268,7 +268,7 @@ class WorkerBackend(Backend):
     """The backend of the runtime inside a worker: every port call goes to the node."""
 
     name = "worker"
-    capabilities = frozenset({Capability.RUNTIME_ENV})  # the node starts a worker per environment
+    capabilities = frozenset({Capability.RUNTIME_ENV, Capability.RUNTIME_ENV_PIP})  # as the node it serves
 
     def start(self) -> None:
         node = self.config.options["node"]

@@ -34,6 +34,7 @@ class RayBackend(Backend):
         Capability.CONCURRENT, Capability.PROCESSES, Capability.ZERO_COPY, Capability.MULTI_NODE,
         Capability.WORKER_RESTART, Capability.ACTOR_RESTART, Capability.FORCE_CANCEL,
         Capability.INTERRUPT_CANCEL, Capability.ERROR_INFO, Capability.RUNTIME_ENV,
+        Capability.RUNTIME_ENV_PIP,
     })
     known_gaps = {}
     accepted_options = _RAY_INIT_OPTIONS
