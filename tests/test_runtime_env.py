@@ -189,3 +189,28 @@ def test_a_task_may_have_zipped_modules_of_its_own(multiprocess, tmp_path):
         return __import__("renv_unit_zipped").VALUE
 
     assert anyray.get(value.remote(), timeout=TIMEOUT) == "zipped"
+
+
+def test_an_actor_runs_in_its_pip_environment_or_dies_saying_why(multiprocess, tmp_path):
+    from anyray.conformance.test_runtime_env import _local_wheel
+
+    offline = ["--no-index", "--find-links", _local_wheel(tmp_path / "wheels")]
+
+    @anyray.remote
+    class Probe:
+        def value(self):
+            import renv_pip_probe
+
+            return renv_pip_probe.VALUE
+
+    good = Probe.options(runtime_env={"pip": {"packages": ["renv-pip-probe"], "pip_install_options": offline}})
+    assert anyray.get(good.remote().value.remote(), timeout=TIMEOUT * 5) == "installed by pip"
+    bad = Probe.options(runtime_env={"pip": {"packages": ["renv-missing-xyz"], "pip_install_options": offline}})
+    with pytest.raises(ActorDiedError, match="RuntimeEnvSetupError"):
+        anyray.get(bad.remote().value.remote(), timeout=TIMEOUT * 5)
+
+
+def test_the_local_backend_refuses_pip(tmp_path):
+    with pytest.raises(ValueError, match="'pip' are not supported by the 'local' backend"):
+        anyray.init(backend="local", runtime_env={"pip": ["six"]})
+    assert not anyray.is_initialized()
