@@ -56,7 +56,7 @@ class Actors:
         self.fail, self._own, self._wire, self._seal_wires = ledger.fail, ledger.own, ledger.wire, ledger.seal_wires
         self._blob = functions.blob
         self._spawn, self._send, self._exit = supervision.spawn, supervision.send, supervision.exit
-        self._python_envs = supervision.python_envs
+        self._spawn_for = supervision.spawn_for
         self.actors: dict[bytes, Actor] = {}
         self.call_owner: dict[bytes, Actor] = {}  # first return id of each call in flight -> its actor
 
@@ -109,12 +109,10 @@ class Actors:
     def _start_actor_process(self, actor: Actor) -> None:
         spec = actor.spec
         gpu_ids = actor.lease.gpu_ids
-        runtime_env = spec.options.get("runtime_env")
-        known, python = self._python_envs.python_for(runtime_env, lambda built: self._env_built(actor, built))
-        if not known:
+        worker = self._spawn_for({"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpu_ids)} if gpu_ids else None,
+                                 spec.options.get("runtime_env"), lambda built: _env_built(self, actor, built))
+        if worker is None:
             return  # its Python environment (pip/uv) is being built: _env_built goes on
-        worker = self._spawn({"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpu_ids)} if gpu_ids else None,
-                             runtime_env, python)
         worker.actor = actor
         worker.job = actor.job
         cls = spec.cls
@@ -137,14 +135,6 @@ class Actors:
                 self._send_call(actor, worker, call)
             if actor.terminate:
                 self._send(worker, m.ACTOR, m.ActorOp.pack(m.ACTOR_TERMINATE, None))
-
-    def _env_built(self, actor: Actor, built) -> None:
-        """The Python environment ``actor`` waited for is built (an interpreter), or failed: it dies."""
-        if isinstance(built, BaseException):
-            self._actor_dead(actor, f"The actor {actor.spec.cls.name} died: its runtime_env could not be set up: "
-                                    f"RuntimeEnvSetupError: {built}")
-        elif actor.state != "dead":
-            self._start_actor_process(actor)
 
     def _send_call(self, actor: Actor, worker, spec: ActorTaskSpec) -> None:
         held = actor.held.get(spec.task_id)
@@ -343,3 +333,12 @@ class Actors:
         """The actor process running the call that returns ``oid``, if one does."""
         actor = self.call_owner.get(oid)
         return actor.worker if actor is not None else None
+
+
+def _env_built(actors: Actors, actor: Actor, built) -> None:
+    """The Python environment ``actor`` waited for is built (an interpreter), or failed: then it dies."""
+    if isinstance(built, BaseException):
+        actors._actor_dead(actor, f"The actor {actor.spec.cls.name} died: its runtime_env could not be set up: "
+                                  f"RuntimeEnvSetupError: {built}")
+    elif actor.state != "dead":
+        actors._start_actor_process(actor)

@@ -91,6 +91,12 @@ class Supervision:
                               self.resources_dir).add_done_callback(self._installed)
         return worker
 
+    def spawn_for(self, env: dict | None, runtime_env: dict | None, on_built) -> Worker | None:
+        """A new worker for ``runtime_env`` (an actor's); None while its Python environment is built, and then
+        ``on_built(interpreter or RuntimeEnvSetupError)`` is called (from the build's thread)."""
+        known, python = self.python_envs.python_for(runtime_env, on_built)
+        return self.spawn(env, runtime_env, python) if known else None
+
     def worker_for(self, options: dict, on_built) -> Worker | None:
         """Under the node's lock: an idle worker of the runtime_env in ``options``, or a new one; None while
         its Python environment (pip/uv) is built, and then ``on_built(interpreter or RuntimeEnvSetupError)``
