@@ -349,7 +349,7 @@ class Runtime:
         parent = current_task.get()
         spec = TaskSpec(
             task_id=ids.new_id(), function=descriptor, args=blob,
-            deps=runtime_env_setup.with_packages(options, self._deps(args, kwargs, descriptor.name)),
+            deps=runtime_env_setup.with_packages(self, options, self._deps(args, kwargs, descriptor.name)),
             returns=self._returns(return_count(options["num_returns"])), resources=resources, options=options,
             parent_task_id=parent.task_id if parent is not None else None,
             name=options["name"] or descriptor.name)
@@ -373,7 +373,7 @@ class Runtime:
                                  f"Pick another name, or pass get_if_exists=True to reuse it.")
         blob = serialization.serialize_arguments(args, kwargs, f"{descriptor.name}.__init__")
         spec = ActorSpec(actor_id=ids.new_id(), cls=descriptor, args=blob,
-                         deps=runtime_env_setup.with_packages(options, self._deps(args, kwargs, descriptor.name)),
+                         deps=runtime_env_setup.with_packages(self, options, self._deps(args, kwargs, descriptor.name)),
                          resources=opts.resource_demand(options),
                          options=options, namespace=namespace, is_async=is_async, method_options=method_options)
         try:

@@ -80,12 +80,15 @@ def start_job(runtime, env: dict | None) -> None:
     check_supported(env, _fields(backend), backend.name, "init()")
     env[KEY] = key_of(env)
     runtime.job_runtime_env = env
+    refs = {ref.hex(): ref for ref in _state(runtime).refs.values()}
+
+    def fetch(object_hex: str) -> bytes:
+        return runtime.get(refs[object_hex])
     engine = getattr(backend, "set_job_runtime_env", None)  # a backend that applies it in its own workers
     if engine is not None:
-        engine(env)
+        engine(env, fetch)
     elif _IN_PROCESS in backend.capabilities:
-        refs = {ref.hex(): ref for ref in _state(runtime).refs.values()}
-        runtime._runtime_env_undo = apply(env, lambda oid: runtime.get(refs[oid]))
+        runtime._runtime_env_undo = apply(env, fetch)
 
 
 def end_job(runtime) -> None:
@@ -113,14 +116,16 @@ def with_env(runtime, options: dict, owner: str) -> dict:
     return options if env is own else {**options, "runtime_env": env}
 
 
-def with_packages(options: dict, deps: list) -> list:
-    """A task's or actor's dependencies, with the packages of its environment: the node it runs on has them
-    before it starts, wherever they were put (a cluster pulls them as it pulls any argument)."""
+def with_packages(runtime, options: dict, deps: list) -> list:
+    """A task's or actor's dependencies, with the packages of its environment where its worker fetches them
+    (a backend with a worker per environment): the node it runs on has them before it starts, wherever they
+    were put (a cluster pulls them as it pulls any argument)."""
     env = options.get("runtime_env")
     packages = env.get(PACKAGES_KEY) if env else None
-    if not packages:
+    if not packages or _PER_TASK not in runtime.backend.capabilities:
         return deps
-    return deps + [ObjectRef(bytes.fromhex(oid)) for oid in packages.values()]
+    refs = _state(runtime).refs  # the driver's own refs; a worker names them by id
+    return deps + [refs[uri] if uri in refs else ObjectRef(bytes.fromhex(oid)) for uri, oid in packages.items()]
 
 
 def resolve(runtime, own: dict | None, owner: str) -> dict | None:
@@ -314,12 +319,6 @@ def apply(env: dict, fetch, root: str | None = None) -> list[tuple]:
         run_hook(hook)
     _process_env = env
     return undo
-
-
-def set_process_env(env: dict | None) -> None:
-    """Say which environment this process runs in (an engine's worker that a backend set up itself)."""
-    global _process_env
-    _process_env = env
 
 
 def run_hook(hook) -> None:

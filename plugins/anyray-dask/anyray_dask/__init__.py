@@ -119,18 +119,17 @@ class DaskBackend(Backend):
             "test_multi_node::test_an_actor_handle_passed_to_every_node_keeps_call_order",
             "test_multi_node::test_timeline_and_error_info_cover_every_node",
         ], notimpl(ACTOR_CALLS_NEED_A_THREAD, timeout=90)),
-        "test_runtime_env::test_the_jobs_working_dir_is_importable_in_tasks": notimpl(
-            "a Dask worker process runs the tasks of every job as threads, with one cwd and sys.path: the plugin "
-            "sets the job's env_vars in each worker, and refuses working_dir and py_modules"),
     }
     accepted_options = frozenset({"num_workers", "security"})
-    # The job's env_vars go to every Dask worker; the rest needs a process per environment (see known_gaps).
-    runtime_env_fields = frozenset({"env_vars", "config"})
+    # The job's environment is set up in every Dask worker; pip/uv and a task's own need a process per
+    # environment (the core refuses them here).
+    runtime_env_fields = frozenset({"env_vars", "working_dir", "excludes", "py_modules", "worker_process_setup_hook",
+                                    "config"})
 
-    def set_job_runtime_env(self, env: dict) -> None:
+    def set_job_runtime_env(self, env: dict, fetch) -> None:
         from .runtime_env import apply_job_env
 
-        apply_job_env(self.client, env)
+        apply_job_env(self.client, env, fetch)
 
     _cluster = None
     client = None

@@ -1,31 +1,34 @@
-"""The job's runtime_env on Dask: its ``env_vars`` set in every Dask worker, those that join later included
-(a worker plugin). Tasks run as threads of shared worker processes, so a task or actor cannot have an
-environment of its own here, nor a working_dir (one cwd per process) or py_modules (the core refuses them:
-``DaskBackend.runtime_env_fields``)."""
+"""The job's runtime_env on Dask, set up in every Dask worker process (those that join later too) by a
+worker plugin: env_vars, py_modules and the working_dir (unpacked once per content on the machine, on
+``sys.path``, the working_dir the process's cwd), then the setup hook. The packages travel inside the
+plugin (Dask sends it to each worker). Tasks run as threads of shared worker processes, so a task or actor
+cannot have an environment of its own here (the core refuses one), nor pip/uv.
+"""
 
 from __future__ import annotations
-
-import os
 
 from distributed import WorkerPlugin
 
 PLUGIN_NAME = "anyray-runtime-env"
 
 
-class JobEnvVars(WorkerPlugin):
-    """Sets the job's environment variables in each worker process as it starts (or now, if running)."""
+class JobEnv(WorkerPlugin):
+    """Sets up the job's environment (as the core resolved it) in each worker process as it starts."""
 
     name = PLUGIN_NAME
 
-    def __init__(self, env: dict):  # the job's, as the core resolved it
+    def __init__(self, env: dict, packages: dict[str, bytes]):
         self.env = env
+        self.packages = packages  # object id (hex) -> the zip of a working_dir or module
 
     def setup(self, worker) -> None:
-        from anyray.runtime_env_setup import set_process_env
+        from anyray.runtime_env_setup import apply
 
-        os.environ.update(self.env.get("env_vars") or {})
-        set_process_env(self.env)  # what get_runtime_context().runtime_env shows, and tasks started here inherit
+        apply(self.env, self.packages.__getitem__)  # also what get_runtime_context().runtime_env shows
 
 
-def apply_job_env(client, env: dict) -> None:
-    client.register_plugin(JobEnvVars(env), name=PLUGIN_NAME)
+def apply_job_env(client, env: dict, fetch) -> None:
+    from anyray.runtime_env import PACKAGES_KEY
+
+    packages = {oid: fetch(oid) for oid in (env.get(PACKAGES_KEY) or {}).values()}
+    client.register_plugin(JobEnv(env, packages), name=PLUGIN_NAME)
