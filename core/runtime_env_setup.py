@@ -335,6 +335,14 @@ def run_hook(hook) -> None:
             f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}") from None
 
 
+apply_runtime_env = apply  # the backend kit's name for it
+
+
+def runtime_env_packages(env: dict) -> list[str]:
+    """The object ids (hex) of the packages ``env`` names, for ``fetch``."""
+    return list((env.get(PACKAGES_KEY) or {}).values())
+
+
 def undo(steps: list[tuple]) -> None:
     """Put back what :func:`apply` changed, last change first."""
     global _process_env

@@ -22,13 +22,13 @@ class JobEnv(WorkerPlugin):
         self.packages = packages  # object id (hex) -> the zip of a working_dir or module
 
     def setup(self, worker) -> None:
-        from anyray.runtime_env_setup import apply
+        from anyray.backend_kit import apply_runtime_env
 
-        apply(self.env, self.packages.__getitem__)  # also what get_runtime_context().runtime_env shows
+        apply_runtime_env(self.env, self.packages.__getitem__)  # also what get_runtime_context().runtime_env shows
 
 
 def apply_job_env(client, env: dict, fetch) -> None:
-    from anyray.runtime_env import PACKAGES_KEY
+    from anyray.backend_kit import runtime_env_packages
 
-    packages = {oid: fetch(oid) for oid in (env.get(PACKAGES_KEY) or {}).values()}
+    packages = {oid: fetch(oid) for oid in runtime_env_packages(env)}
     client.register_plugin(JobEnv(env, packages), name=PLUGIN_NAME)
