@@ -6,8 +6,10 @@ Real worker processes throughout (the multiprocess backend)."""
 from __future__ import annotations
 
 import os
+import time
 import zipfile
 
+import psutil
 import pytest
 
 import anyray
@@ -214,3 +216,18 @@ def test_the_local_backend_refuses_pip(tmp_path):
     with pytest.raises(ValueError, match="'pip' are not supported by the 'local' backend"):
         anyray.init(backend="local", runtime_env={"pip": ["six"]})
     assert not anyray.is_initialized()
+
+
+def test_idle_workers_of_other_environments_make_way(multiprocess):
+    pids = [anyray.get(where.options(runtime_env={"env_vars": {"RENV_TURN": str(i)}}).remote(), timeout=TIMEOUT)[1]
+            for i in range(8)]
+    assert len(set(pids)) == 8  # a worker per environment
+    kept = max(2, os.cpu_count() or 1) + 1  # the idle ones the node keeps, and the one that ran last
+
+    def alive():
+        return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+    deadline = time.monotonic() + TIMEOUT
+    while len(alive()) > kept and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(alive()) <= kept
