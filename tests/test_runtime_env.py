@@ -224,8 +224,14 @@ def test_idle_workers_of_other_environments_make_way(multiprocess):
     assert len(set(pids)) == 8  # a worker per environment
     kept = max(2, os.cpu_count() or 1) + 1  # the idle ones the node keeps, and the one that ran last
 
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
     def alive():
-        return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        return [p for p in pids if running(p)]
 
     deadline = time.monotonic() + TIMEOUT
     while len(alive()) > kept and time.monotonic() < deadline:
