@@ -34,6 +34,7 @@ URI_PREFIX = "anyray://pkg_"
 _IN_PROCESS = "in_process"  # Capability.IN_PROCESS: tasks are threads of the driver
 _PER_TASK = "runtime_env"  # Capability.RUNTIME_ENV: each task and actor may have an environment of its own
 _PIP = "runtime_env_pip"  # Capability.RUNTIME_ENV_PIP: pip and uv environments
+_MERGED_KEPT = 512  # environments resolved before, kept per runtime
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # every entry's date: the same folder packs to the same bytes
 
 _process_env: dict | None = None  # the environment this worker process was set up for (applied once)
@@ -155,6 +156,8 @@ def resolve(runtime, own: dict | None, owner: str) -> dict | None:
                 f"(init(runtime_env=...)) and cannot give one its own. Put the environment in "
                 f"init(runtime_env=...), or use a backend with a worker process per environment (the default "
                 f"'multiprocess', or 'cluster').")
+    if len(state.merged) >= _MERGED_KEPT:  # .options(runtime_env=...) in a loop makes a new dict each time
+        state.merged.clear()
     state.merged[cache_key] = (own, parent, env)
     return env
 
