@@ -4,6 +4,7 @@ Real builds from the package index, kept few: one pip environment for the whole 
 at once), one uv environment, and installs that fail. The cache is a temp dir per test session.
 """
 
+import importlib.metadata
 import json
 import os
 import pickle
@@ -153,8 +154,9 @@ def test_malformed_values_are_refused_with_what_was_wrong(tool, value, error, wo
 
 
 def test_bad_timeout_is_refused(cache):
-    with pytest.raises(ValueError, match="setup_timeout_seconds"):
-        python_envs.ensure_env("pip", [MISSING], setup_timeout_seconds=0, cache_dir=cache)
+    for timeout in (0, -5, "600", True):
+        with pytest.raises(ValueError, match="setup_timeout_seconds"):
+            python_envs.ensure_env("pip", [MISSING], setup_timeout_seconds=timeout, cache_dir=cache)
 
 
 def test_runtime_env_setup_error_is_rays_and_pickles():
@@ -238,6 +240,7 @@ def test_the_environment_layers_on_the_nodes_packages(built):
     prefix, new, pinned, anyray_file = out.stdout.split()
     assert prefix == os.path.dirname(os.path.dirname(python))
     assert (new, pinned) == (NEW_VERSION, PINNED_VERSION)  # the requirement wins over the node's copy
+    assert importlib.metadata.version(PINNED_PACKAGE) != PINNED_VERSION  # which pip left where it was
     assert anyray_file == anyray.__file__  # the node's anyray (an editable install works too)
 
 

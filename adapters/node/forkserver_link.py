@@ -30,11 +30,15 @@ class ServerLink:
     """One fork server process and the pool's connection to it.
 
     ``workers`` is the pool's table (worker id -> handle); ``died(handle, pid, reason)`` declares a handle
-    dead (the pool's ``WorkerExit`` with that pid and reason). Thread-safe: ``send`` from any thread, ``serve`` on the
-    connection's reader thread, ``shutdown`` once, at the pool's close.
+    dead (the pool's ``WorkerExit`` with that pid and reason); ``register(link)`` is called once the process
+    exists, before it is told how to connect. The server's hello names it by pid: the interpreter must run
+    the server in the process started (a virtual environment's python does; a wrapper that forks would not).
+    Thread-safe: ``send`` from any thread, ``serve`` on the connection's reader thread, ``shutdown`` once, at
+    the pool's close.
     """
 
-    def __init__(self, session, python: str, workers: dict, died: Callable, describe: Callable):
+    def __init__(self, session, python: str, workers: dict, died: Callable, describe: Callable,
+                 register: Callable):
         self.python = python
         self.pid: int | None = None  # as the server reports it (SERVER_HELLO)
         self.ready = threading.Event()
@@ -48,6 +52,7 @@ class ServerLink:
         self._closing = False
         self.proc = subprocess.Popen([python, "-m", "anyray.adapters.node.forkserver"], stdin=subprocess.PIPE,
                                      close_fds=True, start_new_session=True)
+        register(self)  # known by its pid before it can connect (it waits for the lines below)
         try:  # a pipe write this small never blocks; the secret never goes in argv or the environment
             self.proc.stdin.write(f"{session.path}\n{SOCKET_NAME}\n{session.secret.hex()}\n".encode())
             self.proc.stdin.close()

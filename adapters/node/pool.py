@@ -39,7 +39,7 @@ from anyray.exceptions import AnyrayError, WorkerCrashedError
 from . import messages as m
 from .forkserver_link import EXIT_REPORT_GRACE, ServerLink
 from .framing import CALL_HEAD, REPLY_HEAD, SOCKET_NAME, frame, spin_until_readable, wake
-from .messages import CALL, FORK, HELLO, KILL, REPLY, SERVER_HELLO
+from .messages import CALL, FORK, HELLO, KILL, REPLY, SERVER_HELLO, SHUTDOWN
 
 log = logging.getLogger(__name__)
 
@@ -412,11 +412,12 @@ class WorkerPool:
         return server
 
     def _start_server(self, session, python: str) -> ServerLink:
-        """Start a fork server for ``python`` (without waiting for it); the caller holds no lock."""
-        server = ServerLink(session, python, self._workers, _declare_dead, describe)
+        """Start a fork server for ``python`` (without waiting for it); the caller does not hold ``_lock``."""
+        return ServerLink(session, python, self._workers, _declare_dead, describe, self._register_server)
+
+    def _register_server(self, server: ServerLink) -> None:
         with self._lock:
             self._servers[server.proc.pid] = server  # before it can connect: its hello names this pid
-        return server
 
     def _worker_died(self, handle: WorkerHandle) -> None:
         self._workers.pop(handle.worker_id, None)
@@ -463,6 +464,10 @@ class WorkerPool:
             if server is not None:
                 server.serve(conn, pid)
                 return
+            try:  # not one this pool started: told to stop (a bare close reads to it as the driver's death)
+                conn.send_bytes(frame(SHUTDOWN))
+            except OSError:
+                pass
         if tag == HELLO and not self._closing:
             hello = m.WorkerHello._make(pickle.loads(memoryview(msg)[1:]))
             handle = self._workers.get(hello.worker_id)

@@ -134,9 +134,11 @@ class _Runner:
         os.mkdir(self._cwd, 0o700)
         self._deadline = deadline
         self._timeout = timeout
-        self._what = ", ".join(redact(p.strip()) for p in packages if p.strip() and not p.strip().startswith("#"))
-        self._env = dict(os.environ, PIP_NO_INPUT="1", VIRTUAL_ENV=target)
-        self._env.pop("PYTHONHOME", None)
+        what = ", ".join(redact(p.strip()) for p in packages if p.strip() and not p.strip().startswith("#"))
+        self._what = what if len(what) <= 500 else what[:500] + " ..."
+        self._env = dict(os.environ, PIP_NO_INPUT="1", PIP_USER="0", VIRTUAL_ENV=target)
+        for redirect in ("PYTHONHOME", "PIP_TARGET", "PIP_PREFIX", "PIP_ROOT", "UV_SYSTEM_PYTHON"):
+            self._env.pop(redirect, None)  # the install goes into the environment, nowhere else
         self._log = os.path.join(target, "install.log")
 
     def __call__(self, cmd: list[str], what: str) -> None:

@@ -133,6 +133,7 @@ def ensure_env(tool: str, value, *, setup_timeout_seconds: float | None = DEFAUL
     cannot be used; a failure leaves nothing that stops a later build.
     """
     spec = normalize(tool, value)
+    deadline = _deadline(setup_timeout_seconds)
     if spec is None:
         return None
     cache = os.path.abspath(cache_dir) if cache_dir else default_cache_dir()
@@ -140,7 +141,6 @@ def ensure_env(tool: str, value, *, setup_timeout_seconds: float | None = DEFAUL
     found = _published(link)
     if found is not None:
         return found
-    deadline = _deadline(setup_timeout_seconds)
     _ensure_private_dir(cache)
     lock_fd = os.open(link + ".lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
     try:
@@ -156,6 +156,9 @@ def ensure_env(tool: str, value, *, setup_timeout_seconds: float | None = DEFAUL
             with open(os.path.join(target, _COMPLETE), "w") as out:
                 json.dump({"tool": tool, "packages": [redact(p) for p in _clean(spec["packages"])]}, out)
             _publish(target, link)
+        except OSError as exc:  # the disk, not the installer: still the environment's setup that failed
+            shutil.rmtree(target, ignore_errors=True)
+            raise RuntimeEnvSetupError(f"Building the Python environment in {target} failed: {exc}") from exc
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
