@@ -14,6 +14,8 @@ from typing import Any
 
 from . import current as _current
 from . import runtime as _rt
+from . import runtime_env as _runtime_env
+from . import runtime_env_setup as _runtime_env_setup
 from .actor import ActorClass, method
 from .context import current_task
 from .ports.backend import BackendConfig
@@ -142,13 +144,16 @@ def _whose_options(options) -> str:
 def init(backend: str | None = None, *, address: str | None = None, num_cpus: float | None = None,
          num_gpus: float | None = None, resources: dict | None = None, object_store_memory: int | None = None,
          namespace: str | None = None, ignore_reinit_error: bool = False, local_mode: bool = False,
-         redis_address: str | None = None, _redis_password: str | None = None, **backend_options) -> InitContext:
+         redis_address: str | None = None, _redis_password: str | None = None, runtime_env: dict | None = None,
+         **backend_options) -> InitContext:
     """Start (or connect to) a backend for this process. See API.md for every option.
 
     As in Ray, the first argument may be the address (``init("auto")``, ``init("HOST:PORT")``) unless it
     names an installed backend; an address (given, or ``$ANYRAY_ADDRESS``, else ``$RAY_ADDRESS``) with no
-    backend named (``backend=`` or ``$ANYRAY_BACKEND``) selects the cluster backend."""
+    backend named (``backend=`` or ``$ANYRAY_BACKEND``) selects the cluster backend. ``runtime_env``: the
+    job's environment, which every task and actor of the job runs in (merged with their own)."""
     global _atexit_registered
+    job_env = _runtime_env.validate(runtime_env, "init()")
     address = _normalize_address(address, redis_address)
     name, address, origin = _choose_backend(backend, address, local_mode)
     with _init_lock:
@@ -178,6 +183,8 @@ def init(backend: str | None = None, *, address: str | None = None, num_cpus: fl
                 raise TypeError(f"init(): the {name!r} backend takes no _redis_password= (it has no Redis); drop it.")
             backend_options["_redis_password"] = _redis_password
         accepted = backend_cls.accepted_options
+        if runtime_env is not None and "runtime_env" in accepted:  # an engine that sets environments up itself
+            backend_options["runtime_env"] = runtime_env
         unknown = sorted(set(backend_options) - accepted - _COSMETIC_RAY_OPTIONS)
         if unknown:
             raise TypeError(f"init() got unexpected keyword argument(s) {', '.join(map(repr, unknown))} for the "
@@ -198,6 +205,11 @@ def init(backend: str | None = None, *, address: str | None = None, num_cpus: fl
             namespace=namespace if namespace is not None else f"anonymous-{uuid.uuid4().hex[:12]}",
             options={k: v for k, v in backend_options.items() if k in accepted})
         runtime = _rt.Runtime(backend_cls, config)
+        try:
+            _runtime_env_setup.start_job(runtime, job_env)
+        except BaseException:
+            runtime.shutdown()
+            raise
         _rt.set_current(runtime)
         if not _atexit_registered:
             atexit.register(shutdown)
@@ -212,7 +224,10 @@ def shutdown() -> None:
         if runtime is None:
             return
         _rt.set_current(None)
-        runtime.shutdown()
+        try:
+            runtime.shutdown()
+        finally:
+            _runtime_env_setup.end_job(runtime)
 
 
 def is_initialized() -> bool:

@@ -14,6 +14,8 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import runtime_env
+
 Checker = Callable[[str, Any, str], Any]
 
 
@@ -168,6 +170,10 @@ def _concurrency_groups(name, value, owner):
     return out
 
 
+def _runtime_env(name, value, owner):
+    return runtime_env.validate(value, owner)
+
+
 def _optional_bool(name, value, owner):
     if value is not None and not isinstance(value, bool):
         raise TypeError(f"{owner}: option {name!r} must be True, False or None, got {value!r}.")
@@ -231,6 +237,7 @@ _COMMON: dict[str, Checker] = {
     "label_selector": _label_selector,
     "enable_task_events": _boolean,
     "_metadata": _metadata,
+    "runtime_env": _runtime_env,
 }
 
 TASK_OPTIONS: dict[str, Checker] = {
@@ -267,7 +274,8 @@ METHOD_OPTIONS: dict[str, Checker] = {
 ALIASES = {"num_return_vals": "num_returns"}
 
 _COMMON_DEFAULTS = {"num_gpus": 0, "memory": 0, "resources": {}, "name": None, "scheduling_strategy": None,
-                    "accelerator_type": None, "label_selector": None, "enable_task_events": True, "_metadata": None}
+                    "accelerator_type": None, "label_selector": None, "enable_task_events": True, "_metadata": None,
+                    "runtime_env": None}
 TASK_DEFAULTS = {**_COMMON_DEFAULTS, "num_returns": 1, "num_cpus": 1, "max_retries": 3, "retry_exceptions": False,
                  "max_calls": 0}
 ACTOR_DEFAULTS = {**_COMMON_DEFAULTS, "num_cpus": 0, "namespace": None, "lifetime": None, "max_restarts": 0,

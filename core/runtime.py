@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from . import ids, serialization
+from . import ids, runtime_env_setup, serialization
 from . import options as opts
 from .actor import ActorHandle
 from .context import current_task
@@ -343,11 +343,13 @@ class Runtime:
         strategy = options["scheduling_strategy"]
         if strategy is not None:
             self._check_strategy(strategy, descriptor.name)
+        options = runtime_env_setup.with_env(self, options, descriptor.name)
         blob = serialization.serialize_arguments(args, kwargs, descriptor.name)
         self.counter.drain()
         parent = current_task.get()
         spec = TaskSpec(
-            task_id=ids.new_id(), function=descriptor, args=blob, deps=self._deps(args, kwargs, descriptor.name),
+            task_id=ids.new_id(), function=descriptor, args=blob,
+            deps=runtime_env_setup.with_packages(self, options, self._deps(args, kwargs, descriptor.name)),
             returns=self._returns(return_count(options["num_returns"])), resources=resources, options=options,
             parent_task_id=parent.task_id if parent is not None else None,
             name=options["name"] or descriptor.name)
@@ -357,6 +359,7 @@ class Runtime:
     def create_actor(self, descriptor: FunctionDescriptor, args: tuple, kwargs: dict, options: dict,
                      is_async: bool, method_options: dict):
         self._check_strategy(options["scheduling_strategy"], descriptor.name)
+        options = runtime_env_setup.with_env(self, options, descriptor.name)
         namespace = options["namespace"] if options["namespace"] is not None else self.namespace
         name = options["name"]
         if name is not None:
@@ -370,7 +373,8 @@ class Runtime:
                                  f"Pick another name, or pass get_if_exists=True to reuse it.")
         blob = serialization.serialize_arguments(args, kwargs, f"{descriptor.name}.__init__")
         spec = ActorSpec(actor_id=ids.new_id(), cls=descriptor, args=blob,
-                         deps=self._deps(args, kwargs, descriptor.name), resources=opts.resource_demand(options),
+                         deps=runtime_env_setup.with_packages(self, options, self._deps(args, kwargs, descriptor.name)),
+                         resources=opts.resource_demand(options),
                          options=options, namespace=namespace, is_async=is_async, method_options=method_options)
         try:
             native = self.scheduler.create_actor(spec)

@@ -6,6 +6,8 @@ import os
 
 from .actor import ActorHandle, _methods_of
 from .context import TaskContext, current_task, worker_id
+from .runtime_env import RuntimeEnv, to_string
+from .runtime_env_setup import shown
 
 
 class RuntimeContext:
@@ -83,6 +85,16 @@ class RuntimeContext:
     @property
     def was_current_actor_reconstructed(self) -> bool:
         return bool(self._task and self._task.restarted)
+
+    @property
+    def runtime_env(self):
+        """The runtime_env this code runs in (a ``RuntimeEnv``): the task's or actor's, merged with the
+        job's; in the driver, the job's (``init(runtime_env=...)``)."""
+        return RuntimeEnv(_validate=False, **shown(self._runtime))
+
+    def get_runtime_env_string(self) -> str:
+        """:attr:`runtime_env` as JSON text, as Ray's."""
+        return to_string(shown(self._runtime))
 
     @property
     def namespace(self) -> str:

@@ -53,8 +53,8 @@ class LoopbackHandle:
 
 
 class LoopbackWorkers:
-    """What the node's parts use of its supervision (``spawn``, ``send``, ``exit``, ``idle``); every
-    message sent is kept in ``sent`` as ``(worker, tag, body)``."""
+    """What the node's parts use of its supervision (``spawn``, ``worker_for``, ``spawn_for``, ``send``, ``exit``,
+    ``idle``); every message sent is kept in ``sent`` as ``(worker, tag, body)``."""
 
     def __init__(self, job: tuple):
         self._job = job
@@ -68,6 +68,13 @@ class LoopbackWorkers:
         worker = Worker(LoopbackHandle(next(self._ids)), self._job)
         self.spawned.append(worker)
         return worker
+
+    def worker_for(self, options: dict, on_built) -> Worker:
+        """An idle worker, else a new one (these tests run no runtime_env)."""
+        return self.idle.pop() if self.idle else self.spawn()
+
+    def spawn_for(self, env: dict | None, runtime_env: dict | None, on_built) -> Worker:
+        return self.spawn(env)
 
     def send(self, worker: Worker, tag: int, body) -> bool:
         self.sent.append((worker, tag, body))

@@ -54,6 +54,8 @@ DOCUMENTED = {
     "PollingWatch",
     # conformance gaps
     "Gap", "notimpl", "notyet", "never",
+    # a job's runtime_env in an engine's workers
+    "apply_runtime_env", "runtime_env_packages",
     # plugin wiring
     "hookimpl", "list_backends",
 }

@@ -147,7 +147,8 @@ class ClusterBackend(Backend):
     capabilities = frozenset({
         Capability.CONCURRENT, Capability.PROCESSES, Capability.ZERO_COPY, Capability.WORKER_RESTART,
         Capability.ACTOR_RESTART, Capability.FORCE_CANCEL, Capability.INTERRUPT_CANCEL, Capability.MULTI_NODE,
-        Capability.TIMELINE, Capability.ERROR_INFO,
+        Capability.TIMELINE, Capability.ERROR_INFO, Capability.RUNTIME_ENV,
+        Capability.RUNTIME_ENV_PIP,
     })
     known_gaps = CLUSTER_GAPS
     # token_file: where the cluster token is (default: this machine's, or $ANYRAY_CLUSTER_TOKEN);

@@ -24,7 +24,8 @@ class MultiprocessBackend(Backend):
     capabilities = frozenset({
         Capability.CONCURRENT, Capability.PROCESSES, Capability.ZERO_COPY, Capability.WORKER_RESTART,
         Capability.ACTOR_RESTART, Capability.FORCE_CANCEL, Capability.INTERRUPT_CANCEL, Capability.TIMELINE,
-        Capability.ERROR_INFO,
+        Capability.ERROR_INFO, Capability.RUNTIME_ENV,
+        Capability.RUNTIME_ENV_PIP,
     })
     known_gaps = MULTIPROCESS_GAPS
 

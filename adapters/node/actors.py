@@ -56,6 +56,7 @@ class Actors:
         self.fail, self._own, self._wire, self._seal_wires = ledger.fail, ledger.own, ledger.wire, ledger.seal_wires
         self._blob = functions.blob
         self._spawn, self._send, self._exit = supervision.spawn, supervision.send, supervision.exit
+        self._spawn_for = supervision.spawn_for
         self.actors: dict[bytes, Actor] = {}
         self.call_owner: dict[bytes, Actor] = {}  # first return id of each call in flight -> its actor
 
@@ -108,7 +109,10 @@ class Actors:
     def _start_actor_process(self, actor: Actor) -> None:
         spec = actor.spec
         gpu_ids = actor.lease.gpu_ids
-        worker = self._spawn({"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpu_ids)} if gpu_ids else None)
+        worker = self._spawn_for({"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpu_ids)} if gpu_ids else None,
+                                 spec.options.get("runtime_env"), lambda built: _env_built(self, actor, built))
+        if worker is None:
+            return  # its Python environment (pip/uv) is being built: _env_built goes on
         worker.actor = actor
         worker.job = actor.job
         cls = spec.cls
@@ -330,3 +334,12 @@ class Actors:
         """The actor process running the call that returns ``oid``, if one does."""
         actor = self.call_owner.get(oid)
         return actor.worker if actor is not None else None
+
+
+def _env_built(actors: Actors, actor: Actor, built) -> None:
+    """The Python environment ``actor`` waited for is built (an interpreter), or failed: then it dies."""
+    if isinstance(built, BaseException):
+        actors._actor_dead(actor, f"The actor {actor.spec.cls.name} died: its runtime_env could not be set up: "
+                                  f"RuntimeEnvSetupError: {built}")
+    elif actor.state != "dead":
+        actors._start_actor_process(actor)

@@ -5,12 +5,17 @@ and settling what each held when it goes."""
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import shutil
+import tempfile
 
 from anyray.exceptions import WorkerCrashedError
 from anyray.object_ref import ObjectRef
+from anyray.runtime_env_setup import KEY as ENV_KEY
 
 from . import messages as m
+from .env_builds import PythonEnvs
 from .framing import run_entry
 from .pool import WorkerPool
 
@@ -21,7 +26,7 @@ class Worker:
     """The node's view of one worker process."""
 
     __slots__ = ("handle", "functions", "task", "actor", "borrowed", "handles", "pins", "grants", "calls",
-                 "blocked", "retiring", "dead", "remote", "job", "peer")
+                 "blocked", "retiring", "dead", "remote", "job", "peer", "env_key")
 
     def __init__(self, handle, job: tuple):
         self.handle = handle
@@ -39,6 +44,7 @@ class Worker:
         self.remote = False  # a client on another machine: objects travel inline
         self.job = job       # the job of what it runs now (of a client: its own)
         self.peer = False    # another node of a cluster, as a client of this one
+        self.env_key = ""    # the runtime_env it was started for ("" for none): it runs only work of that one
 
 
 class Supervision:
@@ -56,6 +62,10 @@ class Supervision:
         self.closed = False
         self._tags: dict = {}
         self._task_result = self._call_result = self._actor_exited = self._worker_lost = None
+        self.python_envs = PythonEnvs()
+        self._max_idle = max(2, os.cpu_count() or 1)  # idle workers of other runtime_envs kept
+        # Where this node's workers unpack runtime_env packages (working_dir, py_modules), per content hash.
+        self.resources_dir = os.path.join(tempfile.gettempdir(), f"anyray-runtime-{os.path.basename(session.path)}")
         self.pool = WorkerPool(session, on_message=self._on_message, on_exit=self._on_exit)
 
     def connect(self, *, task_result, call_result, on_request, actor_died, actor_exited, worker_lost) -> None:
@@ -66,15 +76,47 @@ class Supervision:
                       m.OUTPUT: lambda worker, body: self._seams.output_sink.add(worker, body),
                       m.ACTOR_DIED: actor_died}
 
-    def spawn(self, env: dict | None = None, python: str | None = None) -> Worker:
-        """A new worker process (forked in a few milliseconds), installing this node's setup. ``python``:
-        the interpreter it runs in (``python_envs.ensure_env``'s, say), None for the node's own."""
+    def spawn(self, env: dict | None = None, runtime_env: dict | None = None, python: str | None = None) -> Worker:
+        """A new worker process (forked in a few milliseconds), installing this node's setup; with a
+        ``runtime_env``, the worker sets it up before its first task and runs only work of that one.
+        ``python``: the interpreter it runs in (a pip/uv environment's), None for the node's own."""
         handle = self.pool.start_worker(env, python=python)
         worker = Worker(handle, self._job)
         self.workers[handle.worker_id] = worker
         installing = handle.call_async(run_entry, "anyray.adapters.node.worker_main", "install", self._setup)
         installing.add_done_callback(self._installed)
+        if runtime_env:
+            worker.env_key = runtime_env[ENV_KEY]
+            handle.call_async(run_entry, "anyray.adapters.node.worker_env", "prepare", runtime_env,
+                              self.resources_dir).add_done_callback(self._installed)
         return worker
+
+    def spawn_for(self, env: dict | None, runtime_env: dict | None, on_built) -> Worker | None:
+        """A new worker for ``runtime_env`` (an actor's); None while its Python environment is built, and then
+        ``on_built(interpreter or RuntimeEnvSetupError)`` is called (from the build's thread)."""
+        known, python = self.python_envs.python_for(runtime_env, on_built)
+        return self.spawn(env, runtime_env, python) if known else None
+
+    def worker_for(self, options: dict, on_built) -> Worker | None:
+        """Under the node's lock: an idle worker of the runtime_env in ``options``, or a new one; None while
+        its Python environment (pip/uv) is built, and then ``on_built(interpreter or RuntimeEnvSetupError)``
+        is called (from the build's thread). Idle workers of other environments beyond the node's share are
+        asked to exit, so environments can take turns."""
+        runtime_env = options.get("runtime_env")
+        key = runtime_env[ENV_KEY] if runtime_env else ""
+        idle = self.idle
+        for i in range(len(idle) - 1, -1, -1):
+            if idle[i].env_key == key:
+                return idle.pop(i)
+        known, python = self.python_envs.python_for(runtime_env, on_built) if key else (True, None)
+        if not known:
+            return None
+        others = [w for w in idle if w.env_key != key]
+        for worker in others[:max(0, len(others) - self._max_idle)]:
+            idle.remove(worker)
+            worker.retiring = True
+            self.exit(worker)
+        return self.spawn(None, runtime_env, python)
 
     @staticmethod
     def _installed(future) -> None:
@@ -147,3 +189,4 @@ class Supervision:
     def close(self) -> None:
         self.closed = True
         self.pool.close()
+        shutil.rmtree(self.resources_dir, ignore_errors=True)

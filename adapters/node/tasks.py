@@ -11,6 +11,7 @@ import signal
 from anyray.exceptions import TaskCancelledError, WorkerCrashedError
 from anyray.generators import stream_of
 from anyray.policy import allows_another
+from anyray.runtime_env_setup import KEY as ENV_KEY
 from anyray.serialization import portable_classes
 from anyray.specs import TaskSpec
 
@@ -38,6 +39,12 @@ class Task:
         self.spilled = False  # handed here by another node: it runs here
 
 
+def same_env(worker, task: Task) -> bool:
+    """Whether ``worker`` was started for ``task``'s runtime_env (workers are pooled per environment)."""
+    runtime_env = task.spec.options.get("runtime_env")
+    return worker.env_key == (runtime_env[ENV_KEY] if runtime_env else "")
+
+
 class Tasks:
     """``lock``: the node's lock; ``pool``: its resources; ``queues``: the shape queues (whose ``start``
     is ``start`` here); ``seams``: placement, objects elsewhere, feasibility."""
@@ -53,7 +60,7 @@ class Tasks:
         self._push_front, self.release = queues.push_front, queues.release
         self.fail, self._own, self._wire, self._seal_wires = ledger.fail, ledger.own, ledger.wire, ledger.seal_wires
         self._blob = functions.blob
-        self._idle, self._spawn = supervision.idle, supervision.spawn
+        self._idle, self._worker_for = supervision.idle, supervision.worker_for
         self._send, self._exit = supervision.send, supervision.exit
         self.call_worker_of = None  # oid -> the worker running the actor call that returns it (set by the node)
         self.tasks: dict[bytes, Task] = {}          # by return object id, until done
@@ -102,17 +109,30 @@ class Tasks:
             if task.state != "queued":
                 worker = None
             else:
-                task.state = "running"
                 task.lease = lease
-                worker = self._idle.pop() if self._idle else None
+                worker = self._worker_for(task.spec.options, lambda built: self._env_built(task, lease, built))
                 if worker is None:
-                    worker = self._spawn()
+                    return  # its Python environment is being built: _env_built goes on, holding the lease
+                task.state = "running"
                 worker.task = task
                 task.worker = worker
         if worker is None:
             self.release(lease)
             return
         self._send_task(worker, task)
+
+    def _env_built(self, task: Task, lease, built) -> None:
+        """The Python environment ``task`` waited for on ``lease`` is built (an interpreter), or failed."""
+        if isinstance(built, BaseException):
+            with self._lock:
+                live = task.state == "queued"
+                if live:
+                    self.finish(task)
+            if live:
+                self.fail(task.spec.returns, built)
+            self.release(lease)
+            return
+        self.start(task, lease)  # finds the environment built now (or the task cancelled: the lease goes back)
 
     def _send_task(self, worker, task: Task) -> None:
         spec = task.spec
@@ -157,13 +177,22 @@ class Tasks:
             if not worker.retiring:
                 nxt = self._next_queued(task.shape, lease)
                 if nxt is not None:
-                    nxt.state, nxt.lease, nxt.worker = "running", lease, worker
-                    worker.task = nxt
+                    if same_env(worker, nxt):
+                        runner = worker
+                    else:
+                        self._idle.append(worker)
+                        nxt.lease = lease
+                        runner = self._worker_for(nxt.spec.options,
+                                                  lambda built, nxt=nxt: self._env_built(nxt, lease, built))
+                    if runner is not None:
+                        nxt.state, nxt.lease, nxt.worker = "running", lease, runner
+                        runner.task = nxt
                 else:
                     self._idle.append(worker)
         if nxt is not None:
-            self._send_task(worker, nxt)
-            return
+            if nxt.worker is not None:
+                self._send_task(nxt.worker, nxt)
+            return  # else the lease waits with nxt for its Python environment
         if worker.retiring:
             self._exit(worker)
         self.release(lease)

@@ -14,7 +14,7 @@ import pickle
 from anyray.actor import exit_is_intended
 from anyray.backend_kit.actor_host import ActorHost
 from anyray.context import TaskContext
-from anyray.exceptions import ActorDiedError, TaskCancelledError
+from anyray.exceptions import ActorDiedError, RuntimeEnvSetupError, TaskCancelledError
 from anyray.executor import Call, serialize_failure
 from anyray.generators import StreamSpec
 from anyray.object_ref import ObjectRef
@@ -23,6 +23,7 @@ from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFai
 
 from ..common.resources import Lease
 from . import messages as m
+from . import worker_env
 from .arena import Location
 
 _BODY = {m.ACTOR_CREATE: m.ActorCreate, m.ACTOR_CALL: m.ActorCall}  # the kinds whose body is a message
@@ -60,6 +61,12 @@ class ActorMessages:
         node = self.node
         actor_id, name = msg.actor_id, msg.name
         node.runtime.job_id, node.runtime.namespace = msg.job
+        try:
+            worker_env.ensure(node)
+        except RuntimeEnvSetupError as exc:
+            node.send(m.ACTOR_DIED, m.ActorDied.pack(actor_id, f"The actor {name} died: its runtime_env could not "
+                                                               f"be set up: RuntimeEnvSetupError: {exc}"))
+            return
         try:
             cls = node.function(msg.cls_id, msg.blob)
         except Exception as exc:  # noqa: BLE001 - e.g. its module does not import here

@@ -35,12 +35,13 @@ from anyray.context import TaskContext
 from anyray.exceptions import TaskCancelledError, TaskError
 from anyray.executor import Call, failure_for, serialize_failure
 from anyray.object_ref import ObjectRef
-from anyray.ports.backend import Backend, BackendConfig
+from anyray.ports.backend import Backend, BackendConfig, Capability
 from anyray.runtime import Runtime, set_current
 from anyray.serialization import SerializedObject
 from anyray.specs import RemoteFailure
 
 from . import messages as m
+from . import worker_env
 from .arena import Location
 from .framing import spin_until_readable
 from .link import FLUSH_INTERVAL, Link
@@ -180,6 +181,7 @@ class WorkerNode(Link):
         interrupts.running = True
         try:
             self.before_start(task_id)
+            worker_env.ensure(self)
             fn = self.function(task.fn_id, task.blob)
             unread.discard(task_id)
             args = self.from_wire(task_id, task.args)
@@ -266,6 +268,7 @@ class WorkerBackend(Backend):
     """The backend of the runtime inside a worker: every port call goes to the node."""
 
     name = "worker"
+    capabilities = frozenset({Capability.RUNTIME_ENV, Capability.RUNTIME_ENV_PIP})  # as the node it serves
 
     def start(self) -> None:
         node = self.config.options["node"]

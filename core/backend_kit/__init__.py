@@ -67,6 +67,7 @@ _WHERE = {
     "Gap": "anyray.ports.backend", "notimpl": "anyray.ports.backend", "notyet": "anyray.ports.backend",
     "never": "anyray.ports.backend",
     "hookimpl": "anyray.hookspecs", "list_backends": "anyray.plugins",  # these two load pluggy
+    "apply_runtime_env": "anyray.runtime_env_setup", "runtime_env_packages": "anyray.runtime_env_setup",
 }
 
 if TYPE_CHECKING:  # for readers and type checkers: the same names, imported eagerly
@@ -108,6 +109,7 @@ if TYPE_CHECKING:  # for readers and type checkers: the same names, imported eag
         Watch,
     )
     from anyray.ports.backend import Gap, never, notimpl, notyet
+    from anyray.runtime_env_setup import apply_runtime_env, runtime_env_packages
     from anyray.serialization import SerializedObject, deserialize, portable_classes, serialize
     from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
     from anyray.util.placement_group import PlacementGroup, PlacementGroupID
@@ -156,6 +158,8 @@ __all__ = [
     "PollingWatch",
     # conformance gaps
     "Gap", "notimpl", "notyet", "never",
+    # a job's runtime_env set up in an engine's worker processes (Backend.set_job_runtime_env)
+    "apply_runtime_env", "runtime_env_packages",
     # plugin wiring (these load pluggy, on first use)
     "hookimpl", "list_backends",
 ]

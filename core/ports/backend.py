@@ -28,6 +28,8 @@ class Capability:
     OBJECT_SPILLING = "object_spilling"
     TIMELINE = "timeline"              # timeline() lists the tasks that ran
     ERROR_INFO = "error_info"          # error_info() lists failed tasks
+    RUNTIME_ENV = "runtime_env"        # each task and actor runs in its own runtime_env (workers per environment)
+    RUNTIME_ENV_PIP = "runtime_env_pip"  # runtime_env's pip and uv: a Python environment built per requirement set
 
 
 @dataclass(frozen=True)

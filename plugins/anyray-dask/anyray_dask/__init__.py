@@ -133,6 +133,15 @@ class DaskBackend(Backend):
         ], notimpl(ACTOR_CALLS_NEED_A_THREAD, timeout=90)),
     }
     accepted_options = frozenset({"num_workers", "security"})
+    # The job's environment is set up in every Dask worker; pip/uv and a task's own need a process per
+    # environment (the core refuses them here).
+    runtime_env_fields = frozenset({"env_vars", "working_dir", "excludes", "py_modules", "worker_process_setup_hook",
+                                    "config"})
+
+    def set_job_runtime_env(self, env: dict, fetch) -> None:
+        from .runtime_env import apply_job_env
+
+        apply_job_env(self.client, env, fetch)
 
     _cluster = None
     client = None

@@ -33,7 +33,8 @@ class RayBackend(Backend):
     capabilities = frozenset({
         Capability.CONCURRENT, Capability.PROCESSES, Capability.ZERO_COPY, Capability.MULTI_NODE,
         Capability.WORKER_RESTART, Capability.ACTOR_RESTART, Capability.FORCE_CANCEL,
-        Capability.INTERRUPT_CANCEL, Capability.ERROR_INFO,
+        Capability.INTERRUPT_CANCEL, Capability.ERROR_INFO, Capability.RUNTIME_ENV,
+        Capability.RUNTIME_ENV_PIP,
     })
     known_gaps = dict.fromkeys([
         "test_state_api::test_a_task_is_listed_running_then_finished",
@@ -44,6 +45,13 @@ class RayBackend(Backend):
               "ray[default] (aiohttp, ...), not installed here: the plugin lists actors and workers from Ray's GCS "
               "tables, and list_tasks/list_objects raise NotImplementedError saying so"))
     accepted_options = _RAY_INIT_OPTIONS
+    # runtime_env goes to Ray as given (init's to ray.init, a task's or actor's with it): Ray merges,
+    # validates what is left and sets up every field it knows.
+    passes_runtime_env = True
+
+    def current_runtime_env(self) -> dict:
+        """The runtime_env of the Ray worker or driver this runs in, as Ray reports it."""
+        return dict(_real_ray().get_runtime_context().runtime_env)
 
     _owns_ray = False
     _dashboard_url = None

@@ -21,6 +21,7 @@ object store, at the boundary.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import warnings
@@ -59,7 +60,14 @@ def _resource_options(options: dict) -> dict:
         out["scheduling_strategy"] = ray_strategy(options["scheduling_strategy"])
     if options.get("accelerator_type"):
         out["accelerator_type"] = options["accelerator_type"]
+    if options.get("runtime_env"):
+        out["runtime_env"] = options["runtime_env"]  # as given: Ray merges it with the job's and sets it up
     return out
+
+
+def _env_key(runtime_env) -> str | None:
+    """A variant per runtime_env (Ray's options hold it): its fields as text."""
+    return None if not runtime_env else json.dumps(runtime_env, sort_keys=True, default=repr)
 
 
 class RayScheduler(RayPlacementGroups, RayState, Scheduler):
@@ -88,7 +96,8 @@ class RayScheduler(RayPlacementGroups, RayState, Scheduler):
         backpressure = o.get("_generator_backpressure_num_objects")
         key = (spec.function.function_id, mode, o["num_cpus"], o["num_gpus"], o["memory"],
                tuple(sorted(o["resources"].items())), o["max_retries"], o["max_calls"],
-               o["scheduling_strategy"], o.get("accelerator_type"), spec.name, backpressure)
+               o["scheduling_strategy"], o.get("accelerator_type"), spec.name, backpressure,
+               _env_key(o.get("runtime_env")))
         fn = self._variants.get(key)
         if fn is None:
             with self._lock:

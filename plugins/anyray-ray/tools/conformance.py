@@ -6,7 +6,8 @@ node). The second starts a Ray cluster of two nodes on this machine
 (``ray.cluster_utils.Cluster``: a head with 2 CPUs and ``{"Custom": 2}``, a
 second node with 2 CPUs, as the cluster backend's conformance runs split the
 session's 4 CPUs) and runs the tests that need several nodes against it:
-``test_multi_node.py`` and ``test_placement_groups.py::TestAcrossNodes``.
+``test_multi_node.py``, ``test_placement_groups.py::TestAcrossNodes`` and the runtime_env test of a
+working_dir on every node.
 ``--one-node`` skips the second run. Other arguments go to pytest in both
 runs (``-k placement`` selects in each).
 
@@ -31,7 +32,8 @@ import tempfile
 
 RAY_CRASH = "Check failed: it != submissible_tasks_.end()"
 MULTI_NODE_TESTS = ["conformance_tests/test_multi_node.py",
-                    "conformance_tests/test_placement_groups.py::TestAcrossNodes"]
+                    "conformance_tests/test_placement_groups.py::TestAcrossNodes",
+                    "conformance_tests/test_runtime_env.py::test_the_working_dir_reaches_every_node"]
 
 
 def ray_crashed(pid: int) -> bool:
