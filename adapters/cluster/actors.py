@@ -62,9 +62,13 @@ class RemoteActors:
         here = spec.actor_id in self._placed_here
         if self.view is not None and not here and spec.resources:
             demand = spec.resources
-            if not fits(demand, self._pool.available()) or self._pool.infeasible(demand):
+            node_id = None
+            if spec.options.get("scheduling_strategy") == "SPREAD":
+                node_id = self.view.place_spread(demand, self._pool.available(), self._pool.total())
+            if node_id is None and (not fits(demand, self._pool.available()) or self._pool.infeasible(demand)):
                 node_id = self.view.place(demand)
-                forwarded = self._forward_actor(spec, held, job or self._job, node_id) if node_id else False
+            if node_id is not None:
+                forwarded = self._forward_actor(spec, held, job or self._job, node_id)
                 if forwarded is not False:
                     return None if forwarded is True else forwarded  # or get_if_exists' winner
         restarts = self._restart_counts.get(spec.actor_id, 0)  # started here again after its node died

@@ -53,10 +53,14 @@ class SpillbackPlacement:
         if view is None or task.spilled or task.state != "waiting":
             return False
         demand = task.spec.resources
-        busy = self._queues.get(task.shape) or not fits(demand, self._pool.available())
-        if not (busy or self._pool.infeasible(demand)):
-            return False
-        node_id = view.place(demand)
+        node_id = None
+        if task.spec.options.get("scheduling_strategy") == "SPREAD":
+            node_id = view.place_spread(demand, self._pool.available(), self._pool.total())
+        if node_id is None:
+            busy = self._queues.get(task.shape) or not fits(demand, self._pool.available())
+            if not (busy or self._pool.infeasible(demand)):
+                return False
+            node_id = view.place(demand)
         if node_id is None:
             return False
         with self._lock:

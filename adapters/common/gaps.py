@@ -66,10 +66,9 @@ _MANY_NODES = [
     "test_placement_groups::test_strict_spread_with_more_bundles_than_nodes_stays_pending",
 ]
 
+_SPREAD_WORK = ["test_placement_groups::test_spread_actors_run_on_every_node",
+                "test_placement_groups::test_spread_tasks_run_on_every_node"]
+
 LOCAL_GAPS = dict.fromkeys(_ONE_NODE, _PLACEMENT)
 MULTIPROCESS_GAPS = dict.fromkeys(_ONE_NODE + _PROCESSES, _PLACEMENT)
-CLUSTER_GAPS = {**dict.fromkeys(_ONE_NODE + _PROCESSES + _MANY_NODES, _PLACEMENT),
-                "test_placement_groups::test_spread_tasks_run_on_every_node": notimpl(
-                    "SPREAD does not spread yet: a task runs on the driver's node while it fits"),
-                "test_placement_groups::test_spread_actors_run_on_every_node": notimpl(
-                    "SPREAD does not spread yet: an actor is placed on the driver's node while it fits")}
+CLUSTER_GAPS = dict.fromkeys(_ONE_NODE + _PROCESSES + [t for t in _MANY_NODES if t not in _SPREAD_WORK], _PLACEMENT)
