@@ -46,12 +46,12 @@ class GroupRecords:
 
     def get(self, group_hex: str) -> dict | None:
         value = self.metadata.get(GROUPS + group_hex)
-        return _decode(value)
+        return decode(value)
 
     def all(self) -> list[dict]:
         out = []
         for _key, value in self.metadata.scan(GROUPS):
-            record = _decode(value)
+            record = decode(value)
             if record is not None:
                 out.append(record)
         return sorted(out, key=lambda r: r["created_at"])
@@ -93,7 +93,7 @@ class GroupRecords:
         key = GROUPS + group_hex
         for _ in range(CAS_TRIES):
             value = self.metadata.get(key)
-            record = _decode(value)
+            record = decode(value)
             if record is None:
                 return None
             new = change(dict(record))
@@ -114,7 +114,7 @@ class GroupRecords:
         self.metadata.put(GROUPS + record["id"], encoded, ttl=REMOVED_SECONDS)
 
 
-def _decode(value: bytes | None) -> dict | None:
+def decode(value: bytes | None) -> dict | None:
     if value is None:
         return None
     try:

@@ -141,6 +141,11 @@ class ClusterView:
                     mine[k] = mine.get(k, 0.0) + v
             return best
 
+    def free(self) -> dict[str, dict]:
+        """What each other node has free now, as far as this node can tell."""
+        with self._lock:
+            return {node_id: self._credit(node_id) for node_id in self.records}
+
     def returned(self, node_id: str, demand: dict) -> None:
         """Work charged to ``node_id`` is done (or never went): take the charge back."""
         with self._lock:
