@@ -66,7 +66,7 @@ _MANY_NODES = [
     "test_placement_groups::test_strict_spread_with_more_bundles_than_nodes_stays_pending",
 ]
 
-LOCAL_GAPS = dict.fromkeys(_ONE_NODE, _PLACEMENT)
+LOCAL_GAPS: dict = {}
 MULTIPROCESS_GAPS = dict.fromkeys(_ONE_NODE + _PROCESSES, _PLACEMENT)
 CLUSTER_GAPS = {**dict.fromkeys(_ONE_NODE + _PROCESSES + _MANY_NODES, _PLACEMENT),
                 "test_placement_groups::test_spread_tasks_run_on_every_node": notimpl(
