@@ -67,7 +67,7 @@ _MANY_NODES = [
 ]
 
 LOCAL_GAPS: dict = {}
-MULTIPROCESS_GAPS = dict.fromkeys(_ONE_NODE + _PROCESSES, _PLACEMENT)
+MULTIPROCESS_GAPS: dict = {}
 CLUSTER_GAPS = {**dict.fromkeys(_ONE_NODE + _PROCESSES + _MANY_NODES, _PLACEMENT),
                 "test_placement_groups::test_spread_tasks_run_on_every_node": notimpl(
                     "SPREAD does not spread yet: a task runs on the driver's node while it fits"),

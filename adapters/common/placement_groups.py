@@ -46,6 +46,14 @@ def group_id_of(strategy) -> bytes | None:
     return None
 
 
+def route(groups, strategy, actor: bool = False):
+    """``groups.route(strategy, actor)`` for a group or node-affinity strategy, else (None, None): the node's
+    own queues. ``groups`` None (a node without groups): (None, None) too."""
+    if strategy is None or type(strategy) is str or groups is None:
+        return None, None
+    return groups.route(strategy, actor)
+
+
 def removed_error(group_id: bytes) -> TaskPlacementGroupRemoved:
     return TaskPlacementGroupRemoved(f"The placement group {group_id.hex()} corresponding to this task has been "
                                      f"removed.")
@@ -60,6 +68,7 @@ class BundlePool(ResourcePool):
         self.node_id = node_id
         self._avail = dict.fromkeys(resources, 0.0)
         self._gpu_free = []
+        self.removed = False
 
     def placed(self, node_lease) -> None:
         """The bundle holds ``node_lease`` of its node: its resources (and that lease's GPUs) are usable."""
@@ -69,9 +78,14 @@ class BundlePool(ResourcePool):
             self._gpu_free = [1.0] * len(self._gpu_ids)
 
     def unplace(self) -> None:
+        """The group is removed: nothing is acquired from the bundle any more."""
         with self._lock:
+            self.removed = True
             self._avail = dict.fromkeys(self._total, 0.0)
             self._gpu_free = [0.0] * len(self._gpu_free)
+
+    def acquire(self, demand: dict):
+        return None if self.removed else super().acquire(demand)
 
 
 class AnyBundle:

@@ -23,7 +23,7 @@ from anyray.specs import RemoteFailure, TaskSpec
 from anyray.util.scheduling_strategies import placement_of
 
 from ..common.names import NamedActors
-from ..common.placement_groups import GroupPort, PlacementGroups, group_id_of, removed_error
+from ..common.placement_groups import GroupPort, PlacementGroups, group_id_of, removed_error, route
 from ..common.queues import ShapeQueues, admit
 from ..common.resources import NodeResources, ReportsResources, ResourcePool
 
@@ -51,8 +51,7 @@ class _InGroup:
         return getattr(self._scheduler, name)
 
     def enqueue(self, demand: dict, start) -> None:
-        self._queues.push(tuple(sorted(demand.items())), start)
-        self._scheduler.dispatch()
+        self._queues.enqueue(demand, start)
 
 
 def _own_arguments(spec) -> None:
@@ -71,8 +70,8 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
         self._lock = threading.RLock()
         self._shapes = ShapeQueues(self._lock, pool, self._start)
         self.enqueue, self.release = self._shapes.enqueue, self._shapes.release  # ActorHost waits through these
-        self.dispatch = self._shapes.dispatch
-        self.groups = PlacementGroups(self._lock, pool, self._shapes, store.put, self._group_removed)
+        self.groups = PlacementGroups(self._lock, pool, self._shapes, store.put,
+                                      lambda group, queued: _group_removed(self, group, queued))
         self._refused: dict[bytes, BaseException] = {}  # actors that can never be placed, by id
         self.resource_view = NodeResources(pool)
         self.feasibility = Feasibility(lambda: [pool.total()], self.resource_view.infeasible_text)
@@ -118,13 +117,10 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
     # -- tasks --------------------------------------------------------------
     def submit_task(self, spec: TaskSpec) -> None:
         _own_arguments(spec)
-        queues = None
-        strategy = spec.options["scheduling_strategy"]
-        if strategy is not None and type(strategy) is not str:
-            queues, error = self.groups.route(strategy)
-            if error is not None:
-                self.fail(spec.returns, error)
-                return
+        queues, error = route(self.groups, spec.options["scheduling_strategy"])
+        if error is not None:
+            self.fail(spec.returns, error)
+            return
         task = _Task(spec, queues or self._shapes)
         if queues is None and task.shape not in self.feasibility.known_to_fit:
             self.feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
@@ -287,13 +283,10 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
 
     # -- actors -------------------------------------------------------------
     def create_actor(self, spec):
-        queues = None
-        strategy = spec.options["scheduling_strategy"]
-        if strategy is not None and type(strategy) is not str:
-            queues, error = self.groups.route(strategy, actor=True)
-            if error is not None:
-                self._refused[spec.actor_id] = error  # its calls fail with the error
-                return
+        queues, error = route(self.groups, spec.options["scheduling_strategy"], actor=True)
+        if error is not None:
+            self._refused[spec.actor_id] = error  # its calls fail with the error
+            return
         winner = self.names.claim(spec)
         if winner is not None:
             raise ActorNameTaken(winner)  # get_if_exists, and another caller created it first
@@ -339,32 +332,33 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
     def list_named_actors(self, namespace):
         return self.names.list(namespace)
 
-    # -- placement groups -----------------------------------------------------------
-    def _group_removed(self, group, queued: list) -> None:
-        """``group`` was removed: its queued tasks fail, its actors die, its running tasks are settled
-        (a thread cannot be killed: it runs on, its results dropped)."""
-        error = removed_error(group.id)
-        for task in queued:
-            if isinstance(task, _Task) and task.state == "queued":
-                task.state = "done"
-                self._forget(task)
-                self.fail(task.spec.returns, error)
-        cause = "Destroying worker since its placement group was removed"
-        for host in list(self._actors.values()):
-            if group_id_of(host.spec.options["scheduling_strategy"]) == group.id:
-                running = [spec for spec, _ in list(host._running_sync.values())]
-                host.kill(True, reason=cause)
-                for spec in running:
-                    self.call_failed(spec, ActorDiedError(f"The actor {host.spec.cls.name} is dead: {cause}."))
-        with self._lock:
-            running = [t for t in self._tasks.values()
-                       if getattr(t.queues, "group", None) is group and t.state in ("dispatched", "running")]
-        for task in dict.fromkeys(running):
-            self._cancel_task(task, True, False, WorkerCrashedError(
-                f"The task {task.spec.name} was stopped: its placement group {group.id.hex()} was removed."))
-
     def shutdown(self) -> None:
         self._closed = True
         for actor in list(self._actors.values()):
             actor.kill(True, reason="the backend shut down")
         self._threads.shutdown()
+
+
+def _group_removed(scheduler: LocalScheduler, group, queued: list) -> None:
+    """``group`` was removed: its queued tasks fail, its actors die (their running calls fail), its running
+    tasks are settled with WorkerCrashedError (a thread cannot be killed: it is interrupted at its next
+    bytecode, its results dropped)."""
+    error = removed_error(group.id)
+    for task in queued:
+        if isinstance(task, _Task) and task.state == "queued":
+            task.state = "done"
+            scheduler._forget(task)
+            scheduler.fail(task.spec.returns, error)
+    cause = "Destroying worker since its placement group was removed"
+    for host in list(scheduler._actors.values()):
+        if group_id_of(host.spec.options["scheduling_strategy"]) == group.id:
+            running = [spec for spec, _ in list(host._running_sync.values())]
+            host.kill(True, reason=cause)
+            for spec in running:
+                scheduler.call_failed(spec, ActorDiedError(f"The actor {host.spec.cls.name} is dead: {cause}."))
+    with scheduler._lock:
+        running = [t for t in scheduler._tasks.values()
+                   if getattr(t.queues, "group", None) is group and t.state in ("dispatched", "running")]
+    for task in dict.fromkeys(running):
+        scheduler._cancel_task(task, True, False, WorkerCrashedError(
+            f"The task {task.spec.name} was stopped: its placement group {group.id.hex()} was removed."))
