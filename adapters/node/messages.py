@@ -124,6 +124,7 @@ class Task(NamedTuple):
     max_retries: int
     job: tuple | None         # (job id, namespace) when it changes from this worker's last task
     stream: tuple | None      # a generator's (mode, backpressure) (``generators.stream_of``), else None
+    placement: tuple | None   # (group id, capture child tasks) of its placement group, else None
 
 
 class Response(NamedTuple):

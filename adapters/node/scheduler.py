@@ -39,10 +39,12 @@ from anyray.ports.scheduler import Scheduler
 from anyray.specs import ActorSpec, ActorTaskSpec, TaskSpec
 
 from ..common.names import NamedActors
+from ..common.placement_groups import GroupPort, PlacementGroups
 from ..common.queues import ShapeQueues
 from ..common.resources import ReportsResources, ResourcePool
 from .actors import Actors
 from .functions import FunctionTable
+from .groups import GroupRequests
 from .handlers import Requests
 from .introspection import listing
 from .ledger import Ledger
@@ -53,7 +55,7 @@ from .supervision import Supervision
 from .tasks import Tasks
 
 
-class NodeScheduler(ReportsResources, Scheduler):
+class NodeScheduler(GroupPort, ReportsResources, Scheduler):
     # capability flags (anyray.ports.scheduler); lends_cpus stays False: the driver's threads are not tasks
     # and hold no resources, and a worker's blocking get or wait says so in its request
     runs_here = tracks_handles = True
@@ -87,9 +89,18 @@ class NodeScheduler(ReportsResources, Scheduler):
                             on_request=self.requests.on_request, actor_died=actors.died,
                             actor_exited=actors.actor_exited, worker_lost=tasks.worker_lost)
         self.register = self.requests.register  # a node's owner serves more requests (the cluster daemon)
+        group_requests = GroupRequests(lock, tasks, actors)
+        seams.groups = PlacementGroups(lock, pool, shapes, store.put, group_requests.removed)
+        self.register("placement_group", group_requests.serve(lambda: self.groups))
+        setup["places_groups"] = self.places_groups  # the port a worker's runtime offers (remote_groups.py)
         self.add_client = supervision.add_client
         self._closing: list = []  # what else shutdown() closes, first to last
         events.add_source(seams.record_sink.pull)
+
+    @property
+    def groups(self):
+        """The placement groups (a seam: ``seams.groups``)."""
+        return self.seams.groups
 
     def on_shutdown(self, close) -> None:
         """Call ``close()`` when the node shuts down, before its workers stop."""
