@@ -324,6 +324,8 @@ class NodeDaemon:
         self.scheduler.add_client(handle, shared or peer, (hello.get("job_id") or b"", hello.get("namespace") or ""),
                                   peer=peer)
         self.scheduler.workers.serve(handle, conn)
+        if role == "driver" and hello.get("job_id"):  # its job ended: so do its groups that are not detached
+            self.scheduler.cluster_groups.remove_job(hello["job_id"])
 
     # -- requests of clients ------------------------------------------------------------
     def _op_metadata_url(self, worker, rid, _args):

@@ -130,11 +130,11 @@ class ClusterGroups:
             self._seen("", None, record)  # act on it now, not only when the watch tells
 
     def remove_job(self, job) -> None:
-        """A driver of this node ended: remove its groups that are not detached."""
+        """A driver ended: remove its job's groups that are not detached (made by it, or by its tasks anywhere)."""
         job = job_hex(job)
         with self._lock:
             ended = [r["id"] for r in self._cache.values()
-                     if r["job"] == job and r["owner"] == self.node_id and r["state"] != REMOVED
+                     if r["job"] == job and r["state"] != REMOVED
                      and r["lifetime"] != "detached"]
         for group_hex in ended:
             self.remove(bytes.fromhex(group_hex))
@@ -272,7 +272,9 @@ class ClusterGroups:
             if record["owner"] == node_id and record["lifetime"] != "detached":
                 self.remove(bytes.fromhex(record["id"]))
                 continue
-            self.records.update(record["id"], lambda r: self._lose(r, node_id))
+            after = self.records.update(record["id"], lambda r: self._lose(r, node_id))
+            if after is not None:
+                self._seen("", None, after)  # known here at once: work into the lost bundles waits now
         self.placer.kick()
 
     def _lose(self, record: dict, node_id: str) -> dict | None:

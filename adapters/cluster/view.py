@@ -146,6 +146,18 @@ class ClusterView:
         with self._lock:
             return {node_id: self._credit(node_id) for node_id in self.records}
 
+    def charge(self, node_id: str, demand: dict) -> None:
+        """Work goes to ``node_id`` whatever it has free (its placement group bundle, or node affinity)."""
+        with self._lock:
+            mine = self._mine.setdefault(node_id, {})
+            for k, v in demand.items():
+                mine[k] = mine.get(k, 0.0) + v
+
+    def fits(self, node_id: str, demand: dict) -> bool:
+        """Whether ``node_id`` has ``demand`` free now, as far as this node can tell."""
+        with self._lock:
+            return node_id in self.records and fits(demand, self._credit(node_id))
+
     def returned(self, node_id: str, demand: dict) -> None:
         """Work charged to ``node_id`` is done (or never went): take the charge back."""
         with self._lock:

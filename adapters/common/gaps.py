@@ -66,9 +66,6 @@ _MANY_NODES = [
     "test_placement_groups::test_strict_spread_with_more_bundles_than_nodes_stays_pending",
 ]
 
-_SPREAD_WORK = ["test_placement_groups::test_spread_actors_run_on_every_node",
-                "test_placement_groups::test_spread_tasks_run_on_every_node"]
-
 LOCAL_GAPS: dict = {}
 MULTIPROCESS_GAPS: dict = {}
-CLUSTER_GAPS = dict.fromkeys(_ONE_NODE + _PROCESSES + [t for t in _MANY_NODES if t not in _SPREAD_WORK], _PLACEMENT)
+CLUSTER_GAPS: dict = {}
