@@ -12,11 +12,17 @@ import subprocess
 import sys
 import textwrap
 
-from test_cluster import WAIT, cli, cluster_env, driver, kill_node, start_head, status_nodes, two_nodes, wait_until
+from test_cluster import WAIT, cli, cluster_env, kill_node, start_head, status_nodes, two_nodes, wait_until
 
 from anyray.adapters.cluster import files
 
 __all__ = ["cluster_env"]  # the fixture, used by name
+
+
+def driver(env, body: str) -> subprocess.CompletedProcess:
+    """A driver in the namespace "pg" (named groups are found in their own namespace only)."""
+    code = "import anyray\nanyray.init(backend='cluster', address='auto', namespace='pg')\n" + textwrap.dedent(body)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=WAIT)
 
 
 def _ok(result: subprocess.CompletedProcess) -> str:
@@ -34,7 +40,7 @@ def test_two_drivers_racing_for_the_last_cpus_one_group_is_created_none_half(clu
     racer = textwrap.dedent(f"""
         import os, sys, time, anyray
         from anyray.util.placement_group import placement_group, placement_group_table
-        anyray.init(backend="cluster", address="auto")
+        anyray.init(backend="cluster", address="auto", namespace="pg")
         while not os.path.exists({str(go)!r}):
             time.sleep(0.005)
         group = placement_group([{{"CPU": 1}}, {{"CPU": 1}}], strategy="STRICT_SPREAD", name=sys.argv[1],
