@@ -25,6 +25,15 @@ class BundleHost(PlacementGroups):
         """A host made of the parts of the node's own ``groups`` (it takes their place in the node's queues)."""
         return cls(groups._lock, groups._pool, groups._node_queues, groups._put, groups.on_removed)
 
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._reserved: dict[str, dict[int, float]] = {}  # group id hex -> {bundle index: when reserved}
+
+    def held(self) -> dict[str, dict[int, float]]:
+        """The bundles reserved here: {group id hex: {index: when (monotonic)}}."""
+        with self._lock:
+            return {g: dict(held) for g, held in self._reserved.items() if held}
+
     def free(self) -> dict:
         return self._pool.available()
 
@@ -52,7 +61,9 @@ class BundleHost(PlacementGroups):
                         self._pool.release(taken)
                     return False
                 leases.append(lease)
+            reserved = self._reserved.setdefault(record["id"], {})
             for bundle, lease in zip(wanted, leases):
+                reserved[bundle.index] = time.monotonic()
                 bundle.lease = lease
                 bundle.pool.removed = False
                 bundle.pool.placed(lease)
@@ -69,10 +80,14 @@ class BundleHost(PlacementGroups):
         them and everything in them (``None``: the group was removed)."""
         group_id = bytes.fromhex(group_hex)
         if indexes is None:
+            with self._lock:
+                self._reserved.pop(group_hex, None)
             self.remove(group_id)
             return
         leases = []
         with self._lock:
+            for index in indexes:
+                self._reserved.get(group_hex, {}).pop(index, None)
             group = self.groups.get(group_id)
             if group is None or group.state == REMOVED:
                 return

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 1.0
 RESERVE_SECONDS = 10.0  # how long a node may take to answer a reservation before it counts as failed
+UNCONFIRMED_SECONDS = 3 * RESERVE_SECONDS  # a bundle reserved this long ago for a group not placed here is let go
 
 
 class Placer:
@@ -48,6 +49,7 @@ class Placer:
                 return
             try:
                 self.place_all()
+                self._groups.reconcile(UNCONFIRMED_SECONDS)
             except Exception:  # noqa: BLE001 - the metadata store may be down for a while: try again later
                 log.exception("placing placement groups failed; trying again")
 

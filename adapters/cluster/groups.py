@@ -290,6 +290,22 @@ class ClusterGroups:
                 record["state"] = RESCHEDULING
         return record
 
+    def reconcile(self, unconfirmed_seconds: float) -> None:
+        """Give back bundles held here that no group needs: of a group removed (a change this node's watch
+        missed), or reserved for a placement that never made the group (its owner died meanwhile)."""
+        now = time.monotonic()
+        for group_hex, held in self.host.held().items():
+            record = self.records.get(group_hex)
+            if record is None or record["state"] == REMOVED:
+                self.host.release(group_hex, None)
+                continue
+            stale = [i for i, since in held.items()
+                     if record["nodes"][i] != self.node_id and now - since > unconfirmed_seconds]
+            if stale:
+                log.info("placement group %s: giving back bundles %s, reserved here but never confirmed",
+                         group_hex, stale)
+                self.host.release(group_hex, stale)
+
     def close(self) -> None:
         self.placer.close()
         self._watch.cancel()
