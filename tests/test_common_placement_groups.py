@@ -185,3 +185,20 @@ def test_a_job_s_groups_go_with_it_unless_detached():
     detached = node.groups.create(spec, b"job")
     node.groups.remove_job(b"job")
     assert (node.state(plain), node.state(detached)) == ("REMOVED", "CREATED")
+
+
+@pytest.mark.parametrize("backend", ["local", "multiprocess"])
+def test_a_group_no_node_can_hold_warns_at_the_call_and_stays_pending(backend):
+    import anyray
+    from anyray.exceptions import InfeasibleTaskWarning
+    from anyray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+
+    anyray.init(backend=backend, num_cpus=2)
+    try:
+        with pytest.warns(InfeasibleTaskWarning, match=r"placement group .*CPU") as caught:
+            group = placement_group([{"CPU": 2}, {"CPU": 1}])
+        assert [w.filename for w in caught] == [__file__]
+        assert placement_group_table(group)["state"] == "PENDING"
+        remove_placement_group(group)
+    finally:
+        anyray.shutdown()

@@ -35,7 +35,7 @@ class GroupRequests:
                  f"placement group was removed).")
         with self._lock:
             actors = [a for a in self._actors.actors.values() if a.state != "dead"
-                      and group_id_of(a.spec.options["scheduling_strategy"]) == group.id]
+                      and group_id_of(a.spec.options.get("scheduling_strategy")) == group.id]
         for actor in actors:
             self._actors.kill_in_group(actor, cause)
         with self._lock:

@@ -98,6 +98,11 @@ class NodeScheduler(GroupPort, ReportsResources, Scheduler):
         events.add_source(seams.record_sink.pull)
 
     @property
+    def feasibility(self):
+        """Warns about work (and placement groups) no node can ever hold (a seam: ``seams.feasibility``)."""
+        return self.seams.feasibility
+
+    @property
     def groups(self):
         """The placement groups (a seam: ``seams.groups``)."""
         return self.seams.groups
