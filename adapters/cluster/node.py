@@ -41,8 +41,6 @@ class ClusterScheduler(NodeScheduler):
     """``NodeScheduler`` with the cluster's parts in its seams: other nodes to hand work to (``attach`` a
     ``ClusterView``), their objects and actors, and reports per job."""
 
-    places_groups = False  # placement groups across nodes are not built yet: drivers and workers refuse them
-
     def __init__(self, session, store, metadata, events, pool, setup):
         super().__init__(session, store, metadata, events, pool, setup)
         self.cluster: ClusterView | None = None

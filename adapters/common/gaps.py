@@ -1,9 +1,10 @@
 """What the built-in backends do not do yet, as conformance gaps (``Backend.known_gaps``).
 
 Placement groups, node affinity and SPREAD over nodes (issue 15): the API is in place and checks its
-input on every backend, the 'ray' backend runs them as Ray's own, and the built-in backends refuse a
-group or a placement strategy with ``NotImplementedError`` until they reserve bundles themselves. Each
-gap is strict: once a backend does what a test asks, the test fails until its gap is removed.
+input on every backend, the 'ray' backend runs them as Ray's own, 'local' and 'multiprocess' reserve
+bundles on their one node (``placement_groups.py``: no gaps left), and the cluster refuses a group or a
+placement strategy with ``NotImplementedError`` until it reserves bundles across nodes. Each gap is
+strict: once a backend does what a test asks, the test fails until its gap is removed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from anyray.ports.backend import notimpl
 _PLACEMENT = notimpl("placement groups and node affinity are not built on this backend yet (the 'ray' backend "
                      "has them): placement_group() and those scheduling strategies raise NotImplementedError")
 
-# The tests every built-in backend fails today, then those only a backend with processes, or with more than
+# The tests the cluster fails today: on one node, then those only a backend with processes, or with more than
 # one node, runs.
 _ONE_NODE = [
     "test_placement_groups::test_a_bundle_index_out_of_range_is_rejected_at_the_call",

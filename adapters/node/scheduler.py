@@ -55,7 +55,7 @@ from .supervision import Supervision
 from .tasks import Tasks
 
 
-class NodeScheduler(GroupPort, ReportsResources, Scheduler):
+class NodeScheduler(ReportsResources, Scheduler):
     # capability flags (anyray.ports.scheduler); lends_cpus stays False: the driver's threads are not tasks
     # and hold no resources, and a worker's blocking get or wait says so in its request
     runs_here = tracks_handles = True
@@ -165,3 +165,9 @@ class NodeScheduler(GroupPort, ReportsResources, Scheduler):
         for close in self._closing:
             close()
         self.supervision.close()
+
+
+class GroupNodeScheduler(GroupPort, NodeScheduler):
+    """The node of the multiprocess backend: it places groups (``PlacementGroupPort``) with the one-node
+    ``PlacementGroups`` in ``seams.groups``. (A cluster node declares the port once its own groups, across
+    nodes, are in that seam.)"""
