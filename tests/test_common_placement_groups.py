@@ -202,3 +202,17 @@ def test_a_group_no_node_can_hold_warns_at_the_call_and_stays_pending(backend):
         remove_placement_group(group)
     finally:
         anyray.shutdown()
+
+
+def test_work_in_a_gpu_bundle_gets_the_gpu_the_bundle_reserved():
+    node = _Node({"CPU": 1.0})
+    node.pool = pool = ResourcePool({"GPU": 2.0}, [5, 7])
+    node.queues = ShapeQueues(node.lock, pool, lambda task, lease: node.started.append((task, lease)))
+    node.groups = PlacementGroups(node.lock, pool, node.queues, node.store.put, lambda group, queued: None)
+    held = pool.acquire({"GPU": 1.0})  # GPU 5 is taken: the group's bundle gets GPU 7
+    group = node.create([{"GPU": 1.0}])
+    queues, _ = node.groups.route(_strategy(group, 0))
+    queues.push((("GPU", 1.0),), "trains")
+    node.queues.dispatch()
+    assert [(task, lease.gpu_ids) for task, lease in node.started] == [("trains", [7])]
+    assert held.gpu_ids == [5] and pool.available() == {}
