@@ -31,6 +31,7 @@ import concurrent.futures
 
 from anyray.policy import Feasibility
 
+from ..common.placement_groups import GroupPort
 from ..node.scheduler import NodeScheduler
 from .actor_calls import RemoteCalls
 from .actors import RemoteActors
@@ -43,11 +44,11 @@ from .streams import StreamRoutes
 from .view import ClusterView
 
 
-class ClusterScheduler(NodeScheduler):
+class ClusterScheduler(GroupPort, NodeScheduler):
     """``NodeScheduler`` with the cluster's parts in its seams: other nodes to hand work to (``attach`` a
     ``ClusterView``), their objects and actors, and reports per job."""
 
-    places_groups = True  # across nodes: the cluster's group records (groups.py)
+    places_groups = True  # the PlacementGroupPort (GroupPort) over the cluster's groups (groups.py)
 
     def __init__(self, session, store, metadata, events, pool, setup):
         super().__init__(session, store, metadata, events, pool, setup)

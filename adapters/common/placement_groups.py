@@ -374,7 +374,11 @@ class GroupPort:
 
     def create_placement_group(self, spec) -> bytes:
         job = getattr(self, "job", None)
-        return self.groups.create(spec, job[0] if job else None)
+        group_id = self.groups.create(spec, job[0] if job else None)
+        feasibility = getattr(self, "feasibility", None)
+        if feasibility is not None:  # warn (once) at the call when no node can ever hold it
+            warn_if_infeasible(feasibility, group_id, spec)
+        return group_id
 
     def remove_placement_group(self, group_id: bytes) -> None:
         self.groups.remove(group_id)
@@ -393,6 +397,17 @@ class GroupPort:
 
     def current_placement_group(self) -> bytes | None:
         return current_group_id()
+
+
+def warn_if_infeasible(feasibility, group_id: bytes, spec) -> None:
+    """``InfeasibleTaskWarning`` at the caller's line for a group no node can ever hold (on one node: the sum
+    of its bundles), as for a task; it stays pending. (Ray prints the autoscaler's line instead.)"""
+    need: dict[str, float] = {}
+    for bundle in spec.bundles:
+        for k, v in bundle.items():
+            need[k] = need.get(k, 0.0) + v
+    bundles = ", ".join(str(b) for b in spec.bundles)
+    feasibility.check(group_id, f"placement group {group_id.hex()} (bundles {bundles}; it stays pending)", need)
 
 
 def current_group_id() -> bytes | None:

@@ -117,7 +117,7 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
     # -- tasks --------------------------------------------------------------
     def submit_task(self, spec: TaskSpec) -> None:
         _own_arguments(spec)
-        queues, error = route(self.groups, spec.options["scheduling_strategy"])
+        queues, error = route(self.groups, spec.options.get("scheduling_strategy"))
         if error is not None:
             self.fail(spec.returns, error)
             return
@@ -199,7 +199,7 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
         spec = task.spec
         ctx = TaskContext(task_id=spec.task_id, name=spec.name, resources=dict(spec.resources),
                           gpu_ids=task.lease.gpu_ids, lease=task.lease, inline=inline,
-                          placement=placement_of(spec.options["scheduling_strategy"]))
+                          placement=placement_of(spec.options.get("scheduling_strategy")))
         interrupted = None
         call = Call(spec.function.target, spec.name, "task", ctx, len(spec.returns), self.events,
                     spec.options["retry_exceptions"], spec.options["max_retries"],
@@ -283,7 +283,7 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
 
     # -- actors -------------------------------------------------------------
     def create_actor(self, spec):
-        queues, error = route(self.groups, spec.options["scheduling_strategy"], actor=True)
+        queues, error = route(self.groups, spec.options.get("scheduling_strategy"), actor=True)
         if error is not None:
             self._refused[spec.actor_id] = error  # its calls fail with the error
             return
@@ -351,7 +351,7 @@ def _group_removed(scheduler: LocalScheduler, group, queued: list) -> None:
             scheduler.fail(task.spec.returns, error)
     cause = "Destroying worker since its placement group was removed"
     for host in list(scheduler._actors.values()):
-        if group_id_of(host.spec.options["scheduling_strategy"]) == group.id:
+        if group_id_of(host.spec.options.get("scheduling_strategy")) == group.id:
             running = [spec for spec, _ in list(host._running_sync.values())]
             host.kill(True, reason=cause)
             for spec in running:

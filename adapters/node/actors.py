@@ -84,7 +84,7 @@ class Actors:
             if held is not None:
                 self._store.drop(held)
             return winner
-        queues, refused = route(self._seams.groups, spec.options["scheduling_strategy"], actor=True)
+        queues, refused = route(self._seams.groups, spec.options.get("scheduling_strategy"), actor=True)
         if spec.resources and queues is None and refused is None:
             self._seams.feasibility.check(spec.actor_id, spec.cls.name, spec.resources)
         if held is None and spec.args is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from anyray.exceptions import WorkerCrashedError
 
 from ..common.placement_groups import group_id_of, removed_error
+from . import messages as m
 from .tasks import Task
 
 
@@ -34,7 +35,7 @@ class GroupRequests:
                  f"placement group was removed).")
         with self._lock:
             actors = [a for a in self._actors.actors.values() if a.state != "dead"
-                      and group_id_of(a.spec.options["scheduling_strategy"]) == group.id]
+                      and group_id_of(a.spec.options.get("scheduling_strategy")) == group.id]
         for actor in actors:
             self._actors.kill_in_group(actor, cause)
         with self._lock:
@@ -53,21 +54,21 @@ class GroupRequests:
             worker.handle.kill()
 
     def serve(self, groups_of):
-        """The handler of the ``placement_group`` request: (op, args) with op one of create, remove, table,
-        find; ``groups_of()`` gives the node's ``seams.groups``."""
+        """The handler of the ``placement_group`` request (``messages.GroupOp``); ``groups_of()`` gives the
+        node's ``seams.groups``."""
 
         def handler(worker, rid: int, args):
-            op, params = args
-            groups = groups_of()
+            request = m.GroupOp._make(args)
+            op, groups = request.op, groups_of()
             if op == "create":
                 job = worker.job if worker is not None else None
-                return groups.create(params[0], job[0] if job else None)
+                return groups.create(request.spec, job[0] if job else None)
             if op == "remove":
-                return groups.remove(params[0])
+                return groups.remove(request.group_id)
             if op == "table":
-                return groups.table(params[0])
+                return groups.table(request.group_id)
             if op == "find":
-                return groups.find(params[0], params[1])
+                return groups.find(request.name, request.namespace)
             raise ValueError(f"Unknown placement group request {op!r}.")
 
         return handler

@@ -123,8 +123,8 @@ class Task(NamedTuple):
     retry_exceptions: Any
     max_retries: int
     job: tuple | None         # (job id, namespace) when it changes from this worker's last task
-    stream: tuple | None      # a generator's (mode, backpressure) (``generators.stream_of``), else None
     placement: tuple | None   # (group id, capture child tasks) of its placement group, else None
+    stream: tuple | None      # a generator's (mode, backpressure) (``generators.stream_of``), else None
 
 
 class Response(NamedTuple):
@@ -347,6 +347,14 @@ class Kill(NamedTuple):
     no_restart: bool
 
 
+class GroupOp(NamedTuple):    # "placement_group": a PlacementGroupPort call of a worker's runtime
+    op: str                   # "create", "remove", "table" or "find"
+    group_id: bytes | None    # remove, table (None: every group)
+    spec: Any                 # create: the PlacementGroupSpec
+    name: str | None          # find
+    namespace: str | None     # find
+
+
 class CancelRef(NamedTuple):
     oid: bytes
     force: bool
@@ -360,7 +368,7 @@ class CancelRef(NamedTuple):
 OP_TYPES = {"submit": Submit, "forward": Forward, "create_actor": CreateActor, "create_actor_here": CreateActorHere,
             "actor_call": CallActor, "get": Get, "wait": Wait, "put": Put, "put_kept": Put,
             "stream_put": StreamPut, "named": Named,
-            "kill": Kill, "cancel": CancelRef}
+            "kill": Kill, "cancel": CancelRef, "placement_group": GroupOp}
 
 
 # --------------------------------------------------------------------------- values inside messages

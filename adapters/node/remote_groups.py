@@ -16,6 +16,7 @@ from anyray.specs import RemoteFailure
 from anyray.util.placement_group import PlacementGroup, PlacementGroupID
 
 from ..common.placement_groups import CREATED, REMOVED, current_group_id, removed_error
+from . import messages as m
 from .remote_ports import RemoteScheduler, RemoteStore
 
 POLL = 0.05  # seconds between two looks at a pending group's state
@@ -25,11 +26,12 @@ class RemoteGroups:
     places_groups = True
     node: object
 
-    def _request(self, op: str, *args):
-        return self.node.request("placement_group", (op, args))
+    def _request(self, op: str, group_id: bytes | None = None, spec=None, name: str | None = None,
+                 namespace: str | None = None):
+        return self.node.request("placement_group", m.GroupOp.pack(op, group_id, spec, name, namespace))
 
     def create_placement_group(self, spec) -> bytes:
-        return self._request("create", spec)
+        return self._request("create", spec=spec)
 
     def remove_placement_group(self, group_id: bytes) -> None:
         self._request("remove", group_id)
@@ -38,7 +40,7 @@ class RemoteGroups:
         return self._request("table", group_id)
 
     def find_placement_group(self, name: str, namespace: str) -> bytes | None:
-        return self._request("find", name, namespace)
+        return self._request("find", name=name, namespace=namespace)
 
     def current_placement_group(self) -> bytes | None:
         return current_group_id()

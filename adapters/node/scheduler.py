@@ -55,7 +55,7 @@ from .supervision import Supervision
 from .tasks import Tasks
 
 
-class NodeScheduler(GroupPort, ReportsResources, Scheduler):
+class NodeScheduler(ReportsResources, Scheduler):
     # capability flags (anyray.ports.scheduler); lends_cpus stays False: the driver's threads are not tasks
     # and hold no resources, and a worker's blocking get or wait says so in its request
     runs_here = tracks_handles = True
@@ -96,6 +96,11 @@ class NodeScheduler(GroupPort, ReportsResources, Scheduler):
         self.add_client = supervision.add_client
         self._closing: list = []  # what else shutdown() closes, first to last
         events.add_source(seams.record_sink.pull)
+
+    @property
+    def feasibility(self):
+        """Warns about work (and placement groups) no node can ever hold (a seam: ``seams.feasibility``)."""
+        return self.seams.feasibility
 
     @property
     def groups(self):
@@ -160,3 +165,9 @@ class NodeScheduler(GroupPort, ReportsResources, Scheduler):
         for close in self._closing:
             close()
         self.supervision.close()
+
+
+class GroupNodeScheduler(GroupPort, NodeScheduler):
+    """The node of the multiprocess backend: it places groups (``PlacementGroupPort``) with the one-node
+    ``PlacementGroups`` in ``seams.groups``. (A cluster node declares the port once its own groups, across
+    nodes, are in that seam.)"""

@@ -73,7 +73,7 @@ class Tasks:
         task = Task(spec, held, job or self._job)
         if handed:
             task.spilled = True
-        task.queues, error = route(seams.groups, spec.options["scheduling_strategy"])
+        task.queues, error = route(seams.groups, spec.options.get("scheduling_strategy"))
         if error is not None:
             self.refuse(task, error)
             return
@@ -165,8 +165,8 @@ class Tasks:
         self._send(worker, m.TASK, m.Task.pack(
             spec.task_id, fn_id, blob, args, [r._id for r in spec.deps], deps, [r._id for r in spec.returns],
             spec.name, spec.resources, task.lease.gpu_ids, portable_classes(options["retry_exceptions"]),
-            options["max_retries"], job, stream_of(options) if type(options.get("num_returns")) is str else None,
-            placement_of(options["scheduling_strategy"])))
+            options["max_retries"], job, placement_of(options.get("scheduling_strategy")),
+            stream_of(options) if type(options.get("num_returns")) is str else None))
 
     def task_result(self, worker, task_id: bytes, wires, contained) -> None:
         task = worker.task
