@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from ..node import messages as m
 from .group_records import CREATED, PENDING, RESCHEDULING
 from .planner import plan
 
@@ -137,7 +138,7 @@ class Placer:
                 answered(node, True, groups.reserve_here(record, bundles))
                 continue
             try:
-                groups.view.link(node).call("pg_reserve", (record, sorted(bundles)),
+                groups.view.link(node).call("pg_reserve", m.ReserveBundles.pack(record, sorted(bundles)),
                                             lambda ok, value, node=node: answered(node, ok, value))
             except (OSError, PermissionError) as exc:
                 log.info("could not ask node %s to reserve bundles of %s: %s", node, record["id"], exc)
@@ -157,7 +158,7 @@ class Placer:
                 continue
             link = groups.view.existing_link(node) if groups.view is not None else None
             if link is not None:
-                link.call("pg_release", (group_hex, sorted(bundles)), _ignore)
+                link.call("pg_release", m.ReleaseBundles.pack(group_hex, sorted(bundles)), _ignore)
 
 
 def _ignore(ok, value) -> None:

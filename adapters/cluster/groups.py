@@ -26,6 +26,7 @@ from anyray.serialization import serialize
 from anyray.specs import RemoteFailure
 from anyray.util.placement_group import PlacementGroup, PlacementGroupID
 
+from ..node import messages as m
 from .group_placer import Placer
 from .group_records import CREATED, GROUPS, PENDING, REMOVED, RESCHEDULING, GroupRecords, decode, new_record, table_row
 
@@ -106,12 +107,12 @@ class ClusterGroups:
         self.host.release(group_hex, indexes)
 
     def _op_reserve(self, worker, rid, args):
-        record, indexes = args
-        return self.reserve_here(record, {i: record["bundles"][i] for i in indexes})
+        msg = m.ReserveBundles._make(args)
+        return self.reserve_here(msg.group, {i: msg.group["bundles"][i] for i in msg.indexes})
 
     def _op_release(self, worker, rid, args):
-        group_hex, indexes = args
-        self.release_here(group_hex, indexes)
+        msg = m.ReleaseBundles._make(args)
+        self.release_here(msg.group_id, msg.indexes)
 
     # -- the port's answers --------------------------------------------------------------------
     def create(self, spec, job=None) -> bytes:

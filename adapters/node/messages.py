@@ -355,6 +355,16 @@ class GroupOp(NamedTuple):    # "placement_group": a PlacementGroupPort call of 
     namespace: str | None     # find
 
 
+class ReserveBundles(NamedTuple):  # "pg_reserve", node to node: answer True once reserved here, else False
+    group: dict                   # the group's record (cluster/group_records.py)
+    indexes: list                 # the bundles to reserve on the node asked
+
+
+class ReleaseBundles(NamedTuple):  # "pg_release", node to node: give back a reservation that made no group
+    group_id: str                 # hex
+    indexes: list                 # the bundles to give back
+
+
 class CancelRef(NamedTuple):
     oid: bytes
     force: bool
@@ -368,7 +378,8 @@ class CancelRef(NamedTuple):
 OP_TYPES = {"submit": Submit, "forward": Forward, "create_actor": CreateActor, "create_actor_here": CreateActorHere,
             "actor_call": CallActor, "get": Get, "wait": Wait, "put": Put, "put_kept": Put,
             "stream_put": StreamPut, "named": Named,
-            "kill": Kill, "cancel": CancelRef, "placement_group": GroupOp}
+            "kill": Kill, "cancel": CancelRef, "placement_group": GroupOp, "pg_reserve": ReserveBundles,
+            "pg_release": ReleaseBundles}
 
 
 # --------------------------------------------------------------------------- values inside messages
