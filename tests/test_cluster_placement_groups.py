@@ -12,11 +12,26 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+from servers import EtcdServer
 from test_cluster import WAIT, cli, cluster_env, kill_node, start_head, status_nodes, two_nodes, wait_until
 
 from anyray.adapters.cluster import files
 
 __all__ = ["cluster_env"]  # the fixture, used by name
+
+
+@pytest.fixture(params=["redis", "etcd"])
+def metadata(request, tmp_path):
+    """The head's ``anyray start`` options for each metadata store: its own Redis, or an etcd server."""
+    if request.param == "redis":
+        yield ()
+        return
+    directory = tmp_path / "etcd"
+    directory.mkdir()
+    server = EtcdServer.start(str(directory))
+    yield ("--metadata", server.url)
+    server.stop()
 
 
 def driver(env, body: str) -> subprocess.CompletedProcess:
@@ -34,8 +49,8 @@ def _groups(env) -> list[dict]:
     return json.loads(cli(env, "list", "placement-groups", "--format", "json").stdout)
 
 
-def test_two_drivers_racing_for_the_last_cpus_one_group_is_created_none_half(cluster_env, tmp_path):
-    two_nodes(cluster_env, ("--num-cpus", "1"), ("--num-cpus", "1"))
+def test_two_drivers_racing_for_the_last_cpus_one_group_is_created_none_half(cluster_env, tmp_path, metadata):
+    two_nodes(cluster_env, ("--num-cpus", "1", *metadata), ("--num-cpus", "1"))
     go = tmp_path / "go"
     racer = textwrap.dedent(f"""
         import os, sys, time, anyray
@@ -75,8 +90,8 @@ def test_two_drivers_racing_for_the_last_cpus_one_group_is_created_none_half(clu
         assert out.split() == ["0", "True"]  # both CPUs held by the winner alone; the loser placed once free
 
 
-def test_a_killed_node_s_bundle_is_placed_again_and_its_actor_restarts_there(cluster_env):
-    head, other = two_nodes(cluster_env, ("--num-cpus", "2"), ("--num-cpus", "2"))
+def test_a_killed_node_s_bundle_is_placed_again_and_its_actor_restarts_there(cluster_env, metadata):
+    head, other = two_nodes(cluster_env, ("--num-cpus", "2", *metadata), ("--num-cpus", "2"))
     run = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys, time, anyray
         from anyray.util.placement_group import placement_group, placement_group_table
