@@ -216,3 +216,15 @@ def test_work_in_a_gpu_bundle_gets_the_gpu_the_bundle_reserved():
     node.queues.dispatch()
     assert [(task, lease.gpu_ids) for task, lease in node.started] == [("trains", [7])]
     assert held.gpu_ids == [5] and pool.available() == {}
+
+
+def test_work_that_needs_nothing_waits_for_its_pending_group_too():
+    node = _Node({"CPU": 1.0})
+    held = node.pool.acquire({"CPU": 1.0})
+    group = node.create([{"CPU": 1.0}])
+    queues, _ = node.groups.route(_strategy(group))
+    queues.push((), "needs nothing")
+    node.queues.dispatch()
+    assert node.started == []  # as in Ray: work submitted to a pending group waits until it is created
+    node.queues.release(held)
+    assert [task for task, _ in node.started] == ["needs nothing"]

@@ -60,15 +60,15 @@ def removed_error(group_id: bytes) -> TaskPlacementGroupRemoved:
 
 
 class BundlePool(ResourcePool):
-    """One bundle's resources: none available until the bundle is placed (``placed``), none again once its
-    group is removed (``unplace``)."""
+    """One bundle's resources: nothing is acquired from it (not even an empty demand) until the bundle is
+    placed (``placed``), nor once its group is removed (``unplace``)."""
 
     def __init__(self, resources: dict[str, float], node_id: str):
         super().__init__(resources, [])
         self.node_id = node_id
         self._avail = dict.fromkeys(resources, 0.0)
         self._gpu_free = []
-        self.removed = False
+        self.ready = False  # placed, and not removed: work (even work that needs nothing) may start
 
     def placed(self, node_lease) -> None:
         """The bundle holds ``node_lease`` of its node: its resources (and that lease's GPUs) are usable."""
@@ -76,16 +76,17 @@ class BundlePool(ResourcePool):
             self._avail = dict(self._total)
             self._gpu_ids = list(node_lease.gpu_ids)
             self._gpu_free = [1.0] * len(self._gpu_ids)
+            self.ready = True
 
     def unplace(self) -> None:
         """The group is removed: nothing is acquired from the bundle any more."""
         with self._lock:
-            self.removed = True
+            self.ready = False
             self._avail = dict.fromkeys(self._total, 0.0)
             self._gpu_free = [0.0] * len(self._gpu_free)
 
     def acquire(self, demand: dict):
-        return None if self.removed else super().acquire(demand)
+        return super().acquire(demand) if self.ready else None
 
 
 class AnyBundle:
