@@ -65,7 +65,6 @@ class BundleHost(PlacementGroups):
             for bundle, lease in zip(wanted, leases):
                 reserved[bundle.index] = time.monotonic()
                 bundle.lease = lease
-                bundle.pool.removed = False
                 bundle.pool.placed(lease)
             if group.state != CREATED:
                 group.state = CREATED
