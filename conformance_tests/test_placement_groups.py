@@ -631,6 +631,29 @@ class TestAcrossNodes:
         placed = self._placed(make_group([{"CPU": 0.5}, {"CPU": 0.5}], strategy="SPREAD"))
         assert len(set(placed.values())) == 2
 
+    def test_actors_in_a_group_spread_over_nodes_run_on_their_bundles_nodes(self, make_group):
+        group = make_group([{"CPU": 0.5}] * len(self.nodes), strategy="STRICT_SPREAD")
+        placed = self._placed(group)
+        indexes = sorted(placed)
+        probes = [GroupProbe.options(num_cpus=0.5, scheduling_strategy=in_group(group, i)).remote() for i in indexes]
+        try:
+            assert anyray.get([p.node.remote() for p in probes], timeout=DEADLINE) == [placed[i] for i in indexes]
+            assert anyray.get([p.group.remote() for p in probes], timeout=DEADLINE) == [group.id.hex()] * len(probes)
+        finally:
+            for probe in probes:
+                anyray.kill(probe)
+
+    def test_work_into_any_bundle_runs_on_the_group_s_nodes_and_each_node_holds_its_bundles(self, make_group):
+        group = make_group([{"CPU": 1}] * len(self.nodes), strategy="STRICT_SPREAD")
+        placed = self._placed(group)
+        wait_until(lambda: anyray.available_resources().get("CPU", 0) == anyray.cluster_resources()["CPU"]
+                   - len(self.nodes), what="one CPU of each node held by the group")
+        refs = [node_id.options(num_cpus=1, scheduling_strategy=in_group(group)).remote() for _ in range(6)]
+        assert set(anyray.get(refs, timeout=DEADLINE)) <= set(placed.values())
+        remove_placement_group(group)
+        wait_until(lambda: anyray.available_resources().get("CPU", 0) == anyray.cluster_resources()["CPU"],
+                   what="the group's CPUs back on every node")
+
     def test_hard_node_affinity_runs_on_each_named_node(self):
         for node in self.nodes:
             strategy = NodeAffinitySchedulingStrategy(node, soft=False)

@@ -36,6 +36,7 @@ class TaskContext:
     inline: bool = False   # run by a caller that waits for it: Ctrl-C interrupts the caller, not just the task
     actor: ActorInfo | None = None  # set for actor calls and the constructor
     cancelled: bool = False  # cancel() reached this call: its result is dropped for TaskCancelledError
+    placement: tuple | None = None  # (group id, capture child tasks) of the placement group it runs in
 
 
 def worker_id() -> str:

@@ -134,6 +134,15 @@ def _stale_ref_error(ref: ObjectRef, fn: str) -> ValueError:
         f"made the ref again (in a notebook, rerun the cell that made it).")
 
 
+def _captured(options: dict, parent) -> dict:
+    """``options`` of work submitted with no scheduling strategy from inside a task or actor whose placement
+    group captures its children: the same group (Ray's ``placement_group_capture_child_tasks``)."""
+    from .util.scheduling_strategies import captured_strategy  # the package imports the API: not at import
+
+    strategy = captured_strategy(parent.placement)
+    return options if strategy is None else dict(options, scheduling_strategy=strategy)
+
+
 def top_level_refs(args: tuple, kwargs: dict) -> list[ObjectRef]:
     deps = [a for a in args if type(a) is ObjectRef]
     if kwargs:
@@ -331,22 +340,24 @@ class Runtime:
         return self.counter.new_refs(n)
 
     def _check_strategy(self, strategy, name: str) -> None:
-        """A placement-group or node-affinity strategy needs a scheduler that places by it."""
+        """A placement-group or node-affinity strategy needs a scheduler that places by it (``places_groups``)."""
         if strategy is not None and type(strategy) is not str and not self._places_groups:
             raise NotImplementedError(
                 f"{name}: the {self.backend.name!r} backend does not place work by {type(strategy).__name__} yet "
-                f"(placement groups and node affinity run on the 'ray' backend today); leave scheduling_strategy "
-                f"unset, or use 'DEFAULT' or 'SPREAD'.")
+                f"(its scheduler does not declare places_groups; 'local', 'multiprocess' and 'ray' do); leave "
+                f"scheduling_strategy unset, or use 'DEFAULT' or 'SPREAD'.")
 
     def submit_task(self, descriptor: FunctionDescriptor, args: tuple, kwargs: dict,
                     options: dict, resources: dict) -> list[ObjectRef]:
         strategy = options["scheduling_strategy"]
+        parent = current_task.get()
         if strategy is not None:
             self._check_strategy(strategy, descriptor.name)
+        elif parent is not None and parent.placement is not None:
+            options = _captured(options, parent)
         options = runtime_env_setup.with_env(self, options, descriptor.name)
         blob = serialization.serialize_arguments(args, kwargs, descriptor.name)
         self.counter.drain()
-        parent = current_task.get()
         spec = TaskSpec(
             task_id=ids.new_id(), function=descriptor, args=blob,
             deps=runtime_env_setup.with_packages(self, options, self._deps(args, kwargs, descriptor.name)),
@@ -359,6 +370,9 @@ class Runtime:
     def create_actor(self, descriptor: FunctionDescriptor, args: tuple, kwargs: dict, options: dict,
                      is_async: bool, method_options: dict):
         self._check_strategy(options["scheduling_strategy"], descriptor.name)
+        parent = current_task.get()
+        if options["scheduling_strategy"] is None and parent is not None and parent.placement is not None:
+            options = _captured(options, parent)
         options = runtime_env_setup.with_env(self, options, descriptor.name)
         namespace = options["namespace"] if options["namespace"] is not None else self.namespace
         name = options["name"]

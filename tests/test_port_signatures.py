@@ -43,6 +43,8 @@ from anyray.ports.scheduler import OPTIONAL_METHODS, OPTIONAL_STORE_METHODS, Sch
 SCHEDULERS = [
     "anyray.adapters.local.scheduler:LocalScheduler",
     "anyray.adapters.node.scheduler:NodeScheduler",
+    "anyray.adapters.node.scheduler:GroupNodeScheduler",
+    "anyray.adapters.node.remote_groups:GroupsRemoteScheduler",
     "anyray.adapters.cluster.node:ClusterScheduler",
     "anyray.adapters.node.remote_ports:RemoteScheduler",
     "anyray.adapters.cluster:_ClusterScheduler",

@@ -31,10 +31,11 @@ from anyray.ports.backend import Backend, Capability
 from ..common.gaps import CLUSTER_GAPS
 from ..node import messages as m
 from ..node.link import BorrowCounter
+from ..node.remote_groups import RemoteGroups
 from ..node.remote_ports import RemoteScheduler, RemoteStore
 
 
-class _ClusterScheduler(RemoteScheduler):
+class _ClusterScheduler(RemoteGroups, RemoteScheduler):
     """The driver's scheduler port: forwards to the node, and warns at the call site about work that no
     node of the cluster could ever place (the node's own warning would not reach the driver)."""
 

@@ -11,6 +11,8 @@ alive there; kills and handle counts go to its node.
 
 from __future__ import annotations
 
+import threading
+
 from anyray.actor import ActorHandle
 from anyray.exceptions import ActorDiedError
 from anyray.object_ref import ObjectRef
@@ -18,13 +20,17 @@ from anyray.policy import allows_another, fits
 from anyray.runtime import current_counter
 from anyray.serialization import SerializedObject
 from anyray.specs import ActorSpec
+from anyray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ..common.placement_groups import group_id_of
 from ..node import messages as m
 from ..node.store import to_wire
+from .groups import WAIT
 from .objects import object_ids
 from .view import ignore
 
 ACTORS = "actors/"  # actor id (hex) -> signed pickle of {"node", "class_name", "methods"}: where each actor lives
+RETRY_SECONDS = 0.5  # before an actor whose bundle's node just went away is placed again
 _CREATE_ACTOR_FIELDS = len(m.CreateActor._fields)  # CreateActorHere starts with CreateActor's fields
 
 
@@ -35,6 +41,7 @@ class RemoteActors:
     def __init__(self, lock, pool, store, metadata, names, objects, actors, ledger, functions, requests, job: tuple):
         """``actors``: the node's own actors part; ``requests``: its request handlers."""
         self.view = None  # the ClusterView, once attached
+        self.groups = None  # the node's ClusterGroupSeam (placement groups and node affinity)
         self.node_id = pool.node_id
         self._lock = lock
         self._pool = pool
@@ -60,11 +67,21 @@ class RemoteActors:
     # -- creating ------------------------------------------------------------------------------
     def create_actor(self, spec: ActorSpec, held=None, job=None):
         here = spec.actor_id in self._placed_here
-        if self.view is not None and not here and spec.resources:
+        strategy = spec.options.get("scheduling_strategy")
+        if (self.view is not None and not here and self.groups is not None and strategy is not None
+                and type(strategy) is not str):
+            placed = self._place_by_strategy(spec, held, job, strategy)
+            if placed is not False:
+                return placed
+        elif self.view is not None and not here and spec.resources:
             demand = spec.resources
-            if not fits(demand, self._pool.available()) or self._pool.infeasible(demand):
+            node_id = None
+            if spec.options.get("scheduling_strategy") == "SPREAD":
+                node_id = self.view.place_spread(demand, self._pool.available(), self._pool.total())
+            if node_id is None and (not fits(demand, self._pool.available()) or self._pool.infeasible(demand)):
                 node_id = self.view.place(demand)
-                forwarded = self._forward_actor(spec, held, job or self._job, node_id) if node_id else False
+            if node_id is not None:
+                forwarded = self._forward_actor(spec, held, job or self._job, node_id)
                 if forwarded is not False:
                     return None if forwarded is True else forwarded  # or get_if_exists' winner
         restarts = self._restart_counts.get(spec.actor_id, 0)  # started here again after its node died
@@ -82,6 +99,27 @@ class RemoteActors:
             self._metadata.put(ACTORS + spec.actor_id.hex(), self.view.seal_record(
                 {"node": self.node_id, "class_name": spec.cls.name, "methods": spec.method_options}))
         return None
+
+    def _place_by_strategy(self, spec: ActorSpec, held, job, strategy):
+        """An actor with a placement group or node affinity strategy: created on its bundle's (or named)
+        node, or created once its group is placed; False when it is created here."""
+        target = self.groups.target(strategy)
+        if target == WAIT:
+            self.groups.cluster.park(group_id_of(strategy), lambda: self.create_actor(spec, held, job))
+            return None
+        if not isinstance(target, str) or target == self.node_id:
+            return False  # here (or the node's own routing refuses it)
+        if type(strategy) is NodeAffinitySchedulingStrategy and strategy.soft and not self.view.fits(
+                target, spec.resources):
+            return False
+        self.view.charge(target, spec.resources)
+        forwarded = self._forward_actor(spec, held, job or self._job, target)
+        if forwarded is False:  # the node just went: its group places the bundle again (or it is removed)
+            timer = threading.Timer(RETRY_SECONDS, self.create_actor, (spec, held, job))
+            timer.daemon = True
+            timer.start()
+            return None
+        return None if forwarded is True else forwarded
 
     def _forward_actor(self, spec: ActorSpec, held, job, node_id: str) -> bool | ActorHandle:
         try:

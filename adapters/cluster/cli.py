@@ -126,9 +126,9 @@ def add_commands(sub) -> None:
     p.add_argument("--redis-password", metavar="PASSWORD", help="the cluster's Redis password (see `anyray start`)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("list", help="list the cluster's nodes, actors, tasks, objects or workers (what "
-                                    "anyray.util.state lists, with Ray's field names)")
-    p.add_argument("what", choices=["nodes", "actors", "tasks", "objects", "workers"])
+    p = sub.add_parser("list", help="list the cluster's nodes, actors, tasks, objects, workers or placement "
+                                    "groups (what anyray.util.state lists, with Ray's field names)")
+    p.add_argument("what", choices=["nodes", "actors", "tasks", "objects", "workers", "placement-groups"])
     p.add_argument("--address", default="auto", help="the cluster's address, as for `anyray start --address` "
                                                      "(default: the cluster on this machine)")
     p.add_argument("--token-file")
@@ -316,6 +316,7 @@ def cmd_status(args) -> int:
     print("\nResources (used/total):")
     for k in sorted(total):
         print(f"  {k}: {_amount(k, total[k] - free[k])}/{_amount(k, total[k])}")
+    _print_groups(status.get("placement_groups", ()))
     usage = status["usage"]
     print(f"\nObject store of the node answering: {usage.get('num_objects', 0)} objects, "
           f"{usage.get('shared_bytes', 0) / 2**20:.1f} MiB of {usage.get('capacity', 0) / 2**30:.1f} GiB "
@@ -332,13 +333,27 @@ TABLE_COLUMNS = {
 }
 
 
+def _print_groups(groups) -> None:
+    """The placement groups in ``anyray status``: how many per state, and each one not removed."""
+    if not groups:
+        return
+    states: dict = {}
+    for g in groups:
+        states[g["state"]] = states.get(g["state"], 0) + 1
+    print(f"\nPlacement groups: {', '.join(f'{n} {s}' for s, n in sorted(states.items()))}")
+    for g in groups:
+        if g["state"] != "REMOVED":
+            print(f"  {g['placement_group_id']}  {g['state']:<12} {g['strategy']:<13} {g['name'] or '-'} "
+                  f"[{g['bundles']}] on {g['nodes'] or '-'}{' (detached)' if g['detached'] else ''}")
+
+
 def cmd_list(args) -> int:
     rows = _ask(args, "list", args.what)
     if args.format == "json":
         print(json.dumps(rows, indent=2, default=str))
         return 0
     if not rows:
-        print(f"No {args.what}.")
+        print(f"No {args.what.replace('-', ' ')}.")
         return 0
     if args.what == "nodes":
         rows = [{"node_id": r["node_id"], "address": r["address"], "head": r.get("head", False),

@@ -39,6 +39,7 @@ from ..node.node import Node
 from . import files, servers
 from .address import TOKEN_CHECK_KEY, token_check
 from .client import CLIENT_HELLO, CLIENT_READY, CLIENT_SETUP, _Watchdog, handshake, host_id, open_connection
+from .group_records import GroupRecords, listing
 from .node import ClusterScheduler
 from .peers import serve_transfers
 from .redaction import redact
@@ -323,6 +324,8 @@ class NodeDaemon:
         self.scheduler.add_client(handle, shared or peer, (hello.get("job_id") or b"", hello.get("namespace") or ""),
                                   peer=peer)
         self.scheduler.workers.serve(handle, conn)
+        if role == "driver" and hello.get("job_id"):  # its job ended: so do its groups that are not detached
+            self.scheduler.cluster_groups.remove_job(hello["job_id"])
 
     # -- requests of clients ------------------------------------------------------------
     def _op_metadata_url(self, worker, rid, _args):
@@ -343,12 +346,17 @@ class NodeDaemon:
     def _op_status(self, worker, rid, _args):
         return {"nodes": self.nodes(), "dead": self._scan_json(DEAD), "this": self.node.node_id,
                 "metadata": self.metadata_kind, "usage": self.node.store.usage(), "now": time.time(),
-                "lease_seconds": LEASE_SECONDS}
+                "lease_seconds": LEASE_SECONDS, "placement_groups": self._groups()}
+
+    def _groups(self) -> list[dict]:
+        return [listing(r) for r in GroupRecords(self.metadata).all()]
 
     def _op_list(self, worker, rid, kind):
         """The cluster's nodes, or every node's actors, tasks or objects."""
         if kind == "nodes":
             return self.nodes()
+        if kind == "placement-groups":
+            return self._groups()
         return self.scheduler.state(kind) + self.scheduler.ask_every_node("list_here", kind)
 
     def _op_list_here(self, worker, rid, kind):

@@ -14,6 +14,10 @@ Actors (``actors.py``, ``actor_calls.py``). An actor goes where its resources
 are free; calls to it go to its node, and it starts again elsewhere when its
 node dies (while ``max_restarts`` allows).
 
+Placement groups (``groups.py``, ``group_placer.py``, ``group_host.py``). A group's record lives in the
+metadata store; the node its driver is connected to places its bundles over the nodes (``planner.py``), each
+node reserving its own; work into a bundle goes to that bundle's node.
+
 Streams (``streams.py``). What a generator running on another node yields goes
 to the node its caller submitted it to, as it is yielded; acks go the other way.
 
@@ -27,9 +31,12 @@ import concurrent.futures
 
 from anyray.policy import Feasibility
 
+from ..common.placement_groups import GroupPort
 from ..node.scheduler import NodeScheduler
 from .actor_calls import RemoteCalls
 from .actors import RemoteActors
+from .group_host import BundleHost, ClusterGroupSeam
+from .groups import ClusterGroups
 from .objects import RemoteObjects
 from .placement import SpillbackPlacement
 from .records import ClusterResources, PerJobOutput, PerJobRecords, Reports, ask_every_node
@@ -37,9 +44,11 @@ from .streams import StreamRoutes
 from .view import ClusterView
 
 
-class ClusterScheduler(NodeScheduler):
+class ClusterScheduler(GroupPort, NodeScheduler):
     """``NodeScheduler`` with the cluster's parts in its seams: other nodes to hand work to (``attach`` a
     ``ClusterView``), their objects and actors, and reports per job."""
+
+    places_groups = True  # the PlacementGroupPort (GroupPort) over the cluster's groups (groups.py)
 
     def __init__(self, session, store, metadata, events, pool, setup):
         super().__init__(session, store, metadata, events, pool, setup)
@@ -63,8 +72,13 @@ class ClusterScheduler(NodeScheduler):
                                               handlers["forward"], handlers["actor_call"], self.cancel)
         streams.register(self.register)  # after the handlers it wraps
         placement.on_forward = streams.forwarded
+        # Placement groups: the cluster's records answer; this node holds the bundles placed here.
+        host = BundleHost.replacing(seams.groups)
+        self.cluster_groups = groups = ClusterGroups(metadata, pool.node_id, host, store.put)
+        groups.register(self.register)
+        seams.groups = placement.groups = actors.groups = seam = ClusterGroupSeam(host, groups)
         self.placement, self.objects, self.remote_actors = placement, objects, actors
-        self._parts = (objects, placement, actors, calls, view, streams)
+        self._parts = (objects, placement, actors, calls, view, streams, groups, seam)
         self._threads = threads
         self.on_shutdown(self._close_cluster)
 
@@ -87,12 +101,14 @@ class ClusterScheduler(NodeScheduler):
     def spill_queued(self) -> None:
         """Hand queued tasks to nodes that have room now (a node's view changed, or work came back)."""
         self.placement.spill_queued()
+        self.cluster_groups.placer.kick()  # a node has room now, or another joined: place pending groups
 
     def node_dead(self, node_id: str) -> None:
         """``node_id``'s lease lapsed: what it ran for this node runs again; what lived only there is lost."""
         link = self.cluster.existing_link(node_id) if self.cluster else None
         if link is not None:
             link.close()  # every answer still awaited from it fails now: tasks are retried, calls fail
+        self.cluster_groups.node_lost(node_id)  # first: work into its bundles waits for them to be placed again
         self.placement.node_lost(node_id)
         self.objects.node_lost(node_id)
         self.remote_actors.node_lost(node_id)
@@ -103,6 +119,7 @@ class ClusterScheduler(NodeScheduler):
         return ask_every_node(self.cluster, op, args)
 
     def _close_cluster(self) -> None:
+        self.cluster_groups.close()
         if self.cluster is not None:
             self.cluster.close()
         self._threads.shutdown(wait=False, cancel_futures=True)

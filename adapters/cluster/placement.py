@@ -17,9 +17,12 @@ from anyray.object_ref import ObjectRef
 from anyray.policy import allows_another, fits
 from anyray.runtime import current_counter
 from anyray.specs import TaskSpec
+from anyray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ..common.placement_groups import group_id_of
 from ..node import messages as m
 from ..node.store import to_wire
+from .groups import WAIT
 from .objects import object_ids
 from .peers import PeerLink
 from .view import ignore
@@ -33,6 +36,7 @@ class SpillbackPlacement:
 
     def __init__(self, lock, pool, queues: dict, tasks, ledger, functions, objects, threads):
         self.view = None  # the ClusterView, once attached
+        self.groups = None  # the node's ClusterGroupSeam (placement groups and node affinity)
         self._lock = lock
         self._pool = pool
         self._queues = queues
@@ -50,13 +54,22 @@ class SpillbackPlacement:
     def route(self, task) -> bool:
         """``task`` is ready: True when it went (or is going) to another node."""
         view = self.view
-        if view is None or task.spilled or task.state != "waiting":
-            return False
+        if view is None or task.spilled or task.state != "waiting" or getattr(task, "queues", None) is not None:
+            return False  # handed here, or in a placement group bundle here: it runs here
         demand = task.spec.resources
-        busy = self._queues.get(task.shape) or not fits(demand, self._pool.available())
-        if not (busy or self._pool.infeasible(demand)):
-            return False
-        node_id = view.place(demand)
+        node_id = None
+        strategy = task.spec.options.get("scheduling_strategy")
+        if strategy is not None and type(strategy) is not str and self.groups is not None:
+            routed = self._route_by_strategy(task, strategy)
+            if routed is not None:
+                return routed
+        elif strategy == "SPREAD":
+            node_id = view.place_spread(demand, self._pool.available(), self._pool.total())
+        if node_id is None:
+            busy = self._queues.get(task.shape) or not fits(demand, self._pool.available())
+            if not (busy or self._pool.infeasible(demand)):
+                return False
+            node_id = view.place(demand)
         if node_id is None:
             return False
         with self._lock:
@@ -68,6 +81,49 @@ class SpillbackPlacement:
             return True
         self._forward(task, node_id)
         return True
+
+    def _route_by_strategy(self, task, strategy) -> bool | None:
+        """A task with a placement group or node affinity strategy: True when it went elsewhere (or waits
+        for its group, or failed), False when it runs here, None when the default placement decides."""
+        target = self.groups.target(strategy)
+        if target is None:
+            return None
+        if target == WAIT:
+            self.groups.cluster.park(group_id_of(strategy), lambda: self._tasks.ready(task))
+            return True
+        if isinstance(target, BaseException):
+            self._refuse(task, target)
+            return True
+        soft = type(strategy) is NodeAffinitySchedulingStrategy and strategy.soft
+        demand = task.spec.resources
+        if target == self.view.node_id:
+            if soft:
+                return None
+            queues, error = self.groups.route(strategy)
+            if error is not None:
+                self._refuse(task, error)
+                return True
+            task.queues = queues
+            return False
+        if soft and not self.view.fits(target, demand):
+            return None
+        self.view.charge(target, demand)
+        with self._lock:
+            taken = task.state == "waiting"
+            if taken:
+                task.state = "forwarded"
+        if not taken:
+            self.view.returned(target, demand)
+            return True
+        self._forward(task, target)
+        return True
+
+    def _refuse(self, task, error: BaseException) -> None:
+        with self._lock:
+            if task.state != "waiting":
+                return
+            self._tasks.finish(task)
+        self._ledger.fail(task.spec.returns, error)
 
     def spill_queued(self) -> None:
         """Hand queued tasks to nodes that have room now (a node's view changed, or work came back)."""

@@ -35,6 +35,14 @@ def ignore(ok, value) -> None:
         log.error("another node refused work: %r", value)
 
 
+def _load(free: dict, total: dict) -> float:
+    """The share of a node's CPUs in use (of all its resources when it has no CPUs)."""
+    keys = ["CPU"] if total.get("CPU") else [k for k in total if total[k]]
+    if not keys:
+        return 1.0
+    return max(1.0 - free.get(k, 0.0) / total[k] for k in keys)
+
+
 class ClusterView:
     """The other nodes of the cluster: their published resources, and links to them, opened on first use."""
 
@@ -111,6 +119,44 @@ class ClusterView:
                 for k, v in demand.items():
                     mine[k] = mine.get(k, 0.0) + v
             return best
+
+    def place_spread(self, demand: dict, here_free: dict, here_total: dict) -> str | None:
+        """Where "SPREAD" work goes: the least-loaded node that has ``demand`` free now (the smallest share
+        of its CPUs in use; this node on a tie), charged for it when it is another node; None for this node
+        (also when no node has it free: it then waits here or spills as any task does)."""
+        with self._lock:
+            best, best_load = None, None
+            if fits(demand, here_free):
+                best_load = _load(here_free, here_total)
+            for node_id, record in self.records.items():
+                credit = self._credit(node_id)
+                if not fits(demand, credit):
+                    continue
+                load = _load(credit, record["resources"])
+                if best_load is None or load < best_load - 1e-9:
+                    best, best_load = node_id, load
+            if best is not None:
+                mine = self._mine.setdefault(best, {})
+                for k, v in demand.items():
+                    mine[k] = mine.get(k, 0.0) + v
+            return best
+
+    def free(self) -> dict[str, dict]:
+        """What each other node has free now, as far as this node can tell."""
+        with self._lock:
+            return {node_id: self._credit(node_id) for node_id in self.records}
+
+    def charge(self, node_id: str, demand: dict) -> None:
+        """Work goes to ``node_id`` whatever it has free (its placement group bundle, or node affinity)."""
+        with self._lock:
+            mine = self._mine.setdefault(node_id, {})
+            for k, v in demand.items():
+                mine[k] = mine.get(k, 0.0) + v
+
+    def fits(self, node_id: str, demand: dict) -> bool:
+        """Whether ``node_id`` has ``demand`` free now, as far as this node can tell."""
+        with self._lock:
+            return node_id in self.records and fits(demand, self._credit(node_id))
 
     def returned(self, node_id: str, demand: dict) -> None:
         """Work charged to ``node_id`` is done (or never went): take the charge back."""

@@ -24,6 +24,9 @@ class ShapeQueues:
         self._pool = pool
         self.start_task = start_task
         self.queues: dict[tuple, collections.deque] = {}
+        # Called first by each dispatch (a node's placement groups: place the pending ones, then start
+        # the work queued in bundles), so that freed resources go to groups before plain work.
+        self.before_dispatch: Callable[[], None] | None = None
 
     def enqueue(self, demand: dict, start: Callable[[object], None]) -> None:
         """Call ``start(lease)`` once ``demand`` fits; FIFO among work of the same demand."""
@@ -44,6 +47,8 @@ class ShapeQueues:
 
     def dispatch(self) -> None:
         """Start the queued work whose resources are free now."""
+        if self.before_dispatch is not None:
+            self.before_dispatch()
         to_start = []
         with self._lock:
             for shape, queue in self.queues.items():

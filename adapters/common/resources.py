@@ -11,13 +11,14 @@ from anyray.policy import EPS, missing
 class Lease:
     """What one running task or live actor holds."""
 
-    __slots__ = ("demand", "gpu_ids", "gpu_shares", "cpus_lent")
+    __slots__ = ("demand", "gpu_ids", "gpu_shares", "cpus_lent", "pool")
 
-    def __init__(self, demand: dict, gpu_shares: list[tuple[int, float]], gpu_ids: list):
+    def __init__(self, demand: dict, gpu_shares: list[tuple[int, float]], gpu_ids: list, pool=None):
         self.demand = demand
         self.gpu_shares = gpu_shares
         self.gpu_ids = gpu_ids
         self.cpus_lent = False
+        self.pool = pool  # the ResourcePool it came from (a node's, or a placement group bundle's)
 
 
 class ResourcePool:
@@ -60,9 +61,13 @@ class ResourcePool:
                     self._gpu_free[i] -= amount
             for k, v in demand.items():
                 avail[k] -= v
-            return Lease(demand, shares, [self._gpu_ids[i] for i, _ in shares])
+            return Lease(demand, shares, [self._gpu_ids[i] for i, _ in shares], self)
 
     def release(self, lease: Lease) -> None:
+        """Give ``lease`` back to the pool it came from (a bundle's lease goes back to its bundle)."""
+        if lease.pool is not self and lease.pool is not None:
+            lease.pool.release(lease)
+            return
         with self._lock:
             for k, v in lease.demand.items():
                 if k == "CPU" and lease.cpus_lent:
@@ -74,6 +79,9 @@ class ResourcePool:
             lease.gpu_shares = []
 
     def lend_cpus(self, lease: Lease) -> None:
+        if lease.pool is not self and lease.pool is not None:
+            lease.pool.lend_cpus(lease)
+            return
         with self._lock:
             cpus = lease.demand.get("CPU", 0)
             if cpus and not lease.cpus_lent:
@@ -81,6 +89,9 @@ class ResourcePool:
                 self._avail["CPU"] += cpus
 
     def reclaim_cpus(self, lease: Lease) -> None:
+        if lease.pool is not self and lease.pool is not None:
+            lease.pool.reclaim_cpus(lease)
+            return
         with self._lock:
             cpus = lease.demand.get("CPU", 0)
             if lease.cpus_lent:

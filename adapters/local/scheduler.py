@@ -14,28 +14,45 @@ from anyray import serialization
 from anyray.backend_kit.actor_host import ActorHost
 from anyray.backend_kit.threads import DaemonThreadPool
 from anyray.context import TaskContext, current_task
-from anyray.exceptions import ActorNameTaken, TaskCancelledError
+from anyray.exceptions import ActorDiedError, ActorNameTaken, TaskCancelledError, WorkerCrashedError
 from anyray.executor import Call, run_in_place, serialize_failure
 from anyray.generators import stream_spec
 from anyray.policy import Feasibility
 from anyray.ports.scheduler import Scheduler
 from anyray.specs import RemoteFailure, TaskSpec
+from anyray.util.scheduling_strategies import placement_of
 
 from ..common.names import NamedActors
+from ..common.placement_groups import GroupPort, PlacementGroups, group_id_of, removed_error, route
 from ..common.queues import ShapeQueues, admit
 from ..common.resources import NodeResources, ReportsResources, ResourcePool
 from . import state
 
 
 class _Task:
-    __slots__ = ("spec", "shape", "state", "thread_id", "lease")
+    __slots__ = ("spec", "shape", "state", "thread_id", "lease", "queues")
 
-    def __init__(self, spec: TaskSpec):
+    def __init__(self, spec: TaskSpec, queues):
         self.spec = spec
         self.shape = tuple(sorted(spec.resources.items()))
         self.state = "waiting"   # waiting -> queued -> dispatched (leased) -> running (claimed) -> done
         self.thread_id: int | None = None
         self.lease = None
+        self.queues = queues     # the node's shape queues, or those of the placement group bundle it runs in
+
+
+class _InGroup:
+    """The scheduler as an ``ActorHost`` of a placement group sees it: the actor waits in its bundle's queues."""
+
+    def __init__(self, scheduler: LocalScheduler, queues):
+        self._scheduler = scheduler
+        self._queues = queues
+
+    def __getattr__(self, name):
+        return getattr(self._scheduler, name)
+
+    def enqueue(self, demand: dict, start) -> None:
+        self._queues.enqueue(demand, start)
 
 
 def _own_arguments(spec) -> None:
@@ -45,7 +62,7 @@ def _own_arguments(spec) -> None:
         spec.args = spec.args.copy_buffers()
 
 
-class LocalScheduler(ReportsResources, Scheduler):
+class LocalScheduler(GroupPort, ReportsResources, Scheduler):
     runs_here = tracks_handles = lends_cpus = lists_state = True  # capability flags: see anyray.ports.scheduler
 
     def __init__(self, store, metadata, events, pool: ResourcePool):
@@ -54,6 +71,9 @@ class LocalScheduler(ReportsResources, Scheduler):
         self._lock = threading.RLock()
         self._shapes = ShapeQueues(self._lock, pool, self._start)
         self.enqueue, self.release = self._shapes.enqueue, self._shapes.release  # ActorHost waits through these
+        self.groups = PlacementGroups(self._lock, pool, self._shapes, store.put,
+                                      lambda group, queued: _group_removed(self, group, queued))
+        self._refused: dict[bytes, BaseException] = {}  # actors that can never be placed, by id
         self.resource_view = NodeResources(pool)
         self.feasibility = Feasibility(lambda: [pool.total()], self.resource_view.infeasible_text)
         self.names = NamedActors(metadata, self.get_named_actor)
@@ -82,11 +102,11 @@ class LocalScheduler(ReportsResources, Scheduler):
     def call_failed(self, spec, error: BaseException) -> None:
         self.fail(spec.returns, error)
 
-    def _take_next(self, shape: tuple, lease):
-        """Hand a finished task's lease to the next queued task of the same demand, in this thread;
-        release it instead when other work waits (fairness) or nothing does."""
+    def _take_next(self, done: _Task, lease):
+        """Hand a finished task's lease to the next queued task of the same demand (and queues), in this
+        thread; release it instead when other work waits (fairness) or nothing does."""
         with self._lock:
-            task = self._shapes.next_queued(shape, lease)
+            task = done.queues.next_queued(done.shape, lease)
             if task is not None:
                 task.state = "running"
                 task.thread_id = threading.get_ident()
@@ -98,8 +118,12 @@ class LocalScheduler(ReportsResources, Scheduler):
     # -- tasks --------------------------------------------------------------
     def submit_task(self, spec: TaskSpec) -> None:
         _own_arguments(spec)
-        task = _Task(spec)
-        if task.shape not in self.feasibility.known_to_fit:
+        queues, error = route(self.groups, spec.options.get("scheduling_strategy"))
+        if error is not None:
+            self.fail(spec.returns, error)
+            return
+        task = _Task(spec, queues or self._shapes)
+        if queues is None and task.shape not in self.feasibility.known_to_fit:
             self.feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
         if admit(task, self._tasks, self._children, self._lock, self._store, self.ready):
             self.ready(task)
@@ -108,9 +132,24 @@ class LocalScheduler(ReportsResources, Scheduler):
         with self._lock:
             if task.state != "waiting":
                 return  # cancelled while waiting for its dependencies
-            task.state = "queued"
-            self._shapes.push(task.shape, task)
+            queues = task.queues
+            if queues is not self._shapes and queues.group.state == "REMOVED":
+                task.state = "done"
+                removed = queues.group.id
+            else:
+                removed = None
+                task.state = "queued"
+                queues.push(task.shape, task)
+        if removed is not None:
+            self._forget(task)
+            self.fail(task.spec.returns, removed_error(removed))
+            return
         self._shapes.dispatch()
+
+    def _forget(self, task: _Task) -> None:
+        with self._lock:
+            for ref in task.spec.returns:
+                self._tasks.pop(ref._id, None)
 
     def _start(self, task: _Task, lease) -> None:
         with self._lock:
@@ -136,7 +175,7 @@ class LocalScheduler(ReportsResources, Scheduler):
         while task is not None:  # reusing the lease saves a release, an acquire and a thread hand-off
             lease = task.lease
             self._execute(task)
-            task = self._take_next(task.shape, lease)
+            task = self._take_next(task, lease)
 
     def run_here(self, refs) -> None:
         """Run dispatched producers of ``refs`` in the thread about to wait for them: the thread would
@@ -160,7 +199,8 @@ class LocalScheduler(ReportsResources, Scheduler):
         task and then reaches the caller, as it would have while the caller waited."""
         spec = task.spec
         ctx = TaskContext(task_id=spec.task_id, name=spec.name, resources=dict(spec.resources),
-                          gpu_ids=task.lease.gpu_ids, lease=task.lease, inline=inline)
+                          gpu_ids=task.lease.gpu_ids, lease=task.lease, inline=inline,
+                          placement=placement_of(spec.options.get("scheduling_strategy")))
         interrupted = None
         call = Call(spec.function.target, spec.name, "task", ctx, len(spec.returns), self.events,
                     spec.options["retry_exceptions"], spec.options["max_retries"],
@@ -200,8 +240,8 @@ class LocalScheduler(ReportsResources, Scheduler):
             return  # finished or unknown: nothing to do, as in Ray
         self._cancel_task(task, force, recursive)
 
-    def _cancel_task(self, task: _Task, force: bool, recursive: bool) -> None:
-        error = TaskCancelledError(f"Task {task.spec.name} was cancelled.")
+    def _cancel_task(self, task: _Task, force: bool, recursive: bool, error: BaseException | None = None) -> None:
+        error = error or TaskCancelledError(f"Task {task.spec.name} was cancelled.")
         lease = None
         with self._lock:
             state = task.state
@@ -244,13 +284,17 @@ class LocalScheduler(ReportsResources, Scheduler):
 
     # -- actors -------------------------------------------------------------
     def create_actor(self, spec):
+        queues, error = route(self.groups, spec.options.get("scheduling_strategy"), actor=True)
+        if error is not None:
+            self._refused[spec.actor_id] = error  # its calls fail with the error
+            return
         winner = self.names.claim(spec)
         if winner is not None:
             raise ActorNameTaken(winner)  # get_if_exists, and another caller created it first
-        if spec.resources:
+        if spec.resources and queues is None:
             self.feasibility.check(spec.actor_id, spec.cls.name, spec.resources)
         _own_arguments(spec)
-        actor = ActorHost(spec, self)
+        actor = ActorHost(spec, self if queues is None else _InGroup(self, queues))
         with self._lock:
             self._actors[spec.actor_id] = actor
         actor.start()
@@ -264,8 +308,9 @@ class LocalScheduler(ReportsResources, Scheduler):
     def submit_actor_task(self, spec) -> None:
         actor = self._actors.get(spec.actor_id)
         if actor is None:
-            from anyray.exceptions import ActorDiedError
-            self.fail(spec.returns, ActorDiedError(f"No actor with id {spec.actor_id.hex()} exists in this job."))
+            refused = self._refused.get(spec.actor_id)
+            self.fail(spec.returns, refused or ActorDiedError(f"No actor with id {spec.actor_id.hex()} exists in "
+                                                              f"this job."))
             return
         _own_arguments(spec)
         actor.submit(spec)
@@ -296,3 +341,28 @@ class LocalScheduler(ReportsResources, Scheduler):
         for actor in list(self._actors.values()):
             actor.kill(True, reason="the backend shut down")
         self._threads.shutdown()
+
+
+def _group_removed(scheduler: LocalScheduler, group, queued: list) -> None:
+    """``group`` was removed: its queued tasks fail, its actors die (their running calls fail), its running
+    tasks are settled with WorkerCrashedError (a thread cannot be killed: it is interrupted at its next
+    bytecode, its results dropped)."""
+    error = removed_error(group.id)
+    for task in queued:
+        if isinstance(task, _Task) and task.state == "queued":
+            task.state = "done"
+            scheduler._forget(task)
+            scheduler.fail(task.spec.returns, error)
+    cause = "Destroying worker since its placement group was removed"
+    for host in list(scheduler._actors.values()):
+        if group_id_of(host.spec.options.get("scheduling_strategy")) == group.id:
+            running = [spec for spec, _ in list(host._running_sync.values())]
+            host.kill(True, reason=cause)
+            for spec in running:
+                scheduler.call_failed(spec, ActorDiedError(f"The actor {host.spec.cls.name} is dead: {cause}."))
+    with scheduler._lock:
+        running = [t for t in scheduler._tasks.values()
+                   if getattr(t.queues, "group", None) is group and t.state in ("dispatched", "running")]
+    for task in dict.fromkeys(running):
+        scheduler._cancel_task(task, True, False, WorkerCrashedError(
+            f"The task {task.spec.name} was stopped: its placement group {group.id.hex()} was removed."))

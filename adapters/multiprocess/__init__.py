@@ -16,6 +16,7 @@ from anyray.ports.backend import Backend, Capability
 from ..common.gaps import MULTIPROCESS_GAPS
 from ..metadata import MemoryMetadataStore
 from ..node.node import Node
+from ..node.scheduler import GroupNodeScheduler
 
 
 class MultiprocessBackend(Backend):
@@ -35,7 +36,7 @@ class MultiprocessBackend(Backend):
             raise ValueError(f"The multiprocess backend runs on this machine and connects to nothing; "
                              f"drop address={cfg.address!r} or pick backend='cluster'.")
         self.metadata = MemoryMetadataStore()
-        self.node = Node.from_config(cfg, self.metadata, self.events)
+        self.node = Node.from_config(cfg, self.metadata, self.events, scheduler_cls=GroupNodeScheduler)
         self.scheduler = self.node.scheduler
         self.object_store = self.node.store
 

@@ -15,6 +15,7 @@ from anyray.generators import stream_of
 from anyray.policy import allows_another, call_retry_limit
 from anyray.specs import ActorSpec, ActorTaskSpec
 
+from ..common.placement_groups import route
 from . import messages as m
 from .pool import describe
 from .remote_ports import call_options
@@ -23,7 +24,7 @@ from .store import ArenaObject, to_wire
 
 class Actor:
     __slots__ = ("spec", "state", "worker", "lease", "restarts", "cause", "inflight", "buffered", "held",
-                 "attempts", "terminate", "send_lock", "args_held", "job")
+                 "attempts", "terminate", "send_lock", "args_held", "job", "refused")
 
     def __init__(self, spec: ActorSpec, args_held: ArenaObject | None, job: tuple):
         self.spec = spec
@@ -40,6 +41,7 @@ class Actor:
         self.terminate = False
         self.send_lock = threading.Lock()  # calls reach the process in submission order
         self.args_held = args_held
+        self.refused: BaseException | None = None  # why it can never be placed (its calls fail with it)
 
 
 class Actors:
@@ -52,7 +54,7 @@ class Actors:
         self._names = names
         self._seams = seams
         self._job = job
-        self._enqueue, self.release = queues.enqueue, queues.release
+        self._queues, self.release = queues, queues.release
         self.fail, self._own, self._wire, self._seal_wires = ledger.fail, ledger.own, ledger.wire, ledger.seal_wires
         self._blob = functions.blob
         self._spawn, self._send, self._exit = supervision.spawn, supervision.send, supervision.exit
@@ -83,7 +85,8 @@ class Actors:
             if held is not None:
                 self._store.drop(held)
             return winner
-        if spec.resources:
+        queues, refused = route(self._seams.groups, spec.options.get("scheduling_strategy"), actor=True)
+        if spec.resources and queues is None and refused is None:
             self._seams.feasibility.check(spec.actor_id, spec.cls.name, spec.resources)
         if held is None and spec.args is not None:
             spec.args, held = self._own(spec.args)
@@ -91,8 +94,20 @@ class Actors:
         actor.restarts = restarts
         with self._lock:
             self.actors[spec.actor_id] = actor
-        self._enqueue(spec.resources, lambda lease: self._actor_lease(actor, lease))
+        if refused is not None:  # its calls fail with that error
+            actor.refused = refused
+            self._actor_dead(actor, str(refused))
+        else:  # in the node's queues, or its placement group bundle's
+            (queues or self._queues).enqueue(spec.resources, lambda lease: self._actor_lease(actor, lease))
         return None
+
+    def kill_in_group(self, actor: Actor, cause: str) -> None:
+        """``actor``'s placement group was removed: it dies (no restart) and its process is killed."""
+        with self._lock:
+            worker = actor.worker
+        self._actor_dead(actor, cause)
+        if worker is not None:
+            worker.handle.kill()
 
     def _actor_lease(self, actor: Actor, lease) -> None:
         with self._lock:
@@ -169,7 +184,7 @@ class Actors:
         if dead:
             if held is not None:
                 self._store.drop(held)
-            self.fail(spec.returns, ActorDiedError(actor.cause))
+            self.fail(spec.returns, actor.refused or ActorDiedError(actor.cause))
 
     def call_result(self, actor: Actor, worker, task_id: bytes, wires, contained) -> None:
         with self._lock:

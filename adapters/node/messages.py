@@ -123,6 +123,7 @@ class Task(NamedTuple):
     retry_exceptions: Any
     max_retries: int
     job: tuple | None         # (job id, namespace) when it changes from this worker's last task
+    placement: tuple | None   # (group id, capture child tasks) of its placement group, else None
     stream: tuple | None      # a generator's (mode, backpressure) (``generators.stream_of``), else None
 
 
@@ -346,6 +347,24 @@ class Kill(NamedTuple):
     no_restart: bool
 
 
+class GroupOp(NamedTuple):    # "placement_group": a PlacementGroupPort call of a worker's runtime
+    op: str                   # "create", "remove", "table" or "find"
+    group_id: bytes | None    # remove, table (None: every group)
+    spec: Any                 # create: the PlacementGroupSpec
+    name: str | None          # find
+    namespace: str | None     # find
+
+
+class ReserveBundles(NamedTuple):  # "pg_reserve", node to node: answer True once reserved here, else False
+    group: dict                   # the group's record (cluster/group_records.py)
+    indexes: list                 # the bundles to reserve on the node asked
+
+
+class ReleaseBundles(NamedTuple):  # "pg_release", node to node: give back a reservation that made no group
+    group_id: str                 # hex
+    indexes: list                 # the bundles to give back
+
+
 class CancelRef(NamedTuple):
     oid: bytes
     force: bool
@@ -359,7 +378,8 @@ class CancelRef(NamedTuple):
 OP_TYPES = {"submit": Submit, "forward": Forward, "create_actor": CreateActor, "create_actor_here": CreateActorHere,
             "actor_call": CallActor, "get": Get, "wait": Wait, "put": Put, "put_kept": Put,
             "stream_put": StreamPut, "named": Named,
-            "kill": Kill, "cancel": CancelRef}
+            "kill": Kill, "cancel": CancelRef, "placement_group": GroupOp, "pg_reserve": ReserveBundles,
+            "pg_release": ReleaseBundles}
 
 
 # --------------------------------------------------------------------------- values inside messages

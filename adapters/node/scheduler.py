@@ -39,10 +39,12 @@ from anyray.ports.scheduler import Scheduler
 from anyray.specs import ActorSpec, ActorTaskSpec, TaskSpec
 
 from ..common.names import NamedActors
+from ..common.placement_groups import GroupPort, PlacementGroups
 from ..common.queues import ShapeQueues
 from ..common.resources import ReportsResources, ResourcePool
 from .actors import Actors
 from .functions import FunctionTable
+from .groups import GroupRequests
 from .handlers import Requests
 from .introspection import listing
 from .ledger import Ledger
@@ -87,9 +89,23 @@ class NodeScheduler(ReportsResources, Scheduler):
                             on_request=self.requests.on_request, actor_died=actors.died,
                             actor_exited=actors.actor_exited, worker_lost=tasks.worker_lost)
         self.register = self.requests.register  # a node's owner serves more requests (the cluster daemon)
+        group_requests = GroupRequests(lock, tasks, actors)
+        seams.groups = PlacementGroups(lock, pool, shapes, store.put, group_requests.removed)
+        self.register("placement_group", group_requests.serve(lambda: self.groups))
+        setup["places_groups"] = self.places_groups  # the port a worker's runtime offers (remote_groups.py)
         self.add_client = supervision.add_client
         self._closing: list = []  # what else shutdown() closes, first to last
         events.add_source(seams.record_sink.pull)
+
+    @property
+    def feasibility(self):
+        """Warns about work (and placement groups) no node can ever hold (a seam: ``seams.feasibility``)."""
+        return self.seams.feasibility
+
+    @property
+    def groups(self):
+        """The placement groups (a seam: ``seams.groups``)."""
+        return self.seams.groups
 
     def on_shutdown(self, close) -> None:
         """Call ``close()`` when the node shuts down, before its workers stop."""
@@ -154,3 +170,9 @@ class NodeScheduler(ReportsResources, Scheduler):
         for close in self._closing:
             close()
         self.supervision.close()
+
+
+class GroupNodeScheduler(GroupPort, NodeScheduler):
+    """The node of the multiprocess backend: it places groups (``PlacementGroupPort``) with the one-node
+    ``PlacementGroups`` in ``seams.groups``. (A cluster node declares the port once its own groups, across
+    nodes, are in that seam.)"""

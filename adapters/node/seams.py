@@ -11,7 +11,7 @@ from .introspection import LocalOutput, LocalRecords
 
 class Seams:
     __slots__ = ("placement", "objects", "remote_actors", "remote_calls", "record_sink", "output_sink",
-                 "resource_view", "feasibility")
+                 "resource_view", "feasibility", "groups")
 
     def __init__(self, pool: ResourcePool):
         self.placement = None      # route(task) -> True when it runs elsewhere; cancel(ref, force, recursive) -> bool
@@ -23,3 +23,7 @@ class Seams:
         self.resource_view = NodeResources(pool)  # what cluster_resources(), available_resources() and nodes() read
         # warns about work no node can ever hold; totals() starts with this node's
         self.feasibility = Feasibility(lambda: [pool.total()], self.resource_view.infeasible_text)
+        # the placement groups: where bundles go, who keeps the table (common/placement_groups.py). The node
+        # puts its one-node PlacementGroups here; a cluster node may put its own (same methods) in its place.
+        # None: work with a group or node-affinity strategy runs as if it had none.
+        self.groups = None

@@ -14,7 +14,9 @@ from anyray.policy import allows_another
 from anyray.runtime_env_setup import KEY as ENV_KEY
 from anyray.serialization import portable_classes
 from anyray.specs import TaskSpec
+from anyray.util.scheduling_strategies import placement_of
 
+from ..common.placement_groups import removed_error, route
 from ..common.queues import ShapeQueues, admit
 from . import messages as m
 from .pool import describe
@@ -23,7 +25,7 @@ from .store import ArenaObject, to_wire
 
 class Task:
     __slots__ = ("spec", "shape", "state", "lease", "worker", "attempts", "held", "cancelled", "job", "node",
-                 "spilled")
+                 "spilled", "queues")
 
     def __init__(self, spec: TaskSpec, held: ArenaObject | None, job: tuple):
         self.spec = spec
@@ -37,6 +39,7 @@ class Task:
         self.cancelled = False
         self.node = None      # the other node it was handed to (cluster)
         self.spilled = False  # handed here by another node: it runs here
+        self.queues = None    # the queues of the placement group bundle it runs in; None: the node's
 
 
 def same_env(worker, task: Task) -> bool:
@@ -56,8 +59,8 @@ class Tasks:
         self._seams = seams
         self._job = job
         self._queues = queues.queues
-        self._push, self._dispatch, self._next_queued = queues.push, queues.dispatch, queues.next_queued
-        self._push_front, self.release = queues.push_front, queues.release
+        self._shapes = queues
+        self._push, self._dispatch, self.release = queues.push, queues.dispatch, queues.release
         self.fail, self._own, self._wire, self._seal_wires = ledger.fail, ledger.own, ledger.wire, ledger.seal_wires
         self._blob = functions.blob
         self._idle, self._worker_for = supervision.idle, supervision.worker_for
@@ -77,8 +80,12 @@ class Tasks:
         task = Task(spec, held, job or self._job)
         if handed:
             task.spilled = True
+        task.queues, error = route(seams.groups, spec.options.get("scheduling_strategy"))
+        if error is not None:
+            self.refuse(task, error)
+            return
         feasibility = seams.feasibility
-        if task.shape not in feasibility.known_to_fit:
+        if task.queues is None and task.shape not in feasibility.known_to_fit:
             feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
         if admit(task, self.tasks, self._children, self._lock, self._store, self.ready):
             self.ready(task)
@@ -90,7 +97,17 @@ class Tasks:
             return
         self.ready_here(task)
 
+    def refuse(self, task: Task, error: BaseException) -> None:
+        """``task`` can never run (its placement group is gone, its node is not this one): it fails."""
+        if task.held is not None:
+            held, task.held = task.held, None
+            self._store.drop(held)
+        self.fail(task.spec.returns, error)
+
     def ready_here(self, task: Task) -> None:
+        if task.queues is not None:
+            self._ready_in_group(task)
+            return
         with self._lock:
             if task.state != "waiting":
                 return  # cancelled while it waited for its dependencies
@@ -101,6 +118,22 @@ class Tasks:
                     self.start(task, lease)
                     return
             self._push(task.shape, task)
+        self._dispatch()
+
+    def _ready_in_group(self, task: Task) -> None:
+        with self._lock:
+            if task.state != "waiting":
+                return
+            group = task.queues.group
+            removed = group.state == "REMOVED"
+            if removed:
+                self.finish(task)
+            else:
+                task.state = "queued"
+                task.queues.push(task.shape, task)
+        if removed:
+            self.fail(task.spec.returns, removed_error(group.id))
+            return
         self._dispatch()
 
     def start(self, task: Task, lease) -> None:
@@ -152,7 +185,8 @@ class Tasks:
         self._send(worker, m.TASK, m.Task.pack(
             spec.task_id, fn_id, blob, args, [r._id for r in spec.deps], deps, [r._id for r in spec.returns],
             spec.name, spec.resources, task.lease.gpu_ids, portable_classes(options["retry_exceptions"]),
-            options["max_retries"], job, stream_of(options) if type(options.get("num_returns")) is str else None))
+            options["max_retries"], job, placement_of(options.get("scheduling_strategy")),
+            stream_of(options) if type(options.get("num_returns")) is str else None))
 
     def task_result(self, worker, task_id: bytes, wires, contained) -> None:
         task = worker.task
@@ -175,7 +209,7 @@ class Tasks:
                 if count >= max_calls:
                     worker.retiring = True
             if not worker.retiring:
-                nxt = self._next_queued(task.shape, lease)
+                nxt = (task.queues or self._shapes).next_queued(task.shape, lease)
                 if nxt is not None:
                     if same_env(worker, nxt):
                         runner = worker
@@ -229,7 +263,7 @@ class Tasks:
                     task.attempts += 1
                     task.state = "queued"
                     task.lease = task.worker = None
-                    self._push_front(task.shape, task)
+                    (task.queues or self._shapes).push_front(task.shape, task)
                     retry = True
         if not retry and task.state == "running" and not task.cancelled:
             self.finish(task)

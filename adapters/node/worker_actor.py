@@ -20,6 +20,7 @@ from anyray.generators import StreamSpec
 from anyray.object_ref import ObjectRef
 from anyray.policy import call_retry_limit
 from anyray.specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure
+from anyray.util.scheduling_strategies import placement_of
 
 from ..common.resources import Lease
 from . import messages as m
@@ -132,7 +133,8 @@ class InlineActor:
 
     def _context(self, task_id, name: str) -> TaskContext:
         return TaskContext(task_id=task_id, actor_id=self.spec.actor_id, name=name, actor=self._info,
-                           resources=dict(self.spec.resources), gpu_ids=self.gpu_ids, restarted=self.restarts > 0)
+                           resources=dict(self.spec.resources), gpu_ids=self.gpu_ids, restarted=self.restarts > 0,
+                           placement=placement_of(self.spec.options.get("scheduling_strategy")))
 
     def construct(self, _) -> None:
         spec, node = self.spec, self.node

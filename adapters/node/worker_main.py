@@ -45,6 +45,7 @@ from . import worker_env
 from .arena import Location
 from .framing import spin_until_readable
 from .link import FLUSH_INTERVAL, Link
+from .remote_groups import GroupsRemoteScheduler
 from .remote_ports import RemoteScheduler, RemoteStore
 from .store import to_wire
 from .worker_actor import ActorMessages, stream_spec
@@ -188,7 +189,8 @@ class WorkerNode(Link):
             gpu_ids = task.gpu_ids
             if gpu_ids:
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
-            ctx = TaskContext(task_id=task_id, name=name, resources=task.resources, gpu_ids=gpu_ids)
+            ctx = TaskContext(task_id=task_id, name=name, resources=task.resources, gpu_ids=gpu_ids,
+                              placement=task.placement)
             stream = task.stream
             call = Call(fn, name, "task", ctx, len(return_ids), self.events, task.retry_exceptions, task.max_retries,
                         stream=None if stream is None else stream_spec(return_ids, stream))
@@ -273,7 +275,7 @@ class WorkerBackend(Backend):
     def start(self) -> None:
         node = self.config.options["node"]
         self.node_id = node.setup["node_id"]
-        self.scheduler = RemoteScheduler(node)
+        self.scheduler = (GroupsRemoteScheduler if node.setup.get("places_groups") else RemoteScheduler)(node)
         self.object_store = RemoteStore(node)
         self.metadata = None
 

@@ -36,6 +36,7 @@ from anyray.executor import Call
 from anyray.generators import stream_spec
 from anyray.policy import allows_another, call_retry_limit
 from anyray.specs import RemoteFailure
+from anyray.util.scheduling_strategies import placement_of
 
 from .threads import DaemonThreadPool
 
@@ -84,7 +85,8 @@ class ActorHost:
     def _context(self, task_id, name: str) -> TaskContext:
         return TaskContext(task_id=task_id, actor_id=self.spec.actor_id, name=name, actor=self._info,
                            resources=dict(self.spec.resources),
-                           gpu_ids=self.lease.gpu_ids if self.lease else [], restarted=self.restarts > 0)
+                           gpu_ids=self.lease.gpu_ids if self.lease else [], restarted=self.restarts > 0,
+                           placement=placement_of(self.spec.options.get("scheduling_strategy")))
 
     def _construct(self) -> bool:
         spec = self.spec

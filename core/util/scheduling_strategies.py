@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 
-from .placement_group import PlacementGroup
+from .placement_group import PlacementGroup, PlacementGroupID
 
 
 class PlacementGroupSchedulingStrategy:
@@ -108,6 +108,23 @@ class NodeAffinitySchedulingStrategy:
 
     def __repr__(self):
         return f"NodeAffinitySchedulingStrategy({self.node_id!r}, soft={self.soft})"
+
+
+def placement_of(strategy) -> tuple[bytes, bool] | None:
+    """(group id, capture child tasks) of a ``scheduling_strategy`` option that schedules into a group, else
+    None: what a task's context keeps (``TaskContext.placement``) for ``get_current_placement_group`` and
+    for capturing its child tasks."""
+    if type(strategy) is PlacementGroupSchedulingStrategy and strategy.placement_group is not None:
+        return strategy.placement_group.id.binary(), bool(strategy.placement_group_capture_child_tasks)
+    return None
+
+
+def captured_strategy(placement: tuple[bytes, bool] | None) -> PlacementGroupSchedulingStrategy | None:
+    """The strategy a child task or actor submitted with none gets inside a task or actor in ``placement``:
+    the same group (any bundle, capturing in turn) when that one captures its children, else None."""
+    if placement is None or not placement[1]:
+        return None
+    return PlacementGroupSchedulingStrategy(PlacementGroup(PlacementGroupID(placement[0])), -1, True)
 
 
 __all__ = ["NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy"]

@@ -93,6 +93,8 @@ class DaskBackend(Backend):
             "test_placement_groups::test_strict_pack_larger_than_any_node_stays_pending_while_pack_spans_nodes",
             "test_placement_groups::test_pack_that_fits_one_node_uses_one_node",
             "test_placement_groups::test_spread_puts_bundles_on_different_nodes_when_it_can",
+            "test_placement_groups::test_actors_in_a_group_spread_over_nodes_run_on_their_bundles_nodes",
+            "test_placement_groups::test_work_into_any_bundle_runs_on_the_group_s_nodes_and_each_node_holds_its_bundles",
         ], notimpl("placement groups are not mapped to Dask yet: placement_group() raises NotImplementedError")),
         "test_placement_groups::test_hard_node_affinity_runs_on_each_named_node": notyet(
             "a Dask node id is its worker's address, not a hex id, so NodeAffinitySchedulingStrategy refuses it"),
