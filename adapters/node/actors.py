@@ -101,25 +101,15 @@ class Actors:
             (queues or self._queues).enqueue(spec.resources, lambda lease: self._actor_lease(actor, lease))
         return None
 
-    def kill_in_group(self, actor: Actor, cause: str) -> None:
-        """``actor``'s placement group was removed: it dies (no restart) and its process is killed."""
-        with self._lock:
-            worker = actor.worker
-        self._actor_dead(actor, cause)
-        if worker is not None:
-            worker.handle.kill()
-
     def _actor_lease(self, actor: Actor, lease) -> None:
         with self._lock:
-            if actor.state == "dead":
-                dead = True
-            else:
-                dead = False
+            dead = actor.state == "dead"
+            if not dead:
                 actor.lease = lease
         if dead:
             self.release(lease)
-            return
-        self._start_actor_process(actor)
+        else:
+            self._start_actor_process(actor)
 
     def _start_actor_process(self, actor: Actor) -> None:
         spec = actor.spec
@@ -358,3 +348,12 @@ def _env_built(actors: Actors, actor: Actor, built) -> None:
                                   f"RuntimeEnvSetupError: {built}")
     elif actor.state != "dead":
         actors._start_actor_process(actor)
+
+
+def kill_in_group(actors: Actors, actor: Actor, cause: str) -> None:
+    """``actor``'s placement group was removed: it dies (no restart) and its process is killed."""
+    with actors._lock:
+        worker = actor.worker
+    actors._actor_dead(actor, cause)
+    if worker is not None:
+        worker.handle.kill()

@@ -8,6 +8,7 @@ from anyray.exceptions import WorkerCrashedError
 
 from ..common.placement_groups import group_id_of, removed_error
 from . import messages as m
+from .actors import kill_in_group
 from .tasks import Task
 
 
@@ -37,7 +38,7 @@ class GroupRequests:
             actors = [a for a in self._actors.actors.values() if a.state != "dead"
                       and group_id_of(a.spec.options.get("scheduling_strategy")) == group.id]
         for actor in actors:
-            self._actors.kill_in_group(actor, cause)
+            kill_in_group(self._actors, actor, cause)
         with self._lock:
             running = [t for t in tasks.tasks.values()
                        if t.queues is not None and t.queues.group is group and t.state == "running"]
