@@ -62,6 +62,8 @@ class ActorHost:
         self._groups: dict[str, int] = dict(spec.options.get("concurrency_groups") or {})
         self._group_pools: dict[str, DaemonThreadPool] = {}   # a threaded actor's, by group
         self._group_semaphores: dict = {}                     # an async actor's, by group
+        self._in_pools = 0          # calls handed to a thread pool that have not returned yet
+        self._terminating = False   # its last handle is gone: it ends when _in_pools reaches 0
         self._running_async: dict[bytes, tuple] = {}  # task id -> (spec, asyncio.Task)
 
     @property
@@ -139,30 +141,29 @@ class ActorHost:
                     return
                 continue
             if spec is _TERMINATE:
-                if self._pool is not None:  # FIFO: every earlier call has started by then
-                    self._terminate_after_started()
-                else:
+                with self._cond:  # FIFO: every earlier call is in a pool by then; the last to return ends it
+                    self._terminating = True
+                    idle = self._in_pools == 0
+                if idle:
                     self._die(self._gone_cause())
                 return
             if self._pool is not None:
-                self._group_pools.get(spec.options.get("concurrency_group"), self._pool).submit(self._run_call, spec)
+                with self._cond:
+                    self._in_pools += 1
+                self._group_pools.get(spec.options.get("concurrency_group"), self._pool).submit(self._run_pooled, spec)
             else:
                 self._run_call(spec)
 
-    def _terminate_after_started(self) -> None:
-        """End the actor once every pool (one per concurrency group) has started the calls queued before."""
-        pools = [self._pool, *self._group_pools.values()]
-        left = [len(pools)]
-        lock = threading.Lock()
-
-        def started() -> None:
-            with lock:
-                left[0] -= 1
-                last = left[0] == 0
+    def _run_pooled(self, spec) -> None:
+        """Run a call on a pool's thread; once the last handle is gone, the last call to return ends the actor."""
+        try:
+            self._run_call(spec)
+        finally:
+            with self._cond:
+                self._in_pools -= 1
+                last = self._terminating and self._in_pools == 0
             if last:
                 self._die(self._gone_cause())
-        for pool in pools:
-            pool.submit(started)
 
     # -- calls --------------------------------------------------------------
     def submit(self, spec) -> None:
