@@ -5,6 +5,7 @@ waits for its consumer instead of filling the store."""
 from __future__ import annotations
 
 import gc
+import time
 
 import numpy as np
 import pytest
@@ -36,18 +37,31 @@ def stored_bytes(rt) -> int:
 
 
 def test_a_long_stream_taken_and_dropped_runs_in_the_memory_of_a_few_values(runtime):
-    peak = 0
+    settled = 0
     gen = chunks.options(_generator_backpressure_num_objects=2).remote(ITEMS, ITEM_MB)
     for i, ref in enumerate(gen):
         value = anyray.get(ref)
         assert value[0] == value[-1] == float(i)
         del value, ref
-        gc.collect()
-        peak = max(peak, stored_bytes(runtime))
+        settled = max(settled, settle(runtime, 4 * ITEM_MB * MB))
     assert i == ITEMS - 1
-    # The producer runs at most 2 values ahead of the consumer, and each value taken and dropped is freed
-    # (by the next step at the latest): a few values, of the 40 streamed.
-    assert peak <= 6 * ITEM_MB * MB, f"{peak / MB:.0f} MB stored at the peak"
+    # The producer runs at most 2 values ahead of the consumer, and each value taken and dropped is freed a
+    # moment later (its ref's decrement is drained, then the node frees it): after each step the store
+    # settles at a few values of the 40 streamed (a stream that kept them would fill its 128 MB store).
+    assert settled <= 4 * ITEM_MB * MB, f"{settled / MB:.0f} MB stored after a step"
+
+
+def settle(rt, below: int) -> int:
+    """What the store holds once the refs dropped so far are freed: it waits (generously) to fall below
+    ``below``, and returns what it holds then, or at the deadline."""
+    for _ in range(300):
+        gc.collect()
+        anyray.get(anyray.put(0))  # lets the runtime drain its dropped refs
+        held = stored_bytes(rt)
+        if held <= below:
+            return held
+        time.sleep(0.05)
+    return held
 
 
 def test_values_still_held_stay_and_come_back_when_dropped(runtime):
