@@ -71,9 +71,9 @@ def notimpl(reason: str, *, timeout: float | None = None, by_chance: bool = Fals
     return Gap(reason, "notimpl", timeout, by_chance)
 
 
-def notyet(reason: str, *, timeout: float | None = None) -> Gap:
+def notyet(reason: str, *, timeout: float | None = None, by_chance: bool = False) -> Gap:
     """The engine underneath cannot do this (yet)."""
-    return Gap(reason, "notyet", timeout)
+    return Gap(reason, "notyet", timeout, by_chance)
 
 
 def never(reason: str, *, timeout: float | None = None) -> Gap:

@@ -44,6 +44,9 @@ class RayBackend(Backend):
     ], notyet("Ray serves its tasks and objects only through the state API server of its dashboard, which needs "
               "ray[default] (aiohttp, ...), not installed here: the plugin lists actors and workers from Ray's GCS "
               "tables, and list_tasks/list_objects raise NotImplementedError saying so"))
+    known_gaps["test_semantics::test_a_task_cancelled_while_reading_its_arguments_never_runs"] = notyet(
+        "Ray's cancel of a task still reading its arguments races the start of its body: on a busy machine the "
+        "body sometimes runs before the interrupt lands", by_chance=True)
     accepted_options = _RAY_INIT_OPTIONS
     # runtime_env goes to Ray as given (init's to ray.init, a task's or actor's with it): Ray merges,
     # validates what is left and sets up every field it knows.
