@@ -132,6 +132,7 @@ class DaskBackend(Backend):
             "test_multi_node::test_a_named_actor_is_reachable_from_every_node",
             "test_multi_node::test_an_actor_handle_passed_to_every_node_keeps_call_order",
             "test_multi_node::test_timeline_and_error_info_cover_every_node",
+            "test_runtime_env::test_the_working_dir_reaches_every_node",
         ], notimpl(ACTOR_CALLS_NEED_A_THREAD, timeout=90)),
     }
     accepted_options = frozenset({"num_workers", "security"})
