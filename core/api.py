@@ -211,6 +211,8 @@ def init(backend: str | None = None, *, address: str | None = None, num_cpus: fl
             runtime.shutdown()
             raise
         _rt.set_current(runtime)
+        if _runtime_env_setup.installs_eagerly(runtime):  # the job's pip/uv environment is built from now on
+            remote(num_cpus=0)(_prepare_environment).remote()
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
@@ -336,3 +338,7 @@ __all__ = [
     "get_actor", "list_named_actors", "cluster_resources", "available_resources", "nodes",
     "get_runtime_context", "get_gpu_ids", "timeline", "error_info", "InitContext",
 ]
+
+
+def _prepare_environment() -> None:
+    """Run once in the job's environment at ``init`` (``eager_install``): the node builds it meanwhile."""

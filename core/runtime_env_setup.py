@@ -92,6 +92,14 @@ def start_job(runtime, env: dict | None) -> None:
         runtime._runtime_env_undo = apply(env, fetch)
 
 
+def installs_eagerly(runtime) -> bool:
+    """Whether ``init`` should have the job's pip/uv environment built at once (Ray's ``config.eager_install``,
+    True by default) on a backend that builds environments where the work runs."""
+    env = getattr(runtime, "job_runtime_env", None)
+    return bool(env and (env.get("pip") or env.get("uv")) and _PER_TASK in runtime.backend.capabilities
+                and (env.get("config") or {}).get("eager_install", True))
+
+
 def end_job(runtime) -> None:
     """Put back what the job's environment changed in this process (an in-process backend's)."""
     steps = getattr(runtime, "_runtime_env_undo", None)

@@ -237,3 +237,25 @@ def test_idle_workers_of_other_environments_make_way(multiprocess):
     while len(alive()) > kept and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(alive()) <= kept
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_the_jobs_pip_environment_is_built_at_init_unless_eager_install_is_off(tmp_path, monkeypatch, eager):
+    from anyray.adapters.node import python_envs
+    from anyray.conformance.test_runtime_env import _local_wheel
+
+    monkeypatch.setenv("ANYRAY_PYTHON_ENVS_DIR", str(tmp_path / "envs"))  # nothing built before
+    pip = {"packages": ["renv-pip-probe"], "pip_install_options": ["--no-index", "--find-links",
+                                                                    _local_wheel(tmp_path / "wheels")]}
+    anyray.init(backend="multiprocess", num_cpus=2, runtime_env={"pip": pip, "config": {"eager_install": eager}})
+    try:
+        deadline = time.monotonic() + TIMEOUT * 5
+        while python_envs.find_env("pip", pip) is None and time.monotonic() < deadline:
+            time.sleep(0.1 if eager else 1.0)  # off: nothing builds it, however long we look
+            if not eager:
+                break
+        assert (python_envs.find_env("pip", pip) is not None) is eager  # with no task submitted yet
+        assert anyray.get(anyray.remote(lambda: __import__("renv_pip_probe").VALUE).remote(),
+                          timeout=TIMEOUT * 5) == "installed by pip"
+    finally:
+        anyray.shutdown()
