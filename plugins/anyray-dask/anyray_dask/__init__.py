@@ -30,6 +30,11 @@ ACTOR_CALLS_NEED_A_THREAD = (
     "thread of the cluster with tasks that poll an actor without blocking (get(timeout=0)), so the calls they "
     "poll for cannot start")
 
+NO_GROUPS_REASON = (
+    "placement groups are not mapped to Dask: Dask reserves nothing ahead of the work that uses it (a worker's "
+    "resources are held only while a task runs), so bundles cannot be held; placement_group() raises "
+    "NotImplementedError (node affinity is mapped: worker restrictions)")
+
 # Set by the worker side when it attaches a runtime to the Dask worker it runs in (not an init keyword).
 WORKER_OPTION = "_anyray_dask_worker"
 
@@ -64,10 +69,7 @@ class DaskBackend(Backend):
             "test_placement_groups::test_child_tasks_stay_out_of_the_group_unless_captured",
             "test_placement_groups::test_get_current_placement_group_inside_a_group_is_that_group",
             "test_placement_groups::test_get_placement_group_finds_a_named_group_from_anywhere",
-            "test_placement_groups::test_get_placement_group_of_an_unknown_or_empty_name_raises",
             "test_placement_groups::test_get_with_a_timeout_on_a_pending_group_times_out",
-            "test_placement_groups::test_hard_node_affinity_runs_on_that_node",
-            "test_placement_groups::test_hard_node_affinity_to_an_unknown_node_fails",
             "test_placement_groups::test_placement_group_table_of_a_created_group",
             "test_placement_groups::test_ready_resolves_to_the_group_once_created",
             "test_placement_groups::test_removing_a_group_fails_its_queued_tasks",
@@ -75,7 +77,6 @@ class DaskBackend(Backend):
             "test_placement_groups::test_removing_a_group_kills_its_running_tasks",
             "test_placement_groups::test_removing_a_pending_group_fails_its_ready_ref",
             "test_placement_groups::test_reserved_resources_are_used_only_by_work_in_the_group",
-            "test_placement_groups::test_soft_node_affinity_to_an_unknown_node_runs_elsewhere",
             "test_placement_groups::test_strategies_that_fit_one_node_create_the_group",
             "test_placement_groups::test_strict_spread_over_bundles_only_one_node_can_hold_stays_pending",
             "test_placement_groups::test_the_default_strategy_is_pack",
@@ -84,8 +85,7 @@ class DaskBackend(Backend):
             "test_placement_groups::test_work_runs_in_the_bundle_it_names",
             "test_placement_groups::test_work_that_fits_no_bundle_is_rejected_at_the_call",
             "test_state_api::test_list_placement_groups_shows_a_created_group_then_removed",
-        ], notimpl("placement groups and node affinity are not mapped to Dask yet (worker restrictions could "
-                   "hold bundles): placement_group() and those scheduling strategies raise NotImplementedError")),
+        ], notimpl(NO_GROUPS_REASON)),
         **dict.fromkeys([
             "test_placement_groups::test_strict_spread_puts_each_bundle_on_a_node_of_its_own",
             "test_placement_groups::test_strict_spread_with_more_bundles_than_nodes_stays_pending",
@@ -95,17 +95,13 @@ class DaskBackend(Backend):
             "test_placement_groups::test_spread_puts_bundles_on_different_nodes_when_it_can",
             "test_placement_groups::test_actors_in_a_group_spread_over_nodes_run_on_their_bundles_nodes",
             "test_placement_groups::test_work_into_any_bundle_runs_on_the_group_s_nodes_and_each_node_holds_its_bundles",
-        ], notimpl("placement groups are not mapped to Dask yet: placement_group() raises NotImplementedError")),
-        "test_placement_groups::test_hard_node_affinity_runs_on_each_named_node": notyet(
-            "a Dask node id is its worker's address, not a hex id, so NodeAffinitySchedulingStrategy refuses it"),
+        ], notimpl(NO_GROUPS_REASON)),
         "test_placement_groups::test_spread_tasks_run_on_every_node": notimpl(
             "SPREAD is not mapped to Dask worker placement: whether the tasks land on every worker is up to "
             "Dask's own scheduling", by_chance=True),
         "test_placement_groups::test_spread_actors_run_on_every_node": notimpl(
-            "SPREAD is not mapped to Dask worker placement: an actor asking where it runs through "
-            "get_worker() finds none on the thread Dask runs actor methods on"),
-        "test_placement_groups::test_node_affinity_needs_soft_and_a_hex_node_id": notyet(
-            "a Dask node id is its worker's address, not a hex id, so NodeAffinitySchedulingStrategy refuses it"),
+            "SPREAD is not mapped to Dask worker placement: Dask puts a new actor on the worker it finds least "
+            "busy, which spreads idle actors in practice, but nothing makes it", by_chance=True),
         "test_an_actor_ends_once_its_last_handle_is_gone_after_its_calls_ran": notyet(
             "a Dask actor takes no thread of its worker, so an actor holds no CPU while it lives and "
             "available_resources() cannot show its end (the actor does end: Dask drops it with its last future)"),
@@ -167,6 +163,7 @@ class DaskBackend(Backend):
         self._in_worker = bool(cfg.options.get(WORKER_OPTION))
         if self._in_worker:
             self.client = distributed.get_client()
+            self._worker_address = distributed.get_worker().address  # actors' threads have no Dask worker
         elif cfg.address is not None:
             self._check_connectable(cfg)
             try:
@@ -255,10 +252,10 @@ class DaskBackend(Backend):
 
     def info(self) -> dict:
         if self._in_worker:
-            from distributed import get_worker
+            from .placement import node_id_of
 
-            worker = get_worker()
-            return {"address": worker.scheduler.address, "node_id": worker.address, "dashboard_url": None}
+            return {"address": self.client.scheduler.address, "node_id": node_id_of(self._worker_address),
+                    "dashboard_url": None}
         nodes = self.scheduler.nodes()
         here = [n for n in nodes if n["NodeManagerAddress"] in ("127.0.0.1", "localhost")] or nodes
         return {"address": self.client.scheduler.address, "node_id": here[0]["NodeID"] if here else None,

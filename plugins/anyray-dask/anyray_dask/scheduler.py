@@ -16,6 +16,8 @@
   placed by Dask where its resources are; a method call is one Dask task
   (:func:`~anyray_dask.worker.deliver`). Named actors are Dask published
   datasets, which keep the actor alive while the name is held.
+- Node affinity becomes Dask worker restrictions (see ``placement``); placement
+  groups are not mapped.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from anyray.backend_kit import (
 )
 from anyray.exceptions import ActorDiedError, ActorNameTaken
 
+from .placement import NoPlacementGroups, UnschedulableActor, failed_payload, node_id_of, place
 from .state import DaskState
 from .transport import DaskRef, InlineRef, lookup_actor, nested_natives, pack, register_actor
 from .worker import (
@@ -69,7 +72,7 @@ def _key(kind: str, name: str, ident: bytes) -> str:
     return f"{prefix}{short}-{ident.hex()}"
 
 
-class DaskScheduler(DaskState, Scheduler):
+class DaskScheduler(NoPlacementGroups, DaskState, Scheduler):
     """Submission methods return once Dask has the work; safe from any thread."""
 
     lends_cpus = True  # a task waiting in get/wait secedes from its Dask worker's thread pool
@@ -102,10 +105,10 @@ class DaskScheduler(DaskState, Scheduler):
         [future] = self._client.scatter([pack(blob, copy=self._in_worker, refs=False)], hash=False)
         return future
 
-    def _submit(self, fn, *args, key: str, keep=None, resources=None, num_returns: int = 1):
+    def _submit(self, fn, *args, key: str, keep=None, resources=None, num_returns: int = 1, where=None):
         from distributed import fire_and_forget
 
-        future = self._client.submit(fn, *args, key=key, resources=resources, pure=False)
+        future = self._client.submit(fn, *args, key=key, resources=resources, pure=False, **(where or {}))
         fire_and_forget(future)
         if keep:
             # Refs nested in the arguments live until the task has claimed them (see transport.adopt).
@@ -122,11 +125,17 @@ class DaskScheduler(DaskState, Scheduler):
         resources = dask_resources(spec.resources)
         if resources:
             self._feasibility.check(spec.function.function_id, spec.name, resources)
+        where = place(self._client, spec.options.get("scheduling_strategy"), spec.name)
+        if where.error is not None:  # it can run nowhere: its results hold the error, at once
+            for ref in spec.returns:
+                ref.native = InlineRef(failed_payload(where.error))
+            return self._stream(spec, self._channel(spec))
         function = self._export(spec.function, f"the remote function {spec.function.name}")
         channel = self._channel(spec)  # made before the task can put in it
         futures = self._submit(run_task, self._session, function, task_call(spec), self._args(spec.args),
                                *[d.native.future for d in spec.deps], key=_key("task", spec.name, spec.task_id),
-                               keep=nested_natives(spec.args), resources=resources, num_returns=len(spec.returns))
+                               keep=nested_natives(spec.args), resources=resources, num_returns=len(spec.returns),
+                               where=where.restrictions)
         for ref, future in zip(spec.returns, futures):
             ref.native = DaskRef(future, source=self._sources.pop(future.key, None))
         return self._stream(spec, channel)
@@ -158,6 +167,14 @@ class DaskScheduler(DaskState, Scheduler):
         resources = dask_resources(spec.resources)
         if resources:
             self._feasibility.check(spec.actor_id, spec.cls.name, resources)
+        where = place(self._client, o.get("scheduling_strategy"), spec.cls.name, actor=True)
+        if where.error is not None:  # it can run nowhere: a stand-in fails its calls
+            future = self._client.submit(UnschedulableActor, where.error, key=_key("actor", spec.cls.name,
+                                         spec.actor_id), actor=True, pure=False)
+            native = register_actor(spec.actor_id, future)
+            if o["name"] is not None:
+                self._publish(spec, native)
+            return native
         cls = self._export(spec.cls, f"the actor class {spec.cls.name}")
         actor = [spec.actor_id, spec.cls.name, spec.resources, o, spec.namespace, spec.is_async,
                  {name: portable_options(meta) for name, meta in spec.method_options.items()}]
@@ -166,7 +183,7 @@ class DaskScheduler(DaskState, Scheduler):
         future = self._client.submit(ActorProcess, self._session, cls, actor, self._args(spec.args),
                                      [d.binary() for d in spec.deps], *[d.native.future for d in spec.deps],
                                      key=_key("actor", spec.cls.name, spec.actor_id), actor=True,
-                                     resources=resources, pure=False)
+                                     resources=resources, pure=False, **where.restrictions)
         native = register_actor(spec.actor_id, future)
         native.keep = nested_natives(spec.args) or None  # the constructor claims them when it runs
         if o["name"] is not None:
@@ -289,7 +306,7 @@ class DaskScheduler(DaskState, Scheduler):
     def nodes(self) -> list[dict]:
         out = []
         for address, worker in self._client.scheduler_info(n_workers=-1)["workers"].items():
-            out.append({"NodeID": address, "Alive": True,
+            out.append({"NodeID": node_id_of(address), "Alive": True,
                         "NodeManagerAddress": worker.get("host", address), "Resources": _worker_resources(worker),
                         "NodeName": worker.get("name")})
         return out

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from .placement import node_id_of
+
 
 class DaskState:
     """The StatePort (``anyray.ports.StatePort``) of the Dask scheduler: ``self._client`` is its Dask client."""
@@ -19,7 +21,7 @@ class DaskState:
             workers = self._client.scheduler_info(n_workers=-1)["workers"]
             pids = self._client.run(os.getpid)  # {worker address: the pid of its process}
             return [{"worker_id": w.get("id", address), "worker_type": "WORKER", "is_alive": True,
-                     "pid": pids.get(address), "ip": w.get("host"), "node_id": address}
+                     "pid": pids.get(address), "ip": w.get("host"), "node_id": node_id_of(address)}
                     for address, w in workers.items()]
         raise NotImplementedError(f"The dask backend does not list {kind} yet: anyray's {kind} live in Dask's "
                                   f"own (actors, keys), and nothing maps them back to anyray's ids.")
