@@ -275,6 +275,14 @@ def resources_dir() -> str:
         os.path.join(tempfile.gettempdir(), f"anyray-runtime-resources-{os.getuid()}")
 
 
+def private_dir(path: str) -> None:
+    """Make ``path`` a folder only this user can enter (mode 0700), or refuse one another user owns."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.stat(path).st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to another user: set ANYRAY_RUNTIME_RESOURCES to a folder of yours.")
+    os.chmod(path, 0o700)
+
+
 def unpacked(uri: str, fetch, root: str) -> str:
     """The folder ``uri``'s zip is unpacked in under ``root``, unpacking it (fetched by ``fetch(uri)``) the
     first time; safe when several processes race (each unpacks aside, one rename wins)."""
@@ -282,7 +290,7 @@ def unpacked(uri: str, fetch, root: str) -> str:
     target = os.path.join(root, name)
     if os.path.isdir(target):
         return target
-    os.makedirs(root, exist_ok=True)
+    private_dir(root)
     data = fetch(uri)
     aside = tempfile.mkdtemp(prefix=f".{name}-", dir=root)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:

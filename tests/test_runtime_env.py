@@ -259,3 +259,13 @@ def test_the_jobs_pip_environment_is_built_at_init_unless_eager_install_is_off(t
                           timeout=TIMEOUT * 5) == "installed by pip"
     finally:
         anyray.shutdown()
+
+
+def test_unpacked_packages_are_readable_by_this_user_only(multiprocess, folder):
+    @anyray.remote
+    def where_unpacked():
+        return os.getcwd()
+
+    cwd = anyray.get(where_unpacked.options(runtime_env={"working_dir": str(folder)}).remote(), timeout=TIMEOUT)
+    assert open(os.path.join(cwd, "data.txt")).read() == "the data"
+    assert os.stat(os.path.dirname(cwd)).st_mode & 0o777 == 0o700  # no other user enters the folder

@@ -8,7 +8,6 @@ import logging
 import os
 import pickle
 import shutil
-import tempfile
 
 from anyray.exceptions import WorkerCrashedError
 from anyray.object_ref import ObjectRef
@@ -64,8 +63,9 @@ class Supervision:
         self._task_result = self._call_result = self._actor_exited = self._worker_lost = None
         self.python_envs = PythonEnvs()
         self._max_idle = max(2, os.cpu_count() or 1)  # idle workers of other runtime_envs kept
-        # Where this node's workers unpack runtime_env packages (working_dir, py_modules), per content hash.
-        self.resources_dir = os.path.join(tempfile.gettempdir(), f"anyray-runtime-{os.path.basename(session.path)}")
+        # Where this node's workers unpack runtime_env packages (working_dir, py_modules), per content hash:
+        # inside the session's 0700 directory, so no other user reads them, and they go with the session.
+        self.resources_dir = os.path.join(session.path, "runtime_resources")
         self.pool = WorkerPool(session, on_message=self._on_message, on_exit=self._on_exit)
 
     def connect(self, *, task_result, call_result, on_request, actor_died, actor_exited, worker_lost) -> None:
