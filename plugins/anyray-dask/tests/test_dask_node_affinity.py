@@ -11,7 +11,6 @@ import anyray
 from anyray.exceptions import ActorUnschedulableError, TaskUnschedulableError
 from anyray.util.placement_group import get_current_placement_group, placement_group, placement_group_table
 from anyray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
-from anyray.util.state import list_workers
 
 pytest.importorskip("distributed")
 
@@ -58,7 +57,7 @@ def unknown(nodes):
 def test_each_worker_is_a_node_with_a_hex_id_that_tasks_actors_and_the_state_api_agree_on(nodes):
     assert len(nodes) == 2 and len(set(nodes)) == 2
     assert all(re.fullmatch("[0-9a-f]{56}", n) for n in nodes)
-    assert {w.node_id for w in list_workers()} == set(nodes)
+    assert {w.node_id for w in anyray.util.state.list_workers()} == set(nodes)  # the public API, as a program
     assert anyray.get_runtime_context().get_node_id() in nodes
     assert set(anyray.get([where.remote() for _ in range(4)], timeout=DEADLINE)) <= set(nodes)
     probe = Probe.remote()
