@@ -28,7 +28,7 @@ from anyray.exceptions import AnyrayError, RuntimeEnvSetupError
 TIMEOUT = 120
 # Small pure-Python packages: one the node lacks, one it has at another version (the environment's must win).
 NEW_PACKAGE, NEW_VERSION = "termcolor", "2.4.0"
-PINNED_PACKAGE, PINNED_VERSION = "sortedcontainers", "2.3.0"
+PINNED_PACKAGE, PINNED_VERSION = "iniconfig", "2.0.0"  # pytest's own dependency: every test env has it
 REQUIREMENTS = [f"{NEW_PACKAGE}=={NEW_VERSION}", f"{PINNED_PACKAGE}=={PINNED_VERSION}"]
 MISSING = "anyray-no-such-package-7f3c2a"
 SECRET = "s3cr3t-t0ken"
