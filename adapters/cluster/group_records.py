@@ -57,11 +57,16 @@ class GroupRecords:
         return sorted(out, key=lambda r: r["created_at"])
 
     def add(self, record: dict) -> None:
-        """Write a new group's record; ``ValueError`` if its name is taken by a live group of its namespace."""
+        """Write a new group's record; ``ValueError`` if its name is taken by a live group of its namespace.
+
+        The record is written before the name is claimed, so a name's holder always has a record: one that
+        has none is gone for good (removed, then expired), never a group still being created."""
+        key = GROUPS + record["id"]
+        self.metadata.put(key, _encode(record))
         if record["name"] and not self._claim(record):
+            self.metadata.delete(key)
             raise ValueError(f"Failed to create placement group: name {record['name']!r} already exists in "
                              f"namespace {record['namespace']!r} (remove that group first, or pick another name).")
-        self.metadata.put(GROUPS + record["id"], _encode(record))
 
     def _claim(self, record: dict) -> bool:
         key = _name_key(record["namespace"], record["name"])
