@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from test_cluster import HEARTBEAT, WAIT
+from test_cluster import cli as run_cli
 
 import anyray
 from anyray.adapters.cluster import files
 from anyray.adapters.cluster.launch import kill_tree
 from anyray.util import state
-
-ANYRAY = [sys.executable, "-m", "anyray.cli"]
-HEARTBEAT = 0.25
-WAIT = 60.0
 
 
 @pytest.fixture
@@ -34,9 +30,7 @@ def cluster_env(tmp_path, monkeypatch):
 
 
 def cli(env, *args) -> str:
-    result = subprocess.run([*ANYRAY, *args], env=env, capture_output=True, text=True, timeout=WAIT)
-    assert result.returncode == 0, f"anyray {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
-    return result.stdout
+    return run_cli(env, *args).stdout
 
 
 @anyray.remote

@@ -116,28 +116,9 @@ class ClusterGroupSeam:
         self.cluster = cluster
         self.node_id = host.node_id
         self.view = None  # the ClusterView, once attached
-
-    # the port's answers (the node's requests and its own runtime)
-    def create(self, spec, job_id=None) -> bytes:
-        return self.cluster.create(spec, job_id)
-
-    def remove(self, group_id: bytes) -> None:
-        self.cluster.remove(group_id)
-
-    def remove_job(self, job_id) -> None:
-        self.cluster.remove_job(job_id)
-
-    def ready(self, group_id: bytes, ref) -> None:
-        self.cluster.ready(group_id, ref)
-
-    def wait(self, group_id: bytes, timeout: float) -> bool:
-        return self.cluster.wait(group_id, timeout)
-
-    def table(self, group_id: bytes | None) -> dict:
-        return self.cluster.table(group_id)
-
-    def find(self, name: str, namespace: str) -> bytes | None:
-        return self.cluster.find(name, namespace)
+        # the port's answers (the node's requests and its own runtime) are the cluster's records'
+        self.create, self.remove, self.remove_job = cluster.create, cluster.remove, cluster.remove_job
+        self.ready, self.wait, self.table, self.find = cluster.ready, cluster.wait, cluster.table, cluster.find
 
     def before_dispatch(self) -> None:
         self.host.before_dispatch()
