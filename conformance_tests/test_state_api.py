@@ -4,10 +4,11 @@ list_placement_groups, list_workers, get_actor, get_task, summarize_tasks, summa
 Proves, as Ray 2.x behaves: the rows are Ray's types with Ray's field names, readable as attributes and
 as dict items; ``detail=True`` fills the detail columns (``num_restarts``...), which are None otherwise;
 an actor is listed ALIVE with its class, name, pid and node, and DEAD once killed; a task is listed
-RUNNING while it runs, then FINISHED, or FAILED with Ray's error type; an object the driver put is listed
-with its size; every node is listed ALIVE with its resources and one of them is the head; the job of the
-driver is listed RUNNING; the driver and the process that runs a task are listed as workers; a placement
-group is listed CREATED, then REMOVED; summaries count tasks by name and actors by class, each by state.
+RUNNING while it runs, then FINISHED, or FAILED with Ray's error type; an actor call under its method's
+name; an object the driver put, or a task returned to it, is listed with its size; every node is listed
+ALIVE with its resources and one of them is the head; the job of the driver is listed RUNNING; the driver
+and the process that runs a task are listed as workers; a placement group is listed CREATED, then REMOVED;
+summaries count tasks by name and actors by class, each by state.
 Filters are Ray's: ``(key, "=" or "!=", value)``, strings compared without case, a string compared with
 an int column converted, conflicting "=" filters giving nothing; ``limit`` caps the rows.
 
@@ -51,6 +52,9 @@ class Listed:
     def whoami(self):
         ctx = anyray.get_runtime_context()
         return ctx.get_actor_id(), os.getpid()
+
+    def whose_call(self):
+        return anyray.get_runtime_context().get_task_id()
 
 
 @anyray.remote
@@ -158,6 +162,14 @@ def test_a_failed_task_is_listed_failed_with_rays_error_type():
     assert "this task fails on purpose" in row.error_message
 
 
+def test_an_actor_call_is_listed_under_its_method_name():
+    actor, _actor_id, _pid = _actor_named(_unique("called"))
+    task_id = anyray.get(actor.whose_call.remote(), timeout=DEADLINE)
+    wait_until(lambda: getattr(get_task(task_id), "state", None) == "FINISHED", what="the actor call listed FINISHED")
+    row = get_task(task_id)
+    assert (row.name, row.func_or_class_name, row.type) == ("Listed.whose_call", "Listed.whose_call", "ACTOR_TASK")
+
+
 def test_summarize_tasks_counts_by_name_and_state():
     anyray.get([state_summed_task.remote(i) for i in range(3)], timeout=DEADLINE)
 
@@ -181,6 +193,17 @@ def test_an_object_the_driver_put_is_listed_with_its_size():
 
     wait_until(lambda: len(sizes()) == 1, what="the object listed")
     assert sizes()[0] >= 2_000_000
+
+
+def test_an_object_a_task_returned_is_listed_while_the_driver_holds_it():
+    ref = state_summed_task.remote(b"y" * 200_000)
+    anyray.wait([ref], timeout=DEADLINE)
+
+    def listed():
+        return [row.object_size for row in list_objects(filters=[("object_id", "=", ref.hex())])]
+
+    wait_until(lambda: len(listed()) == 1, what="the returned object listed")
+    assert listed()[0] >= 200_000
 
 
 def test_list_nodes_shows_every_node_alive_and_one_head():

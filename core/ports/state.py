@@ -30,10 +30,13 @@ class StatePort:
 
     A kind the backend cannot list raises ``NotImplementedError`` saying why. A backend may also list
     ``nodes`` (rows with ``node_id`` and ``head``: whether it is the head node); the others raise
-    ``ValueError`` for it, and ``nodes()`` tells the rest.
+    ``ValueError`` for it, and ``nodes()`` tells the rest. A backend that keeps every job of its cluster
+    declares ``lists_jobs = True`` and lists ``jobs`` (Ray's ``JobState`` rows, this driver's job under
+    its anyray id); the others' ``list_jobs`` shows the driver's own job.
     """
 
     lists_state: ClassVar[bool] = False
+    lists_jobs: ClassVar[bool] = False
 
     def list_state(self, kind: str) -> list[dict]:
         """Rows of ``kind`` (one of ``STATE_KINDS``) across the cluster."""

@@ -3,10 +3,11 @@
 ``list_actors``, ``list_tasks``, ``list_objects``, ``list_workers`` read the backend's StatePort
 (``anyray.ports.StatePort``: the rows ``anyray list`` shows, from every node), and ``list_tasks`` adds the
 tasks the job's event log says finished or failed; ``list_nodes`` reads ``nodes()``, ``list_placement_groups``
-the PlacementGroupPort's table, ``list_jobs`` the job of this driver. Results are Ray's types with Ray's
-field names (``ActorState``, ``TaskState``, ...; ``detail=True`` fills the detail columns, else they are
-None), filtered as Ray filters them (``(key, "=" or "!=", value)``, strings compared case-insensitively, a
-string value converted to the column's int or bool), at most ``limit`` of them.
+the PlacementGroupPort's table, ``list_jobs`` the jobs the backend lists (every job of a Ray cluster), else
+the job of this driver. Results are Ray's types with Ray's field names (``ActorState``, ``TaskState``, ...;
+``detail=True`` fills the detail columns, else they are None), filtered as Ray filters them (``(key, "=" or
+"!=", value)``, strings compared case-insensitively, a string value converted to the column's int or bool),
+at most ``limit`` of them.
 """
 
 from __future__ import annotations
@@ -253,8 +254,9 @@ def _rows(kind: str) -> list[dict]:
     job = _job_id(runtime)
     if kind == "nodes":
         return _node_rows(runtime)
-    if kind == "jobs":
-        return [_job_row(runtime, job)]
+    if kind == "jobs":  # every job of the cluster where the backend knows them (StatePort.lists_jobs)
+        return runtime.scheduler.list_state("jobs") if getattr(runtime.scheduler, "lists_jobs", False) \
+            else [_job_row(runtime, job)]
     if kind == "placement_groups":
         return _group_rows(runtime)
     rows = _port_rows(runtime, kind)
@@ -262,7 +264,7 @@ def _rows(kind: str) -> list[dict]:
         nodes = runtime.scheduler.nodes()
         ended = _finished_tasks(runtime, nodes[0]["NodeID"] if len(nodes) == 1 else None)
         done = {row["task_id"] for row in ended}
-        rows = [dict(row, attempt_number=0) for row in rows if row["task_id"] not in done] + ended
+        rows = [{"attempt_number": 0, **row} for row in rows if row["task_id"] not in done] + ended
         for row in rows:
             row.setdefault("job_id", job)
     elif kind == "actors":
@@ -276,10 +278,9 @@ def _rows(kind: str) -> list[dict]:
         rows.append({"worker_id": f"{job}:driver", "pid": os.getpid(), "node_id": node, "worker_type": "DRIVER",
                      "is_alive": True})
     elif kind == "objects":
-        rows = [{"object_id": r["object_id"], "object_size": r.get("object_size"), "task_status": "FINISHED",
-                 "attempt_number": 0, "reference_type": "LOCAL_REFERENCE", "call_site": "disabled",
-                 "type": "DRIVER" if r.get("pid") is None else "WORKER", "pid": r.get("pid"),
-                 "ip": r.get("ip"), "node_id": r.get("node_id")} for r in rows]
+        rows = [{"object_size": None, "task_status": "FINISHED", "attempt_number": 0,  # what a port leaves out
+                 "reference_type": "LOCAL_REFERENCE", "call_site": "disabled",
+                 "type": "DRIVER" if r.get("pid") is None else "WORKER", "pid": None, "ip": None, **r} for r in rows]
     return rows
 
 
@@ -443,7 +444,8 @@ def list_nodes(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout: 
 
 def list_jobs(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout: int = DEFAULT_RPC_TIMEOUT,
               detail: bool = False, raise_on_missing_output: bool = True, _explain: bool = False) -> list[JobState]:
-    """The job of this driver (anyray has no job submission: no other jobs are listed)."""
+    """Every job of the cluster where the backend keeps them (Ray: every driver's, finished ones SUCCEEDED); on
+    the built-in backends the job of this driver (they keep no table of jobs, and have no job submission)."""
     return _list("jobs", JobState, filters, limit, detail)
 
 

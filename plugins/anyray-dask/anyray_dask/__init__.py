@@ -23,7 +23,8 @@ STATE_GAPS = [f"test_state_api::{name}" for name in (
     "test_a_killed_actor_is_listed_dead", "test_summarize_actors_counts_by_class_and_state",
     "test_a_task_is_listed_running_then_finished", "test_a_failed_task_is_listed_failed_with_rays_error_type",
     "test_summarize_tasks_counts_by_name_and_state", "test_an_object_the_driver_put_is_listed_with_its_size",
-    "test_filters_and_limit_select_rows_as_ray_does")]
+    "test_filters_and_limit_select_rows_as_ray_does", "test_an_actor_call_is_listed_under_its_method_name",
+    "test_an_object_a_task_returned_is_listed_while_the_driver_holds_it")]
 
 ACTOR_CALLS_NEED_A_THREAD = (
     "every actor call is a Dask task, which needs a free thread of a worker for a moment; these tests hold every "

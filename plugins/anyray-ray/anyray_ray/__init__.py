@@ -36,14 +36,7 @@ class RayBackend(Backend):
         Capability.INTERRUPT_CANCEL, Capability.ERROR_INFO, Capability.RUNTIME_ENV,
         Capability.RUNTIME_ENV_PIP,
     })
-    known_gaps = dict.fromkeys([
-        "test_state_api::test_a_task_is_listed_running_then_finished",
-        "test_state_api::test_a_failed_task_is_listed_failed_with_rays_error_type",
-        "test_state_api::test_summarize_tasks_counts_by_name_and_state",
-        "test_state_api::test_an_object_the_driver_put_is_listed_with_its_size",
-    ], notyet("Ray serves its tasks and objects only through the state API server of its dashboard, which needs "
-              "ray[default] (aiohttp, ...), not installed here: the plugin lists actors and workers from Ray's GCS "
-              "tables, and list_tasks/list_objects raise NotImplementedError saying so"))
+    known_gaps = {}
     known_gaps["test_semantics::test_a_task_cancelled_while_reading_its_arguments_never_runs"] = notyet(
         "Ray's cancel of a task still reading its arguments races the start of its body: on a busy machine the "
         "body sometimes runs before the interrupt lands", by_chance=True)

@@ -21,6 +21,7 @@ from anyray.backend_kit import ObjectRef, ObjectStore, RemoteFailure, Serialized
 from anyray.exceptions import GetTimeoutError, ObjectLostError
 
 from .errors import translate
+from .state import note_object
 from .transport import pack, unpack
 
 
@@ -43,6 +44,7 @@ class RayObjectStore(ObjectStore):
             ref.native = ray.put(pack(obj))
         except rx.RayError as exc:
             raise translate(exc, "put()") from exc
+        note_object(ref)  # list_objects shows anyray's id for it
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[SerializedObject]:
         natives = [r.native for r in refs]

@@ -45,7 +45,8 @@ from .actors import ActorDirectory, RayActor, lookup, register
 from .errors import translate
 from .generators import FailedStream, RayObjectRefGenerator
 from .placement_groups import RayPlacementGroups, ray_strategy
-from .state import RayState
+from .state import RayState, note_task
+from .state_sources import close as close_state_channels
 from .transport import bind_returns, pack
 from .worker import Session, actor_host, export, method_call, returns_mode, stream_runner, task_call, task_runner
 
@@ -270,6 +271,7 @@ class RayScheduler(RayPlacementGroups, RayState, Scheduler):
         return ray.nodes()
 
     def shutdown(self) -> None:
+        close_state_channels()
         with self._lock:
             self._functions.clear()
             self._variants.clear()
@@ -280,8 +282,10 @@ def _bind(spec, out):
     """Give the spec's refs their Ray refs; for a streaming call, the ObjectRefGenerator the caller gets."""
     if spec.options.get("num_returns") == "streaming":
         spec.returns[0].native = out.completed()  # the generator task's own ref: completed(), cancel()
+        note_task(spec, isinstance(spec, ActorTaskSpec))
         return RayObjectRefGenerator(out, spec.returns[0], spec.name)
     bind_returns(spec.returns, out)
+    note_task(spec, isinstance(spec, ActorTaskSpec))
     return None
 
 

@@ -1,16 +1,48 @@
-"""The StatePort on Ray: actors and workers from Ray's GCS tables (which need no dashboard; read the way
-``ray._private.state`` reads them).
+"""The StatePort on Ray: actors and workers from Ray's GCS tables, tasks from the GCS's task events and
+objects from the raylets' reference tables (:mod:`~anyray_ray.state_sources`); none needs the dashboard.
 
-Ray serves its tasks and objects only through the state API server of its dashboard (``ray[default]``:
-aiohttp and friends), which the plugin does not require; those two kinds raise ``NotImplementedError``
-saying so.
+Ray names what it lists with its own ids; the rows carry anyray's where this process knows them: the anyray
+actor of each Ray actor it holds a handle to, the anyray task of each Ray task it submitted (the latest
+:data:`TASK_IDS_KEPT`), the anyray ref of each Ray object it holds one for. A task's name is anyray's (an
+actor call's Ray method is the host's ``anyray_call``). Work this job submitted from inside tasks keeps
+Ray's ids, and a task whose code raised is FINISHED to Ray (anyray's executor returns the error as its
+value): the core lists it FAILED from the job's error log, under anyray's id.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 import ray
 
 from .actors import _registry
+
+TASK_IDS_KEPT = 10_000
+
+_tasks: dict[bytes, tuple] = {}  # Ray task id -> (anyray task id, the call's name for an actor call, else None)
+_objects: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # Ray object id -> anyray ObjectRef
+_lock = threading.Lock()
+
+
+def note_object(ref) -> None:
+    """Remember which anyray ref ``ref.native`` (a Ray ObjectRef) stands for, while ``ref`` lives."""
+    _objects[ref.native.binary()] = ref
+
+
+def note_task(spec, actor_call: bool) -> None:
+    """Remember the Ray task of a submitted spec (from its first return's Ray ref), and its return objects."""
+    returns = spec.returns
+    if not returns or returns[0].native is None:
+        return
+    for ref in returns:
+        if ref.native is not None and hasattr(ref.native, "binary"):
+            _objects[ref.native.binary()] = ref
+    entry = (spec.task_id.hex(), spec.name if actor_call else None)
+    with _lock:
+        _tasks[returns[0].native.task_id().binary()] = entry
+        if len(_tasks) > TASK_IDS_KEPT:
+            del _tasks[next(iter(_tasks))]
 
 
 def _anyray_ids() -> dict[str, str]:
@@ -52,17 +84,68 @@ def _worker_rows() -> list[dict]:
     return rows
 
 
+def _task_rows() -> list[dict]:
+    from .state_sources import task_rows
+
+    actors = _anyray_ids()
+    with _lock:
+        tasks = dict(_tasks)
+    this_job = ray.get_runtime_context().get_job_id()
+    rows = task_rows()
+    for row in rows:
+        known = tasks.get(bytes.fromhex(row["task_id"]))
+        if known is not None:
+            row["task_id"], name = known
+            if name is not None:
+                row["name"] = row["func_or_class_name"] = name
+        parent = tasks.get(bytes.fromhex(row["parent_task_id"] or ""))
+        if parent is not None:
+            row["parent_task_id"] = parent[0]
+        if row.get("actor_id"):
+            row["actor_id"] = actors.get(row["actor_id"], row["actor_id"])
+        if row.get("job_id") == this_job:  # this job's tasks get anyray's id of the job (the core adds it)
+            del row["job_id"]
+    return rows
+
+
+def _object_rows() -> list[dict]:
+    from .state_sources import object_rows
+
+    rows = object_rows()
+    for row in rows:
+        ref = _objects.get(bytes.fromhex(row["object_id"]))
+        if ref is not None:
+            row["object_id"] = ref.hex()
+    return rows
+
+
+def _job_rows(job_id: bytes) -> list[dict]:
+    from .state_sources import job_rows
+
+    this_job = ray.get_runtime_context().get_job_id()
+    rows = job_rows()
+    for row in rows:
+        if row["job_id"] == this_job:  # this driver's job is anyray's job
+            row["job_id"] = row["driver_info"]["id"] = job_id.hex()
+    return rows
+
+
 class RayState:
-    """The StatePort (``anyray.ports.StatePort``) of the Ray scheduler."""
+    """The StatePort (``anyray.ports.StatePort``) of the Ray scheduler: every kind, and every job of the
+    cluster (``lists_jobs``)."""
 
     lists_state = True
+    lists_jobs = True
 
     def list_state(self, kind: str) -> list[dict]:
         if kind == "actors":
             return _actor_rows()
         if kind == "workers":
             return _worker_rows()
-        raise NotImplementedError(
-            f"The ray backend does not list {kind}: Ray serves them only through its dashboard's state API "
-            f"server (ray.util.state with `pip install 'ray[default]'` and include_dashboard=True); use Ray's "
-            f"own ray.util.state there.")
+        if kind == "tasks":
+            return _task_rows()
+        if kind == "objects":
+            return _object_rows()
+        if kind == "jobs":
+            return _job_rows(self._session.job_id)
+        raise ValueError(f"Nothing to list called {kind!r}; pick actors, tasks, objects or workers.")

@@ -198,6 +198,55 @@ def test_max_cpu_fraction_per_node_says_when_ray_has_dropped_it(session):
         anyray.util.placement_group([{"CPU": 1}], _max_cpu_fraction_per_node=0.5)
 
 
+# -- the state API beyond the conformance suite -----------------------------------
+
+
+def test_list_jobs_lists_every_job_of_the_cluster_as_ray_does():
+    out = run_script("""
+        import subprocess, sys, ray, anyray
+        from anyray.util.state import list_jobs
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        other = ("import anyray; anyray.init(backend='ray', address=%r); "
+                 "print(anyray.get_runtime_context().get_job_id())" % ray.get_runtime_context().gcs_address)
+        done = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        anyray.init(backend="ray")
+        jobs = {row.job_id: row for row in list_jobs(detail=True)}
+        mine = jobs.pop(anyray.get_runtime_context().get_job_id())
+        print(mine.status, mine.type, mine.driver_info["pid"] == str(__import__("os").getpid()))
+        finished = [row for row in jobs.values() if row.driver_info["pid"] != str(__import__("os").getpid())]
+        print(len(finished), finished[0].status, finished[0].type, finished[0].end_time > 0)
+        anyray.shutdown()
+        ray.shutdown()
+    """)
+    assert out.split() == ["RUNNING", "DRIVER", "True", "1", "SUCCEEDED", "DRIVER", "True"]
+
+
+@anyray.remote
+def nested_leaf():
+    return 1
+
+
+@anyray.remote
+def nested_parent():
+    anyray.get(nested_leaf.remote())
+    return anyray.get_runtime_context().get_task_id()
+
+
+def test_a_task_submitted_from_a_task_is_listed_with_its_parent(session):
+    from anyray.util.state import list_tasks
+
+    parent = anyray.get(nested_parent.remote(), timeout=60)
+
+    def leaves():
+        return [row for row in list_tasks(filters=[("name", "=", "nested_leaf")]) if row.state == "FINISHED"]
+
+    deadline = time.monotonic() + 60
+    while not leaves() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [row.parent_task_id for row in leaves()] == [parent]  # the leaf keeps Ray's id: its submitter's
+
+
 # -- data path ----------------------------------------------------------------------
 
 
