@@ -11,6 +11,7 @@ value): the core lists it FAILED from the job's error log, under anyray's id.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 
@@ -19,30 +20,45 @@ import ray
 from .actors import _registry
 
 TASK_IDS_KEPT = 10_000
+_TASK_ID_BYTES = 24  # a Ray ObjectID is its task's TaskID (24 bytes) then its index (4, little-endian)
 
-_tasks: dict[bytes, tuple] = {}  # Ray task id -> (anyray task id, the call's name for an actor call, else None)
-_objects: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # Ray object id -> anyray ObjectRef
-_lock = threading.Lock()
+# Ray task id -> (anyray task id, the call's name for an actor call else None, anyray id of its return(s))
+_tasks: dict[bytes, tuple] = {}
+_objects: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # Ray id of a put object -> anyray ref
+_trim_lock = threading.Lock()
 
 
 def note_object(ref) -> None:
-    """Remember which anyray ref ``ref.native`` (a Ray ObjectRef) stands for, while ``ref`` lives."""
+    """Remember which anyray ref ``ref.native`` (a Ray ObjectRef ``put`` made) stands for, while ``ref`` lives."""
     _objects[ref.native.binary()] = ref
 
 
 def note_task(spec, actor_call: bool) -> None:
-    """Remember the Ray task of a submitted spec (from its first return's Ray ref), and its return objects."""
+    """Remember the Ray task of a submitted spec and the anyray ids of its returns (its first return's Ray id
+    starts with the Ray task's). A dict insert per task; the oldest tenth goes when there are too many."""
     returns = spec.returns
     if not returns or returns[0].native is None:
         return
-    for ref in returns:
-        if ref.native is not None and hasattr(ref.native, "binary"):
-            _objects[ref.native.binary()] = ref
-    entry = (spec.task_id.hex(), spec.name if actor_call else None)
-    with _lock:
-        _tasks[returns[0].native.task_id().binary()] = entry
-        if len(_tasks) > TASK_IDS_KEPT:
-            del _tasks[next(iter(_tasks))]
+    ids = returns[0].binary() if len(returns) == 1 else tuple(r.binary() for r in returns)
+    _tasks[returns[0].native.binary()[:_TASK_ID_BYTES]] = (spec.task_id, spec.name if actor_call else None, ids)
+    if len(_tasks) > TASK_IDS_KEPT + TASK_IDS_KEPT // 10:
+        with _trim_lock:
+            for key in list(itertools.islice(_tasks, len(_tasks) - TASK_IDS_KEPT)):
+                _tasks.pop(key, None)
+
+
+def _anyray_object_id(ray_id: bytes, tasks: dict) -> str | None:
+    """The anyray id (hex) of a Ray object this process put, or a return of a task it submitted."""
+    ref = _objects.get(ray_id)
+    if ref is not None:
+        return ref.hex()
+    known = tasks.get(ray_id[:_TASK_ID_BYTES])
+    if known is None:
+        return None
+    index, ids = int.from_bytes(ray_id[_TASK_ID_BYTES:], "little"), known[2]  # returns count from 1
+    if isinstance(ids, bytes):
+        return ids.hex() if index == 1 else None
+    return ids[index - 1].hex() if 1 <= index <= len(ids) else None
 
 
 def _anyray_ids() -> dict[str, str]:
@@ -88,19 +104,18 @@ def _task_rows() -> list[dict]:
     from .state_sources import task_rows
 
     actors = _anyray_ids()
-    with _lock:
-        tasks = dict(_tasks)
+    tasks = dict(_tasks)  # one C-level copy: atomic under the GIL
     this_job = ray.get_runtime_context().get_job_id()
     rows = task_rows()
     for row in rows:
         known = tasks.get(bytes.fromhex(row["task_id"]))
         if known is not None:
-            row["task_id"], name = known
+            row["task_id"], name = known[0].hex(), known[1]
             if name is not None:
                 row["name"] = row["func_or_class_name"] = name
         parent = tasks.get(bytes.fromhex(row["parent_task_id"] or ""))
         if parent is not None:
-            row["parent_task_id"] = parent[0]
+            row["parent_task_id"] = parent[0].hex()
         if row.get("actor_id"):
             row["actor_id"] = actors.get(row["actor_id"], row["actor_id"])
         if row.get("job_id") == this_job:  # this job's tasks get anyray's id of the job (the core adds it)
@@ -111,11 +126,10 @@ def _task_rows() -> list[dict]:
 def _object_rows() -> list[dict]:
     from .state_sources import object_rows
 
+    tasks = dict(_tasks)
     rows = object_rows()
     for row in rows:
-        ref = _objects.get(bytes.fromhex(row["object_id"]))
-        if ref is not None:
-            row["object_id"] = ref.hex()
+        row["object_id"] = _anyray_object_id(bytes.fromhex(row["object_id"]), tasks) or row["object_id"]
     return rows
 
 
