@@ -22,9 +22,11 @@ class StatePort:
     - ``tasks`` (those not finished): ``task_id``, ``name``, ``state`` (Ray's: "PENDING_ARGS_AVAIL",
       "PENDING_NODE_ASSIGNMENT", "SUBMITTED_TO_WORKER", "RUNNING", ...), ``type`` ("NORMAL_TASK",
       "ACTOR_TASK"), ``func_or_class_name``, ``actor_id``, ``job_id``, ``node_id``, ``worker_pid``,
-      ``required_resources``;
+      ``required_resources``; a backend whose engine keeps ended tasks (Ray) lists them too, with their
+      ``attempt_number``, and the core replaces a row the job's event log has a record of by that record;
     - ``objects``: ``object_id``, ``object_size``, ``node_id``, ``shared_memory`` (held in a node's
-      shared memory);
+      shared memory), and where the backend knows them Ray's ``reference_type``, ``task_status``, ``type``,
+      ``pid``, ``ip`` (the core fills in the others);
     - ``workers``: ``worker_id``, ``pid``, ``node_id``, ``worker_type`` ("WORKER" or "DRIVER"),
       ``is_alive``.
 
