@@ -204,7 +204,7 @@ def test_max_cpu_fraction_per_node_says_when_ray_has_dropped_it(session):
 def test_list_jobs_lists_every_job_of_the_cluster_as_ray_does():
     out = run_script("""
         import subprocess, sys, ray, anyray
-        from anyray.util.state import list_jobs
+        list_jobs = anyray.util.state.list_jobs
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
         other = ("import anyray; anyray.init(backend='ray', address=%r); "
                  "print(anyray.get_runtime_context().get_job_id())" % ray.get_runtime_context().gcs_address)
@@ -234,8 +234,7 @@ def nested_parent():
 
 
 def test_a_task_submitted_from_a_task_is_listed_with_its_parent(session):
-    from anyray.util.state import list_tasks
-
+    list_tasks = anyray.util.state.list_tasks  # the public API, as a program reads it
     parent = anyray.get(nested_parent.remote(), timeout=60)
 
     def leaves():
