@@ -2,11 +2,12 @@
 objects from the raylets' reference tables (:mod:`~anyray_ray.state_sources`); none needs the dashboard.
 
 Ray names what it lists with its own ids; the rows carry anyray's where this process knows them: the anyray
-actor of each Ray actor it holds a handle to, the anyray task of each Ray task it submitted (the latest
-:data:`TASK_IDS_KEPT`), the anyray ref of each Ray object it holds one for. A task's name is anyray's (an
-actor call's Ray method is the host's ``anyray_call``). Work this job submitted from inside tasks keeps
-Ray's ids, and a task whose code raised is FINISHED to Ray (anyray's executor returns the error as its
-value): the core lists it FAILED from the job's error log, under anyray's id.
+actor of each Ray actor it holds a handle to, the anyray task of each Ray task it submitted and of its
+returns (the latest :data:`TASK_IDS_KEPT` tasks), the anyray ref of each object it put (while that ref
+lives). A task's name is anyray's (an actor call's Ray method is the host's ``anyray_call``). Work this job
+submitted from inside tasks keeps Ray's ids, and a task whose code raised is FINISHED to Ray (anyray's
+executor returns the error as its value): the core lists it FAILED from the job's error log, under anyray's
+id.
 """
 
 from __future__ import annotations
