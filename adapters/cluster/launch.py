@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ def daemon_argv(*, directory: str, head: bool, host: str = "127.0.0.1", port: in
                 metadata_port: int | None = None, exit_with_parent: bool = False,
                 extra: dict | None = None) -> list[str]:
     """The daemon's command line: nothing secret in it (argv is readable by every user of the machine)."""
-    argv = [sys.executable, "-m", "anyray.adapters.cluster.daemon", "--dir", directory, "--host", host,
+    argv = [sys.executable, "-m", "anyray.adapters.cluster.boot", "--dir", directory, "--host", host,
             "--port", str(port), "--resources", json.dumps(resources or {})]
     if head:
         argv.append("--head")
@@ -63,9 +64,16 @@ def spawn(*, directory: str, token: bytes, head: bool, address: str | None = Non
                        resources=resources, object_store_memory=object_store_memory, metadata_port=metadata_port,
                        exit_with_parent=exit_with_parent, extra=extra)
     log_path = os.path.join(logs, f"node-{time.time_ns()}.log")
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log, stderr=log, start_new_session=True,
-                                close_fds=True)
+    ready, ready_w = os.pipe()  # the daemon writes to it once it serves, so this waits without polling
+    try:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen([*argv, "--ready-fd", str(ready_w)], stdin=subprocess.PIPE, stdout=log,
+                                    stderr=log, start_new_session=True, close_fds=True, pass_fds=(ready_w,))
+    except BaseException:
+        os.close(ready)
+        raise
+    finally:
+        os.close(ready_w)
     final_log = os.path.join(logs, f"node-{proc.pid}.log")
     try:
         os.replace(log_path, final_log)
@@ -78,18 +86,33 @@ def spawn(*, directory: str, token: bytes, head: bool, address: str | None = Non
             proc.stdin.close()
     except OSError:
         pass
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        for record in files.local_nodes(directory):
-            if record.get("pid") == proc.pid:
-                record["log"] = final_log
-                return proc, record
-        if proc.poll() is not None:
-            raise DaemonFailed(f"The node daemon exited with code {proc.returncode} before it served"
-                               f"{_reason(final_log)}\n{_tail(final_log)}")
-        time.sleep(0.02)
+    try:
+        record = _wait_ready(proc, ready, directory, final_log)
+    finally:
+        os.close(ready)
+    if record is not None:
+        return proc, record
     stop_pid(proc.pid)
     raise DaemonFailed(f"The node daemon did not come up within {START_TIMEOUT:.0f} s:\n{_tail(final_log)}")
+
+
+def _wait_ready(proc: subprocess.Popen, ready: int, directory: str, log: str) -> dict | None:
+    """The daemon's record once it serves (its pipe said so, or closed); None past ``START_TIMEOUT``."""
+    deadline = time.monotonic() + START_TIMEOUT
+    said = False
+    while time.monotonic() < deadline:
+        if not said:
+            said = bool(select.select([ready], [], [], min(0.5, max(deadline - time.monotonic(), 0)))[0])
+        else:
+            time.sleep(0.02)  # the pipe closed without a word: the daemon failed, or its record comes late
+        for record in files.local_nodes(directory):
+            if record.get("pid") == proc.pid:
+                record["log"] = log
+                return record
+        if proc.poll() is not None:
+            raise DaemonFailed(f"The node daemon exited with code {proc.returncode} before it served"
+                               f"{_reason(log)}\n{_tail(log)}")
+    return None
 
 
 def _reason(path: str) -> str:
