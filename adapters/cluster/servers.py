@@ -169,7 +169,7 @@ def _wait_port(proc: subprocess.Popen, host: str, port: int, timeout: float = 15
         if proc.poll() is not None:
             return False
         try:
-            with socket.create_connection((host, port), timeout=0.5):
+            with socket.create_connection((host.encode() if host.isascii() else host, port), timeout=0.5):
                 return True
         except OSError:
             time.sleep(0.01)

@@ -49,7 +49,8 @@ class Connection:
 
     def __init__(self, address: dict, timeout: float = 5.0):
         host, port = address["host"], address["port"]
-        sock = socket.create_connection((host, port), timeout=timeout)
+        # an ASCII host as bytes: getaddrinfo then needs no idna codec (whose import costs milliseconds)
+        sock = socket.create_connection((host.encode() if host.isascii() else host, port), timeout=timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if address["tls"]:
