@@ -1,12 +1,13 @@
-"""A fork server forked, not started, by a process that has loaded the worker's side and nothing more yet.
+"""A fork server forked, not started, by a process that has loaded ``anyray`` and nothing of the node yet.
 
 A node daemon calls ``prefork()`` early, while it is still single-threaded and before it loads the node's side:
-the child is a fork server (``forkserver``) that shares every page the daemon loaded so far (the worker's
-modules) instead of loading them again in an interpreter of its own, so the daemon, its fork server and every
-worker hold those pages once, and the first worker can be forked as soon as the node asks, without waiting for
-an interpreter to start. The child waits on a pipe for the three lines an exec'd server reads on stdin (the
-session directory, the socket's name, the secret); the node's pool takes it (``take``) instead of starting
-``python -m anyray.adapters.node.forkserver`` for its own interpreter. When the parent never hands it a session
+the child is a fork server (``forkserver``) that shares every page the daemon loaded so far (the ``anyray``
+package) instead of loading them again in an interpreter of its own, and loads the worker's own modules while
+the daemon loads the node's, on another core; the daemon, its fork server and every worker hold the common pages
+once, and the first worker can be forked as soon as the node asks, without waiting for an interpreter to start.
+The child waits on a pipe for the three lines an exec'd server reads on stdin (the session directory, the
+socket's name, the secret); the node's pool takes it (``take``) instead of starting ``python -m
+anyray.adapters.node.forkserver`` for its own interpreter. When the parent never hands it a session
 (it failed to start, or it ended), the pipe closes and the child exits without doing anything.
 
 ``Prestarted`` stands for the child where the pool expects a ``subprocess.Popen``: ``pid``, ``stdin``,
@@ -84,8 +85,6 @@ def prefork(close_fds: tuple[int, ...] = ()) -> Prestarted | None:
     global _prestarted
     if not sys.platform.startswith("linux") or threading.active_count() != 1 or _prestarted is not None:
         return None
-    from . import forkserver  # noqa: F401 - loaded here, before the fork, so the pages are shared
-
     read, write = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -116,14 +115,14 @@ def prefork(close_fds: tuple[int, ...] = ()) -> Prestarted | None:
 
 
 def _serve_when_told(read: int) -> int:
-    from . import forkserver
-
     os.setsid()  # like a server started in a session of its own: a terminal's Ctrl-C does not reach it
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # the workers must not hold the parent's stdin (a driver's lifeline)
     os.close(devnull)
+    from . import forkserver  # the worker's side, loaded here while the parent goes on loading the node's
+
     with os.fdopen(read, "rb") as f:
         lines = f.read().decode().splitlines()
     if len(lines) < 3:
