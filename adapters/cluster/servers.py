@@ -73,6 +73,9 @@ class Launch:
                 self._password = password or secrets.token_hex(16)
                 self._first_port = port or _free_port(host)
                 self._first = _spawn_redis(self._binary, directory, host, self._first_port, self._password)
+            else:
+                self._first_port = port or _free_port(host)
+                self._first = _spawn_etcd(self._binary, directory, host, self._first_port)
         except (OSError, ValueError) as exc:
             self._error = exc
 
@@ -88,7 +91,7 @@ class Launch:
                 self._server = _start_redis(self._binary, directory, host, port, self._password,
                                             first=(self._first, self._first_port))
             else:
-                self._server = _start_etcd(self._binary, directory, host, port)
+                self._server = _start_etcd(self._binary, directory, host, port, first=(self._first, self._first_port))
             self._first = None
         return self._server
 
@@ -143,20 +146,30 @@ def _start_redis(binary: str, directory: str, host: str, fixed: int, password: s
     raise RuntimeError(f"redis-server did not start; see {directory}/redis.log")
 
 
-def _start_etcd(binary: str, directory: str, host: str, fixed: int) -> MetadataServer:
+def _spawn_etcd(binary: str, directory: str, host: str, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}  # etcd exits on a conflict
+    peer = _free_port(host)
+    client_url, peer_url = f"http://{host}:{port}", f"http://{host}:{peer}"
+    data = os.path.join(directory, "etcd-data")
+    shutil.rmtree(data, ignore_errors=True)
+    with open(os.path.join(directory, "etcd.log"), "ab") as log:
+        return subprocess.Popen(
+            [binary, "--name", "anyray", "--data-dir", data, "--listen-client-urls", client_url,
+             "--advertise-client-urls", client_url, "--listen-peer-urls", peer_url,
+             "--initial-advertise-peer-urls", peer_url, "--initial-cluster", f"anyray={peer_url}",
+             "--heartbeat-interval", "10", "--election-timeout", "100", "--logger", "zap",
+             "--log-level", "warn"], stdout=log, stderr=log, env=env, start_new_session=True)
+
+
+def _start_etcd(binary: str, directory: str, host: str, fixed: int,
+                first: tuple[subprocess.Popen | None, int] = (None, 0)) -> MetadataServer:
+    started, started_port = first
     for _ in range(1 if fixed else TRIES):
-        port, peer = fixed or _free_port(host), _free_port(host)
-        client_url, peer_url = f"http://{host}:{port}", f"http://{host}:{peer}"
-        data = os.path.join(directory, "etcd-data")
-        shutil.rmtree(data, ignore_errors=True)
-        with open(os.path.join(directory, "etcd.log"), "ab") as log:
-            proc = subprocess.Popen(
-                [binary, "--name", "anyray", "--data-dir", data, "--listen-client-urls", client_url,
-                 "--advertise-client-urls", client_url, "--listen-peer-urls", peer_url,
-                 "--initial-advertise-peer-urls", peer_url, "--initial-cluster", f"anyray={peer_url}",
-                 "--heartbeat-interval", "10", "--election-timeout", "100", "--logger", "zap",
-                 "--log-level", "warn"], stdout=log, stderr=log, env=env, start_new_session=True)
+        if started is not None:
+            proc, port, started = started, started_port, None
+        else:
+            port = fixed or _free_port(host)
+            proc = _spawn_etcd(binary, directory, host, port)
         if _wait_port(proc, host, port):
             return MetadataServer(proc, f"etcd://{host}:{port}", directory)
         _kill(proc)
