@@ -7,7 +7,6 @@ each saying what was wrong and what to write instead.
 
 from __future__ import annotations
 
-import difflib
 import numbers
 import sys
 import warnings
@@ -292,6 +291,8 @@ def validate(options: Mapping[str, Any], allowed: Mapping[str, Checker], owner: 
         name = ALIASES.get(name, name)
         checker = allowed.get(name)
         if checker is None:
+            import difflib  # only to word an error
+
             close = difflib.get_close_matches(name, allowed, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"{owner}: unknown option {name!r}.{hint} "

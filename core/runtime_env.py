@@ -11,7 +11,6 @@ fields dropped (as Ray drops them), ``pip``/``uv`` as ``{"packages": [...], ...}
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import os
 from collections import OrderedDict
@@ -168,6 +167,8 @@ def validate(runtime_env, owner: str) -> dict | None:
     out: dict[str, Any] = {}
     for key, value in runtime_env.items():
         if not isinstance(key, str) or (key not in KNOWN_FIELDS and not key.startswith(PRIVATE_PREFIX)):
+            import difflib  # only to word an error
+
             close = difflib.get_close_matches(str(key), sorted(KNOWN_FIELDS), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"{owner}: unknown runtime_env field {key!r}.{hint} Known fields: "

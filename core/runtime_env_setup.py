@@ -20,7 +20,6 @@ import sys
 import tempfile
 import threading
 import traceback
-import zipfile
 from fnmatch import fnmatch
 
 import cloudpickle
@@ -257,6 +256,8 @@ def _zip_bytes(path: str, excludes: tuple, keep_name: bool) -> bytes:
         prefix = ""
     else:
         files = _files(path, excludes)
+    import zipfile  # here: every process loads this module, few ship packages
+
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for rel, full in files:
             info = zipfile.ZipInfo(prefix + rel, _ZIP_DATE)
@@ -293,6 +294,8 @@ def unpacked(uri: str, fetch, root: str) -> str:
     private_dir(root)
     data = fetch(uri)
     aside = tempfile.mkdtemp(prefix=f".{name}-", dir=root)
+    import zipfile
+
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         archive.extractall(aside)
     try:

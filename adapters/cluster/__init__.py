@@ -176,9 +176,6 @@ class ClusterBackend(Backend):
 
     def start(self) -> None:
         from . import launch
-        from .address import connect, resolve
-        from .client import ClientLink
-        from .redaction import redact
 
         cfg = self.config
         address = cfg.address
@@ -192,15 +189,20 @@ class ClusterBackend(Backend):
             self._private_dir = tempfile.mkdtemp(prefix="anyray-cluster-")
             token = secrets.token_hex(32).encode()
             try:
-                self._proc, record = launch.spawn(
+                starting = launch.start(
                     directory=self._private_dir, token=token, head=True, num_cpus=cfg.num_cpus,
                     num_gpus=cfg.num_gpus, resources=cfg.resources, object_store_memory=cfg.object_store_memory,
                     metadata=cfg.options.get("metadata"), exit_with_parent=True)
+                try:  # loaded while the daemon comes up
+                    from .client import ClientLink, handshake, open_connection
+                except BaseException:
+                    starting.stop()
+                    raise
+                self._proc, record = starting.wait()
             except BaseException:
                 shutil.rmtree(self._private_dir, ignore_errors=True)
                 raise
             address = record["address"]
-            from .client import handshake, open_connection
 
             try:
                 conn = open_connection(address, token)
@@ -219,6 +221,10 @@ class ClusterBackend(Backend):
             if "metadata" in cfg.options:
                 raise ValueError("init(metadata=...) chooses the metadata server of a private cluster; a running "
                                  "cluster has its own. Drop it, or drop address=.")
+            from .address import connect, resolve
+            from .client import ClientLink
+            from .redaction import redact
+
             if password is None:  # a script that says only ray.init(address=...) can still name the secret
                 password = os.environ.get(PASSWORD_ENV) or None
             try:

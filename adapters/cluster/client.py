@@ -83,7 +83,8 @@ def open_connection(address: str, token: bytes, timeout: float = 10.0, sock: soc
     host, port = parse_address(address)
     if sock is None:
         try:
-            sock = socket.create_connection((host, port), timeout=timeout)
+            # an ASCII host as bytes: getaddrinfo then loads no idna codec
+            sock = socket.create_connection((host.encode() if host.isascii() else host, port), timeout=timeout)
         except OSError as exc:
             raise ConnectionError(f"No anyray node answers at {host}:{port} ({exc.strerror or exc}). Is the "
                                   f"cluster running (`anyray status`)?") from None

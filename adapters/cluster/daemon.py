@@ -15,14 +15,12 @@ token is never logged, shown or sent.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import pickle
 import signal
 import socket
-import sys
 import threading
 import time
 import traceback
@@ -78,7 +76,8 @@ class _NodeBackend(Backend):
 class NodeDaemon:
     def __init__(self, *, head: bool, join: str | None, host: str, port: int, num_cpus, num_gpus, resources: dict,
                  object_store_memory, metadata: str | None, token: bytes, directory: str, metadata_port: int = 0,
-                 redis_password: str | None = None, settings: dict | None = None):
+                 redis_password: str | None = None, settings: dict | None = None,
+                 server: servers.Launch | None = None):
         self.head, self.join, self.host, self.port = head, join, host, port
         self.redis_password = redis_password
         # ray_client_port (listened on when free, unless given), node_manager_port and object_manager_port
@@ -92,6 +91,7 @@ class NodeDaemon:
         self.metadata_url = metadata
         self.metadata_port = metadata_port
         self.server = None
+        self._launch = server  # the private metadata server, started early (``boot``)
         self.metadata = None
         self.runtime = None
         self.record_file = None
@@ -112,8 +112,14 @@ class NodeDaemon:
         if url in ("redis", "etcd"):
             kind, url = url, None
         if url is None and self.head:
-            self.server = servers.start(kind, self.directory, self.host, self.metadata_port,
-                                        password=self.redis_password)
+            launch = self._launch or servers.Launch(kind, self.directory, self.host, self.metadata_port,
+                                                    password=self.redis_password)
+            self._launch = None
+            try:
+                self.server = launch.result()
+            except BaseException:
+                launch.stop()
+                raise
             url = self.server.url
         elif url is None:
             url = self._ask_head("metadata_url")
@@ -234,6 +240,8 @@ class NodeDaemon:
             self.metadata.close()
         if self.server is not None:
             self.server.stop()
+        if self._launch is not None:  # started, never waited for
+            self._launch.stop()
         log("stopped")
 
     # -- the metadata store -----------------------------------------------------------
@@ -363,8 +371,9 @@ class NodeDaemon:
         return self.scheduler.state(kind)
 
 
-def run(*, token: bytes, **options) -> int:
-    """Run a node daemon in this process until SIGTERM or Ctrl-C (``anyray start --block``)."""
+def run(*, token: bytes, ready_fd: int | None = None, **options) -> int:
+    """Run a node daemon in this process until SIGTERM or Ctrl-C (``anyray start --block``). ``ready_fd``: a
+    pipe written to and closed once the node serves and its record is on disk (``launch.spawn`` waits on it)."""
     configure_daemon()
     daemon = NodeDaemon(token=token, **options)
     signal.signal(signal.SIGTERM, daemon.stop)
@@ -376,61 +385,14 @@ def run(*, token: bytes, **options) -> int:
         _log.error(redact("".join(traceback.format_exc())))  # redacted before any handler sees it
         daemon.close()
         return 1
+    if ready_fd is not None:
+        try:
+            os.write(ready_fd, b"1")
+            os.close(ready_fd)
+        except OSError:
+            pass
     try:
         daemon.wait()
     finally:
         daemon.close()
     return 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m anyray.adapters.cluster.daemon")
-    parser.add_argument("--head", action="store_true")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--num-cpus", type=float)
-    parser.add_argument("--num-gpus", type=float)
-    parser.add_argument("--resources", default="{}")
-    parser.add_argument("--object-store-memory", type=int)
-    parser.add_argument("--metadata-port", type=int, default=0)
-    parser.add_argument("--settings", default="{}", help="JSON: further ports, Ray's dashboard flags")
-    parser.add_argument("--dir", required=True)
-    parser.add_argument("--secrets-fd", type=int, help="read the secrets line from this descriptor, not stdin")
-    parser.add_argument("--exit-with-parent", action="store_true",
-                        help="stop when stdin closes: the private cluster of one driver ends with the driver")
-    args = parser.parse_args(argv)
-    # The token, the addresses that may hold a password, and the private Redis's password come from the
-    # parent through a pipe: never argv or the environment, which other users can read.
-    if args.secrets_fd is not None:
-        with os.fdopen(args.secrets_fd, "rb") as f:
-            line = f.readline()
-    else:
-        line = sys.stdin.buffer.readline()
-    try:
-        secrets = json.loads(line)
-        token = secrets["token"].encode()
-    except (ValueError, KeyError, TypeError, AttributeError):
-        token = b""
-    if not token:
-        print("anyray node: no token on stdin", file=sys.stderr)
-        return 2
-    if args.exit_with_parent:
-        def lifeline():
-            sys.stdin.read()  # returns when the driver's end closes, however the driver ended
-            os.kill(os.getpid(), signal.SIGTERM)
-
-        threading.Thread(target=lifeline, name="anyray-lifeline", daemon=True).start()
-    code = run(head=args.head, join=secrets.get("join"), host=args.host, port=args.port, num_cpus=args.num_cpus,
-               num_gpus=args.num_gpus, resources=json.loads(args.resources),
-               object_store_memory=args.object_store_memory, metadata=secrets.get("metadata"), token=token,
-               directory=args.dir, metadata_port=args.metadata_port, redis_password=secrets.get("redis_password"),
-               settings=json.loads(args.settings))
-    if args.exit_with_parent and code == 0:  # a driver's private cluster: its directory goes with it (on a
-        import shutil  # failed start the driver reads the log first, then removes it)
-
-        shutil.rmtree(args.dir, ignore_errors=True)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

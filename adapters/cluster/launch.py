@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ def daemon_argv(*, directory: str, head: bool, host: str = "127.0.0.1", port: in
                 metadata_port: int | None = None, exit_with_parent: bool = False,
                 extra: dict | None = None) -> list[str]:
     """The daemon's command line: nothing secret in it (argv is readable by every user of the machine)."""
-    argv = [sys.executable, "-m", "anyray.adapters.cluster.daemon", "--dir", directory, "--host", host,
+    argv = [sys.executable, "-m", "anyray.adapters.cluster.boot", "--dir", directory, "--host", host,
             "--port", str(port), "--resources", json.dumps(resources or {})]
     if head:
         argv.append("--head")
@@ -51,21 +52,40 @@ def spawn(*, directory: str, token: bytes, head: bool, address: str | None = Non
           metadata: str | None = None, metadata_port: int | None = None, redis_password: str | None = None,
           extra: dict | None = None, exit_with_parent: bool = False) -> tuple[subprocess.Popen, dict]:
     """Start a node daemon in the background; return its process and its record once it serves.
+    (``start`` is the same in two steps: the caller can do other work while the daemon comes up.)
 
     ``address`` is a node to join; ``metadata`` the metadata server's URL, or "redis"/"etcd" for the kind of
     private server a head starts; ``extra`` the daemon's further settings (``--settings``). Its output goes to
     ``<directory>/logs/node-<pid>.log``; the token, the addresses and passwords reach it through a pipe,
     never argv. With ``exit_with_parent`` that pipe stays open, and the daemon stops when it closes (this
     process ended)."""
+    return start(directory=directory, token=token, head=head, address=address, host=host, port=port,
+                 num_cpus=num_cpus, num_gpus=num_gpus, resources=resources, object_store_memory=object_store_memory,
+                 metadata=metadata, metadata_port=metadata_port, redis_password=redis_password, extra=extra,
+                 exit_with_parent=exit_with_parent).wait()
+
+
+def start(*, directory: str, token: bytes, head: bool, address: str | None = None, host: str = "127.0.0.1",
+          port: int = 0, num_cpus=None, num_gpus=None, resources: dict | None = None, object_store_memory=None,
+          metadata: str | None = None, metadata_port: int | None = None, redis_password: str | None = None,
+          extra: dict | None = None, exit_with_parent: bool = False) -> Starting:
+    """Start a node daemon (``spawn``'s arguments) and return at once; ``Starting.wait()`` waits for it."""
     logs = os.path.join(directory, "logs")
     os.makedirs(logs, mode=0o700, exist_ok=True)
     argv = daemon_argv(directory=directory, head=head, host=host, port=port, num_cpus=num_cpus, num_gpus=num_gpus,
                        resources=resources, object_store_memory=object_store_memory, metadata_port=metadata_port,
                        exit_with_parent=exit_with_parent, extra=extra)
     log_path = os.path.join(logs, f"node-{time.time_ns()}.log")
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=log, stderr=log, start_new_session=True,
-                                close_fds=True)
+    ready, ready_w = os.pipe()  # the daemon writes to it once it serves, so this waits without polling
+    try:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen([*argv, "--ready-fd", str(ready_w)], stdin=subprocess.PIPE, stdout=log,
+                                    stderr=log, start_new_session=True, close_fds=True, pass_fds=(ready_w,))
+    except BaseException:
+        os.close(ready)
+        raise
+    finally:
+        os.close(ready_w)
     final_log = os.path.join(logs, f"node-{proc.pid}.log")
     try:
         os.replace(log_path, final_log)
@@ -78,18 +98,56 @@ def spawn(*, directory: str, token: bytes, head: bool, address: str | None = Non
             proc.stdin.close()
     except OSError:
         pass
+    return Starting(proc, ready, directory, final_log)
+
+
+class Starting:
+    """A node daemon on its way up (``start``): ``wait()`` returns its process and its record once it serves,
+    or raises ``DaemonFailed`` (it exited, or did not come up in ``START_TIMEOUT``); ``stop()`` gives up on it."""
+
+    def __init__(self, proc: subprocess.Popen, ready: int, directory: str, log: str):
+        self.proc, self._ready, self._directory, self.log = proc, ready, directory, log
+
+    def _close(self) -> None:
+        if self._ready is not None:
+            os.close(self._ready)
+            self._ready = None
+
+    def wait(self) -> tuple[subprocess.Popen, dict]:
+        try:
+            record = _wait_ready(self.proc, self._ready, self._directory, self.log)
+        finally:
+            self._close()
+        if record is not None:
+            return self.proc, record
+        stop_pid(self.proc.pid)
+        raise DaemonFailed(f"The node daemon did not come up within {START_TIMEOUT:.0f} s:\n{_tail(self.log)}")
+
+    def stop(self) -> None:
+        self._close()
+        stop_pid(self.proc.pid)
+        self.proc.wait()
+
+
+
+
+def _wait_ready(proc: subprocess.Popen, ready: int, directory: str, log: str) -> dict | None:
+    """The daemon's record once it serves (its pipe said so, or closed); None past ``START_TIMEOUT``."""
     deadline = time.monotonic() + START_TIMEOUT
+    said = False
     while time.monotonic() < deadline:
+        if not said:
+            said = bool(select.select([ready], [], [], min(0.5, max(deadline - time.monotonic(), 0)))[0])
+        else:
+            time.sleep(0.02)  # the pipe closed without a word: the daemon failed, or its record comes late
         for record in files.local_nodes(directory):
             if record.get("pid") == proc.pid:
-                record["log"] = final_log
-                return proc, record
+                record["log"] = log
+                return record
         if proc.poll() is not None:
             raise DaemonFailed(f"The node daemon exited with code {proc.returncode} before it served"
-                               f"{_reason(final_log)}\n{_tail(final_log)}")
-        time.sleep(0.02)
-    stop_pid(proc.pid)
-    raise DaemonFailed(f"The node daemon did not come up within {START_TIMEOUT:.0f} s:\n{_tail(final_log)}")
+                               f"{_reason(log)}\n{_tail(log)}")
+    return None
 
 
 def _reason(path: str) -> str:

@@ -49,54 +49,127 @@ def start(kind: str | None, directory: str, host: str = "127.0.0.1", port: int =
           password: str | None = None) -> MetadataServer:
     """Start ``kind`` ("redis", "etcd", or None for whichever is installed, Redis first) on ``port``
     (0: a free one); a Redis with ``password`` (``--redis-password``), else a random one."""
+    return Launch(kind, directory, host, port, password).result()
+
+
+class Launch:
+    """A metadata server on its way up: its process is started at once, ``result()`` waits until it serves
+    (and raises what ``start`` would). A node daemon starts it first, so the server comes up while the
+    daemon loads; ``stop()`` stops whatever was started, served or not."""
+
+    def __init__(self, kind: str | None, directory: str, host: str = "127.0.0.1", port: int = 0,
+                 password: str | None = None):
+        self._args = (directory, host, port)
+        self._server: MetadataServer | None = None
+        self._error: BaseException | None = None
+        self._first: subprocess.Popen | None = None
+        self._first_port = port
+        self._binary = None
+        try:
+            self._kind, self._binary = _which(kind)
+            if self._kind == "redis":
+                if password is not None and any(c in password for c in "\n\r\"\\"):
+                    raise ValueError("The Redis password cannot hold a newline, a quote or a backslash.")
+                self._password = password or secrets.token_hex(16)
+                self._first_port = port or _free_port(host)
+                self._first = _spawn_redis(self._binary, directory, host, self._first_port, self._password)
+            else:
+                self._first_port = port or _free_port(host)
+                self._first = _spawn_etcd(self._binary, directory, host, self._first_port)
+        except (OSError, ValueError) as exc:
+            self._error = exc
+
+    def __repr__(self) -> str:
+        return f"Launch({self._server!r})"
+
+    def result(self) -> MetadataServer:
+        if self._error is not None:
+            raise self._error
+        if self._server is None:
+            directory, host, port = self._args
+            if self._kind == "redis":
+                self._server = _start_redis(self._binary, directory, host, port, self._password,
+                                            first=(self._first, self._first_port))
+            else:
+                self._server = _start_etcd(self._binary, directory, host, port, first=(self._first, self._first_port))
+            self._first = None
+        return self._server
+
+    def stop(self) -> None:
+        if self._first is not None:
+            _kill(self._first)
+            self._first = None
+        if self._server is not None:
+            self._server.stop()
+
+
+def _which(kind: str | None) -> tuple[str, str]:
     kinds = [kind] if kind else ["redis", "etcd"]
     for k in kinds:
         binary = shutil.which("redis-server" if k == "redis" else "etcd")
         if binary is not None:
-            if k == "redis":
-                return _start_redis(binary, directory, host, port, password)
-            return _start_etcd(binary, directory, host, port)
+            return k, binary
     raise FileNotFoundError(
         f"Neither {' nor '.join('redis-server' if k == 'redis' else 'etcd' for k in kinds)} is installed, so the "
         f"head cannot start a metadata server of its own. Install one (apt-get install redis-server) or pass "
         f"--metadata redis://... or etcd://... of a running server.")
 
 
-def _start_redis(binary: str, directory: str, host: str, fixed: int, password: str | None) -> MetadataServer:
-    if password is not None and any(c in password for c in "\n\r\"\\"):
-        raise ValueError("The Redis password cannot hold a newline, a quote or a backslash.")
-    password = password or secrets.token_hex(16)
-    for _ in range(1 if fixed else TRIES):
-        port = fixed or _free_port(host)
-        # The password goes through stdin as a config file, not argv, which every user can read.
-        proc = subprocess.Popen(
-            [binary, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        config = (f"port {port}\nbind {host}\nsave \"\"\nappendonly no\nrequirepass \"{password}\"\n"
-                  f"dir {directory}\ndaemonize no\nlogfile {os.path.join(directory, 'redis.log')}\n"
-                  f"notify-keyspace-events Ex\n")
+def _spawn_redis(binary: str, directory: str, host: str, port: int, password: str) -> subprocess.Popen:
+    # The password goes through stdin as a config file, not argv, which every user can read.
+    proc = subprocess.Popen(
+        [binary, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    config = (f"port {port}\nbind {host}\nsave \"\"\nappendonly no\nrequirepass \"{password}\"\n"
+              f"dir {directory}\ndaemonize no\nlogfile {os.path.join(directory, 'redis.log')}\n"
+              f"notify-keyspace-events Ex\n")
+    try:
         proc.stdin.write(config.encode())
         proc.stdin.close()
+    except OSError:
+        pass  # it died already: the wait for its port sees it
+    return proc
+
+
+def _start_redis(binary: str, directory: str, host: str, fixed: int, password: str,
+                 first: tuple[subprocess.Popen | None, int] = (None, 0)) -> MetadataServer:
+    started, started_port = first
+    for _ in range(1 if fixed else TRIES):
+        if started is not None:
+            proc, port, started = started, started_port, None
+        else:
+            port = fixed or _free_port(host)
+            proc = _spawn_redis(binary, directory, host, port, password)
         if _wait_port(proc, host, port):
             return MetadataServer(proc, f"redis://:{quote(password, safe='')}@{host}:{port}/0", directory)
         _kill(proc)
     raise RuntimeError(f"redis-server did not start; see {directory}/redis.log")
 
 
-def _start_etcd(binary: str, directory: str, host: str, fixed: int) -> MetadataServer:
+def _spawn_etcd(binary: str, directory: str, host: str, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}  # etcd exits on a conflict
+    peer = _free_port(host)
+    client_url, peer_url = f"http://{host}:{port}", f"http://{host}:{peer}"
+    data = os.path.join(directory, "etcd-data")
+    shutil.rmtree(data, ignore_errors=True)
+    with open(os.path.join(directory, "etcd.log"), "ab") as log:
+        return subprocess.Popen(
+            [binary, "--name", "anyray", "--data-dir", data, "--listen-client-urls", client_url,
+             "--advertise-client-urls", client_url, "--listen-peer-urls", peer_url,
+             "--initial-advertise-peer-urls", peer_url, "--initial-cluster", f"anyray={peer_url}",
+             "--heartbeat-interval", "10", "--election-timeout", "100", "--logger", "zap",
+             "--log-level", "warn"], stdout=log, stderr=log, env=env, start_new_session=True)
+
+
+def _start_etcd(binary: str, directory: str, host: str, fixed: int,
+                first: tuple[subprocess.Popen | None, int] = (None, 0)) -> MetadataServer:
+    started, started_port = first
     for _ in range(1 if fixed else TRIES):
-        port, peer = fixed or _free_port(host), _free_port(host)
-        client_url, peer_url = f"http://{host}:{port}", f"http://{host}:{peer}"
-        data = os.path.join(directory, "etcd-data")
-        shutil.rmtree(data, ignore_errors=True)
-        with open(os.path.join(directory, "etcd.log"), "ab") as log:
-            proc = subprocess.Popen(
-                [binary, "--name", "anyray", "--data-dir", data, "--listen-client-urls", client_url,
-                 "--advertise-client-urls", client_url, "--listen-peer-urls", peer_url,
-                 "--initial-advertise-peer-urls", peer_url, "--initial-cluster", f"anyray={peer_url}",
-                 "--heartbeat-interval", "10", "--election-timeout", "100", "--logger", "zap",
-                 "--log-level", "warn"], stdout=log, stderr=log, env=env, start_new_session=True)
+        if started is not None:
+            proc, port, started = started, started_port, None
+        else:
+            port = fixed or _free_port(host)
+            proc = _spawn_etcd(binary, directory, host, port)
         if _wait_port(proc, host, port):
             return MetadataServer(proc, f"etcd://{host}:{port}", directory)
         _kill(proc)
@@ -109,7 +182,7 @@ def _wait_port(proc: subprocess.Popen, host: str, port: int, timeout: float = 15
         if proc.poll() is not None:
             return False
         try:
-            with socket.create_connection((host, port), timeout=0.5):
+            with socket.create_connection((host.encode() if host.isascii() else host, port), timeout=0.5):
                 return True
         except OSError:
             time.sleep(0.01)

@@ -205,6 +205,11 @@ def main() -> int:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)  # the workers must not inherit the pipe the secret came through
     os.close(devnull)
+    return run(session_path, name, secret)
+
+
+def run(session_path: str, name: str, secret: bytes) -> int:
+    """Connect to the pool's listener (``name`` in ``session_path``) with ``secret`` and serve it."""
     if not session_path or not secret:
         return 2
     address = os.path.join(session_path, name)

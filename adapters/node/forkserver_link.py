@@ -20,6 +20,7 @@ from collections.abc import Callable
 from anyray.exceptions import AnyrayError
 
 from . import messages as m
+from . import prefork
 from .framing import SOCKET_NAME, frame
 from .messages import EXITED, FORK_FAILED, FORKED, SHUTDOWN
 
@@ -50,8 +51,10 @@ class ServerLink:
         self._conn = None
         self._pending: list[bytes] = []
         self._closing = False
-        self.proc = subprocess.Popen([python, "-m", "anyray.adapters.node.forkserver"], stdin=subprocess.PIPE,
-                                     close_fds=True, start_new_session=True)
+        # the server this process forked early, where it did (a node daemon: ``prefork``), else a new one
+        self.proc = prefork.take(python) or subprocess.Popen(
+            [python, "-m", "anyray.adapters.node.forkserver"], stdin=subprocess.PIPE, close_fds=True,
+            start_new_session=True)
         register(self)  # known by its pid before it can connect (it waits for the lines below)
         try:  # a pipe write this small never blocks; the secret never goes in argv or the environment
             self.proc.stdin.write(f"{session.path}\n{SOCKET_NAME}\n{session.secret.hex()}\n".encode())

@@ -10,9 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
-import sysconfig
 import time
-import venv
 
 from anyray.exceptions import RuntimeEnvSetupError
 
@@ -36,6 +34,8 @@ def build_env(tool: str, spec: dict, target: str, site_dirs: list[str], deadline
     """Build the environment of the normalised ``spec`` in the new directory ``target``; raises
     RuntimeEnvSetupError when an install fails or the deadline passes (the caller removes ``target``)."""
     os.mkdir(target, 0o700)
+    import venv  # here: a node loads this module, few build environments
+
     venv.EnvBuilder(symlinks=True, with_pip=False).create(target)
     python = os.path.join(target, "bin", "python")
     with open(os.path.join(_site_packages(target), PTH_NAME), "w") as pth:  # the node's packages, after its own
@@ -64,6 +64,8 @@ def build_env(tool: str, spec: dict, target: str, site_dirs: list[str], deadline
 
 
 def _site_packages(target: str) -> str:
+    import sysconfig
+
     scheme = "venv" if "venv" in sysconfig.get_scheme_names() else "posix_prefix"
     return sysconfig.get_path("purelib", scheme=scheme, vars={"base": target, "platbase": target})
 
