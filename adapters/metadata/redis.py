@@ -1,4 +1,4 @@
-"""A MetadataStore on Redis (through ``resp``, a small client of its own).
+"""A MetadataStore on Redis (redis-py with hiredis).
 
 Keys live under a namespace (``anyray:`` by default) so one server can hold
 several clusters. Changes made while a watch is resubscribing after the
@@ -21,8 +21,6 @@ import threading
 from collections.abc import Callable, Iterator
 
 from anyray.ports.metadata_store import MetadataStore, Watch
-
-from . import resp
 
 log = logging.getLogger(__name__)
 
@@ -76,64 +74,83 @@ class RedisMetadataStore(MetadataStore):
     """``RedisMetadataStore("redis://:password@127.0.0.1:6379/0")``."""
 
     def __init__(self, url: str, namespace: str = "anyray"):
-        self._client = resp.Client(url, retries=RETRIES)
+        import redis
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        class _NoRetryOnAuth(Retry):
+            """A refused password is not a lost connection: fail at once instead of backing off."""
+
+            def call_with_retry(self, do, *args, **kwargs):
+                def attempt():
+                    try:
+                        return do()
+                    except redis.AuthenticationError as exc:
+                        raise PermissionError(
+                            "The Redis metadata store refused the credentials in its URL "
+                            f"({type(exc).__name__}); check the password.") from None
+                return super().call_with_retry(attempt, *args, **kwargs)
+
+        self._redis_mod = redis
+        retry = _NoRetryOnAuth(ExponentialBackoff(cap=2.0, base=0.05), RETRIES)
+        self._client = redis.Redis.from_url(
+            url, retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            socket_connect_timeout=5, health_check_interval=10)
         self._ns = namespace + ":"
         self._channel = self._ns + "events"
-        self._db = self._client.address["db"]
+        self._db = self._client.connection_pool.connection_kwargs.get("db", 0)
+        self._put = self._client.register_script(_PUT)
+        self._delete = self._client.register_script(_DELETE)
+        self._cas = self._client.register_script(_CAS)
         self._lock = threading.Lock()
         self._watches: list[_RedisWatch] = []
         self._listener: threading.Thread | None = None
         self._subscribed = threading.Event()  # set while the listener is subscribed
         self._stop = threading.Event()
         self._closed = False
-        self._call(self._expiry_events, self._client.call)
+        self._call(self._expiry_events, self._client)
 
-    @staticmethod
-    def _expiry_events(call) -> None:
+    def _expiry_events(self, client) -> None:
         """Expiries reach watchers as keyspace events: turn them on (again after a restart of the server;
         one that forbids CONFIG must have them set in its own configuration)."""
         try:
-            call("CONFIG", "SET", "notify-keyspace-events", "Ex")
-        except resp.AuthenticationError:
-            raise
-        except resp.ResponseError:
+            client.config_set("notify-keyspace-events", "Ex")
+        except self._redis_mod.ResponseError:
             pass
 
     def __repr__(self) -> str:
-        address = self._client.address
-        return f"RedisMetadataStore({address['host']}:{address['port']}/{self._db}, {self._ns!r})"
+        kwargs = self._client.connection_pool.connection_kwargs
+        return f"RedisMetadataStore({kwargs.get('host')}:{kwargs.get('port')}/{self._db}, {self._ns!r})"
 
     def _call(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except resp.AuthenticationError as exc:
-            raise PermissionError("The Redis metadata store refused the credentials in its URL "
-                                  f"({type(exc).__name__}); check the password.") from None
-        except OSError as exc:
+        except (self._redis_mod.ConnectionError, self._redis_mod.TimeoutError) as exc:
             raise ConnectionError(f"The Redis metadata store is unreachable: {exc}") from None
 
     # -- the port -------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
-        return self._call(self._client.call, "GET", self._ns + key)
+        return self._call(self._client.get, self._ns + key)
 
     def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
         ms = "" if ttl is None else str(max(int(ttl * 1000), 1))
-        self._call(self._client.script, _PUT, [self._ns + key, self._channel], [value, ms])
+        self._call(self._put, keys=[self._ns + key, self._channel], args=[value, ms])
 
     def delete(self, key: str) -> bool:
-        return bool(self._call(self._client.script, _DELETE, [self._ns + key, self._channel], []))
+        return bool(self._call(self._delete, keys=[self._ns + key, self._channel]))
 
     def scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
         full = self._ns + prefix
-        keys = sorted(set(self._call(self._client.scan, _glob_escape(full) + "*")))
-        values = self._call(self._client.call, "MGET", *keys) if keys else []
+        keys = sorted(set(self._call(lambda: list(self._client.scan_iter(match=_glob_escape(full) + "*",
+                                                                          count=1000)))))
+        values = self._call(self._client.mget, keys) if keys else []
         n = len(self._ns)
         return iter([(k.decode()[n:], v) for k, v in zip(keys, values) if v is not None])
 
     def compare_and_set(self, key: str, expected: bytes | None, value: bytes | None) -> bool:
         args = ["0" if expected is None else "1", b"" if expected is None else expected,
                 "0" if value is None else "1", b"" if value is None else value]
-        return bool(self._call(self._client.script, _CAS, [self._ns + key, self._channel], args))
+        return bool(self._call(self._cas, keys=[self._ns + key, self._channel], args=args))
 
     def watch(self, prefix: str, callback: Callable[[str, bytes | None], None]) -> Watch:
         w = _RedisWatch(self, prefix, callback)
@@ -154,29 +171,30 @@ class RedisMetadataStore(MetadataStore):
         """Deliver events; when the server goes away, resubscribe at once and then with backoff (changes
         published while no subscription stood are not replayed: pub/sub keeps nothing)."""
         expired = f"__keyevent@{self._db}__:expired"
+        listener = self._redis_mod.Redis(connection_pool=self._redis_mod.ConnectionPool(
+            **{**self._client.connection_pool.connection_kwargs, "retry": None}))  # fails fast, retried here
         delay = 0.0
         while not self._stop.is_set():
-            conn = None
+            pubsub = listener.pubsub(ignore_subscribe_messages=True)
             try:
-                conn = self._client.connect()  # a connection of its own, not retried: retried here
-                self._expiry_events(conn.command)
-                conn.send("SUBSCRIBE", self._channel, expired)
-                for _ in range(2):
-                    conn.read()  # the two confirmations
+                self._expiry_events(listener)
+                pubsub.subscribe(self._channel, expired)
                 self._subscribed.set()
                 delay = 0.0
                 while not self._stop.is_set():
-                    if conn.wait_readable(0.5):
-                        msg = conn.read()
-                        if isinstance(msg, list) and len(msg) == 3 and msg[0] == b"message":
-                            self._deliver(msg[1], msg[2])
-            except (OSError, resp.ResponseError):
+                    msg = pubsub.get_message(timeout=0.5)
+                    if msg is not None:
+                        self._deliver(msg["channel"], msg["data"])
+            except (self._redis_mod.ConnectionError, self._redis_mod.TimeoutError, OSError):
                 self._subscribed.clear()
                 self._stop.wait(delay)  # the server went away: resubscribe, backing off
                 delay = min(max(delay * 2, 0.02), 0.5)
             finally:
-                if conn is not None:
-                    conn.close()
+                try:
+                    pubsub.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    pass
+        listener.close()
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
         n = len(self._ns)
