@@ -1,0 +1,356 @@
+"""A task's or actor's own runtime_env on the local backend, where all work runs on threads of one process.
+
+Threads share ``os.environ``, the working directory and ``sys.path``, so at any moment the process is in one
+environment: the job's (``init(runtime_env=...)``, applied at ``init``, or none), or one of a task's or actor's
+own. ``Environments`` is a lock over that choice, held by every running task and actor call:
+
+- Work of one environment runs at once, as many as hold it; work of another waits until they are all done,
+  then its environment is applied (env_vars set, py_modules and the working_dir on ``sys.path``, the cwd
+  changed) and put back once its last holder is done, so the job's work (and the driver) sees the job's
+  environment whenever no own-environment work runs. Waiters enter in arrival order, a batch of the same
+  environment together, so none starves.
+- A call that blocks in ``get``/``wait`` lets go (its environment put back) and takes it again, its
+  environment applied again, when it resumes: a task with one environment waiting for a child with another
+  cannot deadlock. A caller that runs the child inline (``run_here``) lets go of its own the same way.
+- An async actor's calls hold it one step at a time (between two awaits), so awaiting lets others run.
+- ``worker_process_setup_hook`` runs once per environment, the first time it is applied (Ray runs it once in
+  every worker, and a worker serves one environment); the environment variables it sets are recorded and
+  set again, and put back, with the rest of that environment.
+
+What stays shared: modules already imported (``sys.modules``), and whatever a setup hook changes other than
+environment variables. The driver's own thread is never held back: it sees an own environment while such
+work runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import threading
+
+from anyray import runtime_env_setup
+from anyray.backend_kit.actor_host import ActorHost
+from anyray.exceptions import RuntimeEnvSetupError
+from anyray.executor import serialize_failure
+from anyray.object_ref import ObjectRef
+from anyray.runtime_env_setup import KEY, running_env
+from anyray.specs import RemoteFailure
+
+_NOT_HELD = object()  # a thread's hold when it holds none (None is the job's environment)
+
+
+class _Frame:
+    """One call running in a thread: its environment, and whether it is blocked in get/wait."""
+
+    __slots__ = ("key", "env", "blocked", "token")
+
+    def __init__(self, key, env):
+        self.key, self.env, self.blocked, self.token = key, env, False, None
+
+
+class Environments:
+    """The process's environment as a lock: shared by the work of one environment, switched between them."""
+
+    def __init__(self, fetch):
+        self._fetch = fetch  # fetch(refs) -> values: the packages the driver put in the store
+        self._cond = threading.Condition(threading.Lock())
+        self._current = None        # the environment key applied now (None: the job's)
+        self._holders = 0
+        self._switching = False     # an environment is being applied or put back, outside the lock
+        self._waiting: collections.deque = collections.deque()  # [key] lists, in arrival order
+        self._steps: list = []      # what undoes the applied environment
+        self._hook_changes: dict = {}  # key -> {name: value or None}: what its setup hook did to os.environ
+        self._modules: dict = {}    # key -> {name: module}: imported from its own folders, out of its turn
+        self._threads = threading.local()
+
+    # -- what the scheduler calls ----------------------------------------------------
+    def wrap(self, call, env: dict | None):
+        """``call`` (an executor ``Call``) run holding ``env``'s turn."""
+        return _EnvCall(self, call, env)
+
+    def blocked(self) -> None:
+        """The calling thread's call waits in get/wait: let go of its environment meanwhile."""
+        frames = getattr(self._threads, "frames", None)
+        if frames and not frames[-1].blocked:
+            frames[-1].blocked = True
+            self._sync()
+
+    def unblocked(self) -> None:
+        frames = getattr(self._threads, "frames", None)
+        if frames and frames[-1].blocked:
+            frames[-1].blocked = False
+            self._sync()
+
+    # -- a call's turn -------------------------------------------------------------------
+    def enter(self, env: dict | None) -> None:
+        """The calling thread runs a call in ``env`` from now: wait for its turn (applying it). Raises
+        ``RuntimeEnvSetupError`` when the environment cannot be set up (nothing held then)."""
+        local = self._threads
+        frames = getattr(local, "frames", None)
+        if frames is None:
+            frames = local.frames = []
+            local.held = _NOT_HELD
+        frame = _Frame(self._key(env), env)
+        frames.append(frame)
+        try:
+            self._sync()
+        except BaseException:
+            frames.pop()
+            self._sync()
+            raise
+        frame.token = running_env.set(env)
+
+    def leave(self) -> None:
+        frame = self._threads.frames.pop()
+        running_env.reset(frame.token)
+        self._sync()
+
+    def _key(self, env: dict | None):
+        if not env:
+            return None
+        key = env.get(KEY)
+        job = runtime_env_setup.process_env()
+        return None if job is not None and job.get(KEY) == key else key
+
+    def _sync(self) -> None:
+        """Make the calling thread hold what its innermost call needs: nothing while it is blocked."""
+        local = self._threads
+        frames = local.frames
+        want = frames[-1] if frames and not frames[-1].blocked else None
+        held = local.held
+        if want is not None and held is not _NOT_HELD and held == want.key:
+            return
+        if held is not _NOT_HELD:
+            local.held = _NOT_HELD
+            self._release()
+        if want is not None:
+            self._acquire(want.key, want.env)
+            local.held = want.key
+
+    # -- the lock ------------------------------------------------------------------------------
+    def _acquire(self, key, env) -> None:
+        with self._cond:
+            if not self._waiting and not self._switching and (self._holders == 0 or self._current == key) \
+                    and (self._holders or key is None):
+                self._holders += 1  # the common case: the environment in place, nobody waiting
+                return
+            ticket = [key]
+            self._waiting.append(ticket)
+            try:
+                while not self._may_enter(ticket, key):
+                    self._cond.wait()
+            finally:
+                self._waiting.remove(ticket)
+                self._cond.notify_all()  # the next of this batch may enter too
+            self._holders += 1
+            if self._current == key:
+                return
+            self._current = key  # nobody holds the lock: the process is in the job's environment
+            self._switching = True
+        try:
+            steps = self._apply(key, env)
+        except BaseException:
+            with self._cond:
+                self._holders -= 1
+                self._current = None
+                self._switching = False
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._steps = steps
+            self._switching = False
+            self._cond.notify_all()
+
+    def _may_enter(self, ticket, key) -> bool:
+        if self._switching or (self._holders and self._current != key):
+            return False
+        for waiting in self._waiting:  # those before it enter first, unless they are of its environment
+            if waiting is ticket:
+                return True
+            if waiting[0] != key:
+                return False
+        return True
+
+    def _release(self) -> None:
+        with self._cond:
+            self._holders -= 1
+            if self._holders or self._current is None:
+                if self._waiting:
+                    self._cond.notify_all()
+                return
+            self._switching = True
+            key, steps, self._steps = self._current, self._steps, []
+        try:
+            self._undo(key, steps)
+        finally:
+            with self._cond:
+                self._current = None
+                self._switching = False
+                self._cond.notify_all()
+
+    def _apply(self, key, env) -> list:
+        """Set ``env`` up in the process (its hook the first time, its modules imported before back in
+        ``sys.modules``); return what undoes it."""
+        on_path = set(sys.path)
+        steps = runtime_env_setup.apply(env, self._package, hook=False, process=False)
+        folders = tuple(os.path.join(step[1], "") for step in steps if step[0] == "path" and step[1] not in on_path)
+        steps.append(("modules", folders, _hide_shadowed(folders, self._modules.get(key, ()))))
+        sys.modules.update(self._modules.pop(key, {}))
+        try:
+            self._run_hook(key, env, steps)
+        except BaseException:
+            self._undo(key, steps)
+            raise
+        return steps
+
+    def _undo(self, key, steps: list) -> None:
+        """Put the job's environment back; the modules imported from ``key``'s own folders leave
+        ``sys.modules`` with it (kept for its next turn), those they hid come back."""
+        for step in steps:
+            if step[0] == "modules":
+                folders, hidden = step[1], step[2]
+                if folders:
+                    own = {name: module for name, module in list(sys.modules.items())
+                           if _origin(module).startswith(folders)}
+                    for name in own:
+                        del sys.modules[name]
+                    self._modules[key] = own
+                for name, module in hidden.items():
+                    if module is not None:
+                        sys.modules[name] = module
+        runtime_env_setup.undo_steps([step for step in steps if step[0] != "modules"])
+
+    def _run_hook(self, key, env, steps: list) -> None:
+        hook = env.get("worker_process_setup_hook")
+        if hook is None:
+            return
+        changes = self._hook_changes.get(key)
+        if changes is None:
+            before = dict(os.environ)
+            runtime_env_setup.run_hook(hook)
+            after = os.environ
+            changes = {name: after.get(name) for name in set(before) | set(after)
+                       if before.get(name) != after.get(name)}
+            self._hook_changes[key] = changes
+            steps += [("env", name, before.get(name)) for name in changes]
+            return
+        for name, value in changes.items():
+            steps.append(("env", name, os.environ.get(name)))
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    def _package(self, object_hex: str) -> bytes:
+        return self._fetch([ObjectRef(bytes.fromhex(object_hex))])[0]
+
+
+def _hide_shadowed(folders: tuple, names) -> dict:
+    """Take out of ``sys.modules`` what the modules of ``folders`` (first on ``sys.path`` now) and ``names``
+    shadow, imported from elsewhere, so that an import finds the environment's own; return them."""
+    tops = set()
+    for folder in folders:
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        tops.update(name[:-3] if name.endswith(".py") else name for name in entries)
+    hidden = {}
+    for name, module in list(sys.modules.items()):
+        if name in names or (name.partition(".")[0] in tops and not _origin(module).startswith(folders)):
+            hidden[name] = sys.modules.pop(name)
+    return hidden
+
+
+def _origin(module) -> str:
+    """Where ``module`` was imported from (its file, or a namespace package's first folder), or ''."""
+    origin = getattr(module, "__file__", None)
+    if origin is None:
+        path = getattr(module, "__path__", None)
+        origin = next(iter(path), None) if path is not None else None
+    return origin if isinstance(origin, str) else ""
+
+
+class _EnvCall:
+    """An executor ``Call`` run in its environment's turn; a failed setup fails the call with it."""
+
+    __slots__ = ("_envs", "_call", "_env", "name", "num_returns", "ctx")
+
+    def __init__(self, envs: Environments, call, env):
+        self._envs, self._call, self._env = envs, call, env
+        self.name, self.num_returns, self.ctx = call.name, call.num_returns, call.ctx
+
+    def _failed(self, error: RuntimeEnvSetupError) -> list:
+        return [serialize_failure(RemoteFailure(error))] * self.num_returns
+
+    def run(self, args_blob, deps, fetch) -> list:
+        try:
+            self._envs.enter(self._env)
+        except RuntimeEnvSetupError as error:
+            return self._failed(error)
+        try:
+            return self._call.run(args_blob, deps, fetch)
+        finally:
+            self._envs.leave()
+
+    async def run_async(self, args_blob, deps, fetch, loop_executor=None) -> list:
+        envs = self._envs
+        try:
+            envs.enter(self._env)  # the first step's turn here: a setup that fails fails the call
+        except RuntimeEnvSetupError as error:
+            return self._failed(error)
+        envs.leave()
+        return await _Stepped(self._call.run_async(args_blob, deps, fetch, loop_executor),
+                              lambda: envs.enter(self._env), envs.leave)
+
+
+class _Stepped:
+    """Await a coroutine holding an environment's turn during each of its steps, not across its awaits."""
+
+    __slots__ = ("_coro", "_enter", "_leave")
+
+    def __init__(self, coro, enter, leave):
+        self._coro, self._enter, self._leave = coro, enter, leave
+
+    def __await__(self):
+        coro, value, error = self._coro, None, None
+        while True:
+            try:
+                self._enter()
+            except BaseException:
+                coro.close()
+                raise
+            try:
+                yielded = coro.send(value) if error is None else coro.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                self._leave()
+            try:
+                value, error = (yield yielded), None
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a cancel or an error thrown in: the coroutine gets it
+                value, error = None, exc
+
+
+class EnvActorHost(ActorHost):
+    """An actor hosted in the driver whose constructor and calls each run in its environment's turn."""
+
+    def _call_of(self, spec):
+        return self._sched.envs.wrap(super()._call_of(spec), self.spec.options.get("runtime_env"))
+
+    def _construct(self) -> bool:
+        envs = self._sched.envs
+        try:
+            envs.enter(self.spec.options.get("runtime_env"))
+        except RuntimeEnvSetupError as error:
+            self._die(f"The actor {self.spec.cls.name} died because its runtime_env could not be set up: "
+                      f"{type(error).__name__}: {error}")
+            return False
+        try:
+            return super()._construct()
+        finally:
+            envs.leave()
