@@ -133,7 +133,8 @@ def _refuse_python_envs(env: dict | None, backend, owner: str) -> None:
         where = ("runs every task and actor in this Python process, which cannot switch to another Python "
                  "environment" if _IN_PROCESS in backend.capabilities else "builds no Python environments")
         raise ValueError(
-            f"{owner}: runtime_env {' and '.join(map(repr, asked))} need a Python environment of their own, and "
+            f"{owner}: runtime_env {' and '.join(map(repr, asked))} {'needs' if len(asked) == 1 else 'need'} a "
+            f"Python environment of its own, and "
             f"the {backend.name!r} backend {where}. Use backend='multiprocess' (the default) or 'cluster', which "
             f"build a virtual environment per requirement set, or install the packages into this environment "
             f"before init().")

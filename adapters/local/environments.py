@@ -37,6 +37,7 @@ from anyray.object_ref import ObjectRef
 from anyray.runtime_env_setup import KEY, running_env
 from anyray.specs import RemoteFailure
 
+_POLL = 0.05  # seconds a thread waiting for its environment's turn sleeps between checks for a cancel
 _NOT_HELD = object()  # a thread's hold when it holds none (None is the job's environment)
 
 
@@ -139,7 +140,7 @@ class Environments:
             self._waiting.append(ticket)
             try:
                 while not self._may_enter(ticket, key):
-                    self._cond.wait()
+                    self._cond.wait(_POLL)  # in slices: a cancel (an exception raised in this thread) lands
             finally:
                 self._waiting.remove(ticket)
                 self._cond.notify_all()  # the next of this batch may enter too
