@@ -266,6 +266,18 @@ def test_an_async_actor_keeps_its_environment_across_awaits(anyray_session):
     assert anyray.get(others, timeout=DEADLINE) == ["other"] * 4
 
 
+@per_task
+def test_an_async_task_awaiting_work_of_other_environments_finishes(anyray_session):
+    @anyray.remote(runtime_env={"env_vars": {"RENV_ASYNC_TASK": "parent"}})
+    async def parent():
+        child = env_var.options(runtime_env={"env_vars": {"RENV_ASYNC_TASK": "child"}}).remote("RENV_ASYNC_TASK")
+        plain = where.remote()
+        values = [await child, (await plain)[1] > 0]
+        return values + [os.environ.get("RENV_ASYNC_TASK")]
+
+    assert anyray.get(parent.remote(), timeout=DEADLINE) == ["child", True, "parent"]
+
+
 # -- the classes and bad input ---------------------------------------------------------
 
 

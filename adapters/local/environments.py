@@ -25,6 +25,8 @@ work runs.
 from __future__ import annotations
 
 import collections
+import functools
+import inspect
 import os
 import sys
 import threading
@@ -276,11 +278,12 @@ def _origin(module) -> str:
 class _EnvCall:
     """An executor ``Call`` run in its environment's turn; a failed setup fails the call with it."""
 
-    __slots__ = ("_envs", "_call", "_env", "name", "num_returns", "ctx")
+    __slots__ = ("_envs", "_call", "_env", "name", "num_returns", "ctx", "_stepping")
 
     def __init__(self, envs: Environments, call, env):
         self._envs, self._call, self._env = envs, call, env
         self.name, self.num_returns, self.ctx = call.name, call.num_returns, call.ctx
+        self._stepping = False
 
     def _failed(self, error: RuntimeEnvSetupError) -> list:
         return [serialize_failure(RemoteFailure(error))] * self.num_returns
@@ -290,8 +293,16 @@ class _EnvCall:
             self._envs.enter(self._env)
         except RuntimeEnvSetupError as error:
             return self._failed(error)
+        call = self._call
+        if self._stepping or inspect.iscoroutinefunction(call.target):
+            # an ``async def`` task: its loop holds the turn step by step, so awaiting a ref lets go of it
+            self._envs.leave()
+            if not self._stepping:
+                self._stepping = True
+                call.target = _stepped(call.target, self._envs, self._env)
+            return call.run(args_blob, deps, fetch)
         try:
-            return self._call.run(args_blob, deps, fetch)
+            return call.run(args_blob, deps, fetch)
         finally:
             self._envs.leave()
 
@@ -304,6 +315,14 @@ class _EnvCall:
         envs.leave()
         return await _Stepped(self._call.run_async(args_blob, deps, fetch, loop_executor),
                               lambda: envs.enter(self._env), envs.leave)
+
+
+def _stepped(target, envs: Environments, env):
+    """``target`` (an ``async def`` function) with its coroutines stepped in ``env``'s turn."""
+    @functools.wraps(target)
+    async def stepped(*args, **kwargs):
+        return await _Stepped(target(*args, **kwargs), lambda: envs.enter(env), envs.leave)
+    return stepped
 
 
 class _Stepped:
