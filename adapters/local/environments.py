@@ -40,16 +40,22 @@ from anyray.runtime_env_setup import KEY, running_env
 from anyray.specs import RemoteFailure
 
 _POLL = 0.05  # seconds a thread waiting for its environment's turn sleeps between checks for a cancel
-_NOT_HELD = object()  # a thread's hold when it holds none (None is the job's environment)
+_NOT_HELD = object()
 
 
-class _Frame:
-    """One call running in a thread: its environment, and whether it is blocked in get/wait."""
+class _Ticket:
+    """A thread waiting for ``key``'s turn (compared by identity: two waiters of one key are two tickets)."""
 
-    __slots__ = ("key", "env", "blocked", "token")
+    __slots__ = ("key",)
 
-    def __init__(self, key, env):
-        self.key, self.env, self.blocked, self.token = key, env, False, None
+    def __init__(self, key):
+        self.key = key
+  # a thread's hold when it holds none (None is the job's environment)
+
+
+# One call running in a thread, a list (cheaper than an object on every task's path):
+# [its environment's key, the environment, whether it is blocked in get/wait, the running_env token or None]
+_KEY, _ENV, _BLOCKED, _TOKEN = range(4)
 
 
 class Environments:
@@ -57,11 +63,12 @@ class Environments:
 
     def __init__(self, fetch):
         self._fetch = fetch  # fetch(refs) -> values: the packages the driver put in the store
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._current = None        # the environment key applied now (None: the job's)
         self._holders = 0
         self._switching = False     # an environment is being applied or put back, outside the lock
-        self._waiting: collections.deque = collections.deque()  # [key] lists, in arrival order
+        self._waiting: collections.deque = collections.deque()  # _Tickets, in arrival order
         self._steps: list = []      # what undoes the applied environment
         self._hook_changes: dict = {}  # key -> {name: value or None}: what its setup hook did to os.environ
         self._modules: dict = {}    # key -> {name: module}: imported from its own folders, out of its turn
@@ -75,14 +82,14 @@ class Environments:
     def blocked(self) -> None:
         """The calling thread's call waits in get/wait: let go of its environment meanwhile."""
         frames = getattr(self._threads, "frames", None)
-        if frames and not frames[-1].blocked:
-            frames[-1].blocked = True
+        if frames and not frames[-1][_BLOCKED]:
+            frames[-1][_BLOCKED] = True
             self._sync()
 
     def unblocked(self) -> None:
         frames = getattr(self._threads, "frames", None)
-        if frames and frames[-1].blocked:
-            frames[-1].blocked = False
+        if frames and frames[-1][_BLOCKED]:
+            frames[-1][_BLOCKED] = False
             self._sync()
 
     # -- a call's turn -------------------------------------------------------------------
@@ -90,28 +97,41 @@ class Environments:
         """The calling thread runs a call in ``env`` from now: wait for its turn (applying it). Raises
         ``RuntimeEnvSetupError`` when the environment cannot be set up (nothing held then)."""
         local = self._threads
-        frames = getattr(local, "frames", None)
-        if frames is None:
+        try:
+            frames = local.frames
+        except AttributeError:
             frames = local.frames = []
             local.held = _NOT_HELD
-        frame = _Frame(self._key(env), env)
+        key = self._key(env) if env else None
+        frame = [key, env, False, None]
         frames.append(frame)
         try:
-            self._sync()
+            if len(frames) == 1:  # the common case: the thread holds nothing yet
+                self._acquire(key, env)
+                local.held = key
+            else:
+                self._sync()
         except BaseException:
             frames.pop()
             self._sync()
             raise
-        frame.token = running_env.set(env)
+        if key is not None or len(frames) > 1:  # a thread's first call in the job's: running_env stays None,
+            # and the caller's environment is the job's (runtime_env_setup.env_of_caller)
+            frame[_TOKEN] = running_env.set(env)
 
     def leave(self) -> None:
-        frame = self._threads.frames.pop()
-        running_env.reset(frame.token)
-        self._sync()
+        local = self._threads
+        frames = local.frames
+        token = frames.pop()[_TOKEN]
+        if token is not None:
+            running_env.reset(token)
+        if not frames and local.held is not _NOT_HELD:
+            local.held = _NOT_HELD
+            self._release()
+        else:
+            self._sync()
 
-    def _key(self, env: dict | None):
-        if not env:
-            return None
+    def _key(self, env: dict):
         key = env.get(KEY)
         job = runtime_env_setup.process_env()
         return None if job is not None and job.get(KEY) == key else key
@@ -120,25 +140,25 @@ class Environments:
         """Make the calling thread hold what its innermost call needs: nothing while it is blocked."""
         local = self._threads
         frames = local.frames
-        want = frames[-1] if frames and not frames[-1].blocked else None
+        want = frames[-1] if frames and not frames[-1][_BLOCKED] else None
         held = local.held
-        if want is not None and held is not _NOT_HELD and held == want.key:
+        if want is not None and held is not _NOT_HELD and held == want[_KEY]:
             return
         if held is not _NOT_HELD:
             local.held = _NOT_HELD
             self._release()
         if want is not None:
-            self._acquire(want.key, want.env)
-            local.held = want.key
+            self._acquire(want[_KEY], want[_ENV])
+            local.held = want[_KEY]
 
     # -- the lock ------------------------------------------------------------------------------
     def _acquire(self, key, env) -> None:
-        with self._cond:
+        with self._lock:  # the condition's lock (entered directly: cheaper)
             if not self._waiting and not self._switching and (self._holders == 0 or self._current == key) \
                     and (self._holders or key is None):
                 self._holders += 1  # the common case: the environment in place, nobody waiting
                 return
-            ticket = [key]
+            ticket = _Ticket(key)
             self._waiting.append(ticket)
             try:
                 while not self._may_enter(ticket, key):
@@ -171,12 +191,12 @@ class Environments:
         for waiting in self._waiting:  # those before it enter first, unless they are of its environment
             if waiting is ticket:
                 return True
-            if waiting[0] != key:
+            if waiting.key != key:
                 return False
         return True
 
     def _release(self) -> None:
-        with self._cond:
+        with self._lock:
             self._holders -= 1
             if self._holders or self._current is None:
                 if self._waiting:
