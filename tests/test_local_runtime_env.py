@@ -185,3 +185,34 @@ def test_breakpoint_in_a_task_with_its_own_environment_sees_it(tmp_path):
     lines = proc.stdout.replace("(Pdb) ", "\n").splitlines()
     assert "'in the task'" in lines and "'the data'" in lines and "42" in lines, proc.stdout
     assert "result 42 None" in lines, proc.stdout
+
+
+@anyray.remote
+def reads(name):
+    return os.environ.get(name)
+
+
+@anyray.remote(runtime_env={"env_vars": {"RENV_MIX": "parent"}})
+def waits_for_children():
+    children = [reads.options(runtime_env={"env_vars": {"RENV_MIX": f"child-{i % 2}"}}).remote("RENV_MIX")
+                for i in range(4)]
+    anyray.wait(children[:1])
+    return anyray.get(children), os.environ.get("RENV_MIX")
+
+
+@anyray.remote
+class MixedActor:
+    def look(self):
+        child = reads.options(runtime_env={"env_vars": {"RENV_MIX_CHILD": "c"}}).remote("RENV_MIX")
+        return anyray.get(child), os.environ.get("RENV_MIX")
+
+
+def test_many_waiters_of_several_environments_all_get_their_turn(local):
+    actor = MixedActor.options(runtime_env={"env_vars": {"RENV_MIX": "actor"}}).remote()
+    for _ in range(100):
+        looks = [actor.look.remote() for _ in range(2)]
+        plain = [reads.remote("RENV_MIX") for _ in range(3)]
+        parents = [waits_for_children.remote() for _ in range(2)]
+        assert anyray.get(looks, timeout=TIMEOUT) == [("actor", "actor")] * 2
+        assert anyray.get(plain, timeout=TIMEOUT) == [None] * 3
+        assert anyray.get(parents, timeout=TIMEOUT) == [(["child-0", "child-1"] * 2, "parent")] * 2
