@@ -216,3 +216,22 @@ def test_many_waiters_of_several_environments_all_get_their_turn(local):
         assert anyray.get(looks, timeout=TIMEOUT) == [("actor", "actor")] * 2
         assert anyray.get(plain, timeout=TIMEOUT) == [None] * 3
         assert anyray.get(parents, timeout=TIMEOUT) == [(["child-0", "child-1"] * 2, "parent")] * 2
+
+
+def test_shutdown_puts_the_jobs_environment_back_while_a_task_of_its_own_still_runs(tmp_path):
+    _log.clear()
+    _release.clear()
+    cwd = os.getcwd()
+    anyray.init(backend="local", num_cpus=2)
+    try:
+        held.options(runtime_env={"env_vars": {"RENV_LOCAL_OWN": "own"}, "working_dir": str(tmp_path)}).remote("own")
+        _wait_for(lambda: ("start", "own", "own") in _log)
+        assert os.environ.get("RENV_LOCAL_OWN") == "own"
+    finally:
+        anyray.shutdown()
+    try:
+        assert "RENV_LOCAL_OWN" not in os.environ and os.getcwd() == cwd
+    finally:
+        _release.set()
+    _wait_for(lambda: ("end", "own") in _log)
+    assert "RENV_LOCAL_OWN" not in os.environ and os.getcwd() == cwd

@@ -92,6 +92,16 @@ class Environments:
             frames[-1][_BLOCKED] = False
             self._sync()
 
+    def close(self) -> None:
+        """The backend shuts down: put the job's environment back now, even while abandoned work of another
+        holds its turn (that work lets go of nothing more when it ends)."""
+        with self._lock:
+            if self._current is None or self._switching:
+                return
+            key, steps, self._steps = self._current, self._steps, []
+            self._current = None
+        self._undo(key, steps)
+
     # -- a call's turn -------------------------------------------------------------------
     def enter(self, env: dict | None) -> None:
         """The calling thread runs a call in ``env`` from now: wait for its turn (applying it). Raises
@@ -393,7 +403,7 @@ class EnvActorHost(ActorHost):
         try:
             envs.enter(self.spec.options.get("runtime_env"))
         except RuntimeEnvSetupError as error:
-            self._die(f"The actor {self.spec.cls.name} died because its runtime_env could not be set up: "
+            self._die(f"The actor {self.spec.cls.name} died: its runtime_env could not be set up: "
                       f"{type(error).__name__}: {error}")
             return False
         try:

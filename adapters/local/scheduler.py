@@ -346,6 +346,7 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
         for actor in list(self._actors.values()):
             actor.kill(True, reason="the backend shut down")
         self._threads.shutdown()
+        self.envs.close()
 
 
 def _group_removed(scheduler: LocalScheduler, group, queued: list) -> None:
