@@ -12,14 +12,18 @@ own. ``Environments`` is a lock over that choice, held by every running task and
 - A call that blocks in ``get``/``wait`` lets go (its environment put back) and takes it again, its
   environment applied again, when it resumes: a task with one environment waiting for a child with another
   cannot deadlock. A caller that runs the child inline (``run_here``) lets go of its own the same way.
-- An async actor's calls hold it one step at a time (between two awaits), so awaiting lets others run.
+- An async actor's calls, and ``async def`` tasks, hold it one step at a time (from one await to the next), so
+  awaiting lets others run. Waiting any other way (a ``threading.Event``, a generator's backpressure) keeps it.
 - ``worker_process_setup_hook`` runs once per environment, the first time it is applied (Ray runs it once in
   every worker, and a worker serves one environment); the environment variables it sets are recorded and
   set again, and put back, with the rest of that environment.
 
-What stays shared: modules already imported (``sys.modules``), and whatever a setup hook changes other than
-environment variables. The driver's own thread is never held back: it sees an own environment while such
-work runs.
+- Modules imported from an environment's own folders (working_dir, py_modules) leave ``sys.modules`` when
+  its turn ends and come back with its next one, and modules of the same name imported from elsewhere are
+  hidden meanwhile: two environments with different versions of one module each import their own.
+
+What stays shared: other modules once imported, and whatever a setup hook changes other than environment
+variables. The driver's own thread is never held back: it sees an own environment while such work runs.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from anyray.runtime_env_setup import KEY, running_env
 from anyray.specs import RemoteFailure
 
 _POLL = 0.05  # seconds a thread waiting for its environment's turn sleeps between checks for a cancel
-_NOT_HELD = object()
+_NOT_HELD = object()  # a thread's hold when it holds none (None is the job's environment)
 
 
 class _Ticket:
@@ -50,7 +54,6 @@ class _Ticket:
 
     def __init__(self, key):
         self.key = key
-  # a thread's hold when it holds none (None is the job's environment)
 
 
 # One call running in a thread, a list (cheaper than an object on every task's path):
@@ -288,7 +291,8 @@ def _hide_shadowed(folders: tuple, names) -> dict:
             entries = os.listdir(folder)
         except OSError:
             continue
-        tops.update(name[:-3] if name.endswith(".py") else name for name in entries)
+        tops.update(name[:-3] if name.endswith(".py") else name for name in entries  # modules and packages
+                    if name.endswith(".py") or os.path.isfile(os.path.join(folder, name, "__init__.py")))
     hidden = {}
     for name, module in list(sys.modules.items()):
         if name in names or (name.partition(".")[0] in tops and not _origin(module).startswith(folders)):
