@@ -5,10 +5,12 @@ Proves, as Ray 2.x behaves: the job's ``env_vars`` reach every task and show in
 fields replace the job's, ``env_vars`` merged name by name) and inherited by the tasks it starts; a
 ``working_dir`` (a folder or a .zip) is the task's working directory and importable, without what
 ``excludes`` names; ``py_modules`` (a folder, a .py file, a .whl) import; ``worker_process_setup_hook`` runs
-before the first task; workers of two environments are never shared; bad input (an unknown field, an env
-var that is not a string, a missing working_dir) is refused at the call. On a cluster, the working_dir
-reaches every node. (Ray takes local folders and callable hooks in the job's environment only, so these
-are tested there; anyray's built-in backends take them per task too: tests/test_runtime_env.py.)
+before the first task; workers of two environments are never shared; work of two environments (tasks, sync
+and async actors, async tasks) each sees only its own, and the job's tasks and the driver see none of it; a
+task or actor waiting for children of other environments finishes and finds its own again; bad input (an
+unknown field, an env var that is not a string, a missing working_dir) is refused at the call. On a cluster,
+the working_dir reaches every node. (Ray takes local folders and callable hooks in the job's environment only,
+so these are tested there; anyray's built-in backends take them per task too: tests/test_runtime_env.py.)
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """runtime_env on the built-in backends, beyond what Ray takes: a task's or actor's own local folders and
 setup hooks (Ray takes them in the job's environment only), packages shipped once per content hash, a
-failing hook, the fields the built-in backends refuse, and the local backend's one environment.
-Real worker processes throughout (the multiprocess backend)."""
+failing hook, the fields the built-in backends refuse, and how the local backend applies the job's
+environment to its process. Those of a task's own run on the multiprocess backend (real worker processes) and
+on the local one (threads taking turns: tests/test_local_runtime_env.py)."""
 
 from __future__ import annotations
 
