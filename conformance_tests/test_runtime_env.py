@@ -5,10 +5,12 @@ Proves, as Ray 2.x behaves: the job's ``env_vars`` reach every task and show in
 fields replace the job's, ``env_vars`` merged name by name) and inherited by the tasks it starts; a
 ``working_dir`` (a folder or a .zip) is the task's working directory and importable, without what
 ``excludes`` names; ``py_modules`` (a folder, a .py file, a .whl) import; ``worker_process_setup_hook`` runs
-before the first task; workers of two environments are never shared; bad input (an unknown field, an env
-var that is not a string, a missing working_dir) is refused at the call. On a cluster, the working_dir
-reaches every node. (Ray takes local folders and callable hooks in the job's environment only, so these
-are tested there; anyray's built-in backends take them per task too: tests/test_runtime_env.py.)
+before the first task; workers of two environments are never shared; work of two environments (tasks, sync
+and async actors, async tasks) each sees only its own, and the job's tasks and the driver see none of it; a
+task or actor waiting for children of other environments finishes and finds its own again; bad input (an
+unknown field, an env var that is not a string, a missing working_dir) is refused at the call. On a cluster,
+the working_dir reaches every node. (Ray takes local folders and callable hooks in the job's environment only,
+so these are tested there; anyray's built-in backends take them per task too: tests/test_runtime_env.py.)
 """
 
 from __future__ import annotations
@@ -176,6 +178,7 @@ def test_the_setup_hook_runs_before_the_first_task(isolated_runtime):
 
 
 @per_task
+@pytest.mark.requires("processes")
 def test_workers_of_two_environments_are_never_shared(anyray_session):
     first, second = {"env_vars": {"RENV_POOL": "1"}}, {"env_vars": {"RENV_POOL": "2"}}
     for _ in range(2):
@@ -185,6 +188,96 @@ def test_workers_of_two_environments_are_never_shared(anyray_session):
                                                     timeout=DEADLINE)}
         assert not pids_first & pids_second
     assert anyray.get([env_var.options(runtime_env=second).remote("RENV_POOL")] * 1, timeout=DEADLINE) == ["2"]
+
+
+@anyray.remote
+def sides():
+    """What a task of one of the two environments below sees, read twice with a pause between."""
+    import time
+
+    first = os.environ.get("RENV_SIDE")
+    time.sleep(0.02)
+    return first, os.environ.get("RENV_SIDE"), os.environ.get("RENV_ONLY_A"), os.environ.get("RENV_ONLY_B")
+
+
+@per_task
+def test_tasks_of_two_environments_each_see_only_their_own(anyray_session):
+    side_a = {"env_vars": {"RENV_SIDE": "a", "RENV_ONLY_A": "1"}}
+    side_b = {"env_vars": {"RENV_SIDE": "b", "RENV_ONLY_B": "1"}}
+    refs = [sides.options(runtime_env=side_a if i % 2 == 0 else side_b).remote() for i in range(8)]
+    plain = [sides.remote() for _ in range(2)]
+    results = anyray.get(refs, timeout=DEADLINE)
+    assert results == [("a", "a", "1", None) if i % 2 == 0 else ("b", "b", None, "1") for i in range(8)]
+    assert anyray.get(plain, timeout=DEADLINE) == [(None, None, None, None)] * 2
+    assert "RENV_SIDE" not in os.environ  # the driver's own environment is its own
+
+
+@per_task
+def test_a_task_waiting_for_children_of_other_environments_finishes(anyray_session):
+    @anyray.remote(runtime_env={"env_vars": {"RENV_WAIT": "parent", "RENV_WAIT_PARENT": "yes"}})
+    def parent():
+        before = os.environ.get("RENV_WAIT")
+        children = [env_var.options(runtime_env={"env_vars": {"RENV_WAIT": f"child-{i}"}}).remote("RENV_WAIT")
+                    for i in range(3)]
+        ready, _ = anyray.wait(children[:1], timeout=DEADLINE)
+        during = os.environ.get("RENV_WAIT")
+        inherited = env_var.options(runtime_env={"env_vars": {"RENV_WAIT": "other"}}).remote("RENV_WAIT_PARENT")
+        values = anyray.get(children + [inherited])
+        return before, len(ready), during, values, os.environ.get("RENV_WAIT")
+
+    assert anyray.get(parent.remote(), timeout=DEADLINE) == \
+        ("parent", 1, "parent", ["child-0", "child-1", "child-2", "yes"], "parent")
+
+
+@per_task
+def test_an_actor_runs_each_call_in_its_environment_and_the_jobs_tasks_do_not_see_it(anyray_session):
+    @anyray.remote
+    class Holder:
+        def __init__(self):
+            self.at_start = os.environ.get("RENV_HOLDER")
+
+        def look(self):
+            child = env_var.options(runtime_env={"env_vars": {"RENV_HOLDER_CHILD": "c"}}).remote("RENV_HOLDER")
+            context = anyray.get_runtime_context().runtime_env.get("env_vars") or {}
+            return self.at_start, anyray.get(child), os.environ.get("RENV_HOLDER"), context.get("RENV_HOLDER")
+
+    holder = Holder.options(runtime_env={"env_vars": {"RENV_HOLDER": "held"}}).remote()
+    looks = [holder.look.remote() for _ in range(3)]
+    plain = [env_var.remote("RENV_HOLDER") for _ in range(3)]
+    assert anyray.get(looks, timeout=DEADLINE) == [("held", "held", "held", "held")] * 3
+    assert anyray.get(plain, timeout=DEADLINE) == [None] * 3
+    assert "RENV_HOLDER" not in os.environ
+
+
+@per_task
+def test_an_async_actor_keeps_its_environment_across_awaits(anyray_session):
+    @anyray.remote
+    class Waiter:
+        async def look(self, pause):
+            import asyncio
+
+            first = os.environ.get("RENV_ASYNC")
+            await asyncio.sleep(pause)
+            return first, os.environ.get("RENV_ASYNC")
+
+    waiter = Waiter.options(runtime_env={"env_vars": {"RENV_ASYNC": "async"}}, max_concurrency=4).remote()
+    looks = [waiter.look.remote(0.05) for _ in range(4)]
+    others = [env_var.options(runtime_env={"env_vars": {"RENV_ASYNC": "other"}}).remote("RENV_ASYNC")
+              for _ in range(4)]
+    assert anyray.get(looks, timeout=DEADLINE) == [("async", "async")] * 4
+    assert anyray.get(others, timeout=DEADLINE) == ["other"] * 4
+
+
+@per_task
+def test_an_async_task_awaiting_work_of_other_environments_finishes(anyray_session):
+    @anyray.remote(runtime_env={"env_vars": {"RENV_ASYNC_TASK": "parent"}})
+    async def parent():
+        child = env_var.options(runtime_env={"env_vars": {"RENV_ASYNC_TASK": "child"}}).remote("RENV_ASYNC_TASK")
+        plain = where.remote()
+        values = [await child, (await plain)[1] > 0]
+        return values + [os.environ.get("RENV_ASYNC_TASK")]
+
+    assert anyray.get(parent.remote(), timeout=DEADLINE) == ["child", True, "parent"]
 
 
 # -- the classes and bad input ---------------------------------------------------------

@@ -10,6 +10,7 @@ fetches it as it fetches any object, and unpacks it once per content hash into i
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import importlib
 import io
@@ -37,11 +38,20 @@ _MERGED_KEPT = 512  # environments resolved before, kept per runtime
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # every entry's date: the same folder packs to the same bytes
 
 _process_env: dict | None = None  # the environment this worker process was set up for (applied once)
+# the environment of the task or actor call running in this thread (or asyncio task), where a backend runs work
+# of several environments in one process (the local backend applies each around its work)
+running_env: contextvars.ContextVar[dict | None] = contextvars.ContextVar("anyray_runtime_env", default=None)
 
 
 def env_of_caller(runtime) -> dict | None:
-    """The environment new work inherits here: this worker process's, else the job's (in a driver)."""
-    return _process_env or getattr(runtime, "job_runtime_env", None)
+    """The environment new work inherits here: the running call's (in-process backends), this worker process's,
+    else the job's (in a driver)."""
+    return running_env.get() or _process_env or getattr(runtime, "job_runtime_env", None)
+
+
+def process_env() -> dict | None:
+    """The environment this process was set up for: a worker's, or the job's on an in-process backend."""
+    return _process_env
 
 
 def shown(runtime) -> dict:
@@ -77,6 +87,7 @@ def start_job(runtime, env: dict | None) -> None:
     if not env or getattr(backend, "passes_runtime_env", False):
         return
     env = pack(runtime, env)
+    _refuse_python_envs(env, backend, "init()")
     check_supported(env, _fields(backend), backend.name, "init()")
     env[KEY] = key_of(env)
     runtime.job_runtime_env = env
@@ -112,6 +123,20 @@ def _fields(backend) -> frozenset:
     where it declares it builds Python environments)."""
     fields = getattr(backend, "runtime_env_fields", BUILT_IN_FIELDS)
     return fields if _PIP in backend.capabilities else fields - {"pip", "uv"}
+
+
+def _refuse_python_envs(env: dict | None, backend, owner: str) -> None:
+    """pip and uv where ``backend`` builds no Python environments: say which backends do."""
+    asked = [name for name in ("pip", "uv") if env and env.get(name)]
+    if asked and _PIP not in backend.capabilities and set(asked) - _fields(backend):
+        where = ("runs every task and actor in this Python process, which cannot switch to another Python "
+                 "environment" if _IN_PROCESS in backend.capabilities else "builds no Python environments")
+        raise ValueError(
+            f"{owner}: runtime_env {' and '.join(map(repr, asked))} {'needs' if len(asked) == 1 else 'need'} a "
+            f"Python environment of its own, and "
+            f"the {backend.name!r} backend {where}. Use backend='multiprocess' (the default) or 'cluster', which "
+            f"build a virtual environment per requirement set, or install the packages into this environment "
+            f"before init().")
 
 
 def with_env(runtime, options: dict, owner: str) -> dict:
@@ -153,6 +178,7 @@ def resolve(runtime, own: dict | None, owner: str) -> dict | None:
     if hit is not None and hit[0] is own and hit[1] is parent:
         return hit[2]
     env = merge(parent, pack(runtime, own) if own else None)
+    _refuse_python_envs(env, backend, owner)
     check_supported(env, _fields(backend), backend.name, owner)
     if env is not None:
         env = {**env, KEY: key_of(env)}
@@ -305,9 +331,11 @@ def unpacked(uri: str, fetch, root: str) -> str:
     return target
 
 
-def apply(env: dict, fetch, root: str | None = None) -> list[tuple]:
+def apply(env: dict, fetch, root: str | None = None, hook: bool = True, process: bool = True) -> list[tuple]:
     """Set up ``env`` in this process; return what to undo (for an in-process backend). Raises
-    ``RuntimeEnvSetupError`` saying which part failed and why."""
+    ``RuntimeEnvSetupError`` saying which part failed and why, with what it had changed put back.
+    ``hook=False`` leaves the setup hook to the caller; ``process=False`` sets it up for one call, not as
+    the process's environment (an in-process backend applies each task's around it)."""
     global _process_env
     root = root or resources_dir()
     undo: list[tuple] = []
@@ -332,14 +360,17 @@ def apply(env: dict, fetch, root: str | None = None) -> list[tuple]:
             undo.append(("path", folder))
             undo.append(("cwd", os.getcwd()))
             os.chdir(folder)
+        setup_hook = env.get("worker_process_setup_hook") if hook else None
+        if setup_hook is not None:
+            run_hook(setup_hook)
     except RuntimeEnvSetupError:
+        undo_steps(undo)
         raise
     except Exception as exc:  # noqa: BLE001 - the task's caller gets what failed
+        undo_steps(undo)
         raise RuntimeEnvSetupError(f"{type(exc).__name__}: {exc}") from None
-    hook = env.get("worker_process_setup_hook")
-    if hook is not None:
-        run_hook(hook)
-    _process_env = env
+    if process:
+        _process_env = env
     return undo
 
 
@@ -366,8 +397,15 @@ def runtime_env_packages(env: dict) -> list[str]:
 
 
 def undo(steps: list[tuple]) -> None:
-    """Put back what :func:`apply` changed, last change first."""
+    """Put back what :func:`apply` changed, last change first; the process has no environment then."""
     global _process_env
+    undo_steps(steps)
+    _process_env = None
+
+
+def undo_steps(steps: list[tuple]) -> None:
+    """Put back what :func:`apply` changed (an ``("env", name, old value)`` step may be added by the caller),
+    last change first."""
     for step in reversed(steps):
         if step[0] == "env":
             if step[2] is None:
@@ -382,4 +420,3 @@ def undo(steps: list[tuple]) -> None:
                 os.chdir(step[1])
             except OSError:
                 pass
-    _process_env = None

@@ -1,7 +1,8 @@
 """runtime_env on the built-in backends, beyond what Ray takes: a task's or actor's own local folders and
 setup hooks (Ray takes them in the job's environment only), packages shipped once per content hash, a
-failing hook, the fields the built-in backends refuse, and the local backend's one environment.
-Real worker processes throughout (the multiprocess backend)."""
+failing hook, the fields the built-in backends refuse, and how the local backend applies the job's
+environment to its process. Those of a task's own run on the multiprocess backend (real worker processes) and
+on the local one (threads taking turns: tests/test_local_runtime_env.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ TIMEOUT = 60
 def multiprocess():
     anyray.init(backend="multiprocess", num_cpus=2)
     yield
+    anyray.shutdown()
+
+
+@pytest.fixture(params=["multiprocess", "local"])
+def built_in(request):
+    """Each built-in backend that runs tasks in a runtime_env of their own: worker processes, or threads."""
+    anyray.init(backend=request.param, num_cpus=2)
+    yield request.param
     anyray.shutdown()
 
 
@@ -99,7 +108,7 @@ def test_fields_the_built_in_backends_cannot_set_up_are_named(multiprocess, fiel
         env_var.options(runtime_env={field: value}).remote("X")
 
 
-def test_a_tasks_own_working_dir_and_modules(multiprocess, folder, tmp_path):
+def test_a_tasks_own_working_dir_and_modules(built_in, folder, tmp_path):
     package = tmp_path / "renv_unit_pkg"
     package.mkdir()
     (package / "__init__.py").write_text("VALUE = 'package'\n")
@@ -113,7 +122,7 @@ def test_a_tasks_own_working_dir_and_modules(multiprocess, folder, tmp_path):
         anyray.get(anyray.remote(lambda: __import__("renv_unit_module")).remote(), timeout=TIMEOUT)
 
 
-def test_a_folder_is_unpacked_once_per_content(multiprocess, folder, tmp_path):
+def test_a_folder_is_unpacked_once_per_content(built_in, folder, tmp_path):
     twin = tmp_path / "twin"
     twin.mkdir()
     for name in os.listdir(folder):
@@ -127,7 +136,7 @@ def test_a_folder_is_unpacked_once_per_content(multiprocess, folder, tmp_path):
     assert open(os.path.join(changed, "data.txt")).read() == "changed"
 
 
-def test_a_tasks_own_setup_hook_runs_before_it(multiprocess, tmp_path):
+def test_a_tasks_own_setup_hook_runs_before_it(built_in, tmp_path):
     modules = tmp_path / "hooks"
     (modules / "renv_unit_hooks").mkdir(parents=True)
     (modules / "renv_unit_hooks" / "__init__.py").write_text(
@@ -138,7 +147,7 @@ def test_a_tasks_own_setup_hook_runs_before_it(multiprocess, tmp_path):
     assert anyray.get(env_var.remote("RENV_UNIT_HOOK"), timeout=TIMEOUT) is None  # other workers ran no hook
 
 
-def test_a_failing_hook_fails_the_task_clearly_and_the_next_task_runs(multiprocess):
+def test_a_failing_hook_fails_the_task_clearly_and_the_next_task_runs(built_in):
     failing = env_var.options(runtime_env={"worker_process_setup_hook": _failing_hook})
     for _ in range(2):
         with pytest.raises(RuntimeEnvSetupError, match="this hook fails on purpose"):
@@ -146,7 +155,7 @@ def test_a_failing_hook_fails_the_task_clearly_and_the_next_task_runs(multiproce
     assert anyray.get(env_var.options(runtime_env={"env_vars": {"OK": "yes"}}).remote("OK"), timeout=TIMEOUT) == "yes"
 
 
-def test_an_actor_whose_environment_fails_dies_saying_why(multiprocess):
+def test_an_actor_whose_environment_fails_dies_saying_why(built_in):
     @anyray.remote(runtime_env={"worker_process_setup_hook": _failing_hook})
     class Actor:
         def ping(self):
@@ -156,7 +165,7 @@ def test_an_actor_whose_environment_fails_dies_saying_why(multiprocess):
         anyray.get(Actor.remote().ping.remote(), timeout=TIMEOUT)
 
 
-def test_get_runtime_env_string_is_the_environment_as_json(multiprocess):
+def test_get_runtime_env_string_is_the_environment_as_json(built_in):
     @anyray.remote(runtime_env={"env_vars": {"B": "2", "A": "1"}})
     def text():
         return anyray.get_runtime_context().get_runtime_env_string()
@@ -174,14 +183,16 @@ def test_the_local_backend_applies_the_jobs_environment_to_the_process_and_undoe
     try:
         assert anyray.get(env_var.remote("RENV_LOCAL")) == "set"
         assert open("data.txt").read() == "the data"  # the process's cwd is the unpacked copy
-        with pytest.raises(NotImplementedError, match="init\\(runtime_env=...\\)"):
-            env_var.options(runtime_env={"env_vars": {"RENV_LOCAL": "other"}}).remote("RENV_LOCAL")
+        job_cwd = os.getcwd()
+        own = env_var.options(runtime_env={"env_vars": {"RENV_LOCAL": "other"}})
+        assert anyray.get(own.remote("RENV_LOCAL")) == "other"  # a task's own, applied around it
+        assert os.environ["RENV_LOCAL"] == "set" and os.getcwd() == job_cwd  # and the job's put back
     finally:
         anyray.shutdown()
     assert "RENV_LOCAL" not in os.environ and os.getcwd() == cwd
 
 
-def test_a_task_may_have_zipped_modules_of_its_own(multiprocess, tmp_path):
+def test_a_task_may_have_zipped_modules_of_its_own(built_in, tmp_path):
     archive = tmp_path / "modules.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("renv_unit_zipped/__init__.py", "VALUE = 'zipped'\n")
@@ -212,10 +223,17 @@ def test_an_actor_runs_in_its_pip_environment_or_dies_saying_why(multiprocess, t
         anyray.get(bad.remote().value.remote(), timeout=TIMEOUT * 5)
 
 
-def test_the_local_backend_refuses_pip(tmp_path):
-    with pytest.raises(ValueError, match="'pip' are not supported by the 'local' backend"):
+def test_the_local_backend_refuses_pip_and_uv_naming_the_backends_that_build_them():
+    refusal = "'local' backend runs every task and actor in this Python process.*backend='multiprocess'"
+    with pytest.raises(ValueError, match=f"init\\(\\): runtime_env 'pip' need.*{refusal}"):
         anyray.init(backend="local", runtime_env={"pip": ["six"]})
     assert not anyray.is_initialized()
+    anyray.init(backend="local")
+    try:
+        with pytest.raises(ValueError, match=f"env_var: runtime_env 'uv' need.*{refusal}"):
+            env_var.options(runtime_env={"uv": ["six"]}).remote("X")
+    finally:
+        anyray.shutdown()
 
 
 def test_idle_workers_of_other_environments_make_way(multiprocess):

@@ -22,7 +22,7 @@ class LocalBackend(Backend):
     description = "everything in the calling process, on threads: breakpoint() and print work in tasks"
     capabilities = frozenset({
         Capability.CONCURRENT, Capability.IN_PROCESS, Capability.ZERO_COPY, Capability.ACTOR_RESTART,
-        Capability.INTERRUPT_CANCEL, Capability.TIMELINE, Capability.ERROR_INFO,
+        Capability.INTERRUPT_CANCEL, Capability.TIMELINE, Capability.ERROR_INFO, Capability.RUNTIME_ENV,
     })
     known_gaps = LOCAL_GAPS
 

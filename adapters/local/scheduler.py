@@ -27,6 +27,7 @@ from ..common.placement_groups import GroupPort, PlacementGroups, group_id_of, r
 from ..common.queues import ShapeQueues, admit
 from ..common.resources import NodeResources, ReportsResources, ResourcePool
 from . import state
+from .environments import EnvActorHost, Environments
 
 
 class _Task:
@@ -82,6 +83,7 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
         self._children: dict[bytes, list[_Task]] = {}
         self._actors: dict[bytes, ActorHost] = {}
         self._threads = DaemonThreadPool("anyray-task")
+        self.envs = Environments(self.fetch)  # each task and actor call runs in its runtime_env's turn
         self._closed = False
 
     # -- shared helpers -----------------------------------------------------
@@ -205,6 +207,7 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
         call = Call(spec.function.target, spec.name, "task", ctx, len(spec.returns), self.events,
                     spec.options["retry_exceptions"], spec.options["max_retries"],
                     stream_spec(spec.options, spec.returns[0]._id) if spec.returns else None)
+        call = self.envs.wrap(call, spec.options.get("runtime_env"))
         try:
             outputs = run_in_place(call, spec.args, spec.deps, self.fetch, spec.options["max_retries"])
             with self._lock:  # from here on no cancel interrupts this thread; a pending one lands here
@@ -268,6 +271,7 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
 
     # -- resources while blocked ------------------------------------------------
     def task_blocked(self) -> None:
+        self.envs.blocked()
         ctx = current_task.get()
         if ctx is None or ctx.lease is None or ctx.blocked:
             return
@@ -276,6 +280,7 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
         self._shapes.dispatch()
 
     def task_unblocked(self) -> None:
+        self.envs.unblocked()
         ctx = current_task.get()
         if ctx is None or not ctx.blocked:
             return
@@ -294,7 +299,7 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
         if spec.resources and queues is None:
             self.feasibility.check(spec.actor_id, spec.cls.name, spec.resources)
         _own_arguments(spec)
-        actor = ActorHost(spec, self if queues is None else _InGroup(self, queues))
+        actor = EnvActorHost(spec, self if queues is None else _InGroup(self, queues))
         with self._lock:
             self._actors[spec.actor_id] = actor
         actor.start()
@@ -341,6 +346,7 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
         for actor in list(self._actors.values()):
             actor.kill(True, reason="the backend shut down")
         self._threads.shutdown()
+        self.envs.close()
 
 
 def _group_removed(scheduler: LocalScheduler, group, queued: list) -> None:
