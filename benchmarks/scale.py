@@ -58,6 +58,20 @@ def memory(pid):
     return out
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of the driver and every live process below it (a load-proof cost: on a
+    busy machine wall time measures the other users too)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for p in [root] + root.children(recursive=True):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
 def delta(after, before, n):
     """Bytes per item, for the driver, the processes below it, and both."""
     per = {}
@@ -106,9 +120,10 @@ def child_tasks(ray, n, cpus, tmp, profile):
         import tracemalloc
         tracemalloc.start(8)
         snap0 = tracemalloc.take_snapshot()
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(os.getpid()), time.perf_counter()
     refs = [noop.remote() for _ in range(n)]
     t_submit = time.perf_counter() - t0
+    c_submit = cpu_seconds(os.getpid()) - c0
     settle()
     pending = memory(os.getpid())
     result = {"submit_us": t_submit / n * 1e6, "pending": delta(pending, before, n)}
@@ -117,9 +132,12 @@ def child_tasks(ray, n, cpus, tmp, profile):
         tracemalloc.stop()
     t1 = time.perf_counter()
     open(gate, "w").close()
+    c1 = cpu_seconds(os.getpid())
     ray.get(refs)
     t_drain = time.perf_counter() - t1
+    c_drain = cpu_seconds(os.getpid()) - c1
     ray.get(holders)
+    result["cpu_us"] = (c_submit + c_drain) / n * 1e6
     result["drain_us"] = t_drain / n * 1e6
     result["total_us"] = (t_submit + t_drain) / n * 1e6
     del refs
@@ -136,12 +154,13 @@ def child_puts(ray, n, cpus, tmp, profile):
         import tracemalloc
         tracemalloc.start(8)
         snap0 = tracemalloc.take_snapshot()
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(os.getpid()), time.perf_counter()
     refs = [ray.put(1) for _ in range(n)]
     t_put = time.perf_counter() - t0
+    c_put = cpu_seconds(os.getpid()) - c0
     settle()
     stored = memory(os.getpid())
-    result = {"total_us": t_put / n * 1e6, "pending": delta(stored, before, n)}
+    result = {"total_us": t_put / n * 1e6, "cpu_us": c_put / n * 1e6, "pending": delta(stored, before, n)}
     if profile:
         result["profile"] = top_allocations(tracemalloc.take_snapshot(), snap0, n)
         tracemalloc.stop()
@@ -252,6 +271,8 @@ def tables(rows):
         head = ["engine", "N", "µs per item" + (" (submit + run)" if kind == "tasks" else " (submit)")]
         if kind == "tasks":
             head.append("µs submit")
+        if kind != "actors":
+            head.append("CPU µs per item (all processes)")
         head += [f"B per {what}, driver USS", "below driver USS", "total USS", "total RSS",
                  "B per item left after", "error"]
         out.append("| " + " | ".join(head) + " |")
@@ -265,6 +286,8 @@ def tables(rows):
                 cells = [r["engine"], f"{r['n']:,}", f"{res['total_us']:.1f}"]
                 if kind == "tasks":
                     cells.append(f"{res['submit_us']:.1f}")
+                if kind != "actors":
+                    cells.append(f"{res['cpu_us']:.1f}")
                 cells += [fmt_bytes(p["driver_uss"]), fmt_bytes(p["below_uss"]), fmt_bytes(p["total_uss"]),
                           fmt_bytes(p["total_rss"]), fmt_bytes(left["total_uss"]), ""]
             out.append("| " + " | ".join(c.replace("\n", " ").replace("|", "/") for c in cells) + " |")
@@ -275,12 +298,17 @@ def tables(rows):
 
 
 def flatness(rows):
-    """Per engine: the largest over the smallest time per item across sizes (the target is <= 1.5)."""
+    """Per engine: the largest over the smallest time (and CPU time) per item across sizes (target <= 1.5)."""
     lines = []
     for engine in dict.fromkeys(r["engine"] for r in rows):
-        ts = [r["result"]["total_us"] for r in rows if r["engine"] == engine and "_error" not in r["result"]]
-        if len(ts) > 1:
-            lines.append(f"{engine}: time per item max/min over the sizes = {max(ts) / min(ts):.2f}x")
+        ok = [r["result"] for r in rows if r["engine"] == engine and "_error" not in r["result"]]
+        if len(ok) > 1:
+            ts = [res["total_us"] for res in ok]
+            line = f"{engine}: max/min over the sizes of wall time per item {max(ts) / min(ts):.2f}x"
+            cs = [res["cpu_us"] for res in ok if "cpu_us" in res]
+            if len(cs) == len(ok):
+                line += f", of CPU time per item {max(cs) / min(cs):.2f}x"
+            lines.append(line)
     return "; ".join(lines)
 
 
@@ -299,9 +327,13 @@ def plot(rows, prefix):
         for engine in dict.fromkeys(r["engine"] for r in mine):
             pts = sorted((r["n"], r["result"]) for r in mine if r["engine"] == engine)
             label = engine if engine == "ray" else f"anyray[{engine}]"
-            ax_t.plot([n for n, _ in pts], [res["total_us"] for _, res in pts], marker="o", label=label)
+            line, = ax_t.plot([n for n, _ in pts], [res["total_us"] for _, res in pts], marker="o", label=label)
+            if all("cpu_us" in res for _, res in pts):
+                ax_t.plot([n for n, _ in pts], [res["cpu_us"] for _, res in pts], marker="x", linestyle="--",
+                          color=line.get_color(), label=f"{label}, CPU time")
             ax_m.plot([n for n, _ in pts], [res["pending"]["total_uss"] for _, res in pts], marker="o", label=label)
-        ax_t.set_title(f"time per {'task (submit + run)' if kind == 'tasks' else kind[:-1] + ' (submit)'}")
+        ax_t.set_title(f"time per {'task (submit + run)' if kind == 'tasks' else kind[:-1] + ' (submit)'}"
+                       " (dashed: CPU time, all processes)")
         ax_t.set_ylabel("µs")
         ax_m.set_title(f"memory per {what} (USS, driver + its processes)")
         ax_m.set_ylabel("bytes")
@@ -325,7 +357,8 @@ def main():
     p.add_argument("--actor-sizes", help="comma-separated N for actors (default 10^3,10^4)")
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated: multiprocess, cluster, ray")
     p.add_argument("--kinds", default="tasks,puts", help="comma-separated: tasks, puts, actors")
-    p.add_argument("--skip", default="", help="comma-separated ENGINE:KIND:N runs to leave out (e.g. ray:tasks:1000000)")
+    p.add_argument("--skip", default="",
+                   help="comma-separated ENGINE:KIND:N runs to leave out (e.g. ray:tasks:1000000)")
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--profile", action="store_true", help="tracemalloc in the driver: what each item holds")

@@ -30,7 +30,7 @@ class Task:
     def __init__(self, spec: TaskSpec, held: ArenaObject | None, job: tuple):
         self.spec = spec
         self.job = job  # (job id, namespace) of the driver it comes from
-        self.shape = tuple(sorted(spec.resources.items()))
+        self.shape = shape_of(spec.resources)
         self.state = "waiting"  # waiting -> queued -> running -> done
         self.lease = None
         self.worker = None
@@ -40,6 +40,19 @@ class Task:
         self.node = None      # the other node it was handed to (cluster)
         self.spilled = False  # handed here by another node: it runs here
         self.queues = None    # the queues of the placement group bundle it runs in; None: the node's
+
+
+_SHAPES: dict = {}  # one tuple per demand shape, for every pending task of it
+
+
+def shape_of(resources: dict) -> tuple:
+    shape = tuple(sorted(resources.items()))
+    shared = _SHAPES.get(shape)
+    if shared is None:
+        if len(_SHAPES) >= 4096:
+            _SHAPES.clear()
+        _SHAPES[shape] = shared = shape
+    return shared
 
 
 def same_env(worker, task: Task) -> bool:
