@@ -12,6 +12,7 @@ from node_parts import NodeParts
 from anyray import ids
 from anyray.adapters.node import messages as m
 from anyray.adapters.node.interning import LastShared
+from anyray.object_ref import ObjectRef
 
 OPTIONS = {"num_gpus": 0, "memory": 0, "resources": {}, "name": None, "scheduling_strategy": None,
            "runtime_env": None, "num_returns": 1, "num_cpus": 1, "max_retries": 3, "retry_exceptions": False}
@@ -67,3 +68,27 @@ def test_last_shared_keeps_types_and_bounds_its_table():
     for i in range(5000):
         table.share(i, {"i": i})
     assert len(table._last) <= 4096
+
+
+def test_full_gc_passes_wait_while_the_queue_is_long_and_come_back_when_it_is_short(node):
+    """A full pass over 10^5..10^6 pending tasks stops the node for seconds (a cluster node then misses its
+    heartbeats): past ``HIGH`` pending tasks the node's process skips them, under ``LOW`` it takes them back."""
+    import gc
+
+    from anyray.adapters.node import gc_guard
+
+    before = gc.get_threshold()
+    driver = node.workers.spawn()
+    fn = b"f" * 16
+    rids = [_submit(node, driver, fn, OPTIONS, {"CPU": 1.0}) for _ in range(gc_guard.HIGH + 1)]
+    try:
+        assert gc_guard.deferring() and gc.get_threshold()[2] > 10**9
+        assert gc.get_threshold()[:2] == before[:2]
+        for rid in rids[1:len(rids) - gc_guard.LOW - 10]:  # the first one runs
+            node.tasks.cancel(ObjectRef(rid), False, False)
+        assert gc_guard.deferring()  # still LOW or more pending
+        for rid in rids[len(rids) - gc_guard.LOW - 10:]:
+            node.tasks.cancel(ObjectRef(rid), False, False)
+        assert not gc_guard.deferring() and gc.get_threshold() == before
+    finally:
+        gc_guard.queue_shrank(0)

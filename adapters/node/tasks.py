@@ -18,6 +18,7 @@ from anyray.util.scheduling_strategies import placement_of
 
 from ..common.placement_groups import removed_error, route
 from ..common.queues import ShapeQueues, admit
+from . import gc_guard
 from . import messages as m
 from .pool import describe
 from .store import ArenaObject, to_wire
@@ -100,6 +101,8 @@ class Tasks:
         feasibility = seams.feasibility
         if task.queues is None and task.shape not in feasibility.known_to_fit:
             feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
+        if len(self.tasks) >= gc_guard.HIGH:
+            gc_guard.queue_grew(len(self.tasks))
         if admit(task, self.tasks, self._children, self._lock, self._store, self.ready):
             self.ready(task)
 
@@ -250,6 +253,8 @@ class Tasks:
         task.state = "done"
         for ref in spec.returns:
             self.tasks.pop(ref._id, None)
+        if len(self.tasks) < gc_guard.LOW and gc_guard.deferring():
+            gc_guard.queue_shrank(len(self.tasks))
         siblings = self._children.get(spec.parent_task_id) if spec.parent_task_id else None
         if siblings is not None:
             if task in siblings:
