@@ -5,8 +5,10 @@ heap grew by a quarter: with 10^5..10^6 pending tasks (a few tracked objects eac
 node for seconds. A cluster node then misses its heartbeats (its lease is 3 s) and the cluster counts it
 dead; the multiprocess driver just stalls. While more than ``HIGH`` tasks are pending, the node's process
 skips full passes (the young generations, where nearly all cyclic garbage dies, are still collected);
-once fewer than ``LOW`` remain it takes CPython's thresholds back, and the next full pass is as cheap as
-the queue is short. The process-wide setting is CPython's own: ``gc.get_threshold`` shows it meanwhile.
+once fewer than ``LOW`` tasks remain *and* fewer than ``LOW`` objects are stored (the results of a
+drained queue, held until the driver drops its refs, are as many to walk), it takes CPython's
+thresholds back (checked as tasks finish), and the next full pass is as cheap as the node is small.
+The process-wide setting is CPython's own: ``gc.get_threshold`` shows it meanwhile.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def queue_grew(pending: int) -> None:
 
 
 def queue_shrank(pending: int) -> None:
-    """``pending`` tasks wait now: under ``LOW``, give CPython its thresholds back."""
+    """``pending`` tasks (or stored objects, the larger) now: under ``LOW``, give CPython its thresholds
+    back."""
     global _saved
     if pending < LOW and _saved is not None:
         with _lock:

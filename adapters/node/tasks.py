@@ -253,8 +253,8 @@ class Tasks:
         task.state = "done"
         for ref in spec.returns:
             self.tasks.pop(ref._id, None)
-        if len(self.tasks) < gc_guard.LOW and gc_guard.deferring():
-            gc_guard.queue_shrank(len(self.tasks))
+        if len(self.tasks) < gc_guard.LOW and gc_guard.deferring():  # and the results they left are few
+            gc_guard.queue_shrank(max(len(self.tasks), self._store.count()))
         siblings = self._children.get(spec.parent_task_id) if spec.parent_task_id else None
         if siblings is not None:
             if task in siblings:
