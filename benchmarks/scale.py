@@ -287,7 +287,7 @@ def tables(rows):
                 if kind == "tasks":
                     cells.append(f"{res['submit_us']:.1f}")
                 if kind != "actors":
-                    cells.append(f"{res['cpu_us']:.1f}")
+                    cells.append(f"{res['cpu_us']:.1f}" if "cpu_us" in res else "")
                 cells += [fmt_bytes(p["driver_uss"]), fmt_bytes(p["below_uss"]), fmt_bytes(p["total_uss"]),
                           fmt_bytes(p["total_rss"]), fmt_bytes(left["total_uss"]), ""]
             out.append("| " + " | ".join(c.replace("\n", " ").replace("|", "/") for c in cells) + " |")
