@@ -227,6 +227,10 @@ class MemoryObjectStore(ObjectStore):
         with self._lock:
             return list(self._objects.items())
 
+    def count(self) -> int:
+        """How many objects are stored."""
+        return len(self._objects)
+
     def contains(self, ref: ObjectRef) -> bool:
         return ref._id in self._objects
 

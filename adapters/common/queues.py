@@ -84,8 +84,22 @@ class ShapeQueues:
         self.dispatch()
 
 
+class Siblings(dict):
+    """The tasks one parent submitted, in order: a list's ``append``/``remove``/``in``/iteration, each O(1)
+    (a parent that submits 10^5 children would otherwise shift the whole list as each one finishes)."""
+
+    __slots__ = ()
+
+    def append(self, task) -> None:
+        self[task] = None
+
+    def remove(self, task) -> None:
+        del self[task]
+
+
 def admit(task, tasks: dict, children: dict, lock, store, ready: Callable[[object], None]) -> bool:
-    """Track a new task by its return ids (``tasks``) and its parent (``children``, for recursive cancel).
+    """Track a new task by its return ids (``tasks``) and its parent (``children``: parent id ->
+    ``Siblings``, for recursive cancel).
     True when it is ready now (no dependencies): the caller starts it; else ``ready(task)`` is called
     once its dependencies are sealed in ``store``."""
     spec = task.spec
@@ -93,7 +107,10 @@ def admit(task, tasks: dict, children: dict, lock, store, ready: Callable[[objec
         for ref in spec.returns:
             tasks[ref._id] = task
         if spec.parent_task_id is not None:
-            children.setdefault(spec.parent_task_id, []).append(task)
+            siblings = children.get(spec.parent_task_id)
+            if siblings is None:
+                siblings = children[spec.parent_task_id] = Siblings()
+            siblings[task] = None
     if spec.deps:
         store.on_sealed(spec.deps, lambda: ready(task))
         return False

@@ -15,6 +15,7 @@ from anyray.runtime import current_counter
 from anyray.specs import ActorSpec, ActorTaskSpec, TaskSpec
 
 from . import messages as m
+from .interning import LastShared
 from .store import ArenaObject
 
 LATER = object()  # a request handler that answers by itself, later
@@ -36,6 +37,8 @@ class Requests:
         self._names = names
         self._seams = seams
         self._cancel = cancel
+        # each pending task from another process would hold its own decoded options and resources
+        self._same_options, self._same_resources = LastShared().share, LastShared().share
         self.handlers: dict = {
             "abandon": self._op_abandon, "get": self._op_get, "wait": self._op_wait, "put": self._op_put,
             "put_kept": self._op_put_kept, "stream_put": self._op_stream_put, "alloc": self._op_alloc,
@@ -168,8 +171,10 @@ class Requests:
         function = self._functions.descriptor(worker, submit.fn_id, submit.fn_name, submit.blob)
         spec = TaskSpec(task_id=submit.task_id, function=function, args=call_args,
                         deps=[ObjectRef(i, None, counter) for i in submit.dep_ids],
-                        returns=[ObjectRef(i, None, counter) for i in submit.return_ids], resources=submit.resources,
-                        options=submit.options, parent_task_id=submit.parent, name=submit.name)
+                        returns=[ObjectRef(i, None, counter) for i in submit.return_ids],
+                        resources=self._same_resources(submit.fn_id, submit.resources),
+                        options=self._same_options(submit.fn_id, submit.options), parent_task_id=submit.parent,
+                        name=submit.name)
         self._tasks.submit(spec, held, worker.job)
 
     def _op_create_actor(self, worker, rid: int, args):

@@ -18,6 +18,7 @@ from anyray.util.scheduling_strategies import placement_of
 
 from ..common.placement_groups import removed_error, route
 from ..common.queues import ShapeQueues, admit
+from . import gc_guard
 from . import messages as m
 from .pool import describe
 from .store import ArenaObject, to_wire
@@ -30,7 +31,7 @@ class Task:
     def __init__(self, spec: TaskSpec, held: ArenaObject | None, job: tuple):
         self.spec = spec
         self.job = job  # (job id, namespace) of the driver it comes from
-        self.shape = tuple(sorted(spec.resources.items()))
+        self.shape = shape_of(spec.resources)
         self.state = "waiting"  # waiting -> queued -> running -> done
         self.lease = None
         self.worker = None
@@ -40,6 +41,19 @@ class Task:
         self.node = None      # the other node it was handed to (cluster)
         self.spilled = False  # handed here by another node: it runs here
         self.queues = None    # the queues of the placement group bundle it runs in; None: the node's
+
+
+_SHAPES: dict = {}  # one tuple per demand shape, for every pending task of it
+
+
+def shape_of(resources: dict) -> tuple:
+    shape = tuple(sorted(resources.items()))
+    shared = _SHAPES.get(shape)
+    if shared is None:
+        if len(_SHAPES) >= 4096:
+            _SHAPES.clear()
+        _SHAPES[shape] = shared = shape
+    return shared
 
 
 def same_env(worker, task: Task) -> bool:
@@ -87,6 +101,8 @@ class Tasks:
         feasibility = seams.feasibility
         if task.queues is None and task.shape not in feasibility.known_to_fit:
             feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
+        if len(self.tasks) >= gc_guard.HIGH:
+            gc_guard.queue_grew(len(self.tasks))
         if admit(task, self.tasks, self._children, self._lock, self._store, self.ready):
             self.ready(task)
 
@@ -237,6 +253,8 @@ class Tasks:
         task.state = "done"
         for ref in spec.returns:
             self.tasks.pop(ref._id, None)
+        if len(self.tasks) < gc_guard.LOW and gc_guard.deferring():  # and the results they left are few
+            gc_guard.queue_shrank(max(len(self.tasks), self._store.count()))
         siblings = self._children.get(spec.parent_task_id) if spec.parent_task_id else None
         if siblings is not None:
             if task in siblings:
