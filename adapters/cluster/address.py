@@ -64,6 +64,11 @@ class Target:
 
 
 def split_host_port(text: str, original: str) -> tuple[str, int]:
+    if "@" in text:  # user:password@HOST:PORT: a node takes no credentials, and they are not echoed back
+        raise ValueError(f"A node's address is HOST:PORT, without a user or password (got one before "
+                         f"{text.rpartition('@')[2].strip()!r}): pass the cluster's Redis password as "
+                         f"init(address=..., _redis_password=...) or `--redis-password`, or name the Redis "
+                         f"server as redis://:PASSWORD@HOST:PORT.")
     host, sep, port = text.strip().rpartition(":")
     host = host.strip("[]")
     if not sep or not port.isdigit() or not host or not 0 < int(port) < 65536:

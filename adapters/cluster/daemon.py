@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import traceback
-from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
+from multiprocessing.connection import AuthenticationError, answer_challenge
 
 from anyray.log import configure_daemon
 from anyray.ports.backend import Backend, BackendConfig
@@ -33,10 +33,11 @@ from anyray.runtime import Runtime, set_current
 from ..metadata import open_metadata
 from ..node import framing
 from ..node import messages as m
+from ..node.gate import Gate
 from ..node.node import Node
 from . import files, servers
 from .address import TOKEN_CHECK_KEY, token_check
-from .client import CLIENT_HELLO, CLIENT_READY, CLIENT_SETUP, _Watchdog, handshake, host_id, open_connection
+from .client import CLIENT_HELLO, CLIENT_READY, CLIENT_SETUP, _Watchdog, handshake, host_id, nodelay, open_connection
 from .group_records import GroupRecords, listing
 from .node import ClusterScheduler
 from .peers import serve_transfers
@@ -84,6 +85,7 @@ class NodeDaemon:
         # (fixed extra ports; transfers use the latter), and Ray's dashboard flags (recorded only).
         self.settings = dict(settings or {})
         self._extra_socks: list[socket.socket] = []
+        self._gates: list[Gate] = []  # each listener's: the connections not authenticated yet
         self.object_address = None
         self.token = token
         self.directory = directory
@@ -149,8 +151,8 @@ class NodeDaemon:
                                           on_change=self.scheduler.spill_queued, on_dead=self.scheduler.node_dead,
                                           on_self_lapsed=self._lapsed))
         threading.Thread(target=self._heartbeat_loop, name="anyray-heartbeat", daemon=True).start()
-        for sock in (self._sock, *self._extra_socks):
-            threading.Thread(target=self._accept_loop, args=(sock,), name="anyray-node-accept", daemon=True).start()
+        for sock in (self._sock, *self._extra_socks):  # the challenge and its deadline, then _serve_client
+            self._gates.append(Gate(sock, self.token, self._serve_client, "anyray-node-accept", report=log).start())
         self.record_file = files.write_node(self.directory, self.port, {
             "pid": os.getpid(), "address": self.address, "node_id": self.node.node_id, "head": self.head,
             "metadata": self.metadata_kind, "started": self.started, "ports": self.ports,
@@ -214,6 +216,8 @@ class NodeDaemon:
         self._stop.set()
 
     def close(self) -> None:
+        for gate in self._gates:
+            gate.close()
         for sock in (self._sock, *self._extra_socks):
             if sock is None:
                 continue
@@ -282,24 +286,14 @@ class NodeDaemon:
                 lost = False
 
     # -- clients --------------------------------------------------------------------------
-    def _accept_loop(self, listener: socket.socket) -> None:
-        while not self._stop.is_set():
-            try:
-                sock, peer = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve_client, args=(sock, peer), name="anyray-client",
-                             daemon=True).start()
-
-    def _serve_client(self, sock: socket.socket, peer) -> None:
+    def _serve_client(self, conn, peer) -> None:
+        """A connection whose peer proved it holds the token (the gate checked): the rest of the handshake."""
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            nodelay(conn)
         except OSError:
             pass
-        conn = Connection(sock.detach())
         try:
             with _Watchdog(conn):
-                deliver_challenge(conn, self.token)
                 answer_challenge(conn, self.token)
                 msg = conn.recv_bytes(1 << 16)
                 if msg[0] != CLIENT_HELLO:

@@ -77,7 +77,20 @@ class EtcdMetadataStore(MetadataStore):
 
     def _connect(self):
         user, password = self._credentials
-        return self._etcd3.client(host=self._host, port=self._port, user=user, password=password, timeout=5)
+        if user is None:  # no credentials: the client connects lazily, its errors reach ``_call``
+            return self._etcd3.client(host=self._host, port=self._port, timeout=5)
+        import grpc
+
+        try:  # with credentials the client authenticates at once: its gRPC error, said plainly
+            return self._etcd3.client(host=self._host, port=self._port, user=user, password=password, timeout=5)
+        except grpc.RpcError as exc:
+            code = exc.code() if callable(getattr(exc, "code", None)) else None
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise ConnectionError(f"The etcd metadata store at {self._host}:{self._port} is unreachable "
+                                      f"({code.name}).") from None
+            raise PermissionError(f"The etcd metadata store at {self._host}:{self._port} refused the credentials "
+                                  f"in its URL ({getattr(code, 'name', type(exc).__name__)}); check the user "
+                                  f"and password.") from None
 
     def _reconnect(self, broken) -> None:
         """A fresh client (the library shuns an endpoint for minutes after one failure), watches moved to it."""

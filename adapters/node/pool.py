@@ -24,13 +24,12 @@ import os
 import pickle
 import select
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from multiprocessing.connection import AuthenticationError, Listener, answer_challenge, deliver_challenge
+from multiprocessing.connection import AuthenticationError, answer_challenge
 
 import cloudpickle
 
@@ -39,6 +38,7 @@ from anyray.exceptions import AnyrayError, WorkerCrashedError
 from . import messages as m
 from .forkserver_link import EXIT_REPORT_GRACE, ServerLink
 from .framing import CALL_HEAD, REPLY_HEAD, SOCKET_NAME, frame, spin_until_readable, wake
+from .gate import Gate, listen_unix
 from .messages import CALL, FORK, HELLO, KILL, REPLY, SERVER_HELLO, SHUTDOWN
 
 log = logging.getLogger(__name__)
@@ -300,10 +300,9 @@ class WorkerPool:
         self._by_python: dict[str, ServerLink] = {}  # the servers started for other interpreters, lazily
         self._session = session
         self._start_lock = threading.Lock()  # held while a fork server for another interpreter starts
-        self._listener = Listener(self.address, family="AF_UNIX")  # authenticated per connection, off this thread
+        self._listener = listen_unix(self.address)  # each connection's challenge and its deadline: the gate's
         self._server = self._start_server(session, python)
-        self._acceptor = threading.Thread(target=self._accept_loop, name="anyray-accept", daemon=True)
-        self._acceptor.start()
+        self._gate = Gate(self._listener, self._secret, self._serve_connection, "anyray-accept").start()
 
     def __repr__(self) -> str:
         return f"WorkerPool({self.address!r}, workers={len(self._workers)})"
@@ -373,13 +372,12 @@ class WorkerPool:
             servers = list(self._servers.values())
         for server in servers:
             server.refuse()
-        try:  # wake the acceptor with a connection of our own, then stop listening
-            with socket.socket(socket.AF_UNIX) as sock:
-                sock.connect(self.address)
+        self._gate.close(timeout)  # stop accepting, then stop listening
+        self._listener.close()
+        try:
+            os.unlink(self.address)
         except OSError:
             pass
-        self._acceptor.join(timeout)
-        self._listener.close()
         for server in servers:
             server.shutdown(timeout)
         with self._lock:
@@ -431,23 +429,15 @@ class WorkerPool:
         except Exception:
             log.exception("a worker pool callback failed")
 
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                conn = self._listener.accept()
-            except OSError:
-                return
+    def _serve_connection(self, conn, _peer=None) -> None:
+        """A connection whose peer proved it holds the secret (the gate checked): the rest of the handshake,
+        then read it until it closes (the connection's one reader thread)."""
+        with self._lock:
             if self._closing:
                 conn.close()
                 return
-            with self._lock:
-                self._conns.add(conn)
-            threading.Thread(target=self._serve_connection, args=(conn,), name="anyray-conn", daemon=True).start()
-
-    def _serve_connection(self, conn) -> None:
-        """Authenticate a connection, then read it until it closes (the connection's one reader thread)."""
+            self._conns.add(conn)
         try:
-            deliver_challenge(conn, self._secret)
             answer_challenge(conn, self._secret)
             msg = conn.recv_bytes(1 << 16)
         except (AuthenticationError, EOFError, OSError):

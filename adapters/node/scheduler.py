@@ -48,6 +48,7 @@ from .groups import GroupRequests
 from .handlers import Requests
 from .introspection import listing
 from .ledger import Ledger
+from .memory_monitor import MemoryMonitor
 from .pool import read_results_here
 from .seams import Seams
 from .store import ArenaObject, SharedObjectStore
@@ -95,6 +96,9 @@ class NodeScheduler(ReportsResources, Scheduler):
         setup["places_groups"] = self.places_groups  # the port a worker's runtime offers (remote_groups.py)
         self.add_client = supervision.add_client
         self._closing: list = []  # what else shutdown() closes, first to last
+        monitor = MemoryMonitor.start_for(supervision, str(setup.get("node_id", "")))  # Ray's OOM policy
+        if monitor is not None:
+            self._closing.append(monitor.close)
         events.add_source(seams.record_sink.pull)
 
     @property

@@ -18,7 +18,7 @@ from anyray.util.scheduling_strategies import placement_of
 
 from ..common.placement_groups import removed_error, route
 from ..common.queues import ShapeQueues, admit
-from . import gc_guard
+from . import gc_guard, memory_monitor
 from . import messages as m
 from .pool import describe
 from .store import ArenaObject, to_wire
@@ -274,10 +274,11 @@ class Tasks:
         self._pool.release(task.lease)
         spec = task.spec
         retry = False
+        oom = memory_monitor.killed_for_memory(handle)  # killed by the node's memory monitor: its own retries
         with self._lock:
             if task.state == "running" and not task.cancelled:
                 retries = spec.options["max_retries"]
-                if allows_another(retries, task.attempts):
+                if memory_monitor.may_retry(spec) if oom else allows_another(retries, task.attempts):
                     task.attempts += 1
                     task.state = "queued"
                     task.lease = task.worker = None
@@ -285,7 +286,7 @@ class Tasks:
                     retry = True
         if not retry and task.state == "running" and not task.cancelled:
             self.finish(task)
-            self.fail(spec.returns, WorkerCrashedError(
+            self.fail(spec.returns, memory_monitor.error(oom) if oom else WorkerCrashedError(
                 f"The worker running {spec.name} (pid {handle.pid}) died: {describe(handle.exit.returncode)}"
                 f"{'' if not task.attempts else f', on each of {task.attempts + 1} attempts'}. "
                 f"Raise max_retries to retry it more often."))

@@ -1,0 +1,171 @@
+"""Ray's memory monitor, per node: when the machine's (or the node's memory cgroup's) memory use passes
+``RAY_memory_usage_threshold`` (default 0.95), checked every ``RAY_memory_monitor_refresh_ms`` (default 250;
+0 turns the monitor off), the node kills one worker running a task, so that the kernel's OOM killer (which
+may take any process, the node's own included) does not have to: a retriable task's worker first (a task
+with ``max_retries`` other than 0), the most recently started first, and only once the last one it killed
+is gone. The task is then run again, its memory kills counted apart from ``max_retries`` as Ray counts them
+(``RAY_task_oom_retries``, default -1: without end); a task that may not be retried, or whose memory
+retries are spent, fails with ``OutOfMemoryError``. Actor processes are not chosen (see the README).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+from anyray.exceptions import OutOfMemoryError
+
+log = logging.getLogger(__name__)
+
+THRESHOLD_ENV, REFRESH_ENV, OOM_RETRIES_ENV = ("RAY_memory_usage_threshold", "RAY_memory_monitor_refresh_ms",
+                                               "RAY_task_oom_retries")
+DEFAULT_THRESHOLD, DEFAULT_REFRESH_MS, DEFAULT_OOM_RETRIES = 0.95, 250, -1
+FIRST_LINE = "Task was killed due to the node running low on memory."  # Ray's first line, word for word
+
+_lock = threading.Lock()
+_oom_kills: dict[bytes, int] = {}  # task id -> times its worker was killed for memory
+
+
+def _number(name: str, default, kind):
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"${name} is a number ({kind.__name__}); got {text!r}.") from None
+
+
+def settings() -> tuple[float, float, int]:
+    """(threshold, refresh seconds, memory retries) from the environment, as Ray reads them."""
+    threshold = _number(THRESHOLD_ENV, DEFAULT_THRESHOLD, float)
+    if not 0 < threshold <= 1:
+        raise ValueError(f"${THRESHOLD_ENV} is the fraction of memory in use past which tasks are killed, "
+                         f"above 0 and at most 1; got {threshold}.")
+    return threshold, _number(REFRESH_ENV, DEFAULT_REFRESH_MS, int) / 1000.0, _number(OOM_RETRIES_ENV,
+                                                                                       DEFAULT_OOM_RETRIES, int)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def memory_usage() -> tuple[int, int]:
+    """(bytes used, bytes total): the memory cgroup's when it has a limit (less its inactive file cache),
+    else the machine's (total less available)."""
+    limit, current = _read("/sys/fs/cgroup/memory.max"), _read("/sys/fs/cgroup/memory.current")
+    if limit and limit.isdigit() and current and current.isdigit():
+        inactive = 0
+        for line in (_read("/sys/fs/cgroup/memory.stat") or "").splitlines():
+            if line.startswith("inactive_file "):
+                inactive = int(line.split()[1])
+        return max(0, int(current) - inactive), int(limit)
+    info = {}
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        name, _, value = line.partition(":")
+        info[name] = int(value.split()[0]) * 1024 if value.split() else 0
+    total = info.get("MemTotal", 0)
+    return total - info.get("MemAvailable", info.get("MemFree", 0)), total
+
+
+def killed_for_memory(handle) -> str | None:
+    """The monitor's message when it killed the worker of ``handle``, else None."""
+    return getattr(handle, "oom_message", None)
+
+
+def may_retry(spec) -> bool:
+    """Whether a task whose worker was killed for memory runs again (counting this kill)."""
+    if spec.options["max_retries"] == 0:
+        return False
+    retries = _number(OOM_RETRIES_ENV, DEFAULT_OOM_RETRIES, int)
+    with _lock:
+        kills = _oom_kills[spec.task_id] = _oom_kills.get(spec.task_id, 0) + 1
+        if retries < 0 or kills <= retries:
+            return True
+        del _oom_kills[spec.task_id]
+        return False
+
+
+def error(message: str) -> OutOfMemoryError:
+    return OutOfMemoryError(message)
+
+
+class MemoryMonitor:
+    """Watches memory for one node's ``supervision`` (its ``workers``) on a thread of its own."""
+
+    def __init__(self, supervision, threshold: float, refresh: float, retries: int, node_id: str = ""):
+        self._supervision, self.threshold, self.refresh, self.retries = supervision, threshold, refresh, retries
+        self._node_id = node_id
+        self._started: dict[int, tuple[object, float]] = {}  # worker id -> (its task, when first seen running)
+        self._victim = None  # the handle last killed, until it is gone
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="anyray-memory-monitor", daemon=True)
+
+    @classmethod
+    def start_for(cls, supervision, node_id: str = "") -> MemoryMonitor | None:
+        threshold, refresh, retries = settings()
+        if refresh <= 0:
+            return None
+        monitor = cls(supervision, threshold, refresh, retries, node_id)
+        monitor._thread.start()
+        return monitor
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.refresh):
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - the monitor must outlive one bad reading
+                log.exception("the memory monitor's check failed")
+
+    def check(self) -> None:
+        running = {}
+        for worker in list(self._supervision.workers.values()):
+            task = worker.task
+            if task is not None and not worker.dead and not worker.remote and worker.actor is None:
+                seen = self._started.get(worker.handle.worker_id)
+                running[worker.handle.worker_id] = (task, seen[1] if seen and seen[0] is task else time.monotonic())
+        self._started = running
+        used, total = memory_usage()
+        if not total or used / total <= self.threshold:
+            return
+        victim = self._victim
+        if victim is not None and victim.exit is None:
+            return  # the last one killed is not gone yet: its memory is not back either
+        chosen = None
+        for worker in list(self._supervision.workers.values()):
+            entry = running.get(worker.handle.worker_id)
+            if entry is None or worker.handle.pid is None:
+                continue
+            task, since = entry
+            key = (task.spec.options["max_retries"] != 0, since)  # retriable first, then the newest
+            if chosen is None or key > chosen[0]:
+                chosen = (key, worker, task)
+        if chosen is not None:
+            self._kill(chosen[1], chosen[2], used, total)
+
+    def _kill(self, worker, task, used: int, total: int) -> None:
+        handle = worker.handle
+        gib = 1 << 30
+        handle.oom_message = (
+            f"{FIRST_LINE}\nMemory on the node (ID: {self._node_id or 'this node'}) where the task "
+            f"{task.spec.name} (pid {handle.pid}) was running was {used / gib:.2f} GiB / {total / gib:.2f} GiB "
+            f"({used / total:.3f}), past the memory usage threshold of {self.threshold} "
+            f"(${THRESHOLD_ENV}). anyray killed this worker because its task was the most recently started "
+            f"{'retriable ' if task.spec.options['max_retries'] != 0 else ''}one. Use less memory per task, run "
+            f"fewer at once (num_cpus= or memory= on the task), or raise ${THRESHOLD_ENV}.")
+        log.warning("%s", handle.oom_message.replace("\n", " "))
+        self._victim = handle
+        try:
+            os.kill(handle.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

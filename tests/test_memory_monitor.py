@@ -1,0 +1,75 @@
+"""The node's memory monitor, with real worker processes: the threshold is set just above the memory in use
+now, and a task that then holds 3 GiB more passes it by 1.5 GiB, far more than the machine's other users move
+it (never near the machine's limit)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import anyray
+from anyray.adapters.node import memory_monitor
+from anyray.exceptions import OutOfMemoryError
+
+HOG = 3 << 30  # 3 GiB, written (so really resident); the threshold sits half of it above the use now
+WAIT = 120.0
+
+
+@pytest.fixture
+def low_threshold(monkeypatch):
+    used, total = memory_monitor.memory_usage()
+    if total - used < 4 * HOG:
+        pytest.skip("this machine has too little free memory to pass a threshold safely")
+    monkeypatch.setenv(memory_monitor.THRESHOLD_ENV, f"{(used + HOG // 2) / total:.6f}")
+    monkeypatch.setenv(memory_monitor.REFRESH_ENV, "100")
+    yield
+    if anyray.is_initialized():
+        anyray.shutdown()
+
+
+def hog(path: str, hog_on_attempts: int):
+    with open(path, "a") as f:
+        f.write("attempt\n")
+    with open(path) as f:
+        attempt = len(f.read().splitlines())
+    if attempt > hog_on_attempts:
+        return f"done on attempt {attempt}"
+    held = b"\x01" * HOG
+    time.sleep(WAIT)
+    return len(held)
+
+
+def test_a_task_that_may_not_be_retried_fails_with_out_of_memory_error(low_threshold, tmp_path):
+    anyray.init("multiprocess", num_cpus=2)
+    ref = anyray.remote(max_retries=0)(hog).remote(str(tmp_path / "a"), 99)
+    with pytest.raises(OutOfMemoryError, match=memory_monitor.FIRST_LINE):
+        anyray.get(ref, timeout=WAIT)
+    assert (tmp_path / "a").read_text().count("attempt") == 1
+
+
+def test_a_retriable_task_runs_again_until_its_memory_retries_are_spent(low_threshold, tmp_path, monkeypatch):
+    monkeypatch.setenv(memory_monitor.OOM_RETRIES_ENV, "2")
+    anyray.init("multiprocess", num_cpus=2)
+    task = anyray.remote(max_retries=1)(hog)  # memory kills are counted apart from max_retries
+    assert anyray.get(task.remote(str(tmp_path / "b"), 2), timeout=WAIT) == "done on attempt 3"
+    with pytest.raises(OutOfMemoryError, match="past the memory usage threshold"):
+        anyray.get(task.remote(str(tmp_path / "c"), 99), timeout=WAIT)
+    assert (tmp_path / "c").read_text().count("attempt") == 3  # the first run and its 2 memory retries
+
+
+def test_a_retriable_task_is_killed_before_an_older_one_that_may_not_be_retried(low_threshold, tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.setenv(memory_monitor.OOM_RETRIES_ENV, "1")
+    anyray.init("multiprocess", num_cpus=2)
+    older = anyray.remote(max_retries=0)(hog).remote(str(tmp_path / "older"), 99)  # it holds the memory
+    deadline = time.monotonic() + WAIT
+    while not (tmp_path / "older").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    newer = anyray.remote(max_retries=3)(time.sleep).remote(WAIT)  # holds nothing, but may be retried
+    with pytest.raises(OutOfMemoryError, match="most recently started retriable one"):
+        anyray.get(newer, timeout=WAIT)  # killed twice (its one memory retry) while the older one ran on
+    with pytest.raises(OutOfMemoryError, match="most recently started one"):  # then the older one
+        anyray.get(older, timeout=WAIT)
+    assert (tmp_path / "older").read_text().count("attempt") == 1
