@@ -184,3 +184,23 @@ def test_list_and_status_show_the_placement_groups(cluster_env):
     status = cli(cluster_env, "status").stdout
     assert "Placement groups: 1 CREATED, 1 PENDING" in status
     assert "shown" in status and "waiting" in status and "(detached)" in status
+
+
+def test_spread_work_that_needs_no_cpu_uses_every_node(cluster_env):
+    # Zero-CPU work leaves every node's load as it was: equally loaded nodes take SPREAD work in turn (as
+    # Ray's spread policy goes round the nodes), where all of it went to the driver's node before.
+    two_nodes(cluster_env, ("--num-cpus", "1"), ("--num-cpus", "1"))
+    out = _ok(driver(cluster_env, """
+        @anyray.remote(num_cpus=0)
+        class Where:
+            def node(self):
+                return anyray.get_runtime_context().get_node_id()
+
+        @anyray.remote(num_cpus=0, scheduling_strategy="SPREAD")
+        def where():
+            return anyray.get_runtime_context().get_node_id()
+
+        actors = [Where.options(scheduling_strategy="SPREAD").remote() for _ in range(6)]
+        print(len(set(anyray.get([a.node.remote() for a in actors]))), len(set(anyray.get([where.remote() for _ in range(6)]))))
+    """))
+    assert out.split() == ["2", "2"]

@@ -73,7 +73,7 @@ class RemoteActors:
             placed = self._place_by_strategy(spec, held, job, strategy)
             if placed is not False:
                 return placed
-        elif self.view is not None and not here and spec.resources:
+        elif self.view is not None and not here and (spec.resources or strategy == "SPREAD"):
             demand = spec.resources
             node_id = None
             if spec.options.get("scheduling_strategy") == "SPREAD":

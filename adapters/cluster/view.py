@@ -53,6 +53,7 @@ class ClusterView:
         self._lock = threading.Lock()
         self.records: dict[str, dict] = {}
         self._mine: dict[str, dict] = {}       # demand in flight that I handed to each node
+        self._spread_turn = 0  # equally loaded nodes take SPREAD work in turn
         self._at_record: dict[str, dict] = {}  # ... as it was when its last record arrived
         self._links: dict[str, PeerLink] = {}
         self._connecting: dict[str, threading.Lock] = {}
@@ -122,19 +123,23 @@ class ClusterView:
 
     def place_spread(self, demand: dict, here_free: dict, here_total: dict) -> str | None:
         """Where "SPREAD" work goes: the least-loaded node that has ``demand`` free now (the smallest share
-        of its CPUs in use; this node on a tie), charged for it when it is another node; None for this node
-        (also when no node has it free: it then waits here or spills as any task does)."""
+        of its CPUs in use; nodes equally loaded take turns, so work that needs no CPU spreads too), charged
+        for it when it is another node; None for this node (also when no node has it free: it then waits
+        here or spills as any task does)."""
         with self._lock:
-            best, best_load = None, None
+            loads = {}
             if fits(demand, here_free):
-                best_load = _load(here_free, here_total)
+                loads[None] = _load(here_free, here_total)
             for node_id, record in self.records.items():
                 credit = self._credit(node_id)
-                if not fits(demand, credit):
-                    continue
-                load = _load(credit, record["resources"])
-                if best_load is None or load < best_load - 1e-9:
-                    best, best_load = node_id, load
+                if fits(demand, credit):
+                    loads[node_id] = _load(credit, record["resources"])
+            if not loads:
+                return None
+            least = min(loads.values())
+            tied = sorted((n for n, load in loads.items() if load <= least + 1e-9), key=lambda n: n or "")
+            best = tied[self._spread_turn % len(tied)]
+            self._spread_turn += 1
             if best is not None:
                 mine = self._mine.setdefault(best, {})
                 for k, v in demand.items():
