@@ -89,7 +89,10 @@ class _ClusterScheduler(RemoteGroups, RemoteScheduler):
     def create_actor(self, spec):
         if spec.resources:
             self._check(spec.actor_id, spec.cls.name, spec.resources)
-        self.direct.promote(_passed_on(spec))
+        direct = self.direct
+        if direct.here or direct.waiting:
+            direct.promote(_passed_on(spec))
+        direct.created(spec.actor_id)
         winner = super().create_actor(spec)
         if winner is not None:  # get_if_exists lost the race for the name
             raise ActorNameTaken(winner)

@@ -174,6 +174,10 @@ class DirectCalls:
             raise PermissionError("An actor's process refused this driver's key for direct calls.") from None
         return conn
 
+    def created(self, actor_id: bytes) -> None:
+        """A new actor: its first calls go through the node while its process starts (no question then)."""
+        self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
+
     def stop(self, actor_id: bytes) -> None:
         """Calls to ``actor_id`` go through the node from now on (it is being killed): the calls sent
         before still get their answers, or fail when its process goes."""
