@@ -28,6 +28,11 @@ def private_cluster():
 
 
 @anyray.remote
+def pause(seconds):
+    time.sleep(seconds)
+
+
+@anyray.remote
 class Counter:
     def __init__(self):
         self.seen = []
@@ -38,6 +43,10 @@ class Counter:
 
     def pid(self):
         return os.getpid()
+
+    def add_after_a_task(self, value):
+        anyray.get(pause.remote(0.5))  # the process reads its node's connection meanwhile
+        return self.add(value)
 
     def sleep(self, seconds):
         time.sleep(seconds)
@@ -73,6 +82,18 @@ def test_direct_calls_keep_their_order_with_calls_that_go_through_the_node(priva
             actor.add.remote(5)]
     assert anyray.get(refs[-1], timeout=WAIT) == [1, 2, "through the node", 4, 5]
     assert anyray.get(refs[0]) == [1]
+
+
+def test_a_node_path_call_read_while_a_direct_call_waits_in_get_goes_behind_the_direct_calls(private_cluster):
+    actor = Counter.remote()
+    direct_socket(private_cluster, actor)
+    first = actor.add_after_a_task.remote("first")
+    time.sleep(0.2)  # it runs: the next call waits in the process's socket
+    second = actor.add.remote("second")
+    third = actor.add.remote(anyray.put("third"))
+    assert first._id in private_cluster.scheduler.direct.waiting
+    assert anyray.get(third, timeout=WAIT) == ["first", "second", "third"]
+    assert anyray.get(second) == ["first", "second"]
 
 
 def test_a_large_result_and_one_passed_on_are_read_as_through_the_node(private_cluster):

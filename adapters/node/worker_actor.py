@@ -102,6 +102,8 @@ class ActorMessages:
     def call(self, msg: m.ActorCall) -> None:
         node = self.node
         if node.inline is not None:
+            if node.direct is not None:  # direct calls that came first go first
+                node.direct.drain()
             node._tasks.append((node.inline.call, msg))
             return
         task_id = msg.task_id

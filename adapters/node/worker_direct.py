@@ -58,6 +58,7 @@ class DirectServer:
         self._poller.register(node._fd, select.POLLIN)
         self._poller.register(self._wake_r, select.POLLIN)
         self.cancelled: collections.deque = collections.deque(maxlen=256)  # cancels read before their call
+        self._drain_lock = threading.Lock()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             os.unlink(self.path)
@@ -113,7 +114,14 @@ class DirectServer:
         return None
 
     def drain(self) -> None:
-        """Queue the direct calls that have arrived, on every direct socket (and take new sockets in)."""
+        """Queue the direct calls that have arrived, on every direct socket (and take new sockets in).
+
+        Called before a message from the node is handled, on whichever thread reads it (the main thread
+        runs a call and waits in a ``get``, say): a call read from the node goes behind them."""
+        with self._drain_lock:
+            self._drain()
+
+    def _drain(self) -> None:
         if self._new:
             try:
                 os.read(self._wake_r, 4096)
