@@ -240,7 +240,11 @@ class DirectCalls:
                     sock.read_lock.release()
 
     def _read(self, sock: _Socket) -> None:
-        """Read one answer from ``sock`` (its read lock held)."""
+        """Read one answer from ``sock`` (its read lock held); a Ctrl-C meanwhile waits until it is in place."""
+        with self.link.deferring():
+            self._read_one(sock)
+
+    def _read_one(self, sock: _Socket) -> None:
         try:
             msg = sock.conn.recv_bytes()
         except (EOFError, OSError):
