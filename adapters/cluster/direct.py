@@ -198,7 +198,7 @@ class DirectCalls:
                 if left is not None and left <= 0:
                     raise GetTimeoutError("get() timed out: an actor call's result is not ready. Raise the "
                                           "timeout, or use wait() to take what is ready.")
-                self._pump([sock], left)
+                self._pump([sock], left, lambda oid=oid: oid not in waiting)
 
     def wait(self, ids, num_returns: int, deadline: float | None) -> set:
         """Of ``ids`` (all direct calls' results), those that came, once ``num_returns`` have or by ``deadline``."""
@@ -210,16 +210,17 @@ class DirectCalls:
                 return ready
             socks = list({id(s): s for s in (waiting.get(oid) for oid in ids) if s is not None}.values())
             if socks:
-                self._pump(socks, left)
+                self._pump(socks, left, lambda: sum(oid not in waiting for oid in ids) >= num_returns)
 
-    def _pump(self, socks: list, left: float | None) -> None:
-        """Read one answer from the first of ``socks`` that has one (waiting at most ``left`` seconds)."""
+    def _pump(self, socks: list, left: float | None, done) -> None:
+        """Read one answer from the first of ``socks`` that has one (waiting at most ``left`` seconds), unless
+        ``done()`` once this thread may read (another thread may have read what it waits for meanwhile)."""
         if len(socks) == 1:
             sock = socks[0]
             if not sock.read_lock.acquire(timeout=SLICE):
                 return
             try:
-                if sock.closed:
+                if sock.closed or done():
                     return
                 timeout = left if self._helper is None else SLICE if left is None else min(left, SLICE)
                 if spin_until_readable(sock.fd) or sock.conn.poll(timeout):
@@ -360,7 +361,10 @@ class DirectCalls:
                 if not socks:
                     self._helper = None
                     return
-            self._pump(socks, SLICE)
+            self._pump(socks, SLICE, self._promoted)
+
+    def _promoted(self) -> bool:
+        return not self._promote
 
     def forget(self, oid: bytes) -> None:
         """The last reference to ``oid`` here went."""
