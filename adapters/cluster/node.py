@@ -14,6 +14,10 @@ Actors (``actors.py``, ``actor_calls.py``). An actor goes where its resources
 are free; calls to it go to its node, and it starts again elsewhere when its
 node dies (while ``max_restarts`` allows).
 
+Direct calls (``direct_host.py``). A driver on this machine sends a sync actor's calls straight to the
+actor's process (``direct.py``, ``node/worker_direct.py``); this node says which processes take them,
+and still places, restarts and reports the death of their actors.
+
 Placement groups (``groups.py``, ``group_placer.py``, ``group_host.py``). A group's record lives in the
 metadata store; the node its driver is connected to places its bundles over the nodes (``planner.py``), each
 node reserving its own; work into a bundle goes to that bundle's node.
