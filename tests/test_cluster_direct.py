@@ -221,3 +221,12 @@ def test_a_value_returned_directly_is_read_by_a_task_on_another_node(cluster_env
     assert result.returncode == 0, result.stderr
     i, node = eval(result.stdout.strip().splitlines()[-1])
     assert i > 5 and node == other["node_id"]
+
+
+def test_many_calls_whose_answers_nobody_reads_yet_do_not_stop_a_call_behind_them(private_cluster):
+    actor = Counter.remote()
+    direct_socket(private_cluster, actor)
+    refs = [actor.big.remote(50_000) for _ in range(300)]  # 15 MB of answers, more than a socket holds
+    last = actor.add.remote(anyray.put("through the node"))  # the driver waits for its node for this one
+    assert anyray.get(last, timeout=WAIT) == ["through the node"]
+    assert all(len(value) == 50_000 for value in anyray.get(refs, timeout=WAIT))

@@ -163,6 +163,8 @@ class _ClusterStore(RemoteStore):
             except KeyError:
                 pass
         missing = [r for r in refs if r._id not in cache]
+        if direct.waiting:
+            direct.read_in_background()  # this thread waits for the node now
         got = dict(zip((r._id for r in missing), super().get(missing, timeout)))
         node, sealed = self.node, self._sealed
         for oid, obj in got.items():
@@ -185,6 +187,7 @@ class _ClusterStore(RemoteStore):
                 deadline = None if timeout is None else time.monotonic() + timeout
                 return ready | direct.wait(rest, num_returns - len(ready), deadline)
             direct.promote(ids)  # the node answers for all of them
+            direct.read_in_background()
         ready = super().wait(refs, num_returns, timeout)
         known.update(ready)
         return ready

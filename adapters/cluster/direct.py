@@ -51,6 +51,7 @@ from .direct_host import direct_key
 LOOKUP_SECONDS = 0.05      # the first wait before asking the node again about an actor that is "later"
 LOOKUP_MAX_SECONDS = 1.0   # the longest (the wait doubles while the answer stays "later")
 CAUSE_SECONDS = 3.0        # how long a driver waits for the node to say why an actor's process went
+READ_BEHIND = 64           # calls pending on one socket beyond which a helper thread reads their answers
 SLICE = 0.005              # a reader's wait between looks at whether another thread got its answer
 
 
@@ -93,6 +94,7 @@ class DirectCalls:
         self._promote: set[bytes] = set()          # results to put to the node when they come
         self._unwanted: set[bytes] = set()         # results whose references all went before they came
         self._helper: threading.Thread | None = None
+        self._live: set[_Socket] = set()           # every socket not closed
         self.closed = False
 
     # -- sending ---------------------------------------------------------------------------
@@ -127,6 +129,8 @@ class DirectCalls:
                 sock.conn.send_bytes(payload)
         except OSError:
             self._lost(sock)
+        if len(sock.pending) > READ_BEHIND and self._helper is None:
+            self._start_helper()  # its answers are read while more calls go out
         return True
 
     def _connect(self, actor_id: bytes) -> _Socket | None:
@@ -153,6 +157,8 @@ class DirectCalls:
             return None
         sock = _Socket(actor_id, conn, answer.pid, answer.path)
         self._sockets[actor_id] = sock
+        with self._lock:
+            self._live.add(sock)
         return sock
 
     def _open(self, path: str) -> Connection:
@@ -258,7 +264,9 @@ class DirectCalls:
         for oid, wire in zip(return_ids, result.wires):
             self._settle(oid, wire)
         if done:  # calls go another way now, and none is left on this socket
-            sock.closed = True
+            with self._lock:
+                sock.closed = True
+                self._live.discard(sock)
             sock.conn.close()
 
     def _settle(self, oid: bytes, wire) -> None:
@@ -288,6 +296,7 @@ class DirectCalls:
             if sock.closed:
                 return
             sock.closed = True
+            self._live.discard(sock)
             pending, sock.pending = sock.pending, {}
         if self._sockets.get(sock.actor_id) is sock:
             self._sockets.pop(sock.actor_id, None)
@@ -352,19 +361,25 @@ class DirectCalls:
             self._helper = threading.Thread(target=self._help, name="anyray-direct-results", daemon=True)
         self._helper.start()
 
+    def read_in_background(self) -> None:
+        """This thread is about to wait elsewhere (for its node) while direct calls are pending: a helper
+        reads their answers meanwhile (an actor process whose answers nobody reads stops reading calls)."""
+        if self.waiting:
+            self._start_helper()
+
     def _help(self) -> None:
-        """Read answers while results wait to be put to the node (nobody may be reading for them)."""
+        """Read answers while direct calls are pending and no thread may be reading them: results to put to
+        the node, a thread waiting for its node, many calls sent without a ``get``."""
         while not self.closed:
             with self._lock:
-                socks = list({id(s): s for s in (self.waiting.get(o) for o in self._promote) if s is not None}
-                             .values())
+                socks = [s for s in self._live if s.pending and not s.closed]
                 if not socks:
                     self._helper = None
                     return
-            self._pump(socks, SLICE, self._promoted)
+            self._pump(socks, SLICE, self._nothing_waits)
 
-    def _promoted(self) -> bool:
-        return not self._promote
+    def _nothing_waits(self) -> bool:
+        return not self.waiting
 
     def forget(self, oid: bytes) -> None:
         """The last reference to ``oid`` here went."""
