@@ -82,7 +82,7 @@ class _ClusterScheduler(RemoteGroups, RemoteScheduler):
     def cancel(self, ref, force, recursive) -> None:
         sock = self.direct.waiting.get(ref._id)
         if sock is not None:  # a direct call: the node interrupts it in the actor's process
-            self.node.tell("direct_cancel", (sock.actor_id, ref._id))
+            self.node.tell("direct_cancel", m.DirectCancel.pack(sock.actor_id, ref._id))
             return
         super().cancel(ref, force, recursive)
 

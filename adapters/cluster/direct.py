@@ -76,121 +76,23 @@ def eligible(spec, inline_max: int) -> bool:
             and options.get("concurrency_group") is None and not options.get("max_task_retries"))
 
 
-class DirectCalls:
-    """The driver's direct calls. ``link``: its node's ``ClientLink``; ``cache``: its store's cache (id ->
-    SerializedObject), where results land; ``token``: the cluster token (the socket keys derive from it)."""
+class _Answers:
+    """The reading half of ``DirectCalls``: the answers of direct calls, read by the thread that waits for
+    them (or a helper thread), settled into the store's cache, and the calls of a socket that closed."""
 
-    def __init__(self, link, cache: dict, token: bytes):
-        self.link = link
-        self._cache = cache
-        self._token = token
-        self._lock = threading.Lock()
-        self._sockets: dict[bytes, _Socket] = {}   # actor id -> the socket its calls go to now
-        self._never: set[bytes] = set()            # actors that take no direct calls
-        self._retry: dict[bytes, tuple] = {}       # actor id -> (when to ask again, the wait after that)
-        self._node_calls: dict[bytes, list] = {}   # actor id -> [the last call sent through the node]
-        self.waiting: dict[bytes, _Socket] = {}    # return id of a direct call -> its socket, until it comes
-        self.here: set[bytes] = set()              # results held only here (the node has not got them)
-        self._promote: set[bytes] = set()          # results to put to the node when they come
-        self._unwanted: set[bytes] = set()         # results whose references all went before they came
-        self._helper: threading.Thread | None = None
-        self._live: set[_Socket] = set()           # every socket not closed
-        self.closed = False
+    link = None
+    _cache: dict
+    _lock: threading.Lock
+    _sockets: dict
+    _retry: dict
+    _live: set
+    _promote: set
+    _unwanted: set
+    waiting: dict
+    here: set
+    _helper = None
+    closed = False
 
-    # -- sending ---------------------------------------------------------------------------
-    def submit(self, spec) -> bool:
-        """Send an actor call straight to its actor's process; False: it goes through the node."""
-        actor_id = spec.actor_id
-        if actor_id in self._never or self.closed:
-            return False
-        sock = self._sockets.get(actor_id)
-        if not eligible(spec, self.link.inline_max):
-            if sock is not None:  # from now on through the node, until the node has done these
-                self._sockets.pop(actor_id, None)
-                self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
-            self._node_calls[actor_id] = [spec.task_id]
-            return False
-        if sock is None:
-            sock = self._connect(actor_id)
-            if sock is None:
-                if actor_id not in self._never:  # the actor runs its calls in order: the last one says
-                    self._node_calls[actor_id] = [spec.task_id]  # when all are done
-                return False
-        return_ids = [r._id for r in spec.returns]
-        payload = frame(m.DIRECT_CALL, m.dumps(m.ActorCall.pack(
-            spec.task_id, spec.method_name, to_wire(spec.args), [], return_ids, call_options(spec.options),
-            spec.name, spec.caller_id, spec.seq, None)))
-        with self._lock:
-            sock.pending[spec.task_id] = return_ids
-            for oid in return_ids:
-                self.waiting[oid] = sock
-        try:
-            with sock.send_lock:
-                sock.conn.send_bytes(payload)
-        except OSError:
-            self._lost(sock)
-        if len(sock.pending) > READ_BEHIND and self._helper is None:
-            self._start_helper()  # its answers are read while more calls go out
-        return True
-
-    def _connect(self, actor_id: bytes) -> _Socket | None:
-        retry = self._retry.get(actor_id)
-        now = time.monotonic()
-        if retry is not None and now < retry[0]:
-            return None
-        answer = m.DirectAnswer._make(self.link.request(
-            "direct_actor", m.DirectActor.pack(actor_id, self._node_calls.get(actor_id, []))))
-        if answer.kind == "never":
-            self._never.add(actor_id)
-            self._node_calls.pop(actor_id, None)
-            return None
-        if answer.kind != "ok":
-            wait = LOOKUP_SECONDS if retry is None else min(retry[1] * 2, LOOKUP_MAX_SECONDS)
-            self._retry[actor_id] = (now + wait, wait)
-            return None
-        self._retry.pop(actor_id, None)
-        self._node_calls.pop(actor_id, None)
-        try:
-            conn = self._open(answer.path)
-        except (OSError, PermissionError, EOFError):
-            self._retry[actor_id] = (now + LOOKUP_SECONDS, LOOKUP_SECONDS)
-            return None
-        sock = _Socket(actor_id, conn, answer.pid, answer.path)
-        self._sockets[actor_id] = sock
-        with self._lock:
-            self._live.add(sock)
-        return sock
-
-    def _open(self, path: str) -> Connection:
-        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        raw.settimeout(10.0)
-        try:
-            raw.connect(path)
-        except OSError:
-            raw.close()
-            raise
-        raw.settimeout(None)
-        conn = Connection(raw.detach())
-        key = direct_key(self._token, os.path.dirname(path))
-        try:
-            answer_challenge(conn, key)
-            deliver_challenge(conn, key)
-        except (AuthenticationError, EOFError, OSError):
-            conn.close()
-            raise PermissionError("An actor's process refused this driver's key for direct calls.") from None
-        return conn
-
-    def created(self, actor_id: bytes) -> None:
-        """A new actor: its first calls go through the node while its process starts (no question then)."""
-        self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
-
-    def stop(self, actor_id: bytes) -> None:
-        """Calls to ``actor_id`` go through the node from now on (it is being killed): the calls sent
-        before still get their answers, or fail when its process goes."""
-        self._sockets.pop(actor_id, None)
-        self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
-
-    # -- results -----------------------------------------------------------------------------
     def collect(self, ids, deadline: float | None) -> None:
         """Wait until the results among ``ids`` of direct calls are here (or at the node); raise
         ``GetTimeoutError`` past ``deadline``."""
@@ -331,6 +233,149 @@ class DirectCalls:
             time.sleep(0.02)
         return f"The actor's process ({sock.pid}) died while it ran this call."
 
+    def _start_helper(self) -> None:
+        with self._lock:
+            if self._helper is not None:
+                return
+            self._helper = threading.Thread(target=self._help, name="anyray-direct-results", daemon=True)
+        self._helper.start()
+
+
+    def read_in_background(self) -> None:
+        """This thread is about to wait elsewhere (for its node) while direct calls are pending: a helper
+        reads their answers meanwhile (an actor process whose answers nobody reads stops reading calls)."""
+        if self.waiting:
+            self._start_helper()
+
+    def _help(self) -> None:
+        """Read answers while direct calls are pending and no thread may be reading them: results to put to
+        the node, a thread waiting for its node, many calls sent without a ``get``."""
+        while not self.closed:
+            with self._lock:
+                socks = [s for s in self._live if s.pending and not s.closed]
+                if not socks:
+                    self._helper = None
+                    return
+            self._pump(socks, SLICE, self._nothing_waits)
+
+    def _nothing_waits(self) -> bool:
+        return not self.waiting
+
+
+class DirectCalls(_Answers):
+    """The driver's direct calls. ``link``: its node's ``ClientLink``; ``cache``: its store's cache (id ->
+    SerializedObject), where results land; ``token``: the cluster token (the socket keys derive from it)."""
+
+    def __init__(self, link, cache: dict, token: bytes):
+        self.link = link
+        self._cache = cache
+        self._token = token
+        self._lock = threading.Lock()
+        self._sockets: dict[bytes, _Socket] = {}   # actor id -> the socket its calls go to now
+        self._never: set[bytes] = set()            # actors that take no direct calls
+        self._retry: dict[bytes, tuple] = {}       # actor id -> (when to ask again, the wait after that)
+        self._node_calls: dict[bytes, list] = {}   # actor id -> [the last call sent through the node]
+        self.waiting: dict[bytes, _Socket] = {}    # return id of a direct call -> its socket, until it comes
+        self.here: set[bytes] = set()              # results held only here (the node has not got them)
+        self._promote: set[bytes] = set()          # results to put to the node when they come
+        self._unwanted: set[bytes] = set()         # results whose references all went before they came
+        self._helper: threading.Thread | None = None
+        self._live: set[_Socket] = set()           # every socket not closed
+        self.closed = False
+
+    # -- sending ---------------------------------------------------------------------------
+    def submit(self, spec) -> bool:
+        """Send an actor call straight to its actor's process; False: it goes through the node."""
+        actor_id = spec.actor_id
+        if actor_id in self._never or self.closed:
+            return False
+        sock = self._sockets.get(actor_id)
+        if not eligible(spec, self.link.inline_max):
+            if sock is not None:  # from now on through the node, until the node has done these
+                self._sockets.pop(actor_id, None)
+                self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
+            self._node_calls[actor_id] = [spec.task_id]
+            return False
+        if sock is None:
+            sock = self._connect(actor_id)
+            if sock is None:
+                if actor_id not in self._never:  # the actor runs its calls in order: the last one says
+                    self._node_calls[actor_id] = [spec.task_id]  # when all are done
+                return False
+        return_ids = [r._id for r in spec.returns]
+        payload = frame(m.DIRECT_CALL, m.dumps(m.ActorCall.pack(
+            spec.task_id, spec.method_name, to_wire(spec.args), [], return_ids, call_options(spec.options),
+            spec.name, spec.caller_id, spec.seq, None)))
+        with self._lock:
+            sock.pending[spec.task_id] = return_ids
+            for oid in return_ids:
+                self.waiting[oid] = sock
+        try:
+            with sock.send_lock:
+                sock.conn.send_bytes(payload)
+        except OSError:
+            self._lost(sock)
+        if len(sock.pending) > READ_BEHIND and self._helper is None:
+            self._start_helper()  # its answers are read while more calls go out
+        return True
+
+    def _connect(self, actor_id: bytes) -> _Socket | None:
+        retry = self._retry.get(actor_id)
+        now = time.monotonic()
+        if retry is not None and now < retry[0]:
+            return None
+        answer = m.DirectAnswer._make(self.link.request(
+            "direct_actor", m.DirectActor.pack(actor_id, self._node_calls.get(actor_id, []))))
+        if answer.kind == "never":
+            self._never.add(actor_id)
+            self._node_calls.pop(actor_id, None)
+            return None
+        if answer.kind != "ok":
+            wait = LOOKUP_SECONDS if retry is None else min(retry[1] * 2, LOOKUP_MAX_SECONDS)
+            self._retry[actor_id] = (now + wait, wait)
+            return None
+        self._retry.pop(actor_id, None)
+        self._node_calls.pop(actor_id, None)
+        try:
+            conn = self._open(answer.path)
+        except (OSError, PermissionError, EOFError):
+            self._retry[actor_id] = (now + LOOKUP_SECONDS, LOOKUP_SECONDS)
+            return None
+        sock = _Socket(actor_id, conn, answer.pid, answer.path)
+        self._sockets[actor_id] = sock
+        with self._lock:
+            self._live.add(sock)
+        return sock
+
+    def _open(self, path: str) -> Connection:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.settimeout(10.0)
+        try:
+            raw.connect(path)
+        except OSError:
+            raw.close()
+            raise
+        raw.settimeout(None)
+        conn = Connection(raw.detach())
+        key = direct_key(self._token, os.path.dirname(path))
+        try:
+            answer_challenge(conn, key)
+            deliver_challenge(conn, key)
+        except (AuthenticationError, EOFError, OSError):
+            conn.close()
+            raise PermissionError("An actor's process refused this driver's key for direct calls.") from None
+        return conn
+
+    def created(self, actor_id: bytes) -> None:
+        """A new actor: its first calls go through the node while its process starts (no question then)."""
+        self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
+
+    def stop(self, actor_id: bytes) -> None:
+        """Calls to ``actor_id`` go through the node from now on (it is being killed): the calls sent
+        before still get their answers, or fail when its process goes."""
+        self._sockets.pop(actor_id, None)
+        self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
+
     # -- references leaving the driver -------------------------------------------------------
     def promote(self, ids) -> None:
         """``ids`` leave this driver (a dependency, a reference inside arguments or a put): the node
@@ -353,33 +398,6 @@ class DirectCalls:
                 self.link.tell("put", m.Put.pack(oid, to_wire(obj), []))
         if start:
             self._start_helper()
-
-    def _start_helper(self) -> None:
-        with self._lock:
-            if self._helper is not None:
-                return
-            self._helper = threading.Thread(target=self._help, name="anyray-direct-results", daemon=True)
-        self._helper.start()
-
-    def read_in_background(self) -> None:
-        """This thread is about to wait elsewhere (for its node) while direct calls are pending: a helper
-        reads their answers meanwhile (an actor process whose answers nobody reads stops reading calls)."""
-        if self.waiting:
-            self._start_helper()
-
-    def _help(self) -> None:
-        """Read answers while direct calls are pending and no thread may be reading them: results to put to
-        the node, a thread waiting for its node, many calls sent without a ``get``."""
-        while not self.closed:
-            with self._lock:
-                socks = [s for s in self._live if s.pending and not s.closed]
-                if not socks:
-                    self._helper = None
-                    return
-            self._pump(socks, SLICE, self._nothing_waits)
-
-    def _nothing_waits(self) -> bool:
-        return not self.waiting
 
     def forget(self, oid: bytes) -> None:
         """The last reference to ``oid`` here went."""

@@ -70,8 +70,9 @@ class DirectHost:
         return m.DirectAnswer.pack("ok", path, pid, state, cause)
 
     def _op_direct_cancel(self, worker, rid: int, args):
-        actor_id, oid = args
-        actor = self._actors.actors.get(actor_id)
+        cancel = m.DirectCancel._make(args)
+        oid = cancel.oid
+        actor = self._actors.actors.get(cancel.actor_id)
         process = actor.worker if actor is not None and actor.state == "alive" else None
         if process is None or not self._send(process, m.ACTOR, m.ActorOp.pack(m.ACTOR_CANCEL, oid)):
             return

@@ -511,10 +511,16 @@ class DirectAnswer(NamedTuple):
     cause: str                # why it died, once dead
 
 
-for _cls in (DirectResult, DirectActor, DirectAnswer):
+class DirectCancel(NamedTuple):  # "direct_cancel", driver -> node (no answer)
+    actor_id: bytes
+    oid: bytes                # the direct call's first return id
+
+
+for _cls in (DirectResult, DirectActor, DirectAnswer, DirectCancel):
     _add_pack(_cls)
     TYPES.append(_cls)
 del _cls
 TYPE_OF_TAG[DIRECT_CALL] = ActorCall
 TYPE_OF_TAG[DIRECT_RESULT] = DirectResult
 OP_TYPES["direct_actor"] = DirectActor
+OP_TYPES["direct_cancel"] = DirectCancel
