@@ -28,9 +28,13 @@ in three processes. A direct call is two, as on the multiprocess backend:
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
+import select
 import socket
+import sys
+import termios
 import threading
 import time
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
@@ -51,14 +55,14 @@ from .direct_host import direct_key
 LOOKUP_SECONDS = 0.05      # the first wait before asking the node again about an actor that is "later"
 LOOKUP_MAX_SECONDS = 1.0   # the longest (the wait doubles while the answer stays "later")
 CAUSE_SECONDS = 3.0        # how long a driver waits for the node to say why an actor's process went
-READ_BEHIND = 64           # calls pending on one socket beyond which a helper thread reads their answers
+UNREAD_MAX = 256 * 1024    # answers unread beyond which a helper thread reads them while calls go out
 SLICE = 0.005              # a reader's wait between looks at whether another thread got its answer
 
 
 class _Socket:
     """A direct socket to one actor process, and the calls sent on it without a result yet."""
 
-    __slots__ = ("actor_id", "conn", "fd", "pid", "path", "send_lock", "read_lock", "pending", "closed")
+    __slots__ = ("actor_id", "conn", "fd", "pid", "path", "send_lock", "read_lock", "pending", "closed", "poller")
 
     def __init__(self, actor_id: bytes, conn: Connection, pid: int, path: str):
         self.actor_id, self.conn, self.fd, self.pid, self.path = actor_id, conn, conn.fileno(), pid, path
@@ -66,6 +70,17 @@ class _Socket:
         self.read_lock = threading.Lock()
         self.pending: dict[bytes, list] = {}  # task id -> its return ids
         self.closed = False
+        self.poller = select.poll()  # whether a call can go out without waiting
+        self.poller.register(self.fd, select.POLLOUT)
+
+
+def backed_up(sock: _Socket) -> bool:
+    """Whether the actor process's answers pile up unread, or it stopped reading calls: then a thread
+    sending more could block, while the process blocks on an answer nobody reads."""
+    if not sock.poller.poll(0):  # less than 3/4 of the send buffer free: the process does not read now
+        return True
+    unread = fcntl.ioctl(sock.fd, termios.FIONREAD, b"\0\0\0\0")
+    return int.from_bytes(unread, sys.byteorder) > UNREAD_MAX
 
 
 def eligible(spec, inline_max: int) -> bool:
@@ -315,7 +330,7 @@ class DirectCalls(_Answers):
                 sock.conn.send_bytes(payload)
         except OSError:
             self._lost(sock)
-        if len(sock.pending) > READ_BEHIND and self._helper is None:
+        if self._helper is None and backed_up(sock):
             self._start_helper()  # its answers are read while more calls go out
         return True
 
