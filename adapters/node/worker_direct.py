@@ -57,6 +57,7 @@ class DirectServer:
         self._poller = select.poll()
         self._poller.register(node._fd, select.POLLIN)
         self._poller.register(self._wake_r, select.POLLIN)
+        self._direct = select.poll()  # the direct sockets alone
         self.cancelled: collections.deque = collections.deque(maxlen=256)  # cancels read before their call
         self._drain_lock = threading.Lock()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -109,7 +110,7 @@ class DirectServer:
                 events = poller.poll()
         self.drain()
         node_fd = self.node._fd
-        if any(fd == node_fd for fd, _ in events) and node_conn.poll(0):
+        if any(fd == node_fd for fd, _ in events):  # only this thread reads it now: still readable
             return node_conn.recv_bytes()
         return None
 
@@ -131,19 +132,29 @@ class DirectServer:
                 conn = self._new.popleft()
                 self.conns[conn.fileno()] = conn
                 self._poller.register(conn.fileno(), select.POLLIN)
-        for fd, conn in list(self.conns.items()):
-            try:
-                while conn.poll(0):
+                self._direct.register(conn.fileno(), select.POLLIN)
+        if not self.conns:
+            return
+        while True:  # one poll of the direct sockets per round (a Connection's poll builds a selector)
+            ready = self._direct.poll(0)
+            if not ready:
+                return
+            for fd, _ in ready:
+                conn = self.conns.get(fd)
+                if conn is None:
+                    continue
+                try:
                     self._on_message(conn, conn.recv_bytes())
-            except (EOFError, OSError):
-                self._drop(fd, conn)
+                except (EOFError, OSError):
+                    self._drop(fd, conn)
 
     def _drop(self, fd: int, conn: Connection) -> None:
         self.conns.pop(fd, None)
-        try:
-            self._poller.unregister(fd)
-        except (KeyError, ValueError):
-            pass
+        for poller in (self._poller, self._direct):
+            try:
+                poller.unregister(fd)
+            except (KeyError, ValueError):
+                pass
         conn.close()
 
     def _on_message(self, conn: Connection, msg: bytes) -> None:
