@@ -230,3 +230,4 @@ def test_many_calls_whose_answers_nobody_reads_yet_do_not_stop_a_call_behind_the
     last = actor.add.remote(anyray.put("through the node"))  # the driver waits for its node for this one
     assert anyray.get(last, timeout=WAIT) == ["through the node"]
     assert all(len(value) == 50_000 for value in anyray.get(refs, timeout=WAIT))
+

@@ -55,6 +55,7 @@ from .direct_host import direct_key
 LOOKUP_SECONDS = 0.05      # the first wait before asking the node again about an actor that is "later"
 LOOKUP_MAX_SECONDS = 1.0   # the longest (the wait doubles while the answer stays "later")
 CAUSE_SECONDS = 3.0        # how long a driver waits for the node to say why an actor's process went
+ARGS_MAX = 32 * 1024       # larger arguments go through the node (a send never fills the socket)
 UNREAD_MAX = 256 * 1024    # answers unread beyond which a helper thread reads them while calls go out
 SLICE = 0.005              # a reader's wait between looks at whether another thread got its answer
 
@@ -75,19 +76,16 @@ class _Socket:
 
 
 def backed_up(sock: _Socket) -> bool:
-    """Whether the actor process's answers pile up unread, or it stopped reading calls: then a thread
-    sending more could block, while the process blocks on an answer nobody reads."""
-    if not sock.poller.poll(0):  # less than 3/4 of the send buffer free: the process does not read now
-        return True
+    """Whether the actor process's answers pile up unread (it may block on one nobody reads)."""
     unread = fcntl.ioctl(sock.fd, termios.FIONREAD, b"\0\0\0\0")
     return int.from_bytes(unread, sys.byteorder) > UNREAD_MAX
 
 
-def eligible(spec, inline_max: int) -> bool:
+def eligible(spec) -> bool:
     """Whether an actor call may go straight to the actor's process (see the module's docstring)."""
     options = spec.options
     args = spec.args
-    return (not spec.deps and not args.contained_refs and args.nbytes < inline_max and stream_of(options) is None
+    return (not spec.deps and not args.contained_refs and args.nbytes < ARGS_MAX and stream_of(options) is None
             and options.get("concurrency_group") is None and not options.get("max_task_retries"))
 
 
@@ -112,6 +110,10 @@ class _Answers:
         """Wait until the results among ``ids`` of direct calls are here (or at the node); raise
         ``GetTimeoutError`` past ``deadline``."""
         waiting = self.waiting
+        if len(self._live) > 1 and self._helper is None:
+            mine = {id(waiting.get(oid)) for oid in ids}
+            if any(s.pending for s in list(self._live) if id(s) not in mine):
+                self.read_in_background()  # other actors' answers are read meanwhile
         for oid in ids:
             while oid in waiting:
                 sock = waiting.get(oid)
@@ -305,12 +307,19 @@ class DirectCalls(_Answers):
         if actor_id in self._never or self.closed:
             return False
         sock = self._sockets.get(actor_id)
-        if not eligible(spec, self.link.inline_max):
+        if not eligible(spec):
             if sock is not None:  # from now on through the node, until the node has done these
                 self._sockets.pop(actor_id, None)
                 self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
             self._node_calls[actor_id] = [spec.task_id]
             return False
+        if sock is not None and not sock.poller.poll(0):
+            # The process does not read calls now (it runs a long one, say): a send could block this
+            # thread, and the call it runs may wait for this thread. The node takes calls without
+            # waiting: this one and the next go through it, until it has done them.
+            self._sockets.pop(actor_id, None)
+            self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
+            sock = None
         if sock is None:
             sock = self._connect(actor_id)
             if sock is None:
