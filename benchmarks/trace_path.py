@@ -1,6 +1,6 @@
 """Which of anyray's source files one task passes through, from ``f.remote()`` to ``get``, in every process.
 
-    python benchmarks/trace_path.py [--backend multiprocess] [--show-calls]
+    python benchmarks/trace_path.py [--backend multiprocess|cluster] [--actor] [--show-calls]
 
 The program runs again in a child interpreter whose ``sitecustomize`` puts a profile hook on every
 thread of every process it starts (the driver, the fork server and the workers forked from it). Each
@@ -68,7 +68,16 @@ PROGRAM = textwrap.dedent('''
     def f(x):
         return x + 1
 
-    anyray.get(f.remote(0))          # warm: a worker exists and knows f
+    @anyray.remote
+    class A:
+        def f(self, x):
+            return x + 1
+
+    if sys.argv[2] == "actor":
+        f = A.remote().f  # a call to an actor instead (on a cluster: straight to its process once it is up)
+    for _ in range(20):             # warm: a worker exists and knows f (an actor's calls found their way)
+        anyray.get(f.remote(0))
+        time.sleep(0.02)
     time.sleep(0.5)
     start = time.monotonic()
     assert anyray.get(f.remote(1)) == 2
@@ -79,14 +88,14 @@ PROGRAM = textwrap.dedent('''
 ''')
 
 
-def run(backend: str) -> tuple[float, float, dict[int, list[tuple[float, int, str, str, str]]]]:
+def run(backend: str, what: str = "task") -> tuple[float, float, dict[int, list[tuple[float, int, str, str, str]]]]:
     with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, "sitecustomize.py"), "w") as f:
             f.write(SITECUSTOMIZE)
         env = dict(os.environ, ANYRAY_TRACE_PATH=os.path.join(tmp, "trace"),
                    ANYRAY_TRACE_PREFIXES=os.pathsep.join(PREFIXES),
                    PYTHONPATH=os.pathsep.join([tmp, *filter(None, [os.environ.get("PYTHONPATH")])]))
-        out = subprocess.run([sys.executable, "-c", PROGRAM, backend], env=env, capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-c", PROGRAM, backend, what], env=env, capture_output=True, text=True,
                              timeout=600)
         if out.returncode:
             sys.exit(f"the traced program failed:\n{out.stdout}\n{out.stderr}")
@@ -150,8 +159,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="multiprocess")
     parser.add_argument("--show-calls", action="store_true", help="print every call inside the window")
+    parser.add_argument("--actor", action="store_true", help="trace one actor call instead of one task")
     args = parser.parse_args()
-    analyse(*run(args.backend), show_calls=args.show_calls)
+    start, end, events = run(args.backend, "actor" if args.actor else "task")
+    analyse(start, end, events, show_calls=args.show_calls)
+    print(f"\nthe window: {(end - start) * 1e6:.0f} us (with the profile hooks on)")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 
 from anyray.events import TaskRecord
 from anyray.exceptions import ActorNameTaken, GetTimeoutError
@@ -33,6 +34,7 @@ from ..node import messages as m
 from ..node.link import BorrowCounter
 from ..node.remote_groups import RemoteGroups
 from ..node.remote_ports import RemoteScheduler, RemoteStore
+from .direct import DirectCalls
 
 
 class _ClusterScheduler(RemoteGroups, RemoteScheduler):
@@ -60,14 +62,48 @@ class _ClusterScheduler(RemoteGroups, RemoteScheduler):
     def submit_task(self, spec) -> None:
         if spec.resources:
             self._check(spec.function.function_id, spec.name, spec.resources)
+        direct = self.direct
+        if direct.here or direct.waiting:
+            direct.promote(_passed_on(spec))
         super().submit_task(spec)
+
+    def submit_actor_task(self, spec) -> None:
+        direct = self.direct
+        if direct.submit(spec):
+            return
+        if direct.here or direct.waiting:
+            direct.promote(_passed_on(spec))
+        super().submit_actor_task(spec)
+
+    def kill_actor(self, actor_id, no_restart) -> None:
+        self.direct.stop(actor_id)  # a call made after the kill goes behind it, through the node
+        super().kill_actor(actor_id, no_restart)
+
+    def cancel(self, ref, force, recursive) -> None:
+        sock = self.direct.waiting.get(ref._id)
+        if sock is not None:  # a direct call: the node interrupts it in the actor's process
+            self.node.tell("direct_cancel", m.DirectCancel.pack(sock.actor_id, ref._id))
+            return
+        super().cancel(ref, force, recursive)
 
     def create_actor(self, spec):
         if spec.resources:
             self._check(spec.actor_id, spec.cls.name, spec.resources)
+        direct = self.direct
+        if direct.here or direct.waiting:
+            direct.promote(_passed_on(spec))
+        direct.created(spec.actor_id)
         winner = super().create_actor(spec)
         if winner is not None:  # get_if_exists lost the race for the name
             raise ActorNameTaken(winner)
+
+
+def _passed_on(spec) -> list:
+    """The object ids a task, actor or call passes on: its dependencies and the references in its arguments."""
+    ids = [r._id for r in spec.deps]
+    if spec.args is not None and spec.args.contained_refs:
+        ids.extend(r._id for r in spec.args.contained_refs if getattr(r, "_actor_id", None) is None)
+    return ids
 
 
 def _infeasible_text(name: str, demand: dict, totals: list[dict]) -> str:
@@ -92,6 +128,8 @@ class _ClusterStore(RemoteStore):
     def put(self, ref, obj) -> None:
         node, oid = self.node, ref._id
         contained = m.contained_ids(obj.contained_refs)
+        if contained and (self.direct.here or self.direct.waiting):
+            self.direct.promote([i for kind, i in contained if kind == m.OBJECT])
         if obj.nbytes < node.inline_max or not node.shared:
             wire = node.to_node(obj)  # bytes: the caller may change its arrays from now on
             node.tell("put", m.Put.pack(oid, wire, contained))
@@ -114,7 +152,19 @@ class _ClusterStore(RemoteStore):
             return [cache[r._id] for r in refs]
         except KeyError:
             pass
+        direct = self.direct
+        if direct.waiting:  # results of direct calls: read from the actors' sockets
+            deadline = None if timeout is None else time.monotonic() + timeout
+            direct.collect([r._id for r in refs], deadline)
+            if timeout is not None:
+                timeout = max(deadline - time.monotonic(), 0)
+            try:
+                return [cache[r._id] for r in refs]
+            except KeyError:
+                pass
         missing = [r for r in refs if r._id not in cache]
+        if direct.waiting:
+            direct.read_in_background()  # this thread waits for the node now
         got = dict(zip((r._id for r in missing), super().get(missing, timeout)))
         node, sealed = self.node, self._sealed
         for oid, obj in got.items():
@@ -129,16 +179,28 @@ class _ClusterStore(RemoteStore):
         ready = {r._id for r in refs if r._id in known or r._id in cache}
         if len(ready) >= num_returns:
             return ready
+        direct = self.direct
+        if direct.waiting or direct.here:
+            ids = [r._id for r in refs]
+            rest = [oid for oid in ids if oid not in ready]
+            if all(oid in direct.waiting for oid in rest):  # only direct calls' results to wait for
+                deadline = None if timeout is None else time.monotonic() + timeout
+                return ready | direct.wait(rest, num_returns - len(ready), deadline)
+            direct.promote(ids)  # the node answers for all of them
+            direct.read_in_background()
         ready = super().wait(refs, num_returns, timeout)
         known.update(ready)
         return ready
 
     def free(self, refs) -> None:
         cache, known = self._cache, self._sealed
+        direct = self.direct
         for r in refs:
             oid = r if isinstance(r, bytes) else r._id
             cache.pop(oid, None)
             known.discard(oid)
+            if direct.here or direct.waiting:
+                direct.forget(oid)
         super().free(refs)
 
 
@@ -229,7 +291,7 @@ class ClusterBackend(Backend):
                 password = os.environ.get(PASSWORD_ENV) or None
             try:
                 target = resolve(address, password=password, token_file=cfg.options.get("token_file"))
-                conn, setup, address, _token = connect(target, "driver", cfg.job_id, cfg.namespace)
+                conn, setup, address, token = connect(target, "driver", cfg.job_id, cfg.namespace)
             except (OSError, ValueError) as exc:  # said again without any password the address held
                 raise type(exc)(redact(exc)) from None
         self.address = address
@@ -242,6 +304,7 @@ class ClusterBackend(Backend):
         self._printer.start()
         self.scheduler = _ClusterScheduler(self.link)
         self.object_store = _ClusterStore(self.link)
+        self.scheduler.direct = self.object_store.direct = DirectCalls(self.link, self.object_store._cache, token)
         self.metadata = None
 
     def _print_loop(self) -> None:
@@ -279,6 +342,8 @@ class ClusterBackend(Backend):
             except (OSError, ConnectionError, GetTimeoutError):
                 pass
         if self.link is not None:
+            if getattr(self, "scheduler", None) is not None:
+                self.scheduler.direct.close()
             self.link.close()
             self.link = None
         if self._proc is not None:

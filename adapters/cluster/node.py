@@ -14,6 +14,10 @@ Actors (``actors.py``, ``actor_calls.py``). An actor goes where its resources
 are free; calls to it go to its node, and it starts again elsewhere when its
 node dies (while ``max_restarts`` allows).
 
+Direct calls (``direct_host.py``). A driver on this machine sends a sync actor's calls straight to the
+actor's process (``direct.py``, ``node/worker_direct.py``); this node says which processes take them,
+and still places, restarts and reports the death of their actors.
+
 Placement groups (``groups.py``, ``group_placer.py``, ``group_host.py``). A group's record lives in the
 metadata store; the node its driver is connected to places its bundles over the nodes (``planner.py``), each
 node reserving its own; work into a bundle goes to that bundle's node.
@@ -35,6 +39,7 @@ from ..common.placement_groups import GroupPort
 from ..node.scheduler import NodeScheduler
 from .actor_calls import RemoteCalls
 from .actors import RemoteActors
+from .direct_host import DirectHost, direct_key
 from .group_host import BundleHost, ClusterGroupSeam
 from .groups import ClusterGroups
 from .objects import RemoteObjects
@@ -53,6 +58,7 @@ class ClusterScheduler(GroupPort, NodeScheduler):
     def __init__(self, session, store, metadata, events, pool, setup):
         super().__init__(session, store, metadata, events, pool, setup)
         self.cluster: ClusterView | None = None
+        self._session, self._setup = session, setup
         threads = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="anyray-pull")
         seams = self.seams
         lock, tasks, ledger, functions = self.lock, self.tasks, self.ledger, self.functions
@@ -65,7 +71,9 @@ class ClusterScheduler(GroupPort, NodeScheduler):
         seams.record_sink, seams.output_sink = PerJobRecords(), PerJobOutput()
         seams.resource_view = view = ClusterResources(pool)
         seams.feasibility = Feasibility(self._totals, view.infeasible_text)
-        for part in (placement, objects, actors, Reports(seams.record_sink, seams.output_sink, self.ask_every_node)):
+        direct = DirectHost(self.actors, self.supervision.send, session.path)
+        for part in (placement, objects, actors, direct, Reports(seams.record_sink, seams.output_sink,
+                                                                 self.ask_every_node)):
             part.register(self.register)
         handlers = self.requests.handlers
         self.streams = streams = StreamRoutes(lock, store, ledger, tasks, self.actors, calls, objects,
@@ -84,6 +92,8 @@ class ClusterScheduler(GroupPort, NodeScheduler):
 
     def attach(self, cluster: ClusterView) -> None:
         self.cluster = cluster
+        directory = self._session.path  # actor processes started from now on take direct calls
+        self._setup["direct"] = {"dir": directory, "key": direct_key(cluster.token, directory)}
         cluster.on_stream = self.streams.received  # what nodes running this node's generators stream back
         for part in self._parts:
             part.view = cluster

@@ -50,6 +50,7 @@ class ClusterView:
         self.node_id = node_id
         self._metadata = metadata
         self._token = token
+        self.token = token  # the cluster's (never logged): what keys of this node derive from
         self._lock = threading.Lock()
         self.records: dict[str, dict] = {}
         self._mine: dict[str, dict] = {}       # demand in flight that I handed to each node

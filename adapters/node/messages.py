@@ -483,3 +483,44 @@ def contained_ids(refs) -> list[tuple[int, bytes]]:
         actor_id = getattr(r, "_actor_id", None)
         out.append((OBJECT, r._id) if actor_id is None else (HANDLE, actor_id))
     return out
+
+
+# --------------------------------------------------------------------------- direct calls (cluster/direct.py)
+# A driver on the actor's machine sends a sync actor's calls straight to the actor's process, on a Unix
+# socket of the process (``worker_direct``), each frame a tag then a pickle (no Envelope: no references
+# travel on it).
+DIRECT_CALL = 40    # driver -> the actor's process: ActorCall (no dependencies, no stream)
+DIRECT_RESULT = 41  # the actor's process -> driver: DirectResult
+
+
+class DirectResult(NamedTuple):
+    task_id: bytes
+    wires: list               # per return id: a packed Inline, or None: put to the node (read it there)
+
+
+class DirectActor(NamedTuple):  # "direct_actor", driver -> node; answer: DirectAnswer
+    actor_id: bytes
+    calls: list               # task ids of this driver's calls to it that went through the node
+
+
+class DirectAnswer(NamedTuple):
+    kind: str                 # "ok": connect to path; "later": ask again; "never": take the node's path
+    path: str | None          # the actor process's socket
+    pid: int | None           # the actor's process
+    state: str                # the actor's state ("alive", "restarting", "dead", "" when unknown here)
+    cause: str                # why it died, once dead
+
+
+class DirectCancel(NamedTuple):  # "direct_cancel", driver -> node (no answer)
+    actor_id: bytes
+    oid: bytes                # the direct call's first return id
+
+
+for _cls in (DirectResult, DirectActor, DirectAnswer, DirectCancel):
+    _add_pack(_cls)
+    TYPES.append(_cls)
+del _cls
+TYPE_OF_TAG[DIRECT_CALL] = ActorCall
+TYPE_OF_TAG[DIRECT_RESULT] = DirectResult
+OP_TYPES["direct_actor"] = DirectActor
+OP_TYPES["direct_cancel"] = DirectCancel

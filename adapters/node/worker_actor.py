@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 
 from anyray.actor import exit_is_intended
 from anyray.backend_kit.actor_host import ActorHost
@@ -84,6 +85,14 @@ class ActorMessages:
         if spec.max_concurrency == 1 and not msg.is_async and not spec.options.get("concurrency_groups"):
             node.inline = InlineActor(node, spec, gpu_ids, msg.restarts)
             node._tasks.append((node.inline.construct, None))
+            if node.setup.get("direct") and not spec.options.get("max_task_retries"):
+                from .worker_direct import DirectServer  # a cluster node's: drivers may call it directly
+
+                try:
+                    node.direct = DirectServer(node, node.setup["direct"])
+                except OSError as exc:  # calls come through the node only
+                    print(f"anyray: the actor's socket for direct calls could not be opened: {exc}",
+                          file=sys.stderr)
             return
         node.actor = ActorHost(spec, ActorHostShim(node, gpu_ids))
         node.interrupts.reads_itself = True  # the main thread reads all the time: no thread reads for itself
@@ -93,6 +102,8 @@ class ActorMessages:
     def call(self, msg: m.ActorCall) -> None:
         node = self.node
         if node.inline is not None:
+            if node.direct is not None:  # direct calls that came first go first
+                node.direct.drain()
             node._tasks.append((node.inline.call, msg))
             return
         task_id = msg.task_id
@@ -150,13 +161,27 @@ class InlineActor:
         else:
             self.instance = result[0]
 
-    def call(self, msg: m.ActorCall) -> None:
+    def call_direct(self, item) -> None:
+        """A call a driver sent straight here (``worker_direct``): its result goes back the same way."""
+        conn, msg = item
+        direct = self.node.direct
+
+        def reply(task_id, outputs):
+            direct.reply(conn, task_id, msg.return_ids, outputs)
+        if msg.return_ids and msg.return_ids[0] in direct.cancelled:  # cancelled before it was read
+            error = TaskCancelledError(f"{msg.name} was cancelled.")
+            reply(msg.task_id, [serialize_failure(RemoteFailure(error))] * len(msg.return_ids))
+            return
+        self.call(msg, reply)
+
+    def call(self, msg: m.ActorCall, reply=None) -> None:
         task_id, return_ids, name, options = msg.task_id, msg.return_ids, msg.name, msg.options
         node = self.node
+        send_result = node.send_result if reply is None else reply
         if self.cause:
             if type(msg.args) is Location:
                 node._unpins.append(task_id)
-            node.send_result(task_id, [serialize_failure(RemoteFailure(ActorDiedError(self.cause)))] * len(return_ids))
+            send_result(task_id, [serialize_failure(RemoteFailure(ActorDiedError(self.cause)))] * len(return_ids))
             return
         stream = msg.stream
         call = Call(getattr(self.instance, msg.method), name, "actor_task", self._context(task_id, name),
@@ -172,14 +197,14 @@ class InlineActor:
                 node.exit_process(1)  # a crash: the node restarts the actor while max_restarts allows
             cause = (f"The actor {self.spec.cls.name} exited on purpose: {name} called exit_actor() or "
                      f"sys.exit(0); it is not restarted.")
-            node.send_result(task_id, [serialize_failure(RemoteFailure(ActorDiedError(cause)))] * len(return_ids))
+            send_result(task_id, [serialize_failure(RemoteFailure(ActorDiedError(cause)))] * len(return_ids))
             self._die(cause)
             return
         finally:
             self.running = None
         del call
         node.runtime.counter.drain()
-        node.send_result(task_id, outputs)
+        send_result(task_id, outputs)
 
     def cancel(self, oid: bytes) -> None:
         """Cancel a call queued here; a running one goes on, flagged (``is_canceled()``), and its
@@ -190,6 +215,11 @@ class InlineActor:
             return
         for item in self.node._tasks:
             run, msg = item
+            if run == self.call_direct and oid in msg[1].return_ids:  # a direct call, queued
+                self.node._tasks.remove(item)
+                self.node.direct.cancelled.append(oid)
+                self.call_direct(msg)
+                return
             if run == self.call and oid in msg.return_ids:
                 self.node._tasks.remove(item)
                 if type(msg.args) is Location:
@@ -197,6 +227,8 @@ class InlineActor:
                 error = TaskCancelledError(f"{msg.name} was cancelled.")
                 self.node.send_result(msg.task_id, [serialize_failure(RemoteFailure(error))] * len(msg.return_ids))
                 return
+        if self.node.direct is not None:  # a direct call not read yet
+            self.node.direct.cancelled.append(oid)
 
     def terminate(self, _) -> None:
         self._die(f"The actor {self.spec.cls.name} ended: every handle to it was gone.")

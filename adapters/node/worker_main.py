@@ -69,6 +69,7 @@ class WorkerNode(Link):
         self.output = Output(self)
         self.actor = None   # a threaded or async actor hosted here (an ActorHost)
         self.inline = None  # a sync actor whose calls run on the main thread (a worker_actor.InlineActor)
+        self.direct = None  # its socket for calls straight from drivers (a worker_direct.DirectServer)
         self._unloaded: dict[bytes, bytes] = {}  # function id -> code the node sent, not loaded yet
         self.interrupts = TaskInterrupts(self)
         self.actors = ActorMessages(self)
@@ -107,8 +108,13 @@ class WorkerNode(Link):
                 with self._read_lock:
                     if tasks:
                         continue
-                    spin_until_readable(fd)  # the next task often follows the last result closely
-                    msg = conn.recv_bytes()
+                    if self.direct is not None:  # the node's connection and the drivers' direct sockets
+                        msg = self.direct.wait(conn)
+                        if msg is None:
+                            continue
+                    else:
+                        spin_until_readable(fd)  # the next task often follows the last result closely
+                        msg = conn.recv_bytes()
                 self._dispatch(msg)
             except (KeyboardInterrupt, TaskCancelledError):
                 pass  # a cancel that landed between tasks
@@ -129,6 +135,8 @@ class WorkerNode(Link):
         """Handle what has arrived, unless another thread reads the connection now."""
         if self._read_lock.acquire(False):
             try:
+                if self.direct is not None:  # direct calls that came go ahead of the node's next message
+                    self.direct.drain()
                 conn = self.conn
                 while conn.poll(0):
                     self._dispatch(conn.recv_bytes())
@@ -147,6 +155,8 @@ class WorkerNode(Link):
             try:
                 if self.output.lines:
                     self.output.send()
+                if self.direct is not None and self.events.outbox:  # the records of direct calls
+                    self.send(m.RESULT, m.Result.pack(None, [], [], self.events.take()))
             except (OSError, ConnectionError):
                 return
             if not self._flush_once():

@@ -1,0 +1,440 @@
+"""Direct actor calls, the driver's side: a sync actor's calls go straight to its process, not through
+the node (``direct_host.py`` is the node's side, ``node/worker_direct.py`` the actor process's).
+
+Today's path for an actor call is driver -> node daemon -> actor process and back: four thread wake-ups
+in three processes. A direct call is two, as on the multiprocess backend:
+
+- The driver asks its node where an actor takes direct calls ("direct_actor", once per actor, again
+  at most every ``LOOKUP_SECONDS`` while the answer is "later"). The node says so only for a sync actor
+  (``max_concurrency`` 1, no concurrency groups, no retries) on this machine, alive, with none of this
+  driver's node-path calls to it in flight. The driver connects to the process's Unix socket (in the
+  node's 0700 session directory) and proves the key derived from the cluster token.
+- A call goes direct when it has no dependencies, no references inside its arguments, small arguments,
+  no stream, no concurrency group and no retries; every other call goes through the node, as before.
+  After one does, the actor's calls take the node's path until the node says they are done (a direct
+  call could overtake them); the other way round needs nothing: the actor process takes what its
+  direct sockets hold before a message from the node.
+- Results land in the driver's store cache; ``get`` and ``wait`` read the actor's socket on the thread
+  that waits. A large result, or one holding references, the actor process puts to the node, and the
+  driver reads it there.
+- A result that leaves the driver (a dependency, a reference inside arguments or inside a put) is put
+  to the node first, on the node's connection ahead of the message that passes it on; one still
+  coming is put when it comes (a helper thread reads while any such is pending).
+- The socket closing (the process killed or exited) fails the calls still pending with
+  ``ActorDiedError`` (they have no retries: as the node fails calls in flight), with the cause the node
+  gives; later calls go through the node, which restarts the actor or says it is dead. ``kill``
+  stops the direct path first, so a call made after it queues behind the kill at the node.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pickle
+import select
+import socket
+import sys
+import termios
+import threading
+import time
+from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
+from multiprocessing.connection import wait as wait_any
+
+from anyray.exceptions import ActorDiedError, GetTimeoutError
+from anyray.executor import serialize_failure
+from anyray.generators import stream_of
+from anyray.serialization import SerializedObject
+from anyray.specs import RemoteFailure
+
+from ..node import messages as m
+from ..node.framing import frame, spin_until_readable
+from ..node.remote_ports import call_options
+from ..node.store import to_wire
+from .direct_host import direct_key
+
+LOOKUP_SECONDS = 0.05      # the first wait before asking the node again about an actor that is "later"
+LOOKUP_MAX_SECONDS = 1.0   # the longest (the wait doubles while the answer stays "later")
+CAUSE_SECONDS = 3.0        # how long a driver waits for the node to say why an actor's process went
+ARGS_MAX = 32 * 1024       # larger arguments go through the node (a send never fills the socket)
+UNREAD_MAX = 256 * 1024    # answers unread beyond which a helper thread reads them while calls go out
+SLICE = 0.005              # a reader's wait between looks at whether another thread got its answer
+
+
+class _Socket:
+    """A direct socket to one actor process, and the calls sent on it without a result yet."""
+
+    __slots__ = ("actor_id", "conn", "fd", "pid", "path", "send_lock", "read_lock", "pending", "closed", "poller")
+
+    def __init__(self, actor_id: bytes, conn: Connection, pid: int, path: str):
+        self.actor_id, self.conn, self.fd, self.pid, self.path = actor_id, conn, conn.fileno(), pid, path
+        self.send_lock = threading.Lock()
+        self.read_lock = threading.Lock()
+        self.pending: dict[bytes, list] = {}  # task id -> its return ids
+        self.closed = False
+        self.poller = select.poll()  # whether a call can go out without waiting
+        self.poller.register(self.fd, select.POLLOUT)
+
+
+def backed_up(sock: _Socket) -> bool:
+    """Whether the actor process's answers pile up unread (it may block on one nobody reads)."""
+    unread = fcntl.ioctl(sock.fd, termios.FIONREAD, b"\0\0\0\0")
+    return int.from_bytes(unread, sys.byteorder) > UNREAD_MAX
+
+
+def eligible(spec) -> bool:
+    """Whether an actor call may go straight to the actor's process (see the module's docstring)."""
+    options = spec.options
+    args = spec.args
+    return (not spec.deps and not args.contained_refs and args.nbytes < ARGS_MAX and stream_of(options) is None
+            and options.get("concurrency_group") is None and not options.get("max_task_retries"))
+
+
+class _Answers:
+    """The reading half of ``DirectCalls``: the answers of direct calls, read by the thread that waits for
+    them (or a helper thread), settled into the store's cache, and the calls of a socket that closed."""
+
+    link = None
+    _cache: dict
+    _lock: threading.Lock
+    _sockets: dict
+    _retry: dict
+    _live: set
+    _promote: set
+    _unwanted: set
+    waiting: dict
+    here: set
+    _helper = None
+    closed = False
+
+    def collect(self, ids, deadline: float | None) -> None:
+        """Wait until the results among ``ids`` of direct calls are here (or at the node); raise
+        ``GetTimeoutError`` past ``deadline``."""
+        waiting = self.waiting
+        if len(self._live) > 1 and self._helper is None:
+            mine = {id(waiting.get(oid)) for oid in ids}
+            if any(s.pending for s in list(self._live) if id(s) not in mine):
+                self.read_in_background()  # other actors' answers are read meanwhile
+        for oid in ids:
+            while oid in waiting:
+                sock = waiting.get(oid)
+                if sock is None:
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise GetTimeoutError("get() timed out: an actor call's result is not ready. Raise the "
+                                          "timeout, or use wait() to take what is ready.")
+                self._pump([sock], left, lambda oid=oid: oid not in waiting)
+
+    def wait(self, ids, num_returns: int, deadline: float | None) -> set:
+        """Of ``ids`` (all direct calls' results), those that came, once ``num_returns`` have or by ``deadline``."""
+        waiting = self.waiting
+        while True:
+            ready = {oid for oid in ids if oid not in waiting}
+            left = None if deadline is None else deadline - time.monotonic()
+            if len(ready) >= num_returns or (left is not None and left <= 0):
+                return ready
+            socks = list({id(s): s for s in (waiting.get(oid) for oid in ids) if s is not None}.values())
+            if socks:
+                self._pump(socks, left, lambda: sum(oid not in waiting for oid in ids) >= num_returns)
+
+    def _pump(self, socks: list, left: float | None, done) -> None:
+        """Read one answer from the first of ``socks`` that has one (waiting at most ``left`` seconds), unless
+        ``done()`` once this thread may read (another thread may have read what it waits for meanwhile)."""
+        if len(socks) == 1:
+            sock = socks[0]
+            if not sock.read_lock.acquire(timeout=SLICE):
+                return
+            try:
+                if sock.closed or done():
+                    return
+                timeout = left if self._helper is None else SLICE if left is None else min(left, SLICE)
+                if spin_until_readable(sock.fd) or sock.conn.poll(timeout):
+                    self._read(sock)
+            finally:
+                sock.read_lock.release()
+            return
+        try:
+            ready = wait_any([s.conn for s in socks if not s.closed], SLICE if left is None else min(left, SLICE))
+        except OSError:
+            ready = [s.conn for s in socks]
+        for sock in socks:
+            if sock.conn in ready and sock.read_lock.acquire(False):
+                try:
+                    if not sock.closed and sock.conn.poll(0):
+                        self._read(sock)
+                finally:
+                    sock.read_lock.release()
+
+    def _read(self, sock: _Socket) -> None:
+        """Read one answer from ``sock`` (its read lock held); a Ctrl-C meanwhile waits until it is in place."""
+        with self.link.deferring():
+            self._read_one(sock)
+
+    def _read_one(self, sock: _Socket) -> None:
+        try:
+            msg = sock.conn.recv_bytes()
+        except (EOFError, OSError):
+            self._lost(sock)
+            return
+        result = m.DirectResult._make(pickle.loads(memoryview(msg)[1:]))
+        with self._lock:
+            return_ids = sock.pending.pop(result.task_id, None) or []
+            done = not sock.pending and self._sockets.get(sock.actor_id) is not sock
+        for oid, wire in zip(return_ids, result.wires):
+            self._settle(oid, wire)
+        if done:  # calls go another way now, and none is left on this socket
+            with self._lock:
+                sock.closed = True
+                self._live.discard(sock)
+            sock.conn.close()
+
+    def _settle(self, oid: bytes, wire) -> None:
+        """The result ``oid`` came: inline (``wire``) or put to the node (None)."""
+        with self._lock:
+            self.waiting.pop(oid, None)
+            promote = oid in self._promote
+            self._promote.discard(oid)
+            unwanted = oid in self._unwanted
+            self._unwanted.discard(oid)
+            if wire is not None and not unwanted and not promote:
+                self.here.add(oid)
+        if wire is None:
+            if unwanted:  # nothing here refers to it: the node may free it
+                self.link.note("_refs", oid, -1)
+            return
+        if promote:
+            self.link.tell("put", m.Put.pack(oid, wire, []))
+        if not unwanted:
+            data, buffers = wire
+            self._cache[oid] = SerializedObject(data, buffers)
+
+    def _lost(self, sock: _Socket) -> None:
+        """``sock`` closed: its actor's process is gone; the calls pending on it fail as the node fails
+        calls in flight."""
+        with self._lock:
+            if sock.closed:
+                return
+            sock.closed = True
+            self._live.discard(sock)
+            pending, sock.pending = sock.pending, {}
+        if self._sockets.get(sock.actor_id) is sock:
+            self._sockets.pop(sock.actor_id, None)
+            self._retry[sock.actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
+        try:
+            sock.conn.close()
+        except OSError:
+            pass
+        if not pending:
+            return
+        failure = to_wire(serialize_failure(RemoteFailure(ActorDiedError(self._cause(sock)))))
+        for return_ids in pending.values():
+            for oid in return_ids:
+                self._settle(oid, failure)
+
+    def _cause(self, sock: _Socket) -> str:
+        """Why the actor's process went, as the node tells once it has seen it go."""
+        deadline = time.monotonic() + CAUSE_SECONDS
+        while not self.closed:
+            try:
+                answer = m.DirectAnswer._make(self.link.request(
+                    "direct_actor", m.DirectActor.pack(sock.actor_id, []), timeout=CAUSE_SECONDS))
+            except (OSError, ConnectionError, GetTimeoutError):
+                break
+            if answer.state == "dead" and answer.cause:
+                return answer.cause
+            if answer.state in ("restarting", "pending") or (answer.pid and answer.pid != sock.pid):
+                return (f"The actor's process ({sock.pid}) died while it ran this call; it is restarting "
+                        f"(pass max_task_retries to retry such calls).")
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        return f"The actor's process ({sock.pid}) died while it ran this call."
+
+    def _start_helper(self) -> None:
+        with self._lock:
+            if self._helper is not None:
+                return
+            self._helper = threading.Thread(target=self._help, name="anyray-direct-results", daemon=True)
+        self._helper.start()
+
+
+    def read_in_background(self) -> None:
+        """This thread is about to wait elsewhere (for its node) while direct calls are pending: a helper
+        reads their answers meanwhile (an actor process whose answers nobody reads stops reading calls)."""
+        if self.waiting:
+            self._start_helper()
+
+    def _help(self) -> None:
+        """Read answers while direct calls are pending and no thread may be reading them: results to put to
+        the node, a thread waiting for its node, many calls sent without a ``get``."""
+        while not self.closed:
+            with self._lock:
+                socks = [s for s in self._live if s.pending and not s.closed]
+                if not socks:
+                    self._helper = None
+                    return
+            self._pump(socks, SLICE, self._nothing_waits)
+
+    def _nothing_waits(self) -> bool:
+        return not self.waiting
+
+
+class DirectCalls(_Answers):
+    """The driver's direct calls. ``link``: its node's ``ClientLink``; ``cache``: its store's cache (id ->
+    SerializedObject), where results land; ``token``: the cluster token (the socket keys derive from it)."""
+
+    def __init__(self, link, cache: dict, token: bytes):
+        self.link = link
+        self._cache = cache
+        self._token = token
+        self._lock = threading.Lock()
+        self._sockets: dict[bytes, _Socket] = {}   # actor id -> the socket its calls go to now
+        self._never: set[bytes] = set()            # actors that take no direct calls
+        self._retry: dict[bytes, tuple] = {}       # actor id -> (when to ask again, the wait after that)
+        self._node_calls: dict[bytes, list] = {}   # actor id -> [the last call sent through the node]
+        self.waiting: dict[bytes, _Socket] = {}    # return id of a direct call -> its socket, until it comes
+        self.here: set[bytes] = set()              # results held only here (the node has not got them)
+        self._promote: set[bytes] = set()          # results to put to the node when they come
+        self._unwanted: set[bytes] = set()         # results whose references all went before they came
+        self._helper: threading.Thread | None = None
+        self._live: set[_Socket] = set()           # every socket not closed
+        self.closed = False
+
+    # -- sending ---------------------------------------------------------------------------
+    def submit(self, spec) -> bool:
+        """Send an actor call straight to its actor's process; False: it goes through the node."""
+        actor_id = spec.actor_id
+        if actor_id in self._never or self.closed:
+            return False
+        sock = self._sockets.get(actor_id)
+        if not eligible(spec):
+            if sock is not None:  # from now on through the node, until the node has done these
+                self._sockets.pop(actor_id, None)
+                self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
+            self._node_calls[actor_id] = [spec.task_id]
+            return False
+        if sock is not None and not sock.poller.poll(0):
+            # The process does not read calls now (it runs a long one, say): a send could block this
+            # thread, and the call it runs may wait for this thread. The node takes calls without
+            # waiting: this one and the next go through it, until it has done them.
+            self._sockets.pop(actor_id, None)
+            self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
+            sock = None
+        if sock is None:
+            sock = self._connect(actor_id)
+            if sock is None:
+                if actor_id not in self._never:  # the actor runs its calls in order: the last one says
+                    self._node_calls[actor_id] = [spec.task_id]  # when all are done
+                return False
+        return_ids = [r._id for r in spec.returns]
+        payload = frame(m.DIRECT_CALL, m.dumps(m.ActorCall.pack(
+            spec.task_id, spec.method_name, to_wire(spec.args), [], return_ids, call_options(spec.options),
+            spec.name, spec.caller_id, spec.seq, None)))
+        with self._lock:
+            sock.pending[spec.task_id] = return_ids
+            for oid in return_ids:
+                self.waiting[oid] = sock
+        try:
+            with sock.send_lock:
+                sock.conn.send_bytes(payload)
+        except OSError:
+            self._lost(sock)
+        if self._helper is None and backed_up(sock):
+            self._start_helper()  # its answers are read while more calls go out
+        return True
+
+    def _connect(self, actor_id: bytes) -> _Socket | None:
+        retry = self._retry.get(actor_id)
+        now = time.monotonic()
+        if retry is not None and now < retry[0]:
+            return None
+        answer = m.DirectAnswer._make(self.link.request(
+            "direct_actor", m.DirectActor.pack(actor_id, self._node_calls.get(actor_id, []))))
+        if answer.kind == "never":
+            self._never.add(actor_id)
+            self._node_calls.pop(actor_id, None)
+            return None
+        if answer.kind != "ok":
+            wait = LOOKUP_SECONDS if retry is None else min(retry[1] * 2, LOOKUP_MAX_SECONDS)
+            self._retry[actor_id] = (now + wait, wait)
+            return None
+        self._retry.pop(actor_id, None)
+        self._node_calls.pop(actor_id, None)
+        try:
+            conn = self._open(answer.path)
+        except (OSError, PermissionError, EOFError):
+            self._retry[actor_id] = (now + LOOKUP_SECONDS, LOOKUP_SECONDS)
+            return None
+        sock = _Socket(actor_id, conn, answer.pid, answer.path)
+        self._sockets[actor_id] = sock
+        with self._lock:
+            self._live.add(sock)
+        return sock
+
+    def _open(self, path: str) -> Connection:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.settimeout(10.0)
+        try:
+            raw.connect(path)
+        except OSError:
+            raw.close()
+            raise
+        raw.settimeout(None)
+        conn = Connection(raw.detach())
+        key = direct_key(self._token, os.path.dirname(path))
+        try:
+            answer_challenge(conn, key)
+            deliver_challenge(conn, key)
+        except (AuthenticationError, EOFError, OSError):
+            conn.close()
+            raise PermissionError("An actor's process refused this driver's key for direct calls.") from None
+        return conn
+
+    def created(self, actor_id: bytes) -> None:
+        """A new actor: its first calls go through the node while its process starts (no question then)."""
+        self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
+
+    def stop(self, actor_id: bytes) -> None:
+        """Calls to ``actor_id`` go through the node from now on (it is being killed): the calls sent
+        before still get their answers, or fail when its process goes."""
+        self._sockets.pop(actor_id, None)
+        self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
+
+    # -- references leaving the driver -------------------------------------------------------
+    def promote(self, ids) -> None:
+        """``ids`` leave this driver (a dependency, a reference inside arguments or a put): the node
+        gets those it lacks, before the message that passes them on (one still coming, when it comes)."""
+        if not (self.here or self.waiting):
+            return
+        start = False
+        for oid in ids:
+            with self._lock:
+                if oid in self.here:
+                    self.here.discard(oid)
+                    obj = self._cache.get(oid)
+                elif oid in self.waiting:
+                    self._promote.add(oid)
+                    start = True
+                    continue
+                else:
+                    continue
+            if obj is not None:
+                self.link.tell("put", m.Put.pack(oid, to_wire(obj), []))
+        if start:
+            self._start_helper()
+
+    def forget(self, oid: bytes) -> None:
+        """The last reference to ``oid`` here went."""
+        with self._lock:
+            self.here.discard(oid)
+            if oid in self.waiting:
+                self._unwanted.add(oid)
+
+    def close(self) -> None:
+        self.closed = True
+        for sock in list(self._sockets.values()):
+            try:
+                sock.conn.close()
+            except OSError:
+                pass
+        self._sockets.clear()
