@@ -26,7 +26,7 @@ import select
 import socket
 import threading
 import time
-from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
+from multiprocessing.connection import AuthenticationError, Connection, answer_challenge
 
 from . import messages as m
 from .framing import SPIN_SECONDS, frame
@@ -66,24 +66,17 @@ class DirectServer:
         except FileNotFoundError:
             pass
         sock.bind(self.path)
-        sock.listen(64)
-        threading.Thread(target=self._accept_loop, args=(sock,), name="anyray-direct-accept", daemon=True).start()
+        sock.listen(128)
+        from .gate import Gate  # the node's door: the challenge and its deadline, no thread per connection
 
-    def _accept_loop(self, sock) -> None:
-        while True:
-            try:
-                client, _ = sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._admit, args=(client,), name="anyray-direct-admit", daemon=True).start()
+        self._gate = Gate(sock, self._key, self._admit, "anyray-direct-accept").start()
 
-    def _admit(self, client: socket.socket) -> None:
-        conn = Connection(client.detach())
+    def _admit(self, conn: Connection, _peer=None) -> None:
+        """A driver that proved it holds the key (the gate checked its answer): prove it back."""
         timer = threading.Timer(HANDSHAKE_SECONDS, conn.close)
         timer.daemon = True
         timer.start()
         try:
-            deliver_challenge(conn, self._key)
             answer_challenge(conn, self._key)
         except (AuthenticationError, EOFError, OSError):
             conn.close()
