@@ -17,6 +17,7 @@ from . import messages as m
 from .env_builds import PythonEnvs
 from .framing import run_entry
 from .pool import WorkerPool
+from .reading import read_any_here
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,12 @@ class Supervision:
             return
         if task is not None:
             self._worker_lost(task, handle)
+
+    def read_here(self, done, timeout: float | None, wake_fd: int) -> None:
+        """The calling thread waits for results from any worker: it reads them itself until ``done()``
+        (``reading.read_any_here``); the store's ``read_here``."""
+        read_any_here([w.handle for w in list(self.workers.values()) if not w.handle.adopted], done, timeout,
+                      wake_fd)
 
     def close(self) -> None:
         self.closed = True

@@ -1,0 +1,90 @@
+"""A thread about to wait for any of many results reads them off the workers' connections itself.
+
+``read_results_here`` (pool.py) does this for a ``get``, whose refs each have one worker making them.
+A loop of ``wait(num_returns=1)`` waits for whichever result comes first, from any worker: the waiting
+thread takes over the reading of every worker connection no other thread is reading at that moment
+(their reader threads sleep through it, as in ``WorkerHandle.read_until``), handles what arrives there
+itself, so each result is sealed on the thread that waits for it, with no hand-off between threads,
+and stops once ``done()``. A seal made elsewhere meanwhile (a worker whose connection it did not take,
+a put from another thread) wakes it through ``wake_fd``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+
+from .framing import SPIN_SECONDS
+from .pool import _DeferredInterrupt
+
+_SLICE = 1.0  # seconds one poll sleeps at most: what the waiter waits for may also come another way
+
+
+def read_any_here(workers, done, timeout: float | None, wake_fd: int) -> None:
+    """Read the connections of ``workers`` (WorkerHandles) on the calling thread until ``done()``, past
+    ``timeout``, or until ``wake_fd`` (an eventfd) is written."""
+    held = []
+    poller = select.epoll()
+    try:
+        for handle in workers:
+            conn, theirs = handle._conn, handle._poller
+            if conn is None or theirs is None or not handle._read_lock.acquire(False):
+                continue
+            try:
+                theirs.modify(conn.fileno(), 0)  # its reader thread sleeps through what this thread reads
+                poller.register(conn.fileno(), select.EPOLLIN)
+            except (OSError, ValueError):  # closed under us
+                handle._read_lock.release()
+                continue
+            held.append((handle, conn, theirs))
+        poller.register(wake_fd, select.EPOLLIN)
+        by_fd = {conn.fileno(): (handle, conn) for handle, conn, _ in held}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not done():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            events = _spin(poller)
+            if not events:
+                events = poller.poll(_SLICE if left is None else min(left, _SLICE))
+            for fd, _ in events:
+                if fd == wake_fd:
+                    _drain(wake_fd)
+                    continue
+                handle, conn = by_fd[fd]
+                with _DeferredInterrupt():
+                    try:
+                        msg = conn.recv_bytes()
+                    except (EOFError, OSError):  # its reader thread sees the close too, and reports it
+                        poller.unregister(fd)
+                        del by_fd[fd]
+                        continue
+                    handle._pool._handle_message(handle, msg)
+            if not by_fd and not done():
+                return  # nothing left to read here: the caller waits the ordinary way
+    finally:
+        for handle, conn, theirs in held:
+            try:
+                theirs.modify(conn.fileno(), select.EPOLLIN)
+            except (OSError, ValueError):
+                pass
+            handle._read_lock.release()
+        poller.close()
+
+
+def _spin(poller) -> list:
+    """Poll without sleeping for up to ``SPIN_SECONDS``: a result on its way arrives sooner than this
+    thread would wake from a blocking wait."""
+    deadline = time.perf_counter() + SPIN_SECONDS
+    while True:
+        events = poller.poll(0)
+        if events or time.perf_counter() > deadline:
+            return events
+
+
+def _drain(fd: int) -> None:
+    try:
+        os.eventfd_read(fd)
+    except (BlockingIOError, OSError):
+        pass
