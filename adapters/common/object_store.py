@@ -80,7 +80,8 @@ class Watch:
     itself (``MemoryObjectStore.read_here``) has that thread read them instead of sleeping.
     """
 
-    __slots__ = ("_store", "_index", "_ready", "_needed", "_lock", "_wake_fd", "_reader", "__weakref__")
+    __slots__ = ("_store", "_index", "_ready", "_needed", "_lock", "_wake_fd", "_reader", "_callback",
+                 "__weakref__")
 
     def __init__(self, store: MemoryObjectStore, ids: list[bytes]):
         self._store = store
@@ -90,6 +91,7 @@ class Watch:
         self._lock = None  # while a taker blocks: the bare lock it sleeps on
         self._wake_fd = None  # an eventfd that wakes a taker reading results itself (read_here)
         self._reader = None  # the thread id of that taker, while it reads
+        self._callback = None  # what when_ready calls (instead of waking a taker)
 
     def sealed(self, oid: bytes) -> bool:
         """Under the store's lock: ``oid`` was sealed; True when that completes a blocked taker."""
@@ -103,6 +105,10 @@ class Watch:
         return False
 
     def fire(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+            return
         lock = self._lock
         if lock is not None and lock.locked():
             try:
@@ -117,6 +123,22 @@ class Watch:
 
     def ready_count(self) -> int:
         return len(self._ready)
+
+    def take_ready(self) -> list[int]:
+        """Every ready position not taken yet, in increasing order (does not wait)."""
+        with self._store._lock:
+            return self._pop(len(self._ready))
+
+    def when_ready(self, k: int, callback) -> None:
+        """Call ``callback()`` once (now, or on the sealing thread) when ``k`` positions are ready; it replaces
+        the callback armed before, if any."""
+        with self._store._lock:
+            if len(self._ready) < k:
+                self._needed = k
+                self._callback = callback
+                return
+            self._callback = None
+        callback()
 
     def _pop(self, k: int) -> list[int]:
         ready = self._ready

@@ -26,7 +26,7 @@ class Worker:
     """The node's view of one worker process."""
 
     __slots__ = ("handle", "functions", "task", "actor", "borrowed", "handles", "pins", "grants", "calls",
-                 "blocked", "retiring", "dead", "remote", "job", "peer", "env_key")
+                 "blocked", "retiring", "dead", "remote", "job", "peer", "env_key", "watches")
 
     def __init__(self, handle, job: tuple):
         self.handle = handle
@@ -45,6 +45,7 @@ class Worker:
         self.job = job       # the job of what it runs now (of a client: its own)
         self.peer = False    # another node of a cluster, as a client of this one
         self.env_key = ""    # the runtime_env it was started for ("" for none): it runs only work of that one
+        self.watches = None  # the ready indexes of its wait loops, by key (wait_watches.py)
 
 
 class Supervision:
