@@ -19,6 +19,7 @@ from .framing import SPIN_SECONDS
 from .pool import _DeferredInterrupt
 
 _SLICE = 1.0  # seconds one poll sleeps at most: what the waiter waits for may also come another way
+_BATCH = 16  # rounds of messages already there read after the one waited for, before going back
 
 
 def read_any_here(workers, done, timeout: float | None, wake_fd: int) -> None:
@@ -41,26 +42,24 @@ def read_any_here(workers, done, timeout: float | None, wake_fd: int) -> None:
         poller.register(wake_fd, select.EPOLLIN)
         by_fd = {conn.fileno(): (handle, conn) for handle, conn, _ in held}
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not done():
+        drained = 0
+        while True:
+            if done():  # and then what else has come already (up to a batch): the next calls find it ready
+                if drained >= _BATCH:
+                    return
+                drained += 1
+                events = poller.poll(0)
+                if not events:
+                    return
+                _handle(events, wake_fd, by_fd, poller)
+                continue
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return
             events = _spin(poller)
             if not events:
                 events = poller.poll(_SLICE if left is None else min(left, _SLICE))
-            for fd, _ in events:
-                if fd == wake_fd:
-                    _drain(wake_fd)
-                    continue
-                handle, conn = by_fd[fd]
-                with _DeferredInterrupt():
-                    try:
-                        msg = conn.recv_bytes()
-                    except (EOFError, OSError):  # its reader thread sees the close too, and reports it
-                        poller.unregister(fd)
-                        del by_fd[fd]
-                        continue
-                    handle._pool._handle_message(handle, msg)
+            _handle(events, wake_fd, by_fd, poller)
             if not by_fd and not done():
                 return  # nothing left to read here: the caller waits the ordinary way
     finally:
@@ -71,6 +70,23 @@ def read_any_here(workers, done, timeout: float | None, wake_fd: int) -> None:
                 pass
             handle._read_lock.release()
         poller.close()
+
+
+def _handle(events, wake_fd: int, by_fd: dict, poller) -> None:
+    """Read one message off each connection ``events`` names, and handle it on this thread."""
+    for fd, _ in events:
+        if fd == wake_fd:
+            _drain(wake_fd)
+            continue
+        handle, conn = by_fd[fd]
+        with _DeferredInterrupt():
+            try:
+                msg = conn.recv_bytes()
+            except (EOFError, OSError):  # its reader thread sees the close too, and reports it
+                poller.unregister(fd)
+                del by_fd[fd]
+                continue
+            handle._pool._handle_message(handle, msg)
 
 
 def _spin(poller) -> list:
