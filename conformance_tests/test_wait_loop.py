@@ -28,6 +28,7 @@ def test_a_wait_loop_hands_out_every_ref_once():
         calls += 1
     assert calls == 200
     assert sorted(anyray.get(seen)) == list(range(200))
+    assert anyray.wait(left, num_returns=1, timeout=0) == ([], [])
 
 
 def test_a_wait_loops_lists_keep_the_input_order(signal):
@@ -67,9 +68,13 @@ def test_wait_honours_changes_to_the_list_it_returned(signal):
     left[0] = done[2]
     ready, left = anyray.wait(left, num_returns=1, timeout=30)
     assert ready == [done[2]] and left == [pending[0]]
+    with pytest.raises(ValueError):
+        anyray.wait(left, num_returns=2, timeout=0)
     left += [pending[0]]
     with pytest.raises(ValueError):
         anyray.wait(left, num_returns=1, timeout=0)
+    left.clear()
+    assert anyray.wait(left, num_returns=1, timeout=0) == ([], [])
     signal.send.remote()
 
 

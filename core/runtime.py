@@ -273,7 +273,7 @@ class Runtime:
         return values[0] if single else values
 
     def wait(self, refs, num_returns=1, timeout=None, fetch_local=True):
-        if type(refs) is waiting.WaitList and self._watches:  # the not_ready list of an earlier call
+        if type(refs) is waiting.WaitList and refs and self._watches:  # the not_ready list of an earlier call
             timeout = _check_timeout(timeout, "wait")
             _check_num_returns(num_returns, len(refs))
             lends = self._lends_cpus and timeout != 0 and current_task.get() is not None

@@ -101,7 +101,7 @@ def take(refs: WaitList, store, num_returns: int, timeout: float | None):
         if not not_ready:
             loop.watch.close()
             loop.token = -1
-            return ready, not_ready
+            return ready, []
         return ready, loop.hand(not_ready)
     finally:
         loop._claim.release()
