@@ -25,7 +25,7 @@ _BATCH = 16  # rounds of messages already there read after the one waited for, b
 def read_any_here(workers, done, timeout: float | None, wake_fd: int) -> None:
     """Read the connections of ``workers`` (WorkerHandles) on the calling thread until ``done()``, past
     ``timeout``, or until ``wake_fd`` (an eventfd) is written."""
-    held = []
+    held = {}  # fd -> (handle, conn, its reader's poller)
     poller = select.epoll()
     try:
         for handle in workers:
@@ -38,9 +38,8 @@ def read_any_here(workers, done, timeout: float | None, wake_fd: int) -> None:
             except (OSError, ValueError):  # closed under us
                 handle._read_lock.release()
                 continue
-            held.append((handle, conn, theirs))
+            held[conn.fileno()] = (handle, conn, theirs)
         poller.register(wake_fd, select.EPOLLIN)
-        by_fd = {conn.fileno(): (handle, conn) for handle, conn, _ in held}
         deadline = None if timeout is None else time.monotonic() + timeout
         drained = 0
         while True:
@@ -51,7 +50,7 @@ def read_any_here(workers, done, timeout: float | None, wake_fd: int) -> None:
                 events = poller.poll(0)
                 if not events:
                     return
-                _handle(events, wake_fd, by_fd, poller)
+                _handle(events, wake_fd, held, poller)
                 continue
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -59,32 +58,38 @@ def read_any_here(workers, done, timeout: float | None, wake_fd: int) -> None:
             events = _spin(poller)
             if not events:
                 events = poller.poll(_SLICE if left is None else min(left, _SLICE))
-            _handle(events, wake_fd, by_fd, poller)
-            if not by_fd and not done():
+            _handle(events, wake_fd, held, poller)
+            if not held and not done():
                 return  # nothing left to read here: the caller waits the ordinary way
     finally:
-        for handle, conn, theirs in held:
-            try:
-                theirs.modify(conn.fileno(), select.EPOLLIN)
-            except (OSError, ValueError):
-                pass
-            handle._read_lock.release()
+        for fd in list(held):
+            _give_back(held, fd)
         poller.close()
 
 
-def _handle(events, wake_fd: int, by_fd: dict, poller) -> None:
+def _give_back(held: dict, fd: int) -> None:
+    """The reader thread of connection ``fd`` reads it again."""
+    handle, conn, theirs = held.pop(fd)
+    try:
+        theirs.modify(fd, select.EPOLLIN)
+    except (OSError, ValueError):
+        pass
+    handle._read_lock.release()
+
+
+def _handle(events, wake_fd: int, held: dict, poller) -> None:
     """Read one message off each connection ``events`` names, and handle it on this thread."""
     for fd, _ in events:
         if fd == wake_fd:
             _drain(wake_fd)
             continue
-        handle, conn = by_fd[fd]
+        handle, conn, _ = held[fd]
         with _DeferredInterrupt():
             try:
                 msg = conn.recv_bytes()
-            except (EOFError, OSError):  # its reader thread sees the close too, and reports it
+            except (EOFError, OSError):  # closed: its reader thread sees it too, and reports the worker's end
                 poller.unregister(fd)
-                del by_fd[fd]
+                _give_back(held, fd)
                 continue
             handle._pool._handle_message(handle, msg)
 
