@@ -5,7 +5,8 @@ ref exactly once and keeps both of its lists in the input order; that the
 ``not_ready`` list is an ordinary list to its holder (it compares, copies,
 pickles into a task as a list) whose changes ``wait``
 honours (refs removed, added, reordered, duplicated); and that an older list
-of the same loop, handed to ``wait`` again, still gets the whole answer.
+of the same loop, handed to ``wait`` again, still gets the whole answer; and
+that a task cancelled while its wait loop blocks is cancelled.
 """
 
 import copy
@@ -13,7 +14,8 @@ import copy
 import pytest
 
 import anyray
-from anyray.conformance.helpers import echo, wait_for_signal
+from anyray.conformance.helpers import DEADLINE, Recorder, echo, recorded, wait_for_signal
+from anyray.exceptions import TaskCancelledError
 
 pytestmark = pytest.mark.usefixtures("anyray_session")
 
@@ -112,3 +114,23 @@ def test_the_not_ready_list_is_a_list_to_its_holder(signal):
     assert left[1:] == pending[1:] and left + [] == pending
     signal.send.remote()
     assert anyray.get(_count_refs.remote(left), timeout=60) == ("list", 2, 0)
+
+
+@anyray.remote
+def _waits_in_a_loop(signal, recorder):
+    pending = [wait_for_signal.remote(signal, i) for i in range(2)]
+    _, left = anyray.wait([anyray.put(0), *pending], num_returns=1, timeout=DEADLINE)
+    _, left = anyray.wait(left, num_returns=1, timeout=0)
+    anyray.get(recorder.record.remote("looping"))
+    anyray.wait(left, num_returns=1)  # blocks until cancelled
+    return "not cancelled"
+
+
+def test_a_task_cancelled_in_a_wait_loop_is_cancelled(signal):
+    recorder = Recorder.remote()
+    ref = _waits_in_a_loop.remote(signal, recorder)
+    recorded(recorder, "looping")
+    anyray.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        anyray.get(ref, timeout=DEADLINE)
+    signal.send.remote()

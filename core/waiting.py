@@ -85,19 +85,11 @@ def take(refs: WaitList, store, num_returns: int, timeout: float | None):
         if refs._token != loop.token:  # another thread went on with this chain just now
             return None
         try:
-            picked = loop.watch.take(num_returns, timeout)
+            ready, not_ready = _take(loop, refs, num_returns, timeout)
         except BaseException:
-            loop.token = -1  # what it took is lost with the exception: the chain ends here
+            loop.token = -1  # what it took is lost with the exception (a cancel, a Ctrl-C): the chain ends here
             loop.watch.close()
             raise
-        taken = loop.taken
-        at = [pos - bisect_left(taken, pos) for pos in picked]  # where they are in refs (the list's order)
-        for pos in picked:
-            insort(taken, pos)
-        ready = [refs[i] for i in at]
-        not_ready = WaitList(refs)
-        for i in reversed(at):
-            list.__delitem__(not_ready, i)
         if not not_ready:
             loop.watch.close()
             loop.token = -1
@@ -105,3 +97,16 @@ def take(refs: WaitList, store, num_returns: int, timeout: float | None):
         return ready, loop.hand(not_ready)
     finally:
         loop._claim.release()
+
+
+def _take(loop: WaitLoop, refs: WaitList, num_returns: int, timeout: float | None) -> tuple[list, WaitList]:
+    picked = loop.watch.take(num_returns, timeout)
+    taken = loop.taken
+    at = [pos - bisect_left(taken, pos) for pos in picked]  # where they are in refs (the list's order)
+    for pos in picked:
+        insort(taken, pos)
+    ready = [refs[i] for i in at]
+    not_ready = WaitList(refs)
+    for i in reversed(at):
+        list.__delitem__(not_ready, i)
+    return ready, not_ready
