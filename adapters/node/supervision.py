@@ -195,9 +195,12 @@ class Supervision:
         read_any_here([w.handle for w in list(self.workers.values()) if not w.handle.adopted], done, timeout,
                       wake_fd)
 
-    def read_until_sealed(self, store, ref) -> None:
-        """``ref``'s task runs nowhere yet (queued): the calling thread reads every worker's results
-        (``read_here``) until it is sealed; a seal that comes another way wakes it."""
+    def read_until_sealed(self, store, tasks: dict, ref) -> None:
+        """``ref`` is the return of a task (in ``tasks``, by return id) that runs nowhere yet (queued): the
+        calling thread reads every worker's results (``read_here``) until it is sealed; a seal that comes
+        another way wakes it. Any other ref (a stream's item, an actor call's) is left to the ordinary wait."""
+        if ref._id not in tasks:
+            return
         fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         guard = threading.Lock()
         open_ = [True]
