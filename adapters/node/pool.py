@@ -262,20 +262,15 @@ class WorkerHandle:
         self._pool._worker_died(self)
 
 
-def read_results_here(refs, contains: Callable, worker_of: Callable, queued: Callable | None = None) -> None:
+def read_results_here(refs, contains: Callable, worker_of: Callable) -> None:
     """The calling thread is about to wait for ``refs``: it reads their results off the connections
-    of the workers making them (``worker_of(oid)``) itself, which saves a hand-off from the readers.
-    A ref not running anywhere yet is left to ``queued(ref)`` (which reads any worker's results until it
-    is sealed), else waited for the ordinary way."""
+    of the workers making them (``worker_of(oid)``) itself, which saves a hand-off from the readers."""
     for ref in refs:
         if contains(ref):
             continue
         worker = worker_of(ref._id)
         if worker is None:
-            if queued is None:
-                return  # not running anywhere yet: wait for it the ordinary way
-            queued(ref)
-            continue
+            return  # not running anywhere yet: wait for it the ordinary way
         worker.handle.read_until(functools.partial(contains, ref))
 
 

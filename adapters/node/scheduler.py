@@ -80,8 +80,7 @@ class NodeScheduler(ReportsResources, Scheduler):
         shapes.start_task = tasks.start
         # The port's two calls of every task go straight to the part (the methods below say what they do)
         self.submit_task = tasks.submit
-        self.run_here = functools.partial(read_results_here, contains=store.contains, worker_of=tasks.worker_of,
-                                          queued=functools.partial(supervision.read_until_sealed, store, tasks.tasks))
+        self.run_here = functools.partial(read_results_here, contains=store.contains, worker_of=tasks.worker_of)
         self.actors = actors = Actors(lock, store, shapes, self.names, ledger, functions, supervision, seams, job)
         ledger.handle_of = actors.handle_of
         tasks.call_worker_of = actors.worker_of_call

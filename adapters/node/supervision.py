@@ -8,7 +8,6 @@ import logging
 import os
 import pickle
 import shutil
-import threading
 
 from anyray.exceptions import WorkerCrashedError
 from anyray.object_ref import ObjectRef
@@ -194,28 +193,6 @@ class Supervision:
         (``reading.read_any_here``); the store's ``read_here``."""
         read_any_here([w.handle for w in list(self.workers.values()) if not w.handle.adopted], done, timeout,
                       wake_fd)
-
-    def read_until_sealed(self, store, tasks: dict, ref) -> None:
-        """``ref`` is the return of a task (in ``tasks``, by return id) that runs nowhere yet (queued): the
-        calling thread reads every worker's results (``read_here``) until it is sealed; a seal that comes
-        another way wakes it. Any other ref (a stream's item, an actor call's) is left to the ordinary wait."""
-        if ref._id not in tasks:
-            return
-        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        guard = threading.Lock()
-        open_ = [True]
-
-        def wake():
-            with guard:
-                if open_[0]:
-                    os.eventfd_write(fd, 1)
-        store.when_sealed({ref._id}, None, wake)
-        try:
-            self.read_here(lambda: store.contains(ref), None, fd)
-        finally:
-            with guard:
-                open_[0] = False
-                os.close(fd)
 
     def close(self) -> None:
         self.closed = True
