@@ -26,7 +26,7 @@ import psutil
 SIZES = {
     "sync": (1000, 100), "async": (1000, 200), "chain": (200, 50), "nested": (50, 10),
     "small_put": (2000, 200), "small_get": (5000, 500), "actor_sync": (500, 100),
-    "actor_async": (1000, 200), "actor_create": (10, 3), "wait": (1000, 200),
+    "actor_async": (1000, 200), "actor_create": (10, 3), "wait": (1000, 200), "wait_calls": (500, 100),
     "reps": (5, 2), "large_reps": (5, 2), "large_mb": (100, 100), "huge_mb": (1024, 256), "huge_reps": (3, 2),
     "spread": (200, 50), "yields": (2000, 200), "stream_mb": (100, 50), "stream_items": (10, 4),
 }
@@ -223,6 +223,28 @@ def w_wait_loop(ray, d, size):
                                                                             "lower")}
 
 
+def w_wait_scale(ray, d, size):
+    """What one call of a wait loop costs as the list grows: ``wait(refs, num_returns=1)`` on the
+    ``not_ready`` list of the call before, over 1,000 and 10,000 ready objects (the first calls of
+    the loop, timed per call)."""
+    calls = size["wait_calls"]
+    out = {}
+    per_call = {}
+    for n in (1000, 10_000):
+        def loop(n=n):
+            refs = [ray.put(i) for i in range(n)]
+            t = time.perf_counter()
+            for _ in range(calls):
+                _, refs = ray.wait(refs, num_returns=1)
+            return (time.perf_counter() - t) / calls
+
+        loop()  # warm-up
+        per_call[n] = statistics.median(loop() for _ in range(3))
+        out[f"wait loop: one call over {n:,} ready refs"] = metric(per_call[n] * 1e6, "us", "lower")
+    out["wait loop: call over 10,000 / call over 1,000"] = metric(per_call[10_000] / per_call[1000], "x", "lower")
+    return out
+
+
 def pss_tree(pid):
     """PSS summed over a process and all its descendants: (bytes, processes)."""
     root = psutil.Process(pid)
@@ -377,6 +399,7 @@ WORKLOADS = {
     "actor_calls": w_actor_calls,
     "actor_create": w_actor_create,
     "wait_loop": w_wait_loop,
+    "wait_scale": w_wait_scale,
     **TWO_NODE_WORKLOADS,
 }
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from . import ids, runtime_env_setup, serialization
+from . import ids, runtime_env_setup, serialization, waiting
 from . import options as opts
 from .actor import ActorHandle
 from .context import current_task
@@ -117,6 +117,16 @@ def _check_num_returns(num_returns, count: int) -> None:
                          f"pass num_returns <= len(refs).")
 
 
+def _without(items: list, picked: list[int]) -> list:
+    """``items`` less the positions ``picked`` (sorted), in order (slices: C-level copies)."""
+    out, start = [], 0
+    for i in picked:
+        out += items[start:i]
+        start = i + 1
+    out += items[start:]
+    return out
+
+
 def _check_timeout(timeout, fn: str) -> float | None:
     if timeout is None:
         return None
@@ -170,6 +180,7 @@ class Runtime:
         self.scheduler = scheduler = self.backend.scheduler
         self.store = store = self.backend.object_store
         self._frees_objects = store.frees_objects
+        self._watches = callable(getattr(store, "watch", None))  # the store keeps ready indexes (core/waiting.py)
         # The scheduler's optional methods, as its capability flags declare them (read once, here).
         self._run_here = scheduler.run_here if scheduler.runs_here else None
         self._lends_cpus = scheduler.lends_cpus
@@ -262,6 +273,19 @@ class Runtime:
         return values[0] if single else values
 
     def wait(self, refs, num_returns=1, timeout=None, fetch_local=True):
+        if type(refs) is waiting.WaitList and refs and self._watches:  # the not_ready list of an earlier call
+            timeout = _check_timeout(timeout, "wait")
+            _check_num_returns(num_returns, len(refs))
+            lends = self._lends_cpus and timeout != 0 and current_task.get() is not None
+            if lends:
+                self.scheduler.task_blocked()
+            try:
+                out = waiting.take(refs, self.store, num_returns, timeout)
+            finally:
+                if lends:
+                    self.scheduler.task_unblocked()
+            if out is not None:
+                return out
         if isinstance(refs, ObjectRef):
             raise TypeError("wait() expects a list of ObjectRefs, got a single ObjectRef; write wait([ref]).")
         try:
@@ -298,11 +322,9 @@ class Runtime:
                 if len(picked) == num_returns:
                     break
         ready = [ref_list[i] for i in picked]
-        not_ready, start = [], 0
-        for i in picked:
-            not_ready += ref_list[start:i]
-            start = i + 1
-        not_ready += ref_list[start:]
+        not_ready = _without(ref_list, picked)
+        if self._watches and not_ready:  # a loop of wait calls on it: each takes from the ready index
+            not_ready = waiting.start(self.store, not_ready, _without(ids, picked))
         return ready, not_ready
 
     def wait_ids(self, refs: list[ObjectRef], timeout: float | None) -> set[bytes]:

@@ -8,9 +8,12 @@ holds where).
 from __future__ import annotations
 
 import _thread
+import heapq
 import operator
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 
 from anyray.exceptions import GetTimeoutError, ObjectStoreFullError
@@ -67,6 +70,129 @@ class _Waiter:
                 return True
 
 
+class Watch:
+    """The ready index of one ``wait`` loop (``anyray.waiting``): which positions of a list of ids are
+    sealed and not yet taken, fed by the store's seals, so a loop of ``wait`` calls finds its next ready
+    ref without scanning the list.
+
+    ``sealed`` runs under the store's lock (a seal); ``take`` pops the smallest ready positions. While a
+    taker blocks it is woken as a ``_Waiter`` is; a store whose results can be read by the waiting thread
+    itself (``MemoryObjectStore.read_here``) has that thread read them instead of sleeping.
+    """
+
+    __slots__ = ("_store", "_index", "_ready", "_needed", "_lock", "_wake_fd", "_reader", "_callback",
+                 "__weakref__")
+
+    def __init__(self, store: MemoryObjectStore, ids: list[bytes]):
+        self._store = store
+        self._index = dict(zip(ids, range(len(ids))))  # id -> its position in the list, until sealed
+        self._ready: list[int] = []  # a heap of the positions sealed and not yet taken
+        self._needed = 0  # while a taker blocks: how many it waits for
+        self._lock = None  # while a taker blocks: the bare lock it sleeps on
+        self._wake_fd = None  # an eventfd that wakes a taker reading results itself (read_here)
+        self._reader = None  # the thread id of that taker, while it reads
+        self._callback = None  # what when_ready calls (instead of waking a taker)
+
+    def sealed(self, oid: bytes) -> bool:
+        """Under the store's lock: ``oid`` was sealed; True when that completes a blocked taker."""
+        pos = self._index.pop(oid, None)
+        if pos is None:
+            return False
+        heapq.heappush(self._ready, pos)
+        if self._needed and len(self._ready) >= self._needed:
+            self._needed = 0
+            return True
+        return False
+
+    def fire(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+            return
+        lock = self._lock
+        if lock is not None and lock.locked():
+            try:
+                lock.release()
+            except RuntimeError:  # released by a seal that came just before
+                pass
+        elif self._reader is not None and self._reader != _thread.get_ident():
+            try:
+                os.eventfd_write(self._wake_fd, 1)
+            except OSError:  # closed: the loop is over
+                pass
+
+    def ready_count(self) -> int:
+        return len(self._ready)
+
+    def take_ready(self) -> list[int]:
+        """Every ready position not taken yet, in increasing order (does not wait)."""
+        with self._store._lock:
+            return self._pop(len(self._ready))
+
+    def when_ready(self, k: int, callback) -> None:
+        """Call ``callback()`` once (now, or on the sealing thread) when ``k`` positions are ready; it replaces
+        the callback armed before, if any."""
+        with self._store._lock:
+            if len(self._ready) < k:
+                self._needed = k
+                self._callback = callback
+                return
+            self._callback = None
+        callback()
+
+    def _pop(self, k: int) -> list[int]:
+        ready = self._ready
+        return [heapq.heappop(ready) for _ in range(min(k, len(ready)))]
+
+    def take(self, k: int, timeout: float | None) -> list[int]:
+        """The ``k`` smallest ready positions, in increasing order, waiting up to ``timeout`` for them;
+        fewer (those ready) past it."""
+        store = self._store
+        if len(self._ready) >= k or timeout == 0:
+            with store._lock:
+                return self._pop(k)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        reader = store.read_here
+        if reader is None and store.spin_until(lambda: len(self._ready) >= k):  # a reader spins itself
+            with store._lock:
+                return self._pop(k)
+        while True:
+            with store._lock:
+                left = None if deadline is None else deadline - time.monotonic()
+                if len(self._ready) >= k or (left is not None and left <= 0):
+                    return self._pop(k)
+                self._needed = k
+                lock = None
+                if reader is None:
+                    lock = self._lock = _thread.allocate_lock()
+                    lock.acquire()
+                else:
+                    if self._wake_fd is None:
+                        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                    self._reader = _thread.get_ident()
+            try:
+                if lock is None:
+                    reader(lambda: len(self._ready) >= k, left, self._wake_fd)
+                else:
+                    lock.acquire(timeout=_SLICE if left is None else min(left, _SLICE))  # see _Waiter.block
+            finally:
+                with store._lock:
+                    self._needed = 0
+                    self._lock = self._reader = None
+
+    def close(self) -> None:
+        """The loop is over: seals need not come here any more."""
+        with self._store._lock:
+            self._store._watches.pop(id(self), None)
+            fd, self._wake_fd = self._wake_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self):
+        if self._wake_fd is not None:
+            os.close(self._wake_fd)
+
+
 class MemoryObjectStore(ObjectStore):
     """Objects are copies (``copy_buffers``) so a value stored cannot change.
 
@@ -85,6 +211,10 @@ class MemoryObjectStore(ObjectStore):
         self._seals = 0  # objects sealed so far
         self._capacity = capacity
         self._used = 0
+        self._watches: dict[int, weakref.ref] = {}  # the ready indexes of the wait loops alive (Watch)
+        # read_here(done, timeout, wake_fd): the waiting thread reads results itself until done() or
+        # wake_fd is written (a node's store); None: it sleeps until a seal wakes it
+        self.read_here = None
 
     def put(self, ref: ObjectRef, obj: SerializedObject) -> None:
         self.seal(ref._id, obj.copy_buffers() if obj.buffers else obj)
@@ -113,7 +243,14 @@ class MemoryObjectStore(ObjectStore):
             if self._wait_calls:
                 self._any_sealed.notify_all()
             waiters = self._waiters.pop(oid, None)
-            done = [w for w in waiters if w.sealed()] if waiters else ()
+            done = [w for w in waiters if w.sealed()] if waiters else []
+            if self._watches:
+                for key, ref in list(self._watches.items()):
+                    watch = ref()
+                    if watch is None:  # its loop was dropped
+                        del self._watches[key]
+                    elif watch.sealed(oid):
+                        done.append(watch)
         for waiter in done:
             waiter.fire()
         return True
@@ -207,6 +344,26 @@ class MemoryObjectStore(ObjectStore):
                     self._any_sealed.wait(_SLICE if left is None else min(left, _SLICE))  # see _Waiter.block
                 finally:
                     self._wait_calls -= 1
+
+    def watch(self, ids: list[bytes]) -> Watch:
+        """A ready index over ``ids`` (unique), fed by seals from now on (``anyray.waiting``)."""
+        watch = Watch(self, ids)
+        with self._lock:
+            index = watch._index
+            sealed = [index.pop(oid) for oid in index.keys() & self._objects.keys()]
+            heapq.heapify(sealed)
+            watch._ready = sealed
+            self._watches[id(watch)] = weakref.ref(watch)
+        return watch
+
+    def spin_until(self, done) -> bool:
+        """Yield for up to ``SPIN_SECONDS`` until ``done()`` (as ``_spin_for_seal``, without the lock)."""
+        deadline = time.perf_counter() + SPIN_SECONDS
+        while not done():
+            if time.perf_counter() >= deadline:
+                return False
+            time.sleep(0)
+        return True
 
     def _spin_for_seal(self) -> bool:
         """Under the lock: let it go and yield for up to ``SPIN_SECONDS`` while no object is sealed. When

@@ -17,6 +17,7 @@ from anyray.specs import ActorSpec, ActorTaskSpec, TaskSpec
 from . import messages as m
 from .interning import LastShared
 from .store import ArenaObject
+from .wait_watches import WaitWatches
 
 LATER = object()  # a request handler that answers by itself, later
 
@@ -46,6 +47,13 @@ class Requests:
             "create_actor": self._op_create_actor, "actor_call": self._op_actor_call, "named": self._op_named,
             "list_named": self._op_list_named, "kill": self._op_kill, "cancel": self._op_cancel,
             "resources": self._op_resources, "usage": self._op_usage}
+        self.handlers["wait_watch"] = WaitWatches(store, self.respond, self._lend, self._reclaim, LATER,
+                                                  self._prefetch).serve
+
+    def _prefetch(self, ids) -> None:
+        """Start pulling the objects of ``ids`` that live on other nodes (a cluster node's seam)."""
+        if self._seams.objects is not None:
+            self._seams.objects.prefetch(ids)
 
     def register(self, op: str, handler) -> None:
         """Serve request ``op`` with ``handler(worker, rid, args)``."""

@@ -324,6 +324,16 @@ class Wait(NamedTuple):       # answer: the ready ids
     blocking: bool
 
 
+class WaitWatch(NamedTuple):  # "wait_watch": a wait loop's ready index, kept by the node (wait_watches.py)
+    key: int                  # the index's number, chosen by the asker (per connection)
+    ids: list | None          # its ids, in order, when first asked (or asked again after the node dropped it)
+    seen: int                 # how many positions the asker has from the node's answers so far
+    needed: int               # answer once this many positions beyond ``seen`` are sealed (or at once)
+    may_wait: bool
+    blocking: bool            # the asker is a task: the node lends its CPUs while it waits
+    close: bool               # the loop is over: drop the index
+
+
 class Put(NamedTuple):        # "put" and "put_kept"
     oid: bytes
     wire: Any
@@ -376,7 +386,7 @@ class CancelRef(NamedTuple):
 # records, records_here (job id; answer: [RecordRow]), output, output_here (job id; answer: [PrintedLine]),
 # and a daemon's metadata_url, status, list, list_here.
 OP_TYPES = {"submit": Submit, "forward": Forward, "create_actor": CreateActor, "create_actor_here": CreateActorHere,
-            "actor_call": CallActor, "get": Get, "wait": Wait, "put": Put, "put_kept": Put,
+            "actor_call": CallActor, "get": Get, "wait": Wait, "wait_watch": WaitWatch, "put": Put, "put_kept": Put,
             "stream_put": StreamPut, "named": Named,
             "kill": Kill, "cancel": CancelRef, "placement_group": GroupOp, "pg_reserve": ReserveBundles,
             "pg_release": ReleaseBundles}

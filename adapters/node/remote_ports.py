@@ -16,6 +16,7 @@ from anyray.ports.scheduler import Scheduler
 from anyray.serialization import portable_classes
 
 from . import messages as m
+from .remote_watch import RemoteWatch
 
 BACKPRESSURE = "_generator_backpressure_num_objects"  # the option Ray names it by
 
@@ -46,6 +47,10 @@ class RemoteStore(ObjectStore):
             return set(self.node.request("wait", m.Wait.pack(ids, num_returns, timeout != 0, blocking), timeout))
         except GetTimeoutError:
             return set(self.node.request("wait", m.Wait.pack(ids, num_returns, False, False)))
+
+    def watch(self, ids):
+        """A wait loop's ready index (``anyray.waiting``), kept by the node (``remote_watch.py``)."""
+        return RemoteWatch(self.node, ids)
 
     def contains(self, ref) -> bool:
         return False  # asking costs a round trip; get() asks once anyway

@@ -74,6 +74,7 @@ class NodeScheduler(ReportsResources, Scheduler):
         self.ledger = ledger = Ledger(lock, store, seams)
         self.supervision = supervision = Supervision(session, setup, lock, ledger, seams, job)
         self.workers = supervision.pool
+        store.read_here = supervision.read_here  # a wait loop's thread reads the results it waits for
         shapes = ShapeQueues(lock, pool, None)
         self.queues = shapes.queues
         self.tasks = tasks = Tasks(lock, store, pool, shapes, ledger, functions, supervision, seams, job)

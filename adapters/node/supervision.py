@@ -17,6 +17,7 @@ from . import messages as m
 from .env_builds import PythonEnvs
 from .framing import run_entry
 from .pool import WorkerPool
+from .reading import read_any_here
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class Worker:
     """The node's view of one worker process."""
 
     __slots__ = ("handle", "functions", "task", "actor", "borrowed", "handles", "pins", "grants", "calls",
-                 "blocked", "retiring", "dead", "remote", "job", "peer", "env_key")
+                 "blocked", "retiring", "dead", "remote", "job", "peer", "env_key", "watches")
 
     def __init__(self, handle, job: tuple):
         self.handle = handle
@@ -44,6 +45,7 @@ class Worker:
         self.job = job       # the job of what it runs now (of a client: its own)
         self.peer = False    # another node of a cluster, as a client of this one
         self.env_key = ""    # the runtime_env it was started for ("" for none): it runs only work of that one
+        self.watches = None  # the ready indexes of its wait loops, by key (wait_watches.py)
 
 
 class Supervision:
@@ -185,6 +187,12 @@ class Supervision:
             return
         if task is not None:
             self._worker_lost(task, handle)
+
+    def read_here(self, done, timeout: float | None, wake_fd: int) -> None:
+        """The calling thread waits for results from any worker: it reads them itself until ``done()``
+        (``reading.read_any_here``); the store's ``read_here``."""
+        read_any_here([w.handle for w in list(self.workers.values()) if not w.handle.adopted], done, timeout,
+                      wake_fd)
 
     def close(self) -> None:
         self.closed = True

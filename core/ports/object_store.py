@@ -22,6 +22,10 @@ class ObjectStore(ABC):
     which the runtime calls when no ref to an object is left. A store whose
     engine frees objects by its own reference counting sets it False and
     defines no ``free``; the runtime then never calls it.
+
+    Optional: ``watch(ids) -> Watch`` (a ready index over a list of ids, fed by seals, with
+    ``take(k, timeout) -> positions`` and ``close()``), which makes a loop of ``wait`` calls cost
+    the same per call however long the list (``anyray.waiting``); a store without it is scanned.
     """
 
     frees_objects: ClassVar[bool] = True
