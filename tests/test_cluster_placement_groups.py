@@ -201,6 +201,7 @@ def test_spread_work_that_needs_no_cpu_uses_every_node(cluster_env):
             return anyray.get_runtime_context().get_node_id()
 
         actors = [Where.options(scheduling_strategy="SPREAD").remote() for _ in range(6)]
-        print(len(set(anyray.get([a.node.remote() for a in actors]))), len(set(anyray.get([where.remote() for _ in range(6)]))))
+        tasks = [where.remote() for _ in range(6)]
+        print(len(set(anyray.get([a.node.remote() for a in actors]))), len(set(anyray.get(tasks))))
     """))
     assert out.split() == ["2", "2"]

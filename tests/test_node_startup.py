@@ -51,7 +51,7 @@ def test_a_node_forks_its_fork_server_from_itself_and_workers_hold_none_of_the_n
         assert server.ppid() == daemon.pid
         assert server.cmdline() == daemon.cmdline()
         assert server.num_threads() == 1  # a fork server stays single-threaded
-        assert loaded == []  # forked before the daemon loaded the node's side (the metadata client is loaded after the fork)
+        assert loaded == []  # forked before the daemon loaded the node's side (and its metadata client)
         assert anyray.get(anyray.remote(lambda x: x + 1).remote(1), timeout=WAIT) == 2
     finally:
         anyray.shutdown()
