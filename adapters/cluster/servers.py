@@ -133,17 +133,25 @@ def _spawn_redis(binary: str, directory: str, host: str, port: int, password: st
 
 def _start_redis(binary: str, directory: str, host: str, fixed: int, password: str,
                  first: tuple[subprocess.Popen | None, int] = (None, 0)) -> MetadataServer:
+    proc, port = _start(lambda port: _spawn_redis(binary, directory, host, port, password), host, fixed, first,
+                        f"redis-server did not start; see {directory}/redis.log")
+    return MetadataServer(proc, f"redis://:{quote(password, safe='')}@{host}:{port}/0", directory)
+
+
+def _start(spawn, host: str, fixed: int, first: tuple[subprocess.Popen | None, int], failed: str):
+    """A server process listening on ``fixed``, or on a free port (tried a few times: another process may
+    take a free port first); ``first``: one already spawned. Its process and port; RuntimeError(failed)."""
     started, started_port = first
     for _ in range(1 if fixed else TRIES):
         if started is not None:
             proc, port, started = started, started_port, None
         else:
             port = fixed or _free_port(host)
-            proc = _spawn_redis(binary, directory, host, port, password)
+            proc = spawn(port)
         if _wait_port(proc, host, port):
-            return MetadataServer(proc, f"redis://:{quote(password, safe='')}@{host}:{port}/0", directory)
+            return proc, port
         _kill(proc)
-    raise RuntimeError(f"redis-server did not start; see {directory}/redis.log")
+    raise RuntimeError(failed)
 
 
 def _spawn_etcd(binary: str, directory: str, host: str, port: int) -> subprocess.Popen:
@@ -163,17 +171,9 @@ def _spawn_etcd(binary: str, directory: str, host: str, port: int) -> subprocess
 
 def _start_etcd(binary: str, directory: str, host: str, fixed: int,
                 first: tuple[subprocess.Popen | None, int] = (None, 0)) -> MetadataServer:
-    started, started_port = first
-    for _ in range(1 if fixed else TRIES):
-        if started is not None:
-            proc, port, started = started, started_port, None
-        else:
-            port = fixed or _free_port(host)
-            proc = _spawn_etcd(binary, directory, host, port)
-        if _wait_port(proc, host, port):
-            return MetadataServer(proc, f"etcd://{host}:{port}", directory)
-        _kill(proc)
-    raise RuntimeError(f"etcd did not start; see {directory}/etcd.log")
+    proc, port = _start(lambda port: _spawn_etcd(binary, directory, host, port), host, fixed, first,
+                        f"etcd did not start; see {directory}/etcd.log")
+    return MetadataServer(proc, f"etcd://{host}:{port}", directory)
 
 
 def _wait_port(proc: subprocess.Popen, host: str, port: int, timeout: float = 15.0) -> bool:
