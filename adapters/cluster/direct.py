@@ -77,7 +77,10 @@ class _Socket:
 
 def backed_up(sock: _Socket) -> bool:
     """Whether the actor process's answers pile up unread (it may block on one nobody reads)."""
-    unread = fcntl.ioctl(sock.fd, termios.FIONREAD, b"\0\0\0\0")
+    try:
+        unread = fcntl.ioctl(sock.fd, termios.FIONREAD, b"\0\0\0\0")
+    except OSError:  # closed meanwhile by another thread that saw it go: nothing to read on it
+        return False
     return int.from_bytes(unread, sys.byteorder) > UNREAD_MAX
 
 
@@ -288,6 +291,7 @@ class DirectCalls(_Answers):
         self._cache = cache
         self._token = token
         self._lock = threading.Lock()
+        self._connecting = threading.Lock()        # held while a thread opens an actor's socket
         self._sockets: dict[bytes, _Socket] = {}   # actor id -> the socket its calls go to now
         self._never: set[bytes] = set()            # actors that take no direct calls
         self._retry: dict[bytes, tuple] = {}       # actor id -> (when to ask again, the wait after that)
@@ -321,7 +325,8 @@ class DirectCalls(_Answers):
             self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
             sock = None
         if sock is None:
-            sock = self._connect(actor_id)
+            with self._connecting:  # one socket per actor, however many threads call it at once
+                sock = self._sockets.get(actor_id) or self._connect(actor_id)
             if sock is None:
                 if actor_id not in self._never:  # the actor runs its calls in order: the last one says
                     self._node_calls[actor_id] = [spec.task_id]  # when all are done
@@ -330,16 +335,23 @@ class DirectCalls(_Answers):
         payload = frame(m.DIRECT_CALL, m.dumps(m.ActorCall.pack(
             spec.task_id, spec.method_name, to_wire(spec.args), [], return_ids, call_options(spec.options),
             spec.name, spec.caller_id, spec.seq, None)))
-        with self._lock:
-            sock.pending[spec.task_id] = return_ids
-            for oid in return_ids:
-                self.waiting[oid] = sock
+        with self._lock:  # a socket with a call pending is not closed for having answered its last one
+            closed = sock.closed
+            if not closed:
+                sock.pending[spec.task_id] = return_ids
+                for oid in return_ids:
+                    self.waiting[oid] = sock
+        if closed:  # its last answer came and another socket took over, or it went: the node's path, and
+            self._sockets.pop(actor_id, None)  # the next calls too, until the node has done this one
+            self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
+            self._node_calls[actor_id] = [spec.task_id]
+            return False
         try:
             with sock.send_lock:
                 sock.conn.send_bytes(payload)
         except OSError:
             self._lost(sock)
-        if self._helper is None and backed_up(sock):
+        if self._helper is None and not sock.closed and backed_up(sock):
             self._start_helper()  # its answers are read while more calls go out
         return True
 
