@@ -469,27 +469,3 @@ def test_an_actor_whose_process_dies_fails_the_calls_queued_behind():
     with pytest.raises(ActorDiedError):
         anyray.get(actor.ping.remote(), timeout=DEADLINE)
     assert anyray.get(Counter.remote(1).incr.remote(), timeout=DEADLINE) == 2  # the runtime works on
-
-
-@anyray.remote
-class _BusyUntilFile:
-    def wait_for(self, path):
-        while not os.path.exists(path):  # busy outside anyray: nothing of its own reads the actor's connection
-            time.sleep(0.01)
-        return "done"
-
-    def size(self, payload):
-        return len(payload)
-
-
-def test_many_calls_to_an_actor_busy_in_a_long_call_never_block_the_caller(tmp_path):
-    # Submitting is asynchronous: 3,000 calls of 1 KB (several MB in all, more than a socket holds) queue
-    # behind a call that waits for the caller to act after submitting them.
-    actor = _BusyUntilFile.remote()
-    assert anyray.get(actor.size.remote(b"warm"), timeout=DEADLINE) == 4  # the actor is up: calls go to it
-    flag = tmp_path / "go"
-    first = actor.wait_for.remote(str(flag))
-    refs = [actor.size.remote(b"x" * 1024) for _ in range(3000)]
-    flag.touch()
-    assert anyray.get(first, timeout=DEADLINE) == "done"
-    assert sum(anyray.get(refs, timeout=DEADLINE)) == 3000 * 1024

@@ -56,8 +56,6 @@ from .worker_output import ForwardedEvents, Output
 log = logging.getLogger(__name__)
 
 
-BUSY_POLL = 0.005  # seconds a read for a busy sync actor waits before it checks the call is still running
-
 class WorkerNode(Link):
     """Everything of one worker process: its link to the node, its runtime, the task it runs or the
     actor it hosts."""
@@ -67,7 +65,6 @@ class WorkerNode(Link):
         self.loop = loop
         self._tasks: collections.deque = collections.deque()  # (run, arg) for the main thread, in order
         self._exit = False
-        self._busy_since = 0.0  # when the main thread began what it runs now (0.0: it reads)
         self.events = ForwardedEvents()
         self.output = Output(self)
         self.actor = None   # a threaded or async actor hosted here (an ActorHost)
@@ -105,11 +102,7 @@ class WorkerNode(Link):
                         if not tasks:
                             continue
                     run, arg = tasks.popleft()
-                    self._busy_since = time.monotonic()
-                    try:
-                        run(arg)
-                    finally:
-                        self._busy_since = 0.0
+                    run(arg)
                     del run, arg
                     continue
                 with self._read_lock:
@@ -158,8 +151,7 @@ class WorkerNode(Link):
 
     def _flush_loop(self) -> None:
         while True:
-            if not self._read_while_busy():  # else it has spent a flush interval reading
-                time.sleep(FLUSH_INTERVAL)
+            time.sleep(FLUSH_INTERVAL)
             try:
                 if self.output.lines:
                     self.output.send()
@@ -169,31 +161,6 @@ class WorkerNode(Link):
                 return
             if not self._flush_once():
                 return
-
-    def _read_while_busy(self) -> bool:
-        """When a sync actor's call has run a while on the main thread, read what the node sends meanwhile
-        (its next calls queue behind it) for one flush interval, so a node sending many calls never blocks
-        on this process's full socket, and with it every driver it serves. False when there was nothing to
-        do: no such call, or another thread reads (a get inside the call handles what comes)."""
-        started = self._busy_since
-        if self.inline is None or not started or time.monotonic() - started < FLUSH_INTERVAL:
-            return False
-        conn, until = self.conn, time.monotonic() + FLUSH_INTERVAL
-        while self._busy_since == started and time.monotonic() < until:
-            if not self._read_lock.acquire(False):
-                return False
-            try:
-                if self.direct is not None:
-                    self.direct.drain()
-                if conn.poll(BUSY_POLL):
-                    self._dispatch(conn.recv_bytes())
-            except (EOFError, OSError):
-                return False  # the node is gone: the main thread ends the worker
-            finally:
-                self._read_lock.release()
-        if self._busy_since != started:  # the call ended: sleep before flushing again
-            time.sleep(max(0.0, until - time.monotonic()))
-        return True
 
     # -- tasks ------------------------------------------------------------------
     def _run_task(self, payload) -> None:
