@@ -20,8 +20,20 @@ from anyray.adapters.cluster.direct_host import direct_key
 from anyray.current import current_runtime
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _direct_calls_on():
+    """Direct calls are off by default (adapters/cluster/direct.py, SWITCH): these tests turn them on."""
+    before = os.environ.get("ANYRAY_DIRECT_CALLS")
+    os.environ["ANYRAY_DIRECT_CALLS"] = "1"
+    yield
+    if before is None:
+        os.environ.pop("ANYRAY_DIRECT_CALLS", None)
+    else:
+        os.environ["ANYRAY_DIRECT_CALLS"] = before
+
+
 @pytest.fixture(scope="module")
-def private_cluster():
+def private_cluster(_direct_calls_on):
     anyray.init(backend="cluster", num_cpus=2)
     yield current_runtime().backend
     anyray.shutdown()
