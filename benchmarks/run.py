@@ -34,19 +34,28 @@ NO_DASK_WORKLOADS = {"generators"}  # plain Dask futures have no generator tasks
 
 def run_child(engine, backend, workload, args):
     """Run one workload on one engine in a fresh process; its metrics, or {"_error": text}."""
+    return run_json_child([sys.executable, os.path.join(HERE, "workloads.py"), engine, backend or "-", workload,
+                           str(args.num_cpus), "1" if args.quick else "0"], args.timeout)
+
+
+def run_json_child(cmd, timeout):
+    """Run ``cmd`` plus a path it writes its JSON result to, in a process group of its own (a timeout, or
+    the end, also stops whatever it started: Ray's daemons); the result, or {"_error": text}."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, os.path.join(HERE, "workloads.py"), engine, backend or "-", workload,
-               str(args.num_cpus), "1" if args.quick else "0", out]
-        # Its own process group, so a timeout also stops whatever it started (Ray's daemons).
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        proc = subprocess.Popen([*cmd, out], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
         try:
-            _, stderr = proc.communicate(timeout=args.timeout)
+            _, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-            return {"_error": f"timed out after {args.timeout}s"}
+            return {"_error": f"timed out after {timeout}s"}
+        finally:
+            try:  # whatever the child left in its group (a daemon that outlived it)
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if proc.returncode != 0 or not os.path.exists(out):
             return {"_error": f"exit {proc.returncode}: {stderr.strip()[-2000:]}"}
         with open(out) as f:

@@ -27,8 +27,6 @@ import argparse
 import gc
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +34,9 @@ import time
 import psutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from run import run_json_child  # noqa: E402 - the child runner every benchmark here shares
+
 DEFAULT_SIZES = {"tasks": [10**4, 10**5, 10**6], "puts": [10**4, 10**5, 10**6], "actors": [10**3, 10**4]}
 QUICK_SIZES = {"tasks": [10**3, 10**4], "puts": [10**3, 10**4], "actors": [100, 300]}
 ENGINES = ["multiprocess", "cluster", "ray"]
@@ -116,10 +117,7 @@ def child_tasks(ray, n, cpus, tmp, profile):
     holders = hold_cpus(ray, gate, cpus)
     settle()
     before = memory(os.getpid())
-    if profile:
-        import tracemalloc
-        tracemalloc.start(8)
-        snap0 = tracemalloc.take_snapshot()
+    snap0 = start_profile() if profile else None
     c0, t0 = cpu_seconds(os.getpid()), time.perf_counter()
     refs = [noop.remote() for _ in range(n)]
     t_submit = time.perf_counter() - t0
@@ -128,8 +126,7 @@ def child_tasks(ray, n, cpus, tmp, profile):
     pending = memory(os.getpid())
     result = {"submit_us": t_submit / n * 1e6, "pending": delta(pending, before, n)}
     if profile:
-        result["profile"] = top_allocations(tracemalloc.take_snapshot(), snap0, n)
-        tracemalloc.stop()
+        result["profile"] = top_allocations(snap0, n)
     t1 = time.perf_counter()
     open(gate, "w").close()
     c1 = cpu_seconds(os.getpid())
@@ -150,10 +147,7 @@ def child_puts(ray, n, cpus, tmp, profile):
     ray.get([ray.put(i) for i in range(100)])  # warm
     settle()
     before = memory(os.getpid())
-    if profile:
-        import tracemalloc
-        tracemalloc.start(8)
-        snap0 = tracemalloc.take_snapshot()
+    snap0 = start_profile() if profile else None
     c0, t0 = cpu_seconds(os.getpid()), time.perf_counter()
     refs = [ray.put(1) for _ in range(n)]
     t_put = time.perf_counter() - t0
@@ -162,8 +156,7 @@ def child_puts(ray, n, cpus, tmp, profile):
     stored = memory(os.getpid())
     result = {"total_us": t_put / n * 1e6, "cpu_us": c_put / n * 1e6, "pending": delta(stored, before, n)}
     if profile:
-        result["profile"] = top_allocations(tracemalloc.take_snapshot(), snap0, n)
-        tracemalloc.stop()
+        result["profile"] = top_allocations(snap0, n)
     del refs
     settle()
     result["left"] = delta(memory(os.getpid()), before, n)
@@ -196,8 +189,19 @@ def child_actors(ray, n, cpus, tmp, profile):
     return result
 
 
-def top_allocations(snap, snap0, n, limit=12):
-    """The lines that allocated most between the two snapshots: (where, bytes per item, blocks per item)."""
+def start_profile():
+    """Start tracing allocations; the snapshot ``top_allocations`` compares against."""
+    import tracemalloc
+    tracemalloc.start(8)
+    return tracemalloc.take_snapshot()
+
+
+def top_allocations(snap0, n, limit=12):
+    """The lines that allocated most since ``snap0`` (tracing then stops): (where, bytes per item, blocks
+    per item)."""
+    import tracemalloc
+    snap = tracemalloc.take_snapshot()
+    tracemalloc.stop()
     rows = []
     for stat in snap.compare_to(snap0, "lineno")[:limit]:
         frame = stat.traceback[0]
@@ -231,28 +235,8 @@ def child_main(engine, kind, n, cpus, out, profile):
 # --- the runner -----------------------------------------------------------------------------------
 
 def run_child(engine, kind, n, args):
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "result.json")
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", engine, kind, str(n), str(args.num_cpus), out]
-        if args.profile:
-            cmd.append("--profile")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
-        try:
-            _, stderr = proc.communicate(timeout=args.timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            return {"_error": f"timed out after {args.timeout}s"}
-        finally:
-            try:  # whatever the child left in its group (a daemon that outlived it)
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if proc.returncode != 0 or not os.path.exists(out):
-            return {"_error": f"exit {proc.returncode}: {stderr.strip()[-1500:]}"}
-        with open(out) as f:
-            return json.load(f)
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", engine, kind, str(n), str(args.num_cpus)]
+    return run_json_child(cmd + (["--profile"] if args.profile else []), args.timeout)
 
 
 def fmt_bytes(b):
@@ -417,7 +401,7 @@ def main():
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        eng, knd, num, ncpu, outp = sys.argv[2:7]
-        child_main(eng, knd, int(num), int(ncpu), outp, "--profile" in sys.argv[7:])
+        eng, knd, num, ncpu = sys.argv[2:6]  # then "--profile" if asked, and the result's path last
+        child_main(eng, knd, int(num), int(ncpu), sys.argv[-1], "--profile" in sys.argv[6:-1])
     else:
         sys.exit(main())
