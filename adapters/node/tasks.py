@@ -20,6 +20,7 @@ from ..common.placement_groups import removed_error, route
 from ..common.queues import ShapeQueues, admit
 from . import gc_guard, memory_monitor
 from . import messages as m
+from .interning import shape_of
 from .pool import describe
 from .store import ArenaObject, to_wire
 
@@ -41,19 +42,6 @@ class Task:
         self.node = None      # the other node it was handed to (cluster)
         self.spilled = False  # handed here by another node: it runs here
         self.queues = None    # the queues of the placement group bundle it runs in; None: the node's
-
-
-_SHAPES: dict = {}  # one tuple per demand shape, for every pending task of it
-
-
-def shape_of(resources: dict) -> tuple:
-    shape = tuple(sorted(resources.items()))
-    shared = _SHAPES.get(shape)
-    if shared is None:
-        if len(_SHAPES) >= 4096:
-            _SHAPES.clear()
-        _SHAPES[shape] = shared = shape
-    return shared
 
 
 def same_env(worker, task: Task) -> bool:
