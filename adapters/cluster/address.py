@@ -32,6 +32,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from . import files
 from .redaction import redact
+from .tls import BANNER
 
 RAY_CLIENT_PORT = 10001  # Ray Client's port (``ray://HOST:10001``); the head listens there too when it is free
 TOKEN_LABEL = b"anyray cluster token from the Redis password v1"
@@ -154,7 +155,7 @@ def probe(host: str, port: int) -> tuple[str, socket.socket | None]:
     sock = _connect(host, port)
     try:
         seen = _peek(sock, SPEAKS_FIRST_SECONDS)
-        if seen and b"#CHALLENGE#" in seen:
+        if seen and (b"#CHALLENGE#" in seen or seen.startswith(BANNER)):  # a node, plain or TLS
             sock.settimeout(None)
             kept, sock = sock, None
             return "node", kept
@@ -168,7 +169,7 @@ def probe(host: str, port: int) -> tuple[str, socket.socket | None]:
     finally:
         if sock is not None:
             sock.close()
-    if b"#CHALLENGE#" in reply:  # a node that was slow to speak: connect to it afresh
+    if b"#CHALLENGE#" in reply or reply.startswith(BANNER):  # a node that was slow to speak: connect afresh
         return "node", None
     if reply.startswith(b"+PONG"):
         return "redis", None

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from . import files, launch
+from . import files, launch, tls
 from .address import RAY_CLIENT_PORT, connect, resolve, token_from_password
 from .redaction import redact
 
@@ -111,6 +111,14 @@ def add_commands(sub) -> None:
     p.add_argument("--dashboard-port", type=_port,
                    help="accepted for Ray's sake and recorded: anyray has no dashboard yet")
     p.add_argument("--block", action="store_true", help="stay in the foreground until Ctrl-C or `anyray stop`")
+    p.add_argument("--tls", action="store_true",
+                   help="TLS on every TCP connection of the cluster; the head makes the cluster's CA and its own "
+                        "certificate in the cluster directory (tls/), unless --tls-ca/--tls-cert/--tls-key name files")
+    p.add_argument("--tls-ca", metavar="FILE", help="the cluster CA's certificate (with --tls-cert and --tls-key; "
+                   "also $ANYRAY_TLS_CA, or Ray's RAY_USE_TLS=1 with RAY_TLS_CA_CERT)")
+    p.add_argument("--tls-cert", metavar="FILE", help="this node's certificate, signed by the CA "
+                   "($ANYRAY_TLS_CERT, RAY_TLS_SERVER_CERT)")
+    p.add_argument("--tls-key", metavar="FILE", help="its private key, mode 0600 ($ANYRAY_TLS_KEY, RAY_TLS_SERVER_KEY)")
     p.set_defaults(func=cmd_start, unknown_flags=_unknown_start_flags)
 
     p = sub.add_parser("stop", help="stop every anyray node daemon this user runs on this machine")
@@ -135,6 +143,17 @@ def add_commands(sub) -> None:
     p.add_argument("--redis-password", metavar="PASSWORD", help="the cluster's Redis password (see `anyray start`)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("tls-cert", help="issue a certificate of this machine's cluster CA (`anyray start --head "
+                                        "--tls`) for a node or driver on another machine",
+                       description="Write ca.crt, NAME.crt and NAME.key (0600) to --out, signed by the CA that "
+                                   "`anyray start --head --tls` made on this machine. Copy them to the other "
+                                   "machine (as you would a key) and pass them with --tls-ca/--tls-cert/--tls-key "
+                                   "or ANYRAY_TLS_CA/ANYRAY_TLS_CERT/ANYRAY_TLS_KEY.")
+    p.add_argument("--out", required=True, help="the directory to write to (made 0700)")
+    p.add_argument("--host", action="append", default=[], help="an address or name of the machine (repeatable)")
+    p.add_argument("--name", default="node", help="the files' base name (default node)")
+    p.set_defaults(func=cmd_tls_cert)
 
 
 def _fail(message: str) -> int:
@@ -192,6 +211,12 @@ def cmd_start(args) -> int:
             metadata, join = target.metadata, None
         token_path = args.token_file
         port = next((p for p in (args.port, args.node_manager_port) if p is not None), 0)
+    try:
+        tls_files = _tls_files(args, directory, conn if not args.head else None)
+    except (OSError, ValueError) as exc:
+        return _fail(exc)
+    if tls_files is not None:
+        settings["tls"] = tls_files.as_dict()
     settings["node_manager_port"] = args.node_manager_port
     settings = {k: v for k, v in settings.items() if v is not None}
     options = dict(directory=directory, head=args.head, host=args.node_ip_address, port=port,
@@ -221,6 +246,48 @@ def cmd_start(args) -> int:
               f"Add a node on another machine:     anyray start --address {node_address} {secret}\n"
               f"(other machines reach this one only if --node-ip-address is an address they can route to)\n"
               f"Stop the nodes of this machine:    anyray stop")
+        if tls_files is not None:
+            print(f"TLS: every TCP connection; CA {tls_files.ca}, certificate {tls_files.cert}. This machine's "
+                  f"drivers and nodes use these files; for another machine, issue its own with `anyray tls-cert "
+                  f"--out DIR --host ITS_ADDRESS` and pass them (--tls-ca/--tls-cert/--tls-key, or ANYRAY_TLS_CA, "
+                  f"ANYRAY_TLS_CERT, ANYRAY_TLS_KEY).")
+    return 0
+
+
+def _tls_files(args, directory: str, conn) -> tls.TLSFiles | None:
+    """The TLS files the node serves with: those named (flags, else the environment), else with ``--tls`` the
+    head's new ones; a joining node of a TLS cluster uses what it reached the cluster with (``conn``'s)."""
+    given = [args.tls_ca, args.tls_cert, args.tls_key]
+    if any(given):
+        if not all(given):
+            raise ValueError("TLS needs --tls-ca, --tls-cert and --tls-key together.")
+        return tls.TLSFiles(*(os.path.abspath(os.path.expanduser(f)) for f in given)).check()
+    found = tls.from_env()
+    if found is not None:
+        return found
+    if isinstance(conn, tls.TLSConnection):
+        return conn.files
+    if args.tls and args.head:
+        return tls.cluster_files(directory, hosts=(args.node_ip_address,))
+    if args.tls:
+        raise ValueError("--tls on a joining node: the cluster does not use TLS (its head was started without "
+                         "--tls).")
+    return None
+
+
+def cmd_tls_cert(args) -> int:
+    ca_dir = os.path.join(files.cluster_dir(), "tls")
+    ca_cert, ca_key = os.path.join(ca_dir, "ca.crt"), os.path.join(ca_dir, "ca.key")
+    if not os.path.isfile(ca_key):
+        return _fail(f"no cluster CA on this machine ({ca_key}): run this where `anyray start --head --tls` ran.")
+    out = os.path.abspath(os.path.expanduser(args.out))
+    made = tls.issue(ca_cert, ca_key, out, args.name, args.host)
+    import shutil
+
+    shutil.copyfile(ca_cert, os.path.join(out, "ca.crt"))
+    print(f"Wrote {os.path.join(out, 'ca.crt')}, {made.cert} and {made.key} (keep the key secret). On the other "
+          f"machine: anyray start --address ... --tls-ca ca.crt --tls-cert {args.name}.crt --tls-key {args.name}.key "
+          f"(a driver: ANYRAY_TLS_CA, ANYRAY_TLS_CERT, ANYRAY_TLS_KEY).")
     return 0
 
 

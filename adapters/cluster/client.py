@@ -23,6 +23,7 @@ from ..node import framing
 from ..node import messages as m
 from ..node.arena import Arena
 from ..node.link import Link
+from . import tls
 from .redaction import redact
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,18 @@ def open_connection(address: str, token: bytes, timeout: float = 10.0, sock: soc
         except OSError as exc:
             raise ConnectionError(f"No anyray node answers at {host}:{port} ({exc.strerror or exc}). Is the "
                                   f"cluster running (`anyray status`)?") from None
-    sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    conn = Connection(sock.detach())
+    try:
+        conn = tls.connect(sock, f"{host}:{port}", timeout)  # TLS when the node asks for it
+    except OSError as exc:
+        sock.close()
+        if isinstance(exc, (ConnectionError, PermissionError)):
+            raise
+        raise ConnectionError(f"The anyray node at {host}:{port} did not greet this process "
+                              f"({exc.strerror or exc}).") from None
+    if conn is None:
+        sock.settimeout(None)
+        conn = Connection(sock.detach())
     try:
         with _Watchdog(conn):
             answer_challenge(conn, token)
@@ -99,8 +109,11 @@ def open_connection(address: str, token: bytes, timeout: float = 10.0, sock: soc
         conn.close()
         raise PermissionError(f"The anyray node at {host}:{port} refused the cluster token: this token is not "
                               f"the cluster's. Use the token file `anyray start --head` wrote.") from None
-    except (EOFError, OSError):
+    except (EOFError, OSError) as exc:
         conn.close()
+        if isinstance(conn, tls.TLSConnection) and isinstance(exc, OSError) and getattr(exc, "reason", None):
+            raise PermissionError(f"The anyray node at {host}:{port} refused this process's TLS certificate "
+                                  f"({exc.reason}): it is not signed by the cluster's CA.") from None
         raise PermissionError(f"The anyray node at {host}:{port} closed the connection during authentication: "
                               f"the cluster token does not match.") from None
     return conn

@@ -35,7 +35,7 @@ from ..node import framing
 from ..node import messages as m
 from ..node.gate import Gate
 from ..node.node import Node
-from . import files, servers
+from . import files, servers, tls
 from .address import TOKEN_CHECK_KEY, token_check
 from .client import CLIENT_HELLO, CLIENT_READY, CLIENT_SETUP, _Watchdog, handshake, host_id, nodelay, open_connection
 from .group_records import GroupRecords, listing
@@ -84,6 +84,8 @@ class NodeDaemon:
         # ray_client_port (listened on when free, unless given), node_manager_port and object_manager_port
         # (fixed extra ports; transfers use the latter), and Ray's dashboard flags (recorded only).
         self.settings = dict(settings or {})
+        # TLS on every TCP port (``tls``): the files given (``--tls``'s, or the user's), else the environment's
+        self.tls = tls.TLSFiles(**self.settings["tls"]).check() if self.settings.get("tls") else tls.from_env()
         self._extra_socks: list[socket.socket] = []
         self._gates: list[Gate] = []  # each listener's: the connections not authenticated yet
         self.object_address = None
@@ -113,6 +115,7 @@ class NodeDaemon:
         kind = None
         if url in ("redis", "etcd"):
             kind, url = url, None
+        tls.use(self.tls)  # this daemon's own connections (to the head, other nodes, transfers) too
         if url is None and self.head:
             launch = self._launch or servers.Launch(kind, self.directory, self.host, self.metadata_port,
                                                     password=self.redis_password)
@@ -151,14 +154,17 @@ class NodeDaemon:
                                           on_change=self.scheduler.spill_queued, on_dead=self.scheduler.node_dead,
                                           on_self_lapsed=self._lapsed))
         threading.Thread(target=self._heartbeat_loop, name="anyray-heartbeat", daemon=True).start()
+        server_tls = tls.ServerTLS(self.tls) if self.tls is not None else None
         for sock in (self._sock, *self._extra_socks):  # the challenge and its deadline, then _serve_client
-            self._gates.append(Gate(sock, self.token, self._serve_client, "anyray-node-accept", report=log).start())
+            self._gates.append(Gate(sock, self.token, self._serve_client, "anyray-node-accept", report=log,
+                                    tls=server_tls).start())
         self.record_file = files.write_node(self.directory, self.port, {
             "pid": os.getpid(), "address": self.address, "node_id": self.node.node_id, "head": self.head,
             "metadata": self.metadata_kind, "started": self.started, "ports": self.ports,
+            "tls": self.tls.as_dict() if self.tls is not None else None,
             **{k: v for k, v in self.settings.items() if k.startswith(("dashboard", "include_dashboard"))}})
         log(f"serving at {self.address} (node {self.node.node_id}, {'head, ' if self.head else ''}"
-            f"metadata: {self.metadata_kind})"
+            f"metadata: {self.metadata_kind}{', TLS' if self.tls is not None else ''})"
             + "".join(f"; {what} on port {port}" for what, port in self.ports.items() if what != "node"))
 
     def _listen(self, port: int, flag: str) -> socket.socket:
@@ -253,6 +259,9 @@ class NodeDaemon:
         from .client import ClientLink
 
         conn = open_connection(self.join, self.token)
+        if self.tls is None and isinstance(conn, tls.TLSConnection):  # a TLS head: serve with the same files
+            self.tls = conn.files
+            tls.use(self.tls)
         try:
             setup = handshake(conn, "node")
             link = ClientLink(conn, setup, self.join)
@@ -313,9 +322,7 @@ class NodeDaemon:
             return
         role = hello.get("role")
         if role == "transfer":  # another node's object reads: raw ranges of the arena from now on
-            raw = socket.socket(fileno=os.dup(conn.fileno()))
-            conn.close()
-            serve_transfers(raw, self.node.arena)
+            serve_transfers(tls.raw_socket(conn), self.node.arena)
             return
         try:
             handle = self.node.scheduler.workers.adopt(hello.get("pid") or 0)

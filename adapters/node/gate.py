@@ -13,6 +13,10 @@ one is dropped (an honest peer answers within milliseconds, a flood's connection
 the process runs out of file descriptors the oldest waiting one is dropped too, instead of the listener
 stopping. So a flood of connections costs the node file descriptors only while it lasts, and its drivers and
 workers keep connecting.
+
+With ``tls`` (a cluster's ``ServerTLS``), the gate first sends its banner in clear, then runs the TLS handshake
+(the client's certificate checked) in the same loop, then the challenge inside TLS; an admitted peer's
+connection is ``tls.connection(sock)``, and the same deadline covers the whole of it.
 """
 
 from __future__ import annotations
@@ -73,10 +77,10 @@ def listen_unix(path: str, backlog: int = 128) -> socket.socket:
 
 
 class _Waiting:
-    __slots__ = ("sock", "peer", "deadline", "buf", "check")
+    __slots__ = ("sock", "peer", "deadline", "buf", "check", "handshaking")
 
-    def __init__(self, sock, peer, check):
-        self.sock, self.peer, self.check = sock, peer, check
+    def __init__(self, sock, peer, check, handshaking=False):
+        self.sock, self.peer, self.check, self.handshaking = sock, peer, check, handshaking
         self.deadline = time.monotonic() + HANDSHAKE_SECONDS
         self.buf = b""
 
@@ -84,11 +88,14 @@ class _Waiting:
 class Gate:
     """``Gate(listener, secret, admit, name)``: serves ``listener`` (a listening socket) from ``start()`` on;
     ``admit(conn, peer)`` runs on a new thread for each connection whose peer proved it holds ``secret``;
-    ``report(line)``, if given, hears of refused connections (at most one line per ``REPORT_SECONDS``)."""
+    ``report(line)``, if given, hears of refused connections (at most one line per ``REPORT_SECONDS``);
+    ``tls``, if given, makes every connection TLS (see the module)."""
 
     def __init__(self, listener: socket.socket, secret: bytes, admit: Callable, name: str = "anyray-gate",
-                 report: Callable[[str], None] | None = None):
+                 report: Callable[[str], None] | None = None, tls=None):
         self._listener, self._secret, self._admit, self._name = listener, secret, admit, name
+        self._tls = tls
+        self._retry = (BlockingIOError, InterruptedError, *(tls.want if tls is not None else ()))
         self._report, self._reported, self._unreported = report, -REPORT_SECONDS, 0
         self._selector = selectors.DefaultSelector()
         self._waiting: dict[int, _Waiting] = {}  # by fd, oldest first (every one has the same deadline span)
@@ -171,19 +178,41 @@ class Gate:
         frame = mpc.CHALLENGE + message
         sock.setblocking(False)
         try:  # a fresh socket's send buffer takes these few bytes at once
-            if sock.send(_LENGTH.pack(len(frame)) + frame) != _LENGTH.size + len(frame):
+            first = self._tls.banner if self._tls is not None else _LENGTH.pack(len(frame)) + frame
+            if sock.send(first) != len(first):
                 raise OSError("short send")
+            if self._tls is not None:
+                sock = self._tls.wrap(sock)
         except OSError:
             sock.close()
             return
-        waiting = _Waiting(sock, peer, lambda answer: check(self._secret, answer))
+        waiting = _Waiting(sock, peer, lambda answer: check(self._secret, answer), self._tls is not None)
+        if waiting.handshaking:
+            waiting.buf = _LENGTH.pack(len(frame)) + frame  # the challenge, sent once the handshake is done
         self._waiting[sock.fileno()] = waiting
         self._selector.register(sock, selectors.EVENT_READ, "peer")
 
+    def _handshake(self, w: _Waiting) -> None:
+        """The next step of a TLS handshake; then the challenge goes out inside TLS."""
+        try:
+            w.sock.do_handshake()
+            challenge, w.buf = w.buf, b""
+            w.handshaking = False
+            if w.sock.send(challenge) != len(challenge):
+                raise OSError("short send")
+        except self._retry:
+            return
+        except OSError as exc:  # ssl's errors are OSErrors
+            reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
+            self._refuse(w, f"its TLS handshake failed ({reason}): is it a client of this cluster, with TLS?")
+
     def _read(self, w: _Waiting) -> None:
+        if w.handshaking:
+            self._handshake(w)
+            return
         try:
             data = w.sock.recv(_LENGTH.size + _ANSWER_MAX - len(w.buf))
-        except (BlockingIOError, InterruptedError):
+        except self._retry:
             return
         except OSError:
             data = b""
@@ -211,7 +240,7 @@ class Gate:
         if reply is mpc.FAILURE:
             self._refuse(w, "it did not prove it holds the cluster token")
             return
-        conn = mpc.Connection(w.sock.detach())
+        conn = self._tls.connection(w.sock) if self._tls is not None else mpc.Connection(w.sock.detach())
         threading.Thread(target=self._admit, args=(conn, w.peer), name=f"{self._name}-conn", daemon=True).start()
 
     def _expire(self) -> None:
