@@ -68,8 +68,10 @@ def main(argv=None) -> int:
     metadata = secrets.get("metadata")
     launch = None
     if args.head and metadata in (None, "redis", "etcd"):
+        tls_files = json.loads(args.settings).get("tls")  # the private server speaks TLS too
         launch = servers.Launch(metadata, args.dir, args.host, args.metadata_port,
-                                password=secrets.get("redis_password"))
+                                password=secrets.get("redis_password"),
+                                tls=servers.tls_files(tls_files) if tls_files else None)
     try:
         prefork.prefork(close_fds=() if args.ready_fd is None else (args.ready_fd,))
         from . import daemon

@@ -118,7 +118,7 @@ class NodeDaemon:
         tls.use(self.tls)  # this daemon's own connections (to the head, other nodes, transfers) too
         if url is None and self.head:
             launch = self._launch or servers.Launch(kind, self.directory, self.host, self.metadata_port,
-                                                    password=self.redis_password)
+                                                    password=self.redis_password, tls=self.tls)
             self._launch = None
             try:
                 self.server = launch.result()
@@ -127,8 +127,8 @@ class NodeDaemon:
                 raise
             url = self.server.url
         elif url is None:
-            url = self._ask_head("metadata_url")
-        self.metadata_kind = url.partition("://")[0]
+            url = tls.metadata_url(self._ask_head("metadata_url"), self.tls)  # with this node's TLS files
+        self.metadata_kind = {"rediss": "redis"}.get(url.partition("://")[0], url.partition("://")[0])
         self.metadata = open_metadata(url)
         self.metadata_url = url
         if self.head:  # lets a driver that reads the store tell which of its tokens is the cluster's

@@ -5,6 +5,12 @@ installed, an etcd server) for the cluster: on a free port of the node's
 address, with a random password (Redis), its files in the cluster
 directory, stopped with the head. Its URL reaches other nodes only over the
 cluster's authenticated connections.
+
+With TLS (``tls``: the head's ``TLSFiles``), a private etcd serves clients and its peer port over TLS
+and asks every client for a certificate the cluster's CA signed (``--client-cert-auth``); its URL names
+the files a client connects with (``etcd://HOST:PORT?ca=..&cert=..&key=..``). A private Redis serves
+TLS only (``port 0``, ``tls-port``) with ``tls-auth-clients yes``, its password kept
+(``rediss://:PASSWORD@HOST:PORT/0?ssl_ca_certs=..&ssl_certfile=..&ssl_keyfile=..``).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import signal
 import socket
 import subprocess
 import time
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 TRIES = 5  # a free port found by binding to 0 may be taken before the server binds it
 
@@ -46,10 +52,10 @@ class MetadataServer:
 
 
 def start(kind: str | None, directory: str, host: str = "127.0.0.1", port: int = 0,
-          password: str | None = None) -> MetadataServer:
+          password: str | None = None, tls=None) -> MetadataServer:
     """Start ``kind`` ("redis", "etcd", or None for whichever is installed, Redis first) on ``port``
-    (0: a free one); a Redis with ``password`` (``--redis-password``), else a random one."""
-    return Launch(kind, directory, host, port, password).result()
+    (0: a free one); a Redis with ``password`` (``--redis-password``), else a random one; TLS with ``tls``."""
+    return Launch(kind, directory, host, port, password, tls).result()
 
 
 class Launch:
@@ -58,8 +64,9 @@ class Launch:
     daemon loads; ``stop()`` stops whatever was started, served or not."""
 
     def __init__(self, kind: str | None, directory: str, host: str = "127.0.0.1", port: int = 0,
-                 password: str | None = None):
+                 password: str | None = None, tls=None):
         self._args = (directory, host, port)
+        self._tls = tls
         self._server: MetadataServer | None = None
         self._error: BaseException | None = None
         self._first: subprocess.Popen | None = None
@@ -72,10 +79,10 @@ class Launch:
                     raise ValueError("The Redis password cannot hold a newline, a quote or a backslash.")
                 self._password = password or secrets.token_hex(16)
                 self._first_port = port or _free_port(host)
-                self._first = _spawn_redis(self._binary, directory, host, self._first_port, self._password)
+                self._first = _spawn_redis(self._binary, directory, host, self._first_port, self._password, tls)
             else:
                 self._first_port = port or _free_port(host)
-                self._first = _spawn_etcd(self._binary, directory, host, self._first_port)
+                self._first = _spawn_etcd(self._binary, directory, host, self._first_port, tls)
         except (OSError, ValueError) as exc:
             self._error = exc
 
@@ -89,9 +96,10 @@ class Launch:
             directory, host, port = self._args
             if self._kind == "redis":
                 self._server = _start_redis(self._binary, directory, host, port, self._password,
-                                            first=(self._first, self._first_port))
+                                            first=(self._first, self._first_port), tls=self._tls)
             else:
-                self._server = _start_etcd(self._binary, directory, host, port, first=(self._first, self._first_port))
+                self._server = _start_etcd(self._binary, directory, host, port, first=(self._first, self._first_port),
+                                           tls=self._tls)
             self._first = None
         return self._server
 
@@ -101,6 +109,13 @@ class Launch:
             self._first = None
         if self._server is not None:
             self._server.stop()
+
+
+def tls_files(paths: dict):
+    """The ``TLSFiles`` of ``paths`` (a daemon's settings), without loading the node's side first."""
+    from .tls import TLSFiles
+
+    return TLSFiles(**paths)
 
 
 def _which(kind: str | None) -> tuple[str, str]:
@@ -115,14 +130,17 @@ def _which(kind: str | None) -> tuple[str, str]:
         f"--metadata redis://... or etcd://... of a running server.")
 
 
-def _spawn_redis(binary: str, directory: str, host: str, port: int, password: str) -> subprocess.Popen:
+def _spawn_redis(binary: str, directory: str, host: str, port: int, password: str, tls=None) -> subprocess.Popen:
     # The password goes through stdin as a config file, not argv, which every user can read.
     proc = subprocess.Popen(
         [binary, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
-    config = (f"port {port}\nbind {host}\nsave \"\"\nappendonly no\nrequirepass \"{password}\"\n"
+    config = (f"port {0 if tls else port}\nbind {host}\nsave \"\"\nappendonly no\nrequirepass \"{password}\"\n"
               f"dir {directory}\ndaemonize no\nlogfile {os.path.join(directory, 'redis.log')}\n"
               f"notify-keyspace-events Ex\n")
+    if tls:  # TLS only, and a client must show a certificate of the cluster's CA
+        config += (f"tls-port {port}\ntls-cert-file {tls.cert}\ntls-key-file {tls.key}\n"
+                   f"tls-ca-cert-file {tls.ca}\ntls-auth-clients yes\n")
     try:
         proc.stdin.write(config.encode())
         proc.stdin.close()
@@ -132,9 +150,12 @@ def _spawn_redis(binary: str, directory: str, host: str, port: int, password: st
 
 
 def _start_redis(binary: str, directory: str, host: str, fixed: int, password: str,
-                 first: tuple[subprocess.Popen | None, int] = (None, 0)) -> MetadataServer:
-    proc, port = _start(lambda port: _spawn_redis(binary, directory, host, port, password), host, fixed, first,
+                 first: tuple[subprocess.Popen | None, int] = (None, 0), tls=None) -> MetadataServer:
+    proc, port = _start(lambda port: _spawn_redis(binary, directory, host, port, password, tls), host, fixed, first,
                         f"redis-server did not start; see {directory}/redis.log")
+    if tls:
+        return MetadataServer(proc, f"rediss://:{quote(password, safe='')}@{host}:{port}/0?" + urlencode(
+            {"ssl_ca_certs": tls.ca, "ssl_certfile": tls.cert, "ssl_keyfile": tls.key}), directory)
     return MetadataServer(proc, f"redis://:{quote(password, safe='')}@{host}:{port}/0", directory)
 
 
@@ -154,10 +175,16 @@ def _start(spawn, host: str, fixed: int, first: tuple[subprocess.Popen | None, i
     raise RuntimeError(failed)
 
 
-def _spawn_etcd(binary: str, directory: str, host: str, port: int) -> subprocess.Popen:
+def _spawn_etcd(binary: str, directory: str, host: str, port: int, tls=None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}  # etcd exits on a conflict
     peer = _free_port(host)
-    client_url, peer_url = f"http://{host}:{port}", f"http://{host}:{peer}"
+    scheme = "https" if tls else "http"
+    client_url, peer_url = f"{scheme}://{host}:{port}", f"{scheme}://{host}:{peer}"
+    secure = []
+    if tls:  # clients and the peer port: TLS, and a certificate of the cluster's CA required
+        secure = ["--cert-file", tls.cert, "--key-file", tls.key, "--trusted-ca-file", tls.ca, "--client-cert-auth",
+                  "--peer-cert-file", tls.cert, "--peer-key-file", tls.key, "--peer-trusted-ca-file", tls.ca,
+                  "--peer-client-cert-auth"]
     data = os.path.join(directory, "etcd-data")
     shutil.rmtree(data, ignore_errors=True)
     with open(os.path.join(directory, "etcd.log"), "ab") as log:
@@ -166,13 +193,16 @@ def _spawn_etcd(binary: str, directory: str, host: str, port: int) -> subprocess
              "--advertise-client-urls", client_url, "--listen-peer-urls", peer_url,
              "--initial-advertise-peer-urls", peer_url, "--initial-cluster", f"anyray={peer_url}",
              "--heartbeat-interval", "10", "--election-timeout", "100", "--logger", "zap",
-             "--log-level", "warn"], stdout=log, stderr=log, env=env, start_new_session=True)
+             "--log-level", "warn", *secure], stdout=log, stderr=log, env=env, start_new_session=True)
 
 
 def _start_etcd(binary: str, directory: str, host: str, fixed: int,
-                first: tuple[subprocess.Popen | None, int] = (None, 0)) -> MetadataServer:
-    proc, port = _start(lambda port: _spawn_etcd(binary, directory, host, port), host, fixed, first,
+                first: tuple[subprocess.Popen | None, int] = (None, 0), tls=None) -> MetadataServer:
+    proc, port = _start(lambda port: _spawn_etcd(binary, directory, host, port, tls), host, fixed, first,
                         f"etcd did not start; see {directory}/etcd.log")
+    if tls:
+        return MetadataServer(proc, f"etcd://{host}:{port}?" + urlencode(
+            {"ca": tls.ca, "cert": tls.cert, "key": tls.key}), directory)
     return MetadataServer(proc, f"etcd://{host}:{port}", directory)
 
 

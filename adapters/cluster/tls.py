@@ -140,6 +140,21 @@ def client_files() -> TLSFiles | None:
     return None
 
 
+def metadata_url(url: str, files: TLSFiles | None) -> str:
+    """A private metadata server's URL as this process connects to it: the TLS files it names (the head's)
+    replaced by ``files`` (this node's own, on its machine)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if files is None or not parts.query:
+        return url
+    query = dict(parse_qsl(parts.query))
+    names = {"ca": "ca", "cert": "cert", "key": "key", "ssl_ca_certs": "ca", "ssl_certfile": "cert",
+             "ssl_keyfile": "key"}
+    query.update({name: getattr(files, field) for name, field in names.items() if name in query})
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
 # -- connecting --------------------------------------------------------------------------------
 
 def greeting(sock: socket.socket, timeout: float) -> bool:

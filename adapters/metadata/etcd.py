@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from anyray.ports.metadata_store import MetadataStore, Watch
 
@@ -51,7 +51,8 @@ class _EtcdWatch(Watch):
 
 
 class EtcdMetadataStore(MetadataStore):
-    """``EtcdMetadataStore("etcd://127.0.0.1:2379")`` (``etcd://user:password@host:port`` with auth)."""
+    """``EtcdMetadataStore("etcd://127.0.0.1:2379")`` (``etcd://user:password@host:port`` with auth;
+    ``?ca=FILE&cert=FILE&key=FILE``: TLS, the server checked against the CA, this client's certificate shown)."""
 
     def __init__(self, url: str, namespace: str = "anyray"):
         import etcd3
@@ -65,6 +66,11 @@ class EtcdMetadataStore(MetadataStore):
         parsed = urlparse(url)
         self._host, self._port = parsed.hostname or "127.0.0.1", parsed.port or 2379
         self._credentials = (parsed.username or None, parsed.password or None)
+        query = parse_qs(parsed.query)
+        self._tls = {arg: query[name][0] for name, arg in (("ca", "ca_cert"), ("cert", "cert_cert"),
+                                                         ("key", "cert_key")) if name in query}
+        if self._tls and len(self._tls) != 3:
+            raise ValueError("An etcd URL with TLS names all three files: ?ca=FILE&cert=FILE&key=FILE.")
         self._client = self._connect()
         self._client_lock = threading.Lock()
         self._ns = namespace + "/"
@@ -78,11 +84,12 @@ class EtcdMetadataStore(MetadataStore):
     def _connect(self):
         user, password = self._credentials
         if user is None:  # no credentials: the client connects lazily, its errors reach ``_call``
-            return self._etcd3.client(host=self._host, port=self._port, timeout=5)
+            return self._etcd3.client(host=self._host, port=self._port, timeout=5, **self._tls)
         import grpc
 
         try:  # with credentials the client authenticates at once: its gRPC error, said plainly
-            return self._etcd3.client(host=self._host, port=self._port, user=user, password=password, timeout=5)
+            return self._etcd3.client(host=self._host, port=self._port, user=user, password=password, timeout=5,
+                                      **self._tls)
         except grpc.RpcError as exc:
             code = exc.code() if callable(getattr(exc, "code", None)) else None
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

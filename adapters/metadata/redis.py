@@ -171,8 +171,9 @@ class RedisMetadataStore(MetadataStore):
         """Deliver events; when the server goes away, resubscribe at once and then with backoff (changes
         published while no subscription stood are not replayed: pub/sub keeps nothing)."""
         expired = f"__keyevent@{self._db}__:expired"
+        pool = self._client.connection_pool  # its connection class too: TLS for a rediss:// URL
         listener = self._redis_mod.Redis(connection_pool=self._redis_mod.ConnectionPool(
-            **{**self._client.connection_pool.connection_kwargs, "retry": None}))  # fails fast, retried here
+            connection_class=pool.connection_class, **{**pool.connection_kwargs, "retry": None}))  # retried here
         delay = 0.0
         while not self._stop.is_set():
             pubsub = listener.pubsub(ignore_subscribe_messages=True)
