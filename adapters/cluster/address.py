@@ -32,7 +32,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from . import files
 from .redaction import redact
-from .tls import BANNER
+from .tls import BANNER, TLSRefused
 
 RAY_CLIENT_PORT = 10001  # Ray Client's port (``ray://HOST:10001``); the head listens there too when it is free
 TOKEN_LABEL = b"anyray cluster token from the Redis password v1"
@@ -279,6 +279,10 @@ def connect(target: Target, role: str, job_id: bytes = b"", namespace: str = "")
         for _where, token in target.tokens:
             try:
                 conn = open_connection(address, token, sock=sock)
+            except TLSRefused:  # a certificate, not the token: another token would not help
+                if sock is not None:
+                    sock.close()
+                raise
             except PermissionError:
                 sock = None
                 continue

@@ -112,7 +112,7 @@ def open_connection(address: str, token: bytes, timeout: float = 10.0, sock: soc
     except (EOFError, OSError) as exc:
         conn.close()
         if isinstance(conn, tls.TLSConnection) and isinstance(exc, OSError) and getattr(exc, "reason", None):
-            raise PermissionError(f"The anyray node at {host}:{port} refused this process's TLS certificate "
+            raise tls.TLSRefused(f"The anyray node at {host}:{port} refused this process's TLS certificate "
                                   f"({exc.reason}): it is not signed by the cluster's CA.") from None
         raise PermissionError(f"The anyray node at {host}:{port} closed the connection during authentication: "
                               f"the cluster token does not match.") from None

@@ -45,6 +45,10 @@ class TLSRequired(ConnectionError):
     """A node asked for TLS and this process has no cluster certificate, or the reverse."""
 
 
+class TLSRefused(PermissionError):
+    """A certificate was refused: the node's by this process's CA, or this process's by the node."""
+
+
 @dataclass(frozen=True)
 class TLSFiles:
     """The cluster CA's certificate, this process's certificate (signed by it) and the certificate's key."""
@@ -177,7 +181,7 @@ def greeting(sock: socket.socket, timeout: float) -> bool:
 def connect(sock: socket.socket, where: str, timeout: float):
     """The connection to the node behind ``sock`` (connected, nothing read): TLS when the node asks for
     it (``TLSConnection``), else None (the caller speaks in clear). ``TLSRequired`` when only one side
-    has TLS; ``PermissionError`` when the node's certificate is not the cluster CA's."""
+    has TLS; ``TLSRefused`` when the node's certificate is not the cluster CA's."""
     if not greeting(sock, timeout):
         if required() is not None:
             raise TLSRequired(f"The anyray node at {where} does not use TLS, and this process requires it (it "
@@ -195,11 +199,11 @@ def connect(sock: socket.socket, where: str, timeout: float):
         tls_sock.do_handshake()
     except ssl.SSLCertVerificationError as exc:
         tls_sock.close()
-        raise PermissionError(f"The anyray node at {where} showed a certificate this process's cluster CA "
+        raise TLSRefused(f"The anyray node at {where} showed a certificate this process's cluster CA "
                               f"({files.ca}) did not sign ({exc.verify_message}).") from None
     except (ssl.SSLError, OSError) as exc:
         tls_sock.close()
-        raise PermissionError(f"The TLS handshake with the anyray node at {where} failed "
+        raise TLSRefused(f"The TLS handshake with the anyray node at {where} failed "
                               f"({getattr(exc, 'reason', None) or exc}): does it trust this process's "
                               f"certificate ({files.cert})?") from None
     tls_sock.settimeout(None)
