@@ -142,12 +142,20 @@ def test_a_client_without_tls_or_with_another_ca_gets_a_clear_error(cluster_env,
     ray_env = dict(elsewhere, RAY_USE_TLS="1", RAY_TLS_CA_CERT=os.path.join(mine, "ca.crt"),
                    RAY_TLS_SERVER_CERT=os.path.join(mine, "node.crt"),
                    RAY_TLS_SERVER_KEY=os.path.join(mine, "node.key"))
-    for e in (env, ray_env):
+    # another machine's files: `anyray tls-cert` on the head's machine issues them from the cluster's CA
+    issued = tmp_path / "issued"
+    cli(env, "tls-cert", "--out", str(issued), "--host", "10.0.0.2", "--name", "driver")
+    assert oct(os.stat(issued / "driver.key").st_mode & 0o777) == "0o600"
+    issued_env = dict(elsewhere, ANYRAY_TLS_CA=str(issued / "ca.crt"), ANYRAY_TLS_CERT=str(issued / "driver.crt"),
+                      ANYRAY_TLS_KEY=str(issued / "driver.key"))
+    for e in (env, ray_env, issued_env):
         result = run_driver(e, head["address"], """
             import anyray as ray
             print("GOT", ray.get(ray.remote(lambda: 41).remote()) + 1)
         """)
         assert "GOT 42" in result.stdout, result.stderr
+    moved = tls.metadata_url("etcd://h:1?ca=%2Fa&cert=%2Fb&key=%2Fc", tls.TLSFiles("/x", "/y", "/z"))
+    assert moved == "etcd://h:1?ca=%2Fx&cert=%2Fy&key=%2Fz"  # a joining node's own files, not the head's
     with pytest.raises(ValueError, match="RAY_TLS_SERVER_KEY"):
         tls.from_env({"RAY_USE_TLS": "1", "RAY_TLS_CA_CERT": "a", "RAY_TLS_SERVER_CERT": "b"})
     bad = cli(env, "start", "--address", head["address"], "--tls-ca", os.path.join(mine, "ca.crt"), check=False)
