@@ -446,6 +446,11 @@ def issue(ca_cert: str, ca_key: str, directory: str, name: str = "node", hosts=(
 def cluster_files(cluster_dir: str, hosts=()) -> TLSFiles:
     """``anyray start --head --tls``: the cluster's CA and the head's certificate in ``<cluster_dir>/tls``
     (made now, or the ones there reused while their CA stays), for this machine's nodes and drivers."""
+    try:
+        import cryptography  # noqa: F401
+    except ModuleNotFoundError:
+        raise ValueError("Making the cluster's CA needs the cryptography package: pip install 'anyray[cluster]' "
+                         "(or pass your own files: --tls-ca, --tls-cert, --tls-key).") from None
     directory = os.path.join(cluster_dir, "tls")
     ca_cert, ca_key = os.path.join(directory, "ca.crt"), os.path.join(directory, "ca.key")
     if not (os.path.isfile(ca_cert) and os.path.isfile(ca_key)):
