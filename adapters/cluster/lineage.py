@@ -104,10 +104,11 @@ class Lineage:
         return oid in self._entries
 
     # -- a task handed on came back -----------------------------------------------------------------
-    def keep(self, task, node_id: str, link, got) -> set:
+    def keep(self, task, node_id: str, got) -> set:
         """``task``, handed to ``node_id``, finished: the ids of its results (``got``: packed
-        ``GotWithRefs``) that stay there, recorded where they live and held there for this node. Those
-        something here already waits for (or that were rebuilt) are pulled now."""
+        ``GotWithRefs``) that stay there (held there for this node), recorded where they live. Those
+        something here already waits for (or that were rebuilt) are pulled now. Call before the task is
+        finished here (its arguments are still held)."""
         spec = task.spec
         if spec.options.get("num_returns") in STREAMING:
             return set()
@@ -124,8 +125,6 @@ class Lineage:
                     self._wanted.discard(oid)
                     pull = True
             self._record(task, kept, previous)
-        for oid in kept:
-            link.unpin(oid)  # read nothing now: the range stays alive through the hold
         if pull:
             objects.fetch(list(kept))
         return kept

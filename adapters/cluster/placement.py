@@ -214,7 +214,9 @@ class SpillbackPlacement:
                 self._lost(task, node_id, value)
                 return
             lineage = self.lineage
-            kept = lineage.keep(task, node_id, link, value) if lineage is not None else ()  # large ones stay there
+            kept = lineage.keep(task, node_id, value) if lineage is not None else ()  # large ones stay there
+            for oid in kept:
+                link.unpin(oid)  # not read now: the hold keeps it there
             for got in map(m.GotWithRefs._make, value):
                 if got.oid not in kept:
                     self._objects.receive(node_id, link, got.oid, got.wire, got.contained)
