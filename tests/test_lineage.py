@@ -16,8 +16,9 @@ import textwrap
 
 import pytest
 from node_parts import JOB, NodeParts
-from test_cluster import WAIT, cluster_env, kill_node, status_nodes, two_nodes, wait_until  # noqa: F401 - a fixture
+from test_cluster import WAIT, cli, cluster_env, kill_node, start_head, status_nodes, two_nodes, wait_until  # noqa: F401 - cluster_env is a fixture
 
+from anyray.adapters.cluster import files
 from anyray.adapters.cluster.lineage import Lineage, max_lineage_bytes
 from anyray.adapters.cluster.objects import RemoteObjects
 from anyray.adapters.node import messages as m
@@ -129,6 +130,63 @@ def test_a_result_lost_with_its_node_is_rebuilt_on_the_survivor_and_what_cannot_
     assert runs(marks, "once") == [there]  # max_retries=0: not again
     assert runs(marks, "a") == [there, here]  # lost with b: rebuilt for b's second run
     assert runs(marks, "double") == [there, here]
+
+
+def test_a_rebuild_counts_against_max_retries(cluster_env, tmp_path):  # noqa: F811
+    """max_retries=1: the task's node dies while it runs (its one retry runs elsewhere), then the node
+    holding the result dies too: no run is left to rebuild it with."""
+    head = start_head(cluster_env, "--num-cpus", "1")
+    for _ in range(2):
+        cli(cluster_env, "start", "--address", head["address"], "--num-cpus", "1", "--resources", '{"W": 1}')
+    wait_until(lambda: len(status_nodes(cluster_env)) == 3, "three nodes")
+    nodes = {r["node_id"]: r for r in files.local_nodes(cluster_env["ANYRAY_CLUSTER_DIR"])}
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    code = textwrap.dedent(PRELUDE.format(marks=str(marks), other=head["node_id"])) + textwrap.dedent("""
+        from anyray.exceptions import ObjectReconstructionFailedError
+
+        @anyray.remote(num_cpus=1, max_retries=1, resources={"W": 1})
+        def slow():
+            mark("slow")
+            while not os.path.exists(os.path.join(MARKS, "go")):
+                time.sleep(0.05)
+            return np.ones(200_000)
+
+        ref = slow.remote()
+        for stage in (1, 2):
+            while len([n for n in os.listdir(MARKS) if n.startswith("slow-")]) < stage:
+                time.sleep(0.05)
+            time.sleep(1.0)
+            print(f"ran {stage}", flush=True)
+            sys.stdin.readline()  # the test kills the node it ran on now
+        try:
+            anyray.get(ref, timeout=60)
+            raise AssertionError("a result was rebuilt beyond max_retries")
+        except ObjectReconstructionFailedError as exc:
+            assert exc.reason == "OBJECT_UNRECONSTRUCTABLE_MAX_ATTEMPTS_EXCEEDED", exc.reason
+            assert "max_retries=1" in str(exc), exc
+        print("done", flush=True)
+    """)
+    run = subprocess.Popen([sys.executable, "-c", code], env=cluster_env, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for stage in (1, 2):
+            line = run.stdout.readline()
+            assert line.strip() == f"ran {stage}", line + run.stderr.read()
+            ran_on = runs(marks, "slow")[-1]
+            kill_node(nodes[ran_on])
+            wait_until(lambda ran_on=ran_on: ran_on not in status_nodes(cluster_env), "the killed node's lease")
+            (marks / "go").write_text("")  # the retry elsewhere may finish
+            run.stdin.write("\n")
+            run.stdin.flush()
+        out, err = run.communicate(timeout=WAIT * 2)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err
+    assert out.strip() == "done"
+    first, second = runs(marks, "slow")
+    assert first != second and head["node_id"] not in (first, second)
 
 
 # -- the lineage part alone, over a real store: what it keeps and for how long ----------------------------
