@@ -98,10 +98,14 @@ def test_large_results_are_read_everywhere_while_they_are_made_and_after(node_id
 
     nodes = sorted(node_ids)
     refs = [make.options(scheduling_strategy=on(node)).remote(i) for i, node in enumerate(nodes, 1)]
-    assert int(anyray.get(refs[-1], timeout=DEADLINE)[0]) == len(nodes)
-    ready, _ = anyray.wait(refs, num_returns=len(refs), timeout=DEADLINE)
-    assert len(ready) == len(refs)
-    for i, ref in enumerate(refs, 1):
+    early = [total.options(scheduling_strategy=on(node)).remote(ref, [ref]) for ref in refs for node in nodes]
+    assert anyray.get(early, timeout=DEADLINE) == [(i * size, i * size) for i in range(1, len(nodes) + 1)
+                                                   for _ in nodes]
+    late = [make.options(scheduling_strategy=on(node)).remote(i) for i, node in enumerate(nodes, 1)]
+    assert int(anyray.get(late[-1], timeout=DEADLINE)[0]) == len(nodes)
+    ready, _ = anyray.wait(late, num_returns=len(late), timeout=DEADLINE)
+    assert len(ready) == len(late)
+    for i, ref in enumerate(refs, 1):  # and once they are done
         readers = [total.options(scheduling_strategy=on(node)).remote(ref, [ref]) for node in nodes]
         assert anyray.get(readers, timeout=DEADLINE) == [(i * size, i * size)] * len(nodes)
         value = anyray.get(ref, timeout=DEADLINE)

@@ -76,8 +76,9 @@ class RemoteObjects:
 
     # -- the node's seam -------------------------------------------------------------------
     def prefetch_deps(self, deps) -> None:
-        """A task is submitted: start pulling its dependencies that live elsewhere."""
-        if self._remote:
+        """A task is submitted: start pulling its dependencies that live elsewhere (or will, once the tasks
+        making them on other nodes are done)."""
+        if self._remote or self.lineage is not None:
             self.fetch([r._id for r in deps])
 
     def prefetch(self, ids) -> None:
