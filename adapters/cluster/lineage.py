@@ -4,7 +4,8 @@ with its node is made again by running its task again (Ray's lineage reconstruct
 The node a task was submitted to stands for the task's owner (its driver or
 worker). A result that came back small is sealed here; a large one stays in
 the shared memory of the node that ran the task, held there for this node,
-and is pulled here only when something here waits for it. For each task
+and is pulled here only when something here waits for it (then that node
+lets it go: one copy, here, lost only with its owner). For each task
 with such a result, this node keeps the task's description (its spec, its
 arguments, the references they hold) while a reference to one of those
 results lives here, and forgets it with the last one (a free listener of the
@@ -236,6 +237,10 @@ class Lineage:
             f"submitted with max_retries=0. Give it max_retries > 0 to have it re-run.", entry.reason)
 
     # -- references gone -----------------------------------------------------------------------------------
+    def read_home(self, oid: bytes) -> None:
+        """``oid`` was read here: its one copy is here now, its lineage no longer needed."""
+        self.freed((oid,))
+
     def freed(self, ids) -> None:
         """The store freed ``ids``: descriptions no reference needs any more are forgotten."""
         if not self._entries and not self._wanted:

@@ -205,7 +205,8 @@ class RemoteObjects:
                 self.expect(inner.id, inner.node or node_id)
                 refs.append(ObjectRef(inner.id, None, counter))
         if type(wire) is not Location:
-            self._seal_received(oid, wire, refs, pulled)
+            if self._seal_received(oid, wire, refs, pulled) and pulled:
+                self._read_home(oid, link)
             return
         store = self._store
         try:
@@ -226,6 +227,20 @@ class RemoteObjects:
         link.unpin(oid)
         if not self._seal_received(oid, wire._replace(offset=grant.offset), refs, pulled):
             store.forget_grant(grant.offset)
+        elif pulled:
+            self._read_home(oid, link)
+
+    def _read_home(self, oid: bytes, link: PeerLink) -> None:
+        """A result kept where its task ran was read here: here is its one copy from now on (the other
+        node lets it go, and its lineage is no longer needed: it is lost only with its owner)."""
+        lineage = self.lineage
+        if lineage is None or not lineage.owns(oid):
+            return
+        with self._lock:
+            if self._remote.pop(oid, None) is None:
+                return
+        link.let_go(oid)
+        lineage.read_home(oid)
 
     def _seal_received(self, oid: bytes, wire, refs, pulled: bool) -> bool:
         with self._lock:
