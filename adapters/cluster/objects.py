@@ -155,12 +155,12 @@ class RemoteObjects:
             return
         later = []
         for oid in ids:
-            node_id = self._remote.get(oid)
-            if node_id is None:
-                if running and self._has_task(oid):
-                    later.append(oid)
+            if running and self._has_task(oid):  # first: a result kept elsewhere is recorded before its task ends
+                later.append(oid)
                 continue
-            self._pull(oid, node_id)
+            node_id = self._remote.get(oid)
+            if node_id is not None:
+                self._pull(oid, node_id)
         if later:
             for oid, node_id in lineage.want(later):
                 self._pull(oid, node_id)
