@@ -5,7 +5,9 @@ The node a task was submitted to stands for the task's owner (its driver or
 worker). A result that came back small is sealed here; a large one stays in
 the shared memory of the node that ran the task, held there for this node,
 and is pulled here only when something here waits for it (then that node
-lets it go: one copy, here, lost only with its owner). For each task
+lets it go: one copy, here, lost only with its owner; a result something
+here already waits for when its task ends is read home at once, as a small
+one is). For each task
 with such a result, this node keeps the task's description (its spec, its
 arguments, the references they hold) while a reference to one of those
 results lives here, and forgets it with the last one (a free listener of the
@@ -108,33 +110,35 @@ class Lineage:
     def keep(self, task, node_id: str, got) -> set:
         """``task``, handed to ``node_id``, finished: the ids of its results (``got``: packed
         ``GotWithRefs``) that stay there (held there for this node), recorded where they live. Those
-        something here already waits for (or that were rebuilt) are pulled now. Call before the task is
-        finished here (its arguments are still held)."""
+        something here already waits for, and a rebuild's (what was lost was waited for), are not kept:
+        they are read home now, as small ones are. Call before the task is finished here (its arguments
+        are still held)."""
         spec = task.spec
         if spec.options.get("num_returns") in STREAMING:
             return set()
-        kept = {g.oid for g in map(m.GotWithRefs._make, got) if type(g.wire) is Location}
-        if not kept:
-            return kept
-        objects = self._objects
+        large = {g.oid for g in map(m.GotWithRefs._make, got) if type(g.wire) is Location}
+        if not large:
+            return large
         with self._lock:
-            previous = self._entries.get(next(iter(kept)))
-            pull = previous is not None and previous.rebuilding
+            previous = self._entries.get(next(iter(large)))
+            if previous is not None and previous.rebuilding:
+                previous.rebuilding = False
+                home = large
+            else:
+                home = large & self._wanted
+            kept = large - home
             for oid in kept:
-                objects.keep_remote(oid, node_id)
-                if oid in self._wanted:
-                    self._wanted.discard(oid)
-                    pull = True
-            self._record(task, kept, previous)
-        if pull:
-            objects.fetch(list(kept))
+                self._objects.keep_remote(oid, node_id)
+            if kept:
+                self._record(task, kept, previous)
+            if home:
+                self.freed(home)  # no description needed for what is read home
         return kept
 
     def _record(self, task, kept: set, previous: Entry | None) -> None:
         """Under the lock."""
         if previous is not None:  # a rebuild came back: the same description, its runs counted
             previous.attempts = max(previous.attempts, task.attempts)
-            previous.rebuilding = False
             previous.live |= kept
             for oid in kept:
                 self._entries[oid] = previous
