@@ -103,10 +103,13 @@ def test_a_result_lost_with_its_node_is_rebuilt_on_the_survivor_and_what_cannot_
         a = make.options(scheduling_strategy=THERE).remote("a", 3)
         b = double.options(scheduling_strategy=THERE).remote([a])
         del a  # b's lineage keeps a's
+        early = make.options(scheduling_strategy=THERE).remote("early", 5)
         inner = anyray.get(put_there.remote())[0]
-        done("kept", "once", "a", "double")
+        done("kept", "once", "a", "double", "early")
         print("ready", flush=True)
-        sys.stdin.readline()  # the test kills the other node now
+        time.sleep(0.3)  # the test kills the other node now; its lease has not lapsed yet
+        assert (anyray.get(early, timeout=120) == 5).all()  # the pull fails, then the rebuild is read
+        sys.stdin.readline()
 
         value = anyray.get(kept, timeout=120)
         assert value.shape == (200_000,) and (value == 7).all()
@@ -130,6 +133,7 @@ def test_a_result_lost_with_its_node_is_rebuilt_on_the_survivor_and_what_cannot_
     assert runs(marks, "once") == [there]  # max_retries=0: not again
     assert runs(marks, "a") == [there, here]  # lost with b: rebuilt for b's second run
     assert runs(marks, "double") == [there, here]
+    assert runs(marks, "early") == [there, here]
 
 
 def test_a_rebuild_counts_against_max_retries(cluster_env, tmp_path):  # noqa: F811
