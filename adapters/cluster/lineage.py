@@ -7,15 +7,15 @@ the shared memory of the node that ran the task, held there for this node,
 and is pulled here only when something here waits for it (then that node
 lets it go: one copy, here, lost only with its owner; a result something
 here already waits for when its task ends is read home at once, as a small
-one is). For each task
-with such a result, this node keeps the task's description (its spec, its
-arguments, the references they hold) while a reference to one of those
-results lives here, and forgets it with the last one (a free listener of the
-store's).
+one is). For each task with such a result, this node keeps the task's
+description (its spec, its arguments, the references they hold) while a
+reference to one of those results lives here, and forgets it with the last
+one (a free listener of the store's), or once the result is read here.
 
 When the node holding the only copy dies (``lost``), the task is submitted
-again with the same return ids, within its ``max_retries`` (every run after
-the first counts, whether a crash or a rebuild caused it); arguments that
+again with the same return ids, within its ``max_retries`` (runs again after
+a node died under it and rebuilds count here; a worker crash retried on the
+node that ran the task counts only there); arguments that
 were lost with it are rebuilt the same way, since the resubmitted task waits
 for them. What cannot be rebuilt gets Ray's error: a task with
 ``max_retries=0``, one that ran out of retries or whose description was
