@@ -6,6 +6,7 @@ one CPU until every CPU of the cluster is held by a probe runs on every node
 at once, so each test reaches every node without naming one.
 """
 
+import time
 import uuid
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 
 import anyray
 from anyray.conformance.helpers import DEADLINE, Arrivals, Counter, hold_until_all_arrive
+from anyray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 pytestmark = [pytest.mark.usefixtures("anyray_session"), pytest.mark.requires("multi_node")]
 
@@ -75,6 +77,39 @@ def test_large_results_come_back_from_every_node(node_ids):
     for _node, ref in results:
         value = anyray.get(ref, timeout=DEADLINE)
         assert value.shape == (1_000_000,) and int(value[0]) == 7 and int(value[-1]) == 7
+
+
+def test_large_results_are_read_everywhere_while_they_are_made_and_after(node_ids):
+    """A large result made on each node is asked for (get, wait) before it exists, then read by the driver
+    and by a task on every node, as an argument and inside a list."""
+    size = 500_000  # 4 MB each: shared memory, where the task ran
+
+    @anyray.remote(num_cpus=1)
+    def make(value):
+        time.sleep(0.5)  # the driver asks for it meanwhile
+        return np.full(size, value, dtype=np.int64)
+
+    @anyray.remote(num_cpus=1)
+    def total(array, box):
+        return int(array.sum()), int(anyray.get(box[0]).sum())
+
+    def on(node):
+        return NodeAffinitySchedulingStrategy(node, soft=False)
+
+    nodes = sorted(node_ids)
+    refs = [make.options(scheduling_strategy=on(node)).remote(i) for i, node in enumerate(nodes, 1)]
+    early = [total.options(scheduling_strategy=on(node)).remote(ref, [ref]) for ref in refs for node in nodes]
+    assert anyray.get(early, timeout=DEADLINE) == [(i * size, i * size) for i in range(1, len(nodes) + 1)
+                                                   for _ in nodes]
+    late = [make.options(scheduling_strategy=on(node)).remote(i) for i, node in enumerate(nodes, 1)]
+    assert int(anyray.get(late[-1], timeout=DEADLINE)[0]) == len(nodes)
+    ready, _ = anyray.wait(late, num_returns=len(late), timeout=DEADLINE)
+    assert len(ready) == len(late)
+    for i, ref in enumerate(refs, 1):  # and once they are done
+        readers = [total.options(scheduling_strategy=on(node)).remote(ref, [ref]) for node in nodes]
+        assert anyray.get(readers, timeout=DEADLINE) == [(i * size, i * size)] * len(nodes)
+        value = anyray.get(ref, timeout=DEADLINE)
+        assert value.shape == (size,) and int(value[0]) == i and int(value[-1]) == i
 
 
 def test_nested_tasks_run_from_every_node(node_ids):

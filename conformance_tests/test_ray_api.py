@@ -21,6 +21,7 @@ _RAY_HIERARCHY = {
     "ObjectLostError": (), "OutOfMemoryError": (), "RaySystemError": (), "RuntimeEnvSetupError": (),
     "ObjectRefStreamEndOfStreamError": (), "WorkerCrashedError": (), "TaskCancelledError": (),
     "GetTimeoutError": (), "ObjectStoreFullError": (), "NodeDiedError": (),
+    "ObjectReconstructionFailedError": ("ObjectLostError",),
 }
 
 

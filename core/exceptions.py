@@ -20,6 +20,9 @@ __all__ = [
     "ObjectLostError",
     "OwnerDiedError",
     "ObjectFetchTimedOutError",
+    "ObjectReconstructionFailedError",
+    "ObjectReconstructionFailedMaxAttemptsExceededError",
+    "ObjectReconstructionFailedLineageEvictedError",
     "TaskCancelledError",
     "ObjectStoreFullError",
     "NodeDiedError",
@@ -175,6 +178,29 @@ class OwnerDiedError(ObjectLostError):
 
 class ObjectFetchTimedOutError(ObjectLostError):
     """The object could not be fetched from the node holding it in time."""
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """Every copy of an object is gone and re-running the task that made it is not possible: ``reason``
+    says why, as Ray's ``ErrorType`` name (``OBJECT_UNRECONSTRUCTABLE_MAX_ATTEMPTS_EXCEEDED``,
+    ``..._RETRIES_DISABLED``, ``..._LINEAGE_EVICTED``, ``..._PUT``)."""
+
+    def __init__(self, message: str = "", reason: str | None = None):
+        super().__init__(message, reason)  # args: what pickling rebuilds it from
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectReconstructionFailedError):
+    """The task that made the lost object has been run ``max_retries`` more times already (Ray 2.x's name
+    before its single ``ObjectReconstructionFailedError`` with a ``reason``; caught by either)."""
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectReconstructionFailedError):
+    """The description of the task that made the lost object was dropped to bound the memory lineage takes
+    (``RAY_max_lineage_bytes``)."""
 
 
 class TaskCancelledError(AnyrayError):

@@ -22,6 +22,9 @@ Placement groups (``groups.py``, ``group_placer.py``, ``group_host.py``). A grou
 metadata store; the node its driver is connected to places its bundles over the nodes (``planner.py``), each
 node reserving its own; work into a bundle goes to that bundle's node.
 
+Lineage (``lineage.py``). A large result of a task handed on stays where the task ran; this node keeps
+the task's description while the result is referenced here, and runs it again if that node dies.
+
 Streams (``streams.py``). What a generator running on another node yields goes
 to the node its caller submitted it to, as it is yielded; acks go the other way.
 
@@ -42,6 +45,7 @@ from .actors import RemoteActors
 from .direct_host import DirectHost, direct_key
 from .group_host import BundleHost, ClusterGroupSeam
 from .groups import ClusterGroups
+from .lineage import Lineage
 from .objects import RemoteObjects
 from .placement import SpillbackPlacement
 from .records import ClusterResources, PerJobOutput, PerJobRecords, Reports, ask_every_node
@@ -80,6 +84,7 @@ class ClusterScheduler(GroupPort, NodeScheduler):
                                               handlers["forward"], handlers["actor_call"], self.cancel)
         streams.register(self.register)  # after the handlers it wraps
         placement.on_forward = streams.forwarded
+        objects.lineage = placement.lineage = self.lineage = Lineage(lock, store, tasks, objects)
         # Placement groups: the cluster's records answer; this node holds the bundles placed here.
         host = BundleHost.replacing(seams.groups)
         self.cluster_groups = groups = ClusterGroups(metadata, pool.node_id, host, store.put)

@@ -3,8 +3,9 @@ them free (spillback), by the other nodes' published resources (``ClusterView``)
 
 A task handed on runs where it lands (``forward``, received by the other
 node's ``forward`` request). The node that handed it keeps its return ids
-alive there and reads the results home as soon as they are sealed; if that
-node dies first, the task runs again (here or elsewhere) while its
+alive there and reads the small results home as soon as they are sealed
+(large ones stay there, with the task's lineage kept here: ``lineage.py``);
+if that node dies first, the task runs again (here or elsewhere) while its
 ``max_retries`` allow.
 """
 
@@ -47,6 +48,7 @@ class SpillbackPlacement:
         self._threads = threads
         self._forwarded: dict[str, set] = {}  # node id -> tasks handed to it, not yet back
         self.on_forward = None  # on_forward(task, link): a task was just handed on (a generator's acks follow it)
+        self.lineage = None  # the node's Lineage: a task's large results stay where it ran (lineage.py)
 
     def register(self, register) -> None:
         register("forward", self._op_forward)
@@ -211,10 +213,16 @@ class SpillbackPlacement:
             if not ok:  # the node went away: run it again, elsewhere or here, while retries allow
                 self._lost(task, node_id, value)
                 return
+            lineage = self.lineage
+            kept = lineage.keep(task, node_id, value) if lineage is not None else ()  # large ones stay there
+            for oid in kept:
+                link.unpin(oid)  # not read now: the hold keeps it there
             for got in map(m.GotWithRefs._make, value):
-                self._objects.receive(node_id, link, got.oid, got.wire, got.contained)
+                if got.oid not in kept:
+                    self._objects.receive(node_id, link, got.oid, got.wire, got.contained)
             for ref in spec.returns:
-                link.let_go(ref._id)
+                if ref._id not in kept:
+                    link.let_go(ref._id)
             with self._lock:
                 self._tasks.finish(task)
         except Exception:  # noqa: BLE001 - never lose a task silently

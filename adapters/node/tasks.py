@@ -72,14 +72,16 @@ class Tasks:
         self._children: dict[bytes, list[Task]] = {}
 
     def submit(self, spec: TaskSpec, held: ArenaObject | None = None, job: tuple | None = None,
-               handed: bool = False) -> None:
-        """``handed``: another node of a cluster handed the task here, to run here."""
+               handed: bool = False, attempts: int = 0) -> None:
+        """``handed``: another node of a cluster handed the task here, to run here; ``attempts``: the runs
+        after the first it already had (a task run again to rebuild a lost result)."""
         seams = self._seams
         if seams.objects is not None and spec.deps:
             seams.objects.prefetch_deps(spec.deps)
         if held is None:
             spec.args, held = self._own(spec.args)
         task = Task(spec, held, job or self._job)
+        task.attempts = attempts
         if handed:
             task.spilled = True
         task.queues, error = route(seams.groups, spec.options.get("scheduling_strategy"))

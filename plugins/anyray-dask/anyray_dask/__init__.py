@@ -50,6 +50,9 @@ class DaskBackend(Backend):
         Capability.ERROR_INFO,
     })
     known_gaps = {
+        "test_multi_node::test_large_results_are_read_everywhere_while_they_are_made_and_after": notyet(
+            "a ref inside a list, read by a task on a Dask worker while the task making it still runs, arrives as "
+            "a Dask Future with no state in that worker (distributed's Future.done() fails on it)"),
         **dict.fromkeys(STATE_GAPS, notimpl(
             "the state API lists the Dask cluster's nodes and worker processes only: anyray's actors, tasks and "
             "objects live in Dask's own actors and keys, and nothing maps them back to anyray's ids yet")),

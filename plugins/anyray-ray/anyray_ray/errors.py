@@ -28,6 +28,17 @@ def _task_error(exc, what: str) -> BaseException:
     return err.as_instanceof_cause()
 
 
+def _reason_name(reason) -> str | None:
+    """Ray's ``ErrorType`` number as its name (``OBJECT_UNRECONSTRUCTABLE_...``), as anyray's reasons are."""
+    if reason is None or isinstance(reason, str):
+        return reason
+    try:
+        from ray.core.generated.common_pb2 import ErrorType
+        return ErrorType.Name(reason)
+    except Exception:  # noqa: BLE001 - a Ray without the name: the number says it still
+        return str(reason)
+
+
 # Most specific first: several Ray errors subclass others.
 ERRORS = ErrorMap("Ray", [
     (rx.RayTaskError, _task_error),
@@ -46,6 +57,8 @@ ERRORS = ErrorMap("Ray", [
     (rx.NodeDiedError, ae.NodeDiedError),
     (rx.OwnerDiedError, ae.OwnerDiedError),
     (rx.ObjectFetchTimedOutError, ae.ObjectFetchTimedOutError),
+    (rx.ObjectReconstructionFailedError,
+     lambda exc, what: ae.ObjectReconstructionFailedError(str(exc), _reason_name(getattr(exc, "reason", None)))),
     (rx.ObjectLostError, ae.ObjectLostError),
     (rx.ObjectStoreFullError, ae.ObjectStoreFullError),
     (rx.OutOfDiskError, ae.ObjectStoreFullError),

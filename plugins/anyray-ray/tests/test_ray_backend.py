@@ -330,6 +330,12 @@ def test_ray_errors_are_translated():
     assert type(translate(ray.exceptions.TaskCancelledError())) is exceptions.TaskCancelledError
     assert type(translate(ray.exceptions.ObjectLostError("ab" * 14, "owner", "site"))) is exceptions.ObjectLostError
     assert type(translate(ray.exceptions.ActorDiedError())) is exceptions.ActorDiedError
+    from ray.core.generated.common_pb2 import ErrorType
+    rebuild = translate(ray.exceptions.ObjectReconstructionFailedError(
+        "ab" * 14, reason=ErrorType.Value("OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED")))
+    assert type(rebuild) is exceptions.ObjectReconstructionFailedError
+    assert isinstance(rebuild, exceptions.ObjectLostError)
+    assert rebuild.reason == "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED" and "max_retries=0" in str(rebuild)
     assert isinstance(translate(ray.exceptions.RaySystemError("boom")), exceptions.AnyrayError)
     setup = translate(ray.exceptions.RuntimeEnvSetupError("pip failed"))  # Ray's message, not its str twice
     assert type(setup) is exceptions.RuntimeEnvSetupError
