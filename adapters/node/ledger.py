@@ -7,7 +7,7 @@ Everything a worker holds is released when the worker goes (``release``).
 
 from __future__ import annotations
 
-from anyray.exceptions import ObjectLostError
+from anyray.exceptions import ObjectLostError, ObjectStoreFullError
 from anyray.executor import serialize_failure
 from anyray.object_ref import ObjectRef
 from anyray.runtime import current_counter
@@ -48,7 +48,10 @@ class Ledger:
         if type(entry) is ArenaObject:
             if worker.remote:
                 return self.copy_out(entry)
-            loc = self._store.pin_loc(entry)  # restored first if it was spilled
+            try:
+                loc = self._store.pin_loc(entry)  # restored first if it was spilled
+            except ObjectStoreFullError:  # shared memory cannot take it back now: its bytes travel instead
+                return self.copy_out(entry)
             with self._lock:
                 dead = worker.dead  # the message will not reach it; nothing would unpin
                 if not dead:

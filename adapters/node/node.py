@@ -35,7 +35,7 @@ class Node:
             self.store = SharedObjectStore(self.arena, INLINE_MAX, spill_dir)
             self.setup = {"job_id": job_id, "namespace": namespace, "node_id": self.node_id,
                           "arena": self.arena.path, "inline_max": INLINE_MAX, "sys_path": list(sys.path),
-                          "cwd": os.getcwd()}
+                          "cwd": os.getcwd(), "spilling": spill_dir is not None}
             self.scheduler = scheduler_cls(self.session, self.store, metadata, events, self.pool, self.setup)
         except BaseException:
             self.session.close()
