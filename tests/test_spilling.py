@@ -44,7 +44,10 @@ def spill_files(root) -> dict[str, os.stat_result]:
     for dirpath, _dirs, names in os.walk(root):
         for name in names:
             if name != "lock":
-                out[os.path.join(dirpath, name)] = os.stat(os.path.join(dirpath, name))
+                try:
+                    out[os.path.join(dirpath, name)] = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:  # restored or freed just now
+                    pass
     return out
 
 

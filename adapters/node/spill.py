@@ -162,12 +162,14 @@ class Spiller:
         self.spilled_total = self.restored_total = 0  # bytes moved each way, for figures
 
     # -- making room ------------------------------------------------------------------
-    def make_room(self, reserve):
+    def make_room(self, reserve, nbytes: int):
         """``reserve()`` (an arena allocation that just failed) retried after each object spilled, oldest
         first, until it fits; ``ObjectStoreFullError`` when nothing is left to spill.
 
         No exception is kept in a local: its traceback would hold this frame and the callers' (a ``get``'s
         views among them) in a cycle, keeping ranges pinned until the garbage collector runs."""
+        if nbytes > self.store.arena.capacity:
+            return reserve()  # larger than the whole store: spilling cannot help (it raises)
         with self.io:
             while True:
                 self.store._apply_unpins()

@@ -147,7 +147,7 @@ class SharedObjectStore(MemoryObjectStore):
             except ObjectStoreFullError:
                 if self.spiller is None:
                     raise
-            return self.spiller.make_room(lambda: self.arena.reserve(nbytes))
+            return self.spiller.make_room(lambda: self.arena.reserve(nbytes), nbytes)
 
     def seal(self, oid: bytes, obj) -> bool:
         if not super().seal(oid, obj):
