@@ -131,6 +131,28 @@ def test_a_task_gets_its_spilled_argument_and_results_written_by_workers_spill_t
     assert [int(a[5]) for a in (anyray.get(r) for r in made)] == [35 + i for i in range(10)]
 
 
+def test_by_default_a_node_spills_into_a_private_directory_under_the_temp_dir(fresh):
+    from anyray.adapters.node.spill import default_root
+
+    anyray.init(backend="multiprocess", num_cpus=1, object_store_memory=STORE)
+    store = current_runtime().store
+    refs = [anyray.put(value(i)) for i in range(5)]
+    mine = store.usage()["spill_directory"]
+    assert os.path.dirname(mine) == default_root() and store.spilled_ids()
+    assert stat.S_IMODE(os.stat(default_root()).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(mine).st_mode) == 0o700 and len(spill_files(mine)) == len(store.spilled_ids())
+    assert all(np.array_equal(anyray.get(r), value(i)) for i, r in enumerate(refs))
+    anyray.shutdown()
+    assert not os.path.exists(mine)
+
+
+def test_ray_s_object_spilling_directory_keyword_is_taken(fresh, tmp_path):
+    anyray.init(backend="multiprocess", num_cpus=1, object_store_memory=STORE, object_spilling_directory=str(tmp_path))
+    refs = [anyray.put(value(i)) for i in range(5)]
+    assert disk_bytes(tmp_path) >= 2 * N * 8
+    assert np.array_equal(anyray.get(refs[0]), value(0))
+
+
 def test_turned_off_a_full_store_raises_as_before(fresh, tmp_path):
     anyray.init(backend="multiprocess", num_cpus=1, object_store_memory=STORE,
                 _system_config={**spill_config(tmp_path), "automatic_object_spilling_enabled": False})

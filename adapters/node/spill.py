@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import tempfile
 import threading
 
@@ -105,6 +106,11 @@ class SpillDir:
     def _dir(self) -> str:
         if self._session is None:
             os.makedirs(self.root, mode=0o700, exist_ok=True)
+            if self.root == default_root():  # in the shared temp dir: it must be this user's own
+                info = os.lstat(self.root)
+                if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+                    raise PermissionError(errno.EPERM, f"{self.root} is not a directory of this user's that others "
+                                                       "cannot write to; remove it, or choose another directory")
             self._session = Session(self.root)  # removes what dead nodes left here, then locks its own
         return self._session.path
 
