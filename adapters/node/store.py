@@ -192,13 +192,10 @@ class SharedObjectStore(MemoryObjectStore):
         return objs
 
     def _read(self, entry: ArenaObject) -> SerializedObject:
-        if self.spiller is not None and entry.loc is None:
-            try:
-                loc = self.pin_loc(entry)
-            except ObjectStoreFullError:  # the arena cannot take it back now: read the file into memory
-                return self.read_copy(entry)
-        else:
+        try:
             loc = self.pin_loc(entry)
+        except ObjectStoreFullError:  # spilled, and the arena cannot take it back now: read its file
+            return self.read_copy(entry)
         return pinned_views(self.arena, loc, lambda: self._unpin_later(entry))
 
     def pin_loc(self, entry: ArenaObject) -> Location:
