@@ -130,6 +130,17 @@ def test_a_task_gets_its_spilled_argument_and_results_written_by_workers_spill_t
     assert all(anyray.get([check.remote(r, i) for i, r in enumerate(made)]))
     assert [int(a[5]) for a in (anyray.get(r) for r in made)] == [35 + i for i in range(10)]
 
+    # More than the store holds, read at once: what shared memory cannot take back is read from its file
+    together = anyray.get(made)
+    assert all(np.array_equal(a, value(i)) for i, a in enumerate(together))
+    del together
+
+    @anyray.remote
+    def check_all(*arrays):
+        return [bool(np.array_equal(a, value(i))) for i, a in enumerate(arrays)]
+
+    assert all(anyray.get(check_all.remote(*made)))  # a task's arguments, likewise
+
 
 def test_by_default_a_node_spills_into_a_private_directory_under_the_temp_dir(fresh):
     from anyray.adapters.node.spill import default_root
