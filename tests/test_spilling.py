@@ -255,6 +255,7 @@ def test_a_spilled_object_is_read_by_the_other_node_of_a_cluster(cluster_env, tm
     try:
         assert run.stdout.readline().strip() == "made", run.stderr.read()
         assert disk_bytes(here) >= 48 * MB and disk_bytes(there) >= 48 * MB  # both nodes spilled
+        assert "spilled to disk: " in cli(cluster_env, "status").stdout  # the head's store, as status shows it
         files = {**spill_files(here), **spill_files(there)}
         assert all(stat.S_IMODE(s.st_mode) == 0o600 for s in files.values())
         run.stdin.write("\n")

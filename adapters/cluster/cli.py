@@ -326,6 +326,9 @@ def cmd_status(args) -> int:
     print(f"\nObject store of the node answering: {usage.get('num_objects', 0)} objects, "
           f"{usage.get('shared_bytes', 0) / 2**20:.1f} MiB of {usage.get('capacity', 0) / 2**30:.1f} GiB "
           f"shared memory in use")
+    if usage.get("spilled_objects"):
+        print(f"  spilled to disk: {usage['spilled_objects']} objects, {usage['spilled_bytes'] / 2**20:.1f} MiB in "
+              f"{usage.get('spill_directory')}")
     return 0
 
 
