@@ -29,6 +29,7 @@ DEFAULT_BACKEND = "multiprocess"
 _COSMETIC_RAY_OPTIONS = frozenset({
     "include_dashboard", "dashboard_host", "dashboard_port", "logging_level", "logging_format",
     "log_to_driver", "configure_logging", "_temp_dir", "_system_config", "_metrics_export_port",
+    "object_spilling_directory",
 })
 
 _init_lock = threading.RLock()
@@ -199,11 +200,14 @@ def init(backend: str | None = None, *, address: str | None = None, num_cpus: fl
                 raise ValueError(f"init(): {label} must be a number >= 0, got {value!r}.")
         if resources and ({"CPU", "GPU"} & set(resources)):
             raise ValueError("init(): use num_cpus / num_gpus instead of 'CPU' / 'GPU' in resources.")
+        system_config = _system_config_of(backend_options)
         config = BackendConfig(
             address=address, num_cpus=num_cpus, num_gpus=num_gpus, resources=dict(resources or {}),
             object_store_memory=object_store_memory,
             namespace=namespace if namespace is not None else f"anonymous-{uuid.uuid4().hex[:12]}",
             options={k: v for k, v in backend_options.items() if k in accepted})
+        if system_config:  # Ray's tuning keys; a node backend reads its spilling settings there
+            config.options["_system_config"] = system_config
         runtime = _rt.Runtime(backend_cls, config)
         try:
             _runtime_env_setup.start_job(runtime, job_env)
@@ -217,6 +221,20 @@ def init(backend: str | None = None, *, address: str | None = None, num_cpus: fl
             atexit.register(shutdown)
             _atexit_registered = True
         return InitContext(name, runtime.backend.info())
+
+
+def _system_config_of(options: dict) -> dict:
+    """Ray's ``_system_config`` (a dict), with ``object_spilling_directory=`` (Ray's hidden ``init`` keyword)
+    folded in."""
+    system_config = options.get("_system_config")
+    if system_config is not None and not isinstance(system_config, dict):
+        raise TypeError(f"init(): _system_config must be a dict of Ray's setting names to values, got "
+                        f"{type(system_config).__name__}.")
+    system_config = dict(system_config or {})
+    directory = options.pop("object_spilling_directory", None)
+    if directory is not None:
+        system_config["object_spilling_directory"] = directory
+    return system_config
 
 
 def shutdown() -> None:

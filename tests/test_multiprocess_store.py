@@ -129,6 +129,10 @@ def test_an_actor_holding_an_array_keeps_its_memory_until_it_lets_go(runtime):
 
 
 def test_a_full_store_raises_and_recovers(runtime):
+    anyray.shutdown()  # with spilling turned off (on, the store makes room on disk: tests/test_spilling.py)
+    anyray.init(backend="multiprocess", num_cpus=2, object_store_memory=64 * MB,
+                _system_config={"automatic_object_spilling_enabled": False})
+    runtime = current_runtime()
     first = anyray.put(np.zeros(40 * MB, dtype=np.uint8))
     with pytest.raises(ObjectStoreFullError, match="object_store_memory"):
         anyray.put(np.zeros(40 * MB, dtype=np.uint8))

@@ -130,8 +130,9 @@ class _ClusterStore(RemoteStore):
         contained = m.contained_ids(obj.contained_refs)
         if contained and (self.direct.here or self.direct.waiting):
             self.direct.promote([i for kind, i in contained if kind == m.OBJECT])
-        if obj.nbytes < node.inline_max or not node.shared:
-            wire = node.to_node(obj)  # bytes: the caller may change its arrays from now on
+        if obj.nbytes < node.inline_max or not node.shared or node.setup.get("spilling"):
+            # bytes, or written into shared memory and not kept here: a node that spills may move it to disk
+            wire = node.to_node(obj)  # the caller may change its arrays from now on
             node.tell("put", m.Put.pack(oid, wire, contained))
             if obj.nbytes < node.inline_max:
                 self._cache[oid] = node.from_wire(oid, wire)
@@ -170,7 +171,9 @@ class _ClusterStore(RemoteStore):
         for oid, obj in got.items():
             sealed.add(oid)
             # Kept: small objects, and views of shared memory (a large pickle stream would be a private copy).
-            if len(obj.data) < node.inline_max and (node.shared or obj.nbytes < node.inline_max):
+            # Not views on a node that spills: they would pin the object here for as long as its ref lives.
+            if len(obj.data) < node.inline_max and (node.shared or obj.nbytes < node.inline_max) and (
+                    obj.nbytes < node.inline_max or not node.setup.get("spilling")):
                 cache[oid] = obj
         return [cache[r._id] if r._id in cache else got[r._id] for r in refs]
 

@@ -85,11 +85,14 @@ def main(argv=None) -> int:
             os.kill(os.getpid(), signal.SIGTERM)
 
         threading.Thread(target=lifeline, name="anyray-lifeline", daemon=True).start()
+    settings = json.loads(args.settings)
+    if settings.get("object_spilling_directory"):  # read by the node's store (node.spill)
+        os.environ["ANYRAY_OBJECT_SPILLING_DIRECTORY"] = settings["object_spilling_directory"]
     code = daemon.run(head=args.head, join=secrets.get("join"), host=args.host, port=args.port,
                       num_cpus=args.num_cpus, num_gpus=args.num_gpus, resources=json.loads(args.resources),
                       object_store_memory=args.object_store_memory, metadata=metadata, token=token,
                       directory=args.dir, metadata_port=args.metadata_port,
-                      redis_password=secrets.get("redis_password"), settings=json.loads(args.settings),
+                      redis_password=secrets.get("redis_password"), settings=settings,
                       server=launch, ready_fd=args.ready_fd)
     if args.exit_with_parent and code == 0:  # a driver's private cluster: its directory goes with it (on a
         import shutil  # failed start the driver reads the log first, then removes it)

@@ -37,7 +37,7 @@ def _unknown_start_flags(flags: list[str]) -> str:
         parts.append(f"Ray's {', '.join(ray)} {'is' if len(ray) == 1 else 'are'} not supported by `anyray start`; "
                      f"drop {'it' if len(ray) == 1 else 'them'} (the Ray flags anyray takes: --head, --address, "
                      f"--port, --redis-password, --node-ip-address, --num-cpus, --num-gpus, --resources, "
-                     f"--object-store-memory, --object-manager-port, --node-manager-port, "
+                     f"--object-store-memory, --object-spilling-directory, --object-manager-port, --node-manager-port, "
                      f"--ray-client-server-port, --include-dashboard, --dashboard-host, --dashboard-port, --block).")
     if other:
         parts.append(f"Unknown option{'s' if len(other) > 1 else ''} {', '.join(other)} "
@@ -97,6 +97,9 @@ def add_commands(sub) -> None:
     p.add_argument("--num-gpus", type=float, help="GPUs this node offers (default: those detected)")
     p.add_argument("--resources", default="{}", help='custom resources as JSON, e.g. \'{"accelerator": 1}\'')
     p.add_argument("--object-store-memory", type=int, help="bytes of shared memory for objects")
+    p.add_argument("--object-spilling-directory", metavar="DIR",
+                   help="where this node spills objects when its shared memory is full (default: under the temp "
+                        "dir, anyray-spill-<uid>)")
     p.add_argument("--object-manager-port", type=_port,
                    help="a fixed port on which other nodes read this node's objects (default: the node's port)")
     p.add_argument("--node-manager-port", type=_port,
@@ -178,7 +181,9 @@ def cmd_start(args) -> int:
     directory = files.cluster_dir()
     password = _password(args)
     settings = {"object_manager_port": args.object_manager_port, "include_dashboard": args.include_dashboard,
-                "dashboard_host": args.dashboard_host, "dashboard_port": args.dashboard_port}
+                "dashboard_host": args.dashboard_host, "dashboard_port": args.dashboard_port,
+                "object_spilling_directory": args.object_spilling_directory and os.path.abspath(
+                    os.path.expanduser(args.object_spilling_directory))}
     join = metadata = None
     if args.head:
         running = [r for r in files.local_nodes(directory) if r.get("head")]
@@ -388,6 +393,9 @@ def cmd_status(args) -> int:
     print(f"\nObject store of the node answering: {usage.get('num_objects', 0)} objects, "
           f"{usage.get('shared_bytes', 0) / 2**20:.1f} MiB of {usage.get('capacity', 0) / 2**30:.1f} GiB "
           f"shared memory in use")
+    if usage.get("spilled_objects"):
+        print(f"  spilled to disk: {usage['spilled_objects']} objects, {usage['spilled_bytes'] / 2**20:.1f} MiB in "
+              f"{usage.get('spill_directory')}")
     return 0
 
 

@@ -7,7 +7,7 @@ Everything a worker holds is released when the worker goes (``release``).
 
 from __future__ import annotations
 
-from anyray.exceptions import ObjectLostError
+from anyray.exceptions import ObjectLostError, ObjectStoreFullError
 from anyray.executor import serialize_failure
 from anyray.object_ref import ObjectRef
 from anyray.runtime import current_counter
@@ -48,16 +48,21 @@ class Ledger:
         if type(entry) is ArenaObject:
             if worker.remote:
                 return self.copy_out(entry)
+            try:
+                loc = self._store.pin_loc(entry)  # restored first if it was spilled
+            except ObjectStoreFullError:  # shared memory cannot take it back now: its bytes travel instead
+                return self.copy_out(entry)
             with self._lock:
-                if worker.dead:  # the message will not reach it; nothing would unpin
-                    return entry.loc
-                self._store.pin(entry)
-                pin = worker.pins.get(key)
-                if pin is None:
-                    worker.pins[key] = [entry, 1]
-                else:
-                    pin[1] += 1
-            return entry.loc
+                dead = worker.dead  # the message will not reach it; nothing would unpin
+                if not dead:
+                    pin = worker.pins.get(key)
+                    if pin is None:
+                        worker.pins[key] = [entry, 1]
+                    else:
+                        pin[1] += 1
+            if dead:
+                self._store.unpin(entry)
+            return loc
         if entry is None:
             entry = serialize_failure(RemoteFailure(ObjectLostError(
                 f"Object {key.hex()} is no longer in the store: every reference to it was dropped.")))
@@ -66,13 +71,8 @@ class Ledger:
     def copy_out(self, entry: ArenaObject) -> tuple:
         """The inline wire form of an object in shared memory (a packed ``Inline``), for a reader that
         cannot map it."""
-        store = self._store
-        store.pin(entry)
-        try:
-            obj = store.arena.read(entry.loc)
-            return m.Inline.pack(bytes(obj.data), [memoryview(b).tobytes() for b in obj.buffers])
-        finally:
-            store.unpin(entry)
+        obj = self._store.read_copy(entry)  # a spilled object straight from its file
+        return m.Inline.pack(obj.data, [bytes(b) for b in obj.buffers])
 
     def _unpin(self, worker, key: bytes) -> None:
         with self._lock:

@@ -12,6 +12,11 @@ view unpins), and each worker holds the pins the scheduler takes when it
 sends the worker an object's location, until the worker reports its views
 gone (or dies).
 
+With a spill directory (``spill.Spiller``), a full arena moves sealed objects nobody pins to disk, least
+recently sealed or read first, and a read brings them back: every reader of an ``ArenaObject``'s range
+takes it through ``pin_loc`` (or ``read_copy``), never ``entry.loc`` directly, as ``loc`` is None while
+the object is on disk.
+
 Messages carry objects in a *wire* form: ``(data, [buffer bytes...])`` for
 inline objects, or the object's arena ``Location``.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 import collections
 import threading
 import weakref
+from collections import OrderedDict
 
 from anyray.exceptions import ObjectStoreFullError
 from anyray.serialization import SerializedObject
@@ -28,24 +34,29 @@ from anyray.serialization import SerializedObject
 from ..common.object_store import MemoryObjectStore
 from .arena import Arena, Location
 from .messages import Inline
+from .spill import Spiller
 
 INLINE_MAX = 100 * 1024  # objects at least this large go to shared memory (Ray's inline limit too)
 
 
 class ArenaObject:
-    """A stored object that lives in the arena. ``pins`` counts processes (and the owner's views) reading it."""
+    """A stored object that lives in the arena. ``pins`` counts processes (and the owner's views) reading it.
+    While spilled, ``loc`` is None and ``spilled`` is ``(file path, layout at offset 0)``."""
 
-    __slots__ = ("loc", "contained_refs", "pins", "freed")
+    __slots__ = ("loc", "contained_refs", "pins", "freed", "oid", "spilled", "size")
 
     def __init__(self, loc: Location, contained_refs=()):
         self.loc = loc
         self.contained_refs = contained_refs
         self.pins = 0
         self.freed = False
+        self.oid = None  # set when sealed in the table (only those are spilled)
+        self.spilled = None
+        self.size = loc.nbytes
 
     @property
     def nbytes(self) -> int:
-        return self.loc.nbytes
+        return self.size
 
 
 class _ViewGroup:
@@ -90,9 +101,12 @@ def to_wire(obj) -> tuple:
 class SharedObjectStore(MemoryObjectStore):
     """The owner's store: the table of every object of the node and the arena's allocator."""
 
-    def __init__(self, arena: Arena, inline_max: int = INLINE_MAX):
+    def __init__(self, arena: Arena, inline_max: int = INLINE_MAX, spill_root: str | None = None):
+        """``spill_root``: the directory to spill under when the arena is full (None: raise instead)."""
         super().__init__(None)  # the arena bounds what takes memory; inline objects are small
         self.arena = arena
+        self._lru: OrderedDict[bytes, ArenaObject] = OrderedDict()  # sealed, in memory; oldest use first
+        self.spiller = Spiller(self, spill_root) if spill_root is not None else None
         self.inline_max = inline_max
         self._unpins: collections.deque[ArenaObject] = collections.deque()
         self._pin_lock = threading.Lock()
@@ -114,19 +128,36 @@ class SharedObjectStore(MemoryObjectStore):
     def place(self, obj: SerializedObject) -> Location:
         """Write ``obj`` into a new arena range; on a full arena, take back what unpinned views left first."""
         self._apply_unpins()  # views dropped just now: their ranges can be reused (resident pages)
+        grant = self.reserve(Location.of(obj).nbytes)
         try:
-            return self.arena.put(obj)
-        except ObjectStoreFullError:
-            self._apply_unpins()
-            return self.arena.put(obj)
+            return self.arena.write(grant, obj)
+        except BaseException:
+            self.arena.free(grant.offset)
+            raise
 
     def reserve(self, nbytes: int):
-        """A grant for a worker to write ``nbytes`` into (see ``Arena.reserve``)."""
+        """A grant for a worker to write ``nbytes`` into (see ``Arena.reserve``); on a full arena, take back
+        what unpinned views left, then spill objects nobody reads."""
         try:
             return self.arena.reserve(nbytes)
         except ObjectStoreFullError:
             self._apply_unpins()
-            return self.arena.reserve(nbytes)
+            try:
+                return self.arena.reserve(nbytes)
+            except ObjectStoreFullError:
+                if self.spiller is None:
+                    raise
+            return self.spiller.make_room(lambda: self.arena.reserve(nbytes), nbytes)
+
+    def seal(self, oid: bytes, obj) -> bool:
+        if not super().seal(oid, obj):
+            return False
+        if type(obj) is ArenaObject:
+            with self._pin_lock:
+                obj.oid = oid
+                if not obj.freed:
+                    self._lru[oid] = obj
+        return True
 
     def forget_grant(self, offset: int) -> None:
         """A granted range its writer will never seal (the writer died): give it back."""
@@ -161,9 +192,45 @@ class SharedObjectStore(MemoryObjectStore):
         return objs
 
     def _read(self, entry: ArenaObject) -> SerializedObject:
+        try:
+            loc = self.pin_loc(entry)
+        except ObjectStoreFullError:  # spilled, and the arena cannot take it back now: read its file
+            return self.read_copy(entry)
+        return pinned_views(self.arena, loc, lambda: self._unpin_later(entry))
+
+    def pin_loc(self, entry: ArenaObject) -> Location:
+        """Pin ``entry`` for a reader and return where it lies, restoring it from disk first if it was
+        spilled (which may spill others). The reader ``unpin``s when done."""
         with self._pin_lock:
             entry.pins += 1
-        return pinned_views(self.arena, entry.loc, lambda: self._unpin_later(entry))
+            loc = entry.loc
+            if entry.oid is not None and entry.oid in self._lru:
+                self._lru.move_to_end(entry.oid)
+        if loc is not None:
+            return loc
+        try:
+            return self.spiller.restore(entry)
+        except BaseException:
+            self.unpin(entry)
+            raise
+
+    def read_copy(self, entry: ArenaObject) -> SerializedObject:
+        """``entry``'s bytes copied into this process's memory (for a reader that cannot map the arena): a
+        spilled object is read straight from its file, not restored."""
+        self.pin(entry)
+        try:
+            if self.spiller is not None and entry.loc is None:
+                obj = self.spiller.copy(entry)
+                if obj is not None:
+                    return obj
+            obj = self.arena.read(entry.loc)
+            return SerializedObject(bytes(obj.data), [memoryview(b).tobytes() for b in obj.buffers])
+        finally:
+            self.unpin(entry)
+
+    def spilled_ids(self) -> list[bytes]:
+        """The ids of the objects on disk now (the rest of the table is in memory)."""
+        return [] if self.spiller is None else self.spiller.spilled_ids()
 
     def entry(self, oid: bytes):
         """The stored form of a sealed object (``SerializedObject`` or ``ArenaObject``), or None."""
@@ -225,6 +292,13 @@ class SharedObjectStore(MemoryObjectStore):
 
     def _release_range(self, entry: ArenaObject) -> None:
         entry.contained_refs = ()
+        if entry.oid is not None:
+            with self._pin_lock:
+                self._lru.pop(entry.oid, None)
+        if entry.loc is None:  # on disk
+            if self.spiller is not None:
+                self.spiller.discard(entry)
+            return
         if not self._closed:
             self.arena.free(entry.loc.offset)
 
@@ -233,8 +307,12 @@ class SharedObjectStore(MemoryObjectStore):
         arena = self.arena.usage()
         usage["shared_bytes"] = arena["bytes"]
         usage["capacity"] = arena["capacity"]
+        if self.spiller is not None:
+            usage.update(self.spiller.usage())
         return usage
 
     def close(self) -> None:
         self._closed = True
         self._wake.set()
+        if self.spiller is not None:
+            self.spiller.close()
