@@ -121,10 +121,11 @@ def test_a_task_gets_its_spilled_argument_and_results_written_by_workers_spill_t
     def check(a, i):
         return bool(np.array_equal(a, value(i)))
 
-    made = [make.remote(i) for i in range(10)]  # workers write 160 MB of results into a 64 MB store
+    first = make.remote(0)
+    anyray.wait([first], timeout=120)  # sealed before the others, which two workers seal in either order
+    made = [first] + [make.remote(i) for i in range(1, 10)]  # workers write 160 MB of results into a 64 MB store
     anyray.wait(made, num_returns=len(made), timeout=120)
     assert store.spilled_ids()
-    first = made[0]
     assert first._id in store.spilled_ids()  # the oldest went first
     assert anyray.get(check.remote(first, 0))  # restored for the worker
     assert all(anyray.get([check.remote(r, i) for i, r in enumerate(made)]))
