@@ -61,6 +61,7 @@ def test_a_retriable_task_runs_again_until_its_memory_retries_are_spent(low_thre
 def test_a_retriable_task_is_killed_before_an_older_one_that_may_not_be_retried(low_threshold, tmp_path,
                                                                                monkeypatch):
     monkeypatch.setenv(memory_monitor.OOM_RETRIES_ENV, "1")
+    monkeypatch.setenv(memory_monitor.DELAY_ENV, "0")  # back at once: no backoff gap for the older one to fill
     anyray.init("multiprocess", num_cpus=2)
     older = anyray.remote(max_retries=0)(hog).remote(str(tmp_path / "older"), 99)  # it holds the memory
     deadline = time.monotonic() + WAIT
@@ -73,3 +74,28 @@ def test_a_retriable_task_is_killed_before_an_older_one_that_may_not_be_retried(
     with pytest.raises(OutOfMemoryError, match="most recently started one"):  # then the older one
         anyray.get(older, timeout=WAIT)
     assert (tmp_path / "older").read_text().count("attempt") == 1
+
+
+def stamped_hog(path: str, hog_on_attempts: int):
+    with open(path, "a") as f:
+        f.write(f"{time.monotonic()}\n")
+    return hog(path + ".attempts", hog_on_attempts)
+
+
+def test_a_task_killed_for_memory_runs_again_after_a_backoff_that_doubles(low_threshold, tmp_path, monkeypatch):
+    monkeypatch.setenv(memory_monitor.DELAY_ENV, "1500")
+    anyray.init("multiprocess", num_cpus=2)
+    ref = anyray.remote(max_retries=1)(stamped_hog).remote(str(tmp_path / "t"), 2)
+    assert anyray.get(ref, timeout=WAIT) == "done on attempt 3"
+    starts = [float(line) for line in (tmp_path / "t").read_text().split()]
+    assert len(starts) == 3
+    assert starts[1] - starts[0] >= 1.5  # the first memory retry waits the base delay,
+    assert starts[2] - starts[1] >= 3.0  # the second twice that
+
+
+def test_the_memory_retry_delay_doubles_up_to_a_minute_and_is_checked(monkeypatch):
+    monkeypatch.setenv(memory_monitor.DELAY_ENV, "1000")
+    assert [memory_monitor.retry_delay(k) for k in (1, 2, 3, 10)] == [1.0, 2.0, 4.0, 60.0]
+    monkeypatch.setenv(memory_monitor.DELAY_ENV, "soon")
+    with pytest.raises(ValueError, match="RAY_task_oom_retry_delay_base_ms"):
+        memory_monitor.retry_delay(1)

@@ -3,8 +3,10 @@
 0 turns the monitor off), the node kills one worker running a task, so that the kernel's OOM killer (which
 may take any process, the node's own included) does not have to: a retriable task's worker first (a task
 with ``max_retries`` other than 0), the most recently started first, and only once the last one it killed
-is gone. The task is then run again, its memory kills counted apart from ``max_retries`` as Ray counts them
-(``RAY_task_oom_retries``, default -1: without end); a task that may not be retried, or whose memory
+is gone. The task is then run again after a backoff (``RAY_task_oom_retry_delay_base_ms``, default 1000,
+doubled for each further memory kill of the task, at most ``MAX_BACKOFF_S``), so that the memory has time to
+come back, its memory kills counted apart from ``max_retries`` as Ray counts them (``RAY_task_oom_retries``,
+default -1: without end); a task that may not be retried, or whose memory
 retries are spent, fails with ``OutOfMemoryError``. Actor processes are not chosen (see the README).
 """
 
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 THRESHOLD_ENV, REFRESH_ENV, OOM_RETRIES_ENV = ("RAY_memory_usage_threshold", "RAY_memory_monitor_refresh_ms",
                                                "RAY_task_oom_retries")
+DELAY_ENV, DEFAULT_DELAY_MS, MAX_BACKOFF_S = "RAY_task_oom_retry_delay_base_ms", 1000, 60.0
 DEFAULT_THRESHOLD, DEFAULT_REFRESH_MS, DEFAULT_OOM_RETRIES = 0.95, 250, -1
 FIRST_LINE = "Task was killed due to the node running low on memory."  # Ray's first line, word for word
 
@@ -91,6 +94,25 @@ def may_retry(spec) -> bool:
             return True
         del _oom_kills[spec.task_id]
         return False
+
+
+def retry_delay(kills: int) -> float:
+    """Seconds before the ``kills``-th memory retry of a task runs: the base, doubled for each kill before."""
+    base = _number(DELAY_ENV, DEFAULT_DELAY_MS, int)
+    if base < 0:
+        raise ValueError(f"${DELAY_ENV} is the delay before a task killed for memory runs again, in ms, at "
+                         f"least 0; got {base}.")
+    return min(base / 1000.0 * 2 ** max(kills - 1, 0), MAX_BACKOFF_S)
+
+
+def after_backoff(spec, fn) -> None:
+    """Call ``fn`` once the memory retry that ``may_retry`` just counted for ``spec`` has waited its backoff."""
+    with _lock:
+        kills = _oom_kills.get(spec.task_id, 1)
+    timer = threading.Timer(retry_delay(kills), fn)  # on a thread of its own even at 0: the caller holds locks
+    timer.daemon = True
+    timer.name = "anyray-oom-backoff"
+    timer.start()
 
 
 def error(message: str) -> OutOfMemoryError:
