@@ -99,3 +99,26 @@ def test_the_memory_retry_delay_doubles_up_to_a_minute_and_is_checked(monkeypatc
     monkeypatch.setenv(memory_monitor.DELAY_ENV, "soon")
     with pytest.raises(ValueError, match="RAY_task_oom_retry_delay_base_ms"):
         memory_monitor.retry_delay(1)
+
+
+class Holder:
+    def hold(self):
+        held = b"\x01" * HOG
+        time.sleep(WAIT)
+        return len(held)
+
+    def restarted(self):
+        return anyray.get_runtime_context().was_current_actor_reconstructed
+
+
+def test_an_actor_killed_for_memory_restarts_within_max_restarts_then_its_calls_fail(low_threshold):
+    anyray.init("multiprocess", num_cpus=2)
+    actor = anyray.remote(max_restarts=1)(Holder).remote()
+    assert anyray.get(actor.restarted.remote(), timeout=WAIT) is False
+    with pytest.raises(OutOfMemoryError, match="Actor was killed due to the node running low on memory"):
+        anyray.get(actor.hold.remote(), timeout=WAIT)  # the call in flight fails; the actor restarts
+    assert anyray.get(actor.restarted.remote(), timeout=WAIT) is True
+    with pytest.raises(OutOfMemoryError, match="the most recently started one"):  # no restart left now
+        anyray.get(actor.hold.remote(), timeout=WAIT)
+    with pytest.raises(OutOfMemoryError, match="Holder"):  # and it is dead: every call fails with the cause
+        anyray.get(actor.restarted.remote(), timeout=WAIT)

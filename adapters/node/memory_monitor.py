@@ -7,7 +7,10 @@ is gone. The task is then run again after a backoff (``RAY_task_oom_retry_delay_
 doubled for each further memory kill of the task, at most ``MAX_BACKOFF_S``), so that the memory has time to
 come back, its memory kills counted apart from ``max_retries`` as Ray counts them (``RAY_task_oom_retries``,
 default -1: without end); a task that may not be retried, or whose memory
-retries are spent, fails with ``OutOfMemoryError``. Actor processes are not chosen (see the README).
+retries are spent, fails with ``OutOfMemoryError``. Actor processes are chosen too, by the same order (an
+actor with restarts left under ``max_restarts`` counts as retriable): a killed actor restarts while
+``max_restarts`` allows, its calls in flight failing with ``OutOfMemoryError`` (unless ``max_task_retries``
+retries them); once it may not restart, it is dead and every call to it fails with ``OutOfMemoryError``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import threading
 import time
 
 from anyray.exceptions import OutOfMemoryError
+from anyray.policy import allows_another
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,7 @@ THRESHOLD_ENV, REFRESH_ENV, OOM_RETRIES_ENV = ("RAY_memory_usage_threshold", "RA
 DELAY_ENV, DEFAULT_DELAY_MS, MAX_BACKOFF_S = "RAY_task_oom_retry_delay_base_ms", 1000, 60.0
 DEFAULT_THRESHOLD, DEFAULT_REFRESH_MS, DEFAULT_OOM_RETRIES = 0.95, 250, -1
 FIRST_LINE = "Task was killed due to the node running low on memory."  # Ray's first line, word for word
+ACTOR_FIRST_LINE = "Actor was killed due to the node running low on memory."
 
 _lock = threading.Lock()
 _oom_kills: dict[bytes, int] = {}  # task id -> times its worker was killed for memory
@@ -152,10 +157,13 @@ class MemoryMonitor:
     def check(self) -> None:
         running = {}
         for worker in list(self._supervision.workers.values()):
-            task = worker.task
-            if task is not None and not worker.dead and not worker.remote and worker.actor is None:
-                seen = self._started.get(worker.handle.worker_id)
-                running[worker.handle.worker_id] = (task, seen[1] if seen and seen[0] is task else time.monotonic())
+            if worker.dead or worker.remote:
+                continue
+            subject = worker.task if worker.actor is None else worker.actor
+            if subject is None or (worker.actor is not None and worker.actor.worker is not worker):
+                continue  # an idle worker, or an actor's process that is not (or no longer) its own
+            seen = self._started.get(worker.handle.worker_id)
+            running[worker.handle.worker_id] = (subject, seen[1] if seen and seen[0] is subject else time.monotonic())
         self._started = running
         used, total = memory_usage()
         if not total or used / total <= self.threshold:
@@ -168,26 +176,37 @@ class MemoryMonitor:
             entry = running.get(worker.handle.worker_id)
             if entry is None or worker.handle.pid is None:
                 continue
-            task, since = entry
-            key = (task.spec.options["max_retries"] != 0, since)  # retriable first, then the newest
+            subject, since = entry
+            key = (_retriable(worker), since)  # retriable first (tasks and actors alike), then the newest
             if chosen is None or key > chosen[0]:
-                chosen = (key, worker, task)
+                chosen = (key, worker, subject)
         if chosen is not None:
-            self._kill(chosen[1], chosen[2], used, total)
+            self._kill(chosen[1], chosen[2], chosen[0][0], used, total)
 
-    def _kill(self, worker, task, used: int, total: int) -> None:
+    def _kill(self, worker, subject, retriable: bool, used: int, total: int) -> None:
         handle = worker.handle
         gib = 1 << 30
+        what = "task" if worker.actor is None else "actor"
+        name = subject.spec.name if worker.actor is None else subject.spec.cls.name
         handle.oom_message = (
-            f"{FIRST_LINE}\nMemory on the node (ID: {self._node_id or 'this node'}) where the task "
-            f"{task.spec.name} (pid {handle.pid}) was running was {used / gib:.2f} GiB / {total / gib:.2f} GiB "
-            f"({used / total:.3f}), past the memory usage threshold of {self.threshold} "
-            f"(${THRESHOLD_ENV}). anyray killed this worker because its task was the most recently started "
-            f"{'retriable ' if task.spec.options['max_retries'] != 0 else ''}one. Use less memory per task, run "
-            f"fewer at once (num_cpus= or memory= on the task), or raise ${THRESHOLD_ENV}.")
+            f"{FIRST_LINE if worker.actor is None else ACTOR_FIRST_LINE}\nMemory on the node (ID: "
+            f"{self._node_id or 'this node'}) where the {what} {name} (pid {handle.pid}) was running was "
+            f"{used / gib:.2f} GiB / {total / gib:.2f} GiB ({used / total:.3f}), past the memory usage threshold "
+            f"of {self.threshold} (${THRESHOLD_ENV}). anyray killed this worker because its {what} was the most "
+            f"recently started {'retriable ' if retriable else ''}one. Use less memory per {what}, run fewer at "
+            f"once (num_cpus= or memory= on the {what}), or raise ${THRESHOLD_ENV}.")
         log.warning("%s", handle.oom_message.replace("\n", " "))
         self._victim = handle
         try:
             os.kill(handle.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _retriable(worker) -> bool:
+    """Whether what ``worker`` runs comes back after a kill: a task with ``max_retries`` other than 0, an
+    actor with restarts left (``max_restarts``)."""
+    if worker.actor is None:
+        return worker.task.spec.options["max_retries"] != 0
+    actor = worker.actor
+    return allows_another(actor.spec.options["max_restarts"], actor.restarts)
