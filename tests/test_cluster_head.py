@@ -118,3 +118,45 @@ def test_the_cluster_goes_on_without_its_head_or_an_etcd_member(cluster_env, tmp
         assert late.stdout.strip() == str(sum(range(50)))
     finally:
         cluster.stop()
+
+
+def test_a_driver_connected_to_the_dead_head_gets_a_clear_error_and_can_connect_to_a_survivor(cluster_env, tmp_path):
+    """Ray's driver dies with its raylet; anyray's stays alive: its calls fail with ConnectionError naming the
+    node, and it may init again with another node (or the metadata store) as its address."""
+    server = RedisServer.start(str(tmp_path))
+    try:
+        head = start_head(cluster_env, "--metadata", server.url, "--num-cpus", "1")
+        cli(cluster_env, "start", "--address", head["address"], "--num-cpus", "1")
+        other = next(r for r in files.local_nodes(cluster_env["ANYRAY_CLUSTER_DIR"]) if not r["head"])
+        body = f"""
+            import sys, anyray
+            anyray.init(address={head['address']!r})
+            assert anyray.get(anyray.remote(lambda: 1).remote(), timeout=60) == 1
+            print("ready", flush=True)
+            sys.stdin.readline()  # the test kills the head now
+            try:
+                anyray.get(anyray.remote(lambda: 2).remote(), timeout=60)
+                raise AssertionError("a call through a dead node answered")
+            except ConnectionError as exc:
+                assert {head['address']!r} in str(exc) and "died" in str(exc), exc
+            anyray.shutdown()
+            anyray.init(address={server.url!r})
+            print(anyray.get(anyray.remote(lambda: 3).remote(), timeout=60), flush=True)
+        """
+        run = subprocess.Popen([sys.executable, "-c", textwrap.dedent(body)], env=cluster_env,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = run.stdout.readline()
+            assert line.strip() == "ready", line + run.stderr.read()
+            os.kill(head["pid"], signal.SIGKILL)
+            wait_until(lambda: status_nodes(cluster_env) == [other["node_id"]], "the head's lease to lapse")
+            run.stdin.write("\n")
+            run.stdin.flush()
+            out, err = run.communicate(timeout=WAIT * 2)
+            assert run.returncode == 0, err
+            assert out.split()[-1] == "3"
+        finally:
+            if run.poll() is None:
+                run.kill()
+    finally:
+        server.stop()
