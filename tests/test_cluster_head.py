@@ -91,6 +91,9 @@ def survive_the_head(env, metadata_url: str) -> None:
             """)], env=env, capture_output=True, text=True, timeout=WAIT)
             assert late.returncode == 0, late.stderr
             assert late.stdout.split()[0] == "7"
+        # a node takes the dead head's place by joining through the store (a second head would split the cluster)
+        cli(env, "start", "--address", metadata_url, "--num-cpus", "1")
+        wait_until(lambda: len(status_nodes(env)) == 2, "the new node to join")
     finally:
         if run.poll() is None:
             run.kill()
@@ -158,5 +161,20 @@ def test_a_driver_connected_to_the_dead_head_gets_a_clear_error_and_can_connect_
         finally:
             if run.poll() is None:
                 run.kill()
+    finally:
+        server.stop()
+
+
+def test_a_head_for_a_store_a_running_cluster_uses_is_refused(cluster_env, tmp_path):
+    server = RedisServer.start(str(tmp_path))
+    try:
+        start_head(cluster_env, "--metadata", server.url, "--num-cpus", "1")
+        elsewhere = {**cluster_env, "ANYRAY_CLUSTER_DIR": str(tmp_path / "elsewhere")}  # another machine's
+        second = cli(elsewhere, "start", "--head", "--port", "0", "--ray-client-server-port", "0",
+                     "--metadata", server.url, check=False)
+        assert second.returncode != 0
+        assert "already holds a running cluster" in second.stdout + second.stderr
+        assert server.password not in second.stdout + second.stderr
+        assert len(status_nodes(cluster_env)) == 1
     finally:
         server.stop()

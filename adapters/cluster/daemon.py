@@ -129,6 +129,7 @@ class NodeDaemon:
         self.metadata = open_metadata(url)
         self.metadata_url = url
         if self.head:  # lets a driver that reads the store tell which of its tokens is the cluster's
+            self._refuse_a_second_cluster()
             self.metadata.put(TOKEN_CHECK_KEY, token_check(self.token).encode())
         num_cpus, num_gpus, resources, object_store_memory = self.resources_args
         config = BackendConfig(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
@@ -247,6 +248,18 @@ class NodeDaemon:
         if self._launch is not None:  # started, never waited for
             self._launch.stop()
         log("stopped")
+
+    def _refuse_a_second_cluster(self) -> None:
+        """A head given a metadata store whose live nodes belong to another cluster (another token) would
+        split it: the cluster goes on without a head (every node is a peer), so a node joins it instead."""
+        check = self.metadata.get(TOKEN_CHECK_KEY)
+        if check is None or check == token_check(self.token).encode():
+            return
+        if next(iter(self.metadata.scan(NODES)), None) is not None:
+            raise RuntimeError(
+                "the metadata store already holds a running cluster (with another token); a new head would "
+                "split it. Add this node to it with `anyray start --address <the metadata URL>` (and its token "
+                "file or Redis password), or stop that cluster first.")
 
     # -- the metadata store -----------------------------------------------------------
     def _ask_head(self, op: str):
