@@ -4,6 +4,7 @@ it (never near the machine's limit)."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -122,3 +123,52 @@ def test_an_actor_killed_for_memory_restarts_within_max_restarts_then_its_calls_
         anyray.get(actor.hold.remote(), timeout=WAIT)
     with pytest.raises(OutOfMemoryError, match="Holder"):  # and it is dead: every call fails with the cause
         anyray.get(actor.restarted.remote(), timeout=WAIT)
+
+
+
+def sleeper(path: str):
+    with open(path, "a") as f:
+        f.write("attempt\n")
+    time.sleep(WAIT)
+
+
+def caller_of_one(path: str):
+    return anyray.get(anyray.remote(max_retries=3)(sleeper).options(name="theirs").remote(path))
+
+
+def test_retriable_tasks_of_the_caller_running_the_most_go_first(low_threshold, tmp_path, monkeypatch):
+    monkeypatch.setenv(memory_monitor.DELAY_ENV, "60000")  # a killed task stays away while the test looks
+    monkeypatch.setenv(memory_monitor.OOM_RETRIES_ENV, "1")
+    kills = []
+
+    class Kills(logging.Handler):
+        def emit(self, record):
+            kills.append(record.getMessage().split("where the task ")[1].split()[0])
+
+    handler = Kills(logging.WARNING)
+    memory_monitor.log.addHandler(handler)
+    try:
+        anyray.init("multiprocess", num_cpus=5)
+
+        def started(name):
+            deadline = time.monotonic() + WAIT
+            while not (tmp_path / name).exists():
+                assert time.monotonic() < deadline, name
+                time.sleep(0.02)
+
+        hog_ref = anyray.remote(max_retries=0)(hog).options(name="hog").remote(str(tmp_path / "hog"), 99)
+        started("hog")
+        mine = []
+        for i in range(2):  # the driver's two retriable tasks
+            mine.append(anyray.remote(max_retries=3)(sleeper).options(name=f"mine{i}").remote(str(tmp_path / f"{i}")))
+            started(str(i))
+        caller = anyray.remote(max_retries=0)(caller_of_one).options(name="caller").remote(str(tmp_path / "y"))
+        started("y")  # the newest task is another caller's only one
+        with pytest.raises(OutOfMemoryError):
+            anyray.get(hog_ref, timeout=WAIT)  # all the others went first
+        # the driver's newest before the newest of all; then the callers run one each: the newest first;
+        # then the tasks that may not be retried, the newest first
+        assert kills == ["mine1", "theirs", "mine0", "caller", "hog"]
+        del mine, caller
+    finally:
+        memory_monitor.log.removeHandler(handler)

@@ -25,6 +25,9 @@ class Known:
         else:
             self._digests[key] = _digest(value)
 
+    def has(self, key: str) -> bool:
+        return key in self._digests
+
     def differences(self, current: dict[str, bytes]) -> list[tuple[str, bytes | None]]:
         """The events that bring a watcher that was told of the known state to ``current``: a put for each
         key new or changed, then a delete for each key gone (keys in order)."""

@@ -6,7 +6,9 @@ resubscribing after the server went away are recovered by a re-read: each
 watch remembers what it told its callback (``known``), and after every
 resubscription the listener reads each watch's prefix again and delivers
 the differences (a put for each key new or changed, a delete for each key
-gone), so every watcher ends up told the final state of every key. Every
+gone; after a restart of the server, a key it lost counts as gone only if
+it is still absent a grace period later, as its owners write it again),
+so every watcher ends up told the final state of every key. Every
 write is one Lua script that changes the key and publishes the change (key
 and new value) on the namespace's event channel in the same atomic step, so
 watchers see the changes of a key in the order they happened, with the values they had. Expiries come from Redis's own
@@ -59,6 +61,7 @@ end
 return 1
 """
 
+RESTART_GRACE = 10.0  # seconds a key a restarted server lost may take to be written again before it counts as gone
 RETRIES = 8  # attempts while the server is unreachable, backing off up to about 10 s in all
 
 
@@ -113,6 +116,7 @@ class RedisMetadataStore(MetadataStore):
         self._subscribed = threading.Event()  # set while the listener is subscribed
         self._stop = threading.Event()
         self._closed = False
+        self._run_id = None  # the server's run_id when the listener last subscribed: another one is a restart
         self._call(self._expiry_events, self._client)
 
     def _expiry_events(self, client) -> None:
@@ -189,8 +193,13 @@ class RedisMetadataStore(MetadataStore):
             try:
                 self._expiry_events(listener)
                 pubsub.subscribe(self._channel, expired)
+                try:
+                    run_id = listener.info("server").get("run_id")
+                except self._redis_mod.ResponseError:  # INFO not allowed: every resubscription may be a restart
+                    run_id = None
                 if again:
-                    self._catch_up(listener)
+                    self._catch_up(listener, restarted=run_id is None or run_id != self._run_id)
+                self._run_id = run_id
                 self._subscribed.set()
                 again, delay = True, 0.0
                 while not self._stop.is_set():
@@ -208,9 +217,12 @@ class RedisMetadataStore(MetadataStore):
                     pass
         listener.close()
 
-    def _catch_up(self, listener) -> None:
+    def _catch_up(self, listener, restarted: bool) -> None:
         """After a resubscription: read each watch's prefix again and deliver how it differs from what the
-        watch was told (events published meanwhile were lost; those published since subscribing follow)."""
+        watch was told (events published meanwhile were lost; those published since subscribing follow).
+        When the server restarted (another ``run_id``) it may have come back empty: a key it lost is told as
+        deleted only if it is still absent ``RESTART_GRACE`` seconds later, so that what its owners keep
+        writing (the nodes' records, on their next heartbeat) is not taken for gone meanwhile."""
         n = len(self._ns)
         with self._lock:
             watches = list(self._watches)
@@ -220,8 +232,28 @@ class RedisMetadataStore(MetadataStore):
             values = listener.mget(keys) if keys else []
             current = {k.decode()[n:]: v for k, v in zip(keys, values) if v is not None}
             with w.known.lock:
-                for name, value in w.known.differences(current):
-                    self._tell(w, name, value)
+                differences = w.known.differences(current)
+                gone = [name for name, value in differences if value is None]
+                for name, value in differences:
+                    if value is not None or not restarted:
+                        self._tell(w, name, value)
+            if restarted and gone:
+                timer = threading.Timer(RESTART_GRACE, self._still_gone, args=(w, gone))
+                timer.daemon = True
+                timer.start()
+
+    def _still_gone(self, w: _RedisWatch, names: list[str]) -> None:
+        """Tell ``w`` of the keys a restarted server lost that nobody wrote again since."""
+        if self._closed or w not in self._watches:
+            return
+        try:
+            values = self._call(self._client.mget, [self._ns + name for name in names])
+        except ConnectionError:
+            return  # gone again: the next resubscription reads the prefix anew
+        with w.known.lock:
+            for name, value in zip(names, values):
+                if value is None and w.known.has(name):
+                    self._tell(w, name, None)
 
     @staticmethod
     def _tell(w: _RedisWatch, name: str, value: bytes | None) -> None:

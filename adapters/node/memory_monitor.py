@@ -7,7 +7,9 @@ is gone. The task is then run again after a backoff (``RAY_task_oom_retry_delay_
 doubled for each further memory kill of the task, at most ``MAX_BACKOFF_S``), so that the memory has time to
 come back, its memory kills counted apart from ``max_retries`` as Ray counts them (``RAY_task_oom_retries``,
 default -1: without end); a task that may not be retried, or whose memory
-retries are spent, fails with ``OutOfMemoryError``. Actor processes are chosen too, by the same order (an
+retries are spent, fails with ``OutOfMemoryError``. Among retriable tasks, those of the caller (the task or
+driver that submitted them) with the most tasks running here go first, as Ray's default policy groups them
+by owner. Actor processes are chosen too, by the same order (an
 actor with restarts left under ``max_restarts`` counts as retriable): a killed actor restarts while
 ``max_restarts`` allows, its calls in flight failing with ``OutOfMemoryError`` (unless ``max_task_retries``
 retries them); once it may not restart, it is dead and every call to it fails with ``OutOfMemoryError``.
@@ -171,13 +173,20 @@ class MemoryMonitor:
         victim = self._victim
         if victim is not None and victim.exit is None:
             return  # the last one killed is not gone yet: its memory is not back either
-        chosen = None
+        candidates = []
         for worker in list(self._supervision.workers.values()):
             entry = running.get(worker.handle.worker_id)
-            if entry is None or worker.handle.pid is None:
-                continue
-            subject, since = entry
-            key = (_retriable(worker), since)  # retriable first (tasks and actors alike), then the newest
+            if entry is not None and worker.handle.pid is not None:
+                candidates.append((worker, *entry, _retriable(worker)))
+        groups: dict = {}  # Ray's "group by owner": retriable tasks by their caller
+        for worker, _subject, _since, retriable in candidates:
+            if retriable and worker.actor is None:
+                owner = worker.task.spec.parent_task_id
+                groups[owner] = groups.get(owner, 0) + 1
+        chosen = None
+        for worker, subject, since, retriable in candidates:
+            size = groups.get(worker.task.spec.parent_task_id, 1) if retriable and worker.actor is None else 1
+            key = (retriable, size, since)  # retriable first, of the caller running the most, then the newest
             if chosen is None or key > chosen[0]:
                 chosen = (key, worker, subject)
         if chosen is not None:
