@@ -220,12 +220,10 @@ class Actors:
         return True
 
     def actor_exited(self, actor: Actor, worker) -> None:
-        oom = memory_monitor.killed_for_memory(worker.handle)  # the node's memory monitor killed it
-        if oom:  # its calls fail with OutOfMemoryError, as Ray's do (and all of them once it is dead)
-            self._restart_or_die(actor, worker, oom, memory_monitor.error)
-            return
+        oom = memory_monitor.killed_for_memory(worker.handle)  # by the memory monitor: calls get OutOfMemoryError
         how = describe(worker.handle.exit.returncode) if worker.handle.exit else "exit status unknown"
-        self._restart_or_die(actor, worker, f"The actor {actor.spec.cls.name} died: its process {how}")
+        self._restart_or_die(actor, worker, oom or f"The actor {actor.spec.cls.name} died: its process {how}",
+                             memory_monitor.error if oom else None)
 
     def _restart_or_die(self, actor: Actor, worker, cause: str, error=None) -> None:
         """The actor's process is gone (or going): restart it while ``max_restarts`` allows, else it is dead."""
@@ -255,8 +253,7 @@ class Actors:
                 retried.sort(key=lambda c: c.seq)
                 actor.buffered[:0] = retried
         if not restart:
-            if error is not None:  # later calls fail with it too
-                actor.refused = error(cause)
+            actor.refused = error(cause) if error else actor.refused  # later calls fail with it too
             self._actor_dead(actor, (cause if error else f"{cause}.") if not actor.cause else actor.cause, error)
             return
         for call, held in failed:
