@@ -121,3 +121,115 @@ class EtcdServer(Server):
                 pass
             time.sleep(0.02)
         return False
+
+
+class TcpProxy:
+    """A loopback TCP relay to ``port`` whose connections a test can cut: ``cut()`` closes every relayed
+    connection and refuses new ones until ``mend()``, as a network fault between one client and its server
+    would (the server and its other clients go on)."""
+
+    def __init__(self, port: int):
+        import threading
+
+        self.target = port
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port = self._sock.getsockname()[1]
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._refusing = False
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True, name="test-proxy").start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self._refusing:
+                    client.close()
+                    continue
+                try:
+                    server = socket.create_connection(("127.0.0.1", self.target))
+                except OSError:
+                    client.close()
+                    continue
+                self._open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        with self._lock:
+            self._refusing = True
+            for s in self._open:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+                except OSError:
+                    pass
+            self._open.clear()
+
+    def mend(self) -> None:
+        with self._lock:
+            self._refusing = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self._sock.close()
+
+
+class EtcdCluster:
+    """Three ``etcd`` members on loopback forming one cluster (``url`` names all three); ``members[i]`` can be
+    stopped (killed) alone."""
+
+    def __init__(self, directory: str, size: int = 3):
+        binary = shutil.which("etcd")
+        if binary is None:
+            pytest.fail("etcd is not installed; tests/install-servers.sh installs it (apt-get install etcd-server)")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
+        clients = [free_port() for _ in range(size)]
+        peers = [free_port() for _ in range(size)]
+        initial = ",".join(f"m{i}=http://127.0.0.1:{peers[i]}" for i in range(size))
+        token = secrets.token_hex(6)
+        self.members: list[EtcdServer] = []
+        for i in range(size):
+            member_dir = os.path.join(directory, f"m{i}")
+            os.makedirs(member_dir, exist_ok=True)
+            proc = subprocess.Popen(
+                [binary, "--name", f"m{i}", "--data-dir", os.path.join(member_dir, "data"),
+                 "--listen-client-urls", f"http://127.0.0.1:{clients[i]}",
+                 "--advertise-client-urls", f"http://127.0.0.1:{clients[i]}",
+                 "--listen-peer-urls", f"http://127.0.0.1:{peers[i]}",
+                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peers[i]}",
+                 "--initial-cluster", initial, "--initial-cluster-token", token,
+                 "--initial-cluster-state", "new", "--heartbeat-interval", "50",
+                 "--election-timeout", "500", "--logger", "zap", "--log-level", "warn"],
+                stdout=subprocess.DEVNULL, stderr=open(os.path.join(member_dir, "etcd.log"), "ab"), env=env)
+            self.members.append(EtcdServer(proc, clients[i], f"etcd://127.0.0.1:{clients[i]}", member_dir))
+        if not all(m._wait_ready(30) for m in self.members):
+            self.stop()
+            pytest.fail(f"the etcd cluster did not start; see {directory}/m*/etcd.log")
+        self.url = "etcd://" + ",".join(f"127.0.0.1:{p}" for p in clients)
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()

@@ -80,6 +80,11 @@ def split_host_port(text: str, original: str) -> tuple[str, int]:
 
 def metadata_url(url: str, password: str | None = None) -> str:
     """``url`` checked (scheme, host, port) and with ``password`` added where it has none; ValueError if bad."""
+    if url.partition("://")[0].lower() == "etcd" and "," in url:  # the members of one etcd cluster
+        from ..metadata.etcd import parse_url
+
+        parse_url(url)
+        return url
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -229,9 +234,20 @@ def _from_metadata(url: str, password: str | None, token_file: str | None) -> Ta
     """The nodes the metadata server at ``url`` lists (this machine's first, then the head) and the token."""
     from ..metadata import open_metadata
 
-    parts = urlsplit(url)
-    host, port = parts.hostname, parts.port
-    _connect(host, port).close()  # a fast, clear error when nothing listens (the stores retry for seconds)
+    if url.partition("://")[0].lower() == "etcd" and "," in url:
+        from ..metadata.etcd import parse_url
+
+        members = parse_url(url)[0]
+    else:
+        parts = urlsplit(url)
+        members = [(parts.hostname, parts.port)]
+    for i, (host, port) in enumerate(members):  # a fast, clear error when nothing listens (the stores retry)
+        try:
+            _connect(host, port).close()
+            break
+        except ConnectionError:
+            if i == len(members) - 1:
+                raise
     shown = redact(url)
     try:
         store = open_metadata(url)

@@ -73,7 +73,7 @@ def add_commands(sub) -> None:
     role.add_argument("--head", action="store_true", help="start a new cluster with this node as its head")
     role.add_argument("--address", help="join a cluster: HOST:PORT of any of its nodes (what the head printed) "
                                         "or of its Redis or etcd server, ray://HOST:PORT, redis://HOST:PORT "
-                                        "or etcd://HOST:PORT")
+                                        "or etcd://HOST:PORT[,HOST:PORT...]")
     p.add_argument("--port", type=_port,
                    help="the port this node serves drivers and nodes on, the cluster's address on the head "
                         "(head default 6380; else any free)")
@@ -86,7 +86,8 @@ def add_commands(sub) -> None:
     p.add_argument("--node-ip-address", default="127.0.0.1",
                    help="address to listen on and to tell other nodes (default 127.0.0.1: this machine only)")
     p.add_argument("--metadata", help="head only: redis://[:password@]host:port or etcd://host:port of a running "
-                                      "server, or 'redis' / 'etcd' to start a private one (default: private Redis, "
+                                      "server (an etcd cluster's members: etcd://h1:p1,h2:p2,h3:p3), or 'redis' / "
+                                      "'etcd' to start a private one (default: private Redis, "
                                       "else etcd)")
     p.add_argument("--metadata-port", type=_port, help="head only: the port of the private metadata server "
                                                         "(default: a free one; fix it to open it in a firewall)")

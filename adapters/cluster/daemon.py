@@ -74,6 +74,19 @@ class _NodeBackend(Backend):
             node.close()
 
 
+def refuse_a_second_cluster(metadata, token: bytes) -> None:
+    """A head given a metadata store whose live nodes belong to another cluster (another token) would split
+    it: the cluster goes on without a head (every node is a peer), so a node joins it instead."""
+    check = metadata.get(TOKEN_CHECK_KEY)
+    if check is None or check == token_check(token).encode():
+        return
+    if next(iter(metadata.scan(NODES)), None) is not None:
+        raise RuntimeError(
+            "the metadata store already holds a running cluster (with another token); a new head would split "
+            "it. Add this node to it with `anyray start --address <the metadata URL>` (and its token file or "
+            "Redis password), or stop that cluster first.")
+
+
 class NodeDaemon:
     def __init__(self, *, head: bool, join: str | None, host: str, port: int, num_cpus, num_gpus, resources: dict,
                  object_store_memory, metadata: str | None, token: bytes, directory: str, metadata_port: int = 0,
@@ -132,6 +145,7 @@ class NodeDaemon:
         self.metadata = open_metadata(url)
         self.metadata_url = url
         if self.head:  # lets a driver that reads the store tell which of its tokens is the cluster's
+            refuse_a_second_cluster(self.metadata, self.token)
             self.metadata.put(TOKEN_CHECK_KEY, token_check(self.token).encode())
         num_cpus, num_gpus, resources, object_store_memory = self.resources_args
         config = BackendConfig(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,

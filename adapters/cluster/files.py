@@ -102,7 +102,11 @@ def _alive(pid) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a killed daemon whose parent has not reaped it yet (a zombie) is dead too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[:1] != ["Z"]
+    except OSError:
+        return True
 
 
 def auto_address(directory: str | None = None) -> str:

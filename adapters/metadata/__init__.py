@@ -4,7 +4,8 @@ from .memory import MemoryMetadataStore
 
 
 def open_metadata(url: str, namespace: str = "anyray"):
-    """The MetadataStore a URL names: ``redis://[:password@]host:port[/db]`` or ``etcd://[user:password@]host:port``."""
+    """The MetadataStore a URL names: ``redis://[:password@]host:port[/db]`` or
+    ``etcd://[user:password@]host:port[,host:port...]`` (several members of one etcd cluster)."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     try:
         if scheme in ("redis", "rediss"):

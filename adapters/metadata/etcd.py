@@ -12,19 +12,29 @@ whole seconds); putting it again attaches a fresh lease. Compare-and-set is
 one etcd transaction. Watches use etcd's ordered watch streams; an expired
 lease deletes its keys, which watchers see as a delete. Calls are retried
 with exponential backoff while the server is unreachable, and a watch whose
-stream broke is re-established the same way.
+stream broke is re-established the same way, from the revision after the
+last one it delivered, so nothing that changed meanwhile is missed; when
+that revision was compacted away, the prefix is read again and the
+differences from what the watch had delivered are delivered instead.
+
+An URL may name several members of one etcd cluster
+(``etcd://h1:2379,h2:2379,h3:2379``): the store talks to one at a time and
+moves to the next when one is unreachable, watches included.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote
 
 from anyray.ports.metadata_store import MetadataStore, Watch
+
+from .known import Known
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +47,27 @@ class _Six:
         return iter(list(mapping.values()))
 
 
+def parse_url(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
+    """``etcd://[user:password@]host:port[,host:port...]`` -> (endpoints, user, password); ValueError if bad."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != "etcd":
+        raise ValueError("An etcd URL is etcd://HOST:PORT (several members: etcd://H1:P1,H2:P2,H3:P3).")
+    netloc = rest.split("?", 1)[0].split("/", 1)[0]
+    credentials, at, hosts = netloc.rpartition("@")
+    user = password = None
+    if at:
+        name, _, secret = credentials.partition(":")
+        user, password = unquote(name) or None, unquote(secret) or None
+    endpoints = []
+    for part in hosts.split(","):
+        match = re.fullmatch(r"\[?([^\[\]]*?)\]?(?::(\d{1,5}))?", part.strip())
+        if match is None or not match.group(1) or not 0 < int(match.group(2) or 2379) < 65536:
+            raise ValueError(f"An etcd URL is etcd://HOST:PORT (several members: etcd://H1:P1,H2:P2,H3:P3); "
+                             f"{part.strip()!r} is not HOST:PORT.")
+        endpoints.append((match.group(1), int(match.group(2) or 2379)))
+    return endpoints, user, password
+
+
 class _EtcdWatch(Watch):
     def __init__(self, store: EtcdMetadataStore, prefix: str, callback):
         self._store, self.prefix, self.callback = store, prefix, callback
@@ -45,6 +76,10 @@ class _EtcdWatch(Watch):
         self.lock = threading.Lock()
         self.broken = False  # its stream ended with an error
         self.cancelled = False
+        self.revision = 0  # the last revision delivered: a new stream starts at the next one
+        self.stream = 0  # which stream is current: events of an older one are ignored
+        self.known = Known()
+        self.compacted = False  # the revision to resume from is gone: the next stream starts with a re-read
 
     def cancel(self) -> None:
         self._store._unwatch(self)
@@ -52,7 +87,8 @@ class _EtcdWatch(Watch):
 
 class EtcdMetadataStore(MetadataStore):
     """``EtcdMetadataStore("etcd://127.0.0.1:2379")`` (``etcd://user:password@host:port`` with auth;
-    ``?ca=FILE&cert=FILE&key=FILE``: TLS, the server checked against the CA, this client's certificate shown)."""
+    ``etcd://h1:p1,h2:p2,h3:p3`` for the members of one etcd cluster; ``?ca=FILE&cert=FILE&key=FILE``: TLS,
+    the server checked against the CA, this client's certificate shown)."""
 
     def __init__(self, url: str, namespace: str = "anyray"):
         import etcd3
@@ -63,15 +99,17 @@ class EtcdMetadataStore(MetadataStore):
             # without this its watcher thread dies of a NameError and no watch hears of the break.
             etcd3.watch.six = _Six
         self._etcd3 = etcd3
-        parsed = urlparse(url)
-        self._host, self._port = parsed.hostname or "127.0.0.1", parsed.port or 2379
-        self._credentials = (parsed.username or None, parsed.password or None)
-        query = parse_qs(parsed.query)
-        self._tls = {arg: query[name][0] for name, arg in (("ca", "ca_cert"), ("cert", "cert_cert"),
-                                                         ("key", "cert_key")) if name in query}
+        url, _, query = url.partition("?")
+        tls = parse_qs(query)
+        self._tls = {arg: tls[name][0] for name, arg in (("ca", "ca_cert"), ("cert", "cert_cert"),
+                                                        ("key", "cert_key")) if name in tls}
         if self._tls and len(self._tls) != 3:
             raise ValueError("An etcd URL with TLS names all three files: ?ca=FILE&cert=FILE&key=FILE.")
-        self._client = self._connect()
+        self._endpoints, user, password = parse_url(url)
+        self._at = 0  # the member talked to now
+        self._host, self._port = self._endpoints[0]
+        self._credentials = (user, password)
+        self._client = self._connect_any()
         self._client_lock = threading.Lock()
         self._ns = namespace + "/"
         self._lock = threading.Lock()
@@ -79,7 +117,24 @@ class EtcdMetadataStore(MetadataStore):
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"EtcdMetadataStore({self._host}:{self._port}, {self._ns!r})"
+        return f"EtcdMetadataStore({self._members()}, {self._ns!r})"
+
+    def _members(self) -> str:
+        return ",".join(f"{h}:{p}" for h, p in self._endpoints)
+
+    def _next_member(self) -> None:
+        self._at = (self._at + 1) % len(self._endpoints)
+        self._host, self._port = self._endpoints[self._at]
+
+    def _connect_any(self):
+        """A client of the first member that answers (with credentials: that authenticates them)."""
+        for tried in range(len(self._endpoints)):
+            try:
+                return self._connect()
+            except ConnectionError:
+                if tried == len(self._endpoints) - 1:
+                    raise
+                self._next_member()
 
     def _connect(self):
         user, password = self._credentials
@@ -104,7 +159,11 @@ class EtcdMetadataStore(MetadataStore):
         with self._client_lock:
             if self._client is not broken or self._closed:
                 return
-            self._client = self._connect()
+            self._next_member()  # another member, if the URL names several
+            try:
+                self._client = self._connect()
+            except ConnectionError:  # with credentials: that member is down too; the next try moves on
+                return
             watches = list(self._watches)
         try:
             broken.close()
@@ -129,7 +188,7 @@ class EtcdMetadataStore(MetadataStore):
                 if isinstance(exc, ValueError) and "failed node" not in str(exc):
                     raise
                 if time.monotonic() > deadline or self._closed:
-                    raise ConnectionError(f"The etcd metadata store at {self._host}:{self._port} is unreachable: "
+                    raise ConnectionError(f"The etcd metadata store at {self._members()} is unreachable: "
                                           f"{type(exc).__name__}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -167,49 +226,90 @@ class EtcdMetadataStore(MetadataStore):
 
     def watch(self, prefix: str, callback: Callable[[str, bytes | None], None]) -> Watch:
         w = _EtcdWatch(self, prefix, callback)
+        self._read_prefix(w, deliver=False)  # what it holds now, and the revision the stream starts after
         with self._lock:
             self._watches.append(w)
         self._start_watch(w)
         return w
 
+    def _read_prefix(self, w: _EtcdWatch, deliver: bool) -> None:
+        """Read ``w``'s prefix and the revision it was read at; with ``deliver``, tell the callback how it
+        differs from what it was told (a stream that could not resume: its revision was compacted)."""
+        n = len(self._ns)
+        response = self._call(lambda c: c.get_prefix_response(self._ns + w.prefix))
+        current = {kv.key.decode()[n:]: kv.value for kv in response.kvs}
+        with w.known.lock:
+            events = w.known.differences(current) if deliver else list(current.items())
+            w.revision = response.header.revision
+            for name, value in events:
+                w.known.told(name, value)
+                if deliver:
+                    self._tell(w, name, value)
+
+    @staticmethod
+    def _tell(w: _EtcdWatch, name: str, value: bytes | None) -> None:
+        try:
+            w.callback(name, value)
+        except Exception:  # noqa: BLE001 - a failing callback must not stop the stream
+            log.exception("a metadata watch callback failed")
+
     def _start_watch(self, w: _EtcdWatch) -> None:
         n = len(self._ns)
         events = self._etcd3.events
+        w.stream += 1
+        stream = w.stream
 
         def on_response(response):
+            if w.stream != stream:
+                return  # a stream since replaced
             if isinstance(response, Exception):  # the stream broke (the server went away): watch again
                 w.broken = True
+                # its start revision was compacted away (the server cancels the stream): re-read instead
+                w.compacted = isinstance(response, self._etcd3.exceptions.RevisionCompactedError)
                 if not w.cancelled and not self._closed:
                     threading.Thread(target=self._rewatch, args=(w,), daemon=True,
                                      name="anyray-etcd-rewatch").start()
                 return
-            for event in response.events:
-                if w.cancelled:
-                    return
-                name = event.key.decode()[n:]
-                value = None if isinstance(event, events.DeleteEvent) else event.value
-                try:
-                    w.callback(name, value)
-                except Exception:  # noqa: BLE001 - a failing callback must not stop the stream
-                    log.exception("a metadata watch callback failed")
+            with w.known.lock:
+                for event in response.events:
+                    if w.cancelled or w.stream != stream:
+                        return
+                    if event.mod_revision <= w.revision:
+                        continue  # delivered already
+                    name = event.key.decode()[n:]
+                    value = None if isinstance(event, events.DeleteEvent) else event.value
+                    w.known.told(name, value)
+                    self._tell(w, name, value)
+                if response.events:
+                    w.revision = max(w.revision, response.events[-1].mod_revision)
 
         def add(client):
             w.client = client
-            return client.add_watch_prefix_callback(self._ns + w.prefix, on_response)
-        w.watch_id = self._call(add)
+            return client.add_watch_prefix_callback(self._ns + w.prefix, on_response, start_revision=w.revision + 1)
+
+        if w.compacted:  # what changed meanwhile is gone from the history: re-read, deliver the differences
+            self._read_prefix(w, deliver=True)
+            w.compacted = False
+        try:
+            w.watch_id = self._call(add)
+        except self._etcd3.exceptions.RevisionCompactedError:
+            self._read_prefix(w, deliver=True)
+            w.watch_id = self._call(add)
 
     def _rewatch(self, w: _EtcdWatch) -> None:
         delay = 0.05
         while not w.cancelled and not self._closed:
+            client = w.client
             try:
                 with w.lock:  # the broken stream and the reconnect may both ask for it
                     if w.broken or w.client is not self._client:
-                        self._start_watch(w)  # from now on: what changed while away is not replayed
+                        self._start_watch(w)  # from the revision after the last one delivered
                         w.broken = False
                 return
             except (ConnectionError, self._etcd3.exceptions.Etcd3Exception, ValueError):
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
+                self._reconnect(client)  # that member may be gone: the next one, if there are several
 
     def _unwatch(self, w: _EtcdWatch) -> None:
         with self._lock:

@@ -1,13 +1,17 @@
 """A MetadataStore on Redis (redis-py with hiredis).
 
 Keys live under a namespace (``anyray:`` by default) so one server can hold
-several clusters. Changes made while a watch is resubscribing after the
-server went away are not replayed (pub/sub keeps nothing); watchers that
-must not miss state re-read it with ``scan`` (the cluster's nodes do when
-they re-register). Every write is one Lua script that changes the key and
-publishes the change (key and new value) on the namespace's event channel
-in the same atomic step, so watchers see the changes of a key in the order
-they happened, with the values they had. Expiries come from Redis's own
+several clusters. Pub/sub keeps nothing, so changes made while a watch was
+resubscribing after the server went away are recovered by a re-read: each
+watch remembers what it told its callback (``known``), and after every
+resubscription the listener reads each watch's prefix again and delivers
+the differences (a put for each key new or changed, a delete for each key
+gone; after a restart of the server, a key it lost counts as gone only if
+it is still absent a grace period later, as its owners write it again),
+so every watcher ends up told the final state of every key. Every
+write is one Lua script that changes the key and publishes the change (key
+and new value) on the namespace's event channel in the same atomic step, so
+watchers see the changes of a key in the order they happened, with the values they had. Expiries come from Redis's own
 ``expired`` keyspace events (the adapter turns them on). Commands are retried
 with exponential backoff while the server is unreachable; past the retry
 budget a ``ConnectionError`` reaches the caller. The password, if any, comes
@@ -21,6 +25,8 @@ import threading
 from collections.abc import Callable, Iterator
 
 from anyray.ports.metadata_store import MetadataStore, Watch
+
+from .known import Known
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,7 @@ end
 return 1
 """
 
+RESTART_GRACE = 10.0  # seconds a key a restarted server lost may take to be written again before it counts as gone
 RETRIES = 8  # attempts while the server is unreachable, backing off up to about 10 s in all
 
 
@@ -65,6 +72,7 @@ def _glob_escape(text: str) -> str:
 class _RedisWatch(Watch):
     def __init__(self, store: RedisMetadataStore, prefix: str, callback):
         self._store, self.prefix, self.callback = store, prefix, callback
+        self.known = Known()
 
     def cancel(self) -> None:
         self._store._unwatch(self)
@@ -108,6 +116,7 @@ class RedisMetadataStore(MetadataStore):
         self._subscribed = threading.Event()  # set while the listener is subscribed
         self._stop = threading.Event()
         self._closed = False
+        self._run_id = None  # the server's run_id when the listener last subscribed: another one is a restart
         self._call(self._expiry_events, self._client)
 
     def _expiry_events(self, client) -> None:
@@ -160,6 +169,10 @@ class RedisMetadataStore(MetadataStore):
                 self._listener = threading.Thread(target=self._listen, name="anyray-redis-watch", daemon=True)
                 self._listener.start()
         self._subscribed.wait(10)  # changes from now on reach the callback
+        current = dict(self.scan(prefix))  # what it holds now: a re-read after a resubscription compares with it
+        with w.known.lock:
+            for name, value in current.items():
+                w.known.told(name, value)
         return w
 
     def _unwatch(self, w: _RedisWatch) -> None:
@@ -168,20 +181,28 @@ class RedisMetadataStore(MetadataStore):
                 self._watches.remove(w)
 
     def _listen(self) -> None:
-        """Deliver events; when the server goes away, resubscribe at once and then with backoff (changes
-        published while no subscription stood are not replayed: pub/sub keeps nothing)."""
+        """Deliver events; when the server goes away, resubscribe at once and then with backoff, and deliver
+        what changed while no subscription stood (``_catch_up``: pub/sub keeps nothing)."""
         expired = f"__keyevent@{self._db}__:expired"
         pool = self._client.connection_pool  # its connection class too: TLS for a rediss:// URL
         listener = self._redis_mod.Redis(connection_pool=self._redis_mod.ConnectionPool(
             connection_class=pool.connection_class, **{**pool.connection_kwargs, "retry": None}))  # retried here
         delay = 0.0
+        again = False  # a resubscription: what changed while none stood is recovered by a re-read
         while not self._stop.is_set():
             pubsub = listener.pubsub(ignore_subscribe_messages=True)
             try:
                 self._expiry_events(listener)
                 pubsub.subscribe(self._channel, expired)
+                try:
+                    run_id = listener.info("server").get("run_id")
+                except self._redis_mod.ResponseError:  # INFO not allowed: every resubscription may be a restart
+                    run_id = None
+                if again:
+                    self._catch_up(listener, restarted=run_id is None or run_id != self._run_id)
+                self._run_id = run_id
                 self._subscribed.set()
-                delay = 0.0
+                again, delay = True, 0.0
                 while not self._stop.is_set():
                     msg = pubsub.get_message(timeout=0.5)
                     if msg is not None:
@@ -196,6 +217,52 @@ class RedisMetadataStore(MetadataStore):
                 except Exception:  # noqa: BLE001 - closing a broken connection
                     pass
         listener.close()
+
+    def _catch_up(self, listener, restarted: bool) -> None:
+        """After a resubscription: read each watch's prefix again and deliver how it differs from what the
+        watch was told (events published meanwhile were lost; those published since subscribing follow).
+        When the server restarted (another ``run_id``) it may have come back empty: a key it lost is told as
+        deleted only if it is still absent ``RESTART_GRACE`` seconds later, so that what its owners keep
+        writing (the nodes' records, on their next heartbeat) is not taken for gone meanwhile."""
+        n = len(self._ns)
+        with self._lock:
+            watches = list(self._watches)
+        for w in watches:
+            full = self._ns + w.prefix
+            keys = sorted(set(listener.scan_iter(match=_glob_escape(full) + "*", count=1000)))
+            values = listener.mget(keys) if keys else []
+            current = {k.decode()[n:]: v for k, v in zip(keys, values) if v is not None}
+            with w.known.lock:
+                differences = w.known.differences(current)
+                gone = [name for name, value in differences if value is None]
+                for name, value in differences:
+                    if value is not None or not restarted:
+                        self._tell(w, name, value)
+            if restarted and gone:
+                timer = threading.Timer(RESTART_GRACE, self._still_gone, args=(w, gone))
+                timer.daemon = True
+                timer.start()
+
+    def _still_gone(self, w: _RedisWatch, names: list[str]) -> None:
+        """Tell ``w`` of the keys a restarted server lost that nobody wrote again since."""
+        if self._closed or w not in self._watches:
+            return
+        try:
+            values = self._call(self._client.mget, [self._ns + name for name in names])
+        except ConnectionError:
+            return  # gone again: the next resubscription reads the prefix anew
+        with w.known.lock:
+            for name, value in zip(names, values):
+                if value is None and w.known.has(name):
+                    self._tell(w, name, None)
+
+    @staticmethod
+    def _tell(w: _RedisWatch, name: str, value: bytes | None) -> None:
+        w.known.told(name, value)
+        try:
+            w.callback(name, value)
+        except Exception:  # noqa: BLE001 - a failing callback must not stop the others
+            log.exception("a metadata watch callback failed")
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
         n = len(self._ns)
@@ -212,10 +279,8 @@ class RedisMetadataStore(MetadataStore):
         with self._lock:
             watches = [w for w in self._watches if name.startswith(w.prefix)]
         for w in watches:
-            try:
-                w.callback(name, value)
-            except Exception:  # noqa: BLE001 - a failing callback must not stop the others
-                log.exception("a metadata watch callback failed")
+            with w.known.lock:
+                self._tell(w, name, value)
 
     def close(self) -> None:
         self._closed = True

@@ -16,6 +16,7 @@ from anyray.policy import allows_another, call_retry_limit
 from anyray.specs import ActorSpec, ActorTaskSpec
 
 from ..common.placement_groups import route
+from . import memory_monitor
 from . import messages as m
 from .pool import describe
 from .remote_ports import call_options
@@ -219,10 +220,12 @@ class Actors:
         return True
 
     def actor_exited(self, actor: Actor, worker) -> None:
+        oom = memory_monitor.killed_for_memory(worker.handle)  # by the memory monitor: calls get OutOfMemoryError
         how = describe(worker.handle.exit.returncode) if worker.handle.exit else "exit status unknown"
-        self._restart_or_die(actor, worker, f"The actor {actor.spec.cls.name} died: its process {how}")
+        self._restart_or_die(actor, worker, oom or f"The actor {actor.spec.cls.name} died: its process {how}",
+                             memory_monitor.error if oom else None)
 
-    def _restart_or_die(self, actor: Actor, worker, cause: str) -> None:
+    def _restart_or_die(self, actor: Actor, worker, cause: str, error=None) -> None:
         """The actor's process is gone (or going): restart it while ``max_restarts`` allows, else it is dead."""
         spec = actor.spec
         max_restarts = spec.options["max_restarts"]
@@ -250,16 +253,18 @@ class Actors:
                 retried.sort(key=lambda c: c.seq)
                 actor.buffered[:0] = retried
         if not restart:
-            self._actor_dead(actor, f"{cause}." if not actor.cause else actor.cause)
+            actor.refused = error(cause) if error else actor.refused  # later calls fail with it too
+            self._actor_dead(actor, (cause if error else f"{cause}.") if not actor.cause else actor.cause, error)
             return
         for call, held in failed:
             if held is not None:
                 self._store.drop(held)
-            self.fail(call.returns, ActorDiedError(f"{cause} while running {call.name}; it is restarting "
-                                                   f"(pass max_task_retries to retry such calls)."))
+            self.fail(call.returns, error(cause) if error else ActorDiedError(
+                f"{cause} while running {call.name}; it is restarting (pass max_task_retries to retry such "
+                f"calls)."))
         self._start_actor_process(actor)
 
-    def _actor_dead(self, actor: Actor, cause: str) -> None:
+    def _actor_dead(self, actor: Actor, cause: str, error=None) -> None:
         with self._lock:
             if actor.state == "dead":
                 return
@@ -275,7 +280,7 @@ class Actors:
         for entry in held + ([args_held] if args_held is not None else []):
             self._store.drop(entry)
         for call in calls:
-            self.fail(call.returns, ActorDiedError(cause))
+            self.fail(call.returns, error(cause) if error else ActorDiedError(cause))
         self._names.release(actor.spec)
         if lease is not None:
             self.release(lease)

@@ -3,9 +3,16 @@
 0 turns the monitor off), the node kills one worker running a task, so that the kernel's OOM killer (which
 may take any process, the node's own included) does not have to: a retriable task's worker first (a task
 with ``max_retries`` other than 0), the most recently started first, and only once the last one it killed
-is gone. The task is then run again, its memory kills counted apart from ``max_retries`` as Ray counts them
-(``RAY_task_oom_retries``, default -1: without end); a task that may not be retried, or whose memory
-retries are spent, fails with ``OutOfMemoryError``. Actor processes are not chosen (see the README).
+is gone. The task is then run again after a backoff (``RAY_task_oom_retry_delay_base_ms``, default 1000,
+doubled for each further memory kill of the task, at most ``MAX_BACKOFF_S``), so that the memory has time to
+come back, its memory kills counted apart from ``max_retries`` as Ray counts them (``RAY_task_oom_retries``,
+default -1: without end); a task that may not be retried, or whose memory
+retries are spent, fails with ``OutOfMemoryError``. Among retriable tasks, those of the caller (the task or
+driver that submitted them) with the most tasks running here go first, as Ray's default policy groups them
+by owner. Actor processes are chosen too, by the same order (an
+actor with restarts left under ``max_restarts`` counts as retriable): a killed actor restarts while
+``max_restarts`` allows, its calls in flight failing with ``OutOfMemoryError`` (unless ``max_task_retries``
+retries them); once it may not restart, it is dead and every call to it fails with ``OutOfMemoryError``.
 """
 
 from __future__ import annotations
@@ -17,13 +24,16 @@ import threading
 import time
 
 from anyray.exceptions import OutOfMemoryError
+from anyray.policy import allows_another
 
 log = logging.getLogger(__name__)
 
 THRESHOLD_ENV, REFRESH_ENV, OOM_RETRIES_ENV = ("RAY_memory_usage_threshold", "RAY_memory_monitor_refresh_ms",
                                                "RAY_task_oom_retries")
+DELAY_ENV, DEFAULT_DELAY_MS, MAX_BACKOFF_S = "RAY_task_oom_retry_delay_base_ms", 1000, 60.0
 DEFAULT_THRESHOLD, DEFAULT_REFRESH_MS, DEFAULT_OOM_RETRIES = 0.95, 250, -1
 FIRST_LINE = "Task was killed due to the node running low on memory."  # Ray's first line, word for word
+ACTOR_FIRST_LINE = "Actor was killed due to the node running low on memory."
 
 _lock = threading.Lock()
 _oom_kills: dict[bytes, int] = {}  # task id -> times its worker was killed for memory
@@ -93,6 +103,25 @@ def may_retry(spec) -> bool:
         return False
 
 
+def retry_delay(kills: int) -> float:
+    """Seconds before the ``kills``-th memory retry of a task runs: the base, doubled for each kill before."""
+    base = _number(DELAY_ENV, DEFAULT_DELAY_MS, int)
+    if base < 0:
+        raise ValueError(f"${DELAY_ENV} is the delay before a task killed for memory runs again, in ms, at "
+                         f"least 0; got {base}.")
+    return min(base / 1000.0 * 2 ** max(kills - 1, 0), MAX_BACKOFF_S)
+
+
+def after_backoff(spec, fn) -> None:
+    """Call ``fn`` once the memory retry that ``may_retry`` just counted for ``spec`` has waited its backoff."""
+    with _lock:
+        kills = _oom_kills.get(spec.task_id, 1)
+    timer = threading.Timer(retry_delay(kills), fn)  # on a thread of its own even at 0: the caller holds locks
+    timer.daemon = True
+    timer.name = "anyray-oom-backoff"
+    timer.start()
+
+
 def error(message: str) -> OutOfMemoryError:
     return OutOfMemoryError(message)
 
@@ -130,10 +159,13 @@ class MemoryMonitor:
     def check(self) -> None:
         running = {}
         for worker in list(self._supervision.workers.values()):
-            task = worker.task
-            if task is not None and not worker.dead and not worker.remote and worker.actor is None:
-                seen = self._started.get(worker.handle.worker_id)
-                running[worker.handle.worker_id] = (task, seen[1] if seen and seen[0] is task else time.monotonic())
+            if worker.dead or worker.remote:
+                continue
+            subject = worker.task if worker.actor is None else worker.actor
+            if subject is None or (worker.actor is not None and worker.actor.worker is not worker):
+                continue  # an idle worker, or an actor's process that is not (or no longer) its own
+            seen = self._started.get(worker.handle.worker_id)
+            running[worker.handle.worker_id] = (subject, seen[1] if seen and seen[0] is subject else time.monotonic())
         self._started = running
         used, total = memory_usage()
         if not total or used / total <= self.threshold:
@@ -141,31 +173,49 @@ class MemoryMonitor:
         victim = self._victim
         if victim is not None and victim.exit is None:
             return  # the last one killed is not gone yet: its memory is not back either
-        chosen = None
+        candidates = []
         for worker in list(self._supervision.workers.values()):
             entry = running.get(worker.handle.worker_id)
-            if entry is None or worker.handle.pid is None:
-                continue
-            task, since = entry
-            key = (task.spec.options["max_retries"] != 0, since)  # retriable first, then the newest
+            if entry is not None and worker.handle.pid is not None:
+                candidates.append((worker, *entry, _retriable(worker)))
+        groups: dict = {}  # Ray's "group by owner": retriable tasks by their caller
+        for worker, _subject, _since, retriable in candidates:
+            if retriable and worker.actor is None:
+                owner = worker.task.spec.parent_task_id
+                groups[owner] = groups.get(owner, 0) + 1
+        chosen = None
+        for worker, subject, since, retriable in candidates:
+            size = groups.get(worker.task.spec.parent_task_id, 1) if retriable and worker.actor is None else 1
+            key = (retriable, size, since)  # retriable first, of the caller running the most, then the newest
             if chosen is None or key > chosen[0]:
-                chosen = (key, worker, task)
+                chosen = (key, worker, subject)
         if chosen is not None:
-            self._kill(chosen[1], chosen[2], used, total)
+            self._kill(chosen[1], chosen[2], chosen[0][0], used, total)
 
-    def _kill(self, worker, task, used: int, total: int) -> None:
+    def _kill(self, worker, subject, retriable: bool, used: int, total: int) -> None:
         handle = worker.handle
         gib = 1 << 30
+        what = "task" if worker.actor is None else "actor"
+        name = subject.spec.name if worker.actor is None else subject.spec.cls.name
         handle.oom_message = (
-            f"{FIRST_LINE}\nMemory on the node (ID: {self._node_id or 'this node'}) where the task "
-            f"{task.spec.name} (pid {handle.pid}) was running was {used / gib:.2f} GiB / {total / gib:.2f} GiB "
-            f"({used / total:.3f}), past the memory usage threshold of {self.threshold} "
-            f"(${THRESHOLD_ENV}). anyray killed this worker because its task was the most recently started "
-            f"{'retriable ' if task.spec.options['max_retries'] != 0 else ''}one. Use less memory per task, run "
-            f"fewer at once (num_cpus= or memory= on the task), or raise ${THRESHOLD_ENV}.")
+            f"{FIRST_LINE if worker.actor is None else ACTOR_FIRST_LINE}\nMemory on the node (ID: "
+            f"{self._node_id or 'this node'}) where the {what} {name} (pid {handle.pid}) was running was "
+            f"{used / gib:.2f} GiB / {total / gib:.2f} GiB ({used / total:.3f}), past the memory usage threshold "
+            f"of {self.threshold} (${THRESHOLD_ENV}). anyray killed this worker because its {what} was the most "
+            f"recently started {'retriable ' if retriable else ''}one. Use less memory per {what}, run fewer at "
+            f"once (num_cpus= or memory= on the {what}), or raise ${THRESHOLD_ENV}.")
         log.warning("%s", handle.oom_message.replace("\n", " "))
         self._victim = handle
         try:
             os.kill(handle.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _retriable(worker) -> bool:
+    """Whether what ``worker`` runs comes back after a kill: a task with ``max_retries`` other than 0, an
+    actor with restarts left (``max_restarts``)."""
+    if worker.actor is None:
+        return worker.task.spec.options["max_retries"] != 0
+    actor = worker.actor
+    return allows_another(actor.spec.options["max_restarts"], actor.restarts)

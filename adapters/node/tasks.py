@@ -272,7 +272,10 @@ class Tasks:
                     task.attempts += 1
                     task.state = "queued"
                     task.lease = task.worker = None
-                    (task.queues or self._shapes).push_front(task.shape, task)
+                    if oom:  # queued again after Ray's backoff for memory kills
+                        memory_monitor.after_backoff(spec, lambda: self._back_from_backoff(task))
+                    else:
+                        (task.queues or self._shapes).push_front(task.shape, task)
                     retry = True
         if not retry and task.state == "running" and not task.cancelled:
             self.finish(task)
@@ -280,6 +283,14 @@ class Tasks:
                 f"The worker running {spec.name} (pid {handle.pid}) died: {describe(handle.exit.returncode)}"
                 f"{'' if not task.attempts else f', on each of {task.attempts + 1} attempts'}. "
                 f"Raise max_retries to retry it more often."))
+        self._dispatch()
+
+    def _back_from_backoff(self, task: Task) -> None:
+        """A task killed for memory waited out its backoff: queue it again (unless it ended meanwhile)."""
+        with self._lock:
+            if task.state != "queued" or task.cancelled:
+                return
+            (task.queues or self._shapes).push_front(task.shape, task)
         self._dispatch()
 
     def cancel(self, ref, force: bool, recursive: bool) -> bool:
