@@ -416,6 +416,10 @@ class Workload:
 
 class Chaos(threading.Thread):
     NODE_DOWN = (3.0, 8.0)  # seconds the third node stays dead before the operator restarts it
+    # Seconds Redis stays down. A restarted Redis comes back with its append-only file, leases included, so
+    # an outage that, with the nodes' reconnect backoff, outlasts a node's lease (3 heartbeats, 3 s) has the
+    # leases lapse when it comes back: every node then counts itself dead and stops (see --redis-down).
+    REDIS_DOWN = (0.1, 1.0)
     KINDS = [("worker", 5), ("actor", 3), ("node", 1), ("redis", 1)]
 
     def __init__(self, cluster: Cluster, workload: Workload, tally: Tally, rng: random.Random, stop: threading.Event,
@@ -425,6 +429,7 @@ class Chaos(threading.Thread):
             self.KINDS = [(k, w) for k, w in self.KINDS if k in only]
         self.cluster, self.workload, self.tally, self.rng, self.stop_event = cluster, workload, tally, rng, stop
         self.node_back_at: float | None = None
+        self.redis_down = self.REDIS_DOWN
         self.failure: BaseException | None = None
 
     def run(self) -> None:
@@ -479,7 +484,7 @@ class Chaos(threading.Thread):
         self.cluster.redis.kill()
         self.tally.fault("redis")
         self.log("killed redis")
-        time.sleep(self.rng.uniform(0.2, 2.0))
+        time.sleep(self.rng.uniform(*self.redis_down))
         self.cluster.redis.start()
         self.log("redis started again")
 
@@ -548,6 +553,9 @@ def main() -> int:
     parser.add_argument("--ops", help="only these operations (comma-separated names: task, nested, actor_call, "
                         "big_put, big_return, big_to_actor, named, generator, group)")
     parser.add_argument("--faults", help="only these faults (comma-separated: worker, actor, node, redis)")
+    parser.add_argument("--redis-down", type=float, default=None, metavar="SECONDS",
+                        help=f"keep Redis down this long at each restart (default: {Chaos.REDIS_DOWN[0]:g} to "
+                             f"{Chaos.REDIS_DOWN[1]:g} s at random)")
     parser.add_argument("--keep", action="store_true", help="keep the cluster directory (the nodes' logs)")
     parser.add_argument("--verbose", action="store_true", help="print each fault as it is injected")
     args = parser.parse_args()
@@ -575,6 +583,8 @@ def main() -> int:
         runners = [Runner(i, workload, rng.randrange(1 << 32), until) for i in range(DRIVER_THREADS)]
         chaos = Chaos(cluster, workload, tally, random.Random(rng.randrange(1 << 32)), stop,
                       args.faults.split(",") if args.faults else None)
+        if args.redis_down is not None:
+            chaos.redis_down = (args.redis_down, args.redis_down)
         for thread in (*runners, chaos):
             thread.start()
         while any(r.is_alive() for r in runners):
@@ -589,6 +599,9 @@ def main() -> int:
             tally.problem("wrong", "chaos", f"the chaos thread failed: {chaos.failure!r}")
         if not any(r.is_alive() for r in runners):
             idle_resources(tally)
+    except Exception as error:  # noqa: BLE001 - the cluster broke down (a node it needs stopped): counted, shown
+        tally.wrong += 1
+        tally.problem("wrong", "soak", "".join(traceback.format_exception(type(error), error, error.__traceback__)))
     finally:
         stop.set()
         try:
