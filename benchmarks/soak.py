@@ -286,7 +286,7 @@ class Tally:
                     self.lost += 1
                     self.problem("lost", op, f"{type(root).__name__}: {str(root)[:300]}")
                 else:
-                    self.expected[f"{type(root).__name__} (lineage would rebuild it)"] += 1
+                    self.expected[f"{type(root).__name__} in {op} (lineage would rebuild it)"] += 1
             elif isinstance(root, EXPECTED):
                 self.expected[type(root).__name__] += 1
             else:
