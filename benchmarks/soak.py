@@ -1,6 +1,7 @@
 """A chaos soak: a three-node cluster on loopback runs a mixed workload while a chaos thread kills its processes.
 
-    python benchmarks/soak.py [--seconds 60] [--seed N] [--lineage] [--verbose]
+    python benchmarks/soak.py [--seconds 60] [--seed N] [--lineage] [--ops a,b] [--faults a,b]
+                              [--redis-down S] [--keep] [--verbose]
 
 The script starts its own Redis (append-only file on, so a restarted server comes back with what it had,
 as a production store does) and three node daemons on it, in a private cluster directory, and connects a
@@ -12,7 +13,9 @@ checked against the value it must have.
 
 Meanwhile a chaos thread, every 1 to 3 s, SIGKILLs (by pid) a random worker process, a process of one of
 the workload's actors, the third node (restarted a few seconds later by ``anyray start --address``'s code
-path), or Redis (restarted on the same port with the same data directory).
+path), or Redis (restarted on the same port with the same data directory after 0.1 to 1 s; ``--redis-down``
+makes the outage longer). ``--ops`` and ``--faults`` narrow the mix to reproduce a finding; ``--seed`` repeats
+a run's choices (not its timings).
 
 Each operation ends in one of:
 
@@ -27,8 +30,9 @@ Each operation ends in one of:
   not rebuild it yet, so it counts as an expected error unless ``--lineage`` is given (use it once lineage
   reconstruction is merged); any other loss (no node died meanwhile) is lost.
 
-It prints the counts and ends with ``soak: F faults, N results checked, W wrong, H hung, L lost``; it exits 1
-if W, H or L is not 0, or if a process it started outlived the stop (checked with psutil).
+Once the work has ended, every CPU of the cluster must be free again (a resource still held is counted as
+wrong). It prints the counts and ends with ``soak: F faults, N results checked, W wrong, H hung, L lost``; it
+exits 1 if W, H or L is not 0, or if a process it started outlived the stop (checked with psutil).
 """
 
 from __future__ import annotations
