@@ -1,5 +1,5 @@
 """Faults the chaos soak (benchmarks/soak.py) found, each held by a test of its own against real node daemons and
-a real Redis that the test kills and restarts (by pid)."""
+a real Redis server."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+import redis
 from servers import RedisServer
 from test_cluster import start_head
 
@@ -40,12 +41,11 @@ def start_driver(env, body: str) -> subprocess.Popen:
 
 
 def test_placement_groups_placed_while_the_watch_reconnects_are_ready_and_keep_their_bundles(cluster_env, tmp_path):
-    """Groups placed while the node's watch of the store was reconnecting (Redis restarted, or the connection
-    dropped): the watch missed their change to CREATED, so ``pg.ready()`` never resolved, and the placer,
-    which still saw them PENDING, placed them again every second and gave back the bundles they held, so work
-    into them waited forever."""
-    import redis
-
+    """Groups placed while the node's watch of the store was reconnecting (Redis restarted, or the watch's
+    connection dropped; in the soak, also a placer round that ran before the watch delivered the change): the
+    node's copy of their records still said PENDING, so its placer placed them again each round, and, the
+    store saying CREATED, gave back the bundles they held; work into them waited forever (and ``pg.ready()``
+    waited for a change the watch never delivered)."""
     server = RedisServer.start(str(tmp_path))
     try:
         start_head(cluster_env, "--metadata", server.url, "--num-cpus", "2", "--resources", '{"slot": 100}')
