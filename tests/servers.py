@@ -37,11 +37,12 @@ class Server:
 
 
 class RedisServer(Server):
-    """``redis-server`` with a password, no persistence, expiry events on."""
+    """``redis-server`` with a password, expiry events on, and no persistence (with ``appendonly``: every write
+    in an append-only file in ``directory``, so a server restarted there comes back with what it had)."""
 
     @classmethod
     def start(cls, directory: str, port: int | None = None, password: str | None = None,
-              keyspace_events: bool = True) -> RedisServer:
+              keyspace_events: bool = True, appendonly: bool = False) -> RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed; .ci/run installs it (apt-get install redis-server)")
@@ -49,7 +50,8 @@ class RedisServer(Server):
         for _ in range(START_TRIES):
             p = port or free_port()
             proc = subprocess.Popen(
-                [binary, "--port", str(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                [binary, "--port", str(p), "--bind", "127.0.0.1", "--save", "",
+                 *(["--appendonly", "yes", "--appendfsync", "always"] if appendonly else ["--appendonly", "no"]),
                  "--requirepass", password, "--dir", directory, "--daemonize", "no",
                  "--logfile", os.path.join(directory, "redis.log"),
                  *(["--notify-keyspace-events", "Ex"] if keyspace_events else [])],

@@ -6,7 +6,9 @@ A reservation that fails anywhere (no room after a race with another driver, a n
 answer) gives back what the other nodes reserved for it, and the group stays PENDING (RESCHEDULING after it
 lost a node) and is tried again: when a node's resources change, when work comes back, and every
 ``RETRY_SECONDS``. The record's state changes by compare-and-set, so a group removed meanwhile is never made
-CREATED: its owner gives back what it had just reserved.
+CREATED: its owner gives back what it had just reserved. Each try starts from the record in the store, not
+the copy the watch keeps: a change the watch missed (while it reconnected) would otherwise have a group placed
+already placed again, and the bundles it holds given back.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Placer:
                 return
             try:
                 self.place_all()
+                self._groups.catch_up()
                 self._groups.reconcile(UNCONFIRMED_SECONDS)
             except Exception:  # noqa: BLE001 - the metadata store may be down for a while: try again later
                 log.exception("placing placement groups failed; trying again")
@@ -63,6 +66,14 @@ class Placer:
 
     def _place(self, record: dict) -> None:
         groups = self._groups
+        current = groups.records.get(record["id"])  # the store's: the watch may have missed a change
+        if current is None:
+            return
+        if current != record:
+            groups.learn(current)
+            if current["state"] not in (PENDING, RESCHEDULING) or current["owner"] != groups.node_id:
+                return  # placed already (placing it again would give back the bundles it holds), or removed
+            record = current
         missing = [i for i, node in enumerate(record["nodes"]) if not node]
         if not missing:
             return
@@ -108,6 +119,8 @@ class Placer:
         after = groups.records.update(record["id"], created)
         if after is None or after["state"] != CREATED or any(after["nodes"][i] != n for i, n in placed.items()):
             self._give_back(record["id"], wanted)  # removed (or taken over) meanwhile
+        else:
+            groups.learn(after)  # known here at once, not only once the watch tells (it may miss it)
 
     def kick_later(self) -> None:
         """A reservation lost a race: try again after a pause (not at once, or two owners could keep

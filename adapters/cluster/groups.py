@@ -211,6 +211,21 @@ class ClusterGroups:
         callback()
 
     # -- changes -------------------------------------------------------------------------------
+    def learn(self, record: dict) -> None:
+        """``record`` is the store's current one (read or just written here): act on it, whatever the watch
+        said or missed."""
+        self._seen("", None, record)
+
+    def catch_up(self) -> None:
+        """Read again the records of the groups that ``ready()`` refs or work wait for here: a change the watch
+        missed while it reconnected (Redis restarted, its connection dropped) still lets them go on."""
+        with self._lock:
+            waiting = [(g, self._cache.get(g)) for g in {*self._ready, *self._parked}]
+        for group_hex, seen in waiting:
+            record = self.records.get(group_hex)
+            if record is not None and record != seen:
+                self._seen("", None, record)
+
     def _record(self, group_hex: str) -> dict | None:
         with self._lock:
             record = self._cache.get(group_hex)
