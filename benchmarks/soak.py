@@ -1,6 +1,6 @@
 """A chaos soak: a three-node cluster on loopback runs a mixed workload while a chaos thread kills its processes.
 
-    python benchmarks/soak.py [--seconds 60] [--seed N] [--lineage] [--ops a,b] [--faults a,b]
+    python benchmarks/soak.py [--seconds 60] [--seed N] [--no-lineage] [--ops a,b] [--faults a,b]
                               [--redis-down S] [--keep] [--verbose]
 
 The script starts its own Redis (append-only file on, so a restarted server comes back with what it had,
@@ -26,9 +26,10 @@ Each operation ends in one of:
 - **hung**: past its deadline (``OP_DEADLINE``; a watchdog counts an operation that never returns);
 - **lost**: ``ObjectLostError`` for an object Ray would have kept. The rule (``lost_counts``): an object put
   by the driver lives on the head, which is never killed, so losing it is always lost; a task's return lost
-  while the third node died during the operation is what Ray's lineage reconstruction rebuilds -- anyray does
-  not rebuild it yet, so it counts as an expected error unless ``--lineage`` is given (use it once lineage
-  reconstruction is merged); any other loss (no node died meanwhile) is lost.
+  while the third node died during the operation is what lineage reconstruction rebuilds, so it is lost too
+  (``--no-lineage`` counts it as an expected error instead); what Ray raises as well when a node dies is
+  expected: ``OwnerDiedError`` (the object's owner lived there) and ``ObjectReconstructionFailedError`` (its
+  task's retries ran out); any other loss is lost.
 
 Once the work has ended, every CPU of the cluster must be free again (a resource still held is counted as
 wrong). It prints the counts and ends with ``soak: F faults, N results checked, W wrong, H hung, L lost``; it
@@ -72,7 +73,8 @@ NAMED = "soak-directory"
 # TaskError (a nested task's inner task ran into a kill, say).
 EXPECTED = (exc.WorkerCrashedError, exc.RayActorError, exc.NodeDiedError, exc.TaskUnschedulableError,
             exc.ActorUnschedulableError)
-LOSSES = (exc.ObjectLostError,)  # with OwnerDiedError, ObjectFetchTimedOutError
+LOSSES = (exc.ObjectLostError,)  # with ObjectFetchTimedOutError
+RAY_LOSES_TOO = (exc.OwnerDiedError, exc.ObjectReconstructionFailedError)  # when a node died meanwhile
 
 
 # -- the workload's remote code ---------------------------------------------------------------------------
@@ -286,7 +288,7 @@ class Tally:
                              if f.filename == __file__ and f.name != "get"), "")
                 self.problem("hung", op, f"{type(root).__name__} at {line}: {root}")
             elif isinstance(root, LOSSES):
-                if self.lost_counts(put_object, self.node_deaths > deaths_before):
+                if self.lost_counts(put_object, self.node_deaths > deaths_before, root):
                     self.lost += 1
                     self.problem("lost", op, f"{type(root).__name__}: {str(root)[:300]}")
                 else:
@@ -298,13 +300,14 @@ class Tally:
                 text = "".join(traceback.format_exception(type(error), error, error.__traceback__))[-1500:]
                 self.problem("wrong", op, f"unexpected {type(root).__name__}:\n{text}")
 
-    def lost_counts(self, put_object: bool, node_died: bool) -> bool:
+    def lost_counts(self, put_object: bool, node_died: bool, error: BaseException) -> bool:
         """Whether an ObjectLostError is an object Ray would have kept: a put object (it lives on the driver's
-        node, the head, never killed) always; a task's return whose node died meanwhile only with ``--lineage``
-        (Ray's lineage reconstruction re-runs the task); any other loss always."""
+        node, the head, never killed) always; with a node's death meanwhile, not what Ray raises too
+        (``RAY_LOSES_TOO``), and a task's return only with lineage reconstruction counted (the default;
+        ``--no-lineage`` turns it off); any other loss always."""
         if put_object or not node_died:
             return True
-        return self.lineage
+        return self.lineage and not isinstance(error, RAY_LOSES_TOO)
 
     def hang(self, op: str, seconds: float) -> None:
         with self.lock:
@@ -552,8 +555,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the workload runs (default 60)")
     parser.add_argument("--seed", type=int, default=None, help="the random seed (default: a random one, printed)")
-    parser.add_argument("--lineage", action="store_true",
-                        help="count a task's return lost with its node as lost (once lineage reconstruction is in)")
+    parser.add_argument("--no-lineage", dest="lineage", action="store_false",
+                        help="count a task's return lost with its node as an expected error, not as lost")
     parser.add_argument("--ops", help="only these operations (comma-separated names: task, nested, actor_call, "
                         "big_put, big_return, big_to_actor, named, generator, group)")
     parser.add_argument("--faults", help="only these faults (comma-separated: worker, actor, node, redis)")
