@@ -78,7 +78,8 @@ def bad_tag_in_task(counter):
 
 
 def test_a_bad_tag_in_a_task_raises_there():
-    assert "Tag values must be str" in anyray.get(bad_tag_in_task.remote(Counter("conformance_bad", tag_keys=("where",))))
+    counter = Counter("conformance_bad", tag_keys=("where",))
+    assert "Tag values must be str" in anyray.get(bad_tag_in_task.remote(counter))
 
 
 def test_bad_names_and_tag_keys_raise_or_warn_as_ray():

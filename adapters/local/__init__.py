@@ -25,6 +25,8 @@ class LocalBackend(Backend):
         Capability.INTERRUPT_CANCEL, Capability.TIMELINE, Capability.ERROR_INFO, Capability.RUNTIME_ENV,
     })
     known_gaps = LOCAL_GAPS
+    accepted_options = frozenset({"_metrics_export_port"})  # Ray's: serve /metrics (user metrics) on 127.0.0.1
+    metrics_server = None
 
     def start(self) -> None:
         cfg = self.config
@@ -37,8 +39,16 @@ class LocalBackend(Backend):
         self.metadata = MemoryMetadataStore()
         self.pool = ResourcePool(total, gpu_ids)
         self.scheduler = LocalScheduler(self.object_store, self.metadata, self.events, self.pool)
+        port = cfg.options.get("_metrics_export_port")
+        if port is not None:
+            from ..metrics import serve_driver
+
+            self.metrics_server = serve_driver(None, port)
 
     def shutdown(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             scheduler.shutdown()

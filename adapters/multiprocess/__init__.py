@@ -29,6 +29,8 @@ class MultiprocessBackend(Backend):
         Capability.RUNTIME_ENV_PIP,
     })
     known_gaps = MULTIPROCESS_GAPS
+    accepted_options = frozenset({"_metrics_export_port"})  # Ray's: serve /metrics on 127.0.0.1:PORT
+    metrics_server = None
 
     def start(self) -> None:
         cfg = self.config
@@ -39,8 +41,16 @@ class MultiprocessBackend(Backend):
         self.node = Node.from_config(cfg, self.metadata, self.events, scheduler_cls=GroupNodeScheduler)
         self.scheduler = self.node.scheduler
         self.object_store = self.node.store
+        port = cfg.options.get("_metrics_export_port")
+        if port is not None:
+            from ..metrics import serve_driver
+
+            self.metrics_server = serve_driver(self.node, port)
 
     def shutdown(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         node = getattr(self, "node", None)
         if node is not None:
             node.close()

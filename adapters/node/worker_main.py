@@ -41,7 +41,7 @@ from anyray.serialization import SerializedObject
 from anyray.specs import RemoteFailure
 
 from . import messages as m
-from . import worker_env
+from . import metrics_link, worker_env
 from .arena import Location
 from .framing import spin_until_readable
 from .link import FLUSH_INTERVAL, Link
@@ -262,6 +262,7 @@ class WorkerNode(Link):
             self.output.flush_streams()
             if self.output.lines:
                 self.output.send()
+            metrics_link.ship(self, force=True)
             sys.stdout.flush()
             sys.stderr.flush()
         except Exception:  # noqa: BLE001 - exiting regardless

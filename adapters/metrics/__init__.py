@@ -1,0 +1,60 @@
+"""Prometheus metrics: each node's ``/metrics`` (and a single-machine driver's, with ``_metrics_export_port``).
+
+``exposition(node)`` gives the text a scrape gets, for any HTTP server (the head's dashboard serves it at its
+own address); ``MetricsServer`` is the plain one every node daemon runs on ``--metrics-export-port``.
+What is shown and under which names: ``collector.py``; what a node keeps between scrapes: ``node_side.py``.
+
+prometheus_client (and http.server) load with the first of ``exposition``, ``driver_exposition`` or
+``MetricsServer`` (``serve.py``), never with the node: a daemon binds its metrics port as it starts (``bind``:
+the port is known and recorded at once) and loads the server on a thread of its own.
+"""
+
+from __future__ import annotations
+
+import socket
+
+_LAZY = {"exposition", "driver_exposition", "MetricsServer", "DEFAULT_PATH"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:  # prometheus_client loads with the first of them
+        from . import serve
+
+        return getattr(serve, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket for ``MetricsServer`` (``port`` 0: a free one). Raises ``OSError`` saying which
+    flag to change when the port is taken."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror}; another process uses "
+                                 f"that port: pick another one (--metrics-export-port, or _metrics_export_port= "
+                                 f"in init; 0 picks a free port)") from None
+    sock.listen(16)
+    return sock
+
+
+def check_port(value, where: str) -> int:
+    """``value`` as a port to serve metrics on (0: a free one), or a ``ValueError`` naming ``where`` it came from."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(f"{where} must be a port number from 0 to 65535 (0 picks a free port), got {value!r}.")
+    return value
+
+
+def serve_driver(node, port):
+    """``init(_metrics_export_port=port)`` of a single-machine driver: ``/metrics`` on 127.0.0.1:``port``, of
+    ``node`` (the multiprocess backend's), or of the driver's own user metrics when ``node`` is None (local)."""
+    from . import serve
+
+    sock = bind("127.0.0.1", check_port(port, "init(): _metrics_export_port"))
+    expose = serve.driver_exposition() if node is None else (lambda: serve.exposition(node))
+    return serve.MetricsServer(sock, expose)
+
+
+__all__ = ["MetricsServer", "bind", "check_port", "driver_exposition", "exposition", "serve_driver"]
