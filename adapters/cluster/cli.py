@@ -110,6 +110,9 @@ def add_commands(sub) -> None:
     p.add_argument("--dashboard-host", help="accepted for Ray's sake and recorded: anyray has no dashboard yet")
     p.add_argument("--dashboard-port", type=_port,
                    help="accepted for Ray's sake and recorded: anyray has no dashboard yet")
+    p.add_argument("--metrics-export-port", type=_port,
+                   help="the port this node serves Prometheus' /metrics on, at --node-ip-address, without "
+                        "authentication as Ray (default: a free port, printed and in `anyray status`)")
     p.add_argument("--block", action="store_true", help="stay in the foreground until Ctrl-C or `anyray stop`")
     p.set_defaults(func=cmd_start, unknown_flags=_unknown_start_flags)
 
@@ -159,7 +162,8 @@ def cmd_start(args) -> int:
     directory = files.cluster_dir()
     password = _password(args)
     settings = {"object_manager_port": args.object_manager_port, "include_dashboard": args.include_dashboard,
-                "dashboard_host": args.dashboard_host, "dashboard_port": args.dashboard_port}
+                "dashboard_host": args.dashboard_host, "dashboard_port": args.dashboard_port,
+                "metrics_export_port": args.metrics_export_port}
     join = metadata = None
     if args.head:
         running = [r for r in files.local_nodes(directory) if r.get("head")]

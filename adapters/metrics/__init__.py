@@ -47,14 +47,19 @@ def check_port(value, where: str) -> int:
     return value
 
 
-def serve_driver(node, port):
-    """``init(_metrics_export_port=port)`` of a single-machine driver: ``/metrics`` on 127.0.0.1:``port``, of
-    ``node`` (the multiprocess backend's), or of the driver's own user metrics when ``node`` is None (local)."""
+def driver_socket(port) -> socket.socket:
+    """``init(_metrics_export_port=port)`` of a single-machine driver: its socket on 127.0.0.1, bound before
+    the backend starts anything (a port taken fails ``init`` with nothing left behind)."""
+    return bind("127.0.0.1", check_port(port, "init(): _metrics_export_port"))
+
+
+def serve_driver(node, sock: socket.socket):
+    """Serve ``/metrics`` on ``sock`` (``driver_socket``): of ``node`` (the multiprocess backend's), or of the
+    driver's own user metrics when ``node`` is None (local)."""
     from . import serve
 
-    sock = bind("127.0.0.1", check_port(port, "init(): _metrics_export_port"))
     expose = serve.driver_exposition() if node is None else (lambda: serve.exposition(node))
     return serve.MetricsServer(sock, expose)
 
 
-__all__ = ["MetricsServer", "bind", "check_port", "driver_exposition", "exposition", "serve_driver"]
+__all__ = ["MetricsServer", "bind", "check_port", "driver_exposition", "driver_socket", "exposition", "serve_driver"]

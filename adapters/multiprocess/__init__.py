@@ -13,6 +13,7 @@ from __future__ import annotations
 from anyray.hookspecs import hookimpl
 from anyray.ports.backend import Backend, Capability
 
+from .. import metrics
 from ..common.gaps import MULTIPROCESS_GAPS
 from ..metadata import MemoryMetadataStore
 from ..node.node import Node
@@ -37,15 +38,14 @@ class MultiprocessBackend(Backend):
         if cfg.address is not None:
             raise ValueError(f"The multiprocess backend runs on this machine and connects to nothing; "
                              f"drop address={cfg.address!r} or pick backend='cluster'.")
+        port = cfg.options.get("_metrics_export_port")
+        sock = None if port is None else metrics.driver_socket(port)  # first: a taken port leaves nothing behind
         self.metadata = MemoryMetadataStore()
         self.node = Node.from_config(cfg, self.metadata, self.events, scheduler_cls=GroupNodeScheduler)
         self.scheduler = self.node.scheduler
         self.object_store = self.node.store
-        port = cfg.options.get("_metrics_export_port")
-        if port is not None:
-            from ..metrics import serve_driver
-
-            self.metrics_server = serve_driver(self.node, port)
+        if sock is not None:
+            self.metrics_server = metrics.serve_driver(self.node, sock)
 
     def shutdown(self) -> None:
         if self.metrics_server is not None:
