@@ -86,7 +86,7 @@ class NodeDaemon:
         # (fixed extra ports; transfers use the latter), and Ray's dashboard flags (recorded only).
         self.settings = dict(settings or {})
         self._extra_socks: list[socket.socket] = []
-        self._metrics_sock = self.metrics_server = None  # /metrics (``--metrics-export-port``)
+        self.metrics = None  # /metrics (``--metrics-export-port``)
         self._gates: list[Gate] = []  # each listener's: the connections not authenticated yet
         self.object_address = None
         self.token = token
@@ -148,7 +148,9 @@ class NodeDaemon:
         self.port = self._sock.getsockname()[1]
         self.address = f"{self.host}:{self.port}"
         self._listen_extra()
-        self._listen_metrics()
+        self.metrics = metrics.NodeEndpoint(self.node, self.host, self.settings.get("metrics_export_port", 0),
+                                            self.head)
+        self.ports["metrics"] = self.metrics.port
         self._register()
         self.scheduler.attach(ClusterView(self.metadata, self.node.node_id, self.token,
                                           on_change=self.scheduler.spill_queued, on_dead=self.scheduler.node_dead,
@@ -163,21 +165,7 @@ class NodeDaemon:
         log(f"serving at {self.address} (node {self.node.node_id}, {'head, ' if self.head else ''}"
             f"metadata: {self.metadata_kind})"
             + "".join(f"; {what} on port {port}" for what, port in self.ports.items() if what != "node"))
-        threading.Thread(target=self._serve_metrics, name="anyray-metrics-start", daemon=True).start()
-
-    def _listen_metrics(self) -> None:
-        """Bind ``/metrics``'s port now, so the port is in the node's record from the start; the server (and
-        prometheus_client) loads on a thread of its own once the node serves (``_serve_metrics``)."""
-        port = metrics.check_port(self.settings.get("metrics_export_port", 0), "--metrics-export-port")
-        self._metrics_sock = metrics.bind(self.host, port)
-        self.ports["metrics"] = self._metrics_sock.getsockname()[1]
-        self.node.metrics.reports_groups = self.head  # the cluster's groups, once: not once per node
-
-    def _serve_metrics(self) -> None:
-        try:
-            self.metrics_server = metrics.MetricsServer.for_node(self.node, self._metrics_sock)
-        except Exception as exc:  # noqa: BLE001 - the node works without its metrics; the log says why
-            log(f"cannot serve /metrics: {type(exc).__name__}: {redact(exc)}")
+        self.metrics.start(log)
 
     def _listen(self, port: int, flag: str) -> socket.socket:
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
@@ -236,10 +224,8 @@ class NodeDaemon:
     def close(self) -> None:
         for gate in self._gates:
             gate.close()
-        if self.metrics_server is not None:
-            self.metrics_server.close()
-        elif self._metrics_sock is not None:
-            self._metrics_sock.close()
+        if self.metrics is not None:
+            self.metrics.close()
         for sock in (self._sock, *self._extra_socks):
             if sock is None:
                 continue

@@ -99,10 +99,9 @@ class NodeCollector(Collector):
                 for call in calls:
                     key = (state, call.name)
                     counts[key] = counts.get(key, 0) + 1
-        if metrics.finished is not None:
-            for (name, failed), n in list(metrics.finished.counts.items()):
-                key = ("FAILED" if failed else "FINISHED", name)
-                counts[key] = counts.get(key, 0) + n
+        for (name, failed), n in list(metrics.finished.counts.items()):
+            key = ("FAILED" if failed else "FINISHED", name)
+            counts[key] = counts.get(key, 0) + n
         for (state, name), n in sorted(counts.items()):
             family.add_metric([state, name], n)
         yield family

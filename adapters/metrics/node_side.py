@@ -3,7 +3,7 @@ failed, and how long tasks waited to start. Everything else a scrape reads from 
 are then (``collector.py``).
 
 Light on purpose (no prometheus_client): every node has one from its start, and the per-task part is a
-few hundred nanoseconds (``RecordTap.add``, ``SchedulingLatency.observe``).
+few hundred nanoseconds (``FinishedTasks.add``, ``SchedulingLatency.observe``).
 """
 
 from __future__ import annotations
@@ -37,46 +37,36 @@ class SchedulingLatency:
         return list(self.buckets), self.sum
 
 
-class RecordTap:
-    """Wraps the node's record sink (``seams.record_sink``): counts the finished tasks and actor calls by name
-    and outcome from the records workers send with each result, then hands the records on."""
+class FinishedTasks:
+    """How many tasks and actor calls finished, by name and outcome, counted from the records workers send with
+    each result (``Supervision.count_records``)."""
 
-    def __init__(self, inner):
-        self.inner = inner
+    def __init__(self):
         self.counts: dict[tuple, int] = {}  # (name, failed) -> how many
 
-    def add(self, worker, records: list) -> None:
+    def add(self, records: list) -> None:
         counts = self.counts
         for row in records:  # a RecordRow: task_id, name, kind, start, end, pid, tid, error_type, message
             key = (row[1], row[7] is not None)
             counts[key] = counts.get(key, 0) + 1
-        self.inner.add(worker, records)
-
-    def __getattr__(self, name):  # the sink's other methods (pull, per-job reads) are the wrapped sink's
-        return getattr(self.inner, name)
 
 
 class NodeMetrics:
     """One node's metric state (``node.metrics``): ``user``, the user metrics its workers and clients sent
-    (``METRICS_OP``) and this process recorded; ``latency``; ``finished`` (``RecordTap``, installed by
-    ``tap``). ``reports_groups``: whether this node's scrape lists placement groups (a cluster's head only:
-    every node sees the cluster's groups, and Prometheus would count each once per node)."""
+    (``METRICS_OP``) and this process recorded; ``latency``; ``finished``. ``reports_groups``: whether this
+    node's scrape lists placement groups (a cluster's head only: every node sees the cluster's groups, and
+    Prometheus would count each once per node)."""
 
     def __init__(self, scheduler):
         self.user = MetricTable()
         self.latency = SchedulingLatency()
-        self.finished: RecordTap | None = None
+        self.finished = FinishedTasks()
         self.reports_groups = True
         self.registry = None  # the prometheus_client registry of this node, made on the first scrape
         self.registry_lock = threading.Lock()
         scheduler.register(METRICS_OP, self._op_metrics)
         scheduler.tasks.latency = self.latency
-        self.tap(scheduler.seams)
-
-    def tap(self, seams) -> None:
-        """Count the records reaching ``seams.record_sink``; again after a cluster node put its own sink there."""
-        if not isinstance(seams.record_sink, RecordTap):
-            self.finished = seams.record_sink = RecordTap(seams.record_sink)
+        scheduler.supervision.count_records = self.finished.add
 
     def _op_metrics(self, worker, rid, batch):
         self.user.merge(batch)
