@@ -148,8 +148,8 @@ class NodeDaemon:
         self.port = self._sock.getsockname()[1]
         self.address = f"{self.host}:{self.port}"
         self._listen_extra()
-        self.metrics = metrics.NodeEndpoint(self.node, self.host, self.settings.get("metrics_export_port", 0),
-                                            self.head)
+        self.metrics = metrics.serve_node(self.node, self.host, self.settings.get("metrics_export_port", 0),
+                                          self.head, log)
         self.ports["metrics"] = self.metrics.port
         self._register()
         self.scheduler.attach(ClusterView(self.metadata, self.node.node_id, self.token,
@@ -165,7 +165,6 @@ class NodeDaemon:
         log(f"serving at {self.address} (node {self.node.node_id}, {'head, ' if self.head else ''}"
             f"metadata: {self.metadata_kind})"
             + "".join(f"; {what} on port {port}" for what, port in self.ports.items() if what != "node"))
-        self.metrics.start(log)
 
     def _listen(self, port: int, flag: str) -> socket.socket:
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)

@@ -5,12 +5,13 @@ own address); ``MetricsServer`` is the plain one every node daemon runs on ``--m
 What is shown and under which names: ``collector.py``; what a node keeps between scrapes: ``node_side.py``.
 
 prometheus_client (and http.server) load with the first of ``exposition``, ``driver_exposition`` or
-``MetricsServer`` (``serve.py``), never with the node: a daemon binds its metrics port as it starts (``bind``:
-the port is known and recorded at once) and loads the server on a thread of its own.
+``MetricsServer`` (``serve.py``), never with the node: a daemon binds its metrics port as it starts (the port
+is known and recorded at once), and an ``Endpoint`` loads the server when the first scrape comes.
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 
@@ -54,44 +55,63 @@ def driver_socket(port) -> socket.socket:
     return bind("127.0.0.1", check_port(port, "init(): _metrics_export_port"))
 
 
-def serve_driver(node, sock: socket.socket):
-    """Serve ``/metrics`` on ``sock`` (``driver_socket``): of ``node`` (the multiprocess backend's), or of the
-    driver's own user metrics when ``node`` is None (local)."""
-    from . import serve
+class Endpoint:
+    """``/metrics`` on a bound socket, loaded when the first scrape comes: until then the process has not
+    imported prometheus_client and http.server (about 40 ms and 4 MiB), and a thread waits for a connection.
+    ``expose()`` -> ``(body, content type)``, made by ``make_expose(serve)`` once loaded."""
 
-    expose = serve.driver_exposition() if node is None else (lambda: serve.exposition(node))
-    return serve.MetricsServer(sock, expose)
-
-
-class NodeEndpoint:
-    """A node daemon's ``/metrics``: the port bound at once (``port``, for the node's record), the server
-    loaded by ``start`` on a thread of its own (prometheus_client takes about 40 ms to import). ``head``: the
-    head reports the cluster's placement groups, the other nodes do not (each would count them again)."""
-
-    def __init__(self, node, host: str, port, head: bool):
-        self.node = node
-        self.sock = bind(host, check_port(port, "--metrics-export-port"))
-        self.port = self.sock.getsockname()[1]
+    def __init__(self, sock: socket.socket, make_expose, log=None):
+        self.sock = sock
+        self.port = sock.getsockname()[1]
         self.server = None
-        node.metrics.reports_groups = head
+        self._make_expose = make_expose
+        self._log = log
+        self._closed = False
+        self._lock = threading.Lock()
+        threading.Thread(target=self._serve, name="anyray-metrics", daemon=True).start()
 
-    def start(self, log) -> None:
-        threading.Thread(target=self._serve, args=(log,), name="anyray-metrics-start", daemon=True).start()
-
-    def _serve(self, log) -> None:
-        from . import serve
-
+    def _serve(self) -> None:
         try:
-            self.server = serve.MetricsServer.for_node(self.node, self.sock)
+            while not select.select([self.sock], [], [], 1.0)[0]:
+                if self._closed:
+                    return
+            from . import serve
+
+            with self._lock:
+                if not self._closed:
+                    self.server = serve.MetricsServer(self.sock, self._make_expose(serve))
+        except (OSError, ValueError):
+            return  # closed meanwhile
         except Exception as exc:  # noqa: BLE001 - the node works without its metrics; its log says why
-            log(f"cannot serve /metrics: {type(exc).__name__}: {exc}")
+            if self._log is not None:
+                self._log(f"cannot serve /metrics: {type(exc).__name__}: {exc}")
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        with self._lock:
+            self._closed = True
+            server, self.server = self.server, None
+        if server is not None:
+            server.close()
         else:
             self.sock.close()
 
 
-__all__ = ["MetricsServer", "NodeEndpoint", "bind", "check_port", "driver_exposition", "driver_socket", "exposition",
-           "serve_driver"]
+def serve_driver(node, sock: socket.socket) -> Endpoint:
+    """Serve ``/metrics`` on ``sock`` (``driver_socket``): of ``node`` (the multiprocess backend's), or of the
+    driver's own user metrics when ``node`` is None (local)."""
+    if node is None:
+        return Endpoint(sock, lambda serve: serve.driver_exposition())
+    return Endpoint(sock, lambda serve: (lambda: serve.exposition(node)))
+
+
+def serve_node(node, host: str, port, head: bool, log) -> Endpoint:
+    """A node daemon's ``/metrics`` on ``host``:``port`` (``--metrics-export-port``; 0: a free one), bound now so
+    the port goes in the node's record. ``head``: the head reports the cluster's placement groups, the other
+    nodes do not (Prometheus would count each group once per node)."""
+    sock = bind(host, check_port(port, "--metrics-export-port"))
+    node.metrics.reports_groups = head
+    return Endpoint(sock, lambda serve: (lambda: serve.exposition(node)), log)
+
+
+__all__ = ["Endpoint", "MetricsServer", "bind", "check_port", "driver_exposition", "driver_socket", "exposition",
+           "serve_driver", "serve_node"]
