@@ -175,7 +175,7 @@ class Metric:
             raise ValueError(f"Missing value for tag key(s): {','.join(missing)}.")
         sink = _sink()
         if sink is not None:
-            sink.record(self, value, final)
+            sink.record(self._kind, self.info, value, final)
         else:
             TABLE.record(self._definition, self._name, tuple(final[k] for k in self._tag_keys), value)
 
