@@ -140,6 +140,7 @@ class NodeDaemon:
         set_current(self.runtime)
         self.node = self.runtime.backend.node
         self.node.setup["forward_output"] = True  # what tasks print goes to their drivers
+        self.node.setup["node_ip"] = self.host  # and each line says where: (task pid=N, ip=HOST)
         self.scheduler = self.node.scheduler
         for op, handler in (("metadata_url", self._op_metadata_url), ("status", self._op_status),
                             ("list", self._op_list), ("list_here", self._op_list_here)):

@@ -30,7 +30,8 @@ class MultiprocessBackend(Backend):
         Capability.RUNTIME_ENV_PIP,
     })
     known_gaps = MULTIPROCESS_GAPS
-    accepted_options = frozenset({"_metrics_export_port"})  # Ray's: serve /metrics on 127.0.0.1:PORT
+    # Ray's: serve /metrics on 127.0.0.1:PORT; log_to_driver=False: nothing workers write shows here
+    accepted_options = frozenset({"_metrics_export_port", "log_to_driver"})
     metrics_server = None
 
     def start(self) -> None:
@@ -42,6 +43,7 @@ class MultiprocessBackend(Backend):
         sock = None if port is None else metrics.driver_socket(port)  # first: a taken port leaves nothing behind
         self.metadata = MemoryMetadataStore()
         self.node = Node.from_config(cfg, self.metadata, self.events, scheduler_cls=GroupNodeScheduler)
+        self.node.setup["log_to_driver"] = cfg.options.get("log_to_driver", True)  # read by each new worker
         self.scheduler = self.node.scheduler
         self.object_store = self.node.store
         if sock is not None:

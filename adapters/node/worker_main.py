@@ -52,6 +52,7 @@ from .worker_actor import ActorMessages, stream_spec
 from .worker_interrupts import TaskInterrupts
 from .worker_loop import WorkerLoop, current_loop
 from .worker_output import ForwardedEvents, Output
+from .worker_prefix import mark_streams
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +312,7 @@ def install(setup: dict) -> None:
     node = WorkerNode(loop, setup)
     if setup.get("forward_output"):
         node.output.capture()
+    mark_streams(setup)  # each line marked (task pid=N, ip=HOST) as Ray's, or dropped (log_to_driver=False)
     signal.signal(signal.SIGINT, node.interrupts.on_sigint)
     loop.takeover = node.main
     sys.stdout.flush()
