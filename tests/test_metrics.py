@@ -169,3 +169,22 @@ def test_a_bad_metrics_port_is_refused_where_it_is_given(cluster_env):  # noqa: 
     assert result.returncode != 0 and "cannot serve metrics" in result.stderr
     result = cli(cluster_env, "start", "--head", "--metrics-export-port", "70000", check=False)
     assert result.returncode != 0 and "a port is a number from 0 to 65535" in result.stderr
+
+
+@anyray.remote(max_calls=1)
+def count_once():
+    Counter("test_retired").inc()
+    return True
+
+
+def test_metrics_of_workers_that_retire_at_once_are_not_lost():
+    """A worker told to exit (here: ``max_calls=1`` retires it after one task) sends what it recorded first."""
+    port = free_port()
+    anyray.init(backend="multiprocess", num_cpus=2, _metrics_export_port=port)
+    try:
+        assert all(anyray.get([count_once.remote() for _ in range(4)], timeout=WAIT))
+        samples = scrape_until(f"http://127.0.0.1:{port}/metrics",
+                               lambda s: s.get(("ray_test_retired_total", ())) == 4)
+        assert samples.get(("ray_test_retired_total", ())) == 4
+    finally:
+        anyray.shutdown()

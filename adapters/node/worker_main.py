@@ -123,6 +123,10 @@ class WorkerNode(Link):
                 return  # the node is gone
             except Exception:  # noqa: BLE001 - one bad message must not end the worker
                 log.exception("a worker could not handle a message")
+        try:  # told to exit (retired, or the node shuts down): the user metrics of the last second go too
+            metrics_link.ship(self, force=True)
+        except OSError:
+            pass
 
     def _dispatch(self, msg: bytes) -> None:
         """Handle one message, on whichever thread read it; a task is queued for the main thread."""
