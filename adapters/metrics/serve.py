@@ -91,10 +91,6 @@ class MetricsServer:
                                         name="anyray-metrics", daemon=True)
         self._thread.start()
 
-    @classmethod
-    def for_node(cls, node, sock: socket.socket) -> MetricsServer:
-        return cls(sock, lambda: exposition(node))
-
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
