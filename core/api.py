@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from . import current as _current
+from . import log as _log
 from . import runtime as _rt
 from . import runtime_env as _runtime_env
 from . import runtime_env_setup as _runtime_env_setup
@@ -191,6 +192,8 @@ def init(backend: str | None = None, *, address: str | None = None, num_cpus: fl
             raise TypeError(f"init() got unexpected keyword argument(s) {', '.join(map(repr, unknown))} for the "
                             f"{name!r} backend; it accepts: {', '.join(sorted(accepted)) or 'no extra options'}."
                             + _whose_options(unknown))
+        if "logging_level" in backend_options and backend_options.get("configure_logging", True):
+            _log.set_driver_level(backend_options["logging_level"])  # Ray's: the driver's own logger
         if resources is not None and (not isinstance(resources, dict) or
                                       not all(isinstance(k, str) for k in resources)):
             raise TypeError(f"init(): resources must be a dict of name to amount, got {resources!r}.")

@@ -56,3 +56,14 @@ def configure_daemon() -> None:
     _default.setFormatter(logging.Formatter("[%(asctime)s] anyray node %(process)d: %(message)s", "%H:%M:%S"))
     _default.setLevel(logging.INFO)
     logger.setLevel(logging.INFO)
+
+
+def set_driver_level(level, where: str = "init(): logging_level") -> None:
+    """``init(logging_level=...)``, Ray's: the level of the ``anyray`` logger in the driver, and of what its
+    default handler shows (a name such as ``"info"``, any case, or a number such as ``logging.DEBUG``)."""
+    if isinstance(level, str):
+        level = logging.getLevelName(level.upper())  # the number of a known name (else a string back)
+    if isinstance(level, bool) or not isinstance(level, int):
+        raise ValueError(f"{where} must be a logging level such as 'info', 'warning' or logging.DEBUG, got {level!r}.")
+    logger.setLevel(level)
+    _default.setLevel(level)

@@ -557,5 +557,5 @@ def test_what_tasks_print_on_any_node_shows_on_the_driver(cluster_env):
     """)
     assert run.returncode == 0, run.stderr
     pids = run.stdout.split("pids ")[1].split()
-    assert f"(pid={pids[0]}) printed here {pids[0]}" in run.stdout
-    assert f"(pid={pids[1]}) printed there {pids[1]}" in run.stderr
+    assert f"(here pid={pids[0]}, ip=127.0.0.1) printed here {pids[0]}" in run.stdout
+    assert f"(there pid={pids[1]}, ip=127.0.0.1) printed there {pids[1]}" in run.stderr

@@ -221,7 +221,7 @@ class ClusterBackend(Backend):
     # metadata: "redis", "etcd" or a URL, for the private cluster started without an address.
     # _redis_password: the password of the cluster's Redis (Ray's name), also the cluster's secret when its head
     # was started with --redis-password.
-    accepted_options = frozenset({"token_file", "metadata", "_redis_password"})
+    accepted_options = frozenset({"token_file", "metadata", "_redis_password", "log_to_driver"})
 
     link = None
     _proc = None
@@ -304,7 +304,10 @@ class ClusterBackend(Backend):
         self.events.add_source(self._pull_records)
         self._printing = threading.Event()
         self._printer = threading.Thread(target=self._print_loop, name="anyray-task-output", daemon=True)
-        self._printer.start()
+        if self.config.options.get("log_to_driver", True):  # Ray's: False shows nothing workers write
+            self._printer.start()
+        else:
+            self._printer = None
         self.scheduler = _ClusterScheduler(self.link)
         self.object_store = _ClusterStore(self.link)
         self.scheduler.direct = self.object_store.direct = DirectCalls(self.link, self.object_store._cache, token)
@@ -325,8 +328,7 @@ class ClusterBackend(Backend):
             return
         for printed in map(m.PrintedLine._make, link.request("output", self.config.job_id, timeout=30)):
             out = sys.stdout if printed.stream == "stdout" else sys.stderr
-            lines = printed.text.splitlines(keepends=True)
-            out.write("".join(f"(pid={printed.pid}) {line}" if line.strip() else line for line in lines))
+            out.write(printed.text)  # each line marked by its worker: (task pid=N, ip=HOST)
         sys.stdout.flush()
 
     def _pull_records(self) -> list:

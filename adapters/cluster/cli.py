@@ -114,6 +114,9 @@ def add_commands(sub) -> None:
     p.add_argument("--dashboard-host", help="accepted for Ray's sake and recorded: anyray has no dashboard yet")
     p.add_argument("--dashboard-port", type=_port,
                    help="accepted for Ray's sake and recorded: anyray has no dashboard yet")
+    p.add_argument("--metrics-export-port", type=_port,
+                   help="the port this node serves Prometheus' /metrics on, at --node-ip-address, without "
+                        "authentication as Ray (default: a free port, printed and in `anyray status`)")
     p.add_argument("--block", action="store_true", help="stay in the foreground until Ctrl-C or `anyray stop`")
     p.add_argument("--tls", action="store_true",
                    help="TLS on every TCP connection of the cluster; the head makes the cluster's CA and its own "
@@ -184,7 +187,8 @@ def cmd_start(args) -> int:
     settings = {"object_manager_port": args.object_manager_port, "include_dashboard": args.include_dashboard,
                 "dashboard_host": args.dashboard_host, "dashboard_port": args.dashboard_port,
                 "object_spilling_directory": args.object_spilling_directory and os.path.abspath(
-                    os.path.expanduser(args.object_spilling_directory))}
+                    os.path.expanduser(args.object_spilling_directory)),
+                "metrics_export_port": args.metrics_export_port}
     join = metadata = None
     if args.head:
         running = [r for r in files.local_nodes(directory) if r.get("head")]

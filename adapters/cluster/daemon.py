@@ -30,6 +30,7 @@ from anyray.log import configure_daemon
 from anyray.ports.backend import Backend, BackendConfig
 from anyray.runtime import Runtime, set_current
 
+from .. import metrics
 from ..metadata import open_metadata
 from ..node import framing
 from ..node import messages as m
@@ -100,6 +101,7 @@ class NodeDaemon:
         # TLS on every TCP port (``tls``): the files given (``--tls``'s, or the user's), else the environment's
         self.tls = tls.TLSFiles(**self.settings["tls"]).check() if self.settings.get("tls") else tls.from_env()
         self._extra_socks: list[socket.socket] = []
+        self.metrics = None  # /metrics (``--metrics-export-port``)
         self._gates: list[Gate] = []  # each listener's: the connections not authenticated yet
         self.object_address = None
         self.token = token
@@ -155,6 +157,7 @@ class NodeDaemon:
         set_current(self.runtime)
         self.node = self.runtime.backend.node
         self.node.setup["forward_output"] = True  # what tasks print goes to their drivers
+        self.node.setup["node_ip"] = self.host  # and each line says where: (task pid=N, ip=HOST)
         self.scheduler = self.node.scheduler
         for op, handler in (("metadata_url", self._op_metadata_url), ("status", self._op_status),
                             ("list", self._op_list), ("list_here", self._op_list_here)):
@@ -163,6 +166,9 @@ class NodeDaemon:
         self.port = self._sock.getsockname()[1]
         self.address = f"{self.host}:{self.port}"
         self._listen_extra()
+        self.metrics = metrics.serve_node(self.node, self.host, self.settings.get("metrics_export_port", 0),
+                                          self.head, log)
+        self.ports["metrics"] = self.metrics.port
         self._register()
         self.scheduler.attach(ClusterView(self.metadata, self.node.node_id, self.token,
                                           on_change=self.scheduler.spill_queued, on_dead=self.scheduler.node_dead,
@@ -238,6 +244,8 @@ class NodeDaemon:
     def close(self) -> None:
         for gate in self._gates:
             gate.close()
+        if self.metrics is not None:
+            self.metrics.close()
         for sock in (self._sock, *self._extra_socks):
             if sock is None:
                 continue

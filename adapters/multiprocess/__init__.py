@@ -13,6 +13,7 @@ from __future__ import annotations
 from anyray.hookspecs import hookimpl
 from anyray.ports.backend import Backend, Capability
 
+from .. import metrics
 from ..common.gaps import MULTIPROCESS_GAPS
 from ..metadata import MemoryMetadataStore
 from ..node.node import Node
@@ -29,18 +30,29 @@ class MultiprocessBackend(Backend):
         Capability.RUNTIME_ENV_PIP,
     })
     known_gaps = MULTIPROCESS_GAPS
+    # Ray's: serve /metrics on 127.0.0.1:PORT; log_to_driver=False: nothing workers write shows here
+    accepted_options = frozenset({"_metrics_export_port", "log_to_driver"})
+    metrics_server = None
 
     def start(self) -> None:
         cfg = self.config
         if cfg.address is not None:
             raise ValueError(f"The multiprocess backend runs on this machine and connects to nothing; "
                              f"drop address={cfg.address!r} or pick backend='cluster'.")
+        port = cfg.options.get("_metrics_export_port")
+        sock = None if port is None else metrics.driver_socket(port)  # first: a taken port leaves nothing behind
         self.metadata = MemoryMetadataStore()
         self.node = Node.from_config(cfg, self.metadata, self.events, scheduler_cls=GroupNodeScheduler)
+        self.node.setup["log_to_driver"] = cfg.options.get("log_to_driver", True)  # read by each new worker
         self.scheduler = self.node.scheduler
         self.object_store = self.node.store
+        if sock is not None:
+            self.metrics_server = metrics.serve_driver(self.node, sock)
 
     def shutdown(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         node = getattr(self, "node", None)
         if node is not None:
             node.close()

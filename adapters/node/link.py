@@ -30,6 +30,7 @@ from anyray.serialization import SerializedObject
 from anyray.specs import FunctionDescriptor
 
 from . import messages as m
+from . import metrics_link
 from .arena import Arena, Location
 from .framing import frame, spin_until_readable
 from .store import pinned_views, to_wire
@@ -187,6 +188,7 @@ class Link:
             if (self._refs or self._handles or self._unpins) and \
                     time.monotonic() - self._last_send >= FLUSH_INTERVAL:
                 self.send(m.REFS, None)
+            metrics_link.ship(self)  # ray.util.metrics recorded here, to the node's /metrics
         except (OSError, ConnectionError):
             return False
         return True

@@ -12,6 +12,7 @@ import sys
 from anyray.resources import node_resources
 
 from ..common.resources import ResourcePool
+from ..metrics.node_side import NodeMetrics
 from .arena import Arena
 from .scheduler import NodeScheduler
 from .session import Session
@@ -37,6 +38,7 @@ class Node:
                           "arena": self.arena.path, "inline_max": INLINE_MAX, "sys_path": list(sys.path),
                           "cwd": os.getcwd(), "spilling": spill_dir is not None}
             self.scheduler = scheduler_cls(self.session, self.store, metadata, events, self.pool, self.setup)
+            self.metrics = NodeMetrics(self.scheduler)  # what its /metrics serves (adapters/metrics)
         except BaseException:
             self.session.close()
             raise

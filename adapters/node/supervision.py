@@ -57,6 +57,7 @@ class Supervision:
         self._lock = lock
         self._ledger = ledger
         self._seams = seams
+        self.count_records = None  # count(records): the node's metrics count finished and failed tasks
         self._job = job
         self.workers: dict[int, Worker] = {}
         self.idle: list[Worker] = []  # workers with nothing to run (a task's lease went back)
@@ -165,6 +166,8 @@ class Supervision:
         result = m.Result._make(body)
         if result.records:
             self._seams.record_sink.add(worker, result.records)
+            if self.count_records is not None:
+                self.count_records(result.records)
         if worker.actor is not None:
             self._call_result(worker.actor, worker, result.task_id, result.wires, result.contained)
         else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+from time import monotonic
 
 from anyray.exceptions import TaskCancelledError, WorkerCrashedError
 from anyray.generators import stream_of
@@ -27,7 +28,7 @@ from .store import ArenaObject, to_wire
 
 class Task:
     __slots__ = ("spec", "shape", "state", "lease", "worker", "attempts", "held", "cancelled", "job", "node",
-                 "spilled", "queues")
+                 "spilled", "queues", "submitted")
 
     def __init__(self, spec: TaskSpec, held: ArenaObject | None, job: tuple):
         self.spec = spec
@@ -42,6 +43,7 @@ class Task:
         self.node = None      # the other node it was handed to (cluster)
         self.spilled = False  # handed here by another node: it runs here
         self.queues = None    # the queues of the placement group bundle it runs in; None: the node's
+        self.submitted = monotonic()  # for the node's scheduling latency (submit to start, on /metrics)
 
 
 def same_env(worker, task: Task) -> bool:
@@ -68,6 +70,7 @@ class Tasks:
         self._idle, self._worker_for = supervision.idle, supervision.worker_for
         self._send, self._exit = supervision.send, supervision.exit
         self.call_worker_of = None  # oid -> the worker running the actor call that returns it (set by the node)
+        self.latency = None  # observe(seconds from submission to start), under the lock (node metrics)
         self.tasks: dict[bytes, Task] = {}          # by return object id, until done
         self._children: dict[bytes, list[Task]] = {}
 
@@ -155,6 +158,8 @@ class Tasks:
                 task.state = "running"
                 worker.task = task
                 task.worker = worker
+                if self.latency is not None:
+                    self.latency.observe(monotonic() - task.submitted)
         if worker is None:
             self.release(lease)
             return
@@ -227,6 +232,8 @@ class Tasks:
                     if runner is not None:
                         nxt.state, nxt.lease, nxt.worker = "running", lease, runner
                         runner.task = nxt
+                        if self.latency is not None:
+                            self.latency.observe(monotonic() - nxt.submitted)
                 else:
                     self._idle.append(worker)
         if nxt is not None:

@@ -41,7 +41,7 @@ from anyray.serialization import SerializedObject
 from anyray.specs import RemoteFailure
 
 from . import messages as m
-from . import worker_env
+from . import metrics_link, worker_env
 from .arena import Location
 from .framing import spin_until_readable
 from .link import FLUSH_INTERVAL, Link
@@ -52,6 +52,7 @@ from .worker_actor import ActorMessages, stream_spec
 from .worker_interrupts import TaskInterrupts
 from .worker_loop import WorkerLoop, current_loop
 from .worker_output import ForwardedEvents, Output
+from .worker_prefix import mark_streams
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,10 @@ class WorkerNode(Link):
                 return  # the node is gone
             except Exception:  # noqa: BLE001 - one bad message must not end the worker
                 log.exception("a worker could not handle a message")
+        try:  # told to exit (retired, or the node shuts down): the user metrics of the last second go too
+            metrics_link.ship(self, force=True)
+        except OSError:
+            pass
 
     def _dispatch(self, msg: bytes) -> None:
         """Handle one message, on whichever thread read it; a task is queued for the main thread."""
@@ -262,6 +267,7 @@ class WorkerNode(Link):
             self.output.flush_streams()
             if self.output.lines:
                 self.output.send()
+            metrics_link.ship(self, force=True)
             sys.stdout.flush()
             sys.stderr.flush()
         except Exception:  # noqa: BLE001 - exiting regardless
@@ -310,6 +316,7 @@ def install(setup: dict) -> None:
     node = WorkerNode(loop, setup)
     if setup.get("forward_output"):
         node.output.capture()
+    mark_streams(setup)  # each line marked (task pid=N, ip=HOST) as Ray's, or dropped (log_to_driver=False)
     signal.signal(signal.SIGINT, node.interrupts.on_sigint)
     loop.takeover = node.main
     sys.stdout.flush()

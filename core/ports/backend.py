@@ -119,6 +119,10 @@ class Backend(ABC):
     scheduler: Scheduler
     object_store: ObjectStore
     metadata: MetadataStore | None = None  # the core never reads it; the backend's own parts share it
+    # where ``ray.util.metrics`` values go: None keeps them in the process's table, which a node serves on its
+    # /metrics; an engine with metrics of its own gives an object with ``record(kind, info, value, tags)`` (kind:
+    # "counter", "gauge" or "histogram"; info: the metric's ``info``; tags: every tag key's value)
+    metric_sink: object | None = None
 
     def __init__(self, config: BackendConfig, events: EventSink) -> None:
         self.config = config

@@ -58,6 +58,7 @@ class RayBackend(Backend):
         from anyray.backend_kit import ErrorLog, WorkerEvents
 
         from .metadata import RayKVMetadataStore
+        from .metrics import RayMetrics
         from .object_store import RayObjectStore
         from .scheduler import RayScheduler
         from .worker import Session
@@ -74,6 +75,7 @@ class RayBackend(Backend):
         self.errors = ErrorLog(self.metadata, cfg.job_id)
         self.events.add_source(self.errors.pull)
         self.task_events = WorkerEvents(self.events, self.errors)  # where tasks run here report
+        self.metric_sink = RayMetrics()  # ray.util.metrics values go to Ray's own metrics
 
     def _check_attachable(self, cfg) -> None:
         given = [k for k in ("num_cpus", "num_gpus", "object_store_memory") if getattr(cfg, k) is not None]

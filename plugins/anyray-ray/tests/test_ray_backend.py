@@ -367,3 +367,28 @@ def test_anyray_run_on_the_ray_backend_leaves_the_real_ray_in_place(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "module ray True" in proc.stdout
+
+
+# -- ray.util.metrics ------------------------------------------------------------------
+
+
+@anyray.remote
+def record_metrics():
+    from anyray.util.metrics import Counter, Gauge, Histogram
+
+    Counter("plugin_items", tag_keys=("kind",)).inc(2, tags={"kind": "task"})
+    Gauge("plugin_level").set(5)
+    Histogram("plugin_sizes", boundaries=[1, 10]).observe(3)
+    made = current_runtime().backend.metric_sink._metrics
+    return sorted((kind, name, type(metric).__module__) for (kind, name), metric in made.items())
+
+
+def test_user_metrics_in_tasks_go_to_rays_own_metrics(session):
+    """On Ray, anyray's ray.util.metrics records through Ray's (Ray's metrics agent exports them), in the driver
+    and in Ray's workers alike."""
+    assert anyray.get(record_metrics.remote()) == [
+        ("counter", "plugin_items", "ray.util.metrics"), ("gauge", "plugin_level", "ray.util.metrics"),
+        ("histogram", "plugin_sizes", "ray.util.metrics")]
+    from anyray.util.metrics import TABLE
+
+    assert anyray.get(record_metrics.remote()) and not TABLE  # nothing kept in anyray's own table
