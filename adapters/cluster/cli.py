@@ -106,10 +106,13 @@ def add_commands(sub) -> None:
                    help=f"head only: the port ray://HOST:PORT reaches the cluster on (default "
                         f"{RAY_CLIENT_PORT}, taken only when free); any node's address works after ray:// too")
     p.add_argument("--include-dashboard", type=_boolean, metavar="BOOL",
-                   help="accepted for Ray's sake and recorded: anyray has no dashboard yet")
-    p.add_argument("--dashboard-host", help="accepted for Ray's sake and recorded: anyray has no dashboard yet")
+                   help="head only: serve the dashboard, a web page of the cluster behind the cluster token "
+                        "(default true)")
+    p.add_argument("--dashboard-host", help="head only: the address the dashboard listens on (default 127.0.0.1: "
+                                            "this machine only; 0.0.0.0 for every interface)")
     p.add_argument("--dashboard-port", type=_port,
-                   help="accepted for Ray's sake and recorded: anyray has no dashboard yet")
+                   help="head only: the dashboard's port (default 8265, as Ray; if another process holds it, the "
+                        "head starts without a dashboard and says so in its log)")
     p.add_argument("--block", action="store_true", help="stay in the foreground until Ctrl-C or `anyray stop`")
     p.set_defaults(func=cmd_start, unknown_flags=_unknown_start_flags)
 
@@ -192,6 +195,8 @@ def cmd_start(args) -> int:
             metadata, join = target.metadata, None
         token_path = args.token_file
         port = next((p for p in (args.port, args.node_manager_port) if p is not None), 0)
+    if args.head and args.include_dashboard is None:
+        settings["include_dashboard"] = True  # Ray's default: the head serves the dashboard
     settings["node_manager_port"] = args.node_manager_port
     settings = {k: v for k, v in settings.items() if v is not None}
     options = dict(directory=directory, head=args.head, host=args.node_ip_address, port=port,
@@ -210,6 +215,8 @@ def cmd_start(args) -> int:
     extra = {k: v for k, v in record.get("ports", {}).items() if k != "node"}
     if extra:
         print("Also serving on " + ", ".join(f"port {v} ({k})" for k, v in extra.items()) + ".")
+    if record.get("dashboard_url"):
+        print(f"Dashboard: {record['dashboard_url']} (log in with the cluster token)")
     if args.head:
         secret = "--redis-password <the password>" if password else f"--token-file <a copy of {token_path}>"
         driver_secret = ('_redis_password="<the password>"' if password

@@ -82,7 +82,7 @@ class NodeDaemon:
         self.head, self.join, self.host, self.port = head, join, host, port
         self.redis_password = redis_password
         # ray_client_port (listened on when free, unless given), node_manager_port and object_manager_port
-        # (fixed extra ports; transfers use the latter), and Ray's dashboard flags (recorded only).
+        # (fixed extra ports; transfers use the latter), and Ray's dashboard flags (a head serves the dashboard).
         self.settings = dict(settings or {})
         self._extra_socks: list[socket.socket] = []
         self._gates: list[Gate] = []  # each listener's: the connections not authenticated yet
@@ -103,6 +103,7 @@ class NodeDaemon:
         self.address = ""
         self.host_id = host_id()
         self.started = time.time()
+        self.dashboard = None  # the cluster's dashboard, on a head that serves one
 
     def __repr__(self) -> str:
         return f"NodeDaemon({self.address or 'starting'})"
@@ -153,13 +154,32 @@ class NodeDaemon:
         threading.Thread(target=self._heartbeat_loop, name="anyray-heartbeat", daemon=True).start()
         for sock in (self._sock, *self._extra_socks):  # the challenge and its deadline, then _serve_client
             self._gates.append(Gate(sock, self.token, self._serve_client, "anyray-node-accept", report=log).start())
+        self.dashboard = self._start_dashboard() if self.head and self.settings.get("include_dashboard") else None
         self.record_file = files.write_node(self.directory, self.port, {
             "pid": os.getpid(), "address": self.address, "node_id": self.node.node_id, "head": self.head,
             "metadata": self.metadata_kind, "started": self.started, "ports": self.ports,
-            **{k: v for k, v in self.settings.items() if k.startswith(("dashboard", "include_dashboard"))}})
+            **{k: v for k, v in self.settings.items() if k.startswith(("dashboard", "include_dashboard"))},
+            **({"dashboard_url": self.dashboard.url} if self.dashboard is not None else {})})
         log(f"serving at {self.address} (node {self.node.node_id}, {'head, ' if self.head else ''}"
             f"metadata: {self.metadata_kind})"
             + "".join(f"; {what} on port {port}" for what, port in self.ports.items() if what != "node"))
+
+    def _start_dashboard(self):
+        """The cluster's dashboard (``adapters/dashboard``, loaded only here). On Ray's default port, a port
+        another process holds is logged and the head goes on without one; a port the user chose must be free."""
+        from ..dashboard import DEFAULT_PORT, start_on_head
+
+        port = self.settings.get("dashboard_port")
+        try:
+            dashboard = start_on_head(self, self.settings.get("dashboard_host"), port)
+        except OSError as exc:
+            if port is not None:
+                raise
+            log(f"no dashboard: {exc}")
+            return None
+        log(f"dashboard at {dashboard.url} (port {DEFAULT_PORT if port is None else port}; "
+            f"log in with the cluster token)")
+        return dashboard
 
     def _listen(self, port: int, flag: str) -> socket.socket:
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
@@ -216,6 +236,8 @@ class NodeDaemon:
         self._stop.set()
 
     def close(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.close()
         for gate in self._gates:
             gate.close()
         for sock in (self._sock, *self._extra_socks):

@@ -115,7 +115,7 @@ class ClusterSource:
 
     def _tasks(self) -> list[dict]:
         live = self._list("tasks")
-        ended = _state._finished_tasks(types.SimpleNamespace(events=self.records.events), None) \
+        ended = _state._finished_tasks(types.SimpleNamespace(events=self.records.events), self.daemon.node.node_id) \
             if self.records is not None else []
         done = {row["task_id"] for row in ended}
         return [{"attempt_number": 0, **row} for row in live if row["task_id"] not in done] + ended
@@ -130,13 +130,18 @@ class ClusterSource:
         return self.daemon._groups()
 
     def _jobs(self) -> list[dict]:
-        """The jobs whose work the cluster holds now (a cluster keeps no table of jobs yet)."""
+        """The jobs whose actors or tasks the cluster lists (a cluster keeps no table of jobs yet): RUNNING while
+        one of them is alive, pending or running."""
         jobs: dict = {}
         for kind in ("actors", "tasks"):
             for row in self._list(kind):
                 job = row.get("job_id")
-                if job and job not in jobs:
-                    jobs[job] = {"job_id": job, "type": "DRIVER", "status": "RUNNING", "entrypoint": None}
+                if not job:
+                    continue
+                entry = jobs.setdefault(job, {"job_id": job, "type": "DRIVER", "status": "NO LIVE WORK",
+                                              "entrypoint": None})
+                if row.get("state") not in ("DEAD", "FINISHED", "FAILED"):
+                    entry["status"] = "RUNNING"
         return list(jobs.values())
 
     def log(self, worker_id: str) -> dict | None:
