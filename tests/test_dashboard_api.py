@@ -240,3 +240,19 @@ def test_a_dashboard_port_taken_fails_the_start_with_a_clear_error(cluster_env):
     finally:
         taken.close()
     assert result.returncode != 0 and "dashboard cannot listen" in result.stderr + result.stdout
+
+
+def test_a_head_on_ray_default_port_held_by_another_process_starts_without_a_dashboard(cluster_env):
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 8265))
+        holder.listen(1)
+    except OSError:  # another process holds it already: the case this test is about
+        pass
+    try:
+        head = start_head(cluster_env, "--num-cpus", "1")
+    finally:
+        holder.close()
+    assert "dashboard_url" not in head
+    with open(os.path.join(cluster_env["ANYRAY_CLUSTER_DIR"], "logs", f"node-{head['pid']}.log")) as f:
+        assert "no dashboard: the dashboard cannot listen on 127.0.0.1:8265" in f.read()

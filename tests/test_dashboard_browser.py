@@ -117,7 +117,7 @@ def test_the_page_shows_live_work_to_a_visitor_with_the_token_only(browser, tmp_
         # a failed task's traceback
         with pytest.raises(ZeroDivisionError):
             anyray.get(broken.remote(), timeout=WAIT)
-        traceback = wait_until(browser, lambda d: [p.text for p in d.find_elements(By.CSS_SELECTOR, "#tasks pre.traceback")
+        traceback = wait_until(browser, lambda d: [p.text for p in d.find_elements(By.CSS_SELECTOR, "pre.traceback")
                                                    if "the traceback the page shows" in p.text], "the traceback")
         assert "Traceback (most recent call last)" in traceback[0] and "ZeroDivisionError" in traceback[0]
 

@@ -154,7 +154,11 @@ class NodeDaemon:
         threading.Thread(target=self._heartbeat_loop, name="anyray-heartbeat", daemon=True).start()
         for sock in (self._sock, *self._extra_socks):  # the challenge and its deadline, then _serve_client
             self._gates.append(Gate(sock, self.token, self._serve_client, "anyray-node-accept", report=log).start())
-        self.dashboard = self._start_dashboard() if self.head and self.settings.get("include_dashboard") else None
+        if self.head and self.settings.get("include_dashboard"):
+            from ..dashboard import start_on_head  # loaded only on a head that serves the dashboard
+
+            self.dashboard = start_on_head(self, self.settings.get("dashboard_host"),
+                                           self.settings.get("dashboard_port"), report=log)
         self.record_file = files.write_node(self.directory, self.port, {
             "pid": os.getpid(), "address": self.address, "node_id": self.node.node_id, "head": self.head,
             "metadata": self.metadata_kind, "started": self.started, "ports": self.ports,
@@ -163,23 +167,6 @@ class NodeDaemon:
         log(f"serving at {self.address} (node {self.node.node_id}, {'head, ' if self.head else ''}"
             f"metadata: {self.metadata_kind})"
             + "".join(f"; {what} on port {port}" for what, port in self.ports.items() if what != "node"))
-
-    def _start_dashboard(self):
-        """The cluster's dashboard (``adapters/dashboard``, loaded only here). On Ray's default port, a port
-        another process holds is logged and the head goes on without one; a port the user chose must be free."""
-        from ..dashboard import DEFAULT_PORT, start_on_head
-
-        port = self.settings.get("dashboard_port")
-        try:
-            dashboard = start_on_head(self, self.settings.get("dashboard_host"), port)
-        except OSError as exc:
-            if port is not None:
-                raise
-            log(f"no dashboard: {exc}")
-            return None
-        log(f"dashboard at {dashboard.url} (port {DEFAULT_PORT if port is None else port}; "
-            f"log in with the cluster token)")
-        return dashboard
 
     def _listen(self, port: int, flag: str) -> socket.socket:
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)

@@ -22,13 +22,23 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8265  # Ray's
 
 
-def start_on_head(daemon, host: str | None = None, port: int | None = None) -> Dashboard:
-    """Serve the cluster's dashboard from the head's daemon; the visitor logs in with the cluster token."""
+def start_on_head(daemon, host: str | None = None, port: int | None = None, report=None) -> Dashboard | None:
+    """Serve the cluster's dashboard from the head's daemon; the visitor logs in with the cluster token.
+
+    On Ray's default port, a port another process holds is said through ``report`` and the head goes on
+    without a dashboard (None); a port the user chose must be free (``OSError``)."""
+    try:
+        dashboard = Dashboard(None, daemon.token, host or DEFAULT_HOST, DEFAULT_PORT if port is None else port)
+    except OSError as exc:
+        if port is not None or report is None:
+            raise
+        report(f"no dashboard: {exc.strerror or exc}")
+        return None
     seams = daemon.scheduler.seams
-    logs = WorkerLogs.install(seams, daemon.node.node_id)
-    records = RecordTap.install(seams)
-    return Dashboard(ClusterSource(daemon, logs, records), daemon.token, host or DEFAULT_HOST,
-                     DEFAULT_PORT if port is None else port)
+    dashboard.serve(ClusterSource(daemon, WorkerLogs.install(seams, daemon.node.node_id), RecordTap.install(seams)))
+    if report is not None:
+        report(f"dashboard at {dashboard.url} (log in with the cluster token)")
+    return dashboard
 
 
 def start_for_driver(runtime, host: str | None = None, port: int | None = None) -> Dashboard:
@@ -47,12 +57,12 @@ def start_for_driver(runtime, host: str | None = None, port: int | None = None) 
     finally:
         os.close(fd)
     try:
-        dashboard = Dashboard(DriverSource(runtime, logs), token, host or DEFAULT_HOST,
-                              DEFAULT_PORT if port is None else port)
+        dashboard = Dashboard(None, token, host or DEFAULT_HOST, DEFAULT_PORT if port is None else port)
     except BaseException:
         os.unlink(path)
         raise
     dashboard.token_file = path
+    dashboard.serve(DriverSource(runtime, logs))
     return dashboard
 
 

@@ -165,15 +165,23 @@ class Dashboard:
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="anyray-dashboard", daemon=True)
+        if source is not None:
+            self.serve(source)
+
+    def serve(self, source) -> None:
+        """Start answering, from ``source`` (the port is held from ``__init__`` on: a caller can learn that it
+        is free before it sets the source up)."""
+        self._server.source = source
         self._thread.start()
 
     def __repr__(self) -> str:
         return f"Dashboard({self.url})"
 
     def close(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=5)
         self._server.server_close()
-        self._thread.join(timeout=5)
         if self.token_file is not None:
             try:
                 os.unlink(self.token_file)
