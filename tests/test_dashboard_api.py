@@ -256,3 +256,30 @@ def test_a_head_on_ray_default_port_held_by_another_process_starts_without_a_das
     assert "dashboard_url" not in head
     with open(os.path.join(cluster_env["ANYRAY_CLUSTER_DIR"], "logs", f"node-{head['pid']}.log")) as f:
         assert "no dashboard: the dashboard cannot listen on 127.0.0.1:8265" in f.read()
+
+
+def test_the_head_shows_what_every_node_ran_and_printed(cluster_env):
+    head = start_head(cluster_env, "--num-cpus", "1", "--dashboard-port", str(free_port()))
+    cli(cluster_env, "start", "--address", head["address"], "--num-cpus", "1", "--resources", '{"elsewhere": 1}')
+    url, cookie = head["dashboard_url"], login(head["dashboard_url"], _cluster_token(cluster_env))
+    other = wait_for(lambda: [n["node_id"] for n in get_json(url, "/api/nodes", cookie)
+                              if n["node_id"] != head["node_id"] and n["state"] == "ALIVE"], "the second node")[0]
+    get_json(url, "/api/tasks", cookie)  # the first look: every node keeps what its workers do from now on
+    anyray.init(backend="cluster", address="auto")
+
+    @anyray.remote(resources={"elsewhere": 1})
+    def away():
+        print("printed on the other node", flush=True)
+        return os.getpid()
+
+    pid = anyray.get(away.remote(), timeout=WAIT)
+    task = wait_for(lambda: [t for t in get_json(url, "/api/tasks", cookie) if t["name"].endswith("away")
+                             and t["state"] == "FINISHED"], "the task that ran on the other node")[0]
+    assert (task["node_id"], task["worker_pid"]) == (other, pid)
+    worker = next(w for w in get_json(url, "/api/workers", cookie) if w["pid"] == pid)
+    assert worker["node_id"] == other
+    log = wait_for(lambda: request(url, "GET", f"/api/workers/{worker['worker_id']}/log",
+                                   headers={"Cookie": cookie})[0] == 200 and
+                   get_json(url, f"/api/workers/{worker['worker_id']}/log", cookie), "the other node's log")
+    assert "printed on the other node\n" in [line["text"] for line in log["lines"]]
+    assert pid in {e["pid"] for e in get_json(url, "/api/timeline", cookie)}

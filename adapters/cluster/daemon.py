@@ -141,7 +141,8 @@ class NodeDaemon:
         self.node.setup["forward_output"] = True  # what tasks print goes to their drivers
         self.scheduler = self.node.scheduler
         for op, handler in (("metadata_url", self._op_metadata_url), ("status", self._op_status),
-                            ("list", self._op_list), ("list_here", self._op_list_here)):
+                            ("list", self._op_list), ("list_here", self._op_list_here),
+                            ("dashboard_here", lambda worker, rid, args: _dashboard_here(self, args))):
             self.scheduler.register(op, handler)
         self._sock = self._listen(self.port, "--port")
         self.port = self._sock.getsockname()[1]
@@ -372,6 +373,14 @@ class NodeDaemon:
 
     def _op_list_here(self, worker, rid, kind):
         return self.scheduler.state(kind)
+
+
+def _dashboard_here(daemon: NodeDaemon, args):
+    """What this node kept for the head's dashboard: ``(what, arg)``, see ``dashboard.taps.NodeTaps.answer``
+    (the taps start at the first question, so a cluster without a dashboard has none)."""
+    from ..dashboard.taps import NodeTaps
+
+    return NodeTaps.of(daemon).answer(*args)
 
 
 def run(*, token: bytes, ready_fd: int | None = None, **options) -> int:

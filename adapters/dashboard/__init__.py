@@ -16,7 +16,7 @@ import tempfile
 
 from .server import Dashboard
 from .sources import ClusterSource, DriverSource
-from .taps import RecordTap, WorkerLogs
+from .taps import NodeTaps, WorkerLogs
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8265  # Ray's
@@ -34,8 +34,7 @@ def start_on_head(daemon, host: str | None = None, port: int | None = None, repo
             raise
         report(f"no dashboard: {exc.strerror or exc}")
         return None
-    seams = daemon.scheduler.seams
-    dashboard.serve(ClusterSource(daemon, WorkerLogs.install(seams, daemon.node.node_id), RecordTap.install(seams)))
+    dashboard.serve(ClusterSource(daemon, NodeTaps.of(daemon)))
     if report is not None:
         report(f"dashboard at {dashboard.url} (log in with the cluster token)")
     return dashboard

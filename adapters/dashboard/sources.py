@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import types
 
 from anyray.util import state as _state
 
@@ -78,10 +77,11 @@ def _available_by_node(runtime) -> dict:
 
 
 class ClusterSource:
-    """The whole cluster, as its head sees it (``daemon``: the head's ``NodeDaemon``)."""
+    """The whole cluster, as its head sees it (``daemon``: the head's ``NodeDaemon``; ``taps``: the head's node's
+    ``taps.NodeTaps``; every other node answers the ``dashboard_here`` request from its own)."""
 
-    def __init__(self, daemon, logs=None, records=None):
-        self.daemon, self.logs, self.records = daemon, logs, records
+    def __init__(self, daemon, taps):
+        self.daemon, self.taps = daemon, taps
 
     def describe(self) -> dict:
         return {"backend": "cluster", "address": self.daemon.address, "metadata": self.daemon.metadata_kind}
@@ -93,6 +93,10 @@ class ClusterSource:
 
     def _list(self, kind: str) -> list[dict]:
         return self.daemon._op_list(None, 0, kind)
+
+    def _everywhere(self, what: str, arg=None) -> list:
+        """The answers of every node's taps, this one's first."""
+        return self.taps.answer(what, arg) + self.daemon.scheduler.ask_every_node("dashboard_here", (what, arg))
 
     def _nodes(self) -> list[dict]:
         status = self.daemon._op_status(None, 0, None)
@@ -115,8 +119,7 @@ class ClusterSource:
 
     def _tasks(self) -> list[dict]:
         live = self._list("tasks")
-        ended = _state._finished_tasks(types.SimpleNamespace(events=self.records.events), self.daemon.node.node_id) \
-            if self.records is not None else []
+        ended = self._everywhere("tasks")
         done = {row["task_id"] for row in ended}
         return [{"attempt_number": 0, **row} for row in live if row["task_id"] not in done] + ended
 
@@ -145,10 +148,15 @@ class ClusterSource:
         return list(jobs.values())
 
     def log(self, worker_id: str) -> dict | None:
-        return _log_text(self.logs, worker_id)
+        node = worker_id.rpartition(":")[0]
+        lines = self.taps.answer("log", worker_id) if node == self.taps.node_id else \
+            self.daemon.scheduler.ask_every_node("dashboard_here", ("log", worker_id))
+        if not lines:
+            return None
+        return {"worker_id": worker_id, "lines": [{"stream": s, "text": t} for s, t in lines]}
 
     def timeline(self) -> list[dict]:
-        return _plain(self.records.events.trace_events()) if self.records is not None else []
+        return _plain(self._everywhere("timeline"))
 
 
 def this_process() -> dict:

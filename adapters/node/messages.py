@@ -384,7 +384,8 @@ class CancelRef(NamedTuple):
 # Ops whose argument is a bare value: alloc (nbytes; answer an arena.Grant), abandon (rid), list_named
 # (namespace), resources ("total", "available" or "nodes"), usage (None), expect ({oid: node id}),
 # records, records_here (job id; answer: [RecordRow]), output, output_here (job id; answer: [PrintedLine]),
-# and a daemon's metadata_url, status, list, list_here.
+# and a daemon's metadata_url, status, list, list_here, dashboard_here ((what, arg): what a node kept for a head's
+# dashboard, see dashboard/taps.py).
 OP_TYPES = {"submit": Submit, "forward": Forward, "create_actor": CreateActor, "create_actor_here": CreateActorHere,
             "actor_call": CallActor, "get": Get, "wait": Wait, "wait_watch": WaitWatch, "put": Put, "put_kept": Put,
             "stream_put": StreamPut, "named": Named,
