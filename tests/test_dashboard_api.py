@@ -283,3 +283,16 @@ def test_the_head_shows_what_every_node_ran_and_printed(cluster_env):
                    get_json(url, f"/api/workers/{worker['worker_id']}/log", cookie), "the other node's log")
     assert "printed on the other node\n" in [line["text"] for line in log["lines"]]
     assert pid in {e["pid"] for e in get_json(url, "/api/timeline", cookie)}
+
+
+def test_a_local_driver_serves_the_same_api():
+    ctx = anyray.init(backend="local", include_dashboard=True, dashboard_port=0)
+    try:
+        with open(ctx.dashboard_token_file) as f:
+            cookie = login(ctx.dashboard_url, f.read())
+        Counter.options(name="here").remote()
+        actors = wait_for(lambda: get_json(ctx.dashboard_url, "/api/actors", cookie), "the actor")
+        assert [(a["class_name"], a["name"]) for a in actors] == [("Counter", "here")]
+        assert get_json(ctx.dashboard_url, "/api/info", cookie)["backend"] == "local"
+    finally:
+        anyray.shutdown()
