@@ -221,8 +221,8 @@ def test_the_head_serves_the_cluster_behind_the_cluster_token(cluster_env):
     finally:
         program.stdin.close()
         program.wait(timeout=WAIT)
-    status = cli(cluster_env, "status").stdout  # the head still serves its drivers as before
-    assert head["node_id"] in status
+    status = cli(cluster_env, "status").stdout  # the head still serves its drivers as before, and says where
+    assert head["node_id"] in status and f"Dashboard: {url}" in status
 
 
 def test_a_head_started_without_the_dashboard_serves_none(cluster_env):

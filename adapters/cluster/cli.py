@@ -296,6 +296,8 @@ def cmd_status(args) -> int:
     now = status["now"]
     print(f"anyray cluster (metadata: {status['metadata']}; a node is dead once its lease of "
           f"{status['lease_seconds']:g} s lapses)")
+    if status.get("dashboard_url"):  # the answering node's: the head serves the cluster's
+        print(f"Dashboard: {status['dashboard_url']}")
     print(f"\nNodes: {len(nodes)} alive")
     for n in nodes:
         age = max(now - n.get("heartbeat", now), 0.0)

@@ -358,7 +358,8 @@ class NodeDaemon:
     def _op_status(self, worker, rid, _args):
         return {"nodes": self.nodes(), "dead": self._scan_json(DEAD), "this": self.node.node_id,
                 "metadata": self.metadata_kind, "usage": self.node.store.usage(), "now": time.time(),
-                "lease_seconds": LEASE_SECONDS, "placement_groups": self._groups()}
+                "lease_seconds": LEASE_SECONDS, "placement_groups": self._groups(),
+                "dashboard_url": self.dashboard.url if self.dashboard is not None else None}
 
     def _groups(self) -> list[dict]:
         return [listing(r) for r in GroupRecords(self.metadata).all()]

@@ -102,7 +102,8 @@ const TABLES = {
   objects: {id: (r) => r.object_id, cols: [
     ["object", (r) => shortId(r.object_id)], ["size", (r) => fmtBytes(r.object_size)],
     ["node", (r) => shortId(r.node_id)], ["shared memory", (r) => (r.shared_memory ? "yes" : "")],
-    ["spilled", (r) => (r.spilled ? (r.spilled_url || "yes") : "")]]},
+    // filled where the store says so: a row's "spilled" (true, or where to) and "spilled_url"
+    ["spilled", (r) => (r.spilled ? (r.spilled_url || (r.spilled === true ? "yes" : String(r.spilled))) : "")]]},
   placement_groups: {id: (r) => r.placement_group_id, cols: [
     ["group", (r) => shortId(r.placement_group_id)], ["name", (r) => r.name || ""],
     ["state", (r) => stateCell(r.state)], ["strategy", (r) => r.strategy || r.topology_strategy || ""],
