@@ -39,6 +39,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = "anyray-dashboard"
     sys_version = ""
+    timeout = 60  # an idle keep-alive connection ends (and its thread with it)
 
     # -- answers -----------------------------------------------------------------------------
     def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
