@@ -296,3 +296,14 @@ def test_a_local_driver_serves_the_same_api():
         assert get_json(ctx.dashboard_url, "/api/info", cookie)["backend"] == "local"
     finally:
         anyray.shutdown()
+
+
+def test_a_head_started_with_a_redis_password_takes_the_password_at_the_login(cluster_env):
+    head = start_head(cluster_env, "--num-cpus", "1", "--dashboard-port", str(free_port()),
+                      "--redis-password", "dashboard-pw")
+    url = head["dashboard_url"]
+    cookie = login(url, "dashboard-pw")
+    assert get_json(url, "/api/nodes", cookie)[0]["node_id"] == head["node_id"]
+    status, headers, _ = request(url, "POST", "/login", "token=another-pw",
+                                 {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 401 and "Set-Cookie" not in headers

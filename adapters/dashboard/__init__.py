@@ -23,12 +23,16 @@ DEFAULT_PORT = 8265  # Ray's
 
 
 def start_on_head(daemon, host: str | None = None, port: int | None = None, report=None) -> Dashboard | None:
-    """Serve the cluster's dashboard from the head's daemon; the visitor logs in with the cluster token.
+    """Serve the cluster's dashboard from the head's daemon; the visitor logs in with the cluster token (or the
+    Redis password it was derived from, for a head started with ``--redis-password``).
 
     On Ray's default port, a port another process holds is said through ``report`` and the head goes on
     without a dashboard (None); a port the user chose must be free (``OSError``)."""
+    from ..cluster.address import token_from_password  # a head started with --redis-password: it logs in too
+
     try:
-        dashboard = Dashboard(None, daemon.token, host or DEFAULT_HOST, DEFAULT_PORT if port is None else port)
+        dashboard = Dashboard(None, daemon.token, host or DEFAULT_HOST, DEFAULT_PORT if port is None else port,
+                              derive=token_from_password)
     except OSError as exc:
         if port is not None or report is None:
             raise

@@ -20,10 +20,13 @@ COOKIE = "anyray_dashboard"
 class Gatekeeper:
     """Checks logins, cookies and bearer headers against one token."""
 
-    def __init__(self, token: bytes):
+    def __init__(self, token: bytes, derive=None):
+        """``derive``: turns what a visitor typed into a token too (a head's: the token of a cluster started with
+        ``--redis-password``, from that password), so the password logs in where it derives the token."""
         if not token:
             raise ValueError("The dashboard needs the cluster token to check visitors; got an empty one.")
         self._token = token
+        self._derive = derive
         # a restart of the dashboard ends every session: the value depends on this process's secret
         self._session = hmac.new(secrets.token_bytes(32), b"anyray-dashboard-session:" + token,
                                  hashlib.sha256).hexdigest()
@@ -35,6 +38,12 @@ class Gatekeeper:
         if isinstance(offered, str):
             offered = offered.strip().encode("utf-8", "replace")
         return hmac.compare_digest(offered, self._token)
+
+    def login_matches(self, offered: str) -> bool:
+        """What the login form posted: the token, or what ``derive`` turns into it."""
+        if self.token_matches(offered):
+            return True
+        return self._derive is not None and bool(offered) and hmac.compare_digest(self._derive(offered), self._token)
 
     def session_cookie(self) -> str:
         """The Set-Cookie header value a successful login answers with."""

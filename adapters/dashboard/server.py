@@ -110,7 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._login_page(400, "The form was not a login form.")
         form = urllib.parse.parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
         offered = (form.get("token") or [""])[0]
-        if offered and self._gate.token_matches(offered):
+        if offered and self._gate.login_matches(offered):
             return self._redirect("/", {"Set-Cookie": self._gate.session_cookie()})
         self._login_page(401, "That is not the cluster's token.")
 
@@ -153,13 +153,13 @@ class Dashboard:
 
     token_file: str | None = None
 
-    def __init__(self, source, token: bytes, host: str, port: int):
+    def __init__(self, source, token: bytes, host: str, port: int, derive=None):
         try:
             self._server = (_Server6 if ":" in host else _Server)((host, port), _Handler)
         except OSError as exc:
             raise OSError(exc.errno, f"the dashboard cannot listen on {host}:{port}: {exc.strerror}; pick another "
                                      f"port (--dashboard-port, or init(dashboard_port=...))") from None
-        self._server.gate = Gatekeeper(token)
+        self._server.gate = Gatekeeper(token, derive)
         self._server.source = source
         self.host = host
         self.port = self._server.server_address[1]
