@@ -40,20 +40,23 @@ def browser():
 
 
 def wait_until(driver, condition, what: str):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    try:
-        return WebDriverWait(driver, WAIT, poll_frequency=0.2).until(lambda d: condition(d))
+    try:  # a table redrawn between finding a row and reading it: look again
+        return WebDriverWait(driver, WAIT, poll_frequency=0.2,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: condition(d))
     except Exception as exc:
         raise AssertionError(f"the page never showed {what}; it shows:\n{driver.find_element('tag name', 'body').text}"
                              ) from exc
 
 
 def row_state(driver, table: str, name: str) -> str | None:
-    for row in driver.find_elements("css selector", f"#{table} tbody tr"):
-        if name in row.text:
-            return row.get_attribute("data-state")
-    return None
+    """The state of the first row of ``table`` that shows ``name``, read in one script (the page redraws)."""
+    return driver.execute_script(
+        "for (const row of document.querySelectorAll(`#${arguments[0]} tbody tr`)) {"
+        "  if (row.textContent.includes(arguments[1])) return row.dataset.state || null; }"
+        "return null;", table, name)
 
 
 @anyray.remote

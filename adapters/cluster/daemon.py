@@ -377,11 +377,12 @@ class NodeDaemon:
 
 
 def _dashboard_here(daemon: NodeDaemon, args):
-    """What this node kept for the head's dashboard: ``(what, arg)``, see ``dashboard.taps.NodeTaps.answer``
-    (the taps start at the first question, so a cluster without a dashboard has none)."""
+    """What this node kept for the head's dashboard (``m.DashboardAsk``; see ``dashboard.taps.NodeTaps.answer``).
+    The taps start at the first question, so a cluster without a dashboard has none."""
     from ..dashboard.taps import NodeTaps
 
-    return NodeTaps.of(daemon).answer(*args)
+    ask = m.DashboardAsk._make(args)
+    return NodeTaps.of(daemon).answer(ask.what, ask.arg)
 
 
 def run(*, token: bytes, ready_fd: int | None = None, **options) -> int:

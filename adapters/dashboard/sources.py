@@ -17,6 +17,8 @@ import time
 
 from anyray.util import state as _state
 
+from ..node import messages as m
+
 KINDS = ("nodes", "actors", "tasks", "objects", "workers", "placement_groups", "jobs")
 
 
@@ -96,7 +98,8 @@ class ClusterSource:
 
     def _everywhere(self, what: str, arg=None) -> list:
         """The answers of every node's taps, this one's first."""
-        return self.taps.answer(what, arg) + self.daemon.scheduler.ask_every_node("dashboard_here", (what, arg))
+        return self.taps.answer(what, arg) + self.daemon.scheduler.ask_every_node("dashboard_here",
+                                                                                  m.DashboardAsk.pack(what, arg))
 
     def _nodes(self) -> list[dict]:
         status = self.daemon._op_status(None, 0, None)
@@ -150,7 +153,7 @@ class ClusterSource:
     def log(self, worker_id: str) -> dict | None:
         node = worker_id.rpartition(":")[0]
         lines = self.taps.answer("log", worker_id) if node == self.taps.node_id else \
-            self.daemon.scheduler.ask_every_node("dashboard_here", ("log", worker_id))
+            self.daemon.scheduler.ask_every_node("dashboard_here", m.DashboardAsk.pack("log", worker_id))
         if not lines:
             return None
         return {"worker_id": worker_id, "lines": [{"stream": s, "text": t} for s, t in lines]}

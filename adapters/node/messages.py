@@ -384,8 +384,7 @@ class CancelRef(NamedTuple):
 # Ops whose argument is a bare value: alloc (nbytes; answer an arena.Grant), abandon (rid), list_named
 # (namespace), resources ("total", "available" or "nodes"), usage (None), expect ({oid: node id}),
 # records, records_here (job id; answer: [RecordRow]), output, output_here (job id; answer: [PrintedLine]),
-# and a daemon's metadata_url, status, list, list_here, dashboard_here ((what, arg): what a node kept for a head's
-# dashboard, see dashboard/taps.py).
+# and a daemon's metadata_url, status, list, list_here.
 OP_TYPES = {"submit": Submit, "forward": Forward, "create_actor": CreateActor, "create_actor_here": CreateActorHere,
             "actor_call": CallActor, "get": Get, "wait": Wait, "wait_watch": WaitWatch, "put": Put, "put_kept": Put,
             "stream_put": StreamPut, "named": Named,
@@ -535,3 +534,13 @@ TYPE_OF_TAG[DIRECT_CALL] = ActorCall
 TYPE_OF_TAG[DIRECT_RESULT] = DirectResult
 OP_TYPES["direct_actor"] = DirectActor
 OP_TYPES["direct_cancel"] = DirectCancel
+
+
+class DashboardAsk(NamedTuple):  # "dashboard_here", a head's dashboard -> every other node (dashboard/taps.py)
+    what: str                 # "tasks", "timeline" or "log"
+    arg: Any                  # for "log": the worker's id
+
+
+_add_pack(DashboardAsk)
+TYPES.append(DashboardAsk)
+OP_TYPES["dashboard_here"] = DashboardAsk
