@@ -126,10 +126,14 @@ def test_the_page_shows_live_work_to_a_visitor_with_the_token_only(browser, tmp_
 
         # each worker's log, and the timeline's download link
         actor_pid = anyray.util.state.list_actors(filters=[("name", "=", "greeter")])[0].pid
-        button = wait_until(browser, lambda d: [r.find_element(By.CSS_SELECTOR, "button.show-log")
-                                                for r in d.find_elements(By.CSS_SELECTOR, "#workers tbody tr")
-                                                if str(actor_pid) in r.text], "the actor's worker")[0]
-        button.click()
+        def open_log(d) -> bool:
+            for row in d.find_elements(By.CSS_SELECTOR, "#workers tbody tr"):
+                if str(actor_pid) in row.text.split():
+                    row.find_element(By.CSS_SELECTOR, "button.show-log").click()
+                    return True
+            return False
+
+        wait_until(browser, open_log, "the actor's worker")
         wait_until(browser, lambda d: "hello from the greeter" in d.find_element(By.ID, "log").text, "the log")
         link = browser.find_element(By.ID, "timeline")
         assert link.get_attribute("href") == url + "/api/timeline" and link.get_attribute("download")
