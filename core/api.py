@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import inspect
 import os
+import sys
 import threading
 import uuid
 from typing import Any
@@ -45,6 +46,7 @@ class InitContext:
         self.address = info.get("address")
         self.node_id = info.get("node_id")
         self.dashboard_url = info.get("dashboard_url")
+        self.dashboard_token_file = info.get("dashboard_token_file")  # a driver's own dashboard's token
         self.address_info = {"address": self.address, "node_id": self.node_id, "backend": backend}
 
     def __getitem__(self, key):
@@ -194,6 +196,7 @@ def init(backend: str | None = None, *, address: str | None = None, num_cpus: fl
                             + _whose_options(unknown))
         if "logging_level" in backend_options and backend_options.get("configure_logging", True):
             _log.set_driver_level(backend_options["logging_level"])  # Ray's: the driver's own logger
+        dashboard_wanted = _check_dashboard_options(backend_cls, backend_options)
         if resources is not None and (not isinstance(resources, dict) or
                                       not all(isinstance(k, str) for k in resources)):
             raise TypeError(f"init(): resources must be a dict of name to amount, got {resources!r}.")
@@ -218,12 +221,47 @@ def init(backend: str | None = None, *, address: str | None = None, num_cpus: fl
             runtime.shutdown()
             raise
         _rt.set_current(runtime)
+        dashboard = None
+        if dashboard_wanted:
+            try:
+                dashboard = _start_dashboard(runtime, backend_options)
+            except BaseException:
+                _rt.set_current(None)
+                runtime.shutdown()
+                raise
         if _runtime_env_setup.installs_eagerly(runtime):  # the job's pip/uv environment is built from now on
             remote(num_cpus=0)(_prepare_environment).remote()
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
-        return InitContext(name, runtime.backend.info())
+        info = runtime.backend.info()
+        if dashboard is not None:
+            info = {**info, "dashboard_url": dashboard.url, "dashboard_token_file": dashboard.token_file}
+        return InitContext(name, info)
+
+
+def _check_dashboard_options(backend_cls, options: dict) -> bool:
+    """Whether this driver serves a dashboard of its own (``include_dashboard=True`` on a backend that does not
+    take the option itself and runs on this machine: a cluster's head serves the cluster's)."""
+    include, host, port = (options.get(k) for k in ("include_dashboard", "dashboard_host", "dashboard_port"))
+    if include is not None and not isinstance(include, bool):
+        raise TypeError(f"init(): include_dashboard must be True, False or None, got {include!r}.")
+    if host is not None and (not isinstance(host, str) or not host):
+        raise TypeError(f"init(): dashboard_host must be an address to listen on such as '127.0.0.1', got {host!r}.")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
+        raise ValueError(f"init(): dashboard_port must be a port number 0-65535 (0: any free one), got {port!r}.")
+    return bool(include) and "include_dashboard" not in backend_cls.accepted_options \
+        and _MULTI_NODE not in backend_cls.capabilities
+
+
+def _start_dashboard(runtime, options: dict):
+    from anyray.adapters.dashboard import start_for_driver  # loaded only when a dashboard is wanted
+
+    dashboard = start_for_driver(runtime, options.get("dashboard_host"), options.get("dashboard_port"))
+    runtime.dashboard = dashboard
+    print(f"(anyray) dashboard at {dashboard.url} (log in with the token in {dashboard.token_file})",
+          file=sys.stderr, flush=True)
+    return dashboard
 
 
 def _system_config_of(options: dict) -> dict:
@@ -247,6 +285,9 @@ def shutdown() -> None:
         if runtime is None:
             return
         _rt.set_current(None)
+        dashboard = getattr(runtime, "dashboard", None)
+        if dashboard is not None:
+            dashboard.close()
         try:
             runtime.shutdown()
         finally:

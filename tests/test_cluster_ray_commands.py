@@ -295,13 +295,15 @@ def test_ray_flags_anyray_lacks_are_named_in_the_error(machines):
     assert not machines.records()  # nothing started
 
 
-def test_dashboard_flags_are_accepted_and_recorded(machines):
+def test_dashboard_flags_are_taken_and_recorded(machines):
     env = machines.env("head")
-    shell(env, "anyray start --head --port 0 --ray-client-server-port 0 --include-dashboard=true "
-               "--dashboard-host=0.0.0.0 --dashboard-port 8265")
+    port = free_port()  # the dashboard itself: tests/test_dashboard_api.py
+    shell(env, f"anyray start --head --port 0 --ray-client-server-port 0 --include-dashboard=true "
+               f"--dashboard-host=127.0.0.1 --dashboard-port {port}")
     record = machines.records()[0]
-    assert (record["include_dashboard"], record["dashboard_host"], record["dashboard_port"]) == (True, "0.0.0.0", 8265)
-    assert "anyray has no dashboard yet" in " ".join(shell(env, "anyray start --help").stdout.split())
+    assert (record["include_dashboard"], record["dashboard_host"], record["dashboard_port"], record["dashboard_url"]) \
+        == (True, "127.0.0.1", port, f"http://127.0.0.1:{port}")
+    assert "head only: serve the dashboard" in " ".join(shell(env, "anyray start --help").stdout.split())
 
 
 def test_fixed_node_and_object_manager_ports(machines, tmp_path):

@@ -110,10 +110,13 @@ def add_commands(sub) -> None:
                    help=f"head only: the port ray://HOST:PORT reaches the cluster on (default "
                         f"{RAY_CLIENT_PORT}, taken only when free); any node's address works after ray:// too")
     p.add_argument("--include-dashboard", type=_boolean, metavar="BOOL",
-                   help="accepted for Ray's sake and recorded: anyray has no dashboard yet")
-    p.add_argument("--dashboard-host", help="accepted for Ray's sake and recorded: anyray has no dashboard yet")
+                   help="head only: serve the dashboard, a web page of the cluster behind the cluster token "
+                        "(default true)")
+    p.add_argument("--dashboard-host", help="head only: the address the dashboard listens on (default 127.0.0.1: "
+                                            "this machine only; 0.0.0.0 for every interface)")
     p.add_argument("--dashboard-port", type=_port,
-                   help="accepted for Ray's sake and recorded: anyray has no dashboard yet")
+                   help="head only: the dashboard's port (default 8265, as Ray; if another process holds it, the "
+                        "head starts without a dashboard and says so in its log)")
     p.add_argument("--metrics-export-port", type=_port,
                    help="the port this node serves Prometheus' /metrics on, at --node-ip-address, without "
                         "authentication as Ray (default: a free port, printed and in `anyray status`)")
@@ -227,6 +230,8 @@ def cmd_start(args) -> int:
         return _fail(exc)
     if tls_files is not None:
         settings["tls"] = tls_files.as_dict()
+    if args.head and args.include_dashboard is None:
+        settings["include_dashboard"] = True  # Ray's default: the head serves the dashboard
     settings["node_manager_port"] = args.node_manager_port
     settings = {k: v for k, v in settings.items() if v is not None}
     options = dict(directory=directory, head=args.head, host=args.node_ip_address, port=port,
@@ -245,6 +250,8 @@ def cmd_start(args) -> int:
     extra = {k: v for k, v in record.get("ports", {}).items() if k != "node"}
     if extra:
         print("Also serving on " + ", ".join(f"port {v} ({k})" for k, v in extra.items()) + ".")
+    if record.get("dashboard_url"):
+        print(f"Dashboard: {record['dashboard_url']} (log in with the cluster token)")
     if args.head:
         secret = "--redis-password <the password>" if password else f"--token-file <a copy of {token_path}>"
         driver_secret = ('_redis_password="<the password>"' if password
@@ -366,6 +373,8 @@ def cmd_status(args) -> int:
     now = status["now"]
     print(f"anyray cluster (metadata: {status['metadata']}; a node is dead once its lease of "
           f"{status['lease_seconds']:g} s lapses)")
+    if status.get("dashboard_url"):  # the answering node's: the head serves the cluster's
+        print(f"Dashboard: {status['dashboard_url']}")
     print(f"\nNodes: {len(nodes)} alive")
     for n in nodes:
         age = max(now - n.get("heartbeat", now), 0.0)

@@ -96,7 +96,7 @@ class NodeDaemon:
         self.head, self.join, self.host, self.port = head, join, host, port
         self.redis_password = redis_password
         # ray_client_port (listened on when free, unless given), node_manager_port and object_manager_port
-        # (fixed extra ports; transfers use the latter), and Ray's dashboard flags (recorded only).
+        # (fixed extra ports; transfers use the latter), and Ray's dashboard flags (a head serves the dashboard).
         self.settings = dict(settings or {})
         # TLS on every TCP port (``tls``): the files given (``--tls``'s, or the user's), else the environment's
         self.tls = tls.TLSFiles(**self.settings["tls"]).check() if self.settings.get("tls") else tls.from_env()
@@ -120,6 +120,7 @@ class NodeDaemon:
         self.address = ""
         self.host_id = host_id()
         self.started = time.time()
+        self.dashboard = None  # the cluster's dashboard, on a head that serves one
 
     def __repr__(self) -> str:
         return f"NodeDaemon({self.address or 'starting'})"
@@ -160,7 +161,8 @@ class NodeDaemon:
         self.node.setup["node_ip"] = self.host  # and each line says where: (task pid=N, ip=HOST)
         self.scheduler = self.node.scheduler
         for op, handler in (("metadata_url", self._op_metadata_url), ("status", self._op_status),
-                            ("list", self._op_list), ("list_here", self._op_list_here)):
+                            ("list", self._op_list), ("list_here", self._op_list_here),
+                            ("dashboard_here", lambda worker, rid, args: _dashboard_here(self, args))):
             self.scheduler.register(op, handler)
         self._sock = self._listen(self.port, "--port")
         self.port = self._sock.getsockname()[1]
@@ -178,11 +180,17 @@ class NodeDaemon:
         for sock in (self._sock, *self._extra_socks):  # the challenge and its deadline, then _serve_client
             self._gates.append(Gate(sock, self.token, self._serve_client, "anyray-node-accept", report=log,
                                     tls=server_tls).start())
+        if self.head and self.settings.get("include_dashboard"):
+            from ..dashboard import start_on_head  # loaded only on a head that serves the dashboard
+
+            self.dashboard = start_on_head(self, self.settings.get("dashboard_host"),
+                                           self.settings.get("dashboard_port"), report=log)
         self.record_file = files.write_node(self.directory, self.port, {
             "pid": os.getpid(), "address": self.address, "node_id": self.node.node_id, "head": self.head,
             "metadata": self.metadata_kind, "started": self.started, "ports": self.ports,
             "tls": self.tls.as_dict() if self.tls is not None else None,
-            **{k: v for k, v in self.settings.items() if k.startswith(("dashboard", "include_dashboard"))}})
+            **{k: v for k, v in self.settings.items() if k.startswith(("dashboard", "include_dashboard"))},
+            **({"dashboard_url": self.dashboard.url} if self.dashboard is not None else {})})
         log(f"serving at {self.address} (node {self.node.node_id}, {'head, ' if self.head else ''}"
             f"metadata: {self.metadata_kind}{', TLS' if self.tls is not None else ''})"
             + "".join(f"; {what} on port {port}" for what, port in self.ports.items() if what != "node"))
@@ -242,6 +250,8 @@ class NodeDaemon:
         self._stop.set()
 
     def close(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.close()
         for gate in self._gates:
             gate.close()
         if self.metrics is not None:
@@ -377,7 +387,8 @@ class NodeDaemon:
     def _op_status(self, worker, rid, _args):
         return {"nodes": self.nodes(), "dead": self._scan_json(DEAD), "this": self.node.node_id,
                 "metadata": self.metadata_kind, "usage": self.node.store.usage(), "now": time.time(),
-                "lease_seconds": LEASE_SECONDS, "placement_groups": self._groups()}
+                "lease_seconds": LEASE_SECONDS, "placement_groups": self._groups(),
+                "dashboard_url": self.dashboard.url if self.dashboard is not None else None}
 
     def _groups(self) -> list[dict]:
         return [listing(r) for r in GroupRecords(self.metadata).all()]
@@ -392,6 +403,15 @@ class NodeDaemon:
 
     def _op_list_here(self, worker, rid, kind):
         return self.scheduler.state(kind)
+
+
+def _dashboard_here(daemon: NodeDaemon, args):
+    """What this node kept for the head's dashboard (``m.DashboardAsk``; see ``dashboard.taps.NodeTaps.answer``).
+    The taps start at the first question, so a cluster without a dashboard has none."""
+    from ..dashboard.taps import NodeTaps
+
+    ask = m.DashboardAsk._make(args)
+    return NodeTaps.of(daemon).answer(ask.what, ask.arg)
 
 
 def run(*, token: bytes, ready_fd: int | None = None, **options) -> int:

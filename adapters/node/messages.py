@@ -534,3 +534,13 @@ TYPE_OF_TAG[DIRECT_CALL] = ActorCall
 TYPE_OF_TAG[DIRECT_RESULT] = DirectResult
 OP_TYPES["direct_actor"] = DirectActor
 OP_TYPES["direct_cancel"] = DirectCancel
+
+
+class DashboardAsk(NamedTuple):  # "dashboard_here", a head's dashboard -> every other node (dashboard/taps.py)
+    what: str                 # "tasks", "timeline" or "log"
+    arg: Any                  # for "log": the worker's id
+
+
+_add_pack(DashboardAsk)
+TYPES.append(DashboardAsk)
+OP_TYPES["dashboard_here"] = DashboardAsk

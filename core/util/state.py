@@ -7,7 +7,9 @@ the PlacementGroupPort's table, ``list_jobs`` the jobs the backend lists (every 
 the job of this driver. Results are Ray's types with Ray's field names (``ActorState``, ``TaskState``, ...;
 ``detail=True`` fills the detail columns, else they are None), filtered as Ray filters them (``(key, "=" or
 "!=", value)``, strings compared case-insensitively, a string value converted to the column's int or bool),
-at most ``limit`` of them.
+at most ``limit`` of them. Given a dashboard's address (``address="http://127.0.0.1:8265"``, as Ray's), the
+``list_*`` functions read the rows its JSON API serves instead, with no ``init`` needed (the token: the
+cluster's, as ``anyray start`` left it on this machine, or ``$ANYRAY_CLUSTER_TOKEN``).
 """
 
 from __future__ import annotations
@@ -402,14 +404,24 @@ def _check_limit(limit) -> int:
     return limit
 
 
-def _list(kind: str, schema, filters, limit, detail: bool) -> list:
+def _source_rows(kind: str, address, timeout) -> list[dict]:
+    """The rows of this job's backend; or, given a dashboard's address (``http://HOST:8265``, as Ray's state API
+    takes it), the rows its JSON API serves."""
+    if isinstance(address, str) and address.startswith(("http://", "https://")):
+        from anyray.adapters.dashboard.client import list_rows  # only for a dashboard's address
+
+        return list_rows(address, kind, timeout)
+    return _rows(kind)
+
+
+def _list(kind: str, schema, filters, limit, detail: bool, address=None, timeout=DEFAULT_RPC_TIMEOUT) -> list:
     limit = _check_limit(limit)
     checked = _check_filters(filters, schema)
     if _conflicting(checked):
         return []
     columns = schema.detail_columns() if detail else schema.base_columns()
     out = []
-    for row in _rows(kind):
+    for row in _source_rows(kind, address, timeout):
         if _matches(row, checked):
             out.append(schema(**{k: v for k, v in row.items() if k in columns}))
             if len(out) >= limit:
@@ -420,47 +432,47 @@ def _list(kind: str, schema, filters, limit, detail: bool) -> list:
 def list_actors(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout: int = DEFAULT_RPC_TIMEOUT,
                 detail: bool = False, raise_on_missing_output: bool = True, _explain: bool = False) -> list[ActorState]:
     """The actors of the cluster (every job's, dead ones included)."""
-    return _list("actors", ActorState, filters, limit, detail)
+    return _list("actors", ActorState, filters, limit, detail, address, timeout)
 
 
 def list_tasks(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout: int = DEFAULT_RPC_TIMEOUT,
                detail: bool = False, raise_on_missing_output: bool = True, _explain: bool = False) -> list[TaskState]:
     """Tasks and actor calls: those pending or running on any node, and those of this job that ended."""
-    return _list("tasks", TaskState, filters, limit, detail)
+    return _list("tasks", TaskState, filters, limit, detail, address, timeout)
 
 
 def list_objects(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout: int = DEFAULT_RPC_TIMEOUT,
                  detail: bool = False, raise_on_missing_output: bool = True,
                  _explain: bool = False) -> list[ObjectState]:
     """The objects the object stores of the cluster hold."""
-    return _list("objects", ObjectState, filters, limit, detail)
+    return _list("objects", ObjectState, filters, limit, detail, address, timeout)
 
 
 def list_nodes(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout: int = DEFAULT_RPC_TIMEOUT,
                detail: bool = False, raise_on_missing_output: bool = True, _explain: bool = False) -> list[NodeState]:
     """The nodes of the cluster, dead ones included while the backend remembers them."""
-    return _list("nodes", NodeState, filters, limit, detail)
+    return _list("nodes", NodeState, filters, limit, detail, address, timeout)
 
 
 def list_jobs(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout: int = DEFAULT_RPC_TIMEOUT,
               detail: bool = False, raise_on_missing_output: bool = True, _explain: bool = False) -> list[JobState]:
     """Every job of the cluster where the backend keeps them (Ray: every driver's, finished ones SUCCEEDED); on
     the built-in backends the job of this driver (they keep no table of jobs, and have no job submission)."""
-    return _list("jobs", JobState, filters, limit, detail)
+    return _list("jobs", JobState, filters, limit, detail, address, timeout)
 
 
 def list_placement_groups(address=None, filters=None, limit: int = DEFAULT_LIMIT,
                           timeout: int = DEFAULT_RPC_TIMEOUT, detail: bool = False,
                           raise_on_missing_output: bool = True, _explain: bool = False) -> list[PlacementGroupState]:
     """The placement groups of the cluster, removed ones included (none on a backend without groups)."""
-    return _list("placement_groups", PlacementGroupState, filters, limit, detail)
+    return _list("placement_groups", PlacementGroupState, filters, limit, detail, address, timeout)
 
 
 def list_workers(address=None, filters=None, limit: int = DEFAULT_LIMIT, timeout: int = DEFAULT_RPC_TIMEOUT,
                  detail: bool = False, raise_on_missing_output: bool = True,
                  _explain: bool = False) -> list[WorkerState]:
     """The processes that run tasks and actors (``WORKER``) and drivers (``DRIVER``)."""
-    return _list("workers", WorkerState, filters, limit, detail)
+    return _list("workers", WorkerState, filters, limit, detail, address, timeout)
 
 
 def _id_of(id, what: str) -> str:

@@ -1,0 +1,190 @@
+"""The dashboard's HTTP server: the page, its login, and the JSON API under ``/api/``.
+
+The stdlib's ``ThreadingHTTPServer`` on a daemon thread: chosen by measurement over aiohttp and
+starlette + uvicorn (``benchmarks/dashboard_stacks.py``: the least import time and memory added to the head,
+and the most requests per second of ``/api/nodes`` on one connection), and it adds no dependency.
+
+Routes (GET unless said): ``/`` the page (a visitor without a session is sent to ``/login``); ``/login`` the form,
+POST it with ``token``; POST ``/logout``; ``/static/<file>``; ``/api/<kind>`` for the kinds of
+``sources.KINDS``; ``/api/workers/<id>/log``; ``/api/timeline`` (a Chrome trace, as a download); ``/api/info``.
+An ``/api/`` request without a session or bearer token is answered 401.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import traceback
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+
+from .auth import Gatekeeper
+from .sources import KINDS, this_process
+
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+          ".css": "text/css; charset=utf-8", ".png": "image/png"}
+_STATIC = ("app.js", "style.css")
+_MAX_FORM = 4096  # a login form is small: longer bodies are refused unread
+
+
+def _static(name: str) -> bytes:
+    return resources.files(__package__).joinpath("static", name).read_bytes()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server_version = "anyray-dashboard"
+    sys_version = ""
+    timeout = 60  # an idle keep-alive connection ends (and its thread with it)
+
+    # -- answers -----------------------------------------------------------------------------
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Referrer-Policy", "no-referrer")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, value, headers: dict | None = None) -> None:
+        self._send(status, json.dumps(value, default=str).encode(), "application/json", headers)
+
+    def _redirect(self, where: str, headers: dict | None = None) -> None:
+        self._send(303, b"", "text/plain", {"Location": where, **(headers or {})})
+
+    def _login_page(self, status: int = 200, error: str = "") -> None:
+        page = _static("login.html").decode().replace("{{error}}", error)
+        self._send(status, page.encode(), _TYPES[".html"])
+
+    def log_message(self, format, *args) -> None:  # noqa: A002 - no access log: the dashboard logs nothing
+        pass
+
+    # -- requests ----------------------------------------------------------------------------
+    @property
+    def _gate(self) -> Gatekeeper:
+        return self.server.gate
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        if path == "/login":
+            return self._login_page()
+        if path.startswith("/static/") and path[len("/static/"):] in _STATIC:
+            name = path[len("/static/"):]
+            return self._send(200, _static(name), _TYPES["." + name.rpartition(".")[2]])
+        if not self._gate.allows(self.headers):
+            if path.startswith("/api/"):
+                return self._json(401, {"error": "log in first: POST the cluster token to /login, or send it as "
+                                                 "'Authorization: Bearer <token>'"})
+            return self._redirect("/login")
+        if path in ("/", "/index.html"):
+            return self._send(200, _static("index.html"), _TYPES[".html"])
+        if path.startswith("/api/"):
+            return self._api(path[len("/api/"):].strip("/"))
+        self._json(404, {"error": f"no page at {path}"})
+
+    def do_POST(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        if path == "/logout":
+            return self._redirect("/login", {"Set-Cookie": Gatekeeper.logout_cookie()})
+        if path != "/login":
+            return self._json(405, {"error": "only /login and /logout take POST"})
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= _MAX_FORM:
+            self.close_connection = True
+            return self._login_page(400, "The form was not a login form.")
+        form = urllib.parse.parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+        offered = (form.get("token") or [""])[0]
+        if offered and self._gate.login_matches(offered):
+            return self._redirect("/", {"Set-Cookie": self._gate.session_cookie()})
+        self._login_page(401, "That is not the cluster's token.")
+
+    def _api(self, route: str) -> None:
+        source = self.server.source
+        try:
+            if route == "info":
+                return self._json(200, {**source.describe(), **this_process()})
+            if route == "timeline":
+                return self._json(200, source.timeline(),
+                                  {"Content-Disposition": 'attachment; filename="anyray-timeline.json"'})
+            parts = route.split("/")
+            if len(parts) == 3 and parts[0] == "workers" and parts[2] == "log":
+                log = source.log(urllib.parse.unquote(parts[1]))
+                if log is None:
+                    return self._json(404, {"error": f"worker {parts[1]!r} printed nothing this dashboard kept"})
+                return self._json(200, log)
+            if route in KINDS:
+                return self._json(200, source.rows(route))
+            return self._json(404, {"error": f"no API at /api/{route}; there are "
+                                             f"{', '.join(KINDS)}, workers/<id>/log, timeline and info"})
+        except ConnectionError as exc:  # the job ended while the page looked
+            return self._json(503, {"error": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - the page shows it; the server goes on
+            return self._json(500, {"error": f"{type(exc).__name__}: {exc}",
+                                    "traceback": traceback.format_exc(limit=8)})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class Dashboard:
+    """A running dashboard: ``url``; ``close()`` stops it (and removes ``token_file``, a driver's token)."""
+
+    token_file: str | None = None
+
+    def __init__(self, source, token: bytes, host: str, port: int, derive=None):
+        try:
+            self._server = (_Server6 if ":" in host else _Server)((host, port), _Handler)
+        except OSError as exc:
+            raise OSError(exc.errno, f"the dashboard cannot listen on {host}:{port}: {exc.strerror}; pick another "
+                                     f"port (--dashboard-port, or init(dashboard_port=...))") from None
+        self._server.gate = Gatekeeper(token, derive)
+        self._server.source = source
+        self.host = host
+        self.port = self._server.server_address[1]
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="anyray-dashboard", daemon=True)
+        if source is not None:
+            self.serve(source)
+
+    def serve(self, source) -> None:
+        """Start answering, from ``source`` (the port is held from ``__init__`` on: a caller can learn that it
+        is free before it sets the source up)."""
+        self._server.source = source
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"Dashboard({self.url})"
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+        self._server.server_close()
+        if self.token_file is not None:
+            try:
+                os.unlink(self.token_file)
+            except OSError:
+                pass
