@@ -216,11 +216,14 @@ def test_the_head_serves_the_cluster_behind_the_cluster_token(cluster_env):
         keeper_pid = actors[0]["pid"]
         worker = next(w for w in get_json(url, "/api/workers", cookie) if w["pid"] == keeper_pid)
         log = get_json(url, f"/api/workers/{worker['worker_id']}/log", cookie)
-        assert "kept\n" in [line["text"] for line in log["lines"]]
+        assert any(line["text"].endswith("kept\n") for line in log["lines"])  # as marked: (Keeper pid=N, ip=H)
         assert {e["name"] for e in get_json(url, "/api/timeline", cookie)} >= {"fails", "Keeper.hello"}
     finally:
         program.stdin.close()
         program.wait(timeout=WAIT)
+    code, headers, body = request(url, "GET", "/metrics")  # Prometheus scrapes the head at its dashboard too
+    assert code == 200 and headers["Content-Type"].startswith("text/plain")
+    assert 'ray_tasks{Name="fails",State="FAILED"}' in body.decode()
     status = cli(cluster_env, "status").stdout  # the head still serves its drivers as before, and says where
     assert head["node_id"] in status and f"Dashboard: {url}" in status
 
@@ -281,7 +284,7 @@ def test_the_head_shows_what_every_node_ran_and_printed(cluster_env):
     log = wait_for(lambda: request(url, "GET", f"/api/workers/{worker['worker_id']}/log",
                                    headers={"Cookie": cookie})[0] == 200 and
                    get_json(url, f"/api/workers/{worker['worker_id']}/log", cookie), "the other node's log")
-    assert "printed on the other node\n" in [line["text"] for line in log["lines"]]
+    assert any(line["text"].endswith("printed on the other node\n") for line in log["lines"])
     assert pid in {e["pid"] for e in get_json(url, "/api/timeline", cookie)}
 
 

@@ -40,6 +40,7 @@ from . import files, servers, tls
 from .address import TOKEN_CHECK_KEY, token_check
 from .client import CLIENT_HELLO, CLIENT_READY, CLIENT_SETUP, _Watchdog, handshake, host_id, nodelay, open_connection
 from .group_records import GroupRecords, listing
+from .listeners import listen, listen_extra
 from .node import ClusterScheduler
 from .peers import serve_transfers
 from .redaction import redact
@@ -164,10 +165,13 @@ class NodeDaemon:
                             ("list", self._op_list), ("list_here", self._op_list_here),
                             ("dashboard_here", lambda worker, rid, args: _dashboard_here(self, args))):
             self.scheduler.register(op, handler)
-        self._sock = self._listen(self.port, "--port")
+        self._sock = listen(self.host, self.port, "--port")
         self.port = self._sock.getsockname()[1]
         self.address = f"{self.host}:{self.port}"
-        self._listen_extra()
+        self.ports = {"node": self.port}
+        self._extra_socks = listen_extra(self.host, self.settings, self.ports, log)
+        if "object manager" in self.ports:  # other nodes read this node's objects there
+            self.object_address = f"{self.host}:{self.ports['object manager']}"
         self.metrics = metrics.serve_node(self.node, self.host, self.settings.get("metrics_export_port", 0),
                                           self.head, log)
         self.ports["metrics"] = self.metrics.port
@@ -194,42 +198,6 @@ class NodeDaemon:
         log(f"serving at {self.address} (node {self.node.node_id}, {'head, ' if self.head else ''}"
             f"metadata: {self.metadata_kind}{', TLS' if self.tls is not None else ''})"
             + "".join(f"; {what} on port {port}" for what, port in self.ports.items() if what != "node"))
-
-    def _listen(self, port: int, flag: str) -> socket.socket:
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, port))
-        except OSError as exc:
-            sock.close()
-            raise OSError(exc.errno, f"cannot listen on {self.host}:{port} ({flag}): {exc.strerror}; another "
-                                     f"process uses it: pick another port") from None
-        sock.listen(64)
-        return sock
-
-    def _listen_extra(self) -> None:
-        """The further ports this node serves on, each speaking the node's protocol: Ray Client's
-        (``ray://HOST:10001``; the head takes the default one only when it is free), the node manager's,
-        and the object manager's (other nodes read objects there)."""
-        self.ports = {"node": self.port}
-        wanted = [("object manager", self.settings.get("object_manager_port"), "--object-manager-port"),
-                  ("node manager", self.settings.get("node_manager_port"), "--node-manager-port"),
-                  ("Ray Client", self.settings.get("ray_client_server_port"), "--ray-client-server-port")]
-        for what, port, flag in wanted:
-            if port is None or port in self.ports.values():
-                continue
-            try:
-                sock = self._listen(int(port), flag)
-            except OSError as exc:
-                if what == "Ray Client" and self.settings.get("ray_client_port_default"):
-                    log(f"Ray Client's port {port} is taken, so ray://{self.host}:{port} does not reach this "
-                        f"node; ray://{self.address} does")
-                    continue
-                raise exc
-            self._extra_socks.append(sock)
-            self.ports[what] = sock.getsockname()[1]
-        if "object manager" in self.ports:
-            self.object_address = f"{self.host}:{self.ports['object manager']}"
 
     def _lapsed(self) -> None:
         """This node's lease lapsed (it was paused, or cut off from the metadata store, for longer than

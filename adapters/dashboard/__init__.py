@@ -38,6 +38,7 @@ def start_on_head(daemon, host: str | None = None, port: int | None = None, repo
             raise
         report(f"no dashboard: {exc.strerror or exc}")
         return None
+    dashboard.serve_metrics(daemon.node)
     dashboard.serve(ClusterSource(daemon, NodeTaps.of(daemon)))
     if report is not None:
         report(f"dashboard at {dashboard.url} (log in with the cluster token)")
@@ -65,6 +66,8 @@ def start_for_driver(runtime, host: str | None = None, port: int | None = None) 
         os.unlink(path)
         raise
     dashboard.token_file = path
+    if node is not None:
+        dashboard.serve_metrics(node)
     dashboard.serve(DriverSource(runtime, logs))
     return dashboard
 

@@ -84,6 +84,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/static/") and path[len("/static/"):] in _STATIC:
             name = path[len("/static/"):]
             return self._send(200, _static(name), _TYPES["." + name.rpartition(".")[2]])
+        if path == "/metrics" and self.server.metrics is not None:  # Prometheus scrapes as at the node's port
+            body, content_type = self.server.metrics()
+            return self._send(200, body, content_type)
         if not self._gate.allows(self.headers):
             if path.startswith("/api/"):
                 return self._json(401, {"error": "log in first: POST the cluster token to /login, or send it as "
@@ -161,6 +164,7 @@ class Dashboard:
                                      f"port (--dashboard-port, or init(dashboard_port=...))") from None
         self._server.gate = Gatekeeper(token, derive)
         self._server.source = source
+        self._server.metrics = None  # () -> (body, content type): /metrics, as the node's own endpoint serves it
         self.host = host
         self.port = self._server.server_address[1]
         shown = f"[{host}]" if ":" in host else host
@@ -168,6 +172,12 @@ class Dashboard:
         self._thread = threading.Thread(target=self._server.serve_forever, name="anyray-dashboard", daemon=True)
         if source is not None:
             self.serve(source)
+
+    def serve_metrics(self, node) -> None:
+        """Serve ``node``'s Prometheus metrics at ``/metrics`` too (without a login, as the node's own port)."""
+        from ..metrics import exposition
+
+        self._server.metrics = lambda: exposition(node)
 
     def serve(self, source) -> None:
         """Start answering, from ``source`` (the port is held from ``__init__`` on: a caller can learn that it
