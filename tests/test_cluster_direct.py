@@ -243,3 +243,28 @@ def test_many_calls_whose_answers_nobody_reads_yet_do_not_stop_a_call_behind_the
     assert anyray.get(last, timeout=WAIT) == ["through the node"]
     assert all(len(value) == 50_000 for value in anyray.get(refs, timeout=WAIT))
 
+
+
+def _wait_loop(refs) -> list:
+    """``wait(num_returns=1)`` in a loop on the list it hands back (a ready index after the first call)."""
+    got, not_ready = [], refs
+    while not_ready:
+        ready, not_ready = anyray.wait(not_ready, num_returns=1, timeout=WAIT)
+        assert ready, "a wait loop's next call found nothing ready (the node was asked about direct results)"
+        got.extend(anyray.get(ready))
+    return got
+
+
+def test_a_wait_loop_over_direct_calls_results_gets_each_of_them(private_cluster):
+    # util.multiprocessing.Pool collects its batches this way: the loop's ready index was the node's,
+    # which never hears of a direct call's result, and the Pool hung.
+    first, second = Counter.remote(), Counter.remote()
+    direct_socket(private_cluster, first)
+    direct_socket(private_cluster, second)
+    refs = [first.sleep.remote(0.2), second.add.remote("a"), first.add.remote("b"), second.add.remote("c")]
+    assert all(ref._id in private_cluster.scheduler.direct.waiting for ref in refs)
+    assert sorted(map(str, _wait_loop(refs))) == sorted(["slept", "['a']", "['b']", "['a', 'c']"])
+    came = [first.add.remote(i) for i in range(3)]  # results that came before the loop, mixed with a task's
+    anyray.get(came)
+    mixed = came + [pause.remote(0.2), second.sleep.remote(0.3)]
+    assert len(_wait_loop(mixed)) == 5

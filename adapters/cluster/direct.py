@@ -440,6 +440,20 @@ class DirectCalls(_Answers):
         if start:
             self._start_helper()
 
+    def node_may_watch(self, ids) -> bool:
+        """Whether the node may keep the ready index of a wait loop over ``ids`` (``core/waiting.py``). The
+        node knows nothing of a direct call's result until it is put there: a loop over results that are
+        all direct calls' waits here, on the ordinary path (False); a loop mixing them with others has
+        them put to the node (one still coming, when it comes), and the node answers for all (True)."""
+        with self._lock:
+            direct = [oid for oid in ids if oid in self.waiting or oid in self.here]
+        if not direct:
+            return True
+        if len(direct) == len(ids):
+            return False
+        self.promote(direct)
+        return True
+
     def forget(self, oid: bytes) -> None:
         """The last reference to ``oid`` here went."""
         with self._lock:
