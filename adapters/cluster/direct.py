@@ -60,8 +60,7 @@ UNREAD_MAX = 256 * 1024    # answers unread beyond which a helper thread reads t
 SLICE = 0.005              # a reader's wait between looks at whether another thread got its answer
 
 
-SWITCH = "ANYRAY_DIRECT_CALLS"  # "1": on. Off by default: util.multiprocessing.Pool's tests hang with direct
-# calls on a two-node cluster (not yet understood); with them off every call takes the node's path.
+SWITCH = "ANYRAY_DIRECT_CALLS"  # on unless "0" in the driver's environment: then every call takes the node's path
 
 
 class _Socket:
@@ -296,7 +295,7 @@ class DirectCalls(_Answers):
         self._token = token
         self._lock = threading.Lock()
         self._connecting = threading.Lock()        # held while a thread opens an actor's socket
-        self.enabled = os.environ.get(SWITCH) == "1"
+        self.enabled = os.environ.get(SWITCH, "1") != "0"
         self._sockets: dict[bytes, _Socket] = {}   # actor id -> the socket its calls go to now
         self._never: set[bytes] = set()            # actors that take no direct calls
         self._retry: dict[bytes, tuple] = {}       # actor id -> (when to ask again, the wait after that)
