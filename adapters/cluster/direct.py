@@ -321,13 +321,6 @@ class DirectCalls(_Answers):
                 self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
             self._node_calls[actor_id] = [spec.task_id]
             return False
-        if sock is not None and not sock.poller.poll(0):
-            # The process does not read calls now (it runs a long one, say): a send could block this
-            # thread, and the call it runs may wait for this thread. The node takes calls without
-            # waiting: this one and the next go through it, until it has done them.
-            self._sockets.pop(actor_id, None)
-            self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
-            sock = None
         if sock is None:
             with self._connecting:  # one socket per actor, however many threads call it at once
                 sock = self._sockets.get(actor_id) or self._connect(actor_id)
@@ -339,22 +332,30 @@ class DirectCalls(_Answers):
         payload = frame(m.DIRECT_CALL, m.dumps(m.ActorCall.pack(
             spec.task_id, spec.method_name, to_wire(spec.args), [], return_ids, call_options(spec.options),
             spec.name, spec.caller_id, spec.seq, None)))
-        with self._lock:  # a socket with a call pending is not closed for having answered its last one
-            closed = sock.closed
-            if not closed:
-                sock.pending[spec.task_id] = return_ids
-                for oid in return_ids:
-                    self.waiting[oid] = sock
-        if closed:  # its last answer came and another socket took over, or it went: the node's path, and
-            self._sockets.pop(actor_id, None)  # the next calls too, until the node has done this one
+        with sock.send_lock:
+            # Writable: at least three quarters of the socket's buffer is free (Linux's rule for a Unix
+            # socket), far more than a call's message (ARGS_MAX): the send cannot wait. Not writable: the
+            # process does not read calls now (it runs a long one, say), and a send could block this thread,
+            # which the running call may wait for. The node has a window for such calls (node/send_window.py).
+            full = not sock.poller.poll(0)
+            with self._lock:  # a socket with a call pending is not closed for having answered its last one
+                closed = sock.closed
+                if not closed and not full:
+                    sock.pending[spec.task_id] = return_ids
+                    for oid in return_ids:
+                        self.waiting[oid] = sock
+            if not closed and not full:
+                try:
+                    sock.conn.send_bytes(payload)
+                except OSError:
+                    closed = None
+        if closed is None:
+            self._lost(sock)
+        elif closed or full:  # it went, or another socket took over after its last answer, or it is full: the
+            self._sockets.pop(actor_id, None)  # node's path, and the next calls too, until the node has done this one
             self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
             self._node_calls[actor_id] = [spec.task_id]
             return False
-        try:
-            with sock.send_lock:
-                sock.conn.send_bytes(payload)
-        except OSError:
-            self._lost(sock)
         if self._helper is None and not sock.closed and backed_up(sock):
             self._start_helper()  # its answers are read while more calls go out
         return True

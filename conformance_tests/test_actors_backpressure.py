@@ -1,0 +1,92 @@
+"""Many calls queued behind a busy actor: ``.remote()`` returns at once however many calls wait.
+
+Proves, as Ray 2.x behaves: while a sync actor runs a call that blocks (here until a file exists),
+the caller submits thousands of calls with a small argument each and every ``.remote()`` returns
+without waiting for the actor; once the blocking call ends, every call runs, in submission order.
+A backend whose actor process does not read while it runs a call must not let its socket's
+back-pressure reach the caller. The same holds for a threaded actor whose threads are all busy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+
+import pytest
+
+import anyray
+
+pytestmark = pytest.mark.usefixtures("anyray_session")
+
+CALLS = 2000  # 2 MB of arguments: ten times what a Unix socket buffers
+ARG = b"a" * 1024
+SUBMIT_DEADLINE = 240.0  # seconds the submissions may take (a few on a busy 2-core machine; Dask: tens)
+RESULTS_DEADLINE = 180.0
+
+
+@anyray.remote
+class Ledger:
+    def __init__(self):
+        self._counter = itertools.count(1)  # next() is atomic: a threaded actor's calls count right
+
+    def ready(self):
+        return True
+
+    def block_until(self, path, timeout=RESULTS_DEADLINE):
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{path} never appeared")
+            time.sleep(0.01)
+        return "unblocked"
+
+    def record(self, payload):
+        return next(self._counter), len(payload)
+
+
+def _submit_in_time(submit) -> list:
+    """Run ``submit`` on a thread; its refs, or a failure if it is still inside ``.remote()`` at the deadline."""
+    refs: list = []
+    failure: list = []
+
+    def run():
+        try:
+            refs.extend(submit())
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="submitter", daemon=True)
+    thread.start()
+    thread.join(SUBMIT_DEADLINE)
+    assert not thread.is_alive(), (f"submitting {CALLS} calls to a busy actor did not finish in "
+                                   f"{SUBMIT_DEADLINE:.0f} s: the caller is blocked inside .remote()")
+    if failure:
+        raise failure[0]
+    return refs
+
+
+def _check_backpressure(actor, tmp_path, blockers: int) -> list:
+    assert anyray.get(actor.ready.remote(), timeout=RESULTS_DEADLINE)
+    path = str(tmp_path / "go")
+    blocked = [actor.block_until.remote(path) for _ in range(blockers)]
+    ready, _ = anyray.wait(blocked, timeout=0.2)
+    assert not ready
+    refs = _submit_in_time(lambda: [actor.record.remote(ARG) for _ in range(CALLS)])
+    with open(path, "w"):
+        pass
+    assert anyray.get(blocked, timeout=RESULTS_DEADLINE) == ["unblocked"] * blockers
+    results = anyray.get(refs, timeout=RESULTS_DEADLINE)
+    assert all(size == len(ARG) for _, size in results)
+    return [count for count, _ in results]
+
+
+def test_calls_queued_behind_a_busy_sync_actor_do_not_block_the_caller(tmp_path):
+    counts = _check_backpressure(Ledger.remote(), tmp_path, blockers=1)
+    assert counts == list(range(1, CALLS + 1))  # one at a time, in submission order
+
+
+def test_calls_queued_behind_a_threaded_actor_with_every_thread_busy_do_not_block_the_caller(tmp_path):
+    counts = _check_backpressure(Ledger.options(max_concurrency=2).remote(), tmp_path, blockers=2)
+    assert sorted(counts) == list(range(1, CALLS + 1))
