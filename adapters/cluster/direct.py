@@ -50,6 +50,7 @@ from ..node import messages as m
 from ..node.framing import frame, spin_until_readable
 from ..node.remote_ports import call_options
 from ..node.store import to_wire
+from ..node.worker_direct import ADMITTED, HANDSHAKE_SECONDS
 from .direct_host import direct_key
 
 LOOKUP_SECONDS = 0.05      # the first wait before asking the node again about an actor that is "later"
@@ -405,6 +406,13 @@ class DirectCalls(_Answers):
         except (AuthenticationError, EOFError, OSError):
             conn.close()
             raise PermissionError("An actor's process refused this driver's key for direct calls.") from None
+        try:  # the process has taken the socket in: calls on it go ahead of any that come through the node
+            admitted = conn.poll(HANDSHAKE_SECONDS) and conn.recv_bytes() == ADMITTED
+        except (EOFError, OSError):
+            admitted = False
+        if not admitted:
+            conn.close()
+            raise OSError("An actor's process did not take its direct socket in.")
         return conn
 
     def created(self, actor_id: bytes) -> None:
