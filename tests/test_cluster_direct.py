@@ -12,7 +12,7 @@ import time
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
 
 import pytest
-from test_cluster import WAIT, cluster_env, driver, two_nodes  # noqa: F401 - cluster_env is a fixture
+from test_cluster import WAIT, cluster_env, driver, start_head, two_nodes  # noqa: F401 - cluster_env is a fixture
 
 import anyray
 from anyray import exceptions
@@ -22,13 +22,11 @@ from anyray.current import current_runtime
 
 @pytest.fixture(autouse=True, scope="module")
 def _direct_calls_on():
-    """Direct calls are off by default (adapters/cluster/direct.py, SWITCH): these tests turn them on."""
-    before = os.environ.get("ANYRAY_DIRECT_CALLS")
-    os.environ["ANYRAY_DIRECT_CALLS"] = "1"
+    """Direct calls are on unless ANYRAY_DIRECT_CALLS=0 (adapters/cluster/direct.py, SWITCH): these tests
+    run with them on whatever the environment says."""
+    before = os.environ.pop("ANYRAY_DIRECT_CALLS", None)
     yield
-    if before is None:
-        os.environ.pop("ANYRAY_DIRECT_CALLS", None)
-    else:
+    if before is not None:
         os.environ["ANYRAY_DIRECT_CALLS"] = before
 
 
@@ -235,6 +233,35 @@ def test_a_value_returned_directly_is_read_by_a_task_on_another_node(cluster_env
     assert i > 5 and node == other["node_id"]
 
 
+def test_direct_calls_are_on_by_default_and_off_with_the_switch_at_zero(cluster_env):  # noqa: F811
+    start_head(cluster_env, "--num-cpus", "1")
+    body = """
+        import time
+        from anyray.current import current_runtime
+
+        @anyray.remote(num_cpus=0)
+        class Echo:
+            def echo(self, i):
+                return i
+
+        echo = Echo.remote()
+        direct = current_runtime().backend.scheduler.direct
+        went = False
+        for i in range(100):
+            ref = echo.echo.remote(i)
+            went = went or ref._id in direct.waiting
+            assert anyray.get(ref) == i
+            time.sleep(0.01)
+        print("direct" if went else "through the node")
+    """
+    on = driver(cluster_env, body)  # the environment has no ANYRAY_DIRECT_CALLS (the module's fixture)
+    assert on.returncode == 0, on.stderr
+    assert on.stdout.strip().splitlines()[-1] == "direct"
+    off = driver(dict(cluster_env, ANYRAY_DIRECT_CALLS="0"), body)
+    assert off.returncode == 0, off.stderr
+    assert off.stdout.strip().splitlines()[-1] == "through the node"
+
+
 def test_many_calls_whose_answers_nobody_reads_yet_do_not_stop_a_call_behind_them(private_cluster):
     actor = Counter.remote()
     direct_socket(private_cluster, actor)
@@ -243,3 +270,28 @@ def test_many_calls_whose_answers_nobody_reads_yet_do_not_stop_a_call_behind_the
     assert anyray.get(last, timeout=WAIT) == ["through the node"]
     assert all(len(value) == 50_000 for value in anyray.get(refs, timeout=WAIT))
 
+
+
+def _wait_loop(refs) -> list:
+    """``wait(num_returns=1)`` in a loop on the list it hands back (a ready index after the first call)."""
+    got, not_ready = [], refs
+    while not_ready:
+        ready, not_ready = anyray.wait(not_ready, num_returns=1, timeout=WAIT)
+        assert ready, "a wait loop's next call found nothing ready (the node was asked about direct results)"
+        got.extend(anyray.get(ready))
+    return got
+
+
+def test_a_wait_loop_over_direct_calls_results_gets_each_of_them(private_cluster):
+    # util.multiprocessing.Pool collects its batches this way: the loop's ready index was the node's,
+    # which never hears of a direct call's result, and the Pool hung.
+    first, second = Counter.remote(), Counter.remote()
+    direct_socket(private_cluster, first)
+    direct_socket(private_cluster, second)
+    refs = [first.sleep.remote(0.2), second.add.remote("a"), first.add.remote("b"), second.add.remote("c")]
+    assert all(ref._id in private_cluster.scheduler.direct.waiting for ref in refs)
+    assert sorted(map(str, _wait_loop(refs))) == sorted(["slept", "['a']", "['b']", "['a', 'c']"])
+    came = [first.add.remote(i) for i in range(3)]  # results that came before the loop, mixed with a task's
+    anyray.get(came)
+    mixed = came + [pause.remote(0.2), second.sleep.remote(0.3)]
+    assert len(_wait_loop(mixed)) == 5

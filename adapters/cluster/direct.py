@@ -50,6 +50,7 @@ from ..node import messages as m
 from ..node.framing import frame, spin_until_readable
 from ..node.remote_ports import call_options
 from ..node.store import to_wire
+from ..node.worker_direct import ADMITTED, HANDSHAKE_SECONDS
 from .direct_host import direct_key
 
 LOOKUP_SECONDS = 0.05      # the first wait before asking the node again about an actor that is "later"
@@ -60,8 +61,7 @@ UNREAD_MAX = 256 * 1024    # answers unread beyond which a helper thread reads t
 SLICE = 0.005              # a reader's wait between looks at whether another thread got its answer
 
 
-SWITCH = "ANYRAY_DIRECT_CALLS"  # "1": on. Off by default: util.multiprocessing.Pool's tests hang with direct
-# calls on a two-node cluster (not yet understood); with them off every call takes the node's path.
+SWITCH = "ANYRAY_DIRECT_CALLS"  # on unless "0" in the driver's environment: then every call takes the node's path
 
 
 class _Socket:
@@ -296,7 +296,7 @@ class DirectCalls(_Answers):
         self._token = token
         self._lock = threading.Lock()
         self._connecting = threading.Lock()        # held while a thread opens an actor's socket
-        self.enabled = os.environ.get(SWITCH) == "1"
+        self.enabled = os.environ.get(SWITCH, "1") != "0"
         self._sockets: dict[bytes, _Socket] = {}   # actor id -> the socket its calls go to now
         self._never: set[bytes] = set()            # actors that take no direct calls
         self._retry: dict[bytes, tuple] = {}       # actor id -> (when to ask again, the wait after that)
@@ -322,13 +322,6 @@ class DirectCalls(_Answers):
                 self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
             self._node_calls[actor_id] = [spec.task_id]
             return False
-        if sock is not None and not sock.poller.poll(0):
-            # The process does not read calls now (it runs a long one, say): a send could block this
-            # thread, and the call it runs may wait for this thread. The node takes calls without
-            # waiting: this one and the next go through it, until it has done them.
-            self._sockets.pop(actor_id, None)
-            self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
-            sock = None
         if sock is None:
             with self._connecting:  # one socket per actor, however many threads call it at once
                 sock = self._sockets.get(actor_id) or self._connect(actor_id)
@@ -340,22 +333,30 @@ class DirectCalls(_Answers):
         payload = frame(m.DIRECT_CALL, m.dumps(m.ActorCall.pack(
             spec.task_id, spec.method_name, to_wire(spec.args), [], return_ids, call_options(spec.options),
             spec.name, spec.caller_id, spec.seq, None)))
-        with self._lock:  # a socket with a call pending is not closed for having answered its last one
-            closed = sock.closed
-            if not closed:
-                sock.pending[spec.task_id] = return_ids
-                for oid in return_ids:
-                    self.waiting[oid] = sock
-        if closed:  # its last answer came and another socket took over, or it went: the node's path, and
-            self._sockets.pop(actor_id, None)  # the next calls too, until the node has done this one
+        with sock.send_lock:
+            # Writable: at least three quarters of the socket's buffer is free (Linux's rule for a Unix
+            # socket), far more than a call's message (ARGS_MAX): the send cannot wait. Not writable: the
+            # process does not read calls now (it runs a long one, say), and a send could block this thread,
+            # which the running call may wait for. The node has a window for such calls (node/send_window.py).
+            full = not sock.poller.poll(0)
+            with self._lock:  # a socket with a call pending is not closed for having answered its last one
+                closed = sock.closed
+                if not closed and not full:
+                    sock.pending[spec.task_id] = return_ids
+                    for oid in return_ids:
+                        self.waiting[oid] = sock
+            if not closed and not full:
+                try:
+                    sock.conn.send_bytes(payload)
+                except OSError:
+                    closed = None
+        if closed is None:
+            self._lost(sock)
+        elif closed or full:  # it went, or another socket took over after its last answer, or it is full: the
+            self._sockets.pop(actor_id, None)  # node's path, and the next calls too, until the node has done this one
             self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
             self._node_calls[actor_id] = [spec.task_id]
             return False
-        try:
-            with sock.send_lock:
-                sock.conn.send_bytes(payload)
-        except OSError:
-            self._lost(sock)
         if self._helper is None and not sock.closed and backed_up(sock):
             self._start_helper()  # its answers are read while more calls go out
         return True
@@ -405,6 +406,13 @@ class DirectCalls(_Answers):
         except (AuthenticationError, EOFError, OSError):
             conn.close()
             raise PermissionError("An actor's process refused this driver's key for direct calls.") from None
+        try:  # the process has taken the socket in: calls on it go ahead of any that come through the node
+            admitted = conn.poll(HANDSHAKE_SECONDS) and conn.recv_bytes() == ADMITTED
+        except (EOFError, OSError):
+            admitted = False
+        if not admitted:
+            conn.close()
+            raise OSError("An actor's process did not take its direct socket in.")
         return conn
 
     def created(self, actor_id: bytes) -> None:
@@ -439,6 +447,20 @@ class DirectCalls(_Answers):
                 self.link.tell("put", m.Put.pack(oid, to_wire(obj), []))
         if start:
             self._start_helper()
+
+    def node_may_watch(self, ids) -> bool:
+        """Whether the node may keep the ready index of a wait loop over ``ids`` (``core/waiting.py``). The
+        node knows nothing of a direct call's result until it is put there: a loop over results that are
+        all direct calls' waits here, on the ordinary path (False); a loop mixing them with others has
+        them put to the node (one still coming, when it comes), and the node answers for all (True)."""
+        with self._lock:
+            direct = [oid for oid in ids if oid in self.waiting or oid in self.here]
+        if not direct:
+            return True
+        if len(direct) == len(ids):
+            return False
+        self.promote(direct)
+        return True
 
     def forget(self, oid: bytes) -> None:
         """The last reference to ``oid`` here went."""

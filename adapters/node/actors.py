@@ -20,12 +20,13 @@ from . import memory_monitor
 from . import messages as m
 from .pool import describe
 from .remote_ports import call_options
+from .send_window import window_of
 from .store import ArenaObject, to_wire
 
 
 class Actor:
     __slots__ = ("spec", "state", "worker", "lease", "restarts", "cause", "inflight", "buffered", "held",
-                 "attempts", "terminate", "send_lock", "args_held", "job", "refused")
+                 "attempts", "terminate", "send_lock", "args_held", "job", "refused", "window")
 
     def __init__(self, spec: ActorSpec, args_held: ArenaObject | None, job: tuple):
         self.spec = spec
@@ -43,6 +44,7 @@ class Actor:
         self.send_lock = threading.Lock()  # calls reach the process in submission order
         self.args_held = args_held
         self.refused: BaseException | None = None  # why it can never be placed (its calls fail with it)
+        self.window = window_of(spec)  # calls out to its process: bounded if it reads between calls only
 
 
 class Actors:
@@ -134,12 +136,13 @@ class Actors:
                 actor.worker = worker
                 actor.state = "alive"
                 buffered, actor.buffered = actor.buffered, []
+                buffered = [call for call in buffered if actor.window.take(call)]  # the rest: as answers come
             self._send(worker, m.ACTOR, m.ActorOp.pack(m.ACTOR_CREATE, m.ActorCreate.pack(
                 spec.actor_id, cls.function_id, blob, cls.name, args, [r._id for r in spec.deps], spec.resources,
                 spec.options, spec.namespace, spec.is_async, gpu_ids, actor.restarts, actor.job)))
             for call in buffered:
                 self._send_call(actor, worker, call)
-            if actor.terminate:
+            if actor.terminate and actor.window.end_after_calls():  # else the last call waiting takes it along
                 self._send(worker, m.ACTOR, m.ActorOp.pack(m.ACTOR_TERMINATE, None))
 
     def _send_call(self, actor: Actor, worker, spec: ActorTaskSpec) -> None:
@@ -170,6 +173,8 @@ class Actors:
                     worker = actor.worker if actor.state == "alive" else None
                     if worker is None:
                         actor.buffered.append(spec)
+                    elif not actor.window.take(spec):
+                        worker = None  # it waits for room in the window: a send never blocks this thread
             if not dead and worker is not None:
                 self._send_call(actor, worker, spec)
         if dead:
@@ -190,34 +195,7 @@ class Actors:
             self._store.drop(held)
         if spec is not None:
             self._seal_wires(worker, [r._id for r in spec.returns], wires, contained)
-
-    def _cancel_call(self, actor: Actor, ref) -> bool:
-        with self._lock:
-            spec = next((s for s in actor.inflight.values() if ref in s.returns), None)
-            if spec is None:
-                return False
-            queued = spec in actor.buffered
-            held = None
-            if queued:
-                actor.buffered.remove(spec)
-                actor.inflight.pop(spec.task_id, None)
-                actor.attempts.pop(spec.task_id, None)
-                held = actor.held.pop(spec.task_id, None)
-                self.call_owner.pop(ref._id, None)
-            worker = actor.worker
-        if held is not None:
-            self._store.drop(held)
-        if queued:
-            self.fail(spec.returns, TaskCancelledError(f"{spec.name} was cancelled."))
-        elif worker is not None and self._send(worker, m.ACTOR, m.ActorOp.pack(m.ACTOR_CANCEL, ref._id)) \
-                and not actor.spec.is_async and actor.spec.max_concurrency == 1 \
-                and not actor.spec.options.get("concurrency_groups") \
-                and worker.handle.pid and worker.handle.alive:
-            try:  # a sync actor runs its call on the thread that reads: the signal makes it read the cancel
-                os.kill(worker.handle.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
-        return True
+        _answered(self, actor, worker, task_id)
 
     def actor_exited(self, actor: Actor, worker) -> None:
         oom = memory_monitor.killed_for_memory(worker.handle)  # by the memory monitor: calls get OutOfMemoryError
@@ -234,6 +212,7 @@ class Actors:
             if actor.worker is not worker or actor.state == "dead":
                 return
             actor.worker = None
+            actor.window.clear()  # the calls waiting for room are retried or fail with those it ran
             if not allows_another(max_restarts, actor.restarts):
                 restart = False
             else:
@@ -273,6 +252,7 @@ class Actors:
             calls = list(actor.inflight.values())
             actor.inflight.clear()
             actor.buffered.clear()
+            actor.window.clear()
             held = list(actor.held.values())
             actor.held.clear()
             lease, actor.lease = actor.lease, None
@@ -303,7 +283,7 @@ class Actors:
                 if actor.state == "dead" or actor.terminate:
                     return
                 actor.terminate = True
-                worker = actor.worker if actor.state == "alive" else None
+                worker = actor.worker if actor.state == "alive" and actor.window.end_after_calls() else None
             if worker is not None:
                 self._send(worker, m.ACTOR, m.ActorOp.pack(m.ACTOR_TERMINATE, None))
 
@@ -336,7 +316,7 @@ class Actors:
     def cancel(self, ref) -> bool:
         """Cancel the actor call that returns ``ref``; False if no actor here has it."""
         for actor in list(self.actors.values()):
-            if self._cancel_call(actor, ref):
+            if _cancel_call(self, actor, ref):
                 return True
         return False
 
@@ -362,3 +342,62 @@ def kill_in_group(actors: Actors, actor: Actor, cause: str) -> None:
     actors._actor_dead(actor, cause)
     if worker is not None:
         worker.handle.kill()
+
+
+def _send_waiting(actors: Actors, actor: Actor, worker) -> None:
+    """Send the calls that waited for room in ``actor``'s window (``send_window.py``), as many as fit
+    now, in order; then the actor's end if it is due."""
+    with actor.send_lock:
+        while True:
+            with actors._lock:
+                alive = actor.worker is worker and actor.state == "alive"
+                call = actor.window.next(actor.inflight) if alive else None
+                end = alive and actor.window.ends_now()
+            if call is not None:
+                actors._send_call(actor, worker, call)
+            if end:
+                actors._send(worker, m.ACTOR, m.ActorOp.pack(m.ACTOR_TERMINATE, None))
+            if call is None:
+                return
+
+
+def _cancel_call(actors: Actors, actor: Actor, ref) -> bool:
+    """Cancel the call of ``actor`` that returns ``ref``: fail it if it was not sent, else tell the process;
+    False if ``actor`` has no such call."""
+    with actors._lock:
+        spec = next((s for s in actor.inflight.values() if ref in s.returns), None)
+        if spec is None:
+            return False
+        queued = spec in actor.buffered
+        if queued:
+            actor.buffered.remove(spec)
+        queued = queued or actor.window.drop(spec)  # not sent yet (its window was full): as one buffered
+        held = None
+        if queued:
+            actor.inflight.pop(spec.task_id, None)
+            actor.attempts.pop(spec.task_id, None)
+            held = actor.held.pop(spec.task_id, None)
+            actors.call_owner.pop(ref._id, None)
+        worker = actor.worker
+    if held is not None:
+        actors._store.drop(held)
+    if queued:
+        actors.fail(spec.returns, TaskCancelledError(f"{spec.name} was cancelled."))
+    elif worker is not None and actors._send(worker, m.ACTOR, m.ActorOp.pack(m.ACTOR_CANCEL, ref._id)) \
+            and not actor.spec.is_async and actor.spec.max_concurrency == 1 \
+            and not actor.spec.options.get("concurrency_groups") \
+            and worker.handle.pid and worker.handle.alive:
+        try:  # a sync actor runs its call on the thread that reads: the signal makes it read the cancel
+            os.kill(worker.handle.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    return True
+
+
+def _answered(actors: Actors, actor: Actor, worker, task_id) -> None:
+    """A call of ``actor`` was answered: the calls that waited for room in its window go now, as many as fit."""
+    if actor.window.bounded:
+        with actors._lock:
+            more = actor.window.answered(task_id)
+        if more:
+            _send_waiting(actors, actor, worker)

@@ -35,6 +35,8 @@ from .store import to_wire
 log = logging.getLogger(__name__)
 
 HANDSHAKE_SECONDS = 10.0
+ADMITTED = b"admitted"  # the answer to a driver once its socket is taken in: before it, a call the driver then
+# sent through the node could be read ahead of the calls on the socket (the accepting thread may lag)
 
 
 def socket_path(directory: str, pid: int) -> str:
@@ -86,6 +88,10 @@ class DirectServer:
         self._new.append(conn)
         try:
             os.write(self._wake_w, b"\0")
+        except OSError:
+            pass
+        try:  # taken in: any thread that reads a call from the node from now on drains this socket first
+            conn.send_bytes(ADMITTED)
         except OSError:
             pass
 
