@@ -193,6 +193,38 @@ def test_a_rebuild_counts_against_max_retries(cluster_env, tmp_path):  # noqa: F
     assert first != second and head["node_id"] not in (first, second)
 
 
+def test_a_get_of_a_result_whose_task_still_waits_for_its_node_is_answered(cluster_env, tmp_path):  # noqa: F811
+    """The soak's hang: a ``get`` asked while the task was still queued here (its node busy) was not
+    remembered, so the large result, once made there, stayed there and the ``get`` waited forever."""
+    head, other = two_nodes(cluster_env, ("--num-cpus", "2"), ("--num-cpus", "1", "--resources", '{"There": 1}'))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    code = textwrap.dedent(PRELUDE.format(marks=str(marks), other=other["node_id"])) + textwrap.dedent("""
+        @anyray.remote(num_cpus=1, resources={"There": 1})
+        def busy():
+            mark("busy")
+            time.sleep(2.0)
+
+        @anyray.remote(num_cpus=1, resources={"There": 1})
+        def make_there(value):
+            return np.full(200_000, value, dtype=np.int64)
+
+        for round in range(3):
+            blocker = busy.remote()
+            done("busy")  # the other node's one slot is taken: the next task waits on the head
+            for name in os.listdir(MARKS):
+                os.unlink(os.path.join(MARKS, name))
+            ref = make_there.remote(round)
+            assert (anyray.get(ref, timeout=30) == round).all()
+            anyray.get(blocker, timeout=30)
+        print("done", flush=True)
+    """)
+    run = subprocess.run([sys.executable, "-c", code], env=cluster_env, capture_output=True, text=True,
+                         timeout=WAIT * 2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == "done"
+
+
 # -- the lineage part alone, over a real store: what it keeps and for how long ----------------------------
 
 

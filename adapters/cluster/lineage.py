@@ -180,7 +180,8 @@ class Lineage:
     # -- something here waits --------------------------------------------------------------------------
     def want(self, ids) -> list[tuple[bytes, str]]:
         """A ``get``, ``wait`` or task here waits for ``ids``, which live nowhere known yet: those a task
-        running on another node makes are pulled as soon as it finishes. Returns those that came back
+        submitted here makes are pulled as soon as it finishes on another node (remembered whatever the task's
+        state: one still waiting here for room on its node is handed on later). Returns those that came back
         meanwhile (``(id, node)``: pull them now)."""
         now = []
         tasks = self._tasks.tasks
@@ -191,8 +192,7 @@ class Lineage:
                 if node_id is not None:
                     now.append((oid, node_id))
                     continue
-                task = tasks.get(oid)
-                if task is not None and task.state == "forwarded":
+                if oid in tasks:  # forwarded, or still waiting here for a node: it may be handed on later
                     self._wanted.add(oid)
         return now
 
