@@ -442,7 +442,8 @@ class Chaos(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stop_event.wait(self.rng.uniform(1.0, 3.0)):
-                self.revive()
+                if self.revive():
+                    continue  # the node just started again is not killed in the same tick
                 kind = self.rng.choices([k for k, _ in self.KINDS], weights=[w for _, w in self.KINDS])[0]
                 getattr(self, f"kill_{kind}")()
             self.revive(force=True)
@@ -454,11 +455,14 @@ class Chaos(threading.Thread):
         if self.tally.verbose:
             print(f"soak: chaos {time.strftime('%H:%M:%S')} {text}", flush=True)
 
-    def revive(self, force: bool = False) -> None:
+    def revive(self, force: bool = False) -> bool:
+        """Start node c again once its time has come; whether it did."""
         if self.node_back_at is not None and (force or time.monotonic() >= self.node_back_at):
             self.cluster.start_node("c")
             self.node_back_at = None
             self.log("node c started again")
+            return True
+        return False
 
     def kill_pid(self, pid: int, kind: str) -> None:
         try:
