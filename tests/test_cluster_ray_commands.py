@@ -319,7 +319,8 @@ def test_fixed_node_and_object_manager_ports(machines, tmp_path):
                     f"--object-manager-port {object_port}")
     other = files.local_nodes(machines.dirs["other"])[0]
     assert other["address"] == f"127.0.0.1:{node_port}"
-    assert other["ports"] == {"node": node_port, "object manager": object_port}
+    assert {k: v for k, v in other["ports"].items() if k != "metrics"} == {"node": node_port,
+                                                                          "object manager": object_port}
     wait_for_nodes(head_env, 2)
     script = tmp_path / "objects.py"
     script.write_text(textwrap.dedent('''

@@ -45,6 +45,8 @@ class Prefixed(io.TextIOBase):
                 out.append(piece)
                 self._at_start = piece.endswith(("\n", "\r"))
             self._target.write("".join(out))
+            if self._at_start:  # line-buffered: a whole line reaches the driver now, not at the worker's exit
+                self._target.flush()
         return len(text)
 
     def flush(self) -> None:
