@@ -22,8 +22,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PLUGIN_FILES = sorted(p for pattern in ("plugins/*/anyray_*/**/*.py", "plugins/*/tests/**/*.py", "plugins/*/tools/*.py")
                       for p in ROOT.glob(pattern))
 # anyray.util is public API (Ray's ray.util), as anyray and anyray.exceptions are.
-ALLOWED = ("anyray", "anyray.exceptions", "anyray.backend_kit", "anyray.util", "anyray.util.metrics", "anyray.util.placement_group",
-           "anyray.util.scheduling_strategies")
+ALLOWED = ("anyray", "anyray.exceptions", "anyray.backend_kit", "anyray.util", "anyray.util.metrics",
+           "anyray.util.placement_group", "anyray.util.scheduling_strategies")
 
 # What the README's "Writing a backend" section documents, group by group.
 DOCUMENTED = {
