@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import socket
 
+from ..common.sockets import listening
+
 
 def listen(host: str, port: int, flag: str) -> socket.socket:
     """A socket listening on ``host:port``; OSError naming ``flag`` when the port is taken."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port} ({flag}): {exc.strerror}; another "
-                                 f"process uses it: pick another port") from None
-    sock.listen(64)
-    return sock
+    return listening(host, port, 64, f"cannot listen on {{host}}:{{port}} ({flag}): {{reason}}; another process "
+                                     f"uses it: pick another port")
 
 
 def listen_extra(host: str, settings: dict, ports: dict, log) -> list[socket.socket]:

@@ -15,6 +15,8 @@ import select
 import socket
 import threading
 
+from ..common.sockets import listening
+
 _LAZY = {"exposition", "driver_exposition", "MetricsServer", "DEFAULT_PATH"}
 
 
@@ -29,17 +31,9 @@ def __getattr__(name: str):
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket for ``MetricsServer`` (``port`` 0: a free one). Raises ``OSError`` saying which
     flag to change when the port is taken."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror}; another process uses "
-                                 f"that port: pick another one (--metrics-export-port, or _metrics_export_port= "
-                                 f"in init; 0 picks a free port)") from None
-    sock.listen(16)
-    return sock
+    return listening(host, port, 16, "cannot serve metrics on {host}:{port}: {reason}; another process uses that "
+                                     "port: pick another one (--metrics-export-port, or _metrics_export_port= in "
+                                     "init; 0 picks a free port)")
 
 
 def check_port(value, where: str) -> int:
