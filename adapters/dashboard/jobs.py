@@ -14,6 +14,7 @@ found with psutil, even one that left the group). The records live in the head's
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -177,13 +178,18 @@ class JobManager:
                          daemon=True).start()
         return {"submission_id": submission_id, "job_id": None}
 
-    def _environment(self, job: _Job, env_vars: dict) -> dict:
+    def _environment(self, job: _Job, env_vars: dict, cwd: str | None) -> dict:
         env = dict(os.environ)
         for name in ("ANYRAY_BACKEND", "ANYRAY_CLUSTER_TOKEN"):
             env.pop(name, None)  # the daemon's own settings are not the job's
         env.update(env_vars)
         env["RAY_ADDRESS"] = env["ANYRAY_ADDRESS"] = self.address  # init() inside joins this cluster
         env["RAY_JOB_SUBMISSION_ID"] = env["ANYRAY_JOB_SUBMISSION_ID"] = job.request["submission_id"]
+        runtime_env = {k: v for k, v in job.request["runtime_env"].items() if k != "working_dir"}
+        if cwd is not None:
+            runtime_env["working_dir"] = cwd  # the driver's init() ships it to the job's tasks, as Ray's
+        env["RAY_JOB_CONFIG_JSON_ENV_VAR"] = json.dumps({"runtime_env": runtime_env,
+                                                         "metadata": job.request["metadata"]})
         if self.cluster_dir:
             env["ANYRAY_CLUSTER_DIR"] = self.cluster_dir  # where init() finds the token file
         # `python` in the entrypoint is the head's interpreter (with anyray), as in Ray's head environment
@@ -201,7 +207,7 @@ class JobManager:
                 if job.stopping:
                     return self._end(job, "STOPPED", "Job was stopped before it started.")
                 job.proc = subprocess.Popen(
-                    job.request["entrypoint"], shell=True, cwd=cwd, env=self._environment(job, env_vars),
+                    job.request["entrypoint"], shell=True, cwd=cwd, env=self._environment(job, env_vars, cwd),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                 job.status, job.message = "RUNNING", "Job is currently running."
         except OSError as exc:
