@@ -201,3 +201,27 @@ def test_bad_requests_are_refused_with_what_to_do(head):
         client.delete_job("busy")
     assert client.stop_job("busy") is True
     assert wait_status(client, "busy") == JobStatus.STOPPED
+
+
+def test_ray_s_own_job_submission_client_talks_to_the_head(head, tmp_path):
+    """Ray's JobSubmissionClient (the `ray` package, where installed), given the token as a header: Ray's REST
+    paths and fields, its working_dir upload included. Its tail_job_logs (a websocket) is not served."""
+    pytest.importorskip("ray.dashboard.modules.job.sdk", reason="Ray's client needs ray[default]")
+    (tmp_path / "hello.py").write_text("print('hello from', __file__.rsplit('/', 1)[-1])\n")
+    with open(os.path.join(head["env"]["ANYRAY_CLUSTER_DIR"], "token")) as f:
+        token = f.read().strip()
+    program = textwrap.dedent(f"""
+        import sys, time
+        from ray.job_submission import JobSubmissionClient
+        client = JobSubmissionClient({head["url"]!r}, headers={{"Authorization": "Bearer " + sys.stdin.read()}})
+        sid = client.submit_job(entrypoint="python hello.py", runtime_env={{"working_dir": {str(tmp_path)!r}}})
+        while not client.get_job_status(sid).is_terminal():
+            time.sleep(0.1)
+        print(client.get_job_status(sid), client.get_job_logs(sid).strip(), sep="|")
+        print(sid in {{j.submission_id for j in client.list_jobs()}}, client.delete_job(sid), sep="|")
+    """)
+    env = {k: v for k, v in head["env"].items() if k != "ANYRAY_CLUSTER_DIR"}
+    done = subprocess.run([sys.executable, "-c", program], input=token, env=env, capture_output=True, text=True,
+                          timeout=2 * WAIT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["SUCCEEDED|hello from hello.py", "True|True"]
