@@ -225,3 +225,39 @@ def test_ray_s_own_job_submission_client_talks_to_the_head(head, tmp_path):
                           timeout=2 * WAIT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["SUCCEEDED|hello from hello.py", "True|True"]
+
+
+def test_the_address_comes_from_ray_address_or_the_head_on_this_machine(head):
+    head["client"].submit_job(entrypoint="true", submission_id="found")
+    for extra, args in (({"RAY_ADDRESS": head["url"]}, ()), ({}, ()), ({}, ("--address", "auto")),
+                        ({"RAY_ADDRESS": head["record"]["address"]}, ())):  # an init() address: the local head
+        done = subprocess.run([*ANYRAY, "job", "list", *args], env={**head["env"], **extra}, capture_output=True,
+                              text=True, timeout=WAIT)
+        assert done.returncode == 0 and "found" in done.stdout, (extra, args, done.stderr)
+    wrong = subprocess.run([*ANYRAY, "job", "list", "--address", "10.0.0.1:1"], env=head["env"],
+                           capture_output=True, text=True, timeout=WAIT)
+    assert wrong.returncode == 1 and "not a dashboard address" in wrong.stderr
+
+
+def test_stopping_the_head_stops_its_running_jobs(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("ANYRAY_CLUSTER_TOKEN", "RAY_ADDRESS", "ANYRAY_ADDRESS")}
+    env.update(ANYRAY_CLUSTER_DIR=str(tmp_path / "cluster"), ANYRAY_HEARTBEAT_SECONDS=str(HEARTBEAT))
+    subprocess.run([*ANYRAY, "start", "--head", "--port", "0", "--ray-client-server-port", "0", "--num-cpus", "1",
+                    "--dashboard-port", "0"], env=env, check=True, capture_output=True, timeout=WAIT)
+    record = next(r for r in files.local_nodes(env["ANYRAY_CLUSTER_DIR"]) if r["head"])
+    try:
+        pid_file = tmp_path / "pid"
+        client = JobSubmissionClient(record["dashboard_url"], token_file=os.path.join(env["ANYRAY_CLUSTER_DIR"],
+                                                                                     "token"))
+        client.submit_job(entrypoint=f"{sys.executable} -c \"import os, time; open({str(pid_file)!r}, 'w')"
+                                     f".write(str(os.getpid())); time.sleep(600)\"")
+        deadline = time.monotonic() + WAIT
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        job = psutil.Process(int(pid_file.read_text()))
+        subprocess.run([*ANYRAY, "stop"], env=env, check=True, capture_output=True, timeout=WAIT)
+        gone, alive = psutil.wait_procs([job], timeout=WAIT)
+        assert not alive
+    finally:
+        kill_tree(record["pid"])
