@@ -261,3 +261,17 @@ def test_stopping_the_head_stops_its_running_jobs(tmp_path):
         assert not alive
     finally:
         kill_tree(record["pid"])
+
+
+def test_stop_sends_sigint_first_where_the_job_asks_for_it(head):
+    client = head["client"]
+    client.submit_job(entrypoint="python -c \"import time\ntry:\n    print('waiting', flush=True); time.sleep(600)\n"
+                                 "except KeyboardInterrupt:\n    print('interrupted, cleaning up', flush=True)\"",
+                      submission_id="gentle", runtime_env={"env_vars": {"RAY_JOB_STOP_SIGNAL": "SIGINT"}})
+    deadline = time.monotonic() + WAIT
+    while "waiting" not in client.get_job_logs("gentle"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert client.stop_job("gentle") is True
+    assert wait_status(client, "gentle") == JobStatus.STOPPED
+    assert client.get_job_logs("gentle") == "waiting\ninterrupted, cleaning up\n"

@@ -8,8 +8,9 @@ the client uploaded first (``PUT /api/packages/gcs/<name>.zip``, as Ray's client
 hash under ``<session>/jobs/packages`` and made the entrypoint's cwd.
 
 States as Ray's: PENDING (setting up), RUNNING, and then SUCCEEDED (exit 0), FAILED, or STOPPED (``stop``:
-SIGTERM to the job's process group, and after ``STOP_WAIT_S`` SIGKILL to it and to every process it started,
-found with psutil, even one that left the group). The records live in the head's memory, as long as the head.
+SIGTERM, or SIGINT where the job's env_vars set ``RAY_JOB_STOP_SIGNAL`` so, to the job's process group, and after
+``STOP_WAIT_S`` SIGKILL to it and to every process it started, found with psutil, even one that left the group).
+The records live in the head's memory, as long as the head.
 """
 
 from __future__ import annotations
@@ -281,7 +282,7 @@ class JobManager:
             job.stopping = True
             proc = job.proc
         if proc is not None:
-            self._signal(proc.pid, signal.SIGTERM)
+            self._signal(proc.pid, _stop_signal(job.request["runtime_env"].get("env_vars") or {}))
             threading.Thread(target=self._kill_later, args=(job,), daemon=True).start()
         return True
 
@@ -336,6 +337,13 @@ class JobManager:
         for sid in running:
             self._jobs[sid].done.wait(STOP_WAIT_S + 5)
         shutil.rmtree(os.path.join(self.packages, "unpacked"), ignore_errors=True)
+
+
+def _stop_signal(env_vars: dict):
+    """The signal ``stop`` sends first: ``RAY_JOB_STOP_SIGNAL`` of the job's env_vars, else the head's (SIGINT or
+    SIGTERM, as Ray's), else SIGTERM."""
+    name = env_vars.get("RAY_JOB_STOP_SIGNAL") or os.environ.get("RAY_JOB_STOP_SIGNAL", "SIGTERM")
+    return signal.SIGINT if name == "SIGINT" else signal.SIGTERM
 
 
 def _belongs(proc, submission_id: str) -> bool:
