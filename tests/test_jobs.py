@@ -171,7 +171,8 @@ def test_the_job_api_needs_the_cluster_token(head, tmp_path):
     url = head["url"]
     body = json.dumps({"entrypoint": "touch should-not-run"})
     for method, path, data in (("POST", "/api/jobs/", body), ("GET", "/api/jobs/", None),
-                               ("GET", "/api/version", None), ("PUT", "/api/packages/gcs/_ray_pkg_ab.zip", "x")):
+                               ("GET", "/api/version", None), ("PUT", "/api/packages/gcs/_ray_pkg_ab.zip", "x"),
+                               ("GET", "/api/jobs/any/logs/tail", None)):
         status, _headers, answer = request(url, method, path, data, {"Content-Type": "application/json"})
         assert status == 401 and b"log in" in answer, (method, path, status)
         status, _headers, _ = request(url, method, path, data, {"Authorization": "Bearer not-the-token"})
@@ -205,7 +206,7 @@ def test_bad_requests_are_refused_with_what_to_do(head):
 
 def test_ray_s_own_job_submission_client_talks_to_the_head(head, tmp_path):
     """Ray's JobSubmissionClient (the `ray` package, where installed), given the token as a header: Ray's REST
-    paths and fields, its working_dir upload included. Its tail_job_logs (a websocket) is not served."""
+    paths and fields, its working_dir upload and its tail_job_logs (a websocket) included."""
     pytest.importorskip("ray.dashboard.modules.job.sdk", reason="Ray's client needs ray[default]")
     (tmp_path / "hello.py").write_text("print('hello from', __file__.rsplit('/', 1)[-1])\n")
     with open(os.path.join(head["env"]["ANYRAY_CLUSTER_DIR"], "token")) as f:
@@ -219,12 +220,18 @@ def test_ray_s_own_job_submission_client_talks_to_the_head(head, tmp_path):
             time.sleep(0.1)
         print(client.get_job_status(sid), client.get_job_logs(sid).strip(), sep="|")
         print(sid in {{j.submission_id for j in client.list_jobs()}}, client.delete_job(sid), sep="|")
+        import asyncio
+        ticks = client.submit_job(entrypoint="python -c \\"import time\\nfor i in range(3): print(i, flush=True); "
+                                             "time.sleep(0.3)\\"")
+        async def tail():
+            return "".join([chunk async for chunk in client.tail_job_logs(ticks)])  # Ray's websocket
+        print(repr(asyncio.run(tail())), client.get_job_status(ticks), sep="|")
     """)
     env = {k: v for k, v in head["env"].items() if k != "ANYRAY_CLUSTER_DIR"}
     done = subprocess.run([sys.executable, "-c", program], input=token, env=env, capture_output=True, text=True,
                           timeout=2 * WAIT)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["SUCCEEDED|hello from hello.py", "True|True"]
+    assert done.stdout.splitlines() == ["SUCCEEDED|hello from hello.py", "True|True", "'0\\n1\\n2\\n'|SUCCEEDED"]
 
 
 def test_the_address_comes_from_ray_address_or_the_head_on_this_machine(head):

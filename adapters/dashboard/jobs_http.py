@@ -3,7 +3,8 @@
 ``POST /api/jobs/`` (submit: Ray's ``JobSubmitRequest`` fields, answers ``{"submission_id", "job_id"}``),
 ``GET /api/jobs/`` (the list), ``GET /api/jobs/<id>`` (Ray's ``JobDetails``), ``GET /api/jobs/<id>/logs``
 (``{"logs"}``; with ``?offset=N`` what follows byte N, the new offset and whether the job ended: how
-``logs --follow`` and ``tail_job_logs`` read, in place of Ray's websocket at ``/logs/tail``),
+``logs --follow`` and anyray's ``tail_job_logs`` read), ``GET /api/jobs/<id>/logs/tail`` (Ray's websocket of the
+log, for Ray's own client and ``ray job submit``),
 ``POST /api/jobs/<id>/stop`` (``{"stopped"}``), ``DELETE /api/jobs/<id>`` (``{"deleted"}``),
 ``GET|PUT /api/packages/gcs/<name>.zip`` (a working_dir the client uploads) and ``GET /api/version``.
 ``GET /api/jobs`` without the trailing slash stays the page's list of the cluster's drivers (``sources.KINDS``).
@@ -11,8 +12,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import time
 import urllib.parse
 
 from .jobs import JobError, JobManager
@@ -44,6 +48,8 @@ class JobRoutes:
         return path.startswith("/api/jobs/")
 
     def handle(self, request, method: str, path: str, query: str) -> None:
+        if method == "GET" and path.endswith("/logs/tail"):
+            return self._tail(request, path)
         try:
             status, answer = self._answer(request, method, path, query)
         except JobError as exc:
@@ -95,6 +101,53 @@ class JobRoutes:
 
     def close(self) -> None:
         self.manager.close()
+
+    def _tail(self, request, path: str) -> None:
+        """``GET /api/jobs/<id>/logs/tail``, a websocket as Ray's: the log in text messages as the job prints it,
+        then a normal close once it ended (what Ray's ``tail_job_logs`` and ``ray job submit`` read)."""
+        submission_id = urllib.parse.unquote(path[len("/api/jobs/"):-len("/logs/tail")])
+        key = request.headers.get("Sec-WebSocket-Key")
+        try:
+            self.manager.details(submission_id)
+            if request.headers.get("Upgrade", "").lower() != "websocket" or not key:
+                raise JobError(400, "logs/tail is a websocket; read /api/jobs/<id>/logs?offset=N without one")
+        except JobError as exc:
+            return request._json(exc.status, {"error": str(exc)})
+        accept = base64.b64encode(hashlib.sha1(key.strip().encode() + _WS_GUID).digest()).decode()
+        request.send_response(101)
+        for name, value in (("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", accept)):
+            request.send_header(name, value)
+        request.end_headers()
+        request.close_connection = True
+        offset = 0
+        try:
+            while True:
+                got = self.manager.logs(submission_id, offset)
+                offset = got["offset"]
+                if got["logs"]:
+                    request.wfile.write(_frame(0x1, got["logs"].encode()))
+                elif got["ended"]:
+                    break
+                else:
+                    time.sleep(0.25)
+            request.wfile.write(_frame(0x8, (1000).to_bytes(2, "big")))  # close: normal
+        except (OSError, JobError):  # the client went, or the job was deleted
+            pass
+
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def _frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked websocket frame from the server (RFC 6455)."""
+    size = len(payload)
+    if size < 126:
+        head = bytes([0x80 | opcode, size])
+    elif size < 1 << 16:
+        head = bytes([0x80 | opcode, 126]) + size.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 127]) + size.to_bytes(8, "big")
+    return head + payload
 
 
 def _length(request) -> int:
