@@ -282,3 +282,18 @@ def test_stop_sends_sigint_first_where_the_job_asks_for_it(head):
     assert client.stop_job("gentle") is True
     assert wait_status(client, "gentle") == JobStatus.STOPPED
     assert client.get_job_logs("gentle") == "waiting\ninterrupted, cleaning up\n"
+
+
+def test_submit_takes_a_runtime_env_file_and_headers_as_ray_s_cli(head, tmp_path):
+    env_file = tmp_path / "runtime_env.yaml"
+    env_file.write_text(json.dumps({"env_vars": {"FROM_FILE": "yes"}}))  # JSON is YAML too
+    with open(os.path.join(head["env"]["ANYRAY_CLUSTER_DIR"], "token")) as f:
+        token = f.read().strip()
+    env = {k: v for k, v in head["env"].items() if k != "ANYRAY_CLUSTER_DIR"}  # no token file to find
+    env["RAY_JOB_HEADERS"] = json.dumps({"Authorization": f"Bearer {token}"})
+    done = subprocess.run([*ANYRAY, "job", "submit", "--address", head["url"], "--runtime-env", str(env_file), "--",
+                           "python", "-c", "import os; print('from file:', os.environ['FROM_FILE'])"],
+                          env=env, capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0 and "from file: yes" in done.stdout, done.stdout + done.stderr
+    both = job_cli(head, "submit", "--runtime-env", str(env_file), "--runtime-env-json", "{}", "--", "true")
+    assert both.returncode == 1 and "give the runtime_env once" in both.stderr

@@ -2,13 +2,15 @@
 
 The address: ``--address`` (``http://HOST:8265``), else ``$RAY_ADDRESS``/``$ANYRAY_ADDRESS`` when an http(s)
 URL, else the dashboard of the head on this machine, else ``http://127.0.0.1:8265``. The cluster token is found
-as ``anyray status`` finds it (``--token-file``, ``$ANYRAY_CLUSTER_TOKEN``, this machine's token file).
+as ``anyray status`` finds it (``--token-file``, ``$ANYRAY_CLUSTER_TOKEN``, this machine's token file), unless
+``--headers`` (or ``$RAY_JOB_HEADERS``, as Ray's) carry an ``Authorization`` header.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -25,6 +27,8 @@ def add_commands(sub) -> None:
                                          "else the head on this machine, else http://127.0.0.1:8265)")
         p.add_argument("--token-file", help="the cluster token file (default: $ANYRAY_CLUSTER_TOKEN, else this "
                                             "machine's)")
+        p.add_argument("--headers", help="HTTP headers as JSON, e.g. '{\"Authorization\": \"Bearer ...\"}' "
+                                         "(default $RAY_JOB_HEADERS; the token otherwise as --token-file)")
         if with_id:
             p.add_argument("job_id", metavar="JOB_ID", help="the job's submission id")
         return p
@@ -34,6 +38,7 @@ def add_commands(sub) -> None:
     p.add_argument("--submission-id", help="the job's id (default: a new raysubmit_...)")
     p.add_argument("--job-id", dest="submission_id", help=argparse.SUPPRESS)
     p.add_argument("--working-dir", help="a local folder uploaded to the head; the job runs in it")
+    p.add_argument("--runtime-env", metavar="FILE", help="the job's runtime_env from a YAML or JSON file")
     p.add_argument("--runtime-env-json", help="the job's runtime_env as JSON (env_vars, working_dir, excludes)")
     p.add_argument("--metadata-json", help="metadata kept with the job, a JSON object of strings")
     p.add_argument("--entrypoint-num-cpus", type=float)
@@ -62,7 +67,9 @@ def _fail(message) -> int:
 def _client(args):
     from anyray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(args.address, token_file=args.token_file)
+    headers = args.headers or os.environ.get("RAY_JOB_HEADERS")
+    return JobSubmissionClient(args.address, token_file=args.token_file,
+                               headers=_json_arg(headers, "--headers") if headers else None)
 
 
 def _json_arg(text: str | None, flag: str) -> dict:
@@ -77,6 +84,22 @@ def _json_arg(text: str | None, flag: str) -> dict:
     return value
 
 
+def _runtime_env_file(path: str) -> dict:
+    with open(path) as f:
+        text = f.read()
+    try:
+        import yaml  # a YAML file, as Ray's --runtime-env (JSON is YAML too)
+    except ImportError:
+        return _json_arg(text, f"--runtime-env {path} (YAML needs the pyyaml package; JSON works without)")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--runtime-env {path} is not YAML: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--runtime-env {path} must hold a mapping (env_vars:, working_dir:, ...)")
+    return value
+
+
 def _run(body) -> int:
     try:
         return body()
@@ -88,7 +111,10 @@ def _run(body) -> int:
 
 def cmd_submit(args) -> int:
     def body() -> int:
-        runtime_env = _json_arg(args.runtime_env_json, "--runtime-env-json")
+        if args.runtime_env and args.runtime_env_json:
+            raise ValueError("give the runtime_env once: --runtime-env FILE or --runtime-env-json TEXT")
+        runtime_env = _runtime_env_file(args.runtime_env) if args.runtime_env else \
+            _json_arg(args.runtime_env_json, "--runtime-env-json")
         if args.working_dir:
             runtime_env["working_dir"] = args.working_dir
         argv = args.entrypoint[1:] if args.entrypoint[:1] == ["--"] else args.entrypoint
