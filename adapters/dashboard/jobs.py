@@ -89,7 +89,8 @@ class JobManager:
         self.node_id = node_id
         self.cluster_dir = cluster_dir
         self.packages = os.path.join(root, "packages")
-        os.makedirs(self.packages, mode=0o700, exist_ok=True)
+        for folder in (root, self.packages):  # the logs and the uploads: the head's user's only
+            os.makedirs(folder, mode=0o700, exist_ok=True)
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._closed = False
