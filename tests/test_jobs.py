@@ -18,6 +18,7 @@ import time
 import psutil
 import pytest
 from dashboard_http import request
+from servers import RedisServer
 from test_cluster import ANYRAY, HEARTBEAT, WAIT
 
 from anyray.adapters.cluster import files
@@ -297,3 +298,45 @@ def test_submit_takes_a_runtime_env_file_and_headers_as_ray_s_cli(head, tmp_path
     assert done.returncode == 0 and "from file: yes" in done.stdout, done.stdout + done.stderr
     both = job_cli(head, "submit", "--runtime-env", str(env_file), "--runtime-env-json", "{}", "--", "true")
     assert both.returncode == 1 and "give the runtime_env once" in both.stderr
+
+
+def test_a_head_started_again_on_the_same_metadata_store_lists_the_jobs_of_the_one_before(tmp_path):
+    server = RedisServer.start(str(tmp_path))
+    env = {k: v for k, v in os.environ.items() if k not in ("ANYRAY_CLUSTER_TOKEN", "RAY_ADDRESS", "ANYRAY_ADDRESS")}
+    env.update(ANYRAY_CLUSTER_DIR=str(tmp_path / "cluster"), ANYRAY_HEARTBEAT_SECONDS=str(HEARTBEAT),
+               ANYRAY_REDIS_PASSWORD="jobs-survive")  # the same token for both heads: derived from it
+
+    def start() -> dict:
+        subprocess.run([*ANYRAY, "start", "--head", "--port", "0", "--ray-client-server-port", "0", "--num-cpus",
+                        "1", "--dashboard-port", "0", "--metadata", server.url], env=env, check=True,
+                       capture_output=True, timeout=WAIT)
+        record = next(r for r in files.local_nodes(env["ANYRAY_CLUSTER_DIR"]) if r["head"])
+        return record, JobSubmissionClient(record["dashboard_url"],
+                                           token_file=os.path.join(env["ANYRAY_CLUSTER_DIR"], "token"))
+    try:
+        record, client = start()
+        client.submit_job(entrypoint="echo done", submission_id="finished", metadata={"kept": "yes"})
+        wait_status(client, "finished")
+        client.submit_job(entrypoint="sleep 600", submission_id="cut-off")
+        wait_status(client, "cut-off", JobStatus.RUNNING)
+        kill_tree(record["pid"])  # the head dies without a word, and its job with it
+        deadline = time.monotonic() + WAIT
+        while True:  # the dead head's lease lapses before a new head may take the store
+            try:
+                record, client = start()
+                break
+            except subprocess.CalledProcessError:
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+        jobs = {j.submission_id: j for j in client.list_jobs()}
+        assert jobs["finished"].status == JobStatus.SUCCEEDED and jobs["finished"].metadata == {"kept": "yes"}
+        assert jobs["cut-off"].status == JobStatus.FAILED
+        assert "head that ran this job stopped" in jobs["cut-off"].message
+        assert client.stop_job("cut-off") is False and client.get_job_logs("cut-off") == ""
+        assert client.delete_job("finished") is True
+        with pytest.raises(RuntimeError, match="already exists"):
+            client.submit_job(entrypoint="true", submission_id="cut-off")
+    finally:
+        for node in files.local_nodes(env["ANYRAY_CLUSTER_DIR"]):
+            kill_tree(node["pid"])
+        server.stop()

@@ -83,7 +83,8 @@ class _Job:
 class JobManager:
     """The head's jobs: ``submit``, ``details``, ``list``, ``logs``, ``stop``, ``delete``, and the packages."""
 
-    def __init__(self, root: str, address: str, node_id: str, cluster_dir: str | None = None):
+    def __init__(self, root: str, address: str, node_id: str, cluster_dir: str | None = None, records=None):
+        """``records``: a ``JobRecords`` of the cluster's metadata store, or None to keep the jobs in memory."""
         self.root = root
         self.address = address
         self.node_id = node_id
@@ -94,6 +95,8 @@ class JobManager:
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._records = records
+        self._earlier: dict[str, dict] = records.earlier() if records is not None else {}
 
     # -- packages (a working_dir the client uploaded) -----------------------------------------
     def _package_path(self, protocol: str, name: str) -> str:
@@ -171,11 +174,12 @@ class JobManager:
         with self._lock:
             if self._closed:
                 raise JobError(503, "the head is stopping")
-            if submission_id in self._jobs:
+            if submission_id in self._jobs or submission_id in self._earlier:
                 raise JobError(400, f"Job with submission_id {submission_id} already exists. Please use a "
                                     f"different submission_id.")
             job = _Job(request, os.path.join(self.root, f"{submission_id}.log"), self.node_id)
             self._jobs[submission_id] = job
+        self._save(job)
         threading.Thread(target=self._run, args=(job, cwd, env_vars), name=f"anyray-job-{submission_id}",
                          daemon=True).start()
         return {"submission_id": submission_id, "job_id": None}
@@ -212,6 +216,7 @@ class JobManager:
                     job.request["entrypoint"], shell=True, cwd=cwd, env=self._environment(job, env_vars, cwd),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                 job.status, job.message = "RUNNING", "Job is currently running."
+            self._save(job)
         except OSError as exc:
             return self._end(job, "FAILED", f"the entrypoint could not start: {exc}",
                              error_type="JOB_ENTRYPOINT_COMMAND_START_ERROR")
@@ -230,7 +235,12 @@ class JobManager:
     def _end(self, job: _Job, status: str, message: str, code=None, error_type=None) -> None:
         job.status, job.message, job.exit_code, job.error_type = status, message, code, error_type
         job.end_time = int(time.time() * 1000)
+        self._save(job)
         job.done.set()
+
+    def _save(self, job: _Job) -> None:
+        if self._records is not None:
+            self._records.save(job.details())
 
     def _tail(self, job: _Job, chars: int) -> str:
         try:
@@ -247,16 +257,23 @@ class JobManager:
         return job
 
     def details(self, submission_id: str) -> dict:
+        if submission_id in self._earlier:
+            return dict(self._earlier[submission_id])
         return self._get(submission_id).details()
 
     def list(self) -> list[dict]:
         with self._lock:
             jobs = list(self._jobs.values())
-        return [job.details() for job in jobs]
+            earlier = [dict(d) for d in self._earlier.values()]
+        return earlier + [job.details() for job in jobs]
 
     def logs(self, submission_id: str, offset: int | None = None) -> dict:
         """Ray's ``{"logs": text}``; with ``offset`` (bytes already read), what follows it and the new offset
-        (ending at a whole line while the job runs), and whether the job ended, for following the log."""
+        (ending at a whole line while the job runs), and whether the job ended, for following the log. A job of
+        an earlier head has no log here (it went with that head's session)."""
+        if submission_id in self._earlier:
+            ended = {"offset": offset, "ended": True, "status": self._earlier[submission_id]["status"]}
+            return {"logs": "", **(ended if offset is not None else {})}
         job = self._get(submission_id)
         ended = job.done.is_set()  # read before the log: a line printed just before the end is in it
         try:
@@ -276,6 +293,8 @@ class JobManager:
 
     def stop(self, submission_id: str) -> bool:
         """Stop the job; False when it had already ended (Ray's answer)."""
+        if submission_id in self._earlier:
+            return False
         job = self._get(submission_id)
         with self._lock:
             if job.done.is_set():
@@ -316,12 +335,18 @@ class JobManager:
         psutil.wait_procs(procs, timeout=5)
 
     def delete(self, submission_id: str) -> bool:
+        if self._earlier.pop(submission_id, None) is not None:
+            if self._records is not None:
+                self._records.drop(submission_id)
+            return True
         job = self._get(submission_id)
         if not job.done.is_set():
             raise JobError(400, f"Attempted to delete job with submission_id {submission_id}, but it is in a "
                                 f"non-terminal state {job.status}: stop it first")
         with self._lock:
             self._jobs.pop(submission_id, None)
+        if self._records is not None:
+            self._records.drop(submission_id)
         try:
             os.unlink(job.log_path)
         except OSError:

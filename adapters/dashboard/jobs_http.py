@@ -20,6 +20,7 @@ import time
 import urllib.parse
 
 from .jobs import JobError, JobManager
+from .jobs_records import JobRecords
 
 API_VERSION = "4"  # what Ray's dashboard answers at /api/version
 RAY_VERSION = "2.60.0"  # the Ray release whose job API this follows (Ray's client checks it is >= 2.8)
@@ -34,8 +35,9 @@ class JobRoutes:
     @classmethod
     def for_head(cls, daemon) -> JobRoutes:
         session = daemon.node.session.path
+        records = JobRecords(daemon.metadata, daemon.token) if getattr(daemon, "metadata", None) else None
         manager = JobManager(os.path.join(session, "jobs"), daemon.address, daemon.node.node_id,
-                             getattr(daemon, "directory", None))
+                             getattr(daemon, "directory", None), records)
         return cls(manager, os.path.basename(session))
 
     def claims(self, method: str, path: str) -> bool:
