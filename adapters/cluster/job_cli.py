@@ -29,6 +29,8 @@ def add_commands(sub) -> None:
                                             "machine's)")
         p.add_argument("--headers", help="HTTP headers as JSON, e.g. '{\"Authorization\": \"Bearer ...\"}' "
                                          "(default $RAY_JOB_HEADERS; the token otherwise as --token-file)")
+        p.add_argument("--verify", default="true", help="for an https dashboard: true (the system's CAs), false, "
+                                                        "or the path of a CA bundle")
         if with_id:
             p.add_argument("job_id", metavar="JOB_ID", help="the job's submission id")
         return p
@@ -68,7 +70,8 @@ def _client(args):
     from anyray.job_submission import JobSubmissionClient
 
     headers = args.headers or os.environ.get("RAY_JOB_HEADERS")
-    return JobSubmissionClient(args.address, token_file=args.token_file,
+    verify = {"true": True, "false": False}.get(args.verify.lower(), args.verify)
+    return JobSubmissionClient(args.address, token_file=args.token_file, verify=verify,
                                headers=_json_arg(headers, "--headers") if headers else None)
 
 

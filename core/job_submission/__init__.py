@@ -134,6 +134,7 @@ class JobSubmissionClient:
         if cookies:
             self._headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
         self._default_metadata = dict(metadata or {})
+        self._ssl = _ssl_context(verify) if self._address.startswith("https://") else None
         self._timeout = timeout
         self.get_version()  # as Ray's: a client that cannot reach the head fails here, saying so
 
@@ -148,7 +149,7 @@ class JobSubmissionClient:
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(self._address + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as answer:
+            with urllib.request.urlopen(request, timeout=self._timeout, context=self._ssl) as answer:
                 return json.loads(answer.read() or b"null")
         except urllib.error.HTTPError as exc:
             try:
@@ -243,6 +244,22 @@ class JobSubmissionClient:
                 return
             else:
                 await asyncio.sleep(poll_s)
+
+
+def _ssl_context(verify):
+    """``verify`` as Ray's: True (the system's CAs), False (no check), or the path of a CA bundle."""
+    import ssl
+
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    if verify is True:
+        return ssl.create_default_context()
+    raise TypeError(f"verify must be a bool or the path of a CA bundle, got {type(verify).__name__}")
 
 
 def _quoted(job_id: str) -> str:
