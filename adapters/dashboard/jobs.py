@@ -284,10 +284,8 @@ class JobManager:
             data = b""
         if offset is None:
             return {"logs": data.decode("utf-8", "replace")}
-        if not ended and b"\n" in data:
-            data = data[:data.rindex(b"\n") + 1]
-        elif not ended:
-            data = b""
+        if not ended:  # up to the last whole line (or \r-ended progress bar): no character is cut in two
+            data = data[:max(data.rfind(b"\n"), data.rfind(b"\r")) + 1]
         return {"logs": data.decode("utf-8", "replace"), "offset": offset + len(data), "ended": ended,
                 "status": job.status}
 
