@@ -340,3 +340,22 @@ def test_a_head_started_again_on_the_same_metadata_store_lists_the_jobs_of_the_o
         for node in files.local_nodes(env["ANYRAY_CLUSTER_DIR"]):
             kill_tree(node["pid"])
         server.stop()
+
+
+def test_ray_job_submission_is_anyray_s_under_anyray_run(head, tmp_path):
+    script = tmp_path / "submits.py"
+    script.write_text(textwrap.dedent(f"""
+        import time
+        import anyray.job_submission
+        from ray.job_submission import JobStatus, JobSubmissionClient
+        assert JobSubmissionClient is anyray.job_submission.JobSubmissionClient
+        client = JobSubmissionClient({head["url"]!r})
+        sid = client.submit_job(entrypoint="echo via ray.job_submission")
+        while not client.get_job_status(sid).is_terminal():
+            time.sleep(0.1)
+        print(client.get_job_status(sid) == JobStatus.SUCCEEDED, client.get_job_logs(sid).strip())
+    """))
+    done = subprocess.run([*ANYRAY, "run", str(script)], env=head["env"], capture_output=True, text=True,
+                          timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True via ray.job_submission"
