@@ -39,6 +39,9 @@ def start_on_head(daemon, host: str | None = None, port: int | None = None, repo
         report(f"no dashboard: {exc.strerror or exc}")
         return None
     dashboard.serve_metrics(daemon.node)
+    from .jobs_http import JobRoutes  # `anyray job submit` and JobSubmissionClient: Ray's REST paths
+
+    dashboard.add_routes(JobRoutes.for_head(daemon))
     dashboard.serve(ClusterSource(daemon, NodeTaps.of(daemon)))
     if report is not None:
         report(f"dashboard at {dashboard.url} (log in with the cluster token)")

@@ -87,10 +87,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics" and self.server.metrics is not None:  # Prometheus scrapes as at the node's port
             body, content_type = self.server.metrics()
             return self._send(200, body, content_type)
+        if self._routed("GET", path):
+            return None
         if not self._gate.allows(self.headers):
             if path.startswith("/api/"):
-                return self._json(401, {"error": "log in first: POST the cluster token to /login, or send it as "
-                                                 "'Authorization: Bearer <token>'"})
+                return self._refuse()
             return self._redirect("/login")
         if path in ("/", "/index.html"):
             return self._send(200, _static("index.html"), _TYPES[".html"])
@@ -98,8 +99,34 @@ class _Handler(BaseHTTPRequestHandler):
             return self._api(path[len("/api/"):].strip("/"))
         self._json(404, {"error": f"no page at {path}"})
 
+    def _refuse(self) -> None:
+        self._json(401, {"error": "log in first: POST the cluster token to /login, or send it as "
+                                  "'Authorization: Bearer <token>'"})
+
+    def _routed(self, method: str, path: str) -> bool:
+        """Whether a router added with ``Dashboard.add_routes`` answered (behind the same token as /api/)."""
+        router = next((r for r in self.server.routers if r.claims(method, path)), None)
+        if router is None:
+            return False
+        if not self._gate.allows(self.headers):
+            self.close_connection = True  # its body, if any, is left unread
+            self._refuse()
+        else:
+            router.handle(self, method, path, urllib.parse.urlsplit(self.path).query)
+        return True
+
+    def do_PUT(self) -> None:
+        if not self._routed("PUT", urllib.parse.urlsplit(self.path).path):
+            self._json(405, {"error": "no PUT here"})
+
+    def do_DELETE(self) -> None:
+        if not self._routed("DELETE", urllib.parse.urlsplit(self.path).path):
+            self._json(405, {"error": "no DELETE here"})
+
     def do_POST(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
+        if self._routed("POST", path):
+            return None
         if path == "/logout":
             return self._redirect("/login", {"Set-Cookie": Gatekeeper.logout_cookie()})
         if path != "/login":
@@ -165,6 +192,7 @@ class Dashboard:
         self._server.gate = Gatekeeper(token, derive)
         self._server.source = source
         self._server.metrics = None  # () -> (body, content type): /metrics, as the node's own endpoint serves it
+        self._server.routers = []  # what add_routes added
         self.host = host
         self.port = self._server.server_address[1]
         shown = f"[{host}]" if ":" in host else host
@@ -179,6 +207,11 @@ class Dashboard:
 
         self._server.metrics = lambda: exposition(node)
 
+    def add_routes(self, router) -> None:
+        """Answer more paths behind the token: ``router.claims(method, path)`` says which, and
+        ``router.handle(request, method, path, query)`` answers them (``request``: the handler)."""
+        self._server.routers.append(router)
+
     def serve(self, source) -> None:
         """Start answering, from ``source`` (the port is held from ``__init__`` on: a caller can learn that it
         is free before it sets the source up)."""
@@ -189,6 +222,8 @@ class Dashboard:
         return f"Dashboard({self.url})"
 
     def close(self) -> None:
+        for router in self._server.routers:  # the head's jobs stop with it
+            router.close()
         if self._thread.is_alive():
             self._server.shutdown()
             self._thread.join(timeout=5)
