@@ -49,6 +49,7 @@ def worker_id() -> str:
 
 _worker_pid = -1
 _worker_id = ""
+worker_process = False  # a node's worker process (multiprocess, cluster), whose output goes to the driver
 
 
 current_task: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("anyray_task", default=None)

@@ -1,0 +1,155 @@
+"""``anyray.experimental.tqdm_ray`` (Ray's ``ray.experimental.tqdm_ray``): a ``tqdm`` in each of two tasks shows on
+the driver as one bar per task, its description and its final count ``100/100`` once, with no raw state line in
+the output, on every backend. Real drivers in subprocesses, real workers and, for a cluster, a real node; the
+terminal case through a pseudo-terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from test_cluster import WAIT, cluster_env, driver, start_head  # noqa: F401 - cluster_env is a fixture
+
+BODY = """
+    import time
+    from anyray.experimental.tqdm_ray import tqdm
+
+    @anyray.remote
+    def work(name):
+        bar = tqdm(desc=name, total=100, flush_interval_s=0.2)
+        for _ in range(10):
+            time.sleep(0.05)
+            bar.update(10)
+        print("done", name)
+        bar.close()
+        return name
+
+    print("results", anyray.get([work.remote("alpha"), work.remote("beta")]), flush=True)
+"""
+
+
+def run_driver(backend: str, body: str = BODY, env: dict | None = None, tty: bool = False) -> str:
+    """What a driver on ``backend`` printed (stdout and stderr), through a pseudo-terminal if ``tty``."""
+    code = f"import anyray\nanyray.init(backend={backend!r}, num_cpus=2)\n" + textwrap.dedent(body)
+    if not tty:
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT, env=env)
+        assert run.returncode == 0, run.stderr
+        return run.stdout + run.stderr
+    pid, fd = pty.fork()
+    if pid == 0:  # the driver, its stdout and stderr the terminal
+        os.execve(sys.executable, [sys.executable, "-c", code], env or dict(os.environ))
+    chunks = []
+    while True:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:  # the driver ended: the terminal is closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    text = b"".join(chunks).decode()
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    return text
+
+
+def screen(raw: str) -> str:
+    """What a terminal shows after ``raw``: its lines, with the cursor moves and erasures the bars use done."""
+    lines, row, col = [""], 0, 0
+    for token in re.split(r"(\x1b\[\d*[AJ]|\r|\n)", raw):
+        if token == "\n":
+            row, col = row + 1, 0
+            if row == len(lines):
+                lines.append("")
+        elif token == "\r":
+            col = 0
+        elif token.startswith("\x1b") and token.endswith("A"):
+            row = max(0, row - int(token[2:-1] or 1))
+        elif token.startswith("\x1b"):  # clear to the end of the screen
+            lines[row] = lines[row][:col]
+            del lines[row + 1:]
+        elif token:
+            lines[row] = lines[row][:col] + token + lines[row][col + len(token):]
+            col += len(token)
+    return "\n".join(lines)
+
+
+def check_bars(out: str, mark: str) -> None:
+    """One bar per task: its last line (``100/100``) once, marked as the task's lines are; no state lines."""
+    assert "results ['alpha', 'beta']" in out
+    assert "__magic_token__" not in out and "__ray_tqdm_magic_token__" not in out
+    for name in ("alpha", "beta"):
+        final = re.findall(rf"^\(work{mark}\) {name}: 100%\|.*\| 100/100 \[", out, re.MULTILINE)
+        assert len(final) == 1, out
+        printed = rf"\(work{mark}\) done {name}" if mark else f"done {name}"  # the local backend marks no lines
+        assert re.search(rf"^{printed}$", out, re.MULTILINE), out
+    if mark:
+        pids = set(re.findall(r"^\(work pid=(\d+).*100/100", out, re.MULTILINE))
+        assert len(pids) == 2, out  # each task's bar is its own, marked with its worker
+
+
+@pytest.mark.parametrize("backend,mark", [("local", ""), ("multiprocess", r" pid=\d+")])
+def test_each_task_s_bar_shows_once_finished_without_state_lines(backend, mark):
+    check_bars(run_driver(backend), mark)
+
+
+def test_cluster_bars_come_from_the_node_with_the_task_s_output(cluster_env):  # noqa: F811
+    start_head(cluster_env, "--num-cpus", "2")
+    run = driver(cluster_env, BODY)
+    assert run.returncode == 0, run.stderr
+    check_bars(run.stdout + run.stderr, r" pid=\d+, ip=127\.0\.0\.1")
+
+
+def test_on_a_terminal_bars_are_redrawn_in_place_and_lines_print_whole_above_them():
+    raw = run_driver("multiprocess", tty=True)
+    check_bars(screen(raw), r" pid=\d+")  # what the terminal shows at the end
+    assert "\x1b[J" in raw  # the bars were taken off and drawn again
+    # what the tasks printed is a whole line, a bar never drawn inside it
+    assert re.search(r"\x1b\[J\(work pid=\d+\) done alpha\r\n", raw), raw
+
+
+def test_safe_print_and_print_go_above_a_bar_the_driver_draws():
+    body = """
+        from anyray.experimental.tqdm_ray import safe_print, tqdm
+        bar = tqdm(desc="main", total=3, flush_interval_s=0)
+        bar.update()
+        print("between")
+        safe_print("safely")
+        bar.update(2)
+        bar.close()
+        print("results ['alpha', 'beta']")
+    """
+    raw = run_driver("local", body, tty=True)
+    assert "\x1b[1A\x1b[Jbetween\nmain:  33%" in raw.replace("\r", "")  # the bar off, the line, the bar again
+    assert "\x1b[1A\x1b[Jsafely\nmain:  33%" in raw.replace("\r", "")
+    shown = screen(raw).splitlines()
+    assert shown[:3] == ["between", "safely", shown[2]] and re.match(r"main: 100%.*\| 3/3 \[", shown[2]), shown
+    assert shown[3:] == ["results ['alpha', 'beta']"], shown
+
+
+def test_off_a_terminal_a_bar_prints_a_line_at_most_every_interval():
+    body = """
+        import time
+        from anyray.experimental.tqdm_ray import tqdm
+
+        @anyray.remote
+        def slow():
+            for _ in tqdm(range(20), desc="slow", flush_interval_s=0.05):
+                time.sleep(0.1)
+            return "ok"
+
+        print("results", anyray.get(slow.remote()), flush=True)
+    """
+    env = dict(os.environ, ANYRAY_TQDM_LINE_INTERVAL_S="60")
+    out = run_driver("multiprocess", body, env=env)
+    lines = [line for line in out.splitlines() if "slow: " in line]
+    assert len(lines) == 2, out  # when it opened, and its last state when it closed
+    assert "20/20" in lines[-1] and "20/20" not in lines[0]
+    assert "__magic_token__" not in out
