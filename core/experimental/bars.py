@@ -24,6 +24,7 @@ import time
 RAY_TQDM_MAGIC = "__ray_tqdm_magic_token__"
 _MAGIC_START = '{"__magic_token__": "' + RAY_TQDM_MAGIC
 
+_print = builtins.print
 _manager: BarManager | None = None
 _manager_lock = threading.Lock()
 
@@ -200,6 +201,20 @@ class BarManager:
         return max(20, width), ("\u2588" if encoding == "utf8" else "#")
 
 
+def safe_print(*args, **kwargs) -> None:
+    """``print`` that does not break the progress bars the driver draws: they are taken off the terminal, the
+    text is printed, and they are drawn again below it. Printing to another file is plain ``print``."""
+    if kwargs.get("file") not in (sys.stdout, sys.stderr, None):
+        _print(*args, **kwargs)
+        return
+    manager = instance()
+    manager.hide_bars()
+    try:
+        _print(*args, **kwargs)
+    finally:
+        manager.unhide_bars()
+
+
 def instance() -> BarManager:
     """This process's bar manager, made on first use; then ``print`` is ``tqdm_ray.safe_print`` too, as Ray
     (``RAY_TQDM_PATCH_PRINT=0`` keeps the builtin)."""
@@ -208,8 +223,6 @@ def instance() -> BarManager:
         if _manager is None:
             _manager = BarManager()
             if os.environ.get("RAY_TQDM_PATCH_PRINT", "1").lower() not in ("0", "false", "no"):
-                from .tqdm_ray import safe_print
-
                 builtins.print = safe_print
         return _manager
 
@@ -222,4 +235,4 @@ def write_output(stream, text: str) -> None:
     instance().write_output(stream, text)
 
 
-__all__ = ["RAY_TQDM_MAGIC", "BarManager", "instance", "write_output"]
+__all__ = ["RAY_TQDM_MAGIC", "BarManager", "instance", "safe_print", "write_output"]

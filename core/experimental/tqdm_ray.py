@@ -15,7 +15,6 @@ builtin).
 
 from __future__ import annotations
 
-import builtins
 import json
 import os
 import sys
@@ -25,23 +24,7 @@ from collections.abc import Iterable
 
 from anyray import context
 
-from .bars import RAY_TQDM_MAGIC, BarManager, instance
-
-_print = builtins.print
-
-
-def safe_print(*args, **kwargs) -> None:
-    """``print`` that does not break the progress bars the driver draws: they are taken off the terminal, the
-    text is printed, and they are drawn again below it. Printing to another file is plain ``print``."""
-    if kwargs.get("file") not in (sys.stdout, sys.stderr, None):
-        _print(*args, **kwargs)
-        return
-    manager = instance()
-    manager.hide_bars()
-    try:
-        _print(*args, **kwargs)
-    finally:
-        manager.unhide_bars()
+from .bars import RAY_TQDM_MAGIC, BarManager, instance, safe_print
 
 
 def _number(value, what: str, *, integer: bool = False):
