@@ -153,3 +153,28 @@ def test_off_a_terminal_a_bar_prints_a_line_at_most_every_interval():
     assert len(lines) == 2, out  # when it opened, and its last state when it closed
     assert "20/20" in lines[-1] and "20/20" not in lines[0]
     assert "__magic_token__" not in out
+
+
+def test_a_ray_program_s_imports_give_anyray_s_tqdm(tmp_path):
+    """``from ray.experimental.tqdm_ray import tqdm`` under ``anyray run``, and ``ray.experimental.tqdm_ray``
+    after a bare ``import anyray as ray``."""
+    script = tmp_path / "program.py"
+    script.write_text(textwrap.dedent("""
+        import ray
+        from ray.experimental.tqdm_ray import tqdm
+
+        @ray.remote
+        def work():
+            return sum(tqdm(range(5), desc="ray-named"))
+
+        ray.init(num_cpus=1)
+        print("results", ray.get(work.remote()), ray.experimental.tqdm_ray.tqdm is tqdm, flush=True)
+    """))
+    run = subprocess.run([sys.executable, "-m", "anyray.cli", "run", "--backend", "multiprocess", str(script)],
+                         capture_output=True, text=True, timeout=WAIT)
+    assert run.returncode == 0, run.stderr
+    assert "results 10 True" in run.stdout
+    assert re.search(r"^\(work pid=\d+\) ray-named: 100%\|.*\| 5/5 \[", run.stdout, re.MULTILINE), run.stdout
+    import anyray as ray
+
+    assert ray.experimental.tqdm_ray.tqdm.__module__ == "anyray.experimental.tqdm_ray"

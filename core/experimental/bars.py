@@ -208,11 +208,12 @@ def safe_print(*args, **kwargs) -> None:
         _print(*args, **kwargs)
         return
     manager = instance()
-    manager.hide_bars()
-    try:
-        _print(*args, **kwargs)
-    finally:
-        manager.unhide_bars()
+    with manager.lock:  # no bar drawn by another thread in the middle
+        manager.hide_bars()
+        try:
+            _print(*args, **kwargs)
+        finally:
+            manager.unhide_bars()
 
 
 def instance() -> BarManager:
