@@ -178,3 +178,20 @@ def test_a_ray_program_s_imports_give_anyray_s_tqdm(tmp_path):
     import anyray as ray
 
     assert ray.experimental.tqdm_ray.tqdm.__module__ == "anyray.experimental.tqdm_ray"
+
+
+def test_more_bars_than_the_terminal_holds_are_counted_not_drawn():
+    body = """
+        from anyray.experimental.tqdm_ray import tqdm
+        bars = [tqdm(desc=f"bar{i}", total=10, flush_interval_s=0) for i in range(8)]
+        for bar in bars:
+            bar.update(5)
+        for bar in bars:
+            bar.close()
+        print("results ['alpha', 'beta']")
+    """
+    raw = run_driver("local", body, env=dict(os.environ, LINES="6", COLUMNS="80"), tty=True)
+    assert "... and 5 more bars" in raw  # 3 bars and that line: the 4 lines a 6-line terminal has room for
+    shown = screen(raw).splitlines()
+    assert [line.split(":")[0] for line in shown[:8]] == [f"bar{i}" for i in range(8)], shown
+    assert all("| 5/10 [" in line for line in shown[:8]) and shown[8:] == ["results ['alpha', 'beta']"], shown

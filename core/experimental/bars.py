@@ -182,7 +182,11 @@ class BarManager:
         if self._hidden or not self.bars or not self._tty(out):
             return
         width, fill = self._geometry(out)
-        lines = [bar.line(width - 1, fill) for bar in sorted(self.bars.values(), key=lambda b: b.order)]
+        bars = sorted(self.bars.values(), key=lambda b: b.order)
+        room = max(2, shutil.get_terminal_size((100, 24)).lines - 2)  # what does not fit could not be erased
+        lines = [bar.line(width - 1, fill) for bar in bars[:room if len(bars) <= room else room - 1]]
+        if len(bars) > room:
+            lines.append(f"... and {len(bars) - room + 1} more bars")
         out.write("".join(line + "\n" for line in lines))
         out.flush()
         self._drawn = len(lines)
