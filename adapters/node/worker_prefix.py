@@ -99,7 +99,7 @@ def mark_streams(setup: dict, output=None) -> None:
     """Mark this worker's ``sys.stdout`` and ``sys.stderr`` (after a cluster node's capture, if any), or send
     them nowhere when the driver said ``log_to_driver=False``. ``output``: the worker's ``Output``, when its
     streams are the driver's terminal (they send there once the worker draws progress bars)."""
-    context.worker_process = True
+    context.worker_process, context.worker_ip = True, setup.get("node_ip")
     if setup.get("log_to_driver") is False:
         sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the worker
         return

@@ -124,8 +124,8 @@ class tqdm:  # noqa: N801 - Ray's name
 
     def _state(self) -> dict:
         return {"__magic_token__": RAY_TQDM_MAGIC, "x": self._x, "pos": self._pos, "desc": self._desc,
-                "total": self._total, "unit": self._unit, "pid": self._pid, "uuid": self._uuid,
-                "closed": self._closed}
+                "total": self._total, "unit": self._unit, "ip": context.worker_ip or "127.0.0.1", "pid": self._pid,
+                "uuid": self._uuid, "closed": self._closed}
 
     def _dump_state(self, force: bool = False) -> None:
         now = time.monotonic()
