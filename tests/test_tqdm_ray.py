@@ -208,3 +208,33 @@ def test_on_the_ray_backend_ray_s_driver_takes_the_bars():
         assert "tqdm is not installed. Progress bars will be disabled." in out, out
     else:
         assert re.search(r"alpha: 100%.*100/100", out) and re.search(r"beta: 100%.*100/100", out), out
+
+
+def test_on_a_terminal_a_worker_without_bars_prints_above_another_s_bar():
+    """What any worker prints while bars are drawn goes above them whole: the driver takes the bars off first."""
+    body = """
+        import time
+        from anyray.experimental.tqdm_ray import tqdm
+
+        @anyray.remote
+        def talk():
+            print("hello from a worker without bars")
+
+        @anyray.remote
+        def work():
+            bar = tqdm(desc="waiting", total=2)
+            bar.update()
+            bar.refresh()
+            time.sleep(1.5)  # the bar is drawn by now
+            anyray.get(talk.remote())
+            bar.update()
+            bar.close()
+
+        anyray.get(work.remote())
+        print("results ['alpha', 'beta']")
+    """
+    raw = run_driver("multiprocess", body, tty=True)
+    assert re.search(r"\x1b\[J\(talk pid=\d+\) hello from a worker without bars\r\n", raw), raw
+    shown = screen(raw).splitlines()
+    assert re.match(r"\(talk pid=\d+\) hello from a worker without bars$", shown[0]), shown
+    assert re.match(r"\(work pid=\d+\) waiting: 100%.*\| 2/2 \[", shown[1]), shown

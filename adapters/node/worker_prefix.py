@@ -6,7 +6,8 @@ node. With ``init(log_to_driver=False)`` nothing a worker writes reaches the dri
 
 A worker that writes to the driver's terminal itself (multiprocess) sends the state lines of its progress bars
 (``anyray.experimental.tqdm_ray``) to the driver's process instead, which draws them; from its first bar on, all
-it writes goes that way, so that the driver prints it above the bars rather than through them.
+it writes goes that way, so that the driver prints it above the bars rather than through them. When the driver's
+output is a terminal (``output_via_driver``), all it writes goes that way from the start.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ class ToDriver:
     """Where a worker's streams send what they write once it draws progress bars: the node in the driver's
     process, with the next OUTPUT (``worker_output.Output``), which prints it there (``LocalOutput``)."""
 
-    def __init__(self, output):
+    def __init__(self, output, active: bool = False):
         self._output = output
-        self.active = False
+        self.active = active
 
     def send(self, stream: str, text: str) -> None:
         self._output.lines.append(m.OutputLine.pack(self._output.node.runtime.job_id, stream, text))
@@ -104,6 +105,6 @@ def mark_streams(setup: dict, output=None) -> None:
         sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the worker
         return
     ip = setup.get("node_ip")
-    divert = None if output is None else ToDriver(output)
+    divert = None if output is None else ToDriver(output, bool(setup.get("output_via_driver")))
     sys.stdout = Prefixed(sys.stdout, ip, "stdout", divert)
     sys.stderr = Prefixed(sys.stderr, ip, "stderr", divert)
