@@ -25,8 +25,9 @@ from . import messages as m
 
 
 class ToDriver:
-    """Where a worker's streams send what they write once it draws progress bars: the node in the driver's
-    process, with the next OUTPUT (``worker_output.Output``), which prints it there (``LocalOutput``)."""
+    """Where a worker's streams send what they write once it draws progress bars (or from the start, when
+    ``active``): the node in the driver's process, with the next OUTPUT (``worker_output.Output``), which
+    prints it there (``LocalOutput``)."""
 
     def __init__(self, output, active: bool = False):
         self._output = output
