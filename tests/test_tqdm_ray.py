@@ -36,7 +36,8 @@ BODY = """
 
 def run_driver(backend: str, body: str = BODY, env: dict | None = None, tty: bool = False) -> str:
     """What a driver on ``backend`` printed (stdout and stderr), through a pseudo-terminal if ``tty``."""
-    code = f"import anyray\nanyray.init(backend={backend!r}, num_cpus=2)\n" + textwrap.dedent(body)
+    start = "address='auto'" if backend == "cluster" else "num_cpus=2"
+    code = f"import anyray\nanyray.init(backend={backend!r}, {start})\n" + textwrap.dedent(body)
     if not tty:
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT, env=env)
         assert run.returncode == 0, run.stderr
@@ -107,12 +108,20 @@ def test_cluster_bars_come_from_the_node_with_the_task_s_output(cluster_env):  #
     check_bars(run.stdout + run.stderr, r" pid=\d+, ip=127\.0\.0\.1")
 
 
-def test_on_a_terminal_bars_are_redrawn_in_place_and_lines_print_whole_above_them():
-    raw = run_driver("multiprocess", tty=True)
-    check_bars(screen(raw), r" pid=\d+")  # what the terminal shows at the end
+def check_terminal(raw: str, mark: str) -> None:
+    check_bars(screen(raw), mark)  # what the terminal shows at the end
     assert "\x1b[J" in raw  # the bars were taken off and drawn again
     # what the tasks printed is a whole line, a bar never drawn inside it
-    assert re.search(r"\x1b\[J\(work pid=\d+\) done alpha\r\n", raw), raw
+    assert re.search(rf"\x1b\[J\(work{mark}\) done alpha\r\n", raw), raw
+
+
+def test_on_a_terminal_bars_are_redrawn_in_place_and_lines_print_whole_above_them():
+    check_terminal(run_driver("multiprocess", tty=True), r" pid=\d+")
+
+
+def test_on_a_terminal_a_cluster_s_bars_are_redrawn_in_place_too(cluster_env):  # noqa: F811
+    start_head(cluster_env, "--num-cpus", "2")
+    check_terminal(run_driver("cluster", env=cluster_env, tty=True), r" pid=\d+, ip=127\.0\.0\.1")
 
 
 def test_safe_print_and_print_go_above_a_bar_the_driver_draws():

@@ -220,15 +220,20 @@ def safe_print(*args, **kwargs) -> None:
             manager.unhide_bars()
 
 
+def patch_print() -> None:
+    """Make ``print`` ``safe_print``, as Ray does once its driver draws bars (``RAY_TQDM_PATCH_PRINT=0`` keeps
+    the builtin)."""
+    if os.environ.get("RAY_TQDM_PATCH_PRINT", "1").lower() not in ("0", "false", "no"):
+        builtins.print = safe_print
+
+
 def instance() -> BarManager:
-    """This process's bar manager, made on first use; then ``print`` is ``tqdm_ray.safe_print`` too, as Ray
-    (``RAY_TQDM_PATCH_PRINT=0`` keeps the builtin)."""
+    """This process's bar manager, made on first use; then ``print`` is ``safe_print`` too."""
     global _manager
     with _manager_lock:
         if _manager is None:
             _manager = BarManager()
-            if os.environ.get("RAY_TQDM_PATCH_PRINT", "1").lower() not in ("0", "false", "no"):
-                builtins.print = safe_print
+            patch_print()
         return _manager
 
 
@@ -240,4 +245,4 @@ def write_output(stream, text: str) -> None:
     instance().write_output(stream, text)
 
 
-__all__ = ["RAY_TQDM_MAGIC", "BarManager", "instance", "safe_print", "write_output"]
+__all__ = ["RAY_TQDM_MAGIC", "BarManager", "instance", "patch_print", "safe_print", "write_output"]

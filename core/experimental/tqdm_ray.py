@@ -9,8 +9,9 @@ driver's own process (the local backend, or a bar the driver's code makes) the s
 directly.
 
 ``safe_print`` prints without breaking the bars: it takes them off the terminal, prints and draws them again.
-Once the driver draws a bar, ``print`` is ``safe_print`` (as Ray; ``RAY_TQDM_PATCH_PRINT=0`` keeps the
-builtin).
+Once the driver imports this module or draws a bar, ``print`` is ``safe_print`` (Ray: once it draws a bar, so a
+``print(ray.get(...))`` that started before the first bar printed through the bars; ``RAY_TQDM_PATCH_PRINT=0``
+keeps the builtin).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Iterable
 
 from anyray import context
 
-from .bars import RAY_TQDM_MAGIC, BarManager, instance, safe_print
+from .bars import RAY_TQDM_MAGIC, BarManager, instance, patch_print, safe_print
 
 
 def _number(value, what: str, *, integer: bool = False):
@@ -140,5 +141,8 @@ class tqdm:  # noqa: N801 - Ray's name
             name = task and (task.actor.class_name if task.actor is not None else task.name)
             instance().process_state_update(self._state(), f"({name}) " if name else "")
 
+
+if not context.worker_process:  # the driver: its print goes above the bars from now on
+    patch_print()
 
 __all__ = ["RAY_TQDM_MAGIC", "BarManager", "instance", "safe_print", "tqdm"]
