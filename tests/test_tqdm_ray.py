@@ -247,3 +247,22 @@ def test_on_a_terminal_a_worker_without_bars_prints_above_another_s_bar():
     shown = screen(raw).splitlines()
     assert re.match(r"\(talk pid=\d+\) hello from a worker without bars$", shown[0]), shown
     assert re.match(r"\(work pid=\d+\) waiting: 100%.*\| 2/2 \[", shown[1]), shown
+
+
+def test_a_made_up_state_line_prints_as_it_is_and_the_bars_go_on():
+    body = """
+        from anyray.experimental.tqdm_ray import tqdm
+
+        @anyray.remote
+        def work():
+            print('{"__magic_token__": "__ray_tqdm_magic_token__", "x": "not a number"}')
+            for _ in tqdm(range(3), desc="after"):
+                pass
+
+        anyray.get(work.remote())
+        print("results", flush=True)
+    """
+    out = run_driver("multiprocess", body)
+    assert re.search(r'^\(work pid=\d+\) \{"__magic_token__": "__ray_tqdm_magic_token__", "x": "not a number"\}$',
+                     out, re.MULTILINE), out
+    assert re.search(r"^\(work pid=\d+\) after: 100%.*\| 3/3 \[", out, re.MULTILINE), out

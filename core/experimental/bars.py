@@ -46,6 +46,16 @@ def _count(value) -> str:
     return str(value) if isinstance(value, int) or value != int(value) else str(int(value))
 
 
+def _check(state) -> dict:
+    """``state`` if it is a bar's state as ``tqdm_ray.tqdm`` sends it, else ``ValueError``."""
+    number = (int, float)
+    if not (isinstance(state, dict) and isinstance(state.get("x", 0), number)
+            and isinstance(state.get("total"), (*number, type(None))) and isinstance(state.get("desc", ""), str)
+            and isinstance(state.get("unit", ""), str) and isinstance(state.get("pos", 0), int)):
+        raise ValueError(f"not a progress bar's state: {state!r:.200}")
+    return state
+
+
 class _Bar:
     """One bar: the last state of a ``tqdm_ray.tqdm``, what marks it, and when it was last printed."""
 
@@ -88,7 +98,9 @@ class BarManager:
 
     # -- what comes in -------------------------------------------------------------------------------------
     def process_state_update(self, state: dict, label: str = "") -> None:
-        """Draw the state of a bar: a new bar, a change, or its close."""
+        """Draw the state of a bar: a new bar, a change, or its close. A state that is not one (a line a task
+        made up) raises ``ValueError``."""
+        _check(state)
         with self.lock:
             key = str(state.get("uuid"))
             bar = self.bars.get(key)
@@ -115,7 +127,7 @@ class BarManager:
                     plain.append(line)
                     continue
                 try:
-                    state = json.loads(line[start:])
+                    state = _check(json.loads(line[start:]))
                 except ValueError:  # not a whole state: print it as it is
                     plain.append(line)
                     continue
