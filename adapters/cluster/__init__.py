@@ -25,6 +25,7 @@ import time
 
 from anyray.events import TaskRecord
 from anyray.exceptions import ActorNameTaken, GetTimeoutError
+from anyray.experimental.bars import write_output
 from anyray.hookspecs import hookimpl
 from anyray.policy import Feasibility, largest
 from anyray.ports.backend import Backend, Capability
@@ -334,7 +335,7 @@ class ClusterBackend(Backend):
             return
         for printed in map(m.PrintedLine._make, link.request("output", self.config.job_id, timeout=30)):
             out = sys.stdout if printed.stream == "stdout" else sys.stderr
-            out.write(printed.text)  # each line marked by its worker: (task pid=N, ip=HOST)
+            write_output(out, printed.text)  # each line marked by its worker: (task pid=N, ip=HOST); bars drawn
         sys.stdout.flush()
 
     def _pull_records(self) -> list:
