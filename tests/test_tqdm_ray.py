@@ -14,7 +14,7 @@ import sys
 import textwrap
 
 import pytest
-from test_cluster import WAIT, cluster_env, driver, start_head  # noqa: F401 - cluster_env is a fixture
+from test_cluster import WAIT, driver, start_head
 
 BODY = """
     import time
@@ -101,7 +101,7 @@ def test_each_task_s_bar_shows_once_finished_without_state_lines(backend, mark):
     check_bars(run_driver(backend), mark)
 
 
-def test_cluster_bars_come_from_the_node_with_the_task_s_output(cluster_env):  # noqa: F811
+def test_cluster_bars_come_from_the_node_with_the_task_s_output(cluster_env):
     start_head(cluster_env, "--num-cpus", "2")
     run = driver(cluster_env, BODY)
     assert run.returncode == 0, run.stderr
@@ -119,7 +119,7 @@ def test_on_a_terminal_bars_are_redrawn_in_place_and_lines_print_whole_above_the
     check_terminal(run_driver("multiprocess", tty=True), r" pid=\d+")
 
 
-def test_on_a_terminal_a_cluster_s_bars_are_redrawn_in_place_too(cluster_env):  # noqa: F811
+def test_on_a_terminal_a_cluster_s_bars_are_redrawn_in_place_too(cluster_env):
     start_head(cluster_env, "--num-cpus", "2")
     check_terminal(run_driver("cluster", env=cluster_env, tty=True), r" pid=\d+, ip=127\.0\.0\.1")
 
