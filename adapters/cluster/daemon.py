@@ -352,22 +352,29 @@ class NodeDaemon:
     def nodes(self) -> list[dict]:
         return self._scan_json(NODES)
 
-    def _op_status(self, worker, rid, _args):
+    def status(self) -> dict:
+        """The cluster as ``anyray status`` shows it: live and dead nodes, this node's store, placement groups."""
         return {"nodes": self.nodes(), "dead": self._scan_json(DEAD), "this": self.node.node_id,
                 "metadata": self.metadata_kind, "usage": self.node.store.usage(), "now": time.time(),
-                "lease_seconds": LEASE_SECONDS, "placement_groups": self._groups(),
+                "lease_seconds": LEASE_SECONDS, "placement_groups": self.placement_groups(),
                 "dashboard_url": self.dashboard.url if self.dashboard is not None else None}
 
-    def _groups(self) -> list[dict]:
+    def placement_groups(self) -> list[dict]:
         return [listing(r) for r in GroupRecords(self.metadata).all()]
 
-    def _op_list(self, worker, rid, kind):
-        """The cluster's nodes, or every node's actors, tasks or objects."""
+    def list_rows(self, kind: str) -> list[dict]:
+        """The cluster's nodes or placement groups, or every node's actors, tasks, objects or workers."""
         if kind == "nodes":
             return self.nodes()
         if kind == "placement-groups":
-            return self._groups()
+            return self.placement_groups()
         return self.scheduler.state(kind) + self.scheduler.ask_every_node("list_here", kind)
+
+    def _op_status(self, worker, rid, _args):
+        return self.status()
+
+    def _op_list(self, worker, rid, kind):
+        return self.list_rows(kind)
 
     def _op_list_here(self, worker, rid, kind):
         return self.scheduler.state(kind)

@@ -49,7 +49,7 @@ class DriverSource:
         self.runtime, self.logs = runtime, logs
 
     def describe(self) -> dict:
-        return {"backend": self.runtime.backend.name, "job_id": _state._job_id(self.runtime)}
+        return {"backend": self.runtime.backend.name, "job_id": _state.job_hex(self.runtime)}
 
     def rows(self, kind: str) -> list[dict]:
         if kind not in KINDS:
@@ -57,7 +57,7 @@ class DriverSource:
         if kind in ("actors", "tasks", "objects", "workers") and not getattr(self.runtime.scheduler,
                                                                               "lists_state", False):
             return []  # a backend without a StatePort: nothing to list of these kinds
-        rows = _state._rows(kind)
+        rows = _state.state_rows(kind)
         if kind == "nodes":
             free = _available_by_node(self.runtime)
             for row in rows:
@@ -94,7 +94,7 @@ class ClusterSource:
         return _plain(getattr(self, f"_{kind}")())
 
     def _list(self, kind: str) -> list[dict]:
-        return self.daemon._op_list(None, 0, kind)
+        return self.daemon.list_rows(kind)
 
     def _everywhere(self, what: str, arg=None) -> list:
         """The answers of every node's taps, this one's first."""
@@ -102,7 +102,7 @@ class ClusterSource:
                                                                                   m.DashboardAsk.pack(what, arg))
 
     def _nodes(self) -> list[dict]:
-        status = self.daemon._op_status(None, 0, None)
+        status = self.daemon.status()
         alive = {n["node_id"] for n in status["nodes"]}
         rows = [{"node_id": n["node_id"], "node_ip": n["address"].rpartition(":")[0], "address": n["address"],
                  "is_head_node": bool(n.get("head")), "state": "ALIVE", "node_name": n.get("host"),
@@ -133,7 +133,7 @@ class ClusterSource:
         return self._list("workers")
 
     def _placement_groups(self) -> list[dict]:
-        return self.daemon._groups()
+        return self.daemon.placement_groups()
 
     def _jobs(self) -> list[dict]:
         """The jobs whose actors or tasks the cluster lists (a cluster keeps no table of jobs yet): RUNNING while

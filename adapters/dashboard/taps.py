@@ -104,7 +104,8 @@ class NodeTaps:
         """``tasks``: rows of the tasks that ended here (the latest); ``timeline``: their Chrome trace events;
         ``log``: ``[(stream, text)]`` worker ``arg`` printed, [] if it is not one of this node's."""
         if what == "tasks":
-            return _state._finished_tasks(types.SimpleNamespace(events=self.records.events), self.node_id)[-TASK_ROWS:]
+            rows = _state.finished_task_rows(types.SimpleNamespace(events=self.records.events), self.node_id)
+            return rows[-TASK_ROWS:]
         if what == "timeline":
             return self.records.events.trace_events()[-RECORDS_KEPT:]
         if what == "log":
