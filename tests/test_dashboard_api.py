@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 from dashboard_http import get_json, login, request, wait_for
@@ -130,6 +131,11 @@ def test_the_api_lists_actors_tasks_errors_objects_workers_logs_and_the_timeline
     assert log[0] == 200 and "counter at 1" in "".join(line["text"] for line in json.loads(log[2])["lines"])
     assert get_json(url, "/api/placement_groups", cookie) == []
     assert [j["status"] for j in get_json(url, "/api/jobs", cookie)] == ["RUNNING"]
+    drivers = get_json(url, "/api/drivers", cookie)  # this driver's job, with its work counted
+    assert [(d["job_id"], d["type"], d["status"], d["driver_info"]["pid"]) for d in drivers] == \
+        [(anyray.get_runtime_context().get_job_id(), "DRIVER", "RUNNING", str(os.getpid()))]
+    assert (drivers[0]["num_actors_alive"], drivers[0]["num_tasks_failed"]) == (1, 1)
+    assert drivers[0]["num_tasks_finished"] >= 2 and drivers[0]["start_time"] <= time.time() * 1000
 
     status, headers, body = request(url, "GET", "/api/timeline", headers={"Cookie": cookie})
     assert status == 200 and "attachment" in headers["Content-Disposition"]
@@ -213,6 +219,12 @@ def test_the_head_serves_the_cluster_behind_the_cluster_token(cluster_env):
         assert failed[0]["state"] == "FAILED" and "on the cluster" in failed[0]["error_message"]
         jobs = get_json(url, "/api/jobs", cookie)
         assert "RUNNING" in {j["status"] for j in jobs}
+        mine = [d for d in get_json(url, "/api/drivers", cookie) if d["driver_info"]["pid"] == str(program.pid)]
+        assert [(d["status"], d["type"], d["driver_node_id"], d["end_time"]) for d in mine] == \
+            [("RUNNING", "DRIVER", head["node_id"], None)]
+        assert (mine[0]["num_actors_alive"], mine[0]["num_tasks_failed"]) == (1, 1)
+        assert mine[0]["num_tasks_finished"] >= 2 and "sys.stdin.read()" in mine[0]["entrypoint"]
+        assert mine[0]["driver_info"]["node_ip_address"] == "127.0.0.1"
         keeper_pid = actors[0]["pid"]
         worker = next(w for w in get_json(url, "/api/workers", cookie) if w["pid"] == keeper_pid)
         log = get_json(url, f"/api/workers/{worker['worker_id']}/log", cookie)
@@ -221,6 +233,9 @@ def test_the_head_serves_the_cluster_behind_the_cluster_token(cluster_env):
     finally:
         program.stdin.close()
         program.wait(timeout=WAIT)
+    ended = wait_for(lambda: [d for d in get_json(url, "/api/drivers", cookie)
+                              if d["job_id"] == mine[0]["job_id"] and d["status"] == "SUCCEEDED"], "the job's end")
+    assert ended[0]["end_time"] >= ended[0]["start_time"]
     code, headers, body = request(url, "GET", "/metrics")  # Prometheus scrapes the head at its dashboard too
     assert code == 200 and headers["Content-Type"].startswith("text/plain")
     assert 'ray_tasks{Name="fails",State="FAILED"}' in body.decode()
