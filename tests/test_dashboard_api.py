@@ -325,3 +325,54 @@ def test_a_head_started_with_a_redis_password_takes_the_password_at_the_login(cl
     status, headers, _ = request(url, "POST", "/login", "token=another-pw",
                                  {"Content-Type": "application/x-www-form-urlencoded"})
     assert status == 401 and "Set-Cookie" not in headers
+
+
+def test_a_private_cluster_serves_its_dashboard_when_asked(cluster_env):
+    ctx = anyray.init(backend="cluster", num_cpus=1, include_dashboard=True, dashboard_port=0)
+    try:
+        url, path = ctx.dashboard_url, ctx.dashboard_token_file
+        assert url.startswith("http://127.0.0.1:") and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert request(url, "GET", "/api/nodes")[0] == 401
+        with open(path) as f:
+            cookie = login(url, f.read())
+        assert get_json(url, "/api/info", cookie)["backend"] == "cluster"
+        counter = Counter.remote()
+        assert anyray.get(counter.add.remote(), timeout=WAIT) == 1
+        drivers = get_json(url, "/api/drivers", cookie)
+        assert [(d["job_id"], d["status"], d["driver_info"]["pid"], d["num_actors_alive"]) for d in drivers] == \
+            [(anyray.get_runtime_context().get_job_id(), "RUNNING", str(os.getpid()), 1)]
+    finally:
+        anyray.shutdown()
+    assert not os.path.exists(path)
+    with pytest.raises(OSError):
+        request(url, "GET", "/login")
+
+
+def test_a_private_cluster_serves_no_dashboard_unless_asked(cluster_env):
+    ctx = anyray.init(backend="cluster", num_cpus=1)
+    try:
+        assert ctx.dashboard_url is None and ctx.dashboard_token_file is None
+    finally:
+        anyray.shutdown()
+
+
+def test_routes_added_by_other_modules_answer_behind_the_login(driver_dashboard):
+    from anyray import runtime as _rt
+
+    ctx, token = driver_dashboard
+    dashboard = _rt.current_runtime().dashboard
+    dashboard.add_route("POST", "/api/echo", lambda h, path: h.send_json(201, {"path": path, "got": h.read_json()}))
+    dashboard.add_route("GET", "/api/jobs", lambda h, path: h.send_json(200, {"taken over": path}))
+    url = ctx.dashboard_url
+    body, json_type = json.dumps({"n": 1}), {"Content-Type": "application/json"}
+    assert request(url, "POST", "/api/echo/x", body, json_type)[0] == 401
+    cookie = login(url, token)
+    status, _, answer = request(url, "POST", "/api/echo/x", body, {**json_type, "Cookie": cookie})
+    assert (status, json.loads(answer)) == (201, {"path": "/api/echo/x", "got": {"n": 1}})
+    assert get_json(url, "/api/jobs/", cookie) == {"taken over": "/api/jobs/"}
+    status, _, answer = request(url, "DELETE", "/api/nothing", headers={"Cookie": cookie})
+    assert status == 405 and b"takes DELETE" in answer
+    status, _, answer = request(url, "POST", "/api/echo", "{not json", {**json_type, "Cookie": cookie})
+    assert status == 400 and b"not JSON" in answer
+    with pytest.raises(ValueError, match="a method GET"):
+        dashboard.add_route("PATCH", "/api/x", print)

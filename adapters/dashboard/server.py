@@ -133,6 +133,8 @@ class _Handler(BaseHTTPRequestHandler):
             if verb == method and (path == prefix or path.startswith(prefix.rstrip("/") + "/")):
                 try:
                     answer(self, path)
+                except ValueError as exc:  # the request was wrong: said to the caller
+                    self.send_json(400, {"error": str(exc)})
                 except Exception as exc:  # noqa: BLE001 - said to the caller; the server goes on
                     self.send_json(500, {"error": f"{type(exc).__name__}: {exc}",
                                          "traceback": traceback.format_exc(limit=8)})
