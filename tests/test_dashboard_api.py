@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from dashboard_http import get_json, login, request, wait_for
 from test_cluster import HEARTBEAT, WAIT, cli, start_head
 
 import anyray
-from anyray.adapters.cluster import files
+from anyray.adapters.cluster import files, tls
 from anyray.adapters.cluster.launch import kill_tree
 from anyray.util import state
 
@@ -376,3 +377,29 @@ def test_routes_added_by_other_modules_answer_behind_the_login(driver_dashboard)
     assert status == 400 and b"not JSON" in answer
     with pytest.raises(ValueError, match="a method GET"):
         dashboard.add_route("PATCH", "/api/x", print)
+
+
+def test_a_tls_cluster_serves_its_dashboard_over_https_with_the_cluster_certificate(cluster_env, monkeypatch,
+                                                                                     tmp_path):
+    head = start_head(cluster_env, "--tls", "--num-cpus", "1", "--dashboard-port", str(free_port()))
+    url = head["dashboard_url"]
+    assert url.startswith("https://127.0.0.1:")
+    cluster_ca = os.path.join(cluster_env["ANYRAY_CLUSTER_DIR"], "tls", "ca.crt")
+    trusting = ssl.create_default_context(cafile=cluster_ca)
+    trusting.check_hostname = False  # the cluster's CA signs its members' certificates (cluster/tls.py)
+    with pytest.raises(OSError):  # plain HTTP gets no answer
+        request(url.replace("https://", "http://"), "GET", "/login")
+    with pytest.raises(ssl.SSLCertVerificationError):  # a visitor trusting only the system's CAs refuses it
+        request(url, "GET", "/login", context=ssl.create_default_context())
+    assert request(url, "GET", "/api/nodes", context=trusting)[0] == 401
+    cookie = login(url, _cluster_token(cluster_env), trusting)
+    assert [n["node_id"] for n in get_json(url, "/api/nodes", cookie, trusting)] == [head["node_id"]]
+    # the state API (the dashboard client) trusts the CA of this machine's TLS node
+    monkeypatch.setenv("ANYRAY_CLUSTER_TOKEN", _cluster_token(cluster_env))
+    assert [n.node_id for n in state.list_nodes(address=url)] == [head["node_id"]]
+    other = tls.cluster_files(str(tmp_path / "other-ca"))  # a process holding another cluster's CA refuses it
+    monkeypatch.setenv("ANYRAY_TLS_CA", other.ca)
+    monkeypatch.setenv("ANYRAY_TLS_CERT", other.cert)
+    monkeypatch.setenv("ANYRAY_TLS_KEY", other.key)
+    with pytest.raises(ConnectionError, match="did not sign"):
+        state.list_nodes(address=url)

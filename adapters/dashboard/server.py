@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import threading
 import traceback
 import urllib.parse
@@ -30,6 +31,20 @@ _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=
 _STATIC = ("app.js", "style.css")
 _MAX_FORM = 4096  # a login form is small: longer bodies are refused unread
 _MAX_JSON = 1 << 20  # a JSON request's body (read_json), at most
+_HANDSHAKE_SECONDS = 10  # a TLS visitor's handshake, at most
+
+
+def https_context(files) -> ssl.SSLContext:
+    """The TLS context of a dashboard on a TLS cluster: the node's certificate (the cluster CA signed it) and
+    key (``files``: ``cluster.tls.TLSFiles``). Visitors show no certificate: they log in with the token."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(files.cert, files.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"The dashboard could not load the TLS certificate {files.cert} and key {files.key}: "
+                         f"{getattr(exc, 'reason', None) or exc.strerror or exc}.") from None
+    return ctx
 
 
 def _static(name: str) -> bytes:
@@ -199,6 +214,20 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    tls_context: ssl.SSLContext | None = None  # https: each connection's handshake on its own thread
+
+    def finish_request(self, request, client_address) -> None:
+        if self.tls_context is None:
+            return super().finish_request(request, client_address)
+        request.settimeout(_HANDSHAKE_SECONDS)
+        try:
+            tls_request = self.tls_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):  # a visitor speaking plain HTTP, or gone: nothing to answer
+            return None
+        try:
+            super().finish_request(tls_request, client_address)
+        finally:
+            tls_request.close()
 
 
 class _Server6(_Server):
@@ -210,12 +239,15 @@ class Dashboard:
 
     token_file: str | None = None
 
-    def __init__(self, source, token: bytes, host: str, port: int, derive=None):
+    def __init__(self, source, token: bytes, host: str, port: int, derive=None, tls=None):
+        """``tls``: the node's ``cluster.tls.TLSFiles`` on a TLS cluster: the dashboard serves https with them."""
+        context = https_context(tls) if tls is not None else None
         try:
             self._server = (_Server6 if ":" in host else _Server)((host, port), _Handler)
         except OSError as exc:
             raise OSError(exc.errno, f"the dashboard cannot listen on {host}:{port}: {exc.strerror}; pick another "
                                      f"port (--dashboard-port, or init(dashboard_port=...))") from None
+        self._server.tls_context = context
         self._server.gate = Gatekeeper(token, derive)
         self._server.source = source
         self._server.metrics = None  # () -> (body, content type): /metrics, as the node's own endpoint serves it
@@ -223,7 +255,7 @@ class Dashboard:
         self.host = host
         self.port = self._server.server_address[1]
         shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{self.port}"
+        self.url = f"{'https' if context is not None else 'http'}://{shown}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="anyray-dashboard", daemon=True)
         if source is not None:
             self.serve(source)
