@@ -146,7 +146,7 @@ function render(kind, rows, spec) {
   const body = el("tbody");
   for (const row of rows.slice(0, MAX_ROWS)) {
     const tr = el("tr", {"data-id": String(spec.id(row))});
-    if (row.state) tr.dataset.state = row.state;
+    if (row.state || row.status) tr.dataset.state = row.state || row.status;  // a job's is its status
     for (const [, cell] of spec.cols) {
       const value = cell(row);
       tr.append(value instanceof HTMLElement && value.tagName === "TD" ? value
