@@ -284,7 +284,12 @@ def test_the_head_shows_what_every_node_ran_and_printed(cluster_env):
     other = wait_for(lambda: [n["node_id"] for n in get_json(url, "/api/nodes", cookie)
                               if n["node_id"] != head["node_id"] and n["state"] == "ALIVE"], "the second node")[0]
     get_json(url, "/api/tasks", cookie)  # the first look: every node keeps what its workers do from now on
-    anyray.init(backend="cluster", address="auto")
+    second = next(r for r in files.local_nodes(cluster_env["ANYRAY_CLUSTER_DIR"]) if not r["head"])
+    anyray.init(backend="cluster", address=second["address"])  # a driver of the other node: the head lists it
+    job = anyray.get_runtime_context().get_job_id()
+    drivers = [d for d in get_json(url, "/api/drivers", cookie) if d["job_id"] == job]
+    assert [(d["status"], d["driver_node_id"], d["driver_info"]["pid"]) for d in drivers] == \
+        [("RUNNING", other, str(os.getpid()))]
 
     @anyray.remote(resources={"elsewhere": 1})
     def away():
@@ -302,6 +307,9 @@ def test_the_head_shows_what_every_node_ran_and_printed(cluster_env):
                    get_json(url, f"/api/workers/{worker['worker_id']}/log", cookie), "the other node's log")
     assert any(line["text"].endswith("printed on the other node\n") for line in log["lines"])
     assert pid in {e["pid"] for e in get_json(url, "/api/timeline", cookie)}
+    ended = wait_for(lambda: [d for d in get_json(url, "/api/drivers", cookie) if d["job_id"] == job
+                              and d["num_tasks_finished"] == 1], "the task counted in its job's row")
+    assert ended[0]["num_tasks_failed"] == 0
 
 
 def test_a_local_driver_serves_the_same_api():
