@@ -20,7 +20,6 @@ from anyray.util import state as _state
 from ..node import messages as m
 
 KINDS = ("nodes", "actors", "tasks", "objects", "workers", "placement_groups", "jobs", "drivers")
-_ENDED = ("FINISHED", "FAILED", "DEAD")
 
 
 def with_counts(drivers: list[dict], actors: list[dict], tasks: list[dict], ended=()) -> list[dict]:
