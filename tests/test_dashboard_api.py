@@ -290,6 +290,8 @@ def test_the_head_shows_what_every_node_ran_and_printed(cluster_env):
     drivers = [d for d in get_json(url, "/api/drivers", cookie) if d["job_id"] == job]
     assert [(d["status"], d["driver_node_id"], d["driver_info"]["pid"]) for d in drivers] == \
         [("RUNNING", other, str(os.getpid()))]
+    listed = [j for j in state.list_jobs(detail=True) if j.job_id == job]  # the state API lists every driver's job
+    assert [(j.status, j.type, j.driver_node_id) for j in listed] == [("RUNNING", "DRIVER", other)]
 
     @anyray.remote(resources={"elsewhere": 1})
     def away():

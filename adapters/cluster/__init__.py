@@ -41,7 +41,8 @@ class _ClusterScheduler(RemoteGroups, RemoteScheduler):
     """The driver's scheduler port: forwards to the node, and warns at the call site about work that no
     node of the cluster could ever place (the node's own warning would not reach the driver)."""
 
-    tracks_handles = lists_state = True  # capability flags: see anyray.ports.scheduler (lends_cpus: the node lends)
+    # capability flags: see anyray.ports.scheduler (lends_cpus: the node lends); jobs: every node's drivers
+    tracks_handles = lists_state = lists_jobs = True
 
     REFRESH_SECONDS = 1.0  # how stale the driver's view of the nodes' resources may be when it warns
 
@@ -53,8 +54,9 @@ class _ClusterScheduler(RemoteGroups, RemoteScheduler):
         return [n["Resources"] for n in self.node.request("resources", "nodes") if n.get("Alive")]
 
     def list_state(self, kind: str) -> list[dict]:
-        """Every node's rows: the node answering asks the others (what ``anyray list`` shows)."""
-        return self.node.request("list", kind, timeout=60)
+        """Every node's rows: the node answering asks the others (what ``anyray list`` shows); the jobs are the
+        drivers that connected to a node (``drivers.DriverTable``)."""
+        return self.node.request("list", "drivers" if kind == "jobs" else kind, timeout=60)
 
     def _check(self, key: bytes, name: str, demand: dict) -> None:
         self._feasibility.check(key, name, demand)
