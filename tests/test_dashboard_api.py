@@ -20,6 +20,7 @@ from test_cluster import HEARTBEAT, WAIT, cli, start_head
 import anyray
 from anyray.adapters.cluster import files, tls
 from anyray.adapters.cluster.launch import kill_tree
+from anyray.adapters.dashboard.client import call_json
 from anyray.util import state
 
 
@@ -387,6 +388,10 @@ def test_routes_added_by_other_modules_answer_behind_the_login(driver_dashboard)
     assert status == 400 and b"not JSON" in answer
     with pytest.raises(ValueError, match="a method GET"):
         dashboard.add_route("PATCH", "/api/x", print)
+    # a program calls them with the dashboard client (the token as a bearer)
+    assert call_json(url, "POST", "/api/echo", {"n": 2}, token=token.encode()) == {"path": "/api/echo", "got": {"n": 2}}
+    with pytest.raises(ConnectionError, match="405 to DELETE /api/nothing"):
+        call_json(url, "DELETE", "/api/nothing", token=token.encode())
 
 
 def test_a_tls_cluster_serves_its_dashboard_over_https_with_the_cluster_certificate(cluster_env, monkeypatch,

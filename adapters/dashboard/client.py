@@ -41,13 +41,22 @@ def tls_context(address: str) -> tuple[ssl.SSLContext | None, str | None]:
 
 def get_json(address: str, path: str, token: bytes | None = None, timeout: float = 30):
     """``GET address + path`` as a visitor holding the cluster token; its JSON answer."""
+    return call_json(address, "GET", path, token=token, timeout=timeout)
+
+
+def call_json(address: str, method: str, path: str, body=None, token: bytes | None = None, timeout: float = 30):
+    """``method address + path`` (``body``: sent as JSON) as a visitor holding the cluster token; its JSON
+    answer. ``PermissionError`` if the token is refused, ``ConnectionError`` for no answer or an error status."""
     if token is None:
         from ..cluster.files import read_token  # the token file of `anyray start`, found as drivers find it
 
         token = read_token()
     url = address.rstrip("/") + path
-    request = urllib.request.Request(url, headers={"Authorization": "Bearer " + token.decode().strip(),
-                                                   "Accept": "application/json"})
+    headers = {"Authorization": "Bearer " + token.decode().strip(), "Accept": "application/json"}
+    data = None
+    if body is not None:
+        data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
     context, ca = tls_context(address)
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as answer:
@@ -61,7 +70,7 @@ def get_json(address: str, path: str, token: bytes | None = None, timeout: float
             said = json.loads(exc.read()).get("error")
         except (ValueError, AttributeError):
             said = exc.reason
-        raise ConnectionError(f"The dashboard at {address} answered {exc.code} to {path}: {said}") from None
+        raise ConnectionError(f"The dashboard at {address} answered {exc.code} to {method} {path}: {said}") from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, ssl.SSLCertVerificationError):
             trusted = f"the cluster CA {ca}" if ca else "the system's CAs (this process has no cluster TLS files)"
