@@ -42,7 +42,8 @@ class _ClusterScheduler(RemoteGroups, RemoteScheduler):
     """The driver's scheduler port: forwards to the node, and warns at the call site about work that no
     node of the cluster could ever place (the node's own warning would not reach the driver)."""
 
-    tracks_handles = lists_state = True  # capability flags: see anyray.ports.scheduler (lends_cpus: the node lends)
+    # capability flags: see anyray.ports.scheduler (lends_cpus: the node lends); jobs: every node's drivers
+    tracks_handles = lists_state = lists_jobs = True
 
     REFRESH_SECONDS = 1.0  # how stale the driver's view of the nodes' resources may be when it warns
 
@@ -54,8 +55,9 @@ class _ClusterScheduler(RemoteGroups, RemoteScheduler):
         return [n["Resources"] for n in self.node.request("resources", "nodes") if n.get("Alive")]
 
     def list_state(self, kind: str) -> list[dict]:
-        """Every node's rows: the node answering asks the others (what ``anyray list`` shows)."""
-        return self.node.request("list", kind, timeout=60)
+        """Every node's rows: the node answering asks the others (what ``anyray list`` shows); the jobs are the
+        drivers that connected to a node (``drivers.DriverTable``)."""
+        return self.node.request("list", "drivers" if kind == "jobs" else kind, timeout=60)
 
     def _check(self, key: bytes, name: str, demand: dict) -> None:
         self._feasibility.check(key, name, demand)
@@ -228,11 +230,15 @@ class ClusterBackend(Backend):
     # metadata: "redis", "etcd" or a URL, for the private cluster started without an address.
     # _redis_password: the password of the cluster's Redis (Ray's name), also the cluster's secret when its head
     # was started with --redis-password.
-    accepted_options = frozenset({"token_file", "metadata", "_redis_password", "log_to_driver"})
+    # include_dashboard, dashboard_host, dashboard_port: the dashboard of the private cluster (Ray's; a running
+    # cluster's head serves its own, so they are ignored with an address, as Ray does).
+    accepted_options = frozenset({"token_file", "metadata", "_redis_password", "log_to_driver", "include_dashboard",
+                                  "dashboard_host", "dashboard_port"})
 
     link = None
     _proc = None
     _private_dir = None
+    _dashboard: dict = {}  # the private cluster's: its url and token file
 
     def reference_counters(self):
         """References here are borrowed from the node, as a worker's are (see ``node.link``)."""
@@ -264,7 +270,7 @@ class ClusterBackend(Backend):
                 starting = launch.start(
                     directory=self._private_dir, token=token, head=True, num_cpus=cfg.num_cpus,
                     num_gpus=cfg.num_gpus, resources=cfg.resources, object_store_memory=cfg.object_store_memory,
-                    metadata=cfg.options.get("metadata"), exit_with_parent=True)
+                    metadata=cfg.options.get("metadata"), exit_with_parent=True, extra=self._dashboard_settings())
                 try:  # loaded while the daemon comes up
                     from .client import ClientLink, handshake, open_connection
                 except BaseException:
@@ -275,6 +281,7 @@ class ClusterBackend(Backend):
                 shutil.rmtree(self._private_dir, ignore_errors=True)
                 raise
             address = record["address"]
+            self._show_dashboard(record, token)
 
             try:
                 conn = open_connection(address, token)
@@ -319,6 +326,29 @@ class ClusterBackend(Backend):
         self.object_store = _ClusterStore(self.link)
         self.scheduler.direct = self.object_store.direct = DirectCalls(self.link, self.object_store._cache, token)
         self.metadata = None
+
+    def _dashboard_settings(self) -> dict | None:
+        options = self.config.options
+        if not options.get("include_dashboard"):
+            return None
+        return {"include_dashboard": True, "dashboard_host": options.get("dashboard_host"),
+                "dashboard_port": options.get("dashboard_port")}
+
+    def _show_dashboard(self, record: dict, token: bytes) -> None:
+        """The private cluster's dashboard: its token in a file of the cluster's directory (0600, removed with
+        it), said on stderr as a driver's own dashboard is."""
+        if not self.config.options.get("include_dashboard"):
+            return
+        from .files import new_token
+
+        url = record.get("dashboard_url")
+        if url is None:  # Ray's port held by another process: the head goes on without (its log says so)
+            print(f"(anyray) no dashboard: port {self.config.options.get('dashboard_port') or 8265} is taken; pass "
+                  f"init(dashboard_port=0) for any free one", file=sys.stderr, flush=True)
+            return
+        self._dashboard = {"dashboard_url": url, "dashboard_token_file": new_token(self._private_dir, token)}
+        print(f"(anyray) dashboard at {url} (log in with the token in {self._dashboard['dashboard_token_file']})",
+              file=sys.stderr, flush=True)
 
     def _print_loop(self) -> None:
         while not self._printing.wait(OUTPUT_INTERVAL):
@@ -372,7 +402,7 @@ class ClusterBackend(Backend):
 
     def info(self) -> dict:
         node_id = self.link.setup["node_id"] if self.link is not None else None
-        return {"address": self.address, "node_id": node_id, "dashboard_url": None}
+        return {"address": self.address, "node_id": node_id, "dashboard_url": None, **self._dashboard}
 
 
 Backend = ClusterBackend

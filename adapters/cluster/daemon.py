@@ -39,6 +39,7 @@ from ..node.node import Node
 from . import files, servers, tls
 from .address import TOKEN_CHECK_KEY, token_check
 from .client import CLIENT_HELLO, CLIENT_READY, CLIENT_SETUP, _Watchdog, handshake, host_id, nodelay, open_connection
+from .drivers import DriverTable
 from .group_records import GroupRecords, listing
 from .listeners import listen, listen_extra
 from .node import ClusterScheduler
@@ -122,6 +123,7 @@ class NodeDaemon:
         self.host_id = host_id()
         self.started = time.time()
         self.dashboard = None  # the cluster's dashboard, on a head that serves one
+        self.drivers = None  # the drivers (jobs) that connected here (drivers.DriverTable)
 
     def __repr__(self) -> str:
         return f"NodeDaemon({self.address or 'starting'})"
@@ -158,6 +160,7 @@ class NodeDaemon:
         self.runtime = Runtime(_NodeBackend, config)
         set_current(self.runtime)
         self.node = self.runtime.backend.node
+        self.drivers = DriverTable(self.node.node_id, self.host)
         self.node.setup["forward_output"] = True  # what tasks print goes to their drivers
         self.node.setup["node_ip"] = self.host  # and each line says where: (task pid=N, ip=HOST)
         self.scheduler = self.node.scheduler
@@ -329,10 +332,16 @@ class NodeDaemon:
         except Exception:  # noqa: BLE001 - shutting down
             conn.close()
             return
+        peer_ip = peer[0]
         peer = role == "node"  # another node reads objects here by pull: it gets their locations
         self.scheduler.add_client(handle, shared or peer, (hello.get("job_id") or b"", hello.get("namespace") or ""),
                                   peer=peer)
-        self.scheduler.workers.serve(handle, conn)
+        driver = self.drivers.joined(hello, peer_ip, same_host) if role == "driver" else None
+        try:
+            self.scheduler.workers.serve(handle, conn)
+        finally:
+            if driver is not None:
+                self.drivers.left(driver)
         if role == "driver" and hello.get("job_id"):  # its job ended: so do its groups that are not detached
             self.scheduler.cluster_groups.remove_job(hello["job_id"])
 
@@ -352,25 +361,33 @@ class NodeDaemon:
     def nodes(self) -> list[dict]:
         return self._scan_json(NODES)
 
-    def _op_status(self, worker, rid, _args):
+    def status(self) -> dict:
+        """The cluster as ``anyray status`` shows it: live and dead nodes, this node's store, placement groups."""
         return {"nodes": self.nodes(), "dead": self._scan_json(DEAD), "this": self.node.node_id,
                 "metadata": self.metadata_kind, "usage": self.node.store.usage(), "now": time.time(),
-                "lease_seconds": LEASE_SECONDS, "placement_groups": self._groups(),
+                "lease_seconds": LEASE_SECONDS, "placement_groups": self.placement_groups(),
                 "dashboard_url": self.dashboard.url if self.dashboard is not None else None}
 
-    def _groups(self) -> list[dict]:
+    def placement_groups(self) -> list[dict]:
         return [listing(r) for r in GroupRecords(self.metadata).all()]
 
-    def _op_list(self, worker, rid, kind):
-        """The cluster's nodes, or every node's actors, tasks or objects."""
+    def list_rows(self, kind: str) -> list[dict]:
+        """The cluster's nodes or placement groups, or every node's actors, tasks, objects, workers or drivers."""
         if kind == "nodes":
             return self.nodes()
         if kind == "placement-groups":
-            return self._groups()
-        return self.scheduler.state(kind) + self.scheduler.ask_every_node("list_here", kind)
+            return self.placement_groups()
+        here = self.drivers.rows() if kind == "drivers" else self.scheduler.state(kind)
+        return here + self.scheduler.ask_every_node("list_here", kind)
+
+    def _op_status(self, worker, rid, _args):
+        return self.status()
+
+    def _op_list(self, worker, rid, kind):
+        return self.list_rows(kind)
 
     def _op_list_here(self, worker, rid, kind):
-        return self.scheduler.state(kind)
+        return self.drivers.rows() if kind == "drivers" else self.scheduler.state(kind)
 
 
 def _dashboard_here(daemon: NodeDaemon, args):

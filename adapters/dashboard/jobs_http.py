@@ -58,7 +58,7 @@ class JobRoutes:
             status, answer = exc.status, {"error": str(exc)}
             if method in ("POST", "PUT"):
                 request.close_connection = True  # a body may be left unread
-        request._json(status, answer)
+        request.send_json(status, answer)
 
     def _answer(self, request, method: str, path: str, query: str):
         jobs = self.manager
@@ -114,7 +114,7 @@ class JobRoutes:
             if request.headers.get("Upgrade", "").lower() != "websocket" or not key:
                 raise JobError(400, "logs/tail is a websocket; read /api/jobs/<id>/logs?offset=N without one")
         except JobError as exc:
-            return request._json(exc.status, {"error": str(exc)})
+            return request.send_json(exc.status, {"error": str(exc)})
         accept = base64.b64encode(hashlib.sha1(key.strip().encode() + _WS_GUID).digest()).decode()
         request.send_response(101)
         for name, value in (("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", accept)):
