@@ -15,11 +15,10 @@ import time
 
 import pytest
 from dashboard_http import get_json, login, request, wait_for
-from test_cluster import HEARTBEAT, WAIT, cli, start_head
+from test_cluster import WAIT, cli, start_head
 
 import anyray
 from anyray.adapters.cluster import files, tls
-from anyray.adapters.cluster.launch import kill_tree
 from anyray.adapters.dashboard.client import call_json
 from anyray.util import state
 
@@ -31,19 +30,6 @@ def driver_dashboard():
         token = f.read()
     yield ctx, token
     anyray.shutdown()
-
-
-@pytest.fixture
-def cluster_env(tmp_path, monkeypatch):
-    directory = tmp_path / "cluster"
-    monkeypatch.setenv("ANYRAY_CLUSTER_DIR", str(directory))
-    monkeypatch.setenv("ANYRAY_HEARTBEAT_SECONDS", str(HEARTBEAT))
-    monkeypatch.delenv("ANYRAY_CLUSTER_TOKEN", raising=False)
-    yield dict(os.environ)
-    if anyray.is_initialized():
-        anyray.shutdown()
-    for record in files.local_nodes(str(directory)):
-        kill_tree(record["pid"])
 
 
 def free_port() -> int:
