@@ -359,3 +359,16 @@ def test_ray_job_submission_is_anyray_s_under_anyray_run(head, tmp_path):
                           timeout=WAIT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True via ray.job_submission"
+
+
+def test_a_job_s_details_name_the_driver_its_entrypoint_started(head):
+    client = head["client"]
+    program = ("import os, anyray; anyray.init(); "
+               "print('job', anyray.get_runtime_context().get_job_id(), os.getpid(), flush=True)")
+    submission_id = client.submit_job(entrypoint=f"python -c \"{program}\"")
+    assert wait_status(client, submission_id) == JobStatus.SUCCEEDED
+    job_id, pid = client.get_job_logs(submission_id).split("job ")[1].split()[:2]
+    info = client.get_job_info(submission_id)
+    assert info.job_id == job_id and info.driver_info.pid == pid  # Ray fills them once the driver connects
+    assert info.driver_info.node_ip_address == "127.0.0.1"  # the head on loopback
+    assert job_id in {j.job_id for j in client.list_jobs() if j.submission_id == submission_id}

@@ -26,6 +26,20 @@ def _entrypoint(pid: int) -> str | None:
     return " ".join(a.decode("utf-8", "replace") for a in argv if a) or None
 
 
+def _submission_id(pid: int) -> str | None:
+    """The submission id of the job whose entrypoint started this driver (``anyray job submit``), where it runs
+    on this machine: the head sets it in the job's environment."""
+    try:
+        with open(f"/proc/{int(pid)}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    for item in environ:
+        if item.startswith(b"ANYRAY_JOB_SUBMISSION_ID="):
+            return item.partition(b"=")[2].decode("utf-8", "replace") or None
+    return None
+
+
 class DriverTable:
     """The drivers of this node: ``joined`` when one connects, ``left`` when its connection ends, ``rows()``."""
 
@@ -40,7 +54,8 @@ class DriverTable:
         job = hello.get("job_id") or b""
         pid = hello.get("pid") or 0
         ip = self.node_ip if str(peer_ip).startswith(_LOOPBACK) else str(peer_ip)
-        entry = {"job_id": job.hex() if isinstance(job, bytes) else str(job), "submission_id": None,
+        entry = {"job_id": job.hex() if isinstance(job, bytes) else str(job),
+                 "submission_id": _submission_id(pid) if same_host else None,
                  "type": "DRIVER", "status": "RUNNING", "entrypoint": _entrypoint(pid) if same_host else None,
                  "start_time": int(time.time() * 1000), "end_time": None,
                  "driver_info": {"id": job.hex() if isinstance(job, bytes) else str(job), "node_ip_address": ip,
@@ -57,6 +72,12 @@ class DriverTable:
                 return
             entry["status"], entry["end_time"] = "SUCCEEDED", int(time.time() * 1000)
             self._ended.append(entry)
+
+    def of_submission(self, submission_id: str) -> dict | None:
+        """The latest driver a submitted job's entrypoint started here (connected or ended), or None."""
+        with self._lock:
+            found = [e for e in (*self._ended, *self._live.values()) if e["submission_id"] == submission_id]
+        return dict(found[-1], driver_info=dict(found[-1]["driver_info"])) if found else None
 
     def rows(self) -> list[dict]:
         """Every driver of this node: those connected, then those that ended (oldest first)."""

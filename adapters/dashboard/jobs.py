@@ -83,8 +83,11 @@ class _Job:
 class JobManager:
     """The head's jobs: ``submit``, ``details``, ``list``, ``logs``, ``stop``, ``delete``, and the packages."""
 
-    def __init__(self, root: str, address: str, node_id: str, cluster_dir: str | None = None, records=None):
-        """``records``: a ``JobRecords`` of the cluster's metadata store, or None to keep the jobs in memory."""
+    def __init__(self, root: str, address: str, node_id: str, cluster_dir: str | None = None, records=None,
+                 driver_of=None):
+        """``records``: a ``JobRecords`` of the cluster's metadata store, or None to keep the jobs in memory;
+        ``driver_of(submission_id)``: the driver row (``cluster.drivers``) a job's entrypoint started, or None."""
+        self.driver_of = driver_of
         self.root = root
         self.address = address
         self.node_id = node_id
@@ -240,7 +243,7 @@ class JobManager:
 
     def _save(self, job: _Job) -> None:
         if self._records is not None:
-            self._records.save(job.details())
+            self._records.save(self._details(job))
 
     def _tail(self, job: _Job, chars: int) -> str:
         try:
@@ -259,13 +262,22 @@ class JobManager:
     def details(self, submission_id: str) -> dict:
         if submission_id in self._earlier:
             return dict(self._earlier[submission_id])
-        return self._get(submission_id).details()
+        return self._details(self._get(submission_id))
+
+    def _details(self, job: _Job) -> dict:
+        """``job``'s details, with the job id and driver of the driver its entrypoint started (as Ray fills
+        them once the driver connects)."""
+        details = job.details()
+        driver = self.driver_of(job.request["submission_id"]) if self.driver_of is not None else None
+        if driver is not None:
+            details["job_id"], details["driver_info"] = driver["job_id"], driver["driver_info"]
+        return details
 
     def list(self) -> list[dict]:
         with self._lock:
             jobs = list(self._jobs.values())
             earlier = [dict(d) for d in self._earlier.values()]
-        return earlier + [job.details() for job in jobs]
+        return earlier + [self._details(job) for job in jobs]
 
     def logs(self, submission_id: str, offset: int | None = None) -> dict:
         """Ray's ``{"logs": text}``; with ``offset`` (bytes already read), what follows it and the new offset

@@ -37,7 +37,8 @@ class JobRoutes:
         session = daemon.node.session.path
         records = JobRecords(daemon.metadata, daemon.token) if getattr(daemon, "metadata", None) else None
         manager = JobManager(os.path.join(session, "jobs"), daemon.address, daemon.node.node_id,
-                             getattr(daemon, "directory", None), records)
+                             getattr(daemon, "directory", None), records, lambda submission_id: _driver_of(
+                                 daemon, submission_id))
         return cls(manager, os.path.basename(session))
 
     def claims(self, method: str, path: str) -> bool:
@@ -169,3 +170,9 @@ def _body(request):
         return json.loads(request.rfile.read(length))
     except ValueError as exc:
         raise JobError(400, f"the body is not JSON: {exc}") from None
+
+
+def _driver_of(daemon, submission_id: str):
+    """The driver (a row of the daemon's driver table) that a submitted job's entrypoint started, or None."""
+    drivers = getattr(daemon, "drivers", None)
+    return drivers.of_submission(submission_id) if drivers is not None else None

@@ -19,7 +19,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from enum import Enum
-from typing import Any
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 
@@ -46,6 +45,15 @@ class JobType(str, Enum):
 
 
 @dataclasses.dataclass
+class DriverInfo:
+    """The driver of a job (Ray's ``DriverInfo``): its job id, node address and process id."""
+
+    id: str
+    node_ip_address: str
+    pid: str
+
+
+@dataclasses.dataclass
 class JobDetails:
     """What ``get_job_info`` and ``list_jobs`` answer (Ray's ``JobDetails`` fields)."""
 
@@ -54,7 +62,7 @@ class JobDetails:
     status: JobStatus
     job_id: str | None = None
     submission_id: str | None = None
-    driver_info: Any = None
+    driver_info: DriverInfo | None = None
     message: str | None = None
     error_type: str | None = None
     start_time: int | None = None
@@ -75,6 +83,9 @@ class JobDetails:
         kept = {k: v for k, v in value.items() if k in known}
         kept["status"] = JobStatus(kept["status"])
         kept["type"] = JobType(kept.get("type") or "SUBMISSION")
+        if isinstance(kept.get("driver_info"), dict):
+            kept["driver_info"] = DriverInfo(**{k: kept["driver_info"].get(k) for k in ("id", "node_ip_address",
+                                                                                        "pid")})
         return cls(**kept)
 
 
@@ -268,4 +279,4 @@ def _quoted(job_id: str) -> str:
     return urllib.parse.quote(job_id, safe="")
 
 
-__all__ = ["JobDetails", "JobInfo", "JobStatus", "JobSubmissionClient", "JobType", "dashboard_address"]
+__all__ = ["DriverInfo", "JobDetails", "JobInfo", "JobStatus", "JobSubmissionClient", "JobType", "dashboard_address"]
