@@ -93,3 +93,28 @@ def test_importing_anyray_loads_no_module_only_rare_calls_need():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def _metadata_servers(daemon: psutil.Process) -> list[str]:
+    return [" ".join(p.cmdline()) for p in daemon.children(recursive=True)
+            if any(name in " ".join(p.cmdline()) for name in ("redis-server", "etcd"))]
+
+
+def test_a_private_cluster_keeps_its_metadata_in_its_daemon_unless_a_server_is_asked_for():
+    anyray.init(backend="cluster", num_cpus=1)
+    try:
+        daemon = psutil.Process(anyray.runtime.current_runtime().backend._proc.pid)
+        assert _metadata_servers(daemon) == []  # no server process: the head keeps it, as Ray's GCS does
+        actor = anyray.remote(type("Named", (), {"ping": lambda self: "pong"})).options(name="kept").remote()
+        assert anyray.get(anyray.get_actor("kept").ping.remote(), timeout=WAIT) == "pong"  # names are metadata
+        assert len(anyray.nodes()) == 1
+        del actor
+    finally:
+        anyray.shutdown()
+    anyray.init(backend="cluster", num_cpus=1, metadata="redis")
+    try:
+        daemon = psutil.Process(anyray.runtime.current_runtime().backend._proc.pid)
+        assert len(_metadata_servers(daemon)) == 1
+        assert anyray.get(anyray.remote(lambda: 1).remote(), timeout=WAIT) == 1
+    finally:
+        anyray.shutdown()

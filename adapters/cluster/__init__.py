@@ -224,7 +224,8 @@ class ClusterBackend(Backend):
     })
     known_gaps = CLUSTER_GAPS
     # token_file: where the cluster token is (default: this machine's, or $ANYRAY_CLUSTER_TOKEN);
-    # metadata: "redis", "etcd" or a URL, for the private cluster started without an address.
+    # metadata: "redis", "etcd" or a URL, for the private cluster started without an address (default: kept in
+    # its daemon's memory, ``servers.MEMORY``).
     # _redis_password: the password of the cluster's Redis (Ray's name), also the cluster's secret when its head
     # was started with --redis-password.
     accepted_options = frozenset({"token_file", "metadata", "_redis_password", "log_to_driver"})
@@ -247,6 +248,7 @@ class ClusterBackend(Backend):
 
     def start(self) -> None:
         from . import launch
+        from .servers import MEMORY
 
         cfg = self.config
         address = cfg.address
@@ -263,7 +265,7 @@ class ClusterBackend(Backend):
                 starting = launch.start(
                     directory=self._private_dir, token=token, head=True, num_cpus=cfg.num_cpus,
                     num_gpus=cfg.num_gpus, resources=cfg.resources, object_store_memory=cfg.object_store_memory,
-                    metadata=cfg.options.get("metadata"), exit_with_parent=True)
+                    metadata=cfg.options.get("metadata") or MEMORY, exit_with_parent=True)
                 try:  # loaded while the daemon comes up
                     from .client import ClientLink, handshake, open_connection
                 except BaseException:
