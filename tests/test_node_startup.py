@@ -118,3 +118,16 @@ def test_a_private_cluster_keeps_its_metadata_in_its_daemon_unless_a_server_is_a
         assert anyray.get(anyray.remote(lambda: 1).remote(), timeout=WAIT) == 1
     finally:
         anyray.shutdown()
+
+
+def test_the_cluster_backend_loads_its_driver_side_only_once_its_private_daemon_is_on_its_way():
+    code = ("import sys, anyray, anyray.adapters.cluster\n"
+            "heavy = ['anyray.adapters.node.link', 'anyray.adapters.node.messages', 'anyray.adapters.cluster.direct',\n"
+            "         'anyray.adapters.cluster.driver_side']\n"
+            "print([n for n in heavy if n in sys.modules])\n"
+            "anyray.init(backend='cluster', num_cpus=1)\n"
+            "print(anyray.get(anyray.remote(lambda: 41).remote() ) + 1)\n"
+            "anyray.shutdown()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[]", "42"]
