@@ -100,7 +100,7 @@ def _metadata_servers(daemon: psutil.Process) -> list[str]:
             if any(name in " ".join(p.cmdline()) for name in ("redis-server", "etcd"))]
 
 
-def test_a_private_cluster_keeps_its_metadata_in_its_daemon_unless_a_server_is_asked_for():
+def test_a_private_cluster_keeps_its_metadata_in_its_daemon_unless_a_server_is_asked_for(tmp_path):
     anyray.init(backend="cluster", num_cpus=1)
     try:
         daemon = psutil.Process(anyray.runtime.current_runtime().backend._proc.pid)
@@ -109,6 +109,12 @@ def test_a_private_cluster_keeps_its_metadata_in_its_daemon_unless_a_server_is_a
         assert anyray.get(anyray.get_actor("kept").ping.remote(), timeout=WAIT) == "pong"  # names are metadata
         assert len(anyray.nodes()) == 1
         del actor
+        backend = anyray.runtime.current_runtime().backend
+        joiner = tmp_path / "joiner"
+        joiner.mkdir(mode=0o700)
+        with pytest.raises(launch.DaemonFailed, match="private one-node cluster .* no node can join it"):
+            launch.spawn(directory=str(joiner), token=backend._token, head=False, address=backend.address,
+                         num_cpus=1)
     finally:
         anyray.shutdown()
     anyray.init(backend="cluster", num_cpus=1, metadata="redis")
