@@ -31,7 +31,7 @@ from anyray.ports.backend import Backend, BackendConfig
 from anyray.runtime import Runtime, set_current
 
 from .. import metrics
-from ..metadata import open_metadata
+from ..metadata import MemoryMetadataStore, open_metadata
 from ..node import framing
 from ..node import messages as m
 from ..node.gate import Gate
@@ -45,6 +45,7 @@ from .listeners import listen, listen_extra
 from .node import ClusterScheduler
 from .peers import serve_transfers
 from .redaction import redact
+from .servers import MEMORY
 from .view import DEAD, ClusterView
 
 HEARTBEAT_SECONDS = float(os.environ.get("ANYRAY_HEARTBEAT_SECONDS", "1.0"))
@@ -135,7 +136,9 @@ class NodeDaemon:
         if url in ("redis", "etcd"):
             kind, url = url, None
         tls.use(self.tls)  # this daemon's own connections (to the head, other nodes, transfers) too
-        if url is None and self.head:
+        if url == MEMORY and self.head:  # a driver's private one-node cluster: no server to start, no client
+            self.metadata_kind, self.metadata = MEMORY, MemoryMetadataStore()
+        elif url is None and self.head:
             launch = self._launch or servers.Launch(kind, self.directory, self.host, self.metadata_port,
                                                     password=self.redis_password, tls=self.tls)
             self._launch = None
@@ -147,9 +150,10 @@ class NodeDaemon:
             url = self.server.url
         elif url is None:
             url = tls.metadata_url(self._ask_head("metadata_url"), self.tls)  # with this node's TLS files
-        self.metadata_kind = {"rediss": "redis"}.get(url.partition("://")[0], url.partition("://")[0])
-        self.metadata = open_metadata(url)
-        self.metadata_url = url
+        if self.metadata is None:
+            self.metadata_kind = {"rediss": "redis"}.get(url.partition("://")[0], url.partition("://")[0])
+            self.metadata = open_metadata(url)
+            self.metadata_url = url
         if self.head:  # lets a driver that reads the store tell which of its tokens is the cluster's
             refuse_a_second_cluster(self.metadata, self.token)
             self.metadata.put(TOKEN_CHECK_KEY, token_check(self.token).encode())
@@ -347,6 +351,10 @@ class NodeDaemon:
 
     # -- requests of clients ------------------------------------------------------------
     def _op_metadata_url(self, worker, rid, _args):
+        if self.metadata_kind == MEMORY:
+            raise ValueError("This head is a driver's private one-node cluster (its metadata is in the head's "
+                             "memory): no node can join it. Start a cluster with `anyray start --head` to add "
+                             "nodes.")
         return self.metadata_url
 
     def _scan_json(self, prefix: str) -> list[dict]:
