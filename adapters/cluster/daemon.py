@@ -39,18 +39,17 @@ from ..node.node import Node
 from . import files, servers, tls
 from .address import TOKEN_CHECK_KEY, token_check
 from .client import CLIENT_HELLO, CLIENT_READY, CLIENT_SETUP, _Watchdog, handshake, host_id, nodelay, open_connection
+from .daemon_listing import ClusterListing
 from .drivers import DriverTable
-from .group_records import GroupRecords, listing
 from .listeners import listen, listen_extra
 from .node import ClusterScheduler
 from .peers import serve_transfers
 from .redaction import redact
 from .servers import MEMORY
-from .view import DEAD, ClusterView
+from .view import NODES, ClusterView
 
 HEARTBEAT_SECONDS = float(os.environ.get("ANYRAY_HEARTBEAT_SECONDS", "1.0"))
 LEASE_SECONDS = 3 * HEARTBEAT_SECONDS  # a node whose record is not renewed for this long is dead
-NODES = "nodes/"
 
 
 _log = logging.getLogger("anyray.node")
@@ -91,7 +90,9 @@ def refuse_a_second_cluster(metadata, token: bytes) -> None:
             "Redis password), or stop that cluster first.")
 
 
-class NodeDaemon:
+class NodeDaemon(ClusterListing):
+    lease_seconds = LEASE_SECONDS  # what `anyray status` says a lease lasts
+
     def __init__(self, *, head: bool, join: str | None, host: str, port: int, num_cpus, num_gpus, resources: dict,
                  object_store_memory, metadata: str | None, token: bytes, directory: str, metadata_port: int = 0,
                  redis_password: str | None = None, settings: dict | None = None,
@@ -356,47 +357,6 @@ class NodeDaemon:
                              "memory): no node can join it. Start a cluster with `anyray start --head` to add "
                              "nodes.")
         return self.metadata_url
-
-    def _scan_json(self, prefix: str) -> list[dict]:
-        out = []
-        for _key, value in self.metadata.scan(prefix):
-            try:
-                out.append(json.loads(value))
-            except ValueError:
-                continue
-        return out
-
-    def nodes(self) -> list[dict]:
-        return self._scan_json(NODES)
-
-    def status(self) -> dict:
-        """The cluster as ``anyray status`` shows it: live and dead nodes, this node's store, placement groups."""
-        return {"nodes": self.nodes(), "dead": self._scan_json(DEAD), "this": self.node.node_id,
-                "metadata": self.metadata_kind, "usage": self.node.store.usage(), "now": time.time(),
-                "lease_seconds": LEASE_SECONDS, "placement_groups": self.placement_groups(),
-                "dashboard_url": self.dashboard.url if self.dashboard is not None else None}
-
-    def placement_groups(self) -> list[dict]:
-        return [listing(r) for r in GroupRecords(self.metadata).all()]
-
-    def list_rows(self, kind: str) -> list[dict]:
-        """The cluster's nodes or placement groups, or every node's actors, tasks, objects, workers or drivers."""
-        if kind == "nodes":
-            return self.nodes()
-        if kind == "placement-groups":
-            return self.placement_groups()
-        here = self.drivers.rows() if kind == "drivers" else self.scheduler.state(kind)
-        return here + self.scheduler.ask_every_node("list_here", kind)
-
-    def _op_status(self, worker, rid, _args):
-        return self.status()
-
-    def _op_list(self, worker, rid, kind):
-        return self.list_rows(kind)
-
-    def _op_list_here(self, worker, rid, kind):
-        return self.drivers.rows() if kind == "drivers" else self.scheduler.state(kind)
-
 
 def _dashboard_here(daemon: NodeDaemon, args):
     """What this node kept for the head's dashboard (``m.DashboardAsk``; see ``dashboard.taps.NodeTaps.answer``).
