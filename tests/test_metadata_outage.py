@@ -17,6 +17,7 @@ import textwrap
 import time
 
 import psutil
+import pytest
 from servers import RedisServer
 from test_cluster import WAIT, cli, head_log, start_head, status_nodes, wait_until
 
@@ -67,16 +68,24 @@ def alive(record) -> bool:
         return False
 
 
-def test_both_nodes_stay_through_a_store_outage_longer_than_a_lease(cluster_env, tmp_path):
+@pytest.mark.parametrize("outage", ["restart", "hang"])
+def test_both_nodes_stay_through_a_store_outage_longer_than_a_lease(cluster_env, tmp_path, outage):
+    """``restart``: the server stopped and started again on its files; ``hang``: stopped (SIGSTOP) with every
+    connection open, then woken: what expired meanwhile reaches every watcher as it wakes."""
     server = RedisServer.start(str(tmp_path), appendonly=True)
     try:
         head, other = two_nodes_on(cluster_env, server.url)
         run = subprocess.Popen([sys.executable, "-c", textwrap.dedent(DRIVER)], env=cluster_env, text=True,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert run.stdout.readline().strip() == "ready", run.stderr.read() if run.poll() is not None else ""
-        server.stop()  # every lease runs out while it is away; its files keep the records (and their expiries)
-        time.sleep(OUTAGE)
-        server = RedisServer.start(str(tmp_path), port=server.port, password=server.password, appendonly=True)
+        if outage == "restart":
+            server.stop()  # every lease runs out while it is away; its files keep the records (and their expiries)
+            time.sleep(OUTAGE)
+            server = RedisServer.start(str(tmp_path), port=server.port, password=server.password, appendonly=True)
+        else:
+            server.proc.send_signal(signal.SIGSTOP)
+            time.sleep(OUTAGE)
+            server.proc.send_signal(signal.SIGCONT)
         time.sleep(6.0)  # beyond a lease plus a backoff after the store is back: a node counted dead is gone by now
         assert alive(head) and alive(other)
         assert status_nodes(cluster_env) == sorted([head["node_id"], other["node_id"]])

@@ -183,10 +183,15 @@ class EtcdMetadataStore(MetadataStore):
         delay = 0.05
         while True:
             client = self._client
+            self.reach.sent()
             try:
                 done = fn(client, *args, **kwargs)
-            except failed as exc:
+            except BaseException as exc:
+                if not isinstance(exc, failed):
+                    self.reach.answered()
+                    raise
                 if isinstance(exc, ValueError) and "failed node" not in str(exc):
+                    self.reach.answered()
                     raise
                 self.reach.failed()
                 if time.monotonic() > deadline or self._closed:
@@ -196,7 +201,7 @@ class EtcdMetadataStore(MetadataStore):
                 delay = min(delay * 2, 1.0)
                 self._reconnect(client)
             else:
-                self.reach.reached()
+                self.reach.answered()
                 return done
 
     # -- the port -------------------------------------------------------------

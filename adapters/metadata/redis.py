@@ -102,16 +102,21 @@ class RedisMetadataStore(MetadataStore):
 
             def call_with_retry(self, do, *args, **kwargs):
                 def attempt():
+                    reach.sent()
                     try:
                         done = do()
-                    except (redis.ConnectionError, redis.TimeoutError):
-                        reach.failed()
-                        raise
                     except redis.AuthenticationError as exc:
+                        reach.answered()
                         raise PermissionError(
                             "The Redis metadata store refused the credentials in its URL "
                             f"({type(exc).__name__}); check the password.") from None
-                    reach.reached()
+                    except (redis.ConnectionError, redis.TimeoutError):  # after its subclass above
+                        reach.failed()
+                        raise
+                    except BaseException:
+                        reach.answered()  # it answered, with an error
+                        raise
+                    reach.answered()
                     return done
                 return super().call_with_retry(attempt, *args, **kwargs)
 
