@@ -18,7 +18,7 @@ import time
 
 import psutil
 import pytest
-from servers import RedisServer
+from servers import EtcdServer, RedisServer
 from test_cluster import WAIT, cli, head_log, start_head, status_nodes, wait_until
 
 from anyray.adapters.cluster import files
@@ -68,11 +68,15 @@ def alive(record) -> bool:
         return False
 
 
-@pytest.mark.parametrize("outage", ["restart", "hang"])
+@pytest.mark.parametrize("outage", ["restart", "hang", "etcd-hang"])
 def test_both_nodes_stay_through_a_store_outage_longer_than_a_lease(cluster_env, tmp_path, outage):
-    """``restart``: the server stopped and started again on its files; ``hang``: stopped (SIGSTOP) with every
-    connection open, then woken: what expired meanwhile reaches every watcher as it wakes."""
-    server = RedisServer.start(str(tmp_path), appendonly=True)
+    """``restart``: Redis stopped and started again on its files; ``hang``: stopped (SIGSTOP) with every
+    connection open, then woken: what expired meanwhile reaches every watcher as it wakes (``etcd-hang``: the
+    same with etcd, whose leases expire as it wakes; a restarted etcd renews them, see test_cluster.py)."""
+    if outage == "etcd-hang":
+        server = EtcdServer.start(str(tmp_path))
+    else:
+        server = RedisServer.start(str(tmp_path), appendonly=True)
     try:
         head, other = two_nodes_on(cluster_env, server.url)
         run = subprocess.Popen([sys.executable, "-c", textwrap.dedent(DRIVER)], env=cluster_env, text=True,

@@ -118,6 +118,7 @@ class NodeDaemon:
         self.record_file = None
         self._stop = threading.Event()
         self.lapsed = False
+        self.lease = None  # this node's record in the metadata store (``lease.py``)
         self._sock = None
         self.address = ""
         self.host_id = host_id()
@@ -238,6 +239,8 @@ class NodeDaemon:
                 os.unlink(self.record_file)
             except OSError:
                 pass
+        if self.lease is not None:
+            self.lease.close()
         if self.metadata is not None and self.runtime is not None:
             try:
                 if self.scheduler.cluster is not None and not self.lapsed:

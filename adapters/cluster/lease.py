@@ -141,6 +141,10 @@ class Lease:
             else:
                 self._lose("the cluster declared it dead (its lease lapsed) and moved its work")
 
+    def close(self) -> None:
+        """The node stops: its record is deleted, never written again (not waiting for a renewal in flight)."""
+        self.lost = True
+
     def _excused(self, renewed: float) -> bool:
         """Whether a lease renewed at ``renewed`` ran out within an outage of the store this node saw: one that
         began before the lease ended, did not end before it was renewed, lasted at most ``reconnect_seconds``,
