@@ -18,7 +18,7 @@ import time
 
 import psutil
 import pytest
-from servers import EtcdServer, RedisServer
+from servers import EtcdServer, RedisServer, TcpProxy
 from test_cluster import WAIT, cli, head_log, start_head, status_nodes, wait_until
 
 from anyray.adapters.cluster import files
@@ -119,6 +119,30 @@ def test_a_node_silent_alone_beyond_its_lease_is_declared_dead_and_stops(cluster
         assert status_nodes(cluster_env) == [head["node_id"]]
         assert alive(head)
     finally:
+        server.stop()
+
+
+def test_a_node_cut_off_from_the_store_alone_finds_it_was_declared_dead_and_stops(cluster_env, tmp_path):
+    """The node saw an outage (its connections to the store were cut) but the head did not: the head declared
+    it dead while it could reach the store, so the node's own renewal is refused once it reaches the store."""
+    server = RedisServer.start(str(tmp_path), appendonly=True)
+    proxy = TcpProxy(server.port)
+    try:
+        head = start_head(cluster_env, "--metadata", server.url, "--num-cpus", "1")
+        cli(cluster_env, "start", "--address", server.url.replace(f":{server.port}/", f":{proxy.port}/"),
+            "--num-cpus", "1")
+        other = next(r for r in files.local_nodes(cluster_env["ANYRAY_CLUSTER_DIR"]) if not r["head"])
+        wait_until(lambda: len(status_nodes(cluster_env)) == 2, "both nodes")
+        proxy.cut()
+        wait_until(lambda: status_nodes(cluster_env) == [head["node_id"]], "the cut-off node to be counted dead")
+        time.sleep(1.0)
+        proxy.mend()
+        wait_until(lambda: not alive(other), "the node to stop")
+        assert "the cluster declared it dead" in open(head_log(cluster_env, other)).read()
+        assert status_nodes(cluster_env) == [head["node_id"]]
+        assert alive(head)
+    finally:
+        proxy.close()
         server.stop()
 
 
