@@ -41,6 +41,7 @@ from .address import TOKEN_CHECK_KEY, token_check
 from .client import CLIENT_HELLO, CLIENT_READY, CLIENT_SETUP, _Watchdog, handshake, host_id, nodelay, open_connection
 from .daemon_listing import ClusterListing
 from .drivers import DriverTable
+from .lease import Lease
 from .listeners import listen, listen_extra
 from .node import ClusterScheduler
 from .peers import serve_transfers
@@ -120,6 +121,7 @@ class NodeDaemon(ClusterListing):
         self.record_file = None
         self._stop = threading.Event()
         self.lapsed = False
+        self.lease = None  # this node's record in the metadata store (``lease.py``)
         self._sock = None
         self.address = ""
         self.host_id = host_id()
@@ -183,10 +185,11 @@ class NodeDaemon(ClusterListing):
         self.metrics = metrics.serve_node(self.node, self.host, self.settings.get("metrics_export_port", 0),
                                           self.head, log)
         self.ports["metrics"] = self.metrics.port
-        self._register()
+        self.lease = Lease(self.metadata, self.node.node_id, self._record, LEASE_SECONDS, self._lapsed)
+        self.lease.register()
         self.scheduler.attach(ClusterView(self.metadata, self.node.node_id, self.token,
                                           on_change=self.scheduler.spill_queued, on_dead=self.scheduler.node_dead,
-                                          on_self_lapsed=self._lapsed))
+                                          on_self_lapsed=self.lease.lapsed, lease_seconds=LEASE_SECONDS))
         threading.Thread(target=self._heartbeat_loop, name="anyray-heartbeat", daemon=True).start()
         server_tls = tls.ServerTLS(self.tls) if self.tls is not None else None
         for sock in (self._sock, *self._extra_socks):  # the challenge and its deadline, then _serve_client
@@ -207,14 +210,14 @@ class NodeDaemon(ClusterListing):
             f"metadata: {self.metadata_kind}{', TLS' if self.tls is not None else ''})"
             + "".join(f"; {what} on port {port}" for what, port in self.ports.items() if what != "node"))
 
-    def _lapsed(self) -> None:
-        """This node's lease lapsed (it was paused, or cut off from the metadata store, for longer than
-        the lease): the other nodes have retried its work and restarted its actors elsewhere, so this
-        node stops rather than run them twice."""
+    def _lapsed(self, why: str) -> None:
+        """This node's lease lapsed and no outage of the metadata store excuses it (it was paused, or cut off
+        from the store alone, for longer than the lease; or the store was away longer than
+        ``gcs_rpc_server_reconnect_timeout_s``): the other nodes have retried its work and restarted its actors
+        elsewhere, so this node stops rather than run them twice (``lease.py``)."""
         if self._stop.is_set():
             return  # its own record, deleted as it stops
-        log(f"this node's lease lapsed (no heartbeat for {LEASE_SECONDS:g} s): the cluster counts it dead and "
-            f"has moved its work; stopping")
+        log(f"this node stops: {why}")
         self.lapsed = True
         self._stop.set()
 
@@ -244,6 +247,8 @@ class NodeDaemon(ClusterListing):
                 os.unlink(self.record_file)
             except OSError:
                 pass
+        if self.lease is not None:
+            self.lease.close()
         if self.metadata is not None and self.runtime is not None:
             try:
                 if self.scheduler.cluster is not None and not self.lapsed:
@@ -285,14 +290,11 @@ class NodeDaemon(ClusterListing):
             "available": pool.available(), "started": self.started, "heartbeat": time.time(),
             "lease_seconds": LEASE_SECONDS}).encode()
 
-    def _register(self) -> None:
-        self.metadata.put(NODES + self.node.node_id, self._record(), ttl=LEASE_SECONDS)
-
     def _heartbeat_loop(self) -> None:
         lost = False
         while not self._stop.wait(HEARTBEAT_SECONDS):
             try:
-                self._register()
+                self.lease.renew()
             except Exception as exc:  # noqa: BLE001 - keep trying: the store may come back
                 if not lost:
                     log(f"lost the metadata store ({type(exc).__name__}); retrying")

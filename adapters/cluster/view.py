@@ -20,13 +20,12 @@ import time
 from anyray.policy import fits
 
 from ..node import messages as m
+from .lease import DEAD, DEAD_SECONDS, NODES, Deaths
 from .peers import PeerLink, Transfer
 
 log = logging.getLogger(__name__)
 
-NODES = "nodes/"
-DEAD = "dead/"  # node id -> JSON of its last record and how it ended, for `anyray status`
-DEAD_SECONDS = 3600.0  # how long a dead node stays listed
+__all__ = ["DEAD", "DEAD_SECONDS", "NODES", "ClusterView"]
 
 
 def ignore(ok, value) -> None:
@@ -46,7 +45,8 @@ def _load(free: dict, total: dict) -> float:
 class ClusterView:
     """The other nodes of the cluster: their published resources, and links to them, opened on first use."""
 
-    def __init__(self, metadata, node_id: str, token: bytes, on_change, on_dead, on_self_lapsed=None):
+    def __init__(self, metadata, node_id: str, token: bytes, on_change, on_dead, on_self_lapsed=None,
+                 lease_seconds: float = 3.0):
         self.node_id = node_id
         self._metadata = metadata
         self._token = token
@@ -61,6 +61,8 @@ class ClusterView:
         self._on_change, self._on_dead, self._on_self_lapsed = on_change, on_dead, on_self_lapsed
         self.transfer = Transfer(token)
         self.on_stream = None  # on_stream(link, payload): a STREAM a linked node sent (set by the node)
+        self._lapsing: set[str] = set()  # nodes whose record lapsed, not declared dead yet (``Deaths``)
+        self._deaths = Deaths(metadata, lease_seconds, self._present, self._dead)
         self._watch = metadata.watch(NODES, self._changed)
         for key, value in metadata.scan(NODES):
             self._changed(key, value)
@@ -73,21 +75,36 @@ class ClusterView:
             return
         if value is None:
             with self._lock:
-                gone = self.records.pop(node_id, None)
-                self._mine.pop(node_id, None)
-                self._at_record.pop(node_id, None)
-            if gone is not None:
-                self.record_death(gone, "its lease lapsed")  # unless it said it stopped, first
-                self._on_dead(node_id)
+                record = self.records.get(node_id)
+                if record is not None:
+                    self._lapsing.add(node_id)
+            if record is not None:  # dead once declared so (unless it said it stopped, first), or back
+                self._deaths.lapsed(node_id, record)
             return
         try:
             record = json.loads(value)
         except ValueError:
             return
         with self._lock:
+            self._lapsing.discard(node_id)
             self.records[node_id] = record
             self._at_record[node_id] = dict(self._mine.get(node_id, {}))
         self._on_change()
+
+    def _present(self, node_id: str) -> bool:
+        """Whether ``node_id``'s record is there (again) since it lapsed."""
+        with self._lock:
+            return node_id in self.records and node_id not in self._lapsing
+
+    def _dead(self, node_id: str, record: dict) -> None:
+        """``node_id`` is declared dead (its dead marker is written): its work goes elsewhere."""
+        with self._lock:
+            gone = self.records.pop(node_id, None)
+            self._lapsing.discard(node_id)
+            self._mine.pop(node_id, None)
+            self._at_record.pop(node_id, None)
+        if gone is not None:
+            self._on_dead(node_id)
 
     def record_death(self, record: dict, how: str) -> None:
         """List a node as dead for ``anyray status`` (the first node to say how it ended is kept)."""
@@ -233,6 +250,7 @@ class ClusterView:
             return [dict(r) for r in self.records.values()]
 
     def close(self) -> None:
+        self._deaths.close()
         self._watch.cancel()
         for link in list(self._links.values()):
             link.close()

@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, unquote
 
 from anyray.ports.metadata_store import MetadataStore, Watch
 
-from .known import Known
+from .known import Known, Reach
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ class EtcdMetadataStore(MetadataStore):
         self._lock = threading.Lock()
         self._watches: list[_EtcdWatch] = []
         self._closed = False
+        self.reach = Reach()  # when this process found the server unreachable
 
     def __repr__(self) -> str:
         return f"EtcdMetadataStore({self._members()}, {self._ns!r})"
@@ -182,17 +183,26 @@ class EtcdMetadataStore(MetadataStore):
         delay = 0.05
         while True:
             client = self._client
+            self.reach.sent()
             try:
-                return fn(client, *args, **kwargs)
-            except failed as exc:
-                if isinstance(exc, ValueError) and "failed node" not in str(exc):
+                done = fn(client, *args, **kwargs)
+            except BaseException as exc:
+                if not isinstance(exc, failed):
+                    self.reach.answered()
                     raise
+                if isinstance(exc, ValueError) and "failed node" not in str(exc):
+                    self.reach.answered()
+                    raise
+                self.reach.failed()
                 if time.monotonic() > deadline or self._closed:
                     raise ConnectionError(f"The etcd metadata store at {self._members()} is unreachable: "
                                           f"{type(exc).__name__}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 self._reconnect(client)
+            else:
+                self.reach.answered()
+                return done
 
     # -- the port -------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
@@ -223,6 +233,19 @@ class EtcdMetadataStore(MetadataStore):
             success = [tx.delete(full)] if value is None else [tx.put(full, value)]
             return client.transaction(compare=compare, success=success, failure=[])[0]
         return bool(self._call(swap))
+
+    def put_unless(self, key: str, value: bytes, ttl: float | None, absent: list[str]) -> bool:
+        """Set ``key`` (as ``put``) only if none of the keys ``absent`` exists: one transaction; whether it did."""
+        def put(client):
+            lease = None if ttl is None else client.lease(max(1, math.ceil(ttl)))
+            tx = client.transactions
+            compare = [tx.version(self._ns + k) == 0 for k in absent]
+            success = [tx.put(self._ns + key, value, lease=lease)]
+            done = client.transaction(compare=compare, success=success, failure=[])[0]
+            if not done and lease is not None:
+                lease.revoke()
+            return done
+        return bool(self._call(put))
 
     def watch(self, prefix: str, callback: Callable[[str, bytes | None], None]) -> Watch:
         w = _EtcdWatch(self, prefix, callback)

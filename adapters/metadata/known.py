@@ -5,7 +5,9 @@ of and a digest of each value, compared with a fresh read of the prefix (``diffe
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
+import time
 
 
 def _digest(value: bytes) -> bytes:
@@ -34,3 +36,65 @@ class Known:
         changed = [(k, v) for k, v in sorted(current.items()) if self._digests.get(k) != _digest(v)]
         gone = [(k, None) for k in sorted(self._digests) if k not in current]
         return changed + gone
+
+
+class Reach:
+    """When a store's server was unreachable to this process, as monotonic times: its commands or its watch
+    connection failed, or a command went unanswered for more than ``SLOW`` seconds (a server that hangs, or
+    stopped with its connections open). The nodes' leases ask whether a lapse fell within an outage this node
+    saw itself (``cluster/lease.py``)."""
+
+    KEPT = 16  # past outages remembered
+    SLOW = 1.0  # seconds without an answer that count as an outage
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._began: float | None = None  # the outage going on now (commands failing)
+        self._past: list[tuple[float, float]] = []  # (began, ended), oldest first
+        self._waiting: dict[int, float] = {}  # thread -> when its command in flight was sent
+
+    def sent(self) -> None:
+        """A command is sent (by this thread): ``answered`` or ``failed`` follows."""
+        self._waiting[threading.get_ident()] = time.monotonic()
+
+    def failed(self) -> None:
+        sent = self._waiting.pop(threading.get_ident(), None)
+        with self._lock:
+            if self._began is None:
+                self._began = min(sent or math.inf, time.monotonic())
+
+    def answered(self) -> None:
+        sent = self._waiting.pop(threading.get_ident(), None)
+        now = time.monotonic()
+        if self._began is None and (sent is None or now - sent <= self.SLOW):  # the common case, without the lock
+            return
+        with self._lock:
+            began = self._began if self._began is not None else sent
+            if sent is not None:
+                began = min(began, sent)
+            self._past = [*self._past[-(self.KEPT - 1):], (began, now)]
+            self._began = None
+
+    reached = answered  # the watch's connection stands again
+
+    def _now_out(self, now: float) -> float | None:
+        """When the outage going on now began (commands failing, or one unanswered for ``SLOW``), or None."""
+        stalled = min((t for t in list(self._waiting.values()) if now - t > self.SLOW), default=None)
+        if self._began is None:
+            return stalled
+        return self._began if stalled is None else min(self._began, stalled)
+
+    def outages(self) -> list[tuple[float, float | None]]:
+        """The outages remembered, oldest first; the one going on now (if any) last, ended None."""
+        now = time.monotonic()
+        with self._lock:
+            began = self._now_out(now)
+            return [*self._past, *([(began, None)] if began is not None else [])]
+
+    def reachable_for(self) -> float:
+        """Seconds since the server was reached again after the last outage (0 during one; inf if none)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._now_out(now) is not None:
+                return 0.0
+            return now - self._past[-1][1] if self._past else math.inf

@@ -44,12 +44,23 @@ class MemoryMetadataStore(MetadataStore):
 
     def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
         with self._lock:
-            self._data[key] = (value, time.monotonic() + ttl if ttl is not None else None)
-            self._notify(key, value)
+            self._put(key, value, ttl)
+
+    def _put(self, key: str, value: bytes, ttl: float | None) -> None:
+        self._data[key] = (value, time.monotonic() + ttl if ttl is not None else None)
+        self._notify(key, value)
         if ttl is not None:  # so watchers hear of the expiry even if nobody reads the key
             timer = threading.Timer(ttl + 0.001, self.get, (key,))
             timer.daemon = True
             timer.start()
+
+    def put_unless(self, key: str, value: bytes, ttl: float | None, absent: list[str]) -> bool:
+        """``put`` only if none of the keys ``absent`` exists (one atomic step); whether it did."""
+        with self._lock:
+            if any(self._live(k) is not None for k in absent):
+                return False
+            self._put(key, value, ttl)
+        return True
 
     def delete(self, key: str) -> bool:
         with self._lock:

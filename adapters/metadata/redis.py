@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 
 from anyray.ports.metadata_store import MetadataStore, Watch
 
-from .known import Known
+from .known import Known, Reach
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,15 @@ end
 return 1
 """
 
+_PUT_UNLESS = """
+for i = 3, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
+end
+if ARGV[2] == '' then redis.call('SET', KEYS[1], ARGV[1]) else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+redis.call('PUBLISH', KEYS[2], '1' .. KEYS[1] .. '\\0' .. ARGV[1])
+return 1
+"""
+
 RESTART_GRACE = 10.0  # seconds a key a restarted server lost may take to be written again before it counts as gone
 RETRIES = 8  # attempts while the server is unreachable, backing off up to about 10 s in all
 
@@ -86,17 +95,29 @@ class RedisMetadataStore(MetadataStore):
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 
+        self.reach = reach = Reach()  # when this process found the server unreachable
+
         class _NoRetryOnAuth(Retry):
             """A refused password is not a lost connection: fail at once instead of backing off."""
 
             def call_with_retry(self, do, *args, **kwargs):
                 def attempt():
+                    reach.sent()
                     try:
-                        return do()
+                        done = do()
                     except redis.AuthenticationError as exc:
+                        reach.answered()
                         raise PermissionError(
                             "The Redis metadata store refused the credentials in its URL "
                             f"({type(exc).__name__}); check the password.") from None
+                    except (redis.ConnectionError, redis.TimeoutError):  # after its subclass above
+                        reach.failed()
+                        raise
+                    except BaseException:
+                        reach.answered()  # it answered, with an error
+                        raise
+                    reach.answered()
+                    return done
                 return super().call_with_retry(attempt, *args, **kwargs)
 
         self._redis_mod = redis
@@ -110,6 +131,7 @@ class RedisMetadataStore(MetadataStore):
         self._put = self._client.register_script(_PUT)
         self._delete = self._client.register_script(_DELETE)
         self._cas = self._client.register_script(_CAS)
+        self._put_unless = self._client.register_script(_PUT_UNLESS)
         self._lock = threading.Lock()
         self._watches: list[_RedisWatch] = []
         self._listener: threading.Thread | None = None
@@ -161,6 +183,12 @@ class RedisMetadataStore(MetadataStore):
                 "0" if value is None else "1", b"" if value is None else value]
         return bool(self._call(self._cas, keys=[self._ns + key, self._channel], args=args))
 
+    def put_unless(self, key: str, value: bytes, ttl: float | None, absent: list[str]) -> bool:
+        """Set ``key`` (as ``put``) only if none of the keys ``absent`` exists, in one atomic step; whether it did."""
+        ms = "" if ttl is None else str(max(int(ttl * 1000), 1))
+        keys = [self._ns + key, self._channel, *(self._ns + k for k in absent)]
+        return bool(self._call(self._put_unless, keys=keys, args=[value, ms]))
+
     def watch(self, prefix: str, callback: Callable[[str, bytes | None], None]) -> Watch:
         w = _RedisWatch(self, prefix, callback)
         with self._lock:
@@ -201,6 +229,7 @@ class RedisMetadataStore(MetadataStore):
                 if again:
                     self._catch_up(listener, restarted=run_id is None or run_id != self._run_id)
                 self._run_id = run_id
+                self.reach.reached()
                 self._subscribed.set()
                 again, delay = True, 0.0
                 while not self._stop.is_set():
@@ -208,6 +237,7 @@ class RedisMetadataStore(MetadataStore):
                     if msg is not None:
                         self._deliver(msg["channel"], msg["data"])
             except (self._redis_mod.ConnectionError, self._redis_mod.TimeoutError, OSError):
+                self.reach.failed()
                 self._subscribed.clear()
                 self._stop.wait(delay)  # the server went away: resubscribe, backing off
                 delay = min(max(delay * 2, 0.02), 0.5)
