@@ -25,5 +25,13 @@ def ship(link, force: bool = False) -> None:
     now = time.monotonic()
     if not force and now - _last[0] < SHIP_INTERVAL:
         return
+    conn = getattr(link, "conn", None)
+    if conn is not None and conn.closed:  # a link shut down whose flush thread has not ended yet
+        return
     _last[0] = now
-    link.tell(METRICS_OP, module.TABLE.take())
+    batch = module.TABLE.take()
+    try:
+        link.tell(METRICS_OP, batch)
+    except BaseException:
+        module.TABLE.merge(batch)  # not lost: the process's next link (a driver that init()s again) sends it
+        raise
