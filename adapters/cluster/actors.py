@@ -103,7 +103,7 @@ class RemoteActors:
     def _place_by_strategy(self, spec: ActorSpec, held, job, strategy):
         """An actor with a placement group or node affinity strategy: created on its bundle's (or named)
         node, or created once its group is placed; False when it is created here."""
-        target = self.groups.target(strategy)
+        target = self.groups.target(strategy, spec.resources)
         if target == WAIT:
             self.groups.cluster.park(group_id_of(strategy), lambda: self.create_actor(spec, held, job))
             return None

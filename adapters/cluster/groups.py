@@ -22,6 +22,7 @@ import time
 from anyray import ids
 from anyray.exceptions import TaskPlacementGroupRemoved
 from anyray.executor import serialize_failure
+from anyray.policy import fits
 from anyray.serialization import serialize
 from anyray.specs import RemoteFailure
 from anyray.util.placement_group import PlacementGroup, PlacementGroupID
@@ -33,6 +34,7 @@ from .group_records import CREATED, GROUPS, PENDING, REMOVED, RESCHEDULING, Grou
 log = logging.getLogger(__name__)
 
 WAIT = "wait"  # ``where``: the group is not placed yet
+SENT_SECONDS = 10.0  # how long work sent into another node's bundles is remembered (its heartbeat counts it)
 
 
 def removed_error(group_hex: str) -> TaskPlacementGroupRemoved:
@@ -64,6 +66,7 @@ class ClusterGroups:
         self._ready: dict[str, list] = {}          # ... -> pg.ready() refs to seal once it is created
         self._parked: dict[str, list] = {}         # ... -> callbacks of work waiting for it to be placed
         self._turns: dict[str, itertools.count] = {}  # ... -> round robin over its bundles for index -1
+        self._sent: dict[tuple, list] = {}  # (group id hex, node id) -> [(when, demand)] sent into its bundles
         self.placer = Placer(self)
         self._watch = metadata.watch(GROUPS, self._seen)
         for key, value in metadata.scan(GROUPS):
@@ -181,9 +184,11 @@ class ClusterGroups:
         return bytes.fromhex(found) if found else None
 
     # -- where work into a group goes ----------------------------------------------------------
-    def where(self, group_id: bytes, index: int):
+    def where(self, group_id: bytes, index: int, demand: dict | None = None, besides: str | None = None):
         """The node that work into bundle ``index`` (-1: any) of the group runs on, ``WAIT`` while the
-        group is not placed, or a ``TaskPlacementGroupRemoved`` once it is removed."""
+        group is not placed, or a ``TaskPlacementGroupRemoved`` once it is removed. For -1: a node of a
+        bundle that can hold ``demand`` (any placed bundle's if none can), other than ``besides`` (None
+        when only ``besides`` holds one), in turns."""
         group_hex = group_id.hex()
         record = self._record(group_hex)
         if record is None or record["state"] == REMOVED:
@@ -194,11 +199,51 @@ class ClusterGroups:
         placed = [n for n in nodes if n]
         if not placed:
             return WAIT
+        if demand is not None:
+            placed = [n for n, b in zip(nodes, record["bundles"]) if n and fits(demand, b)] or placed
+            roomy = [n for n in dict.fromkeys(placed) if n != besides and self._room(record, n, demand)]
+            if roomy:
+                placed = roomy
+            elif besides is not None:
+                return None  # no other node has room either: it waits where it is
+        if besides is not None:
+            placed = [n for n in placed if n != besides]
+            if not placed:
+                return None
         if self.node_id in placed and len(set(placed)) == 1:
             return self.node_id
         with self._lock:
             turn = next(self._turns.setdefault(group_hex, itertools.count()))
-        return placed[turn % len(placed)]
+        chosen = placed[turn % len(placed)]
+        if demand and chosen != self.node_id:
+            with self._lock:
+                self._sent.setdefault((group_hex, chosen), []).append((time.time(), dict(demand)))
+        return chosen
+
+    def _room(self, group: dict, node_id: str, demand: dict) -> bool:
+        """Whether a bundle of ``group`` on ``node_id`` had ``demand`` free at its last heartbeat (all of it,
+        when the node did not hold the group's bundles yet), less what this node sent into the group's bundles
+        there since."""
+        group_hex = group["id"]
+        record = self.view.records.get(node_id) if self.view is not None else None
+        if record is None:
+            return False
+        free = record.get("bundles", {}).get(group_hex)
+        if free is None:  # placed there after its last heartbeat
+            free = [b for n, b in zip(group["nodes"], group["bundles"]) if n == node_id]
+        since = record.get("heartbeat", 0.0)
+        with self._lock:
+            recent = [(t, d) for t, d in self._sent.get((group_hex, node_id), ()) if t > since - SENT_SECONDS]
+            self._sent[(group_hex, node_id)] = recent
+        free = [dict(b) for b in free]
+        for _, sent in (r for r in recent if r[0] >= since):  # each took a bundle's room there, the first's
+            # that could hold it
+            for bundle in free:
+                if fits(sent, bundle):
+                    for k, v in sent.items():
+                        bundle[k] = bundle.get(k, 0.0) - v
+                    break
+        return any(fits(demand, bundle) for bundle in free)
 
     def park(self, group_id: bytes, callback) -> None:
         """Call ``callback()`` once the group's bundles are placed (or it is removed)."""
