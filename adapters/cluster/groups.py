@@ -28,13 +28,13 @@ from anyray.specs import RemoteFailure
 from anyray.util.placement_group import PlacementGroup, PlacementGroupID
 
 from ..node import messages as m
+from .bundle_room import BundleRoom
 from .group_placer import Placer
 from .group_records import CREATED, GROUPS, PENDING, REMOVED, RESCHEDULING, GroupRecords, decode, new_record, table_row
 
 log = logging.getLogger(__name__)
 
 WAIT = "wait"  # ``where``: the group is not placed yet
-SENT_SECONDS = 10.0  # how long work sent into another node's bundles is remembered (its heartbeat counts it)
 
 
 def removed_error(group_hex: str) -> TaskPlacementGroupRemoved:
@@ -66,7 +66,7 @@ class ClusterGroups:
         self._ready: dict[str, list] = {}          # ... -> pg.ready() refs to seal once it is created
         self._parked: dict[str, list] = {}         # ... -> callbacks of work waiting for it to be placed
         self._turns: dict[str, itertools.count] = {}  # ... -> round robin over its bundles for index -1
-        self._sent: dict[tuple, list] = {}  # (group id hex, node id) -> [(when, demand)] sent into its bundles
+        self.room = BundleRoom()  # where work into any bundle finds room on other nodes
         self.placer = Placer(self)
         self._watch = metadata.watch(GROUPS, self._seen)
         for key, value in metadata.scan(GROUPS):
@@ -201,7 +201,7 @@ class ClusterGroups:
             return WAIT
         if demand is not None:
             placed = [n for n, b in zip(nodes, record["bundles"]) if n and fits(demand, b)] or placed
-            roomy = [n for n in dict.fromkeys(placed) if n != besides and self._room(record, n, demand)]
+            roomy = [n for n in dict.fromkeys(placed) if n != besides and self.room.has(self.view, record, n, demand)]
             if roomy:
                 placed = roomy
             elif besides is not None:
@@ -216,34 +216,8 @@ class ClusterGroups:
             turn = next(self._turns.setdefault(group_hex, itertools.count()))
         chosen = placed[turn % len(placed)]
         if demand and chosen != self.node_id:
-            with self._lock:
-                self._sent.setdefault((group_hex, chosen), []).append((time.time(), dict(demand)))
+            self.room.sent(group_hex, chosen, demand)
         return chosen
-
-    def _room(self, group: dict, node_id: str, demand: dict) -> bool:
-        """Whether a bundle of ``group`` on ``node_id`` had ``demand`` free at its last heartbeat (all of it,
-        when the node did not hold the group's bundles yet), less what this node sent into the group's bundles
-        there since."""
-        group_hex = group["id"]
-        record = self.view.records.get(node_id) if self.view is not None else None
-        if record is None:
-            return False
-        free = record.get("bundles", {}).get(group_hex)
-        if free is None:  # placed there after its last heartbeat
-            free = [b for n, b in zip(group["nodes"], group["bundles"]) if n == node_id]
-        since = record.get("heartbeat", 0.0)
-        with self._lock:
-            recent = [(t, d) for t, d in self._sent.get((group_hex, node_id), ()) if t > since - SENT_SECONDS]
-            self._sent[(group_hex, node_id)] = recent
-        free = [dict(b) for b in free]
-        for _, sent in (r for r in recent if r[0] >= since):  # each took a bundle's room there, the first's
-            # that could hold it
-            for bundle in free:
-                if fits(sent, bundle):
-                    for k, v in sent.items():
-                        bundle[k] = bundle.get(k, 0.0) - v
-                    break
-        return any(fits(demand, bundle) for bundle in free)
 
     def park(self, group_id: bytes, callback) -> None:
         """Call ``callback()`` once the group's bundles are placed (or it is removed)."""
