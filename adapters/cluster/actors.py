@@ -109,11 +109,14 @@ class RemoteActors:
             return None
         if not isinstance(target, str) or target == self.node_id:
             return False  # here (or the node's own routing refuses it)
-        if type(strategy) is NodeAffinitySchedulingStrategy and strategy.soft and not self.view.fits(
-                target, spec.resources):
-            return False
-        self.view.charge(target, spec.resources)
-        forwarded = self._forward_actor(spec, held, job or self._job, target)
+        if type(strategy) is NodeAffinitySchedulingStrategy:
+            if strategy.soft and not self.view.fits(target, spec.resources):
+                return False
+            # charged until that node's next record counts it (never given back: an actor lives on); an actor
+            # in a placement group bundle takes nothing more from its node than the bundle already took
+            self.view.charge(target, spec.resources)
+        charged = type(strategy) is NodeAffinitySchedulingStrategy
+        forwarded = self._forward_actor(spec, held, job or self._job, target, charged)
         if forwarded is False:  # the node just went: its group places the bundle again (or it is removed)
             timer = threading.Timer(RETRY_SECONDS, self.create_actor, (spec, held, job))
             timer.daemon = True
@@ -121,11 +124,12 @@ class RemoteActors:
             return None
         return None if forwarded is True else forwarded
 
-    def _forward_actor(self, spec: ActorSpec, held, job, node_id: str) -> bool | ActorHandle:
+    def _forward_actor(self, spec: ActorSpec, held, job, node_id: str, charged: bool = True) -> bool | ActorHandle:
         try:
             link = self.view.link(node_id)
         except (OSError, PermissionError):
-            self.view.returned(node_id, spec.resources)
+            if charged:
+                self.view.returned(node_id, spec.resources)
             return False
         winner = self._names.claim(spec)  # here and now: a taken name fails at the caller's .remote()
         if winner is not None:
