@@ -1,6 +1,7 @@
 """Work that once waited forever on a cluster of two real node daemons (2 CPUs each): actors into any
 bundle (index -1) of a placement group whose bundles are on both nodes, which all went to a bundle of the
-caller's node and waited there behind the first while the other node's bundle stayed free.
+caller's node and waited there behind the first while the other node's bundle stayed free; and calls to
+an actor waiting for its group to be placed, which failed after 30 s as if the actor did not exist.
 
 Every test runs its own cluster in a private cluster directory (``cluster_env`` of test_cluster.py), with
 its driver in a subprocess, so a hang fails the test (a timeout) instead of stopping the run.
@@ -13,6 +14,8 @@ import sys
 import textwrap
 
 from test_cluster import WAIT, cluster_env, two_nodes
+
+from anyray.adapters.cluster.actor_calls import LOOKUP_SECONDS
 
 __all__ = ["cluster_env"]  # the fixture, used by name
 
@@ -102,6 +105,25 @@ def test_tasks_into_any_bundle_next_to_an_actor_holding_one_run(cluster_env):
         where = anyray.get([node.options(num_cpus=1, scheduling_strategy=InGroup(group)).remote()
                             for _ in range(4)], timeout=60)
         assert set(where) == set(free), (where, free)
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+def test_a_call_to_an_actor_waiting_for_its_group_waits_past_the_lookup_limit(cluster_env):
+    # The actor's group cannot be placed while another group holds every CPU: its calls wait (as on Ray),
+    # longer than a call waits for an actor's record (actor_calls.LOOKUP_SECONDS), then run once it is placed.
+    _two_nodes(cluster_env)
+    out = driver(cluster_env, f"""
+        hog = placement_group([{{"CPU": 2}}, {{"CPU": 2}}], strategy="STRICT_SPREAD")
+        anyray.get(hog.ready(), timeout=60)
+        group = placement_group([{{"CPU": 1}}])
+        probe = Probe.options(num_cpus=1, scheduling_strategy=InGroup(group)).remote()
+        ref = probe.node.remote()
+        ready, _ = anyray.wait([ref], timeout={LOOKUP_SECONDS + 5})
+        assert not ready
+        remove_placement_group(hog)
+        assert anyray.get(ref, timeout=60) == placement_group_table(group)["bundles_to_node_id"][0]
         print("ok")
     """)
     assert out.strip() == "ok"

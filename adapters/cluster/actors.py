@@ -104,7 +104,8 @@ class RemoteActors:
         """An actor with a placement group or node affinity strategy: created on its bundle's (or named)
         node, or created once its group is placed; False when it is created here."""
         target = self.groups.target(strategy, spec.resources)
-        if target == WAIT:
+        if target == WAIT:  # calls to it wait meanwhile, from any node (``pending``)
+            self._metadata.put(ACTORS + spec.actor_id.hex(), self.view.seal_record({"pending": self.node_id}))
             self.groups.cluster.park(group_id_of(strategy), lambda: self.create_actor(spec, held, job))
             return None
         if not isinstance(target, str) or target == self.node_id:
@@ -199,12 +200,20 @@ class RemoteActors:
             return None
         if record.get("dead"):
             raise ActorDiedError(record["dead"])
+        if record.get("pending"):
+            return None
         if record["node"] == self.node_id or not self.view.alive(record["node"]):
             return None
         with self._lock:
             self._actor_nodes[actor_id] = record["node"]
             self._actor_info[actor_id] = (record["class_name"], record["methods"])
         return record["node"]
+
+    def pending(self, actor_id: bytes) -> bool:
+        """Whether the actor waits for its placement group to be placed (its record says so)."""
+        value = self._metadata.get(ACTORS + actor_id.hex()) if self.view is not None else None
+        record = self.view.open_record(value) if value is not None else None
+        return bool(record and record.get("pending") and self.view.alive(record["pending"]))
 
     # -- the node's seam: actors that live elsewhere ---------------------------------------------
     def handle_of(self, actor_id: bytes):
