@@ -349,6 +349,17 @@ def test_an_actor_runs_in_its_group(make_group):
     assert anyray.get(probe.group.remote(), timeout=DEADLINE) == group.id.hex()
 
 
+
+def test_actors_into_any_bundle_each_take_a_bundle_of_their_own(make_group):
+    group = created(make_group([{"Custom": 1}, {"Custom": 1}]))
+    probes = [GroupProbe.options(resources={"Custom": 1}, scheduling_strategy=in_group(group)).remote()
+              for _ in range(2)]
+    try:
+        assert anyray.get([p.group.remote() for p in probes], timeout=DEADLINE) == [group.id.hex()] * 2
+    finally:
+        for probe in probes:
+            anyray.kill(probe)
+
 # -- the current group, and child tasks ---------------------------------------------------------
 
 
@@ -653,6 +664,30 @@ class TestAcrossNodes:
         remove_placement_group(group)
         wait_until(lambda: anyray.available_resources().get("CPU", 0) == anyray.cluster_resources()["CPU"],
                    what="the group's CPUs back on every node")
+
+    def test_actors_into_any_bundle_each_get_a_free_bundle_whatever_its_node(self, make_group):
+        # Each actor holds its bundle's whole CPU: the second must go to the bundle left free, on the
+        # other node, not wait behind the first for the bundle on the caller's node.
+        group = make_group([{"CPU": 1}] * len(self.nodes), strategy="STRICT_SPREAD")
+        placed = self._placed(group)
+        probes = [GroupProbe.options(num_cpus=1, scheduling_strategy=in_group(group)).remote() for _ in placed]
+        try:
+            assert sorted(anyray.get([p.node.remote() for p in probes], timeout=DEADLINE)) == sorted(placed.values())
+        finally:
+            for probe in probes:
+                anyray.kill(probe)
+
+    def test_actors_into_any_bundle_of_a_spread_group_all_start(self, make_group):
+        # SPREAD's bundles land on different nodes when they can; actors into any bundle fill them all.
+        count = 2 * len(self.nodes)
+        group = make_group([{"CPU": 0.5}] * count, strategy="SPREAD")
+        placed = self._placed(group)
+        probes = [GroupProbe.options(num_cpus=0.5, scheduling_strategy=in_group(group)).remote() for _ in range(count)]
+        try:
+            assert sorted(anyray.get([p.node.remote() for p in probes], timeout=DEADLINE)) == sorted(placed.values())
+        finally:
+            for probe in probes:
+                anyray.kill(probe)
 
     def test_hard_node_affinity_runs_on_each_named_node(self):
         for node in self.nodes:

@@ -76,7 +76,7 @@ class RemoteCalls:
     def _resolve(self, actor_id: bytes, deadline: float):
         """Wait (until ``deadline``) for an actor's record to name a live node: ``(node id or None, error)``;
         ``(None, None)`` also when the actor lives here."""
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or self._actors.pending(actor_id):  # waiting for its group: no limit
             if self._here.has_actor(actor_id):
                 return None, None
             try:

@@ -103,17 +103,21 @@ class RemoteActors:
     def _place_by_strategy(self, spec: ActorSpec, held, job, strategy):
         """An actor with a placement group or node affinity strategy: created on its bundle's (or named)
         node, or created once its group is placed; False when it is created here."""
-        target = self.groups.target(strategy)
-        if target == WAIT:
+        target = self.groups.target(strategy, spec.resources)
+        if target == WAIT:  # calls to it wait meanwhile, from any node (``pending``)
+            self._metadata.put(ACTORS + spec.actor_id.hex(), self.view.seal_record({"pending": self.node_id}))
             self.groups.cluster.park(group_id_of(strategy), lambda: self.create_actor(spec, held, job))
             return None
         if not isinstance(target, str) or target == self.node_id:
             return False  # here (or the node's own routing refuses it)
-        if type(strategy) is NodeAffinitySchedulingStrategy and strategy.soft and not self.view.fits(
-                target, spec.resources):
-            return False
-        self.view.charge(target, spec.resources)
-        forwarded = self._forward_actor(spec, held, job or self._job, target)
+        if type(strategy) is NodeAffinitySchedulingStrategy:
+            if strategy.soft and not self.view.fits(target, spec.resources):
+                return False
+            # charged until that node's next record counts it (never given back: an actor lives on); an actor
+            # in a placement group bundle takes nothing more from its node than the bundle already took
+            self.view.charge(target, spec.resources)
+        charged = type(strategy) is NodeAffinitySchedulingStrategy
+        forwarded = self._forward_actor(spec, held, job or self._job, target, charged)
         if forwarded is False:  # the node just went: its group places the bundle again (or it is removed)
             timer = threading.Timer(RETRY_SECONDS, self.create_actor, (spec, held, job))
             timer.daemon = True
@@ -121,11 +125,12 @@ class RemoteActors:
             return None
         return None if forwarded is True else forwarded
 
-    def _forward_actor(self, spec: ActorSpec, held, job, node_id: str) -> bool | ActorHandle:
+    def _forward_actor(self, spec: ActorSpec, held, job, node_id: str, charged: bool = True) -> bool | ActorHandle:
         try:
             link = self.view.link(node_id)
         except (OSError, PermissionError):
-            self.view.returned(node_id, spec.resources)
+            if charged:
+                self.view.returned(node_id, spec.resources)
             return False
         winner = self._names.claim(spec)  # here and now: a taken name fails at the caller's .remote()
         if winner is not None:
@@ -195,12 +200,20 @@ class RemoteActors:
             return None
         if record.get("dead"):
             raise ActorDiedError(record["dead"])
+        if record.get("pending"):
+            return None
         if record["node"] == self.node_id or not self.view.alive(record["node"]):
             return None
         with self._lock:
             self._actor_nodes[actor_id] = record["node"]
             self._actor_info[actor_id] = (record["class_name"], record["methods"])
         return record["node"]
+
+    def pending(self, actor_id: bytes) -> bool:
+        """Whether the actor waits for its placement group to be placed (its record says so)."""
+        value = self._metadata.get(ACTORS + actor_id.hex()) if self.view is not None else None
+        record = self.view.open_record(value) if value is not None else None
+        return bool(record and record.get("pending") and self.view.alive(record["pending"]))
 
     # -- the node's seam: actors that live elsewhere ---------------------------------------------
     def handle_of(self, actor_id: bytes):

@@ -288,7 +288,7 @@ class NodeDaemon(ClusterListing):
             "node_id": self.node.node_id, "address": self.address, "host": socket.gethostname(),
             "pid": os.getpid(), "head": self.head, "resources": pool.total(),
             "available": pool.available(), "started": self.started, "heartbeat": time.time(),
-            "lease_seconds": LEASE_SECONDS}).encode()
+            "lease_seconds": LEASE_SECONDS, "bundles": self.node.scheduler.cluster_groups.host.free_bundles()}).encode()
 
     def _heartbeat_loop(self) -> None:
         lost = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from anyray.policy import fits
 from anyray.ports.placement_groups import PlacementGroupSpec
 from anyray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -100,6 +101,21 @@ class BundleHost(PlacementGroups):
             self._pool.release(lease)
         self._node_queues.dispatch()
 
+    def has_room(self, group_id: bytes, demand: dict) -> bool:
+        """Whether a bundle of the group placed here has ``demand`` free now."""
+        with self._lock:
+            group = self.groups.get(group_id)
+            return group is not None and group.state != REMOVED and any(
+                b.lease is not None and fits(demand, b.pool.available()) for b in group.bundles)
+
+    def free_bundles(self) -> dict[str, list[dict]]:
+        """What each bundle placed here has free now, by group (id hex): published with the node's record,
+        for the other nodes' choice of a bundle for work into any bundle (index -1)."""
+        with self._lock:
+            groups = [(g.id.hex(), g) for g in self.groups.values() if g.state != REMOVED]
+            return {h: [b.pool.available() for b in g.bundles if b.lease is not None] for h, g in groups
+                    if any(b.lease is not None for b in g.bundles)}
+
     def holds(self, group_id: bytes) -> bool:
         """Whether a bundle of the group is placed here."""
         with self._lock:
@@ -141,9 +157,10 @@ class ClusterGroupSeam:
             return self.host.route(strategy, actor)
         return None, None
 
-    def target(self, strategy):
-        """Where work with ``strategy`` goes: a node id (this one's included), ``WAIT`` (its group is not
-        placed yet), an exception (it can never run), or None (the default placement decides)."""
+    def target(self, strategy, demand: dict | None = None):
+        """Where work with ``strategy`` (needing ``demand``) goes: a node id (this one's included), ``WAIT``
+        (its group is not placed yet), an exception (it can never run), or None (the default placement
+        decides)."""
         if type(strategy) is NodeAffinitySchedulingStrategy:
             if strategy.node_id == self.node_id or self._alive(strategy.node_id):
                 return strategy.node_id
@@ -151,12 +168,20 @@ class ClusterGroupSeam:
         group_id = group_id_of(strategy)
         if group_id is None:
             return None
-        return self._where(group_id, strategy.placement_group_bundle_index)
+        return self._where(group_id, strategy.placement_group_bundle_index, demand)
 
-    def _where(self, group_id: bytes, index: int):
+    def _where(self, group_id: bytes, index: int, demand: dict | None = None):
         if index < 0 and self.host.holds(group_id):
-            return self.node_id  # any bundle: one here first
-        return self.cluster.where(group_id, index)
+            # any bundle: one here first, while one here has room (work already routed here runs here);
+            # else a bundle of another node that can hold it, where it may be free (work waiting here for
+            # a busy bundle while another node's stays free would wait for as long as the work here runs:
+            # forever, behind an actor)
+            if demand is None or self.host.has_room(group_id, demand):
+                return self.node_id
+            # (WAIT: the group's record does not say yet where its other bundles are)
+            elsewhere = self.cluster.where(group_id, index, demand, besides=self.node_id)
+            return self.node_id if elsewhere is None else elsewhere
+        return self.cluster.where(group_id, index, demand)
 
     def _alive(self, node_id: str) -> bool:
         return self.view is not None and self.view.alive(node_id)

@@ -22,11 +22,13 @@ import time
 from anyray import ids
 from anyray.exceptions import TaskPlacementGroupRemoved
 from anyray.executor import serialize_failure
+from anyray.policy import fits
 from anyray.serialization import serialize
 from anyray.specs import RemoteFailure
 from anyray.util.placement_group import PlacementGroup, PlacementGroupID
 
 from ..node import messages as m
+from .bundle_room import BundleRoom
 from .group_placer import Placer
 from .group_records import CREATED, GROUPS, PENDING, REMOVED, RESCHEDULING, GroupRecords, decode, new_record, table_row
 
@@ -64,6 +66,7 @@ class ClusterGroups:
         self._ready: dict[str, list] = {}          # ... -> pg.ready() refs to seal once it is created
         self._parked: dict[str, list] = {}         # ... -> callbacks of work waiting for it to be placed
         self._turns: dict[str, itertools.count] = {}  # ... -> round robin over its bundles for index -1
+        self.room = BundleRoom()  # where work into any bundle finds room on other nodes
         self.placer = Placer(self)
         self._watch = metadata.watch(GROUPS, self._seen)
         for key, value in metadata.scan(GROUPS):
@@ -181,9 +184,11 @@ class ClusterGroups:
         return bytes.fromhex(found) if found else None
 
     # -- where work into a group goes ----------------------------------------------------------
-    def where(self, group_id: bytes, index: int):
+    def where(self, group_id: bytes, index: int, demand: dict | None = None, besides: str | None = None):
         """The node that work into bundle ``index`` (-1: any) of the group runs on, ``WAIT`` while the
-        group is not placed, or a ``TaskPlacementGroupRemoved`` once it is removed."""
+        group is not placed, or a ``TaskPlacementGroupRemoved`` once it is removed. For -1: a node of a
+        bundle that can hold ``demand`` (any placed bundle's if none can), other than ``besides`` (None
+        when only ``besides`` holds one), in turns."""
         group_hex = group_id.hex()
         record = self._record(group_hex)
         if record is None or record["state"] == REMOVED:
@@ -194,11 +199,25 @@ class ClusterGroups:
         placed = [n for n in nodes if n]
         if not placed:
             return WAIT
+        if demand is not None:
+            placed = [n for n, b in zip(nodes, record["bundles"]) if n and fits(demand, b)] or placed
+            roomy = [n for n in dict.fromkeys(placed) if n != besides and self.room.has(self.view, record, n, demand)]
+            if roomy:
+                placed = roomy
+            elif besides is not None:
+                return None  # no other node has room either: it waits where it is
+        if besides is not None:
+            placed = [n for n in placed if n != besides]
+            if not placed:
+                return None
         if self.node_id in placed and len(set(placed)) == 1:
             return self.node_id
         with self._lock:
             turn = next(self._turns.setdefault(group_hex, itertools.count()))
-        return placed[turn % len(placed)]
+        chosen = placed[turn % len(placed)]
+        if demand and chosen != self.node_id:
+            self.room.sent(group_hex, chosen, demand)
+        return chosen
 
     def park(self, group_id: bytes, callback) -> None:
         """Call ``callback()`` once the group's bundles are placed (or it is removed)."""

@@ -56,8 +56,11 @@ class SpillbackPlacement:
     def route(self, task) -> bool:
         """``task`` is ready: True when it went (or is going) to another node."""
         view = self.view
-        if view is None or task.spilled or task.state != "waiting" or getattr(task, "queues", None) is not None:
-            return False  # handed here, or in a placement group bundle here: it runs here
+        if view is None or task.spilled or task.state != "waiting":
+            return False  # handed here: it runs here
+        if getattr(task, "queues", None) is not None:
+            return self._to_another_bundle(task)  # in a placement group bundle here: it runs here, unless
+            # it may take any bundle and only another node's has room
         demand = task.spec.resources
         node_id = None
         strategy = task.spec.options.get("scheduling_strategy")
@@ -87,7 +90,7 @@ class SpillbackPlacement:
     def _route_by_strategy(self, task, strategy) -> bool | None:
         """A task with a placement group or node affinity strategy: True when it went elsewhere (or waits
         for its group, or failed), False when it runs here, None when the default placement decides."""
-        target = self.groups.target(strategy)
+        target = self.groups.target(strategy, task.spec.resources)
         if target is None:
             return None
         if target == WAIT:
@@ -116,6 +119,26 @@ class SpillbackPlacement:
                 task.state = "forwarded"
         if not taken:
             self.view.returned(target, demand)
+            return True
+        self._forward(task, target)
+        return True
+
+    def _to_another_bundle(self, task) -> bool:
+        """A task into any bundle (index -1) of a group with a bundle here: True when it went to another node
+        of the group, whose bundle has room while none here has."""
+        strategy = task.spec.options.get("scheduling_strategy")
+        if group_id_of(strategy) is None or strategy.placement_group_bundle_index >= 0 or self.groups is None:
+            return False
+        target = self.groups.target(strategy, task.spec.resources)
+        if not isinstance(target, str) or target in (WAIT, self.view.node_id):
+            return False
+        self.view.charge(target, task.spec.resources)
+        with self._lock:
+            taken = task.state == "waiting"
+            if taken:
+                task.state = "forwarded"
+        if not taken:
+            self.view.returned(target, task.spec.resources)
             return True
         self._forward(task, target)
         return True
@@ -149,8 +172,36 @@ class SpillbackPlacement:
                     queue.popleft()
                     head.state = "forwarded"
                     out.append((head, node_id))
+            out += self._spill_any_bundle()
         for task, node_id in out:
             self._forward(task, node_id)
+
+    def _spill_any_bundle(self) -> list:
+        """Under the lock: the tasks queued here for any bundle of a group that another node's bundle of it
+        has room for now (by its last heartbeat), taken out, with that node (charged)."""
+        groups = self.groups
+        if groups is None:
+            return []
+        out = []
+        for group in list(groups.host.groups.values()):
+            for queue in group.any.queues.values():
+                while queue:
+                    head = queue[0]
+                    if callable(head):
+                        break  # an actor waits for its bundle here: it was placed here
+                    if head.state != "queued":
+                        queue.popleft()
+                        continue
+                    if head.spilled:
+                        break  # handed here: it runs here
+                    target = groups.target(head.spec.options.get("scheduling_strategy"), head.spec.resources)
+                    if not isinstance(target, str) or target in (WAIT, self.view.node_id):
+                        break
+                    queue.popleft()
+                    head.state = "forwarded"
+                    self.view.charge(target, head.spec.resources)
+                    out.append((head, target))
+        return out
 
     def cancel(self, ref, force: bool, recursive: bool) -> bool:
         """Cancel a task handed to another node there; False if it is not such a task."""
