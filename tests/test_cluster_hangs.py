@@ -3,7 +3,7 @@ bundle (index -1) of a placement group whose bundles are on both nodes, which al
 caller's node and waited there behind the first while the other node's bundle stayed free; and calls to
 an actor waiting for its group to be placed, which failed after 30 s as if the actor did not exist.
 
-Every test runs its own cluster in a private cluster directory (``cluster_env`` of test_cluster.py), with
+Every test runs its own cluster in a private cluster directory (``cluster_env`` of conftest.py), with
 its driver in a subprocess, so a hang fails the test (a timeout) instead of stopping the run.
 """
 
@@ -13,11 +13,9 @@ import subprocess
 import sys
 import textwrap
 
-from test_cluster import WAIT, cluster_env, two_nodes
+from test_cluster import WAIT, two_nodes
 
 from anyray.adapters.cluster.actor_calls import LOOKUP_SECONDS
-
-__all__ = ["cluster_env"]  # the fixture, used by name
 
 HEADER = """
 import anyray
