@@ -35,6 +35,7 @@ from ..node.link import BorrowCounter
 from ..node.remote_groups import RemoteGroups
 from ..node.remote_ports import RemoteScheduler, RemoteStore
 from .direct import DirectCalls
+from .leases import TaskLeases
 
 
 class _ClusterScheduler(RemoteGroups, RemoteScheduler):
@@ -63,6 +64,8 @@ class _ClusterScheduler(RemoteGroups, RemoteScheduler):
         if spec.resources:
             self._check(spec.function.function_id, spec.name, spec.resources)
         direct = self.direct
+        if direct.leases.submit(spec):
+            return
         if direct.here or direct.waiting:
             direct.promote(_passed_on(spec))
         super().submit_task(spec)
@@ -81,6 +84,9 @@ class _ClusterScheduler(RemoteGroups, RemoteScheduler):
 
     def cancel(self, ref, force, recursive) -> None:
         sock = self.direct.waiting.get(ref._id)
+        if sock is not None and sock.leased:  # a task on a leased worker: the node interrupts it there
+            self.direct.leases.cancel(sock, ref._id, force)
+            return
         if sock is not None:  # a direct call: the node interrupts it in the actor's process
             self.node.tell("direct_cancel", m.DirectCancel.pack(sock.actor_id, ref._id))
             return
@@ -316,7 +322,10 @@ class ClusterBackend(Backend):
             self._printer = None
         self.scheduler = _ClusterScheduler(self.link)
         self.object_store = _ClusterStore(self.link)
-        self.scheduler.direct = self.object_store.direct = DirectCalls(self.link, self.object_store._cache, token)
+        direct = self.scheduler.direct = self.object_store.direct = DirectCalls(self.link, self.object_store._cache,
+                                                                               token)
+        direct.leases = TaskLeases(direct, super(_ClusterScheduler, self.scheduler).submit_task,
+                                   (self.config.job_id, self.config.namespace))
         self.metadata = None
 
     def _print_loop(self) -> None:

@@ -68,6 +68,7 @@ class _Socket:
     """A direct socket to one actor process, and the calls sent on it without a result yet."""
 
     __slots__ = ("actor_id", "conn", "fd", "pid", "path", "send_lock", "read_lock", "pending", "closed", "poller")
+    leased = False  # a socket to a worker lent to this driver (leases.py)
 
     def __init__(self, actor_id: bytes, conn: Connection, pid: int, path: str):
         self.actor_id, self.conn, self.fd, self.pid, self.path = actor_id, conn, conn.fileno(), pid, path
@@ -186,7 +187,11 @@ class _Answers:
         result = m.DirectResult._make(pickle.loads(memoryview(msg)[1:]))
         with self._lock:
             return_ids = sock.pending.pop(result.task_id, None) or []
-            done = not sock.pending and self._sockets.get(sock.actor_id) is not sock
+            if sock.leased:
+                self.leases.answered(sock, result.task_id)
+                done = False
+            else:
+                done = not sock.pending and self._sockets.get(sock.actor_id) is not sock
         for oid, wire in zip(return_ids, result.wires):
             self._settle(oid, wire)
         if done:  # calls go another way now, and none is left on this socket
@@ -218,6 +223,9 @@ class _Answers:
     def _lost(self, sock: _Socket) -> None:
         """``sock`` closed: its actor's process is gone; the calls pending on it fail as the node fails
         calls in flight."""
+        if sock.leased:  # a leased worker: its tasks go through the node, with their retries
+            self.leases.lost(sock)
+            return
         with self._lock:
             if sock.closed:
                 return
@@ -307,6 +315,7 @@ class DirectCalls(_Answers):
         self._unwanted: set[bytes] = set()         # results whose references all went before they came
         self._helper: threading.Thread | None = None
         self._live: set[_Socket] = set()           # every socket not closed
+        self.leases = None                         # the task leases (leases.py), set by the backend
         self.closed = False
 
     # -- sending ---------------------------------------------------------------------------
@@ -470,6 +479,8 @@ class DirectCalls(_Answers):
                 self._unwanted.add(oid)
 
     def close(self) -> None:
+        if self.leases is not None:
+            self.leases.close()
         self.closed = True
         for sock in list(self._sockets.values()):
             try:

@@ -157,6 +157,9 @@ class DirectServer:
         conn.close()
 
     def _on_message(self, conn: Connection, msg: bytes) -> None:
+        if msg[0] == m.DIRECT_TASK:  # a task on a driver's lease of this worker (read on the main thread)
+            self.node._tasks.append((self.node.run_direct_task, (conn, msg)))
+            return
         if msg[0] != m.DIRECT_CALL:
             log.error("a direct socket got a message it has no handler for (tag %s)", msg[0])
             return
