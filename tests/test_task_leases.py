@@ -1,0 +1,142 @@
+"""Task leases on the cluster (adapters/cluster/leases.py, lease_host.py): a driver's plain tasks go
+straight to a worker its node lent it. What a user can observe: the same results; a leased worker that
+dies has its task retried (or WorkerCrashedError); the CPUs come back when the driver is idle, so another
+driver's tasks run; a blocking get inside a leased task lends its CPU; cancel works; the switch turns
+leases off."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from test_cluster import WAIT, cluster_env, driver, start_head, wait_until  # noqa: F401 - cluster_env is a fixture
+
+import anyray
+from anyray import exceptions
+from anyray.current import current_runtime
+
+
+@pytest.fixture
+def one_cpu(cluster_env, monkeypatch):
+    """A one-node cluster with 1 CPU, and this process its driver, with leases on."""
+    monkeypatch.delenv("ANYRAY_TASK_LEASES", raising=False)
+    monkeypatch.delenv("ANYRAY_DIRECT_CALLS", raising=False)
+    start_head(cluster_env, "--num-cpus", "1")
+    anyray.init(backend="cluster", address="auto")
+    yield cluster_env
+    anyray.shutdown()
+
+
+def _leases():
+    return current_runtime().backend.scheduler.direct.leases
+
+
+def _on_lease(ref) -> bool:
+    sock = current_runtime().backend.scheduler.direct.waiting.get(ref._id)
+    return sock is not None and sock.leased
+
+
+@anyray.remote
+def add(a, b):
+    return a + b
+
+
+@anyray.remote
+def pid():
+    return os.getpid()
+
+
+@anyray.remote
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_many_tasks_on_a_lease_give_the_same_results(one_cpu):
+    ref = sleep.remote(0.2)
+    assert _on_lease(ref)  # sent straight to a leased worker, not through the node
+    assert anyray.get(ref, timeout=WAIT) == 0.2
+    assert anyray.get([add.remote(i, i) for i in range(500)], timeout=WAIT) == [2 * i for i in range(500)]
+    for i in range(50):
+        assert anyray.get(add.remote(i, 1), timeout=WAIT) == i + 1
+    ready, rest = anyray.wait([add.remote(i, 0) for i in range(20)], num_returns=20, timeout=WAIT)
+    assert len(ready) == 20 and not rest
+
+
+def test_a_leased_worker_killed_mid_task_has_its_task_retried(one_cpu, tmp_path):
+    marker = tmp_path / "first-run"
+
+    @anyray.remote(max_retries=1)
+    def dies_once(path):
+        if not os.path.exists(path):
+            open(path, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return "second run"
+
+    ref = dies_once.remote(str(marker))
+    assert _on_lease(ref)
+    assert anyray.get(ref, timeout=WAIT) == "second run"
+
+    @anyray.remote(max_retries=0)
+    def dies():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(exceptions.WorkerCrashedError):
+        anyray.get(dies.remote(), timeout=WAIT)
+    assert anyray.get(add.remote(1, 2), timeout=WAIT) == 3  # the node lends another worker
+
+
+def test_the_cpus_go_back_when_the_driver_is_idle_so_another_drivers_task_runs(one_cpu):
+    assert anyray.get(add.remote(1, 1), timeout=WAIT) == 2
+    wait_until(lambda: anyray.available_resources().get("CPU") == 1, "the leased CPU to come back")
+    other = driver(one_cpu, """
+        @anyray.remote
+        def f():
+            return "ran"
+        print(anyray.get(f.remote(), timeout=60))
+    """)
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.strip().endswith("ran")
+
+
+def test_a_blocking_get_in_a_leased_task_lends_its_cpu(one_cpu):
+    @anyray.remote
+    def outer():
+        return anyray.get(add.remote(20, 1)) * 2
+
+    ref = outer.remote()
+    assert _on_lease(ref)
+    assert anyray.get(ref, timeout=WAIT) == 42
+
+
+def test_cancel_a_leased_task(one_cpu):
+    ref = sleep.remote(30)
+    assert _on_lease(ref)
+    time.sleep(0.5)
+    anyray.cancel(ref)
+    with pytest.raises(exceptions.TaskCancelledError):
+        anyray.get(ref, timeout=WAIT)
+    ref = sleep.remote(30)
+    queued = sleep.remote(0.1)  # behind it on the same worker: it runs after the kill, through the node
+    time.sleep(0.5)
+    anyray.cancel(ref, force=True)
+    with pytest.raises(exceptions.TaskCancelledError):
+        anyray.get(ref, timeout=WAIT)
+    assert anyray.get(queued, timeout=WAIT) == 0.1
+
+
+def test_the_switch_keeps_the_nodes_path(cluster_env):
+    start_head(cluster_env, "--num-cpus", "1")
+    env = dict(cluster_env, ANYRAY_TASK_LEASES="0")
+    out = driver(env, """
+        from anyray.current import current_runtime
+        @anyray.remote
+        def f(x):
+            return x
+        ref = f.remote(5)
+        print(current_runtime().backend.scheduler.direct.waiting.get(ref._id) is None, anyray.get(ref, timeout=60))
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["True", "5"]
