@@ -55,6 +55,7 @@ class _ClusterScheduler(RemoteGroups, RemoteScheduler):
 
     def list_state(self, kind: str) -> list[dict]:
         """Every node's rows: the node answering asks the others (what ``anyray list`` shows)."""
+        self.direct.pass_records_on()
         return self.node.request("list", kind, timeout=60)
 
     def _check(self, key: bytes, name: str, demand: dict) -> None:
@@ -350,6 +351,7 @@ class ClusterBackend(Backend):
         """The records of this job's tasks, from every node (for ``timeline`` and ``error_info``)."""
         if self.link is None:
             return []
+        self.scheduler.direct.pass_records_on()
         return [TaskRecord(*m.RecordRow._make(r)) for r in self.link.request("records", self.config.job_id, timeout=60)]
 
     def shutdown(self) -> None:

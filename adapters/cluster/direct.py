@@ -185,6 +185,10 @@ class _Answers:
             self._lost(sock)
             return
         result = m.DirectResult._make(pickle.loads(memoryview(msg)[1:]))
+        if result.records:
+            self.records.extend(result.records)
+            if self.leases is not None and self.leases._reaper is None:
+                self.leases.start_reaper()  # passes them on to the node
         with self._lock:
             return_ids = sock.pending.pop(result.task_id, None) or []
             if sock.leased:
@@ -316,6 +320,7 @@ class DirectCalls(_Answers):
         self._helper: threading.Thread | None = None
         self._live: set[_Socket] = set()           # every socket not closed
         self.leases = None                         # the task leases (leases.py), set by the backend
+        self.records: list = []                    # records of direct calls and leased tasks, for the node
         self.closed = False
 
     # -- sending ---------------------------------------------------------------------------
@@ -477,6 +482,13 @@ class DirectCalls(_Answers):
             self.here.discard(oid)
             if oid in self.waiting:
                 self._unwanted.add(oid)
+
+    def pass_records_on(self) -> None:
+        """Send the node the task records that came with direct results (ahead of any request after it:
+        ``timeline``, ``error_info`` and ``anyray list`` find them there)."""
+        if self.records:
+            records, self.records = self.records, []
+            self.link.send(m.RESULT, m.Result.pack(None, [], [], records))
 
     def close(self) -> None:
         if self.leases is not None:

@@ -42,6 +42,7 @@ from .direct import ARGS_MAX, SWITCH, _Socket
 LEASE_SWITCH = "ANYRAY_TASK_LEASES"  # on unless "0" (as is ANYRAY_DIRECT_CALLS)
 IDLE_SECONDS = 0.02        # a lease with nothing pending this long goes back to the node
 ASK_AGAIN_SECONDS = 0.01   # after the node lent nothing, how long before the driver asks again
+RECORDS_SECONDS = 0.5      # how often the records of leased tasks go on to the node (and before a request for them)
 DEPTH_MAX = 10_000         # tasks pending on one lease beyond which the next goes through the node
 
 
@@ -90,6 +91,8 @@ class TaskLeases:
         self._spare: dict[str, _LeaseSocket] = {}  # path -> an open socket to a worker not leased now
         self._blobs: dict[bytes, bytes] = {}      # function id -> its pickled code
         self._reaper: threading.Thread | None = None
+        self._records_at = 0.0
+        self._reaping = threading.Lock()
 
     # -- sending ---------------------------------------------------------------------------
     def submit(self, spec) -> bool:
@@ -165,7 +168,7 @@ class TaskLeases:
             with calls._lock:
                 calls._live.add(sock)
                 self._held.setdefault(key, []).append(sock)
-            self._start_reaper()
+            self.start_reaper()
             return sock
         finally:
             self._asking.release()
@@ -183,17 +186,30 @@ class TaskLeases:
         if not sock.pending:
             sock.idle_since = time.monotonic()
 
-    def _start_reaper(self) -> None:
-        if self._reaper is None:
-            self._reaper = threading.Thread(target=self._reap, name="anyray-lease-idle", daemon=True)
-            self._reaper.start()
+    def start_reaper(self) -> None:
+        """Look after idle leases and records (a helper thread, while there is any)."""
+        with self._reaping:
+            if self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap, name="anyray-lease-idle", daemon=True)
+                self._reaper.start()
 
     def _reap(self) -> None:
-        """Give back the leases idle for ``IDLE_SECONDS``, while any is held."""
+        """Give back the leases idle for ``IDLE_SECONDS``, pass records on every ``RECORDS_SECONDS``."""
         calls = self.calls
         while not calls.closed:
             time.sleep(IDLE_SECONDS / 2)
             self.return_idle(time.monotonic() - IDLE_SECONDS)
+            now = time.monotonic()
+            if calls.records and now >= self._records_at:
+                self._records_at = now + RECORDS_SECONDS
+                try:
+                    calls.pass_records_on()
+                except (OSError, ConnectionError):
+                    return
+            with self._reaping:
+                if not calls.records and not any(self._held.values()):
+                    self._reaper = None
+                    return
 
     def return_idle(self, before: float) -> None:
         """Give back the leases with nothing pending since ``before``."""
@@ -281,6 +297,10 @@ class TaskLeases:
         try:
             self.return_idle(time.monotonic())
         except Exception:  # noqa: BLE001 - shutting down regardless
+            pass
+        try:
+            self.calls.pass_records_on()
+        except (OSError, ConnectionError):
             pass
         for sock in list(self._spare.values()):
             try:

@@ -506,6 +506,7 @@ DIRECT_RESULT = 41  # the actor's process -> driver: DirectResult
 class DirectResult(NamedTuple):
     task_id: bytes
     wires: list               # per return id: a packed Inline, or None: put to the node (read it there)
+    records: list             # the call's TaskRecord rows: the driver passes them on to its node
 
 
 class DirectActor(NamedTuple):  # "direct_actor", driver -> node; answer: DirectAnswer

@@ -174,9 +174,7 @@ class DirectServer:
         output.flush_streams()
         if output.lines:
             output.send()  # what the call printed goes to its driver ahead of the result, as on the node's path
-        records = node.events.outbox
-        if records and any(row[7] for row in records):  # a failed call's record (error_info) goes at once
-            node.send(m.RESULT, m.Result.pack(None, [], [], node.events.take()))
+        records = node.events.take() if node.events.outbox else []  # to the driver, which passes them on
         wires = []
         for oid, obj in zip(return_ids, outputs):
             if obj.nbytes < node.inline_max and not obj.contained_refs:
@@ -194,7 +192,7 @@ class DirectServer:
             node.tell("put", m.Put.pack(oid, wire, contained))
             wires.append(None)
         try:
-            conn.send_bytes(frame(m.DIRECT_RESULT, m.dumps(m.DirectResult.pack(task_id, wires))))
+            conn.send_bytes(frame(m.DIRECT_RESULT, m.dumps(m.DirectResult.pack(task_id, wires, records))))
         except OSError:
             pass  # the driver went away: nobody waits for it
 

@@ -160,8 +160,6 @@ class WorkerNode(Link):
             try:
                 if self.output.lines:
                     self.output.send()
-                if self.direct is not None and self.events.outbox:  # the records of direct calls
-                    self.send(m.RESULT, m.Result.pack(None, [], [], self.events.take()))
             except (OSError, ConnectionError):
                 return
             if not self._flush_once():
