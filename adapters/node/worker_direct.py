@@ -29,7 +29,7 @@ import time
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge
 
 from . import messages as m
-from .framing import SPIN_SECONDS, frame
+from .framing import frame, spin_budget
 from .store import to_wire
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class DirectServer:
         poller = self._poller
         events = poller.poll(0)
         if not events:
-            deadline = time.perf_counter() + SPIN_SECONDS
+            deadline = time.perf_counter() + spin_budget()
             while not events and time.perf_counter() < deadline:
                 events = poller.poll(0)
             if not events:
