@@ -102,6 +102,8 @@ class WorkerNode(Link):
                         self.read_arrived()  # read what has arrived first: a cancel of a queued call
                         if not tasks:
                             continue
+                    elif self.direct is not None:
+                        self.direct.drain()  # a leased worker: the driver's socket never fills while tasks run
                     run, arg = tasks.popleft()
                     run(arg)
                     del run, arg
