@@ -101,6 +101,15 @@ def test_the_cpus_go_back_when_the_driver_is_idle_so_another_drivers_task_runs(o
     assert other.stdout.strip().endswith("ran")
 
 
+@anyray.remote
+def job_of_nested():
+    @anyray.remote
+    def job():
+        return anyray.get_runtime_context().get_job_id()
+
+    return anyray.get_runtime_context().get_job_id(), anyray.get(job.remote())
+
+
 def test_a_blocking_get_in_a_leased_task_lends_its_cpu(one_cpu):
     @anyray.remote
     def outer():
@@ -109,6 +118,16 @@ def test_a_blocking_get_in_a_leased_task_lends_its_cpu(one_cpu):
     ref = outer.remote()
     assert _on_lease(ref)
     assert anyray.get(ref, timeout=WAIT) == 42
+    mine = anyray.get_runtime_context().get_job_id()
+    other = driver(one_cpu, """
+        @anyray.remote
+        def f():
+            return 1
+        print(anyray.get(f.remote(), timeout=60))
+    """)  # another driver's task on the same worker in between
+    assert other.returncode == 0, other.stderr
+    wait_until(lambda: anyray.available_resources().get("CPU") == 1, "the leased CPU to come back")
+    assert anyray.get(job_of_nested.remote(), timeout=WAIT) == (mine, mine)  # a leased task's, and its child's
 
 
 def test_cancel_a_leased_task(one_cpu):
@@ -140,3 +159,23 @@ def test_the_switch_keeps_the_nodes_path(cluster_env):  # noqa: F811 - the fixtu
     """)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-2:] == ["True", "5"]
+
+
+def test_a_wait_loop_over_leased_tasks_sees_each_once_even_when_a_worker_dies(one_cpu, tmp_path):
+    marker = tmp_path / "first-run"
+
+    @anyray.remote(max_retries=1)
+    def value(i, path):
+        if i == 5 and not os.path.exists(path):
+            open(path, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)  # the tasks behind it go through the node
+        return i
+
+    refs = [value.remote(i, str(marker)) for i in range(40)]
+    assert _on_lease(refs[0])
+    seen = []
+    while refs:
+        ready, refs = anyray.wait(refs, num_returns=1, timeout=WAIT)
+        assert len(ready) == 1
+        seen += anyray.get(ready, timeout=WAIT)
+    assert sorted(seen) == list(range(40))

@@ -35,6 +35,7 @@ from ..node.link import BorrowCounter
 from ..node.remote_groups import RemoteGroups
 from ..node.remote_ports import RemoteScheduler, RemoteStore
 from .direct import DirectCalls
+from .direct_watch import DirectWatch
 from .leases import TaskLeases
 
 
@@ -205,7 +206,7 @@ class _ClusterStore(RemoteStore):
     def watch(self, ids):
         direct = self.direct
         if (direct.waiting or direct.here) and not direct.node_may_watch(ids):
-            return None  # a loop over direct calls' results alone: each wait reads them here
+            return DirectWatch(direct, ids)  # a loop over direct results alone: its index is kept here
         return super().watch(ids)
 
     def free(self, refs) -> None:

@@ -37,6 +37,7 @@ import sys
 import termios
 import threading
 import time
+import weakref
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
 from multiprocessing.connection import wait as wait_any
 
@@ -208,6 +209,8 @@ class _Answers:
         """The result ``oid`` came: inline (``wire``) or put to the node (None)."""
         with self._lock:
             self.waiting.pop(oid, None)
+            for watch in self.watches:  # wait loops over direct results (direct_watch.py)
+                watch.came(oid)
             promote = oid in self._promote
             self._promote.discard(oid)
             unwanted = oid in self._unwanted
@@ -321,6 +324,7 @@ class DirectCalls(_Answers):
         self._live: set[_Socket] = set()           # every socket not closed
         self.leases = None                         # the task leases (leases.py), set by the backend
         self.records: list = []                    # records of direct calls and leased tasks, for the node
+        self.watches = weakref.WeakSet()           # the ready indexes of wait loops over direct results
         self.closed = False
 
     # -- sending ---------------------------------------------------------------------------

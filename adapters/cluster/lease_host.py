@@ -80,6 +80,7 @@ class LeaseHost:
             if lease is None:
                 return NONE
             worker = self._supervision.worker_for({}, None)
+            worker.job = client.job  # what its tasks submit runs in the driver's job (the node's tasks say so again)
             hold = Hold(self, next(self._ids), lease, worker, client)
             worker.task = hold
             self._holds[hold.lease_id] = hold
@@ -142,6 +143,7 @@ class LeaseHost:
                 return
             hold.ended = True
             self._holds.pop(hold.lease_id, None)
+            worker.job = None  # unknown: the node's next task says its job again
             if worker.task is hold:
                 worker.task = None
             if not idle or worker.dead:

@@ -271,6 +271,8 @@ class TaskLeases:
                 with calls._lock:
                     for ref in spec.returns:
                         calls.waiting.pop(ref._id, None)
+                        for watch in calls.watches:
+                            watch.moved(ref._id)
 
     def cancel(self, sock: _LeaseSocket, oid: bytes, force: bool) -> None:
         """Cancel the task returning ``oid``, pending on ``sock``: the node interrupts (or kills) its worker."""
