@@ -179,3 +179,12 @@ def test_a_wait_loop_over_leased_tasks_sees_each_once_even_when_a_worker_dies(on
         assert len(ready) == 1
         seen += anyray.get(ready, timeout=WAIT)
     assert sorted(seen) == list(range(40))
+
+
+def test_tasks_behind_a_long_one_wait_in_the_leases_backlog_when_the_socket_is_full(one_cpu):
+    first = sleep.remote(1.0)
+    payload = "x" * 20_000
+    refs = [add.remote(payload, str(i)) for i in range(300)]  # ~6 MB: far more than the socket holds
+    assert _on_lease(first) and _on_lease(refs[-1])
+    assert anyray.get(refs, timeout=WAIT) == [payload + str(i) for i in range(300)]
+    assert anyray.get(first, timeout=WAIT) == 1.0

@@ -197,6 +197,8 @@ class _Answers:
                 done = False
             else:
                 done = not sock.pending and self._sockets.get(sock.actor_id) is not sock
+        if sock.leased and sock.backlog:
+            self.leases.send_backlog(sock)
         for oid, wire in zip(return_ids, result.wires):
             self._settle(oid, wire)
         if done:  # calls go another way now, and none is left on this socket

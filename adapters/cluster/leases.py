@@ -8,7 +8,9 @@ a worker its node lent it, not through the node, as Ray's worker leases.
   travels with the first task of it on each socket). A task goes to the key's lease with the fewest tasks
   pending; when each has one, the driver asks its node for another (one round trip); when the node says
   none (its resources are taken, or work of its own waits), tasks of that shape queue on the held leases
-  (``DEPTH_MAX`` each) and the driver asks again after ``ASK_AGAIN_SECONDS``.
+  (``DEPTH_MAX`` each) and the driver asks again after ``ASK_AGAIN_SECONDS`` (doubling while the answer
+  stays none, up to ``ASK_AGAIN_MAX_SECONDS``). A task whose worker's socket has no room waits in the
+  lease's backlog, sent as answers are read (a helper thread reads them meanwhile).
 - A lease with nothing pending for ``IDLE_SECONDS`` goes back to the node (a helper thread looks); the
   socket to its worker stays open for the next lease of that worker. At shutdown the idle ones go back.
 - Results come as an actor's direct calls' do (``direct.py``): into the store's cache, read by the
@@ -23,6 +25,7 @@ a worker its node lent it, not through the node, as Ray's worker leases.
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
@@ -42,6 +45,8 @@ from .direct import ARGS_MAX, SWITCH, _Socket
 LEASE_SWITCH = "ANYRAY_TASK_LEASES"  # on unless "0" (as is ANYRAY_DIRECT_CALLS)
 IDLE_SECONDS = 0.02        # a lease with nothing pending this long goes back to the node
 ASK_AGAIN_SECONDS = 0.01   # after the node lent nothing, how long before the driver asks again
+ASK_AGAIN_MAX_SECONDS = 0.2
+CREDIT = 32 * 1024         # bytes sent on a socket seen writable before looking again (it had >= 3/4 free)
 RECORDS_SECONDS = 0.5      # how often the records of leased tasks go on to the node (and before a request for them)
 DEPTH_MAX = 10_000         # tasks pending on one lease beyond which the next goes through the node
 
@@ -60,7 +65,7 @@ def eligible(spec) -> bool:
 class _LeaseSocket(_Socket):
     """A direct socket to a leased worker: the lease it is on, the tasks sent on it (in order)."""
 
-    __slots__ = ("lease_id", "key", "fns", "specs", "idle_since", "returned", "killed")
+    __slots__ = ("lease_id", "key", "fns", "specs", "idle_since", "returned", "killed", "backlog", "credit")
     leased = True
 
     def __init__(self, conn, pid: int, path: str):
@@ -72,6 +77,8 @@ class _LeaseSocket(_Socket):
         self.idle_since = time.monotonic()
         self.returned = False             # its lease went back: nothing more is sent on it
         self.killed = False               # a force cancel kills its worker: nothing pending is charged a retry
+        self.backlog: collections.deque = collections.deque()  # messages waiting for room on the socket
+        self.credit = 0                   # bytes that may go before the socket's room is looked at again
 
 
 class TaskLeases:
@@ -87,7 +94,7 @@ class TaskLeases:
             and os.environ.get(SWITCH, "1") != "0"
         self._asking = threading.Lock()           # one lease request at a time
         self._held: dict[tuple, list] = {}        # key -> the lease sockets held for it
-        self._ask_at: dict[tuple, float] = {}     # key -> when the driver may ask for another lease
+        self._ask_at: dict[tuple, tuple] = {}     # key -> (when the driver may ask for another lease, the wait)
         self._spare: dict[str, _LeaseSocket] = {}  # path -> an open socket to a worker not leased now
         self._blobs: dict[bytes, bytes] = {}      # function id -> its pickled code
         self._reaper: threading.Thread | None = None
@@ -103,7 +110,7 @@ class TaskLeases:
         key = (spec.resources["CPU"],)
         held = self._held.get(key)
         best = min(held, key=lambda s: len(s.pending)) if held else None
-        if (best is None or best.pending) and time.monotonic() >= self._ask_at.get(key, 0.0):
+        if (best is None or best.pending) and time.monotonic() >= self._ask_at.get(key, (0.0,))[0]:
             fresh = self._lease(key, spec.resources)
             if fresh is not None:
                 best = fresh
@@ -126,25 +133,52 @@ class TaskLeases:
             portable_classes(options["retry_exceptions"]), options["max_retries"], self._job, None, None)))
         calls = self.calls
         with sock.send_lock:
-            full = not sock.poller.poll(0)  # the worker does not read now: the node's path (direct.py says why)
             with calls._lock:
-                ok = not sock.closed and not sock.returned and not full
+                ok = not sock.closed and not sock.returned
                 if ok:
                     sock.pending[spec.task_id] = return_ids
                     sock.specs[spec.task_id] = spec
                     for oid in return_ids:
                         calls.waiting[oid] = sock
             if ok:
-                try:
-                    sock.conn.send_bytes(payload)
-                except OSError:
-                    ok = None
+                sock.fns.add(fn_id)
+                sock.backlog.append(payload)
+                ok = self._flush(sock)
         if ok is None:
             calls._lost(sock)  # the task is sent through the node with the others pending there
             return True
-        if ok:
-            sock.fns.add(fn_id)
-        return bool(ok)
+        if sock.backlog and calls._helper is None:
+            calls._start_helper()  # answers are read (and the backlog sent) while this thread goes on
+        return ok is not False
+
+    @staticmethod
+    def _flush(sock) -> bool | None:
+        """Under the socket's send lock: send its backlog while the socket has room (a send never waits:
+        a worker busy with a long task does not read); None if the socket broke."""
+        backlog = sock.backlog
+        while backlog:
+            payload = backlog[0]
+            if sock.credit < len(payload):
+                if not sock.poller.poll(0):
+                    return True  # sent when answers come (the worker reads before each task)
+                sock.credit = CREDIT
+            try:
+                sock.conn.send_bytes(payload)
+            except OSError:
+                return None
+            sock.credit -= len(payload)
+            backlog.popleft()
+        return True
+
+    def send_backlog(self, sock) -> None:
+        """An answer came on ``sock``: the worker reads again, send what waits for room."""
+        if sock.backlog and sock.send_lock.acquire(False):
+            try:
+                broke = self._flush(sock) is None
+            finally:
+                sock.send_lock.release()
+            if broke:
+                self.calls._lost(sock)
 
     def _lease(self, key: tuple, resources: dict) -> _LeaseSocket | None:
         if not self._asking.acquire(False):
@@ -152,7 +186,7 @@ class TaskLeases:
         try:
             answer = m.LeaseAnswer._make(self.link.request("lease_worker", m.LeaseAsk.pack(resources)))
             if not answer.lease_id:
-                self._ask_at[key] = time.monotonic() + ASK_AGAIN_SECONDS
+                self._refused(key)
                 return None
             sock = self._spare.pop(answer.path, None)
             if sock is None or sock.closed or sock.pid != answer.pid:
@@ -160,8 +194,9 @@ class TaskLeases:
                     sock = _LeaseSocket(self.calls._open(answer.path), answer.pid, answer.path)
                 except (OSError, PermissionError, EOFError):
                     self._give_back(answer.lease_id)
-                    self._ask_at[key] = time.monotonic() + ASK_AGAIN_SECONDS
+                    self._refused(key)
                     return None
+            self._ask_at.pop(key, None)
             sock.lease_id, sock.key, sock.returned, sock.killed = answer.lease_id, key, False, False
             sock.idle_since = time.monotonic()
             calls = self.calls
@@ -172,6 +207,10 @@ class TaskLeases:
             return sock
         finally:
             self._asking.release()
+
+    def _refused(self, key: tuple) -> None:
+        wait = min(self._ask_at.get(key, (0.0, ASK_AGAIN_SECONDS / 2))[1] * 2, ASK_AGAIN_MAX_SECONDS)
+        self._ask_at[key] = (time.monotonic() + wait, wait)
 
     def _give_back(self, lease_id: int) -> None:
         try:
@@ -241,6 +280,7 @@ class TaskLeases:
             calls._live.discard(sock)
             specs, sock.specs = sock.specs, {}
             sock.pending = {}
+            sock.backlog.clear()
             socks = self._held.get(sock.key)
             if socks is not None and sock in socks:
                 socks.remove(sock)
