@@ -188,3 +188,33 @@ def test_tasks_behind_a_long_one_wait_in_the_leases_backlog_when_the_socket_is_f
     assert _on_lease(first) and _on_lease(refs[-1])
     assert anyray.get(refs, timeout=WAIT) == [payload + str(i) for i in range(300)]
     assert anyray.get(first, timeout=WAIT) == 1.0
+
+
+def test_a_busy_driver_gives_its_lease_back_in_turn_so_another_drivers_task_runs(one_cpu):
+    import threading
+
+    stop = threading.Event()
+    ended = []
+
+    def busy():
+        while not stop.is_set():
+            anyray.get([add.remote(i, 1) for i in range(20)], timeout=WAIT)  # never idle for 20 ms
+        ended.append(time.monotonic())
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        other = driver(one_cpu, """
+            @anyray.remote
+            def f():
+                return "ran"
+            print(anyray.get(f.remote(), timeout=60))
+        """)
+        finished = time.monotonic()
+    finally:
+        stop.set()
+        thread.join(WAIT)
+    assert other.returncode == 0, other.stderr  # without turns its get times out: the lease is never idle
+    assert other.stdout.strip().endswith("ran")
+    assert ended and finished < ended[0]

@@ -13,6 +13,8 @@ a worker its node lent it, not through the node, as Ray's worker leases.
   lease's backlog, sent as answers are read (a helper thread reads them meanwhile).
 - A lease with nothing pending for ``IDLE_SECONDS`` goes back to the node (a helper thread looks); the
   socket to its worker stays open for the next lease of that worker. At shutdown the idle ones go back.
+  A lease held for ``TURN_SECONDS`` takes no new tasks and goes back once its tasks are done: the node
+  then starts the work queued there (another driver's) before it lends again.
 - Results come as an actor's direct calls' do (``direct.py``): into the store's cache, read by the
   thread that waits for them.
 - A leased worker that dies (its socket closes): the task it ran is sent through the node with one retry
@@ -47,6 +49,7 @@ IDLE_SECONDS = 0.02        # a lease with nothing pending this long goes back to
 ASK_AGAIN_SECONDS = 0.01   # after the node lent nothing, how long before the driver asks again
 ASK_AGAIN_MAX_SECONDS = 0.2
 CREDIT = 32 * 1024         # bytes sent on a socket seen writable before looking again (it had >= 3/4 free)
+TURN_SECONDS = 1.0         # a lease takes new tasks this long, then goes back when done (others get a turn)
 RECORDS_SECONDS = 0.5      # how often the records of leased tasks go on to the node (and before a request for them)
 DEPTH_MAX = 10_000         # tasks pending on one lease beyond which the next goes through the node
 
@@ -65,7 +68,8 @@ def eligible(spec) -> bool:
 class _LeaseSocket(_Socket):
     """A direct socket to a leased worker: the lease it is on, the tasks sent on it (in order)."""
 
-    __slots__ = ("lease_id", "key", "fns", "specs", "idle_since", "returned", "killed", "backlog", "credit")
+    __slots__ = ("lease_id", "key", "fns", "specs", "idle_since", "returned", "killed", "backlog", "credit",
+                 "since")
     leased = True
 
     def __init__(self, conn, pid: int, path: str):
@@ -79,6 +83,7 @@ class _LeaseSocket(_Socket):
         self.killed = False               # a force cancel kills its worker: nothing pending is charged a retry
         self.backlog: collections.deque = collections.deque()  # messages waiting for room on the socket
         self.credit = 0                   # bytes that may go before the socket's room is looked at again
+        self.since = 0.0                  # when its lease began
 
 
 class TaskLeases:
@@ -94,6 +99,7 @@ class TaskLeases:
             and os.environ.get(SWITCH, "1") != "0"
         self._asking = threading.Lock()           # one lease request at a time
         self._held: dict[tuple, list] = {}        # key -> the lease sockets held for it
+        self._ending: list = []                   # leases past their turn, going back once their tasks are done
         self._ask_at: dict[tuple, tuple] = {}     # key -> (when the driver may ask for another lease, the wait)
         self._spare: dict[str, _LeaseSocket] = {}  # path -> an open socket to a worker not leased now
         self._blobs: dict[bytes, bytes] = {}      # function id -> its pickled code
@@ -198,7 +204,7 @@ class TaskLeases:
                     return None
             self._ask_at.pop(key, None)
             sock.lease_id, sock.key, sock.returned, sock.killed = answer.lease_id, key, False, False
-            sock.idle_since = time.monotonic()
+            sock.idle_since = sock.since = time.monotonic()
             calls = self.calls
             with calls._lock:
                 calls._live.add(sock)
@@ -246,7 +252,7 @@ class TaskLeases:
                 except (OSError, ConnectionError):
                     return
             with self._reaping:
-                if not calls.records and not any(self._held.values()):
+                if not calls.records and not any(self._held.values()) and not self._ending:
                     self._reaper = None
                     return
 
@@ -254,6 +260,7 @@ class TaskLeases:
         """Give back the leases with nothing pending since ``before``."""
         calls = self.calls
         going = []
+        turn = time.monotonic() - TURN_SECONDS
         with calls._lock:
             for socks in self._held.values():
                 for sock in list(socks):
@@ -261,6 +268,16 @@ class TaskLeases:
                         sock.returned = True
                         socks.remove(sock)
                         going.append(sock)
+                    elif sock.since < turn:
+                        socks.remove(sock)  # no new tasks: it goes back once those it has are done
+                        self._ending.append(sock)
+            for sock in list(self._ending):
+                if sock.closed:
+                    self._ending.remove(sock)
+                elif not sock.pending:
+                    sock.returned = True
+                    self._ending.remove(sock)
+                    going.append(sock)
         for sock in going:
             self._give_back(sock.lease_id)
             old = self._spare.pop(sock.path, None)
