@@ -134,9 +134,9 @@ class TaskLeases:
                 blob = self._blobs[fn_id] = cloudpickle.dumps(fn.target, 5)
         options = spec.options
         return_ids = [r._id for r in spec.returns]
-        payload = frame(m.DIRECT_TASK, m.dumps(m.Task.pack(
-            spec.task_id, fn_id, blob, to_wire(spec.args), [], {}, return_ids, spec.name, spec.resources, [],
-            portable_classes(options["retry_exceptions"]), options["max_retries"], self._job, None, None)))
+        payload = frame(m.DIRECT_TASK, m.dumps(m.DirectTask.pack(
+            spec.task_id, fn_id, blob, to_wire(spec.args), return_ids, spec.name, spec.resources,
+            portable_classes(options["retry_exceptions"]), options["max_retries"], self._job)))
         calls = self.calls
         with sock.send_lock:
             with calls._lock:

@@ -538,7 +538,20 @@ OP_TYPES["direct_cancel"] = DirectCancel
 
 # Task leases (cluster/leases.py, cluster/lease_host.py): a node lends a driver an idle worker and its
 # resources; the driver sends that worker Task messages (DIRECT_TASK) on the worker's direct socket.
-DIRECT_TASK = 42    # driver -> a leased worker: Task (no dependencies, no stream, no placement)
+DIRECT_TASK = 42    # driver -> a leased worker: DirectTask
+
+
+class DirectTask(NamedTuple):  # a Task without dependencies, stream, placement or GPUs
+    task_id: bytes
+    fn_id: bytes
+    blob: bytes | None        # the function's pickled code, the first time on this socket
+    args: Any                 # Inline
+    return_ids: list
+    name: str
+    resources: dict
+    retry_exceptions: Any
+    max_retries: int
+    job: tuple                # (job id, namespace) of the driver
 
 
 class LeaseAsk(NamedTuple):  # "lease_worker", driver -> node; answer: LeaseAnswer
@@ -557,11 +570,11 @@ class LeaseEnd(NamedTuple):  # "lease_return" (no answer), "lease_cancel" (no an
     force: bool               # lease_cancel: kill the worker
 
 
-for _cls in (LeaseAsk, LeaseAnswer, LeaseEnd):
+for _cls in (DirectTask, LeaseAsk, LeaseAnswer, LeaseEnd):
     _add_pack(_cls)
     TYPES.append(_cls)
 del _cls
-TYPE_OF_TAG[DIRECT_TASK] = Task
+TYPE_OF_TAG[DIRECT_TASK] = DirectTask
 OP_TYPES["lease_worker"] = LeaseAsk
 OP_TYPES["lease_return"] = LeaseEnd
 OP_TYPES["lease_cancel"] = LeaseEnd

@@ -181,7 +181,9 @@ class WorkerNode(Link):
         """A task a driver sent straight here on its lease of this worker (``worker_direct``): its result
         goes back the same way."""
         conn, msg = item
-        task = m.Task._make(pickle.loads(memoryview(msg)[1:]))
+        t = m.DirectTask._make(pickle.loads(memoryview(msg)[1:]))
+        task = m.Task(t.task_id, t.fn_id, t.blob, t.args, [], {}, t.return_ids, t.name, t.resources, [],
+                      t.retry_exceptions, t.max_retries, t.job, None, None)
         direct = self.direct
         self._run(task, lambda task_id, outputs: direct.reply(conn, task_id, task.return_ids, outputs))
 
