@@ -31,11 +31,12 @@ __version__ = "0.1.0"
 
 ObjectID = ObjectRef  # Ray's pre-1.0 name
 
-_SUBMODULES = frozenset({"util", "types", "cloudpickle"})
+_SUBMODULES = frozenset({"util", "types", "cloudpickle", "experimental"})
 
 
 def __getattr__(name: str):
-    """``ray.util``, ``ray.types`` and ``ray.cloudpickle`` after a bare ``import ray``, imported when first used."""
+    """``ray.util``, ``ray.types``, ``ray.cloudpickle`` and ``ray.experimental`` after a bare ``import ray``,
+    imported when first used."""
     if name in _SUBMODULES:
         import importlib
 

@@ -145,6 +145,18 @@ def _whose_options(options) -> str:
     return f" ({'; '.join(said)}.)" if said else ""
 
 
+def _submitted_job_env(runtime_env):
+    """In a submitted job (``anyray job submit``), the job's runtime_env, under what ``init`` was given (as
+    Ray's ``RAY_JOB_CONFIG_JSON_ENV_VAR``): its working_dir reaches every task of the job."""
+    injected = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not injected:
+        return runtime_env
+    import json
+
+    submitted = json.loads(injected).get("runtime_env") or {}
+    return {**submitted, **(runtime_env or {})} if submitted else runtime_env
+
+
 def init(backend: str | None = None, *, address: str | None = None, num_cpus: float | None = None,
          num_gpus: float | None = None, resources: dict | None = None, object_store_memory: int | None = None,
          namespace: str | None = None, ignore_reinit_error: bool = False, local_mode: bool = False,
@@ -157,7 +169,7 @@ def init(backend: str | None = None, *, address: str | None = None, num_cpus: fl
     backend named (``backend=`` or ``$ANYRAY_BACKEND``) selects the cluster backend. ``runtime_env``: the
     job's environment, which every task and actor of the job runs in (merged with their own)."""
     global _atexit_registered
-    job_env = _runtime_env.validate(runtime_env, "init()")
+    job_env = _runtime_env.validate(_submitted_job_env(runtime_env), "init()")
     address = _normalize_address(address, redis_address)
     name, address, origin = _choose_backend(backend, address, local_mode)
     with _init_lock:

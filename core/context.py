@@ -49,6 +49,8 @@ def worker_id() -> str:
 
 _worker_pid = -1
 _worker_id = ""
+worker_process = False  # a worker process whose output goes to the driver (backend_kit.mark_worker_process)
+worker_ip: str | None = None  # its node's address, when it said it
 
 
 current_task: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("anyray_task", default=None)

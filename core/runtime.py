@@ -244,12 +244,16 @@ class Runtime:
             return store.get(refs, timeout)
         if timeout is None and self._run_here is not None:  # with a timeout the caller must not take on
             self._run_here(refs)                              # work that may outlast it
-        # a get that does not wait lends nothing
-        if current_task.get() is None or timeout == 0 or not self._lends_cpus:
-            return store.get(refs, timeout)
+        return self._blocking(timeout, store.get, refs, timeout)
+
+    def _blocking(self, timeout, fn, *args):
+        """``fn(*args)``, a call that may wait up to ``timeout``: a task waiting in it lends its CPUs to the
+        node for that time (a call that does not wait, or a driver's, lends nothing)."""
+        if timeout == 0 or not self._lends_cpus or current_task.get() is None:
+            return fn(*args)
         self.scheduler.task_blocked()
         try:
-            return store.get(refs, timeout)
+            return fn(*args)
         finally:
             self.scheduler.task_unblocked()
 
@@ -276,14 +280,7 @@ class Runtime:
         if type(refs) is waiting.WaitList and refs and self._watches:  # the not_ready list of an earlier call
             timeout = _check_timeout(timeout, "wait")
             _check_num_returns(num_returns, len(refs))
-            lends = self._lends_cpus and timeout != 0 and current_task.get() is not None
-            if lends:
-                self.scheduler.task_blocked()
-            try:
-                out = waiting.take(refs, self.store, num_returns, timeout)
-            finally:
-                if lends:
-                    self.scheduler.task_unblocked()
+            out = self._blocking(timeout, waiting.take, refs, self.store, num_returns, timeout)
             if out is not None:
                 return out
         if isinstance(refs, ObjectRef):
@@ -304,15 +301,7 @@ class Runtime:
             raise ValueError("wait() got the same ObjectRef more than once; pass each ref once "
                              "(e.g. list(dict.fromkeys(refs))).")
         self.check_current(ref_list, "wait()")
-        # a wait that does not wait lends nothing
-        lends = self._lends_cpus and current_task.get() is not None and timeout != 0
-        if lends:
-            self.scheduler.task_blocked()
-        try:
-            done = self.store.wait(ref_list, num_returns, timeout)
-        finally:
-            if lends:
-                self.scheduler.task_unblocked()
+        done = self._blocking(timeout, self.store.wait, ref_list, num_returns, timeout)
         # The first num_returns ready refs in input order, and the rest in input order. In a loop of
         # wait(num_returns=1) calls the first ready ref is near the front, so this scan stops early.
         picked = []
@@ -330,14 +319,7 @@ class Runtime:
     def wait_ids(self, refs: list[ObjectRef], timeout: float | None) -> set[bytes]:
         """The ids of ``refs`` sealed now, waiting (up to ``timeout``) until one is; a task waiting lends
         its CPUs as in ``wait``."""
-        lends = self._lends_cpus and current_task.get() is not None and timeout != 0
-        if lends:
-            self.scheduler.task_blocked()
-        try:
-            return self.store.wait(refs, 1, timeout)
-        finally:
-            if lends:
-                self.scheduler.task_unblocked()
+        return self._blocking(timeout, self.store.wait, refs, 1, timeout)
 
     def free_ids(self, object_ids: list[bytes]) -> None:
         """Free objects no ref of this process names (a generator's items nobody took)."""

@@ -45,7 +45,7 @@ DOCUMENTED = {
     "DynamicObjectRefGenerator",
     # a worker process's runtime
     "Runtime", "attach_runtime", "detach_runtime", "make_current", "current_runtime", "process_runtime",
-    "task_runtime",
+    "task_runtime", "mark_worker_process",
     # policy
     "allows_another", "call_retry_limit", "fits", "Feasibility", "engine_text",
     # errors

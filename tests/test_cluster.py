@@ -18,29 +18,16 @@ import time
 
 import psutil
 import pytest
+from conftest import CLUSTER_HEARTBEAT
 from servers import EtcdServer, RedisServer
 
 import anyray
 from anyray.adapters.cluster import files
 from anyray.adapters.cluster.client import open_connection
-from anyray.adapters.cluster.launch import kill_tree
 
 ANYRAY = [sys.executable, "-m", "anyray.cli"]
-HEARTBEAT = 0.25  # seconds; the lease is three heartbeats
+HEARTBEAT = CLUSTER_HEARTBEAT
 WAIT = 60.0  # generous: a busy 2-core machine
-
-
-@pytest.fixture
-def cluster_env(tmp_path, monkeypatch):
-    """A private cluster directory, fast heartbeats, and every daemon started here stopped afterwards."""
-    directory = tmp_path / "cluster"
-    monkeypatch.setenv("ANYRAY_CLUSTER_DIR", str(directory))
-    monkeypatch.setenv("ANYRAY_HEARTBEAT_SECONDS", str(HEARTBEAT))
-    monkeypatch.delenv("ANYRAY_CLUSTER_TOKEN", raising=False)
-    env = dict(os.environ)
-    yield env
-    for record in files.local_nodes(str(directory)):
-        kill_tree(record["pid"])
 
 
 def cli(env, *args, check=True) -> subprocess.CompletedProcess:

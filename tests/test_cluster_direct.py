@@ -12,7 +12,7 @@ import time
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
 
 import pytest
-from test_cluster import WAIT, cluster_env, driver, start_head, two_nodes  # noqa: F401 - cluster_env is a fixture
+from test_cluster import WAIT, driver, start_head, two_nodes
 
 import anyray
 from anyray import exceptions
@@ -200,7 +200,7 @@ def test_the_actor_s_socket_refuses_a_client_without_the_cluster_s_key(private_c
     assert anyray.get(actor.add.remote("still serving"), timeout=WAIT) == ["still serving"]
 
 
-def test_a_value_returned_directly_is_read_by_a_task_on_another_node(cluster_env):  # noqa: F811
+def test_a_value_returned_directly_is_read_by_a_task_on_another_node(cluster_env):
     head, other = two_nodes(cluster_env, ("--num-cpus", "1"), ("--num-cpus", "1"))
     result = driver(cluster_env, textwrap.dedent(f"""
         import time
@@ -233,7 +233,7 @@ def test_a_value_returned_directly_is_read_by_a_task_on_another_node(cluster_env
     assert i > 5 and node == other["node_id"]
 
 
-def test_direct_calls_are_on_by_default_and_off_with_the_switch_at_zero(cluster_env):  # noqa: F811
+def test_direct_calls_are_on_by_default_and_off_with_the_switch_at_zero(cluster_env):
     start_head(cluster_env, "--num-cpus", "1")
     body = """
         import time

@@ -16,24 +16,9 @@ import sys
 import textwrap
 
 import psutil
-import pytest
-from test_cluster import HEARTBEAT, cli, kill_node, two_nodes, wait_until
+from test_cluster import cli, kill_node, two_nodes, wait_until
 
 from anyray.adapters.cluster import files
-from anyray.adapters.cluster.launch import kill_tree
-
-
-@pytest.fixture
-def cluster_env(tmp_path, monkeypatch):
-    """A private cluster directory, fast heartbeats, and every daemon started here stopped afterwards."""
-    directory = tmp_path / "cluster"
-    monkeypatch.setenv("ANYRAY_CLUSTER_DIR", str(directory))
-    monkeypatch.setenv("ANYRAY_HEARTBEAT_SECONDS", str(HEARTBEAT))
-    monkeypatch.delenv("ANYRAY_CLUSTER_TOKEN", raising=False)
-    yield dict(os.environ)
-    for record in files.local_nodes(str(directory)):
-        kill_tree(record["pid"])
-
 
 PRELUDE = """
 import json, os, sys, time

@@ -11,13 +11,10 @@ import subprocess
 import sys
 import textwrap
 
-import test_cluster
 from servers import EtcdCluster, RedisServer
 from test_cluster import WAIT, cli, start_head, status_nodes, wait_until
 
 from anyray.adapters.cluster import files
-
-cluster_env = test_cluster.cluster_env  # the same fixture: a private cluster directory, fast heartbeats
 
 SURVIVE = """
     import sys, time

@@ -14,11 +14,9 @@ import textwrap
 
 import pytest
 from servers import EtcdServer
-from test_cluster import WAIT, cli, cluster_env, kill_node, start_head, status_nodes, two_nodes, wait_until
+from test_cluster import WAIT, cli, kill_node, start_head, status_nodes, two_nodes, wait_until
 
 from anyray.adapters.cluster import files
-
-__all__ = ["cluster_env"]  # the fixture, used by name
 
 
 @pytest.fixture(params=["redis", "etcd"])

@@ -6,27 +6,11 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-from test_cluster import HEARTBEAT, WAIT
+from test_cluster import WAIT
 from test_cluster import cli as run_cli
 
 import anyray
-from anyray.adapters.cluster import files
-from anyray.adapters.cluster.launch import kill_tree
 from anyray.util import state
-
-
-@pytest.fixture
-def cluster_env(tmp_path, monkeypatch):
-    directory = tmp_path / "cluster"
-    monkeypatch.setenv("ANYRAY_CLUSTER_DIR", str(directory))
-    monkeypatch.setenv("ANYRAY_HEARTBEAT_SECONDS", str(HEARTBEAT))
-    monkeypatch.delenv("ANYRAY_CLUSTER_TOKEN", raising=False)
-    yield dict(os.environ)
-    if anyray.is_initialized():
-        anyray.shutdown()
-    for record in files.local_nodes(str(directory)):
-        kill_tree(record["pid"])
 
 
 def cli(env, *args) -> str:

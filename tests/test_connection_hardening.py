@@ -18,11 +18,9 @@ import threading
 import time
 
 import psutil
-from test_cluster import WAIT, cluster_env, start_head, wait_until
+from test_cluster import WAIT, start_head, wait_until
 
 from anyray.adapters.node.gate import HANDSHAKE_SECONDS, MAX_PENDING
-
-__all__ = ["cluster_env"]  # the fixture, used by name
 
 FLOOD = 2000          # connections open at once at the flood's height
 FLOOD_SECONDS = 120.0 # the flood's bound: it stops then even if the test did not stop it

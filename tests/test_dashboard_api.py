@@ -7,17 +7,19 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 from dashboard_http import get_json, login, request, wait_for
-from test_cluster import HEARTBEAT, WAIT, cli, start_head
+from test_cluster import WAIT, cli, start_head
 
 import anyray
-from anyray.adapters.cluster import files
-from anyray.adapters.cluster.launch import kill_tree
+from anyray.adapters.cluster import files, tls
+from anyray.adapters.dashboard.client import call_json
 from anyray.util import state
 
 
@@ -28,19 +30,6 @@ def driver_dashboard():
         token = f.read()
     yield ctx, token
     anyray.shutdown()
-
-
-@pytest.fixture
-def cluster_env(tmp_path, monkeypatch):
-    directory = tmp_path / "cluster"
-    monkeypatch.setenv("ANYRAY_CLUSTER_DIR", str(directory))
-    monkeypatch.setenv("ANYRAY_HEARTBEAT_SECONDS", str(HEARTBEAT))
-    monkeypatch.delenv("ANYRAY_CLUSTER_TOKEN", raising=False)
-    yield dict(os.environ)
-    if anyray.is_initialized():
-        anyray.shutdown()
-    for record in files.local_nodes(str(directory)):
-        kill_tree(record["pid"])
 
 
 def free_port() -> int:
@@ -130,6 +119,11 @@ def test_the_api_lists_actors_tasks_errors_objects_workers_logs_and_the_timeline
     assert log[0] == 200 and "counter at 1" in "".join(line["text"] for line in json.loads(log[2])["lines"])
     assert get_json(url, "/api/placement_groups", cookie) == []
     assert [j["status"] for j in get_json(url, "/api/jobs", cookie)] == ["RUNNING"]
+    drivers = get_json(url, "/api/drivers", cookie)  # this driver's job, with its work counted
+    assert [(d["job_id"], d["type"], d["status"], d["driver_info"]["pid"]) for d in drivers] == \
+        [(anyray.get_runtime_context().get_job_id(), "DRIVER", "RUNNING", str(os.getpid()))]
+    assert (drivers[0]["num_actors_alive"], drivers[0]["num_tasks_failed"]) == (1, 1)
+    assert drivers[0]["num_tasks_finished"] >= 2 and drivers[0]["start_time"] <= time.time() * 1000
 
     status, headers, body = request(url, "GET", "/api/timeline", headers={"Cookie": cookie})
     assert status == 200 and "attachment" in headers["Content-Disposition"]
@@ -213,6 +207,12 @@ def test_the_head_serves_the_cluster_behind_the_cluster_token(cluster_env):
         assert failed[0]["state"] == "FAILED" and "on the cluster" in failed[0]["error_message"]
         jobs = get_json(url, "/api/jobs", cookie)
         assert "RUNNING" in {j["status"] for j in jobs}
+        mine = [d for d in get_json(url, "/api/drivers", cookie) if d["driver_info"]["pid"] == str(program.pid)]
+        assert [(d["status"], d["type"], d["driver_node_id"], d["end_time"]) for d in mine] == \
+            [("RUNNING", "DRIVER", head["node_id"], None)]
+        assert (mine[0]["num_actors_alive"], mine[0]["num_tasks_failed"]) == (1, 1)
+        assert mine[0]["num_tasks_finished"] >= 2 and "sys.stdin.read()" in mine[0]["entrypoint"]
+        assert mine[0]["driver_info"]["node_ip_address"] == "127.0.0.1"
         keeper_pid = actors[0]["pid"]
         worker = next(w for w in get_json(url, "/api/workers", cookie) if w["pid"] == keeper_pid)
         log = get_json(url, f"/api/workers/{worker['worker_id']}/log", cookie)
@@ -221,6 +221,9 @@ def test_the_head_serves_the_cluster_behind_the_cluster_token(cluster_env):
     finally:
         program.stdin.close()
         program.wait(timeout=WAIT)
+    ended = wait_for(lambda: [d for d in get_json(url, "/api/drivers", cookie)
+                              if d["job_id"] == mine[0]["job_id"] and d["status"] == "SUCCEEDED"], "the job's end")
+    assert ended[0]["end_time"] >= ended[0]["start_time"]
     code, headers, body = request(url, "GET", "/metrics")  # Prometheus scrapes the head at its dashboard too
     assert code == 200 and headers["Content-Type"].startswith("text/plain")
     assert 'ray_tasks{Name="fails",State="FAILED"}' in body.decode()
@@ -268,7 +271,14 @@ def test_the_head_shows_what_every_node_ran_and_printed(cluster_env):
     other = wait_for(lambda: [n["node_id"] for n in get_json(url, "/api/nodes", cookie)
                               if n["node_id"] != head["node_id"] and n["state"] == "ALIVE"], "the second node")[0]
     get_json(url, "/api/tasks", cookie)  # the first look: every node keeps what its workers do from now on
-    anyray.init(backend="cluster", address="auto")
+    second = next(r for r in files.local_nodes(cluster_env["ANYRAY_CLUSTER_DIR"]) if not r["head"])
+    anyray.init(backend="cluster", address=second["address"])  # a driver of the other node: the head lists it
+    job = anyray.get_runtime_context().get_job_id()
+    drivers = [d for d in get_json(url, "/api/drivers", cookie) if d["job_id"] == job]
+    assert [(d["status"], d["driver_node_id"], d["driver_info"]["pid"]) for d in drivers] == \
+        [("RUNNING", other, str(os.getpid()))]
+    listed = [j for j in state.list_jobs(detail=True) if j.job_id == job]  # the state API lists every driver's job
+    assert [(j.status, j.type, j.driver_node_id) for j in listed] == [("RUNNING", "DRIVER", other)]
 
     @anyray.remote(resources={"elsewhere": 1})
     def away():
@@ -286,6 +296,9 @@ def test_the_head_shows_what_every_node_ran_and_printed(cluster_env):
                    get_json(url, f"/api/workers/{worker['worker_id']}/log", cookie), "the other node's log")
     assert any(line["text"].endswith("printed on the other node\n") for line in log["lines"])
     assert pid in {e["pid"] for e in get_json(url, "/api/timeline", cookie)}
+    ended = wait_for(lambda: [d for d in get_json(url, "/api/drivers", cookie) if d["job_id"] == job
+                              and d["num_tasks_finished"] == 1], "the task counted in its job's row")
+    assert ended[0]["num_tasks_failed"] == 0
 
 
 def test_a_local_driver_serves_the_same_api():
@@ -310,3 +323,84 @@ def test_a_head_started_with_a_redis_password_takes_the_password_at_the_login(cl
     status, headers, _ = request(url, "POST", "/login", "token=another-pw",
                                  {"Content-Type": "application/x-www-form-urlencoded"})
     assert status == 401 and "Set-Cookie" not in headers
+
+
+def test_a_private_cluster_serves_its_dashboard_when_asked(cluster_env):
+    ctx = anyray.init(backend="cluster", num_cpus=1, include_dashboard=True, dashboard_port=0)
+    try:
+        url, path = ctx.dashboard_url, ctx.dashboard_token_file
+        assert url.startswith("http://127.0.0.1:") and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        assert request(url, "GET", "/api/nodes")[0] == 401
+        with open(path) as f:
+            cookie = login(url, f.read())
+        assert get_json(url, "/api/info", cookie)["backend"] == "cluster"
+        counter = Counter.remote()
+        assert anyray.get(counter.add.remote(), timeout=WAIT) == 1
+        drivers = get_json(url, "/api/drivers", cookie)
+        assert [(d["job_id"], d["status"], d["driver_info"]["pid"], d["num_actors_alive"]) for d in drivers] == \
+            [(anyray.get_runtime_context().get_job_id(), "RUNNING", str(os.getpid()), 1)]
+    finally:
+        anyray.shutdown()
+    assert not os.path.exists(path)
+    with pytest.raises(OSError):
+        request(url, "GET", "/login")
+
+
+def test_a_private_cluster_serves_no_dashboard_unless_asked(cluster_env):
+    ctx = anyray.init(backend="cluster", num_cpus=1)
+    try:
+        assert ctx.dashboard_url is None and ctx.dashboard_token_file is None
+    finally:
+        anyray.shutdown()
+
+
+def test_routes_added_by_other_modules_answer_behind_the_login(driver_dashboard):
+    from anyray import runtime as _rt
+
+    ctx, token = driver_dashboard
+    dashboard = _rt.current_runtime().dashboard
+    dashboard.add_route("POST", "/api/echo", lambda h, path: h.send_json(201, {"path": path, "got": h.read_json()}))
+    dashboard.add_route("GET", "/api/jobs", lambda h, path: h.send_json(200, {"taken over": path}))
+    url = ctx.dashboard_url
+    body, json_type = json.dumps({"n": 1}), {"Content-Type": "application/json"}
+    assert request(url, "POST", "/api/echo/x", body, json_type)[0] == 401
+    cookie = login(url, token)
+    status, _, answer = request(url, "POST", "/api/echo/x", body, {**json_type, "Cookie": cookie})
+    assert (status, json.loads(answer)) == (201, {"path": "/api/echo/x", "got": {"n": 1}})
+    assert get_json(url, "/api/jobs/", cookie) == {"taken over": "/api/jobs/"}
+    status, _, answer = request(url, "DELETE", "/api/nothing", headers={"Cookie": cookie})
+    assert status == 405 and b"takes DELETE" in answer
+    status, _, answer = request(url, "POST", "/api/echo", "{not json", {**json_type, "Cookie": cookie})
+    assert status == 400 and b"not JSON" in answer
+    with pytest.raises(ValueError, match="a method GET"):
+        dashboard.add_route("PATCH", "/api/x", print)
+    # a program calls them with the dashboard client (the token as a bearer)
+    assert call_json(url, "POST", "/api/echo", {"n": 2}, token=token.encode()) == {"path": "/api/echo", "got": {"n": 2}}
+    with pytest.raises(ConnectionError, match="405 to DELETE /api/nothing"):
+        call_json(url, "DELETE", "/api/nothing", token=token.encode())
+
+
+def test_a_tls_cluster_serves_its_dashboard_over_https_with_the_cluster_certificate(cluster_env, monkeypatch,
+                                                                                     tmp_path):
+    head = start_head(cluster_env, "--tls", "--num-cpus", "1", "--dashboard-port", str(free_port()))
+    url = head["dashboard_url"]
+    assert url.startswith("https://127.0.0.1:")
+    cluster_ca = os.path.join(cluster_env["ANYRAY_CLUSTER_DIR"], "tls", "ca.crt")
+    trusting = ssl.create_default_context(cafile=cluster_ca)
+    trusting.check_hostname = False  # the cluster's CA signs its members' certificates (cluster/tls.py)
+    with pytest.raises(OSError):  # plain HTTP gets no answer
+        request(url.replace("https://", "http://"), "GET", "/login")
+    with pytest.raises(ssl.SSLCertVerificationError):  # a visitor trusting only the system's CAs refuses it
+        request(url, "GET", "/login", context=ssl.create_default_context())
+    assert request(url, "GET", "/api/nodes", context=trusting)[0] == 401
+    cookie = login(url, _cluster_token(cluster_env), trusting)
+    assert [n["node_id"] for n in get_json(url, "/api/nodes", cookie, trusting)] == [head["node_id"]]
+    # the state API (the dashboard client) trusts the CA of this machine's TLS node
+    monkeypatch.setenv("ANYRAY_CLUSTER_TOKEN", _cluster_token(cluster_env))
+    assert [n.node_id for n in state.list_nodes(address=url)] == [head["node_id"]]
+    other = tls.cluster_files(str(tmp_path / "other-ca"))  # a process holding another cluster's CA refuses it
+    monkeypatch.setenv("ANYRAY_TLS_CA", other.ca)
+    monkeypatch.setenv("ANYRAY_TLS_CERT", other.cert)
+    monkeypatch.setenv("ANYRAY_TLS_KEY", other.key)
+    with pytest.raises(ConnectionError, match="did not sign"):
+        state.list_nodes(address=url)

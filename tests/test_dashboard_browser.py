@@ -108,6 +108,8 @@ def test_the_page_shows_live_work_to_a_visitor_with_the_token_only(browser, tmp_
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and token not in cookie["value"]
         wait_until(browser, lambda d: row_state(d, "actors", "Greeter") == "ALIVE", "the running actor")
         wait_until(browser, lambda d: "CPU" in d.find_element(By.ID, "nodes").text, "the node's resources")
+        job = anyray.get_runtime_context().get_job_id()  # the jobs table: this driver's job, running
+        wait_until(browser, lambda d: row_state(d, "drivers", job) == "RUNNING", "this driver's job")
 
         # a task shows running, then finished once it ends
         gate = tmp_path / "release"

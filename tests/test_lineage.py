@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 from node_parts import JOB, NodeParts
-from test_cluster import WAIT, cli, cluster_env, kill_node, start_head, status_nodes, two_nodes, wait_until  # noqa: F401 - cluster_env is a fixture
+from test_cluster import WAIT, cli, kill_node, start_head, status_nodes, two_nodes, wait_until
 
 from anyray.adapters.cluster import files
 from anyray.adapters.cluster.lineage import Lineage, max_lineage_bytes
@@ -82,7 +82,7 @@ def runs(marks, tag: str) -> list[str]:
     return [(marks / n).read_text() for n in names]
 
 
-def test_a_result_lost_with_its_node_is_rebuilt_on_the_survivor_and_what_cannot_be_raises(cluster_env, tmp_path):  # noqa: F811,E501
+def test_a_result_lost_with_its_node_is_rebuilt_on_the_survivor_and_what_cannot_be_raises(cluster_env, tmp_path):
     head, other = two_nodes(cluster_env, ("--num-cpus", "2"), ("--num-cpus", "6", "--resources", '{"There": 1}'))
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -136,7 +136,7 @@ def test_a_result_lost_with_its_node_is_rebuilt_on_the_survivor_and_what_cannot_
     assert runs(marks, "early") == [there, here]
 
 
-def test_a_rebuild_counts_against_max_retries(cluster_env, tmp_path):  # noqa: F811
+def test_a_rebuild_counts_against_max_retries(cluster_env, tmp_path):
     """max_retries=1: the task's node dies while it runs (its one retry runs elsewhere), then the node
     holding the result dies too: no run is left to rebuild it with."""
     head = start_head(cluster_env, "--num-cpus", "1")
@@ -193,7 +193,7 @@ def test_a_rebuild_counts_against_max_retries(cluster_env, tmp_path):  # noqa: F
     assert first != second and head["node_id"] not in (first, second)
 
 
-def test_a_get_of_a_result_whose_task_still_waits_for_its_node_is_answered(cluster_env, tmp_path):  # noqa: F811
+def test_a_get_of_a_result_whose_task_still_waits_for_its_node_is_answered(cluster_env, tmp_path):
     """The soak's hang: a ``get`` asked while the task was still queued here (its node busy) was not
     remembered, so the large result, once made there, stayed there and the ``get`` waited forever."""
     head, other = two_nodes(cluster_env, ("--num-cpus", "2"), ("--num-cpus", "1", "--resources", '{"There": 1}'))

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_cluster import WAIT, cli, cluster_env, start_head  # noqa: F401 - cluster_env is a fixture
+from test_cluster import WAIT, cli
 
 import anyray
 from anyray.adapters.cluster import files
@@ -102,7 +102,7 @@ def check_work(samples) -> None:
     assert samples[("ray_test_sizes_bucket", (("le", "10.0"),))] == 0
 
 
-def test_a_node_daemon_serves_metrics_on_a_free_port_by_default(cluster_env):  # noqa: F811 - the fixture
+def test_a_node_daemon_serves_metrics_on_a_free_port_by_default(cluster_env):
     started = cli(cluster_env, "start", "--head", "--port", "0", "--ray-client-server-port", "0",
                   "--num-cpus", "2").stdout
     head = files.local_nodes(cluster_env["ANYRAY_CLUSTER_DIR"])[0]
@@ -154,7 +154,7 @@ def test_a_local_driver_serves_the_user_metrics_of_its_tasks():
         anyray.shutdown()
 
 
-def test_a_bad_metrics_port_is_refused_where_it_is_given(cluster_env):  # noqa: F811 - the fixture
+def test_a_bad_metrics_port_is_refused_where_it_is_given(cluster_env):
     with pytest.raises(ValueError, match="_metrics_export_port must be a port number from 0 to 65535"):
         anyray.init(backend="multiprocess", _metrics_export_port=70000)
     assert not anyray.is_initialized()

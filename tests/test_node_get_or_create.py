@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 from servers import EtcdServer, RedisServer
-from test_cluster import WAIT, cli, cluster_env, start_head, status_nodes, wait_until  # noqa: F401 - cluster_env is a fixture
+from test_cluster import WAIT, cli, start_head, status_nodes, wait_until
 
 DRIVERS = 4
 ROUNDS = 5
@@ -74,7 +74,7 @@ CHECK = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("kind", ["redis", "etcd"])
-def test_drivers_racing_to_get_or_create_one_name_share_one_actor(cluster_env, tmp_path, kind):  # noqa: F811
+def test_drivers_racing_to_get_or_create_one_name_share_one_actor(cluster_env, tmp_path, kind):
     server = (RedisServer if kind == "redis" else EtcdServer).start(str(tmp_path))
     try:
         head = start_head(cluster_env, "--metadata", server.url, "--num-cpus", "2")

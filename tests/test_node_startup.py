@@ -87,9 +87,53 @@ def test_the_daemon_says_it_serves_on_its_ready_pipe(tmp_path):
 
 
 def test_importing_anyray_loads_no_module_only_rare_calls_need():
-    rare = ["zipfile", "difflib", "venv", "sysconfig", "redis"]
+    rare = ["zipfile", "difflib", "venv", "sysconfig", "redis", "ssl"]  # ssl: only with TLS on
     code = (f"import sys, anyray, anyray.adapters.node.forkserver, anyray.adapters.cluster.daemon\n"
             f"print([n for n in {rare!r} if n in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def _metadata_servers(daemon: psutil.Process) -> list[str]:
+    return [" ".join(p.cmdline()) for p in daemon.children(recursive=True)
+            if any(name in " ".join(p.cmdline()) for name in ("redis-server", "etcd"))]
+
+
+def test_a_private_cluster_keeps_its_metadata_in_its_daemon_unless_a_server_is_asked_for(tmp_path):
+    anyray.init(backend="cluster", num_cpus=1)
+    try:
+        daemon = psutil.Process(anyray.runtime.current_runtime().backend._proc.pid)
+        assert _metadata_servers(daemon) == []  # no server process: the head keeps it, as Ray's GCS does
+        actor = anyray.remote(type("Named", (), {"ping": lambda self: "pong"})).options(name="kept").remote()
+        assert anyray.get(anyray.get_actor("kept").ping.remote(), timeout=WAIT) == "pong"  # names are metadata
+        assert len(anyray.nodes()) == 1
+        del actor
+        backend = anyray.runtime.current_runtime().backend
+        joiner = tmp_path / "joiner"
+        joiner.mkdir(mode=0o700)
+        with pytest.raises(launch.DaemonFailed, match="private one-node cluster .* no node can join it"):
+            launch.spawn(directory=str(joiner), token=backend._token, head=False, address=backend.address,
+                         num_cpus=1)
+    finally:
+        anyray.shutdown()
+    anyray.init(backend="cluster", num_cpus=1, metadata="redis")
+    try:
+        daemon = psutil.Process(anyray.runtime.current_runtime().backend._proc.pid)
+        assert len(_metadata_servers(daemon)) == 1
+        assert anyray.get(anyray.remote(lambda: 1).remote(), timeout=WAIT) == 1
+    finally:
+        anyray.shutdown()
+
+
+def test_the_cluster_backend_loads_its_driver_side_only_once_its_private_daemon_is_on_its_way():
+    code = ("import sys, anyray, anyray.adapters.cluster\n"
+            "heavy = ['anyray.adapters.node.link', 'anyray.adapters.node.messages', 'anyray.adapters.cluster.direct',\n"
+            "         'anyray.adapters.cluster.driver_side']\n"
+            "print([n for n in heavy if n in sys.modules])\n"
+            "anyray.init(backend='cluster', num_cpus=1)\n"
+            "print(anyray.get(anyray.remote(lambda: 41).remote() ) + 1)\n"
+            "anyray.shutdown()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[]", "42"]

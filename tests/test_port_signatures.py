@@ -47,7 +47,7 @@ SCHEDULERS = [
     "anyray.adapters.node.remote_groups:GroupsRemoteScheduler",
     "anyray.adapters.cluster.node:ClusterScheduler",
     "anyray.adapters.node.remote_ports:RemoteScheduler",
-    "anyray.adapters.cluster:_ClusterScheduler",
+    "anyray.adapters.cluster.driver_side:_ClusterScheduler",
     "anyray_ray.scheduler:RayScheduler",
     "anyray_dask.scheduler:DaskScheduler",
 ]
@@ -55,7 +55,7 @@ OBJECT_STORES = [
     "anyray.adapters.common.object_store:MemoryObjectStore",
     "anyray.adapters.node.store:SharedObjectStore",
     "anyray.adapters.node.remote_ports:RemoteStore",
-    "anyray.adapters.cluster:_ClusterStore",
+    "anyray.adapters.cluster.driver_side:_ClusterStore",
     "anyray_ray.object_store:RayObjectStore",
     "anyray_dask.object_store:DaskObjectStore",
 ]

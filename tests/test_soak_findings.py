@@ -4,34 +4,17 @@ a real Redis server."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 
-import pytest
 import redis
 from servers import RedisServer
 from test_cluster import start_head
 
-from anyray.adapters.cluster import files
-from anyray.adapters.cluster.launch import kill_tree
-
 WAIT = 60.0
-
-
-@pytest.fixture
-def cluster_env(tmp_path, monkeypatch):
-    """A private cluster directory, fast heartbeats, and every daemon started here stopped afterwards."""
-    directory = tmp_path / "cluster"
-    monkeypatch.setenv("ANYRAY_CLUSTER_DIR", str(directory))
-    monkeypatch.setenv("ANYRAY_HEARTBEAT_SECONDS", "0.25")
-    monkeypatch.delenv("ANYRAY_CLUSTER_TOKEN", raising=False)
-    yield dict(os.environ)
-    for record in files.local_nodes(str(directory)):
-        kill_tree(record["pid"])
 
 
 def start_driver(env, body: str) -> subprocess.Popen:

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from test_cluster import cli, cluster_env, two_nodes, wait_until  # noqa: F401 - cluster_env is a fixture
+from test_cluster import cli, two_nodes, wait_until
 
 import anyray
 from anyray.exceptions import ObjectStoreFullError
@@ -220,7 +220,7 @@ def test_spill_files_a_crashed_driver_left_are_removed_by_the_next_node_spilling
     assert spill_files(tmp_path) == {}
 
 
-def test_a_spilled_object_is_read_by_the_other_node_of_a_cluster(cluster_env, tmp_path):  # noqa: F811
+def test_a_spilled_object_is_read_by_the_other_node_of_a_cluster(cluster_env, tmp_path):
     here, there = tmp_path / "spill-head", tmp_path / "spill-other"
     two_nodes(cluster_env, ("--num-cpus", "1", "--object-store-memory", str(STORE),
                             "--object-spilling-directory", str(here)),

@@ -11,7 +11,7 @@ import signal
 import time
 
 import pytest
-from test_cluster import WAIT, cluster_env, driver, start_head, wait_until  # noqa: F401, F811 - cluster_env is a fixture
+from test_cluster import WAIT, driver, start_head, wait_until
 
 import anyray
 from anyray import exceptions
@@ -19,7 +19,7 @@ from anyray.current import current_runtime
 
 
 @pytest.fixture
-def one_cpu(cluster_env, monkeypatch):  # noqa: F811 - the fixture
+def one_cpu(cluster_env, monkeypatch):
     """A one-node cluster with 1 CPU, and this process its driver, with leases on."""
     monkeypatch.delenv("ANYRAY_TASK_LEASES", raising=False)
     monkeypatch.delenv("ANYRAY_DIRECT_CALLS", raising=False)
@@ -147,7 +147,7 @@ def test_cancel_a_leased_task(one_cpu):
     assert anyray.get(queued, timeout=WAIT) == 0.1
 
 
-def test_the_switch_keeps_the_nodes_path(cluster_env):  # noqa: F811 - the fixture
+def test_the_switch_keeps_the_nodes_path(cluster_env):
     start_head(cluster_env, "--num-cpus", "1")
     env = dict(cluster_env, ANYRAY_TASK_LEASES="0")
     out = driver(env, """

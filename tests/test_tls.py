@@ -18,12 +18,10 @@ import threading
 
 import psutil
 import pytest
-from test_cluster import WAIT, cli, cluster_env, driver, start_head, status_nodes, wait_until
+from test_cluster import WAIT, cli, driver, start_head, status_nodes, wait_until
 
 from anyray.adapters.cluster import files, tls
 from anyray.adapters.cluster.launch import kill_tree
-
-__all__ = ["cluster_env"]  # the fixture, used by name
 
 PAYLOAD = "anyray-known-payload-7f3c1e"
 

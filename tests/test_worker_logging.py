@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 
-from test_cluster import WAIT, cluster_env, driver, start_head  # noqa: F401 - cluster_env is a fixture
+from test_cluster import WAIT, driver, start_head
 
 BODY = """
     import logging, os
@@ -61,7 +61,7 @@ def test_multiprocess_log_to_driver_false_shows_nothing_workers_write():
     check_nothing_shown(multiprocess_driver(", log_to_driver=False"))
 
 
-def test_cluster_workers_output_and_log_records_are_marked_with_task_pid_and_node(cluster_env):  # noqa: F811
+def test_cluster_workers_output_and_log_records_are_marked_with_task_pid_and_node(cluster_env):
     start_head(cluster_env, "--num-cpus", "2")
     check_marked(driver(cluster_env, BODY), ", ip=127.0.0.1")
     code = "anyray.shutdown()\nanyray.init(backend='cluster', address='auto', log_to_driver=False)\n"

@@ -21,204 +21,16 @@ import shutil
 import sys
 import tempfile
 import threading
-import time
 
 from anyray.events import TaskRecord
-from anyray.exceptions import ActorNameTaken, GetTimeoutError
+from anyray.exceptions import GetTimeoutError
 from anyray.hookspecs import hookimpl
-from anyray.policy import Feasibility, largest
 from anyray.ports.backend import Backend, Capability
 
 from ..common.gaps import CLUSTER_GAPS
-from ..node import messages as m
-from ..node.link import BorrowCounter
-from ..node.remote_groups import RemoteGroups
-from ..node.remote_ports import RemoteScheduler, RemoteStore
-from .direct import DirectCalls
-from .direct_watch import DirectWatch
-from .leases import TaskLeases
-
-
-class _ClusterScheduler(RemoteGroups, RemoteScheduler):
-    """The driver's scheduler port: forwards to the node, and warns at the call site about work that no
-    node of the cluster could ever place (the node's own warning would not reach the driver)."""
-
-    tracks_handles = lists_state = True  # capability flags: see anyray.ports.scheduler (lends_cpus: the node lends)
-
-    REFRESH_SECONDS = 1.0  # how stale the driver's view of the nodes' resources may be when it warns
-
-    def __init__(self, link):
-        super().__init__(link)
-        self._feasibility = Feasibility(self._totals, _infeasible_text, refresh=self.REFRESH_SECONDS)
-
-    def _totals(self) -> list[dict]:
-        return [n["Resources"] for n in self.node.request("resources", "nodes") if n.get("Alive")]
-
-    def list_state(self, kind: str) -> list[dict]:
-        """Every node's rows: the node answering asks the others (what ``anyray list`` shows)."""
-        self.direct.pass_records_on()
-        return self.node.request("list", kind, timeout=60)
-
-    def _check(self, key: bytes, name: str, demand: dict) -> None:
-        self._feasibility.check(key, name, demand)
-
-    def submit_task(self, spec) -> None:
-        if spec.resources:
-            self._check(spec.function.function_id, spec.name, spec.resources)
-        direct = self.direct
-        if direct.leases.submit(spec):
-            return
-        if direct.here or direct.waiting:
-            direct.promote(_passed_on(spec))
-        super().submit_task(spec)
-
-    def submit_actor_task(self, spec) -> None:
-        direct = self.direct
-        if direct.submit(spec):
-            return
-        if direct.here or direct.waiting:
-            direct.promote(_passed_on(spec))
-        super().submit_actor_task(spec)
-
-    def kill_actor(self, actor_id, no_restart) -> None:
-        self.direct.stop(actor_id)  # a call made after the kill goes behind it, through the node
-        super().kill_actor(actor_id, no_restart)
-
-    def cancel(self, ref, force, recursive) -> None:
-        sock = self.direct.waiting.get(ref._id)
-        if sock is not None and sock.leased:  # a task on a leased worker: the node interrupts it there
-            self.direct.leases.cancel(sock, ref._id, force)
-            return
-        if sock is not None:  # a direct call: the node interrupts it in the actor's process
-            self.node.tell("direct_cancel", m.DirectCancel.pack(sock.actor_id, ref._id))
-            return
-        super().cancel(ref, force, recursive)
-
-    def create_actor(self, spec):
-        if spec.resources:
-            self._check(spec.actor_id, spec.cls.name, spec.resources)
-        direct = self.direct
-        if direct.here or direct.waiting:
-            direct.promote(_passed_on(spec))
-        direct.created(spec.actor_id)
-        winner = super().create_actor(spec)
-        if winner is not None:  # get_if_exists lost the race for the name
-            raise ActorNameTaken(winner)
-
-
-def _passed_on(spec) -> list:
-    """The object ids a task, actor or call passes on: its dependencies and the references in its arguments."""
-    ids = [r._id for r in spec.deps]
-    if spec.args is not None and spec.args.contained_refs:
-        ids.extend(r._id for r in spec.args.contained_refs if getattr(r, "_actor_id", None) is None)
-    return ids
-
-
-def _infeasible_text(name: str, demand: dict, totals: list[dict]) -> str:
-    return (f"{name} needs {demand} but no node of the cluster has that much (the most any node has: "
-            f"{largest(demand, totals)}); it will wait until a node that has it joins "
-            f"(`anyray start --resources ...`).")
-
 
 PASSWORD_ENV = "ANYRAY_REDIS_PASSWORD"  # the cluster's Redis password, for a driver given an address only
 OUTPUT_INTERVAL = 0.2  # seconds between a driver's reads of what its tasks printed
-
-
-class _ClusterStore(RemoteStore):
-    """The driver's object store port: what this driver put or read stays here while it holds a
-    reference (objects never change), so reading it again costs no round trip to the node."""
-
-    def __init__(self, node):
-        super().__init__(node)
-        self._cache: dict[bytes, object] = {}
-        self._sealed: set[bytes] = set()  # ids a wait found ready: they stay ready while referenced
-
-    def put(self, ref, obj) -> None:
-        node, oid = self.node, ref._id
-        contained = m.contained_ids(obj.contained_refs)
-        if contained and (self.direct.here or self.direct.waiting):
-            self.direct.promote([i for kind, i in contained if kind == m.OBJECT])
-        if obj.nbytes < node.inline_max or not node.shared or node.setup.get("spilling"):
-            # bytes, or written into shared memory and not kept here: a node that spills may move it to disk
-            wire = node.to_node(obj)  # the caller may change its arrays from now on
-            node.tell("put", m.Put.pack(oid, wire, contained))
-            if obj.nbytes < node.inline_max:
-                self._cache[oid] = node.from_wire(oid, wire)
-            return
-        # Written into the node's shared memory and kept here as views of it (pinned for this driver);
-        # a Ctrl-C waits for the views, which alone give the pin back.
-        with node.deferring():
-            wire = node.to_node(obj)
-            node.tell("put_kept", m.Put.pack(oid, wire, contained))
-            self._cache[oid] = node.from_wire(oid, wire)
-
-    def contains(self, ref) -> bool:
-        return ref._id in self._cache
-
-    def get(self, refs, timeout):
-        cache = self._cache
-        try:
-            return [cache[r._id] for r in refs]
-        except KeyError:
-            pass
-        direct = self.direct
-        if direct.waiting:  # results of direct calls: read from the actors' sockets
-            deadline = None if timeout is None else time.monotonic() + timeout
-            direct.collect([r._id for r in refs], deadline)
-            if timeout is not None:
-                timeout = max(deadline - time.monotonic(), 0)
-            try:
-                return [cache[r._id] for r in refs]
-            except KeyError:
-                pass
-        missing = [r for r in refs if r._id not in cache]
-        if direct.waiting:
-            direct.read_in_background()  # this thread waits for the node now
-        got = dict(zip((r._id for r in missing), super().get(missing, timeout)))
-        node, sealed = self.node, self._sealed
-        for oid, obj in got.items():
-            sealed.add(oid)
-            # Kept: small objects, and views of shared memory (a large pickle stream would be a private copy).
-            # Not views on a node that spills: they would pin the object here for as long as its ref lives.
-            if len(obj.data) < node.inline_max and (node.shared or obj.nbytes < node.inline_max) and (
-                    obj.nbytes < node.inline_max or not node.setup.get("spilling")):
-                cache[oid] = obj
-        return [cache[r._id] if r._id in cache else got[r._id] for r in refs]
-
-    def wait(self, refs, num_returns, timeout):
-        known, cache = self._sealed, self._cache
-        ready = {r._id for r in refs if r._id in known or r._id in cache}
-        if len(ready) >= num_returns:
-            return ready
-        direct = self.direct
-        if direct.waiting or direct.here:
-            ids = [r._id for r in refs]
-            rest = [oid for oid in ids if oid not in ready]
-            if all(oid in direct.waiting for oid in rest):  # only direct calls' results to wait for
-                deadline = None if timeout is None else time.monotonic() + timeout
-                return ready | direct.wait(rest, num_returns - len(ready), deadline)
-            direct.promote(ids)  # the node answers for all of them
-            direct.read_in_background()
-        ready = super().wait(refs, num_returns, timeout)
-        known.update(ready)
-        return ready
-
-    def watch(self, ids):
-        direct = self.direct
-        if (direct.waiting or direct.here) and not direct.node_may_watch(ids):
-            return DirectWatch(direct, ids)  # a loop over direct results alone: its index is kept here
-        return super().watch(ids)
-
-    def free(self, refs) -> None:
-        cache, known = self._cache, self._sealed
-        direct = self.direct
-        for r in refs:
-            oid = r if isinstance(r, bytes) else r._id
-            cache.pop(oid, None)
-            known.discard(oid)
-            if direct.here or direct.waiting:
-                direct.forget(oid)
-        super().free(refs)
 
 
 class ClusterBackend(Backend):
@@ -232,17 +44,54 @@ class ClusterBackend(Backend):
     })
     known_gaps = CLUSTER_GAPS
     # token_file: where the cluster token is (default: this machine's, or $ANYRAY_CLUSTER_TOKEN);
-    # metadata: "redis", "etcd" or a URL, for the private cluster started without an address.
+    # metadata: "redis", "etcd" or a URL, for the private cluster started without an address (default: kept in
+    # its daemon's memory, ``servers.MEMORY``).
     # _redis_password: the password of the cluster's Redis (Ray's name), also the cluster's secret when its head
     # was started with --redis-password.
-    accepted_options = frozenset({"token_file", "metadata", "_redis_password", "log_to_driver"})
+    # include_dashboard, dashboard_host, dashboard_port: the dashboard of the private cluster (Ray's; a running
+    # cluster's head serves its own, so they are ignored with an address, as Ray does).
+    accepted_options = frozenset({"token_file", "metadata", "_redis_password", "log_to_driver", "include_dashboard",
+                                  "dashboard_host", "dashboard_port"})
 
     link = None
     _proc = None
     _private_dir = None
+    _dashboard: dict = {}  # the private cluster's: its url and token file
+
+    def __init__(self, config, events) -> None:
+        super().__init__(config, events)
+        self._starting = None
+        if config.address is None:  # first: the daemon comes up while this process loads the driver's side
+            self._spawn_private()
+
+    def _spawn_private(self) -> None:
+        """Start the node daemon of a private one-node cluster; ``start`` waits for it."""
+        import secrets
+
+        from . import launch
+        from .servers import MEMORY
+
+        cfg = self.config
+        if cfg.options.get("_redis_password") is not None:
+            raise ValueError("_redis_password= is the password of a running cluster's Redis; pass the cluster's "
+                             "address too (init(address='HOST:PORT', _redis_password=...)), or drop it.")
+        self._private_dir = tempfile.mkdtemp(prefix="anyray-cluster-")
+        self._token = secrets.token_hex(32).encode()
+        try:
+            self._starting = launch.start(
+                directory=self._private_dir, token=self._token, head=True, num_cpus=cfg.num_cpus,
+                num_gpus=cfg.num_gpus, resources=cfg.resources, object_store_memory=cfg.object_store_memory,
+                metadata=cfg.options.get("metadata") or MEMORY, exit_with_parent=True,
+                extra=self._dashboard_settings())
+        except BaseException:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+            self._private_dir = None
+            raise
 
     def reference_counters(self):
         """References here are borrowed from the node, as a worker's are (see ``node.link``)."""
+        from ..node.link import BorrowCounter
+
         def objects(free):
             self._objects = BorrowCounter(free, lambda oid: self.link.borrowed(oid))
             return self._objects
@@ -254,25 +103,15 @@ class ClusterBackend(Backend):
         return objects, handles
 
     def start(self) -> None:
-        from . import launch
-
         cfg = self.config
         address = cfg.address
         password = cfg.options.get("_redis_password")
         if address is None:
-            import secrets
-
-            if password is not None:
-                raise ValueError("_redis_password= is the password of a running cluster's Redis; pass the cluster's "
-                                 "address too (init(address='HOST:PORT', _redis_password=...)), or drop it.")
-            self._private_dir = tempfile.mkdtemp(prefix="anyray-cluster-")
-            token = secrets.token_hex(32).encode()
+            starting, token = self._starting, self._token
+            self._starting = None
             try:
-                starting = launch.start(
-                    directory=self._private_dir, token=token, head=True, num_cpus=cfg.num_cpus,
-                    num_gpus=cfg.num_gpus, resources=cfg.resources, object_store_memory=cfg.object_store_memory,
-                    metadata=cfg.options.get("metadata"), exit_with_parent=True)
                 try:  # loaded while the daemon comes up
+                    from . import direct, driver_side  # noqa: F401
                     from .client import ClientLink, handshake, open_connection
                 except BaseException:
                     starting.stop()
@@ -282,6 +121,7 @@ class ClusterBackend(Backend):
                 shutil.rmtree(self._private_dir, ignore_errors=True)
                 raise
             address = record["address"]
+            self._show_dashboard(record, token)
 
             try:
                 conn = open_connection(address, token)
@@ -322,6 +162,10 @@ class ClusterBackend(Backend):
             self._printer.start()
         else:
             self._printer = None
+        from .direct import DirectCalls
+        from .driver_side import _ClusterScheduler, _ClusterStore
+        from .leases import TaskLeases
+
         self.scheduler = _ClusterScheduler(self.link)
         self.object_store = _ClusterStore(self.link)
         direct = self.scheduler.direct = self.object_store.direct = DirectCalls(self.link, self.object_store._cache,
@@ -329,6 +173,29 @@ class ClusterBackend(Backend):
         direct.leases = TaskLeases(direct, super(_ClusterScheduler, self.scheduler).submit_task,
                                    (self.config.job_id, self.config.namespace))
         self.metadata = None
+
+    def _dashboard_settings(self) -> dict | None:
+        options = self.config.options
+        if not options.get("include_dashboard"):
+            return None
+        return {"include_dashboard": True, "dashboard_host": options.get("dashboard_host"),
+                "dashboard_port": options.get("dashboard_port")}
+
+    def _show_dashboard(self, record: dict, token: bytes) -> None:
+        """The private cluster's dashboard: its token in a file of the cluster's directory (0600, removed with
+        it), said on stderr as a driver's own dashboard is."""
+        if not self.config.options.get("include_dashboard"):
+            return
+        from .files import new_token
+
+        url = record.get("dashboard_url")
+        if url is None:  # Ray's port held by another process: the head goes on without (its log says so)
+            print(f"(anyray) no dashboard: port {self.config.options.get('dashboard_port') or 8265} is taken; pass "
+                  f"init(dashboard_port=0) for any free one", file=sys.stderr, flush=True)
+            return
+        self._dashboard = {"dashboard_url": url, "dashboard_token_file": new_token(self._private_dir, token)}
+        print(f"(anyray) dashboard at {url} (log in with the token in {self._dashboard['dashboard_token_file']})",
+              file=sys.stderr, flush=True)
 
     def _print_loop(self) -> None:
         while not self._printing.wait(OUTPUT_INTERVAL):
@@ -340,16 +207,22 @@ class ClusterBackend(Backend):
 
     def _print_output(self) -> None:
         """Print here what this job's tasks printed on the nodes, each line marked with its worker."""
+        from anyray.experimental.bars import write_output
+
+        from ..node import messages as m
+
         link = self.link
         if link is None:
             return
         for printed in map(m.PrintedLine._make, link.request("output", self.config.job_id, timeout=30)):
             out = sys.stdout if printed.stream == "stdout" else sys.stderr
-            out.write(printed.text)  # each line marked by its worker: (task pid=N, ip=HOST)
+            write_output(out, printed.text)  # each line marked by its worker: (task pid=N, ip=HOST); bars drawn
         sys.stdout.flush()
 
     def _pull_records(self) -> list:
         """The records of this job's tasks, from every node (for ``timeline`` and ``error_info``)."""
+        from ..node import messages as m
+
         if self.link is None:
             return []
         self.scheduler.direct.pass_records_on()
@@ -383,7 +256,7 @@ class ClusterBackend(Backend):
 
     def info(self) -> dict:
         node_id = self.link.setup["node_id"] if self.link is not None else None
-        return {"address": self.address, "node_id": node_id, "dashboard_url": None}
+        return {"address": self.address, "node_id": node_id, "dashboard_url": None, **self._dashboard}
 
 
 Backend = ClusterBackend

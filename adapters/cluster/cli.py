@@ -164,6 +164,9 @@ def add_commands(sub) -> None:
     p.add_argument("--host", action="append", default=[], help="an address or name of the machine (repeatable)")
     p.add_argument("--name", default="node", help="the files' base name (default node)")
     p.set_defaults(func=cmd_tls_cert)
+    from .job_cli import add_commands as add_job_commands  # `anyray job ...`
+
+    add_job_commands(sub)
 
 
 def _fail(message: str) -> int:

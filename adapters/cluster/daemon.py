@@ -31,7 +31,7 @@ from anyray.ports.backend import Backend, BackendConfig
 from anyray.runtime import Runtime, set_current
 
 from .. import metrics
-from ..metadata import open_metadata
+from ..metadata import MemoryMetadataStore, open_metadata
 from ..node import framing
 from ..node import messages as m
 from ..node.gate import Gate
@@ -39,16 +39,17 @@ from ..node.node import Node
 from . import files, servers, tls
 from .address import TOKEN_CHECK_KEY, token_check
 from .client import CLIENT_HELLO, CLIENT_READY, CLIENT_SETUP, _Watchdog, handshake, host_id, nodelay, open_connection
-from .group_records import GroupRecords, listing
+from .daemon_listing import ClusterListing
+from .drivers import DriverTable
 from .listeners import listen, listen_extra
 from .node import ClusterScheduler
 from .peers import serve_transfers
 from .redaction import redact
-from .view import DEAD, ClusterView
+from .servers import MEMORY
+from .view import NODES, ClusterView
 
 HEARTBEAT_SECONDS = float(os.environ.get("ANYRAY_HEARTBEAT_SECONDS", "1.0"))
 LEASE_SECONDS = 3 * HEARTBEAT_SECONDS  # a node whose record is not renewed for this long is dead
-NODES = "nodes/"
 
 
 _log = logging.getLogger("anyray.node")
@@ -89,7 +90,9 @@ def refuse_a_second_cluster(metadata, token: bytes) -> None:
             "Redis password), or stop that cluster first.")
 
 
-class NodeDaemon:
+class NodeDaemon(ClusterListing):
+    lease_seconds = LEASE_SECONDS  # what `anyray status` says a lease lasts
+
     def __init__(self, *, head: bool, join: str | None, host: str, port: int, num_cpus, num_gpus, resources: dict,
                  object_store_memory, metadata: str | None, token: bytes, directory: str, metadata_port: int = 0,
                  redis_password: str | None = None, settings: dict | None = None,
@@ -122,6 +125,7 @@ class NodeDaemon:
         self.host_id = host_id()
         self.started = time.time()
         self.dashboard = None  # the cluster's dashboard, on a head that serves one
+        self.drivers = None  # the drivers (jobs) that connected here (drivers.DriverTable)
 
     def __repr__(self) -> str:
         return f"NodeDaemon({self.address or 'starting'})"
@@ -133,7 +137,9 @@ class NodeDaemon:
         if url in ("redis", "etcd"):
             kind, url = url, None
         tls.use(self.tls)  # this daemon's own connections (to the head, other nodes, transfers) too
-        if url is None and self.head:
+        if url == MEMORY and self.head:  # a driver's private one-node cluster: no server to start, no client
+            self.metadata_kind, self.metadata = MEMORY, MemoryMetadataStore()
+        elif url is None and self.head:
             launch = self._launch or servers.Launch(kind, self.directory, self.host, self.metadata_port,
                                                     password=self.redis_password, tls=self.tls)
             self._launch = None
@@ -145,9 +151,10 @@ class NodeDaemon:
             url = self.server.url
         elif url is None:
             url = tls.metadata_url(self._ask_head("metadata_url"), self.tls)  # with this node's TLS files
-        self.metadata_kind = {"rediss": "redis"}.get(url.partition("://")[0], url.partition("://")[0])
-        self.metadata = open_metadata(url)
-        self.metadata_url = url
+        if self.metadata is None:
+            self.metadata_kind = {"rediss": "redis"}.get(url.partition("://")[0], url.partition("://")[0])
+            self.metadata = open_metadata(url)
+            self.metadata_url = url
         if self.head:  # lets a driver that reads the store tell which of its tokens is the cluster's
             refuse_a_second_cluster(self.metadata, self.token)
             self.metadata.put(TOKEN_CHECK_KEY, token_check(self.token).encode())
@@ -158,6 +165,7 @@ class NodeDaemon:
         self.runtime = Runtime(_NodeBackend, config)
         set_current(self.runtime)
         self.node = self.runtime.backend.node
+        self.drivers = DriverTable(self.node.node_id, self.host)
         self.node.setup["forward_output"] = True  # what tasks print goes to their drivers
         self.node.setup["node_ip"] = self.host  # and each line says where: (task pid=N, ip=HOST)
         self.scheduler = self.node.scheduler
@@ -329,49 +337,26 @@ class NodeDaemon:
         except Exception:  # noqa: BLE001 - shutting down
             conn.close()
             return
+        peer_ip = peer[0]
         peer = role == "node"  # another node reads objects here by pull: it gets their locations
         self.scheduler.add_client(handle, shared or peer, (hello.get("job_id") or b"", hello.get("namespace") or ""),
                                   peer=peer)
-        self.scheduler.workers.serve(handle, conn)
+        driver = self.drivers.joined(hello, peer_ip, same_host) if role == "driver" else None
+        try:
+            self.scheduler.workers.serve(handle, conn)
+        finally:
+            if driver is not None:
+                self.drivers.left(driver)
         if role == "driver" and hello.get("job_id"):  # its job ended: so do its groups that are not detached
             self.scheduler.cluster_groups.remove_job(hello["job_id"])
 
     # -- requests of clients ------------------------------------------------------------
     def _op_metadata_url(self, worker, rid, _args):
+        if self.metadata_kind == MEMORY:
+            raise ValueError("This head is a driver's private one-node cluster (its metadata is in the head's "
+                             "memory): no node can join it. Start a cluster with `anyray start --head` to add "
+                             "nodes.")
         return self.metadata_url
-
-    def _scan_json(self, prefix: str) -> list[dict]:
-        out = []
-        for _key, value in self.metadata.scan(prefix):
-            try:
-                out.append(json.loads(value))
-            except ValueError:
-                continue
-        return out
-
-    def nodes(self) -> list[dict]:
-        return self._scan_json(NODES)
-
-    def _op_status(self, worker, rid, _args):
-        return {"nodes": self.nodes(), "dead": self._scan_json(DEAD), "this": self.node.node_id,
-                "metadata": self.metadata_kind, "usage": self.node.store.usage(), "now": time.time(),
-                "lease_seconds": LEASE_SECONDS, "placement_groups": self._groups(),
-                "dashboard_url": self.dashboard.url if self.dashboard is not None else None}
-
-    def _groups(self) -> list[dict]:
-        return [listing(r) for r in GroupRecords(self.metadata).all()]
-
-    def _op_list(self, worker, rid, kind):
-        """The cluster's nodes, or every node's actors, tasks or objects."""
-        if kind == "nodes":
-            return self.nodes()
-        if kind == "placement-groups":
-            return self._groups()
-        return self.scheduler.state(kind) + self.scheduler.ask_every_node("list_here", kind)
-
-    def _op_list_here(self, worker, rid, kind):
-        return self.scheduler.state(kind)
-
 
 def _dashboard_here(daemon: NodeDaemon, args):
     """What this node kept for the head's dashboard (``m.DashboardAsk``; see ``dashboard.taps.NodeTaps.answer``).

@@ -27,11 +27,14 @@ import ipaddress
 import os
 import select
 import socket
-import ssl
 import struct
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ssl
 
 BANNER = b"ANYRAY-TLS-1.0\r\n"  # 16 bytes a TLS node sends first, in clear
 CA_DAYS = 3650
@@ -73,6 +76,8 @@ class TLSFiles:
 
 
 def _context(files: TLSFiles, server: bool) -> ssl.SSLContext:
+    import ssl  # here, not at the top: a cluster without TLS never loads it (about 0.7 MiB and a few ms a process)
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False  # the CA is the cluster's own: any certificate it signed is a member's
@@ -195,6 +200,8 @@ def connect(sock: socket.socket, where: str, timeout: float):
                           f"with RAY_TLS_CA_CERT, RAY_TLS_SERVER_CERT, RAY_TLS_SERVER_KEY), or pass "
                           f"--tls-ca/--tls-cert/--tls-key to `anyray start`.")
     tls_sock = client_context(files).wrap_socket(sock, server_side=False, do_handshake_on_connect=False)
+    import ssl  # loaded by client_context
+
     try:
         tls_sock.do_handshake()
     except ssl.SSLCertVerificationError as exc:
@@ -214,11 +221,13 @@ class ServerTLS:
     """What a node's ``Gate`` needs to serve TLS: the banner, wrapping an accepted socket, the connection."""
 
     banner = BANNER
-    want = (ssl.SSLWantReadError, ssl.SSLWantWriteError)  # a non-blocking step to try again when readable
 
     def __init__(self, files: TLSFiles):
         self.files = files
         self._context = server_context(files)
+        import ssl  # loaded by server_context
+
+        self.want = (ssl.SSLWantReadError, ssl.SSLWantWriteError)  # a non-blocking step to try again when readable
 
     def wrap(self, sock: socket.socket) -> ssl.SSLSocket:
         return self._context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
@@ -241,6 +250,9 @@ class TLSConnection:
     """``multiprocessing.connection.Connection``'s frames and methods over a TLS socket (see the module)."""
 
     def __init__(self, sock: ssl.SSLSocket, files: TLSFiles | None = None):
+        import ssl  # loaded: ``sock`` is an SSLSocket
+
+        self._wants = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
         sock.setblocking(False)
         self._sock, self.files = sock, files
         self._fd = sock.fileno()
@@ -272,15 +284,16 @@ class TLSConnection:
 
     # -- one TLS call at a time, waiting for the socket outside the lock
     def _io(self, call, *args):
+        want_read, want_write = self._wants
         while True:
             if self._closed:
                 raise OSError("handle is closed")
             with self._lock:
                 try:
                     return call(*args)
-                except ssl.SSLWantReadError:
+                except want_read:
                     want = select.POLLIN
-                except ssl.SSLWantWriteError:
+                except want_write:
                     want = select.POLLOUT
             poller = select.poll()
             poller.register(self._fd, want)

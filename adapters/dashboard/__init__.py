@@ -24,7 +24,8 @@ DEFAULT_PORT = 8265  # Ray's
 
 def start_on_head(daemon, host: str | None = None, port: int | None = None, report=None) -> Dashboard | None:
     """Serve the cluster's dashboard from the head's daemon; the visitor logs in with the cluster token (or the
-    Redis password it was derived from, for a head started with ``--redis-password``).
+    Redis password it was derived from, for a head started with ``--redis-password``). On a TLS cluster it
+    serves https with the head's certificate.
 
     On Ray's default port, a port another process holds is said through ``report`` and the head goes on
     without a dashboard (None); a port the user chose must be free (``OSError``)."""
@@ -32,13 +33,16 @@ def start_on_head(daemon, host: str | None = None, port: int | None = None, repo
 
     try:
         dashboard = Dashboard(None, daemon.token, host or DEFAULT_HOST, DEFAULT_PORT if port is None else port,
-                              derive=token_from_password)
+                              derive=token_from_password, tls=daemon.tls)
     except OSError as exc:
         if port is not None or report is None:
             raise
         report(f"no dashboard: {exc.strerror or exc}")
         return None
     dashboard.serve_metrics(daemon.node)
+    from .jobs_http import JobRoutes  # `anyray job submit` and JobSubmissionClient: Ray's REST paths
+
+    dashboard.add_routes(JobRoutes.for_head(daemon))
     dashboard.serve(ClusterSource(daemon, NodeTaps.of(daemon)))
     if report is not None:
         report(f"dashboard at {dashboard.url} (log in with the cluster token)")

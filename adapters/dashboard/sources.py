@@ -19,7 +19,34 @@ from anyray.util import state as _state
 
 from ..node import messages as m
 
-KINDS = ("nodes", "actors", "tasks", "objects", "workers", "placement_groups", "jobs")
+KINDS = ("nodes", "actors", "tasks", "objects", "workers", "placement_groups", "jobs", "drivers")
+
+
+def with_counts(drivers: list[dict], actors: list[dict], tasks: list[dict], ended=()) -> list[dict]:
+    """The driver jobs' rows (Ray's ``JobDetails`` of a driver job), each with how many of its actors are alive
+    (``num_actors_alive``), its tasks waiting or running (``num_tasks_running``), and its tasks that ended
+    (``num_tasks_finished``, ``num_tasks_failed``): from ``tasks`` rows that say their job, plus ``ended``,
+    ``[job id, finished, failed]`` counted where no row says the job."""
+    counts: dict = {}
+
+    def add(job, key, n=1):
+        if job:
+            per = counts.setdefault(job, dict.fromkeys(("num_actors_alive", "num_tasks_running",
+                                                         "num_tasks_finished", "num_tasks_failed"), 0))
+            per[key] += n
+
+    for row in actors:
+        if row.get("state") != "DEAD":
+            add(row.get("job_id"), "num_actors_alive")
+    for row in tasks:
+        state = row.get("state")
+        add(row.get("job_id"), {"FINISHED": "num_tasks_finished", "FAILED": "num_tasks_failed"}.get(
+            state, "num_tasks_running"))
+    for job, finished, failed in ended:
+        add(job, "num_tasks_finished", finished)
+        add(job, "num_tasks_failed", failed)
+    zero = dict.fromkeys(("num_actors_alive", "num_tasks_running", "num_tasks_finished", "num_tasks_failed"), 0)
+    return [{**row, **counts.get(row["job_id"], zero)} for row in drivers]
 
 
 def _plain(value):
@@ -47,9 +74,10 @@ class DriverSource:
 
     def __init__(self, runtime, logs=None):
         self.runtime, self.logs = runtime, logs
+        self.started = int(time.time() * 1000)  # the dashboard starts as init() returns: the job's start
 
     def describe(self) -> dict:
-        return {"backend": self.runtime.backend.name, "job_id": _state._job_id(self.runtime)}
+        return {"backend": self.runtime.backend.name, "job_id": _state.job_hex(self.runtime)}
 
     def rows(self, kind: str) -> list[dict]:
         if kind not in KINDS:
@@ -57,12 +85,25 @@ class DriverSource:
         if kind in ("actors", "tasks", "objects", "workers") and not getattr(self.runtime.scheduler,
                                                                               "lists_state", False):
             return []  # a backend without a StatePort: nothing to list of these kinds
-        rows = _state._rows(kind)
+        if kind == "drivers":
+            return _plain(self._drivers())
+        rows = _state.state_rows(kind)
         if kind == "nodes":
             free = _available_by_node(self.runtime)
             for row in rows:
                 row["resources_available"] = free.get(row["node_id"], {})
         return _plain(rows)
+
+    def _drivers(self) -> list[dict]:
+        """This driver's job: the one a single-machine backend runs."""
+        job = _state.job_hex(self.runtime)
+        lists = getattr(self.runtime.scheduler, "lists_state", False)
+        row = {"job_id": job, "submission_id": None, "type": "DRIVER", "status": "RUNNING",
+               "entrypoint": " ".join(sys.argv) or None, "start_time": self.started, "end_time": None,
+               "driver_info": {"id": job, "node_ip_address": "127.0.0.1", "pid": str(os.getpid())},
+               "driver_node_id": self.runtime.backend.info().get("node_id"), "namespace": self.runtime.namespace}
+        return with_counts([row], _state.state_rows("actors") if lists else [],
+                           _state.state_rows("tasks") if lists else [])
 
     def log(self, worker_id: str) -> dict | None:
         return _log_text(self.logs, worker_id)
@@ -94,7 +135,7 @@ class ClusterSource:
         return _plain(getattr(self, f"_{kind}")())
 
     def _list(self, kind: str) -> list[dict]:
-        return self.daemon._op_list(None, 0, kind)
+        return self.daemon.list_rows(kind)
 
     def _everywhere(self, what: str, arg=None) -> list:
         """The answers of every node's taps, this one's first."""
@@ -102,7 +143,7 @@ class ClusterSource:
                                                                                   m.DashboardAsk.pack(what, arg))
 
     def _nodes(self) -> list[dict]:
-        status = self.daemon._op_status(None, 0, None)
+        status = self.daemon.status()
         alive = {n["node_id"] for n in status["nodes"]}
         rows = [{"node_id": n["node_id"], "node_ip": n["address"].rpartition(":")[0], "address": n["address"],
                  "is_head_node": bool(n.get("head")), "state": "ALIVE", "node_name": n.get("host"),
@@ -133,22 +174,16 @@ class ClusterSource:
         return self._list("workers")
 
     def _placement_groups(self) -> list[dict]:
-        return self.daemon._groups()
+        return self.daemon.placement_groups()
+
+    def _drivers(self) -> list[dict]:
+        """Every driver that connected to a node of the cluster (each a job), with its work's counts."""
+        drivers = sorted(self.daemon.list_rows("drivers"), key=lambda r: r.get("start_time") or 0)
+        return with_counts(drivers, self._list("actors"), self._list("tasks"), self._everywhere("jobs"))
 
     def _jobs(self) -> list[dict]:
-        """The jobs whose actors or tasks the cluster lists (a cluster keeps no table of jobs yet): RUNNING while
-        one of them is alive, pending or running."""
-        jobs: dict = {}
-        for kind in ("actors", "tasks"):
-            for row in self._list(kind):
-                job = row.get("job_id")
-                if not job:
-                    continue
-                entry = jobs.setdefault(job, {"job_id": job, "type": "DRIVER", "status": "NO LIVE WORK",
-                                              "entrypoint": None})
-                if row.get("state") not in ("DEAD", "FINISHED", "FAILED"):
-                    entry["status"] = "RUNNING"
-        return list(jobs.values())
+        """The cluster's jobs as Ray's ``/api/jobs/`` lists its driver jobs: its drivers."""
+        return self._drivers()
 
     def log(self, worker_id: str) -> dict | None:
         node = worker_id.rpartition(":")[0]

@@ -66,10 +66,15 @@ class RecordTap:
     def __init__(self, inner):
         self.inner = inner
         self.events = JobEvents(max_spans=RECORDS_KEPT, echo_errors=False)
+        self.ended: collections.Counter = collections.Counter()  # (job id hex, failed) -> tasks ended
 
     def add(self, worker, records: list) -> None:
+        job = worker.job[0] if getattr(worker, "job", None) else b""
+        job = job.hex() if isinstance(job, bytes) else str(job)
         for row in records:
-            self.events.task_finished(TaskRecord(*row))  # a RecordRow has TaskRecord's fields, in order
+            record = TaskRecord(*row)  # a RecordRow has TaskRecord's fields, in order
+            self.events.task_finished(record)
+            self.ended[(job, record.error_type is not None)] += 1
         self.inner.add(worker, records)
 
     @classmethod
@@ -102,11 +107,16 @@ class NodeTaps:
 
     def answer(self, what: str, arg=None) -> list:
         """``tasks``: rows of the tasks that ended here (the latest); ``timeline``: their Chrome trace events;
-        ``log``: ``[(stream, text)]`` worker ``arg`` printed, [] if it is not one of this node's."""
+        ``log``: ``[(stream, text)]`` worker ``arg`` printed, [] if it is not one of this node's; ``jobs``:
+        ``[job id, tasks finished, tasks failed]`` of each job whose tasks ended here."""
         if what == "tasks":
-            return _state._finished_tasks(types.SimpleNamespace(events=self.records.events), self.node_id)[-TASK_ROWS:]
+            rows = _state.finished_task_rows(types.SimpleNamespace(events=self.records.events), self.node_id)
+            return rows[-TASK_ROWS:]
         if what == "timeline":
             return self.records.events.trace_events()[-RECORDS_KEPT:]
         if what == "log":
             return self.logs.lines(arg) or []
-        raise ValueError(f"a dashboard asks a node for tasks, timeline or log; not {what!r}")
+        if what == "jobs":
+            ended = dict(self.records.ended)
+            return [[job, ended.get((job, False), 0), ended.get((job, True), 0)] for job in {j for j, _ in ended}]
+        raise ValueError(f"a dashboard asks a node for tasks, timeline, log or jobs; not {what!r}")

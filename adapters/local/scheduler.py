@@ -141,12 +141,17 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
             else:
                 removed = None
                 task.state = "queued"
+                # Behind queued work of its shape on the node's queues: that work's head does not fit, and
+                # every release dispatches again, so this task cannot start now (a burst of submissions
+                # then costs no dispatch each).
+                behind = queues is self._shapes and bool(queues.queues.get(task.shape))
                 queues.push(task.shape, task)
         if removed is not None:
             self._forget(task)
             self.fail(task.spec.returns, removed_error(removed))
             return
-        self._shapes.dispatch()
+        if not behind:
+            self._shapes.dispatch()
 
     def _forget(self, task: _Task) -> None:
         with self._lock:
@@ -155,11 +160,13 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
 
     def _start(self, task: _Task, lease) -> None:
         with self._lock:
-            if task.state != "queued":
-                self._resources.release(lease)
-                return
-            task.state = "dispatched"
-            task.lease = lease
+            queued = task.state == "queued"
+            if queued:
+                task.state = "dispatched"
+                task.lease = lease
+        if not queued:  # cancelled while queued: its lease goes to the work queued behind it
+            self.release(lease)
+            return
         self._threads.submit(self._run, task)
 
     def _claim(self, task: _Task) -> bool:

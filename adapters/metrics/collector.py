@@ -8,6 +8,8 @@ user's metrics as ``ray_<name>``), with Ray's label names and state words; the o
 
 from __future__ import annotations
 
+import collections
+
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -50,6 +52,17 @@ def user_families(definitions: dict, series: dict) -> list:
     return out
 
 
+def counted(name: str, description: str, labels: list, pairs) -> GaugeMetricFamily:
+    """A gauge of the sum of ``n`` for each label values ``key`` in ``pairs`` (``(key, n)``), in key order."""
+    counts: collections.Counter = collections.Counter()
+    for key, n in pairs:
+        counts[key] += n
+    family = GaugeMetricFamily(name, description, labels=labels)
+    for key, n in sorted(counts.items()):
+        family.add_metric(list(key), n)
+    return family
+
+
 class NodeCollector(Collector):
     """Everything one node's ``/metrics`` shows, gathered when Prometheus asks."""
 
@@ -61,8 +74,10 @@ class NodeCollector(Collector):
         scheduler = node.scheduler
         metrics = node.metrics
         labels = {"NodeId": str(node.node_id)}
-        yield from self._tasks(scheduler, metrics)
-        yield from self._actors(scheduler)
+        yield counted("ray_tasks", "Current number of tasks currently in a particular state (FINISHED and FAILED: "
+                      "since the node started).", ["State", "Name"], self._task_counts(scheduler, metrics))
+        yield counted("ray_actors", "Current number of actors currently in a particular state.", ["State", "Name"],
+                      self._actor_counts(scheduler))
         yield from self._resources(node.pool)
         yield from self._store(node.store)
         yield from self._workers(scheduler)
@@ -84,39 +99,25 @@ class NodeCollector(Collector):
         yield from user_families(*metrics.user_snapshot())
 
     @staticmethod
-    def _tasks(scheduler, metrics):
-        family = GaugeMetricFamily("ray_tasks", "Current number of tasks currently in a particular state (FINISHED "
-                                   "and FAILED: since the node started).", labels=["State", "Name"])
-        counts: dict[tuple, int] = {}
+    def _task_counts(scheduler, metrics):
+        """``((state, name), n)`` for this node's tasks: queued and running ones, actor calls, and those that
+        ended since the node started."""
         seen = {id(t): t for t in list(scheduler.tasks.tasks.values()) if t.node is None}  # one per task
         for task in seen.values():
             if task.state != "done":
-                key = (TASK_STATES.get(task.state, task.state.upper()), task.spec.name)
-                counts[key] = counts.get(key, 0) + 1
+                yield (TASK_STATES.get(task.state, task.state.upper()), task.spec.name), 1
         for actor in list(scheduler.actors.actors.values()):
             for state, calls in (("SUBMITTED_TO_WORKER", list(actor.inflight.values())),
                                  ("PENDING_NODE_ASSIGNMENT", list(actor.buffered))):
                 for call in calls:
-                    key = (state, call.name)
-                    counts[key] = counts.get(key, 0) + 1
+                    yield (state, call.name), 1
         for (name, failed), n in list(metrics.finished.counts.items()):
-            key = ("FAILED" if failed else "FINISHED", name)
-            counts[key] = counts.get(key, 0) + n
-        for (state, name), n in sorted(counts.items()):
-            family.add_metric([state, name], n)
-        yield family
+            yield ("FAILED" if failed else "FINISHED", name), n
 
     @staticmethod
-    def _actors(scheduler):
-        family = GaugeMetricFamily("ray_actors", "Current number of actors currently in a particular state.",
-                                   labels=["State", "Name"])
-        counts: dict[tuple, int] = {}
+    def _actor_counts(scheduler):
         for actor in list(scheduler.actors.actors.values()):
-            key = (ACTOR_STATES.get(actor.state, actor.state.upper()), actor.spec.cls.name)
-            counts[key] = counts.get(key, 0) + 1
-        for (state, name), n in sorted(counts.items()):
-            family.add_metric([state, name], n)
-        yield family
+            yield (ACTOR_STATES.get(actor.state, actor.state.upper()), actor.spec.cls.name), 1
 
     @staticmethod
     def _resources(pool):

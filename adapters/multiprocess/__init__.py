@@ -10,6 +10,8 @@ when the driver ends, however it ends (see ``anyray.adapters.node``).
 
 from __future__ import annotations
 
+import sys
+
 from anyray.hookspecs import hookimpl
 from anyray.ports.backend import Backend, Capability
 
@@ -44,6 +46,8 @@ class MultiprocessBackend(Backend):
         self.metadata = MemoryMetadataStore()
         self.node = Node.from_config(cfg, self.metadata, self.events, scheduler_cls=GroupNodeScheduler)
         self.node.setup["log_to_driver"] = cfg.options.get("log_to_driver", True)  # read by each new worker
+        # on a terminal, what workers print goes through this process, which prints it above any progress bars
+        self.node.setup["output_via_driver"] = _is_terminal(sys.stdout)
         self.scheduler = self.node.scheduler
         self.object_store = self.node.store
         if sock is not None:
@@ -60,6 +64,13 @@ class MultiprocessBackend(Backend):
 
     def info(self) -> dict:
         return {"address": None, "node_id": self.node.node_id, "dashboard_url": None}
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 Backend = MultiprocessBackend

@@ -13,6 +13,7 @@ import collections
 import sys
 
 from anyray.events import TaskRecord
+from anyray.experimental.bars import write_output
 
 from . import messages as m
 from .store import ArenaObject
@@ -42,7 +43,7 @@ class LocalOutput:
         """``output``: the ``OutputLine``s a worker sent."""
         for row in output:
             line = m.OutputLine._make(row)
-            getattr(sys, line.stream).write(line.text)
+            write_output(getattr(sys, line.stream), line.text)  # progress bars drawn, other lines above them
 
 
 # A node's states in Ray's words (``anyray.util.state`` shows them as Ray's state API does).

@@ -346,9 +346,11 @@ def install(setup: dict) -> None:
             pass
     global _node
     node = _node = WorkerNode(loop, setup)
-    if setup.get("forward_output"):
+    forward = setup.get("forward_output")
+    if forward:
         node.output.capture()
-    mark_streams(setup)  # each line marked (task pid=N, ip=HOST) as Ray's, or dropped (log_to_driver=False)
+    # each line marked (task pid=N, ip=HOST) as Ray's, or dropped (log_to_driver=False)
+    mark_streams(setup, None if forward else node.output)
     signal.signal(signal.SIGINT, node.interrupts.on_sigint)
     loop.takeover = node.main
     sys.stdout.flush()

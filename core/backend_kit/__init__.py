@@ -59,7 +59,7 @@ _WHERE = {
     "Runtime": "anyray.backend_kit.runtime", "attach_runtime": "anyray.backend_kit.runtime",
     "detach_runtime": "anyray.backend_kit.runtime", "make_current": "anyray.backend_kit.runtime",
     "current_runtime": "anyray.backend_kit.runtime", "process_runtime": "anyray.backend_kit.runtime",
-    "task_runtime": "anyray.backend_kit.runtime",
+    "task_runtime": "anyray.backend_kit.runtime", "mark_worker_process": "anyray.backend_kit.runtime",
     "allows_another": "anyray.policy", "call_retry_limit": "anyray.policy", "fits": "anyray.policy",
     "Feasibility": "anyray.policy", "engine_text": "anyray.policy",
     "ActorNameTaken": "anyray.exceptions", "ErrorMap": "anyray.backend_kit.errors",
@@ -125,6 +125,7 @@ if TYPE_CHECKING:  # for readers and type checkers: the same names, imported eag
         current_runtime,
         detach_runtime,
         make_current,
+        mark_worker_process,
         process_runtime,
         task_runtime,
     )
@@ -149,7 +150,7 @@ __all__ = [
     "DynamicObjectRefGenerator",
     # a worker process's runtime
     "Runtime", "attach_runtime", "detach_runtime", "make_current", "current_runtime", "process_runtime",
-    "task_runtime",
+    "task_runtime", "mark_worker_process",
     # policy
     "allows_another", "call_retry_limit", "fits", "Feasibility", "engine_text",
     # errors

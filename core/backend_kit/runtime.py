@@ -7,7 +7,7 @@ runtime of the driver's job to the engine, on first use.
 
 from __future__ import annotations
 
-from anyray import current
+from anyray import context, current
 from anyray.current import current_runtime, process_runtime, task_runtime
 from anyray.ports.backend import Backend, BackendConfig
 from anyray.runtime import Runtime
@@ -37,5 +37,13 @@ def detach_runtime(runtime: Runtime) -> None:
     runtime.shutdown()
 
 
-__all__ = ["Runtime", "attach_runtime", "current_runtime", "detach_runtime", "make_current", "process_runtime",
-           "task_runtime"]
+def mark_worker_process(ip: str | None = None) -> None:
+    """Say that this process is a worker whose output goes to the driver (the engine forwards what it
+    prints): progress bars (``anyray.experimental.tqdm_ray``) then send their state there as lines with
+    Ray's mark, for the driver to draw, instead of drawing here. ``ip``: the address of its node."""
+    context.worker_process = True
+    context.worker_ip = ip
+
+
+__all__ = ["Runtime", "attach_runtime", "current_runtime", "detach_runtime", "make_current", "mark_worker_process",
+           "process_runtime", "task_runtime"]

@@ -218,7 +218,7 @@ def _port_rows(runtime, kind: str) -> list[dict]:
     return scheduler.list_state(kind)
 
 
-def _job_id(runtime) -> str:
+def job_hex(runtime) -> str:
     job = runtime.job_id
     return job.hex() if isinstance(job, bytes) else str(job)
 
@@ -233,7 +233,7 @@ _ERROR_TYPES = {"TaskCancelledError": "TASK_CANCELLED", "ActorDiedError": "ACTOR
                 "TaskPlacementGroupRemoved": "TASK_PLACEMENT_GROUP_REMOVED"}
 
 
-def _finished_tasks(runtime, node_id: str | None) -> list[dict]:
+def finished_task_rows(runtime, node_id: str | None) -> list[dict]:
     """The tasks this job's event log says ended (each attempt a row), FINISHED or FAILED."""
     rows, attempts = [], {}
     messages = {e["task_id"]: e["message"] for e in runtime.events.error_info()}
@@ -251,9 +251,9 @@ def _finished_tasks(runtime, node_id: str | None) -> list[dict]:
     return rows
 
 
-def _rows(kind: str) -> list[dict]:
+def state_rows(kind: str) -> list[dict]:
     runtime = _runtime()
-    job = _job_id(runtime)
+    job = job_hex(runtime)
     if kind == "nodes":
         return _node_rows(runtime)
     if kind == "jobs":  # every job of the cluster where the backend knows them (StatePort.lists_jobs)
@@ -264,7 +264,7 @@ def _rows(kind: str) -> list[dict]:
     rows = _port_rows(runtime, kind)
     if kind == "tasks":
         nodes = runtime.scheduler.nodes()
-        ended = _finished_tasks(runtime, nodes[0]["NodeID"] if len(nodes) == 1 else None)
+        ended = finished_task_rows(runtime, nodes[0]["NodeID"] if len(nodes) == 1 else None)
         done = {row["task_id"] for row in ended}
         rows = [{"attempt_number": 0, **row} for row in rows if row["task_id"] not in done] + ended
         for row in rows:
@@ -327,7 +327,7 @@ def _group_rows(runtime) -> list[dict]:
     for group_id, g in runtime.scheduler.placement_group_table(None).items():
         bundles = [{"bundle_id": f"{group_id}:{i}", "node_id": g.get("bundles_to_node_id", {}).get(i) or None,
                     "unit_resources": resources} for i, resources in g.get("bundles", {}).items()]
-        rows.append({"placement_group_id": group_id, "name": g.get("name", ""), "creator_job_id": _job_id(runtime),
+        rows.append({"placement_group_id": group_id, "name": g.get("name", ""), "creator_job_id": job_hex(runtime),
                      "state": g.get("state"), "bundles": bundles, "is_detached": g.get("is_detached", False),
                      "stats": g.get("stats"), "topology_strategy": g.get("strategy")})
     return rows
@@ -411,7 +411,7 @@ def _source_rows(kind: str, address, timeout) -> list[dict]:
         from anyray.adapters.dashboard.client import list_rows  # only for a dashboard's address
 
         return list_rows(address, kind, timeout)
-    return _rows(kind)
+    return state_rows(kind)
 
 
 def _list(kind: str, schema, filters, limit, detail: bool, address=None, timeout=DEFAULT_RPC_TIMEOUT) -> list:
@@ -503,7 +503,7 @@ def summarize_tasks(address=None, timeout: int = DEFAULT_RPC_TIMEOUT, raise_on_m
     """Tasks counted by name and state: ``{"cluster": {"summary": {name: {...}}, "total_tasks": ...}}``."""
     summary: dict = {}
     totals = {"NORMAL_TASK": 0, "ACTOR_TASK": 0, "ACTOR_CREATION_TASK": 0}
-    for row in _rows("tasks"):
+    for row in state_rows("tasks"):
         key = row.get("name") or row.get("func_or_class_name")
         entry = summary.setdefault(key, {"func_or_class_name": key, "type": row["type"], "state_counts": {}})
         entry["state_counts"][row["state"]] = entry["state_counts"].get(row["state"], 0) + 1
@@ -518,7 +518,7 @@ def summarize_actors(address=None, timeout: int = DEFAULT_RPC_TIMEOUT, raise_on_
                      _explain: bool = False) -> dict:
     """Actors counted by class and state: ``{"cluster": {"summary": {class: {...}}, "total_actors": n}}``."""
     summary: dict = {}
-    rows = _rows("actors")
+    rows = state_rows("actors")
     for row in rows:
         entry = summary.setdefault(row["class_name"], {"class_name": row["class_name"], "state_counts": {}})
         entry["state_counts"][row["state"]] = entry["state_counts"].get(row["state"], 0) + 1

@@ -110,9 +110,15 @@ const TABLES = {
     ["bundles", (r) => (Array.isArray(r.bundles) ? JSON.stringify(r.bundles.map((b) => b.unit_resources || b))
       : String(r.bundles ?? ""))],
     ["nodes", (r) => (Array.isArray(r.nodes) ? r.nodes.map(shortId).join(", ") : (r.nodes || ""))]]},
-  jobs: {id: (r) => r.job_id, cols: [
-    ["job", (r) => r.job_id], ["type", (r) => r.type || ""], ["status", (r) => stateCell(r.status)],
-    ["entrypoint", (r) => r.entrypoint || ""]]},
+  // the drivers (each init() a job), as Ray's /api/jobs/ lists driver jobs
+  drivers: {id: (r) => r.job_id, cols: [
+    ["job", (r) => r.job_id], ["status", (r) => stateCell(r.status)],
+    ["driver", (r) => (r.driver_info ? "pid " + r.driver_info.pid + " at " + r.driver_info.node_ip_address : "")],
+    ["started", (r) => timeText(r.start_time)], ["ended", (r) => timeText(r.end_time)],
+    ["actors alive", (r) => r.num_actors_alive ?? ""], ["tasks waiting/running", (r) => r.num_tasks_running ?? ""],
+    ["tasks finished", (r) => r.num_tasks_finished ?? ""], ["tasks failed", (r) => r.num_tasks_failed ?? ""],
+    ["entrypoint", (r) => r.entrypoint || ""]],
+    order: (rows) => rows.slice().sort((a, b) => (b.start_time || 0) - (a.start_time || 0))},
   workers: {id: (r) => r.worker_id, cols: [
     ["worker", (r) => r.worker_id], ["type", (r) => r.worker_type], ["pid", (r) => r.pid ?? ""],
     ["alive", (r) => (r.is_alive ? "yes" : "no")], ["node", (r) => shortId(r.node_id)],
@@ -120,17 +126,27 @@ const TABLES = {
                                              onclick: () => showLog(r.worker_id)}))]]},
 };
 
+// Jobs submitted with `anyray job submit` (Ray's REST /api/jobs/): shown where the head serves them.
+const SUBMITTED = {id: (r) => r.submission_id || r.job_id, cols: [
+  ["submission", (r) => r.submission_id || ""], ["job", (r) => r.job_id || ""], ["status", (r) => stateCell(r.status)],
+  ["started", (r) => timeText(r.start_time)], ["ended", (r) => timeText(r.end_time)],
+  ["entrypoint", (r) => r.entrypoint || ""], ["message", (r) => r.message || ""]]};
+
+function timeText(ms) {
+  return ms ? new Date(ms).toLocaleTimeString() : "";
+}
+
 const lastSeen = {};
 
-function render(kind, rows) {
-  const spec = TABLES[kind];
+function render(kind, rows, spec) {
+  spec = spec || TABLES[kind];
   const table = document.getElementById(kind);
   document.getElementById(kind + "-count").textContent = "(" + rows.length + ")";
   if (spec.order) rows = spec.order(rows);
   const body = el("tbody");
   for (const row of rows.slice(0, MAX_ROWS)) {
     const tr = el("tr", {"data-id": String(spec.id(row))});
-    if (row.state) tr.dataset.state = row.state;
+    if (row.state || row.status) tr.dataset.state = row.state || row.status;  // a job's is its status
     for (const [, cell] of spec.cols) {
       const value = cell(row);
       tr.append(value instanceof HTMLElement && value.tagName === "TD" ? value
@@ -141,6 +157,15 @@ function render(kind, rows) {
   if (!rows.length) body.append(el("tr", {}, el("td", {class: "empty", colspan: spec.cols.length, text: "none"})));
   const head = el("thead", {}, el("tr", {}, ...spec.cols.map(([title]) => el("th", {text: title}))));
   table.replaceChildren(head, body);
+}
+
+async function pollSubmitted() {
+  // absent (404) until the head serves job submission; its driver jobs are in the drivers table already
+  const answer = await fetch("/api/jobs/", {credentials: "same-origin"});
+  const rows = answer.ok ? await answer.json() : [];
+  const submitted = Array.isArray(rows) ? rows.filter((r) => r.type === "SUBMISSION") : [];
+  document.getElementById("submitted-part").hidden = !submitted.length;
+  if (submitted.length) render("submitted", submitted, SUBMITTED);
 }
 
 async function poll() {
@@ -160,6 +185,7 @@ async function poll() {
         render(kind, JSON.parse(text));
       }
     }));
+    await pollSubmitted();
     await pollLog();
     document.getElementById("problem").textContent = problems.join("; ");
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();

@@ -34,6 +34,7 @@ from anyray.backend_kit import (
     deserialize,
     detach_runtime,
     exit_is_intended,
+    mark_worker_process,
     portable_classes,
     serialize,
 )
@@ -69,6 +70,8 @@ def ensure_runtime(session: Session) -> Runtime:
             old = runtime
             config = BackendConfig(namespace=session.namespace, job_id=session.job_id, options={WORKER_OPTION: True})
             runtime = attach_runtime(RayBackend, config, make_current=True)
+            if ray.get_runtime_context().worker.mode == ray.WORKER_MODE:  # not a driver in Ray's local mode
+                mark_worker_process(ray.util.get_node_ip_address())  # tqdm_ray's bars: Ray's driver draws them
             if old is not None:
                 detach_runtime(old)  # an attached backend never stops Ray
     return runtime
