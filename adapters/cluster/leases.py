@@ -178,13 +178,12 @@ class TaskLeases:
 
     def send_backlog(self, sock) -> None:
         """An answer came on ``sock``: the worker reads again, send what waits for room."""
-        if sock.backlog and sock.send_lock.acquire(False):
-            try:
-                broke = self._flush(sock) is None
-            finally:
-                sock.send_lock.release()
-            if broke:
-                self.calls._lost(sock)
+        if not sock.backlog:
+            return
+        with sock.send_lock:  # waited for: a flush skipped here could leave the backlog with nobody to send it
+            broke = self._flush(sock) is None
+        if broke:
+            self.calls._lost(sock)
 
     def _lease(self, key: tuple, resources: dict) -> _LeaseSocket | None:
         if not self._asking.acquire(False):
