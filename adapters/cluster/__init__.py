@@ -164,10 +164,14 @@ class ClusterBackend(Backend):
             self._printer = None
         from .direct import DirectCalls
         from .driver_side import _ClusterScheduler, _ClusterStore
+        from .leases import TaskLeases
 
         self.scheduler = _ClusterScheduler(self.link)
         self.object_store = _ClusterStore(self.link)
-        self.scheduler.direct = self.object_store.direct = DirectCalls(self.link, self.object_store._cache, token)
+        direct = self.scheduler.direct = self.object_store.direct = DirectCalls(self.link, self.object_store._cache,
+                                                                               token)
+        direct.leases = TaskLeases(direct, super(_ClusterScheduler, self.scheduler).submit_task,
+                                   (self.config.job_id, self.config.namespace))
         self.metadata = None
 
     def _dashboard_settings(self) -> dict | None:
@@ -221,6 +225,7 @@ class ClusterBackend(Backend):
 
         if self.link is None:
             return []
+        self.scheduler.direct.pass_records_on()
         return [TaskRecord(*m.RecordRow._make(r)) for r in self.link.request("records", self.config.job_id, timeout=60)]
 
     def shutdown(self) -> None:

@@ -37,6 +37,7 @@ import sys
 import termios
 import threading
 import time
+import weakref
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge
 from multiprocessing.connection import wait as wait_any
 
@@ -68,6 +69,7 @@ class _Socket:
     """A direct socket to one actor process, and the calls sent on it without a result yet."""
 
     __slots__ = ("actor_id", "conn", "fd", "pid", "path", "send_lock", "read_lock", "pending", "closed", "poller")
+    leased = False  # a socket to a worker lent to this driver (leases.py)
 
     def __init__(self, actor_id: bytes, conn: Connection, pid: int, path: str):
         self.actor_id, self.conn, self.fd, self.pid, self.path = actor_id, conn, conn.fileno(), pid, path
@@ -184,9 +186,19 @@ class _Answers:
             self._lost(sock)
             return
         result = m.DirectResult._make(pickle.loads(memoryview(msg)[1:]))
+        if result.records:
+            self.records.extend(result.records)
+            if self.leases is not None and self.leases._reaper is None:
+                self.leases.start_reaper()  # passes them on to the node
         with self._lock:
             return_ids = sock.pending.pop(result.task_id, None) or []
-            done = not sock.pending and self._sockets.get(sock.actor_id) is not sock
+            if sock.leased:
+                self.leases.answered(sock, result.task_id)
+                done = False
+            else:
+                done = not sock.pending and self._sockets.get(sock.actor_id) is not sock
+        if sock.leased and sock.backlog:
+            self.leases.send_backlog(sock)
         for oid, wire in zip(return_ids, result.wires):
             self._settle(oid, wire)
         if done:  # calls go another way now, and none is left on this socket
@@ -199,6 +211,8 @@ class _Answers:
         """The result ``oid`` came: inline (``wire``) or put to the node (None)."""
         with self._lock:
             self.waiting.pop(oid, None)
+            for watch in self.watches:  # wait loops over direct results (direct_watch.py)
+                watch.came(oid)
             promote = oid in self._promote
             self._promote.discard(oid)
             unwanted = oid in self._unwanted
@@ -218,6 +232,9 @@ class _Answers:
     def _lost(self, sock: _Socket) -> None:
         """``sock`` closed: its actor's process is gone; the calls pending on it fail as the node fails
         calls in flight."""
+        if sock.leased:  # a leased worker: its tasks go through the node, with their retries
+            self.leases.lost(sock)
+            return
         with self._lock:
             if sock.closed:
                 return
@@ -307,6 +324,9 @@ class DirectCalls(_Answers):
         self._unwanted: set[bytes] = set()         # results whose references all went before they came
         self._helper: threading.Thread | None = None
         self._live: set[_Socket] = set()           # every socket not closed
+        self.leases = None                         # the task leases (leases.py), set by the backend
+        self.records: list = []                    # records of direct calls and leased tasks, for the node
+        self.watches = weakref.WeakSet()           # the ready indexes of wait loops over direct results
         self.closed = False
 
     # -- sending ---------------------------------------------------------------------------
@@ -469,7 +489,16 @@ class DirectCalls(_Answers):
             if oid in self.waiting:
                 self._unwanted.add(oid)
 
+    def pass_records_on(self) -> None:
+        """Send the node the task records that came with direct results (ahead of any request after it:
+        ``timeline``, ``error_info`` and ``anyray list`` find them there)."""
+        if self.records:
+            records, self.records = self.records, []
+            self.link.send(m.RESULT, m.Result.pack(None, [], [], records))
+
     def close(self) -> None:
+        if self.leases is not None:
+            self.leases.close()
         self.closed = True
         for sock in list(self._sockets.values()):
             try:

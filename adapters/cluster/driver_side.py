@@ -35,6 +35,7 @@ class _ClusterScheduler(RemoteGroups, RemoteScheduler):
     def list_state(self, kind: str) -> list[dict]:
         """Every node's rows: the node answering asks the others (what ``anyray list`` shows); the jobs are the
         drivers that connected to a node (``drivers.DriverTable``)."""
+        self.direct.pass_records_on()
         return self.node.request("list", "drivers" if kind == "jobs" else kind, timeout=60)
 
     def _check(self, key: bytes, name: str, demand: dict) -> None:
@@ -44,6 +45,8 @@ class _ClusterScheduler(RemoteGroups, RemoteScheduler):
         if spec.resources:
             self._check(spec.function.function_id, spec.name, spec.resources)
         direct = self.direct
+        if direct.leases.submit(spec):
+            return
         if direct.here or direct.waiting:
             direct.promote(_passed_on(spec))
         super().submit_task(spec)
@@ -62,6 +65,9 @@ class _ClusterScheduler(RemoteGroups, RemoteScheduler):
 
     def cancel(self, ref, force, recursive) -> None:
         sock = self.direct.waiting.get(ref._id)
+        if sock is not None and sock.leased:  # a task on a leased worker: the node interrupts it there
+            self.direct.leases.cancel(sock, ref._id, force)
+            return
         if sock is not None:  # a direct call: the node interrupts it in the actor's process
             self.node.tell("direct_cancel", m.DirectCancel.pack(sock.actor_id, ref._id))
             return
@@ -175,7 +181,9 @@ class _ClusterStore(RemoteStore):
     def watch(self, ids):
         direct = self.direct
         if (direct.waiting or direct.here) and not direct.node_may_watch(ids):
-            return None  # a loop over direct calls' results alone: each wait reads them here
+            from .direct_watch import DirectWatch
+
+            return DirectWatch(direct, ids)  # a loop over direct results alone: its index is kept here
         return super().watch(ids)
 
     def free(self, refs) -> None:

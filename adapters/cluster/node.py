@@ -45,6 +45,7 @@ from .actors import RemoteActors
 from .direct_host import DirectHost, direct_key
 from .group_host import BundleHost, ClusterGroupSeam
 from .groups import ClusterGroups
+from .lease_host import LeaseHost
 from .lineage import Lineage
 from .objects import RemoteObjects
 from .placement import SpillbackPlacement
@@ -76,7 +77,8 @@ class ClusterScheduler(GroupPort, NodeScheduler):
         seams.resource_view = view = ClusterResources(pool)
         seams.feasibility = Feasibility(self._totals, view.infeasible_text)
         direct = DirectHost(self.actors, self.supervision.send, session.path)
-        for part in (placement, objects, actors, direct, Reports(seams.record_sink, seams.output_sink,
+        leases = LeaseHost(lock, pool, self.queues, tasks, self.supervision, setup)
+        for part in (placement, objects, actors, direct, leases, Reports(seams.record_sink, seams.output_sink,
                                                                  self.ask_every_node)):
             part.register(self.register)
         handlers = self.requests.handlers

@@ -43,11 +43,30 @@ def wake(conn) -> None:
 SPIN_SECONDS = 100e-6  # how long a reader polls before it sleeps: a reply within it skips a wake-up
 
 
+LOAD_SECONDS = 1.0  # how often a process looks at the machine's load average (spin_budget)
+_load = [0.0, SPIN_SECONDS]  # [when it looked last, the spin it allows]
+
+
+def spin_budget() -> float:
+    """``SPIN_SECONDS``, or 0 on a saturated machine (a 1-minute load average above the cores): there a
+    spinning reader takes the core the sender needs, and a blocking wait is sooner (looked up each second)."""
+    now = time.monotonic()
+    if now - _load[0] > LOAD_SECONDS:
+        try:
+            _load[1] = 0.0 if os.getloadavg()[0] > (os.cpu_count() or 1) else SPIN_SECONDS
+        except OSError:
+            pass
+        _load[0] = now
+    return _load[1]
+
+
 def spin_until_readable(fd: int, seconds: float = SPIN_SECONDS) -> bool:
     """Poll ``fd`` without sleeping for up to ``seconds``: on an idle core a reply that is on its way
-    arrives sooner than the thread would wake from a blocking wait (tens of microseconds on a VM)."""
+    arrives sooner than the thread would wake from a blocking wait (tens of microseconds on a VM). On a
+    saturated machine, one look (``spin_budget``)."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
+    seconds = min(seconds, spin_budget())
     deadline = time.perf_counter() + seconds
     while True:
         if poller.poll(0):

@@ -119,7 +119,8 @@ class Link:
         self._blobs: dict[bytes, bytes] = {}  # code being exported: sent, not yet known to be out
         self._arena: Arena | None = None
         self._read_lock = threading.Lock()  # held by the thread reading the connection
-        self._changes_lock = threading.Lock()
+        # Re-entrant: a collection inside _take_refs may run a __del__ that notes a change (a generator's refs)
+        self._changes_lock = threading.RLock()
         self._answer_lock = threading.Lock()
         self.interrupts = Interrupts()
         self.main_thread = threading.get_ident()

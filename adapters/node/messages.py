@@ -506,6 +506,7 @@ DIRECT_RESULT = 41  # the actor's process -> driver: DirectResult
 class DirectResult(NamedTuple):
     task_id: bytes
     wires: list               # per return id: a packed Inline, or None: put to the node (read it there)
+    records: list             # the call's TaskRecord rows: the driver passes them on to its node
 
 
 class DirectActor(NamedTuple):  # "direct_actor", driver -> node; answer: DirectAnswer
@@ -534,6 +535,49 @@ TYPE_OF_TAG[DIRECT_CALL] = ActorCall
 TYPE_OF_TAG[DIRECT_RESULT] = DirectResult
 OP_TYPES["direct_actor"] = DirectActor
 OP_TYPES["direct_cancel"] = DirectCancel
+
+# Task leases (cluster/leases.py, cluster/lease_host.py): a node lends a driver an idle worker and its
+# resources; the driver sends that worker Task messages (DIRECT_TASK) on the worker's direct socket.
+DIRECT_TASK = 42    # driver -> a leased worker: DirectTask
+
+
+class DirectTask(NamedTuple):  # a Task without dependencies, stream, placement or GPUs
+    task_id: bytes
+    fn_id: bytes
+    blob: bytes | None        # the function's pickled code, the first time on this socket
+    args: Any                 # Inline
+    return_ids: list
+    name: str
+    resources: dict
+    retry_exceptions: Any
+    max_retries: int
+    job: tuple                # (job id, namespace) of the driver
+
+
+class LeaseAsk(NamedTuple):  # "lease_worker", driver -> node; answer: LeaseAnswer
+    resources: dict           # what the worker's tasks take (CPU only)
+
+
+class LeaseAnswer(NamedTuple):
+    lease_id: int             # 0: none now (no free resources, or work of that shape queued here)
+    path: str | None          # the worker's direct socket
+    pid: int | None
+
+
+class LeaseEnd(NamedTuple):  # "lease_return" (no answer), "lease_cancel" (no answer), driver -> node
+    lease_id: int
+    task_id: bytes            # lease_cancel: the task to interrupt (b"" for lease_return)
+    force: bool               # lease_cancel: kill the worker
+
+
+for _cls in (DirectTask, LeaseAsk, LeaseAnswer, LeaseEnd):
+    _add_pack(_cls)
+    TYPES.append(_cls)
+del _cls
+TYPE_OF_TAG[DIRECT_TASK] = DirectTask
+OP_TYPES["lease_worker"] = LeaseAsk
+OP_TYPES["lease_return"] = LeaseEnd
+OP_TYPES["lease_cancel"] = LeaseEnd
 
 
 class DashboardAsk(NamedTuple):  # "dashboard_here", a head's dashboard -> every other node (dashboard/taps.py)

@@ -15,7 +15,7 @@ import os
 import select
 import time
 
-from .framing import SPIN_SECONDS
+from .framing import spin_budget
 from .pool import _DeferredInterrupt
 
 _SLICE = 1.0  # seconds one poll sleeps at most: what the waiter waits for may also come another way
@@ -95,9 +95,9 @@ def _handle(events, wake_fd: int, held: dict, poller) -> None:
 
 
 def _spin(poller) -> list:
-    """Poll without sleeping for up to ``SPIN_SECONDS``: a result on its way arrives sooner than this
+    """Poll without sleeping for up to ``spin_budget()``: a result on its way arrives sooner than this
     thread would wake from a blocking wait."""
-    deadline = time.perf_counter() + SPIN_SECONDS
+    deadline = time.perf_counter() + spin_budget()
     while True:
         events = poller.poll(0)
         if events or time.perf_counter() > deadline:

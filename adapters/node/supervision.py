@@ -64,6 +64,7 @@ class Supervision:
         self.closed = False
         self._tags: dict = {}
         self._task_result = self._call_result = self._actor_exited = self._worker_lost = None
+        self.client_gone = None  # client_gone(worker): a driver's connection closed (a cluster node's leases)
         self.python_envs = PythonEnvs()
         self._max_idle = max(2, os.cpu_count() or 1)  # idle workers of other runtime_envs kept
         # Where this node's workers unpack runtime_env packages (working_dir, py_modules), per content hash:
@@ -185,6 +186,8 @@ class Supervision:
             pins, worker.pins = worker.pins, {}
             grants, worker.grants = worker.grants, set()
         self._ledger.release(worker, pins, grants)
+        if handle.adopted and self.client_gone is not None:
+            self.client_gone(worker)
         if worker.actor is not None:
             self._actor_exited(worker.actor, worker)
             return

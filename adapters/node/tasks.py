@@ -201,6 +201,8 @@ class Tasks:
 
     def task_result(self, worker, task_id: bytes, wires, contained) -> None:
         task = worker.task
+        if type(task) is not Task and task is not None:  # a worker lent to a driver (cluster/lease_host.py):
+            return  # its results go to the driver; this is the records of its tasks
         if task is not None and task_id is None:  # the worker could not read the task: one failure for all
             task_id = task.spec.task_id
             wires, contained = wires * len(task.spec.returns), contained * len(task.spec.returns)
@@ -265,6 +267,9 @@ class Tasks:
 
     def worker_lost(self, task: Task, handle) -> None:
         """The worker running ``task`` died: run it again while ``max_retries`` allows, else it failed."""
+        if type(task) is not Task:  # a worker lent to a driver: its resources go back, the driver retries
+            task.lost(handle)
+            return
         if task.cancelled:
             with self._lock:
                 self.finish(task)

@@ -29,7 +29,7 @@ import time
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge
 
 from . import messages as m
-from .framing import SPIN_SECONDS, frame
+from .framing import frame, spin_budget
 from .store import to_wire
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class DirectServer:
         poller = self._poller
         events = poller.poll(0)
         if not events:
-            deadline = time.perf_counter() + SPIN_SECONDS
+            deadline = time.perf_counter() + spin_budget()
             while not events and time.perf_counter() < deadline:
                 events = poller.poll(0)
             if not events:
@@ -157,6 +157,9 @@ class DirectServer:
         conn.close()
 
     def _on_message(self, conn: Connection, msg: bytes) -> None:
+        if msg[0] == m.DIRECT_TASK:  # a task on a driver's lease of this worker (read on the main thread)
+            self.node._tasks.append((self.node.run_direct_task, (conn, msg)))
+            return
         if msg[0] != m.DIRECT_CALL:
             log.error("a direct socket got a message it has no handler for (tag %s)", msg[0])
             return
@@ -171,9 +174,7 @@ class DirectServer:
         output.flush_streams()
         if output.lines:
             output.send()  # what the call printed goes to its driver ahead of the result, as on the node's path
-        records = node.events.outbox
-        if records and any(row[7] for row in records):  # a failed call's record (error_info) goes at once
-            node.send(m.RESULT, m.Result.pack(None, [], [], node.events.take()))
+        records = node.events.take() if node.events.outbox else []  # to the driver, which passes them on
         wires = []
         for oid, obj in zip(return_ids, outputs):
             if obj.nbytes < node.inline_max and not obj.contained_refs:
@@ -191,7 +192,7 @@ class DirectServer:
             node.tell("put", m.Put.pack(oid, wire, contained))
             wires.append(None)
         try:
-            conn.send_bytes(frame(m.DIRECT_RESULT, m.dumps(m.DirectResult.pack(task_id, wires))))
+            conn.send_bytes(frame(m.DIRECT_RESULT, m.dumps(m.DirectResult.pack(task_id, wires, records))))
         except OSError:
             pass  # the driver went away: nobody waits for it
 

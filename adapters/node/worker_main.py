@@ -102,6 +102,8 @@ class WorkerNode(Link):
                         self.read_arrived()  # read what has arrived first: a cancel of a queued call
                         if not tasks:
                             continue
+                    elif self.direct is not None:
+                        self.direct.drain()  # a leased worker: the driver's socket never fills while tasks run
                     run, arg = tasks.popleft()
                     run(arg)
                     del run, arg
@@ -160,8 +162,6 @@ class WorkerNode(Link):
             try:
                 if self.output.lines:
                     self.output.send()
-                if self.direct is not None and self.events.outbox:  # the records of direct calls
-                    self.send(m.RESULT, m.Result.pack(None, [], [], self.events.take()))
             except (OSError, ConnectionError):
                 return
             if not self._flush_once():
@@ -175,6 +175,19 @@ class WorkerNode(Link):
             error = TaskError.from_exception("the task", exc, os.getpid())
             self.send(m.RESULT, m.Result.pack(None, [to_wire(serialize_failure(RemoteFailure(error)))], [None], []))
             return  # None: the task this worker was sent (the node knows which)
+        self._run(task, self.send_result)
+
+    def run_direct_task(self, item) -> None:
+        """A task a driver sent straight here on its lease of this worker (``worker_direct``): its result
+        goes back the same way."""
+        conn, msg = item
+        t = m.DirectTask._make(pickle.loads(memoryview(msg)[1:]))
+        task = m.Task(t.task_id, t.fn_id, t.blob, t.args, [], {}, t.return_ids, t.name, t.resources, [],
+                      t.retry_exceptions, t.max_retries, t.job, None, None)
+        direct = self.direct
+        self._run(task, lambda task_id, outputs: direct.reply(conn, task_id, task.return_ids, outputs))
+
+    def _run(self, task: m.Task, send_result) -> None:
         if task.job is not None:  # a task of another driver's job than the last one (a cluster node)
             self.runtime.job_id, self.runtime.namespace = task.job
         task_id, dep_wires, return_ids, name = task.task_id, task.deps, task.return_ids, task.name
@@ -223,7 +236,7 @@ class WorkerNode(Link):
         interrupts.current, interrupts.cancel = None, False
         self._unpins.extend(unread)
         self.runtime.counter.drain()  # refs the task dropped cancel out before the result goes
-        self.send_result(task_id, outputs)
+        send_result(task_id, outputs)
 
     def before_start(self, task_id: bytes) -> None:
         """Raise ``KeyboardInterrupt`` if the task's cancel came before it started here.
@@ -302,6 +315,24 @@ class WorkerBackend(Backend):
         return {"address": None, "node_id": self.node_id, "dashboard_url": None}
 
 
+def open_direct() -> str | None:
+    """Run in a worker the node lends to drivers (a CALL): open its socket for their tasks; its path, or
+    None if it cannot be opened (the node then lends no more)."""
+    node = _node
+    if node.direct is None:
+        from .worker_direct import DirectServer
+
+        try:
+            node.direct = DirectServer(node, node.setup["direct"])
+        except (OSError, KeyError) as exc:
+            print(f"anyray: a worker's socket for leased tasks could not be opened: {exc}", file=sys.stderr)
+            return None
+    return node.direct.path
+
+
+_node: WorkerNode | None = None
+
+
 def install(setup: dict) -> None:
     """Run once in each new worker (a CALL from the node): become a node worker."""
     loop = current_loop()
@@ -313,7 +344,8 @@ def install(setup: dict) -> None:
             os.chdir(setup["cwd"])
         except OSError:
             pass
-    node = WorkerNode(loop, setup)
+    global _node
+    node = _node = WorkerNode(loop, setup)
     forward = setup.get("forward_output")
     if forward:
         node.output.capture()

@@ -1,0 +1,223 @@
+"""Task leases on the cluster (adapters/cluster/leases.py, lease_host.py): a driver's plain tasks go
+straight to a worker its node lent it. What a user can observe: the same results; a leased worker that
+dies has its task retried (or WorkerCrashedError); the CPUs come back when the driver is idle, so another
+driver's tasks run; a blocking get inside a leased task lends its CPU; cancel works; the switch turns
+leases off."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from test_cluster import WAIT, driver, start_head, wait_until
+
+import anyray
+from anyray import exceptions
+from anyray.current import current_runtime
+
+
+@pytest.fixture
+def one_cpu(cluster_env, monkeypatch):
+    """A one-node cluster with 1 CPU, and this process its driver, with leases on."""
+    monkeypatch.delenv("ANYRAY_TASK_LEASES", raising=False)
+    monkeypatch.delenv("ANYRAY_DIRECT_CALLS", raising=False)
+    start_head(cluster_env, "--num-cpus", "1")
+    anyray.init(backend="cluster", address="auto")
+    yield cluster_env
+    anyray.shutdown()
+
+
+def _leases():
+    return current_runtime().backend.scheduler.direct.leases
+
+
+def _on_lease(ref) -> bool:
+    sock = current_runtime().backend.scheduler.direct.waiting.get(ref._id)
+    return sock is not None and sock.leased
+
+
+@anyray.remote
+def add(a, b):
+    return a + b
+
+
+@anyray.remote
+def pid():
+    return os.getpid()
+
+
+@anyray.remote
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_many_tasks_on_a_lease_give_the_same_results(one_cpu):
+    ref = sleep.remote(0.2)
+    assert _on_lease(ref)  # sent straight to a leased worker, not through the node
+    assert anyray.get(ref, timeout=WAIT) == 0.2
+    assert anyray.get([add.remote(i, i) for i in range(500)], timeout=WAIT) == [2 * i for i in range(500)]
+    for i in range(50):
+        assert anyray.get(add.remote(i, 1), timeout=WAIT) == i + 1
+    ready, rest = anyray.wait([add.remote(i, 0) for i in range(20)], num_returns=20, timeout=WAIT)
+    assert len(ready) == 20 and not rest
+
+
+def test_a_leased_worker_killed_mid_task_has_its_task_retried(one_cpu, tmp_path):
+    marker = tmp_path / "first-run"
+
+    @anyray.remote(max_retries=1)
+    def dies_once(path):
+        if not os.path.exists(path):
+            open(path, "w").close()
+            time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return "second run"
+
+    ref = dies_once.remote(str(marker))
+    assert _on_lease(ref)
+    assert anyray.get(ref, timeout=WAIT) == "second run"
+
+    @anyray.remote(max_retries=0)
+    def dies():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(exceptions.WorkerCrashedError):
+        anyray.get(dies.remote(), timeout=WAIT)
+    assert anyray.get(add.remote(1, 2), timeout=WAIT) == 3  # the node lends another worker
+
+
+def test_the_cpus_go_back_when_the_driver_is_idle_so_another_drivers_task_runs(one_cpu):
+    assert anyray.get(add.remote(1, 1), timeout=WAIT) == 2
+    wait_until(lambda: anyray.available_resources().get("CPU") == 1, "the leased CPU to come back")
+    other = driver(one_cpu, """
+        @anyray.remote
+        def f():
+            return "ran"
+        print(anyray.get(f.remote(), timeout=60))
+    """)
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.strip().endswith("ran")
+
+
+@anyray.remote
+def job_of_nested():
+    @anyray.remote
+    def job():
+        return anyray.get_runtime_context().get_job_id()
+
+    return anyray.get_runtime_context().get_job_id(), anyray.get(job.remote())
+
+
+def test_a_blocking_get_in_a_leased_task_lends_its_cpu(one_cpu):
+    @anyray.remote
+    def outer():
+        return anyray.get(add.remote(20, 1)) * 2
+
+    ref = outer.remote()
+    assert _on_lease(ref)
+    assert anyray.get(ref, timeout=WAIT) == 42
+    mine = anyray.get_runtime_context().get_job_id()
+    other = driver(one_cpu, """
+        @anyray.remote
+        def f():
+            return 1
+        print(anyray.get(f.remote(), timeout=60))
+    """)  # another driver's task on the same worker in between
+    assert other.returncode == 0, other.stderr
+    wait_until(lambda: anyray.available_resources().get("CPU") == 1, "the leased CPU to come back")
+    assert anyray.get(job_of_nested.remote(), timeout=WAIT) == (mine, mine)  # a leased task's, and its child's
+
+
+def test_cancel_a_leased_task(one_cpu):
+    ref = sleep.remote(30)
+    assert _on_lease(ref)
+    time.sleep(0.5)
+    anyray.cancel(ref)
+    with pytest.raises(exceptions.TaskCancelledError):
+        anyray.get(ref, timeout=WAIT)
+    ref = sleep.remote(30)
+    queued = sleep.remote(0.1)  # behind it on the same worker: it runs after the kill, through the node
+    time.sleep(0.5)
+    anyray.cancel(ref, force=True)
+    with pytest.raises(exceptions.TaskCancelledError):
+        anyray.get(ref, timeout=WAIT)
+    assert anyray.get(queued, timeout=WAIT) == 0.1
+
+
+def test_the_switch_keeps_the_nodes_path(cluster_env):
+    start_head(cluster_env, "--num-cpus", "1")
+    env = dict(cluster_env, ANYRAY_TASK_LEASES="0")
+    out = driver(env, """
+        from anyray.current import current_runtime
+        @anyray.remote
+        def f(x):
+            return x
+        ref = f.remote(5)
+        print(current_runtime().backend.scheduler.direct.waiting.get(ref._id) is None, anyray.get(ref, timeout=60))
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["True", "5"]
+
+
+def test_a_wait_loop_over_leased_tasks_sees_each_once_even_when_a_worker_dies(one_cpu, tmp_path):
+    marker = tmp_path / "first-run"
+
+    @anyray.remote(max_retries=1)
+    def value(i, path):
+        if i == 5 and not os.path.exists(path):
+            open(path, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)  # the tasks behind it go through the node
+        return i
+
+    first = sleep.remote(0.5)
+    assert _on_lease(first)
+    refs = [first] + [value.remote(i, str(marker)) for i in range(40)]
+    seen = []
+    while refs:
+        ready, refs = anyray.wait(refs, num_returns=1, timeout=WAIT)
+        assert len(ready) == 1
+        seen += anyray.get(ready, timeout=WAIT)
+    assert sorted(seen[i] for i in range(len(seen)) if seen[i] != 0.5) == list(range(40))
+    assert len(seen) == 41
+
+
+def test_tasks_behind_a_long_one_wait_in_the_leases_backlog_when_the_socket_is_full(one_cpu):
+    first = sleep.remote(1.0)
+    payload = "x" * 20_000
+    refs = [add.remote(payload, str(i)) for i in range(300)]  # ~6 MB: far more than the socket holds
+    assert _on_lease(first) and _on_lease(refs[-1])
+    assert anyray.get(refs, timeout=WAIT) == [payload + str(i) for i in range(300)]
+    assert anyray.get(first, timeout=WAIT) == 1.0
+
+
+def test_a_busy_driver_gives_its_lease_back_in_turn_so_another_drivers_task_runs(one_cpu):
+    import threading
+
+    stop = threading.Event()
+    ended = []
+
+    def busy():
+        while not stop.is_set():
+            anyray.get([add.remote(i, 1) for i in range(20)], timeout=WAIT)  # never idle for 20 ms
+        ended.append(time.monotonic())
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        other = driver(one_cpu, """
+            @anyray.remote
+            def f():
+                return "ran"
+            print(anyray.get(f.remote(), timeout=60))
+        """)
+        finished = time.monotonic()
+    finally:
+        stop.set()
+        thread.join(WAIT)
+    assert other.returncode == 0, other.stderr  # without turns its get times out: the lease is never idle
+    assert other.stdout.strip().endswith("ran")
+    assert ended and finished < ended[0]
