@@ -95,7 +95,9 @@ def test_the_page_shows_live_work_to_a_visitor_with_the_token_only(browser, tmp_
         browser.get(url + "/login")
         browser.find_element(By.ID, "token").send_keys("not the token")
         browser.find_element(By.ID, "login").click()
-        assert "not the cluster's token" in browser.find_element(By.ID, "error").text
+        # the refusal is a new page: wait for it (the old page's elements go stale as it loads)
+        wait_until(browser, lambda d: "not the cluster's token" in d.find_element(By.ID, "error").text,
+                   "the refusal of a wrong token")
         assert browser.get_cookies() == []
 
         # the login: the page loads and lists a running actor
