@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -221,3 +224,29 @@ def test_a_busy_driver_gives_its_lease_back_in_turn_so_another_drivers_task_runs
     assert other.returncode == 0, other.stderr  # without turns its get times out: the lease is never idle
     assert other.stdout.strip().endswith("ran")
     assert ended and finished < ended[0]
+
+
+def test_bursts_of_small_tasks_larger_than_the_worker_s_socket_buffer_all_complete(cluster_env):
+    """Thousands of small tasks sent at once to leased workers: the driver sends only what a socket has room
+    for and keeps the rest (a send that filled one blocked the driver while the worker blocked sending its
+    answers back, and both waited forever: about one fresh driver in two)."""
+    for _attempt in range(3):
+        code = textwrap.dedent("""
+            import anyray
+            anyray.init(backend="cluster", num_cpus=2)
+
+            class Functions:
+                def __init__(self):
+                    @anyray.remote
+                    def noop(x=None):
+                        return x
+                    self.noop = noop
+
+            noop = Functions().noop
+            for burst in range(6):
+                assert anyray.get([noop.remote() for _ in range(1000)], timeout=50) == [None] * 1000
+            print("done", flush=True)
+        """)
+        result = subprocess.run([sys.executable, "-c", code], env=cluster_env, capture_output=True, text=True,
+                                timeout=WAIT)  # a driver stuck in a send: TimeoutExpired
+        assert result.returncode == 0 and "done" in result.stdout, result.stderr[-2000:]

@@ -49,6 +49,8 @@ IDLE_SECONDS = 0.02        # a lease with nothing pending this long goes back to
 ASK_AGAIN_SECONDS = 0.01   # after the node lent nothing, how long before the driver asks again
 ASK_AGAIN_MAX_SECONDS = 0.2
 CREDIT = 32 * 1024         # bytes sent on a socket seen writable before looking again (it had >= 3/4 free)
+MESSAGE_COST = 1024        # what one message costs a Unix socket's send buffer beyond twice its bytes: the kernel
+                           # charges each message's buffer head and rounded-up allocation, not its payload
 TURN_SECONDS = 1.0         # a lease takes new tasks this long, then goes back when done (others get a turn)
 RECORDS_SECONDS = 0.5      # how often the records of leased tasks go on to the node (and before a request for them)
 DEPTH_MAX = 10_000         # tasks pending on one lease beyond which the next goes through the node
@@ -164,15 +166,16 @@ class TaskLeases:
         backlog = sock.backlog
         while backlog:
             payload = backlog[0]
-            if sock.credit < len(payload):
-                if not sock.poller.poll(0):
+            cost = 2 * len(payload) + MESSAGE_COST  # small tasks: counted by their bytes alone, 109 of 300 bytes
+            if sock.credit < cost:                  # filled the buffer and the send blocked, with the worker
+                if not sock.poller.poll(0):         # blocked sending its answers back: both waited forever
                     return True  # sent when answers come (the worker reads before each task)
                 sock.credit = CREDIT
             try:
                 sock.conn.send_bytes(payload)
             except OSError:
                 return None
-            sock.credit -= len(payload)
+            sock.credit -= cost
             backlog.popleft()
         return True
 
