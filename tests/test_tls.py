@@ -207,7 +207,9 @@ ECHO = f"""
     def echo(text):
         return text + "!"
 
-    print("ECHO", ray.get(echo.remote({PAYLOAD!r})))
+    # through the node (a task with a ref in its arguments): a plain task may go straight to a worker the
+    # node lends this driver, over a Unix socket, not the wire
+    print("ECHO", ray.get(echo.remote(ray.put({PAYLOAD!r}))))
 """
 
 

@@ -20,6 +20,7 @@ import itertools
 import logging
 import os
 import signal
+from time import monotonic
 from types import SimpleNamespace
 
 from ..node import messages as m
@@ -56,6 +57,7 @@ class LeaseHost:
         self._lock = lock
         self._pool = pool
         self._queues = queues
+        self._tasks = tasks
         self._release = tasks.release
         self._supervision = supervision
         self._setup = setup
@@ -70,6 +72,7 @@ class LeaseHost:
         register("lease_cancel", self._op_cancel)
 
     def _op_lease(self, client, rid: int, args):
+        asked = monotonic()
         ask = m.LeaseAsk._make(args)
         if client.remote or client.peer or not self._setup.get("direct"):
             return NONE
@@ -85,6 +88,9 @@ class LeaseHost:
             worker.task = hold
             self._holds[hold.lease_id] = hold
             path = self._paths.get(worker.handle.worker_id)
+            latency = self._tasks.latency  # the node's scheduling latency (/metrics): a lease is a placement,
+            if latency is not None:        # as Ray's placement time is per lease, not per task on it
+                latency.observe(monotonic() - asked)
         if path is not None:
             return m.LeaseAnswer.pack(hold.lease_id, path, worker.handle.pid)
         try:
