@@ -206,19 +206,6 @@ def test_more_bars_than_the_terminal_holds_are_counted_not_drawn():
     assert all("| 5/10 [" in line for line in shown[:8]) and shown[8:] == ["results ['alpha', 'beta']"], shown
 
 
-def test_on_the_ray_backend_ray_s_driver_takes_the_bars():
-    """In a Ray worker the bar's state goes out as Ray's own ``tqdm_ray`` sends it, so Ray's driver draws it
-    (with ``tqdm``, when installed; Ray says it disables bars without it): no state line shows either way."""
-    out = run_driver("ray", BODY + "    time.sleep(3)  # Ray's log monitor forwards the last lines after get returns\n")
-    assert "__magic_token__" not in out and "__ray_tqdm_magic_token__" not in out, out
-    try:
-        import tqdm  # noqa: F401 - Ray draws with it
-    except ImportError:
-        assert "tqdm is not installed. Progress bars will be disabled." in out, out
-    else:
-        assert re.search(r"alpha: 100%.*100/100", out) and re.search(r"beta: 100%.*100/100", out), out
-
-
 def test_on_a_terminal_a_worker_without_bars_prints_above_another_s_bar():
     """What any worker prints while bars are drawn goes above them whole: the driver takes the bars off first."""
     body = """
