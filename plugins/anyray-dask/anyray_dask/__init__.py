@@ -58,6 +58,7 @@ class DaskBackend(Backend):
             "objects live in Dask's own actors and keys, and nothing maps them back to anyray's ids yet")),
         **dict.fromkeys([
             "test_placement_groups::test_a_bundle_index_out_of_range_is_rejected_at_the_call",
+            "test_placement_groups::test_actors_into_any_bundle_each_take_a_bundle_of_their_own",
             "test_placement_groups::test_a_child_with_a_strategy_of_its_own_is_not_captured",
             "test_placement_groups::test_a_detached_group_is_created_like_any_other",
             "test_placement_groups::test_a_group_handle_is_a_value_equal_by_id",
@@ -98,6 +99,8 @@ class DaskBackend(Backend):
             "test_placement_groups::test_pack_that_fits_one_node_uses_one_node",
             "test_placement_groups::test_spread_puts_bundles_on_different_nodes_when_it_can",
             "test_placement_groups::test_actors_in_a_group_spread_over_nodes_run_on_their_bundles_nodes",
+            "test_placement_groups::test_actors_into_any_bundle_each_get_a_free_bundle_whatever_its_node",
+            "test_placement_groups::test_actors_into_any_bundle_of_a_spread_group_all_start",
             "test_placement_groups::test_work_into_any_bundle_runs_on_the_group_s_nodes_and_each_node_holds_its_bundles",
         ], notimpl(NO_GROUPS_REASON)),
         "test_placement_groups::test_spread_tasks_run_on_every_node": notimpl(
