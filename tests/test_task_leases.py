@@ -250,3 +250,142 @@ def test_bursts_of_small_tasks_larger_than_the_worker_s_socket_buffer_all_comple
         result = subprocess.run([sys.executable, "-c", code], env=cluster_env, capture_output=True, text=True,
                                 timeout=WAIT)  # a driver stuck in a send: TimeoutExpired
         assert result.returncode == 0 and "done" in result.stdout, result.stderr[-2000:]
+
+
+# -- tasks with dependencies (lease_deps.py) ---------------------------------------------------
+
+
+def _parked(ref) -> bool:
+    """Whether ``ref``'s task waits in this driver for its dependencies."""
+    return getattr(current_runtime().backend.scheduler.direct.waiting.get(ref._id), "parked", False)
+
+
+def test_a_chain_of_dependent_tasks_waits_in_the_driver_and_runs_on_the_lease(one_cpu):
+    head = sleep.remote(0.3)
+    ref = add.remote(head, 1)
+    assert _parked(ref)  # its dependency is still coming: it waits here, not at the node
+    for _ in range(300):
+        ref = add.remote(ref, 1)
+        assert _on_lease(ref)
+    assert anyray.get(ref, timeout=WAIT) == 301.3
+    # dependencies here already (a result read, a small put), twice, and as keyword arguments
+    small = anyray.put(10)
+    ref = add.remote(a=small, b=anyray.get(add.remote(1, 2), timeout=WAIT))
+    assert anyray.get(add.remote(ref, ref), timeout=WAIT) == 26
+    assert anyray.get(add.remote(small, b=small), timeout=WAIT) == 20
+
+
+def test_what_a_lease_cannot_carry_goes_through_the_node_with_the_same_results(one_cpu):
+    import numpy as np
+
+    @anyray.remote
+    def big(n):
+        return np.ones(n)
+
+    @anyray.remote
+    def total(a, b=0):
+        return float(a.sum()) + b
+
+    # a large result goes to the node: the task parked on it follows it there
+    assert anyray.get(total.remote(big.remote(1_000_000)), timeout=WAIT) == 1_000_000
+    assert anyray.get(total.remote(anyray.put(np.ones(1_000_000)), b=add.remote(1, 1)), timeout=WAIT) == 1_000_002
+    # a reference inside an argument is passed on, not resolved: the node's path
+    inner = add.remote(2, 3)
+
+    @anyray.remote
+    def first(refs):
+        return anyray.get(refs[0])
+
+    assert anyray.get(first.remote([inner]), timeout=WAIT) == 5
+
+
+def test_a_failed_dependency_fails_the_tasks_that_wait_for_it_with_its_error(one_cpu):
+    @anyray.remote(max_retries=0)
+    def boom(delay):
+        time.sleep(delay)
+        raise ValueError("boom")
+
+    ref = add.remote(add.remote(boom.remote(0.3), 1), 1)
+    assert _parked(ref)
+    with pytest.raises(ValueError, match="boom"):
+        anyray.get(ref, timeout=WAIT)
+    with pytest.raises(ValueError, match="boom"):
+        anyray.get(add.remote(boom.remote(0), 1), timeout=WAIT)
+
+
+def test_cancel_a_task_waiting_for_its_dependency(one_cpu):
+    head = sleep.remote(1.0)
+    middle = add.remote(head, 1)
+    tail = add.remote(middle, 1)
+    assert _parked(middle) and _parked(tail)
+    anyray.cancel(middle)
+    with pytest.raises(exceptions.TaskCancelledError):
+        anyray.get(middle, timeout=WAIT)
+    with pytest.raises(exceptions.TaskCancelledError):
+        anyray.get(tail, timeout=WAIT)  # its dependency's error, as in Ray
+    assert anyray.get(head, timeout=WAIT) == 1.0
+    assert anyray.get(add.remote(head, 1), timeout=WAIT) == 2.0
+
+
+def test_tasks_waiting_for_a_killed_workers_task_follow_it_through_the_node(one_cpu, tmp_path):
+    marker = tmp_path / "first-run"
+
+    @anyray.remote(max_retries=1)
+    def dies_once(path):
+        if not os.path.exists(path):
+            open(path, "w").close()
+            time.sleep(0.3)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return 100
+
+    ref = dies_once.remote(str(marker))
+    for _ in range(50):
+        ref = add.remote(ref, 1)
+    assert _parked(ref)
+    assert anyray.get(ref, timeout=WAIT) == 150
+
+    @anyray.remote(max_retries=0)
+    def dies():
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(exceptions.WorkerCrashedError):
+        anyray.get(add.remote(add.remote(dies.remote(), 1), 1), timeout=WAIT)
+
+
+def test_waiting_tasks_with_timeouts_threads_and_actor_results(one_cpu):
+    import threading
+
+    ref = add.remote(sleep.remote(1.5), 1)
+    with pytest.raises(exceptions.GetTimeoutError):
+        anyray.get(ref, timeout=0.2)
+    ready, rest = anyray.wait([ref], timeout=0.1)
+    assert not ready and rest == [ref]
+    assert anyray.get(ref, timeout=WAIT) == 2.5
+
+    @anyray.remote(num_cpus=0)
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def incr(self):
+            self.n += 1
+            return self.n
+
+    counter = Counter.remote()
+    assert anyray.get(add.remote(counter.incr.remote(), counter.incr.remote()), timeout=WAIT) == 3
+
+    results = {}
+
+    def chain(k):
+        r = sleep.remote(0.2)
+        for _ in range(40):
+            r = add.remote(r, k)
+        results[k] = anyray.get(r, timeout=WAIT)
+
+    threads = [threading.Thread(target=chain, args=(k,)) for k in range(1, 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    assert results == {k: pytest.approx(0.2 + 40 * k) for k in range(1, 4)}

@@ -70,6 +70,7 @@ class _Socket:
 
     __slots__ = ("actor_id", "conn", "fd", "pid", "path", "send_lock", "read_lock", "pending", "closed", "poller")
     leased = False  # a socket to a worker lent to this driver (leases.py)
+    parked = False  # leases.PARKED: the results of a task waiting here for its dependencies
 
     def __init__(self, actor_id: bytes, conn: Connection, pid: int, path: str):
         self.actor_id, self.conn, self.fd, self.pid, self.path = actor_id, conn, conn.fileno(), pid, path
@@ -132,7 +133,10 @@ class _Answers:
                 if left is not None and left <= 0:
                     raise GetTimeoutError("get() timed out: an actor call's result is not ready. Raise the "
                                           "timeout, or use wait() to take what is ready.")
-                self._pump([sock], left, lambda oid=oid: oid not in waiting)
+                if sock.parked:  # a task waiting here for its dependencies: they come on any busy socket
+                    self._pump(self._busy(), left, lambda oid=oid: oid not in waiting, bounded=True)
+                else:
+                    self._pump([sock], left, lambda oid=oid: oid not in waiting)
 
     def wait(self, ids, num_returns: int, deadline: float | None) -> set:
         """Of ``ids`` (all direct calls' results), those that came, once ``num_returns`` have or by ``deadline``."""
@@ -143,13 +147,24 @@ class _Answers:
             if len(ready) >= num_returns or (left is not None and left <= 0):
                 return ready
             socks = list({id(s): s for s in (waiting.get(oid) for oid in ids) if s is not None}.values())
-            if socks:
-                self._pump(socks, left, lambda: sum(oid not in waiting for oid in ids) >= num_returns)
+            parked = any(s.parked for s in socks)
+            if parked:
+                socks = self._busy()
+            if socks or parked:
+                self._pump(socks, left, lambda: sum(oid not in waiting for oid in ids) >= num_returns, parked)
 
-    def _pump(self, socks: list, left: float | None, done) -> None:
+    def _busy(self) -> list:
+        """The sockets with answers to come."""
+        return [s for s in list(self._live) if s.pending and not s.closed]
+
+    def _pump(self, socks: list, left: float | None, done, bounded: bool = False) -> None:
         """Read one answer from the first of ``socks`` that has one (waiting at most ``left`` seconds), unless
-        ``done()`` once this thread may read (another thread may have read what it waits for meanwhile)."""
-        if len(socks) == 1:
+        ``done()`` once this thread may read (another thread may have read what it waits for meanwhile).
+        ``bounded``: look again within ``SLICE`` (what is waited for may move to another socket)."""
+        if not socks:
+            time.sleep(SLICE)  # answered meanwhile by another thread: settled in a moment
+            return
+        if len(socks) == 1 and not bounded:
             sock = socks[0]
             if not sock.read_lock.acquire(timeout=SLICE):
                 return
@@ -208,26 +223,29 @@ class _Answers:
             sock.conn.close()
 
     def _settle(self, oid: bytes, wire) -> None:
-        """The result ``oid`` came: inline (``wire``) or put to the node (None)."""
+        """The result ``oid`` came: inline (``wire``) or put to the node (None). It is in the cache before it
+        leaves ``waiting``: a thread that finds it gone from there finds it here (or at the node)."""
         with self._lock:
-            self.waiting.pop(oid, None)
-            for watch in self.watches:  # wait loops over direct results (direct_watch.py)
-                watch.came(oid)
             promote = oid in self._promote
             self._promote.discard(oid)
             unwanted = oid in self._unwanted
             self._unwanted.discard(oid)
-            if wire is not None and not unwanted and not promote:
-                self.here.add(oid)
+            if wire is not None and not unwanted:
+                data, buffers = wire
+                self._cache[oid] = SerializedObject(data, buffers)
+                if not promote:
+                    self.here.add(oid)
+            self.waiting.pop(oid, None)
+            for watch in self.watches:  # wait loops over direct results (direct_watch.py)
+                watch.came(oid)
         if wire is None:
             if unwanted:  # nothing here refers to it: the node may free it
                 self.link.note("_refs", oid, -1)
-            return
-        if promote:
+        elif promote:
             self.link.tell("put", m.Put.pack(oid, wire, []))
-        if not unwanted:
-            data, buffers = wire
-            self._cache[oid] = SerializedObject(data, buffers)
+        leases = self.leases
+        if leases is not None and leases.waits.parked:
+            leases.waits.ready(oid)  # tasks parked here on it go on
 
     def _lost(self, sock: _Socket) -> None:
         """``sock`` closed: its actor's process is gone; the calls pending on it fail as the node fails

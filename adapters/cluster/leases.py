@@ -1,9 +1,13 @@
 """Task leases, the driver's side (``lease_host.py`` is the node's): a driver's plain tasks go straight to
 a worker its node lent it, not through the node, as Ray's worker leases.
 
-- A task may go on a lease when it has no dependencies, no references inside its arguments, small
-  arguments, no stream, no runtime_env, no placement (default strategy), no ``max_calls``, and takes CPUs
-  alone. Every other task goes through the node, as before; so does one when the node lends nothing.
+- A task may go on a lease when it has no references inside its arguments, small arguments, no stream, no
+  runtime_env, no placement (default strategy), no ``max_calls``, takes CPUs alone, and each of its
+  dependencies is small and here or coming here (a direct result, as Ray's owner resolves a task's
+  dependencies before it asks for a lease). Every other task goes through the node, as before; so does
+  one when the node lends nothing.
+- Dependencies go inline with the task; a task whose dependencies are still coming waits here for them
+  (``lease_deps.py``): a chain of tasks so never takes the node's path.
 - The lease key is the task's resource shape (a worker without a runtime_env runs any function: its code
   travels with the first task of it on each socket). A task goes to the key's lease with the fewest tasks
   pending; when each has one, the driver asks its node for another (one round trip); when the node says
@@ -43,6 +47,7 @@ from ..node import messages as m
 from ..node.framing import frame
 from ..node.store import to_wire
 from .direct import ARGS_MAX, SWITCH, _Socket
+from .lease_deps import PARKED, ParkedTasks
 
 LEASE_SWITCH = "ANYRAY_TASK_LEASES"  # on unless "0" (as is ANYRAY_DIRECT_CALLS)
 IDLE_SECONDS = 0.02        # a lease with nothing pending this long goes back to the node
@@ -61,7 +66,10 @@ def eligible(spec) -> bool:
     options = spec.options
     resources = spec.resources
     args = spec.args
-    return (not spec.deps and not args.contained_refs and args.nbytes < ARGS_MAX and len(resources) == 1
+    contained = args.contained_refs  # the dependencies too: others are references passed on inside
+    if contained and (len(contained) > len(spec.deps) or any(r not in spec.deps for r in contained)):
+        return False
+    return (args.nbytes < ARGS_MAX and len(resources) == 1
             and resources.get("CPU", 0) > 0 and type(options.get("num_returns")) is not str
             and not options.get("runtime_env") and options.get("scheduling_strategy") in (None, "DEFAULT")
             and not options.get("max_calls"))
@@ -95,7 +103,7 @@ class TaskLeases:
     def __init__(self, calls, node_submit, job: tuple):
         self.calls = calls
         self.link = calls.link
-        self._submit_node = node_submit
+        self.submit_node = node_submit
         self._job = job
         self.enabled = calls.enabled and os.environ.get(LEASE_SWITCH, "1") != "0" \
             and os.environ.get(SWITCH, "1") != "0"
@@ -108,6 +116,7 @@ class TaskLeases:
         self._reaper: threading.Thread | None = None
         self._records_at = 0.0
         self._reaping = threading.Lock()
+        self.waits = ParkedTasks(calls, self)     # tasks waiting here for their dependencies
 
     # -- sending ---------------------------------------------------------------------------
     def submit(self, spec) -> bool:
@@ -115,6 +124,17 @@ class TaskLeases:
         calls = self.calls
         if not self.enabled or calls.closed or not eligible(spec):
             return False
+        deps = None
+        if spec.deps:
+            deps = self.waits.resolve(spec)
+            if deps is None:
+                return False
+            if deps is PARKED:
+                return True
+        return self.place(spec, deps)
+
+    def place(self, spec, deps: dict | None) -> bool:
+        """Send ``spec`` on a lease of its shape (asking the node for one when each held has work)."""
         key = (spec.resources["CPU"],)
         held = self._held.get(key)
         best = min(held, key=lambda s: len(s.pending)) if held else None
@@ -124,9 +144,9 @@ class TaskLeases:
                 best = fresh
         if best is None or len(best.pending) >= DEPTH_MAX:
             return False
-        return self._send(best, spec)
+        return self._send(best, spec, deps)
 
-    def _send(self, sock: _LeaseSocket, spec) -> bool:
+    def _send(self, sock: _LeaseSocket, spec, deps: dict | None = None) -> bool:
         fn = spec.function
         fn_id = fn.function_id
         blob = None
@@ -137,8 +157,9 @@ class TaskLeases:
         options = spec.options
         return_ids = [r._id for r in spec.returns]
         payload = frame(m.DIRECT_TASK, m.dumps(m.DirectTask.pack(
-            spec.task_id, fn_id, blob, to_wire(spec.args), return_ids, spec.name, spec.resources,
-            portable_classes(options["retry_exceptions"]), options["max_retries"], self._job)))
+            spec.task_id, fn_id, blob, to_wire(spec.args), [r._id for r in spec.deps] if deps else [],
+            deps or {}, return_ids, spec.name, spec.resources, portable_classes(options["retry_exceptions"]),
+            options["max_retries"], self._job)))
         calls = self.calls
         with sock.send_lock:
             with calls._lock:
@@ -324,18 +345,14 @@ class TaskLeases:
             if charged and retries > 0:
                 spec.options = {**spec.options, "max_retries": retries - 1}
             charged = False
-            try:
-                self._submit_node(spec)
-            finally:
-                with calls._lock:
-                    for ref in spec.returns:
-                        calls.waiting.pop(ref._id, None)
-                        for watch in calls.watches:
-                            watch.moved(ref._id)
+            self.waits.to_node(spec, moved=True)
 
     def cancel(self, sock: _LeaseSocket, oid: bytes, force: bool) -> None:
         """Cancel the task returning ``oid``, pending on ``sock``: the node interrupts (or kills) its worker."""
         calls = self.calls
+        if sock is PARKED:  # waiting here for its dependencies
+            self.waits.cancel(oid)
+            return
         with calls._lock:
             spec = next((s for s in sock.specs.values() if s.returns and s.returns[0]._id == oid), None)
             if spec is None or sock.closed:

@@ -541,11 +541,13 @@ OP_TYPES["direct_cancel"] = DirectCancel
 DIRECT_TASK = 42    # driver -> a leased worker: DirectTask
 
 
-class DirectTask(NamedTuple):  # a Task without dependencies, stream, placement or GPUs
+class DirectTask(NamedTuple):  # a Task without stream, placement or GPUs; its dependencies inline
     task_id: bytes
     fn_id: bytes
     blob: bytes | None        # the function's pickled code, the first time on this socket
     args: Any                 # Inline
+    dep_ids: list             # as Task's
+    deps: dict                # dependency id -> Inline
     return_ids: list
     name: str
     resources: dict

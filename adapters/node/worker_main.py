@@ -182,7 +182,7 @@ class WorkerNode(Link):
         goes back the same way."""
         conn, msg = item
         t = m.DirectTask._make(pickle.loads(memoryview(msg)[1:]))
-        task = m.Task(t.task_id, t.fn_id, t.blob, t.args, [], {}, t.return_ids, t.name, t.resources, [],
+        task = m.Task(t.task_id, t.fn_id, t.blob, t.args, t.dep_ids, t.deps, t.return_ids, t.name, t.resources, [],
                       t.retry_exceptions, t.max_retries, t.job, None, None)
         direct = self.direct
         self._run(task, lambda task_id, outputs: direct.reply(conn, task_id, task.return_ids, outputs))
