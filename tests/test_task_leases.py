@@ -389,3 +389,29 @@ def test_waiting_tasks_with_timeouts_threads_and_actor_results(one_cpu):
     for t in threads:
         t.join(WAIT)
     assert results == {k: pytest.approx(0.2 + 40 * k) for k in range(1, 4)}
+
+
+def test_list_tasks_shows_the_tasks_on_leases_and_those_waiting_for_dependencies(one_cpu):
+    from anyray.util.state import list_tasks
+
+    @anyray.remote
+    def behind(a, b):
+        return a + b
+
+    @anyray.remote
+    def waits(a, b):
+        return a + b
+
+    def states():
+        rows = {row.name.split(".")[-1]: row.state for row in list_tasks(limit=10_000)}
+        return {name: state for name, state in rows.items() if name in ("sleep", "behind", "waits")}
+
+    head = sleep.remote(3)
+    second = behind.remote(1, 2)
+    third = waits.remote(head, 1)
+    assert _on_lease(head) and _on_lease(second) and _parked(third)
+    time.sleep(0.3)
+    assert states() == {"sleep": "RUNNING", "behind": "SUBMITTED_TO_WORKER", "waits": "PENDING_ARGS_AVAIL"}
+    assert anyray.get(third, timeout=WAIT) == 4
+    wait_until(lambda: states() == {"sleep": "FINISHED", "behind": "FINISHED", "waits": "FINISHED"},
+               "the finished tasks' records")

@@ -36,7 +36,12 @@ class _ClusterScheduler(RemoteGroups, RemoteScheduler):
         """Every node's rows: the node answering asks the others (what ``anyray list`` shows); the jobs are the
         drivers that connected to a node (``drivers.DriverTable``)."""
         self.direct.pass_records_on()
-        return self.node.request("list", "drivers" if kind == "jobs" else kind, timeout=60)
+        rows = self.node.request("list", "drivers" if kind == "jobs" else kind, timeout=60)
+        if kind == "tasks" and self.direct.leases is not None:  # this driver's tasks on leases, or parked here
+            from .leases import task_rows
+
+            rows += task_rows(self.direct.leases, self.node.setup["node_id"])
+        return rows
 
     def _check(self, key: bytes, name: str, demand: dict) -> None:
         self._feasibility.check(key, name, demand)

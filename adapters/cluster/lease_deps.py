@@ -79,6 +79,11 @@ class ParkedTasks:
                 return PARKED
         return {oid: to_wire(obj) for oid, obj in objs.items()}
 
+    def specs(self) -> list:
+        """The parked tasks (under the answers' lock)."""
+        missing = self._missing
+        return list({s.task_id: s for specs in self.parked.values() for s in specs if s.task_id in missing}.values())
+
     def ready(self, oid: bytes) -> None:
         """``oid`` left ``waiting`` (it came here, or is made at the node now): the parked tasks it was the
         last dependency of go on."""

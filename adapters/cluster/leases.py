@@ -75,6 +75,26 @@ def eligible(spec) -> bool:
             and not options.get("max_calls"))
 
 
+def task_rows(leases, node_id: str) -> list[dict]:
+    """``anyray.util.state.list_tasks`` rows of the tasks on a driver's leases (the first on each worker
+    RUNNING, the rest SUBMITTED_TO_WORKER) and of those parked in it (PENDING_ARGS_AVAIL): the node knows
+    them only once their records come with their results."""
+    calls = leases.calls
+    with calls._lock:
+        sent = [(sock.pid, list(sock.specs.values())) for sock in calls._live if sock.leased and sock.specs]
+        parked = leases.waits.specs()
+    rows = []
+    for pid, specs in sent:
+        rows += [_row(spec, "SUBMITTED_TO_WORKER" if i else "RUNNING", pid, node_id) for i, spec in enumerate(specs)]
+    return rows + [_row(spec, "PENDING_ARGS_AVAIL", None, node_id) for spec in parked]
+
+
+def _row(spec, state: str, pid: int | None, node_id: str) -> dict:
+    return {"task_id": spec.task_id.hex(), "name": spec.name, "state": state, "type": "NORMAL_TASK",
+            "func_or_class_name": spec.function.name, "actor_id": None, "worker_pid": pid, "node_id": node_id,
+            "required_resources": dict(spec.resources)}
+
+
 class _LeaseSocket(_Socket):
     """A direct socket to a leased worker: the lease it is on, the tasks sent on it (in order)."""
 
