@@ -415,3 +415,26 @@ def test_list_tasks_shows_the_tasks_on_leases_and_those_waiting_for_dependencies
     assert anyray.get(third, timeout=WAIT) == 4
     wait_until(lambda: states() == {"sleep": "FINISHED", "behind": "FINISHED", "waits": "FINISHED"},
                "the finished tasks' records")
+
+
+def test_cancel_of_a_leased_task_reaches_the_tasks_it_submitted(one_cpu, tmp_path):
+    started, finished = tmp_path / "started", tmp_path / "finished"
+
+    @anyray.remote(num_cpus=0)
+    def child(started, finished):
+        open(started, "w").close()
+        time.sleep(3)
+        open(finished, "w").close()
+
+    @anyray.remote
+    def parent(started, finished):
+        return anyray.get(child.remote(started, finished))
+
+    ref = parent.remote(str(started), str(finished))
+    assert _on_lease(ref)
+    wait_until(started.exists, "the child task to start")
+    anyray.cancel(ref)  # recursive, as Ray's default
+    with pytest.raises(exceptions.TaskCancelledError):
+        anyray.get(ref, timeout=WAIT)
+    time.sleep(4)
+    assert not finished.exists()  # the child was interrupted too

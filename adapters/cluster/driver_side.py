@@ -71,7 +71,7 @@ class _ClusterScheduler(RemoteGroups, RemoteScheduler):
     def cancel(self, ref, force, recursive) -> None:
         sock = self.direct.waiting.get(ref._id)
         if sock is not None and sock.leased:  # a task on a leased worker: the node interrupts it there
-            self.direct.leases.cancel(sock, ref._id, force)
+            self.direct.leases.cancel(sock, ref._id, force, recursive)
             return
         if sock is not None:  # a direct call: the node interrupts it in the actor's process
             self.node.tell("direct_cancel", m.DirectCancel.pack(sock.actor_id, ref._id))

@@ -130,6 +130,9 @@ class LeaseHost:
         hold = self._holds.get(end.lease_id)
         if hold is None or hold.client is not client or hold.ended:
             return
+        if end.recursive:  # what the task submitted went through the node
+            for child in list(self._tasks.children.get(end.task_id, ())):
+                self._tasks.cancel_task(child, end.force, True)
         handle = hold.worker.handle
         if end.force:
             hold.worker.retiring = True

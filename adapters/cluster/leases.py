@@ -263,7 +263,7 @@ class TaskLeases:
 
     def _give_back(self, lease_id: int) -> None:
         try:
-            self.link.tell("lease_return", m.LeaseEnd.pack(lease_id, b"", False))
+            self.link.tell("lease_return", m.LeaseEnd.pack(lease_id, b"", False, False))
         except (OSError, ConnectionError):
             pass
 
@@ -367,7 +367,7 @@ class TaskLeases:
             charged = False
             self.waits.to_node(spec, moved=True)
 
-    def cancel(self, sock: _LeaseSocket, oid: bytes, force: bool) -> None:
+    def cancel(self, sock: _LeaseSocket, oid: bytes, force: bool, recursive: bool = False) -> None:
         """Cancel the task returning ``oid``, pending on ``sock``: the node interrupts (or kills) its worker."""
         calls = self.calls
         if sock is PARKED:  # waiting here for its dependencies
@@ -386,7 +386,7 @@ class TaskLeases:
             for ref in spec.returns:
                 calls._settle(ref._id, failure)
         try:
-            self.link.tell("lease_cancel", m.LeaseEnd.pack(sock.lease_id, spec.task_id, force))
+            self.link.tell("lease_cancel", m.LeaseEnd.pack(sock.lease_id, spec.task_id, force, recursive))
         except (OSError, ConnectionError):
             pass
 

@@ -570,6 +570,7 @@ class LeaseEnd(NamedTuple):  # "lease_return" (no answer), "lease_cancel" (no an
     lease_id: int
     task_id: bytes            # lease_cancel: the task to interrupt (b"" for lease_return)
     force: bool               # lease_cancel: kill the worker
+    recursive: bool           # lease_cancel: the tasks it submitted too
 
 
 for _cls in (DirectTask, LeaseAsk, LeaseAnswer, LeaseEnd):

@@ -72,7 +72,7 @@ class Tasks:
         self.call_worker_of = None  # oid -> the worker running the actor call that returns it (set by the node)
         self.latency = None  # observe(seconds from submission to start), under the lock (node metrics)
         self.tasks: dict[bytes, Task] = {}          # by return object id, until done
-        self._children: dict[bytes, list[Task]] = {}
+        self.children: dict[bytes, list[Task]] = {}  # parent task id -> the tasks it submitted here
 
     def submit(self, spec: TaskSpec, held: ArenaObject | None = None, job: tuple | None = None,
                handed: bool = False, attempts: int = 0) -> None:
@@ -96,7 +96,7 @@ class Tasks:
             feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
         if len(self.tasks) >= gc_guard.HIGH:
             gc_guard.queue_grew(len(self.tasks))
-        if admit(task, self.tasks, self._children, self._lock, self._store, self.ready):
+        if admit(task, self.tasks, self.children, self._lock, self._store, self.ready):
             self.ready(task)
 
     def ready(self, task: Task) -> None:
@@ -254,13 +254,13 @@ class Tasks:
             self.tasks.pop(ref._id, None)
         if len(self.tasks) < gc_guard.LOW and gc_guard.deferring():  # and the results they left are few
             gc_guard.queue_shrank(max(len(self.tasks), self._store.count()))
-        siblings = self._children.get(spec.parent_task_id) if spec.parent_task_id else None
+        siblings = self.children.get(spec.parent_task_id) if spec.parent_task_id else None
         if siblings is not None:
             if task in siblings:
                 siblings.remove(task)
             if not siblings:
-                del self._children[spec.parent_task_id]
-        self._children.pop(spec.task_id, None)
+                del self.children[spec.parent_task_id]
+        self.children.pop(spec.task_id, None)
         if task.held is not None:
             held, task.held = task.held, None
             self._store.drop(held)
@@ -311,10 +311,10 @@ class Tasks:
             task = self.tasks.get(ref._id)
         if task is None:
             return False
-        self._cancel_task(task, force, recursive)
+        self.cancel_task(task, force, recursive)
         return True
 
-    def _cancel_task(self, task: Task, force: bool, recursive: bool) -> None:
+    def cancel_task(self, task: Task, force: bool, recursive: bool) -> None:
         error = TaskCancelledError(f"Task {task.spec.name} was cancelled.")
         with self._lock:
             state, worker = task.state, task.worker
@@ -323,7 +323,7 @@ class Tasks:
             elif state == "running" and force:
                 task.cancelled = True
                 worker.retiring = True
-            children = list(self._children.get(task.spec.task_id, ())) if recursive else []
+            children = list(self.children.get(task.spec.task_id, ())) if recursive else []
         if state in ("waiting", "queued"):
             self.fail(task.spec.returns, error)
         elif state == "running":
@@ -336,7 +336,7 @@ class Tasks:
                 except ProcessLookupError:
                     pass
         for child in children:
-            self._cancel_task(child, force, recursive)
+            self.cancel_task(child, force, recursive)
 
     def task_of(self, oid: bytes) -> Task | None:
         """The task (not yet done) that returns ``oid``."""
