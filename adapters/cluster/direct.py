@@ -65,7 +65,7 @@ SLICE = 0.005              # a reader's wait between looks at whether another th
 SWITCH = "ANYRAY_DIRECT_CALLS"  # on unless "0" in the driver's environment: then every call takes the node's path
 
 
-class _Socket:
+class Socket:
     """A direct socket to one actor process, and the calls sent on it without a result yet."""
 
     __slots__ = ("actor_id", "conn", "fd", "pid", "path", "send_lock", "read_lock", "pending", "closed", "poller")
@@ -82,7 +82,7 @@ class _Socket:
         self.poller.register(self.fd, select.POLLOUT)
 
 
-def backed_up(sock: _Socket) -> bool:
+def backed_up(sock: Socket) -> bool:
     """Whether the actor process's answers pile up unread (it may block on one nobody reads)."""
     try:
         unread = fcntl.ioctl(sock.fd, termios.FIONREAD, b"\0\0\0\0")
@@ -104,25 +104,25 @@ class _Answers:
     them (or a helper thread), settled into the store's cache, and the calls of a socket that closed."""
 
     link = None
-    _cache: dict
-    _lock: threading.Lock
+    cache: dict
+    lock: threading.Lock
     _sockets: dict
     _retry: dict
-    _live: set
+    live: set
     _promote: set
     _unwanted: set
     waiting: dict
     here: set
-    _helper = None
+    helper = None
     closed = False
 
     def collect(self, ids, deadline: float | None) -> None:
         """Wait until the results among ``ids`` of direct calls are here (or at the node); raise
         ``GetTimeoutError`` past ``deadline``."""
         waiting = self.waiting
-        if len(self._live) > 1 and self._helper is None:
+        if len(self.live) > 1 and self.helper is None:
             mine = {id(waiting.get(oid)) for oid in ids}
-            if any(s.pending for s in list(self._live) if id(s) not in mine):
+            if any(s.pending for s in list(self.live) if id(s) not in mine):
                 self.read_in_background()  # other actors' answers are read meanwhile
         for oid in ids:
             while oid in waiting:
@@ -134,9 +134,9 @@ class _Answers:
                     raise GetTimeoutError("get() timed out: an actor call's result is not ready. Raise the "
                                           "timeout, or use wait() to take what is ready.")
                 if sock.parked:  # a task waiting here for its dependencies: they come on any busy socket
-                    self._pump(self._busy(), left, lambda oid=oid: oid not in waiting, bounded=True)
+                    self.pump(self._busy(), left, lambda oid=oid: oid not in waiting, bounded=True)
                 else:
-                    self._pump([sock], left, lambda oid=oid: oid not in waiting)
+                    self.pump([sock], left, lambda oid=oid: oid not in waiting)
 
     def wait(self, ids, num_returns: int, deadline: float | None) -> set:
         """Of ``ids`` (all direct calls' results), those that came, once ``num_returns`` have or by ``deadline``."""
@@ -151,13 +151,13 @@ class _Answers:
             if parked:
                 socks = self._busy()
             if socks or parked:
-                self._pump(socks, left, lambda: sum(oid not in waiting for oid in ids) >= num_returns, parked)
+                self.pump(socks, left, lambda: sum(oid not in waiting for oid in ids) >= num_returns, parked)
 
     def _busy(self) -> list:
         """The sockets with answers to come."""
-        return [s for s in list(self._live) if s.pending and not s.closed]
+        return [s for s in list(self.live) if s.pending and not s.closed]
 
-    def _pump(self, socks: list, left: float | None, done, bounded: bool = False) -> None:
+    def pump(self, socks: list, left: float | None, done, bounded: bool = False) -> None:
         """Read one answer from the first of ``socks`` that has one (waiting at most ``left`` seconds), unless
         ``done()`` once this thread may read (another thread may have read what it waits for meanwhile).
         ``bounded``: look again within ``SLICE`` (what is waited for may move to another socket)."""
@@ -171,7 +171,7 @@ class _Answers:
             try:
                 if sock.closed or done():
                     return
-                timeout = left if self._helper is None else SLICE if left is None else min(left, SLICE)
+                timeout = left if self.helper is None else SLICE if left is None else min(left, SLICE)
                 if spin_until_readable(sock.fd) or sock.conn.poll(timeout):
                     self._read(sock)
             finally:
@@ -189,23 +189,23 @@ class _Answers:
                 finally:
                     sock.read_lock.release()
 
-    def _read(self, sock: _Socket) -> None:
+    def _read(self, sock: Socket) -> None:
         """Read one answer from ``sock`` (its read lock held); a Ctrl-C meanwhile waits until it is in place."""
         with self.link.deferring():
             self._read_one(sock)
 
-    def _read_one(self, sock: _Socket) -> None:
+    def _read_one(self, sock: Socket) -> None:
         try:
             msg = sock.conn.recv_bytes()
         except (EOFError, OSError):
-            self._lost(sock)
+            self.socket_lost(sock)
             return
         result = m.DirectResult._make(pickle.loads(memoryview(msg)[1:]))
         if result.records:
             self.records.extend(result.records)
             if self.leases is not None and self.leases._reaper is None:
                 self.leases.start_reaper()  # passes them on to the node
-        with self._lock:
+        with self.lock:
             return_ids = sock.pending.pop(result.task_id, None) or []
             if sock.leased:
                 self.leases.answered(sock, result.task_id)
@@ -215,24 +215,24 @@ class _Answers:
         if sock.leased and sock.backlog:
             self.leases.send_backlog(sock)
         for oid, wire in zip(return_ids, result.wires):
-            self._settle(oid, wire)
+            self.settle(oid, wire)
         if done:  # calls go another way now, and none is left on this socket
-            with self._lock:
+            with self.lock:
                 sock.closed = True
-                self._live.discard(sock)
+                self.live.discard(sock)
             sock.conn.close()
 
-    def _settle(self, oid: bytes, wire) -> None:
+    def settle(self, oid: bytes, wire) -> None:
         """The result ``oid`` came: inline (``wire``) or put to the node (None). It is in the cache before it
         leaves ``waiting``: a thread that finds it gone from there finds it here (or at the node)."""
-        with self._lock:
+        with self.lock:
             promote = oid in self._promote
             self._promote.discard(oid)
             unwanted = oid in self._unwanted
             self._unwanted.discard(oid)
             if wire is not None and not unwanted:
                 data, buffers = wire
-                self._cache[oid] = SerializedObject(data, buffers)
+                self.cache[oid] = SerializedObject(data, buffers)
                 if not promote:
                     self.here.add(oid)
             self.waiting.pop(oid, None)
@@ -247,17 +247,17 @@ class _Answers:
         if leases is not None and leases.waits.parked:
             leases.waits.ready(oid)  # tasks parked here on it go on
 
-    def _lost(self, sock: _Socket) -> None:
+    def socket_lost(self, sock: Socket) -> None:
         """``sock`` closed: its actor's process is gone; the calls pending on it fail as the node fails
         calls in flight."""
         if sock.leased:  # a leased worker: its tasks go through the node, with their retries
             self.leases.lost(sock)
             return
-        with self._lock:
+        with self.lock:
             if sock.closed:
                 return
             sock.closed = True
-            self._live.discard(sock)
+            self.live.discard(sock)
             pending, sock.pending = sock.pending, {}
         if self._sockets.get(sock.actor_id) is sock:
             self._sockets.pop(sock.actor_id, None)
@@ -271,9 +271,9 @@ class _Answers:
         failure = to_wire(serialize_failure(RemoteFailure(ActorDiedError(self._cause(sock)))))
         for return_ids in pending.values():
             for oid in return_ids:
-                self._settle(oid, failure)
+                self.settle(oid, failure)
 
-    def _cause(self, sock: _Socket) -> str:
+    def _cause(self, sock: Socket) -> str:
         """Why the actor's process went, as the node tells once it has seen it go."""
         deadline = time.monotonic() + CAUSE_SECONDS
         while not self.closed:
@@ -292,30 +292,30 @@ class _Answers:
             time.sleep(0.02)
         return f"The actor's process ({sock.pid}) died while it ran this call."
 
-    def _start_helper(self) -> None:
-        with self._lock:
-            if self._helper is not None:
+    def start_helper(self) -> None:
+        with self.lock:
+            if self.helper is not None:
                 return
-            self._helper = threading.Thread(target=self._help, name="anyray-direct-results", daemon=True)
-        self._helper.start()
+            self.helper = threading.Thread(target=self._help, name="anyray-direct-results", daemon=True)
+        self.helper.start()
 
 
     def read_in_background(self) -> None:
         """This thread is about to wait elsewhere (for its node) while direct calls are pending: a helper
         reads their answers meanwhile (an actor process whose answers nobody reads stops reading calls)."""
         if self.waiting:
-            self._start_helper()
+            self.start_helper()
 
     def _help(self) -> None:
         """Read answers while direct calls are pending and no thread may be reading them: results to put to
         the node, a thread waiting for its node, many calls sent without a ``get``."""
         while not self.closed:
-            with self._lock:
-                socks = [s for s in self._live if s.pending and not s.closed]
+            with self.lock:
+                socks = [s for s in self.live if s.pending and not s.closed]
                 if not socks:
-                    self._helper = None
+                    self.helper = None
                     return
-            self._pump(socks, SLICE, self._nothing_waits)
+            self.pump(socks, SLICE, self._nothing_waits)
 
     def _nothing_waits(self) -> bool:
         return not self.waiting
@@ -327,21 +327,21 @@ class DirectCalls(_Answers):
 
     def __init__(self, link, cache: dict, token: bytes):
         self.link = link
-        self._cache = cache
+        self.cache = cache
         self._token = token
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self._connecting = threading.Lock()        # held while a thread opens an actor's socket
         self.enabled = os.environ.get(SWITCH, "1") != "0"
-        self._sockets: dict[bytes, _Socket] = {}   # actor id -> the socket its calls go to now
+        self._sockets: dict[bytes, Socket] = {}   # actor id -> the socket its calls go to now
         self._never: set[bytes] = set()            # actors that take no direct calls
         self._retry: dict[bytes, tuple] = {}       # actor id -> (when to ask again, the wait after that)
         self._node_calls: dict[bytes, list] = {}   # actor id -> [the last call sent through the node]
-        self.waiting: dict[bytes, _Socket] = {}    # return id of a direct call -> its socket, until it comes
+        self.waiting: dict[bytes, Socket] = {}    # return id of a direct call -> its socket, until it comes
         self.here: set[bytes] = set()              # results held only here (the node has not got them)
         self._promote: set[bytes] = set()          # results to put to the node when they come
         self._unwanted: set[bytes] = set()         # results whose references all went before they came
-        self._helper: threading.Thread | None = None
-        self._live: set[_Socket] = set()           # every socket not closed
+        self.helper: threading.Thread | None = None
+        self.live: set[Socket] = set()           # every socket not closed
         self.leases = None                         # the task leases (leases.py), set by the backend
         self.records: list = []                    # records of direct calls and leased tasks, for the node
         self.watches = weakref.WeakSet()           # the ready indexes of wait loops over direct results
@@ -377,7 +377,7 @@ class DirectCalls(_Answers):
             # process does not read calls now (it runs a long one, say), and a send could block this thread,
             # which the running call may wait for. The node has a window for such calls (node/send_window.py).
             full = not sock.poller.poll(0)
-            with self._lock:  # a socket with a call pending is not closed for having answered its last one
+            with self.lock:  # a socket with a call pending is not closed for having answered its last one
                 closed = sock.closed
                 if not closed and not full:
                     sock.pending[spec.task_id] = return_ids
@@ -389,17 +389,17 @@ class DirectCalls(_Answers):
                 except OSError:
                     closed = None
         if closed is None:
-            self._lost(sock)
+            self.socket_lost(sock)
         elif closed or full:  # it went, or another socket took over after its last answer, or it is full: the
             self._sockets.pop(actor_id, None)  # node's path, and the next calls too, until the node has done this one
             self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
             self._node_calls[actor_id] = [spec.task_id]
             return False
-        if self._helper is None and not sock.closed and backed_up(sock):
-            self._start_helper()  # its answers are read while more calls go out
+        if self.helper is None and not sock.closed and backed_up(sock):
+            self.start_helper()  # its answers are read while more calls go out
         return True
 
-    def _connect(self, actor_id: bytes) -> _Socket | None:
+    def _connect(self, actor_id: bytes) -> Socket | None:
         retry = self._retry.get(actor_id)
         now = time.monotonic()
         if retry is not None and now < retry[0]:
@@ -417,17 +417,17 @@ class DirectCalls(_Answers):
         self._retry.pop(actor_id, None)
         self._node_calls.pop(actor_id, None)
         try:
-            conn = self._open(answer.path)
+            conn = self.open_socket(answer.path)
         except (OSError, PermissionError, EOFError):
             self._retry[actor_id] = (now + LOOKUP_SECONDS, LOOKUP_SECONDS)
             return None
-        sock = _Socket(actor_id, conn, answer.pid, answer.path)
+        sock = Socket(actor_id, conn, answer.pid, answer.path)
         self._sockets[actor_id] = sock
-        with self._lock:
-            self._live.add(sock)
+        with self.lock:
+            self.live.add(sock)
         return sock
 
-    def _open(self, path: str) -> Connection:
+    def open_socket(self, path: str) -> Connection:
         raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         raw.settimeout(10.0)
         try:
@@ -471,10 +471,10 @@ class DirectCalls(_Answers):
             return
         start = False
         for oid in ids:
-            with self._lock:
+            with self.lock:
                 if oid in self.here:
                     self.here.discard(oid)
-                    obj = self._cache.get(oid)
+                    obj = self.cache.get(oid)
                 elif oid in self.waiting:
                     self._promote.add(oid)
                     start = True
@@ -484,14 +484,14 @@ class DirectCalls(_Answers):
             if obj is not None:
                 self.link.tell("put", m.Put.pack(oid, to_wire(obj), []))
         if start:
-            self._start_helper()
+            self.start_helper()
 
     def node_may_watch(self, ids) -> bool:
         """Whether the node may keep the ready index of a wait loop over ``ids`` (``core/waiting.py``). The
         node knows nothing of a direct call's result until it is put there: a loop over results that are
         all direct calls' waits here, on the ordinary path (False); a loop mixing them with others has
         them put to the node (one still coming, when it comes), and the node answers for all (True)."""
-        with self._lock:
+        with self.lock:
             direct = [oid for oid in ids if oid in self.waiting or oid in self.here]
         if not direct:
             return True
@@ -502,7 +502,7 @@ class DirectCalls(_Answers):
 
     def forget(self, oid: bytes) -> None:
         """The last reference to ``oid`` here went."""
-        with self._lock:
+        with self.lock:
             self.here.discard(oid)
             if oid in self.waiting:
                 self._unwanted.add(oid)

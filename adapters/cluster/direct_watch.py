@@ -23,7 +23,7 @@ class DirectWatch:
         self._pos: dict[bytes, int] = {}    # id -> position, not ready yet
         self._ready: list[int] = []         # a heap of the positions ready and not taken
         self._moved: dict[bytes, int] = {}  # id -> position, of results the node makes now
-        with calls._lock:
+        with calls.lock:
             waiting = calls.waiting
             for i, oid in enumerate(ids):
                 if oid in waiting:
@@ -58,9 +58,9 @@ class DirectWatch:
             if self._moved:
                 self._ask_node(k - len(ready), left if not self._pos else 0)
             if self._pos and len(ready) < k:
-                socks = [s for s in list(calls._live) if s.pending and not s.closed]
+                socks = [s for s in list(calls.live) if s.pending and not s.closed]
                 if socks:
-                    calls._pump(socks, left, lambda: len(ready) >= k)
+                    calls.pump(socks, left, lambda: len(ready) >= k)
                 elif not self._moved:
                     time.sleep(0.001)  # answered meanwhile by another thread: settled in a moment
             if left is not None and left <= 0:
@@ -82,5 +82,5 @@ class DirectWatch:
 
     def close(self) -> None:
         calls = self._calls
-        with calls._lock:
+        with calls.lock:
             calls.watches.discard(self)

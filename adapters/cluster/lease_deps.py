@@ -49,11 +49,11 @@ class ParkedTasks:
         """``spec``'s dependencies inline (id -> wire); ``PARKED`` if some are still coming (the task waits
         here for them); None if one is at the node, large, or holds references (the node's path)."""
         calls = self.calls
-        cache, waiting = calls._cache, calls.waiting
+        cache, waiting = calls.cache, calls.waiting
         size = spec.args.nbytes
         objs: dict = {}
         missing: set = set()
-        with calls._lock:
+        with calls.lock:
             for ref in spec.deps:
                 oid = ref._id
                 if oid in objs or oid in missing:
@@ -92,7 +92,7 @@ class ParkedTasks:
         while todo:  # a loop, not recursion: a long chain moved to the node goes link by link
             oid = todo.pop()
             going = []
-            with calls._lock:
+            with calls.lock:
                 for spec in self.parked.pop(oid, ()):
                     missing = self._missing.get(spec.task_id)
                     if missing is None:
@@ -123,7 +123,7 @@ class ParkedTasks:
         try:
             self.leases.submit_node(spec)
         finally:
-            with calls._lock:
+            with calls.lock:
                 for ref in spec.returns:
                     calls.waiting.pop(ref._id, None)
                     for watch in calls.watches:
@@ -135,7 +135,7 @@ class ParkedTasks:
     def cancel(self, oid: bytes) -> None:
         """Cancel the parked task returning ``oid`` (if it is still parked)."""
         calls = self.calls
-        with calls._lock:
+        with calls.lock:
             spec = self._by_return.get(oid)
             if spec is None or self._missing.pop(spec.task_id, None) is None:
                 return
@@ -143,4 +143,4 @@ class ParkedTasks:
                 self._by_return.pop(ref._id, None)
         failure = to_wire(serialize_failure(RemoteFailure(TaskCancelledError(f"Task {spec.name} was cancelled."))))
         for ref in spec.returns:
-            calls._settle(ref._id, failure)
+            calls.settle(ref._id, failure)

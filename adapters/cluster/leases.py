@@ -46,7 +46,7 @@ from anyray.specs import RemoteFailure
 from ..node import messages as m
 from ..node.framing import frame
 from ..node.store import to_wire
-from .direct import ARGS_MAX, SWITCH, _Socket
+from .direct import ARGS_MAX, SWITCH, Socket
 from .lease_deps import PARKED, ParkedTasks
 
 LEASE_SWITCH = "ANYRAY_TASK_LEASES"  # on unless "0" (as is ANYRAY_DIRECT_CALLS)
@@ -80,8 +80,8 @@ def task_rows(leases, node_id: str) -> list[dict]:
     RUNNING, the rest SUBMITTED_TO_WORKER) and of those parked in it (PENDING_ARGS_AVAIL): the node knows
     them only once their records come with their results."""
     calls = leases.calls
-    with calls._lock:
-        sent = [(sock.pid, list(sock.specs.values())) for sock in calls._live if sock.leased and sock.specs]
+    with calls.lock:
+        sent = [(sock.pid, list(sock.specs.values())) for sock in calls.live if sock.leased and sock.specs]
         parked = leases.waits.specs()
     rows = []
     for pid, specs in sent:
@@ -95,7 +95,7 @@ def _row(spec, state: str, pid: int | None, node_id: str) -> dict:
             "required_resources": dict(spec.resources)}
 
 
-class _LeaseSocket(_Socket):
+class _LeaseSocket(Socket):
     """A direct socket to a leased worker: the lease it is on, the tasks sent on it (in order)."""
 
     __slots__ = ("lease_id", "key", "fns", "specs", "idle_since", "returned", "killed", "backlog", "credit",
@@ -182,7 +182,7 @@ class TaskLeases:
             options["max_retries"], self._job)))
         calls = self.calls
         with sock.send_lock:
-            with calls._lock:
+            with calls.lock:
                 ok = not sock.closed and not sock.returned
                 if ok:
                     sock.pending[spec.task_id] = return_ids
@@ -194,10 +194,10 @@ class TaskLeases:
                 sock.backlog.append(payload)
                 ok = self._flush(sock)
         if ok is None:
-            calls._lost(sock)  # the task is sent through the node with the others pending there
+            calls.socket_lost(sock)  # the task is sent through the node with the others pending there
             return True
-        if sock.backlog and calls._helper is None:
-            calls._start_helper()  # answers are read (and the backlog sent) while this thread goes on
+        if sock.backlog and calls.helper is None:
+            calls.start_helper()  # answers are read (and the backlog sent) while this thread goes on
         return ok is not False
 
     @staticmethod
@@ -227,7 +227,7 @@ class TaskLeases:
         with sock.send_lock:  # waited for: a flush skipped here could leave the backlog with nobody to send it
             broke = self._flush(sock) is None
         if broke:
-            self.calls._lost(sock)
+            self.calls.socket_lost(sock)
 
     def _lease(self, key: tuple, resources: dict) -> _LeaseSocket | None:
         if not self._asking.acquire(False):
@@ -240,7 +240,7 @@ class TaskLeases:
             sock = self._spare.pop(answer.path, None)
             if sock is None or sock.closed or sock.pid != answer.pid:
                 try:
-                    sock = _LeaseSocket(self.calls._open(answer.path), answer.pid, answer.path)
+                    sock = _LeaseSocket(self.calls.open_socket(answer.path), answer.pid, answer.path)
                 except (OSError, PermissionError, EOFError):
                     self._give_back(answer.lease_id)
                     self._refused(key)
@@ -249,8 +249,8 @@ class TaskLeases:
             sock.lease_id, sock.key, sock.returned, sock.killed = answer.lease_id, key, False, False
             sock.idle_since = sock.since = time.monotonic()
             calls = self.calls
-            with calls._lock:
-                calls._live.add(sock)
+            with calls.lock:
+                calls.live.add(sock)
                 self._held.setdefault(key, []).append(sock)
             self.start_reaper()
             return sock
@@ -304,7 +304,7 @@ class TaskLeases:
         calls = self.calls
         going = []
         turn = time.monotonic() - TURN_SECONDS
-        with calls._lock:
+        with calls.lock:
             for socks in self._held.values():
                 for sock in list(socks):
                     if not sock.pending and sock.idle_since <= before and not sock.closed:
@@ -333,11 +333,11 @@ class TaskLeases:
         """``sock`` closed: its worker died. The task it ran goes through the node with one retry less
         (none left: ``WorkerCrashedError``), the others as they were."""
         calls = self.calls
-        with calls._lock:
+        with calls.lock:
             if sock.closed:
                 return
             sock.closed = sock.returned = True
-            calls._live.discard(sock)
+            calls.live.discard(sock)
             specs, sock.specs = sock.specs, {}
             sock.pending = {}
             sock.backlog.clear()
@@ -359,7 +359,7 @@ class TaskLeases:
                     f"driver's lease of it). Raise max_retries to retry it more often.")
                 failure = to_wire(serialize_failure(RemoteFailure(error)))
                 for ref in spec.returns:
-                    calls._settle(ref._id, failure)
+                    calls.settle(ref._id, failure)
                 charged = False
                 continue
             if charged and retries > 0:
@@ -373,7 +373,7 @@ class TaskLeases:
         if sock is PARKED:  # waiting here for its dependencies
             self.waits.cancel(oid)
             return
-        with calls._lock:
+        with calls.lock:
             spec = next((s for s in sock.specs.values() if s.returns and s.returns[0]._id == oid), None)
             if spec is None or sock.closed:
                 return
@@ -384,7 +384,7 @@ class TaskLeases:
         if force:
             failure = to_wire(serialize_failure(RemoteFailure(TaskCancelledError(f"Task {spec.name} was cancelled."))))
             for ref in spec.returns:
-                calls._settle(ref._id, failure)
+                calls.settle(ref._id, failure)
         try:
             self.link.tell("lease_cancel", m.LeaseEnd.pack(sock.lease_id, spec.task_id, force, recursive))
         except (OSError, ConnectionError):
