@@ -130,10 +130,11 @@ def main():
     p.add_argument("--timeout", type=int, default=300, help="seconds per child process")
     p.add_argument("--json", help="write the raw results here")
     p.add_argument("--markdown", help="write the table here as markdown")
-    p.add_argument("--from-source", action="store_true",
-                   help="do not compile anyray's modules to bytecode first (see compile_anyray)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="do not compile anyray's modules to bytecode first (see compile_anyray); the bytecode already "
+                        "there is still used")
     args = p.parse_args()
-    if not args.from_source:
+    if not args.no_compile:
         compile_anyray()
 
     backends = args.backend or ["multiprocess"]
