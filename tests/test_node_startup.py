@@ -137,3 +137,19 @@ def test_the_cluster_backend_loads_its_driver_side_only_once_its_private_daemon_
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["[]", "42"]
+
+
+def test_a_driver_starts_its_private_daemon_before_it_loads_sockets_or_the_metadata_servers():
+    code = ("import sys, anyray\n"
+            "from anyray.adapters.cluster import launch\n"
+            "real, seen = launch.start, []\n"
+            "def start(**kw):\n"
+            "    seen.append([n for n in ('anyray.adapters.cluster.servers', 'socket') if n in sys.modules])\n"
+            "    return real(**kw)\n"
+            "launch.start = start\n"
+            "anyray.init(backend='cluster', num_cpus=1)\n"
+            "print(seen, anyray.get(anyray.remote(lambda: 41).remote()) + 1)\n"
+            "anyray.shutdown()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[[]] 42"

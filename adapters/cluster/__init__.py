@@ -45,7 +45,7 @@ class ClusterBackend(Backend):
     known_gaps = CLUSTER_GAPS
     # token_file: where the cluster token is (default: this machine's, or $ANYRAY_CLUSTER_TOKEN);
     # metadata: "redis", "etcd" or a URL, for the private cluster started without an address (default: kept in
-    # its daemon's memory, ``servers.MEMORY``).
+    # its daemon's memory, ``launch.MEMORY``).
     # _redis_password: the password of the cluster's Redis (Ray's name), also the cluster's secret when its head
     # was started with --redis-password.
     # include_dashboard, dashboard_host, dashboard_port: the dashboard of the private cluster (Ray's; a running
@@ -69,7 +69,6 @@ class ClusterBackend(Backend):
         import secrets
 
         from . import launch
-        from .servers import MEMORY
 
         cfg = self.config
         if cfg.options.get("_redis_password") is not None:
@@ -81,7 +80,7 @@ class ClusterBackend(Backend):
             self._starting = launch.start(
                 directory=self._private_dir, token=self._token, head=True, num_cpus=cfg.num_cpus,
                 num_gpus=cfg.num_gpus, resources=cfg.resources, object_store_memory=cfg.object_store_memory,
-                metadata=cfg.options.get("metadata") or MEMORY, exit_with_parent=True,
+                metadata=cfg.options.get("metadata") or launch.MEMORY, exit_with_parent=True,
                 extra=self._dashboard_settings())
         except BaseException:
             shutil.rmtree(self._private_dir, ignore_errors=True)

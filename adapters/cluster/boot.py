@@ -15,6 +15,7 @@ It does first what can run while the rest loads, and only then loads the node's 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -73,6 +74,7 @@ def main(argv=None) -> int:
                                 password=secrets.get("redis_password"),
                                 tls=servers.tls_files(tls_files) if tls_files else None)
     try:
+        gc.freeze()  # what is loaded so far stays out of this daemon's collector, so the fork server keeps sharing it
         prefork.prefork(close_fds=() if args.ready_fd is None else (args.ready_fd,))
         from . import daemon
     except BaseException:

@@ -13,6 +13,11 @@ import time
 from . import files
 
 START_TIMEOUT = 60.0  # seconds a daemon may take to come up (a busy 2-core machine, an etcd election)
+# The metadata of a driver's private one-node cluster (``init(backend="cluster")`` without an address): kept in
+# its daemon's memory, as Ray's GCS keeps a local cluster's, with no server to start and no client to load.
+# ``init(metadata="redis"|"etcd")`` still starts a server (``servers``). Here, not there: a driver starting its
+# private cluster loads this module alone (not ``servers`` and its sockets) before the daemon is on its way.
+MEMORY = "memory"
 
 
 class DaemonFailed(RuntimeError):

@@ -24,11 +24,9 @@ import subprocess
 import time
 from urllib.parse import quote, urlencode
 
+from .launch import MEMORY  # noqa: F401 - the private cluster's metadata kind: no server (defined there, see it)
+
 TRIES = 5  # a free port found by binding to 0 may be taken before the server binds it
-# The metadata of a driver's private one-node cluster (``init(backend="cluster")`` without an address): kept in
-# its daemon's memory, as Ray's GCS keeps a local cluster's, with no server to start and no client to load.
-# ``init(metadata="redis"|"etcd")`` still starts a server.
-MEMORY = "memory"
 
 
 def _free_port(host: str) -> int:
