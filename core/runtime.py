@@ -54,7 +54,12 @@ class ReferenceCounter:
             self._counts[object_id] = self._counts.get(object_id, 0) + 1
 
     def new_refs(self, n: int) -> list[ObjectRef]:
-        """``n`` refs to new object ids, counted here (one lock round for all of them)."""
+        """``n`` refs to new object ids, counted here (one lock round for all of them; none for one)."""
+        if n == 1:  # a new id: no other thread knows it, so no lock is needed to count it
+            ref = ObjectRef(_new_id(), None, None)
+            self._counts[ref._id] = 1
+            ref._counter = self
+            return [ref]
         refs = [ObjectRef(ids.new_id()) for _ in range(n)]
         with self._lock:
             counts = self._counts
@@ -90,6 +95,7 @@ class ReferenceCounter:
                 self._free(dead)  # may drop refs held inside the freed objects: loop again
 
 
+_new_id = ids.new_id
 _REF_TYPES = {ObjectRef}
 _ids_of = operator.attrgetter("_id")
 _counter_of = operator.attrgetter("_counter")
@@ -361,15 +367,18 @@ class Runtime:
             options = _captured(options, parent)
         options = runtime_env_setup.with_env(self, options, descriptor.name)
         blob = serialization.serialize_arguments(args, kwargs, descriptor.name)
-        self.counter.drain()
-        spec = TaskSpec(
-            task_id=ids.new_id(), function=descriptor, args=blob,
-            deps=runtime_env_setup.with_packages(self, options, self._deps(args, kwargs, descriptor.name)),
-            returns=self._returns(return_count(options["num_returns"])), resources=resources, options=options,
-            parent_task_id=parent.task_id if parent is not None else None,
-            name=options["name"] or descriptor.name)
+        counter = self.counter
+        if counter._pending:
+            counter.drain()
+        deps = self._deps(args, kwargs, descriptor.name) if args or kwargs else []
+        if options.get("runtime_env") is not None:
+            deps = runtime_env_setup.with_packages(self, options, deps)
+        num_returns = options["num_returns"]
+        returns = counter.new_refs(1 if type(num_returns) is str else num_returns)  # a stream has one
+        spec = TaskSpec(_new_id(), descriptor, blob, deps, returns, resources, options,
+                        parent.task_id if parent is not None else None, options["name"] or descriptor.name)
         stream = self.scheduler.submit_task(spec)  # an engine's own generator, for a stream, or None
-        return spec.returns if stream is None else stream
+        return returns if stream is None else stream
 
     def create_actor(self, descriptor: FunctionDescriptor, args: tuple, kwargs: dict, options: dict,
                      is_async: bool, method_options: dict):

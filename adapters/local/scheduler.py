@@ -7,6 +7,7 @@ dependencies are sealed and its resources are free; a task blocked in
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import threading
 
@@ -120,14 +121,18 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
     # -- tasks --------------------------------------------------------------
     def submit_task(self, spec: TaskSpec) -> None:
         _own_arguments(spec)
-        queues, error = route(self.groups, spec.options.get("scheduling_strategy"))
+        strategy = spec.options["scheduling_strategy"]
+        queues, error = (None, None) if strategy is None else route(self.groups, strategy)
         if error is not None:
             self.fail(spec.returns, error)
             return
-        task = _Task(spec, queues or self._shapes)
+        shapes = self._shapes
+        task = _Task(spec, queues or shapes)
         if queues is None and task.shape not in self.feasibility.known_to_fit:
             self.feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
-        if admit(task, self._tasks, self._children, self._lock, self._store, self.ready):
+        if queues is None and not spec.deps and spec.parent_task_id is None:
+            _queue_at_once(self, task)
+        elif admit(task, self._tasks, self._children, self._lock, self._store, self.ready):
             self.ready(task)
 
     def ready(self, task: _Task) -> None:
@@ -207,16 +212,19 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
         A Ctrl-C that interrupts a task run ``inline`` by the caller waiting for it cancels the
         task and then reaches the caller, as it would have while the caller waited."""
         spec = task.spec
-        ctx = TaskContext(task_id=spec.task_id, name=spec.name, resources=dict(spec.resources),
-                          gpu_ids=task.lease.gpu_ids, lease=task.lease, inline=inline,
-                          placement=placement_of(spec.options.get("scheduling_strategy")))
+        options = spec.options
+        call = _call_of(task, inline, self.events)
+        env = options.get("runtime_env")
+        envs = self.envs
         interrupted = None
-        call = Call(spec.function.target, spec.name, "task", ctx, len(spec.returns), self.events,
-                    spec.options["retry_exceptions"], spec.options["max_retries"],
-                    stream_spec(spec.options, spec.returns[0]._id) if spec.returns else None)
-        call = self.envs.wrap(call, spec.options.get("runtime_env"))
         try:
-            outputs = run_in_place(call, spec.args, spec.deps, self.fetch, spec.options["max_retries"])
+            if env is None and envs.hold_job(call):  # the common case: no environment to switch to
+                try:
+                    outputs = run_in_place(call, spec.args, spec.deps, self.fetch, options["max_retries"])
+                finally:
+                    envs.let_go_job()
+            else:
+                outputs = run_in_place(envs.wrap(call, env), spec.args, spec.deps, self.fetch, options["max_retries"])
             with self._lock:  # from here on no cancel interrupts this thread; a pending one lands here
                 task.thread_id = None
         except BaseException as exc:  # noqa: BLE001 - a cancel can land outside the user's code
@@ -226,17 +234,10 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
                 interrupted = exc
             outputs = [serialize_failure(RemoteFailure(
                 exc if isinstance(exc, TaskCancelledError) else TaskCancelledError(str(exc))))] * len(spec.returns)
-        with self._lock:
-            task.state = "done"
-            for ref in spec.returns:
-                self._tasks.pop(ref._id, None)
-            siblings = self._children.get(spec.parent_task_id) if spec.parent_task_id else None
-            if siblings is not None:
-                siblings.remove(task)
-                if not siblings:
-                    del self._children[spec.parent_task_id]
-            self._children.pop(spec.task_id, None)
-        self.store_results(spec.returns, outputs)
+        _finished(self, task)
+        put = self._store.put
+        for ref, obj in zip(spec.returns, outputs):
+            put(ref, obj)
         if interrupted is not None:
             raise interrupted
 
@@ -354,6 +355,54 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
             actor.kill(True, reason="the backend shut down")
         self._threads.shutdown()
         self.envs.close()
+
+
+def _queue_at_once(scheduler: LocalScheduler, task: _Task) -> None:
+    """``admit`` and ``ready`` in one step, for the common task: no dependencies, no parent, the node's queues."""
+    shapes = scheduler._shapes
+    with scheduler._lock:
+        tasks = scheduler._tasks
+        for ref in task.spec.returns:
+            tasks[ref._id] = task
+        task.state = "queued"
+        queue = shapes.queues.get(task.shape)
+        behind = bool(queue)  # see ready(): queued work of its shape dispatches before it
+        if queue is None:
+            queue = shapes.queues[task.shape] = collections.deque()
+        queue.append(task)
+    if not behind:
+        shapes.dispatch()
+
+
+def _call_of(task: _Task, inline: bool, events) -> Call:
+    """The executor's call of a claimed task: its context holds the task's lease and placement group."""
+    spec = task.spec
+    options = spec.options
+    strategy = options["scheduling_strategy"]
+    ctx = TaskContext(spec.task_id, None, spec.name, dict(spec.resources), task.lease.gpu_ids, lease=task.lease,
+                      inline=inline, placement=None if strategy is None else placement_of(strategy))
+    returns = spec.returns
+    return Call(spec.function.target, spec.name, "task", ctx, len(returns), events,
+                options["retry_exceptions"], options["max_retries"],
+                stream_spec(options, returns[0]._id) if type(options["num_returns"]) is str else None)
+
+
+def _finished(scheduler: LocalScheduler, task: _Task) -> None:
+    """``task`` ran: the scheduler forgets it (by its return ids, and as its parent's child)."""
+    spec = task.spec
+    with scheduler._lock:
+        task.state = "done"
+        tasks = scheduler._tasks
+        for ref in spec.returns:
+            tasks.pop(ref._id, None)
+        children = scheduler._children
+        if children:
+            siblings = children.get(spec.parent_task_id) if spec.parent_task_id else None
+            if siblings is not None:
+                siblings.remove(task)
+                if not siblings:
+                    del children[spec.parent_task_id]
+            children.pop(spec.task_id, None)
 
 
 def _group_removed(scheduler: LocalScheduler, group, queued: list) -> None:
