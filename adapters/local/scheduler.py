@@ -57,6 +57,45 @@ class _InGroup:
         self._queues.enqueue(demand, start)
 
 
+class _Starts:
+    """Dispatched tasks on their way to the pool's threads, handed over by one pool call at a time.
+
+    A task that its caller runs itself before a thread takes it (``run_here``: a ``get`` right after the
+    submit) then costs no thread a wake-up, and a burst of dispatches wakes threads one after another
+    rather than once each. Each call takes one task and, if more wait, first hands the rest to another."""
+
+    def __init__(self, lock, claim, call_pool):
+        self._lock = lock            # the scheduler's
+        self._claim = claim          # under the lock: take a dispatched task for this thread (False if taken)
+        self._call_pool = call_pool  # one more pool call, which calls take()
+        self._waiting: collections.deque = collections.deque()
+        self._called = False         # a pool call is on its way (it takes what waits)
+
+    def add(self, task) -> bool:
+        """Under the lock: ``task`` was dispatched; True when the caller must make a pool call for it."""
+        self._waiting.append(task)
+        if self._called:
+            return False
+        self._called = True
+        return True
+
+    def take(self):
+        """In a pool call: the next waiting task still dispatched, claimed for this thread (or None)."""
+        task = None
+        with self._lock:
+            waiting = self._waiting
+            while waiting:
+                candidate = waiting.popleft()
+                if self._claim(candidate):  # else run by the thread that waits for it, or cancelled
+                    task = candidate
+                    break
+            more = bool(waiting)
+            self._called = more
+        if more:
+            self._call_pool()
+        return task
+
+
 def _own_arguments(spec) -> None:
     """Copy the out-of-band argument buffers: they are views of the caller's arrays, which the
     caller may change after ``.remote()`` returns and which the task must not write through."""
@@ -84,6 +123,7 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
         self._children: dict[bytes, list[_Task]] = {}
         self._actors: dict[bytes, ActorHost] = {}
         self._threads = DaemonThreadPool("anyray-task")
+        self._starts = _Starts(self._lock, self._claim, lambda: self._threads.submit(self._run))
         self.envs = Environments(self.fetch)  # each task and actor call runs in its runtime_env's turn
         self._closed = False
 
@@ -169,10 +209,12 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
             if queued:
                 task.state = "dispatched"
                 task.lease = lease
+                wake = self._starts.add(task)
         if not queued:  # cancelled while queued: its lease goes to the work queued behind it
             self.release(lease)
             return
-        self._threads.submit(self._run, task)
+        if wake:
+            self._threads.submit(self._run)
 
     def _claim(self, task: _Task) -> bool:
         """Under the lock: the calling thread takes a dispatched task (False if another thread did)."""
@@ -182,11 +224,11 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
         task.thread_id = threading.get_ident()
         return True
 
-    def _run(self, task: _Task) -> None:
-        with self._lock:
-            if not self._claim(task):
-                return  # the thread waiting for it ran it (run_here), or it was cancelled
-        while task is not None:  # reusing the lease saves a release, an acquire and a thread hand-off
+    def _run(self) -> None:
+        """A pool thread's call: the next dispatched task on its way to the pool, then the tasks its lease
+        takes on (reusing the lease saves a release, an acquire and a thread hand-off)."""
+        task = self._starts.take()
+        while task is not None:
             lease = task.lease
             self._execute(task)
             task = self._take_next(task, lease)
