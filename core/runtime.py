@@ -328,8 +328,12 @@ class Runtime:
         return self._blocking(timeout, self.store.wait, refs, 1, timeout)
 
     def free_ids(self, object_ids: list[bytes]) -> None:
-        """Free objects no ref of this process names (a generator's items nobody took)."""
-        self._free(object_ids)
+        """Free objects no ref of this process names (a generator's items nobody took), with the next drain
+        of dropped refs: this runs from a ``__del__``, which the garbage collector may call inside any code,
+        the store's own locked sections included."""
+        decref = self.counter.decref  # an id nothing counts is freed by the drain as a last ref would be
+        for object_id in object_ids:
+            decref(object_id)
 
     def cancel(self, ref, force=False, recursive=True) -> None:
         if isinstance(ref, ObjectRefGenerator):
