@@ -205,7 +205,7 @@ class Call:
                     retry_exceptions = serialization.load_classes(retry_exceptions)
                 except Exception as exc:  # noqa: BLE001 - e.g. a class whose module does not import here
                     return failure_for(exc, self.name)
-            if not deps and args_blob.data == _NO_ARGUMENTS:  # a call without arguments: nothing to load
+            if not deps and getattr(args_blob, "data", None) == _NO_ARGUMENTS:  # no arguments: nothing to load
                 args, kwargs = (), {}
             else:
                 loaded = load_arguments(args_blob, deps, fetch, self.name)

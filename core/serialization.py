@@ -121,6 +121,8 @@ def serialize_arguments(args: tuple, kwargs: dict, owner: str) -> SerializedObje
         plain = _PLAIN_ARGS
         if all(type(a) in plain for a in args):
             refs = [a for a in args if type(a) is ObjectRef]
+            if len(refs) > 1:  # a ref passed twice pickles once (the pickler's memo): collected once
+                refs = list({id(ref): ref for ref in refs}.values())
             # (a ref notes itself in the collection of a serialization this one runs inside: none, mostly)
             if not refs or getattr(pickled_refs.collection, "refs", None) is None:
                 return SerializedObject(_dumps((args, kwargs), PROTOCOL), [], refs)
