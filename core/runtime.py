@@ -27,7 +27,7 @@ from .current import (  # noqa: F401 - the adapters take them from here
 )
 from .events import JobEvents
 from .exceptions import ActorNameTaken
-from .generators import ObjectRefGenerator, return_count, wait_with_generators
+from .generators import ObjectRefGenerator, wait_with_generators
 from .object_ref import ObjectRef
 from .ports.backend import Backend, BackendConfig
 from .specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
@@ -350,9 +350,6 @@ class Runtime:
             self.check_current(deps, f"{name}.remote()")
         return deps
 
-    def _returns(self, n: int) -> list[ObjectRef]:
-        return self.counter.new_refs(n)
-
     def _check_strategy(self, strategy, name: str) -> None:
         """A placement-group or node-affinity strategy needs a scheduler that places by it (``places_groups``)."""
         if strategy is not None and type(strategy) is not str and not self._places_groups:
@@ -414,14 +411,17 @@ class Runtime:
         return ActorHandle(spec.actor_id, descriptor.name, method_options, native)
 
     def submit_actor_task(self, handle, method_name: str, args: tuple, kwargs: dict, options: dict):
-        blob = serialization.serialize_arguments(args, kwargs, f"{handle._class_name}.{method_name}")
-        self.counter.drain()
+        name = f"{handle._class_name}.{method_name}"
+        blob = serialization.serialize_arguments(args, kwargs, name)
+        counter = self.counter
+        if counter._pending:
+            counter.drain()
+        num_returns = options["num_returns"]
         spec = ActorTaskSpec(
-            task_id=ids.new_id(), actor_id=handle._actor_id, method_name=method_name, args=blob,
-            deps=self._deps(args, kwargs, f"{handle._class_name}.{method_name}"),
-            returns=self._returns(return_count(options["num_returns"])),
-            caller_id=handle._caller_id, seq=next(handle._seq), options=options,
-            name=f"{handle._class_name}.{method_name}")
+            task_id=_new_id(), actor_id=handle._actor_id, method_name=method_name, args=blob,
+            deps=self._deps(args, kwargs, name) if args or kwargs else [],
+            returns=counter.new_refs(1 if type(num_returns) is str else num_returns),  # a stream has one
+            caller_id=handle._caller_id, seq=next(handle._seq), options=options, name=name)
         stream = self.scheduler.submit_actor_task(spec)
         return spec.returns if stream is None else stream
 
