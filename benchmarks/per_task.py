@@ -9,8 +9,9 @@ Prints, in microseconds per task (medians over ``--reps`` rounds, after warm-up 
 - ``  submit part`` / ``  get part``: the same round timed at the end of the submit loop (on the local
   backend the tasks run on other threads meanwhile, sharing the GIL with it);
 - ``sync``: ``get(f.remote())`` one at a time, the ``sync_tasks`` workload;
-- the process's CPU time per task (user + system, all threads) next to the wall time: on the local
-  backend, whose work all holds the GIL, a wall time near the CPU time means nothing waits.
+- the process's CPU time per task (user + system, all threads, averaged over all rounds) next to the wall
+  time: on the local backend, whose work all holds the GIL, a wall time near the CPU time means nothing
+  waits (on the others the workers' CPU is not counted).
 
 ``--profile`` adds cProfile's top functions (by own time) of the driver thread over the async rounds:
 the calls made per task (``function calls / tasks``) is the figure to bring down.
@@ -53,31 +54,32 @@ def main() -> int:
         t = os.times()
         return t.user + t.system
 
-    def round_() -> tuple[float, float, float]:
-        c, t0 = cpu(), time.perf_counter()
+    def round_() -> tuple[float, float]:
+        t0 = time.perf_counter()
         refs = [noop.remote() for _ in range(n)]
         t1 = time.perf_counter()
         anyray.get(refs)
-        t2 = time.perf_counter()
-        return t1 - t0, t2 - t1, cpu() - c
+        return t1 - t0, time.perf_counter() - t1
 
+    c = cpu()  # the process's CPU clock ticks coarsely: read over all rounds
     rounds = [round_() for _ in range(args.reps)]
+    cpu_async = (cpu() - c) / args.reps
     us = 1e6 / n
-    total = statistics.median(s + g for s, g, _ in rounds)
+    total = statistics.median(s + g for s, g in rounds)
     print(f"backend {args.backend}, {args.num_cpus} CPUs, {n} no-op tasks a round, medians of {args.reps} rounds")
-    print(f"async         {total * us:7.2f} us/task  ({n / total:,.0f} tasks/s), "
-          f"CPU {statistics.median(c for *_, c in rounds) * us:.2f} us/task")
-    print(f"  submit part {statistics.median(s for s, _, _ in rounds) * us:7.2f} us/task")
-    print(f"  get part    {statistics.median(g for _, g, _ in rounds) * us:7.2f} us/task")
+    print(f"async         {total * us:7.2f} us/task  ({n / total:,.0f} tasks/s), CPU {cpu_async * us:.2f} us/task")
+    print(f"  submit part {statistics.median(s for s, _ in rounds) * us:7.2f} us/task")
+    print(f"  get part    {statistics.median(g for _, g in rounds) * us:7.2f} us/task")
     sync = []
+    c = cpu()
     for _ in range(max(3, args.reps // 3)):
-        c, t = cpu(), time.perf_counter()
+        t = time.perf_counter()
         for _ in range(n):
             anyray.get(noop.remote())
-        sync.append((time.perf_counter() - t, cpu() - c))
-    wall = statistics.median(w for w, _ in sync)
+        sync.append(time.perf_counter() - t)
+    wall = statistics.median(sync)
     print(f"sync          {wall * us:7.2f} us/task  ({n / wall:,.0f} tasks/s), "
-          f"CPU {statistics.median(c for _, c in sync) * us:.2f} us/task")
+          f"CPU {(cpu() - c) / len(sync) * us:.2f} us/task")
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
