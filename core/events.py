@@ -7,6 +7,7 @@ their workers); the core turns the records into ``timeline()`` and
 
 from __future__ import annotations
 
+import collections
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -31,9 +32,10 @@ class JobEvents:
 
     def __init__(self, stream=None, max_spans: int = 100_000, echo_errors: bool = True):
         self._lock = threading.Lock()
-        self._spans: list[TaskRecord] = []
+        # appended to without the lock (a deque's append is atomic, and drops the oldest span when full);
+        # read whole, in one C-level copy
+        self._spans: collections.deque[TaskRecord] = collections.deque(maxlen=max_spans)
         self._errors: list[TaskRecord] = []
-        self._max = max_spans
         self._stream = stream
         self._echo = echo_errors
         self._sources: list[Callable[[], Iterable[TaskRecord]]] = []
@@ -52,16 +54,18 @@ class JobEvents:
                 self._add(record)
 
     def _add(self, record: TaskRecord) -> None:
-        with self._lock:
-            self._spans.append(record)
-            if len(self._spans) > self._max:
-                del self._spans[: self._max // 10]
-            if record.error_type is not None:
+        self._spans.append(record)
+        if record.error_type is not None:
+            with self._lock:
                 self._errors.append(record)
 
     def task_finished(self, record: TaskRecord) -> None:
-        self._add(record)
-        if record.error_type is not None and self._echo:
+        self._spans.append(record)  # _add, inlined for the common case: this runs once per task
+        if record.error_type is None:
+            return
+        with self._lock:
+            self._errors.append(record)
+        if self._echo:
             stream = self._stream or sys.stderr
             first = (record.message or "").strip().splitlines()
             print(f"(anyray) {record.kind} {record.name} failed: {first[-1] if first else record.error_type} "

@@ -27,6 +27,15 @@ from .specs import RemoteFailure
 
 Fetch = Callable[[Sequence[ObjectRef]], list]  # refs -> deserialized values (failures not raised)
 
+_NO_ARGUMENTS = serialization._NO_ARGUMENTS
+_PLAIN_VALUES = serialization._PLAIN  # values returned as they are (no generator, no coroutine)
+_Coroutine = types.CoroutineType
+_now = time.time
+_thread_id = threading.get_ident
+_pid_now = [os.getpid()]  # drawn again in a forked child
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _pid_now.__setitem__(0, os.getpid()))
+
 
 def load_arguments(args_blob: serialization.SerializedObject, deps: Sequence[ObjectRef], fetch: Fetch, name: str):
     """Return ``(args, kwargs)``, or the ``RemoteFailure`` of the first dependency that failed, or of
@@ -170,14 +179,17 @@ class Call:
         return generators.Producer(self.stream, self.name, encode_item(self.name))
 
     def _record(self, start: float, failure: RemoteFailure | None) -> None:
-        error = failure.error if failure is not None else None
+        task_id = self.ctx.task_id
+        if failure is None:
+            self.events.task_finished(TaskRecord(task_id.hex() if task_id else "", self.name, self.kind, start,
+                                                 _now(), _pid_now[0], _thread_id()))
+            return
+        error = failure.error
+        shown = error.cause if isinstance(error, TaskError) and error.cause is not None else error
         self.events.task_finished(TaskRecord(
-            task_id=self.ctx.task_id.hex() if self.ctx.task_id else "",
-            name=self.name, kind=self.kind, start=start, end=time.time(), pid=os.getpid(),
-            tid=threading.get_ident(),
-            error_type=type(error.cause if isinstance(error, TaskError) and error.cause is not None else error).__name__
-            if error is not None else None,
-            message=str(error) if error is not None else None))
+            task_id=task_id.hex() if task_id else "",
+            name=self.name, kind=self.kind, start=start, end=_now(), pid=_pid_now[0], tid=_thread_id(),
+            error_type=type(shown).__name__, message=str(error)))
 
     def invoke(self, args_blob, deps, fetch: Fetch):
         """Call the target in this thread; return the list of values or a ``RemoteFailure``.
@@ -185,16 +197,21 @@ class Call:
         A ``SystemExit`` the target raises (``sys.exit()``, ``exit_actor()``) is raised on: the
         backend ends what runs the call, as Ray ends the worker process."""
         token = current_task.set(self.ctx)
-        start = time.time()
+        start = _now()
         try:
-            try:
-                retry_exceptions = serialization.load_classes(self.retry_exceptions)
-            except Exception as exc:  # noqa: BLE001 - e.g. a class whose module does not import here
-                return failure_for(exc, self.name)
-            loaded = load_arguments(args_blob, deps, fetch, self.name)
-            if type(loaded) is RemoteFailure:
-                return loaded
-            args, kwargs = loaded
+            retry_exceptions = self.retry_exceptions
+            if type(retry_exceptions) is bytes:
+                try:
+                    retry_exceptions = serialization.load_classes(retry_exceptions)
+                except Exception as exc:  # noqa: BLE001 - e.g. a class whose module does not import here
+                    return failure_for(exc, self.name)
+            if not deps and getattr(args_blob, "data", None) == _NO_ARGUMENTS:  # no arguments: nothing to load
+                args, kwargs = (), {}
+            else:
+                loaded = load_arguments(args_blob, deps, fetch, self.name)
+                if type(loaded) is RemoteFailure:
+                    return loaded
+                args, kwargs = loaded
             retried = 0
             while True:
                 try:
@@ -206,8 +223,10 @@ class Call:
                             values = [asyncio.run(generators.drive_async(value, self._producer(), failure_for))]
                         else:
                             values = [generators.drive(value, self._producer(), failure_for)]
+                    elif self.num_returns == 1 and type(value) in _PLAIN_VALUES:  # split_returns' common case
+                        values = [value]
                     else:
-                        if inspect.iscoroutine(value):  # an ``async def`` task runs on a loop of its own
+                        if isinstance(value, _Coroutine):  # an ``async def`` task runs on a loop of its own
                             import asyncio
 
                             value = asyncio.run(value)
@@ -241,6 +260,8 @@ class Call:
         result = self.invoke(args_blob, deps, fetch)
         if type(result) is RemoteFailure:
             return [serialize_failure(result)] * self.num_returns
+        if len(result) == 1 and type(result[0]) in _PLAIN_VALUES:  # a scalar serializes without fail
+            return [serialization.serialize(result[0])]
         return serialize_outputs(result, self.name, self.num_returns)
 
     async def run_async(self, args_blob, deps, fetch: Fetch,

@@ -114,7 +114,12 @@ class RemoteFunction:
                         f"'{self.__name__}()', try '{self.__name__}.remote()'.")
 
     def remote(self, *args, **kwargs):
-        return self._submit(args, kwargs, self._options, self._resources)
+        check = self._signature  # _submit, inlined for the common call: this runs once per task
+        if check is not None and (kwargs or not check._min <= len(args) <= check._max):
+            check.check(args, kwargs, self.__qualname__)
+        options = self._options
+        refs = require_runtime().submit_task(self._descriptor, args, kwargs, options, self._resources)
+        return refs[0] if options["num_returns"] == 1 else returns_of(refs, options)
 
     def options(self, **overrides):
         return self._with_options(self._options, overrides)

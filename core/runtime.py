@@ -27,7 +27,7 @@ from .current import (  # noqa: F401 - the adapters take them from here
 )
 from .events import JobEvents
 from .exceptions import ActorNameTaken
-from .generators import ObjectRefGenerator, return_count, wait_with_generators
+from .generators import ObjectRefGenerator, wait_with_generators
 from .object_ref import ObjectRef
 from .ports.backend import Backend, BackendConfig
 from .specs import ActorSpec, ActorTaskSpec, FunctionDescriptor, RemoteFailure, TaskSpec
@@ -54,7 +54,12 @@ class ReferenceCounter:
             self._counts[object_id] = self._counts.get(object_id, 0) + 1
 
     def new_refs(self, n: int) -> list[ObjectRef]:
-        """``n`` refs to new object ids, counted here (one lock round for all of them)."""
+        """``n`` refs to new object ids, counted here (one lock round for all of them; none for one)."""
+        if n == 1:  # a new id: no other thread knows it, so no lock is needed to count it
+            ref = ObjectRef(_new_id(), None, None)
+            self._counts[ref._id] = 1
+            ref._counter = self
+            return [ref]
         refs = [ObjectRef(ids.new_id()) for _ in range(n)]
         with self._lock:
             counts = self._counts
@@ -90,6 +95,7 @@ class ReferenceCounter:
                 self._free(dead)  # may drop refs held inside the freed objects: loop again
 
 
+_new_id = ids.new_id
 _REF_TYPES = {ObjectRef}
 _ids_of = operator.attrgetter("_id")
 _counter_of = operator.attrgetter("_counter")
@@ -322,8 +328,12 @@ class Runtime:
         return self._blocking(timeout, self.store.wait, refs, 1, timeout)
 
     def free_ids(self, object_ids: list[bytes]) -> None:
-        """Free objects no ref of this process names (a generator's items nobody took)."""
-        self._free(object_ids)
+        """Free objects no ref of this process names (a generator's items nobody took), with the next drain
+        of dropped refs: this runs from a ``__del__``, which the garbage collector may call inside any code,
+        the store's own locked sections included."""
+        decref = self.counter.decref  # an id nothing counts is freed by the drain as a last ref would be
+        for object_id in object_ids:
+            decref(object_id)
 
     def cancel(self, ref, force=False, recursive=True) -> None:
         if isinstance(ref, ObjectRefGenerator):
@@ -339,9 +349,6 @@ class Runtime:
         if deps:
             self.check_current(deps, f"{name}.remote()")
         return deps
-
-    def _returns(self, n: int) -> list[ObjectRef]:
-        return self.counter.new_refs(n)
 
     def _check_strategy(self, strategy, name: str) -> None:
         """A placement-group or node-affinity strategy needs a scheduler that places by it (``places_groups``)."""
@@ -361,15 +368,18 @@ class Runtime:
             options = _captured(options, parent)
         options = runtime_env_setup.with_env(self, options, descriptor.name)
         blob = serialization.serialize_arguments(args, kwargs, descriptor.name)
-        self.counter.drain()
-        spec = TaskSpec(
-            task_id=ids.new_id(), function=descriptor, args=blob,
-            deps=runtime_env_setup.with_packages(self, options, self._deps(args, kwargs, descriptor.name)),
-            returns=self._returns(return_count(options["num_returns"])), resources=resources, options=options,
-            parent_task_id=parent.task_id if parent is not None else None,
-            name=options["name"] or descriptor.name)
+        counter = self.counter
+        if counter._pending:
+            counter.drain()
+        deps = self._deps(args, kwargs, descriptor.name) if args or kwargs else []
+        if options.get("runtime_env") is not None:
+            deps = runtime_env_setup.with_packages(self, options, deps)
+        num_returns = options["num_returns"]
+        returns = counter.new_refs(1 if type(num_returns) is str else num_returns)  # a stream has one
+        spec = TaskSpec(_new_id(), descriptor, blob, deps, returns, resources, options,
+                        parent.task_id if parent is not None else None, options["name"] or descriptor.name)
         stream = self.scheduler.submit_task(spec)  # an engine's own generator, for a stream, or None
-        return spec.returns if stream is None else stream
+        return returns if stream is None else stream
 
     def create_actor(self, descriptor: FunctionDescriptor, args: tuple, kwargs: dict, options: dict,
                      is_async: bool, method_options: dict):
@@ -401,14 +411,17 @@ class Runtime:
         return ActorHandle(spec.actor_id, descriptor.name, method_options, native)
 
     def submit_actor_task(self, handle, method_name: str, args: tuple, kwargs: dict, options: dict):
-        blob = serialization.serialize_arguments(args, kwargs, f"{handle._class_name}.{method_name}")
-        self.counter.drain()
+        name = f"{handle._class_name}.{method_name}"
+        blob = serialization.serialize_arguments(args, kwargs, name)
+        counter = self.counter
+        if counter._pending:
+            counter.drain()
+        num_returns = options["num_returns"]
         spec = ActorTaskSpec(
-            task_id=ids.new_id(), actor_id=handle._actor_id, method_name=method_name, args=blob,
-            deps=self._deps(args, kwargs, f"{handle._class_name}.{method_name}"),
-            returns=self._returns(return_count(options["num_returns"])),
-            caller_id=handle._caller_id, seq=next(handle._seq), options=options,
-            name=f"{handle._class_name}.{method_name}")
+            task_id=_new_id(), actor_id=handle._actor_id, method_name=method_name, args=blob,
+            deps=self._deps(args, kwargs, name) if args or kwargs else [],
+            returns=counter.new_refs(1 if type(num_returns) is str else num_returns),  # a stream has one
+            caller_id=handle._caller_id, seq=next(handle._seq), options=options, name=name)
         stream = self.scheduler.submit_actor_task(spec)
         return spec.returns if stream is None else stream
 

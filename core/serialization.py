@@ -34,6 +34,8 @@ _OUT_OF_BAND_MIN = 1 << 12
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
 _PLAIN_ARGS = _PLAIN | {ObjectRef}  # a ref pickles by reference: the C pickler does it alike
+_dumps = pickle.dumps
+_NO_ARGUMENTS = _dumps(((), {}), PROTOCOL)  # the arguments of a call without any
 
 
 @dataclass(slots=True)
@@ -81,6 +83,8 @@ class SerializationError(TypeError):
 
 def serialize(value: Any, what: str = "value") -> SerializedObject:
     """Pickle ``value``; raise :class:`SerializationError` naming ``what`` if it cannot be."""
+    if type(value) in _PLAIN:  # a scalar holds no refs and no buffers: the C pickler alone, nothing to collect
+        return SerializedObject(_dumps(value, PROTOCOL), [], [])
     buffers: list = []
     refs: list = []
 
@@ -107,7 +111,21 @@ def serialize(value: Any, what: str = "value") -> SerializedObject:
 
 
 def serialize_arguments(args: tuple, kwargs: dict, owner: str) -> SerializedObject:
-    """Pickle a call's ``(args, kwargs)``; on failure, name the first argument that cannot be pickled."""
+    """Pickle a call's ``(args, kwargs)``; on failure, name the first argument that cannot be pickled.
+
+    The common calls take a fast path: no arguments (one stream, pickled once), and arguments that are
+    all scalars or ObjectRefs (the C pickler alone; the refs it holds are its top-level ones, in order)."""
+    if not kwargs:
+        if not args:
+            return SerializedObject(_NO_ARGUMENTS, [], [])
+        plain = _PLAIN_ARGS
+        if all(type(a) in plain for a in args):
+            refs = [a for a in args if type(a) is ObjectRef]
+            if len(refs) > 1:  # a ref passed twice pickles once (the pickler's memo): collected once
+                refs = list({id(ref): ref for ref in refs}.values())
+            # (a ref notes itself in the collection of a serialization this one runs inside: none, mostly)
+            if not refs or getattr(pickled_refs.collection, "refs", None) is None:
+                return SerializedObject(_dumps((args, kwargs), PROTOCOL), [], refs)
     try:
         return serialize((args, kwargs), what=f"the arguments of {owner}")
     except SerializationError:

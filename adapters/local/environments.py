@@ -45,6 +45,7 @@ from anyray.specs import RemoteFailure
 
 _POLL = 0.05  # seconds a thread waiting for its environment's turn sleeps between checks for a cancel
 _NOT_HELD = object()  # a thread's hold when it holds none (None is the job's environment)
+_CO_COROUTINE = inspect.CO_COROUTINE
 
 
 class _Ticket:
@@ -104,6 +105,37 @@ class Environments:
             key, steps, self._steps = self._current, self._steps, []
             self._current = None
         self._undo(key, steps)
+
+    def hold_job(self, call) -> bool:
+        """Take the job environment's turn for ``call`` (not ``async def``) at once where nothing is in the way
+        (this thread holds nothing, nobody waits, no other environment is applied): ``enter(None)`` for the
+        common case, in one step. False, holding nothing, where ``wrap(call, None)`` must run it instead;
+        else the caller runs ``call`` and then calls ``let_go_job``."""
+        local = self._threads
+        frames = getattr(local, "frames", None)
+        code = getattr(call.target, "__code__", None)
+        if frames or code is None or code.co_flags & _CO_COROUTINE:
+            return False
+        with self._lock:
+            if self._waiting or self._switching or (self._holders and self._current is not None):
+                return False
+            self._holders += 1
+        if frames is None:
+            frames = local.frames = []
+        frames.append([None, None, False, None])
+        local.held = None
+        return True
+
+    def let_go_job(self) -> None:
+        """End a turn ``hold_job`` took (``leave``, for its frame)."""
+        local = self._threads
+        frames = local.frames
+        frames.pop()
+        if not frames and local.held is not _NOT_HELD:
+            local.held = _NOT_HELD
+            self._release()
+        else:
+            self._sync()
 
     # -- a call's turn -------------------------------------------------------------------
     def enter(self, env: dict | None) -> None:

@@ -7,6 +7,7 @@ dependencies are sealed and its resources are free; a task blocked in
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import threading
 
@@ -56,6 +57,45 @@ class _InGroup:
         self._queues.enqueue(demand, start)
 
 
+class _Starts:
+    """Dispatched tasks on their way to the pool's threads, handed over by one pool call at a time.
+
+    A task that its caller runs itself before a thread takes it (``run_here``: a ``get`` right after the
+    submit) then costs no thread a wake-up, and a burst of dispatches wakes threads one after another
+    rather than once each. Each call takes one task and, if more wait, first hands the rest to another."""
+
+    def __init__(self, lock, claim, call_pool):
+        self._lock = lock            # the scheduler's
+        self._claim = claim          # under the lock: take a dispatched task for this thread (False if taken)
+        self._call_pool = call_pool  # one more pool call, which calls take()
+        self._waiting: collections.deque = collections.deque()
+        self._called = False         # a pool call is on its way (it takes what waits)
+
+    def add(self, task) -> bool:
+        """Under the lock: ``task`` was dispatched; True when the caller must make a pool call for it."""
+        self._waiting.append(task)
+        if self._called:
+            return False
+        self._called = True
+        return True
+
+    def take(self):
+        """In a pool call: the next waiting task still dispatched, claimed for this thread (or None)."""
+        task = None
+        with self._lock:
+            waiting = self._waiting
+            while waiting:
+                candidate = waiting.popleft()
+                if self._claim(candidate):  # else run by the thread that waits for it, or cancelled
+                    task = candidate
+                    break
+            more = bool(waiting)
+            self._called = more
+        if more:
+            self._call_pool()
+        return task
+
+
 def _own_arguments(spec) -> None:
     """Copy the out-of-band argument buffers: they are views of the caller's arrays, which the
     caller may change after ``.remote()`` returns and which the task must not write through."""
@@ -83,6 +123,7 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
         self._children: dict[bytes, list[_Task]] = {}
         self._actors: dict[bytes, ActorHost] = {}
         self._threads = DaemonThreadPool("anyray-task")
+        self._starts = _Starts(self._lock, self._claim, lambda: self._threads.submit(self._run))
         self.envs = Environments(self.fetch)  # each task and actor call runs in its runtime_env's turn
         self._closed = False
 
@@ -120,14 +161,18 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
     # -- tasks --------------------------------------------------------------
     def submit_task(self, spec: TaskSpec) -> None:
         _own_arguments(spec)
-        queues, error = route(self.groups, spec.options.get("scheduling_strategy"))
+        strategy = spec.options["scheduling_strategy"]
+        queues, error = (None, None) if strategy is None else route(self.groups, strategy)
         if error is not None:
             self.fail(spec.returns, error)
             return
-        task = _Task(spec, queues or self._shapes)
+        shapes = self._shapes
+        task = _Task(spec, queues or shapes)
         if queues is None and task.shape not in self.feasibility.known_to_fit:
             self.feasibility.check(spec.function.function_id, spec.name, spec.resources, task.shape)
-        if admit(task, self._tasks, self._children, self._lock, self._store, self.ready):
+        if queues is None and not spec.deps and spec.parent_task_id is None:
+            _queue_at_once(self, task)
+        elif admit(task, self._tasks, self._children, self._lock, self._store, self.ready):
             self.ready(task)
 
     def ready(self, task: _Task) -> None:
@@ -164,10 +209,12 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
             if queued:
                 task.state = "dispatched"
                 task.lease = lease
+                wake = self._starts.add(task)
         if not queued:  # cancelled while queued: its lease goes to the work queued behind it
             self.release(lease)
             return
-        self._threads.submit(self._run, task)
+        if wake:
+            self._threads.submit(self._run)
 
     def _claim(self, task: _Task) -> bool:
         """Under the lock: the calling thread takes a dispatched task (False if another thread did)."""
@@ -177,11 +224,11 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
         task.thread_id = threading.get_ident()
         return True
 
-    def _run(self, task: _Task) -> None:
-        with self._lock:
-            if not self._claim(task):
-                return  # the thread waiting for it ran it (run_here), or it was cancelled
-        while task is not None:  # reusing the lease saves a release, an acquire and a thread hand-off
+    def _run(self) -> None:
+        """A pool thread's call: the next dispatched task on its way to the pool, then the tasks its lease
+        takes on (reusing the lease saves a release, an acquire and a thread hand-off)."""
+        task = self._starts.take()
+        while task is not None:
             lease = task.lease
             self._execute(task)
             task = self._take_next(task, lease)
@@ -207,16 +254,19 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
         A Ctrl-C that interrupts a task run ``inline`` by the caller waiting for it cancels the
         task and then reaches the caller, as it would have while the caller waited."""
         spec = task.spec
-        ctx = TaskContext(task_id=spec.task_id, name=spec.name, resources=dict(spec.resources),
-                          gpu_ids=task.lease.gpu_ids, lease=task.lease, inline=inline,
-                          placement=placement_of(spec.options.get("scheduling_strategy")))
+        options = spec.options
+        call = _call_of(task, inline, self.events)
+        env = options.get("runtime_env")
+        envs = self.envs
         interrupted = None
-        call = Call(spec.function.target, spec.name, "task", ctx, len(spec.returns), self.events,
-                    spec.options["retry_exceptions"], spec.options["max_retries"],
-                    stream_spec(spec.options, spec.returns[0]._id) if spec.returns else None)
-        call = self.envs.wrap(call, spec.options.get("runtime_env"))
         try:
-            outputs = run_in_place(call, spec.args, spec.deps, self.fetch, spec.options["max_retries"])
+            if env is None and envs.hold_job(call):  # the common case: no environment to switch to
+                try:
+                    outputs = run_in_place(call, spec.args, spec.deps, self.fetch, options["max_retries"])
+                finally:
+                    envs.let_go_job()
+            else:
+                outputs = run_in_place(envs.wrap(call, env), spec.args, spec.deps, self.fetch, options["max_retries"])
             with self._lock:  # from here on no cancel interrupts this thread; a pending one lands here
                 task.thread_id = None
         except BaseException as exc:  # noqa: BLE001 - a cancel can land outside the user's code
@@ -226,17 +276,10 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
                 interrupted = exc
             outputs = [serialize_failure(RemoteFailure(
                 exc if isinstance(exc, TaskCancelledError) else TaskCancelledError(str(exc))))] * len(spec.returns)
-        with self._lock:
-            task.state = "done"
-            for ref in spec.returns:
-                self._tasks.pop(ref._id, None)
-            siblings = self._children.get(spec.parent_task_id) if spec.parent_task_id else None
-            if siblings is not None:
-                siblings.remove(task)
-                if not siblings:
-                    del self._children[spec.parent_task_id]
-            self._children.pop(spec.task_id, None)
-        self.store_results(spec.returns, outputs)
+        _finished(self, task)
+        put = self._store.put
+        for ref, obj in zip(spec.returns, outputs):
+            put(ref, obj)
         if interrupted is not None:
             raise interrupted
 
@@ -354,6 +397,54 @@ class LocalScheduler(GroupPort, ReportsResources, Scheduler):
             actor.kill(True, reason="the backend shut down")
         self._threads.shutdown()
         self.envs.close()
+
+
+def _queue_at_once(scheduler: LocalScheduler, task: _Task) -> None:
+    """``admit`` and ``ready`` in one step, for the common task: no dependencies, no parent, the node's queues."""
+    shapes = scheduler._shapes
+    with scheduler._lock:
+        tasks = scheduler._tasks
+        for ref in task.spec.returns:
+            tasks[ref._id] = task
+        task.state = "queued"
+        queue = shapes.queues.get(task.shape)
+        behind = bool(queue)  # see ready(): queued work of its shape dispatches before it
+        if queue is None:
+            queue = shapes.queues[task.shape] = collections.deque()
+        queue.append(task)
+    if not behind:
+        shapes.dispatch()
+
+
+def _call_of(task: _Task, inline: bool, events) -> Call:
+    """The executor's call of a claimed task: its context holds the task's lease and placement group."""
+    spec = task.spec
+    options = spec.options
+    strategy = options["scheduling_strategy"]
+    ctx = TaskContext(spec.task_id, None, spec.name, dict(spec.resources), task.lease.gpu_ids, lease=task.lease,
+                      inline=inline, placement=None if strategy is None else placement_of(strategy))
+    returns = spec.returns
+    return Call(spec.function.target, spec.name, "task", ctx, len(returns), events,
+                options["retry_exceptions"], options["max_retries"],
+                stream_spec(options, returns[0]._id) if type(options["num_returns"]) is str else None)
+
+
+def _finished(scheduler: LocalScheduler, task: _Task) -> None:
+    """``task`` ran: the scheduler forgets it (by its return ids, and as its parent's child)."""
+    spec = task.spec
+    with scheduler._lock:
+        task.state = "done"
+        tasks = scheduler._tasks
+        for ref in spec.returns:
+            tasks.pop(ref._id, None)
+        children = scheduler._children
+        if children:
+            siblings = children.get(spec.parent_task_id) if spec.parent_task_id else None
+            if siblings is not None:
+                siblings.remove(task)
+                if not siblings:
+                    del children[spec.parent_task_id]
+            children.pop(spec.task_id, None)
 
 
 def _group_removed(scheduler: LocalScheduler, group, queued: list) -> None:
