@@ -191,4 +191,5 @@ def test_a_task_waiting_out_its_memory_backoff_as_the_node_shuts_down_ends_quiet
     for thread in [t for t in threading.enumerate() if t.name == "anyray-oom-backoff"]:
         thread.join(WAIT)
     assert [f"{args.exc_type.__name__}: {args.exc_value}" for args in raised] == []
-    assert (tmp_path / "d").read_text().count("attempt") == 1  # it never ran again
+    attempts = tmp_path / "d"  # (killed before it wrote its line if others' memory passed the threshold first)
+    assert not attempts.exists() or attempts.read_text().count("attempt") == 1  # it never ran again
