@@ -217,6 +217,7 @@ def test_placement_group_removal_and_a_named_actor_lookup_wait_out_an_outage(clu
         assert int(removed.split()[1]) >= LONG_OUTAGE - 3, out  # it waited for the store, not failed and retried
         assert "found pong" in lines, out + err
         assert alive(head)
+        assert "calls wait for it for up to 60 s" in open(head_log(cluster_env, head)).read()  # it said so
     finally:
         if run is not None and run.poll() is None:
             run.kill()

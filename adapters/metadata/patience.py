@@ -13,8 +13,11 @@ key holds what the call wrote (or is gone, for a delete), the call reports it do
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
+
+log = logging.getLogger(__name__)
 
 ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
 OPEN_SECONDS = 10.0  # how long opening a store waits for its server (a command line fails fast at a wrong address)
@@ -42,6 +45,7 @@ class Patience:
         self.what, self.reach = what, reach
         self.bound = reconnect_seconds() if bound is None else bound
         self.hurried = False
+        self._away: float | None = None  # since when calls found the server unreachable (logged once)
 
     def hurry(self) -> None:
         self.hurried = True
@@ -59,6 +63,10 @@ class Patience:
                 result = attempt()
             except ConnectionError as exc:
                 waited = time.monotonic() - start
+                if self._away is None:
+                    self._away = time.monotonic()
+                    log.warning("%s is unreachable (%s); calls wait for it for up to %g s (%s)", self.what, exc,
+                                bound, ENV)
                 if self.hurried:
                     raise ConnectionError(f"{self.what} is unreachable ({exc}); this process is stopping.") from None
                 if waited >= bound:
@@ -69,6 +77,9 @@ class Patience:
                 time.sleep(max(0.0, min(delay, start + bound - time.monotonic())))
                 delay = min(delay * 2, 1.0)
                 continue
+            if self._away is not None:
+                away, self._away = self._away, None
+                log.info("%s is reachable again, after %.1f s", self.what, time.monotonic() - away)
             if settle is not None and self.reach.troubled():
                 return self.call(functools.partial(settle, result), bound=bound)
             return result
