@@ -224,8 +224,10 @@ def test_placement_group_removal_and_a_named_actor_lookup_wait_out_an_outage(clu
         server.stop()
 
 
-@pytest.mark.parametrize("kind", ["redis", "etcd"])
-def test_a_store_call_past_the_reconnect_bound_fails_with_a_clear_error(tmp_path, monkeypatch, kind):
+@pytest.mark.parametrize("kind,outage", [("redis", "stop"), ("etcd", "stop"), ("redis", "hang"), ("etcd", "hang")])
+def test_a_store_call_past_the_reconnect_bound_fails_with_a_clear_error(tmp_path, monkeypatch, kind, outage):
+    """``stop``: the server is gone (connections refused); ``hang``: it is stopped (SIGSTOP) with its
+    connections open, so that commands go unanswered."""
     from anyray.adapters.metadata import open_metadata
 
     monkeypatch.setenv("RAY_gcs_rpc_server_reconnect_timeout_s", "3")
@@ -233,13 +235,16 @@ def test_a_store_call_past_the_reconnect_bound_fails_with_a_clear_error(tmp_path
     store = open_metadata(server.url, namespace="bound")
     try:
         store.put("groups/g1", b"record")
-        server.stop()
+        if outage == "stop":
+            server.stop()
+        else:
+            server.proc.send_signal(signal.SIGSTOP)
         for call in (lambda: store.compare_and_set("groups/g1", b"record", None), lambda: store.get("actor/ns/a")):
             start = time.monotonic()
             with pytest.raises(ConnectionError) as info:
                 call()
             took = time.monotonic() - start
-            assert 3.0 <= took < 3.0 + 12.0, took  # the bound, then an attempt at most (etcd's take up to 5 s)
+            assert 3.0 <= took < 3.0 + 12.0, took  # the bound, then an attempt at most (one unanswered: 5 s)
             said = str(info.value)
             name = "etcd" if kind == "etcd" else "Redis"
             assert f"The {name} metadata store at 127.0.0.1:{server.port}" in said, said
@@ -247,6 +252,7 @@ def test_a_store_call_past_the_reconnect_bound_fails_with_a_clear_error(tmp_path
             assert getattr(server, "password", None) is None or server.password not in said, said
     finally:
         store.close()
+        server.proc.send_signal(signal.SIGCONT)
         server.stop()
 
 

@@ -75,6 +75,7 @@ return 1
 
 RESTART_GRACE = 10.0  # seconds a key a restarted server lost may take to be written again before it counts as gone
 RETRIES = 3  # the client's own attempts at a command (under a second); ``Patience`` waits out longer outages
+SOCKET_SECONDS = 5.0  # an answer longer in coming is a failed attempt (a hung server): calls stay within the bound
 
 
 def _glob_escape(text: str) -> str:
@@ -124,10 +125,12 @@ class RedisMetadataStore(MetadataStore):
                 return super().call_with_retry(attempt, *args, **kwargs)
 
         self._redis_mod = redis
-        retry = _NoRetryOnAuth(ExponentialBackoff(cap=2.0, base=0.05), RETRIES)
+        # an unanswered command (TimeoutError) is not retried here: ``Patience`` does, within its bound
+        retry = _NoRetryOnAuth(ExponentialBackoff(cap=2.0, base=0.05), RETRIES,
+                               supported_errors=(redis.ConnectionError,))
         self._client = redis.Redis.from_url(
-            url, retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-            socket_connect_timeout=5, health_check_interval=10)
+            url, retry=retry, retry_on_error=[redis.ConnectionError],
+            socket_connect_timeout=5, socket_timeout=SOCKET_SECONDS, health_check_interval=10)
         self._ns = namespace + ":"
         self._channel = self._ns + "events"
         self._db = self._client.connection_pool.connection_kwargs.get("db", 0)
