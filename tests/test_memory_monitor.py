@@ -5,6 +5,7 @@ it (never near the machine's limit)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import pytest
@@ -172,3 +173,23 @@ def test_retriable_tasks_of_the_caller_running_the_most_go_first(low_threshold, 
         del mine, caller
     finally:
         memory_monitor.log.removeHandler(handler)
+
+
+def test_a_task_waiting_out_its_memory_backoff_as_the_node_shuts_down_ends_quietly(low_threshold, tmp_path,
+                                                                                   monkeypatch):
+    """Its backoff's thread wakes after the node closed: it neither queues the task nor raises."""
+    monkeypatch.setenv(memory_monitor.DELAY_ENV, "3000")
+    raised = []
+    monkeypatch.setattr(threading, "excepthook", raised.append)
+    anyray.init("multiprocess", num_cpus=2)
+    anyray.remote(max_retries=1)(hog).remote(str(tmp_path / "d"), 99)
+    deadline = time.monotonic() + WAIT
+    while not [t for t in threading.enumerate() if t.name == "anyray-oom-backoff"]:  # killed: its backoff began
+        assert time.monotonic() < deadline, "the task was not killed for memory"
+        time.sleep(0.02)
+    anyray.shutdown()
+    for thread in [t for t in threading.enumerate() if t.name == "anyray-oom-backoff"]:
+        thread.join(WAIT)
+    assert [f"{args.exc_type.__name__}: {args.exc_value}" for args in raised] == []
+    attempts = tmp_path / "d"  # (killed before it wrote its line if others' memory passed the threshold first)
+    assert not attempts.exists() or attempts.read_text().count("attempt") == 1  # it never ran again

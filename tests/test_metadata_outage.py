@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
@@ -157,4 +159,177 @@ def test_an_outage_beyond_the_reconnect_timeout_stops_the_nodes(cluster_env, tmp
         log = open(head_log(cluster_env, other)).read()
         assert "gcs_rpc_server_reconnect_timeout_s" in log, log
     finally:
+        server.stop()
+
+
+LONG_OUTAGE = 15.0  # seconds: longer than the store clients' own retries (about 10 s before calls waited it out)
+
+WAITING_DRIVER = """
+    import sys, time, anyray
+    from anyray.util.placement_group import placement_group, remove_placement_group
+    anyray.init(backend="cluster", address="auto")
+
+    @anyray.remote(num_cpus=0)
+    class Keeper:
+        def ping(self):
+            return "pong"
+
+    keeper = Keeper.options(name="keeper").remote()
+    assert anyray.get(keeper.ping.remote(), timeout=60) == "pong"
+    group = placement_group([{"CPU": 1}])
+    assert group.wait(60)
+    print("ready", flush=True)
+    sys.stdin.readline()  # the store is away from now on
+    start = time.monotonic()
+    try:
+        remove_placement_group(group)
+        print("removed", round(time.monotonic() - start), flush=True)
+        again = anyray.get_actor("keeper")
+        print("found", anyray.get(again.ping.remote(), timeout=60), flush=True)
+    except Exception as exc:
+        print("failed", round(time.monotonic() - start), type(exc).__name__, exc, flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["redis", "etcd"])
+def test_placement_group_removal_and_a_named_actor_lookup_wait_out_an_outage(cluster_env, tmp_path, kind):
+    """Issued while the store is away for longer than its client's own retries, both succeed once it is back,
+    as Ray's GCS clients wait for up to ``gcs_rpc_server_reconnect_timeout_s``."""
+    server = EtcdServer.start(str(tmp_path)) if kind == "etcd" else RedisServer.start(str(tmp_path), appendonly=True)
+    run = None
+    try:
+        head = start_head(cluster_env, "--metadata", server.url, "--num-cpus", "2")
+        run = subprocess.Popen([sys.executable, "-c", textwrap.dedent(WAITING_DRIVER)], env=cluster_env, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert run.stdout.readline().strip() == "ready", run.stderr.read() if run.poll() is not None else ""
+        server.stop()  # its files keep what it had
+        run.stdin.write("go\n")
+        run.stdin.flush()
+        time.sleep(LONG_OUTAGE)
+        if kind == "etcd":
+            server = EtcdServer.start(str(tmp_path), port=server.port)
+        else:
+            server = RedisServer.start(str(tmp_path), port=server.port, password=server.password, appendonly=True)
+        out, err = run.communicate(timeout=WAIT)
+        lines = out.split("\n")
+        removed = next((line for line in lines if line.startswith("removed ")), None)
+        assert removed is not None, out + err
+        assert int(removed.split()[1]) >= LONG_OUTAGE - 3, out  # it waited for the store, not failed and retried
+        assert "found pong" in lines, out + err
+        assert alive(head)
+        assert "calls wait for it for up to 60 s" in open(head_log(cluster_env, head)).read()  # it said so
+    finally:
+        if run is not None and run.poll() is None:
+            run.kill()
+        server.stop()
+
+
+@pytest.mark.parametrize("kind,outage", [("redis", "stop"), ("etcd", "stop"), ("redis", "hang"), ("etcd", "hang")])
+def test_a_store_call_past_the_reconnect_bound_fails_with_a_clear_error(tmp_path, monkeypatch, kind, outage):
+    """``stop``: the server is gone (connections refused); ``hang``: it is stopped (SIGSTOP) with its
+    connections open, so that commands go unanswered."""
+    from anyray.adapters.metadata import open_metadata
+
+    monkeypatch.setenv("RAY_gcs_rpc_server_reconnect_timeout_s", "3")
+    server = EtcdServer.start(str(tmp_path)) if kind == "etcd" else RedisServer.start(str(tmp_path))
+    store = open_metadata(server.url, namespace="bound")
+    try:
+        store.put("groups/g1", b"record")
+        if outage == "stop":
+            server.stop()
+        else:
+            server.proc.send_signal(signal.SIGSTOP)
+        for call in (lambda: store.compare_and_set("groups/g1", b"record", None), lambda: store.get("actor/ns/a")):
+            start = time.monotonic()
+            with pytest.raises(ConnectionError) as info:
+                call()
+            took = time.monotonic() - start
+            assert 3.0 <= took < 3.0 + 12.0, took  # the bound, then an attempt at most (one unanswered: 5 s)
+            said = str(info.value)
+            name = "etcd" if kind == "etcd" else "Redis"
+            assert f"The {name} metadata store at 127.0.0.1:{server.port}" in said, said
+            assert "3 s" in said and "RAY_gcs_rpc_server_reconnect_timeout_s" in said, said
+            assert getattr(server, "password", None) is None or server.password not in said, said
+    finally:
+        store.close()
+        server.proc.send_signal(signal.SIGCONT)
+        server.stop()
+
+
+class AnswerLosingProxy:
+    """A loopback TCP relay to ``port`` that, once ``arm()`` was called, drops the server's next answer and
+    cuts that connection: the command was applied, its answer never reached the client."""
+
+    def __init__(self, port: int):
+        self.target = port
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.armed = threading.Event()
+        self.lost = 0  # answers dropped
+        threading.Thread(target=self._accept, daemon=True, name="test-losing-proxy").start()
+
+    def arm(self) -> None:
+        self.armed.set()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            for a, b, answers in ((client, server, False), (server, client, True)):
+                threading.Thread(target=self._pump, args=(a, b, answers), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if answers and self.armed.is_set():
+                    self.armed.clear()
+                    self.lost += 1
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "etcd"])
+def test_a_write_whose_answer_was_lost_is_not_applied_twice_in_effect(tmp_path, kind):
+    """A compare-and-set (a placement group's state, a name's claim), a put-unless (a node's lease) and a delete
+    applied by the server, whose answers were lost with the connection, are retried and report what was done
+    (a blind retry would find its own write and report it not done)."""
+    from anyray.adapters.metadata import open_metadata
+
+    server = EtcdServer.start(str(tmp_path)) if kind == "etcd" else RedisServer.start(str(tmp_path))
+    proxy = AnswerLosingProxy(server.port)
+    store = open_metadata(server.url.replace(f":{server.port}", f":{proxy.port}"), namespace="lost")
+    try:
+        store.compare_and_set("warm", None, b"1")  # the server has each script (a first call loads it)
+        store.put_unless("warm2", b"1", None, ["dead/warm"])
+        store.delete("warm")
+        store.put("groups/g1", b"PENDING")
+        proxy.arm()
+        assert store.compare_and_set("groups/g1", b"PENDING", b"CREATED") is True
+        assert store.get("groups/g1") == b"CREATED"
+        proxy.arm()
+        assert store.compare_and_set("actor/ns/a", None, b"id") is True
+        proxy.arm()
+        assert store.put_unless("nodes/n1", b"record", 5.0, ["dead/n1"]) is True
+        assert store.get("nodes/n1") == b"record"
+        proxy.arm()
+        assert store.delete("groups/g1") is True
+        assert store.get("groups/g1") is None
+        assert proxy.lost == 4
+        assert store.compare_and_set("actor/ns/a", None, b"other") is False  # no lost answer: a plain refusal
+    finally:
+        store.close()
+        proxy.close()
         server.stop()

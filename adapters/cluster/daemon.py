@@ -249,6 +249,8 @@ class NodeDaemon(ClusterListing):
                 pass
         if self.lease is not None:
             self.lease.close()
+        if hasattr(self.metadata, "hurry"):  # the store's calls stop waiting out an outage: this node stops
+            self.metadata.hurry()
         if self.metadata is not None and self.runtime is not None:
             try:
                 if self.scheduler.cluster is not None and not self.lapsed:

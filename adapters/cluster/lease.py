@@ -21,32 +21,23 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import threading
 import time
+
+from ..metadata.patience import reconnect_seconds
 
 log = logging.getLogger(__name__)
 
 NODES = "nodes/"
 DEAD = "dead/"  # node id -> JSON of its last record and how it ended (the dead marker; `anyray status` lists it)
 DEAD_SECONDS = 3600.0  # how long a dead node stays listed (and fenced off)
-# After an outage a node's renewal may wait out one more backoff of its store's retries (2 s for Redis, 1 s for
-# etcd): the others give it that long on top of a lease before they count it dead.
+# After an outage a node's renewal may wait out one more backoff of its store's retries (at most 1 s, and the
+# client's own under 1 s: ``metadata/patience.py``): the others give it that long on top of a lease before they
+# count it dead.
 BACKOFF_SECONDS = 3.0
 
 
-def _reconnect_seconds() -> float:
-    text = os.environ.get("RAY_gcs_rpc_server_reconnect_timeout_s", "60")
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"RAY_gcs_rpc_server_reconnect_timeout_s must be a number of seconds, got {text!r}.") from None
-    if value < 0:
-        raise ValueError(f"RAY_gcs_rpc_server_reconnect_timeout_s must be 0 or more seconds, got {text!r}.")
-    return value
-
-
-RECONNECT_SECONDS = _reconnect_seconds()
+RECONNECT_SECONDS = reconnect_seconds()  # the store's calls wait as long for it (``metadata/patience.py``)
 
 
 def put_unless(metadata, key: str, value: bytes, ttl: float | None, absent: list[str]) -> bool:

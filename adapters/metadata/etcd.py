@@ -11,7 +11,9 @@ attached to a lease of that many seconds (rounded up: etcd's leases count
 whole seconds); putting it again attaches a fresh lease. Compare-and-set is
 one etcd transaction. Watches use etcd's ordered watch streams; an expired
 lease deletes its keys, which watchers see as a delete. Calls are retried
-with exponential backoff while the server is unreachable, and a watch whose
+with backoff while the server is unreachable, for up to
+``RAY_gcs_rpc_server_reconnect_timeout_s`` (``patience.py``: a write whose
+answer was lost is not applied twice in effect), and a watch whose
 stream broke is re-established the same way, from the revision after the
 last one it delivered, so nothing that changed meanwhile is missed; when
 that revision was compacted away, the prefix is read again and the
@@ -35,11 +37,9 @@ from urllib.parse import parse_qs, unquote
 from anyray.ports.metadata_store import MetadataStore, Watch
 
 from .known import Known, Reach
+from .patience import Patience
 
 log = logging.getLogger(__name__)
-
-RETRY_SECONDS = 10.0  # how long calls keep retrying an unreachable server
-
 
 class _Six:
     @staticmethod
@@ -116,6 +116,7 @@ class EtcdMetadataStore(MetadataStore):
         self._watches: list[_EtcdWatch] = []
         self._closed = False
         self.reach = Reach()  # when this process found the server unreachable
+        self.patience = Patience(f"The etcd metadata store at {self._members()}", self.reach)
 
     def __repr__(self) -> str:
         return f"EtcdMetadataStore({self._members()}, {self._ns!r})"
@@ -174,35 +175,38 @@ class EtcdMetadataStore(MetadataStore):
             if not w.cancelled:
                 threading.Thread(target=self._rewatch, args=(w,), daemon=True, name="anyray-etcd-rewatch").start()
 
-    def _call(self, fn, *args, **kwargs):
-        """Call ``fn(client, ...)``, retrying while the server is unreachable, backing off; then
-        ``ConnectionError``."""
+    def _call(self, fn, settle=None):
+        """``fn(client)``, waiting out an outage of the server (``Patience``; ``settle``: see there); each failed
+        attempt moves to a fresh client (of the next member, if the URL names several)."""
+        return self.patience.call(lambda: self._attempt(fn), settle)
+
+    def _attempt(self, fn):
         failed = (self._etcd3.exceptions.ConnectionFailedError, self._etcd3.exceptions.ConnectionTimeoutError,
                   ValueError)  # ValueError: the library's "Trying to use a failed node"
-        deadline = time.monotonic() + RETRY_SECONDS
-        delay = 0.05
-        while True:
-            client = self._client
-            self.reach.sent()
-            try:
-                done = fn(client, *args, **kwargs)
-            except BaseException as exc:
-                if not isinstance(exc, failed):
-                    self.reach.answered()
-                    raise
-                if isinstance(exc, ValueError) and "failed node" not in str(exc):
-                    self.reach.answered()
-                    raise
-                self.reach.failed()
-                if time.monotonic() > deadline or self._closed:
-                    raise ConnectionError(f"The etcd metadata store at {self._members()} is unreachable: "
-                                          f"{type(exc).__name__}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                self._reconnect(client)
-            else:
+        client = self._client
+        self.reach.sent()
+        try:
+            done = fn(client)
+        except BaseException as exc:
+            if not isinstance(exc, failed):
                 self.reach.answered()
-                return done
+                raise
+            if isinstance(exc, ValueError) and "failed node" not in str(exc):
+                self.reach.answered()
+                raise
+            self.reach.failed()
+            self._reconnect(client)
+            raise ConnectionError(type(exc).__name__) from None
+        self.reach.answered()
+        return done
+
+    def _holds(self, key: str, value: bytes | None) -> bool:
+        """Whether ``key`` holds ``value`` (None: it is absent): did a write whose answer was lost happen?"""
+        return self._attempt(lambda c: c.get(self._ns + key))[0] == value
+
+    def hurry(self) -> None:
+        """This process is stopping: calls stop waiting out an outage."""
+        self.patience.hurry()
 
     # -- the port -------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
@@ -216,7 +220,8 @@ class EtcdMetadataStore(MetadataStore):
         self._call(put)
 
     def delete(self, key: str) -> bool:
-        return bool(self._call(lambda c: c.delete(self._ns + key)))
+        # after a lost answer, a retry that found the key gone may follow the attempt that deleted it
+        return bool(self._call(lambda c: c.delete(self._ns + key), settle=lambda done: True))
 
     def scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
         n = len(self._ns)
@@ -232,7 +237,7 @@ class EtcdMetadataStore(MetadataStore):
             compare = [tx.version(full) == 0] if expected is None else [tx.value(full) == expected]
             success = [tx.delete(full)] if value is None else [tx.put(full, value)]
             return client.transaction(compare=compare, success=success, failure=[])[0]
-        return bool(self._call(swap))
+        return bool(self._call(swap, settle=lambda done: done or (expected != value and self._holds(key, value))))
 
     def put_unless(self, key: str, value: bytes, ttl: float | None, absent: list[str]) -> bool:
         """Set ``key`` (as ``put``) only if none of the keys ``absent`` exists: one transaction; whether it did."""
@@ -245,7 +250,7 @@ class EtcdMetadataStore(MetadataStore):
             if not done and lease is not None:
                 lease.revoke()
             return done
-        return bool(self._call(put))
+        return bool(self._call(put, settle=lambda done: done or self._holds(key, value)))
 
     def watch(self, prefix: str, callback: Callable[[str, bytes | None], None]) -> Watch:
         w = _EtcdWatch(self, prefix, callback)
@@ -349,6 +354,7 @@ class EtcdMetadataStore(MetadataStore):
 
     def close(self) -> None:
         self._closed = True
+        self.patience.hurry()
         for w in list(self._watches):
             self._unwatch(w)
         try:

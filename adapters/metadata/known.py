@@ -52,6 +52,7 @@ class Reach:
         self._began: float | None = None  # the outage going on now (commands failing)
         self._past: list[tuple[float, float]] = []  # (began, ended), oldest first
         self._waiting: dict[int, float] = {}  # thread -> when its command in flight was sent
+        self._local = threading.local()  # .failed: a command of this thread failed since it last asked
 
     def sent(self) -> None:
         """A command is sent (by this thread): ``answered`` or ``failed`` follows."""
@@ -59,6 +60,7 @@ class Reach:
 
     def failed(self) -> None:
         sent = self._waiting.pop(threading.get_ident(), None)
+        self._local.failed = True
         with self._lock:
             if self._began is None:
                 self._began = min(sent or math.inf, time.monotonic())
@@ -76,6 +78,12 @@ class Reach:
             self._began = None
 
     reached = answered  # the watch's connection stands again
+
+    def troubled(self) -> bool:
+        """Whether a command of this thread failed since it last asked (a write may have been applied with
+        its answer lost: ``patience.py``)."""
+        failed, self._local.failed = getattr(self._local, "failed", False), False
+        return failed
 
     def _now_out(self, now: float) -> float | None:
         """When the outage going on now began (commands failing, or one unanswered for ``SLOW``), or None."""

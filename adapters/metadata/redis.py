@@ -13,8 +13,10 @@ write is one Lua script that changes the key and publishes the change (key
 and new value) on the namespace's event channel in the same atomic step, so
 watchers see the changes of a key in the order they happened, with the values they had. Expiries come from Redis's own
 ``expired`` keyspace events (the adapter turns them on). Commands are retried
-with exponential backoff while the server is unreachable; past the retry
-budget a ``ConnectionError`` reaches the caller. The password, if any, comes
+with backoff while the server is unreachable, for up to
+``RAY_gcs_rpc_server_reconnect_timeout_s`` (``patience.py``: a write whose
+answer was lost is not applied twice in effect); past that bound a
+``ConnectionError`` reaches the caller. The password, if any, comes
 from the URL and is never logged or shown in reprs.
 """
 
@@ -27,6 +29,7 @@ from collections.abc import Callable, Iterator
 from anyray.ports.metadata_store import MetadataStore, Watch
 
 from .known import Known, Reach
+from .patience import OPEN_SECONDS, Patience
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,8 @@ return 1
 """
 
 RESTART_GRACE = 10.0  # seconds a key a restarted server lost may take to be written again before it counts as gone
-RETRIES = 8  # attempts while the server is unreachable, backing off up to about 10 s in all
+RETRIES = 3  # the client's own attempts at a command (under a second); ``Patience`` waits out longer outages
+SOCKET_SECONDS = 5.0  # an answer longer in coming is a failed attempt (a hung server): calls stay within the bound
 
 
 def _glob_escape(text: str) -> str:
@@ -121,10 +125,12 @@ class RedisMetadataStore(MetadataStore):
                 return super().call_with_retry(attempt, *args, **kwargs)
 
         self._redis_mod = redis
-        retry = _NoRetryOnAuth(ExponentialBackoff(cap=2.0, base=0.05), RETRIES)
+        # an unanswered command (TimeoutError) is not retried here: ``Patience`` does, within its bound
+        retry = _NoRetryOnAuth(ExponentialBackoff(cap=2.0, base=0.05), RETRIES,
+                               supported_errors=(redis.ConnectionError,))
         self._client = redis.Redis.from_url(
-            url, retry=retry, retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-            socket_connect_timeout=5, health_check_interval=10)
+            url, retry=retry, retry_on_error=[redis.ConnectionError],
+            socket_connect_timeout=5, socket_timeout=SOCKET_SECONDS, health_check_interval=10)
         self._ns = namespace + ":"
         self._channel = self._ns + "events"
         self._db = self._client.connection_pool.connection_kwargs.get("db", 0)
@@ -139,7 +145,9 @@ class RedisMetadataStore(MetadataStore):
         self._stop = threading.Event()
         self._closed = False
         self._run_id = None  # the server's run_id when the listener last subscribed: another one is a restart
-        self._call(self._expiry_events, self._client)
+        kwargs = self._client.connection_pool.connection_kwargs
+        self.patience = Patience(f"The Redis metadata store at {kwargs.get('host')}:{kwargs.get('port')}", reach)
+        self._call(self._expiry_events, self._client, bound=OPEN_SECONDS)
 
     def _expiry_events(self, client) -> None:
         """Expiries reach watchers as keyspace events: turn them on (again after a restart of the server;
@@ -153,11 +161,24 @@ class RedisMetadataStore(MetadataStore):
         kwargs = self._client.connection_pool.connection_kwargs
         return f"RedisMetadataStore({kwargs.get('host')}:{kwargs.get('port')}/{self._db}, {self._ns!r})"
 
-    def _call(self, fn, *args, **kwargs):
+    def _call(self, fn, *args, settle=None, bound=None, **kwargs):
+        """``fn(*args, **kwargs)``, waiting out an outage of the server (``Patience``; ``settle``: see there)."""
+        return self.patience.call(lambda: self._attempt(fn, *args, **kwargs), settle, bound)
+
+    def _attempt(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except (self._redis_mod.ConnectionError, self._redis_mod.TimeoutError) as exc:
-            raise ConnectionError(f"The Redis metadata store is unreachable: {exc}") from None
+            self.reach.failed()
+            raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
+
+    def _holds(self, key: str, value: bytes | None) -> bool:
+        """Whether ``key`` holds ``value`` (None: it is absent): did a write whose answer was lost happen?"""
+        return self._attempt(self._client.get, self._ns + key) == value
+
+    def hurry(self) -> None:
+        """This process is stopping: calls stop waiting out an outage."""
+        self.patience.hurry()
 
     # -- the port -------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
@@ -168,7 +189,8 @@ class RedisMetadataStore(MetadataStore):
         self._call(self._put, keys=[self._ns + key, self._channel], args=[value, ms])
 
     def delete(self, key: str) -> bool:
-        return bool(self._call(self._delete, keys=[self._ns + key, self._channel]))
+        # after a lost answer, a retry that found the key gone may follow the attempt that deleted it
+        return bool(self._call(self._delete, keys=[self._ns + key, self._channel], settle=lambda done: True))
 
     def scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
         full = self._ns + prefix
@@ -181,13 +203,15 @@ class RedisMetadataStore(MetadataStore):
     def compare_and_set(self, key: str, expected: bytes | None, value: bytes | None) -> bool:
         args = ["0" if expected is None else "1", b"" if expected is None else expected,
                 "0" if value is None else "1", b"" if value is None else value]
-        return bool(self._call(self._cas, keys=[self._ns + key, self._channel], args=args))
+        return bool(self._call(self._cas, keys=[self._ns + key, self._channel], args=args,
+                               settle=lambda done: done or (expected != value and self._holds(key, value))))
 
     def put_unless(self, key: str, value: bytes, ttl: float | None, absent: list[str]) -> bool:
         """Set ``key`` (as ``put``) only if none of the keys ``absent`` exists, in one atomic step; whether it did."""
         ms = "" if ttl is None else str(max(int(ttl * 1000), 1))
         keys = [self._ns + key, self._channel, *(self._ns + k for k in absent)]
-        return bool(self._call(self._put_unless, keys=keys, args=[value, ms]))
+        return bool(self._call(self._put_unless, keys=keys, args=[value, ms],
+                               settle=lambda done: done or self._holds(key, value)))
 
     def watch(self, prefix: str, callback: Callable[[str, bytes | None], None]) -> Watch:
         w = _RedisWatch(self, prefix, callback)
@@ -314,6 +338,7 @@ class RedisMetadataStore(MetadataStore):
 
     def close(self) -> None:
         self._closed = True
+        self.patience.hurry()
         self._stop.set()
         with self._lock:
             self._watches.clear()

@@ -9,7 +9,7 @@ import os
 import signal
 from time import monotonic
 
-from anyray.exceptions import TaskCancelledError, WorkerCrashedError
+from anyray.exceptions import AnyrayError, TaskCancelledError, WorkerCrashedError
 from anyray.generators import stream_of
 from anyray.policy import allows_another
 from anyray.runtime_env_setup import KEY as ENV_KEY
@@ -52,6 +52,16 @@ def same_env(worker, task: Task) -> bool:
     return worker.env_key == (runtime_env[ENV_KEY] if runtime_env else "")
 
 
+def _unless_closed(supervision, dispatch) -> None:
+    """``dispatch()`` from a thread of its own (a memory-kill backoff's): if the node closed meanwhile, its worker
+    pool's refusal to start a worker ends the thread quietly."""
+    try:
+        dispatch()
+    except AnyrayError:
+        if not supervision.closed:
+            raise
+
+
 class Tasks:
     """``lock``: the node's lock; ``pool``: its resources; ``queues``: the shape queues (whose ``start``
     is ``start`` here); ``seams``: placement, objects elsewhere, feasibility."""
@@ -68,7 +78,7 @@ class Tasks:
         self.fail, self._own, self._wire, self._seal_wires = ledger.fail, ledger.own, ledger.wire, ledger.seal_wires
         self._blob = functions.blob
         self._idle, self._worker_for = supervision.idle, supervision.worker_for
-        self._send, self._exit = supervision.send, supervision.exit
+        self._send, self._exit, self._supervision = supervision.send, supervision.exit, supervision
         self.call_worker_of = None  # oid -> the worker running the actor call that returns it (set by the node)
         self.latency = None  # observe(seconds from submission to start), under the lock (node metrics)
         self.tasks: dict[bytes, Task] = {}          # by return object id, until done
@@ -298,12 +308,12 @@ class Tasks:
         self._dispatch()
 
     def _back_from_backoff(self, task: Task) -> None:
-        """A task killed for memory waited out its backoff: queue it again (unless it ended meanwhile)."""
+        """A task killed for memory waited out its backoff: queue it again, unless it ended or the node closed."""
         with self._lock:
-            if task.state != "queued" or task.cancelled:
+            if task.state != "queued" or task.cancelled or self._supervision.closed:
                 return
             (task.queues or self._shapes).push_front(task.shape, task)
-        self._dispatch()
+        _unless_closed(self._supervision, self._dispatch)
 
     def cancel(self, ref, force: bool, recursive: bool) -> bool:
         """Cancel the task that returns ``ref``; False if no task here does."""
