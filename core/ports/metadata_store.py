@@ -18,8 +18,10 @@ class MetadataStore(ABC):
     """Keys are ``str`` paths ("actors/ns/name"), values ``bytes``.
 
     Every method is atomic for its key and safe to call from any thread.
-    Connection failures are retried inside the adapter with backoff; only a
-    failure that outlives the retry budget raises, as ``ConnectionError``.
+    Connection failures are retried inside the adapter with backoff; only an
+    outage longer than the adapter's bound (the built-in stores:
+    ``RAY_gcs_rpc_server_reconnect_timeout_s``, 60 s) raises, as
+    ``ConnectionError``.
     """
 
     @abstractmethod
