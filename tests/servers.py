@@ -128,7 +128,9 @@ class EtcdServer(Server):
 class TcpProxy:
     """A loopback TCP relay to ``port`` whose connections a test can cut: ``cut()`` closes every relayed
     connection and refuses new ones until ``mend()``, as a network fault between one client and its server
-    would (the server and its other clients go on)."""
+    would (the server and its other clients go on). ``lose_next_answer()``: the server's next answer is
+    dropped and its connection cut (the command was applied, its answer never reached the client);
+    ``lost`` counts them."""
 
     def __init__(self, port: int):
         import threading
@@ -142,7 +144,12 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._refusing = False
         self._closed = False
+        self._losing = threading.Event()
+        self.lost = 0
         threading.Thread(target=self._accept, daemon=True, name="test-proxy").start()
+
+    def lose_next_answer(self) -> None:
+        self._losing.set()
 
     def _accept(self) -> None:
         import threading
@@ -162,13 +169,16 @@ class TcpProxy:
                     client.close()
                     continue
                 self._open += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, answers in ((client, server, False), (server, client, True)):
+                threading.Thread(target=self._pump, args=(a, b, answers), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
         try:
             while data := src.recv(65536):
+                if answers and self._losing.is_set():
+                    self._losing.clear()
+                    self.lost += 1
+                    break
                 dst.sendall(data)
         except OSError:
             pass

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import psutil
@@ -256,51 +254,6 @@ def test_a_store_call_past_the_reconnect_bound_fails_with_a_clear_error(tmp_path
         server.stop()
 
 
-class AnswerLosingProxy:
-    """A loopback TCP relay to ``port`` that, once ``arm()`` was called, drops the server's next answer and
-    cuts that connection: the command was applied, its answer never reached the client."""
-
-    def __init__(self, port: int):
-        self.target = port
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self._sock.getsockname()[1]
-        self.armed = threading.Event()
-        self.lost = 0  # answers dropped
-        threading.Thread(target=self._accept, daemon=True, name="test-losing-proxy").start()
-
-    def arm(self) -> None:
-        self.armed.set()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._sock.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.target))
-            for a, b, answers in ((client, server, False), (server, client, True)):
-                threading.Thread(target=self._pump, args=(a, b, answers), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
-        try:
-            while data := src.recv(65536):
-                if answers and self.armed.is_set():
-                    self.armed.clear()
-                    self.lost += 1
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self._sock.close()
-
-
 @pytest.mark.parametrize("kind", ["redis", "etcd"])
 def test_a_write_whose_answer_was_lost_is_not_applied_twice_in_effect(tmp_path, kind):
     """A compare-and-set (a placement group's state, a name's claim), a put-unless (a node's lease) and a delete
@@ -309,22 +262,22 @@ def test_a_write_whose_answer_was_lost_is_not_applied_twice_in_effect(tmp_path, 
     from anyray.adapters.metadata import open_metadata
 
     server = EtcdServer.start(str(tmp_path)) if kind == "etcd" else RedisServer.start(str(tmp_path))
-    proxy = AnswerLosingProxy(server.port)
+    proxy = TcpProxy(server.port)
     store = open_metadata(server.url.replace(f":{server.port}", f":{proxy.port}"), namespace="lost")
     try:
         store.compare_and_set("warm", None, b"1")  # the server has each script (a first call loads it)
         store.put_unless("warm2", b"1", None, ["dead/warm"])
         store.delete("warm")
         store.put("groups/g1", b"PENDING")
-        proxy.arm()
+        proxy.lose_next_answer()
         assert store.compare_and_set("groups/g1", b"PENDING", b"CREATED") is True
         assert store.get("groups/g1") == b"CREATED"
-        proxy.arm()
+        proxy.lose_next_answer()
         assert store.compare_and_set("actor/ns/a", None, b"id") is True
-        proxy.arm()
+        proxy.lose_next_answer()
         assert store.put_unless("nodes/n1", b"record", 5.0, ["dead/n1"]) is True
         assert store.get("nodes/n1") == b"record"
-        proxy.arm()
+        proxy.lose_next_answer()
         assert store.delete("groups/g1") is True
         assert store.get("groups/g1") is None
         assert proxy.lost == 4

@@ -14,7 +14,7 @@ import textwrap
 import time
 
 import pytest
-from test_cluster import WAIT, driver, start_head, wait_until
+from test_cluster import WAIT, driver, start_head, two_nodes, wait_until
 
 import anyray
 from anyray import exceptions
@@ -438,3 +438,27 @@ def test_cancel_of_a_leased_task_reaches_the_tasks_it_submitted(one_cpu, tmp_pat
         anyray.get(ref, timeout=WAIT)
     time.sleep(4)
     assert not finished.exists()  # the child was interrupted too
+
+
+def test_plain_tasks_spread_over_two_nodes_when_the_drivers_node_lends_no_more(cluster_env, monkeypatch):
+    """The driver's node lends its one CPU, then answers that the other node has room: the driver sends the
+    rest through its node, which forwards them there, instead of queueing them all on its one lease."""
+    monkeypatch.delenv("ANYRAY_TASK_LEASES", raising=False)
+    monkeypatch.delenv("ANYRAY_DIRECT_CALLS", raising=False)
+    two_nodes(cluster_env, ("--num-cpus", "1"), ("--num-cpus", "1"))
+    anyray.init(backend="cluster", address="auto")
+    try:
+        wait_until(lambda: anyray.cluster_resources().get("CPU") == 2, "both nodes")
+
+        @anyray.remote
+        def where(seconds):
+            time.sleep(seconds)
+            return anyray.get_runtime_context().get_node_id()
+
+        first = where.remote(0.3)
+        assert _on_lease(first)
+        nodes = anyray.get([first] + [where.remote(0.3) for _ in range(19)], timeout=WAIT)
+        assert len(set(nodes)) == 2
+        assert min(nodes.count(n) for n in set(nodes)) >= 5  # neither node ran nearly all of them
+    finally:
+        anyray.shutdown()

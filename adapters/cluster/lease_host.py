@@ -4,6 +4,8 @@ that shape straight on the worker's direct socket (``node/worker_direct.py``) an
 
 The node still decides: it lends only when the resources are free and no work waits in its own queues
 (work queued here goes first), only workers with no runtime_env, and only to drivers on this machine.
+When it lends none and another node of the cluster has room now, it says so: the driver then sends its
+tasks through the node, which forwards them there, rather than queueing them on the leases it holds.
 While lent, the worker is neither idle nor running a node task: ``worker.task`` is the ``Hold``, so a
 blocking ``get`` in a leased task lends its CPUs as any task's does (``handlers._lend``), and a worker
 that dies gives its resources back (``Tasks.worker_lost`` hands it to ``Hold.lost``); the driver sees its
@@ -23,13 +25,18 @@ import signal
 from time import monotonic
 from types import SimpleNamespace
 
+from anyray.policy import fits
+
 from ..node import messages as m
 from ..node.framing import run_entry
 from ..node.handlers import LATER
 
 log = logging.getLogger(__name__)
 
-NONE = m.LeaseAnswer.pack(0, None, None)
+NONE = m.LeaseAnswer.pack(0, None, None, False)
+ELSEWHERE = m.LeaseAnswer.pack(0, None, None, True)  # none here, but another node has room: the driver sends
+# its tasks through this node, which forwards them there (Ray's raylet answers a lease request with
+# another node to ask, its spillback)
 # What the node's memory monitor reads of what a worker runs (a leased worker's task is retried by its driver)
 _LEASED = SimpleNamespace(parent_task_id=None, options={"max_retries": 3}, name="a leased worker's task",
                           task_id=b"")
@@ -53,8 +60,9 @@ class Hold:
 class LeaseHost:
     """``tasks``: the node's tasks part (``release`` gives resources back and starts queued work)."""
 
-    def __init__(self, lock, pool, queues: dict, tasks, supervision, setup: dict):
+    def __init__(self, lock, pool, queues: dict, tasks, supervision, setup: dict, placement=None):
         self._lock = lock
+        self._placement = placement  # its ``view``: the other nodes' free resources (None: one node)
         self._pool = pool
         self._queues = queues
         self._tasks = tasks
@@ -78,10 +86,10 @@ class LeaseHost:
             return NONE
         with self._lock:
             if any(self._queues.values()):  # work queued here goes first
-                return NONE
+                return self._none(ask.resources)
             lease = self._pool.acquire(ask.resources)
             if lease is None:
-                return NONE
+                return self._none(ask.resources)
             worker = self._supervision.worker_for({}, None)
             worker.job = client.job  # what its tasks submit runs in the driver's job (the node's tasks say so again)
             hold = Hold(self, next(self._ids), lease, worker, client)
@@ -92,7 +100,7 @@ class LeaseHost:
             if latency is not None:        # as Ray's placement time is per lease, not per task on it
                 latency.observe(monotonic() - asked)
         if path is not None:
-            return m.LeaseAnswer.pack(hold.lease_id, path, worker.handle.pid)
+            return m.LeaseAnswer.pack(hold.lease_id, path, worker.handle.pid, False)
         try:
             opening = worker.handle.call_async(run_entry, "anyray.adapters.node.worker_main", "open_direct")
         except Exception:  # noqa: BLE001 - the worker died already: its exit ends the hold
@@ -100,6 +108,13 @@ class LeaseHost:
             return NONE
         opening.add_done_callback(lambda future: self._opened(hold, rid, future))
         return LATER
+
+    def _none(self, demand: dict):
+        """No lease: ``ELSEWHERE`` when another node has ``demand`` free now, else ``NONE``."""
+        view = getattr(self._placement, "view", None)
+        if view is not None and any(fits(demand, free) for free in view.free().values()):
+            return ELSEWHERE
+        return NONE
 
     def _opened(self, hold: Hold, rid: int, future) -> None:
         """The worker opened its direct socket (or could not): answer the driver."""
@@ -110,7 +125,7 @@ class LeaseHost:
             answer = NONE
         else:
             self._paths[worker.handle.worker_id] = path
-            answer = m.LeaseAnswer.pack(hold.lease_id, path, worker.handle.pid)
+            answer = m.LeaseAnswer.pack(hold.lease_id, path, worker.handle.pid, False)
         self._respond(hold.client, rid, answer)
 
     def _respond(self, client, rid: int, answer) -> None:

@@ -131,6 +131,7 @@ class TaskLeases:
         self._held: dict[tuple, list] = {}        # key -> the lease sockets held for it
         self._ending: list = []                   # leases past their turn, going back once their tasks are done
         self._ask_at: dict[tuple, tuple] = {}     # key -> (when the driver may ask for another lease, the wait)
+        self._elsewhere: set[tuple] = set()       # keys the node lent none of but another node has room for
         self._spare: dict[str, _LeaseSocket] = {}  # path -> an open socket to a worker not leased now
         self._blobs: dict[bytes, bytes] = {}      # function id -> its pickled code
         self._reaper: threading.Thread | None = None
@@ -162,8 +163,8 @@ class TaskLeases:
             fresh = self._lease(key, spec.resources)
             if fresh is not None:
                 best = fresh
-        if best is None or len(best.pending) >= DEPTH_MAX:
-            return False
+        if best is None or len(best.pending) >= DEPTH_MAX or (best.pending and key in self._elsewhere):
+            return False  # through the node (which forwards it to a node with room, if one has)
         return self._send(best, spec, deps)
 
     def _send(self, sock: _LeaseSocket, spec, deps: dict | None = None) -> bool:
@@ -236,6 +237,10 @@ class TaskLeases:
             answer = m.LeaseAnswer._make(self.link.request("lease_worker", m.LeaseAsk.pack(resources)))
             if not answer.lease_id:
                 self._refused(key)
+                if answer.elsewhere:
+                    self._elsewhere.add(key)
+                else:
+                    self._elsewhere.discard(key)
                 return None
             sock = self._spare.pop(answer.path, None)
             if sock is None or sock.closed or sock.pid != answer.pid:
@@ -246,6 +251,7 @@ class TaskLeases:
                     self._refused(key)
                     return None
             self._ask_at.pop(key, None)
+            self._elsewhere.discard(key)
             sock.lease_id, sock.key, sock.returned, sock.killed = answer.lease_id, key, False, False
             sock.idle_since = sock.since = time.monotonic()
             calls = self.calls

@@ -77,7 +77,7 @@ class ClusterScheduler(GroupPort, NodeScheduler):
         seams.resource_view = view = ClusterResources(pool)
         seams.feasibility = Feasibility(self._totals, view.infeasible_text)
         direct = DirectHost(self.actors, self.supervision.send, session.path)
-        leases = LeaseHost(lock, pool, self.queues, tasks, self.supervision, setup)
+        leases = LeaseHost(lock, pool, self.queues, tasks, self.supervision, setup, placement)
         for part in (placement, objects, actors, direct, leases, Reports(seams.record_sink, seams.output_sink,
                                                                  self.ask_every_node)):
             part.register(self.register)

@@ -564,6 +564,7 @@ class LeaseAnswer(NamedTuple):
     lease_id: int             # 0: none now (no free resources, or work of that shape queued here)
     path: str | None          # the worker's direct socket
     pid: int | None
+    elsewhere: bool           # lease id 0: another node has room now (a task through this node goes there)
 
 
 class LeaseEnd(NamedTuple):  # "lease_return" (no answer), "lease_cancel" (no answer), driver -> node
