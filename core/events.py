@@ -60,12 +60,8 @@ class JobEvents:
                 self._errors.append(record)
 
     def task_finished(self, record: TaskRecord) -> None:
-        self._spans.append(record)  # _add, inlined for the common case: this runs once per task
-        if record.error_type is None:
-            return
-        with self._lock:
-            self._errors.append(record)
-        if self._echo:
+        self._add(record)
+        if record.error_type is not None and self._echo:
             stream = self._stream or sys.stderr
             first = (record.message or "").strip().splitlines()
             print(f"(anyray) {record.kind} {record.name} failed: {first[-1] if first else record.error_type} "

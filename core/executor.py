@@ -27,8 +27,8 @@ from .specs import RemoteFailure
 
 Fetch = Callable[[Sequence[ObjectRef]], list]  # refs -> deserialized values (failures not raised)
 
-_NO_ARGUMENTS = serialization._NO_ARGUMENTS
-_PLAIN_VALUES = serialization._PLAIN  # values returned as they are (no generator, no coroutine)
+_NO_ARGUMENTS = serialization.NO_ARGUMENTS
+_PLAIN_VALUES = serialization.PLAIN_TYPES  # values returned as they are (no generator, no coroutine)
 _Coroutine = types.CoroutineType
 _now = time.time
 _thread_id = threading.get_ident
@@ -180,16 +180,13 @@ class Call:
 
     def _record(self, start: float, failure: RemoteFailure | None) -> None:
         task_id = self.ctx.task_id
-        if failure is None:
-            self.events.task_finished(TaskRecord(task_id.hex() if task_id else "", self.name, self.kind, start,
-                                                 _now(), _pid_now[0], _thread_id()))
-            return
-        error = failure.error
-        shown = error.cause if isinstance(error, TaskError) and error.cause is not None else error
-        self.events.task_finished(TaskRecord(
-            task_id=task_id.hex() if task_id else "",
-            name=self.name, kind=self.kind, start=start, end=_now(), pid=_pid_now[0], tid=_thread_id(),
-            error_type=type(shown).__name__, message=str(error)))
+        error_type = message = None
+        if failure is not None:
+            error = failure.error
+            shown = error.cause if isinstance(error, TaskError) and error.cause is not None else error
+            error_type, message = type(shown).__name__, str(error)
+        self.events.task_finished(TaskRecord(task_id.hex() if task_id else "", self.name, self.kind, start, _now(),
+                                             _pid_now[0], _thread_id(), error_type, message))
 
     def invoke(self, args_blob, deps, fetch: Fetch):
         """Call the target in this thread; return the list of values or a ``RemoteFailure``.

@@ -369,8 +369,7 @@ class Runtime:
         options = runtime_env_setup.with_env(self, options, descriptor.name)
         blob = serialization.serialize_arguments(args, kwargs, descriptor.name)
         counter = self.counter
-        if counter._pending:
-            counter.drain()
+        counter.drain()  # refs dropped since the last call (it returns at once when none were)
         deps = self._deps(args, kwargs, descriptor.name) if args or kwargs else []
         if options.get("runtime_env") is not None:
             deps = runtime_env_setup.with_packages(self, options, deps)
@@ -414,8 +413,7 @@ class Runtime:
         name = f"{handle._class_name}.{method_name}"
         blob = serialization.serialize_arguments(args, kwargs, name)
         counter = self.counter
-        if counter._pending:
-            counter.drain()
+        counter.drain()
         num_returns = options["num_returns"]
         spec = ActorTaskSpec(
             task_id=_new_id(), actor_id=handle._actor_id, method_name=method_name, args=blob,

@@ -32,10 +32,10 @@ _NUMPY_COPY_MIN = 1 << 20
 # read-only whatever their size, as in Ray.
 _OUT_OF_BAND_MIN = 1 << 12
 
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
-_PLAIN_ARGS = _PLAIN | {ObjectRef}  # a ref pickles by reference: the C pickler does it alike
+PLAIN_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
+_PLAIN_ARGS = PLAIN_TYPES | {ObjectRef}  # a ref pickles by reference: the C pickler does it alike
 _dumps = pickle.dumps
-_NO_ARGUMENTS = _dumps(((), {}), PROTOCOL)  # the arguments of a call without any
+NO_ARGUMENTS = _dumps(((), {}), PROTOCOL)  # the arguments of a call without any
 
 
 @dataclass(slots=True)
@@ -83,7 +83,7 @@ class SerializationError(TypeError):
 
 def serialize(value: Any, what: str = "value") -> SerializedObject:
     """Pickle ``value``; raise :class:`SerializationError` naming ``what`` if it cannot be."""
-    if type(value) in _PLAIN:  # a scalar holds no refs and no buffers: the C pickler alone, nothing to collect
+    if type(value) in PLAIN_TYPES:  # a scalar holds no refs and no buffers: the C pickler alone, nothing to collect
         return SerializedObject(_dumps(value, PROTOCOL), [], [])
     buffers: list = []
     refs: list = []
@@ -117,7 +117,7 @@ def serialize_arguments(args: tuple, kwargs: dict, owner: str) -> SerializedObje
     all scalars or ObjectRefs (the C pickler alone; the refs it holds are its top-level ones, in order)."""
     if not kwargs:
         if not args:
-            return SerializedObject(_NO_ARGUMENTS, [], [])
+            return SerializedObject(NO_ARGUMENTS, [], [])
         plain = _PLAIN_ARGS
         if all(type(a) in plain for a in args):
             refs = [a for a in args if type(a) is ObjectRef]
@@ -139,7 +139,7 @@ def _is_plain(value: Any) -> bool:
     """Whether the C pickler alone gives the same bytes as cloudpickle (the common small cases:
     scalars, and ``(args, kwargs)`` of scalars and ObjectRefs), which is ten times faster."""
     kind = type(value)
-    if kind in _PLAIN:
+    if kind in PLAIN_TYPES:
         return True
     if kind is tuple and len(value) == 2 and type(value[0]) is tuple and type(value[1]) is dict:
         plain = _PLAIN_ARGS

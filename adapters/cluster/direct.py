@@ -134,7 +134,7 @@ class _Answers:
                     raise GetTimeoutError("get() timed out: an actor call's result is not ready. Raise the "
                                           "timeout, or use wait() to take what is ready.")
                 if sock.parked:  # a task waiting here for its dependencies: they come on any busy socket
-                    self.pump(self._busy(), left, lambda oid=oid: oid not in waiting, bounded=True)
+                    self.pump(self.busy(), left, lambda oid=oid: oid not in waiting, bounded=True)
                 else:
                     self.pump([sock], left, lambda oid=oid: oid not in waiting)
 
@@ -149,11 +149,11 @@ class _Answers:
             socks = list({id(s): s for s in (waiting.get(oid) for oid in ids) if s is not None}.values())
             parked = any(s.parked for s in socks)
             if parked:
-                socks = self._busy()
+                socks = self.busy()
             if socks or parked:
                 self.pump(socks, left, lambda: sum(oid not in waiting for oid in ids) >= num_returns, parked)
 
-    def _busy(self) -> list:
+    def busy(self) -> list:
         """The sockets with answers to come."""
         return [s for s in list(self.live) if s.pending and not s.closed]
 
@@ -311,7 +311,7 @@ class _Answers:
         the node, a thread waiting for its node, many calls sent without a ``get``."""
         while not self.closed:
             with self.lock:
-                socks = [s for s in self.live if s.pending and not s.closed]
+                socks = self.busy()
                 if not socks:
                     self.helper = None
                     return

@@ -58,7 +58,7 @@ class DirectWatch:
             if self._moved:
                 self._ask_node(k - len(ready), left if not self._pos else 0)
             if self._pos and len(ready) < k:
-                socks = [s for s in list(calls.live) if s.pending and not s.closed]
+                socks = calls.busy()
                 if socks:
                     calls.pump(socks, left, lambda: len(ready) >= k)
                 elif not self._moved:

@@ -407,11 +407,8 @@ def _queue_at_once(scheduler: LocalScheduler, task: _Task) -> None:
         for ref in task.spec.returns:
             tasks[ref._id] = task
         task.state = "queued"
-        queue = shapes.queues.get(task.shape)
-        behind = bool(queue)  # see ready(): queued work of its shape dispatches before it
-        if queue is None:
-            queue = shapes.queues[task.shape] = collections.deque()
-        queue.append(task)
+        behind = bool(shapes.queues.get(task.shape))  # see ready(): queued work of its shape dispatches first
+        shapes.push(task.shape, task)
     if not behind:
         shapes.dispatch()
 
