@@ -313,6 +313,7 @@ class NodeDaemon(ClusterListing):
             nodelay(conn)
         except OSError:
             pass
+        driver = None
         try:
             with _Watchdog(conn):
                 answer_challenge(conn, self.token)
@@ -321,6 +322,8 @@ class NodeDaemon(ClusterListing):
                     raise AuthenticationError("no hello")
                 hello: m.ClientHello = pickle.loads(memoryview(msg)[1:])
                 same_host = hello.get("host") == self.host_id
+                if hello.get("role") == "driver":  # listed before init returns (it waits for the setup)
+                    driver = self.drivers.joined(hello, peer[0], same_host)
                 setup = dict(self.node.setup, arena=self.node.arena.path if same_host else None,
                              address=self.address, node_id=self.node.node_id, object_address=self.object_address)
                 conn.send_bytes(framing.frame(CLIENT_SETUP, pickle.dumps(setup)))
@@ -331,6 +334,8 @@ class NodeDaemon(ClusterListing):
         except (AuthenticationError, EOFError, OSError, ValueError, pickle.UnpicklingError, IndexError):
             log(f"refused a connection from {peer[0]}:{peer[1]}: it did not prove it holds the cluster token")
             conn.close()
+            if driver is not None:
+                self.drivers.left(driver, ran=False)
             return
         role = hello.get("role")
         if role == "transfer":  # another node's object reads: raw ranges of the arena from now on
@@ -340,12 +345,12 @@ class NodeDaemon(ClusterListing):
             handle = self.node.scheduler.workers.adopt(hello.get("pid") or 0)
         except Exception:  # noqa: BLE001 - shutting down
             conn.close()
+            if driver is not None:
+                self.drivers.left(driver)
             return
-        peer_ip = peer[0]
         peer = role == "node"  # another node reads objects here by pull: it gets their locations
         self.scheduler.add_client(handle, shared or peer, (hello.get("job_id") or b"", hello.get("namespace") or ""),
                                   peer=peer)
-        driver = self.drivers.joined(hello, peer_ip, same_host) if role == "driver" else None
         try:
             self.scheduler.workers.serve(handle, conn)
         finally:

@@ -65,10 +65,11 @@ class DriverTable:
             self._live[id(entry)] = entry
         return entry
 
-    def left(self, entry: dict) -> None:
-        """The driver of ``entry`` disconnected: its job ended."""
+    def left(self, entry: dict, ran: bool = True) -> None:
+        """The driver of ``entry`` disconnected: its job ended (or, with ``ran=False``, its handshake failed
+        and it never ran: it is forgotten)."""
         with self._lock:
-            if self._live.pop(id(entry), None) is None:
+            if self._live.pop(id(entry), None) is None or not ran:
                 return
             entry["status"], entry["end_time"] = "SUCCEEDED", int(time.time() * 1000)
             self._ended.append(entry)
