@@ -383,7 +383,22 @@ def w_transfer(ray, size):
                 statistics.median(back[1:]) * 1e3, "ms", "lower")}
 
 
-TWO_NODE_WORKLOADS = {"spread": w_spread, "transfer": w_transfer}  # engines with several nodes only
+def w_actor_elsewhere(ray, size):
+    @ray.remote(num_cpus=0, resources={"node2": 0.01})
+    class Echo:
+        def echo(self, i):
+            return i
+
+    echo = Echo.remote()
+    warm = time.perf_counter() + 1.0  # its process started there, the connections made
+    while time.perf_counter() < warm:
+        ray.get(echo.echo.remote(0))
+    rate = loop_rate(lambda: ray.get(echo.echo.remote(1)), size["actor_sync"])
+    return {"actor calls sync to an actor on the other node": metric(rate, "calls/s", "higher")}
+
+
+TWO_NODE_WORKLOADS = {"spread": w_spread, "transfer": w_transfer,  # engines with several nodes only
+                      "actor_elsewhere": w_actor_elsewhere}
 
 WORKLOADS = {
     "startup": None,  # measured around import and init in main()

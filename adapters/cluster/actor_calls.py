@@ -66,6 +66,10 @@ class RemoteCalls:
             link.call("cancel", m.CancelRef.pack(ref._id, force, recursive), ignore)
         return True
 
+    def looking_up(self, actor_id: bytes) -> bool:
+        """Whether calls to ``actor_id`` wait here to learn which node it lives on."""
+        return actor_id in self._lookups
+
     def node_of_call(self, oid: bytes) -> str | None:
         """The node running the call whose first return id is ``oid``, if this node handed it to one."""
         return self._remote_calls.get(oid)

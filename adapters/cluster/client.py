@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 CLIENT_HELLO, CLIENT_SETUP, CLIENT_READY = m.CLIENT_HELLO, m.CLIENT_SETUP, m.CLIENT_READY  # see messages
 HANDSHAKE_SECONDS = 10.0  # a peer that has not finished the handshake by then is dropped
+MAP_SWITCH = "ANYRAY_MAP_NODE_MEMORY"  # "0": this process maps no node's shared memory, as one on another
+# machine (its objects travel in its connection, its direct calls over TCP): that path, tried on one machine
 
 
 def host_id() -> str:
@@ -130,7 +132,7 @@ def handshake(conn: Connection, role: str, job_id: bytes = b"", namespace: str =
     if "error" in setup:
         raise ConnectionError(setup["error"])
     shared = False
-    if setup.get("arena"):
+    if setup.get("arena") and os.environ.get(MAP_SWITCH, "1") != "0":
         try:
             Arena.attach(setup["arena"], writable=True).close()
             shared = True

@@ -189,7 +189,8 @@ class NodeDaemon(ClusterListing):
         self.lease.register()
         self.scheduler.attach(ClusterView(self.metadata, self.node.node_id, self.token,
                                           on_change=self.scheduler.spill_queued, on_dead=self.scheduler.node_dead,
-                                          on_self_lapsed=self.lease.lapsed, lease_seconds=LEASE_SECONDS))
+                                          on_self_lapsed=self.lease.lapsed, lease_seconds=LEASE_SECONDS),
+                              direct_tcp=self.host if self.tls is None else None)
         threading.Thread(target=self._heartbeat_loop, name="anyray-heartbeat", daemon=True).start()
         server_tls = tls.ServerTLS(self.tls) if self.tls is not None else None
         for sock in (self._sock, *self._extra_socks):  # the challenge and its deadline, then _serve_client

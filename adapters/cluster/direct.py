@@ -62,6 +62,7 @@ UNREAD_MAX = 256 * 1024    # answers unread beyond which a helper thread reads t
 SLICE = 0.005              # a reader's wait between looks at whether another thread got its answer
 
 
+TCP = "tcp://"              # a process's address on another machine (or of another node): tcp://host:port/<dir>
 SWITCH = "ANYRAY_DIRECT_CALLS"  # on unless "0" in the driver's environment: then every call takes the node's path
 
 
@@ -373,7 +374,8 @@ class DirectCalls(_Answers):
             spec.name, spec.caller_id, spec.seq, None)))
         with sock.send_lock:
             # Writable: at least three quarters of the socket's buffer is free (Linux's rule for a Unix
-            # socket), far more than a call's message (ARGS_MAX): the send cannot wait. Not writable: the
+            # socket), far more than a call's message (ARGS_MAX): the send cannot wait (over TCP, a third of it
+            # at least, and the actor's machine takes it in while its own buffer has room). Not writable: the
             # process does not read calls now (it runs a long one, say), and a send could block this thread,
             # which the running call may wait for. The node has a window for such calls (node/send_window.py).
             full = not sock.poller.poll(0)
@@ -428,16 +430,26 @@ class DirectCalls(_Answers):
         return sock
 
     def open_socket(self, path: str) -> Connection:
-        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        raw.settimeout(10.0)
-        try:
-            raw.connect(path)
-        except OSError:
-            raw.close()
-            raise
+        """Connect to a process's direct socket: ``path`` is its Unix socket, or ``tcp://host:port/<the
+        node's session directory>`` (a process on another machine, or of another node)."""
+        if path.startswith(TCP):
+            where, _, directory = path[len(TCP):].partition("/")
+            directory = "/" + directory
+            host, _, port = where.rpartition(":")
+            raw = socket.create_connection((host.strip("[]"), int(port)), timeout=10.0)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a frame's header and body: two writes
+        else:
+            directory = os.path.dirname(path)
+            raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            raw.settimeout(10.0)
+            try:
+                raw.connect(path)
+            except OSError:
+                raw.close()
+                raise
         raw.settimeout(None)
         conn = Connection(raw.detach())
-        key = direct_key(self._token, os.path.dirname(path))
+        key = direct_key(self._token, directory)
         try:
             answer_challenge(conn, key)
             deliver_challenge(conn, key)

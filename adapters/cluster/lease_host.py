@@ -3,7 +3,9 @@ an idle worker and the resources one task of a shape takes; the driver sends tha
 that shape straight on the worker's direct socket (``node/worker_direct.py``) and gives it back when idle.
 
 The node still decides: it lends only when the resources are free and no work waits in its own queues
-(work queued here goes first), only workers with no runtime_env, and only to drivers on this machine.
+(work queued here goes first), and only workers with no runtime_env. A driver on this machine reaches the
+worker on its Unix socket; one on another machine on its TCP address (a node without TLS: with TLS, such a
+driver leases none, and its tasks take the node's path).
 When it lends none and another node of the cluster has room now, it says so: the driver then sends its
 tasks through the node, which forwards them there, rather than queueing them on the leases it holds.
 While lent, the worker is neither idle nor running a node task: ``worker.task`` is the ``Hold``, so a
@@ -30,6 +32,7 @@ from anyray.policy import fits
 from ..node import messages as m
 from ..node.framing import run_entry
 from ..node.handlers import LATER
+from .direct_host import respond
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,8 @@ class LeaseHost:
     def _op_lease(self, client, rid: int, args):
         asked = monotonic()
         ask = m.LeaseAsk._make(args)
-        if client.remote or client.peer or not self._setup.get("direct"):
+        direct = self._setup.get("direct")
+        if client.peer or not direct or (client.remote and not direct.get("tcp")):
             return NONE
         with self._lock:
             if any(self._queues.values()):  # work queued here goes first
@@ -95,12 +99,12 @@ class LeaseHost:
             hold = Hold(self, next(self._ids), lease, worker, client)
             worker.task = hold
             self._holds[hold.lease_id] = hold
-            path = self._paths.get(worker.handle.worker_id)
+            paths = self._paths.get(worker.handle.worker_id)
             latency = self._tasks.latency  # the node's scheduling latency (/metrics): a lease is a placement,
             if latency is not None:        # as Ray's placement time is per lease, not per task on it
                 latency.observe(monotonic() - asked)
-        if path is not None:
-            return m.LeaseAnswer.pack(hold.lease_id, path, worker.handle.pid, False)
+        if paths is not None:
+            return m.LeaseAnswer.pack(hold.lease_id, paths[client.remote], worker.handle.pid, False)
         try:
             opening = worker.handle.call_async(run_entry, "anyray.adapters.node.worker_main", "open_direct")
         except Exception:  # noqa: BLE001 - the worker died already: its exit ends the hold
@@ -117,22 +121,17 @@ class LeaseHost:
         return NONE
 
     def _opened(self, hold: Hold, rid: int, future) -> None:
-        """The worker opened its direct socket (or could not): answer the driver."""
-        path = None if future.exception() is not None else future.result()
+        """The worker opened its direct sockets (or could not): answer the driver."""
+        paths = None if future.exception() is not None else future.result()  # (Unix path, TCP address)
         worker = hold.worker
+        path = paths[hold.client.remote] if paths is not None else None
         if path is None or hold.ended:
-            self.end(hold, idle=path is not None)
+            self.end(hold, idle=paths is not None)
             answer = NONE
         else:
-            self._paths[worker.handle.worker_id] = path
+            self._paths[worker.handle.worker_id] = tuple(paths)
             answer = m.LeaseAnswer.pack(hold.lease_id, path, worker.handle.pid, False)
-        self._respond(hold.client, rid, answer)
-
-    def _respond(self, client, rid: int, answer) -> None:
-        try:
-            client.handle.send(m.RESPONSE, m.dumps(m.Response.pack(rid, True, answer)))
-        except Exception:  # noqa: BLE001 - the driver went: its leases end with it
-            pass
+        respond(hold.client, rid, answer)
 
     def _op_return(self, client, rid: int, args):
         end = m.LeaseEnd._make(args)

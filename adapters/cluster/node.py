@@ -76,7 +76,7 @@ class ClusterScheduler(GroupPort, NodeScheduler):
         seams.record_sink, seams.output_sink = PerJobRecords(), PerJobOutput()
         seams.resource_view = view = ClusterResources(pool)
         seams.feasibility = Feasibility(self._totals, view.infeasible_text)
-        direct = DirectHost(self.actors, self.supervision.send, session.path)
+        direct = DirectHost(self.actors, self.supervision.send, session.path, actors, calls)
         leases = LeaseHost(lock, pool, self.queues, tasks, self.supervision, setup, placement)
         for part in (placement, objects, actors, direct, leases, Reports(seams.record_sink, seams.output_sink,
                                                                  self.ask_every_node)):
@@ -97,10 +97,12 @@ class ClusterScheduler(GroupPort, NodeScheduler):
         self._threads = threads
         self.on_shutdown(self._close_cluster)
 
-    def attach(self, cluster: ClusterView) -> None:
+    def attach(self, cluster: ClusterView, direct_tcp: str | None = None) -> None:
+        """Join ``cluster``; ``direct_tcp``: the address this node's processes also take direct calls on (from
+        drivers on other machines, and other nodes' drivers), None for none (a node with TLS)."""
         self.cluster = cluster
         directory = self._session.path  # actor processes started from now on take direct calls
-        self._setup["direct"] = {"dir": directory, "key": direct_key(cluster.token, directory)}
+        self._setup["direct"] = {"dir": directory, "key": direct_key(cluster.token, directory), "tcp": direct_tcp}
         cluster.on_stream = self.streams.received  # what nodes running this node's generators stream back
         for part in self._parts:
             part.view = cluster

@@ -86,14 +86,16 @@ class _Waiting:
 
 
 class Gate:
-    """``Gate(listener, secret, admit, name)``: serves ``listener`` (a listening socket) from ``start()`` on;
+    """``Gate(listener, secret, admit, name)``: serves ``listener`` (a listening socket, or several in a
+    tuple) from ``start()`` on;
     ``admit(conn, peer)`` runs on a new thread for each connection whose peer proved it holds ``secret``;
     ``report(line)``, if given, hears of refused connections (at most one line per ``REPORT_SECONDS``);
     ``tls``, if given, makes every connection TLS (see the module)."""
 
     def __init__(self, listener: socket.socket, secret: bytes, admit: Callable, name: str = "anyray-gate",
                  report: Callable[[str], None] | None = None, tls=None):
-        self._listener, self._secret, self._admit, self._name = listener, secret, admit, name
+        self._listeners = listener if isinstance(listener, tuple) else (listener,)
+        self._secret, self._admit, self._name = secret, admit, name
         self._tls = tls
         self._retry = (BlockingIOError, InterruptedError, *(tls.want if tls is not None else ()))
         self._report, self._reported, self._unreported = report, -REPORT_SECONDS, 0
@@ -112,8 +114,9 @@ class Gate:
         return len(self._waiting)
 
     def start(self) -> Gate:
-        self._listener.setblocking(False)
-        self._selector.register(self._listener, selectors.EVENT_READ, "accept")
+        for listener in self._listeners:
+            listener.setblocking(False)
+            self._selector.register(listener, selectors.EVENT_READ, "accept")
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._thread.start()
         return self
@@ -140,7 +143,7 @@ class Gate:
                     timeout = max(0.0, next(iter(self._waiting.values())).deadline - time.monotonic())
                 for key, _ in self._selector.select(timeout):
                     if key.data == "accept":
-                        self._accept()
+                        self._accept(key.fileobj)
                     elif key.data == "wake":
                         self._wake_r.recv(64)
                     elif key.fd in self._waiting:
@@ -153,10 +156,10 @@ class Gate:
             self._wake_r.close()
             self._wake_w.close()
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, peer = self._listener.accept()
+                sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -166,7 +169,7 @@ class Gate:
                 if exc.errno in _OUT_OF_FDS:
                     time.sleep(0.05)  # nothing of ours to free: let the process's other descriptors go
                     return
-                if self._listener.fileno() == -1:  # the owner closed the listener
+                if listener.fileno() == -1:  # the owner closed the listener
                     self._closed = True
                 return
             if len(self._waiting) >= MAX_PENDING:

@@ -44,6 +44,21 @@ def socket_path(directory: str, pid: int) -> str:
     return os.path.join(directory, f"direct-{pid}")
 
 
+def tcp_path(directory: str, pid: int) -> str:
+    """The file where the process ``pid`` of a node writes the TCP address it also takes direct calls on."""
+    return socket_path(directory, pid) + ".tcp"
+
+
+def tcp_address(directory: str, pid: int) -> str | None:
+    """The ``tcp://host:port/<directory>`` drivers on other machines reach the process ``pid`` at (the
+    directory names the key), or None when it takes direct calls on its Unix socket only."""
+    try:
+        with open(tcp_path(directory, pid)) as f:
+            return f"tcp://{f.read().strip()}{directory}"
+    except OSError:
+        return None
+
+
 class DirectServer:
     """The direct sockets of one actor process: the listener (a thread accepts and authenticates) and
     the connections of the drivers, read by the main thread."""
@@ -62,19 +77,32 @@ class DirectServer:
         self._direct = select.poll()  # the direct sockets alone
         self.cancelled: collections.deque = collections.deque(maxlen=256)  # cancels read before their call
         self._drain_lock = threading.Lock()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        sock.bind(self.path)
-        sock.listen(128)
-        from .gate import Gate  # the node's door: the challenge and its deadline, no thread per connection
+        listeners = ()
+        self.tcp = None  # its tcp://host:port/<directory> (tcp_address), when it listens on TCP too
+        host = direct.get("tcp")  # a node without TLS: drivers on other machines, and other nodes' drivers
+        if host:  # written before the Unix socket exists, which tells the node the process is ready
+            tcp = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                       backlog=128)
+            port = tcp.getsockname()[1]
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            with open(os.open(tcp_path(direct["dir"], os.getpid()), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                              0o600), "w") as f:
+                f.write(where)
+            self.tcp = tcp_address(direct["dir"], os.getpid())
+            listeners = (tcp,)
+        from .gate import Gate, listen_unix  # the node's door: the challenge and its deadline, no thread each
 
-        self._gate = Gate(sock, self._key, self._admit, "anyray-direct-accept").start()
+        self._gate = Gate((listen_unix(self.path), *listeners), self._key, self._admit,
+                          "anyray-direct-accept").start()
 
-    def _admit(self, conn: Connection, _peer=None) -> None:
+    def _admit(self, conn: Connection, peer=None) -> None:
         """A driver that proved it holds the key (the gate checked its answer): prove it back."""
+        if isinstance(peer, tuple):  # TCP: no Nagle delay (a frame's header and body are separate writes)
+            sock = socket.socket(fileno=os.dup(conn.fileno()))
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            finally:
+                sock.close()
         timer = threading.Timer(HANDSHAKE_SECONDS, conn.close)
         timer.daemon = True
         timer.start()
@@ -197,7 +225,8 @@ class DirectServer:
             pass  # the driver went away: nobody waits for it
 
     def close(self) -> None:
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        for path in (self.path, self.path + ".tcp"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass

@@ -315,9 +315,9 @@ class WorkerBackend(Backend):
         return {"address": None, "node_id": self.node_id, "dashboard_url": None}
 
 
-def open_direct() -> str | None:
-    """Run in a worker the node lends to drivers (a CALL): open its socket for their tasks; its path, or
-    None if it cannot be opened (the node then lends no more)."""
+def open_direct() -> tuple | None:
+    """Run in a worker the node lends to drivers (a CALL): open its sockets for their tasks; (its Unix
+    socket's path, its TCP address or None), or None if they cannot be opened (the node then lends no more)."""
     node = _node
     if node.direct is None:
         from .worker_direct import DirectServer
@@ -327,7 +327,7 @@ def open_direct() -> str | None:
         except (OSError, KeyError) as exc:
             print(f"anyray: a worker's socket for leased tasks could not be opened: {exc}", file=sys.stderr)
             return None
-    return node.direct.path
+    return node.direct.path, node.direct.tcp
 
 
 _node: WorkerNode | None = None
