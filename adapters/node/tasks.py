@@ -219,9 +219,21 @@ class Tasks:
         if task is None or task.spec.task_id != task_id:
             return
         spec = task.spec
-        self._seal_wires(worker, [r._id for r in spec.returns], wires, contained)
         lease = task.lease
         max_calls = spec.options.get("max_calls") or 0
+        queues = task.queues or self._shapes
+        with self._lock:  # nothing queued: the worker is idle before its result is sealed, so a task the
+            early = not max_calls and not worker.retiring and not any(queues.queues.values())  # result makes
+            if early:  # ready runs on it (awake, reading), not on a sleeping one: a chain stays on one worker
+                worker.task = None
+                task.state = "done"  # a cancel from now on finds nothing to interrupt
+                self._idle.append(worker)
+        self._seal_wires(worker, [r._id for r in spec.returns], wires, contained)
+        if early:
+            with self._lock:
+                self.finish(task)
+            self.release(lease)
+            return
         nxt = None
         with self._lock:
             worker.task = None
