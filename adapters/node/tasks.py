@@ -1,7 +1,8 @@
 """The node's tasks: each waits for its dependencies, then in the FIFO of its demand shape until its
 resources are free, then runs on an idle worker (or a new one, forked in a few milliseconds). A worker
 runs one task at a time; when it finishes, the next task of the same shape goes to the same worker on
-the same lease. A worker that dies mid-task has its task retried up to ``max_retries`` times."""
+the same lease, and with nothing queued the worker is idle before its result is sealed, so a task that
+result makes ready runs on it. A worker that dies mid-task has its task retried up to ``max_retries`` times."""
 
 from __future__ import annotations
 
@@ -24,6 +25,26 @@ from . import messages as m
 from .interning import shape_of
 from .pool import describe
 from .store import ArenaObject, to_wire
+
+
+def forget(task, tasks: dict, children: dict, store) -> None:
+    """``Tasks.finish``: ``task`` is settled; out of ``tasks`` and ``children``, its held arguments dropped."""
+    spec = task.spec
+    task.state = "done"
+    for ref in spec.returns:
+        tasks.pop(ref._id, None)
+    if len(tasks) < gc_guard.LOW and gc_guard.deferring():  # and the results they left are few
+        gc_guard.queue_shrank(max(len(tasks), store.count()))
+    siblings = children.get(spec.parent_task_id) if spec.parent_task_id else None
+    if siblings is not None:
+        if task in siblings:
+            siblings.remove(task)
+        if not siblings:
+            del children[spec.parent_task_id]
+    children.pop(spec.task_id, None)
+    if task.held is not None:
+        held, task.held = task.held, None
+        store.drop(held)
 
 
 class Task:
@@ -222,9 +243,11 @@ class Tasks:
         lease = task.lease
         max_calls = spec.options.get("max_calls") or 0
         queues = task.queues or self._shapes
-        with self._lock:  # nothing queued: the worker is idle before its result is sealed, so a task the
-            early = not max_calls and not worker.retiring and not any(queues.queues.values())  # result makes
-            if early:  # ready runs on it (awake, reading), not on a sleeping one: a chain stays on one worker
+        with self._lock:
+            # Nothing queued: the worker goes idle before its result is sealed, so a task that result makes
+            # ready runs on it (awake, reading), not on a sleeping worker: a chain stays on one worker.
+            early = not max_calls and not worker.retiring and not any(queues.queues.values())
+            if early:
                 worker.task = None
                 task.state = "done"  # a cancel from now on finds nothing to interrupt
                 self._idle.append(worker)
@@ -244,7 +267,7 @@ class Tasks:
                 if count >= max_calls:
                     worker.retiring = True
             if not worker.retiring:
-                nxt = (task.queues or self._shapes).next_queued(task.shape, lease)
+                nxt = queues.next_queued(task.shape, lease)
                 if nxt is not None:
                     if same_env(worker, nxt):
                         runner = worker
@@ -270,22 +293,7 @@ class Tasks:
 
     def finish(self, task: Task) -> None:
         """Under the lock (re-entrant): the task is settled; forget it and drop its held arguments."""
-        spec = task.spec
-        task.state = "done"
-        for ref in spec.returns:
-            self.tasks.pop(ref._id, None)
-        if len(self.tasks) < gc_guard.LOW and gc_guard.deferring():  # and the results they left are few
-            gc_guard.queue_shrank(max(len(self.tasks), self._store.count()))
-        siblings = self.children.get(spec.parent_task_id) if spec.parent_task_id else None
-        if siblings is not None:
-            if task in siblings:
-                siblings.remove(task)
-            if not siblings:
-                del self.children[spec.parent_task_id]
-        self.children.pop(spec.task_id, None)
-        if task.held is not None:
-            held, task.held = task.held, None
-            self._store.drop(held)
+        forget(task, self.tasks, self.children, self._store)
 
     def worker_lost(self, task: Task, handle) -> None:
         """The worker running ``task`` died: run it again while ``max_retries`` allows, else it failed."""
