@@ -43,21 +43,38 @@ def wake(conn) -> None:
 SPIN_SECONDS = 100e-6  # how long a reader polls before it sleeps: a reply within it skips a wake-up
 
 
-LOAD_SECONDS = 1.0  # how often a process looks at the machine's load average (spin_budget)
-_load = [0.0, SPIN_SECONDS]  # [when it looked last, the spin it allows]
+LOAD_SECONDS = 1.0  # how often a process looks at the machine's CPU pressure (spin_budget)
+CONTENDED = 0.15    # the share of the time threads waited for a CPU above which readers do not spin
+_PSI = "/proc/pressure/cpu"  # the kernel's pressure stall information: "some avg10=... total=<us>"
+_load = [0.0, SPIN_SECONDS, None]  # [when it looked last, the spin it allows, the stall total then]
 
 
 def spin_budget() -> float:
-    """``SPIN_SECONDS``, or 0 on a saturated machine (a 1-minute load average above the cores): there a
-    spinning reader takes the core the sender needs, and a blocking wait is sooner (looked up each second)."""
+    """``SPIN_SECONDS``, or 0 on a saturated machine: there a spinning reader takes the core the sender
+    needs, and a blocking wait is sooner. Saturated: since the last look (each second), runnable threads
+    waited for a CPU more than ``CONTENDED`` of the time (the kernel's CPU pressure, which measures now:
+    the load average, used where the kernel has none, stays high for a minute after a burst ends)."""
     now = time.monotonic()
     if now - _load[0] > LOAD_SECONDS:
-        try:
-            _load[1] = 0.0 if os.getloadavg()[0] > (os.cpu_count() or 1) else SPIN_SECONDS
-        except OSError:
-            pass
+        _load[1] = 0.0 if _saturated(now) else SPIN_SECONDS
         _load[0] = now
     return _load[1]
+
+
+def _saturated(now: float) -> bool:
+    try:
+        with open(_PSI, "rb") as f:
+            some = f.readline().split()
+        total = int(some[-1].partition(b"=")[2])
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0] > (os.cpu_count() or 1)
+        except OSError:
+            return False
+    before, _load[2] = _load[2], total
+    if before is None:  # the first look: nothing measured yet (the kernel's 10 s average would still hold
+        return False    # the end of a burst that is over)
+    return (total - before) / ((now - _load[0]) * 1e6) > CONTENDED
 
 
 def spin_until_readable(fd: int, seconds: float = SPIN_SECONDS) -> bool:
