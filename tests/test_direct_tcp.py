@@ -38,6 +38,9 @@ COMMON = """
             self.seen.append(value)
             return list(self.seen)
 
+        def mark(self, value, _payload):
+            self.seen.append(value)
+
         def pid(self):
             return os.getpid()
 
@@ -146,6 +149,23 @@ def test_an_actor_on_another_node_takes_its_calls_straight_over_tcp(cluster_env)
     assert found["went"] and found["cancelled"]
     assert found["died"] and found["restarted"] and found["again"] and found["node"] == "last"
     assert other["node_id"] != head["node_id"]
+
+
+def test_a_call_through_the_node_goes_behind_direct_calls_still_on_their_way(cluster_env):
+    # Over TCP a call written is not yet at the actor: while it runs a long call, calls pile up in the
+    # network's buffers; one that then goes through the node must not overtake them.
+    start_head(cluster_env, "--num-cpus", "1")
+    found = run(dict(cluster_env, ANYRAY_MAP_NODE_MEMORY="0"), """
+        actor = Counter.remote()
+        socket_of(actor)
+        asleep = actor.sleep.remote(3)
+        payload = "x" * 30_000
+        direct_ones = [actor.mark.remote(i, payload) for i in range(1000)]  # 30 MB: more than buffers hold
+        through = actor.add.remote(anyray.put("through the node"))  # a ref argument: the node's path
+        seen = anyray.get(through, timeout=120)
+        print(json.dumps({"seen": seen, "direct": sum(r._id in direct.waiting for r in direct_ones[:10])}))
+    """)
+    assert found["seen"] == list(range(1000)) + ["through the node"]
 
 
 def test_a_node_with_tls_takes_no_direct_calls_over_tcp(cluster_env):

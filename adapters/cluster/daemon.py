@@ -350,8 +350,13 @@ class NodeDaemon(ClusterListing):
                 self.drivers.left(driver)
             return
         peer = role == "node"  # another node reads objects here by pull: it gets their locations
-        self.scheduler.add_client(handle, shared or peer, (hello.get("job_id") or b"", hello.get("namespace") or ""),
-                                  peer=peer)
+        try:
+            self.scheduler.add_client(handle, shared or peer, (hello.get("job_id") or b"",
+                                                               hello.get("namespace") or ""), peer=peer)
+        except BaseException:
+            if driver is not None:
+                self.drivers.left(driver, ran=False)
+            raise
         try:
             self.scheduler.workers.serve(handle, conn)
         finally:

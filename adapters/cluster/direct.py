@@ -63,13 +63,16 @@ SLICE = 0.005              # a reader's wait between looks at whether another th
 
 
 TCP = "tcp://"              # a process's address on another machine (or of another node): tcp://host:port/<dir>
+KEEPALIVE = [(getattr(socket, name), value) for name, value in  # probes after 10 s idle, 3 of them 5 s apart
+             (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)) if hasattr(socket, name)]
 SWITCH = "ANYRAY_DIRECT_CALLS"  # on unless "0" in the driver's environment: then every call takes the node's path
 
 
 class Socket:
     """A direct socket to one actor process, and the calls sent on it without a result yet."""
 
-    __slots__ = ("actor_id", "conn", "fd", "pid", "path", "send_lock", "read_lock", "pending", "closed", "poller")
+    __slots__ = ("actor_id", "conn", "fd", "pid", "path", "send_lock", "read_lock", "pending", "closed", "poller",
+                 "tcp")
     leased = False  # a socket to a worker lent to this driver (leases.py)
     parked = False  # leases.PARKED: the results of a task waiting here for its dependencies
 
@@ -81,6 +84,16 @@ class Socket:
         self.closed = False
         self.poller = select.poll()  # whether a call can go out without waiting
         self.poller.register(self.fd, select.POLLOUT)
+        self.tcp = path.startswith(TCP)
+
+
+def unsent(sock: Socket) -> int:
+    """Bytes written on ``sock`` that the other end's machine has not acknowledged yet (0 once closed)."""
+    try:
+        queued = fcntl.ioctl(sock.fd, termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(queued, sys.byteorder)
 
 
 def backed_up(sock: Socket) -> bool:
@@ -357,6 +370,7 @@ class DirectCalls(_Answers):
         sock = self._sockets.get(actor_id)
         if not eligible(spec):
             if sock is not None:  # from now on through the node, until the node has done these
+                self.delivered(sock)
                 self._sockets.pop(actor_id, None)
                 self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
             self._node_calls[actor_id] = [spec.task_id]
@@ -393,13 +407,30 @@ class DirectCalls(_Answers):
         if closed is None:
             self.socket_lost(sock)
         elif closed or full:  # it went, or another socket took over after its last answer, or it is full: the
-            self._sockets.pop(actor_id, None)  # node's path, and the next calls too, until the node has done this one
+            if full:  # node's path, and the next calls too, until the node has done this one
+                self.delivered(sock)
+            self._sockets.pop(actor_id, None)
             self._retry[actor_id] = (time.monotonic() + LOOKUP_SECONDS, LOOKUP_SECONDS)
             self._node_calls[actor_id] = [spec.task_id]
             return False
         if self.helper is None and not sock.closed and backed_up(sock):
             self.start_helper()  # its answers are read while more calls go out
         return True
+
+    def delivered(self, sock: Socket) -> None:
+        """Before a call to ``sock``'s actor goes through the node: wait until the actor's machine has taken
+        in the calls sent on ``sock``. The actor process takes what its direct sockets hold before a call
+        from its node; a Unix socket holds what was sent at once, but over TCP a call sent may still be on
+        its way (the actor not reading, its buffer full) and the call through the node could overtake it.
+        The answers are read meanwhile (the actor may wait to write one before it reads on)."""
+        if not sock.tcp:
+            return
+        wait = 0.0001
+        while not sock.closed and unsent(sock):
+            if sock.pending and self.helper is None:
+                self.start_helper()
+            time.sleep(wait)
+            wait = min(wait * 2, 0.01)
 
     def _connect(self, actor_id: bytes) -> Socket | None:
         retry = self._retry.get(actor_id)
@@ -438,6 +469,9 @@ class DirectCalls(_Answers):
             host, _, port = where.rpartition(":")
             raw = socket.create_connection((host.strip("[]"), int(port)), timeout=10.0)
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a frame's header and body: two writes
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # a machine that vanished: the socket
+            for option, value in KEEPALIVE:  # fails within about 25 s, and so do the calls pending on it
+                raw.setsockopt(socket.IPPROTO_TCP, option, value)
         else:
             directory = os.path.dirname(path)
             raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -450,12 +484,17 @@ class DirectCalls(_Answers):
         raw.settimeout(None)
         conn = Connection(raw.detach())
         key = direct_key(self._token, directory)
+        silent = threading.Timer(HANDSHAKE_SECONDS, conn.close)  # a peer that stops answering: no hang
+        silent.daemon = True
+        silent.start()
         try:
             answer_challenge(conn, key)
             deliver_challenge(conn, key)
         except (AuthenticationError, EOFError, OSError):
             conn.close()
             raise PermissionError("An actor's process refused this driver's key for direct calls.") from None
+        finally:
+            silent.cancel()
         try:  # the process has taken the socket in: calls on it go ahead of any that come through the node
             admitted = conn.poll(HANDSHAKE_SECONDS) and conn.recv_bytes() == ADMITTED
         except (EOFError, OSError):

@@ -9,9 +9,11 @@ may change (not started yet, restarting, calls in flight); "never" when it canno
 process's Unix socket for a driver on this machine, and its TCP address (``tcp://host:port/<session
 directory>``) for a driver on another machine, or for another node asking for its driver (a node without
 TLS: with TLS there is none, and the calls take the nodes' path). An actor that lives on another node:
-this node asks that one (the answer is "later" while calls the driver sent through here still wait to
-learn where the actor is). The node still decides where the actor lives, restarts it and says when it is
-dead: a driver asks again after its direct socket closes, and takes the cause from the answer.
+this node asks that one once it has forwarded a call there (it then knows the node and has a link to
+it, on which the question goes behind those calls); "later" before that, and while calls the driver sent
+through here wait to learn where the actor is. The node still decides where the actor lives, restarts
+it and says when it is dead: a driver asks again after its direct socket closes, and takes the cause
+from the answer.
 
 "direct_cancel" cancels a direct call as the node cancels a call it sent: ACTOR_CANCEL on the
 process's connection, then SIGINT (a sync actor's main thread runs the call and reads on the signal).
@@ -23,8 +25,6 @@ import hashlib
 import hmac
 import os
 import signal
-
-from anyray.exceptions import ActorDiedError
 
 from ..node import messages as m
 from ..node.handlers import LATER
@@ -70,6 +70,8 @@ class DirectHost:
 
     def _op_direct_actor(self, worker, rid: int, args):
         ask = m.DirectActor._make(args)
+        if self._calls.looking_up(ask.actor_id):  # calls to it wait here to learn where it lives
+            return _LATER
         actor = self._actors.actors.get(ask.actor_id)
         if actor is None:  # not placed yet, or lives on another node
             return _LATER if worker.peer else self._ask_its_node(worker, rid, args, ask.actor_id)
@@ -93,18 +95,13 @@ class DirectHost:
         return m.DirectAnswer.pack("ok", path, pid, state, cause)
 
     def _ask_its_node(self, worker, rid: int, args, actor_id: bytes):
-        """The answer of the node the actor lives on (``LATER``: it comes when that node answers)."""
-        if self._remote.view is None or self._calls.looking_up(actor_id):  # calls wait here to go there
-            return _LATER
-        try:
-            node_id = self._remote.actor_node(actor_id)
-        except ActorDiedError as exc:
-            return m.DirectAnswer.pack("never", None, None, "dead", str(exc))
-        if node_id is None:
-            return _LATER
-        try:
-            link = self._remote.view.link(node_id)
-        except (OSError, PermissionError):
+        """The answer of the node the actor lives on (``LATER``: it comes when that node answers). Only a
+        node this one knows, with a link open: the calls the driver sent through here made both (a node
+        found in the store, or a connection made, would hold the driver's requests up meanwhile)."""
+        view = self._remote.view
+        node_id = self._remote.node_of(actor_id) if view is not None else None
+        link = view.existing_link(node_id) if node_id is not None else None
+        if link is None:
             return _LATER
         link.call("direct_actor", args, lambda ok, answer: respond(worker, rid, answer if ok else _LATER))
         return LATER

@@ -80,27 +80,33 @@ class DirectServer:
         listeners = ()
         self.tcp = None  # its tcp://host:port/<directory> (tcp_address), when it listens on TCP too
         host = direct.get("tcp")  # a node without TLS: drivers on other machines, and other nodes' drivers
-        if host:  # written before the Unix socket exists, which tells the node the process is ready
-            tcp = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                       backlog=128)
-            port = tcp.getsockname()[1]
-            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            with open(os.open(tcp_path(direct["dir"], os.getpid()), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                              0o600), "w") as f:
-                f.write(where)
-            self.tcp = tcp_address(direct["dir"], os.getpid())
-            listeners = (tcp,)
         from .gate import Gate, listen_unix  # the node's door: the challenge and its deadline, no thread each
 
-        self._gate = Gate((listen_unix(self.path), *listeners), self._key, self._admit,
-                          "anyray-direct-accept").start()
+        try:
+            if host:  # written before the Unix socket exists, which tells the node the process is ready
+                tcp = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                           backlog=128)
+                listeners = (tcp,)
+                port = tcp.getsockname()[1]
+                where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                with open(os.open(tcp_path(direct["dir"], os.getpid()), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                                  0o600), "w") as f:
+                    f.write(where)
+                self.tcp = tcp_address(direct["dir"], os.getpid())
+            unix = listen_unix(self.path)
+        except OSError:
+            for listener in listeners:
+                listener.close()
+            raise
+        self._gate = Gate((unix, *listeners), self._key, self._admit, "anyray-direct-accept").start()
 
     def _admit(self, conn: Connection, peer=None) -> None:
         """A driver that proved it holds the key (the gate checked its answer): prove it back."""
-        if isinstance(peer, tuple):  # TCP: no Nagle delay (a frame's header and body are separate writes)
-            sock = socket.socket(fileno=os.dup(conn.fileno()))
+        if isinstance(peer, tuple):  # TCP: no Nagle delay (a frame's header and body are separate writes),
+            sock = socket.socket(fileno=os.dup(conn.fileno()))  # and a driver's machine that vanished ends it
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             finally:
                 sock.close()
         timer = threading.Timer(HANDSHAKE_SECONDS, conn.close)
