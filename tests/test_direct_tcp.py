@@ -160,10 +160,11 @@ def test_a_call_through_the_node_goes_behind_direct_calls_still_on_their_way(clu
         socket_of(actor)
         asleep = actor.sleep.remote(3)
         payload = "x" * 30_000
-        direct_ones = [actor.mark.remote(i, payload) for i in range(1000)]  # 30 MB: more than buffers hold
+        for i in range(1000):  # 30 MB: more than buffers hold
+            actor.mark.remote(i, payload)
         through = actor.add.remote(anyray.put("through the node"))  # a ref argument: the node's path
         seen = anyray.get(through, timeout=120)
-        print(json.dumps({"seen": seen, "direct": sum(r._id in direct.waiting for r in direct_ones[:10])}))
+        print(json.dumps({"seen": seen}))
     """)
     assert found["seen"] == list(range(1000)) + ["through the node"]
 

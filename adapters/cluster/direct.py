@@ -87,22 +87,24 @@ class Socket:
         self.tcp = path.startswith(TCP)
 
 
-def unsent(sock: Socket) -> int:
-    """Bytes written on ``sock`` that the other end's machine has not acknowledged yet (0 once closed)."""
+def _queued(sock: Socket, request: int) -> int:
+    """A byte count the kernel keeps for ``sock`` (``FIONREAD``: unread; ``TIOCOUTQ``: sent, not yet
+    acknowledged); 0 once another thread closed it."""
     try:
-        queued = fcntl.ioctl(sock.fd, termios.TIOCOUTQ, b"\0\0\0\0")
+        count = fcntl.ioctl(sock.fd, request, b"\0\0\0\0")
     except OSError:
         return 0
-    return int.from_bytes(queued, sys.byteorder)
+    return int.from_bytes(count, sys.byteorder)
+
+
+def unsent(sock: Socket) -> int:
+    """Bytes written on ``sock`` that the other end's machine has not acknowledged yet (0 once closed)."""
+    return _queued(sock, termios.TIOCOUTQ)
 
 
 def backed_up(sock: Socket) -> bool:
     """Whether the actor process's answers pile up unread (it may block on one nobody reads)."""
-    try:
-        unread = fcntl.ioctl(sock.fd, termios.FIONREAD, b"\0\0\0\0")
-    except OSError:  # closed meanwhile by another thread that saw it go: nothing to read on it
-        return False
-    return int.from_bytes(unread, sys.byteorder) > UNREAD_MAX
+    return _queued(sock, termios.FIONREAD) > UNREAD_MAX
 
 
 def eligible(spec) -> bool:
